@@ -1,0 +1,202 @@
+#!/usr/bin/python3
+"""Build the sample photo set used by `make demo`, the parity tests, the benchmarks and
+the BatchNorm recalibration of the random-init model.
+
+The photos are real photographs shipped by Debian packages (installed by `make deps`):
+  - mate-backgrounds            /usr/share/backgrounds/mate/nature/*.jpg   (GPL-2+)
+  - plasma-workspace-wallpapers /usr/share/wallpapers/*/contents/images/   (LGPL-3 / CC-BY-SA)
+  - python3-skimage             skimage/data/*.png|jpg                     (public domain / CC0)
+None of them is committed to this repository; this script makes product-sized copies in
+assorted formats under data/samples/ (git-ignored), deterministically.
+
+Output:
+  data/samples/photos/NN_<name>.<ext>   ~30 photos, 300..1600 px, JPEG (baseline, progressive,
+                                        grayscale, CMYK, EXIF-rotated), PNG (RGB, RGBA cut-out,
+                                        gray+alpha, palette, 16-bit gray), WebP (lossy, lossless,
+                                        alpha)
+  data/samples/calibration/*.jpg        the same sources, 256 px, for BatchNorm recalibration
+  data/samples/bench/NNNN.jpg           --bench N: N JPEGs at product size (median side ~720 px)
+  data/samples/manifest.json            what each file is and where it came from
+"""
+import argparse
+import hashlib
+import io
+import json
+import os
+import random
+import sys
+
+from PIL import Image, ImageDraw, ImageFilter
+
+MATE = "/usr/share/backgrounds/mate/nature"
+PLASMA = "/usr/share/wallpapers"
+PLASMA_PHOTOS = [
+    "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf",
+    "Grey", "Kite", "OneStandsOut", "Path", "summer_1am",
+]
+SKIMAGE = "/usr/lib/python3/dist-packages/skimage/data"
+SKIMAGE_PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png"]
+
+
+def sources():
+    out = []
+    if os.path.isdir(MATE):
+        for f in sorted(os.listdir(MATE)):
+            if f.lower().endswith(".jpg"):
+                out.append(("mate-backgrounds", os.path.join(MATE, f)))
+    for name in PLASMA_PHOTOS:
+        p = os.path.join(PLASMA, name, "contents", "images", "1920x1080.jpg")
+        if os.path.exists(p):
+            out.append(("plasma-workspace-wallpapers", p))
+    for f in SKIMAGE_PHOTOS:
+        p = os.path.join(SKIMAGE, f)
+        if os.path.exists(p):
+            out.append(("python3-skimage", p))
+    return out
+
+
+def slug(path):
+    base = os.path.basename(path)
+    if "/wallpapers/" in path:
+        base = path.split("/wallpapers/")[1].split("/")[0]
+    return os.path.splitext(base)[0].lower().replace(" ", "_")
+
+
+def fit(im, longest):
+    im = im.copy()
+    w, h = im.size
+    s = longest / max(w, h)
+    return im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
+
+
+def cutout(im):
+    """A product cut-out: the photo inside a soft ellipse, fully transparent outside, and the
+    RGB under the transparent pixels set to black (as many exporters leave it)."""
+    w, h = im.size
+    mask = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(mask).ellipse((w * 0.12, h * 0.08, w * 0.88, h * 0.92), fill=255)
+    mask = mask.filter(ImageFilter.GaussianBlur(3))
+    rgb = Image.composite(im, Image.new("RGB", (w, h), (0, 0, 0)), mask)
+    rgba = rgb.copy()
+    rgba.putalpha(mask)
+    return rgba
+
+
+def exif_bytes(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+# (format label, extension, writer) applied round-robin; every label appears at least once.
+def write_variant(kind, im, path):
+    if kind == "jpeg":
+        im.save(path, "JPEG", quality=90)
+    elif kind == "jpeg_progressive":
+        im.save(path, "JPEG", quality=88, progressive=True)
+    elif kind == "jpeg_gray":
+        im.convert("L").save(path, "JPEG", quality=90)
+    elif kind == "jpeg_cmyk":  # PIL writes Adobe-inverted CMYK with an APP14 Adobe marker
+        im.convert("CMYK").save(path, "JPEG", quality=92)
+    elif kind == "jpeg_exif6":  # stored rotated; orientation 6 says "rotate 90 CW to display"
+        im.transpose(Image.ROTATE_90).save(path, "JPEG", quality=90, exif=exif_bytes(6))
+    elif kind == "jpeg_exif3":
+        im.transpose(Image.ROTATE_180).save(path, "JPEG", quality=90, exif=exif_bytes(3))
+    elif kind == "png":
+        im.save(path, "PNG")
+    elif kind == "png_rgba_cutout":
+        cutout(im).save(path, "PNG")
+    elif kind == "png_gray_alpha":
+        cutout(im).convert("LA").save(path, "PNG")
+    elif kind == "png_palette":
+        im.quantize(colors=256, method=Image.MEDIANCUT).save(path, "PNG")
+    elif kind == "png_gray16":
+        import numpy as np
+        g = np.asarray(im.convert("L"), dtype=np.uint16) * 257
+        Image.fromarray(g.astype(np.uint16), mode="I;16").save(path, "PNG")
+    elif kind == "webp_lossy":
+        im.save(path, "WEBP", quality=85)
+    elif kind == "webp_lossless":
+        im.save(path, "WEBP", lossless=True, quality=50)
+    elif kind == "webp_alpha":
+        cutout(im).save(path, "WEBP", quality=85)
+    else:
+        raise ValueError(kind)
+
+
+VARIANTS = [
+    ("jpeg", "jpg"), ("png", "png"), ("jpeg_progressive", "jpg"), ("webp_lossy", "webp"),
+    ("jpeg", "jpg"), ("png_rgba_cutout", "png"), ("jpeg_gray", "jpg"), ("jpeg_cmyk", "jpg"),
+    ("jpeg", "jpg"), ("jpeg_exif6", "jpg"), ("webp_lossless", "webp"), ("png_palette", "png"),
+    ("jpeg", "jpg"), ("png_gray16", "png"), ("jpeg_exif3", "jpg"), ("webp_alpha", "webp"),
+    ("jpeg", "jpg"), ("png_gray_alpha", "png"), ("jpeg_progressive", "jpg"), ("jpeg", "jpg"),
+]
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="data/samples")
+    ap.add_argument("--bench", type=int, default=0, help="also write N product-sized JPEGs for benchmarks")
+    args = ap.parse_args()
+
+    src = sources()
+    if len(src) < 20:
+        sys.exit(
+            f"make_samples: found only {len(src)} source photos; install mate-backgrounds, "
+            "plasma-workspace-wallpapers and python3-skimage (make deps does)"
+        )
+    photos = os.path.join(args.out, "photos")
+    calib = os.path.join(args.out, "calibration")
+    os.makedirs(photos, exist_ok=True)
+    os.makedirs(calib, exist_ok=True)
+    rng = random.Random(20261121)
+    manifest = []
+    for i, (pkg, path) in enumerate(src):
+        im = Image.open(path)
+        im.load()
+        im = im.convert("RGB")
+        kind, ext = VARIANTS[i % len(VARIANTS)]
+        longest = rng.choice([320, 480, 640, 720, 800, 960, 1200, 1600])
+        out = os.path.join(photos, f"{i:02d}_{slug(path)}.{ext}")
+        if not os.path.exists(out):
+            write_variant(kind, fit(im, longest), out)
+        cal = os.path.join(calib, f"{i:02d}_{slug(path)}.jpg")
+        if not os.path.exists(cal):
+            fit(im, 256).save(cal, "JPEG", quality=92)
+        manifest.append({"file": os.path.relpath(out, args.out), "kind": kind, "source": path,
+                         "package": pkg, "sha256": sha256(out)})
+
+    if args.bench:
+        bench = os.path.join(args.out, "bench")
+        os.makedirs(bench, exist_ok=True)
+        brng = random.Random(7)
+        cache = {}
+        for j in range(args.bench):
+            out = os.path.join(bench, f"{j:05d}.jpg")
+            if os.path.exists(out):
+                continue
+            pkg, path = src[j % len(src)]
+            if path not in cache:
+                im = Image.open(path)
+                im.load()
+                cache[path] = im.convert("RGB")
+            im = cache[path]
+            # a product-like crop: a random window, resized so the median longest side is ~720
+            w, h = im.size
+            cw, ch = int(w * brng.uniform(0.45, 0.9)), int(h * brng.uniform(0.45, 0.9))
+            x, y = brng.randint(0, w - cw), brng.randint(0, h - ch)
+            crop = im.crop((x, y, x + cw, y + ch))
+            fit(crop, brng.choice([480, 600, 720, 720, 800, 960])).save(out, "JPEG", quality=brng.choice([80, 85, 90]))
+
+    with open(os.path.join(args.out, "manifest.json"), "w") as f:
+        json.dump({"photos": manifest}, f, indent=1)
+    print(f"make_samples: {len(manifest)} photos in {photos}" + (f", {args.bench} bench JPEGs" if args.bench else ""))
+
+
+if __name__ == "__main__":
+    main()
