@@ -44,7 +44,7 @@ let package = Package(
         .target(name: "EwallImaging", dependencies: ["EwallCore", "CImageCodec"]),
         .target(
             name: "EwallInference",
-            dependencies: ["EwallCore", "CTorchShim", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["EwallCore", "EwallImaging", "CTorchShim"]
         ),
         .target(
             name: "EwallML",

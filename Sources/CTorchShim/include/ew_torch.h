@@ -1,0 +1,91 @@
+/*
+ * ew_torch.h: run a TorchScript image model with libtorch, from C. Compiles as C and C++.
+ *
+ * Threading contract:
+ *   - ew_torch_set_threads changes process-wide libtorch state: call it once, before the
+ *     first load, from one thread. Later calls may change the intra-op thread count only.
+ *   - ew_torch_load and ew_torch_free may run on any thread; a handle must not be freed
+ *     while a forward on it is running.
+ *   - ew_torch_forward may be called from any thread, also concurrently on one handle
+ *     (TorchScript's executor is reentrant and each call holds its own InferenceMode guard),
+ *     but concurrent calls compete for the same intra-op threads: EwallML serialises them.
+ *   - No call keeps a pointer it was given after it returns.
+ *
+ * Errors: every fallible call returns 0 or a negative EW_TORCH_E_* code and fills the
+ * caller-owned ew_torch_error. No C++ exception crosses this header.
+ */
+#ifndef EW_TORCH_H
+#define EW_TORCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    EW_TORCH_OK = 0,
+    EW_TORCH_E_NOT_FOUND = -1,       /* the model file is missing or unreadable */
+    EW_TORCH_E_NOT_TORCHSCRIPT = -2, /* the file is not a TorchScript archive */
+    EW_TORCH_E_UNSUPPORTED = -3,     /* needs operators or a file version this libtorch lacks */
+    EW_TORCH_E_BAD_OUTPUT = -4,      /* the model's output is not a [n, D] floating-point tensor */
+    EW_TORCH_E_BAD_INPUT = -5,       /* the caller's batch has the wrong shape or buffer size */
+    EW_TORCH_E_PRECISION = -6,       /* the requested precision cannot be used with this file */
+    EW_TORCH_E_FORWARD = -7,         /* the forward pass failed at run time */
+    EW_TORCH_E_ARGUMENT = -8,        /* null pointer or invalid option */
+};
+
+typedef struct ew_torch_error {
+    int code;
+    char message[512];
+} ew_torch_error;
+
+typedef enum ew_torch_precision {
+    EW_TORCH_FP32 = 0,
+    EW_TORCH_BF16 = 1, /* weights and activations in bfloat16 (oneDNN); output returned as float */
+} ew_torch_precision;
+
+typedef struct ew_torch_options {
+    int precision;       /* ew_torch_precision */
+    int channels_last;   /* 1: feed NHWC-strided tensors (faster oneDNN convolutions) */
+    int optimize;        /* 0: eval only; 1: torch::jit::freeze; 2: freeze + optimize_for_inference */
+    int64_t channels;    /* expected input, e.g. 3 x 224 x 224 */
+    int64_t height;
+    int64_t width;
+    int64_t warmup_batch; /* > 0: run this many zero images through twice at load, and check
+                             the output shape then; 0: check on the first forward instead */
+} ew_torch_options;
+
+typedef struct ew_torch_model ew_torch_model;
+
+/* Process-wide thread settings. intra_op > 0 sets at::set_num_threads; inter_op > 0 sets
+   at::set_num_interop_threads, honoured on the first call only. Returns the intra-op count now
+   in force (never fails). */
+int ew_torch_set_threads(int intra_op, int inter_op);
+
+/* 1 when the CPU executes bfloat16 natively (AVX512_BF16 or AMX-BF16), else 0. */
+int ew_torch_cpu_has_bf16(void);
+
+/* The libtorch version string, e.g. "1.13.1". Static storage. */
+const char *ew_torch_version(void);
+
+/* Loads `path` (borrowed). On success *out owns the model: free it with ew_torch_free. */
+int ew_torch_load(const char *path, const ew_torch_options *options, ew_torch_model **out, ew_torch_error *err);
+
+/* Output dimension D, known after a successful load with warmup_batch > 0 or a first forward;
+   0 before. */
+int64_t ew_torch_output_dim(const ew_torch_model *model);
+
+/* Runs `n` images of float32 NCHW (input: borrowed, n*c*h*w floats, c/h/w as in the options)
+   and writes [n, D] float32 into `out` (caller-allocated, out_capacity floats >= n*D). */
+int ew_torch_forward(ew_torch_model *model, const float *input, int64_t n, int64_t c, int64_t h, int64_t w,
+                     float *out, size_t out_capacity, ew_torch_error *err);
+
+/* Frees the model. Accepts NULL. Cannot fail. */
+void ew_torch_free(ew_torch_model *model);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

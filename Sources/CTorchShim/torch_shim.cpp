@@ -1,0 +1,250 @@
+// torch_shim.cpp: the C++ side of ew_torch.h. Every entry point catches every exception.
+#include "ew_torch.h"
+
+#include <ATen/Parallel.h>
+#include <torch/csrc/api/include/torch/version.h>
+#include <torch/csrc/jit/api/module.h>
+#include <torch/script.h>
+
+#include <atomic>
+#include <cpuid.h>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <string>
+
+struct ew_torch_model {
+    torch::jit::Module module;
+    ew_torch_options options;
+    std::atomic<int64_t> dim{0};
+};
+
+namespace {
+
+#define EW_STR2(x) #x
+#define EW_STR(x) EW_STR2(x)
+const char *const kTorchVersion =
+    EW_STR(TORCH_VERSION_MAJOR) "." EW_STR(TORCH_VERSION_MINOR) "." EW_STR(TORCH_VERSION_PATCH);
+
+int fail(ew_torch_error *err, int code, const char *fmt, ...) {
+    if (err) {
+        err->code = code;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+int ok(ew_torch_error *err) {
+    if (err) {
+        err->code = 0;
+        err->message[0] = 0;
+    }
+    return 0;
+}
+
+// The first line of a libtorch message, without its C++ backtrace.
+std::string first_lines(const std::string &s, size_t max_lines = 2) {
+    std::istringstream in(s);
+    std::string line, out;
+    for (size_t i = 0; i < max_lines && std::getline(in, line);) {
+        if (line.empty()) continue;
+        if (!out.empty()) out += " ";
+        out += line;
+        i++;
+    }
+    return out;
+}
+
+bool contains(const std::string &s, const char *needle) { return s.find(needle) != std::string::npos; }
+
+// Sorts a load failure into the error a user can act on.
+int load_error(ew_torch_error *err, const char *path, const std::string &what) {
+    std::string m = first_lines(what);
+    if (contains(what, "Unknown builtin op") || contains(what, "Unknown type name") ||
+        contains(what, "Unknown function") || contains(what, "Unknown attribute") ||
+        contains(what, "maximum supported version") || contains(what, "version for reading") ||
+        contains(what, "Unknown custom class") || contains(what, "Unknown qualified type"))
+        return fail(err, EW_TORCH_E_UNSUPPORTED,
+                    "%s needs operators or a format this libtorch %s does not have (%s); export it with "
+                    "torch 1.13.x (see models/README.md)",
+                    path, kTorchVersion, m.c_str());
+    if (contains(what, "constants.pkl") || contains(what, "code/"))
+        return fail(err, EW_TORCH_E_NOT_TORCHSCRIPT,
+                    "%s is a PyTorch archive but not TorchScript (saved with torch.save, not torch.jit.save?): %s",
+                    path, m.c_str());
+    return fail(err, EW_TORCH_E_NOT_TORCHSCRIPT, "%s is not a TorchScript file: %s", path, m.c_str());
+}
+
+std::string shape_of(const at::Tensor &t) {
+    std::string s = "[";
+    for (int64_t i = 0; i < t.dim(); i++) s += (i ? ", " : "") + std::to_string(t.size(i));
+    return s + "]";
+}
+
+// Checks a forward result and returns it as contiguous float [n, D].
+int check_output(const torch::jit::IValue &v, int64_t n, at::Tensor *out, ew_torch_error *err) {
+    if (!v.isTensor())
+        return fail(err, EW_TORCH_E_BAD_OUTPUT,
+                    "the model returns a %s, not a tensor; EwallML needs a [n, D] float tensor (replace the "
+                    "classifier head with Identity and return the pooled features)",
+                    v.tagKind().c_str());
+    at::Tensor t = v.toTensor();
+    if (!at::isFloatingType(t.scalar_type()))
+        return fail(err, EW_TORCH_E_BAD_OUTPUT, "the model's output has dtype %s; a floating-point [n, D] is needed",
+                    std::string(c10::toString(t.scalar_type())).c_str());
+    if (t.dim() != 2 || t.size(0) != n || t.size(1) < 1)
+        return fail(err, EW_TORCH_E_BAD_OUTPUT,
+                    "the model's output has shape %s for a batch of %lld; [%lld, D] is needed (flatten the pooled "
+                    "features)",
+                    shape_of(t).c_str(), (long long)n, (long long)n);
+    *out = t.to(at::kFloat).contiguous();
+    return 0;
+}
+
+at::Tensor make_input(const ew_torch_options &o, at::Tensor x) {
+    if (o.channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+    if (o.precision == EW_TORCH_BF16) x = x.to(at::kBFloat16);
+    return x;
+}
+
+#define EW_TRY try {
+#define EW_CATCH(err, code)                                                                                      \
+    }                                                                                                            \
+    catch (const c10::Error &e) {                                                                               \
+        return fail(err, code, "%s", first_lines(e.what_without_backtrace()).c_str());                          \
+    }                                                                                                            \
+    catch (const std::exception &e) {                                                                            \
+        return fail(err, code, "%s", first_lines(e.what()).c_str());                                            \
+    }                                                                                                            \
+    catch (...) {                                                                                                \
+        return fail(err, code, "unknown C++ exception");                                                        \
+    }
+
+}  // namespace
+
+extern "C" {
+
+int ew_torch_set_threads(int intra_op, int inter_op) {
+    static std::once_flag interop_once;
+    try {
+        if (inter_op > 0) std::call_once(interop_once, [&] { at::set_num_interop_threads(inter_op); });
+        if (intra_op > 0) at::set_num_threads(intra_op);
+        return at::get_num_threads();
+    } catch (...) {
+        return at::get_num_threads();
+    }
+}
+
+int ew_torch_cpu_has_bf16(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
+    int avx512_bf16 = (a >> 5) & 1;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return avx512_bf16;
+    int amx_bf16 = (d >> 22) & 1;
+    return avx512_bf16 || amx_bf16;
+}
+
+const char *ew_torch_version(void) { return kTorchVersion; }
+
+int ew_torch_load(const char *path, const ew_torch_options *options, ew_torch_model **out, ew_torch_error *err) {
+    if (!path || !options || !out) return fail(err, EW_TORCH_E_ARGUMENT, "null argument");
+    *out = nullptr;
+    const ew_torch_options o = *options;
+    if (o.channels <= 0 || o.height <= 0 || o.width <= 0 || o.warmup_batch < 0 ||
+        (o.precision != EW_TORCH_FP32 && o.precision != EW_TORCH_BF16))
+        return fail(err, EW_TORCH_E_ARGUMENT, "invalid options");
+    {
+        std::ifstream f(path, std::ios::binary);
+        if (!f) return fail(err, EW_TORCH_E_NOT_FOUND, "model file %s not found or not readable: %s", path, strerror(errno));
+        char magic[4] = {0};
+        f.read(magic, 4);
+        if (f.gcount() < 4 || memcmp(magic, "PK\x03\x04", 4) != 0)
+            return fail(err, EW_TORCH_E_NOT_TORCHSCRIPT,
+                        "%s is not a TorchScript file (TorchScript files are zip archives made by torch.jit.save; "
+                        "make one with models/export_resnet50.py)",
+                        path);
+    }
+    torch::jit::Module m;
+    try {
+        m = torch::jit::load(path, at::kCPU);
+    } catch (const c10::Error &e) {
+        return load_error(err, path, e.what_without_backtrace());
+    } catch (const std::exception &e) {
+        return load_error(err, path, e.what());
+    } catch (...) {
+        return fail(err, EW_TORCH_E_NOT_TORCHSCRIPT, "%s could not be loaded: unknown C++ exception", path);
+    }
+    EW_TRY
+    m.eval();
+    if (o.precision == EW_TORCH_BF16) {
+        size_t float_params = 0;
+        for (const auto &p : m.parameters())
+            if (at::isFloatingType(p.scalar_type())) float_params++;
+        if (float_params == 0)
+            return fail(err, EW_TORCH_E_PRECISION,
+                        "%s has no floating-point parameters (was it frozen before saving?); bf16 needs an unfrozen "
+                        "traced file, as models/export_resnet50.py writes; use fp32 with this file",
+                        path);
+        m.to(at::kBFloat16);
+    }
+    if (o.optimize >= 1) m = torch::jit::freeze(m);
+    if (o.optimize >= 2) m = torch::jit::optimize_for_inference(m);
+    auto model = new ew_torch_model{m, o};
+    if (o.warmup_batch > 0) {
+        c10::InferenceMode guard;
+        at::Tensor x = make_input(o, at::zeros({o.warmup_batch, o.channels, o.height, o.width}));
+        at::Tensor y;
+        for (int i = 0; i < 2; i++) {
+            int rc = check_output(model->module.forward({x}), o.warmup_batch, &y, err);
+            if (rc) {
+                delete model;
+                return rc;
+            }
+        }
+        model->dim = y.size(1);
+    }
+    *out = model;
+    return ok(err);
+    EW_CATCH(err, EW_TORCH_E_FORWARD)
+}
+
+int64_t ew_torch_output_dim(const ew_torch_model *model) { return model ? model->dim.load() : 0; }
+
+int ew_torch_forward(ew_torch_model *model, const float *input, int64_t n, int64_t c, int64_t h, int64_t w,
+                     float *out, size_t out_capacity, ew_torch_error *err) {
+    if (!model || !input || !out) return fail(err, EW_TORCH_E_ARGUMENT, "null argument");
+    const ew_torch_options &o = model->options;
+    if (n <= 0 || c != o.channels || h != o.height || w != o.width)
+        return fail(err, EW_TORCH_E_BAD_INPUT, "batch of shape [%lld, %lld, %lld, %lld]; the model expects [n, %lld, %lld, %lld]",
+                    (long long)n, (long long)c, (long long)h, (long long)w, (long long)o.channels,
+                    (long long)o.height, (long long)o.width);
+    EW_TRY
+    c10::InferenceMode guard;
+    // from_blob does not copy; make_input copies (channels-last and/or bf16), so the borrowed
+    // buffer is never written. Without either, the module only reads its input.
+    at::Tensor x = at::from_blob(const_cast<float *>(input), {n, c, h, w}, at::kFloat);
+    at::Tensor y;
+    int rc = check_output(model->module.forward({make_input(o, x)}), n, &y, err);
+    if (rc) return rc;
+    int64_t d = y.size(1), known = model->dim.load();
+    if (known && d != known)
+        return fail(err, EW_TORCH_E_BAD_OUTPUT, "the model's output dimension changed from %lld to %lld",
+                    (long long)known, (long long)d);
+    model->dim = d;
+    if (out_capacity < (size_t)(n * d))
+        return fail(err, EW_TORCH_E_BAD_INPUT, "output buffer holds %zu floats; %lld x %lld are needed", out_capacity,
+                    (long long)n, (long long)d);
+    memcpy(out, y.data_ptr<float>(), sizeof(float) * n * d);
+    return ok(err);
+    EW_CATCH(err, EW_TORCH_E_FORWARD)
+}
+
+void ew_torch_free(ew_torch_model *model) { delete model; }
+
+}  // extern "C"

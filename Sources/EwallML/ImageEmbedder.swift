@@ -1,0 +1,194 @@
+@_exported import EwallCore
+@_exported import EwallImaging
+@_exported import EwallInference
+import Foundation
+import Logging
+
+/// Everything ``ImageEmbedder`` needs, with documented defaults.
+public struct EmbedderConfiguration: Sendable {
+    /// The model file, precision, threads and batch size.
+    public var model: ModelOptions
+    /// How images become tensors; recorded with every vector.
+    public var preprocessing: PreprocessingMode
+    /// Byte, pixel and side limits; decoder warnings.
+    public var limits: ImageLimits
+    /// Opt-in JPEG DCT-domain downscaling (faster, pixels drift slightly; see README).
+    public var fastJPEG: Bool
+    /// Threads that read and decode images while the model runs (default 1: with libtorch
+    /// on 2 threads, that fills a 2-core machine).
+    public var decodeThreads: Int
+
+    public init(model: ModelOptions, preprocessing: PreprocessingMode = .squash224,
+                limits: ImageLimits = ImageLimits(), fastJPEG: Bool = false, decodeThreads: Int = 1) {
+        self.model = model
+        self.preprocessing = preprocessing
+        self.limits = limits
+        self.fastJPEG = fastJPEG
+        self.decodeThreads = decodeThreads
+    }
+}
+
+/// A vector and what it was made with.
+public struct Embedding: Sendable {
+    /// L2-normalised, ``ImageEmbedder/dimension`` floats.
+    public var vector: [Float]
+    /// The image as decoded (format, sizes, orientation, ...).
+    public var image: ImageInfo
+}
+
+/// The outcome for one input: a vector, or why there is none.
+public struct EmbeddingOutcome: Sendable {
+    /// The path or label the input was given as.
+    public var source: String
+    public var result: Result<Embedding, ItemFailure>
+}
+
+/// Image files or bytes in, L2-normalised vectors out: decode, preprocess, batch, infer.
+///
+/// One corrupt image costs one failed outcome, never its batch. Decoding runs on its own
+/// thread(s) and overlaps the forward pass of the previous batch.
+///
+/// ```swift
+/// let embedder = try ImageEmbedder(configuration: .init(model: .init(path: "models/resnet50.pt")))
+/// for outcome in await embedder.embed(files: ["a.jpg", "b.png"]) {
+///     switch outcome.result {
+///     case .success(let e): print(outcome.source, e.vector.count)
+///     case .failure(let f): print(outcome.source, f.code, f.message)
+///     }
+/// }
+/// ```
+public final class ImageEmbedder: Sendable {
+    public let configuration: EmbedderConfiguration
+    /// The model card beside the model file, if there is one.
+    public let card: ModelCard?
+    /// The id stored with every vector: `name@sha256-prefix` from the card, else
+    /// `unknown@<file size>` (export with models/export_resnet50.py to get a card).
+    public let modelID: String
+    public let embedder: Embedder
+    private let preprocessor: Preprocessor
+    private let decoders: [BlockingWorker]
+
+    /// Loads and warms up the model. Logs a warning when the card says `pretrained: false`.
+    public init(configuration: EmbedderConfiguration, logger: Logger = Logger(label: "ewall")) throws(InferenceError) {
+        self.configuration = configuration
+        let path = configuration.model.path
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw InferenceError(.modelNotFound,
+                                 "model file \(path) not found; run `make model` or pass --model / set EWALL_MODEL")
+        }
+        var card: ModelCard?
+        do {
+            card = try ModelCard.load(forModel: path)
+        } catch {
+            logger.warning("model card \(ModelCard.path(forModel: path)) is unreadable: \(error)")
+        }
+        self.card = card
+        if let card {
+            modelID = card.modelID
+            if !card.pretrained { logger.warning("\(path): \(ModelCard.randomInitWarning)") }
+        } else {
+            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+            modelID = "unknown@\(size)"
+            logger.warning("\(path) has no model card (\(ModelCard.path(forModel: path))); its provenance is unknown")
+        }
+        embedder = try Embedder(options: configuration.model)
+        preprocessor = Preprocessor(mode: configuration.preprocessing, limits: configuration.limits,
+                                    fastJPEG: configuration.fastJPEG)
+        decoders = (0..<max(1, configuration.decodeThreads)).map { BlockingWorker(name: "ewall-decode-\($0)") }
+    }
+
+    /// Vector dimension (2048 for ResNet50).
+    public var dimension: Int { embedder.outputDim }
+    /// The precision in use after resolving `auto`.
+    public var precision: Precision { embedder.model.precision }
+
+    /// Embeds image files, in order. Never throws: every file gets an outcome.
+    public func embed(files: [String]) async -> [EmbeddingOutcome] {
+        let limits = configuration.limits
+        return await run(files.map { path -> Input in
+            (path, { () throws(ItemFailure) -> [UInt8] in try Self.read(path, limits: limits) })
+        })
+    }
+
+    /// Embeds images given as bytes, labelled by `labels` (or by their index).
+    public func embed(images: [[UInt8]], labels: [String]? = nil) async -> [EmbeddingOutcome] {
+        await run(images.enumerated().map { i, bytes -> Input in
+            (labels?[i] ?? "\(i)", { () throws(ItemFailure) -> [UInt8] in bytes })
+        })
+    }
+
+    typealias Input = (label: String, bytes: @Sendable () throws(ItemFailure) -> [UInt8])
+
+    private func run(_ inputs: [Input]) async -> [EmbeddingOutcome] {
+        let size = embedder.batchSize
+        let chunks = stride(from: 0, to: inputs.count, by: size).map { Array(inputs[$0..<min($0 + size, inputs.count)]) }
+        var outcomes: [EmbeddingOutcome] = []
+        outcomes.reserveCapacity(inputs.count)
+        var next: Task<[Result<(ImageTensor, ImageInfo), ItemFailure>], Never>? = nil
+        if let first = chunks.first { next = Task { await self.prepare(first) } }
+        for (k, chunk) in chunks.enumerated() {
+            let prepared = await next!.value
+            // Decode the next chunk while this one runs through the model.
+            next = k + 1 < chunks.count ? Task { [chunk = chunks[k + 1]] in await self.prepare(chunk) } : nil
+            var tensors: [ImageTensor] = []
+            for case .success(let (t, _)) in prepared { tensors.append(t) }
+            var vectors = await embedder.embedBatch(tensors).makeIterator()
+            for (input, p) in zip(chunk, prepared) {
+                switch p {
+                case .failure(let f):
+                    outcomes.append(EmbeddingOutcome(source: input.label, result: .failure(f)))
+                case .success(let (_, info)):
+                    let r = vectors.next()!.map { Embedding(vector: $0, image: info) }.mapError { ItemFailure($0) }
+                    outcomes.append(EmbeddingOutcome(source: input.label, result: r))
+                }
+            }
+        }
+        return outcomes
+    }
+
+    /// Reads and preprocesses one chunk on the decode thread(s), round-robin.
+    private func prepare(_ chunk: [Input]) async -> [Result<(ImageTensor, ImageInfo), ItemFailure>] {
+        let pre = preprocessor
+        return await withTaskGroup(of: (Int, Result<(ImageTensor, ImageInfo), ItemFailure>).self) { group in
+            for (i, input) in chunk.enumerated() {
+                let worker = decoders[i % decoders.count]
+                group.addTask {
+                    let r = await worker.run { () -> Result<(ImageTensor, ImageInfo), ItemFailure> in
+                        let bytes: [UInt8]
+                        do throws(ItemFailure) { bytes = try input.bytes() } catch { return .failure(error) }
+                        do throws(ImageError) {
+                            let image = try pre.decoder.decode(bytes)
+                            return .success((try pre.tensor(from: image), image.info))
+                        } catch { return .failure(ItemFailure(error)) }
+                    }
+                    return (i, r)
+                }
+            }
+            var out = [Result<(ImageTensor, ImageInfo), ItemFailure>?](repeating: nil, count: chunk.count)
+            for await (i, r) in group { out[i] = r }
+            return out.map { $0! }
+        }
+    }
+
+    /// Reads a file, refusing it before reading when it is larger than the byte limit.
+    static func read(_ path: String, limits: ImageLimits) throws(ItemFailure) -> [UInt8] {
+        let attrs: [FileAttributeKey: Any]
+        do {
+            attrs = try FileManager.default.attributesOfItem(atPath: path)
+        } catch {
+            throw ItemFailure(ImageError(.unreadable, "\(path): no such file or not readable"), stage: .read)
+        }
+        if (attrs[.type] as? FileAttributeType) == .typeDirectory {
+            throw ItemFailure(ImageError(.unreadable, "\(path) is a directory, not an image file"), stage: .read)
+        }
+        let size = (attrs[.size] as? Int) ?? 0
+        if limits.maxBytes > 0 && size > limits.maxBytes {
+            throw ItemFailure(ImageError(.tooLarge, "\(path) is \(size) bytes, above the limit of \(limits.maxBytes)"),
+                              stage: .read)
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ItemFailure(ImageError(.unreadable, "\(path) could not be read"), stage: .read)
+        }
+        return [UInt8](data)
+    }
+}
