@@ -61,10 +61,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "EwallImagingTests", dependencies: ["EwallImaging", "CImageCodec"]),
-        .testTarget(name: "EwallInferenceTests", dependencies: ["EwallInference", "EwallImaging"]),
-        .testTarget(name: "EwallMLTests", dependencies: ["EwallML"]),
-        .testTarget(name: "CLITests", dependencies: ["EwallCore"]),
+        // Fixture paths and vector maths shared by the test targets.
+        .target(name: "EwallTestSupport", dependencies: ["EwallCore"], path: "Tests/Support"),
+        .testTarget(name: "EwallImagingTests", dependencies: ["EwallImaging", "EwallTestSupport"]),
+        .testTarget(name: "EwallInferenceTests", dependencies: ["EwallInference", "EwallTestSupport"]),
+        .testTarget(
+            name: "EwallMLTests",
+            dependencies: ["EwallML", "EwallTestSupport", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "CLITests", dependencies: ["EwallTestSupport"]),
     ],
     cxxLanguageStandard: .cxx17
 )

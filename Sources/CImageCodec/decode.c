@@ -142,10 +142,10 @@ static int jpeg_scale(const ew_img_limits *lim, uint32_t w, uint32_t h, int orie
     return best;
 }
 
-static int jpeg_classify(const char *msg, int is_warning) {
-    if (strstr(msg, "Premature end") || strstr(msg, "premature end")) return EW_IMG_E_TRUNCATED;
-    (void)is_warning;
-    return EW_IMG_E_CORRUPT;
+/* libjpeg's JWRN_JPEG_EOF ("Premature end of JPEG file") is the data running out; every other
+   warning or error ("Corrupt JPEG data: ...", "Bogus marker length", ...) is damaged data. */
+static int jpeg_classify(const char *msg) {
+    return strstr(msg, "Premature end of JPEG file") ? EW_IMG_E_TRUNCATED : EW_IMG_E_CORRUPT;
 }
 
 static int jpeg_header(tjhandle tj, const uint8_t *d, size_t n, ew_img_info *info, const ew_img_limits *lim,
@@ -157,6 +157,8 @@ static int jpeg_header(tjhandle tj, const uint8_t *d, size_t n, ew_img_info *inf
         int code = (strstr(msg, "Premature") || n < 200) ? EW_IMG_E_TRUNCATED : EW_IMG_E_CORRUPT;
         return ew_fail(err, code, "JPEG header could not be read: %s", msg);
     }
+    if (w <= 0 || h <= 0) /* TurboJPEG reached the end of the data before a frame header */
+        return ew_fail(err, EW_IMG_E_TRUNCATED, "JPEG is truncated: the data ends before the frame header");
     ew_jpeg_meta meta;
     ew_jpeg_scan_metadata(d, n, &meta);
     info->format = EW_IMG_FORMAT_JPEG;
@@ -208,7 +210,7 @@ static int jpeg_decode(const uint8_t *d, size_t n, const ew_img_limits *lim, uin
         if (warning && allow) {
             snprintf(info->warning, sizeof info->warning, "%s", msg);
         } else {
-            int code = jpeg_classify(msg, warning);
+            int code = jpeg_classify(msg);
             ew_fail(err, code,
                     warning ? "JPEG data is damaged (libjpeg warning: %s); it would decode to partly grey or "
                               "garbled pixels (allow decoder warnings to accept such files)"

@@ -48,6 +48,14 @@ public struct RGBImage: Sendable {
     public var pixels: [UInt8]
     public var info: ImageInfo
 
+    public init(width: Int, height: Int, pixels: [UInt8], info: ImageInfo) {
+        precondition(pixels.count == width * height * 3, "RGBImage needs width * height * 3 bytes")
+        self.width = width
+        self.height = height
+        self.pixels = pixels
+        self.info = info
+    }
+
     /// The RGB value at (x, y).
     public subscript(x: Int, y: Int) -> (UInt8, UInt8, UInt8) {
         let i = (y * width + x) * 3

@@ -1,0 +1,96 @@
+# EwallML: the Makefile is the interface. `make help` lists the targets.
+#
+#   make demo    install what is needed, build (release), make the model, embed the sample photos
+#   make test    install what is needed, make model + fixtures, run every test
+#   make bench   benchmarks against the Python reference pipeline, same run (bench/out/)
+#
+# Everything is idempotent: a second run only does what is missing.
+
+SHELL := /bin/bash
+PY    := /usr/bin/python3
+SWIFT ?= swift
+MODEL := models/resnet50.pt
+CARD  := models/resnet50.card.json
+FIX   := .fixtures
+
+# Debian packages: native libraries, the Python reference, and the photo sources for the
+# samples (desktop wallpapers and scikit-image's data, real photographs).
+APT_PACKAGES := libtorch-dev libfaiss-dev libopenblas-dev libturbojpeg0-dev libpng-dev libwebp-dev \
+                python3-torch python3-torchvision python3-pil python3-numpy python3-skimage \
+                mate-backgrounds plasma-workspace-wallpapers
+DEPS_STAMP := .build/.deps-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
+
+.PHONY: help deps build model samples fixtures test demo bench clean
+
+help:
+	@echo "make demo     install deps, build (release), make the model, embed the sample photos"
+	@echo "make test     install deps, make model and fixtures, run all tests"
+	@echo "make bench    benchmarks vs the Python reference (bench/out/bench.json)"
+	@echo "make deps     apt-get install the Debian packages listed in APT_PACKAGES (root or sudo)"
+	@echo "make model    export $(MODEL): pretrained if the weights download, else random-init (loud warning)"
+	@echo "make build    swift build -c release"
+	@echo "make clean    remove build outputs, fixtures, samples (keeps the model)"
+
+deps: $(DEPS_STAMP)
+$(DEPS_STAMP):
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@mkdir -p .build && touch $@
+
+build: deps
+	$(SWIFT) build -c release --product ewall
+
+samples: data/samples/manifest.json
+data/samples/manifest.json: data/make_samples.py | $(DEPS_STAMP)
+	$(PY) data/make_samples.py --out data/samples
+
+model: $(MODEL)
+$(MODEL): models/export_resnet50.py data/samples/manifest.json | $(DEPS_STAMP)
+	@$(PY) models/export_resnet50.py --out $(MODEL) --weights IMAGENET1K_V2 2>/dev/null || { \
+	  rc=$$?; [ $$rc = 3 ] || exit $$rc; \
+	  echo "##################################################################################"; \
+	  echo "# WARNING: the pretrained ImageNet weights could not be downloaded (no internet)."; \
+	  echo "# Making a RANDOM-INIT ResNet50 instead (seed 0, BatchNorm recalibrated on the"; \
+	  echo "# sample photos). Its vectors carry NO meaning: for tests and demos only."; \
+	  echo "##################################################################################"; \
+	  $(PY) models/export_resnet50.py --out $(MODEL) --random-init --seed 0 \
+	      --calibration-dir data/samples/calibration; }
+
+fixtures: $(FIX)/images/.done $(FIX)/torch/.done $(FIX)/reference/.done
+$(FIX)/images/.done: Tests/Fixtures/make_image_fixtures.py | $(DEPS_STAMP)
+	$(PY) Tests/Fixtures/make_image_fixtures.py $(FIX)/images && touch $@
+$(FIX)/torch/.done: Tests/Fixtures/make_torch_fixtures.py | $(DEPS_STAMP)
+	$(PY) Tests/Fixtures/make_torch_fixtures.py $(FIX)/torch && touch $@
+# Reference tensors and vectors from the Python pipeline, for the parity tests.
+$(FIX)/reference/.done: reference/ewall_reference.py $(MODEL) $(FIX)/images/.done data/samples/manifest.json
+	@mkdir -p $(FIX)/reference
+	@{ ls data/samples/photos/*; ls $(FIX)/images/exif_orientation_*.jpg; \
+	   for f in cmyk_adobe_600x400.jpg ycck_adobe_600x400.jpg gray16_451x300.png rgba_cutout_451x300.png \
+	            gray_alpha_451x300.png palette_transparent_451x300.png alpha_451x300.webp interlaced_451x300.png \
+	            progressive_600x400.jpg lossless_451x300.webp; do echo $(FIX)/images/$$f; done; } > $(FIX)/reference/files.txt
+	$(PY) reference/ewall_reference.py --list $(FIX)/reference/files.txt --mode squash224 \
+	    --tensors $(FIX)/reference/squash224.npy --model $(MODEL) --vectors $(FIX)/reference/vectors_fp32.npy
+	$(PY) reference/ewall_reference.py --list $(FIX)/reference/files.txt --mode resize256-crop224 \
+	    --tensors $(FIX)/reference/resize256-crop224.npy
+	@touch $@
+
+test: deps model fixtures
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+demo: build model $(FIX)/images/.done
+	@echo; echo "== ewall embed over the sample photos (data/samples/photos)"; echo
+	.build/release/ewall embed data/samples/photos/* .fixtures/images/truncated_half.jpg 2>&1 || true
+	@echo; echo "(the last row is a deliberately truncated JPEG: one failed row, nothing else lost)"
+
+bench: build model
+	$(PY) data/make_samples.py --out data/samples --bench 400
+	$(SWIFT) build -c release --product ewall-bench
+	$(PY) bench/run_bench.py --ewall-bench .build/release/ewall-bench --model $(MODEL) --out bench/out
+
+clean:
+	rm -rf .build/release .build/debug $(FIX) data/samples bench/out
