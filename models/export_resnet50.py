@@ -10,7 +10,7 @@ Random init (offline; vectors carry NO meaning, for tests and demos only):
 
 What it writes:
   OUT                 TorchScript, traced from torchvision.models.resnet50 with fc = Identity,
-                      in eval mode: input float32 [n,3,224,224] (ImageNet-normalised RGB),
+                      in eval mode, BatchNorm folded into the convolutions (float32): input float32 [n,3,224,224] (ImageNet-normalised RGB),
                       output float32 [n,2048] (the pooled features, before any normalisation).
                       The file is traced but NOT frozen: freezing folds the weights into graph
                       constants, after which the runtime can no longer cast them to bfloat16.
@@ -125,6 +125,12 @@ def main():
         calibrated = {"images": len(x), "photos": nfiles, "method": "batchnorm running stats, cumulative"}
         weights += f"+bn-recalibrated({len(x)} views of {nfiles} photos)"
 
+    # Fold every BatchNorm into its convolution now, in float32. The runtime casts weights to
+    # bfloat16 for --precision bf16; folding after that cast (as torch::jit::freeze would) loses
+    # precision: measured on the random-init model, worst centered cosine bf16-vs-fp32 0.79
+    # unfolded, 0.87 folded. float32 results are unchanged (cosine 0.9999999 to the unfolded net).
+    from torch.fx.experimental.optimization import fuse
+    model = fuse(model)
     example = torch.zeros(1, 3, 224, 224)
     with torch.no_grad():
         traced = torch.jit.trace(model, example, check_trace=False)
@@ -143,6 +149,7 @@ def main():
                   "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
         "preprocessing": {"default": "squash224", "supported": ["squash224", "resize256-crop224"]},
         "format": "torchscript-traced (frozen at load by EwallML)",
+        "batchnorm": "folded into the convolutions in float32 before tracing",
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
         "seed": args.seed if args.random_init else None,

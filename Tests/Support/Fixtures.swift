@@ -16,6 +16,7 @@ public enum Fixtures {
 
     public struct Missing: Error, CustomStringConvertible {
         public var description: String
+        public init(description: String) { self.description = description }
     }
 
     /// The bytes of a fixture file; a clear error naming `make fixtures` when it is missing.

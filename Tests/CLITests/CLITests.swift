@@ -1,0 +1,95 @@
+import EwallCore
+import EwallTestSupport
+import Foundation
+import Testing
+
+/// Runs the built `ewall` binary (next to this test bundle in .build/<config>/).
+func ewall(_ args: [String], env: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
+    let bin = Bundle.main.bundleURL.appendingPathComponent("ewall")
+    let candidates = [bin, Fixtures.root.appendingPathComponent(".build/debug/ewall")]
+    guard let exe = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
+        throw Fixtures.Missing(description: "ewall binary not built: run `swift build --build-tests` (make test does)")
+    }
+    let p = Process()
+    p.executableURL = exe
+    p.arguments = args
+    p.currentDirectoryURL = Fixtures.root
+    p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+@Suite("ewall embed", .serialized)
+struct EmbedCLITests {
+    @Test("--json: one line per input, vectors for good files, coded errors for bad ones, exit 0")
+    func json() throws {
+        let good = try Fixtures.photos()[0]
+        let r = try ewall(["embed", "--json", good, Fixtures.image("truncated_half.jpg"), Fixtures.image("scan.tiff")])
+        #expect(r.status == 0, "\(r.stderr)")
+        let lines = r.stdout.split(separator: "\n").map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        #expect(lines.count == 3)
+        #expect(lines[0]["ok"] as? Bool == true)
+        let v = try #require(lines[0]["vector"] as? [Double])
+        #expect(v.count == 2048)
+        #expect(abs(v.reduce(0) { $0 + $1 * $1 } - 1) < 1e-4)
+        #expect(lines[1]["ok"] as? Bool == false)
+        #expect((lines[1]["error"] as? [String: Any])?["code"] as? String == "truncated")
+        #expect((lines[2]["error"] as? [String: Any])?["code"] as? String == "unsupported_format")
+        #expect(r.stderr.contains("1 embedded, 2 failed"))
+    }
+
+    @Test("--npy writes float32 [n, 2048] for the inputs that succeeded, rows on stdout")
+    func npy() throws {
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-cli-\(UUID()).npy")
+        defer { try? FileManager.default.removeItem(at: out) }
+        let photos = Array(try Fixtures.photos().prefix(3))
+        let r = try ewall(["embed", "--npy", out.path, photos[0], Fixtures.image("empty.jpg"), photos[1], photos[2]])
+        #expect(r.status == 0, "\(r.stderr)")
+        let (shape, values) = try Npy.decode(Data(contentsOf: out))
+        #expect(shape == [3, 2048])
+        #expect(values.allSatisfy { $0.isFinite })
+        #expect(r.stdout.contains("\"row\":2"))
+        #expect(r.stdout.contains("\"code\":\"not_an_image\""))
+    }
+
+    @Test("the default output is a readable table that flags a random-init model")
+    func table() throws {
+        let r = try ewall(["embed", try Fixtures.photos()[1], Fixtures.image("valid_16000x16000.png")])
+        #expect(r.status == 0)
+        #expect(r.stdout.contains("ok  dim 2048"))
+        #expect(r.stdout.contains("FAILED too_many_pixels"))
+        let card = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: ModelCard.path(forModel: Fixtures.model)))) as! [String: Any]
+        if card["pretrained"] as? Bool == false {
+            #expect(r.stderr.contains("RANDOM-INIT"))
+        }
+    }
+
+    @Test("a missing model exits 2 with what to do; $EWALL_MODEL is honoured")
+    func missingModel() throws {
+        let r = try ewall(["embed", try Fixtures.photos()[0]], env: ["EWALL_MODEL": "/nope/model.pt"])
+        #expect(r.status == 2)
+        #expect(r.stderr.contains("/nope/model.pt") && r.stderr.contains("make model"))
+        #expect(r.stdout.isEmpty)
+    }
+
+    @Test("--help documents the flags")
+    func help() throws {
+        let r = try ewall(["embed", "--help"])
+        for flag in ["--model", "--precision", "--preprocess", "--json", "--npy", "--max-pixels", "EWALL_MODEL", "squash224"] {
+            #expect(r.stdout.contains(flag), "--help lacks \(flag)")
+        }
+    }
+
+    @Test("bad flags are usage errors")
+    func badFlags() throws {
+        let r = try ewall(["embed", "--precision", "fp8", "x.jpg"])
+        #expect(r.status != 0 && r.status != 2)
+        #expect(r.stderr.contains("fp8"))
+    }
+}

@@ -1,0 +1,118 @@
+import EwallCore
+import EwallImaging
+import EwallInference
+import EwallTestSupport
+import Foundation
+import Testing
+
+/// The tiny fixtures take [n, 3, 8, 8]; see Tests/Fixtures/make_torch_fixtures.py.
+func tinyOptions(_ name: String, precision: Precision = .fp32, batch: Int = 2) -> ModelOptions {
+    ModelOptions(path: Fixtures.torch(name), precision: precision, threads: 2, batchSize: batch,
+                 channels: 3, height: 8, width: 8)
+}
+
+struct Expected: Decodable {
+    var fills: [[Float]]
+    var linear4: [[Float]]
+    var special_rows: [[Float?]]
+
+    static func load() throws -> Expected {
+        let data = try Data(Fixtures.bytes(Fixtures.torch("expected.json")))
+        return try JSONDecoder().decode(Expected.self, from: data)
+    }
+
+    /// Image i: every pixel of channel c is fills[i][c].
+    func input(_ indices: [Int]) -> [Float] {
+        indices.flatMap { i in (0..<3).flatMap { c in [Float](repeating: fills[i][c], count: 64) } }
+    }
+}
+
+@Suite("libtorch shim: every error code")
+struct TorchShimErrorTests {
+    @Test("load failures are distinct and actionable", arguments: [
+        ("missing.pt", InferenceError.Code.modelNotFound, "not found"),
+        ("not_torchscript.pt", .notTorchScript, "not a TorchScript file"),
+        ("state_dict.pt", .notTorchScript, "torch.save"),
+        ("unsupported_op.pt", .unsupportedModel, "aten::sigmoix"),
+        ("output_4d.pt", .badOutput, "[2, 3, 8, 8]"),
+        ("output_tuple.pt", .badOutput, "Tuple"),
+        ("output_int.pt", .badOutput, "Long"),
+    ])
+    func loadError(name: String, code: InferenceError.Code, words: String) {
+        do {
+            _ = try TorchModel(options: tinyOptions(name))
+            Issue.record("\(name) loaded")
+        } catch {
+            #expect(error.code == code, "\(name): \(error)")
+            #expect(error.message.contains(words), "\(name): '\(error.message)' lacks '\(words)'")
+        }
+    }
+
+    @Test("bf16 on a file frozen before saving is refused with a reason")
+    func frozenBF16() throws {
+        try #require(TorchModel.cpuHasBF16, "this CPU has no native bf16")
+        #expect(throws: InferenceError.self) { _ = try TorchModel(options: tinyOptions("frozen_linear4.pt", precision: .bf16)) }
+        do { _ = try TorchModel(options: tinyOptions("frozen_linear4.pt", precision: .bf16)) } catch {
+            #expect(error.code == .precisionUnavailable)
+        }
+        // fp32 works with the frozen file.
+        _ = try TorchModel(options: tinyOptions("frozen_linear4.pt"))
+    }
+
+    @Test("a batch of the wrong shape is refused, not passed to torch")
+    func badInput() throws {
+        let model = try TorchModel(options: tinyOptions("linear4.pt"))
+        let x = [Float](repeating: 0, count: 10)
+        #expect { _ = try x.withUnsafeBufferPointer { try model.forward($0, count: 2) } } throws: {
+            ($0 as? InferenceError)?.code == .badInput
+        }
+    }
+}
+
+@Suite("libtorch shim: known outputs")
+struct TorchShimOutputTests {
+    @Test("linear4 reproduces Python's numbers", arguments: [Precision.fp32, .bf16])
+    func knownOutputs(precision: Precision) throws {
+        if precision == .bf16 { try #require(TorchModel.cpuHasBF16, "no native bf16 on this CPU") }
+        let e = try Expected.load()
+        let model = try TorchModel(options: tinyOptions("linear4.pt", precision: precision, batch: 4))
+        #expect(model.outputDim == 4)
+        let out = try e.input([0, 1, 2, 3]).withUnsafeBufferPointer { try model.forward($0, count: 4) }
+        let tolerance: Float = precision == .fp32 ? 1e-5 : 0.05
+        for i in 0..<4 {
+            for j in 0..<4 {
+                #expect(abs(out[i * 4 + j] - e.linear4[i][j]) <= tolerance, "row \(i) col \(j) \(precision)")
+            }
+        }
+    }
+
+    @Test("a short tail batch runs after a full warm-up batch")
+    func tailBatch() throws {
+        let e = try Expected.load()
+        let model = try TorchModel(options: tinyOptions("linear4.pt", batch: 4))
+        let out = try e.input([3]).withUnsafeBufferPointer { try model.forward($0, count: 1) }
+        #expect(out.count == 4)
+        #expect(abs(out[0] - e.linear4[3][0]) < 1e-5)
+    }
+}
+
+@Suite("Embedder")
+struct EmbedderTests {
+    @Test("NaN and all-zero rows are item errors; their neighbours still get vectors")
+    func invalidRows() throws {
+        let e = try Expected.load()
+        let model = try TorchModel(options: tinyOptions("special_rows.pt", batch: 5))
+        let raw = try e.input([0, 1, 2, 3, 4]).withUnsafeBufferPointer { try model.forward($0, count: 5) }
+        let results = (0..<5).map { Embedder.normalized(raw[$0 * 3..<($0 + 1) * 3]) }
+        for i in [0, 1, 3] {
+            let v = try results[i].get()
+            #expect(abs(VectorMath.norm(v) - 1) < 1e-6)
+            let want = e.special_rows[i].map { $0! }
+            #expect(VectorMath.cosine(v, want) > 0.99999)
+        }
+        for i in [2, 4] {  // row 2 is all zeros, row 4 is NaN
+            #expect(throws: InferenceError.self) { try results[i].get() }
+            if case .failure(let err) = results[i] { #expect(err.code == .invalidVector) }
+        }
+    }
+}
