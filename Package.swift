@@ -17,6 +17,7 @@ let package = Package(
     products: [
         .library(name: "EwallML", targets: ["EwallML"]),
         .executable(name: "ewall", targets: ["ewall"]),
+        .executable(name: "ewall-bench", targets: ["ewall-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -61,6 +62,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // `make bench`: our side of the benchmark (bench/run_bench.py runs Python's in the same run).
+        .executableTarget(name: "ewall-bench", dependencies: ["EwallML"]),
         // Fixture paths and vector maths shared by the test targets.
         .target(name: "EwallTestSupport", dependencies: ["EwallCore"], path: "Tests/Support"),
         .testTarget(name: "EwallImagingTests", dependencies: ["EwallImaging", "EwallTestSupport"]),

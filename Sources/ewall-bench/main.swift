@@ -1,0 +1,52 @@
+// ewall-bench: EwallML's side of `make bench` (bench/run_bench.py runs the Python side in the
+// same run and prints the comparison). Prints one JSON object.
+//
+//   ewall-bench --model models/resnet50.pt --images data/samples/bench --iterations 6
+import EwallML
+import Foundation
+
+func arg(_ name: String, _ fallback: String) -> String {
+    let a = CommandLine.arguments
+    if let i = a.firstIndex(of: name), i + 1 < a.count { return a[i + 1] }
+    return fallback
+}
+
+func peakRSSMiB() -> Double {
+    var u = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &u)
+    return Double(u.ru_maxrss) / 1024
+}
+
+let modelPath = arg("--model", "models/resnet50.pt")
+let imageDir = arg("--images", "data/samples/bench")
+let iterations = Int(arg("--iterations", "6"))!
+let threads = Int(arg("--threads", "2"))!
+let files = try FileManager.default.contentsOfDirectory(atPath: imageDir).sorted().map { "\(imageDir)/\($0)" }
+let bytes = files.map { [UInt8](FileManager.default.contents(atPath: $0)!) }
+let clock = ContinuousClock()
+var result: [String: Any] = ["images": files.count, "threads": threads, "batch": 32]
+
+// Decode + preprocess on one thread (squash224), exact and fast JPEG paths.
+for (key, fast) in [("decode_exact", false), ("decode_fast_jpeg", true)] {
+    let pre = Preprocessor(mode: .squash224, fastJPEG: fast)
+    _ = try pre.tensor(from: bytes[0])
+    let t = clock.measure { for b in bytes { _ = try! pre.tensor(from: b) } }
+    let s = Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18
+    result[key + "_images_per_s"] = Double(bytes.count) / s
+}
+
+// Model only, batch 32, fp32 and bf16: preprocessed tensors in memory.
+let pre = Preprocessor()
+let tensors = try bytes.prefix(32).map { try pre.tensor(from: $0) }
+for precision in [Precision.fp32, .bf16] where precision == .fp32 || TorchModel.cpuHasBF16 {
+    let embedder = try Embedder(options: ModelOptions(path: modelPath, precision: precision, threads: threads))
+    _ = await embedder.embedBatch(tensors)
+    let start = clock.now
+    for _ in 0..<iterations { _ = await embedder.embedBatch(tensors) }
+    let t = clock.now - start
+    let s = Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18
+    result["model_\(precision)_images_per_s"] = Double(32 * iterations) / s
+}
+result["peak_rss_mib"] = peakRSSMiB()
+let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])
+print(String(decoding: data, as: UTF8.self))
