@@ -111,3 +111,10 @@ public struct ItemFailure: Error, Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { "\(code) (\(stage.rawValue)): \(message)" }
 }
+
+/// The text in a fixed-size C `char` array imported as a tuple (`char message[512]` in the
+/// shims' error structs), up to its first NUL.
+public func stringFromCCharArray<T>(_ tuple: T) -> String {
+    var copy = tuple
+    return withUnsafeBytes(of: &copy) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+}

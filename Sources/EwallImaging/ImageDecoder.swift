@@ -34,8 +34,7 @@ public struct ImageInfo: Sendable, Hashable {
         bitDepth = Int(i.bit_depth)
         progressive = i.progressive != 0
         scaleDenominator = Int(i.scale_denom)
-        var w = i.warning
-        let text = withUnsafeBytes(of: &w) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        let text = stringFromCCharArray(i.warning)
         warning = text.isEmpty ? nil : text
     }
 }
@@ -125,8 +124,7 @@ public struct ImageDecoder: Sendable {
     }
 
     static func error(_ rc: Int32, _ err: ew_img_error) -> ImageError {
-        var e = err
-        let message = withUnsafeBytes(of: &e.message) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        let message = stringFromCCharArray(err.message)
         let code: ImageError.Code
         switch Int(rc) {
         case EW_IMG_E_NOT_AN_IMAGE: code = .notAnImage

@@ -109,8 +109,7 @@ public final class TorchModel: @unchecked Sendable {
     }
 
     static func error(_ rc: Int32, _ err: ew_torch_error) -> InferenceError {
-        var e = err
-        let message = withUnsafeBytes(of: &e.message) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        let message = stringFromCCharArray(err.message)
         let code: InferenceError.Code
         switch Int(rc) {
         case EW_TORCH_E_NOT_FOUND: code = .modelNotFound
