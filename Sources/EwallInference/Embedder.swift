@@ -28,7 +28,7 @@ public final class Embedder: Sendable {
     /// Embeds `tensors` in batches of ``batchSize`` (the last may be shorter). A NaN,
     /// infinite or all-zero output row is that item's `.invalidVector` error; a failing
     /// forward pass fails the items of its batch only. Checks cancellation between batches:
-    /// items not run are returned as `CancellationError`-coded failures.
+    /// items whose batch did not run come back as `model_error` failures saying "cancelled".
     public func embed(_ tensors: [ImageTensor]) async -> [Result<[Float], InferenceError>] {
         var results: [Result<[Float], InferenceError>] = []
         results.reserveCapacity(tensors.count)

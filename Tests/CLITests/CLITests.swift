@@ -78,6 +78,22 @@ struct EmbedCLITests {
         #expect(r.stdout.isEmpty)
     }
 
+    @Test("the format comes from the bytes: a PNG named .jpg and a WebP named .png both embed")
+    func formatFromBytes() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-sniff-\(UUID())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let pngAsJpg = dir.appendingPathComponent("photo.jpg"), webpAsPng = dir.appendingPathComponent("photo.png")
+        try Data(Fixtures.bytes(Fixtures.image("rgb8_451x300.png"))).write(to: pngAsJpg)
+        try Data(Fixtures.bytes(Fixtures.image("lossy_451x300.webp"))).write(to: webpAsPng)
+        let r = try ewall(["embed", pngAsJpg.path, webpAsPng.path])
+        #expect(r.status == 0)
+        let rows = r.stdout.split(separator: "\n").dropFirst()
+        #expect(rows.count == 2)
+        #expect(rows.first?.contains("png") == true && rows.first?.contains("ok  dim 2048") == true)
+        #expect(rows.last?.contains("webp") == true && rows.last?.contains("ok  dim 2048") == true)
+    }
+
     @Test("--help documents the flags")
     func help() throws {
         let r = try ewall(["embed", "--help"])

@@ -101,13 +101,6 @@ struct DecoderFormatTests {
         #expect(meanAbsDiff(upright.pixels, image.pixels) < 3)
     }
 
-    @Test("the format comes from the bytes, not the file name")
-    func sniffing() throws {
-        let png = try Fixtures.bytes(Fixtures.image("rgb8_451x300.png"))
-        #expect(try decoder.decode(png).info.format == "png")  // whatever it would be called
-        let html = try Fixtures.bytes(Fixtures.image("html_pretending_to_be.jpg"))
-        #expect(throws: ImageError.self) { try decoder.decode(html) }
-    }
 }
 
 @Suite("Decoding: every bad file gets its own specific error")
