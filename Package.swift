@@ -7,8 +7,11 @@
 //   EwallCore     pure Swift: errors, model card, configuration, vectors
 //   EwallImaging  decoding and preprocessing to a CHW float tensor
 //   EwallInference the embedder: batching, worker thread, precision
-//   EwallML       the public surface: files/bytes -> vectors
-//   ewall         thin CLI
+//   CSQLite       the system SQLite library (module map only)
+//   EwallFetch    fetching image bytes: HTTP(S) with per-host limits and retries, file:// and paths
+//   EwallStore    the embedding store: SQLite (embedded default) and PostgreSQL behind one protocol
+//   EwallML       the public surface: files/bytes -> vectors; the manifest -> store batch job
+//   ewall, ewall-embed   thin CLIs
 import PackageDescription
 
 let package = Package(
@@ -17,11 +20,16 @@ let package = Package(
     products: [
         .library(name: "EwallML", targets: ["EwallML"]),
         .executable(name: "ewall", targets: ["ewall"]),
+        .executable(name: "ewall-embed", targets: ["ewall-embed"]),
         .executable(name: "ewall-bench", targets: ["ewall-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.25.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.25.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.9.0"..<"5.0.0"),
     ],
     targets: [
         .target(
@@ -41,6 +49,7 @@ let package = Package(
                 .linkedLibrary("c10"),
             ]
         ),
+        .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "EwallCore"),
         .target(name: "EwallImaging", dependencies: ["EwallCore", "CImageCodec"]),
         .target(
@@ -48,16 +57,52 @@ let package = Package(
             dependencies: ["EwallCore", "EwallImaging", "CTorchShim"]
         ),
         .target(
+            name: "EwallFetch",
+            dependencies: [
+                "EwallCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "EwallStore",
+            dependencies: [
+                "EwallCore", "CSQLite",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "EwallML",
             dependencies: [
-                "EwallCore", "EwallImaging", "EwallInference",
+                "EwallCore", "EwallImaging", "EwallInference", "EwallFetch", "EwallStore",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Flags, exit codes and output helpers shared by the executables.
+        .target(
+            name: "EwallCLI",
+            dependencies: [
+                "EwallML",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
             name: "ewall",
             dependencies: [
-                "EwallML",
+                "EwallML", "EwallCLI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "ewall-embed",
+            dependencies: [
+                "EwallML", "EwallCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -65,12 +110,23 @@ let package = Package(
         // `make bench`: our side of the benchmark (bench/run_bench.py runs Python's in the same run).
         .executableTarget(name: "ewall-bench", dependencies: ["EwallML"]),
         // Fixture paths and vector maths shared by the test targets.
-        .target(name: "EwallTestSupport", dependencies: ["EwallCore"], path: "Tests/Support"),
+        // The loopback HTTP server and the throwaway PostgreSQL server the tests start themselves.
+        .target(
+            name: "EwallTestSupport",
+            dependencies: [
+                "EwallCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Tests/Support"),
         .testTarget(name: "EwallImagingTests", dependencies: ["EwallImaging", "EwallTestSupport"]),
         .testTarget(name: "EwallInferenceTests", dependencies: ["EwallInference", "EwallTestSupport"]),
         .testTarget(
             name: "EwallMLTests",
             dependencies: ["EwallML", "EwallTestSupport", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "EwallFetchTests", dependencies: ["EwallFetch", "EwallTestSupport"]),
+        .testTarget(name: "EwallStoreTests", dependencies: ["EwallStore", "EwallTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["EwallTestSupport"]),
     ],
     cxxLanguageStandard: .cxx17

@@ -1,6 +1,8 @@
 @_exported import EwallCore
 @_exported import EwallImaging
 @_exported import EwallInference
+@_exported import EwallFetch
+@_exported import EwallStore
 import Foundation
 import Logging
 
@@ -36,6 +38,12 @@ public struct Embedding: Sendable {
     public var image: ImageInfo
 }
 
+/// A decoded and preprocessed image, ready for the model (``ImageEmbedder/prepare(_:)``).
+public struct PreparedImage: Sendable {
+    public var tensor: ImageTensor
+    public var info: ImageInfo
+}
+
 /// The outcome for one input: a vector, or why there is none.
 public struct EmbeddingOutcome: Sendable {
     /// The path or label the input was given as.
@@ -67,6 +75,7 @@ public final class ImageEmbedder: Sendable {
     public let embedder: Embedder
     private let preprocessor: Preprocessor
     private let decoders: [BlockingWorker]
+    private let nextDecoder = RoundRobin()
 
     /// Loads and warms up the model. Logs a warning when the card says `pretrained: false`.
     public init(configuration: EmbedderConfiguration, logger: Logger = Logger(label: "ewall")) throws(InferenceError) {
@@ -115,6 +124,36 @@ public final class ImageEmbedder: Sendable {
         await run(images.enumerated().map { i, bytes -> Input in
             (labels?[i] ?? "\(i)", { () throws(ItemFailure) -> [UInt8] in bytes })
         })
+    }
+
+    /// Decodes and preprocesses one image on a decode thread (round-robin over
+    /// ``EmbedderConfiguration/decodeThreads``). The building block of pipelines that fetch
+    /// their own bytes, such as ``EmbeddingJob``.
+    public func prepare(_ bytes: [UInt8]) async -> Result<PreparedImage, ItemFailure> {
+        let pre = preprocessor
+        let worker = decoders[nextDecoder.next(decoders.count)]
+        return await worker.run { () -> Result<PreparedImage, ItemFailure> in
+            do throws(ImageError) {
+                let image = try pre.decoder.decode(bytes)
+                return .success(PreparedImage(tensor: try pre.tensor(from: image), info: image.info))
+            } catch { return .failure(ItemFailure(error)) }
+        }
+    }
+
+    /// Runs prepared images through the model, in batches of the model's batch size, and
+    /// returns one vector or failure per image, in order.
+    public func embed(prepared: [PreparedImage]) async -> [Result<Embedding, ItemFailure>] {
+        var out: [Result<Embedding, ItemFailure>] = []
+        out.reserveCapacity(prepared.count)
+        let size = embedder.batchSize
+        for start in stride(from: 0, to: prepared.count, by: size) {
+            let chunk = prepared[start..<min(start + size, prepared.count)]
+            let vectors = await embedder.embedBatch(chunk.map(\.tensor))
+            for (p, v) in zip(chunk, vectors) {
+                out.append(v.map { Embedding(vector: $0, image: p.info) }.mapError { ItemFailure($0) })
+            }
+        }
+        return out
     }
 
     typealias Input = (label: String, bytes: @Sendable () throws(ItemFailure) -> [UInt8])
@@ -190,5 +229,20 @@ public final class ImageEmbedder: Sendable {
             throw ItemFailure(ImageError(.unreadable, "\(path) could not be read"), stage: .read)
         }
         return [UInt8](data)
+    }
+}
+
+/// A thread-safe round-robin counter.
+///
+/// Safe because: `value` is only touched under `lock`.
+final class RoundRobin: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+
+    func next(_ modulo: Int) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        value = (value + 1) % max(1, modulo)
+        return value
     }
 }

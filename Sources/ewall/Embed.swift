@@ -1,4 +1,5 @@
 import ArgumentParser
+import EwallCLI
 import EwallML
 import Foundation
 import Logging

@@ -1,0 +1,138 @@
+import Dispatch
+import EwallML
+import Foundation
+
+/// `--failures FILE`: one JSON object per failure, flushed as it comes.
+///
+/// Safe because: the handle is written under `lock`.
+public final class FailureLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private let handle: FileHandle
+    private let encoder = JSONEncoder()
+
+    public init(path: String) throws {
+        guard FileManager.default.createFile(atPath: path, contents: nil) else {
+            throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
+        }
+        handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    }
+
+    public func write(_ failure: JobFailure) {
+        guard let data = try? encoder.encode(failure) else { return }
+        lock.lock()
+        handle.write(data + Data("\n".utf8))
+        lock.unlock()
+    }
+
+    public func close() {
+        lock.lock()
+        try? handle.close()
+        lock.unlock()
+    }
+}
+
+/// SIGINT and SIGTERM: the first calls `onFirst` (stop gracefully); a second one exits at once.
+///
+/// Safe because: `signal` is only touched under `lock`; the sources live as long as this object.
+public final class SignalHandler: @unchecked Sendable {
+    private let lock = NSLock()
+    private var signal: Int32?
+    private var sources: [DispatchSourceSignal] = []
+
+    public init(onFirst: @escaping @Sendable (Int32) -> Void) {
+        for sig in [SIGINT, SIGTERM] {
+            Foundation.signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [unowned self] in
+                self.lock.lock()
+                let first = self.signal == nil
+                if first { self.signal = sig }
+                self.lock.unlock()
+                if first { onFirst(sig) } else { exit(128 + sig) }
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    /// The first signal received, if any.
+    public var received: Int32? {
+        lock.lock()
+        defer { lock.unlock() }
+        return signal
+    }
+}
+
+/// The live line on a terminal, or a plain log line when stderr is not one.
+///
+/// Safe because: `shown` is only touched under `lock`.
+public final class ProgressDisplay: @unchecked Sendable {
+    public let terminal: Bool
+    private let lock = NSLock()
+    private var shown = false
+
+    public init(terminal: Bool) {
+        self.terminal = terminal
+    }
+
+    public func show(_ p: JobProgress) {
+        let c = p.counts
+        let total = p.estimatedRows.map { "/~\($0)" } ?? ""
+        var line = "\(c.done)\(total) rows  ok \(c.embedded)  skipped \(c.skipped + c.duplicates)  "
+            + "failed \(c.failed + c.skippedFailed + c.badRows)  " + String(format: "%.1f img/s", p.imagesPerSecond)
+        if let eta = p.eta { line += "  ETA " + Self.duration(eta) }
+        lock.lock()
+        defer { lock.unlock() }
+        if terminal {
+            FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
+            shown = true
+        } else {
+            let stamp = Date().ISO8601Format()
+            FileHandle.standardError.write(Data("\(stamp) ewall-embed: \(line)\n".utf8))
+        }
+    }
+
+    public func finish() {
+        lock.lock()
+        defer { lock.unlock() }
+        if terminal && shown { FileHandle.standardError.write(Data("\n".utf8)) }
+        shown = false
+    }
+
+    static func duration(_ s: Double) -> String {
+        let t = Int(s.rounded())
+        return t >= 3600 ? String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) : String(format: "%dm%02ds", t / 60, t % 60)
+    }
+}
+
+/// The human-readable end-of-run summary.
+public enum SummaryText {
+    public static func render(_ s: JobSummary, failuresPath: String?) -> String {
+        let c = s.counts
+        var out = """
+            ewall-embed: \(s.manifest) -> \(s.store)
+              model \(s.modelID) (\(s.precision), \(s.preprocessing))
+              rows \(c.rows): embedded \(c.embedded), skipped \(c.skipped) (already embedded), \
+            duplicates \(c.duplicates), failed \(c.failed), failed earlier and not retried \(c.skippedFailed), \
+            bad rows \(c.badRows)
+
+            """
+        if !s.failuresByClass.isEmpty {
+            out += "  failures by class: " + s.failuresByClass.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+                .joined(separator: ", ") + "\n"
+        }
+        if !s.skippedFailedByClass.isEmpty {
+            out += "  earlier failures skipped: " + s.skippedFailedByClass.sorted { $0.key < $1.key }
+                .map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+                + " (--retry-failed retries timeout/connection/http_5xx/http_429; --force all)\n"
+        }
+        let st = s.stageSeconds
+        out += String(format: "  %.1f s, %.1f images/s; busy seconds: fetch %.1f, decode %.1f, model %.1f, write %.1f; model busy %.0f%%\n",
+                      s.seconds, s.imagesPerSecond, st.fetch, st.decode, st.infer, st.write, s.modelBusy * 100)
+        if let failuresPath, c.failed + c.badRows > 0 { out += "  failures written to \(failuresPath)\n" }
+        if s.interrupted { out += "  INTERRUPTED: the current batch was written; run again to continue\n" }
+        if s.randomInitModel { out += "  RANDOM-INIT MODEL: these vectors carry no meaning (tests and demos only)\n" }
+        return out
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+
+/// Which model and which preprocessing made a vector. Vectors with different keys are never
+/// compared or mixed: stores, exports and indexes always work on one key at a time.
+public struct ModelKey: Hashable, Sendable, Codable, CustomStringConvertible {
+    /// `name@sha256-prefix` from the model card (or the `model_version` of imported vectors).
+    public var modelID: String
+    /// A ``PreprocessingMode`` raw value (`squash224`, `resize256-crop224`).
+    public var preprocessing: String
+
+    public init(modelID: String, preprocessing: String) {
+        self.modelID = modelID
+        self.preprocessing = preprocessing
+    }
+
+    public var description: String { "\(modelID) (\(preprocessing))" }
+}
+
+/// A product's metadata, as given by a manifest or an import. `nil` means "not given":
+/// storing it never erases what the store already knows.
+public struct Product: Hashable, Sendable, Codable {
+    public var id: String
+    public var title: String?
+    public var category: String?
+    public var inStock: Bool?
+    public var brand: String?
+    public var price: Double?
+
+    public init(id: String, title: String? = nil, category: String? = nil, inStock: Bool? = nil,
+                brand: String? = nil, price: Double? = nil) {
+        self.id = id
+        self.title = title
+        self.category = category
+        self.inStock = inStock
+        self.brand = brand
+        self.price = price
+    }
+}
+
+/// One product image's vector and what it was made from.
+public struct StoredEmbedding: Sendable, Hashable {
+    public var productID: String
+    public var imageURL: String
+    public var key: ModelKey
+    /// Float32, L2-normalised for vectors this library makes (imports are stored as given).
+    public var vector: [Float]
+    /// SHA-256 of the image bytes, hex; `nil` for imported vectors.
+    public var imageSHA256: String?
+    public var width: Int?
+    public var height: Int?
+    public var bytes: Int?
+    /// The Content-Type the server sent (recorded, not trusted: the decoder sniffs bytes).
+    public var contentType: String?
+
+    public init(productID: String, imageURL: String, key: ModelKey, vector: [Float], imageSHA256: String? = nil,
+                width: Int? = nil, height: Int? = nil, bytes: Int? = nil, contentType: String? = nil) {
+        self.productID = productID
+        self.imageURL = imageURL
+        self.key = key
+        self.vector = vector
+        self.imageSHA256 = imageSHA256
+        self.width = width
+        self.height = height
+        self.bytes = bytes
+        self.contentType = contentType
+    }
+}
+
+/// The ledger's record of the last attempt at one product image under one ``ModelKey``.
+public struct LedgerEntry: Sendable, Hashable {
+    public enum Status: String, Sendable, Codable { case embedded, failed }
+
+    public var productID: String
+    public var imageURL: String
+    public var key: ModelKey
+    public var status: Status
+    /// A ``FailureClass`` raw value when `status == .failed`.
+    public var errorClass: String?
+    public var httpStatus: Int?
+    public var attempts: Int
+    public var lastError: String?
+    public var lastTried: Date
+
+    public init(productID: String, imageURL: String, key: ModelKey, status: Status, errorClass: String? = nil,
+                httpStatus: Int? = nil, attempts: Int, lastError: String? = nil, lastTried: Date = Date()) {
+        self.productID = productID
+        self.imageURL = imageURL
+        self.key = key
+        self.status = status
+        self.errorClass = errorClass
+        self.httpStatus = httpStatus
+        self.attempts = attempts
+        self.lastError = lastError
+        self.lastTried = lastTried
+    }
+}
+
+/// The stable error classes of the batch job, as stored in the ledger and the failures file.
+/// Image and model classes are ``ImageError/Code`` and ``InferenceError/Code`` raw values.
+public enum FailureClass {
+    public static let http4xx = "http_4xx"
+    /// 429 Too Many Requests: transient, retried honouring `Retry-After`.
+    public static let http429 = "http_429"
+    public static let http5xx = "http_5xx"
+    /// A status outside 2xx/4xx/5xx that was not a followed redirect (1xx, 3xx without Location).
+    public static let httpOther = "http_other"
+    public static let timeout = "timeout"
+    public static let connection = "connection"
+    public static let tooLarge = ImageError.Code.tooLarge.rawValue
+    public static let redirectLoop = "redirect_loop"
+    /// The URL parsed but cannot be fetched (unsupported scheme, no host).
+    public static let invalidURL = "invalid_url"
+    public static let unreadable = ImageError.Code.unreadable.rawValue
+    /// A manifest row that cannot be processed (missing id, bad URL, duplicate id with another URL).
+    public static let badRow = "bad_row"
+
+    /// Failures worth retrying later (`--retry-failed`): the network or the server, not the image.
+    public static let transient: Set<String> = [timeout, connection, http5xx, http429]
+
+    public static func isTransient(_ code: String) -> Bool { transient.contains(code) }
+}

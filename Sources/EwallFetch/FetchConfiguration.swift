@@ -1,0 +1,99 @@
+import EwallCore
+import Foundation
+
+/// How images are fetched: limits, timeouts and the retry policy, with documented defaults.
+public struct FetchConfiguration: Sendable, Hashable {
+    /// Requests in flight to one host at once (default 8). Outlet images come from one or two
+    /// CDN hosts: this, not the overall concurrency, is what keeps a host from answering 429.
+    public var perHostLimit: Int
+    /// Time to establish a connection (default 5 s).
+    public var connectTimeout: Duration
+    /// Time for one whole attempt: connect, headers and body (default 30 s).
+    public var requestTimeout: Duration
+    /// Attempts per URL, the first included (default 4). Only transient failures are retried:
+    /// timeouts, connection errors, 5xx and 429.
+    public var maxAttempts: Int
+    /// Backoff before retry `n` is a random delay in `0 ... min(backoffMax, backoffBase * 2^(n-1))`
+    /// ("full jitter"), unless the server sent `Retry-After`.
+    public var backoffBase: Duration
+    public var backoffMax: Duration
+    /// The longest `Retry-After` honoured (default 120 s); longer values count as this.
+    public var maxRetryAfter: Duration
+    /// Response bodies above this many bytes are refused while streaming (default 20 MiB).
+    public var maxBytes: Int
+    /// Redirects followed per request (default 5); a cycle or more hops is `redirect_loop`.
+    public var maxRedirects: Int
+    /// Sent with every request.
+    public var userAgent: String
+    /// Whether `file://` URLs and plain paths may be read (the batch job: yes; a server taking
+    /// URLs from callers: no).
+    public var allowFiles: Bool
+    /// Relative plain paths are resolved against this folder (the manifest's); `nil`: the
+    /// current directory.
+    public var baseDirectory: String?
+
+    public init(perHostLimit: Int = 8, connectTimeout: Duration = .seconds(5), requestTimeout: Duration = .seconds(30),
+                maxAttempts: Int = 4, backoffBase: Duration = .milliseconds(500), backoffMax: Duration = .seconds(30),
+                maxRetryAfter: Duration = .seconds(120), maxBytes: Int = 20 << 20, maxRedirects: Int = 5,
+                userAgent: String = FetchConfiguration.defaultUserAgent, allowFiles: Bool = true,
+                baseDirectory: String? = nil) {
+        self.perHostLimit = perHostLimit
+        self.connectTimeout = connectTimeout
+        self.requestTimeout = requestTimeout
+        self.maxAttempts = maxAttempts
+        self.backoffBase = backoffBase
+        self.backoffMax = backoffMax
+        self.maxRetryAfter = maxRetryAfter
+        self.maxBytes = maxBytes
+        self.maxRedirects = maxRedirects
+        self.userAgent = userAgent
+        self.allowFiles = allowFiles
+        self.baseDirectory = baseDirectory
+    }
+
+    public static let defaultUserAgent = "EwallML/0.3 (ewall-embed; product image embedding; +https://e-wall.example/bot)"
+
+    /// The delay before retry number `retry` (1 = the first retry), with full jitter.
+    public func backoff(retry: Int, random: Double = Double.random(in: 0...1)) -> Duration {
+        let cap = min(Self.seconds(backoffMax), Self.seconds(backoffBase) * pow(2, Double(max(0, retry - 1))))
+        return .milliseconds(Int((cap * random * 1000).rounded()))
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        let (s, atto) = d.components
+        return Double(s) + Double(atto) / 1e18
+    }
+}
+
+/// Why an image could not be fetched. `code` is a ``FailureClass`` raw value.
+public struct FetchError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var code: String
+    public var message: String
+    /// The last HTTP status received, if any.
+    public var httpStatus: Int?
+    /// Attempts made, the first included.
+    public var attempts: Int
+
+    public init(_ code: String, _ message: String, httpStatus: Int? = nil, attempts: Int = 1) {
+        self.code = code
+        self.message = message
+        self.httpStatus = httpStatus
+        self.attempts = attempts
+    }
+
+    /// Whether a later run should try again (`--retry-failed`).
+    public var isTransient: Bool { FailureClass.isTransient(code) }
+    public var description: String { "\(code): \(message)" }
+}
+
+/// The bytes of one image and how they arrived.
+public struct FetchedImage: Sendable {
+    public var bytes: [UInt8]
+    /// SHA-256 of `bytes`, lower-case hex.
+    public var sha256: String
+    /// As sent by the server; recorded, never trusted (the decoder sniffs the bytes).
+    public var contentType: String?
+    /// 200 for HTTP, `nil` for files.
+    public var httpStatus: Int?
+    public var attempts: Int
+}

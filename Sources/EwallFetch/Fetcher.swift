@@ -1,0 +1,242 @@
+import AsyncHTTPClient
+import Crypto
+import EwallCore
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// Fetches image bytes over HTTP(S) (async-http-client, pooled keep-alive connections) or
+/// from local files, with a per-host limit, timeouts, a streaming byte cap and retries with
+/// exponential backoff and full jitter for transient failures. Never throws: every URL gets
+/// its bytes or a ``FetchError`` naming a ``FailureClass``.
+///
+/// Safe to share between many tasks; call ``shutdown()`` once when done.
+///
+/// ```swift
+/// let fetcher = ImageFetcher(configuration: FetchConfiguration(perHostLimit: 8))
+/// switch await fetcher.fetch("https://cdn.example.com/p/123.jpg") {
+/// case .success(let image): print(image.bytes.count, image.sha256)
+/// case .failure(let error): print(error.code, error.message)
+/// }
+/// try await fetcher.shutdown()
+/// ```
+public final class ImageFetcher: Sendable {
+    public let configuration: FetchConfiguration
+    private let client: HTTPClient
+    private let limiter: HostLimiter
+    private let logger: Logger
+
+    /// The class of a fetch that was cancelled (the job is stopping); such items are not
+    /// recorded as failures.
+    public static let cancelled = "cancelled"
+
+    public init(configuration: FetchConfiguration = FetchConfiguration(), logger: Logger = Logger(label: "ewall.fetch")) {
+        self.configuration = configuration
+        self.logger = logger
+        var pool = HTTPClient.Configuration.ConnectionPool(
+            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: max(1, configuration.perHostLimit))
+        // Our own retry policy decides; the pool must not retry connects behind its back.
+        pool.retryConnectionEstablishment = false
+        var http = HTTPClient.Configuration(
+            redirectConfiguration: .follow(max: configuration.maxRedirects, allowCycles: false),
+            timeout: .init(connect: .nanoseconds(Self.nanos(configuration.connectTimeout)),
+                           read: .nanoseconds(Self.nanos(configuration.requestTimeout))),
+            connectionPool: pool,
+            decompression: .disabled)
+        http.httpVersion = .automatic
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
+        limiter = HostLimiter(limit: configuration.perHostLimit)
+    }
+
+    /// Closes the connection pool.
+    public func shutdown() async throws {
+        try await client.shutdown()
+    }
+
+    /// Fetches `location` (a manifest's `image_url`), retrying transient failures.
+    public func fetch(_ location: String) async -> Result<FetchedImage, FetchError> {
+        switch ImageLocation.parse(location, baseDirectory: configuration.baseDirectory) {
+        case .failure(let e): return .failure(e)
+        case .success(let loc): return await fetch(loc)
+        }
+    }
+
+    public func fetch(_ location: ImageLocation) async -> Result<FetchedImage, FetchError> {
+        switch location {
+        case .file(let path):
+            guard configuration.allowFiles else {
+                return .failure(FetchError(FailureClass.invalidURL, "local files are not allowed here"))
+            }
+            return readFile(path)
+        case .http(let url):
+            return await fetchHTTP(url)
+        }
+    }
+
+    // MARK: HTTP
+
+    private enum Attempt {
+        case done(FetchedImage)
+        case failed(FetchError, retryAfter: Duration?)
+    }
+
+    private func fetchHTTP(_ url: URL) async -> Result<FetchedImage, FetchError> {
+        let host = url.host?.lowercased() ?? ""
+        var attempt = 0
+        while true {
+            attempt += 1
+            if Task.isCancelled { return .failure(FetchError(Self.cancelled, "cancelled", attempts: attempt - 1)) }
+            await limiter.acquire(host)
+            let outcome = await attemptOnce(url)
+            await limiter.release(host)
+            switch outcome {
+            case .done(var image):
+                image.attempts = attempt
+                return .success(image)
+            case .failed(var error, let retryAfter):
+                error.attempts = attempt
+                guard error.isTransient, attempt < configuration.maxAttempts, !Task.isCancelled else {
+                    if Task.isCancelled { error.code = Self.cancelled }
+                    return .failure(error)
+                }
+                let delay: Duration
+                if let retryAfter {
+                    delay = min(retryAfter, configuration.maxRetryAfter)
+                    // The whole host waits, not only this request.
+                    await limiter.pause(host, until: .now + delay)
+                } else {
+                    delay = configuration.backoff(retry: attempt)
+                }
+                logger.debug("retrying \(url) in \(delay): \(error)")
+                do { try await Task.sleep(for: delay) } catch {
+                    return .failure(FetchError(Self.cancelled, "cancelled", attempts: attempt))
+                }
+            }
+        }
+    }
+
+    private func attemptOnce(_ url: URL) async -> Attempt {
+        var request = HTTPClientRequest(url: url.absoluteString)
+        request.headers.add(name: "User-Agent", value: configuration.userAgent)
+        request.headers.add(name: "Accept", value: "image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.5")
+        let deadline = NIODeadline.now() + .nanoseconds(Self.nanos(configuration.requestTimeout))
+        do {
+            let response = try await client.execute(request, deadline: deadline, logger: logger)
+            let status = Int(response.status.code)
+            let contentType = response.headers.first(name: "content-type")
+            switch status {
+            case 200..<300:
+                let declared = response.headers.first(name: "content-length").flatMap { Int($0) }
+                if let declared, declared > configuration.maxBytes {
+                    return .failed(FetchError(FailureClass.tooLarge,
+                                              "the server declares \(declared) bytes, above the limit of \(configuration.maxBytes)",
+                                              httpStatus: status), retryAfter: nil)
+                }
+                var bytes: [UInt8] = []
+                bytes.reserveCapacity(min(declared ?? 256 << 10, configuration.maxBytes))
+                for try await chunk in response.body {
+                    if bytes.count + chunk.readableBytes > configuration.maxBytes {
+                        return .failed(FetchError(FailureClass.tooLarge,
+                                                  "the response is larger than the limit of \(configuration.maxBytes) bytes",
+                                                  httpStatus: status), retryAfter: nil)
+                    }
+                    bytes.append(contentsOf: chunk.readableBytesView)
+                }
+                return .done(FetchedImage(bytes: bytes, sha256: Self.sha256(bytes), contentType: contentType,
+                                          httpStatus: status, attempts: 1))
+            case 429:
+                let after = response.headers.first(name: "retry-after").flatMap { Self.parseRetryAfter($0) }
+                return .failed(FetchError(FailureClass.http429, "HTTP 429 Too Many Requests"
+                                          + (after.map { " (Retry-After \($0))" } ?? ""), httpStatus: status),
+                               retryAfter: after)
+            case 400..<500:
+                return .failed(FetchError(FailureClass.http4xx, "HTTP \(status) \(response.status.reasonPhrase)",
+                                          httpStatus: status), retryAfter: nil)
+            case 500..<600:
+                let after = response.headers.first(name: "retry-after").flatMap { Self.parseRetryAfter($0) }
+                return .failed(FetchError(FailureClass.http5xx, "HTTP \(status) \(response.status.reasonPhrase)",
+                                          httpStatus: status), retryAfter: after)
+            default:
+                return .failed(FetchError(FailureClass.httpOther, "unexpected HTTP \(status) \(response.status.reasonPhrase)",
+                                          httpStatus: status), retryAfter: nil)
+            }
+        } catch {
+            return .failed(Self.classify(error), retryAfter: nil)
+        }
+    }
+
+    /// Maps a transport error to a failure class with a message a user can act on.
+    static func classify(_ error: any Error) -> FetchError {
+        if error is CancellationError { return FetchError(cancelled, "cancelled") }
+        if let e = error as? HTTPClientError {
+            switch e {
+            case .connectTimeout, .readTimeout, .writeTimeout, .deadlineExceeded, .tlsHandshakeTimeout:
+                return FetchError(FailureClass.timeout, "timed out (\(e))")
+            case .redirectLimitReached, .redirectCycleDetected:
+                return FetchError(FailureClass.redirectLoop, "too many redirects or a redirect cycle (\(e))")
+            case .invalidURL, .emptyHost, .emptyScheme:
+                return FetchError(FailureClass.invalidURL, "the URL cannot be fetched (\(e))")
+            case .cancelled:
+                return FetchError(cancelled, "cancelled")
+            default:
+                return FetchError(FailureClass.connection, "connection failed (\(e))")
+            }
+        }
+        return FetchError(FailureClass.connection, "connection failed: \(error)")
+    }
+
+    /// `Retry-After` as delta-seconds or an HTTP date.
+    static func parseRetryAfter(_ value: String) -> Duration? {
+        let v = value.trimmingCharacters(in: .whitespaces)
+        if let s = Double(v), s >= 0 { return .milliseconds(Int(s * 1000)) }
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "GMT")
+        f.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
+        guard let date = f.date(from: v) else { return nil }
+        return .milliseconds(max(0, Int(date.timeIntervalSinceNow * 1000)))
+    }
+
+    // MARK: Files
+
+    private func readFile(_ path: String) -> Result<FetchedImage, FetchError> {
+        let attrs: [FileAttributeKey: Any]
+        do {
+            attrs = try FileManager.default.attributesOfItem(atPath: path)
+        } catch {
+            return .failure(FetchError(FailureClass.unreadable, "\(path): no such file or not readable"))
+        }
+        if (attrs[.type] as? FileAttributeType) == .typeDirectory {
+            return .failure(FetchError(FailureClass.unreadable, "\(path) is a directory, not an image file"))
+        }
+        let size = (attrs[.size] as? Int) ?? 0
+        if size > configuration.maxBytes {
+            return .failure(FetchError(FailureClass.tooLarge, "\(path) is \(size) bytes, above the limit of \(configuration.maxBytes)"))
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            return .failure(FetchError(FailureClass.unreadable, "\(path) could not be read"))
+        }
+        let bytes = [UInt8](data)
+        return .success(FetchedImage(bytes: bytes, sha256: Self.sha256(bytes), contentType: nil, httpStatus: nil, attempts: 1))
+    }
+
+    // MARK: Helpers
+
+    /// Lower-case hex SHA-256.
+    public static func sha256(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(64)
+        for b in SHA256.hash(data: bytes) {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 15)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    static func nanos(_ d: Duration) -> Int64 {
+        let (s, atto) = d.components
+        return s * 1_000_000_000 + atto / 1_000_000_000
+    }
+}

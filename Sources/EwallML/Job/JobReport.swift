@@ -1,0 +1,141 @@
+import EwallCore
+import Foundation
+
+/// One item (or manifest row) that did not become a vector, as written to `--failures`.
+public struct JobFailure: Sendable, Codable, Hashable {
+    /// Manifest line, when the failure is a bad row.
+    public var line: Int?
+    public var productID: String?
+    public var imageURL: String?
+    /// A ``FailureClass`` (or image/model error class) raw value.
+    public var errorClass: String
+    /// `manifest`, `fetch`, `decode`, `infer`.
+    public var stage: String
+    public var message: String
+    public var httpStatus: Int?
+    public var attempts: Int
+
+    enum CodingKeys: String, CodingKey {
+        case line, stage, message, attempts
+        case productID = "product_id", imageURL = "image_url", errorClass = "class", httpStatus = "http_status"
+    }
+}
+
+/// Counts while the job runs, and at its end.
+public struct JobCounts: Sendable, Codable, Hashable {
+    /// Manifest rows read (bad rows and duplicates included).
+    public var rows = 0
+    /// Vectors written by this run.
+    public var embedded = 0
+    /// Already embedded with the same URL, model and preprocessing.
+    public var skipped = 0
+    /// Failed in an earlier run and not retried (permanent class, or no `--retry-failed`).
+    public var skippedFailed = 0
+    /// Failed in this run.
+    public var failed = 0
+    /// Manifest rows that could not be used.
+    public var badRows = 0
+    /// Rows repeating an earlier row's product id and URL.
+    public var duplicates = 0
+
+    /// Items this run has finished with, one way or another.
+    public var done: Int { embedded + skipped + skippedFailed + failed + badRows + duplicates }
+
+    enum CodingKeys: String, CodingKey {
+        case rows, embedded, skipped, failed, duplicates
+        case skippedFailed = "skipped_failed", badRows = "bad_rows"
+    }
+}
+
+/// Busy seconds per stage, summed over the stage's workers.
+public struct StageSeconds: Sendable, Codable, Hashable {
+    public var fetch = 0.0
+    public var decode = 0.0
+    public var infer = 0.0
+    public var write = 0.0
+}
+
+/// A snapshot for the progress display.
+public struct JobProgress: Sendable {
+    public var counts: JobCounts
+    /// Data rows in the manifest, estimated from its line count.
+    public var estimatedRows: Int?
+    public var elapsed: Double
+    /// Vectors per second over the run so far.
+    public var imagesPerSecond: Double
+    /// Seconds left at the current rate, when it can be estimated.
+    public var eta: Double?
+}
+
+/// The end of a run, as printed and as `--json`.
+public struct JobSummary: Sendable, Codable {
+    public var manifest: String
+    public var store: String
+    public var modelID: String
+    public var preprocessing: String
+    public var precision: String
+    /// The model card says `pretrained: false`: the vectors carry no meaning.
+    public var randomInitModel: Bool
+    public var counts: JobCounts
+    /// Failures of this run by class.
+    public var failuresByClass: [String: Int]
+    /// Earlier failures skipped by this run, by class.
+    public var skippedFailedByClass: [String: Int]
+    public var seconds: Double
+    public var imagesPerSecond: Double
+    public var stageSeconds: StageSeconds
+    /// Share of the wall time the model was running a batch (1.0: never waited for input).
+    public var modelBusy: Double
+    /// Stopped by `stop()` (SIGINT/SIGTERM) before the manifest's end.
+    public var interrupted: Bool
+
+    enum CodingKeys: String, CodingKey {
+        case manifest, store, precision, counts, seconds, interrupted
+        case modelID = "model_id", preprocessing, randomInitModel = "random_init_model"
+        case failuresByClass = "failures_by_class", skippedFailedByClass = "skipped_failed_by_class"
+        case imagesPerSecond = "images_per_second", stageSeconds = "stage_seconds", modelBusy = "model_busy"
+    }
+}
+
+/// Shared counters of a running job.
+///
+/// Safe because: every field is read and written under `lock`.
+final class JobStats: @unchecked Sendable {
+    private let lock = NSLock()
+    private var counts = JobCounts()
+    private var failures: [String: Int] = [:]
+    private var skippedFailures: [String: Int] = [:]
+    private var stages = StageSeconds()
+
+    func update(_ body: (inout JobCounts) -> Void) {
+        lock.lock()
+        body(&counts)
+        lock.unlock()
+    }
+
+    func failed(_ cls: String) {
+        lock.lock()
+        counts.failed += 1
+        failures[cls, default: 0] += 1
+        lock.unlock()
+    }
+
+    func skippedFailed(_ cls: String) {
+        lock.lock()
+        counts.skippedFailed += 1
+        skippedFailures[cls, default: 0] += 1
+        lock.unlock()
+    }
+
+    func time(_ stage: WritableKeyPath<StageSeconds, Double>, _ seconds: Double) {
+        lock.lock()
+        stages[keyPath: stage] += seconds
+        lock.unlock()
+    }
+
+    func snapshot() -> (JobCounts, [String: Int], [String: Int], StageSeconds) {
+        lock.lock()
+        defer { lock.unlock() }
+        return (counts, failures, skippedFailures, stages)
+    }
+}

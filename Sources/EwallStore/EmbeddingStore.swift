@@ -1,0 +1,162 @@
+import EwallCore
+import Foundation
+
+/// Where vectors, product metadata and the ledger of outcomes live. Two implementations
+/// pass the same behavioural tests: ``SQLiteStore`` (embedded default) and ``PostgresStore``
+/// (several machines, one store). Open one with ``StoreLocation/open(logger:)``.
+///
+/// Every method may be called from many tasks at once.
+public protocol EmbeddingStore: AnyObject, Sendable {
+    /// The store's location with any password removed, for messages.
+    var displayName: String { get }
+
+    /// Inserts or updates products. A `nil` field keeps what the store has; a category set
+    /// here is marked as set by a person (`category_source = 'manifest'` or `'import'`).
+    func upsertProducts(_ products: [Product], source: CategorySource) async throws
+
+    /// What the store knows about these products under `key`: the URL of the stored vector,
+    /// and the ledger's last outcome. Products it knows nothing about are absent.
+    func states(productIDs: [String], key: ModelKey) async throws -> [String: ItemState]
+
+    /// Writes vectors and ledger entries in one transaction: all of it is stored, or none.
+    func write(_ batch: WriteBatch) async throws
+
+    /// The model keys that have vectors, with their counts.
+    func modelKeys() async throws -> [ModelKeyCount]
+
+    /// Up to `limit` vectors of `key` with product ids after `after` (keyset pagination in
+    /// product-id order), with their products' metadata.
+    func embeddings(key: ModelKey, after: String?, limit: Int) async throws -> [EmbeddingRow]
+
+    /// A product by id.
+    func product(id: String) async throws -> Product?
+
+    /// The ledger entry of one product under `key`.
+    func ledgerEntry(productID: String, key: ModelKey) async throws -> LedgerEntry?
+
+    /// Counts of ledger entries by status and error class for `key`.
+    func ledgerCounts(key: ModelKey) async throws -> [String: Int]
+
+    /// Closes connections. The store is unusable afterwards.
+    func close() async
+}
+
+/// Who set a product's category. Later issues' classifier never overwrites a person's choice;
+/// categories from a manifest or an import count as a person's.
+public enum CategorySource: String, Sendable, Codable {
+    case manifest, `import`, classifier
+}
+
+/// What the store knows about one product under one model key.
+public struct ItemState: Sendable, Hashable {
+    /// The image URL of the stored vector, if there is one.
+    public var embeddedURL: String?
+    /// The ledger's last outcome.
+    public var ledger: LedgerEntry?
+
+    public init(embeddedURL: String? = nil, ledger: LedgerEntry? = nil) {
+        self.embeddedURL = embeddedURL
+        self.ledger = ledger
+    }
+}
+
+/// One batch's writes: vectors for the items that succeeded, ledger entries for all.
+public struct WriteBatch: Sendable {
+    public var embeddings: [StoredEmbedding]
+    public var ledger: [LedgerEntry]
+
+    public init(embeddings: [StoredEmbedding] = [], ledger: [LedgerEntry] = []) {
+        self.embeddings = embeddings
+        self.ledger = ledger
+    }
+
+    public var isEmpty: Bool { embeddings.isEmpty && ledger.isEmpty }
+}
+
+public struct ModelKeyCount: Sendable, Hashable, Codable {
+    public var key: ModelKey
+    public var dimension: Int
+    public var count: Int
+}
+
+/// A stored vector with its product's metadata (`product` is `nil` if the product row is missing).
+public struct EmbeddingRow: Sendable {
+    public var embedding: StoredEmbedding
+    public var product: Product?
+}
+
+/// A failure of the store itself (not of one item): the job stops with a systemic error.
+public struct StoreError: Error, Sendable, CustomStringConvertible, CustomDebugStringConvertible {
+    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        public let rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        /// The `--db` value is not a store URL this library knows.
+        public static let invalidURL = Code(rawValue: "invalid_store_url")
+        /// The database cannot be opened or reached.
+        public static let unavailable = Code(rawValue: "store_unavailable")
+        /// A statement failed.
+        public static let queryFailed = Code(rawValue: "store_query_failed")
+        /// The store holds data this version cannot read (schema too new, bad vector bytes).
+        public static let incompatible = Code(rawValue: "store_incompatible")
+        /// The request mixes model keys or names one the store does not have.
+        public static let modelMismatch = Code(rawValue: "model_mismatch")
+    }
+
+    public var code: Code
+    /// Safe to show: never contains a password.
+    public var message: String
+    /// The database's own words.
+    public var detail: String?
+
+    public init(_ code: Code, _ message: String, detail: String? = nil) {
+        self.code = code
+        self.message = message
+        self.detail = detail
+    }
+
+    public var description: String { "\(code): \(message)" }
+    public var debugDescription: String { detail.map { "\(description) [\($0)]" } ?? description }
+}
+
+extension EmbeddingStore {
+    /// The single model key in the store, or the one asked for. Refuses to guess when the
+    /// store holds vectors of several models or preprocessings: they are never mixed silently.
+    public func resolveKey(modelID: String?, preprocessing: String?) async throws -> ModelKeyCount {
+        let keys = try await modelKeys()
+        let matching = keys.filter {
+            (modelID == nil || $0.key.modelID == modelID) && (preprocessing == nil || $0.key.preprocessing == preprocessing)
+        }
+        let listed = keys.map { "\($0.key.modelID) --preprocess \($0.key.preprocessing) (\($0.count) vectors)" }
+            .joined(separator: "; ")
+        if matching.count == 1 { return matching[0] }
+        if matching.isEmpty {
+            throw StoreError(.modelMismatch, keys.isEmpty ? "\(displayName) holds no vectors yet"
+                             : "no vectors for that model/preprocessing in \(displayName); it has: \(listed)")
+        }
+        throw StoreError(.modelMismatch,
+                         "\(displayName) holds vectors of several models or preprocessings, which are never mixed: "
+                         + "choose one with --model-id and --preprocess. It has: \(listed)")
+    }
+}
+
+/// Float32 vectors as little-endian bytes (the stored form; never JSON text).
+public enum VectorBytes {
+    public static func encode(_ v: [Float]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: v.count * 4)
+        out.withUnsafeMutableBytes { raw in
+            for (i, x) in v.enumerated() { raw.storeBytes(of: x.bitPattern.littleEndian, toByteOffset: i * 4, as: UInt32.self) }
+        }
+        return out
+    }
+
+    public static func decode(_ bytes: UnsafeRawBufferPointer, dimension: Int) throws -> [Float] {
+        guard bytes.count == dimension * 4 else {
+            throw StoreError(.incompatible, "a stored vector has \(bytes.count) bytes, expected \(dimension * 4)")
+        }
+        return (0..<dimension).map { i in
+            Float(bitPattern: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)))
+        }
+    }
+}

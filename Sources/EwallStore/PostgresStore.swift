@@ -1,0 +1,249 @@
+import EwallCore
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+
+/// The shared store: PostgreSQL through postgres-nio's connection pool, the same schema and
+/// behaviour as ``SQLiteStore`` (vectors as `BYTEA`, one transaction per batch). Several
+/// machines may write to one database; rows are keyed by (model id, preprocessing, product).
+public final class PostgresStore: EmbeddingStore {
+    private let client: PostgresClient
+    private let runner: Task<Void, Never>
+    private let logger: Logger
+    public let displayName: String
+
+    private init(client: PostgresClient, runner: Task<Void, Never>, displayName: String, logger: Logger) {
+        self.client = client
+        self.runner = runner
+        self.displayName = displayName
+        self.logger = logger
+    }
+
+    /// Connects (failing within `connectTimeout` with a clear error when the server is not
+    /// there) and creates the schema under an advisory lock, so machines starting together
+    /// do not race.
+    public static func open(host: String, port: Int, user: String, password: String?, database: String,
+                            connectTimeout: Duration = .seconds(10), logger: Logger) async throws -> PostgresStore {
+        var config = PostgresClient.Configuration(host: host, port: port, username: user, password: password,
+                                                  database: database, tls: .disable)
+        config.options.connectTimeout = connectTimeout
+        config.options.maximumConnections = 8
+        let client = PostgresClient(configuration: config, backgroundLogger: logger)
+        let runner = Task { await client.run() }
+        let name = "postgres://\(user)@\(host):\(port)/\(database)"
+        let store = PostgresStore(client: client, runner: runner, displayName: name, logger: logger)
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await store.migrate() }
+                group.addTask {
+                    try await Task.sleep(for: connectTimeout)
+                    throw StoreError(.unavailable, "no answer from \(name) within \(connectTimeout)")
+                }
+                try await group.next()
+                group.cancelAll()
+            }
+        } catch {
+            runner.cancel()
+            throw Self.wrap(error, "cannot open \(name)")
+        }
+        return store
+    }
+
+    private func migrate() async throws {
+        try await client.withConnection { conn in
+            try await conn.query("SELECT pg_advisory_lock(7270113)", logger: logger)
+            do {
+                for statement in Schema.postgres.split(separator: ";") where !statement.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+                    try await conn.query(PostgresQuery(unsafeSQL: String(statement)), logger: logger)
+                }
+                var version: Int?
+                for try await (v) in try await conn.query("SELECT value FROM ewall_meta WHERE key = 'schema_version'",
+                                                           logger: logger).decode(String.self) {
+                    version = Int(v)
+                }
+                if let version, version > Schema.version {
+                    throw StoreError(.incompatible, "the database has schema version \(version); this ewall reads up to \(Schema.version)")
+                }
+                try await conn.query("INSERT INTO ewall_meta (key, value) VALUES ('schema_version', \(String(Schema.version))) ON CONFLICT DO NOTHING",
+                                     logger: logger)
+            } catch {
+                _ = try? await conn.query("SELECT pg_advisory_unlock(7270113)", logger: logger)
+                throw error
+            }
+            try await conn.query("SELECT pg_advisory_unlock(7270113)", logger: logger)
+        }
+    }
+
+    static func wrap(_ error: any Error, _ context: String) -> StoreError {
+        if let e = error as? StoreError { return e }
+        if let e = error as? PSQLError {
+            let server = e.serverInfo?[.message] ?? ""
+            let kind: StoreError.Code = e.code == .connectionError || e.code == .serverClosedConnection || e.code == .clientClosedConnection
+                ? .unavailable : .queryFailed
+            return StoreError(kind, "\(context): \(server.isEmpty ? "\(e.code)" : server)", detail: String(reflecting: e))
+        }
+        return StoreError(.unavailable, "\(context): \(error)")
+    }
+
+    private func run<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
+        do { return try await body() } catch { throw Self.wrap(error, "\(what) on \(displayName)") }
+    }
+
+    public func upsertProducts(_ products: [Product], source: CategorySource) async throws {
+        if products.isEmpty { return }
+        let now = Date()
+        try await run("storing products") {
+            try await client.withTransaction(logger: logger) { conn in
+                for p in products {
+                    let src: String? = p.category == nil ? nil : source.rawValue
+                    try await conn.query("""
+                        INSERT INTO products (product_id, title, category, category_source, in_stock, brand, price, created_at, updated_at)
+                        VALUES (\(p.id), \(p.title), \(p.category), \(src), \(p.inStock), \(p.brand), \(p.price), \(now), \(now))
+                        ON CONFLICT (product_id) DO UPDATE SET
+                          title = COALESCE(excluded.title, products.title),
+                          category = COALESCE(excluded.category, products.category),
+                          category_source = CASE WHEN excluded.category IS NULL THEN products.category_source
+                                                 ELSE excluded.category_source END,
+                          in_stock = COALESCE(excluded.in_stock, products.in_stock),
+                          brand = COALESCE(excluded.brand, products.brand),
+                          price = COALESCE(excluded.price, products.price),
+                          updated_at = excluded.updated_at
+                        """, logger: logger)
+                }
+            }
+        }
+    }
+
+    public func states(productIDs: [String], key: ModelKey) async throws -> [String: ItemState] {
+        if productIDs.isEmpty { return [:] }
+        return try await run("reading states") {
+            var out: [String: ItemState] = [:]
+            let rows = try await client.query("""
+                SELECT product_id, image_url FROM embeddings
+                WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) AND product_id = ANY(\(productIDs))
+                """, logger: logger)
+            for try await (id, url) in rows.decode((String, String).self) { out[id, default: ItemState()].embeddedURL = url }
+            let ledger = try await client.query("""
+                SELECT product_id, image_url, status, error_class, http_status, attempts, last_error, last_tried
+                FROM item_outcomes
+                WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) AND product_id = ANY(\(productIDs))
+                """, logger: logger)
+            for try await (id, url, status, cls, http, attempts, last, tried)
+                in ledger.decode((String, String, String, String?, Int32?, Int32, String?, Date).self) {
+                out[id, default: ItemState()].ledger = LedgerEntry(
+                    productID: id, imageURL: url, key: key, status: LedgerEntry.Status(rawValue: status) ?? .failed,
+                    errorClass: cls, httpStatus: http.map(Int.init), attempts: Int(attempts), lastError: last, lastTried: tried)
+            }
+            return out
+        }
+    }
+
+    public func write(_ batch: WriteBatch) async throws {
+        if batch.isEmpty { return }
+        let now = Date()
+        try await run("writing a batch") {
+            try await client.withTransaction(logger: logger) { conn in
+                for e in batch.embeddings {
+                    let vector = ByteBuffer(bytes: VectorBytes.encode(e.vector))
+                    try await conn.query("""
+                        INSERT INTO embeddings (product_id, model_id, preprocessing, image_url, dim, vector, image_sha256,
+                                                width, height, bytes, content_type, created_at, updated_at)
+                        VALUES (\(e.productID), \(e.key.modelID), \(e.key.preprocessing), \(e.imageURL), \(Int32(e.vector.count)),
+                                \(vector), \(e.imageSHA256), \(e.width.map { Int32($0) }), \(e.height.map { Int32($0) }),
+                                \(e.bytes.map { Int64($0) }), \(e.contentType), \(now), \(now))
+                        ON CONFLICT (model_id, preprocessing, product_id) DO UPDATE SET
+                          image_url = excluded.image_url, dim = excluded.dim, vector = excluded.vector,
+                          image_sha256 = excluded.image_sha256, width = excluded.width, height = excluded.height,
+                          bytes = excluded.bytes, content_type = excluded.content_type, updated_at = excluded.updated_at
+                        """, logger: logger)
+                }
+                for l in batch.ledger {
+                    try await conn.query("""
+                        INSERT INTO item_outcomes (product_id, model_id, preprocessing, image_url, status, error_class,
+                                                   http_status, attempts, last_error, last_tried)
+                        VALUES (\(l.productID), \(l.key.modelID), \(l.key.preprocessing), \(l.imageURL), \(l.status.rawValue),
+                                \(l.errorClass), \(l.httpStatus.map { Int32($0) }), \(Int32(l.attempts)), \(l.lastError), \(l.lastTried))
+                        ON CONFLICT (model_id, preprocessing, product_id) DO UPDATE SET
+                          image_url = excluded.image_url, status = excluded.status, error_class = excluded.error_class,
+                          http_status = excluded.http_status, attempts = excluded.attempts,
+                          last_error = excluded.last_error, last_tried = excluded.last_tried
+                        """, logger: logger)
+                }
+            }
+        }
+    }
+
+    public func modelKeys() async throws -> [ModelKeyCount] {
+        try await run("listing models") {
+            var out: [ModelKeyCount] = []
+            let rows = try await client.query("""
+                SELECT model_id, preprocessing, MIN(dim), COUNT(*) FROM embeddings
+                GROUP BY model_id, preprocessing ORDER BY model_id, preprocessing
+                """, logger: logger)
+            for try await (m, p, dim, n) in rows.decode((String, String, Int32, Int64).self) {
+                out.append(ModelKeyCount(key: ModelKey(modelID: m, preprocessing: p), dimension: Int(dim), count: Int(n)))
+            }
+            return out
+        }
+    }
+
+    public func embeddings(key: ModelKey, after: String?, limit: Int) async throws -> [EmbeddingRow] {
+        try await run("reading vectors") {
+            var out: [EmbeddingRow] = []
+            let rows = try await client.query("""
+                SELECT e.product_id, e.image_url, e.dim, e.vector, e.image_sha256, e.width, e.height, e.bytes, e.content_type,
+                       p.product_id, p.title, p.category, p.in_stock, p.brand, p.price
+                FROM embeddings e LEFT JOIN products p ON p.product_id = e.product_id
+                WHERE e.model_id = \(key.modelID) AND e.preprocessing = \(key.preprocessing) AND e.product_id > \(after ?? "")
+                ORDER BY e.product_id LIMIT \(Int64(limit))
+                """, logger: logger)
+            for try await (id, url, dim, vec, sha, w, h, bytes, ctype, pid, title, category, inStock, brand, price) in rows.decode(
+                (String, String, Int32, ByteBuffer, String?, Int32?, Int32?, Int64?, String?,
+                 String?, String?, String?, Bool?, String?, Double?).self) {
+                let vector = try vec.withUnsafeReadableBytes { try VectorBytes.decode($0, dimension: Int(dim)) }
+                let e = StoredEmbedding(productID: id, imageURL: url, key: key, vector: vector, imageSHA256: sha,
+                                        width: w.map(Int.init), height: h.map(Int.init), bytes: bytes.map(Int.init),
+                                        contentType: ctype)
+                let p = pid.map { Product(id: $0, title: title, category: category, inStock: inStock, brand: brand, price: price) }
+                out.append(EmbeddingRow(embedding: e, product: p))
+            }
+            return out
+        }
+    }
+
+    public func product(id: String) async throws -> Product? {
+        try await run("reading a product") {
+            let rows = try await client.query(
+                "SELECT product_id, title, category, in_stock, brand, price FROM products WHERE product_id = \(id)", logger: logger)
+            for try await (pid, title, category, inStock, brand, price)
+                in rows.decode((String, String?, String?, Bool?, String?, Double?).self) {
+                return Product(id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price)
+            }
+            return nil
+        }
+    }
+
+    public func ledgerEntry(productID: String, key: ModelKey) async throws -> LedgerEntry? {
+        try await states(productIDs: [productID], key: key)[productID]?.ledger
+    }
+
+    public func ledgerCounts(key: ModelKey) async throws -> [String: Int] {
+        try await run("counting outcomes") {
+            var out: [String: Int] = [:]
+            let rows = try await client.query("""
+                SELECT status, COALESCE(error_class, ''), COUNT(*) FROM item_outcomes
+                WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) GROUP BY 1, 2
+                """, logger: logger)
+            for try await (status, cls, n) in rows.decode((String, String, Int64).self) {
+                out[cls.isEmpty ? status : "\(status):\(cls)"] = Int(n)
+            }
+            return out
+        }
+    }
+
+    public func close() async {
+        runner.cancel()
+        _ = await runner.value
+    }
+}

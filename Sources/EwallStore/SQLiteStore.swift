@@ -1,0 +1,214 @@
+import EwallCore
+import Foundation
+
+/// The embedded default store: one SQLite file in WAL mode (readers never block the writer),
+/// one transaction per batch, `synchronous=NORMAL` (a committed batch survives the process
+/// being killed; a power cut may lose the last batches, never corrupt the file).
+///
+/// Safe because: the connection is touched only on the store's own ``BlockingWorker``
+/// thread, one call at a time.
+public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
+    private let connection: SQLiteConnection
+    private let worker: BlockingWorker
+    public let displayName: String
+
+    private init(connection: SQLiteConnection, worker: BlockingWorker) {
+        self.connection = connection
+        self.worker = worker
+        self.displayName = "sqlite:\(connection.path)"
+    }
+
+    /// Opens or creates the database file (and its folder), and creates the schema.
+    public static func open(path: String) async throws -> SQLiteStore {
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        if !folder.isEmpty { try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) }
+        let worker = BlockingWorker(name: "ewall-sqlite")
+        let connection = try await worker.run { () throws -> SQLiteConnection in
+            let c = try SQLiteConnection(path: path)
+            try c.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;")
+            try c.transaction {
+                try c.exec(Schema.sqlite)
+                var version: Int?
+                try c.query("SELECT value FROM ewall_meta WHERE key = 'schema_version'") { version = $0.text(0).flatMap { Int($0) } }
+                if let version, version > Schema.version {
+                    throw StoreError(.incompatible, "\(path) has schema version \(version); this ewall reads up to \(Schema.version)")
+                }
+                try c.query("INSERT OR IGNORE INTO ewall_meta (key, value) VALUES ('schema_version', ?)", [.text("\(Schema.version)")])
+            }
+            return c
+        }
+        return SQLiteStore(connection: connection, worker: worker)
+    }
+
+    private func onWorker<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+        let c = connection
+        return try await worker.run { () throws -> T in try body(c) }
+    }
+
+    public func upsertProducts(_ products: [Product], source: CategorySource) async throws {
+        if products.isEmpty { return }
+        let now = Date().ISO8601Format()
+        try await onWorker { c in
+            try c.transaction {
+                for p in products {
+                    try c.query("""
+                        INSERT INTO products (product_id, title, category, category_source, in_stock, brand, price, created_at, updated_at)
+                        VALUES (?1, ?2, ?3, CASE WHEN ?3 IS NULL THEN NULL ELSE ?4 END, ?5, ?6, ?7, ?8, ?8)
+                        ON CONFLICT (product_id) DO UPDATE SET
+                          title = COALESCE(excluded.title, products.title),
+                          category = COALESCE(excluded.category, products.category),
+                          category_source = CASE WHEN excluded.category IS NULL THEN products.category_source
+                                                 ELSE excluded.category_source END,
+                          in_stock = COALESCE(excluded.in_stock, products.in_stock),
+                          brand = COALESCE(excluded.brand, products.brand),
+                          price = COALESCE(excluded.price, products.price),
+                          updated_at = excluded.updated_at
+                        """,
+                        [.text(p.id), p.title.map { .text($0) } ?? .null, p.category.map { .text($0) } ?? .null,
+                         .text(source.rawValue), p.inStock.map { .int($0 ? 1 : 0) } ?? .null,
+                         p.brand.map { .text($0) } ?? .null, p.price.map { .double($0) } ?? .null, .text(now)])
+                }
+            }
+        }
+    }
+
+    public func states(productIDs: [String], key: ModelKey) async throws -> [String: ItemState] {
+        if productIDs.isEmpty { return [:] }
+        return try await onWorker { c in
+            var out: [String: ItemState] = [:]
+            let marks = Array(repeating: "?", count: productIDs.count).joined(separator: ",")
+            let binds: [SQLValue] = [.text(key.modelID), .text(key.preprocessing)] + productIDs.map { .text($0) }
+            try c.query("SELECT product_id, image_url FROM embeddings WHERE model_id = ? AND preprocessing = ? AND product_id IN (\(marks))",
+                        binds) { row in
+                out[row.text(0)!, default: ItemState()].embeddedURL = row.text(1)
+            }
+            try c.query("""
+                SELECT product_id, image_url, status, error_class, http_status, attempts, last_error, last_tried
+                FROM item_outcomes WHERE model_id = ? AND preprocessing = ? AND product_id IN (\(marks))
+                """, binds) { row in
+                out[row.text(0)!, default: ItemState()].ledger = Self.ledger(row, key: key)
+            }
+            return out
+        }
+    }
+
+    static func ledger(_ row: SQLiteConnection.Row, key: ModelKey) -> LedgerEntry {
+        LedgerEntry(productID: row.text(0) ?? "", imageURL: row.text(1) ?? "", key: key,
+                    status: LedgerEntry.Status(rawValue: row.text(2) ?? "") ?? .failed, errorClass: row.text(3),
+                    httpStatus: row.int(4), attempts: row.int(5) ?? 0, lastError: row.text(6),
+                    lastTried: row.text(7).flatMap { try? Date($0, strategy: .iso8601) } ?? Date(timeIntervalSince1970: 0))
+    }
+
+    public func write(_ batch: WriteBatch) async throws {
+        if batch.isEmpty { return }
+        let now = Date().ISO8601Format()
+        try await onWorker { c in
+            try c.transaction {
+                for e in batch.embeddings {
+                    try c.query("""
+                        INSERT INTO embeddings (product_id, model_id, preprocessing, image_url, dim, vector, image_sha256,
+                                                width, height, bytes, content_type, created_at, updated_at)
+                        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)
+                        ON CONFLICT (model_id, preprocessing, product_id) DO UPDATE SET
+                          image_url = excluded.image_url, dim = excluded.dim, vector = excluded.vector,
+                          image_sha256 = excluded.image_sha256, width = excluded.width, height = excluded.height,
+                          bytes = excluded.bytes, content_type = excluded.content_type, updated_at = excluded.updated_at
+                        """,
+                        [.text(e.productID), .text(e.key.modelID), .text(e.key.preprocessing), .text(e.imageURL),
+                         .int(Int64(e.vector.count)), .blob(VectorBytes.encode(e.vector)),
+                         e.imageSHA256.map { .text($0) } ?? .null, e.width.map { .int(Int64($0)) } ?? .null,
+                         e.height.map { .int(Int64($0)) } ?? .null, e.bytes.map { .int(Int64($0)) } ?? .null,
+                         e.contentType.map { .text($0) } ?? .null, .text(now)])
+                }
+                for l in batch.ledger {
+                    try c.query("""
+                        INSERT INTO item_outcomes (product_id, model_id, preprocessing, image_url, status, error_class,
+                                                   http_status, attempts, last_error, last_tried)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        ON CONFLICT (model_id, preprocessing, product_id) DO UPDATE SET
+                          image_url = excluded.image_url, status = excluded.status, error_class = excluded.error_class,
+                          http_status = excluded.http_status, attempts = excluded.attempts,
+                          last_error = excluded.last_error, last_tried = excluded.last_tried
+                        """,
+                        [.text(l.productID), .text(l.key.modelID), .text(l.key.preprocessing), .text(l.imageURL),
+                         .text(l.status.rawValue), l.errorClass.map { .text($0) } ?? .null,
+                         l.httpStatus.map { .int(Int64($0)) } ?? .null, .int(Int64(l.attempts)),
+                         l.lastError.map { .text($0) } ?? .null, .text(l.lastTried.ISO8601Format())])
+                }
+            }
+        }
+    }
+
+    public func modelKeys() async throws -> [ModelKeyCount] {
+        try await onWorker { c in
+            var out: [ModelKeyCount] = []
+            try c.query("""
+                SELECT model_id, preprocessing, MIN(dim), COUNT(*) FROM embeddings
+                GROUP BY model_id, preprocessing ORDER BY model_id, preprocessing
+                """) { row in
+                out.append(ModelKeyCount(key: ModelKey(modelID: row.text(0)!, preprocessing: row.text(1)!),
+                                         dimension: row.int(2) ?? 0, count: row.int(3) ?? 0))
+            }
+            return out
+        }
+    }
+
+    public func embeddings(key: ModelKey, after: String?, limit: Int) async throws -> [EmbeddingRow] {
+        try await onWorker { c in
+            var out: [EmbeddingRow] = []
+            var failure: (any Error)?
+            try c.query("""
+                SELECT e.product_id, e.image_url, e.dim, e.vector, e.image_sha256, e.width, e.height, e.bytes, e.content_type,
+                       p.product_id, p.title, p.category, p.in_stock, p.brand, p.price
+                FROM embeddings e LEFT JOIN products p ON p.product_id = e.product_id
+                WHERE e.model_id = ? AND e.preprocessing = ? AND e.product_id > ?
+                ORDER BY e.product_id LIMIT ?
+                """, [.text(key.modelID), .text(key.preprocessing), .text(after ?? ""), .int(Int64(limit))]) { row in
+                do {
+                    let vector = try row.blob(3) { try VectorBytes.decode($0, dimension: row.int(2) ?? 0) }
+                    let e = StoredEmbedding(productID: row.text(0)!, imageURL: row.text(1) ?? "", key: key, vector: vector,
+                                            imageSHA256: row.text(4), width: row.int(5), height: row.int(6),
+                                            bytes: row.int(7), contentType: row.text(8))
+                    let p = row.isNull(9) ? nil : Product(id: row.text(9)!, title: row.text(10), category: row.text(11),
+                                                          inStock: row.int(12).map { $0 != 0 }, brand: row.text(13),
+                                                          price: row.double(14))
+                    out.append(EmbeddingRow(embedding: e, product: p))
+                } catch { failure = error }
+            }
+            if let failure { throw failure }
+            return out
+        }
+    }
+
+    public func product(id: String) async throws -> Product? {
+        try await onWorker { c in
+            var out: Product?
+            try c.query("SELECT product_id, title, category, in_stock, brand, price FROM products WHERE product_id = ?",
+                        [.text(id)]) { row in
+                out = Product(id: row.text(0)!, title: row.text(1), category: row.text(2),
+                              inStock: row.int(3).map { $0 != 0 }, brand: row.text(4), price: row.double(5))
+            }
+            return out
+        }
+    }
+
+    public func ledgerEntry(productID: String, key: ModelKey) async throws -> LedgerEntry? {
+        try await states(productIDs: [productID], key: key)[productID]?.ledger
+    }
+
+    public func ledgerCounts(key: ModelKey) async throws -> [String: Int] {
+        try await onWorker { c in
+            var out: [String: Int] = [:]
+            try c.query("""
+                SELECT status, COALESCE(error_class, ''), COUNT(*) FROM item_outcomes
+                WHERE model_id = ? AND preprocessing = ? GROUP BY 1, 2
+                """, [.text(key.modelID), .text(key.preprocessing)]) { row in
+                let cls = row.text(1) ?? ""
+                out[cls.isEmpty ? row.text(0)! : "\(row.text(0)!):\(cls)"] = row.int(2) ?? 0
+            }
+            return out
+        }
+    }
+
+    public func close() async {}
+}

@@ -1,0 +1,138 @@
+import ArgumentParser
+import EwallCLI
+import EwallML
+import Foundation
+import Logging
+
+/// `ewall-embed`: the batch job. Parses flags into configuration, opens the store and the
+/// model, runs ``EmbeddingJob``, shows progress and a summary. All work is in EwallML.
+@main
+struct EwallEmbed: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ewall-embed",
+        abstract: "Embed the product images of a manifest into the embedding store, losing nothing.",
+        discussion: """
+            MANIFEST: CSV or TSV with a header, or JSON Lines, with product_id and image_url \
+            (http://, https://, file:// or a path, relative to the manifest's folder), and optional \
+            title, category, in_stock, brand, price. Bad rows are reported with their line number.
+
+            A rerun skips items already embedded with the same URL, model id and preprocessing, \
+            and items that failed before (--retry-failed retries those that failed for transient \
+            reasons: timeout, connection, 5xx, 429; --force redoes everything). Each batch is one \
+            transaction: a job killed at any moment loses only its items in flight, and a rerun \
+            completes it. SIGINT/SIGTERM finish and write the current batch, then exit.
+
+            Exit status: 0 every row is embedded (now or before); 1 some rows failed (this run, \
+            or earlier and not retried) or were bad; 2 systemic error (manifest unreadable, model, \
+            store); 130/143 stopped by SIGINT/SIGTERM after writing the current batch.
+
+            A model whose card says pretrained: false (the random-init model that `make model` \
+            makes offline) produces vectors that carry no meaning.
+            """)
+
+    @Option(name: .long, help: "The manifest (CSV, TSV or JSON Lines).")
+    var manifest: String
+
+    @OptionGroup var database: DatabaseFlags
+    @OptionGroup var modelFlags: ModelFlags
+    @OptionGroup var imageFlags: ImageFlags
+
+    @Option(name: .long, help: "Fetches in flight over all hosts.")
+    var concurrency: Int = 32
+
+    @Option(name: .long, help: "Fetches in flight per host (CDNs answer 429 when hammered).")
+    var perHost: Int = 8
+
+    @Option(name: .long, help: "Seconds for one whole HTTP attempt (connect, headers, body).")
+    var timeout: Double = 30
+
+    @Option(name: .long, help: "Seconds to establish a connection.")
+    var connectTimeout: Double = 5
+
+    @Option(name: .long, help: "Retries after the first attempt, for timeouts, connection errors, 5xx and 429.")
+    var retries: Int = 3
+
+    @Option(name: .long, help: "Write every failure as JSON Lines (product_id, image_url, class, message, http_status, attempts).")
+    var failures: String?
+
+    @Flag(name: .long, help: "Retry items whose last failure was transient (timeout, connection, 5xx, 429).")
+    var retryFailed = false
+
+    @Flag(name: .long, help: "Redo every item, even those embedded before.")
+    var force = false
+
+    @Flag(name: .long, help: "Print the summary as one JSON object on stdout.")
+    var json = false
+
+    @Option(name: .long, help: "Seconds between progress updates (default 0.5 on a terminal, 5 otherwise).")
+    var progressInterval: Double?
+
+    func validate() throws {
+        guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
+        guard perHost >= 1 else { throw ValidationError("--per-host must be at least 1") }
+        guard timeout > 0, connectTimeout > 0 else { throw ValidationError("timeouts must be positive") }
+        guard retries >= 0 else { throw ValidationError("--retries must be 0 or more") }
+    }
+
+    func run() async throws {
+        bootstrapLogging()
+        let logger = Logger(label: "ewall-embed")
+        guard FileManager.default.isReadableFile(atPath: manifest) else {
+            throw fail("cannot read the manifest \(manifest)")
+        }
+        let store = try await database.open()
+        let embedder: ImageEmbedder
+        do {
+            embedder = try ImageEmbedder(configuration: EmbedderConfiguration(
+                model: modelFlags.options(), preprocessing: imageFlags.preprocess, limits: imageFlags.limits,
+                fastJPEG: imageFlags.fastJpeg), logger: logger)
+        } catch {
+            await store.close()
+            throw fail(error.message)
+        }
+        let fetch = FetchConfiguration(
+            perHostLimit: perHost, connectTimeout: .milliseconds(Int(connectTimeout * 1000)),
+            requestTimeout: .milliseconds(Int(timeout * 1000)), maxAttempts: retries + 1, maxBytes: imageFlags.maxBytes)
+        let job = EmbeddingJob(
+            configuration: EmbeddingJobConfiguration(manifestPath: manifest, fetch: fetch, concurrency: concurrency,
+                                                     retryFailed: retryFailed, force: force),
+            embedder: embedder, store: store, logger: logger)
+
+        let failureLog: FailureLog?
+        do { failureLog = try failures.map { try FailureLog(path: $0) } } catch {
+            await store.close()
+            throw fail("cannot write \(failures!): \(error.localizedDescription)")
+        }
+        let signals = SignalHandler { signal in
+            job.stop()
+            FileHandle.standardError.write(Data("\newall-embed: \(signal == SIGINT ? "SIGINT" : "SIGTERM"): finishing the current batch; again to abort\n".utf8))
+        }
+        let display = ProgressDisplay(terminal: isatty(STDERR_FILENO) != 0)
+        let summary: JobSummary
+        do {
+            summary = try await job.run(
+                progressInterval: progressInterval ?? (display.terminal ? 0.5 : 5),
+                onProgress: { display.show($0) },
+                onFailure: { f in failureLog?.write(f) })
+        } catch {
+            display.finish()
+            await store.close()
+            let message = (error as? StoreError)?.message ?? (error as? ManifestError)?.message ?? "\(error)"
+            throw fail(message)
+        }
+        display.finish()
+        await store.close()
+        failureLog?.close()
+
+        if json {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            FileHandle.standardOutput.write(try enc.encode(summary) + Data("\n".utf8))
+        } else {
+            print(SummaryText.render(summary, failuresPath: failures))
+        }
+        if let signal = signals.received { throw ExitCode(ExitCodes.interrupted(by: signal)) }
+        let c = summary.counts
+        if c.failed + c.skippedFailed + c.badRows > 0 { throw ExitCode(ExitCodes.someFailed) }
+    }
+}
