@@ -114,10 +114,11 @@ let package = Package(
         .target(
             name: "EwallTestSupport",
             dependencies: [
-                "EwallCore",
+                "EwallCore", "EwallStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             path: "Tests/Support"),
         .testTarget(name: "EwallImagingTests", dependencies: ["EwallImaging", "EwallTestSupport"]),
@@ -125,6 +126,7 @@ let package = Package(
         .testTarget(
             name: "EwallMLTests",
             dependencies: ["EwallML", "EwallTestSupport", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "EwallJobTests", dependencies: ["EwallML", "EwallTestSupport"]),
         .testTarget(name: "EwallFetchTests", dependencies: ["EwallFetch", "EwallTestSupport"]),
         .testTarget(name: "EwallStoreTests", dependencies: ["EwallStore", "EwallTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["EwallTestSupport"]),

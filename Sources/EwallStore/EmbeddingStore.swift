@@ -77,6 +77,12 @@ public struct ModelKeyCount: Sendable, Hashable, Codable {
     public var key: ModelKey
     public var dimension: Int
     public var count: Int
+
+    public init(key: ModelKey, dimension: Int, count: Int) {
+        self.key = key
+        self.dimension = dimension
+        self.count = count
+    }
 }
 
 /// A stored vector with its product's metadata (`product` is `nil` if the product row is missing).

@@ -1,1 +1,222 @@
+import EwallCore
+@testable import EwallFetch
+import EwallTestSupport
+import Foundation
 import Testing
+
+/// The fetcher against a real loopback HTTP server: every failure class, retries, the
+/// per-host limit and the host-wide pause after a 429.
+@Suite("Fetching over HTTP and from files")
+struct FetcherTests {
+    static let jpeg = Fixtures.image("baseline_600x400.jpg")
+
+    /// A server whose answer depends on the path, as a CDN might misbehave.
+    static func server() throws -> TestHTTPServer {
+        let image = (try? Fixtures.bytes(jpeg)) ?? []
+        return try TestHTTPServer { req in
+            switch req.path {
+            case "/ok.jpg": return .init(headers: [("Content-Type", "image/jpeg")], body: image)
+            case "/missing.jpg": return .init(status: 404)
+            case "/flaky.jpg": return req.hit == 1 ? .init(status: 500) : .init(body: image)
+            case "/down.jpg": return .init(status: 503)
+            case "/busy.jpg":
+                return req.hit == 1 ? .init(status: 429, headers: [("Retry-After", "1")]) : .init(body: image)
+            case "/slow.jpg": return .init(body: image, delay: .seconds(3))
+            case "/tenth.jpg": return .init(body: image, delay: .milliseconds(150))
+            case "/huge-declared.jpg": return .init(body: [UInt8](repeating: 0xFF, count: 3 << 20))
+            case "/huge-chunked.jpg": return .init(body: [UInt8](repeating: 0xFF, count: 3 << 20), chunked: true)
+            case "/loop-a": return .init(status: 302, headers: [("Location", "/loop-b")])
+            case "/loop-b": return .init(status: 302, headers: [("Location", "/loop-a")])
+            case "/moved": return .init(status: 301, headers: [("Location", "/ok.jpg")])
+            default: return .init(status: 404)
+            }
+        }
+    }
+
+    static func fetcher(_ configure: (inout FetchConfiguration) -> Void = { _ in }) -> ImageFetcher {
+        var c = FetchConfiguration(connectTimeout: .seconds(2), requestTimeout: .seconds(1), maxAttempts: 3,
+                                   backoffBase: .milliseconds(50), backoffMax: .milliseconds(200), maxBytes: 2 << 20)
+        configure(&c)
+        return ImageFetcher(configuration: c)
+    }
+
+    @Test func goodImageArrivesWithItsDigestAndContentType() async throws {
+        let server = try Self.server()
+        defer { server.shutdown() }
+        let fetcher = Self.fetcher()
+        let image = try await fetcher.fetch(server.url("/ok.jpg")).get()
+        let expected = try Fixtures.bytes(Self.jpeg)
+        #expect(image.bytes == expected)
+        #expect(image.sha256 == ImageFetcher.sha256(expected))
+        #expect(image.sha256.count == 64)
+        #expect(image.contentType == "image/jpeg")
+        #expect(image.httpStatus == 200)
+        #expect(image.attempts == 1)
+        #expect(server.userAgents == [FetchConfiguration.defaultUserAgent])
+        try await fetcher.shutdown()
+    }
+
+    @Test func sha256MatchesAKnownDigest() {
+        // SHA-256("abc"), FIPS 180-2 appendix B.1.
+        #expect(ImageFetcher.sha256(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    }
+
+    struct FailureCase: Sendable, CustomTestStringConvertible {
+        var path: String
+        var code: String
+        var status: Int?
+        var attempts: Int
+        var testDescription: String { "\(path) -> \(code)" }
+    }
+
+    @Test(arguments: [
+        FailureCase(path: "/missing.jpg", code: "http_4xx", status: 404, attempts: 1),
+        FailureCase(path: "/down.jpg", code: "http_5xx", status: 503, attempts: 3),
+        FailureCase(path: "/slow.jpg", code: "timeout", status: nil, attempts: 3),
+        FailureCase(path: "/huge-declared.jpg", code: "too_large", status: 200, attempts: 1),
+        FailureCase(path: "/huge-chunked.jpg", code: "too_large", status: 200, attempts: 1),
+        FailureCase(path: "/loop-a", code: "redirect_loop", status: nil, attempts: 1),
+    ])
+    func eachFailureHasItsClassAndOnlyTransientOnesAreRetried(_ c: FailureCase) async throws {
+        let server = try Self.server()
+        defer { server.shutdown() }
+        let fetcher = Self.fetcher()
+        let result = await fetcher.fetch(server.url(c.path))
+        guard case .failure(let e) = result else {
+            Issue.record("\(c.path) should fail")
+            return
+        }
+        #expect(e.code == c.code, "\(e)")
+        #expect(e.httpStatus == c.status)
+        #expect(e.attempts == c.attempts)
+        #expect(!e.message.isEmpty)
+        // The server saw exactly as many requests as attempts were reported (the redirect
+        // loop's first hop included).
+        if c.path != "/loop-a" { #expect(server.hits(c.path) == c.attempts) }
+        #expect(e.isTransient == FailureClass.isTransient(c.code))
+        try await fetcher.shutdown()
+    }
+
+    @Test func aServerErrorThenSuccessIsRetried() async throws {
+        let server = try Self.server()
+        defer { server.shutdown() }
+        let fetcher = Self.fetcher()
+        let image = try await fetcher.fetch(server.url("/flaky.jpg")).get()
+        #expect(image.attempts == 2)
+        #expect(server.hits("/flaky.jpg") == 2)
+        try await fetcher.shutdown()
+    }
+
+    @Test func redirectsAreFollowedWithinTheLimit() async throws {
+        let server = try Self.server()
+        defer { server.shutdown() }
+        let fetcher = Self.fetcher()
+        let image = try await fetcher.fetch(server.url("/moved")).get()
+        #expect(image.bytes == (try Fixtures.bytes(Self.jpeg)))
+        try await fetcher.shutdown()
+    }
+
+    @Test func retryAfterPausesTheWholeHost() async throws {
+        let server = try Self.server()
+        defer { server.shutdown() }
+        let fetcher = Self.fetcher { $0.requestTimeout = .seconds(5) }
+        let busy = Task { await fetcher.fetch(server.url("/busy.jpg")) }
+        // Let the 429 arrive, then ask the same host for something else.
+        while server.hits("/busy.jpg") == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        try await Task.sleep(for: .milliseconds(100))
+        let other = try await fetcher.fetch(server.url("/ok.jpg")).get()
+        #expect(other.attempts == 1)
+        let image = try await busy.value.get()
+        #expect(image.attempts == 2)
+        let refused = try #require(server.times("/busy.jpg").first)
+        let retried = try #require(server.times("/busy.jpg").last)
+        let otherAt = try #require(server.times("/ok.jpg").first)
+        // Retry-After: 1 holds both the retry and the unrelated request to the same host.
+        #expect(retried - refused >= .milliseconds(950))
+        #expect(otherAt - refused >= .milliseconds(950))
+        try await fetcher.shutdown()
+    }
+
+    @Test func thePerHostLimitHolds() async throws {
+        let server = try Self.server()
+        defer { server.shutdown() }
+        let fetcher = Self.fetcher { $0.perHostLimit = 3 }
+        let results = await withTaskGroup(of: Bool.self) { group in
+            for _ in 0..<12 {
+                group.addTask { if case .success = await fetcher.fetch(server.url("/tenth.jpg")) { true } else { false } }
+            }
+            return await group.reduce(into: [Bool]()) { $0.append($1) }
+        }
+        #expect(results.allSatisfy { $0 })
+        #expect(server.maxInFlight == 3)
+        try await fetcher.shutdown()
+    }
+
+    @Test func aClosedPortIsAConnectionFailure() async throws {
+        let fetcher = Self.fetcher { $0.maxAttempts = 2 }
+        let port = PostgresServer.freePort()
+        let result = await fetcher.fetch("http://127.0.0.1:\(port)/x.jpg")
+        guard case .failure(let e) = result else {
+            Issue.record("nothing listens there")
+            return
+        }
+        #expect(e.code == "connection", "\(e)")
+        #expect(e.attempts == 2)
+        try await fetcher.shutdown()
+    }
+
+    @Test func filesAndPathsAreRead() async throws {
+        let fetcher = Self.fetcher()
+        let expected = try Fixtures.bytes(Self.jpeg)
+        #expect(try await fetcher.fetch(Self.jpeg).get().bytes == expected)
+        #expect(try await fetcher.fetch("file://" + Self.jpeg).get().bytes == expected)
+        guard case .failure(let missing) = await fetcher.fetch("/nonexistent/x.jpg") else {
+            Issue.record("a missing file must fail")
+            return
+        }
+        #expect(missing.code == "unreadable")
+        let strict = Self.fetcher { $0.allowFiles = false }
+        guard case .failure(let refused) = await strict.fetch(Self.jpeg) else {
+            Issue.record("files must be refusable")
+            return
+        }
+        #expect(refused.code == "invalid_url")
+        try await fetcher.shutdown()
+        try await strict.shutdown()
+    }
+
+    @Test(arguments: ["ftp://host/x.jpg", "data:image/png;base64,AAAA", "", "http://"])
+    func unusableLocationsAreInvalidURLs(_ text: String) {
+        guard case .failure(let e) = ImageLocation.parse(text) else {
+            Issue.record("'\(text)' must be refused")
+            return
+        }
+        #expect(e.code == "invalid_url")
+    }
+
+    @Test func relativePathsResolveAgainstTheBaseDirectory() throws {
+        #expect(try ImageLocation.parse("img/a.jpg", baseDirectory: "/data/m").get() == .file("/data/m/img/a.jpg"))
+        #expect(try ImageLocation.parse("/abs/a.jpg", baseDirectory: "/data/m").get() == .file("/abs/a.jpg"))
+        #expect(try ImageLocation.parse("HTTPS://Cdn.Example.com/a.jpg").get().host == "cdn.example.com")
+    }
+
+    @Test func retryAfterAcceptsSecondsAndDates() throws {
+        #expect(ImageFetcher.parseRetryAfter("2") == .seconds(2))
+        #expect(ImageFetcher.parseRetryAfter("soon") == nil)
+        let inTenSeconds = Date().addingTimeInterval(10)
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "GMT")
+        f.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        let parsed = try #require(ImageFetcher.parseRetryAfter(f.string(from: inTenSeconds)))
+        #expect(parsed > .seconds(8) && parsed <= .seconds(10))
+    }
+
+    @Test func backoffHasFullJitterAndACap() {
+        let backoff = FetchConfiguration(backoffBase: .milliseconds(500), backoffMax: .seconds(4))
+        #expect(backoff.backoff(retry: 1, random: 1) == .milliseconds(500))
+        #expect(backoff.backoff(retry: 3, random: 1) == .seconds(2))
+        #expect(backoff.backoff(retry: 10, random: 1) == .seconds(4))
+        #expect(backoff.backoff(retry: 3, random: 0) == .zero)
+    }
+}

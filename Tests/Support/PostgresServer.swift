@@ -1,0 +1,149 @@
+import Foundation
+
+/// A throwaway PostgreSQL server for the tests: `initdb` into a temporary folder, `pg_ctl
+/// start` on a free loopback port, trust authentication, stopped when the test process exits.
+/// Debian's server binaries (`postgresql` package, installed by `make deps`) are required:
+/// without them the tests fail and say so, they are not skipped.
+///
+/// PostgreSQL refuses to run as root; when the tests run as root the server runs as the
+/// `postgres` user (created by the Debian package) via `runuser`.
+public enum PostgresServer {
+    public struct Unavailable: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// One server per test process, started on first use.
+    nonisolated(unsafe) private static var started: Result<Int, Unavailable>?
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var dataDirectory: String?
+    nonisolated(unsafe) private static var counter = 0
+
+    /// The port of the running server, starting it if needed.
+    public static func port() throws -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        if started == nil { started = start() }
+        return try started!.get()
+    }
+
+    /// A fresh, empty database on the shared server; returns its `postgres://` URL.
+    public static func freshDatabase() throws -> String {
+        let port = try port()
+        lock.lock()
+        counter += 1
+        let name = "ewall_test_\(getpid())_\(counter)"
+        lock.unlock()
+        let (status, output) = run(psql(), ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres", "-d", "postgres",
+                                            "-v", "ON_ERROR_STOP=1", "-q", "-c", "CREATE DATABASE \(name)"], asPostgres: false)
+        guard status == 0 else { throw Unavailable(description: "CREATE DATABASE failed: \(output)") }
+        return "postgres://postgres@127.0.0.1:\(port)/\(name)"
+    }
+
+    private static func bin(_ name: String) -> String? {
+        let root = "/usr/lib/postgresql"
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [])
+            .compactMap { Int($0) }.sorted(by: >)
+        for v in versions where FileManager.default.isExecutableFile(atPath: "\(root)/\(v)/bin/\(name)") {
+            return "\(root)/\(v)/bin/\(name)"
+        }
+        return nil
+    }
+
+    private static func psql() -> String { bin("psql") ?? "/usr/bin/psql" }
+
+    private static func start() -> Result<Int, Unavailable> {
+        guard let initdb = bin("initdb"), let pgctl = bin("pg_ctl") else {
+            return .failure(Unavailable(description:
+                "PostgreSQL server binaries not found under /usr/lib/postgresql: run `make deps` (apt-get install postgresql)"))
+        }
+        let root = geteuid() == 0
+        stopStaleServers(pgctl: pgctl, asPostgres: root)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-pg-\(getpid())").path
+        try? FileManager.default.removeItem(atPath: dir)
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        if root {
+            _ = run("/bin/chown", ["-R", "postgres:postgres", dir], asPostgres: false)
+        }
+        let data = dir + "/data"
+        var (status, output) = run(initdb, ["-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+                                   asPostgres: root)
+        guard status == 0 else { return .failure(Unavailable(description: "initdb failed: \(output)")) }
+        let port = freePort()
+        (status, output) = run(pgctl, ["-D", data, "-l", dir + "/log", "-w", "-t", "60", "-o",
+                                       "-p \(port) -k \(dir) -c listen_addresses=127.0.0.1 -F -c max_connections=200",
+                                       "start"], asPostgres: root)
+        guard status == 0 else {
+            let log = (try? String(contentsOfFile: dir + "/log", encoding: .utf8)) ?? ""
+            return .failure(Unavailable(description: "pg_ctl start failed: \(output) \(log)"))
+        }
+        dataDirectory = data
+        stopCommand = [pgctl, "-D", data, "-m", "immediate", "stop"]
+        stopAsPostgres = root
+        atexit {
+            if let cmd = PostgresServer.stopCommand {
+                _ = PostgresServer.run(cmd[0], Array(cmd.dropFirst()), asPostgres: PostgresServer.stopAsPostgres)
+                if let data = PostgresServer.dataDirectory {
+                    try? FileManager.default.removeItem(atPath: URL(fileURLWithPath: data).deletingLastPathComponent().path)
+                }
+            }
+        }
+        return .success(port)
+    }
+
+    /// Servers left by test processes that were killed before their exit handler ran.
+    private static func stopStaleServers(pgctl: String, asPostgres: Bool) {
+        let tmp = FileManager.default.temporaryDirectory.path
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: tmp)) ?? [] where name.hasPrefix("ewall-pg-") {
+            guard let pid = Int32(name.dropFirst("ewall-pg-".count)), kill(pid, 0) != 0 else { continue }
+            run(pgctl, ["-D", "\(tmp)/\(name)/data", "-m", "immediate", "stop"], asPostgres: asPostgres)
+            try? FileManager.default.removeItem(atPath: "\(tmp)/\(name)")
+        }
+    }
+
+    nonisolated(unsafe) static var stopCommand: [String]?
+    nonisolated(unsafe) static var stopAsPostgres = false
+
+    /// Runs a command and waits for it with `posix_spawn` + `waitpid`. Not Foundation's
+    /// `Process`: it learns of a child's exit through a descriptor the child inherits, and the
+    /// server that `pg_ctl start` leaves running keeps that descriptor open forever.
+    @discardableResult
+    static func run(_ exe: String, _ args: [String], asPostgres: Bool) -> (Int32, String) {
+        let argv = asPostgres ? ["/usr/sbin/runuser", "-u", "postgres", "--", exe] + args : [exe] + args
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-pgrun-\(UUID().uuidString).log").path
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { for p in cargs { free(p) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, &cargs, environ)
+        guard rc == 0 else { return (-1, "cannot start \(argv[0]): \(String(cString: strerror(rc)))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        let exited = (status & 0x7f) == 0
+        return (exited ? (status >> 8) & 0xff : -1, output)
+    }
+
+    /// A port nothing listens on right now (bind to 0, read it, close).
+    public static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) }
+        }
+        _ = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}
