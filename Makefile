@@ -91,6 +91,9 @@ bench: build model
 	$(PY) data/make_samples.py --out data/samples --bench 400
 	$(SWIFT) build -c release --product ewall-bench
 	$(PY) bench/run_bench.py --ewall-bench .build/release/ewall-bench --model $(MODEL) --out bench/out
+	$(SWIFT) build -c release --product ewall-embed
+	$(PY) bench/embed_job_bench.py --ewall-embed .build/release/ewall-embed --ewall-bench .build/release/ewall-bench \
+	    --model $(MODEL) --out bench/out
 
 clean:
 	rm -rf .build/release .build/debug $(FIX) data/samples bench/out
