@@ -206,10 +206,14 @@ def run_embed(args, manifest, db, workdir):
     systemic error or a summary that cannot be read."""
     cmd = [args.ewall_embed, "--manifest", manifest, "--db", f"sqlite:{db}", "--model", args.model,
            "--precision", args.precision, "--threads", str(args.threads), "--json", "--progress-interval", "1"]
-    run = run_child(cmd, workdir)
+    env = None
+    if args.malloc_env:
+        env = dict(os.environ, **args.malloc_env)
+    run = run_child(cmd, workdir, env=env)
     lines = [l for l in run.stdout.splitlines() if l.strip().startswith("{")]
     if run.rc not in (0, 1) or not lines:
-        sys.exit(f"embed-bench: ewall-embed exited {run.rc}\n  command: {' '.join(cmd)}\n"
+        envs = " ".join(f"{k}={v}" for k, v in (args.malloc_env or {}).items())
+        sys.exit(f"embed-bench: ewall-embed exited {run.rc}\n  command: {envs + ' ' if envs else ''}{' '.join(cmd)}\n"
                  f"  stderr (end):\n{run.stderr[-3000:]}")
     return run, json.loads(lines[-1])
 
@@ -303,7 +307,21 @@ def measure_memory(args, server, names, tmp):
         "growth_percent": (peak - base) / base * 100, "peak_rss_mib": run.peak_rss_mib,
         "rss_max_first_half_mib": first, "rss_max_second_half_mib": second,
         "samples": [{"t": round(t, 2), "rss_mib": round(rss, 1), "rows_done": done} for t, rss, done in run.samples],
+        "curve": memory_curve(run.samples, args.memory_curve_rows, args.memory_n) if args.memory_curve_rows > 0 else None,
     }
+
+
+def memory_curve(samples, every, rows):
+    """RSS against rows done, one point per `every` rows: the first sample at or past each
+    multiple of `every`, and the maximum RSS sampled until the next one."""
+    points = []
+    for lo in range(every, rows + 1, every):
+        window = [(t, rss, d) for t, rss, d in samples if d is not None and lo <= d < lo + every]
+        if window:
+            t, rss, d = window[0]
+            points.append({"rows": lo, "rows_done": d, "t": round(t, 2), "rss_mib": round(rss, 1),
+                           "max_rss_mib_until_next": round(max(r for _, r, _ in window), 1)})
+    return points
 
 
 def sqlite_schema():
@@ -447,6 +465,10 @@ def table(res):
             rows.append(("  max RSS, first / second half", "",
                          f"{mem['rss_max_first_half_mib']:.0f} / {mem['rss_max_second_half_mib']:.0f} MiB "
                          "(diagnostic: a leak keeps climbing in the second half)"))
+        for pt in mem.get("curve") or []:
+            rows.append((f"  RSS at {pt['rows']} rows", f"{pt['rss_mib']:.0f} MiB",
+                         f"(sample at {pt['rows_done']} rows done, t {pt['t']:.1f} s); "
+                         f"max {pt['max_rss_mib_until_next']:.0f} MiB until the next point"))
     if mil:
         rows.append((f"rerun, {mil['rows']:,} rows all done", f"{mil['job_seconds']:.1f} s",
                      f"skipped {mil['skipped']:,}, {mil['rows_per_s']:,.0f} rows/s, process {mil['process_wall_s']:.1f} s, "
@@ -465,6 +487,16 @@ def table(res):
             print(f"{name:36} {x['value']:13.2f}  target {sign} {x['target']}  {'met' if x['met'] else 'NOT MET'}")
 
 
+def parse_env(text):
+    env = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"not K=V: {item!r}")
+        env[key] = value
+    return env
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ewall-embed", default=".build/release/ewall-embed")
@@ -479,6 +511,14 @@ def main():
     ap.add_argument("--memory-n", type=int, default=5000)
     ap.add_argument("--memory-baseline-rows", type=int, default=500, help="RSS growth is measured from here")
     ap.add_argument("--million-rows", type=int, default=1_000_000)
+    ap.add_argument("--memory-curve-rows", type=int, default=0, metavar="ROWS",
+                    help="print the memory run's RSS against rows done every ROWS rows (0: not printed)")
+    ap.add_argument("--malloc-env", type=parse_env, default={}, metavar="K=V,K=V",
+                    help="environment variables for the ewall-embed processes only, e.g. "
+                         "MALLOC_ARENA_MAX=2,MALLOC_MMAP_THRESHOLD_=262144 (glibc malloc tunables)")
+    ap.add_argument("--only-memory", action="store_true",
+                    help="run only the memory-flatness part (no end-to-end, model-only, Python or 1M-row "
+                         "runs); writes embed_job_memory.json, not embed_job.json")
     ap.add_argument("--skip-python", action="store_true", help="skip the Python pipeline")
     ap.add_argument("--skip-memory", action="store_true", help="skip the --memory-n run")
     ap.add_argument("--skip-million", action="store_true", help="skip the --million-rows rerun")
@@ -490,37 +530,41 @@ def main():
 
     for name in ("ewall_embed", "ewall_bench", "model"):
         setattr(args, name, os.path.abspath(getattr(args, name)))  # the job runs in a temp folder
-    for path in (args.ewall_embed, args.ewall_bench, args.model):
+    for path in (args.ewall_embed, args.model) + (() if args.only_memory else (args.ewall_bench,)):
         if not os.path.exists(path):
             sys.exit(f"embed-bench: {path} not found (swift build -c release --product ...; make model)")
     names = ensure_images(args.images, max(args.n, 1000))
 
     res = {"config": {"n": args.n, "precision": args.precision, "threads": args.threads, "batch": BATCH,
                       "model": os.path.relpath(args.model, ROOT), "images": args.images, "cpus": os.cpu_count(),
-                      "http": "python3 -m http.server on 127.0.0.1, separate process"},
+                      "http": "python3 -m http.server on 127.0.0.1, separate process",
+                      "ewall_embed_env": args.malloc_env, "only_memory": args.only_memory},
            "notes": ["The model may be random-init (make model offline): throughput does not depend on the weights.",
                      "The 1M-row store holds 4-float vectors (dim 4, 16 bytes): only the skip path is measured.",
                      "The HTTP server shares the CPUs with the side being measured, equally for both sides."]}
     tmp = tempfile.mkdtemp(prefix="ewall-embed-bench-")
     try:
         with HTTPServer(args.images) as server:
-            res["end_to_end"] = measure_end_to_end(args, server, names, tmp)
-            res["model_only"] = measure_model_only(args, args.images, names, res["end_to_end"]["precision"], tmp)
-            if not args.skip_python:
-                res["python"] = measure_python(args, server, names, tmp)
-            if not args.skip_memory:
+            if args.only_memory:
                 res["memory"] = measure_memory(args, server, names, tmp)
-            if not args.skip_million:
-                res["million"] = measure_million(args, server, names, tmp)
+            else:
+                res["end_to_end"] = measure_end_to_end(args, server, names, tmp)
+                res["model_only"] = measure_model_only(args, args.images, names, res["end_to_end"]["precision"], tmp)
+                if not args.skip_python:
+                    res["python"] = measure_python(args, server, names, tmp)
+                if not args.skip_memory:
+                    res["memory"] = measure_memory(args, server, names, tmp)
+                if not args.skip_million:
+                    res["million"] = measure_million(args, server, names, tmp)
     finally:
         if args.keep_temp:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    e = res["end_to_end"]
+    e = res.get("end_to_end") or {}
     ratios = {
-        "end_to_end_vs_model_only": e["images_per_s"] / res["model_only"]["images_per_s"],
+        "end_to_end_vs_model_only": e["images_per_s"] / res["model_only"]["images_per_s"] if e else None,
         "ewall_vs_python": e["images_per_s"] / res["python"]["images_per_s"] if "python" in res else None,
         "memory_growth_percent": res["memory"]["growth_percent"] if "memory" in res else None,
         "million_skip_seconds": res["million"]["job_seconds"] if "million" in res else None,
@@ -529,13 +573,16 @@ def main():
                          "met": None if v is None else (v >= TARGETS[k] if k in AT_LEAST else v <= TARGETS[k])}
                      for k, v in ratios.items()}
 
-    print(f"\newall-embed batch job: {args.n} product JPEGs over HTTP on loopback, {args.precision}, "
+    what = f"memory run only, {args.memory_n} rows" if args.only_memory else f"{args.n} product JPEGs"
+    print(f"\newall-embed batch job: {what} over HTTP on loopback, {args.precision}, "
           f"{args.threads} threads, batch {BATCH}, model {res['config']['model']}")
+    if args.malloc_env:
+        print("ewall-embed environment: " + " ".join(f"{k}={v}" for k, v in args.malloc_env.items()))
     if e.get("random_init_model"):
         print("(random-init model: the vectors mean nothing, the throughput is the same as with trained weights)")
     table(res)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "embed_job.json")
+    path = os.path.join(args.out, "embed_job_memory.json" if args.only_memory else "embed_job.json")
     with open(path, "w") as f:
         json.dump(res, f, indent=1, sort_keys=True)
     print(f"\nwritten: {path}")

@@ -5,14 +5,24 @@ public enum Npy {
     /// The bytes of an `.npy` file holding `rows` x `cols` float32 values from `values`.
     public static func encode(_ values: [Float], rows: Int, cols: Int) -> Data {
         precondition(values.count == rows * cols, "npy: \(values.count) values for \(rows)x\(cols)")
-        var header = "{'descr': '<f4', 'fortran_order': False, 'shape': (\(rows), \(cols)), }"
+        var data = header(rows: rows, cols: cols)
+        values.withUnsafeBufferPointer { data.append(UnsafeBufferPointer(start: UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: UInt8.self), count: $0.count * 4)) }
+        return data
+    }
+
+    /// The magic, version and header of a float32 `[rows, cols]` file; the values follow.
+    /// The row count is padded to a fixed width, so a writer that streams rows can write the
+    /// header first and rewrite it in place with the final count.
+    public static func header(rows: Int, cols: Int) -> Data {
+        let count = String(rows)
+        let padded = String(repeating: " ", count: max(0, 12 - count.utf8.count)) + count
+        var header = "{'descr': '<f4', 'fortran_order': False, 'shape': (\(padded), \(cols)), }"
         let unpadded = 10 + header.utf8.count + 1
         header += String(repeating: " ", count: (64 - unpadded % 64) % 64) + "\n"
         var data = Data([0x93] + Array("NUMPY".utf8) + [1, 0])
         let len = UInt16(header.utf8.count)
         data.append(contentsOf: [UInt8(len & 0xFF), UInt8(len >> 8)])
         data.append(contentsOf: Array(header.utf8))
-        values.withUnsafeBufferPointer { data.append(UnsafeBufferPointer(start: UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: UInt8.self), count: $0.count * 4)) }
         return data
     }
 
