@@ -129,7 +129,7 @@ let package = Package(
         .testTarget(name: "EwallJobTests", dependencies: ["EwallML", "EwallTestSupport"]),
         .testTarget(name: "EwallFetchTests", dependencies: ["EwallFetch", "EwallTestSupport"]),
         .testTarget(name: "EwallStoreTests", dependencies: ["EwallStore", "EwallTestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["EwallTestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["EwallStore", "EwallTestSupport"]),
     ],
     cxxLanguageStandard: .cxx17
 )
