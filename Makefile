@@ -13,17 +13,20 @@ MODEL := models/resnet50.pt
 CARD  := models/resnet50.card.json
 FIX   := .fixtures
 
-# Debian packages: native libraries, the Python reference, and the photo sources for the
-# samples (desktop wallpapers and scikit-image's data, real photographs).
+# Debian packages: native libraries, SQLite, the PostgreSQL server the tests start on
+# loopback, the Python reference, and the photo sources for the samples (desktop wallpapers
+# and scikit-image's data, real photographs).
 APT_PACKAGES := libtorch-dev libfaiss-dev libopenblas-dev libturbojpeg0-dev libpng-dev libwebp-dev \
-                python3-torch python3-torchvision python3-pil python3-numpy python3-skimage \
+                libsqlite3-dev postgresql sqlite3 \
+                python3-torch python3-torchvision python3-pil python3-numpy python3-skimage python3-requests \
                 mate-backgrounds plasma-workspace-wallpapers
 DEPS_STAMP := .build/.deps-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 
 .PHONY: help deps build model samples fixtures test demo bench clean
 
 help:
-	@echo "make demo     install deps, build (release), make the model, embed the sample photos"
+	@echo "make demo     install deps, build (release), make the model, run ewall-embed over the sample photos served"
+	@echo "              from a loopback HTTP server into sqlite:data/ewall.sqlite, twice (the rerun skips all)"
 	@echo "make test     install deps, make model and fixtures, run all tests"
 	@echo "make bench    benchmarks vs the Python reference (bench/out/bench.json)"
 	@echo "make deps     apt-get install the Debian packages listed in APT_PACKAGES (root or sudo)"
@@ -43,6 +46,7 @@ $(DEPS_STAMP):
 
 build: deps
 	$(SWIFT) build -c release --product ewall
+	$(SWIFT) build -c release --product ewall-embed
 
 samples: data/samples/manifest.json
 data/samples/manifest.json: data/make_samples.py | $(DEPS_STAMP)
@@ -82,10 +86,28 @@ test: deps model fixtures
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
+# The main job, for real: the sample photos served over HTTP on loopback, embedded into the
+# default SQLite store, then the same manifest again (everything is skipped). One row is a
+# deliberately truncated JPEG and one a missing image: each costs one failed row, nothing else.
+DEMO_PORT ?= 8765
 demo: build model $(FIX)/images/.done
-	@echo; echo "== ewall embed over the sample photos (data/samples/photos)"; echo
-	.build/release/ewall embed data/samples/photos/* .fixtures/images/truncated_half.jpg 2>&1 || true
-	@echo; echo "(the last row is a deliberately truncated JPEG: one failed row, nothing else lost)"
+	@mkdir -p data/demo && rm -rf data/demo/www && mkdir -p data/demo/www && \
+	  cp data/samples/photos/* data/demo/www/ && cp $(FIX)/images/truncated_half.jpg data/demo/www/
+	@{ echo "product_id,image_url,title,category,in_stock"; i=0; \
+	   for f in $$(ls data/samples/photos); do i=$$((i+1)); \
+	     echo "demo-$$i,http://127.0.0.1:$(DEMO_PORT)/$$f,sample photo $$f,generic,true"; done; \
+	   echo "demo-truncated,http://127.0.0.1:$(DEMO_PORT)/truncated_half.jpg,a damaged JPEG,generic,true"; \
+	   echo "demo-missing,http://127.0.0.1:$(DEMO_PORT)/no-such-image.jpg,a missing image,generic,true"; \
+	 } > data/demo/manifest.csv
+	@$(PY) -m http.server $(DEMO_PORT) --bind 127.0.0.1 --directory data/demo/www >/dev/null 2>&1 & srv=$$!; \
+	  trap "kill $$srv" EXIT; sleep 1; \
+	  echo; echo "== ewall-embed over data/demo/manifest.csv (http://127.0.0.1:$(DEMO_PORT)) into sqlite:data/ewall.sqlite"; echo; \
+	  .build/release/ewall-embed --manifest data/demo/manifest.csv --failures data/demo/failures.jsonl; rc=$$?; \
+	  echo "(exit status $$rc: 1 means some rows failed; they are in data/demo/failures.jsonl)"; \
+	  echo; echo "== the same manifest again: everything is skipped, nothing is fetched"; echo; \
+	  .build/release/ewall-embed --manifest data/demo/manifest.csv; rc=$$?; \
+	  echo "(exit status $$rc: the two failed rows are still not embedded; --retry-failed retries transient failures only)"; \
+	  [ $$rc -le 1 ]
 
 bench: build model
 	$(PY) data/make_samples.py --out data/samples --bench 400
@@ -96,4 +118,4 @@ bench: build model
 	    --model $(MODEL) --out bench/out
 
 clean:
-	rm -rf .build/release .build/debug $(FIX) data/samples bench/out
+	rm -rf .build/release .build/debug $(FIX) data/samples data/demo bench/out
