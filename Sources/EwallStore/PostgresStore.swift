@@ -24,7 +24,7 @@ public final class PostgresStore: EmbeddingStore {
     /// there) and creates the schema under an advisory lock, so machines starting together
     /// do not race.
     public static func open(host: String, port: Int, user: String, password: String?, database: String,
-                            connectTimeout: Duration = .seconds(5), logger: Logger) async throws -> PostgresStore {
+                            connectTimeout: Duration = .seconds(10), logger: Logger) async throws -> PostgresStore {
         var config = PostgresClient.Configuration(host: host, port: port, username: user, password: password,
                                                   database: database, tls: .disable)
         config.options.connectTimeout = connectTimeout

@@ -46,14 +46,16 @@ public enum StoreLocation: Sendable, Hashable, CustomStringConvertible {
         return c.string ?? text
     }
 
-    /// Opens (and creates or migrates) the store.
-    public func open(logger: Logger = Logger(label: "ewall.store")) async throws -> any EmbeddingStore {
+    /// Opens (and creates or migrates) the store. A PostgreSQL server that does not answer
+    /// within `connectTimeout` is a ``StoreError/Code/unavailable`` error.
+    public func open(connectTimeout: Duration = .seconds(10),
+                     logger: Logger = Logger(label: "ewall.store")) async throws -> any EmbeddingStore {
         switch self {
         case .sqlite(let path):
             return try await SQLiteStore.open(path: path)
         case .postgres(let host, let port, let user, let password, let database):
             return try await PostgresStore.open(host: host, port: port, user: user, password: password,
-                                                 database: database, logger: logger)
+                                                 database: database, connectTimeout: connectTimeout, logger: logger)
         }
     }
 }

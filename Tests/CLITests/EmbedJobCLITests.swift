@@ -107,7 +107,7 @@ struct EmbedJobCLITests {
 
     @Test("SIGINT finishes and writes the current batch, then exits 130 with an interrupted summary")
     func sigintIsGraceful() async throws {
-        let (server, manifest) = try Self.catalogue(160)
+        let (server, manifest) = try Self.catalogue(400, delay: .milliseconds(100))
         defer { server.shutdown() }
         let db = Self.freshDB()
         let job = try JobProcess(["--manifest", manifest, "--db", db, "--batch-size", "8", "--concurrency", "8", "--json"])
@@ -125,7 +125,7 @@ struct EmbedJobCLITests {
         let stored = try await Self.embedded(db)
         #expect(counts["embedded"] as? Int == stored)
         #expect(counts["failed"] as? Int == 0)
-        #expect(stored < 160)
+        #expect(stored < 400)
     }
 
     @Test("exit 0 when all is embedded, 1 with failures (also when skipped as failed earlier), and a failures file")

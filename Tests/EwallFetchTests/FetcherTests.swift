@@ -34,7 +34,8 @@ struct FetcherTests {
     }
 
     static func fetcher(_ configure: (inout FetchConfiguration) -> Void = { _ in }) -> ImageFetcher {
-        var c = FetchConfiguration(connectTimeout: .seconds(2), requestTimeout: .seconds(1), maxAttempts: 3,
+        // Generous timeouts: the whole test suite shares 2 cores; the timeout test sets its own.
+        var c = FetchConfiguration(connectTimeout: .seconds(5), requestTimeout: .seconds(10), maxAttempts: 3,
                                    backoffBase: .milliseconds(50), backoffMax: .milliseconds(200), maxBytes: 2 << 20)
         configure(&c)
         return ImageFetcher(configuration: c)
@@ -80,7 +81,7 @@ struct FetcherTests {
     func eachFailureHasItsClassAndOnlyTransientOnesAreRetried(_ c: FailureCase) async throws {
         let server = try Self.server()
         defer { server.shutdown() }
-        let fetcher = Self.fetcher()
+        let fetcher = Self.fetcher { if c.code == "timeout" { $0.requestTimeout = .seconds(1) } }
         let result = await fetcher.fetch(server.url(c.path))
         guard case .failure(let e) = result else {
             Issue.record("\(c.path) should fail")

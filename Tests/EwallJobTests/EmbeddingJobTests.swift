@@ -31,7 +31,7 @@ struct EmbeddingJobTests {
             case "/flaky.jpg": return req.hit == 1 ? .init(status: 500) : .init(body: images[0])
             case "/busy.jpg": return req.hit == 1 ? .init(status: 429, headers: [("Retry-After", "1")]) : .init(body: images[1])
             case "/down.jpg": return .init(status: 503)
-            case "/slow.jpg": return .init(body: images[2], delay: .seconds(3))
+            case "/slow.jpg": return .init(body: images[2], delay: .seconds(8))
             case "/huge.jpg": return .init(body: [UInt8](repeating: 0xFF, count: 3 << 20), chunked: true)
             case "/loop-a": return .init(status: 302, headers: [("Location", "/loop-b")])
             case "/loop-b": return .init(status: 302, headers: [("Location", "/loop-a")])
@@ -58,7 +58,8 @@ struct EmbeddingJobTests {
     }
 
     static func fetchConfig() -> FetchConfiguration {
-        FetchConfiguration(perHostLimit: 4, connectTimeout: .seconds(2), requestTimeout: .seconds(1), maxAttempts: 2,
+        // 2 s per attempt: well above a loaded 2-core machine's answer time, well below /slow.jpg's 8 s.
+        FetchConfiguration(perHostLimit: 4, connectTimeout: .seconds(5), requestTimeout: .seconds(2), maxAttempts: 2,
                            backoffBase: .milliseconds(20), backoffMax: .milliseconds(50), maxBytes: 2 << 20)
     }
 

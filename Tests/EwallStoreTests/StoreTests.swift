@@ -121,7 +121,7 @@ struct StoreBehaviourTests {
 
     @Test(arguments: StoreKind.allCases)
     func reopeningKeepsEverything(_ kind: StoreKind) async throws {
-        let url = try kind.freshURL()
+        let url = try await kind.freshURL()
         let first = try await StoreLocation(parsing: url).open()
         try await first.write(WriteBatch(embeddings: [Self.embedding("p1", "u1", seed: 9)]))
         await first.close()
@@ -154,7 +154,7 @@ struct StoreLocationTests {
     @Test func anUnreachablePostgresIsAClearSystemicError() async throws {
         let port = PostgresServer.freePort()
         do {
-            _ = try await StoreLocation(parsing: "postgres://u:pw@127.0.0.1:\(port)/d").open()
+            _ = try await StoreLocation(parsing: "postgres://u:pw@127.0.0.1:\(port)/d").open(connectTimeout: .seconds(2))
             Issue.record("nothing listens there")
         } catch let e as StoreError {
             #expect(e.code == .unavailable)

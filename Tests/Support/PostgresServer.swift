@@ -26,8 +26,16 @@ public enum PostgresServer {
         return try started!.get()
     }
 
-    /// A fresh, empty database on the shared server; returns its `postgres://` URL.
-    public static func freshDatabase() throws -> String {
+    /// A fresh, empty database on the shared server; returns its `postgres://` URL. Runs the
+    /// blocking work (initdb, pg_ctl, psql) on a thread of its own, never on Swift's
+    /// cooperative pool, which the tests under way need.
+    public static func freshDatabase() async throws -> String {
+        try await withCheckedThrowingContinuation { cont in
+            Thread { cont.resume(with: Result { try freshDatabaseBlocking() }) }.start()
+        }
+    }
+
+    static func freshDatabaseBlocking() throws -> String {
         let port = try port()
         lock.lock()
         counter += 1

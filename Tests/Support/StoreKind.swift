@@ -10,16 +10,16 @@ public enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertib
     /// A fresh, empty store: a new SQLite file in a temporary folder, or a new database on
     /// the test PostgreSQL server (``PostgresServer``).
     public func open() async throws -> any EmbeddingStore {
-        try await StoreLocation(parsing: try freshURL()).open()
+        try await StoreLocation(parsing: try await freshURL()).open()
     }
 
-    public func freshURL() throws -> String {
+    public func freshURL() async throws -> String {
         switch self {
         case .sqlite:
             let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-store-\(UUID().uuidString)")
             return "sqlite:\(dir.path)/e.sqlite"
         case .postgres:
-            return try PostgresServer.freshDatabase()
+            return try await PostgresServer.freshDatabase()
         }
     }
 }
