@@ -100,15 +100,7 @@ public final class PostgresStore: EmbeddingStore {
                     try await conn.query("""
                         INSERT INTO products (product_id, title, category, category_source, in_stock, brand, price, created_at, updated_at)
                         VALUES (\(p.id), \(p.title), \(p.category), \(src), \(p.inStock), \(p.brand), \(p.price), \(now), \(now))
-                        ON CONFLICT (product_id) DO UPDATE SET
-                          title = COALESCE(excluded.title, products.title),
-                          category = COALESCE(excluded.category, products.category),
-                          category_source = CASE WHEN excluded.category IS NULL THEN products.category_source
-                                                 ELSE excluded.category_source END,
-                          in_stock = COALESCE(excluded.in_stock, products.in_stock),
-                          brand = COALESCE(excluded.brand, products.brand),
-                          price = COALESCE(excluded.price, products.price),
-                          updated_at = excluded.updated_at
+                        \(unescaped: Schema.productUpdate)
                         """, logger: logger)
                 }
             }
@@ -152,10 +144,7 @@ public final class PostgresStore: EmbeddingStore {
                         VALUES (\(e.productID), \(e.key.modelID), \(e.key.preprocessing), \(e.imageURL), \(Int32(e.vector.count)),
                                 \(vector), \(e.imageSHA256), \(e.width.map { Int32($0) }), \(e.height.map { Int32($0) }),
                                 \(e.bytes.map { Int64($0) }), \(e.contentType), \(now), \(now))
-                        ON CONFLICT (model_id, preprocessing, product_id) DO UPDATE SET
-                          image_url = excluded.image_url, dim = excluded.dim, vector = excluded.vector,
-                          image_sha256 = excluded.image_sha256, width = excluded.width, height = excluded.height,
-                          bytes = excluded.bytes, content_type = excluded.content_type, updated_at = excluded.updated_at
+                        \(unescaped: Schema.embeddingUpdate)
                         """, logger: logger)
                 }
                 for l in batch.ledger {
@@ -164,10 +153,7 @@ public final class PostgresStore: EmbeddingStore {
                                                    http_status, attempts, last_error, last_tried)
                         VALUES (\(l.productID), \(l.key.modelID), \(l.key.preprocessing), \(l.imageURL), \(l.status.rawValue),
                                 \(l.errorClass), \(l.httpStatus.map { Int32($0) }), \(Int32(l.attempts)), \(l.lastError), \(l.lastTried))
-                        ON CONFLICT (model_id, preprocessing, product_id) DO UPDATE SET
-                          image_url = excluded.image_url, status = excluded.status, error_class = excluded.error_class,
-                          http_status = excluded.http_status, attempts = excluded.attempts,
-                          last_error = excluded.last_error, last_tried = excluded.last_tried
+                        \(unescaped: Schema.ledgerUpdate)
                         """, logger: logger)
                 }
             }

@@ -54,15 +54,7 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
                     try c.query("""
                         INSERT INTO products (product_id, title, category, category_source, in_stock, brand, price, created_at, updated_at)
                         VALUES (?1, ?2, ?3, CASE WHEN ?3 IS NULL THEN NULL ELSE ?4 END, ?5, ?6, ?7, ?8, ?8)
-                        ON CONFLICT (product_id) DO UPDATE SET
-                          title = COALESCE(excluded.title, products.title),
-                          category = COALESCE(excluded.category, products.category),
-                          category_source = CASE WHEN excluded.category IS NULL THEN products.category_source
-                                                 ELSE excluded.category_source END,
-                          in_stock = COALESCE(excluded.in_stock, products.in_stock),
-                          brand = COALESCE(excluded.brand, products.brand),
-                          price = COALESCE(excluded.price, products.price),
-                          updated_at = excluded.updated_at
+                        \(Schema.productUpdate)
                         """,
                         [.text(p.id), p.title.map { .text($0) } ?? .null, p.category.map { .text($0) } ?? .null,
                          .text(source.rawValue), p.inStock.map { .int($0 ? 1 : 0) } ?? .null,
@@ -109,10 +101,7 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
                         INSERT INTO embeddings (product_id, model_id, preprocessing, image_url, dim, vector, image_sha256,
                                                 width, height, bytes, content_type, created_at, updated_at)
                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)
-                        ON CONFLICT (model_id, preprocessing, product_id) DO UPDATE SET
-                          image_url = excluded.image_url, dim = excluded.dim, vector = excluded.vector,
-                          image_sha256 = excluded.image_sha256, width = excluded.width, height = excluded.height,
-                          bytes = excluded.bytes, content_type = excluded.content_type, updated_at = excluded.updated_at
+                        \(Schema.embeddingUpdate)
                         """,
                         [.text(e.productID), .text(e.key.modelID), .text(e.key.preprocessing), .text(e.imageURL),
                          .int(Int64(e.vector.count)), .blob(VectorBytes.encode(e.vector)),
@@ -125,10 +114,7 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
                         INSERT INTO item_outcomes (product_id, model_id, preprocessing, image_url, status, error_class,
                                                    http_status, attempts, last_error, last_tried)
                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                        ON CONFLICT (model_id, preprocessing, product_id) DO UPDATE SET
-                          image_url = excluded.image_url, status = excluded.status, error_class = excluded.error_class,
-                          http_status = excluded.http_status, attempts = excluded.attempts,
-                          last_error = excluded.last_error, last_tried = excluded.last_tried
+                        \(Schema.ledgerUpdate)
                         """,
                         [.text(l.productID), .text(l.key.modelID), .text(l.key.preprocessing), .text(l.imageURL),
                          .text(l.status.rawValue), l.errorClass.map { .text($0) } ?? .null,

@@ -9,6 +9,37 @@
 enum Schema {
     static let version = 1
 
+    // The upserts' update clauses, the same text in both dialects.
+
+    /// A product row keeps what a new row leaves `NULL`.
+    static let productUpdate = """
+        ON CONFLICT (product_id) DO UPDATE SET
+          title = COALESCE(excluded.title, products.title),
+          category = COALESCE(excluded.category, products.category),
+          category_source = CASE WHEN excluded.category IS NULL THEN products.category_source
+                                 ELSE excluded.category_source END,
+          in_stock = COALESCE(excluded.in_stock, products.in_stock),
+          brand = COALESCE(excluded.brand, products.brand),
+          price = COALESCE(excluded.price, products.price),
+          updated_at = excluded.updated_at
+        """
+
+    /// A newer vector replaces the older one of the same key; `created_at` stays.
+    static let embeddingUpdate = """
+        ON CONFLICT (model_id, preprocessing, product_id) DO UPDATE SET
+          image_url = excluded.image_url, dim = excluded.dim, vector = excluded.vector,
+          image_sha256 = excluded.image_sha256, width = excluded.width, height = excluded.height,
+          bytes = excluded.bytes, content_type = excluded.content_type, updated_at = excluded.updated_at
+        """
+
+    /// The ledger keeps the last outcome.
+    static let ledgerUpdate = """
+        ON CONFLICT (model_id, preprocessing, product_id) DO UPDATE SET
+          image_url = excluded.image_url, status = excluded.status, error_class = excluded.error_class,
+          http_status = excluded.http_status, attempts = excluded.attempts,
+          last_error = excluded.last_error, last_tried = excluded.last_tried
+        """
+
     static let sqlite = """
         CREATE TABLE IF NOT EXISTS ewall_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE IF NOT EXISTS products (
