@@ -9,7 +9,8 @@ import Foundation
 final class BoundedQueue<Element: Sendable>: @unchecked Sendable {
     private let lock = NSLock()
     private let capacity: Int
-    private var buffer: [Element] = []
+    /// Popped slots are set to `nil` at once, so a queue never keeps a finished element alive.
+    private var buffer: [Element?] = []
     private var head = 0
     private var senders: [(Element, CheckedContinuation<Bool, Never>)] = []
     private var receivers: [CheckedContinuation<Element?, Never>] = []
@@ -103,11 +104,12 @@ final class BoundedQueue<Element: Sendable>: @unchecked Sendable {
     private func popLocked() -> Element? {
         guard head < buffer.count else { return nil }
         let e = buffer[head]
+        buffer[head] = nil
         head += 1
-        if head > 1024 && head * 2 > buffer.count {
+        if head >= capacity && head * 2 > buffer.count {
             buffer.removeFirst(head)
             head = 0
         }
-        return e
+        return e!
     }
 }
