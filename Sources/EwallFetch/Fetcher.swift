@@ -68,7 +68,9 @@ public final class ImageFetcher: Sendable {
             guard configuration.allowFiles else {
                 return .failure(FetchError(FailureClass.invalidURL, "local files are not allowed here"))
             }
-            return readFile(path)
+            return Self.readFile(path, maxBytes: configuration.maxBytes).map {
+                FetchedImage(bytes: $0, sha256: Self.sha256($0), contentType: nil, httpStatus: nil, attempts: 1)
+            }
         case .http(let url):
             return await fetchHTTP(url)
         }
@@ -200,7 +202,8 @@ public final class ImageFetcher: Sendable {
 
     // MARK: Files
 
-    private func readFile(_ path: String) -> Result<FetchedImage, FetchError> {
+    /// Reads a local image file, refusing it before reading when it is larger than `maxBytes`.
+    public static func readFile(_ path: String, maxBytes: Int) -> Result<[UInt8], FetchError> {
         let attrs: [FileAttributeKey: Any]
         do {
             attrs = try FileManager.default.attributesOfItem(atPath: path)
@@ -211,14 +214,13 @@ public final class ImageFetcher: Sendable {
             return .failure(FetchError(FailureClass.unreadable, "\(path) is a directory, not an image file"))
         }
         let size = (attrs[.size] as? Int) ?? 0
-        if size > configuration.maxBytes {
-            return .failure(FetchError(FailureClass.tooLarge, "\(path) is \(size) bytes, above the limit of \(configuration.maxBytes)"))
+        if maxBytes > 0 && size > maxBytes {
+            return .failure(FetchError(FailureClass.tooLarge, "\(path) is \(size) bytes, above the limit of \(maxBytes)"))
         }
         guard let data = FileManager.default.contents(atPath: path) else {
             return .failure(FetchError(FailureClass.unreadable, "\(path) could not be read"))
         }
-        let bytes = [UInt8](data)
-        return .success(FetchedImage(bytes: bytes, sha256: Self.sha256(bytes), contentType: nil, httpStatus: nil, attempts: 1))
+        return .success([UInt8](data))
     }
 
     // MARK: Helpers

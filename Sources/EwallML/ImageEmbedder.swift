@@ -209,26 +209,12 @@ public final class ImageEmbedder: Sendable {
         }
     }
 
-    /// Reads a file, refusing it before reading when it is larger than the byte limit.
+    /// Reads a file with the fetcher's file reader (byte limit checked before reading).
     static func read(_ path: String, limits: ImageLimits) throws(ItemFailure) -> [UInt8] {
-        let attrs: [FileAttributeKey: Any]
-        do {
-            attrs = try FileManager.default.attributesOfItem(atPath: path)
-        } catch {
-            throw ItemFailure(ImageError(.unreadable, "\(path): no such file or not readable"), stage: .read)
+        switch ImageFetcher.readFile(path, maxBytes: limits.maxBytes) {
+        case .success(let bytes): return bytes
+        case .failure(let e): throw ItemFailure(stage: .read, code: e.code, message: e.message)
         }
-        if (attrs[.type] as? FileAttributeType) == .typeDirectory {
-            throw ItemFailure(ImageError(.unreadable, "\(path) is a directory, not an image file"), stage: .read)
-        }
-        let size = (attrs[.size] as? Int) ?? 0
-        if limits.maxBytes > 0 && size > limits.maxBytes {
-            throw ItemFailure(ImageError(.tooLarge, "\(path) is \(size) bytes, above the limit of \(limits.maxBytes)"),
-                              stage: .read)
-        }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ItemFailure(ImageError(.unreadable, "\(path) could not be read"), stage: .read)
-        }
-        return [UInt8](data)
     }
 }
 
