@@ -4,12 +4,14 @@
 // Layout (see README "Where things live"):
 //   CImageCodec   C: sniff, JPEG/PNG/WebP decode with limits, EXIF orientation, resampling kernels
 //   CTorchShim    C++ behind a pure-C header: load TorchScript, run a batch into a caller buffer
+//   CFaissShim    C++ behind a pure-C header: build, train, add, remove, search, read/write FAISS indexes
 //   EwallCore     pure Swift: errors, model card, configuration, vectors
 //   EwallImaging  decoding and preprocessing to a CHW float tensor
 //   EwallInference the embedder: batching, worker thread, precision
 //   CSQLite       the system SQLite library (module map only)
 //   EwallFetch    fetching image bytes: HTTP(S) with per-host limits and retries, file:// and paths
 //   EwallStore    the embedding store: SQLite (embedded default) and PostgreSQL behind one protocol
+//   EwallIndex    the FAISS index: auto choice, build/incremental from the store, atomic folder, similar products
 //   EwallML       the public surface: files/bytes -> vectors; the manifest -> store batch job
 //   ewall, ewall-embed   thin CLIs
 import PackageDescription
@@ -21,6 +23,7 @@ let package = Package(
         .library(name: "EwallML", targets: ["EwallML"]),
         .executable(name: "ewall", targets: ["ewall"]),
         .executable(name: "ewall-embed", targets: ["ewall-embed"]),
+        .executable(name: "rebuild-faiss-index", targets: ["rebuild-faiss-index"]),
         .executable(name: "ewall-bench", targets: ["ewall-bench"]),
     ],
     dependencies: [
@@ -47,6 +50,16 @@ let package = Package(
                 .linkedLibrary("torch"),
                 .linkedLibrary("torch_cpu"),
                 .linkedLibrary("c10"),
+            ]
+        ),
+        .target(
+            name: "CFaissShim",
+            cxxSettings: [.headerSearchPath("compat")],
+            linkerSettings: [
+                .linkedLibrary("faiss"),  // Debian ships libfaiss.a only; it needs BLAS, LAPACK, OpenMP
+                .linkedLibrary("lapack"),
+                .linkedLibrary("blas"),
+                .linkedLibrary("gomp"),
             ]
         ),
         .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
@@ -76,9 +89,16 @@ let package = Package(
             ]
         ),
         .target(
+            name: "EwallIndex",
+            dependencies: [
+                "EwallCore", "EwallStore", "CFaissShim",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .target(
             name: "EwallML",
             dependencies: [
-                "EwallCore", "EwallImaging", "EwallInference", "EwallFetch", "EwallStore",
+                "EwallCore", "EwallImaging", "EwallInference", "EwallFetch", "EwallStore", "EwallIndex",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -105,6 +125,13 @@ let package = Package(
                 "EwallML", "EwallCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "rebuild-faiss-index",
+            dependencies: [
+                "EwallML", "EwallCLI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // `make bench`: our side of the benchmark (bench/run_bench.py runs Python's in the same run).

@@ -3,6 +3,7 @@
 @_exported import EwallInference
 @_exported import EwallFetch
 @_exported import EwallStore
+@_exported import EwallIndex
 import Foundation
 import Logging
 

@@ -28,8 +28,16 @@ public protocol EmbeddingStore: AnyObject, Sendable {
     /// product-id order), with their products' metadata.
     func embeddings(key: ModelKey, after: String?, limit: Int) async throws -> [EmbeddingRow]
 
+    /// Up to `limit` products that have a vector under `key`, with ids after `after`, in
+    /// product-id order; metadata only, no vectors. What the similar-products filters and the
+    /// index's staleness check read.
+    func productsWithVectors(key: ModelKey, after: String?, limit: Int) async throws -> [Product]
+
     /// A product by id.
     func product(id: String) async throws -> Product?
+
+    /// One product's vector under `key`, or `nil`.
+    func embedding(productID: String, key: ModelKey) async throws -> StoredEmbedding?
 
     /// The ledger entry of one product under `key`.
     func ledgerEntry(productID: String, key: ModelKey) async throws -> LedgerEntry?

@@ -198,6 +198,23 @@ public final class PostgresStore: EmbeddingStore {
         }
     }
 
+    public func productsWithVectors(key: ModelKey, after: String?, limit: Int) async throws -> [Product] {
+        try await run("reading products") {
+            var out: [Product] = []
+            let rows = try await client.query("""
+                SELECT e.product_id, p.title, p.category, p.in_stock, p.brand, p.price
+                FROM embeddings e LEFT JOIN products p ON p.product_id = e.product_id
+                WHERE e.model_id = \(key.modelID) AND e.preprocessing = \(key.preprocessing) AND e.product_id > \(after ?? "")
+                ORDER BY e.product_id LIMIT \(Int64(limit))
+                """, logger: logger)
+            for try await (pid, title, category, inStock, brand, price)
+                in rows.decode((String, String?, String?, Bool?, String?, Double?).self) {
+                out.append(Product(id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price))
+            }
+            return out
+        }
+    }
+
     public func product(id: String) async throws -> Product? {
         try await run("reading a product") {
             let rows = try await client.query(
@@ -205,6 +222,23 @@ public final class PostgresStore: EmbeddingStore {
             for try await (pid, title, category, inStock, brand, price)
                 in rows.decode((String, String?, String?, Bool?, String?, Double?).self) {
                 return Product(id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price)
+            }
+            return nil
+        }
+    }
+
+    public func embedding(productID: String, key: ModelKey) async throws -> StoredEmbedding? {
+        try await run("reading a vector") {
+            let rows = try await client.query("""
+                SELECT image_url, dim, vector, image_sha256, width, height, bytes, content_type FROM embeddings
+                WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) AND product_id = \(productID)
+                """, logger: logger)
+            for try await (url, dim, vec, sha, w, h, bytes, ctype) in rows.decode(
+                (String, Int32, ByteBuffer, String?, Int32?, Int32?, Int64?, String?).self) {
+                let vector = try vec.withUnsafeReadableBytes { try VectorBytes.decode($0, dimension: Int(dim)) }
+                return StoredEmbedding(productID: productID, imageURL: url, key: key, vector: vector, imageSHA256: sha,
+                                       width: w.map(Int.init), height: h.map(Int.init), bytes: bytes.map(Int.init),
+                                       contentType: ctype)
             }
             return nil
         }

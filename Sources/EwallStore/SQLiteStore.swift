@@ -166,6 +166,22 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
         }
     }
 
+    public func productsWithVectors(key: ModelKey, after: String?, limit: Int) async throws -> [Product] {
+        try await onWorker { c in
+            var out: [Product] = []
+            try c.query("""
+                SELECT e.product_id, p.title, p.category, p.in_stock, p.brand, p.price
+                FROM embeddings e LEFT JOIN products p ON p.product_id = e.product_id
+                WHERE e.model_id = ? AND e.preprocessing = ? AND e.product_id > ?
+                ORDER BY e.product_id LIMIT ?
+                """, [.text(key.modelID), .text(key.preprocessing), .text(after ?? ""), .int(Int64(limit))]) { row in
+                out.append(Product(id: row.text(0)!, title: row.text(1), category: row.text(2),
+                                   inStock: row.int(3).map { $0 != 0 }, brand: row.text(4), price: row.double(5)))
+            }
+            return out
+        }
+    }
+
     public func product(id: String) async throws -> Product? {
         try await onWorker { c in
             var out: Product?
@@ -174,6 +190,26 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
                 out = Product(id: row.text(0)!, title: row.text(1), category: row.text(2),
                               inStock: row.int(3).map { $0 != 0 }, brand: row.text(4), price: row.double(5))
             }
+            return out
+        }
+    }
+
+    public func embedding(productID: String, key: ModelKey) async throws -> StoredEmbedding? {
+        try await onWorker { c in
+            var out: StoredEmbedding?
+            var failure: (any Error)?
+            try c.query("""
+                SELECT image_url, dim, vector, image_sha256, width, height, bytes, content_type FROM embeddings
+                WHERE model_id = ? AND preprocessing = ? AND product_id = ?
+                """, [.text(key.modelID), .text(key.preprocessing), .text(productID)]) { row in
+                do {
+                    let vector = try row.blob(2) { try VectorBytes.decode($0, dimension: row.int(1) ?? 0) }
+                    out = StoredEmbedding(productID: productID, imageURL: row.text(0) ?? "", key: key, vector: vector,
+                                          imageSHA256: row.text(3), width: row.int(4), height: row.int(5),
+                                          bytes: row.int(6), contentType: row.text(7))
+                } catch { failure = error }
+            }
+            if let failure { throw failure }
             return out
         }
     }

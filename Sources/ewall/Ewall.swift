@@ -11,6 +11,6 @@ struct Ewall: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ewall",
         abstract: "EwallML: image embeddings for product search.",
-        subcommands: [Embed.self, Import.self, Export.self])
+        subcommands: [Embed.self, Import.self, Export.self, Similar.self])
 }
 

@@ -1,0 +1,381 @@
+// faiss_shim.cpp: ew_faiss.h over FAISS 1.7.3 (Debian's libfaiss.a). Every entry point
+// catches every exception and turns it into an error code; see the header for the contract.
+
+#include "ew_faiss.h"
+
+#include <faiss/IVFlib.h>
+#include <faiss/Index.h>
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexPreTransform.h>
+#include <faiss/IndexScalarQuantizer.h>
+#include <faiss/VectorTransform.h>
+#include <faiss/impl/FaissException.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/index_factory.h>
+#include <faiss/index_io.h>
+#include <faiss/utils/distances.h>
+
+#include <omp.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <typeinfo>
+#include <vector>
+
+
+struct ew_faiss_index {
+    std::unique_ptr<faiss::Index> index;
+    std::string factory;
+    bool mapped = false;
+};
+
+namespace {
+
+using idx_t = faiss::Index::idx_t;
+
+int fill(ew_faiss_error *err, int code, const std::string &message) {
+    if (err) {
+        err->code = code;
+        std::snprintf(err->message, sizeof err->message, "%s", message.c_str());
+    }
+    return code;
+}
+
+int ok(ew_faiss_error *err) {
+    if (err) {
+        err->code = EW_FAISS_OK;
+        err->message[0] = 0;
+    }
+    return EW_FAISS_OK;
+}
+
+// Runs `body`, turning every exception into an error code. FAISS reports everything as
+// FaissException with a message naming the failed check; the first line is what matters.
+template <typename F>
+int guarded(ew_faiss_error *err, int faissCode, F body) {
+    try {
+        body();
+        return ok(err);
+    } catch (const faiss::FaissException &e) {
+        std::string m = e.what();
+        auto at = m.find("Error: '");
+        if (at != std::string::npos) m = m.substr(at);
+        auto nl = m.find('\n');
+        if (nl != std::string::npos) m = m.substr(0, nl);
+        return fill(err, faissCode, m);
+    } catch (const std::bad_alloc &) {
+        return fill(err, EW_FAISS_E_MEMORY, "out of memory");
+    } catch (const std::exception &e) {
+        return fill(err, EW_FAISS_E_FAISS, e.what());
+    } catch (...) {
+        return fill(err, EW_FAISS_E_FAISS, "unknown C++ exception");
+    }
+}
+
+// The id layer (IndexIDMap2) when there is one.
+const faiss::IndexIDMap2 *idMap(const faiss::Index *index) {
+    return dynamic_cast<const faiss::IndexIDMap2 *>(index);
+}
+
+// The index under the id layer and any transform chain.
+const faiss::Index *core(const faiss::Index *index) {
+    for (;;) {
+        if (auto m = dynamic_cast<const faiss::IndexIDMap *>(index)) index = m->index;
+        else if (auto p = dynamic_cast<const faiss::IndexPreTransform *>(index)) index = p->index;
+        else return index;
+    }
+}
+
+std::string describe(const faiss::Index *index) {
+    if (auto m = dynamic_cast<const faiss::IndexIDMap2 *>(index)) return "IDMap2," + describe(m->index);
+    if (auto m = dynamic_cast<const faiss::IndexIDMap *>(index)) return "IDMap," + describe(m->index);
+    if (auto p = dynamic_cast<const faiss::IndexPreTransform *>(index)) {
+        std::string s;
+        for (auto *t : p->chain) {
+            if (auto o = dynamic_cast<const faiss::OPQMatrix *>(t)) s += "OPQ" + std::to_string(o->M) + "_" + std::to_string(o->d_out) + ",";
+            else if (auto c = dynamic_cast<const faiss::PCAMatrix *>(t)) s += "PCA" + std::to_string(c->d_out) + ",";
+            else s += std::string(typeid(*t).name()) + ",";
+        }
+        return s + describe(p->index);
+    }
+    if (auto f = dynamic_cast<const faiss::IndexIVFFlat *>(index)) return "IVF" + std::to_string(f->nlist) + ",Flat";
+    if (auto q = dynamic_cast<const faiss::IndexIVFPQ *>(index))
+        return "IVF" + std::to_string(q->nlist) + ",PQ" + std::to_string(q->pq.M) + "x" + std::to_string(q->pq.nbits);
+    if (auto s = dynamic_cast<const faiss::IndexIVFScalarQuantizer *>(index))
+        return "IVF" + std::to_string(s->nlist) + ",SQ" + std::to_string(s->sq.bits);
+    if (auto h = dynamic_cast<const faiss::IndexHNSW *>(index)) return "HNSW" + std::to_string(h->hnsw.nb_neighbors(1));
+    if (dynamic_cast<const faiss::IndexFlat *>(index)) return "Flat";
+    return typeid(*index).name();
+}
+
+// A filter as FAISS sees it: the caller's bitmap of allowed ids minus a short exclude list.
+struct FilterSelector : faiss::IDSelector {
+    const uint8_t *bitmap;
+    int64_t bits;
+    const int64_t *exclude;
+    size_t nExclude;
+    bool is_member(idx_t id) const override {
+        if (bitmap) {
+            if (id < 0 || id >= bits || !((bitmap[id >> 3] >> (id & 7)) & 1)) return false;
+        }
+        for (size_t i = 0; i < nExclude; i++)
+            if (exclude[i] == id) return false;
+        return true;
+    }
+};
+
+// FAISS 1.7.3's IndexIDMap2 refuses search parameters; under it, the wrapped index numbers
+// its vectors 0..n-1. This asks the caller's selector about the id a position stands for.
+struct PositionSelector : faiss::IDSelector {
+    const std::vector<idx_t> *idOf;
+    const faiss::IDSelector *inner;
+    bool is_member(idx_t position) const override { return inner->is_member((*idOf)[position]); }
+};
+
+// Search parameters for `index` (which may be a transform chain), with the selector set.
+// Owns what it allocates; `top` is what to pass to the index's search.
+struct ParamChain {
+    std::vector<std::unique_ptr<faiss::SearchParameters>> owned;
+    faiss::SearchParameters *top = nullptr;
+
+    ParamChain(const faiss::Index *index, const ew_faiss_search_params *p, const faiss::IDSelector *sel) {
+        faiss::SearchParameters **slot = &top;
+        for (;;) {
+            if (auto pt = dynamic_cast<const faiss::IndexPreTransform *>(index)) {
+                auto s = std::make_unique<faiss::SearchParametersPreTransform>();
+                auto raw = s.get();
+                *slot = raw;
+                owned.push_back(std::move(s));
+                slot = &raw->index_params;
+                index = pt->index;
+                continue;
+            }
+            if (auto ivf = dynamic_cast<const faiss::IndexIVF *>(index)) {
+                auto s = std::make_unique<faiss::SearchParametersIVF>();
+                s->nprobe = (p && p->nprobe > 0) ? size_t(p->nprobe) : ivf->nprobe;
+                s->max_codes = ivf->max_codes;
+                s->sel = const_cast<faiss::IDSelector *>(sel);
+                *slot = s.get();
+                owned.push_back(std::move(s));
+            } else if (auto h = dynamic_cast<const faiss::IndexHNSW *>(index)) {
+                auto s = std::make_unique<faiss::SearchParametersHNSW>();
+                s->efSearch = (p && p->ef_search > 0) ? int(p->ef_search) : h->hnsw.efSearch;
+                s->sel = const_cast<faiss::IDSelector *>(sel);
+                *slot = s.get();
+                owned.push_back(std::move(s));
+            } else if (sel) {
+                auto s = std::make_unique<faiss::SearchParameters>();
+                s->sel = const_cast<faiss::IDSelector *>(sel);
+                *slot = s.get();
+                owned.push_back(std::move(s));
+            }
+            return;
+        }
+    }
+};
+
+bool hasFilter(const ew_faiss_search_params *p) {
+    return p && (p->allow_bitmap || (p->exclude && p->n_exclude > 0));
+}
+
+} // namespace
+
+extern "C" {
+
+int ew_faiss_set_threads(int threads) {
+    if (threads > 0) omp_set_num_threads(threads);
+    return omp_get_max_threads();
+}
+
+int ew_faiss_new(int64_t dim, const char *factory, int metric, ew_faiss_index **out, ew_faiss_error *err) {
+    if (!factory || !out || dim <= 0) return fill(err, EW_FAISS_E_ARGUMENT, "factory, out and dim > 0 are required");
+    if (metric != EW_FAISS_METRIC_L2 && metric != EW_FAISS_METRIC_IP)
+        return fill(err, EW_FAISS_E_ARGUMENT, "metric must be L2 or IP");
+    *out = nullptr;
+    return guarded(err, EW_FAISS_E_FACTORY, [&] {
+        auto m = metric == EW_FAISS_METRIC_IP ? faiss::METRIC_INNER_PRODUCT : faiss::METRIC_L2;
+        std::unique_ptr<faiss::Index> index(faiss::index_factory(int(dim), factory, m));
+        std::string name = factory;
+        if (auto ivf = faiss::ivflib::try_extract_index_ivf(index.get())) {
+            // Native ids; the hash-table direct map makes reconstruct and remove by id work.
+            ivf->set_direct_map_type(faiss::DirectMap::Hashtable);
+        } else if (!dynamic_cast<faiss::IndexIDMap *>(index.get())) {
+            auto wrapped = std::make_unique<faiss::IndexIDMap2>(index.release());
+            wrapped->own_fields = true;
+            index = std::move(wrapped);
+            name = "IDMap2," + name;
+        }
+        auto h = new ew_faiss_index;
+        h->index = std::move(index);
+        h->factory = name;
+        *out = h;
+    });
+}
+
+int ew_faiss_read(const char *path, int mmap, ew_faiss_index **out, ew_faiss_error *err) {
+    if (!path || !out) return fill(err, EW_FAISS_E_ARGUMENT, "path and out are required");
+    *out = nullptr;
+    std::FILE *probe = std::fopen(path, "rb");
+    if (!probe) return fill(err, EW_FAISS_E_IO, std::string("cannot open ") + path + ": " + std::strerror(errno));
+    std::fclose(probe);
+    return guarded(err, EW_FAISS_E_IO, [&] {
+        // Memory-mapping applies to IVF inverted lists only; other kinds load as usual.
+        std::unique_ptr<faiss::Index> index(faiss::read_index(path, mmap ? faiss::IO_FLAG_MMAP : 0));
+        bool mapped = false;
+        if (mmap) {
+            if (auto ivf = faiss::ivflib::try_extract_index_ivf(index.get()))
+                mapped = dynamic_cast<faiss::ArrayInvertedLists *>(ivf->invlists) == nullptr;
+        }
+        auto h = new ew_faiss_index;
+        h->factory = describe(index.get());
+        h->index = std::move(index);
+        h->mapped = mapped;
+        *out = h;
+    });
+}
+
+int ew_faiss_write(const ew_faiss_index *h, const char *path, ew_faiss_error *err) {
+    if (!h || !path) return fill(err, EW_FAISS_E_ARGUMENT, "index and path are required");
+    return guarded(err, EW_FAISS_E_IO, [&] { faiss::write_index(h->index.get(), path); });
+}
+
+void ew_faiss_free(ew_faiss_index *h) { delete h; }
+
+int ew_faiss_reserve(ew_faiss_index *h, int64_t n, ew_faiss_error *err) {
+    if (!h || n < 0) return fill(err, EW_FAISS_E_ARGUMENT, "index and n >= 0 are required");
+    return guarded(err, EW_FAISS_E_FAISS, [&] {
+        auto m = dynamic_cast<faiss::IndexIDMap2 *>(h->index.get());
+        if (!m) return;
+        m->id_map.reserve(size_t(n));
+        m->rev_map.reserve(size_t(n));
+        if (auto f = dynamic_cast<faiss::IndexFlatCodes *>(m->index)) f->codes.reserve(size_t(n) * f->code_size);
+    });
+}
+
+int ew_faiss_train(ew_faiss_index *h, int64_t n, const float *x, ew_faiss_error *err) {
+    if (!h || (n > 0 && !x)) return fill(err, EW_FAISS_E_ARGUMENT, "index and vectors are required");
+    return guarded(err, EW_FAISS_E_FAISS, [&] { h->index->train(n, x); });
+}
+
+int ew_faiss_add(ew_faiss_index *h, int64_t n, const float *x, const int64_t *ids, ew_faiss_error *err) {
+    if (!h || (n > 0 && (!x || !ids))) return fill(err, EW_FAISS_E_ARGUMENT, "index, vectors and ids are required");
+    if (h->mapped) return fill(err, EW_FAISS_E_UNSUPPORTED, "a memory-mapped index is read-only");
+    if (!h->index->is_trained) return fill(err, EW_FAISS_E_NOT_TRAINED, "the index must be trained before adding");
+    return guarded(err, EW_FAISS_E_FAISS, [&] { h->index->add_with_ids(n, x, ids); });
+}
+
+int ew_faiss_can_remove(const ew_faiss_index *h) {
+    if (!h || h->mapped) return 0;
+    const faiss::Index *c = core(h->index.get());
+    if (idMap(h->index.get())) return dynamic_cast<const faiss::IndexHNSW *>(c) ? 0 : 1;
+    return faiss::ivflib::try_extract_index_ivf(h->index.get()) ? 1 : 0;
+}
+
+int ew_faiss_remove(ew_faiss_index *h, int64_t n, const int64_t *ids, int64_t *removed, ew_faiss_error *err) {
+    if (!h || (n > 0 && !ids)) return fill(err, EW_FAISS_E_ARGUMENT, "index and ids are required");
+    if (!ew_faiss_can_remove(h))
+        return fill(err, EW_FAISS_E_UNSUPPORTED, "this index (" + h->factory + ") cannot remove vectors");
+    return guarded(err, EW_FAISS_E_FAISS, [&] {
+        faiss::IDSelectorArray sel(size_t(n), ids);
+        size_t r = h->index->remove_ids(sel);
+        if (removed) *removed = int64_t(r);
+    });
+}
+
+int ew_faiss_search(const ew_faiss_index *h, int64_t n, const float *x, int64_t k,
+                    const ew_faiss_search_params *p, float *distances, int64_t *labels, ew_faiss_error *err) {
+    if (!h || (n > 0 && (!x || !distances || !labels)) || k <= 0)
+        return fill(err, EW_FAISS_E_ARGUMENT, "index, queries, outputs and k > 0 are required");
+    if (!h->index->is_trained) return fill(err, EW_FAISS_E_NOT_TRAINED, "the index is not trained");
+    return guarded(err, EW_FAISS_E_FAISS, [&] {
+        FilterSelector filter;
+        const faiss::IDSelector *sel = nullptr;
+        if (hasFilter(p)) {
+            filter.bitmap = p->allow_bitmap;
+            filter.bits = p->allow_bits;
+            filter.exclude = p->exclude;
+            filter.nExclude = p->exclude ? p->n_exclude : 0;
+            sel = &filter;
+        }
+        if (auto m = idMap(h->index.get())) {
+            // Search under the id layer ourselves, so that parameters and filters apply.
+            PositionSelector positions;
+            positions.idOf = &m->id_map;
+            positions.inner = sel;
+            ParamChain chain(m->index, p, sel ? &positions : nullptr);
+            m->index->search(n, x, k, distances, labels, chain.top);
+            for (int64_t i = 0; i < n * k; i++)
+                if (labels[i] >= 0) labels[i] = m->id_map[size_t(labels[i])];
+        } else {
+            ParamChain chain(h->index.get(), p, sel);
+            h->index->search(n, x, k, distances, labels, chain.top);
+        }
+    });
+}
+
+int ew_faiss_reconstruct(const ew_faiss_index *h, int64_t id, float *out, ew_faiss_error *err) {
+    if (!h || !out) return fill(err, EW_FAISS_E_ARGUMENT, "index and out are required");
+    if (auto m = idMap(h->index.get())) {
+        if (m->rev_map.find(id) == m->rev_map.end())
+            return fill(err, EW_FAISS_E_NOT_FOUND, "no vector has id " + std::to_string(id));
+    } else if (auto ivf = faiss::ivflib::try_extract_index_ivf(h->index.get())) {
+        if (ivf->direct_map.type == faiss::DirectMap::Hashtable &&
+            ivf->direct_map.hashtable.find(id) == ivf->direct_map.hashtable.end())
+            return fill(err, EW_FAISS_E_NOT_FOUND, "no vector has id " + std::to_string(id));
+    }
+    return guarded(err, EW_FAISS_E_FAISS, [&] { h->index->reconstruct(id, out); });
+}
+
+int ew_faiss_knn_exact(const float *x, int64_t nx, const float *y, int64_t ny, int64_t dim, int64_t k,
+                       int metric, float *distances, int64_t *labels, ew_faiss_error *err) {
+    if ((nx > 0 && (!x || !distances || !labels)) || (ny > 0 && !y) || dim <= 0 || k <= 0)
+        return fill(err, EW_FAISS_E_ARGUMENT, "queries, vectors, outputs, dim > 0 and k > 0 are required");
+    return guarded(err, EW_FAISS_E_FAISS, [&] {
+        if (metric == EW_FAISS_METRIC_IP)
+            faiss::knn_inner_product(x, y, size_t(dim), size_t(nx), size_t(ny), size_t(k), distances, labels);
+        else
+            faiss::knn_L2sqr(x, y, size_t(dim), size_t(nx), size_t(ny), size_t(k), distances, labels);
+    });
+}
+
+int ew_faiss_set_defaults(ew_faiss_index *h, int64_t nprobe, int64_t ef_search, ew_faiss_error *err) {
+    if (!h) return fill(err, EW_FAISS_E_ARGUMENT, "index is required");
+    return guarded(err, EW_FAISS_E_FAISS, [&] {
+        if (nprobe > 0)
+            if (auto ivf = faiss::ivflib::try_extract_index_ivf(h->index.get())) ivf->nprobe = size_t(nprobe);
+        if (ef_search > 0)
+            if (auto hnsw = dynamic_cast<faiss::IndexHNSW *>(const_cast<faiss::Index *>(core(h->index.get()))))
+                hnsw->hnsw.efSearch = int(ef_search);
+    });
+}
+
+int64_t ew_faiss_ntotal(const ew_faiss_index *h) { return h ? int64_t(h->index->ntotal) : 0; }
+int64_t ew_faiss_dim(const ew_faiss_index *h) { return h ? int64_t(h->index->d) : 0; }
+int ew_faiss_metric(const ew_faiss_index *h) {
+    return h && h->index->metric_type == faiss::METRIC_INNER_PRODUCT ? EW_FAISS_METRIC_IP : EW_FAISS_METRIC_L2;
+}
+int ew_faiss_is_trained(const ew_faiss_index *h) { return h && h->index->is_trained ? 1 : 0; }
+int ew_faiss_kind(const ew_faiss_index *h) {
+    if (!h) return EW_FAISS_KIND_OTHER;
+    const faiss::Index *c = core(h->index.get());
+    if (dynamic_cast<const faiss::IndexIVF *>(c)) return EW_FAISS_KIND_IVF;
+    if (dynamic_cast<const faiss::IndexHNSW *>(c)) return EW_FAISS_KIND_HNSW;
+    if (dynamic_cast<const faiss::IndexFlat *>(c)) return EW_FAISS_KIND_FLAT;
+    return EW_FAISS_KIND_OTHER;
+}
+int64_t ew_faiss_nlist(const ew_faiss_index *h) {
+    if (!h) return 0;
+    auto ivf = faiss::ivflib::try_extract_index_ivf(const_cast<faiss::Index *>(h->index.get()));
+    return ivf ? int64_t(ivf->nlist) : 0;
+}
+const char *ew_faiss_factory(const ew_faiss_index *h) { return h ? h->factory.c_str() : ""; }
+
+} // extern "C"

@@ -1,0 +1,130 @@
+/*
+ * ew_faiss.h: the few FAISS operations EwallML needs, from C. Compiles as C and C++.
+ * Debian's libfaiss-dev ships FAISS's own c_api headers without their implementation, so
+ * this is ours: a thin C++ file (faiss_shim.cpp) over libfaiss.a.
+ *
+ * Ids: every index made here takes caller-chosen int64 ids. IVF indexes store them natively
+ * (with a hash-table direct map, so ids can be reconstructed and removed); every other kind
+ * (Flat, HNSW, PQ, ...) is wrapped in IndexIDMap2. The wrapping is part of the factory string
+ * that ew_faiss_factory reports, and the file stays readable by Python's faiss.read_index.
+ *
+ * Threading contract:
+ *   - ew_faiss_search, ew_faiss_reconstruct, ew_faiss_write and the getters only read the
+ *     index: any number of threads may call them at once on one handle.
+ *   - ew_faiss_train, ew_faiss_add and ew_faiss_remove change it: the caller guarantees no
+ *     other call on that handle runs at the same time. ew_faiss_free likewise.
+ *   - FAISS parallelises large calls with OpenMP; ew_faiss_set_threads sets the process-wide
+ *     OpenMP thread count. A search of one query runs on the calling thread.
+ *   - No call keeps a pointer it was given after it returns.
+ *
+ * Errors: every fallible call returns 0 or a negative EW_FAISS_E_* code and fills the
+ * caller-owned ew_faiss_error (may be NULL). No C++ exception crosses this header.
+ */
+#ifndef EW_FAISS_H
+#define EW_FAISS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    EW_FAISS_OK = 0,
+    EW_FAISS_E_ARGUMENT = -1,    /* null pointer, bad dimension, k <= 0, ... */
+    EW_FAISS_E_FACTORY = -2,     /* the factory string is not one FAISS understands */
+    EW_FAISS_E_NOT_TRAINED = -3, /* add or search before train */
+    EW_FAISS_E_UNSUPPORTED = -4, /* this index kind cannot do that (e.g. remove from HNSW) */
+    EW_FAISS_E_IO = -5,          /* the file could not be written or read, or is not an index */
+    EW_FAISS_E_NOT_FOUND = -6,   /* reconstruct: no vector has this id */
+    EW_FAISS_E_MEMORY = -7,      /* allocation failed */
+    EW_FAISS_E_FAISS = -8,       /* any other FAISS error; the message says which */
+};
+
+enum { EW_FAISS_METRIC_L2 = 0, EW_FAISS_METRIC_IP = 1 };
+
+/* What kind of index sits under the id layer and any transform. */
+enum { EW_FAISS_KIND_FLAT = 0, EW_FAISS_KIND_IVF = 1, EW_FAISS_KIND_HNSW = 2, EW_FAISS_KIND_OTHER = 3 };
+
+typedef struct ew_faiss_error {
+    int code;
+    char message[512];
+} ew_faiss_error;
+
+typedef struct ew_faiss_index ew_faiss_index;
+
+/* Per-call search parameters. Zero/NULL fields keep the index's own setting. */
+typedef struct ew_faiss_search_params {
+    int64_t nprobe;              /* IVF: inverted lists to visit */
+    int64_t ef_search;           /* HNSW: candidate list size */
+    const uint8_t *allow_bitmap; /* when set, only ids whose bit is 1 (bit id%8 of byte id/8)... */
+    int64_t allow_bits;          /* ...and id < allow_bits are considered */
+    const int64_t *exclude;      /* ids never returned (e.g. the query product itself) */
+    size_t n_exclude;
+} ew_faiss_search_params;
+
+/* Sets OpenMP's thread count for FAISS (process-wide). Returns the count now in force. */
+int ew_faiss_set_threads(int threads);
+
+/* Builds an empty index from an index_factory string ("Flat", "IVF1024,Flat", "HNSW32",
+   "IVF4096,PQ64x8np", "OPQ64,IVF4096,PQ64", ...) and a metric. See the header comment on ids. */
+int ew_faiss_new(int64_t dim, const char *factory, int metric, ew_faiss_index **out, ew_faiss_error *err);
+
+/* Reads an index file. mmap != 0 maps IVF inverted lists read-only from the file instead of
+   loading them (the index can then be searched, not changed); other kinds load fully. */
+int ew_faiss_read(const char *path, int mmap, ew_faiss_index **out, ew_faiss_error *err);
+
+/* Writes the index to `path` (the whole file; atomic replacement is the caller's job). */
+int ew_faiss_write(const ew_faiss_index *index, const char *path, ew_faiss_error *err);
+
+void ew_faiss_free(ew_faiss_index *index);
+
+/* Makes room for n vectors in total where the index keeps them in one array (flat kinds), so
+   that adding them does not copy the array as it grows. A hint: other kinds ignore it. */
+int ew_faiss_reserve(ew_faiss_index *index, int64_t n, ew_faiss_error *err);
+
+int ew_faiss_train(ew_faiss_index *index, int64_t n, const float *x, ew_faiss_error *err);
+
+/* Adds n vectors (n*dim floats, borrowed) with their ids. */
+int ew_faiss_add(ew_faiss_index *index, int64_t n, const float *x, const int64_t *ids, ew_faiss_error *err);
+
+/* Removes the given ids; *removed (may be NULL) gets how many were present. */
+int ew_faiss_remove(ew_faiss_index *index, int64_t n, const int64_t *ids, int64_t *removed, ew_faiss_error *err);
+
+/* k nearest neighbours of n queries. distances/labels: n*k, caller-owned. Missing results
+   have label -1. Distances are FAISS's: squared L2 for the L2 metric, inner product for IP. */
+int ew_faiss_search(const ew_faiss_index *index, int64_t n, const float *x, int64_t k,
+                    const ew_faiss_search_params *params, float *distances, int64_t *labels,
+                    ew_faiss_error *err);
+
+/* Copies the stored vector of `id` into out (dim floats). Approximate for compressed kinds. */
+int ew_faiss_reconstruct(const ew_faiss_index *index, int64_t id, float *out, ew_faiss_error *err);
+
+/* Exact k-NN of n queries among ny vectors (both caller arrays, no index): labels are row
+   numbers in y. For ground truth when measuring recall. */
+int ew_faiss_knn_exact(const float *x, int64_t nx, const float *y, int64_t ny, int64_t dim, int64_t k,
+                       int metric, float *distances, int64_t *labels, ew_faiss_error *err);
+
+/* Sets the search settings the index keeps (and writes to its file, so that a reader such as
+   Python's faiss.read_index searches the same way): IVF nprobe, HNSW efSearch. 0 keeps one. */
+int ew_faiss_set_defaults(ew_faiss_index *index, int64_t nprobe, int64_t ef_search, ew_faiss_error *err);
+
+int64_t ew_faiss_ntotal(const ew_faiss_index *index);
+int64_t ew_faiss_dim(const ew_faiss_index *index);
+int ew_faiss_metric(const ew_faiss_index *index);
+int ew_faiss_is_trained(const ew_faiss_index *index);
+int ew_faiss_kind(const ew_faiss_index *index);
+/* IVF: number of inverted lists; 0 for other kinds. */
+int64_t ew_faiss_nlist(const ew_faiss_index *index);
+/* 1 when ew_faiss_remove works on this index (and it is not memory-mapped). */
+int ew_faiss_can_remove(const ew_faiss_index *index);
+/* The factory string the index was built from, with the IDMap2 wrapping made explicit
+   ("IDMap2,Flat"); for a file read from disk, a description rebuilt from its structure. */
+const char *ew_faiss_factory(const ew_faiss_index *index);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,87 @@
+import EwallML
+import Foundation
+
+/// `--out` / `--index` folder: the flag, then $EWALL_INDEX, then data/faiss.
+public func resolvedIndexFolder(_ flag: String?) -> IndexFolder {
+    IndexFolder(path: flag ?? ProcessInfo.processInfo.environment["EWALL_INDEX"] ?? IndexFolder.defaultPath)
+}
+
+/// "512M", "8G", "1.5GiB", "1000000" -> bytes (powers of 1024).
+public func parseSize(_ text: String) -> Int64? {
+    let t = text.trimmingCharacters(in: .whitespaces).uppercased()
+    let (k, m, g, tb) = (1024.0, 1_048_576.0, 1_073_741_824.0, 1_099_511_627_776.0)
+    let units: [(String, Double)] = [("TIB", tb), ("GIB", g), ("MIB", m), ("KIB", k), ("TB", tb), ("GB", g), ("MB", m),
+                                     ("KB", k), ("T", tb), ("G", g), ("M", m), ("K", k), ("B", 1)]
+    for (suffix, factor) in units where t.hasSuffix(suffix) {
+        guard let v = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), v > 0 else { return nil }
+        return Int64(v * factor)
+    }
+    return Int64(t).flatMap { $0 > 0 ? $0 : nil }
+}
+
+/// The build's phase on one live line (a terminal) or a log line every few seconds.
+public final class BuildProgressDisplay: @unchecked Sendable {
+    private let terminal: Bool
+    private let lock = NSLock()
+    private var last = Date.distantPast
+    private var lastPhase = ""
+    private var shown = false
+    private let started = Date()
+
+    public init(terminal: Bool) { self.terminal = terminal }
+
+    public func show(_ p: IndexBuildProgress) {
+        lock.lock()
+        defer { lock.unlock() }
+        let now = Date()
+        let interval = terminal ? 0.25 : 5
+        guard p.phase != lastPhase || now.timeIntervalSince(last) >= interval else { return }
+        last = now
+        lastPhase = p.phase
+        let pct = p.total > 0 ? String(format: " %d/%d (%.0f%%)", p.done, p.total, 100 * Double(p.done) / Double(p.total)) : ""
+        let line = String(format: "[%6.1fs] ", now.timeIntervalSince(started)) + p.phase + pct
+        if terminal {
+            FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
+            shown = true
+        } else {
+            FileHandle.standardError.write(Data("\(now.ISO8601Format()) rebuild-faiss-index: \(line)\n".utf8))
+        }
+    }
+
+    public func finish() {
+        lock.lock()
+        defer { lock.unlock() }
+        if terminal && shown { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        shown = false
+    }
+}
+
+public enum IndexSummaryText {
+    public static func render(_ s: IndexBuildSummary) -> String {
+        var out = "rebuild-faiss-index: \(s.mode) build of \(s.folder)\n"
+        out += "  index        \(s.factory), metric \(s.metric.rawValue), \(s.count) vectors of \(s.dimension) dims, "
+            + String(format: "%.1f MiB\n", Double(s.indexBytes) / 1_048_576)
+        out += "  why          \(s.choice)\n"
+        out += "  vectors      model \(s.modelID), preprocessing \(s.preprocessing)\n"
+        if s.mode == "incremental" {
+            out += "  changes      added \(s.added), changed \(s.changed), removed \(s.removed), unchanged \(s.unchanged)\n"
+        }
+        var search: [String] = []
+        if let p = s.search.nprobe { search.append("nprobe \(p)") }
+        if let e = s.search.efSearch { search.append("efSearch \(e)") }
+        if let r = s.recall {
+            let curve = r.curve.map { pt in
+                (pt.nprobe.map { "nprobe \($0)" } ?? pt.efSearch.map { "ef \($0)" } ?? "default") + String(format: " %.3f", pt.recall)
+            }.joined(separator: ", ")
+            out += String(format: "  recall@%d    %.3f on %d held-out queries (target %.2f: %@) at %@\n", r.k, r.measured, r.queries,
+                          r.target, r.met ? "met" : "NOT met", search.isEmpty ? "default settings" : search.joined(separator: ", "))
+            out += "  tuning       \(curve)\n"
+        } else {
+            out += "  recall@10    1.000 (exact search)\n"
+        }
+        let order = ["read_sample", "train", "add", "update", "tune", "write", "total"]
+        out += "  seconds      " + order.compactMap { k in s.seconds[k].map { String(format: "%@ %.1f", k, $0) } }.joined(separator: ", ")
+        for w in s.warnings { out += "\n  warning      \(w)" }
+        return out
+    }
+}

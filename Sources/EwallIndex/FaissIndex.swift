@@ -1,0 +1,248 @@
+import CFaissShim
+import EwallCore
+
+/// The distance an index ranks by. `l2` is the platform's (FAISS returns it squared);
+/// `ip` is the inner product, the cosine for L2-normalised vectors.
+public enum IndexMetric: String, Sendable, Codable, CaseIterable {
+    case l2, ip
+
+    var raw: Int32 { self == .l2 ? Int32(EW_FAISS_METRIC_L2) : Int32(EW_FAISS_METRIC_IP) }
+}
+
+/// A FAISS failure, with the shim's code and FAISS's own message.
+public struct IndexError: Error, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        case argument, factory, notTrained = "not_trained", unsupported, io, notFound = "not_found", memory, faiss
+        // Above the shim: the index folder and the similar-products search.
+        case manifest, locked, mismatch, unknownProduct = "unknown_product", noVector = "no_vector"
+    }
+    public var code: Code
+    public var message: String
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+    public var description: String { message }
+
+    init(_ e: ew_faiss_error) {
+        let message = withUnsafeBytes(of: e.message) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let code: Code = switch e.code {
+        case Int32(EW_FAISS_E_ARGUMENT): .argument
+        case Int32(EW_FAISS_E_FACTORY): .factory
+        case Int32(EW_FAISS_E_NOT_TRAINED): .notTrained
+        case Int32(EW_FAISS_E_UNSUPPORTED): .unsupported
+        case Int32(EW_FAISS_E_IO): .io
+        case Int32(EW_FAISS_E_NOT_FOUND): .notFound
+        case Int32(EW_FAISS_E_MEMORY): .memory
+        default: .faiss
+        }
+        self.init(code, message)
+    }
+}
+
+/// Which ids a search may return: a bitmap over the int64 ids (bit set = allowed).
+public struct IDBitmap: Sendable, Hashable {
+    public private(set) var bytes: [UInt8]
+    public let capacity: Int
+
+    public init(capacity: Int) {
+        self.capacity = capacity
+        bytes = [UInt8](repeating: 0, count: (capacity + 7) / 8)
+    }
+
+    public mutating func insert(_ id: Int64) {
+        precondition(id >= 0 && id < capacity, "id \(id) outside the bitmap")
+        bytes[Int(id >> 3)] |= 1 << UInt8(id & 7)
+    }
+
+    public func contains(_ id: Int64) -> Bool {
+        id >= 0 && id < capacity && (bytes[Int(id >> 3)] >> UInt8(id & 7)) & 1 == 1
+    }
+
+    /// The ids in both.
+    public func intersection(_ other: IDBitmap) -> IDBitmap {
+        var out = IDBitmap(capacity: min(capacity, other.capacity))
+        for i in out.bytes.indices { out.bytes[i] = bytes[i] & other.bytes[i] }
+        return out
+    }
+
+    public var count: Int { bytes.reduce(0) { $0 + $1.nonzeroBitCount } }
+}
+
+/// Per-call search settings; `nil` keeps the index's own.
+public struct SearchParameters: Sendable {
+    /// IVF: inverted lists to visit.
+    public var nprobe: Int?
+    /// HNSW: size of the candidate list.
+    public var efSearch: Int?
+    /// Only these ids may be returned.
+    public var allowed: IDBitmap?
+    /// These ids are never returned (e.g. the query product).
+    public var excluded: [Int64]
+
+    public init(nprobe: Int? = nil, efSearch: Int? = nil, allowed: IDBitmap? = nil, excluded: [Int64] = []) {
+        self.nprobe = nprobe
+        self.efSearch = efSearch
+        self.allowed = allowed
+        self.excluded = excluded
+    }
+}
+
+/// The answer to a search of `queries` queries: `k` (distance, id) pairs each, nearest first.
+/// Missing results have id -1. Distances are FAISS's: squared L2 for `l2`, inner product for `ip`.
+public struct Neighbours: Sendable {
+    public let k: Int
+    public var distances: [Float]
+    public var ids: [Int64]
+
+    public var queries: Int { k == 0 ? 0 : ids.count / k }
+
+    /// The results of one query, without the missing ones.
+    public func results(of query: Int) -> [(id: Int64, distance: Float)] {
+        (query * k..<(query + 1) * k).compactMap { ids[$0] >= 0 ? (ids[$0], distances[$0]) : nil }
+    }
+}
+
+/// A FAISS index behind the CFaissShim header. Every kind takes caller-chosen int64 ids.
+///
+/// Thread safety (the shim's contract): `search`, `reconstruct`, `write` and the getters may run
+/// from many tasks at once; `train`, `add` and `remove` need the index to themselves. The
+/// index builder owns an index while it changes it; a searcher only reads.
+public final class FaissIndex: @unchecked Sendable {
+    public enum Kind: String, Sendable, Codable { case flat, ivf, hnsw, other }
+
+    private let handle: OpaquePointer
+
+    /// An empty index from a FAISS `index_factory` string ("Flat", "IVF1024,Flat", "HNSW32",
+    /// "IVF4096,PQ64x8np", ...). Kinds without their own ids are wrapped in IDMap2.
+    public init(dimension: Int, factory: String, metric: IndexMetric) throws {
+        var out: OpaquePointer?
+        var err = ew_faiss_error()
+        guard ew_faiss_new(Int64(dimension), factory, metric.raw, &out, &err) == 0, let out else {
+            throw IndexError(err)
+        }
+        handle = out
+    }
+
+    /// Reads an index file. `memoryMapped` maps IVF inverted lists read-only instead of loading them.
+    public init(contentsOf path: String, memoryMapped: Bool = false) throws {
+        var out: OpaquePointer?
+        var err = ew_faiss_error()
+        guard ew_faiss_read(path, memoryMapped ? 1 : 0, &out, &err) == 0, let out else { throw IndexError(err) }
+        handle = out
+    }
+
+    deinit { ew_faiss_free(handle) }
+
+    /// Sets FAISS's OpenMP thread count (process-wide); returns the count in force.
+    @discardableResult
+    public static func setThreads(_ n: Int) -> Int { Int(ew_faiss_set_threads(Int32(n))) }
+
+    public var count: Int { Int(ew_faiss_ntotal(handle)) }
+    public var dimension: Int { Int(ew_faiss_dim(handle)) }
+    public var metric: IndexMetric { ew_faiss_metric(handle) == Int32(EW_FAISS_METRIC_IP) ? .ip : .l2 }
+    public var isTrained: Bool { ew_faiss_is_trained(handle) != 0 }
+    public var canRemove: Bool { ew_faiss_can_remove(handle) != 0 }
+    /// IVF: the number of inverted lists; 0 otherwise.
+    public var listCount: Int { Int(ew_faiss_nlist(handle)) }
+    /// The factory string, with any IDMap2 wrapping explicit.
+    public var factory: String { String(cString: ew_faiss_factory(handle)) }
+    public var kind: Kind {
+        switch ew_faiss_kind(handle) {
+        case Int32(EW_FAISS_KIND_FLAT): .flat
+        case Int32(EW_FAISS_KIND_IVF): .ivf
+        case Int32(EW_FAISS_KIND_HNSW): .hnsw
+        default: .other
+        }
+    }
+
+    /// Makes room for `count` vectors in flat kinds, so the build does not copy the array as it grows.
+    public func reserve(_ count: Int) throws {
+        var err = ew_faiss_error()
+        guard ew_faiss_reserve(handle, Int64(count), &err) == 0 else { throw IndexError(err) }
+    }
+
+    /// The search settings the index keeps and writes to its file (Python's `read_index` then
+    /// searches the same way).
+    public func setDefaults(nprobe: Int?, efSearch: Int?) throws {
+        var err = ew_faiss_error()
+        guard ew_faiss_set_defaults(handle, Int64(nprobe ?? 0), Int64(efSearch ?? 0), &err) == 0 else { throw IndexError(err) }
+    }
+
+    public func train(_ vectors: UnsafeBufferPointer<Float>) throws {
+        precondition(vectors.count % dimension == 0)
+        var err = ew_faiss_error()
+        guard ew_faiss_train(handle, Int64(vectors.count / dimension), vectors.baseAddress, &err) == 0 else {
+            throw IndexError(err)
+        }
+    }
+
+    public func add(_ vectors: UnsafeBufferPointer<Float>, ids: [Int64]) throws {
+        precondition(vectors.count == ids.count * dimension, "vectors and ids disagree")
+        var err = ew_faiss_error()
+        guard ew_faiss_add(handle, Int64(ids.count), vectors.baseAddress, ids, &err) == 0 else { throw IndexError(err) }
+    }
+
+    public func add(_ vectors: [Float], ids: [Int64]) throws {
+        try vectors.withUnsafeBufferPointer { try add($0, ids: ids) }
+    }
+
+    /// Removes these ids; returns how many were present.
+    @discardableResult
+    public func remove(ids: [Int64]) throws -> Int {
+        var removed: Int64 = 0
+        var err = ew_faiss_error()
+        guard ew_faiss_remove(handle, Int64(ids.count), ids, &removed, &err) == 0 else { throw IndexError(err) }
+        return Int(removed)
+    }
+
+    /// The `k` nearest neighbours of each query (`queries.count / dimension` of them).
+    public func search(_ queries: [Float], k: Int, parameters: SearchParameters = SearchParameters()) throws -> Neighbours {
+        precondition(queries.count % dimension == 0)
+        let n = queries.count / dimension
+        var distances = [Float](repeating: 0, count: n * k)
+        var ids = [Int64](repeating: -1, count: n * k)
+        var err = ew_faiss_error()
+        let rc: Int32 = parameters.excluded.withUnsafeBufferPointer { excluded in
+            withBitmap(parameters.allowed) { bitmap, bits in
+                var p = ew_faiss_search_params(
+                    nprobe: Int64(parameters.nprobe ?? 0), ef_search: Int64(parameters.efSearch ?? 0),
+                    allow_bitmap: bitmap, allow_bits: bits,
+                    exclude: excluded.baseAddress, n_exclude: excluded.count)
+                return ew_faiss_search(handle, Int64(n), queries, Int64(k), &p, &distances, &ids, &err)
+            }
+        }
+        guard rc == 0 else { throw IndexError(err) }
+        return Neighbours(k: k, distances: distances, ids: ids)
+    }
+
+    /// The stored vector of `id` (approximate for compressed kinds such as PQ).
+    public func reconstruct(id: Int64) throws -> [Float] {
+        var out = [Float](repeating: 0, count: dimension)
+        var err = ew_faiss_error()
+        guard ew_faiss_reconstruct(handle, id, &out, &err) == 0 else { throw IndexError(err) }
+        return out
+    }
+
+    public func write(to path: String) throws {
+        var err = ew_faiss_error()
+        guard ew_faiss_write(handle, path, &err) == 0 else { throw IndexError(err) }
+    }
+
+    /// Exact k-NN of `queries` among `vectors` (row numbers as ids), with FAISS's BLAS kernels.
+    public static func exactNeighbours(queries: UnsafeBufferPointer<Float>, vectors: UnsafeBufferPointer<Float>,
+                                       dimension: Int, k: Int, metric: IndexMetric) throws -> Neighbours {
+        let nq = queries.count / dimension, ny = vectors.count / dimension
+        var distances = [Float](repeating: 0, count: nq * k)
+        var ids = [Int64](repeating: -1, count: nq * k)
+        var err = ew_faiss_error()
+        guard ew_faiss_knn_exact(queries.baseAddress, Int64(nq), vectors.baseAddress, Int64(ny), Int64(dimension),
+                                 Int64(k), metric.raw, &distances, &ids, &err) == 0 else { throw IndexError(err) }
+        return Neighbours(k: k, distances: distances, ids: ids)
+    }
+}
+
+private func withBitmap<R>(_ b: IDBitmap?, _ body: (UnsafePointer<UInt8>?, Int64) -> R) -> R {
+    guard let b else { return body(nil, 0) }
+    return b.bytes.withUnsafeBufferPointer { body($0.baseAddress, Int64(b.capacity)) }
+}

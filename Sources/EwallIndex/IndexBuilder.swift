@@ -1,0 +1,297 @@
+import EwallCore
+import EwallStore
+import Foundation
+
+/// What `rebuild-faiss-index` is asked to do.
+public struct IndexBuildOptions: Sendable {
+    public var folder: IndexFolder
+    /// `auto`, or a FAISS factory string.
+    public var index: String
+    public var metric: IndexMetric
+    /// recall@10 an approximate index must reach against exact search.
+    public var targetRecall: Double
+    /// Bytes the index's vectors may take; `auto` picks a compressed kind above it.
+    public var maxMemory: Int64
+    /// Update the existing index in place of a full build where that is possible.
+    public var incremental: Bool
+    /// Which vectors (needed only when the store holds several model keys).
+    public var modelID: String?
+    public var preprocessing: String?
+    /// Held-out queries for measuring recall.
+    public var recallQueries: Int
+    public var seed: UInt64
+    /// Rows per store read.
+    public var pageSize: Int
+    public var threads: Int
+
+    public init(folder: IndexFolder = IndexFolder(path: IndexFolder.defaultPath), index: String = "auto",
+                metric: IndexMetric = .l2, targetRecall: Double = 0.95, maxMemory: Int64 = IndexBuildOptions.defaultMaxMemory,
+                incremental: Bool = false, modelID: String? = nil, preprocessing: String? = nil,
+                recallQueries: Int = 1000, seed: UInt64 = 0, pageSize: Int = 2048,
+                threads: Int = ProcessInfo.processInfo.activeProcessorCount) {
+        self.folder = folder
+        self.index = index
+        self.metric = metric
+        self.targetRecall = targetRecall
+        self.maxMemory = maxMemory
+        self.incremental = incremental
+        self.modelID = modelID
+        self.preprocessing = preprocessing
+        self.recallQueries = recallQueries
+        self.seed = seed
+        self.pageSize = pageSize
+        self.threads = threads
+    }
+
+    /// Half the machine's memory.
+    public static var defaultMaxMemory: Int64 { Int64(ProcessInfo.processInfo.physicalMemory / 2) }
+}
+
+/// Where a build is, for a progress display.
+public struct IndexBuildProgress: Sendable {
+    public var phase: String
+    public var done: Int
+    public var total: Int
+}
+
+/// What a build did: the summary `rebuild-faiss-index` prints (and `--json` emits).
+public struct IndexBuildSummary: Sendable, Codable {
+    public var folder: String
+    public var mode: String
+    /// Why `--incremental` fell back to a full rebuild, when it did.
+    public var fullRebuildReason: String?
+    public var factory: String
+    public var choice: String
+    public var metric: IndexMetric
+    public var modelID: String
+    public var preprocessing: String
+    public var dimension: Int
+    public var count: Int
+    public var added: Int
+    public var changed: Int
+    public var removed: Int
+    public var unchanged: Int
+    public var search: IndexManifest.Search
+    public var recall: IndexManifest.Recall?
+    public var seconds: [String: Double]
+    public var indexBytes: Int64
+    public var warnings: [String]
+
+    enum CodingKeys: String, CodingKey {
+        case folder, mode, fullRebuildReason = "full_rebuild_reason", factory, choice, metric
+        case modelID = "model_id", preprocessing, dimension, count, added, changed, removed, unchanged
+        case search, recall, seconds, indexBytes = "index_bytes", warnings
+    }
+}
+
+/// Builds an index folder from the store's vectors of one model key, streaming: the vectors
+/// are read page by page and never all held twice (see README "Choosing an index").
+public enum IndexBuilder {
+    public static let recallK = 10
+
+    public static func build(store: any EmbeddingStore, options: IndexBuildOptions,
+                             progress: @escaping @Sendable (IndexBuildProgress) -> Void = { _ in }) async throws -> IndexBuildSummary {
+        FaissIndex.setThreads(options.threads)
+        let lock = try IndexLock(folder: options.folder)
+        defer { withExtendedLifetime(lock) {} }
+        var reason: String?
+        if options.incremental {
+            if !options.folder.exists {
+                reason = "there is no index at \(options.folder.path) yet"
+            } else {
+                switch try await Incremental.run(store: store, options: options, progress: progress) {
+                case .done(let summary): return summary
+                case .needsFullRebuild(let why): reason = why
+                }
+            }
+        }
+        var summary = try await full(store: store, options: options, progress: progress)
+        if let reason {
+            summary.fullRebuildReason = reason
+            summary.warnings.append("--incremental did a full rebuild: \(reason)")
+        }
+        return summary
+    }
+
+    /// The store key to index: the one asked for, or the store's only one.
+    static func resolveKey(_ store: any EmbeddingStore, _ options: IndexBuildOptions) async throws -> ModelKeyCount {
+        try await store.resolveKey(modelID: options.modelID, preprocessing: options.preprocessing)
+    }
+
+    static func plan(_ options: IndexBuildOptions, count: Int, dimension: Int) -> IndexPlan {
+        options.index == "auto"
+            ? IndexPlan.auto(count: count, dimension: dimension, maxMemory: options.maxMemory)
+            : IndexPlan.explicit(options.index, count: count)
+    }
+
+    // MARK: Full build
+
+    static func full(store: any EmbeddingStore, options: IndexBuildOptions,
+                     progress: @escaping @Sendable (IndexBuildProgress) -> Void) async throws -> IndexBuildSummary {
+        let started = Date()
+        var seconds: [String: Double] = [:]
+        let keyCount = try await resolveKey(store, options)
+        let (key, n, d) = (keyCount.key, keyCount.count, keyCount.dimension)
+        guard n > 0 else { throw IndexError(.argument, "\(store.displayName) has no vectors for \(key.modelID)") }
+        let plan = plan(options, count: n, dimension: d)
+        let index = try FaissIndex(dimension: d, factory: plan.factory, metric: options.metric)
+
+        // Seeded choices of rows by ordinal (the store streams in product-id order).
+        var rng = SplitMix64(seed: options.seed)
+        let queryCount = plan.approximate ? min(options.recallQueries, n) : 0
+        let queryOrdinals = Set(sample(n, queryCount, &rng))
+        let needsTraining = !index.isTrained
+        let trainOrdinals: Set<Int>? = needsTraining && plan.trainingSize < n
+            ? Set(sample(n, plan.trainingSize, &rng, avoiding: queryOrdinals)) : nil
+
+        // Pass 1: the training sample and the recall queries.
+        var queries = RecallQueries(dimension: d)
+        if needsTraining || queryCount > 0 {
+            let t = Date()
+            var training: [Float] = []
+            if needsTraining { training.reserveCapacity((trainOrdinals?.count ?? n) * d) }
+            try await Stream.pages(store, key, pageSize: options.pageSize) { page in
+                for r in 0..<page.count {
+                    let ordinal = page.firstOrdinal + r
+                    if needsTraining && (trainOrdinals?.contains(ordinal) ?? true) { training.append(contentsOf: page.vector(r)) }
+                    if queryOrdinals.contains(ordinal) { queries.append(page.vector(r), id: Int64(ordinal)) }
+                }
+                progress(IndexBuildProgress(phase: "reading training sample", done: page.firstOrdinal + page.count, total: n))
+            }
+            seconds["read_sample"] = Date().timeIntervalSince(t)
+            if needsTraining {
+                let t = Date()
+                progress(IndexBuildProgress(phase: "training \(plan.factory) on \(training.count / d) vectors", done: 0, total: 1))
+                try training.withUnsafeBufferPointer { try index.train($0) }
+                seconds["train"] = Date().timeIntervalSince(t)
+            }
+        }
+
+        // Pass 2: add every vector under its ordinal as id; exact neighbours of the queries on the way.
+        let t = Date()
+        try index.reserve(n)
+        var idMap = IDMap()
+        var truth = GroundTruth(queries: queries, k: recallK + 1, metric: options.metric)
+        var added = 0
+        try await Stream.pages(store, key, pageSize: options.pageSize) { page in
+            let ids = (0..<page.count).map { Int64(page.firstOrdinal + $0) }
+            try page.vectors.withUnsafeBufferPointer { buf in
+                try index.add(buf, ids: ids)
+                for r in 0..<page.count {
+                    idMap.insert(id: ids[r], productID: page.productIDs[r],
+                                 hash: IDMap.hash(UnsafeBufferPointer(rebasing: buf[r * d..<(r + 1) * d])))
+                }
+                try truth.merge(chunk: buf, ids: ids)
+            }
+            added += page.count
+            progress(IndexBuildProgress(phase: "adding vectors", done: added, total: n))
+        }
+        seconds["add"] = Date().timeIntervalSince(t)
+        guard added == index.count else {
+            throw IndexError(.mismatch, "the store changed during the build (\(added) vectors read, \(n) counted): run it again")
+        }
+
+        // Tune nprobe / efSearch for the recall target.
+        let tt = Date()
+        let (search, recall) = try Tuning.tune(index: index, truth: truth, target: options.targetRecall, progress: progress)
+        if queryCount > 0 { seconds["tune"] = Date().timeIntervalSince(tt) }
+        try index.setDefaults(nprobe: search.nprobe, efSearch: search.efSearch)
+
+        let tw = Date()
+        progress(IndexBuildProgress(phase: "writing", done: 0, total: 1))
+        let manifest = IndexManifest(
+            factory: index.factory, metric: options.metric, distance: IndexManifest.distanceNote(options.metric),
+            search: search, dimension: d, count: index.count, modelID: key.modelID, preprocessing: key.preprocessing,
+            builtAt: isoNow(), buildSeconds: Date().timeIntervalSince(started), buildMode: "full",
+            choice: plan.reason, recall: recall, nextID: Int64(n), files: [:])
+        let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest)
+        seconds["write"] = Date().timeIntervalSince(tw)
+        seconds["total"] = Date().timeIntervalSince(started)
+        var warnings: [String] = []
+        if let recall, !recall.met {
+            warnings.append(String(format: "recall@10 %.3f is below the target %.2f even at the deepest setting tried: "
+                                   + "choose a less compressed index (--index) or raise --max-memory", recall.measured, recall.target))
+        }
+        return IndexBuildSummary(
+            folder: options.folder.path, mode: "full", fullRebuildReason: nil, factory: written.factory, choice: plan.reason,
+            metric: options.metric, modelID: key.modelID, preprocessing: key.preprocessing, dimension: d,
+            count: written.count, added: added, changed: 0, removed: 0, unchanged: 0, search: search, recall: recall,
+            seconds: seconds, indexBytes: written.files["index"]?.bytes ?? 0, warnings: warnings)
+    }
+}
+
+// MARK: - Streaming from the store
+
+/// One page of store rows as one contiguous float array.
+struct Page {
+    var firstOrdinal: Int
+    var productIDs: [String]
+    var vectors: [Float]
+    var dimension: Int
+    var count: Int { productIDs.count }
+    func vector(_ r: Int) -> ArraySlice<Float> { vectors[r * dimension..<(r + 1) * dimension] }
+}
+
+enum Stream {
+    /// Every vector of `key` in product-id order, `pageSize` at a time.
+    static func pages(_ store: any EmbeddingStore, _ key: ModelKey, pageSize: Int,
+                      _ body: (Page) async throws -> Void) async throws {
+        var after: String?
+        var ordinal = 0
+        while true {
+            let rows = try await store.embeddings(key: key, after: after, limit: pageSize)
+            guard let last = rows.last else { return }
+            let d = rows[0].embedding.vector.count
+            var vectors: [Float] = []
+            vectors.reserveCapacity(rows.count * d)
+            for r in rows {
+                guard r.embedding.vector.count == d else {
+                    throw IndexError(.mismatch, "product \(r.embedding.productID) has a \(r.embedding.vector.count)-dim vector, the others \(d)")
+                }
+                vectors.append(contentsOf: r.embedding.vector)
+            }
+            try await body(Page(firstOrdinal: ordinal, productIDs: rows.map(\.embedding.productID), vectors: vectors, dimension: d))
+            ordinal += rows.count
+            after = last.embedding.productID
+            if rows.count < pageSize { return }
+        }
+    }
+}
+
+// MARK: - Seeded sampling
+
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// `k` distinct ordinals of `0..<n`, seeded; those in `avoiding` only if there is no other way.
+func sample(_ n: Int, _ k: Int, _ rng: inout SplitMix64, avoiding: Set<Int> = []) -> [Int] {
+    guard k > 0 else { return [] }
+    if k >= n { return Array(0..<n) }
+    var chosen = Set<Int>()
+    let free = n - avoiding.count
+    if k <= free {
+        if k * 2 > free {
+            // Dense: shuffle the free ordinals.
+            var all = (0..<n).filter { !avoiding.contains($0) }
+            all.shuffle(using: &rng)
+            return Array(all.prefix(k)).sorted()
+        }
+        while chosen.count < k {
+            let o = Int(rng.next() % UInt64(n))
+            if !avoiding.contains(o) { chosen.insert(o) }
+        }
+        return chosen.sorted()
+    }
+    var all = (0..<n).filter { !avoiding.contains($0) } + avoiding.sorted()
+    all = Array(all.prefix(k))
+    return all.sorted()
+}

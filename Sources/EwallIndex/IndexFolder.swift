@@ -1,0 +1,393 @@
+import Crypto
+import EwallCore
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `rebuild-faiss-index` writes beside the index: `manifest.json`. Plain JSON, readable
+/// from any language; the id map is the `id_map.tsv` it names.
+public struct IndexManifest: Codable, Sendable, Hashable {
+    public static let formatName = "ewall-faiss-index"
+    public static let currentVersion = 1
+
+    public struct FileEntry: Codable, Sendable, Hashable {
+        public var name: String
+        public var bytes: Int64
+        public var sha256: String
+    }
+
+    public struct Search: Codable, Sendable, Hashable {
+        public var nprobe: Int?
+        public var efSearch: Int?
+        enum CodingKeys: String, CodingKey { case nprobe, efSearch = "ef_search" }
+    }
+
+    public struct RecallPoint: Codable, Sendable, Hashable {
+        public var nprobe: Int?
+        public var efSearch: Int?
+        public var recall: Double
+        enum CodingKeys: String, CodingKey { case nprobe, efSearch = "ef_search", recall }
+    }
+
+    public struct Recall: Codable, Sendable, Hashable {
+        /// recall@k against exact search, excluding each query's own vector.
+        public var k: Int
+        public var measured: Double
+        public var target: Double
+        public var met: Bool
+        public var queries: Int
+        public var curve: [RecallPoint]
+    }
+
+    public var format = IndexManifest.formatName
+    public var formatVersion = IndexManifest.currentVersion
+    public var factory: String
+    public var metric: IndexMetric
+    /// What the distances mean, for readers: FAISS L2 distances are squared.
+    public var distance: String
+    public var search: Search
+    public var dimension: Int
+    public var count: Int
+    public var modelID: String
+    public var preprocessing: String
+    public var builtAt: String
+    public var buildSeconds: Double
+    public var buildMode: String
+    public var choice: String
+    /// Present for approximate indexes.
+    public var recall: Recall?
+    /// The next int64 id an incremental build gives a new product.
+    public var nextID: Int64
+    public var files: [String: FileEntry]
+
+    enum CodingKeys: String, CodingKey {
+        case format, formatVersion = "format_version", factory, metric, distance, search, dimension, count
+        case modelID = "model_id", preprocessing, builtAt = "built_at", buildSeconds = "build_seconds"
+        case buildMode = "build_mode", choice, recall, nextID = "next_id", files
+    }
+
+    public var key: ModelKey { ModelKey(modelID: modelID, preprocessing: preprocessing) }
+
+    static func distanceNote(_ metric: IndexMetric) -> String {
+        metric == .l2
+            ? "FAISS returns squared L2; EwallML's similarity is 1/(1+d) with d the Euclidean (square-rooted) distance"
+            : "FAISS returns the inner product; EwallML's distance is the Euclidean one derived from it"
+    }
+}
+
+/// The id map: int64 ids in the index <-> product ids, with a hash of each vector so that an
+/// incremental build sees which vectors changed. `id_map.tsv`, one line per vector:
+/// `id <TAB> vector_fnv1a64 (hex) <TAB> product id as a JSON string`.
+public struct IDMap: Sendable {
+    public private(set) var productIDs: [Int64: String] = [:]
+    public private(set) var ids: [String: Int64] = [:]
+    public private(set) var hashes: [Int64: UInt64] = [:]
+
+    public init() {}
+
+    public var count: Int { ids.count }
+
+    public mutating func insert(id: Int64, productID: String, hash: UInt64) {
+        productIDs[id] = productID
+        ids[productID] = id
+        hashes[id] = hash
+    }
+
+    public mutating func remove(id: Int64) {
+        if let p = productIDs.removeValue(forKey: id) { ids.removeValue(forKey: p) }
+        hashes.removeValue(forKey: id)
+    }
+
+    static let header = "id\tvector_fnv1a64\tproduct_id"
+
+    func write(to url: URL) throws {
+        guard let out = FileHandle(forWritingAtPath: url.path) ?? {
+            FileManager.default.createFile(atPath: url.path, contents: nil)
+            return FileHandle(forWritingAtPath: url.path)
+        }() else { throw IndexError(.io, "cannot write \(url.path)") }
+        defer { try? out.close() }
+        var buffer = Data(Self.header.utf8) + Data([0x0A])
+        let encoder = JSONEncoder()
+        for id in productIDs.keys.sorted() {
+            let pid = productIDs[id]!
+            let quoted = try encoder.encode(pid)
+            buffer.append(contentsOf: Array("\(id)\t\(String(hashes[id] ?? 0, radix: 16))\t".utf8))
+            buffer.append(quoted)
+            buffer.append(0x0A)
+            if buffer.count >= 1 << 20 { try out.write(contentsOf: buffer); buffer.removeAll(keepingCapacity: true) }
+        }
+        try out.write(contentsOf: buffer)
+        try out.synchronize()
+    }
+
+    static func read(_ data: Data) throws -> IDMap {
+        var map = IDMap()
+        let decoder = JSONDecoder()
+        var lineNumber = 0
+        for line in data.split(separator: 0x0A, omittingEmptySubsequences: true) {
+            lineNumber += 1
+            if lineNumber == 1 { continue }
+            let cols = line.split(separator: 0x09, maxSplits: 2, omittingEmptySubsequences: false)
+            guard cols.count == 3, let id = Int64(String(decoding: cols[0], as: UTF8.self)),
+                  let hash = UInt64(String(decoding: cols[1], as: UTF8.self), radix: 16) else {
+                throw IndexError(.manifest, "id_map.tsv line \(lineNumber) is malformed")
+            }
+            let raw = cols[2]
+            let pid: String
+            // Fast path for ids without escapes: "abc".
+            if raw.count >= 2, raw.first == 0x22, raw.last == 0x22, !raw.contains(0x5C) {
+                pid = String(decoding: raw.dropFirst().dropLast(), as: UTF8.self)
+            } else {
+                guard let s = try? decoder.decode(String.self, from: Data(raw)) else {
+                    throw IndexError(.manifest, "id_map.tsv line \(lineNumber): the product id is not a JSON string")
+                }
+                pid = s
+            }
+            map.insert(id: id, productID: pid, hash: hash)
+        }
+        return map
+    }
+
+    /// FNV-1a over the vector's float32 bytes.
+    public static func hash(_ v: UnsafeBufferPointer<Float>) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in UnsafeRawBufferPointer(v) { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return h
+    }
+}
+
+/// An index folder (default `data/faiss/`): `image_index.faiss`, `manifest.json`, `id_map.tsv`.
+///
+/// A rebuild writes a complete new folder beside the old one (`faiss.tmp-PID`), fsyncs it,
+/// and swaps the two with one `renameat2(RENAME_EXCHANGE)`: a reader sees the old folder or
+/// the new one, never a mix. ``load(memoryMapped:)`` opens the folder once and reads all three
+/// files through that handle, so it cannot straddle a swap either. A lock file beside the
+/// folder (`faiss.lock`) stops two rebuilds at once and names its holder.
+public struct IndexFolder: Sendable {
+    public static let indexFile = "image_index.faiss"
+    public static let manifestFile = "manifest.json"
+    public static let idMapFile = "id_map.tsv"
+    public static let defaultPath = "data/faiss"
+
+    public let url: URL
+
+    public init(path: String) {
+        url = URL(fileURLWithPath: path).standardizedFileURL
+    }
+
+    public var path: String { url.path }
+    public var lockURL: URL { url.deletingLastPathComponent().appendingPathComponent(url.lastPathComponent + ".lock") }
+    public var exists: Bool { FileManager.default.fileExists(atPath: url.appendingPathComponent(Self.manifestFile).path) }
+
+    /// A loaded folder: the three files as they were at one moment.
+    public struct Loaded: @unchecked Sendable {
+        public let manifest: IndexManifest
+        public let idMap: IDMap
+        public let index: FaissIndex
+    }
+
+    /// Reads the manifest only.
+    public func manifest() throws -> IndexManifest {
+        let data: Data
+        do { data = try Data(contentsOf: url.appendingPathComponent(Self.manifestFile)) } catch {
+            throw IndexError(.manifest, "no index at \(path) (\(Self.manifestFile) is missing): run rebuild-faiss-index")
+        }
+        return try Self.decodeManifest(data, path: path)
+    }
+
+    static func decodeManifest(_ data: Data, path: String) throws -> IndexManifest {
+        let m: IndexManifest
+        do { m = try JSONDecoder().decode(IndexManifest.self, from: data) } catch {
+            throw IndexError(.manifest, "\(path)/\(manifestFile) is not a valid manifest: \(error)")
+        }
+        guard m.format == IndexManifest.formatName, m.formatVersion <= IndexManifest.currentVersion else {
+            throw IndexError(.manifest, "\(path)/\(manifestFile): format \(m.format) v\(m.formatVersion) is not one this version reads")
+        }
+        return m
+    }
+
+    /// Loads the folder consistently (see the type's comment). `verifyChecksums` hashes the
+    /// files against the manifest (slow for big indexes); sizes and counts are always checked.
+    public func load(memoryMapped: Bool = false, verifyChecksums: Bool = false) throws -> Loaded {
+        let dirFD = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dirFD >= 0 else {
+            throw IndexError(.manifest, "no index at \(path): run rebuild-faiss-index (\(String(cString: strerror(errno))))")
+        }
+        defer { close(dirFD) }
+        // Every file through the one directory handle: /proc/self/fd/N is that directory even
+        // if a rebuild swaps the path meanwhile.
+        let base = "/proc/self/fd/\(dirFD)"
+        let manifest = try Self.decodeManifest(try readAll(base + "/" + Self.manifestFile), path: path)
+        let mapData = try readAll(base + "/" + Self.idMapFile)
+        if let entry = manifest.files["id_map"] {
+            guard Int64(mapData.count) == entry.bytes else {
+                throw IndexError(.manifest, "\(path)/\(Self.idMapFile) has \(mapData.count) bytes, the manifest says \(entry.bytes)")
+            }
+            if verifyChecksums, sha256Hex(mapData) != entry.sha256 {
+                throw IndexError(.manifest, "\(path)/\(Self.idMapFile) does not match its checksum")
+            }
+        }
+        let indexPath = base + "/" + Self.indexFile
+        if let entry = manifest.files["index"] {
+            let size = (try? FileManager.default.attributesOfItem(atPath: indexPath)[.size] as? Int64) ?? -1
+            guard size == entry.bytes else {
+                throw IndexError(.manifest, "\(path)/\(Self.indexFile) has \(size) bytes, the manifest says \(entry.bytes)")
+            }
+            if verifyChecksums, try sha256Hex(file: indexPath) != entry.sha256 {
+                throw IndexError(.manifest, "\(path)/\(Self.indexFile) does not match its checksum")
+            }
+        }
+        let idMap = try IDMap.read(mapData)
+        let index = try FaissIndex(contentsOf: indexPath, memoryMapped: memoryMapped)
+        guard index.count == manifest.count, idMap.count == manifest.count, index.dimension == manifest.dimension else {
+            throw IndexError(.manifest, "\(path): the index holds \(index.count) vectors of \(index.dimension) dims and "
+                                 + "the id map \(idMap.count), the manifest says \(manifest.count) of \(manifest.dimension)")
+        }
+        return Loaded(manifest: manifest, idMap: idMap, index: index)
+    }
+
+    /// Writes `index`, `idMap` and `manifest` (its file entries filled in here) as the new
+    /// content of the folder, atomically.
+    public func publish(index: FaissIndex, idMap: IDMap, manifest: IndexManifest) throws -> IndexManifest {
+        let fm = FileManager.default
+        let parent = url.deletingLastPathComponent()
+        try fm.createDirectory(at: parent, withIntermediateDirectories: true)
+        // Leftovers of interrupted builds (the caller holds the lock, so none is in progress).
+        let prefix = ".\(url.lastPathComponent).tmp-"
+        for name in (try? fm.contentsOfDirectory(atPath: parent.path)) ?? [] where name.hasPrefix(prefix) {
+            try? fm.removeItem(at: parent.appendingPathComponent(name))
+        }
+        let staging = parent.appendingPathComponent(prefix + "\(getpid())")
+        try fm.createDirectory(at: staging, withIntermediateDirectories: false)
+        do {
+            var manifest = manifest
+            let indexURL = staging.appendingPathComponent(Self.indexFile)
+            try index.write(to: indexURL.path)
+            try fsyncPath(indexURL.path)
+            let mapURL = staging.appendingPathComponent(Self.idMapFile)
+            try idMap.write(to: mapURL)
+            manifest.files = [
+                "index": try entry(indexURL),
+                "id_map": try entry(mapURL),
+            ]
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            let manifestURL = staging.appendingPathComponent(Self.manifestFile)
+            try encoder.encode(manifest).write(to: manifestURL)
+            try fsyncPath(manifestURL.path)
+            try fsyncPath(staging.path)
+            if fm.fileExists(atPath: url.path) {
+                try exchange(staging.path, url.path)
+                try fm.removeItem(at: staging)  // the old folder, now under the staging name
+            } else {
+                guard rename(staging.path, url.path) == 0 else {
+                    throw IndexError(.io, "cannot rename \(staging.path) to \(path): \(String(cString: strerror(errno)))")
+                }
+            }
+            try fsyncPath(parent.path)
+            return manifest
+        } catch {
+            try? fm.removeItem(at: staging)
+            throw error
+        }
+    }
+
+    private func entry(_ url: URL) throws -> IndexManifest.FileEntry {
+        let size = try FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int64 ?? 0
+        return .init(name: url.lastPathComponent, bytes: size, sha256: try sha256Hex(file: url.path))
+    }
+}
+
+// MARK: - The rebuild lock
+
+/// An exclusive lock on an index folder, held by one rebuild: `flock` on `faiss.lock` beside the
+/// folder, which the kernel releases if the process dies. The file says who holds it.
+public final class IndexLock: @unchecked Sendable {
+    private let fd: Int32
+    public let url: URL
+
+    public struct Holder: Codable, Sendable {
+        public var pid: Int32
+        public var host: String
+        public var started: String
+        public var command: String
+    }
+
+    public init(folder: IndexFolder) throws {
+        url = folder.lockURL
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        fd = open(url.path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw IndexError(.io, "cannot open \(url.path): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let holder = (try? Data(contentsOf: url)).flatMap { try? JSONDecoder().decode(Holder.self, from: $0) }
+            close(fd)
+            let who = holder.map { "pid \($0.pid) on \($0.host) since \($0.started) (\($0.command))" } ?? "another process"
+            throw IndexError(.locked, "another rebuild of \(folder.path) is running: \(who); lock file \(url.path)")
+        }
+        let me = Holder(pid: getpid(), host: ProcessInfo.processInfo.hostName, started: isoNow(),
+                        command: CommandLine.arguments.joined(separator: " "))
+        let data = (try? JSONEncoder().encode(me)) ?? Data()
+        _ = ftruncate(fd, 0)
+        _ = data.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+    }
+
+    deinit {
+        _ = ftruncate(fd, 0)
+        flock(fd, LOCK_UN)
+        close(fd)
+    }
+}
+
+// MARK: - File helpers
+
+func isoNow() -> String {
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    return f.string(from: Date())
+}
+
+private func readAll(_ path: String) throws -> Data {
+    guard let d = FileManager.default.contents(atPath: path) else {
+        throw IndexError(.manifest, "cannot read \(path)")
+    }
+    return d
+}
+
+private func fsyncPath(_ path: String) throws {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw IndexError(.io, "cannot open \(path) to sync it") }
+    defer { close(fd) }
+    guard fsync(fd) == 0 else { throw IndexError(.io, "fsync \(path): \(String(cString: strerror(errno)))") }
+}
+
+func sha256Hex(_ data: Data) -> String {
+    SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+}
+
+func sha256Hex(file path: String) throws -> String {
+    guard let h = FileHandle(forReadingAtPath: path) else { throw IndexError(.io, "cannot read \(path)") }
+    defer { try? h.close() }
+    var hasher = SHA256()
+    while let chunk = try h.read(upToCount: 4 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
+    return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+}
+
+/// Swaps two paths atomically (Linux renameat2 with RENAME_EXCHANGE, looked up at run time
+/// because Swift's Glibc module does not declare it). Where the file system cannot exchange,
+/// falls back to two renames; a reader retrying a failed open then sees the new folder.
+private func exchange(_ a: String, _ b: String) throws {
+    typealias RenameAt2 = @convention(c) (Int32, UnsafePointer<CChar>, Int32, UnsafePointer<CChar>, UInt32) -> Int32
+    let renameExchange: UInt32 = 2
+    if let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "renameat2") {
+        let renameat2 = unsafeBitCast(sym, to: RenameAt2.self)
+        if renameat2(AT_FDCWD, a, AT_FDCWD, b, renameExchange) == 0 { return }
+        guard errno == EINVAL || errno == ENOSYS else {
+            throw IndexError(.io, "cannot swap \(a) and \(b): \(String(cString: strerror(errno)))")
+        }
+    }
+    let aside = b + ".old-\(getpid())"
+    guard rename(b, aside) == 0, rename(a, b) == 0, rename(aside, a) == 0 else {
+        throw IndexError(.io, "cannot replace \(b): \(String(cString: strerror(errno)))")
+    }
+}

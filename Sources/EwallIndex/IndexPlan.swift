@@ -1,0 +1,103 @@
+import Foundation
+
+/// Which FAISS index to build for a catalogue, and why: what `--index auto` decides.
+///
+/// The rules, from figures measured on this project's 2-core machine (Debian's FAISS 1.7.3,
+/// 2048-d; see README "Choosing an index"):
+/// - **Flat** (exact) while the catalogue is small: below ``flatLimit`` vectors one query
+///   scans them all in a few milliseconds (10k took 12-15 ms), and there is nothing to tune.
+/// - **IVF-Flat** above it: nlist = 4·√N, lowered so that every list gets at least 39
+///   training points (faiss #2513); exact distances inside the visited lists; nprobe is
+///   raised until the recall target is met.
+/// - **IVF-SQ8** when the float vectors do not fit `--max-memory` but 8-bit codes (¼) do.
+/// - **IVF-PQ** below that, with as many sub-quantizers as the budget allows.
+/// - **HNSW** is never chosen automatically: at 100k × 2048 it took 24 minutes to build here
+///   (IVF-Flat: 37 s), stores full vectors (no memory saving) and cannot remove vectors, so
+///   `--incremental` could not keep it. Name it with `--index HNSW32` when that is acceptable.
+public struct IndexPlan: Sendable, Codable, Hashable {
+    /// The FAISS factory string (before the shim's IDMap2 wrapping).
+    public var factory: String
+    /// True when the index is approximate: recall is measured and nprobe/efSearch tuned.
+    public var approximate: Bool
+    /// Vectors used to train (0: no training needed).
+    public var trainingSize: Int
+    /// Why this index, in a sentence for people.
+    public var reason: String
+
+    public static let flatLimit = 5_000
+    /// FAISS warns below 39 training points per centroid; fewer give poor lists.
+    public static let minPointsPerList = 39
+
+    public init(factory: String, approximate: Bool, trainingSize: Int, reason: String) {
+        self.factory = factory
+        self.approximate = approximate
+        self.trainingSize = trainingSize
+        self.reason = reason
+    }
+
+    /// Bytes the index's vectors take: float32 for flat kinds, `codeBytes` per vector otherwise,
+    /// plus 8 bytes of id.
+    static func bytes(count: Int, codeBytes: Int) -> Int64 { Int64(count) * Int64(codeBytes + 8) }
+
+    /// The automatic choice for `count` vectors of `dimension` floats within `maxMemory` bytes.
+    public static func auto(count: Int, dimension: Int, maxMemory: Int64) -> IndexPlan {
+        let flatBytes = bytes(count: count, codeBytes: dimension * 4)
+        let mib = { (b: Int64) in String(format: "%.0f MiB", Double(b) / 1_048_576) }
+        if count < flatLimit && flatBytes <= maxMemory {
+            return IndexPlan(factory: "Flat", approximate: false, trainingSize: 0,
+                             reason: "\(count) vectors < \(flatLimit): exact search is fast enough and needs no tuning")
+        }
+        let nlist = listCount(for: count)
+        let training = trainingSize(count: count, lists: nlist)
+        if flatBytes <= maxMemory {
+            return IndexPlan(factory: "IVF\(nlist),Flat", approximate: true, trainingSize: training,
+                             reason: "\(count) vectors: inverted lists (nlist \(nlist) ≈ 4·√N, ≥ \(minPointsPerList) points each) "
+                                 + "over exact vectors (\(mib(flatBytes)) fits --max-memory \(mib(maxMemory)))")
+        }
+        let sqBytes = bytes(count: count, codeBytes: dimension)
+        if sqBytes <= maxMemory {
+            return IndexPlan(factory: "IVF\(nlist),SQ8", approximate: true, trainingSize: training,
+                             reason: "float vectors (\(mib(flatBytes))) exceed --max-memory \(mib(maxMemory)); "
+                                 + "8-bit scalar codes take \(mib(sqBytes))")
+        }
+        // Product quantisation: the most sub-quantizers (of 8 bits) that fit and divide the dimension.
+        let candidates = [512, 256, 128, 64, 32, 16, 8].filter { dimension % $0 == 0 && $0 <= dimension }
+        let m = candidates.first { bytes(count: count, codeBytes: $0) <= maxMemory } ?? candidates.last ?? 8
+        return IndexPlan(factory: "IVF\(nlist),PQ\(m)x8np", approximate: true, trainingSize: max(training, min(count, 256 * 64)),
+                         reason: "even 8-bit codes (\(mib(sqBytes))) exceed --max-memory \(mib(maxMemory)); "
+                             + "product quantisation with \(m) bytes per vector (\(mib(bytes(count: count, codeBytes: m))))")
+    }
+
+    /// An explicit factory string: approximate unless it is plain Flat.
+    public static func explicit(_ factory: String, count: Int) -> IndexPlan {
+        let exact = factory == "Flat" || factory == "IDMap2,Flat"
+        let lists = factory.split(separator: ",").compactMap { part -> Int? in
+            part.hasPrefix("IVF") ? Int(part.dropFirst(3).prefix { $0.isNumber }) : nil
+        }.first
+        let training = lists.map { trainingSize(count: count, lists: $0) } ?? (factory.contains("PQ") || factory.contains("SQ") ? min(count, 65_536) : 0)
+        return IndexPlan(factory: factory, approximate: !exact, trainingSize: training, reason: "--index \(factory)")
+    }
+
+    /// nlist ≈ 4·√N, at most N / 39, at least 1.
+    public static func listCount(for count: Int) -> Int {
+        let byRoot = Int((4 * Double(count).squareRoot()).rounded())
+        return max(1, min(byRoot, count / minPointsPerList))
+    }
+
+    /// All vectors up to 256 per list (FAISS's own cap), at most max(131,072, 40 per list):
+    /// k-means over 2048-d points is the slowest part of a build here.
+    public static func trainingSize(count: Int, lists: Int) -> Int {
+        min(count, lists * 256, max(131_072, lists * 40))
+    }
+
+    /// The settings tried, in order, when tuning for recall.
+    public static func nprobeLadder(lists: Int) -> [Int] {
+        var out: [Int] = []
+        var p = 1
+        while p < lists { out.append(p); p *= 2 }
+        out.append(lists)
+        return out
+    }
+
+    public static let efSearchLadder = [16, 32, 64, 128, 256, 512, 1024, 2048]
+}

@@ -1,0 +1,246 @@
+import EwallCore
+import EwallStore
+import Foundation
+
+/// The platform's "similar products" rules, each changeable.
+public struct SimilarQuery: Sendable, Hashable {
+    /// Results wanted.
+    public var k: Int
+    /// Keep results with similarity = 1/(1+d) at least this (d: Euclidean distance).
+    public var minSimilarity: Double
+    /// Only products of the query product's category.
+    public var sameCategory: Bool
+    /// Only products in stock (a product whose stock is unknown counts as in stock).
+    public var inStockOnly: Bool
+
+    public init(k: Int = 10, minSimilarity: Double = 0.5, sameCategory: Bool = true, inStockOnly: Bool = true) {
+        self.k = k
+        self.minSimilarity = minSimilarity
+        self.sameCategory = sameCategory
+        self.inStockOnly = inStockOnly
+    }
+}
+
+/// One similar product.
+public struct SimilarProduct: Sendable, Codable, Hashable {
+    public var productID: String
+    /// 1 / (1 + distance).
+    public var similarity: Double
+    /// Cosine between the two vectors (approximate for compressed indexes).
+    public var cosine: Double
+    /// Euclidean distance (the square root of FAISS's squared L2).
+    public var distance: Double
+    public var category: String?
+    public var inStock: Bool?
+    public var title: String?
+
+    enum CodingKeys: String, CodingKey {
+        case productID = "product_id", similarity, cosine, distance, category, inStock = "in_stock", title
+    }
+}
+
+/// An answer with what was searched, so that a short list explains itself.
+public struct SimilarAnswer: Sendable, Codable {
+    public var query: String?
+    public var category: String?
+    public var results: [SimilarProduct]
+    /// Neighbours that passed the filters before the similarity threshold.
+    public var candidates: Int
+    /// Products the filters allowed (excluding the query).
+    public var eligible: Int
+    /// The nprobe / efSearch the search ended at (deeper than the index's when filters thinned it).
+    public var nprobe: Int?
+    public var efSearch: Int?
+    public var notes: [String]
+
+    enum CodingKeys: String, CodingKey {
+        case query, category, results, candidates, eligible, nprobe, efSearch = "ef_search", notes
+    }
+}
+
+/// Similar products over an index folder and the store's product metadata: the platform's
+/// rules (k=10, the query product excluded by id, similarity 1/(1+d) ≥ 0.5, same category,
+/// in stock), with the filters applied inside the FAISS search (an id selector), and the
+/// search made deeper when the filters leave fewer than k.
+///
+/// Safe to use from many tasks at once: it only reads. Product metadata (category, stock) is
+/// read from the store when it opens; ``open(folder:store:memoryMapped:)`` again to refresh.
+public final class ProductSearch: Sendable {
+    public let manifest: IndexManifest
+    /// Staleness and consistency warnings found when opening (index older than the store, ...).
+    public let warnings: [String]
+    /// Store vectors of this model key that the index does not hold.
+    public let missingFromIndex: Int
+
+    let index: FaissIndex
+    let productOf: [Int64: String]
+    let idOf: [String: Int64]
+    let meta: [Int64: Product]
+    let present: IDBitmap
+    let inStock: IDBitmap
+    let byCategory: [String: IDBitmap]
+    let store: any EmbeddingStore
+
+    init(loaded: IndexFolder.Loaded, store: any EmbeddingStore, products: [Product], storeCount: Int) {
+        manifest = loaded.manifest
+        index = loaded.index
+        productOf = loaded.idMap.productIDs
+        idOf = loaded.idMap.ids
+        self.store = store
+        let capacity = Int(max(loaded.manifest.nextID, (loaded.idMap.productIDs.keys.max() ?? -1) + 1))
+        var present = IDBitmap(capacity: capacity), inStock = IDBitmap(capacity: capacity)
+        var byCategory: [String: IDBitmap] = [:]
+        var meta: [Int64: Product] = [:]
+        var missing = 0
+        for p in products {
+            guard let id = loaded.idMap.ids[p.id] else { missing += 1; continue }
+            meta[id] = p
+            present.insert(id)
+            if p.inStock ?? true { inStock.insert(id) }
+            if let c = p.category { byCategory[c, default: IDBitmap(capacity: capacity)].insert(id) }
+        }
+        self.present = present
+        self.inStock = inStock
+        self.byCategory = byCategory
+        self.meta = meta
+        missingFromIndex = missing
+        var warnings: [String] = []
+        if missing > 0 {
+            warnings.append("the index (built \(loaded.manifest.builtAt)) is older than the store: \(missing) of the store's "
+                            + "\(storeCount) vectors are not in it; run rebuild-faiss-index --incremental")
+        }
+        let gone = loaded.idMap.count - meta.count
+        if gone > 0 {
+            warnings.append("\(gone) products in the index are no longer in the store; they are never returned")
+        }
+        self.warnings = warnings
+    }
+
+    /// Opens the index folder and reads the filter metadata for its model key from the store.
+    public static func open(folder: IndexFolder, store: any EmbeddingStore, memoryMapped: Bool = false) async throws -> ProductSearch {
+        let loaded = try folder.load(memoryMapped: memoryMapped)
+        let m = loaded.manifest
+        let keys = try await store.modelKeys()
+        guard let mine = keys.first(where: { $0.key == m.key }) else {
+            let has = keys.map { "\($0.key.modelID) (\($0.key.preprocessing))" }.joined(separator: ", ")
+            throw IndexError(.mismatch, "the index at \(folder.path) holds vectors of model \(m.modelID) (\(m.preprocessing)), "
+                             + "and \(store.displayName) has none of them (it has: \(has.isEmpty ? "nothing" : has)): "
+                             + "rebuild the index from this store")
+        }
+        var products: [Product] = []
+        products.reserveCapacity(mine.count)
+        var after: String?
+        while true {
+            let page = try await store.productsWithVectors(key: m.key, after: after, limit: 10_000)
+            products += page
+            guard page.count == 10_000, let last = page.last else { break }
+            after = last.id
+        }
+        return ProductSearch(loaded: loaded, store: store, products: products, storeCount: mine.count)
+    }
+
+    /// Products similar to a stored product (its stored vector; itself excluded by id).
+    public func similar(to productID: String, query: SimilarQuery = SimilarQuery()) async throws -> SimilarAnswer {
+        guard let product = try await store.product(id: productID) else {
+            throw IndexError(.unknownProduct, "unknown product \(productID)")
+        }
+        guard let e = try await store.embedding(productID: productID, key: manifest.key) else {
+            throw IndexError(.noVector, "product \(productID) has no vector for model \(manifest.modelID) "
+                             + "(\(manifest.preprocessing)): embed it with ewall-embed first")
+        }
+        return try similar(vector: e.vector, category: product.category, excluding: productID, query: query)
+    }
+
+    /// Products similar to a vector (e.g. an image embedded on the fly). `category` applies the
+    /// same-category rule; `excluding` is a product id never returned.
+    public func similar(vector: [Float], category: String?, excluding: String? = nil,
+                        query: SimilarQuery = SimilarQuery()) throws -> SimilarAnswer {
+        guard vector.count == index.dimension else {
+            throw IndexError(.mismatch, "the query vector has \(vector.count) dims, the index \(index.dimension)")
+        }
+        guard query.k > 0 else { throw IndexError(.argument, "k must be at least 1") }
+        var notes: [String] = []
+        var allowed: IDBitmap
+        if query.sameCategory, let category {
+            let c = byCategory[category] ?? IDBitmap(capacity: present.capacity)
+            allowed = query.inStockOnly ? c.intersection(inStock) : c
+        } else {
+            if query.sameCategory { notes.append("the query has no category: the same-category rule was not applied") }
+            allowed = query.inStockOnly ? inStock : present
+        }
+        let excluded = excluding.flatMap { idOf[$0] }.map { [$0] } ?? []
+        let eligible = allowed.count - excluded.filter(allowed.contains).count
+
+        var params = SearchParameters(nprobe: manifest.search.nprobe, efSearch: manifest.search.efSearch,
+                                      allowed: allowed, excluded: excluded)
+        var found: [(id: Int64, distance: Float)] = []
+        while true {
+            found = try index.search(vector, k: query.k, parameters: params).results(of: 0)
+            if found.count >= min(query.k, eligible) { break }
+            // Filters thinned the answer: search deeper until k pass or the index is exhausted.
+            switch index.kind {
+            case .ivf:
+                let p = params.nprobe ?? 1
+                if p >= index.listCount { break }
+                params.nprobe = min(index.listCount, p * 2)
+                continue
+            case .hnsw:
+                let ef = params.efSearch ?? 16
+                if ef < 4096 && ef < index.count { params.efSearch = ef * 2; continue }
+                found = try exhaustive(vector, allowed: allowed, excluded: excluded, k: query.k)
+            case .flat, .other:
+                break  // flat search is exhaustive already
+            }
+            break
+        }
+        if found.count < query.k && eligible > found.count {
+            notes.append("only \(found.count) of \(eligible) eligible products were reachable")
+        }
+
+        let qNorm2 = vector.reduce(0) { $0 + Double($1) * Double($1) }
+        var results: [SimilarProduct] = []
+        for (id, raw) in found {
+            guard let pid = productOf[id] else { continue }
+            let stored = try index.reconstruct(id: id)
+            var dot = 0.0, rNorm2 = 0.0
+            for i in 0..<stored.count {
+                dot += Double(vector[i]) * Double(stored[i])
+                rNorm2 += Double(stored[i]) * Double(stored[i])
+            }
+            let squared = manifest.metric == .l2 ? Double(raw) : qNorm2 + rNorm2 - 2 * Double(raw)
+            let distance = max(0, squared).squareRoot()
+            let similarity = 1 / (1 + distance)
+            guard similarity >= query.minSimilarity else { continue }
+            let p = meta[id]
+            results.append(SimilarProduct(productID: pid, similarity: similarity,
+                                          cosine: dot / max(1e-12, (qNorm2 * rNorm2).squareRoot()), distance: distance,
+                                          category: p?.category, inStock: p?.inStock, title: p?.title))
+        }
+        if results.count < found.count {
+            notes.append("\(found.count - results.count) neighbours were below min_similarity \(query.minSimilarity)")
+        }
+        return SimilarAnswer(query: excluding, category: query.sameCategory ? category : nil, results: results,
+                             candidates: found.count, eligible: eligible, nprobe: params.nprobe, efSearch: params.efSearch,
+                             notes: notes)
+    }
+
+    /// Exact search over the allowed ids' stored vectors: the last resort for graph indexes
+    /// under a very selective filter.
+    private func exhaustive(_ q: [Float], allowed: IDBitmap, excluded: [Int64], k: Int) throws -> [(id: Int64, distance: Float)] {
+        let ids = productOf.keys.filter { allowed.contains($0) && !excluded.contains($0) }.sorted()
+        guard !ids.isEmpty else { return [] }
+        var vectors: [Float] = []
+        vectors.reserveCapacity(ids.count * index.dimension)
+        for id in ids { vectors += try index.reconstruct(id: id) }
+        let n = try q.withUnsafeBufferPointer { qb in
+            try vectors.withUnsafeBufferPointer { vb in
+                try FaissIndex.exactNeighbours(queries: qb, vectors: vb, dimension: index.dimension,
+                                               k: min(k, ids.count), metric: manifest.metric)
+            }
+        }
+        return n.results(of: 0).map { (ids[Int($0.id)], $0.distance) }
+    }
+
+    /// The number of vectors in the index.
+    public var count: Int { index.count }
+}

@@ -1,0 +1,117 @@
+import ArgumentParser
+import EwallCLI
+import EwallML
+import Foundation
+
+/// `rebuild-faiss-index`: builds the FAISS index folder from the store. Parses flags into
+/// ``IndexBuildOptions`` and calls ``IndexBuilder``; all work is in EwallML.
+@main
+struct RebuildFaissIndex: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rebuild-faiss-index",
+        abstract: "Build the FAISS index of the store's vectors: the right index for the catalogue's size, tuned for recall.",
+        discussion: """
+            Reads every vector of one model id + preprocessing from the store, streaming, and \
+            writes an index folder: image_index.faiss (readable by Python's faiss.read_index), \
+            manifest.json (factory, metric, search parameters, dim, count, model, recall, \
+            checksums) and id_map.tsv (int64 id, vector hash, product id as JSON).
+
+            --index auto picks by catalogue size and --max-memory: Flat below 5,000 vectors; \
+            IVF-Flat (nlist about 4*sqrt(N), at least 39 points per list) while float vectors \
+            fit; IVF-SQ8, then IVF-PQ, when they do not. HNSW is never picked automatically \
+            (slow to build here, cannot remove vectors); name it with --index HNSW32. For \
+            approximate indexes recall@10 is measured against exact search on held-out \
+            queries and nprobe/efSearch raised until --target-recall is met; both are recorded.
+
+            The new folder is written beside the old one and swapped in atomically: readers see \
+            the old index or the new one, never a mix. A lock file beside the folder stops two \
+            rebuilds at once. --incremental adds new and changed vectors and removes deleted \
+            ones; where that cannot give a good index (the catalogue outgrew the index kind or \
+            its lists, an index that cannot remove, another model) it does a full rebuild and \
+            says why.
+
+            Exit status: 0 built; 1 built, but the recall target was not met; 2 error (store, \
+            lock held, bad options); 130 interrupted.
+            """)
+
+    @OptionGroup var database: DatabaseFlags
+
+    @Option(name: .long, help: ArgumentHelp("The index folder.", discussion: "Default: $EWALL_INDEX, then data/faiss."))
+    var out: String?
+
+    @Option(name: .long, help: "auto, or a FAISS index_factory string (Flat, IVF1024,Flat, IVF4096,PQ64x8np, HNSW32, ...).")
+    var index: String = "auto"
+
+    @Option(name: .long, help: "Distance: l2 (the platform's; FAISS reports it squared) or ip (inner product).")
+    var metric: IndexMetric = .l2
+
+    @Option(name: .long, help: "recall@10 an approximate index must reach against exact search.")
+    var targetRecall: Double = 0.95
+
+    @Option(name: .long, help: ArgumentHelp("Memory the index's vectors may take (e.g. 512M, 8G).",
+                                            discussion: "Default: half the machine's memory."))
+    var maxMemory: String?
+
+    @Flag(name: .long, help: "Update the existing index (add new and changed vectors, remove deleted ones) instead of rebuilding.")
+    var incremental = false
+
+    @Option(name: .long, help: "Index the vectors of this model id (needed only when the store holds several).")
+    var modelId: String?
+
+    @Option(name: .long, help: "...and this preprocessing.")
+    var preprocess: String?
+
+    @Option(name: .long, help: "Held-out queries for measuring recall.")
+    var recallQueries: Int = 1000
+
+    @Option(name: .long, help: "Seed for the choice of training and query vectors.")
+    var seed: UInt64 = 0
+
+    @Option(name: .long, help: "FAISS (OpenMP) threads.")
+    var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+
+    @Flag(name: .long, help: "Print the summary as one JSON object on stdout.")
+    var json = false
+
+    func validate() throws {
+        guard (0...1).contains(targetRecall) else { throw ValidationError("--target-recall must be between 0 and 1") }
+        if let maxMemory, parseSize(maxMemory) == nil { throw ValidationError("--max-memory: cannot read \(maxMemory) (e.g. 512M, 8G)") }
+        guard recallQueries >= 1, threads >= 1 else { throw ValidationError("--recall-queries and --threads must be at least 1") }
+    }
+
+    func run() async throws {
+        bootstrapLogging()
+        let options = IndexBuildOptions(
+            folder: resolvedIndexFolder(out), index: index, metric: metric, targetRecall: targetRecall,
+            maxMemory: maxMemory.flatMap(parseSize) ?? IndexBuildOptions.defaultMaxMemory, incremental: incremental,
+            modelID: modelId, preprocessing: preprocess, recallQueries: recallQueries, seed: seed, threads: threads)
+        let store = try await database.open()
+        let display = BuildProgressDisplay(terminal: isatty(STDERR_FILENO) != 0)
+        // Nothing is published before the final rename: an interrupted build leaves the old index.
+        let signals = SignalHandler { sig in
+            FileHandle.standardError.write(Data("\nrebuild-faiss-index: interrupted; the index folder is unchanged\n".utf8))
+            Foundation.exit(ExitCodes.interrupted(by: sig))
+        }
+        let summary: IndexBuildSummary
+        do {
+            summary = try await IndexBuilder.build(store: store, options: options, progress: { display.show($0) })
+        } catch {
+            display.finish()
+            await store.close()
+            throw fail((error as? IndexError)?.message ?? (error as? StoreError)?.message ?? "\(error)")
+        }
+        withExtendedLifetime(signals) {}
+        display.finish()
+        await store.close()
+        if json {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            FileHandle.standardOutput.write(try enc.encode(summary) + Data("\n".utf8))
+        } else {
+            print(IndexSummaryText.render(summary))
+        }
+        if let r = summary.recall, !r.met { throw ExitCode(ExitCodes.someFailed) }
+    }
+}
+
+extension IndexMetric: ExpressibleByArgument {}
