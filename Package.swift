@@ -156,6 +156,7 @@ let package = Package(
         .testTarget(name: "EwallJobTests", dependencies: ["EwallML", "EwallTestSupport"]),
         .testTarget(name: "EwallFetchTests", dependencies: ["EwallFetch", "EwallTestSupport"]),
         .testTarget(name: "EwallStoreTests", dependencies: ["EwallStore", "EwallTestSupport"]),
+        .testTarget(name: "EwallIndexTests", dependencies: ["EwallIndex", "EwallStore", "EwallTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["EwallStore", "EwallTestSupport"]),
     ],
     cxxLanguageStandard: .cxx17

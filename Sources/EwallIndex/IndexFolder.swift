@@ -20,6 +20,10 @@ public struct IndexManifest: Codable, Sendable, Hashable {
     public struct Search: Codable, Sendable, Hashable {
         public var nprobe: Int?
         public var efSearch: Int?
+        public init(nprobe: Int? = nil, efSearch: Int? = nil) {
+            self.nprobe = nprobe
+            self.efSearch = efSearch
+        }
         enum CodingKeys: String, CodingKey { case nprobe, efSearch = "ef_search" }
     }
 
@@ -60,6 +64,26 @@ public struct IndexManifest: Codable, Sendable, Hashable {
     /// The next int64 id an incremental build gives a new product.
     public var nextID: Int64
     public var files: [String: FileEntry]
+
+    public init(factory: String, metric: IndexMetric, distance: String, search: Search, dimension: Int, count: Int,
+                modelID: String, preprocessing: String, builtAt: String, buildSeconds: Double, buildMode: String,
+                choice: String, recall: Recall?, nextID: Int64, files: [String: FileEntry]) {
+        self.factory = factory
+        self.metric = metric
+        self.distance = distance
+        self.search = search
+        self.dimension = dimension
+        self.count = count
+        self.modelID = modelID
+        self.preprocessing = preprocessing
+        self.builtAt = builtAt
+        self.buildSeconds = buildSeconds
+        self.buildMode = buildMode
+        self.choice = choice
+        self.recall = recall
+        self.nextID = nextID
+        self.files = files
+    }
 
     enum CodingKeys: String, CodingKey {
         case format, formatVersion = "format_version", factory, metric, distance, search, dimension, count
@@ -210,16 +234,46 @@ public struct IndexFolder: Sendable {
     /// Loads the folder consistently (see the type's comment). `verifyChecksums` hashes the
     /// files against the manifest (slow for big indexes); sizes and counts are always checked.
     public func load(memoryMapped: Bool = false, verifyChecksums: Bool = false) throws -> Loaded {
+        // A rebuild that swaps the folder between our opening it and opening its files leaves
+        // us the old, now deleted, folder: then we start again and get the new one.
+        var attempt = 0
+        while true {
+            do {
+                return try loadOnce(memoryMapped: memoryMapped, verifyChecksums: verifyChecksums)
+            } catch let e as Swapped {
+                attempt += 1
+                if attempt >= 10 { throw IndexError(.manifest, "\(path) kept changing while it was read: \(e.file)") }
+            }
+        }
+    }
+
+    private struct Swapped: Error { var file: String }
+
+    private func loadOnce(memoryMapped: Bool, verifyChecksums: Bool) throws -> Loaded {
         let dirFD = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard dirFD >= 0 else {
             throw IndexError(.manifest, "no index at \(path): run rebuild-faiss-index (\(String(cString: strerror(errno))))")
         }
         defer { close(dirFD) }
-        // Every file through the one directory handle: /proc/self/fd/N is that directory even
-        // if a rebuild swaps the path meanwhile.
-        let base = "/proc/self/fd/\(dirFD)"
-        let manifest = try Self.decodeManifest(try readAll(base + "/" + Self.manifestFile), path: path)
-        let mapData = try readAll(base + "/" + Self.idMapFile)
+        // Open the three files through the one directory handle, so they are of one build; once
+        // open, a later swap and delete cannot take them away.
+        var fds: [String: Int32] = [:]
+        defer { for fd in fds.values { close(fd) } }
+        for name in [Self.manifestFile, Self.idMapFile, Self.indexFile] {
+            let fd = openat(dirFD, name, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else {
+                if errno == ENOENT && fds.isEmpty == false { throw Swapped(file: name) }
+                if errno == ENOENT && name == Self.manifestFile {
+                    // The folder itself may have been swapped out and deleted under us.
+                    if fstatLinks(dirFD) == 0 { throw Swapped(file: name) }
+                    throw IndexError(.manifest, "no index at \(path) (\(name) is missing): run rebuild-faiss-index")
+                }
+                throw IndexError(.manifest, "cannot open \(path)/\(name): \(String(cString: strerror(errno)))")
+            }
+            fds[name] = fd
+        }
+        let manifest = try Self.decodeManifest(try readAll(fd: fds[Self.manifestFile]!, name: Self.manifestFile), path: path)
+        let mapData = try readAll(fd: fds[Self.idMapFile]!, name: Self.idMapFile)
         if let entry = manifest.files["id_map"] {
             guard Int64(mapData.count) == entry.bytes else {
                 throw IndexError(.manifest, "\(path)/\(Self.idMapFile) has \(mapData.count) bytes, the manifest says \(entry.bytes)")
@@ -228,9 +282,11 @@ public struct IndexFolder: Sendable {
                 throw IndexError(.manifest, "\(path)/\(Self.idMapFile) does not match its checksum")
             }
         }
-        let indexPath = base + "/" + Self.indexFile
+        // FAISS reads by path: the open descriptor's /proc path stays valid after a delete.
+        let indexPath = "/proc/self/fd/\(fds[Self.indexFile]!)"
         if let entry = manifest.files["index"] {
-            let size = (try? FileManager.default.attributesOfItem(atPath: indexPath)[.size] as? Int64) ?? -1
+            var st = stat()
+            let size = fstat(fds[Self.indexFile]!, &st) == 0 ? Int64(st.st_size) : -1
             guard size == entry.bytes else {
                 throw IndexError(.manifest, "\(path)/\(Self.indexFile) has \(size) bytes, the manifest says \(entry.bytes)")
             }
@@ -347,11 +403,21 @@ func isoNow() -> String {
     return f.string(from: Date())
 }
 
-private func readAll(_ path: String) throws -> Data {
-    guard let d = FileManager.default.contents(atPath: path) else {
-        throw IndexError(.manifest, "cannot read \(path)")
+private func readAll(fd: Int32, name: String) throws -> Data {
+    var out = Data()
+    var buffer = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = read(fd, &buffer, buffer.count)
+        if n < 0 { throw IndexError(.io, "cannot read \(name): \(String(cString: strerror(errno)))") }
+        if n == 0 { return out }
+        out.append(contentsOf: buffer[0..<n])
     }
-    return d
+}
+
+/// The link count of an open directory: 0 once it has been deleted.
+private func fstatLinks(_ fd: Int32) -> Int {
+    var st = stat()
+    return fstat(fd, &st) == 0 ? Int(st.st_nlink) : 0
 }
 
 private func fsyncPath(_ path: String) throws {

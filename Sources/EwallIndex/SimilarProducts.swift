@@ -80,8 +80,12 @@ public final class ProductSearch: Sendable {
     let inStock: IDBitmap
     let byCategory: [String: IDBitmap]
     let store: any EmbeddingStore
+    /// Below this many eligible products, an exact search over just them (cheaper than a deep
+    /// approximate search, and exact).
+    public let exactBelow: Int
 
-    init(loaded: IndexFolder.Loaded, store: any EmbeddingStore, products: [Product], storeCount: Int) {
+    init(loaded: IndexFolder.Loaded, store: any EmbeddingStore, products: [Product], storeCount: Int, exactBelow: Int) {
+        self.exactBelow = exactBelow
         manifest = loaded.manifest
         index = loaded.index
         productOf = loaded.idMap.productIDs
@@ -117,7 +121,11 @@ public final class ProductSearch: Sendable {
     }
 
     /// Opens the index folder and reads the filter metadata for its model key from the store.
-    public static func open(folder: IndexFolder, store: any EmbeddingStore, memoryMapped: Bool = false) async throws -> ProductSearch {
+    /// `exactBelow`: when the filters leave fewer eligible products than this, they are
+    /// searched exactly (their vectors from the index), which is both exact and faster than
+    /// searching an approximate index deeply for them.
+    public static func open(folder: IndexFolder, store: any EmbeddingStore, memoryMapped: Bool = false,
+                            exactBelow: Int = 2048) async throws -> ProductSearch {
         let loaded = try folder.load(memoryMapped: memoryMapped)
         let m = loaded.manifest
         let keys = try await store.modelKeys()
@@ -136,7 +144,7 @@ public final class ProductSearch: Sendable {
             guard page.count == 10_000, let last = page.last else { break }
             after = last.id
         }
-        return ProductSearch(loaded: loaded, store: store, products: products, storeCount: mine.count)
+        return ProductSearch(loaded: loaded, store: store, products: products, storeCount: mine.count, exactBelow: exactBelow)
     }
 
     /// Products similar to a stored product (its stored vector; itself excluded by id).
@@ -174,7 +182,13 @@ public final class ProductSearch: Sendable {
         var params = SearchParameters(nprobe: manifest.search.nprobe, efSearch: manifest.search.efSearch,
                                       allowed: allowed, excluded: excluded)
         var found: [(id: Int64, distance: Float)] = []
-        while true {
+        let exactly = index.kind != .flat && eligible < exactBelow
+        if exactly {
+            found = try exhaustive(vector, allowed: allowed, excluded: excluded, k: query.k)
+            params.nprobe = nil
+            params.efSearch = nil
+        }
+        while !exactly {
             found = try index.search(vector, k: query.k, parameters: params).results(of: 0)
             if found.count >= min(query.k, eligible) { break }
             // Filters thinned the answer: search deeper until k pass or the index is exhausted.
@@ -224,10 +238,16 @@ public final class ProductSearch: Sendable {
                              notes: notes)
     }
 
-    /// Exact search over the allowed ids' stored vectors: the last resort for graph indexes
-    /// under a very selective filter.
+    /// Exact search over the allowed ids' stored vectors: for very selective filters, and the
+    /// last resort for graph indexes, whose traversal a selective filter starves.
     private func exhaustive(_ q: [Float], allowed: IDBitmap, excluded: [Int64], k: Int) throws -> [(id: Int64, distance: Float)] {
-        let ids = productOf.keys.filter { allowed.contains($0) && !excluded.contains($0) }.sorted()
+        var ids: [Int64] = []
+        for (i, byte) in allowed.bytes.enumerated() where byte != 0 {
+            for b in 0..<8 where (byte >> b) & 1 == 1 {
+                let id = Int64(i * 8 + b)
+                if productOf[id] != nil && !excluded.contains(id) { ids.append(id) }
+            }
+        }
         guard !ids.isEmpty else { return [] }
         var vectors: [Float] = []
         vectors.reserveCapacity(ids.count * index.dimension)
