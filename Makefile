@@ -1,6 +1,7 @@
 # EwallML: the Makefile is the interface. `make help` lists the targets.
 #
-#   make demo    install what is needed, build (release), make the model, embed the sample photos
+#   make demo    install what is needed, build (release), make the model, embed the sample photos,
+#                index them, ask for similar products
 #   make test    install what is needed, make model + fixtures, run every test
 #   make bench   benchmarks against the Python reference pipeline, same run (bench/out/)
 #
@@ -18,7 +19,7 @@ FIX   := .fixtures
 # and scikit-image's data, real photographs).
 APT_PACKAGES := libtorch-dev libfaiss-dev libopenblas-dev libturbojpeg0-dev libpng-dev libwebp-dev \
                 libsqlite3-dev postgresql sqlite3 \
-                python3-torch python3-torchvision python3-pil python3-numpy python3-skimage python3-requests \
+                python3-torch python3-torchvision python3-pil python3-numpy python3-skimage python3-requests python3-faiss \
                 mate-backgrounds plasma-workspace-wallpapers
 DEPS_STAMP := .build/.deps-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 
@@ -28,7 +29,7 @@ help:
 	@echo "make demo     install deps, build (release), make the model, run ewall-embed over the sample photos served"
 	@echo "              from a loopback HTTP server into sqlite:data/ewall.sqlite, twice (the rerun skips all)"
 	@echo "make test     install deps, make model and fixtures, run all tests"
-	@echo "make bench    benchmarks vs the Python reference (bench/out/bench.json)"
+	@echo "make bench    benchmarks vs the Python reference (bench/out/): model, decode, the job, FAISS index"
 	@echo "make deps     apt-get install the Debian packages listed in APT_PACKAGES (root or sudo)"
 	@echo "make model    export $(MODEL): pretrained if the weights download, else random-init (loud warning)"
 	@echo "make build    swift build -c release"
@@ -47,6 +48,7 @@ $(DEPS_STAMP):
 build: deps
 	$(SWIFT) build -c release --product ewall
 	$(SWIFT) build -c release --product ewall-embed
+	$(SWIFT) build -c release --product rebuild-faiss-index
 
 samples: data/samples/manifest.json
 data/samples/manifest.json: data/make_samples.py | $(DEPS_STAMP)
@@ -110,6 +112,10 @@ demo: build model $(FIX)/images/.done
 	  .build/release/ewall-embed --manifest data/demo/manifest.csv; rc=$$?; \
 	  echo "(exit status $$rc: the two failed rows are still not embedded; --retry-failed retries transient failures only)"; \
 	  [ $$rc -le 1 ]
+	@echo; echo "== rebuild-faiss-index: the index of those vectors, into data/faiss/"; echo
+	.build/release/rebuild-faiss-index
+	@echo; echo "== ewall similar demo-1 --any-category (the demo's products are all 'generic')"; echo
+	.build/release/ewall similar demo-1 --any-category
 
 bench: build model
 	$(PY) data/make_samples.py --out data/samples --bench 400
@@ -118,6 +124,9 @@ bench: build model
 	$(SWIFT) build -c release --product ewall-embed
 	$(PY) bench/embed_job_bench.py --ewall-embed .build/release/ewall-embed --ewall-bench .build/release/ewall-bench \
 	    --model $(MODEL) --out bench/out
+	$(SWIFT) build -c release --product rebuild-faiss-index
+	$(PY) bench/index_bench.py --ewall-bench .build/release/ewall-bench --rebuild .build/release/rebuild-faiss-index \
+	    --out bench/out
 
 clean:
 	rm -rf .build/release .build/debug $(FIX) data/samples data/demo bench/out

@@ -102,11 +102,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Flags, exit codes and output helpers shared by the executables.
+        // Flags, exit codes and output shared by every executable; no libtorch.
+        .target(
+            name: "EwallCLIBase",
+            dependencies: [
+                "EwallStore", "EwallIndex",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // ...and those of the commands that embed.
         .target(
             name: "EwallCLI",
             dependencies: [
-                "EwallML",
+                "EwallML", "EwallCLIBase",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -130,7 +139,7 @@ let package = Package(
         .executableTarget(
             name: "rebuild-faiss-index",
             dependencies: [
-                "EwallML", "EwallCLI",
+                "EwallIndex", "EwallStore", "EwallCLIBase",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -157,7 +166,7 @@ let package = Package(
         .testTarget(name: "EwallFetchTests", dependencies: ["EwallFetch", "EwallTestSupport"]),
         .testTarget(name: "EwallStoreTests", dependencies: ["EwallStore", "EwallTestSupport"]),
         .testTarget(name: "EwallIndexTests", dependencies: ["EwallIndex", "EwallStore", "EwallTestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["EwallStore", "EwallTestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["EwallStore", "EwallIndex", "EwallTestSupport"]),
     ],
     cxxLanguageStandard: .cxx17
 )

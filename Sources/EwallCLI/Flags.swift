@@ -1,46 +1,12 @@
 import ArgumentParser
+@_exported import EwallCLIBase
 import EwallML
 import Foundation
 import Logging
 
-// Flags, exit codes and helpers shared by the executables (`ewall`, `ewall-embed`): each
-// parses flags into the library's configuration structs and calls EwallML.
-
-/// Exit codes shared by the commands.
-public enum ExitCodes {
-    /// Some items failed (this run, or earlier and not retried) or some manifest rows were bad.
-    public static let someFailed: Int32 = 1
-    /// A systemic error: model missing or unloadable, store unreachable, output not writable.
-    public static let systemic: Int32 = 2
-    /// Stopped by SIGINT (130) or SIGTERM (143) after writing the current batch: 128 + signal.
-    public static func interrupted(by signal: Int32) -> Int32 { 128 + signal }
-}
-
-public struct DatabaseFlags: ParsableArguments {
-    public init() {}
-
-    @Option(name: .long, help: ArgumentHelp(
-        "The store: sqlite:PATH or postgres://user:password@host:port/db.",
-        discussion: "Default: $EWALL_DB, then \(StoreLocation.defaultURL)."))
-    public var db: String?
-
-    public var resolvedDB: String {
-        db ?? ProcessInfo.processInfo.environment["EWALL_DB"] ?? StoreLocation.defaultURL
-    }
-
-    public func validate() throws {
-        do { _ = try StoreLocation(parsing: resolvedDB) } catch let e as StoreError { throw ValidationError(e.message) }
-    }
-
-    /// Opens the store, or exits with the systemic code and a clear message.
-    public func open() async throws -> any EmbeddingStore {
-        do {
-            return try await StoreLocation(parsing: resolvedDB).open()
-        } catch let e as StoreError {
-            throw fail(e.message)
-        }
-    }
-}
+// The model and image flags of the commands that embed (`ewall`, `ewall-embed`): each
+// parses flags into the library's configuration structs and calls EwallML. The flags every
+// command shares (store, exit codes, errors) are in EwallCLIBase.
 
 public struct ModelFlags: ParsableArguments {
     public init() {}
@@ -99,16 +65,3 @@ public struct ImageFlags: ParsableArguments {
 
 extension Precision: ExpressibleByArgument {}
 extension PreprocessingMode: ExpressibleByArgument {}
-
-public func bootstrapLogging() {
-    LoggingSystem.bootstrap { label in
-        var h = StreamLogHandler.standardError(label: label)
-        h.logLevel = .warning
-        return h
-    }
-}
-
-public func fail(_ message: String) -> ExitCode {
-    FileHandle.standardError.write(Data("ewall: error: \(message)\n".utf8))
-    return ExitCode(ExitCodes.systemic)
-}

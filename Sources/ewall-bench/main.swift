@@ -2,8 +2,14 @@
 // same run and prints the comparison). Prints one JSON object.
 //
 //   ewall-bench --model models/resnet50.pt --images data/samples/bench --iterations 6
+//   ewall-bench index load|search ...   (bench/index_bench.py; see IndexBench.swift)
 import EwallML
 import Foundation
+
+if CommandLine.arguments.dropFirst().first == "index" {
+    try await IndexBench.run(Array(CommandLine.arguments.dropFirst(2)))
+    exit(0)
+}
 
 func arg(_ name: String, _ fallback: String) -> String {
     let a = CommandLine.arguments

@@ -1,10 +1,11 @@
 import ArgumentParser
-import EwallCLI
-import EwallML
+import EwallCLIBase
+import EwallIndex
+import EwallStore
 import Foundation
 
 /// `rebuild-faiss-index`: builds the FAISS index folder from the store. Parses flags into
-/// ``IndexBuildOptions`` and calls ``IndexBuilder``; all work is in EwallML.
+/// ``IndexBuildOptions`` and calls ``IndexBuilder``; all work is in EwallIndex. Links no libtorch.
 @main
 struct RebuildFaissIndex: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

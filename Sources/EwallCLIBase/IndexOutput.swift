@@ -1,4 +1,4 @@
-import EwallML
+import EwallIndex
 import Foundation
 
 /// `--out` / `--index` folder: the flag, then $EWALL_INDEX, then data/faiss.
@@ -79,7 +79,7 @@ public enum IndexSummaryText {
         } else {
             out += "  recall@10    1.000 (exact search)\n"
         }
-        let order = ["read_sample", "train", "add", "update", "tune", "write", "total"]
+        let order = ["read_sample", "train", "add", "faiss_add", "update", "tune", "write", "total"]
         out += "  seconds      " + order.compactMap { k in s.seconds[k].map { String(format: "%@ %.1f", k, $0) } }.joined(separator: ", ")
         for w in s.warnings { out += "\n  warning      \(w)" }
         return out
