@@ -179,8 +179,12 @@ public final class ProductSearch: Sendable {
         let excluded = excluding.flatMap { idOf[$0] }.map { [$0] } ?? []
         let eligible = allowed.count - excluded.filter(allowed.contains).count
 
-        var params = SearchParameters(nprobe: manifest.search.nprobe, efSearch: manifest.search.efSearch,
-                                      allowed: allowed, excluded: excluded)
+        // Under a filter, the allowed neighbours lie further out than the unfiltered ones the
+        // build tuned for: start IVF at twice the tuned nprobe (measured at 100k with the
+        // default filters: 0.934 recall@10 at the tuned nprobe).
+        let filtered = eligible < present.count - excluded.count
+        var params = SearchParameters(nprobe: manifest.search.nprobe.map { filtered ? min(index.listCount, $0 * 2) : $0 },
+                                      efSearch: manifest.search.efSearch, allowed: allowed, excluded: excluded)
         var found: [(id: Int64, distance: Float)] = []
         let exactly = index.kind != .flat && eligible < exactBelow
         if exactly {
