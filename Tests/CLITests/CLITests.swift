@@ -3,26 +3,9 @@ import EwallTestSupport
 import Foundation
 import Testing
 
-/// Runs the built `ewall` binary (next to this test bundle in .build/<config>/).
+/// Runs the built `ewall` binary (``tool(_:_:env:)`` in IndexCLITests.swift).
 func ewall(_ args: [String], env: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
-    let bin = Bundle.main.bundleURL.appendingPathComponent("ewall")
-    let candidates = [bin, Fixtures.root.appendingPathComponent(".build/debug/ewall")]
-    guard let exe = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
-        throw Fixtures.Missing(description: "ewall binary not built: run `swift build --build-tests` (make test does)")
-    }
-    let p = Process()
-    p.executableURL = exe
-    p.arguments = args
-    p.currentDirectoryURL = Fixtures.root
-    p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    try tool("ewall", args, env: env)
 }
 
 @Suite("ewall embed", .serialized)
