@@ -12,6 +12,8 @@
 //   EwallFetch    fetching image bytes: HTTP(S) with per-host limits and retries, file:// and paths
 //   EwallStore    the embedding store: SQLite (embedded default) and PostgreSQL behind one protocol
 //   EwallIndex    the FAISS index: auto choice, build/incremental from the store, atomic folder, similar products
+//   CBLAS         the system CBLAS (OpenBLAS; module map only)
+//   EwallClassifier the category classifier: references, BLAS scoring, keyword rules, calibration, apply
 //   EwallML       the public surface: files/bytes -> vectors; the manifest -> store batch job
 //   ewall, ewall-embed   thin CLIs
 import PackageDescription
@@ -95,10 +97,18 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        .systemLibrary(name: "CBLAS", providers: [.apt(["libopenblas-dev"])]),
+        .target(
+            name: "EwallClassifier",
+            dependencies: [
+                "EwallCore", "EwallStore", "CBLAS",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         .target(
             name: "EwallML",
             dependencies: [
-                "EwallCore", "EwallImaging", "EwallInference", "EwallFetch", "EwallStore", "EwallIndex",
+                "EwallCore", "EwallImaging", "EwallInference", "EwallFetch", "EwallStore", "EwallIndex", "EwallClassifier",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -166,6 +176,7 @@ let package = Package(
         .testTarget(name: "EwallFetchTests", dependencies: ["EwallFetch", "EwallTestSupport"]),
         .testTarget(name: "EwallStoreTests", dependencies: ["EwallStore", "EwallTestSupport"]),
         .testTarget(name: "EwallIndexTests", dependencies: ["EwallIndex", "EwallStore", "EwallTestSupport"]),
+        .testTarget(name: "EwallClassifierTests", dependencies: ["EwallClassifier", "EwallStore", "EwallTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["EwallStore", "EwallIndex", "EwallTestSupport"]),
     ],
     cxxLanguageStandard: .cxx17

@@ -16,6 +16,12 @@ public struct ModelKey: Hashable, Sendable, Codable, CustomStringConvertible {
     public var description: String { "\(modelID) (\(preprocessing))" }
 }
 
+/// Who set a product's category. The classifier never overwrites a person's choice;
+/// categories from a manifest or an import count as a person's.
+public enum CategorySource: String, Sendable, Codable {
+    case manifest, `import`, classifier
+}
+
 /// A product's metadata, as given by a manifest or an import. `nil` means "not given":
 /// storing it never erases what the store already knows.
 public struct Product: Hashable, Sendable, Codable {
@@ -25,15 +31,63 @@ public struct Product: Hashable, Sendable, Codable {
     public var inStock: Bool?
     public var brand: String?
     public var price: Double?
+    /// Who set ``category``, as read from a store. Ignored when storing: the caller of
+    /// `upsertProducts(_:source:)` says who is setting it.
+    public var categorySource: CategorySource?
+
+    /// The category that means "don't know": never a reference, always open to the classifier.
+    public static let genericCategory = "generic"
 
     public init(id: String, title: String? = nil, category: String? = nil, inStock: Bool? = nil,
-                brand: String? = nil, price: Double? = nil) {
+                brand: String? = nil, price: Double? = nil, categorySource: CategorySource? = nil) {
         self.id = id
         self.title = title
         self.category = category
         self.inStock = inStock
         self.brand = brand
         self.price = price
+        self.categorySource = categorySource
+    }
+
+    /// A category a person chose: set, not `generic`, and not set by the classifier. The
+    /// classifier takes its references from these and never overwrites them.
+    public var hasPersonSetCategory: Bool {
+        guard let category, !category.isEmpty, category != Self.genericCategory else { return false }
+        return categorySource != .classifier
+    }
+}
+
+/// The classifier's last answer for one product, as the store keeps it: what `--apply` wrote,
+/// and the cache key that says whether it still holds.
+public struct ClassificationRecord: Sendable, Hashable {
+    public var productID: String
+    public var category: String
+    /// `embedding`, `keyword` or `none`.
+    public var decidedBy: String
+    /// The scoring method (`mean-refs`, `centroid`, `knn`).
+    public var method: String
+    /// The winning embedding score, when the embedding step decided.
+    public var score: Double?
+    /// Digest of everything the answer depends on besides the product: rules file, references,
+    /// model, method and parameters. A different stamp means the record is stale.
+    public var stamp: String
+    /// Digest of the product's own inputs: its vector, title and brand.
+    public var inputHash: String
+    /// The full explanation, JSON.
+    public var explanation: String
+    public var classifiedAt: Date
+
+    public init(productID: String, category: String, decidedBy: String, method: String, score: Double?,
+                stamp: String, inputHash: String, explanation: String, classifiedAt: Date = Date()) {
+        self.productID = productID
+        self.category = category
+        self.decidedBy = decidedBy
+        self.method = method
+        self.score = score
+        self.stamp = stamp
+        self.inputHash = inputHash
+        self.explanation = explanation
+        self.classifiedAt = classifiedAt
     }
 }
 

@@ -174,11 +174,7 @@ public struct IDMap: Sendable {
     }
 
     /// FNV-1a over the vector's float32 bytes.
-    public static func hash(_ v: UnsafeBufferPointer<Float>) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in UnsafeRawBufferPointer(v) { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return h
-    }
+    public static func hash(_ v: UnsafeBufferPointer<Float>) -> UInt64 { FNV1a64.hash(v) }
 }
 
 /// An index folder (default `data/faiss/`): `image_index.faiss`, `manifest.json`, `id_map.tsv`.

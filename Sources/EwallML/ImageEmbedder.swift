@@ -4,6 +4,7 @@
 @_exported import EwallFetch
 @_exported import EwallStore
 @_exported import EwallIndex
+@_exported import EwallClassifier
 import Foundation
 import Logging
 

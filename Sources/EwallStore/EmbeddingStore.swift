@@ -33,6 +33,12 @@ public protocol EmbeddingStore: AnyObject, Sendable {
     /// index's staleness check read.
     func productsWithVectors(key: ModelKey, after: String?, limit: Int) async throws -> [Product]
 
+    /// Up to `limit` products (with or without vectors), ids after `after`, in product-id order.
+    func products(after: String?, limit: Int) async throws -> [Product]
+
+    /// The vectors of these products under `key`; products without one are absent.
+    func vectors(productIDs: [String], key: ModelKey) async throws -> [String: [Float]]
+
     /// A product by id.
     func product(id: String) async throws -> Product?
 
@@ -45,15 +51,20 @@ public protocol EmbeddingStore: AnyObject, Sendable {
     /// Counts of ledger entries by status and error class for `key`.
     func ledgerCounts(key: ModelKey) async throws -> [String: Int]
 
+    /// The classifier's stored answers for these products (absent: never applied).
+    func classifications(productIDs: [String]) async throws -> [String: ClassificationRecord]
+
+    /// Writes the classifier's answers in one transaction: each product's category is set with
+    /// `category_source = 'classifier'` only where no person set it (no category, `generic`,
+    /// or the classifier's own), and its record is stored. The check is in the `UPDATE`
+    /// itself, so a person's category written meanwhile is never overwritten. Returns the ids
+    /// it wrote; the others were refused.
+    func applyClassifications(_ records: [ClassificationRecord]) async throws -> Set<String>
+
     /// Closes connections. The store is unusable afterwards.
     func close() async
 }
 
-/// Who set a product's category. Later issues' classifier never overwrites a person's choice;
-/// categories from a manifest or an import count as a person's.
-public enum CategorySource: String, Sendable, Codable {
-    case manifest, `import`, classifier
-}
 
 /// What the store knows about one product under one model key.
 public struct ItemState: Sendable, Hashable {

@@ -179,19 +179,20 @@ public final class PostgresStore: EmbeddingStore {
             var out: [EmbeddingRow] = []
             let rows = try await client.query("""
                 SELECT e.product_id, e.image_url, e.dim, e.vector, e.image_sha256, e.width, e.height, e.bytes, e.content_type,
-                       p.product_id, p.title, p.category, p.in_stock, p.brand, p.price
+                       p.product_id, p.title, p.category, p.in_stock, p.brand, p.price, p.category_source
                 FROM embeddings e LEFT JOIN products p ON p.product_id = e.product_id
                 WHERE e.model_id = \(key.modelID) AND e.preprocessing = \(key.preprocessing) AND e.product_id > \(after ?? "")
                 ORDER BY e.product_id LIMIT \(Int64(limit))
                 """, logger: logger)
-            for try await (id, url, dim, vec, sha, w, h, bytes, ctype, pid, title, category, inStock, brand, price) in rows.decode(
+            for try await (id, url, dim, vec, sha, w, h, bytes, ctype, pid, title, category, inStock, brand, price, source) in rows.decode(
                 (String, String, Int32, ByteBuffer, String?, Int32?, Int32?, Int64?, String?,
-                 String?, String?, String?, Bool?, String?, Double?).self) {
+                 String?, String?, String?, Bool?, String?, Double?, String?).self) {
                 let vector = try vec.withUnsafeReadableBytes { try VectorBytes.decode($0, dimension: Int(dim)) }
                 let e = StoredEmbedding(productID: id, imageURL: url, key: key, vector: vector, imageSHA256: sha,
                                         width: w.map(Int.init), height: h.map(Int.init), bytes: bytes.map(Int.init),
                                         contentType: ctype)
-                let p = pid.map { Product(id: $0, title: title, category: category, inStock: inStock, brand: brand, price: price) }
+                let p = pid.map { Product(id: $0, title: title, category: category, inStock: inStock, brand: brand, price: price,
+                                          categorySource: source.flatMap(CategorySource.init(rawValue:))) }
                 out.append(EmbeddingRow(embedding: e, product: p))
             }
             return out
@@ -202,14 +203,46 @@ public final class PostgresStore: EmbeddingStore {
         try await run("reading products") {
             var out: [Product] = []
             let rows = try await client.query("""
-                SELECT e.product_id, p.title, p.category, p.in_stock, p.brand, p.price
+                SELECT e.product_id, p.title, p.category, p.in_stock, p.brand, p.price, p.category_source
                 FROM embeddings e LEFT JOIN products p ON p.product_id = e.product_id
                 WHERE e.model_id = \(key.modelID) AND e.preprocessing = \(key.preprocessing) AND e.product_id > \(after ?? "")
                 ORDER BY e.product_id LIMIT \(Int64(limit))
                 """, logger: logger)
-            for try await (pid, title, category, inStock, brand, price)
-                in rows.decode((String, String?, String?, Bool?, String?, Double?).self) {
-                out.append(Product(id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price))
+            for try await (pid, title, category, inStock, brand, price, source)
+                in rows.decode((String, String?, String?, Bool?, String?, Double?, String?).self) {
+                out.append(Product(id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price,
+                                   categorySource: source.flatMap(CategorySource.init(rawValue:))))
+            }
+            return out
+        }
+    }
+
+    public func products(after: String?, limit: Int) async throws -> [Product] {
+        try await run("reading products") {
+            var out: [Product] = []
+            let rows = try await client.query("""
+                SELECT product_id, title, category, in_stock, brand, price, category_source FROM products
+                WHERE product_id > \(after ?? "") ORDER BY product_id LIMIT \(Int64(limit))
+                """, logger: logger)
+            for try await (pid, title, category, inStock, brand, price, source)
+                in rows.decode((String, String?, String?, Bool?, String?, Double?, String?).self) {
+                out.append(Product(id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price,
+                                   categorySource: source.flatMap(CategorySource.init(rawValue:))))
+            }
+            return out
+        }
+    }
+
+    public func vectors(productIDs: [String], key: ModelKey) async throws -> [String: [Float]] {
+        if productIDs.isEmpty { return [:] }
+        return try await run("reading vectors") {
+            var out: [String: [Float]] = [:]
+            let rows = try await client.query("""
+                SELECT product_id, dim, vector FROM embeddings
+                WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) AND product_id = ANY(\(productIDs))
+                """, logger: logger)
+            for try await (id, dim, vec) in rows.decode((String, Int32, ByteBuffer).self) {
+                out[id] = try vec.withUnsafeReadableBytes { try VectorBytes.decode($0, dimension: Int(dim)) }
             }
             return out
         }
@@ -218,10 +251,12 @@ public final class PostgresStore: EmbeddingStore {
     public func product(id: String) async throws -> Product? {
         try await run("reading a product") {
             let rows = try await client.query(
-                "SELECT product_id, title, category, in_stock, brand, price FROM products WHERE product_id = \(id)", logger: logger)
-            for try await (pid, title, category, inStock, brand, price)
-                in rows.decode((String, String?, String?, Bool?, String?, Double?).self) {
-                return Product(id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price)
+                "SELECT product_id, title, category, in_stock, brand, price, category_source FROM products WHERE product_id = \(id)",
+                logger: logger)
+            for try await (pid, title, category, inStock, brand, price, source)
+                in rows.decode((String, String?, String?, Bool?, String?, Double?, String?).self) {
+                return Product(id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price,
+                               categorySource: source.flatMap(CategorySource.init(rawValue:)))
             }
             return nil
         }
@@ -259,6 +294,52 @@ public final class PostgresStore: EmbeddingStore {
                 out[cls.isEmpty ? status : "\(status):\(cls)"] = Int(n)
             }
             return out
+        }
+    }
+
+    public func classifications(productIDs: [String]) async throws -> [String: ClassificationRecord] {
+        if productIDs.isEmpty { return [:] }
+        return try await run("reading classifications") {
+            var out: [String: ClassificationRecord] = [:]
+            let rows = try await client.query("""
+                SELECT product_id, category, decided_by, method, score, stamp, input_hash, explanation, classified_at
+                FROM classifications WHERE product_id = ANY(\(productIDs))
+                """, logger: logger)
+            for try await (id, category, decidedBy, method, score, stamp, inputHash, explanation, at)
+                in rows.decode((String, String, String, String, Double?, String, String, String, Date).self) {
+                out[id] = ClassificationRecord(productID: id, category: category, decidedBy: decidedBy, method: method,
+                                               score: score, stamp: stamp, inputHash: inputHash,
+                                               explanation: explanation, classifiedAt: at)
+            }
+            return out
+        }
+    }
+
+    public func applyClassifications(_ records: [ClassificationRecord]) async throws -> Set<String> {
+        if records.isEmpty { return [] }
+        return try await run("applying categories") {
+            try await client.withTransaction(logger: logger) { conn in
+                var written = Set<String>()
+                for r in records {
+                    let rows = try await conn.query("""
+                        INSERT INTO products (product_id, category, category_source, created_at, updated_at)
+                        VALUES (\(r.productID), \(r.category), 'classifier', \(r.classifiedAt), \(r.classifiedAt))
+                        \(unescaped: Schema.classifierUpdate)
+                        """, logger: logger)
+                    var applied = false
+                    for try await _ in rows.decode(String.self) { applied = true }
+                    guard applied else { continue }
+                    written.insert(r.productID)
+                    try await conn.query("""
+                        INSERT INTO classifications (product_id, category, decided_by, method, score, stamp, input_hash,
+                                                     explanation, classified_at)
+                        VALUES (\(r.productID), \(r.category), \(r.decidedBy), \(r.method), \(r.score), \(r.stamp),
+                                \(r.inputHash), \(r.explanation), \(r.classifiedAt))
+                        \(unescaped: Schema.classificationUpdate)
+                        """, logger: logger)
+                }
+                return written
+            }
         }
     }
 

@@ -145,7 +145,7 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
             var failure: (any Error)?
             try c.query("""
                 SELECT e.product_id, e.image_url, e.dim, e.vector, e.image_sha256, e.width, e.height, e.bytes, e.content_type,
-                       p.product_id, p.title, p.category, p.in_stock, p.brand, p.price
+                       p.product_id, p.title, p.category, p.in_stock, p.brand, p.price, p.category_source
                 FROM embeddings e LEFT JOIN products p ON p.product_id = e.product_id
                 WHERE e.model_id = ? AND e.preprocessing = ? AND e.product_id > ?
                 ORDER BY e.product_id LIMIT ?
@@ -157,7 +157,8 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
                                             bytes: row.int(7), contentType: row.text(8))
                     let p = row.isNull(9) ? nil : Product(id: row.text(9)!, title: row.text(10), category: row.text(11),
                                                           inStock: row.int(12).map { $0 != 0 }, brand: row.text(13),
-                                                          price: row.double(14))
+                                                          price: row.double(14),
+                                                          categorySource: row.text(15).flatMap(CategorySource.init(rawValue:)))
                     out.append(EmbeddingRow(embedding: e, product: p))
                 } catch { failure = error }
             }
@@ -170,14 +171,52 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
         try await onWorker { c in
             var out: [Product] = []
             try c.query("""
-                SELECT e.product_id, p.title, p.category, p.in_stock, p.brand, p.price
+                SELECT e.product_id, p.title, p.category, p.in_stock, p.brand, p.price, p.category_source
                 FROM embeddings e LEFT JOIN products p ON p.product_id = e.product_id
                 WHERE e.model_id = ? AND e.preprocessing = ? AND e.product_id > ?
                 ORDER BY e.product_id LIMIT ?
                 """, [.text(key.modelID), .text(key.preprocessing), .text(after ?? ""), .int(Int64(limit))]) { row in
                 out.append(Product(id: row.text(0)!, title: row.text(1), category: row.text(2),
-                                   inStock: row.int(3).map { $0 != 0 }, brand: row.text(4), price: row.double(5)))
+                                   inStock: row.int(3).map { $0 != 0 }, brand: row.text(4), price: row.double(5),
+                                   categorySource: row.text(6).flatMap(CategorySource.init(rawValue:))))
             }
+            return out
+        }
+    }
+
+    public func products(after: String?, limit: Int) async throws -> [Product] {
+        try await onWorker { c in
+            var out: [Product] = []
+            try c.query("""
+                SELECT product_id, title, category, in_stock, brand, price, category_source FROM products
+                WHERE product_id > ? ORDER BY product_id LIMIT ?
+                """, [.text(after ?? ""), .int(Int64(limit))]) { row in
+                out.append(Product(id: row.text(0)!, title: row.text(1), category: row.text(2),
+                                   inStock: row.int(3).map { $0 != 0 }, brand: row.text(4), price: row.double(5),
+                                   categorySource: row.text(6).flatMap(CategorySource.init(rawValue:))))
+            }
+            return out
+        }
+    }
+
+    public func vectors(productIDs: [String], key: ModelKey) async throws -> [String: [Float]] {
+        if productIDs.isEmpty { return [:] }
+        return try await onWorker { c in
+            var out: [String: [Float]] = [:]
+            var failure: (any Error)?
+            for chunk in stride(from: 0, to: productIDs.count, by: 10_000) {
+                let ids = productIDs[chunk..<min(chunk + 10_000, productIDs.count)]
+                let marks = Array(repeating: "?", count: ids.count).joined(separator: ",")
+                try c.query("""
+                    SELECT product_id, dim, vector FROM embeddings
+                    WHERE model_id = ? AND preprocessing = ? AND product_id IN (\(marks))
+                    """, [.text(key.modelID), .text(key.preprocessing)] + ids.map { .text($0) }) { row in
+                    do { out[row.text(0)!] = try row.blob(2) { try VectorBytes.decode($0, dimension: row.int(1) ?? 0) } } catch {
+                        failure = error
+                    }
+                }
+            }
+            if let failure { throw failure }
             return out
         }
     }
@@ -185,10 +224,11 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
     public func product(id: String) async throws -> Product? {
         try await onWorker { c in
             var out: Product?
-            try c.query("SELECT product_id, title, category, in_stock, brand, price FROM products WHERE product_id = ?",
+            try c.query("SELECT product_id, title, category, in_stock, brand, price, category_source FROM products WHERE product_id = ?",
                         [.text(id)]) { row in
                 out = Product(id: row.text(0)!, title: row.text(1), category: row.text(2),
-                              inStock: row.int(3).map { $0 != 0 }, brand: row.text(4), price: row.double(5))
+                              inStock: row.int(3).map { $0 != 0 }, brand: row.text(4), price: row.double(5),
+                              categorySource: row.text(6).flatMap(CategorySource.init(rawValue:)))
             }
             return out
         }
@@ -229,6 +269,59 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
                 out[cls.isEmpty ? row.text(0)! : "\(row.text(0)!):\(cls)"] = row.int(2) ?? 0
             }
             return out
+        }
+    }
+
+    public func classifications(productIDs: [String]) async throws -> [String: ClassificationRecord] {
+        if productIDs.isEmpty { return [:] }
+        return try await onWorker { c in
+            var out: [String: ClassificationRecord] = [:]
+            // SQLite's default limit on bound parameters is 32,766.
+            for chunk in stride(from: 0, to: productIDs.count, by: 10_000) {
+                let ids = productIDs[chunk..<min(chunk + 10_000, productIDs.count)]
+                let marks = Array(repeating: "?", count: ids.count).joined(separator: ",")
+                try c.query("""
+                    SELECT product_id, category, decided_by, method, score, stamp, input_hash, explanation, classified_at
+                    FROM classifications WHERE product_id IN (\(marks))
+                    """, ids.map { .text($0) }) { row in
+                    let r = ClassificationRecord(
+                        productID: row.text(0)!, category: row.text(1) ?? "", decidedBy: row.text(2) ?? "",
+                        method: row.text(3) ?? "", score: row.double(4), stamp: row.text(5) ?? "",
+                        inputHash: row.text(6) ?? "", explanation: row.text(7) ?? "{}",
+                        classifiedAt: row.text(8).flatMap { try? Date($0, strategy: .iso8601) } ?? Date(timeIntervalSince1970: 0))
+                    out[r.productID] = r
+                }
+            }
+            return out
+        }
+    }
+
+    public func applyClassifications(_ records: [ClassificationRecord]) async throws -> Set<String> {
+        if records.isEmpty { return [] }
+        return try await onWorker { c in
+            try c.transaction {
+                var written = Set<String>()
+                for r in records {
+                    let now = r.classifiedAt.ISO8601Format()
+                    var applied = false
+                    try c.query("""
+                        INSERT INTO products (product_id, category, category_source, created_at, updated_at)
+                        VALUES (?1, ?2, 'classifier', ?3, ?3)
+                        \(Schema.classifierUpdate)
+                        """, [.text(r.productID), .text(r.category), .text(now)]) { _ in applied = true }
+                    guard applied else { continue }
+                    written.insert(r.productID)
+                    try c.query("""
+                        INSERT INTO classifications (product_id, category, decided_by, method, score, stamp, input_hash,
+                                                     explanation, classified_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        \(Schema.classificationUpdate)
+                        """, [.text(r.productID), .text(r.category), .text(r.decidedBy), .text(r.method),
+                              r.score.map { .double($0) } ?? .null, .text(r.stamp), .text(r.inputHash),
+                              .text(r.explanation), .text(now)])
+                }
+                return written
+            }
         }
     }
 

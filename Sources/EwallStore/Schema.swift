@@ -3,6 +3,8 @@
 /// - `products`: one row per product; `category_source` says who set the category.
 /// - `embeddings`: one vector per (model id, preprocessing, product), float32 bytes.
 /// - `item_outcomes`: the ledger, the last outcome per (model id, preprocessing, product).
+/// - `classifications`: the classifier's last applied answer per product, with the stamp and
+///   input hash that say whether it still holds.
 ///
 /// Product ids compare byte-wise in both (SQLite's BINARY, PostgreSQL's "C" collation), so
 /// keyset pagination and export order agree between the two.
@@ -38,6 +40,22 @@ enum Schema {
           image_url = excluded.image_url, status = excluded.status, error_class = excluded.error_class,
           http_status = excluded.http_status, attempts = excluded.attempts,
           last_error = excluded.last_error, last_tried = excluded.last_tried
+        """
+
+    /// The classifier writes a category only where no person set one. Shared by both dialects.
+    static let classifierUpdate = """
+        ON CONFLICT (product_id) DO UPDATE SET
+          category = excluded.category, category_source = 'classifier', updated_at = excluded.updated_at
+        WHERE products.category IS NULL OR products.category = '' OR products.category = 'generic'
+           OR products.category_source = 'classifier'
+        RETURNING product_id
+        """
+
+    static let classificationUpdate = """
+        ON CONFLICT (product_id) DO UPDATE SET
+          category = excluded.category, decided_by = excluded.decided_by, method = excluded.method,
+          score = excluded.score, stamp = excluded.stamp, input_hash = excluded.input_hash,
+          explanation = excluded.explanation, classified_at = excluded.classified_at
         """
 
     static let sqlite = """
@@ -82,6 +100,17 @@ enum Schema {
             last_tried    TEXT NOT NULL,
             PRIMARY KEY (model_id, preprocessing, product_id)
         );
+        CREATE TABLE IF NOT EXISTS classifications (
+            product_id    TEXT PRIMARY KEY,
+            category      TEXT NOT NULL,
+            decided_by    TEXT NOT NULL,
+            method        TEXT NOT NULL,
+            score         REAL,
+            stamp         TEXT NOT NULL,
+            input_hash    TEXT NOT NULL,
+            explanation   TEXT NOT NULL,
+            classified_at TEXT NOT NULL
+        );
         """
 
     static let postgres = """
@@ -125,6 +154,17 @@ enum Schema {
             last_error    TEXT,
             last_tried    TIMESTAMPTZ NOT NULL,
             PRIMARY KEY (model_id, preprocessing, product_id)
+        );
+        CREATE TABLE IF NOT EXISTS classifications (
+            product_id    TEXT COLLATE "C" PRIMARY KEY,
+            category      TEXT NOT NULL,
+            decided_by    TEXT NOT NULL,
+            method        TEXT NOT NULL,
+            score         DOUBLE PRECISION,
+            stamp         TEXT NOT NULL,
+            input_hash    TEXT NOT NULL,
+            explanation   TEXT NOT NULL,
+            classified_at TIMESTAMPTZ NOT NULL
         );
         """
 }

@@ -187,14 +187,7 @@ public final class ManifestReader: @unchecked Sendable {
     }
 
     /// FNV-1a, 64-bit: stable across runs (Swift's `Hasher` is seeded per process).
-    static func hash(_ s: String) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in s.utf8 {
-            h ^= UInt64(b)
-            h &*= 0x100_0000_01b3
-        }
-        return h
-    }
+    static func hash(_ s: String) -> UInt64 { FNV1a64.hash(s) }
 
     // MARK: Records
 

@@ -1,0 +1,298 @@
+import Crypto
+import EwallCore
+import Foundation
+
+/// How the embedding step scores a category.
+public enum ScoringMethod: String, Sendable, Codable, CaseIterable {
+    /// The platform's: the mean cosine similarity to the category's references (up to 10).
+    case meanRefs = "mean-refs"
+    /// Cosine similarity to the normalised mean of the category's references.
+    case centroid
+    /// Similarity-weighted vote of the k most similar references of all categories: a
+    /// category's score is the sum of its voters' cosines divided by k.
+    case knn
+}
+
+/// The classifier's settings. The defaults are the platform's.
+public struct ClassifierConfiguration: Sendable, Hashable {
+    public var method: ScoringMethod
+    /// The embedding step answers when the best category's score is at least this.
+    public var threshold: Double
+    /// References per category (the platform: 10).
+    public var maxReferences: Int
+    /// Categories with fewer references than this are reported as thin (still used).
+    public var minReferences: Int
+    /// Neighbours for ``ScoringMethod/knn``.
+    public var k: Int
+
+    public init(method: ScoringMethod = .meanRefs, threshold: Double = 0.35, maxReferences: Int = 10,
+                minReferences: Int = 3, k: Int = 10) {
+        self.method = method
+        self.threshold = threshold
+        self.maxReferences = maxReferences
+        self.minReferences = minReferences
+        self.k = k
+    }
+}
+
+/// One product to classify: its vector (if it has one), title and brand.
+public struct ClassifierInput: Sendable {
+    /// When the product is itself a reference, it is left out of its own category's references.
+    public var productID: String?
+    public var vector: [Float]?
+    public var title: String?
+    public var brand: String?
+
+    public init(productID: String? = nil, vector: [Float]?, title: String? = nil, brand: String? = nil) {
+        self.productID = productID
+        self.vector = vector
+        self.title = title
+        self.brand = brand
+    }
+}
+
+/// A category's embedding score.
+public struct CategoryScore: Sendable, Codable, Hashable {
+    public var category: String
+    public var score: Double
+    /// References it was scored against (for knn: the voters among the k nearest).
+    public var references: Int
+}
+
+/// Which step decided.
+public enum DecidedBy: String, Sendable, Codable {
+    /// The best category's embedding score reached the threshold.
+    case embedding
+    /// A keyword rule matched the title.
+    case keyword
+    /// Neither: the answer is `generic`.
+    case none
+}
+
+/// An answer and how it was reached.
+public struct Classification: Sendable, Codable, Hashable {
+    public var productID: String?
+    public var category: String
+    public var decidedBy: DecidedBy
+    public var method: ScoringMethod
+    public var threshold: Double
+    /// The best category by embedding score (whether or not it reached the threshold).
+    public var best: CategoryScore?
+    public var runnerUp: CategoryScore?
+    /// best - runner-up.
+    public var margin: Double?
+    /// References compared with, over all categories.
+    public var referencesUsed: Int
+    /// Why the embedding step did not run (no vector, no references).
+    public var embeddingSkipped: String?
+    /// The keyword match, when the keyword step ran and found one.
+    public var keyword: KeywordMatch?
+    /// The rules file's version, when the keyword step ran.
+    public var rulesVersion: String?
+
+    enum CodingKeys: String, CodingKey {
+        case productID = "product_id", category, decidedBy = "decided_by", method, threshold, best
+        case runnerUp = "runner_up", margin, referencesUsed = "references_used"
+        case embeddingSkipped = "embedding_skipped", keyword, rulesVersion = "rules_version"
+    }
+
+    /// One line for people: `down by embedding (mean-refs 0.612 >= 0.35; runner-up coat 0.410, margin 0.202, 20 refs)`.
+    public var explanation: String {
+        var s = "\(category) by \(decidedBy.rawValue)"
+        let scores: String? = best.map { b in
+            var t = "\(method.rawValue) \(b.category) \(fmt(b.score))"
+            t += decidedBy == .embedding ? " >= \(fmt(threshold))" : " < \(fmt(threshold))"
+            if let r = runnerUp { t += "; runner-up \(r.category) \(fmt(r.score)), margin \(fmt(margin ?? 0))" }
+            return t + ", \(referencesUsed) refs"
+        }
+        switch decidedBy {
+        case .embedding: s += " (\(scores ?? ""))"
+        case .keyword, .none:
+            var parts: [String] = []
+            if let k = keyword { parts.append("keyword '\(k.term)' in '\(k.matchedText)' (rule \(k.category), priority \(k.priority))") }
+            if let scores { parts.append(scores) }
+            if let e = embeddingSkipped { parts.append(e) }
+            if decidedBy == .none && keyword == nil { parts.append("no keyword rule matched") }
+            s += " (" + parts.joined(separator: "; ") + ")"
+        }
+        return s
+    }
+
+    private func fmt(_ x: Double) -> String { String(format: "%.3f", x) }
+}
+
+/// The hybrid classifier: embedding scores against reference products first, keyword rules on
+/// the title second, `generic` otherwise.
+///
+/// Scoring is one BLAS matrix product of a batch of products against every reference
+/// (``ReferenceSet``); the per-category means, centroid cosines or votes are read off it.
+/// Immutable after construction: safe to share between tasks.
+public final class CategoryClassifier: Sendable {
+    public let references: ReferenceSet
+    public let rules: KeywordRules?
+    public let configuration: ClassifierConfiguration
+    /// The model key of the references' vectors, when known.
+    public let modelKey: ModelKey?
+    /// Digest of everything an answer depends on besides the product: the classifier's
+    /// version, method and parameters, the model, the rules file's bytes and the references.
+    /// Stored with applied answers; a different stamp means they are stale.
+    public let stamp: String
+    /// Centroid norms per category without exclusion.
+    private let centroidNorms: [Float]
+
+    /// Products scored per BLAS call.
+    static let batchSize = 512
+
+    public init(references: ReferenceSet, rules: KeywordRules?, configuration: ClassifierConfiguration = .init(),
+                modelKey: ModelKey? = nil) throws {
+        guard configuration.maxReferences == references.maxReferences else {
+            throw ClassifierError(.argument, "the references were chosen for \(references.maxReferences) per category, "
+                                  + "the configuration asks for \(configuration.maxReferences)")
+        }
+        guard configuration.k >= 1 else { throw ClassifierError(.argument, "k must be at least 1") }
+        self.references = references
+        self.rules = rules
+        self.configuration = configuration
+        self.modelKey = modelKey
+        var h = SHA256()
+        let c = configuration
+        h.update(data: Data("ewall-classifier/1 \(c.method.rawValue) \(c.threshold) \(c.maxReferences) \(c.k)\n".utf8))
+        h.update(data: Data("model \(modelKey?.modelID ?? "-") \(modelKey?.preprocessing ?? "-")\n".utf8))
+        h.update(data: Data("rules \(rules?.sha256 ?? "none")\nrefs \(references.fingerprint)\n".utf8))
+        self.stamp = h.finalize().map { String(format: "%02x", $0) }.joined()
+        self.centroidNorms = references.categories.indices.map { Self.norm(references, references.rows(of: $0, excludingRow: nil)) }
+    }
+
+    /// Categories with fewer references than ``ClassifierConfiguration/minReferences``.
+    public var thinCategories: [(category: String, references: Int)] {
+        references.categories.filter { $0.available < configuration.minReferences }.map { ($0.name, $0.available) }
+    }
+
+    /// Classifies one product.
+    public func classify(_ input: ClassifierInput) throws -> Classification {
+        try classify([input])[0]
+    }
+
+    /// Classifies products, scoring them against the references a batch at a time.
+    public func classify(_ inputs: [ClassifierInput]) throws -> [Classification] {
+        let scores = try embeddingScores(inputs)
+        return inputs.indices.map { decide(inputs[$0], scores: scores[$0]) }
+    }
+
+    /// The embedding step alone: every category's score for each product, best first
+    /// (ties by category name), or why there is none. What calibration sweeps thresholds over.
+    public func embeddingScores(_ inputs: [ClassifierInput]) throws -> [Result<[CategoryScore], SkipReason>] {
+        var out: [Result<[CategoryScore], SkipReason>] = Array(repeating: .failure(.noVector), count: inputs.count)
+        let d = references.dimension
+        if references.count == 0 {
+            for i in inputs.indices where inputs[i].vector != nil { out[i] = .failure(.noReferences) }
+            return out
+        }
+        let withVector = inputs.indices.filter { inputs[$0].vector.map { !$0.isEmpty } ?? false }
+        for i in withVector where inputs[i].vector!.count != d {
+            throw ClassifierError(.mismatch, "product \(inputs[i].productID ?? "#\(i)") has a \(inputs[i].vector!.count)-d vector; "
+                                  + "the references are \(d)-d")
+        }
+        var start = 0
+        var batch = [Float]()
+        batch.reserveCapacity(Self.batchSize * d)
+        while start < withVector.count {
+            let chunk = withVector[start..<min(start + Self.batchSize, withVector.count)]
+            batch.removeAll(keepingCapacity: true)
+            for i in chunk { batch += Vectors.normalised(inputs[i].vector!) }
+            let s = Matrix.productTransposed(batch, rows: chunk.count, references.matrix, rows: references.count, dimension: d)
+            for (r, i) in chunk.enumerated() {
+                let selfRow = inputs[i].productID.flatMap { references.rowOf[$0] }
+                let row = s[(r * references.count)..<((r + 1) * references.count)]
+                let scores = categoryScores(row, selfRow: selfRow)
+                out[i] = scores.isEmpty ? .failure(.noReferences) : .success(scores)
+            }
+            start += chunk.count
+        }
+        return out
+    }
+
+    /// Why a product got no embedding scores.
+    public enum SkipReason: String, Error, Sendable {
+        case noVector = "no vector under this model"
+        case noReferences = "no reference products"
+    }
+
+    private func categoryScores(_ s: ArraySlice<Float>, selfRow: Int?) -> [CategoryScore] {
+        let base = s.startIndex
+        let refs = references
+        var out: [CategoryScore] = []
+        switch configuration.method {
+        case .meanRefs, .centroid:
+            for c in refs.categories.indices {
+                let rows = refs.rows(of: c, excludingRow: selfRow)
+                if rows.isEmpty { continue }
+                var sum: Float = 0
+                for r in rows { sum += s[base + r] }
+                let score: Float
+                if configuration.method == .meanRefs {
+                    score = sum / Float(rows.count)
+                } else {
+                    let excluded = selfRow.map { refs.rowCategory[$0] == c } ?? false
+                    let norm = excluded ? Self.norm(refs, rows) : centroidNorms[c]
+                    score = norm > 0 ? sum / norm : 0
+                }
+                out.append(CategoryScore(category: refs.categories[c].name, score: Double(score), references: rows.count))
+            }
+        case .knn:
+            var pool: [(sim: Float, cat: Int)] = []
+            for c in refs.categories.indices {
+                for r in refs.rows(of: c, excludingRow: selfRow) { pool.append((s[base + r], c)) }
+            }
+            pool.sort { $0.sim != $1.sim ? $0.sim > $1.sim : $0.cat < $1.cat }
+            var sums: [Int: (Float, Int)] = [:]
+            for p in pool.prefix(configuration.k) {
+                let (sum, n) = sums[p.cat] ?? (0, 0)
+                sums[p.cat] = (sum + p.sim, n + 1)
+            }
+            let k = Float(configuration.k)
+            for (c, v) in sums {
+                out.append(CategoryScore(category: refs.categories[c].name, score: Double(v.0 / k), references: v.1))
+            }
+        }
+        return out.sorted { $0.score != $1.score ? $0.score > $1.score : $0.category < $1.category }
+    }
+
+    /// |sum of the rows| from the Gram matrix.
+    private static func norm(_ refs: ReferenceSet, _ rows: ArraySlice<Int>) -> Float {
+        var s: Float = 0
+        for a in rows { for b in rows { s += refs.gram[a * refs.count + b] } }
+        return max(s, 0).squareRoot()
+    }
+
+    /// Steps 2 to 4: the threshold, then the keywords, then `generic`.
+    func decide(_ input: ClassifierInput, scores: Result<[CategoryScore], SkipReason>) -> Classification {
+        var c = Classification(productID: input.productID, category: Product.genericCategory, decidedBy: .none,
+                               method: configuration.method, threshold: configuration.threshold, best: nil, runnerUp: nil,
+                               margin: nil, referencesUsed: 0, embeddingSkipped: nil, keyword: nil, rulesVersion: nil)
+        switch scores {
+        case .success(let s):
+            c.best = s.first
+            c.runnerUp = s.count > 1 ? s[1] : nil
+            if let b = c.best, let r = c.runnerUp { c.margin = b.score - r.score }
+            c.referencesUsed = configuration.method == .knn ? min(configuration.k, s.reduce(0) { $0 + $1.references })
+                : s.reduce(0) { $0 + $1.references }
+            if let b = c.best, b.score >= configuration.threshold {
+                c.category = b.category
+                c.decidedBy = .embedding
+                return c
+            }
+        case .failure(let reason):
+            c.embeddingSkipped = reason.rawValue
+        }
+        if let rules {
+            c.rulesVersion = rules.version
+            if let title = input.title, let m = rules.match(title: title, brand: input.brand) {
+                c.keyword = m
+                c.category = m.category
+                c.decidedBy = .keyword
+            }
+        }
+        return c
+    }
+}
