@@ -29,7 +29,7 @@ help:
 	@echo "make demo     install deps, build (release), make the model, run ewall-embed over the sample photos served"
 	@echo "              from a loopback HTTP server into sqlite:data/ewall.sqlite, twice (the rerun skips all)"
 	@echo "make test     install deps, make model and fixtures, run all tests"
-	@echo "make bench    benchmarks vs the Python reference (bench/out/): model, decode, the job, FAISS index"
+	@echo "make bench    benchmarks vs the Python reference (bench/out/): model, decode, the job, FAISS index, classifier"
 	@echo "make deps     apt-get install the Debian packages listed in APT_PACKAGES (root or sudo)"
 	@echo "make model    export $(MODEL): pretrained if the weights download, else random-init (loud warning)"
 	@echo "make build    swift build -c release"
@@ -98,8 +98,10 @@ demo: build model $(FIX)/images/.done
 	@mkdir -p data/demo && rm -rf data/demo/www && mkdir -p data/demo/www && \
 	  cp data/samples/photos/* data/demo/www/ && cp $(FIX)/images/truncated_half.jpg data/demo/www/
 	@{ echo "product_id,image_url,title,category,in_stock"; i=0; \
+	   cats=(down coat jeans fleece); titles=("구스다운 롱패딩" "울 코트" "리바이스 청바지" "sample photo"); \
 	   for f in $$(ls data/samples/photos); do i=$$((i+1)); \
-	     echo "demo-$$i,http://127.0.0.1:$(DEMO_PORT)/$$f,sample photo $$f,generic,true"; done; \
+	     if [ $$i -le 16 ]; then echo "demo-$$i,http://127.0.0.1:$(DEMO_PORT)/$$f,sample photo $$f,$${cats[$$((i % 4))]},true"; \
+	     else echo "demo-$$i,http://127.0.0.1:$(DEMO_PORT)/$$f,$${titles[$$((i % 4))]} $$f,generic,true"; fi; done; \
 	   echo "demo-truncated,http://127.0.0.1:$(DEMO_PORT)/truncated_half.jpg,a damaged JPEG,generic,true"; \
 	   echo "demo-missing,http://127.0.0.1:$(DEMO_PORT)/no-such-image.jpg,a missing image,generic,true"; \
 	 } > data/demo/manifest.csv
@@ -114,8 +116,12 @@ demo: build model $(FIX)/images/.done
 	  [ $$rc -le 1 ]
 	@echo; echo "== rebuild-faiss-index: the index of those vectors, into data/faiss/"; echo
 	.build/release/rebuild-faiss-index
-	@echo; echo "== ewall similar demo-1 --any-category (the demo's products are all 'generic')"; echo
+	@echo; echo "== ewall similar demo-1 --any-category"; echo
 	.build/release/ewall similar demo-1 --any-category
+	@echo; echo "== ewall classify: the generic products (dry run); 16 demo products were filed under 4 categories"; echo
+	.build/release/ewall classify
+	@echo; echo "== ewall calibrate: leave-one-out on those 16"; echo
+	.build/release/ewall calibrate
 
 bench: build model
 	$(PY) data/make_samples.py --out data/samples --bench 400
@@ -127,6 +133,8 @@ bench: build model
 	$(SWIFT) build -c release --product rebuild-faiss-index
 	$(PY) bench/index_bench.py --ewall-bench .build/release/ewall-bench --rebuild .build/release/rebuild-faiss-index \
 	    --out bench/out
+	$(SWIFT) build -c release --product ewall
+	$(PY) bench/classify_bench.py --ewall-bench .build/release/ewall-bench --ewall .build/release/ewall --out bench/out
 
 clean:
 	rm -rf .build/release .build/debug $(FIX) data/samples data/demo bench/out

@@ -141,7 +141,7 @@ public final class CategoryClassifier: Sendable {
     private let centroidNorms: [Float]
 
     /// Products scored per BLAS call.
-    static let batchSize = 512
+    static let batchSize = 2048
 
     public init(references: ReferenceSet, rules: KeywordRules?, configuration: ClassifierConfiguration = .init(),
                 modelKey: ModelKey? = nil) throws {
@@ -175,39 +175,43 @@ public final class CategoryClassifier: Sendable {
 
     /// Classifies products, scoring them against the references a batch at a time.
     public func classify(_ inputs: [ClassifierInput]) throws -> [Classification] {
-        let scores = try embeddingScores(inputs)
-        return inputs.indices.map { decide(inputs[$0], scores: scores[$0]) }
+        var top: [(best: CategoryScore, runnerUp: CategoryScore?, used: Int)?] = Array(repeating: nil, count: inputs.count)
+        let names = references.categories.map(\.name)
+        try scoreAll(inputs) { i, scores, counts in
+            // Best and runner-up in one scan; categories are in name order, so a tie keeps the first name.
+            var b = -1, r = -1
+            var used = 0
+            for c in 0..<scores.count where counts[c] > 0 {
+                used += Int(counts[c])
+                if b < 0 || scores[c] > scores[b] { r = b; b = c } else if r < 0 || scores[c] > scores[r] { r = c }
+            }
+            guard b >= 0 else { return }
+            top[i] = (CategoryScore(category: names[b], score: Double(scores[b]), references: Int(counts[b])),
+                      r >= 0 ? CategoryScore(category: names[r], score: Double(scores[r]), references: Int(counts[r])) : nil,
+                      configuration.method == .knn ? min(configuration.k, used) : used)
+        }
+        return inputs.indices.map { i in
+            guard inputs[i].vector.map({ !$0.isEmpty }) ?? false else { return decide(inputs[i], top: nil, skipped: .noVector) }
+            guard let t = top[i] else { return decide(inputs[i], top: nil, skipped: .noReferences) }
+            return decide(inputs[i], top: t, skipped: nil)
+        }
     }
 
     /// The embedding step alone: every category's score for each product, best first
     /// (ties by category name), or why there is none. What calibration sweeps thresholds over.
     public func embeddingScores(_ inputs: [ClassifierInput]) throws -> [Result<[CategoryScore], SkipReason>] {
-        var out: [Result<[CategoryScore], SkipReason>] = Array(repeating: .failure(.noVector), count: inputs.count)
-        let d = references.dimension
-        if references.count == 0 {
-            for i in inputs.indices where inputs[i].vector != nil { out[i] = .failure(.noReferences) }
-            return out
+        var out: [Result<[CategoryScore], SkipReason>] = inputs.map {
+            $0.vector.map { $0.isEmpty ? .failure(.noVector) : .failure(.noReferences) } ?? .failure(.noVector)
         }
-        let withVector = inputs.indices.filter { inputs[$0].vector.map { !$0.isEmpty } ?? false }
-        for i in withVector where inputs[i].vector!.count != d {
-            throw ClassifierError(.mismatch, "product \(inputs[i].productID ?? "#\(i)") has a \(inputs[i].vector!.count)-d vector; "
-                                  + "the references are \(d)-d")
-        }
-        var start = 0
-        var batch = [Float]()
-        batch.reserveCapacity(Self.batchSize * d)
-        while start < withVector.count {
-            let chunk = withVector[start..<min(start + Self.batchSize, withVector.count)]
-            batch.removeAll(keepingCapacity: true)
-            for i in chunk { batch += Vectors.normalised(inputs[i].vector!) }
-            let s = Matrix.productTransposed(batch, rows: chunk.count, references.matrix, rows: references.count, dimension: d)
-            for (r, i) in chunk.enumerated() {
-                let selfRow = inputs[i].productID.flatMap { references.rowOf[$0] }
-                let row = s[(r * references.count)..<((r + 1) * references.count)]
-                let scores = categoryScores(row, selfRow: selfRow)
-                out[i] = scores.isEmpty ? .failure(.noReferences) : .success(scores)
+        let names = references.categories.map(\.name)
+        try scoreAll(inputs) { i, scores, counts in
+            var list: [CategoryScore] = []
+            for c in 0..<scores.count where counts[c] > 0 {
+                list.append(CategoryScore(category: names[c], score: Double(scores[c]), references: Int(counts[c])))
             }
-            start += chunk.count
+            if !list.isEmpty {
+                out[i] = .success(list.sorted { $0.score != $1.score ? $0.score > $1.score : $0.category < $1.category })
+            }
         }
         return out
     }
@@ -218,44 +222,101 @@ public final class CategoryClassifier: Sendable {
         case noReferences = "no reference products"
     }
 
-    private func categoryScores(_ s: ArraySlice<Float>, selfRow: Int?) -> [CategoryScore] {
-        let base = s.startIndex
+    /// Scores every product that has a vector against every category, a batch at a time: one
+    /// sgemm of the raw batch against the unit references, each row then divided by the
+    /// product's norm (so it holds cosines), then reduced per category. `visit` gets, for each
+    /// such product, one score per category and how many references it used (0: none).
+    private func scoreAll(_ inputs: [ClassifierInput],
+                          visit: (Int, UnsafeMutableBufferPointer<Float>, UnsafeMutableBufferPointer<Int32>) -> Void) throws {
         let refs = references
-        var out: [CategoryScore] = []
+        let d = refs.dimension, n = refs.count, categories = refs.categories.count
+        if n == 0 { return }
+        let withVector = inputs.indices.filter { inputs[$0].vector.map { !$0.isEmpty } ?? false }
+        for i in withVector where inputs[i].vector!.count != d {
+            throw ClassifierError(.mismatch, "product \(inputs[i].productID ?? "#\(i)") has a \(inputs[i].vector!.count)-d vector; "
+                                  + "the references are \(d)-d")
+        }
+        var batch = [Float](repeating: 0, count: Self.batchSize * d)
+        var sims = [Float](repeating: 0, count: Self.batchSize * n)
+        var scores = [Float](repeating: 0, count: categories)
+        var counts = [Int32](repeating: 0, count: categories)
+        var pool: [(sim: Float, cat: Int)] = []
+        var start = 0
+        while start < withVector.count {
+            let chunk = withVector[start..<min(start + Self.batchSize, withVector.count)]
+            var norms: [Float] = []
+            batch.withUnsafeMutableBufferPointer { b in
+                for (r, i) in chunk.enumerated() {
+                    inputs[i].vector!.withUnsafeBufferPointer { v in
+                        (b.baseAddress! + r * d).update(from: v.baseAddress!, count: d)
+                        norms.append(Matrix.norm(v))
+                    }
+                }
+            }
+            Matrix.productTransposed(batch, rows: chunk.count, refs.matrix, rows: n, dimension: d, into: &sims)
+            try sims.withUnsafeMutableBufferPointer { s in
+                try scores.withUnsafeMutableBufferPointer { sc in
+                    try counts.withUnsafeMutableBufferPointer { ct in
+                        for (r, i) in chunk.enumerated() {
+                            try Task.checkCancellation()
+                            let row = UnsafeMutableBufferPointer(rebasing: s[(r * n)..<((r + 1) * n)])
+                            let inverse: Float = norms[r] > 0 ? 1 / norms[r] : 0
+                            for j in 0..<n { row[j] *= inverse }
+                            let selfRow = inputs[i].productID.flatMap { refs.rowOf[$0] }
+                            reduce(row, selfRow: selfRow, scores: sc, counts: ct, pool: &pool)
+                            visit(i, sc, ct)
+                        }
+                    }
+                }
+            }
+            start += chunk.count
+        }
+    }
+
+    /// One product's cosines to every reference -> one score per category.
+    private func reduce(_ row: UnsafeMutableBufferPointer<Float>, selfRow: Int?, scores: UnsafeMutableBufferPointer<Float>,
+                        counts: UnsafeMutableBufferPointer<Int32>, pool: inout [(sim: Float, cat: Int)]) {
+        let refs = references
+        let m = refs.maxReferences
         switch configuration.method {
         case .meanRefs, .centroid:
             for c in refs.categories.indices {
-                let rows = refs.rows(of: c, excludingRow: selfRow)
-                if rows.isEmpty { continue }
+                let all = refs.categories[c].rows
+                guard let first = all.first else { counts[c] = 0; continue }
+                // A category's rows are contiguous, in choice order.
+                let kept = min(m, all.count)
                 var sum: Float = 0
-                for r in rows { sum += s[base + r] }
-                let score: Float
-                if configuration.method == .meanRefs {
-                    score = sum / Float(rows.count)
+                var used = kept
+                if let selfRow, selfRow >= first, selfRow < first + kept {
+                    for r in first..<(first + min(m + 1, all.count)) where r != selfRow { sum += row[r] }
+                    used = min(m + 1, all.count) - 1
                 } else {
-                    let excluded = selfRow.map { refs.rowCategory[$0] == c } ?? false
-                    let norm = excluded ? Self.norm(refs, rows) : centroidNorms[c]
-                    score = norm > 0 ? sum / norm : 0
+                    for r in first..<(first + kept) { sum += row[r] }
                 }
-                out.append(CategoryScore(category: refs.categories[c].name, score: Double(score), references: rows.count))
+                counts[c] = Int32(used)
+                if used == 0 { continue }
+                if configuration.method == .meanRefs {
+                    scores[c] = sum / Float(used)
+                } else {
+                    let excluded = used != kept || (selfRow.map { $0 >= first && $0 < first + kept } ?? false)
+                    let norm = excluded ? Self.norm(refs, refs.rows(of: c, excludingRow: selfRow)) : centroidNorms[c]
+                    scores[c] = norm > 0 ? sum / norm : 0
+                }
             }
         case .knn:
-            var pool: [(sim: Float, cat: Int)] = []
+            pool.removeAll(keepingCapacity: true)
             for c in refs.categories.indices {
-                for r in refs.rows(of: c, excludingRow: selfRow) { pool.append((s[base + r], c)) }
+                scores[c] = 0
+                counts[c] = 0
+                for r in refs.rows(of: c, excludingRow: selfRow) { pool.append((row[r], c)) }
             }
             pool.sort { $0.sim != $1.sim ? $0.sim > $1.sim : $0.cat < $1.cat }
-            var sums: [Int: (Float, Int)] = [:]
-            for p in pool.prefix(configuration.k) {
-                let (sum, n) = sums[p.cat] ?? (0, 0)
-                sums[p.cat] = (sum + p.sim, n + 1)
-            }
             let k = Float(configuration.k)
-            for (c, v) in sums {
-                out.append(CategoryScore(category: refs.categories[c].name, score: Double(v.0 / k), references: v.1))
+            for p in pool.prefix(configuration.k) {
+                scores[p.cat] += p.sim / k
+                counts[p.cat] += 1
             }
         }
-        return out.sorted { $0.score != $1.score ? $0.score > $1.score : $0.category < $1.category }
     }
 
     /// |sum of the rows| from the Gram matrix.
@@ -266,24 +327,21 @@ public final class CategoryClassifier: Sendable {
     }
 
     /// Steps 2 to 4: the threshold, then the keywords, then `generic`.
-    func decide(_ input: ClassifierInput, scores: Result<[CategoryScore], SkipReason>) -> Classification {
+    func decide(_ input: ClassifierInput, top: (best: CategoryScore, runnerUp: CategoryScore?, used: Int)?,
+                skipped: SkipReason?) -> Classification {
         var c = Classification(productID: input.productID, category: Product.genericCategory, decidedBy: .none,
                                method: configuration.method, threshold: configuration.threshold, best: nil, runnerUp: nil,
-                               margin: nil, referencesUsed: 0, embeddingSkipped: nil, keyword: nil, rulesVersion: nil)
-        switch scores {
-        case .success(let s):
-            c.best = s.first
-            c.runnerUp = s.count > 1 ? s[1] : nil
-            if let b = c.best, let r = c.runnerUp { c.margin = b.score - r.score }
-            c.referencesUsed = configuration.method == .knn ? min(configuration.k, s.reduce(0) { $0 + $1.references })
-                : s.reduce(0) { $0 + $1.references }
-            if let b = c.best, b.score >= configuration.threshold {
-                c.category = b.category
+                               margin: nil, referencesUsed: 0, embeddingSkipped: skipped?.rawValue, keyword: nil, rulesVersion: nil)
+        if let top {
+            c.best = top.best
+            c.runnerUp = top.runnerUp
+            c.margin = top.runnerUp.map { top.best.score - $0.score }
+            c.referencesUsed = top.used
+            if top.best.score >= configuration.threshold {
+                c.category = top.best.category
                 c.decidedBy = .embedding
                 return c
             }
-        case .failure(let reason):
-            c.embeddingSkipped = reason.rawValue
         }
         if let rules {
             c.rulesVersion = rules.version

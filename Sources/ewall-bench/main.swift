@@ -3,11 +3,16 @@
 //
 //   ewall-bench --model models/resnet50.pt --images data/samples/bench --iterations 6
 //   ewall-bench index load|search ...   (bench/index_bench.py; see IndexBench.swift)
+//   ewall-bench classify score|calibrate ...   (bench/classify_bench.py; see ClassifyBench.swift)
 import EwallML
 import Foundation
 
 if CommandLine.arguments.dropFirst().first == "index" {
     try await IndexBench.run(Array(CommandLine.arguments.dropFirst(2)))
+    exit(0)
+}
+if CommandLine.arguments.dropFirst().first == "classify" {
+    try ClassifyBench.run(Array(CommandLine.arguments.dropFirst(2)))
     exit(0)
 }
 

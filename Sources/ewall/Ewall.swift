@@ -10,7 +10,7 @@ import Logging
 struct Ewall: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ewall",
-        abstract: "EwallML: image embeddings for product search.",
-        subcommands: [Embed.self, Import.self, Export.self, Similar.self])
+        abstract: "EwallML: image embeddings, similar products and categories for product search.",
+        subcommands: [Embed.self, Import.self, Export.self, Similar.self, Classify.self, Calibrate.self])
 }
 

@@ -50,7 +50,13 @@ struct StoreBehaviourTests {
                                        source: .manifest)
         try await store.upsertProducts([Product(id: "p1", inStock: false)], source: .manifest)
         let p = try #require(try await store.product(id: "p1"))
-        #expect(p == Product(id: "p1", title: "구스 다운 패딩", category: "down", inStock: false, brand: "B", price: 129000))
+        #expect(p == Product(id: "p1", title: "구스 다운 패딩", category: "down", inStock: false, brand: "B", price: 129000,
+                             categorySource: .manifest))
+        // Who set the category is kept with it: an import's category is the import's.
+        try await store.upsertProducts([Product(id: "p1", category: "coat")], source: .import)
+        #expect(try await store.product(id: "p1")?.categorySource == .import)
+        try await store.upsertProducts([Product(id: "p1", title: "new title")], source: .classifier)
+        #expect(try await store.product(id: "p1")?.categorySource == .import)
         #expect(try await store.product(id: "p2") == nil)
         await store.close()
     }
