@@ -284,10 +284,12 @@ public final class CategoryClassifier: Sendable {
                 let all = refs.categories[c].rows
                 guard let first = all.first else { counts[c] = 0; continue }
                 // A category's rows are contiguous, in choice order.
+                // The first `maxReferences`; when the product is one of them, the spare replaces it.
                 let kept = min(m, all.count)
+                let excluded = selfRow.map { $0 >= first && $0 < first + kept } ?? false
                 var sum: Float = 0
                 var used = kept
-                if let selfRow, selfRow >= first, selfRow < first + kept {
+                if excluded {
                     for r in first..<(first + min(m + 1, all.count)) where r != selfRow { sum += row[r] }
                     used = min(m + 1, all.count) - 1
                 } else {
@@ -298,7 +300,6 @@ public final class CategoryClassifier: Sendable {
                 if configuration.method == .meanRefs {
                     scores[c] = sum / Float(used)
                 } else {
-                    let excluded = used != kept || (selfRow.map { $0 >= first && $0 < first + kept } ?? false)
                     let norm = excluded ? Self.norm(refs, refs.rows(of: c, excludingRow: selfRow)) : centroidNorms[c]
                     scores[c] = norm > 0 ? sum / norm : 0
                 }
