@@ -80,7 +80,10 @@ public struct KeywordRules: Sendable {
     /// Rules built in code (tests, or a server that keeps rules elsewhere).
     public init(rules: [Rule], ignore: [String] = [], version: String = "inline") throws {
         let file = File(format: 1, version: version, categories: rules, ignore: .init(phrases: ignore))
-        let data = try JSONEncoder().encode(file)
+        // Sorted keys: the digest (part of the cache stamp) must not depend on encoder key order.
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        let data = try encoder.encode(file)
         try self.init(file: file, source: "inline",
                       sha256: SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined())
     }
