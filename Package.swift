@@ -15,7 +15,9 @@
 //   CBLAS         the system CBLAS (OpenBLAS; module map only)
 //   EwallClassifier the category classifier: references, BLAS scoring, keyword rules, calibration, apply
 //   EwallML       the public surface: files/bytes -> vectors; the manifest -> store batch job
-//   ewall, ewall-embed   thin CLIs
+//   EwallML/Service  the entry point a server links: EwallService (embed, similar, classify, reload), dynamic batching
+//   EwallServer   the HTTP server (Hummingbird 2) on EwallML's public API; ewall-serve runs it
+//   ewall, ewall-embed, rebuild-faiss-index, ewall-serve   thin CLIs
 import PackageDescription
 
 let package = Package(
@@ -27,6 +29,7 @@ let package = Package(
         .executable(name: "ewall-embed", targets: ["ewall-embed"]),
         .executable(name: "rebuild-faiss-index", targets: ["rebuild-faiss-index"]),
         .executable(name: "ewall-bench", targets: ["ewall-bench"]),
+        .executable(name: "ewall-serve", targets: ["ewall-serve"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -35,6 +38,10 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.25.0"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.25.0"),
         .package(url: "https://github.com/apple/swift-crypto", "3.9.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         .target(
@@ -78,6 +85,7 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -109,6 +117,20 @@ let package = Package(
             name: "EwallML",
             dependencies: [
                 "EwallCore", "EwallImaging", "EwallInference", "EwallFetch", "EwallStore", "EwallIndex", "EwallClassifier",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The HTTP server (Hummingbird 2) over EwallML's public API only; `ewall-serve` runs it.
+        .target(
+            name: "EwallServer",
+            dependencies: [
+                "EwallML",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -153,6 +175,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .executableTarget(
+            name: "ewall-serve",
+            dependencies: [
+                "EwallServer", "EwallCLI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // `make bench`: our side of the benchmark (bench/run_bench.py runs Python's in the same run).
         .executableTarget(name: "ewall-bench", dependencies: ["EwallML"]),
         // Fixture paths and vector maths shared by the test targets.
@@ -177,6 +208,16 @@ let package = Package(
         .testTarget(name: "EwallStoreTests", dependencies: ["EwallStore", "EwallTestSupport"]),
         .testTarget(name: "EwallIndexTests", dependencies: ["EwallIndex", "EwallStore", "EwallTestSupport"]),
         .testTarget(name: "EwallClassifierTests", dependencies: ["EwallClassifier", "EwallStore", "EwallTestSupport"]),
+        .testTarget(
+            name: "EwallServerTests",
+            dependencies: [
+                "EwallServer", "EwallTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]),
         .testTarget(name: "CLITests", dependencies: ["EwallStore", "EwallIndex", "EwallTestSupport"]),
     ],
     cxxLanguageStandard: .cxx17

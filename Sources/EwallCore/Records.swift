@@ -164,6 +164,9 @@ public enum FailureClass {
     public static let redirectLoop = "redirect_loop"
     /// The URL parsed but cannot be fetched (unsupported scheme, no host).
     public static let invalidURL = "invalid_url"
+    /// Refused by the address policy (a server fetching callers' URLs): a non-http(s) scheme,
+    /// or a host resolving to a loopback, private, link-local, multicast or reserved address.
+    public static let blockedURL = "blocked_url"
     public static let unreadable = ImageError.Code.unreadable.rawValue
     /// A manifest row that cannot be processed (missing id, bad URL, duplicate id with another URL).
     public static let badRow = "bad_row"

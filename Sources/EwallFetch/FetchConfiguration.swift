@@ -31,12 +31,16 @@ public struct FetchConfiguration: Sendable, Hashable {
     /// Relative plain paths are resolved against this folder (the manifest's); `nil`: the
     /// current directory.
     public var baseDirectory: String?
+    /// When set, every request and redirect hop is checked against it before it is sent (see
+    /// ``AddressPolicy``): what a server fetching callers' URLs needs. `nil` (the batch job over
+    /// a trusted manifest): no address check.
+    public var addressPolicy: AddressPolicy?
 
     public init(perHostLimit: Int = 8, connectTimeout: Duration = .seconds(5), requestTimeout: Duration = .seconds(30),
                 maxAttempts: Int = 4, backoffBase: Duration = .milliseconds(500), backoffMax: Duration = .seconds(30),
                 maxRetryAfter: Duration = .seconds(120), maxBytes: Int = 20 << 20, maxRedirects: Int = 5,
                 userAgent: String = FetchConfiguration.defaultUserAgent, allowFiles: Bool = true,
-                baseDirectory: String? = nil) {
+                baseDirectory: String? = nil, addressPolicy: AddressPolicy? = nil) {
         self.perHostLimit = perHostLimit
         self.connectTimeout = connectTimeout
         self.requestTimeout = requestTimeout
@@ -49,6 +53,7 @@ public struct FetchConfiguration: Sendable, Hashable {
         self.userAgent = userAgent
         self.allowFiles = allowFiles
         self.baseDirectory = baseDirectory
+        self.addressPolicy = addressPolicy
     }
 
     public static let defaultUserAgent = "EwallML/0.3 (ewall-embed; product image embedding; +https://e-wall.example/bot)"

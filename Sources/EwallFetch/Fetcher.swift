@@ -38,8 +38,10 @@ public final class ImageFetcher: Sendable {
             idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: max(1, configuration.perHostLimit))
         // Our own retry policy decides; the pool must not retry connects behind its back.
         pool.retryConnectionEstablishment = false
+        // With an address policy, redirects are followed here, one checked hop at a time.
         var http = HTTPClient.Configuration(
-            redirectConfiguration: .follow(max: configuration.maxRedirects, allowCycles: false),
+            redirectConfiguration: configuration.addressPolicy == nil
+                ? .follow(max: configuration.maxRedirects, allowCycles: false) : .disallow,
             timeout: .init(connect: .nanoseconds(Self.nanos(configuration.connectTimeout)),
                            read: .nanoseconds(Self.nanos(configuration.requestTimeout))),
             connectionPool: pool,
@@ -56,6 +58,14 @@ public final class ImageFetcher: Sendable {
 
     /// Fetches `location` (a manifest's `image_url`), retrying transient failures.
     public func fetch(_ location: String) async -> Result<FetchedImage, FetchError> {
+        if configuration.addressPolicy != nil {
+            // Callers' URLs: http(s) only, never files or other schemes.
+            let s = location.trimmingCharacters(in: .whitespaces)
+            guard let url = URL(string: s), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https" else {
+                let scheme = URL(string: s)?.scheme.map { "'\($0):'" } ?? "a missing scheme"
+                return .failure(FetchError(FailureClass.blockedURL, "refused: \(scheme) is not allowed (http and https only)"))
+            }
+        }
         switch ImageLocation.parse(location, baseDirectory: configuration.baseDirectory) {
         case .failure(let e): return .failure(e)
         case .success(let loc): return await fetch(loc)
@@ -118,8 +128,43 @@ public final class ImageFetcher: Sendable {
         }
     }
 
+    /// One attempt. Under an address policy the URL and every redirect target are checked
+    /// (and `http` pinned to the checked address) before a request is sent.
     private func attemptOnce(_ url: URL) async -> Attempt {
-        var request = HTTPClientRequest(url: url.absoluteString)
+        guard let policy = configuration.addressPolicy else { return await send(url, pinnedTo: nil).attempt }
+        var current = url
+        var seen: Set<String> = [url.absoluteString]
+        for _ in 0...configuration.maxRedirects {
+            let pin: HostAddress?
+            do throws(FetchError) { pin = try await policy.check(current) } catch {
+                return .failed(error, retryAfter: nil)
+            }
+            let (attempt, location) = await send(current, pinnedTo: pin)
+            guard let location else { return attempt }
+            guard let next = URL(string: location, relativeTo: current)?.absoluteURL else {
+                return .failed(FetchError(FailureClass.httpOther, "a redirect to an unreadable Location '\(location)'"),
+                               retryAfter: nil)
+            }
+            guard seen.insert(next.absoluteString).inserted else {
+                return .failed(FetchError(FailureClass.redirectLoop, "a redirect cycle at \(next.absoluteString)"), retryAfter: nil)
+            }
+            current = next
+        }
+        return .failed(FetchError(FailureClass.redirectLoop, "more than \(configuration.maxRedirects) redirects"), retryAfter: nil)
+    }
+
+    /// Sends one request. A 3xx with a Location comes back as `location` when redirects are
+    /// followed here (under an address policy).
+    private func send(_ url: URL, pinnedTo pin: HostAddress?) async -> (attempt: Attempt, location: String?) {
+        var target = url.absoluteString
+        var hostHeader: String?
+        if let pin, url.scheme?.lowercased() == "http", var parts = URLComponents(url: url, resolvingAgainstBaseURL: false) {
+            hostHeader = url.port.map { "\(url.host!):\($0)" } ?? url.host!
+            parts.percentEncodedHost = pin.urlHost
+            target = parts.url?.absoluteString ?? target
+        }
+        var request = HTTPClientRequest(url: target)
+        if let hostHeader { request.headers.add(name: "Host", value: hostHeader) }
         request.headers.add(name: "User-Agent", value: configuration.userAgent)
         request.headers.add(name: "Accept", value: "image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.5")
         let deadline = NIODeadline.now() + .nanoseconds(Self.nanos(configuration.requestTimeout))
@@ -131,40 +176,46 @@ public final class ImageFetcher: Sendable {
             case 200..<300:
                 let declared = response.headers.first(name: "content-length").flatMap { Int($0) }
                 if let declared, declared > configuration.maxBytes {
-                    return .failed(FetchError(FailureClass.tooLarge,
+                    return (.failed(FetchError(FailureClass.tooLarge,
                                               "the server declares \(declared) bytes, above the limit of \(configuration.maxBytes)",
-                                              httpStatus: status), retryAfter: nil)
+                                              httpStatus: status), retryAfter: nil), nil)
                 }
                 var bytes: [UInt8] = []
                 bytes.reserveCapacity(min(declared ?? 256 << 10, configuration.maxBytes))
                 for try await chunk in response.body {
                     if bytes.count + chunk.readableBytes > configuration.maxBytes {
-                        return .failed(FetchError(FailureClass.tooLarge,
+                        return (.failed(FetchError(FailureClass.tooLarge,
                                                   "the response is larger than the limit of \(configuration.maxBytes) bytes",
-                                                  httpStatus: status), retryAfter: nil)
+                                                  httpStatus: status), retryAfter: nil), nil)
                     }
                     bytes.append(contentsOf: chunk.readableBytesView)
                 }
-                return .done(FetchedImage(bytes: bytes, sha256: Self.sha256(bytes), contentType: contentType,
-                                          httpStatus: status, attempts: 1))
+                return (.done(FetchedImage(bytes: bytes, sha256: Self.sha256(bytes), contentType: contentType,
+                                          httpStatus: status, attempts: 1)), nil)
+            case 300..<400 where configuration.addressPolicy != nil:
+                guard let location = response.headers.first(name: "location") else {
+                    return (.failed(FetchError(FailureClass.httpOther, "HTTP \(status) without a Location", httpStatus: status),
+                                    retryAfter: nil), nil)
+                }
+                return (.failed(FetchError(FailureClass.httpOther, "redirect", httpStatus: status), retryAfter: nil), location)
             case 429:
                 let after = response.headers.first(name: "retry-after").flatMap { Self.parseRetryAfter($0) }
-                return .failed(FetchError(FailureClass.http429, "HTTP 429 Too Many Requests"
+                return (.failed(FetchError(FailureClass.http429, "HTTP 429 Too Many Requests"
                                           + (after.map { " (Retry-After \($0))" } ?? ""), httpStatus: status),
-                               retryAfter: after)
+                               retryAfter: after), nil)
             case 400..<500:
-                return .failed(FetchError(FailureClass.http4xx, "HTTP \(status) \(response.status.reasonPhrase)",
-                                          httpStatus: status), retryAfter: nil)
+                return (.failed(FetchError(FailureClass.http4xx, "HTTP \(status) \(response.status.reasonPhrase)",
+                                          httpStatus: status), retryAfter: nil), nil)
             case 500..<600:
                 let after = response.headers.first(name: "retry-after").flatMap { Self.parseRetryAfter($0) }
-                return .failed(FetchError(FailureClass.http5xx, "HTTP \(status) \(response.status.reasonPhrase)",
-                                          httpStatus: status), retryAfter: after)
+                return (.failed(FetchError(FailureClass.http5xx, "HTTP \(status) \(response.status.reasonPhrase)",
+                                          httpStatus: status), retryAfter: after), nil)
             default:
-                return .failed(FetchError(FailureClass.httpOther, "unexpected HTTP \(status) \(response.status.reasonPhrase)",
-                                          httpStatus: status), retryAfter: nil)
+                return (.failed(FetchError(FailureClass.httpOther, "unexpected HTTP \(status) \(response.status.reasonPhrase)",
+                                          httpStatus: status), retryAfter: nil), nil)
             }
         } catch {
-            return .failed(Self.classify(error), retryAfter: nil)
+            return (.failed(Self.classify(error), retryAfter: nil), nil)
         }
     }
 

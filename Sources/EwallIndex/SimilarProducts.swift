@@ -148,7 +148,15 @@ public final class ProductSearch: Sendable {
     }
 
     /// Products similar to a stored product (its stored vector; itself excluded by id).
+    ///
+    /// A product the index holds is answered from the index alone: its category and stock as
+    /// read when this search opened, its vector from the index when the index stores vectors
+    /// exactly (Flat codes). Other products are read from the store.
     public func similar(to productID: String, query: SimilarQuery = SimilarQuery()) async throws -> SimilarAnswer {
+        if storesExactVectors, let id = idOf[productID], let product = meta[id] {
+            return try similar(vector: try index.reconstruct(id: id), category: product.category,
+                               excluding: productID, query: query)
+        }
         guard let product = try await store.product(id: productID) else {
             throw IndexError(.unknownProduct, "unknown product \(productID)")
         }
@@ -267,4 +275,11 @@ public final class ProductSearch: Sendable {
 
     /// The number of vectors in the index.
     public var count: Int { index.count }
+
+    /// Whether the index keeps vectors as they were added (not as SQ/PQ codes), so that a
+    /// reconstructed vector is the stored one.
+    var storesExactVectors: Bool {
+        let f = manifest.factory.uppercased()
+        return !(f.contains("SQ") || f.contains("PQ") || f.contains("LSH") || f.contains("RQ"))
+    }
 }

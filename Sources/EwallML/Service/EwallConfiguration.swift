@@ -1,0 +1,112 @@
+import EwallClassifier
+import EwallCore
+import EwallFetch
+import EwallIndex
+import EwallInference
+import EwallStore
+import Foundation
+
+/// Everything an ``EwallService`` is built from, with the defaults a server wants.
+///
+/// ```swift
+/// var configuration = EwallConfiguration(modelPath: "models/resnet50.pt")
+/// configuration.storeURL = "postgres://ewall@db/ewall"
+/// configuration.limits.maxBatchWait = .milliseconds(3)
+/// ```
+public struct EwallConfiguration: Sendable {
+    /// The TorchScript model (with its model card beside it). Loaded once.
+    public var modelPath: String
+    /// The embedding store: `sqlite:PATH` (default `sqlite:data/ewall.sqlite`) or `postgres://...`.
+    public var storeURL: String
+    /// The index folder `rebuild-faiss-index` publishes (default `data/faiss`). The service runs
+    /// without one (embeddings and classification work; similar products answer `index_unavailable`).
+    public var indexPath: String
+    /// The keyword rules for the classifier's fallback (default `data/category_rules.json`);
+    /// `nil`: no keyword step.
+    public var rulesPath: String?
+    /// The classifier's method, threshold and reference counts (the platform's by default).
+    public var classifier: ClassifierConfiguration
+    /// How images become tensors. Must match the vectors in the store and index.
+    public var preprocessing: PreprocessingMode
+    /// libtorch precision (fp32 by default, the reference).
+    public var precision: Precision
+    /// libtorch intra-op threads (default 2).
+    public var threads: Int
+    /// Sizes, batching and queue limits.
+    public var limits: Limits
+    /// The address check for caller-supplied image URLs. The default refuses loopback, private,
+    /// link-local, multicast and reserved addresses, and every scheme but http(s). `nil` turns
+    /// the check off (only for trusted callers).
+    public var urlPolicy: AddressPolicy?
+    /// How often the index folder is checked for a newer index (default every 2 s); `nil`: only
+    /// ``EwallService/reloadIndex()`` reloads it.
+    public var indexWatchInterval: Duration?
+
+    /// Limits on what one request may cost, and on how requests are batched.
+    public struct Limits: Sendable, Hashable {
+        /// Image bytes, fetched or uploaded (default 10 MiB).
+        public var maxImageBytes: Int
+        /// Decoded pixels, checked from the header before decoding (default 40 megapixels).
+        public var maxImagePixels: Int
+        /// Images per forward pass: concurrent embeds are coalesced up to this (default 32).
+        public var maxBatchSize: Int
+        /// How long the first image of a batch waits for others when the model is idle
+        /// (default 5 ms). A quiet server pays at most this much latency; a busy one fills batches.
+        public var maxBatchWait: Duration
+        /// Images waiting for the model beyond which new embeds are refused as overloaded
+        /// (default 256, about 8 batches).
+        public var maxQueuedImages: Int
+        /// Time to fetch one image URL, all attempts included (default 10 s).
+        public var fetchTimeout: Duration
+        /// Threads that decode images (default 1; with libtorch on 2 threads that fills 2 cores).
+        public var decodeThreads: Int
+
+        public init(maxImageBytes: Int = 10 << 20, maxImagePixels: Int = 40_000_000, maxBatchSize: Int = 32,
+                    maxBatchWait: Duration = .milliseconds(5), maxQueuedImages: Int = 256,
+                    fetchTimeout: Duration = .seconds(10), decodeThreads: Int = 1) {
+            self.maxImageBytes = maxImageBytes
+            self.maxImagePixels = maxImagePixels
+            self.maxBatchSize = maxBatchSize
+            self.maxBatchWait = maxBatchWait
+            self.maxQueuedImages = maxQueuedImages
+            self.fetchTimeout = fetchTimeout
+            self.decodeThreads = decodeThreads
+        }
+    }
+
+    public init(modelPath: String, storeURL: String = StoreLocation.defaultURL, indexPath: String = IndexFolder.defaultPath,
+                rulesPath: String? = "data/category_rules.json", classifier: ClassifierConfiguration = .init(),
+                preprocessing: PreprocessingMode = .squash224, precision: Precision = .fp32, threads: Int = 2,
+                limits: Limits = Limits(), urlPolicy: AddressPolicy? = AddressPolicy(),
+                indexWatchInterval: Duration? = .seconds(2)) {
+        self.modelPath = modelPath
+        self.storeURL = storeURL
+        self.indexPath = indexPath
+        self.rulesPath = rulesPath
+        self.classifier = classifier
+        self.preprocessing = preprocessing
+        self.precision = precision
+        self.threads = threads
+        self.limits = limits
+        self.urlPolicy = urlPolicy
+        self.indexWatchInterval = indexWatchInterval
+    }
+
+    /// The embedder's configuration this implies.
+    var embedder: EmbedderConfiguration {
+        EmbedderConfiguration(
+            model: ModelOptions(path: modelPath, precision: precision, threads: threads, batchSize: limits.maxBatchSize),
+            preprocessing: preprocessing,
+            limits: ImageLimits(maxPixels: limits.maxImagePixels, maxBytes: limits.maxImageBytes),
+            decodeThreads: limits.decodeThreads)
+    }
+
+    /// The fetcher's configuration this implies: callers' URLs, so no files, few retries.
+    var fetch: FetchConfiguration {
+        FetchConfiguration(perHostLimit: 16, connectTimeout: min(.seconds(5), limits.fetchTimeout),
+                           requestTimeout: limits.fetchTimeout, maxAttempts: 2, backoffBase: .milliseconds(100),
+                           backoffMax: .milliseconds(500), maxRetryAfter: .seconds(1), maxBytes: limits.maxImageBytes,
+                           maxRedirects: 5, userAgent: FetchConfiguration.defaultUserAgent, allowFiles: false,
+                           addressPolicy: urlPolicy)
+    }
+}

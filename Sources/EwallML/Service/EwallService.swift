@@ -1,0 +1,479 @@
+import EwallClassifier
+import EwallCore
+import EwallFetch
+import EwallImaging
+import EwallIndex
+import EwallInference
+import EwallStore
+import Foundation
+import Logging
+import Metrics
+import ServiceLifecycle
+
+/// An image to embed: a URL the service fetches (checked against ``EwallConfiguration/urlPolicy``),
+/// or the encoded bytes (JPEG, PNG, WebP).
+public enum ImageSource: Sendable, Hashable {
+    case url(String)
+    case bytes([UInt8])
+}
+
+/// One embedded image: the vector and what made it.
+public struct ImageEmbedding: Sendable, Hashable {
+    /// L2-normalised, ``EwallService/dimension`` floats.
+    public var vector: [Float]
+    /// The model that made it (`name@sha256-prefix`).
+    public var modelID: String
+    /// The preprocessing it was made with (`squash224`, ...).
+    public var preprocessing: String
+    /// The image as decoded: format and upright size.
+    public var format: String
+    public var width: Int
+    public var height: Int
+}
+
+/// What is loaded from the index folder.
+public struct IndexStatus: Sendable, Hashable {
+    /// Whether an index is loaded and answering.
+    public var loaded: Bool
+    public var path: String
+    /// The FAISS factory string, vector count and model of the loaded index.
+    public var factory: String?
+    public var count: Int
+    public var modelID: String?
+    /// When `rebuild-faiss-index` built it (ISO 8601) and when this service loaded it.
+    public var builtAt: String?
+    public var loadedAt: Date?
+    /// Seconds since it was built.
+    public var ageSeconds: Double?
+    /// Staleness notes (store vectors not in the index, ...).
+    public var warnings: [String]
+    /// Why no index is loaded, or why the last reload failed (the previous index stays).
+    public var problem: String?
+}
+
+/// Whether the service can answer every kind of request.
+public struct Readiness: Sendable, Hashable {
+    public var model: Bool
+    public var store: Bool
+    public var index: Bool
+    /// The index was built from this model (and preprocessing), so image queries can use it.
+    public var consistent: Bool
+    /// What is wrong, one line each.
+    public var problems: [String]
+    public var ready: Bool { model && store && index && consistent }
+}
+
+/// How the dynamic batcher has coalesced embeds so far.
+public struct BatchingStatistics: Sendable, Hashable {
+    public var images: Int
+    public var batches: Int
+    /// Embeds refused as overloaded.
+    public var refused: Int
+    /// Batches by number of images.
+    public var sizes: [Int: Int]
+    /// Images per forward pass on average.
+    public var meanBatchSize: Double
+    /// Images waiting for the model now.
+    public var queueDepth: Int
+}
+
+/// The entry point a server links: embeddings, similar products and classification, with the
+/// model loaded once, concurrent embeds coalesced into batches, and the index reloaded in place.
+///
+/// Safe to call from many tasks at once. Build one per process from an ``EwallConfiguration``;
+/// run it under swift-service-lifecycle (it is a `Service`: ``run()`` returns on graceful
+/// shutdown after the queued embeds are done), or call ``shutdown()`` yourself.
+///
+/// ```swift
+/// let ewall = try await EwallService(configuration: EwallConfiguration(modelPath: "models/resnet50.pt"))
+/// let answer = try await ewall.similar(productID: "P123")
+/// for r in answer.results { print(r.productID, r.similarity) }
+/// await ewall.shutdown()
+/// ```
+public final class EwallService: Service, Sendable {
+    public let configuration: EwallConfiguration
+    /// The model's id, as stored with every vector it makes.
+    public let modelID: String
+    /// The model and preprocessing: the key vectors are stored and indexed under.
+    public let modelKey: ModelKey
+    /// `false` when the model card says the weights are random-init (the offline test model):
+    /// then every vector, neighbour and embedding score is meaningless.
+    public let pretrained: Bool
+    /// The warning to show wherever a user sees model output, or `nil` for a pretrained model.
+    public var modelWarning: String? {
+        pretrained ? nil : "vectors from the random-init model \(modelID) carry no meaning (test model; export pretrained weights)"
+    }
+
+    let embedder: ImageEmbedder
+    let batcher: EmbedBatcher
+    let fetcher: ImageFetcher
+    let store: any EmbeddingStore
+    let rules: KeywordRules?
+    let logger: Logger
+    private let state: Locked<State>
+    private let runner: Task<Void, Never>
+    private let indexVectors: Recorder
+    private let indexAge: Recorder
+    private let reloads: Counter
+    private let reloadFailures: Counter
+
+    /// What a reload replaces, as one value: requests take it once and finish on it.
+    struct Snapshot: Sendable {
+        var search: ProductSearch?
+        var classifier: CategoryClassifier
+        var loadedAt: Date?
+        var problem: String?
+    }
+
+    private struct State: Sendable {
+        var snapshot: Snapshot
+        var watcher: Task<Void, Never>?
+        var shutDown = false
+    }
+
+    /// Loads the model (and warms it up), opens the store, loads the index when the folder has
+    /// one, and builds the classifier's references from the store.
+    ///
+    /// - Parameter metrics: where the service's metrics go (batch sizes, queue depth, index size
+    ///   and age, reloads); the process-wide `MetricsSystem` by default.
+    public init(configuration: EwallConfiguration, logger: Logger = Logger(label: "ewall"),
+                metrics: any MetricsFactory = MetricsSystem.factory) async throws(EwallError) {
+        self.configuration = configuration
+        self.logger = logger
+        let limits = configuration.limits
+        guard limits.maxBatchSize >= 1, limits.maxQueuedImages >= 1, limits.maxImageBytes > 0, limits.maxImagePixels > 0 else {
+            throw EwallError.invalid("limits must be positive: \(limits)")
+        }
+        do {
+            embedder = try ImageEmbedder(configuration: configuration.embedder, logger: logger)
+        } catch {
+            throw EwallError(.unavailable, "model_unavailable", error.message)
+        }
+        modelID = embedder.modelID
+        modelKey = ModelKey(modelID: embedder.modelID, preprocessing: configuration.preprocessing.rawValue)
+        pretrained = embedder.card?.pretrained ?? false
+        do {
+            rules = try configuration.rulesPath.map { try KeywordRules.load(path: $0) }
+        } catch {
+            throw EwallError.invalid("the keyword rules \(configuration.rulesPath ?? ""): \(error)")
+        }
+        do {
+            store = try await StoreLocation(parsing: configuration.storeURL).open()
+        } catch let e as StoreError {
+            throw EwallError(e)
+        } catch {
+            throw EwallError(.unavailable, "store_unavailable", "\(configuration.storeURL): \(error)")
+        }
+        batcher = EmbedBatcher(embedder: embedder.embedder,
+                               options: .init(maxBatch: limits.maxBatchSize, maxWait: limits.maxBatchWait,
+                                              maxQueue: limits.maxQueuedImages),
+                               metrics: metrics)
+        fetcher = ImageFetcher(configuration: configuration.fetch, logger: logger)
+        indexVectors = Recorder(label: "ewall_index_vectors", dimensions: [], aggregate: false, factory: metrics)
+        indexAge = Recorder(label: "ewall_index_age_seconds", dimensions: [], aggregate: false, factory: metrics)
+        reloads = Counter(label: "ewall_index_reloads_total", dimensions: [], factory: metrics)
+        reloadFailures = Counter(label: "ewall_index_reload_failures_total", dimensions: [], factory: metrics)
+        let batcher = self.batcher
+        runner = Task { await batcher.run() }
+        let classifier = try await Self.openClassifier(store: store, key: modelKey, rules: rules, configuration: configuration)
+        state = Locked(State(snapshot: Snapshot(search: nil, classifier: classifier, loadedAt: nil, problem: "not loaded yet")))
+        do {
+            _ = try await reloadIndex()
+        } catch {
+            logger.warning("no index loaded from \(configuration.indexPath): \(error.message); similar products answer index_unavailable until one is")
+        }
+        if let interval = configuration.indexWatchInterval {
+            let watcher = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    guard let self, !Task.isCancelled else { return }
+                    await self.reloadIfChanged()
+                }
+            }
+            state.withLock { $0.watcher = watcher }
+        }
+    }
+
+    /// The vector dimension (2048 for ResNet50).
+    public var dimension: Int { embedder.dimension }
+
+    // MARK: Embeddings
+
+    /// Embeds one image. Concurrent calls share forward passes (up to
+    /// ``EwallConfiguration/Limits/maxBatchSize`` images each).
+    public func embed(_ image: ImageSource) async throws(EwallError) -> ImageEmbedding {
+        let bytes = try await self.bytes(of: image)
+        let prepared: PreparedImage
+        switch await embedder.prepare(bytes) {
+        case .success(let p): prepared = p
+        case .failure(let f): throw EwallError(f)
+        }
+        switch try await batcher.submit(prepared.tensor) {
+        case .success(let vector):
+            return ImageEmbedding(vector: vector, modelID: modelID, preprocessing: modelKey.preprocessing,
+                                  format: prepared.info.format, width: prepared.info.width, height: prepared.info.height)
+        case .failure(let e):
+            throw EwallError(ItemFailure(e))
+        }
+    }
+
+    private func bytes(of image: ImageSource) async throws(EwallError) -> [UInt8] {
+        switch image {
+        case .bytes(let b):
+            guard !b.isEmpty else { throw EwallError.invalid("the image is empty") }
+            guard b.count <= configuration.limits.maxImageBytes else {
+                throw EwallError(.unprocessable, FailureClass.tooLarge,
+                                 "the image has \(b.count) bytes, above the limit of \(configuration.limits.maxImageBytes)")
+            }
+            return b
+        case .url(let u):
+            switch await fetcher.fetch(u) {
+            case .success(let f): return f.bytes
+            case .failure(let e): throw EwallError(fetching: u, e)
+            }
+        }
+    }
+
+    // MARK: Similar products
+
+    /// Products similar to a stored product: its stored vector, itself excluded, the
+    /// platform's rules by default (k 10, similarity 1/(1+L2) ≥ 0.5, same category, in stock).
+    public func similar(productID: String, query: SimilarQuery = SimilarQuery()) async throws(EwallError) -> SimilarAnswer {
+        let search = try currentSearch()
+        do {
+            return try await search.similar(to: productID, query: query)
+        } catch {
+            throw Self.mapped(error)
+        }
+    }
+
+    /// Products similar to an image, embedded on the fly. `category` applies the same-category
+    /// rule (without one, the rule is skipped and the answer says so); `excluding` is never returned.
+    public func similar(image: ImageSource, category: String? = nil, excluding: String? = nil,
+                        query: SimilarQuery = SimilarQuery()) async throws(EwallError) -> SimilarAnswer {
+        let search = try currentSearch()
+        guard search.manifest.key == modelKey else {
+            throw EwallError(.unavailable, "model_mismatch",
+                             "the index holds vectors of \(search.manifest.modelID) (\(search.manifest.preprocessing)), "
+                             + "this service embeds with \(modelID) (\(modelKey.preprocessing)): rebuild the index from this model's vectors")
+        }
+        let e = try await embed(image)
+        do {
+            return try search.similar(vector: e.vector, category: category, excluding: excluding, query: query)
+        } catch {
+            throw Self.mapped(error)
+        }
+    }
+
+    private func currentSearch() throws(EwallError) -> ProductSearch {
+        let snapshot = state.withLock { $0.snapshot }
+        guard let search = snapshot.search else {
+            throw EwallError(.unavailable, "index_unavailable",
+                             "no index is loaded from \(configuration.indexPath)"
+                             + (snapshot.problem.map { ": \($0)" } ?? "") + "; run rebuild-faiss-index")
+        }
+        return search
+    }
+
+    // MARK: Classification
+
+    /// The category of a stored product: its stored vector against the references, then its
+    /// title's keywords, then `generic`. The answer explains which step decided.
+    public func classify(productID: String) async throws(EwallError) -> Classification {
+        let classifier = state.withLock { $0.snapshot.classifier }
+        do {
+            guard let product = try await store.product(id: productID) else { throw EwallError.unknownProduct(productID) }
+            let vector = try await store.embedding(productID: productID, key: modelKey)?.vector
+            return try classifier.classify(ClassifierInput(productID: productID, vector: vector, title: product.title,
+                                                           brand: product.brand))
+        } catch {
+            throw Self.mapped(error)
+        }
+    }
+
+    /// The category of a product that is not stored: a title (and brand) and/or an image.
+    public func classify(title: String?, brand: String? = nil, image: ImageSource? = nil) async throws(EwallError) -> Classification {
+        guard title?.isEmpty == false || image != nil else {
+            throw EwallError.invalid("give a title, an image, or both")
+        }
+        let classifier = state.withLock { $0.snapshot.classifier }
+        var vector: [Float]?
+        if let image { vector = try await embed(image).vector }
+        do {
+            return try classifier.classify(ClassifierInput(productID: nil, vector: vector, title: title, brand: brand))
+        } catch {
+            throw Self.mapped(error)
+        }
+    }
+
+    // MARK: The index
+
+    /// Loads the index folder again and swaps it in atomically, with fresh product metadata
+    /// (category, stock) and classifier references: requests in flight finish on the old
+    /// index, new ones use the new. On failure the old index stays and the error is thrown.
+    @discardableResult
+    public func reloadIndex() async throws(EwallError) -> IndexStatus {
+        let folder = IndexFolder(path: configuration.indexPath)
+        let search: ProductSearch
+        do {
+            search = try await Self.openConsistently(folder: folder, store: store)
+        } catch {
+            reloadFailures.increment()
+            let e = Self.mapped(error)
+            let message = folder.exists ? e.message : "\(folder.path) holds no index"
+            state.withLock {
+                if $0.snapshot.search == nil { $0.snapshot.problem = message }
+            }
+            throw EwallError(.unavailable, "index_unavailable", message)
+        }
+        let classifier: CategoryClassifier
+        do {
+            classifier = try await Self.openClassifier(store: store, key: modelKey, rules: rules, configuration: configuration)
+        } catch {
+            classifier = state.withLock { $0.snapshot.classifier }
+            logger.warning("classifier references not refreshed: \(error.message)")
+        }
+        state.withLock { $0.snapshot = Snapshot(search: search, classifier: classifier, loadedAt: Date(), problem: nil) }
+        reloads.increment()
+        for w in search.warnings { logger.warning("index: \(w)") }
+        logger.info("index loaded: \(search.manifest.factory), \(search.count) vectors of \(search.manifest.modelID), built \(search.manifest.builtAt)")
+        recordIndexGauges()
+        return indexStatus
+    }
+
+    /// Opens the folder, then checks that its manifest did not change while the files were read
+    /// (a rebuild publishing at that moment); if it did, reads again.
+    private static func openConsistently(folder: IndexFolder, store: any EmbeddingStore) async throws -> ProductSearch {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let search = try await ProductSearch.open(folder: folder, store: store)
+            if attempt >= 3 || (try? folder.manifest()) == search.manifest { return search }
+        }
+    }
+
+    private func reloadIfChanged() async {
+        let onDisk = try? IndexFolder(path: configuration.indexPath).manifest()
+        let loaded = state.withLock { $0.snapshot.search?.manifest }
+        recordIndexGauges()
+        guard let onDisk, onDisk != loaded else { return }
+        do {
+            try await reloadIndex()
+        } catch {
+            logger.warning("index reload failed (the previous index stays): \(error.message)")
+        }
+    }
+
+    /// The loaded index: what, how big, how old.
+    public var indexStatus: IndexStatus {
+        let snapshot = state.withLock { $0.snapshot }
+        guard let s = snapshot.search else {
+            return IndexStatus(loaded: false, path: configuration.indexPath, factory: nil, count: 0, modelID: nil, builtAt: nil,
+                               loadedAt: nil, ageSeconds: nil, warnings: [], problem: snapshot.problem)
+        }
+        let built = ISO8601DateFormatter().date(from: s.manifest.builtAt)
+        return IndexStatus(loaded: true, path: configuration.indexPath, factory: s.manifest.factory, count: s.count,
+                           modelID: s.manifest.modelID, builtAt: s.manifest.builtAt, loadedAt: snapshot.loadedAt,
+                           ageSeconds: built.map { Date().timeIntervalSince($0) }, warnings: s.warnings, problem: snapshot.problem)
+    }
+
+    /// Records the index size and age gauges (`ewall_index_vectors`, `ewall_index_age_seconds`);
+    /// the index watch does so every tick. Call it before rendering metrics.
+    public func recordIndexGauges() {
+        let status = indexStatus
+        indexVectors.record(status.count)
+        indexAge.record(status.ageSeconds ?? 0)
+    }
+
+    // MARK: Health
+
+    /// Model, store and index loaded and consistent. Asks the store a one-row question.
+    public func readiness() async -> Readiness {
+        var problems: [String] = []
+        var storeOK = true
+        do {
+            _ = try await store.product(id: "")
+        } catch {
+            storeOK = false
+            problems.append("store \(store.displayName): \(error)")
+        }
+        let (search, problem, isShutDown) = state.withLock { ($0.snapshot.search, $0.snapshot.problem, $0.shutDown) }
+        if isShutDown { problems.append("shutting down") }
+        if search == nil { problems.append("no index: \(problem ?? "not loaded")") }
+        var consistent = search != nil
+        if let search, search.manifest.key != modelKey {
+            consistent = false
+            problems.append("the index holds vectors of \(search.manifest.modelID) (\(search.manifest.preprocessing)), "
+                            + "the model is \(modelID) (\(modelKey.preprocessing))")
+        }
+        return Readiness(model: !isShutDown, store: storeOK, index: search != nil, consistent: consistent, problems: problems)
+    }
+
+    /// What the dynamic batcher has done so far.
+    public var batching: BatchingStatistics {
+        let s = batcher.snapshot
+        return BatchingStatistics(images: s.images, batches: s.batches, refused: s.refused, sizes: s.sizes,
+                                  meanBatchSize: s.meanBatch, queueDepth: batcher.depth)
+    }
+
+    // MARK: Lifecycle
+
+    /// Runs until graceful shutdown (swift-service-lifecycle), then shuts the service down:
+    /// queued embeds finish, the index watch stops, connections close.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+
+    /// Stops accepting embeds, finishes the queued ones, stops the index watch and closes the
+    /// fetcher and the store. Calls after the first do nothing.
+    public func shutdown() async {
+        let (first, watcher) = state.withLock { s -> (Bool, Task<Void, Never>?) in
+            defer { s.shutDown = true; s.watcher = nil }
+            return (!s.shutDown, s.watcher)
+        }
+        guard first else { return }
+        watcher?.cancel()
+        batcher.finish()
+        await runner.value
+        try? await fetcher.shutdown()
+        await store.close()
+    }
+
+    // MARK: Helpers
+
+    private static func openClassifier(store: any EmbeddingStore, key: ModelKey, rules: KeywordRules?,
+                                       configuration: EwallConfiguration) async throws(EwallError) -> CategoryClassifier {
+        do {
+            return try await CategoryClassifier.open(store: store, key: key, rules: rules, configuration: configuration.classifier)
+        } catch {
+            throw mapped(error)
+        }
+    }
+
+    static func mapped(_ error: any Error) -> EwallError {
+        switch error {
+        case let e as EwallError: return e
+        case let e as IndexError: return EwallError(e)
+        case let e as StoreError: return EwallError(e)
+        case let e as ClassifierError: return EwallError(.internal, "classifier_error", e.message)
+        default: return EwallError(.internal, "internal", "\(error)")
+        }
+    }
+}
+
+/// A value behind a lock.
+///
+/// Safe because: `value` is only touched inside `withLock`.
+final class Locked<Value: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Value
+
+    init(_ value: Value) { self.value = value }
+
+    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
+    }
+}

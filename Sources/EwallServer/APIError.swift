@@ -1,0 +1,92 @@
+import EwallML
+import Foundation
+import HTTPTypes
+import Hummingbird
+
+/// An error as the API returns it: `{"error": {"code": ..., "message": ...}}` with a status.
+///
+/// The codes are stable (clients branch on them); ``OpenAPIDocument`` lists every one.
+struct APIError: Error, Sendable {
+    var status: HTTPResponse.Status
+    var code: String
+    var message: String
+    var retryAfter: Duration?
+
+    init(_ status: HTTPResponse.Status, _ code: String, _ message: String, retryAfter: Duration? = nil) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retryAfter = retryAfter
+    }
+
+    /// The library's error, at the status its kind means.
+    init(_ e: EwallError) {
+        let status: HTTPResponse.Status
+        switch e.kind {
+        case .notFound: status = .notFound
+        case .invalidRequest: status = .badRequest
+        case .unprocessable: status = .unprocessableContent
+        case .overloaded, .unavailable: status = .serviceUnavailable
+        case .internal: status = .internalServerError
+        }
+        self.init(status, e.code, e.message, retryAfter: e.retryAfter ?? (e.kind == .unavailable ? .seconds(5) : nil))
+    }
+
+    static func badRequest(_ message: String) -> APIError { APIError(.badRequest, "invalid_request", message) }
+
+    func response() -> Response {
+        var headers: HTTPFields = [.contentType: "application/json; charset=utf-8"]
+        if let retryAfter {
+            let seconds = max(1, Int((Double(retryAfter.components.seconds) + Double(retryAfter.components.attoseconds) / 1e18).rounded(.up)))
+            headers[.retryAfter] = String(seconds)
+        }
+        let body = try! JSONSerialization.data(withJSONObject: ["error": ["code": code, "message": message]],
+                                               options: [.sortedKeys, .withoutEscapingSlashes])
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+    }
+
+    /// The codes this server can answer with, by status (for the OpenAPI document and its test).
+    static let codes: [String: [String]] = [
+        "400": ["invalid_request", "invalid_url"],
+        "403": ["forbidden"],
+        "404": ["unknown_product", "no_vector", "route_not_found"],
+        "405": ["method_not_allowed"],
+        "413": ["body_too_large"],
+        "415": ["unsupported_media_type"],
+        "422": ["blocked_url", "fetch_failed", "not_an_image", "unsupported_format", "truncated", "corrupt", "too_many_pixels",
+                "too_small", "too_large", "unreadable", "out_of_memory"],
+        "500": ["internal", "index_error", "classifier_error", "model_error", "invalid_vector", "bad_model_output"],
+        "503": ["overloaded", "timeout", "index_unavailable", "model_mismatch", "store_unavailable", "shutting_down",
+                "model_unavailable"],
+    ]
+}
+
+/// Turns every error a handler throws into the JSON error shape, and unknown routes into
+/// `route_not_found`.
+struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let e as APIError {
+            return e.response()
+        } catch let e as EwallError {
+            return APIError(e).response()
+        } catch let e as any HTTPResponseError {
+            switch e.status {
+            case .notFound:
+                return APIError(.notFound, "route_not_found", "no route \(request.method) \(request.uri.path)").response()
+            case .contentTooLarge:
+                return APIError(.contentTooLarge, "body_too_large", "the request body is larger than the server accepts").response()
+            case .methodNotAllowed:
+                return APIError(.methodNotAllowed, "method_not_allowed", "\(request.method) is not allowed on \(request.uri.path)").response()
+            default:
+                return APIError(e.status, e.status.code < 500 ? "invalid_request" : "internal", e.status.reasonPhrase).response()
+            }
+        } catch is DecodingError {
+            return APIError.badRequest("the request body is not the JSON this route takes").response()
+        } catch {
+            context.logger.error("unhandled error on \(request.method) \(request.uri.path): \(error)")
+            return APIError(.internalServerError, "internal", "internal error").response()
+        }
+    }
+}

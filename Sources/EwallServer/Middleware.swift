@@ -1,0 +1,62 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Metrics
+
+/// Counts requests (`ewall_http_requests_total{method,route,status}`) and times them
+/// (`ewall_http_request_duration_seconds{method,route}`), by route pattern, not by URL, so
+/// product ids do not multiply the series.
+struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
+    let factory: any MetricsFactory
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let start = ContinuousClock.now
+        let response = try await next(request, context)
+        let route = context.endpointPath ?? "unmatched"
+        let method = request.method.rawValue
+        Counter(label: "ewall_http_requests_total",
+                dimensions: [("method", method), ("route", route), ("status", String(response.status.code))],
+                factory: factory).increment()
+        let took = ContinuousClock.now - start
+        let (s, atto) = took.components
+        Metrics.Timer(label: "ewall_http_request_duration_seconds", dimensions: [("method", method), ("route", route)],
+                      factory: factory).recordNanoseconds(s * 1_000_000_000 + atto / 1_000_000_000)
+        return response
+    }
+}
+
+/// Refuses API requests beyond `limit` in progress with 503 `overloaded` and Retry-After, so
+/// a flood queues nowhere unbounded. Health, readiness and metrics always pass.
+struct InFlightLimit<Context: RequestContext>: RouterMiddleware {
+    let limit: Int
+    private let counter = InFlightCounter()
+
+    init(limit: Int) { self.limit = limit }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let path = request.uri.path
+        if path == "/healthz" || path == "/readyz" || path == "/metrics" { return try await next(request, context) }
+        guard counter.enter(limit: limit) else {
+            throw APIError(.serviceUnavailable, "overloaded", "more than \(limit) requests are in progress; retry later",
+                           retryAfter: .seconds(1))
+        }
+        defer { counter.leave() }
+        return try await next(request, context)
+    }
+}
+
+/// Safe because: `count` is only touched under `lock`.
+final class InFlightCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+
+    func enter(limit: Int) -> Bool {
+        lock.withLock {
+            guard count < limit else { return false }
+            count += 1
+            return true
+        }
+    }
+
+    func leave() { lock.withLock { count -= 1 } }
+}

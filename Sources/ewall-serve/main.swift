@@ -1,0 +1,143 @@
+import ArgumentParser
+import EwallCLI
+import EwallML
+import EwallServer
+import Foundation
+import Logging
+import Prometheus
+import UnixSignals
+
+/// `ewall-serve`: the reference HTTP server over EwallML (thin: flags -> configuration -> run).
+@main
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ewall-serve",
+        abstract: "HTTP API: similar products, category classification and image embeddings.",
+        discussion: """
+            Routes: GET /api/recommendations/similar/{product_id}?k=&min_similarity=&any_category=&include_out_of_stock=, \
+            POST /api/recommendations/similar, POST /api/recommendations/classify, POST /api/embeddings, \
+            GET /healthz, /readyz, /metrics (Prometheus), /openapi.json; POST /admin/reload-index from loopback only.
+
+            Image URLs from callers are fetched only if every address their host resolves to is public: \
+            loopback, private, link-local (169.254.169.254), multicast and reserved addresses and non-http(s) \
+            schemes are refused, on every redirect hop. --allow-host opens one host (an internal CDN).
+
+            The index is reloaded and swapped in atomically on SIGHUP, on POST /admin/reload-index, and when \
+            the index folder changes (checked every --watch-seconds). SIGTERM/SIGINT stop accepting, finish \
+            requests in flight and queued embeds, then exit.
+
+            Concurrent embeds are coalesced into batches of up to --batch-size images, waiting at most \
+            --max-batch-wait-ms for company when the model is idle.
+
+            With the random-init model `make model` makes offline, every vector, neighbour and embedding \
+            score is meaningless; responses carry a "warning" saying so.
+            """)
+
+    @Option(name: .long, help: "Address to listen on.")
+    var host = "127.0.0.1"
+
+    @Option(name: .long, help: "Port to listen on (0: any free port, printed).")
+    var port = 8080
+
+    @OptionGroup var database: DatabaseFlags
+
+    @Option(name: .long, help: ArgumentHelp("The index folder.", discussion: "Default: $EWALL_INDEX, then data/faiss."))
+    var index: String?
+
+    @OptionGroup var modelFlags: ModelFlags
+
+    @Option(name: .long, help: "Preprocessing the store's vectors were made with.")
+    var preprocess: PreprocessingMode = .squash224
+
+    @Option(name: .long, help: ArgumentHelp("Keyword rules for the classifier.", discussion: "Default: $EWALL_RULES, then data/category_rules.json."))
+    var rules: String?
+
+    @Option(name: .customLong("allow-host"), help: "A host whose image URLs may be fetched whatever it resolves to (repeatable).")
+    var allowHosts: [String] = []
+
+    @Option(name: .long, help: "Longest wait for a batch to fill when the model is idle, in milliseconds.")
+    var maxBatchWaitMs = 5
+
+    @Option(name: .long, help: "Images waiting for the model beyond which embeds answer 503 overloaded.")
+    var maxQueue = 256
+
+    @Option(name: .long, help: "Largest request body in bytes (413 above).")
+    var maxBodyBytes = 16 << 20
+
+    @Option(name: .long, help: "Largest image in bytes, uploaded or fetched (422 above).")
+    var maxImageBytes = 10 << 20
+
+    @Option(name: .long, help: "Largest image in pixels, from its header (422 above).")
+    var maxPixels = 40_000_000
+
+    @Option(name: .long, help: "Seconds a request may take (503 timeout after).")
+    var requestTimeout = 30.0
+
+    @Option(name: .long, help: "API requests in progress beyond which new ones answer 503 overloaded.")
+    var maxInFlight = 512
+
+    @Option(name: .long, help: "Seconds between checks of the index folder for a new index (0: no watch).")
+    var watchSeconds = 2.0
+
+    @Flag(name: .long, help: "Do not serve POST /admin/reload-index.")
+    var noAdmin = false
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        guard maxBatchWaitMs >= 0 && maxBatchWaitMs <= 1000 else { throw ValidationError("--max-batch-wait-ms must be 0...1000") }
+        guard maxQueue >= 1, maxBodyBytes >= 1024, maxImageBytes >= 1024, maxPixels >= 1, maxInFlight >= 1 else {
+            throw ValidationError("limits must be positive (body and image bytes at least 1024)")
+        }
+        guard requestTimeout > 0, watchSeconds >= 0 else { throw ValidationError("times must be positive") }
+    }
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .info
+            return h
+        }
+        let logger = Logger(label: "ewall-serve")
+        let model = modelFlags.options()
+        var config = EwallConfiguration(
+            modelPath: model.path, storeURL: database.resolvedDB,
+            indexPath: index ?? ProcessInfo.processInfo.environment["EWALL_INDEX"] ?? "data/faiss",
+            rulesPath: rules ?? ProcessInfo.processInfo.environment["EWALL_RULES"] ?? "data/category_rules.json",
+            preprocessing: preprocess, precision: model.precision, threads: model.threads,
+            urlPolicy: AddressPolicy(allowHosts: allowHosts),
+            indexWatchInterval: watchSeconds > 0 ? .milliseconds(Int(watchSeconds * 1000)) : nil)
+        config.limits = .init(maxImageBytes: maxImageBytes, maxImagePixels: maxPixels, maxBatchSize: model.batchSize,
+                              maxBatchWait: .milliseconds(maxBatchWaitMs), maxQueuedImages: maxQueue)
+        let registry = PrometheusCollectorRegistry()
+        let service: EwallService
+        do {
+            service = try await EwallService(configuration: config, logger: logger,
+                                             metrics: PrometheusMetricsFactory.forEwall(registry: registry))
+        } catch {
+            throw fail("\(error.code): \(error.message)")
+        }
+        if let warning = service.modelWarning { logger.warning("\(warning)") }
+        let server = ServerConfiguration(host: host, port: port, maxBodyBytes: maxBodyBytes,
+                                         requestTimeout: .milliseconds(Int(requestTimeout * 1000)),
+                                         maxInFlight: maxInFlight, adminRoutes: !noAdmin)
+        let (host, port) = (self.host, self.port)
+        let app = EwallHTTPServer.application(service: service, configuration: server, registry: registry, logger: logger) { address in
+            // Tests and scripts read the port from this line (with --port 0).
+            let shown = address.map { "\($0.ipAddress ?? host):\($0.port ?? port)" } ?? "\(host):\(port)"
+            FileHandle.standardOutput.write(Data("ewall-serve: listening on http://\(shown)\n".utf8))
+        }
+        // SIGHUP: reload the index (rebuild-faiss-index has published a new one).
+        let reloader = Task {
+            for await _ in await UnixSignalsSequence(trapping: [.sighup]) {
+                do throws(EwallError) {
+                    let s = try await service.reloadIndex()
+                    logger.info("SIGHUP: index reloaded (\(s.count) vectors, built \(s.builtAt ?? "?"))")
+                } catch {
+                    logger.error("SIGHUP: reload failed, the previous index stays: \(error.message)")
+                }
+            }
+        }
+        defer { reloader.cancel() }
+        try await app.runService()
+    }
+}

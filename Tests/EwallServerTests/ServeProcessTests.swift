@@ -1,0 +1,117 @@
+import EwallML
+import EwallTestSupport
+import Foundation
+import Testing
+
+/// The `ewall-serve` executable itself: flags, SIGHUP reload, graceful shutdown on SIGTERM.
+@Suite("ewall-serve process", .serialized)
+struct ServeProcessTests {
+    /// A running `ewall-serve`, its port read from the "listening on" line.
+    final class Served: @unchecked Sendable {
+        let process = Process()
+        let out = Pipe()
+        let err = Pipe()
+        var port = 0
+
+        init(_ args: [String]) throws {
+            let candidates = [Bundle.main.bundleURL.appendingPathComponent("ewall-serve"),
+                              Fixtures.root.appendingPathComponent(".build/debug/ewall-serve")]
+            guard let exe = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
+                throw Fixtures.Missing(description: "ewall-serve is not built: run `swift build` (make test does)")
+            }
+            process.executableURL = exe
+            process.arguments = args
+            process.currentDirectoryURL = Fixtures.root
+            process.standardOutput = out
+            process.standardError = err
+            try process.run()
+            var seen = ""
+            let deadline = Date().addingTimeInterval(60)
+            while Date() < deadline {
+                let chunk = out.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                seen += String(decoding: chunk, as: UTF8.self)
+                if let r = seen.range(of: #"listening on http://127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
+                    port = Int(seen[r].split(separator: ":").last!)!
+                    return
+                }
+            }
+            process.terminate()
+            let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            throw Fixtures.Missing(description: "ewall-serve did not start: \(seen) \(stderr)")
+        }
+
+        var base: String { "http://127.0.0.1:\(port)" }
+
+        func signal(_ s: Int32) { kill(process.processIdentifier, s) }
+
+        func waitForExit() -> Int32 {
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+    }
+
+    static func args(_ dir: URL) -> [String] {
+        ["--port", "0", "--db", "sqlite:\(dir.path)/ewall.sqlite", "--index", dir.appendingPathComponent("faiss").path,
+         "--model", Fixtures.model, "--rules", Fixtures.path("data/category_rules.json"), "--watch-seconds", "0"]
+    }
+
+    @Test("--help names every flag the issue asks for")
+    func help() throws {
+        let p = Process()
+        let pipe = Pipe()
+        p.executableURL = Fixtures.root.appendingPathComponent(".build/debug/ewall-serve")
+        p.arguments = ["--help"]
+        p.standardOutput = pipe
+        try p.run()
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        for flag in ["--host", "--port", "--db", "--index", "--model", "--allow-host", "--max-batch-wait-ms", "--max-queue",
+                     "--max-body-bytes", "--max-pixels", "--request-timeout", "--watch-seconds", "SIGHUP", "random-init"] {
+            #expect(text.contains(flag), "--help lacks \(flag)")
+        }
+    }
+
+    @Test("SIGHUP reloads a rebuilt index; SIGTERM finishes the requests in flight, then exits 0")
+    func signals() async throws {
+        let cat = try await PhotoCatalogue.shared.value
+        let dir = try cat.copy()
+        let served = try Served(Self.args(dir))
+        defer { if served.process.isRunning { served.process.terminate() } }
+        #expect(try await HTTP.call(.GET, "\(served.base)/readyz").json["index_count"] as? Int == 20)
+
+        // Rebuild with two more products, then SIGHUP.
+        let store = try await StoreLocation(parsing: "sqlite:\(dir.path)/ewall.sqlite").open()
+        try await store.upsertProducts([Product(id: "p90", category: "down"), Product(id: "p91", category: "down")], source: .manifest)
+        try await store.write(WriteBatch(embeddings: ["p90", "p91"].map {
+            StoredEmbedding(productID: $0, imageURL: "file:///x.jpg", key: cat.key, vector: cat.vectors["p00"]!)
+        }))
+        _ = try await IndexBuilder.build(store: store, options: IndexBuildOptions(
+            folder: IndexFolder(path: dir.appendingPathComponent("faiss").path), threads: 1))
+        await store.close()
+        #expect(try await HTTP.call(.GET, "\(served.base)/readyz").json["index_count"] as? Int == 20, "no watch: not yet")
+        served.signal(SIGHUP)
+        var count = 0
+        for _ in 0..<50 where count != 22 {
+            try await Task.sleep(for: .milliseconds(100))
+            count = try await HTTP.call(.GET, "\(served.base)/readyz").json["index_count"] as? Int ?? 0
+        }
+        #expect(count == 22)
+
+        // Embeds in flight (each waits for a forward pass), then SIGTERM.
+        let image = try Fixtures.bytes(cat.photos[3])
+        let inFlight = (0..<12).map { _ in
+            Task { try await HTTP.call(.POST, "\(served.base)/api/embeddings", body: image, contentType: "image/jpeg") }
+        }
+        try await Task.sleep(for: .milliseconds(150))
+        served.signal(SIGTERM)
+        for t in inFlight {
+            let r = try await t.value
+            #expect(r.status == 200, "a request in flight at SIGTERM got \(r.status): \(r.text.prefix(200))")
+        }
+        #expect(served.waitForExit() == 0)
+        // And nothing listens any more.
+        await #expect(throws: (any Error).self) { _ = try await HTTP.call(.GET, "\(served.base)/healthz", timeout: .seconds(2)) }
+    }
+}
