@@ -18,18 +18,20 @@ FIX   := .fixtures
 # loopback, the Python reference, and the photo sources for the samples (desktop wallpapers
 # and scikit-image's data, real photographs).
 APT_PACKAGES := libtorch-dev libfaiss-dev libopenblas-dev libturbojpeg0-dev libpng-dev libwebp-dev \
-                libsqlite3-dev postgresql sqlite3 \
+                libsqlite3-dev postgresql sqlite3 wrk curl \
                 python3-torch python3-torchvision python3-pil python3-numpy python3-skimage python3-requests python3-faiss \
                 mate-backgrounds plasma-workspace-wallpapers
 DEPS_STAMP := .build/.deps-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 
-.PHONY: help deps build model samples fixtures test demo bench clean
+.PHONY: help deps build model samples fixtures test demo bench clean serve
 
 help:
 	@echo "make demo     install deps, build (release), make the model, run ewall-embed over the sample photos served"
 	@echo "              from a loopback HTTP server into sqlite:data/ewall.sqlite, twice (the rerun skips all)"
 	@echo "make test     install deps, make model and fixtures, run all tests"
-	@echo "make bench    benchmarks vs the Python reference (bench/out/): model, decode, the job, FAISS index, classifier"
+	@echo "make bench    benchmarks vs the Python reference (bench/out/): model, decode, the job, FAISS index, classifier,"
+	@echo "              ewall-serve under wrk load"
+	@echo "make serve    after make demo: ewall-serve on http://127.0.0.1:8080 over the demo store and index"
 	@echo "make deps     apt-get install the Debian packages listed in APT_PACKAGES (root or sudo)"
 	@echo "make model    export $(MODEL): pretrained if the weights download, else random-init (loud warning)"
 	@echo "make build    swift build -c release"
@@ -49,6 +51,10 @@ build: deps
 	$(SWIFT) build -c release --product ewall
 	$(SWIFT) build -c release --product ewall-embed
 	$(SWIFT) build -c release --product rebuild-faiss-index
+	$(SWIFT) build -c release --product ewall-serve
+
+serve: build model
+	.build/release/ewall-serve --db sqlite:data/ewall.sqlite --index data/faiss --model $(MODEL)
 
 samples: data/samples/manifest.json
 data/samples/manifest.json: data/make_samples.py | $(DEPS_STAMP)
@@ -122,6 +128,14 @@ demo: build model $(FIX)/images/.done
 	.build/release/ewall classify
 	@echo; echo "== ewall calibrate: leave-one-out on those 16"; echo
 	.build/release/ewall calibrate
+	@echo; echo "== ewall-serve over the same store and index (make serve runs it in the foreground)"; echo
+	@.build/release/ewall-serve --port $(DEMO_PORT) --watch-seconds 0 > data/demo/serve.log 2>&1 & srv=$$!; \
+	  trap "kill $$srv" EXIT; for i in $$(seq 50); do curl -sf http://127.0.0.1:$(DEMO_PORT)/healthz >/dev/null && break; sleep 0.2; done; \
+	  set -x; curl -s "http://127.0.0.1:$(DEMO_PORT)/api/recommendations/similar/demo-1?k=3&any_category=true"; echo; \
+	  curl -s -X POST http://127.0.0.1:$(DEMO_PORT)/api/recommendations/classify -H 'Content-Type: application/json' \
+	       -d '{"title": "노스페이스 눕시 다운 자켓"}'; echo; \
+	  curl -s -X POST http://127.0.0.1:$(DEMO_PORT)/api/embeddings -H 'Content-Type: application/json' \
+	       -d '{"image_url": "http://169.254.169.254/latest/meta-data/"}'; echo
 
 bench: build model
 	$(PY) data/make_samples.py --out data/samples --bench 400
@@ -135,6 +149,9 @@ bench: build model
 	    --out bench/out
 	$(SWIFT) build -c release --product ewall
 	$(PY) bench/classify_bench.py --ewall-bench .build/release/ewall-bench --ewall .build/release/ewall --out bench/out
+	$(SWIFT) build -c release --product ewall-serve
+	$(PY) bench/serve_bench.py --serve .build/release/ewall-serve --ewall-bench .build/release/ewall-bench \
+	    --rebuild .build/release/rebuild-faiss-index --model $(MODEL) --out bench/out
 
 clean:
 	rm -rf .build/release .build/debug $(FIX) data/samples data/demo bench/out

@@ -4,6 +4,8 @@
 //   ewall-bench --model models/resnet50.pt --images data/samples/bench --iterations 6
 //   ewall-bench index load|search ...   (bench/index_bench.py; see IndexBench.swift)
 //   ewall-bench classify score|calibrate ...   (bench/classify_bench.py; see ClassifyBench.swift)
+//   ewall-bench embedder --model M --images DIR --count N   (bench/serve_bench.py): ImageEmbedder's
+//       own throughput, bytes in memory -> decode -> batches of 32 -> vectors; prints {images_per_s}
 import EwallML
 import Foundation
 
@@ -13,6 +15,27 @@ if CommandLine.arguments.dropFirst().first == "index" {
 }
 if CommandLine.arguments.dropFirst().first == "classify" {
     try ClassifyBench.run(Array(CommandLine.arguments.dropFirst(2)))
+    exit(0)
+}
+
+if CommandLine.arguments.dropFirst().first == "embedder" {
+    let a = CommandLine.arguments
+    func opt(_ name: String, _ fallback: String) -> String {
+        a.firstIndex(of: name).flatMap { $0 + 1 < a.count ? a[$0 + 1] : nil } ?? fallback
+    }
+    let dir = opt("--images", "data/samples/bench")
+    let count = Int(opt("--count", "256"))!
+    let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+    let images = (0..<count).map { [UInt8](FileManager.default.contents(atPath: "\(dir)/\(names[$0 % names.count])")!) }
+    let embedder = try ImageEmbedder(configuration: EmbedderConfiguration(model: ModelOptions(path: opt("--model", "models/resnet50.pt"))))
+    _ = await embedder.embed(images: Array(images.prefix(32)))
+    let start = ContinuousClock.now
+    let outcomes = await embedder.embed(images: images)
+    let t = ContinuousClock.now - start
+    let s = Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18
+    let failed = outcomes.filter { if case .failure = $0.result { true } else { false } }.count
+    print(String(decoding: try JSONSerialization.data(withJSONObject: [
+        "images": count, "failed": failed, "seconds": s, "images_per_s": Double(count) / s], options: [.sortedKeys]), as: UTF8.self))
     exit(0)
 }
 
