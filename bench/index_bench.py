@@ -47,6 +47,19 @@ def synthetic(n, d, clusters, seed, intrinsic=8, spread=0.3):
 
 
 
+def load_store(ewall_bench, vectors, labels, npy, meta, db):
+    """Writes `vectors` (as .npy) and their products (p0000000..., category cat<label % 10>, 2 in 3
+    in stock, seeded) and loads both into the store `db` with `ewall-bench index load`."""
+    np.save(npy, vectors)
+    stock = np.random.default_rng(1).random(len(vectors)) < 2 / 3
+    with open(meta, "w") as f:
+        f.write("product_id\tcategory\tin_stock\n")
+        for i in range(len(vectors)):
+            f.write(f"p{i:07d}\tcat{labels[i] % 10}\t{int(stock[i])}\n")
+    subprocess.run([ewall_bench, "index", "load", "--npy", npy, "--meta", meta, "--db", db], check=True,
+                   stdout=subprocess.DEVNULL, cwd=ROOT)
+
+
 def peak_rss_mib(cmd):
     """Peak RSS of one command, from GNU time."""
     p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, capture_output=True, cwd=ROOT)
@@ -100,16 +113,8 @@ def bench_case(args, name, vectors, labels, factory, tmp):
     meta = os.path.join(tmp, f"{name}.meta.tsv")
     db = f"sqlite:{tmp}/{name}.sqlite"
     if not os.path.exists(npy):
-        np.save(npy, vectors)
-        rng = np.random.default_rng(1)
-        stock = rng.random(n) < 2 / 3
-        with open(meta, "w") as f:
-            f.write("product_id\tcategory\tin_stock\n")
-            for i in range(n):
-                f.write(f"p{i:07d}\tcat{labels[i] % 10}\t{int(stock[i])}\n")
         log(f"{name}: loading {n} vectors into {db}")
-        subprocess.run([args.ewall_bench, "index", "load", "--npy", npy, "--meta", meta, "--db", db], check=True,
-                       stdout=subprocess.DEVNULL, cwd=ROOT)
+        load_store(args.ewall_bench, vectors, labels, npy, meta, db)
     out_dir = os.path.join(tmp, f"{name}-{factory.replace(',', '_')}")
     log(f"{name}: rebuild-faiss-index --index {factory}")
     t = time.perf_counter()

@@ -32,7 +32,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from index_bench import synthetic  # noqa: E402  (the same seeded data as the index bench)
+from index_bench import load_store, synthetic  # noqa: E402  (the same seeded data and store as the index bench)
 
 
 def log(msg):
@@ -200,16 +200,8 @@ def main():
         n = args.count
         vectors, labels = synthetic(n, 2048, 1000, seed=100)
         npy, meta, db = os.path.join(tmp, "s.npy"), os.path.join(tmp, "s.tsv"), f"sqlite:{tmp}/s.sqlite"
-        np.save(npy, vectors)
-        rng = np.random.default_rng(1)
-        stock = rng.random(n) < 2 / 3
-        with open(meta, "w") as f:
-            f.write("product_id\tcategory\tin_stock\n")
-            for i in range(n):
-                f.write(f"p{i:07d}\tcat{labels[i] % 10}\t{int(stock[i])}\n")
         log(f"synthetic: loading {n} vectors")
-        subprocess.run([args.ewall_bench, "index", "load", "--npy", npy, "--meta", meta, "--db", db], check=True,
-                       stdout=subprocess.DEVNULL, cwd=ROOT)
+        load_store(args.ewall_bench, vectors, labels, npy, meta, db)
         index = os.path.join(tmp, "faiss")
         log("synthetic: rebuild-faiss-index (auto)")
         subprocess.run([args.rebuild, "--db", db, "--out", index, "--threads", "2"], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
