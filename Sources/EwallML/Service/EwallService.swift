@@ -173,9 +173,16 @@ public final class EwallService: Service, Sendable {
         indexAge = Recorder(label: "ewall_index_age_seconds", dimensions: [], aggregate: false, factory: metrics)
         reloads = Counter(label: "ewall_index_reloads_total", dimensions: [], factory: metrics)
         reloadFailures = Counter(label: "ewall_index_reload_failures_total", dimensions: [], factory: metrics)
+        let classifier: CategoryClassifier
+        do {
+            classifier = try await Self.openClassifier(store: store, key: modelKey, rules: rules, configuration: configuration)
+        } catch {
+            try? await fetcher.shutdown()
+            await store.close()
+            throw error
+        }
         let batcher = self.batcher
         runner = Task { await batcher.run() }
-        let classifier = try await Self.openClassifier(store: store, key: modelKey, rules: rules, configuration: configuration)
         state = Locked(State(snapshot: Snapshot(search: nil, classifier: classifier, loadedAt: nil, problem: "not loaded yet")))
         do {
             _ = try await reloadIndex()
