@@ -158,6 +158,6 @@ public enum Calibration {
             rulesVersion: classifier.rules?.version, rows: rows,
             confusion: .init(threshold: t, categories: categories, columns: columns, counts: counts),
             targetPrecision: targetPrecision, thresholdForTarget: thresholdForTarget, acceptedAtTarget: acceptedAtTarget,
-            seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+            seconds: elapsed.inSeconds)
     }
 }

@@ -192,7 +192,7 @@ extension CategoryClassifier {
             }
         }
         let elapsed = ContinuousClock.now - started
-        summary.seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        summary.seconds = elapsed.inSeconds
         return summary
     }
 

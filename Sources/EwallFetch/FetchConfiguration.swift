@@ -60,13 +60,8 @@ public struct FetchConfiguration: Sendable, Hashable {
 
     /// The delay before retry number `retry` (1 = the first retry), with full jitter.
     public func backoff(retry: Int, random: Double = Double.random(in: 0...1)) -> Duration {
-        let cap = min(Self.seconds(backoffMax), Self.seconds(backoffBase) * pow(2, Double(max(0, retry - 1))))
+        let cap = min(backoffMax.inSeconds, backoffBase.inSeconds * pow(2, Double(max(0, retry - 1))))
         return .milliseconds(Int((cap * random * 1000).rounded()))
-    }
-
-    static func seconds(_ d: Duration) -> Double {
-        let (s, atto) = d.components
-        return Double(s) + Double(atto) / 1e18
     }
 }
 

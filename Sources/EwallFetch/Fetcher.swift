@@ -42,8 +42,8 @@ public final class ImageFetcher: Sendable {
         var http = HTTPClient.Configuration(
             redirectConfiguration: configuration.addressPolicy == nil
                 ? .follow(max: configuration.maxRedirects, allowCycles: false) : .disallow,
-            timeout: .init(connect: .nanoseconds(Self.nanos(configuration.connectTimeout)),
-                           read: .nanoseconds(Self.nanos(configuration.requestTimeout))),
+            timeout: .init(connect: .nanoseconds(configuration.connectTimeout.inNanoseconds),
+                           read: .nanoseconds(configuration.requestTimeout.inNanoseconds)),
             connectionPool: pool,
             decompression: .disabled)
         http.httpVersion = .automatic
@@ -167,7 +167,7 @@ public final class ImageFetcher: Sendable {
         if let hostHeader { request.headers.add(name: "Host", value: hostHeader) }
         request.headers.add(name: "User-Agent", value: configuration.userAgent)
         request.headers.add(name: "Accept", value: "image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.5")
-        let deadline = NIODeadline.now() + .nanoseconds(Self.nanos(configuration.requestTimeout))
+        let deadline = NIODeadline.now() + .nanoseconds(configuration.requestTimeout.inNanoseconds)
         do {
             let response = try await client.execute(request, deadline: deadline, logger: logger)
             let status = Int(response.status.code)
@@ -286,10 +286,5 @@ public final class ImageFetcher: Sendable {
             out.append(digits[Int(b & 15)])
         }
         return String(decoding: out, as: UTF8.self)
-    }
-
-    static func nanos(_ d: Duration) -> Int64 {
-        let (s, atto) = d.components
-        return s * 1_000_000_000 + atto / 1_000_000_000
     }
 }

@@ -393,10 +393,18 @@ public final class IndexLock: @unchecked Sendable {
 
 // MARK: - File helpers
 
-func isoNow() -> String {
+func isoNow() -> String { builtAtFormatter().string(from: Date()) }
+
+/// The format of ``IndexManifest/builtAt``: ISO 8601 with milliseconds.
+private func builtAtFormatter() -> ISO8601DateFormatter {
     let f = ISO8601DateFormatter()
     f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-    return f.string(from: Date())
+    return f
+}
+
+extension IndexManifest {
+    /// ``builtAt`` as a date (`nil` if a hand-edited manifest holds something else).
+    public var builtDate: Date? { builtAtFormatter().date(from: builtAt) }
 }
 
 private func readAll(fd: Int32, name: String) throws -> Data {

@@ -37,7 +37,7 @@ struct APIError: Error, Sendable {
     func response() -> Response {
         var headers: HTTPFields = [.contentType: "application/json; charset=utf-8"]
         if let retryAfter {
-            let seconds = max(1, Int((Double(retryAfter.components.seconds) + Double(retryAfter.components.attoseconds) / 1e18).rounded(.up)))
+            let seconds = max(1, Int(retryAfter.inSeconds.rounded(.up)))
             headers[.retryAfter] = String(seconds)
         }
         let body = try! JSONSerialization.data(withJSONObject: ["error": ["code": code, "message": message]],

@@ -1,3 +1,4 @@
+import EwallML
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -17,10 +18,8 @@ struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
         Counter(label: "ewall_http_requests_total",
                 dimensions: [("method", method), ("route", route), ("status", String(response.status.code))],
                 factory: factory).increment()
-        let took = ContinuousClock.now - start
-        let (s, atto) = took.components
         Metrics.Timer(label: "ewall_http_request_duration_seconds", dimensions: [("method", method), ("route", route)],
-                      factory: factory).recordNanoseconds(s * 1_000_000_000 + atto / 1_000_000_000)
+                      factory: factory).recordNanoseconds((ContinuousClock.now - start).inNanoseconds)
         return response
     }
 }

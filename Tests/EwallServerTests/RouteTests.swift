@@ -191,6 +191,11 @@ struct RouteTests {
                        "ewall_index_age_seconds", "ewall_index_reloads_total"] {
             #expect(m.text.contains(series), "\(series) missing from /metrics")
         }
+        // The index's age is real: built a moment ago, not 0 and not unknown.
+        let age = try #require(s.service.indexStatus.ageSeconds)
+        #expect(age > 0 && age < 3600)
+        let gauge = try #require(m.text.split(separator: "\n").first { $0.hasPrefix("ewall_index_age_seconds ") })
+        #expect((Double(gauge.split(separator: " ").last!) ?? 0) > 0)
         // Route patterns, not URLs: a product id never becomes a label.
         #expect(m.text.contains("route=\"/api/recommendations/similar/{product_id}\""))
         #expect(!m.text.contains("no-such-product"))

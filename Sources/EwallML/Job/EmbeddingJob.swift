@@ -121,7 +121,7 @@ public final class EmbeddingJob: Sendable {
             fetchQueue.cancel(); fetchedQueue.cancel(); preparedQueue.cancel(); writeQueue.cancel()
         }
 
-        func elapsed() -> Double { Self.seconds(ContinuousClock.now - start) }
+        func elapsed() -> Double { (ContinuousClock.now - start).inSeconds }
         func progress() -> JobProgress {
             let (counts, _, _, _) = stats.snapshot()
             let t = elapsed()
@@ -147,7 +147,7 @@ public final class EmbeddingJob: Sendable {
                             if self.stopFlag.isSet || Task.isCancelled { continue }
                             let t0 = ContinuousClock.now
                             let result = await fetcher.fetch(item.location)
-                            stats.time(\.fetch, Self.seconds(ContinuousClock.now - t0))
+                            stats.time(\.fetch, (ContinuousClock.now - t0).inSeconds)
                             switch result {
                             case .success(let image):
                                 await fetchedQueue.send(.bytes(item, image))
@@ -216,7 +216,7 @@ public final class EmbeddingJob: Sendable {
                                     case .bytes(let item, let image):
                                         let t0 = ContinuousClock.now
                                         let r = await self.embedder.prepare(image.bytes)
-                                        stats.time(\.decode, Self.seconds(ContinuousClock.now - t0))
+                                        stats.time(\.decode, (ContinuousClock.now - t0).inSeconds)
                                         switch r {
                                         case .success(let p):
                                             await preparedQueue.send(.ready(item, image, p))
@@ -244,7 +244,7 @@ public final class EmbeddingJob: Sendable {
                         if !ready.isEmpty {
                             let t0 = ContinuousClock.now
                             let vectors = await self.embedder.embed(prepared: ready.map(\.2))
-                            stats.time(\.infer, Self.seconds(ContinuousClock.now - t0))
+                            stats.time(\.infer, (ContinuousClock.now - t0).inSeconds)
                             for ((item, image, _), v) in zip(ready, vectors) {
                                 switch v {
                                 case .success(let e):
@@ -293,7 +293,7 @@ public final class EmbeddingJob: Sendable {
                             self.stopFlag.set()
                             throw error
                         }
-                        stats.time(\.write, Self.seconds(ContinuousClock.now - t0))
+                        stats.time(\.write, (ContinuousClock.now - t0).inSeconds)
                         stats.update { $0.embedded += unit.batch.embeddings.count }
                         for f in unit.failures {
                             stats.failed(f.errorClass)
@@ -353,11 +353,6 @@ public final class EmbeddingJob: Sendable {
             else { continue }  // the manifest reader has already refused such rows
             if !(await queue.send(WorkItem(row: row, location: location))) { return }
         }
-    }
-
-    static func seconds(_ d: Duration) -> Double {
-        let (s, atto) = d.components
-        return Double(s) + Double(atto) / 1e18
     }
 }
 

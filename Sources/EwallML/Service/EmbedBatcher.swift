@@ -217,26 +217,17 @@ final class EmbedBatcher: @unchecked Sendable {
 
     private func runBatch(_ batch: [Pending]) async {
         let start = ContinuousClock.now
-        for p in batch { queueWait.recordNanoseconds((start - p.enqueued).nanoseconds) }
+        for p in batch { queueWait.recordNanoseconds((start - p.enqueued).inNanoseconds) }
         let results = await embedder.embedBatch(batch.map(\.tensor))
         let took = ContinuousClock.now - start
-        forward.recordNanoseconds(took.nanoseconds)
+        forward.recordNanoseconds(took.inNanoseconds)
         batchSize.record(batch.count)
         lock.withLock {
             statistics.images += batch.count
             statistics.batches += 1
             statistics.sizes[batch.count, default: 0] += 1
-            lastBatchSeconds = took.seconds
+            lastBatchSeconds = took.inSeconds
         }
         for (p, r) in zip(batch, results) { p.done.resume(returning: r) }
     }
-}
-
-extension Duration {
-    var nanoseconds: Int64 {
-        let (s, atto) = components
-        return s * 1_000_000_000 + atto / 1_000_000_000
-    }
-
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

@@ -122,6 +122,8 @@ public final class EwallService: Service, Sendable {
         var search: ProductSearch?
         var classifier: CategoryClassifier
         var loadedAt: Date?
+        /// The manifest's build time, parsed once per load.
+        var builtAt: Date? = nil
         var problem: String?
     }
 
@@ -340,7 +342,8 @@ public final class EwallService: Service, Sendable {
             classifier = state.withLock { $0.snapshot.classifier }
             logger.warning("classifier references not refreshed: \(error.message)")
         }
-        state.withLock { $0.snapshot = Snapshot(search: search, classifier: classifier, loadedAt: Date(), problem: nil) }
+        state.withLock { $0.snapshot = Snapshot(search: search, classifier: classifier, loadedAt: Date(),
+                                                   builtAt: search.manifest.builtDate, problem: nil) }
         reloads.increment()
         for w in search.warnings { logger.warning("index: \(w)") }
         logger.info("index loaded: \(search.manifest.factory), \(search.count) vectors of \(search.manifest.modelID), built \(search.manifest.builtAt)")
@@ -378,10 +381,9 @@ public final class EwallService: Service, Sendable {
             return IndexStatus(loaded: false, path: configuration.indexPath, factory: nil, count: 0, modelID: nil, builtAt: nil,
                                loadedAt: nil, ageSeconds: nil, warnings: [], problem: snapshot.problem)
         }
-        let built = ISO8601DateFormatter().date(from: s.manifest.builtAt)
         return IndexStatus(loaded: true, path: configuration.indexPath, factory: s.manifest.factory, count: s.count,
                            modelID: s.manifest.modelID, builtAt: s.manifest.builtAt, loadedAt: snapshot.loadedAt,
-                           ageSeconds: built.map { Date().timeIntervalSince($0) }, warnings: s.warnings, problem: snapshot.problem)
+                           ageSeconds: snapshot.builtAt.map { Date().timeIntervalSince($0) }, warnings: s.warnings, problem: snapshot.problem)
     }
 
     /// Records the index size and age gauges (`ewall_index_vectors`, `ewall_index_age_seconds`);
