@@ -95,6 +95,7 @@ let package = Package(
             dependencies: [
                 "EwallCore", "CSQLite",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -51,6 +51,9 @@ public final class ProgressDisplay: @unchecked Sendable {
         var line = "\(c.done)\(total) rows  ok \(c.embedded)  skipped \(c.skipped + c.duplicates)  "
             + "failed \(c.failed + c.skippedFailed + c.badRows)  " + String(format: "%.1f img/s", p.imagesPerSecond)
         if let eta = p.eta { line += "  ETA " + Self.duration(eta) }
+        if let w = p.storeProblem {
+            line += String(format: "  STORE NOT ANSWERING for %.0f s (gives up at %.0f s): ", w.waited, w.limit) + w.reason
+        }
         lock.lock()
         defer { lock.unlock() }
         if terminal {
@@ -101,6 +104,9 @@ public enum SummaryText {
                       s.seconds, s.imagesPerSecond, st.fetch, st.decode, st.infer, st.write, s.modelBusy * 100)
         if let failuresPath, c.failed + c.badRows > 0 { out += "  failures written to \(failuresPath)\n" }
         if s.interrupted { out += "  INTERRUPTED: the current batch was written; run again to continue\n" }
+        if let e = s.error {
+            out += "  STOPPED (\(e.code)): \(e.message)\n  what is counted above is committed; run again to continue\n"
+        }
         if s.randomInitModel { out += "  RANDOM-INIT MODEL: these vectors carry no meaning (tests and demos only)\n" }
         return out
     }

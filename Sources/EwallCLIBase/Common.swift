@@ -1,4 +1,5 @@
 import ArgumentParser
+import EwallCore
 import EwallStore
 import Foundation
 import Logging
@@ -40,6 +41,25 @@ public struct DatabaseFlags: ParsableArguments {
         } catch let e as StoreError {
             throw fail(e.message)
         }
+    }
+}
+
+/// The limits on what a manifest or import may hold (see `InputRules`).
+public struct InputFlags: ParsableArguments {
+    public init() {}
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Longest product_id in UTF-8 bytes; a longer one is a bad row.",
+        discussion: "Ids, URLs and titles must also be valid UTF-8 without control characters (NUL, tab, newline, ...)."))
+    public var maxIdBytes: Int = InputRules.defaultMaxIDBytes
+
+    @Option(name: .long, help: "Longest image_url in UTF-8 bytes; a longer one is a bad row.")
+    public var maxUrlBytes: Int = InputRules.defaultMaxURLBytes
+
+    public var rules: InputRules { InputRules(maxIDBytes: maxIdBytes, maxURLBytes: maxUrlBytes) }
+
+    public func validate() throws {
+        guard maxIdBytes >= 1, maxUrlBytes >= 1 else { throw ValidationError("--max-id-bytes and --max-url-bytes must be at least 1") }
     }
 }
 

@@ -5,8 +5,10 @@
 ///
 /// - valid UTF-8 (checked where bytes become text: the manifest reader, the server);
 /// - no control characters: C0 (U+0000...U+001F, NUL included), DEL (U+007F) and C1
-///   (U+0080...U+009F). A NUL would truncate the value in C APIs; a newline or tab would
-///   break the line-oriented outputs (CSV, TSV, logs) that carry it on;
+///   (U+0080...U+009F). A NUL would truncate the value in C APIs; a newline or tab in an id
+///   or URL would break the line-oriented outputs (CSV, TSV, logs) that carry it on. Titles,
+///   brands and categories may hold tab, LF and CR (a quoted CSV title can span lines), and
+///   no other control character;
 /// - at most ``maxIDBytes`` UTF-8 bytes for a product id, ``maxURLBytes`` for an image URL,
 ///   ``maxTextBytes`` for a title, brand or category.
 public struct InputRules: Sendable, Hashable {
@@ -47,7 +49,9 @@ public struct InputRules: Sendable, Hashable {
         }
         var bytes = 0
         for (offset, scalar) in value.unicodeScalars.enumerated() {
-            if let name = Self.controlName(scalar) {
+            if field.isText && (scalar == "\t" || scalar == "\n" || scalar == "\r") {
+                // A title may span lines (a quoted CSV field): tab, LF and CR are text there.
+            } else if let name = Self.controlName(scalar) {
                 return "\(field.rawValue) contains \(name) at character \(offset + 1); control characters are not allowed"
             }
             bytes += UTF8.width(scalar)
@@ -75,7 +79,7 @@ public struct InputRules: Sendable, Hashable {
     }
 
     /// A control character's printable name (`NUL`, `U+001B`...), or `nil` if `s` is not one.
-    static func controlName(_ s: Unicode.Scalar) -> String? {
+    public static func controlName(_ s: Unicode.Scalar) -> String? {
         let v = s.value
         guard v < 0x20 || (0x7F...0x9F).contains(v) else { return nil }
         switch v {

@@ -7,8 +7,13 @@ public enum ImageLocation: Sendable, Hashable {
     case file(String)
 
     /// Parses a manifest's `image_url`. Relative plain paths are resolved against
-    /// `baseDirectory` (the manifest's folder) when given.
-    public static func parse(_ text: String, baseDirectory: String? = nil) -> Result<ImageLocation, FetchError> {
+    /// `baseDirectory` (the manifest's folder) when given. A URL that breaks `rules` (a NUL or
+    /// other control character, too long) is `invalid_url`, never fetched.
+    public static func parse(_ text: String, baseDirectory: String? = nil,
+                             rules: InputRules = InputRules()) -> Result<ImageLocation, FetchError> {
+        if let problem = rules.problem(text, as: .imageURL) {
+            return .failure(FetchError(FailureClass.invalidURL, problem))
+        }
         let s = text.trimmingCharacters(in: .whitespaces)
         if s.isEmpty { return .failure(FetchError(FailureClass.invalidURL, "the image URL is empty")) }
         let lower = s.lowercased()

@@ -63,6 +63,10 @@ public protocol EmbeddingStore: AnyObject, Sendable {
 
     /// Closes connections. The store is unusable afterwards.
     func close() async
+
+    /// Why the store cannot be reached right now, in its own words, or `nil` when it can.
+    /// Asked while a job waits on a store that stopped answering, for the progress line.
+    func diagnose() async -> String?
 }
 
 
@@ -123,10 +127,20 @@ public struct StoreError: Error, Sendable, CustomStringConvertible, CustomDebugS
         public static let unavailable = Code(rawValue: "store_unavailable")
         /// A statement failed.
         public static let queryFailed = Code(rawValue: "store_query_failed")
+        /// The disk (or the database's quota) is full: SQLite's SQLITE_FULL, PostgreSQL's
+        /// SQLSTATE 53100. Free space and rerun: nothing committed is lost.
+        public static let storageFull = Code(rawValue: "store_full")
+        /// The database or its folder is read-only.
+        public static let readOnly = Code(rawValue: "store_read_only")
+        /// Another process holds a lock longer than the busy timeout.
+        public static let busy = Code(rawValue: "store_busy")
         /// The store holds data this version cannot read (schema too new, bad vector bytes).
         public static let incompatible = Code(rawValue: "store_incompatible")
         /// The request mixes model keys or names one the store does not have.
         public static let modelMismatch = Code(rawValue: "model_mismatch")
+        /// A value the store cannot keep exactly (a NUL in an id, a URL or a title): refused,
+        /// never truncated. Manifests, imports and the API refuse such values before this.
+        public static let invalidValue = Code(rawValue: "store_invalid_value")
     }
 
     public var code: Code
@@ -143,6 +157,42 @@ public struct StoreError: Error, Sendable, CustomStringConvertible, CustomDebugS
 
     public var description: String { "\(code): \(message)" }
     public var debugDescription: String { detail.map { "\(description) [\($0)]" } ?? description }
+
+    /// Worth waiting for: the server is unreachable or busy, and may come back.
+    public var isTransient: Bool { code == .unavailable || code == .busy }
+}
+
+/// The check both stores make before writing: every text value must come back byte for byte.
+/// PostgreSQL's `text` cannot hold U+0000 and C APIs end a string there, so a NUL would
+/// otherwise truncate an id and let two products share a row.
+enum StorableText {
+    static func check(_ products: [Product]) throws {
+        for p in products {
+            try check(p.id, "product_id", p.id)
+            for (v, name) in [(p.title, "title"), (p.category, "category"), (p.brand, "brand")] {
+                if let v { try check(v, name, p.id) }
+            }
+        }
+    }
+
+    static func check(_ batch: WriteBatch) throws {
+        for e in batch.embeddings {
+            try check(e.productID, "product_id", e.productID)
+            try check(e.imageURL, "image_url", e.productID)
+            try check(e.key.modelID, "model_id", e.productID)
+        }
+        for l in batch.ledger {
+            try check(l.productID, "product_id", l.productID)
+            try check(l.imageURL, "image_url", l.productID)
+        }
+    }
+
+    static func check(_ value: String, _ field: String, _ id: String) throws {
+        if value.utf8.contains(0) {
+            let shown = id.unicodeScalars.prefix(80).map { $0.value == 0 ? "\\0" : String($0) }.joined()
+            throw StoreError(.invalidValue, "\(field) of product '\(shown)' contains a NUL byte, which the store cannot keep exactly; refused")
+        }
+    }
 }
 
 extension EmbeddingStore {

@@ -2,6 +2,7 @@ import EwallCore
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 import PostgresNIO
 
 /// The shared store: PostgreSQL through postgres-nio's connection pool, the same schema and
@@ -13,11 +14,54 @@ public final class PostgresStore: EmbeddingStore {
     private let logger: Logger
     public let displayName: String
 
-    private init(client: PostgresClient, runner: Task<Void, Never>, displayName: String, logger: Logger) {
+    private let probe: Probe
+
+    private init(client: PostgresClient, runner: Task<Void, Never>, displayName: String, logger: Logger, probe: Probe) {
         self.client = client
         self.runner = runner
         self.displayName = displayName
         self.logger = logger
+        self.probe = probe
+    }
+
+    /// Why the server cannot be reached right now, from one direct connection attempt
+    /// (the pool's own errors say little while it retries), or `nil` when it answers.
+    public func diagnose() async -> String? { await probe.run() }
+
+    /// One connection, opened and closed, to learn whether and why the server refuses.
+    struct Probe: Sendable {
+        var host: String, port: Int, user: String, password: String?, database: String
+        var timeout: Duration
+        var logger: Logger
+
+        func run() async -> String? {
+            var config = PostgresConnection.Configuration(host: host, port: port, username: user, password: password,
+                                                          database: database, tls: .disable)
+            config.options.connectTimeout = .nanoseconds(timeout.inNanoseconds)
+            do {
+                let conn = try await PostgresConnection.connect(
+                    on: MultiThreadedEventLoopGroup.singleton.next(), configuration: config, id: 0, logger: logger).get()
+                try? await conn.close()
+                return nil
+            } catch let e as PSQLError {
+                if let message = e.serverInfo?[.message] {
+                    let code = e.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? ""
+                    return "PostgreSQL refused: \(message)\(code)"
+                }
+                if let underlying = e.underlying { return Self.describe(underlying) }
+                return "\(e.code)"
+            } catch {
+                return Self.describe(error)
+            }
+        }
+
+        static func describe(_ error: any Error) -> String {
+            if let e = error as? IOError { return e.description }
+            if let e = error as? ChannelError, case .connectTimeout(let t) = e {
+                return "no answer within \(t.nanoseconds / 1_000_000) ms"
+            }
+            return "\(error)"
+        }
     }
 
     /// Connects (failing within `connectTimeout` with a clear error when the server is not
@@ -25,14 +69,23 @@ public final class PostgresStore: EmbeddingStore {
     /// do not race.
     public static func open(host: String, port: Int, user: String, password: String?, database: String,
                             connectTimeout: Duration = .seconds(10), logger: Logger) async throws -> PostgresStore {
+        let name = "postgres://\(user)@\(host):\(port)/\(database)"
+        // One direct connection first: the pool retries a refused connection in the
+        // background and reports nothing until its own timeout, while a single connection
+        // fails at once with PostgreSQL's words ("database \"x\" does not exist", "password
+        // authentication failed for user ...") or the socket's ("connection refused").
+        let probe = Probe(host: host, port: port, user: user, password: password, database: database,
+                          timeout: connectTimeout, logger: logger)
+        if let problem = await probe.run() {
+            throw StoreError(.unavailable, "cannot open \(name): \(problem)")
+        }
         var config = PostgresClient.Configuration(host: host, port: port, username: user, password: password,
                                                   database: database, tls: .disable)
         config.options.connectTimeout = connectTimeout
         config.options.maximumConnections = 8
         let client = PostgresClient(configuration: config, backgroundLogger: logger)
         let runner = Task { await client.run() }
-        let name = "postgres://\(user)@\(host):\(port)/\(database)"
-        let store = PostgresStore(client: client, runner: runner, displayName: name, logger: logger)
+        let store = PostgresStore(client: client, runner: runner, displayName: name, logger: logger, probe: probe)
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await store.migrate() }
@@ -78,10 +131,22 @@ public final class PostgresStore: EmbeddingStore {
     static func wrap(_ error: any Error, _ context: String) -> StoreError {
         if let e = error as? StoreError { return e }
         if let e = error as? PSQLError {
-            let server = e.serverInfo?[.message] ?? ""
-            let kind: StoreError.Code = e.code == .connectionError || e.code == .serverClosedConnection || e.code == .clientClosedConnection
-                ? .unavailable : .queryFailed
-            return StoreError(kind, "\(context): \(server.isEmpty ? "\(e.code)" : server)", detail: String(reflecting: e))
+            // With the server's answer: its message and SQLSTATE. Without one, the connection
+            // itself failed (refused, closed, the pool gave up): the server may come back.
+            guard let server = e.serverInfo?[.message] else {
+                let cause = e.underlying.map { Probe.describe($0) } ?? "\(e.code)"
+                return StoreError(.unavailable, "\(context): the connection failed (\(cause))", detail: String(reflecting: e))
+            }
+            let state = e.serverInfo?[.sqlState]
+            let kind: StoreError.Code
+            switch state {
+            case "53100": kind = .storageFull
+            case "25006": kind = .readOnly
+            case "57P01", "57P02", "57P03", "08000", "08003", "08006": kind = .unavailable  // shutting down, connection lost
+            default: kind = .queryFailed
+            }
+            return StoreError(kind, "\(context): PostgreSQL: \(server)\(state.map { " (SQLSTATE \($0))" } ?? "")",
+                              detail: String(reflecting: e))
         }
         return StoreError(.unavailable, "\(context): \(error)")
     }
@@ -92,6 +157,7 @@ public final class PostgresStore: EmbeddingStore {
 
     public func upsertProducts(_ products: [Product], source: CategorySource) async throws {
         if products.isEmpty { return }
+        try StorableText.check(products)
         let now = Date()
         try await run("storing products") {
             try await client.withTransaction(logger: logger) { conn in
@@ -133,6 +199,7 @@ public final class PostgresStore: EmbeddingStore {
 
     public func write(_ batch: WriteBatch) async throws {
         if batch.isEmpty { return }
+        try StorableText.check(batch)
         let now = Date()
         try await run("writing a batch") {
             try await client.withTransaction(logger: logger) { conn in

@@ -45,9 +45,11 @@ final class SQLiteConnection: @unchecked Sendable {
     func exec(_ sql: String) throws {
         var err: UnsafeMutablePointer<CChar>?
         if sqlite3_exec(db, sql, nil, nil, &err) != SQLITE_OK {
-            let msg = err.map { String(cString: $0) } ?? "unknown error"
+            let msg = err.map { String(cString: $0) } ?? String(cString: sqlite3_errmsg(db))
             sqlite3_free(err)
-            throw StoreError(.queryFailed, "SQLite statement failed on \(path)", detail: "\(msg) in: \(sql.prefix(200))")
+            let what = sql.split(separator: " ").first.map(String.init) ?? "statement"
+            throw StoreError(Self.code(sqlite3_extended_errcode(db)), "SQLite \(what) failed on \(path): \(msg)",
+                             detail: String(sql.prefix(200)))
         }
     }
 
@@ -62,7 +64,8 @@ final class SQLiteConnection: @unchecked Sendable {
             case .null: rc = sqlite3_bind_null(stmt, idx)
             case .int(let x): rc = sqlite3_bind_int64(stmt, idx, x)
             case .double(let x): rc = sqlite3_bind_double(stmt, idx, x)
-            case .text(let s): rc = sqlite3_bind_text(stmt, idx, s, -1, Self.transient)
+            // The length is given, never found by strlen: the text is bound byte for byte.
+            case .text(let s): rc = sqlite3_bind_text(stmt, idx, s, Int32(s.utf8.count), Self.transient)
             case .blob(let b):
                 rc = b.withUnsafeBytes { sqlite3_bind_blob(stmt, idx, $0.baseAddress, Int32($0.count), Self.transient) }
             }
@@ -103,10 +106,21 @@ final class SQLiteConnection: @unchecked Sendable {
 
     private func error(_ what: String, _ sql: String) -> StoreError {
         let msg = String(cString: sqlite3_errmsg(db))
-        let code = sqlite3_errcode(db)
-        let kind: StoreError.Code = (code == SQLITE_BUSY || code == SQLITE_LOCKED || code == SQLITE_CANTOPEN
-                                     || code == SQLITE_FULL || code == SQLITE_IOERR) ? .unavailable : .queryFailed
-        return StoreError(kind, "SQLite \(what) failed on \(path): \(msg)", detail: String(sql.prefix(200)))
+        return StoreError(Self.code(sqlite3_extended_errcode(db)), "SQLite \(what) failed on \(path): \(msg)",
+                          detail: String(sql.prefix(200)))
+    }
+
+    /// SQLite's result code as a store error code. SQLite's own message ("database or disk is
+    /// full", "attempt to write a readonly database", "database is locked") is always kept in
+    /// the error's message, which is what users see.
+    static func code(_ extended: Int32) -> StoreError.Code {
+        switch extended & 0xFF {
+        case SQLITE_FULL: return .storageFull
+        case SQLITE_READONLY: return .readOnly
+        case SQLITE_BUSY, SQLITE_LOCKED: return .busy
+        case SQLITE_CANTOPEN, SQLITE_IOERR: return .unavailable
+        default: return .queryFailed
+        }
     }
 
     /// The current result row.
@@ -118,7 +132,8 @@ final class SQLiteConnection: @unchecked Sendable {
         func double(_ i: Int32) -> Double? { isNull(i) ? nil : sqlite3_column_double(stmt, i) }
         func text(_ i: Int32) -> String? {
             guard let p = sqlite3_column_text(stmt, i) else { return nil }
-            return String(cString: p)
+            let n = Int(sqlite3_column_bytes(stmt, i))
+            return String(decoding: UnsafeBufferPointer(start: p, count: n), as: UTF8.self)
         }
         func blob<T>(_ i: Int32, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
             let p = sqlite3_column_blob(stmt, i)

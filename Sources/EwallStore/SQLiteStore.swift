@@ -45,8 +45,12 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
         return try await worker.run { () throws -> T in try body(c) }
     }
 
+    /// SQLite is a file in this process: it has nothing to diagnose beyond its errors.
+    public func diagnose() async -> String? { nil }
+
     public func upsertProducts(_ products: [Product], source: CategorySource) async throws {
         if products.isEmpty { return }
+        try StorableText.check(products)
         let now = Date().ISO8601Format()
         try await onWorker { c in
             try c.transaction {
@@ -93,6 +97,7 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
 
     public func write(_ batch: WriteBatch) async throws {
         if batch.isEmpty { return }
+        try StorableText.check(batch)
         let now = Date().ISO8601Format()
         try await onWorker { c in
             try c.transaction {

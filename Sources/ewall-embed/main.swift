@@ -22,9 +22,19 @@ struct EwallEmbed: AsyncParsableCommand {
             transaction: a job killed at any moment loses only its items in flight, and a rerun \
             completes it. SIGINT/SIGTERM finish and write the current batch, then exit.
 
+            Rows are checked as they are read: ids, URLs and titles must be valid UTF-8 without \
+            control characters (NUL, tab, newline...), ids at most --max-id-bytes and URLs at most \
+            --max-url-bytes long. A row that breaks a rule is a bad row with its line number and the \
+            reason; nothing is truncated or replaced.
+
+            A store that stops answering mid-job (PostgreSQL restarting, unreachable, SQLite locked) \
+            is waited for up to --store-wait seconds, the progress line saying why; then the job \
+            stops. On every systemic error the summary (and --json) is still printed, with what was \
+            committed and an "error" {code, message}.
+
             Exit status: 0 every row is embedded (now or before); 1 some rows failed (this run, \
             or earlier and not retried) or were bad; 2 systemic error (manifest unreadable, model, \
-            store); 130/143 stopped by SIGINT/SIGTERM after writing the current batch.
+            store: the reason on stderr and in the summary); 130/143 stopped by SIGINT/SIGTERM after writing the current batch.
 
             A model whose card says pretrained: false (the random-init model that `make model` \
             makes offline) produces vectors that carry no meaning.
@@ -36,6 +46,7 @@ struct EwallEmbed: AsyncParsableCommand {
     @OptionGroup var database: DatabaseFlags
     @OptionGroup var modelFlags: ModelFlags
     @OptionGroup var imageFlags: ImageFlags
+    @OptionGroup var input: InputFlags
 
     @Option(name: .long, help: "Fetches in flight over all hosts.")
     var concurrency: Int = 32
@@ -48,6 +59,11 @@ struct EwallEmbed: AsyncParsableCommand {
 
     @Option(name: .long, help: "Seconds to establish a connection.")
     var connectTimeout: Double = 5
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Seconds to wait for a store that stopped answering before giving up (exit 2).",
+        discussion: "While it waits, the progress line says so and why; what was committed stays committed."))
+    var storeWait: Double = 60
 
     @Option(name: .long, help: "Retries after the first attempt, for timeouts, connection errors, 5xx and 429.")
     var retries: Int = 3
@@ -72,6 +88,7 @@ struct EwallEmbed: AsyncParsableCommand {
         guard perHost >= 1 else { throw ValidationError("--per-host must be at least 1") }
         guard timeout > 0, connectTimeout > 0 else { throw ValidationError("timeouts must be positive") }
         guard retries >= 0 else { throw ValidationError("--retries must be 0 or more") }
+        guard storeWait >= 0 else { throw ValidationError("--store-wait must be 0 or more") }
     }
 
     func run() async throws {
@@ -93,10 +110,11 @@ struct EwallEmbed: AsyncParsableCommand {
         let fetch = FetchConfiguration(
             perHostLimit: perHost, connectTimeout: .milliseconds(Int(connectTimeout * 1000)),
             requestTimeout: .milliseconds(Int(timeout * 1000)), maxAttempts: retries + 1, maxBytes: imageFlags.maxBytes)
-        let job = EmbeddingJob(
-            configuration: EmbeddingJobConfiguration(manifestPath: manifest, fetch: fetch, concurrency: concurrency,
-                                                     retryFailed: retryFailed, force: force),
-            embedder: embedder, store: store, logger: logger)
+        var jobConfiguration = EmbeddingJobConfiguration(manifestPath: manifest, fetch: fetch, concurrency: concurrency,
+                                                         retryFailed: retryFailed, force: force)
+        jobConfiguration.inputRules = input.rules
+        jobConfiguration.storeWaitLimit = .milliseconds(Int(storeWait * 1000))
+        let job = EmbeddingJob(configuration: jobConfiguration, embedder: embedder, store: store, logger: logger)
 
         let failureLog: FailureLog?
         do { failureLog = try failures.map { try FailureLog(path: $0) } } catch {
@@ -114,6 +132,13 @@ struct EwallEmbed: AsyncParsableCommand {
                 progressInterval: progressInterval ?? (display.terminal ? 0.5 : 5),
                 onProgress: { display.show($0) },
                 onFailure: { f in failureLog?.write(f) })
+        } catch let aborted as JobAborted {
+            // A systemic error after work began: the summary of what was committed, then the reason.
+            display.finish()
+            await store.close()
+            failureLog?.close()
+            try printSummary(aborted.summary)
+            throw fail(aborted.failure.message)
         } catch {
             display.finish()
             await store.close()
@@ -123,7 +148,13 @@ struct EwallEmbed: AsyncParsableCommand {
         display.finish()
         await store.close()
         failureLog?.close()
+        try printSummary(summary)
+        if let signal = signals.received { throw ExitCode(ExitCodes.interrupted(by: signal)) }
+        let c = summary.counts
+        if c.failed + c.skippedFailed + c.badRows > 0 { throw ExitCode(ExitCodes.someFailed) }
+    }
 
+    private func printSummary(_ summary: JobSummary) throws {
         if json {
             let enc = JSONEncoder()
             enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -131,8 +162,5 @@ struct EwallEmbed: AsyncParsableCommand {
         } else {
             print(SummaryText.render(summary, failuresPath: failures))
         }
-        if let signal = signals.received { throw ExitCode(ExitCodes.interrupted(by: signal)) }
-        let c = summary.counts
-        if c.failed + c.skippedFailed + c.badRows > 0 { throw ExitCode(ExitCodes.someFailed) }
     }
 }

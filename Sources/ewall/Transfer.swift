@@ -20,6 +20,7 @@ struct Import: AsyncParsableCommand {
     var seedJsonl: String
 
     @OptionGroup var database: DatabaseFlags
+    @OptionGroup var input: InputFlags
 
     @Option(name: .long, help: "The preprocessing the imported vectors were made with (the platform's seed used squash224).")
     var preprocess: PreprocessingMode = .squash224
@@ -33,7 +34,8 @@ struct Import: AsyncParsableCommand {
         let summary: VectorTransfer.ImportSummary
         do {
             let file = seedJsonl
-            summary = try await VectorTransfer.importSeed(path: file, into: store, preprocessing: preprocess.rawValue) { p in
+            summary = try await VectorTransfer.importSeed(path: file, into: store, preprocessing: preprocess.rawValue,
+                                                          rules: input.rules) { p in
                 FileHandle.standardError.write(Data("ewall import: \(file): \(p)\n".utf8))
             }
         } catch {

@@ -85,6 +85,8 @@ public enum PostgresServer {
             return .failure(Unavailable(description: "pg_ctl start failed: \(output) \(log)"))
         }
         dataDirectory = data
+        startCommand = [pgctl, "-D", data, "-l", dir + "/log", "-w", "-t", "60", "-o",
+                        "-p \(port) -k \(dir) -c listen_addresses=127.0.0.1 -F -c max_connections=200", "start"]
         stopCommand = [pgctl, "-D", data, "-m", "immediate", "stop"]
         stopAsPostgres = root
         atexit {
@@ -109,13 +111,31 @@ public enum PostgresServer {
     }
 
     nonisolated(unsafe) static var stopCommand: [String]?
+    nonisolated(unsafe) static var startCommand: [String]?
+
+    /// Stops the shared server at once (`-m immediate`, as a crash or a pulled cable would),
+    /// for tests of a store that goes away mid-job. ``resume()`` starts it again on the same
+    /// port with the same data; the suites run one at a time, so no other test sees it down.
+    public static func halt() throws {
+        _ = try port()
+        guard let cmd = stopCommand else { return }
+        let (status, output) = run(cmd[0], Array(cmd.dropFirst()), asPostgres: stopAsPostgres)
+        guard status == 0 else { throw Unavailable(description: "pg_ctl stop failed: \(output)") }
+    }
+
+    /// Starts the server that ``halt()`` stopped.
+    public static func resume() throws {
+        guard let cmd = startCommand else { return }
+        let (status, output) = run(cmd[0], Array(cmd.dropFirst()), asPostgres: stopAsPostgres)
+        guard status == 0 else { throw Unavailable(description: "pg_ctl start failed: \(output)") }
+    }
     nonisolated(unsafe) static var stopAsPostgres = false
 
     /// Runs a command and waits for it with `posix_spawn` + `waitpid`. Not Foundation's
     /// `Process`: it learns of a child's exit through a descriptor the child inherits, and the
     /// server that `pg_ctl start` leaves running keeps that descriptor open forever.
     @discardableResult
-    static func run(_ exe: String, _ args: [String], asPostgres: Bool) -> (Int32, String) {
+    public static func run(_ exe: String, _ args: [String], asPostgres: Bool) -> (Int32, String) {
         let argv = asPostgres ? ["/usr/sbin/runuser", "-u", "postgres", "--", exe] + args : [exe] + args
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-pgrun-\(UUID().uuidString).log").path
         defer { try? FileManager.default.removeItem(atPath: log) }

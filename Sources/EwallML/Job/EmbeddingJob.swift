@@ -22,6 +22,14 @@ public struct EmbeddingJobConfiguration: Sendable {
     /// Decoded images waiting for the model (default 64, two batches): enough that the
     /// model never waits on a network hiccup, small enough to keep memory flat.
     public var preparedQueue: Int
+    /// What ids, URLs and titles in the manifest must meet (a row that breaks one is a bad row).
+    public var inputRules = InputRules()
+    /// How long the job waits for a store that stopped answering (unreachable, restarting,
+    /// busy) before it stops with a systemic error (default 60 s). While it waits, the
+    /// progress line says so and why; nothing committed is lost either way.
+    public var storeWaitLimit: Duration = .seconds(60)
+    /// One store call that takes longer than this counts as no answer (default 15 s).
+    public var storeCallTimeout: Duration = .seconds(15)
 
     public init(manifestPath: String, fetch: FetchConfiguration = FetchConfiguration(), concurrency: Int = 32,
                 retryFailed: Bool = false, force: Bool = false, lookupChunk: Int = 512, preparedQueue: Int = 64) {
@@ -106,7 +114,8 @@ public final class EmbeddingJob: Sendable {
                     onProgress: @escaping @Sendable (JobProgress) -> Void = { _ in },
                     onFailure: @escaping @Sendable (JobFailure) -> Void = { _ in }) async throws -> JobSummary {
         let config = configuration
-        let reader = try ManifestReader(path: config.manifestPath)
+        let reader = try ManifestReader(path: config.manifestPath, rules: config.inputRules,
+                                        baseDirectory: config.fetch.baseDirectory)
         let estimated = ManifestReader.estimateRows(path: config.manifestPath)
         let fetcher = ImageFetcher(configuration: config.fetch, logger: logger)
         let stats = JobStats()
@@ -128,7 +137,8 @@ public final class EmbeddingJob: Sendable {
             let rate = Double(counts.embedded) / max(t, 1e-9)
             let doneRate = Double(counts.done) / max(t, 1e-9)
             let eta = estimated.flatMap { est in doneRate > 0 && est > counts.done ? Double(est - counts.done) / doneRate : nil }
-            return JobProgress(counts: counts, estimatedRows: estimated, elapsed: t, imagesPerSecond: rate, eta: eta)
+            return JobProgress(counts: counts, estimatedRows: estimated, elapsed: t, imagesPerSecond: rate, eta: eta,
+                               storeProblem: stats.currentStoreWait)
         }
 
         let ticker = Task {
@@ -287,7 +297,8 @@ public final class EmbeddingJob: Sendable {
                     while let unit = await writeQueue.next() {
                         let t0 = ContinuousClock.now
                         do {
-                            try await self.store.write(unit.batch)
+                            let store = self.store
+                            try await self.withStore("writing a batch", stats: stats) { try await store.write(unit.batch) }
                         } catch {
                             queues()
                             self.stopFlag.set()
@@ -315,26 +326,95 @@ public final class EmbeddingJob: Sendable {
         ticker.cancel()
         stopWatcher.cancel()
         try? await fetcher.shutdown()
-        if let systemic { throw systemic }
-
         onProgress(progress())
+        let summary = makeSummary(stats: stats, wall: elapsed(), error: systemic.map(Self.systemicFailure))
+        if let systemic { throw JobAborted(summary: summary, underlying: systemic) }
+        return summary
+    }
+
+    /// The failure as the summary states it: a stable code and the message a user acts on.
+    static func systemicFailure(_ error: any Error) -> SystemicFailure {
+        switch error {
+        case let e as StoreError: return SystemicFailure(code: e.code.rawValue, message: e.message)
+        case let e as ManifestError: return SystemicFailure(code: "manifest_unreadable", message: e.message)
+        default: return SystemicFailure(code: "internal", message: "\(error)")
+        }
+    }
+
+    private func makeSummary(stats: JobStats, wall: Double, error: SystemicFailure?) -> JobSummary {
+        let config = configuration, key = self.key
         let (counts, failures, skippedFailures, stages) = stats.snapshot()
         var byClass = failures
         if counts.badRows > 0 { byClass[FailureClass.badRow] = counts.badRows }
-        let wall = elapsed()
         return JobSummary(
             manifest: config.manifestPath, store: store.displayName, modelID: key.modelID, preprocessing: key.preprocessing,
             precision: embedder.precision.rawValue, randomInitModel: embedder.card?.pretrained == false, counts: counts,
             failuresByClass: byClass, skippedFailedByClass: skippedFailures, seconds: wall,
             imagesPerSecond: Double(counts.embedded) / max(wall, 1e-9), stageSeconds: stages,
-            modelBusy: min(1, stages.infer / max(wall, 1e-9)), interrupted: stopFlag.isSet)
+            modelBusy: min(1, stages.infer / max(wall, 1e-9)), interrupted: stopFlag.isSet && error == nil, error: error)
+    }
+
+    /// Runs one store call, waiting for the store while it does not answer: each call is
+    /// bounded by ``EmbeddingJobConfiguration/storeCallTimeout``; a transient failure (the
+    /// server is down, restarting or busy) is retried with backoff for up to
+    /// ``EmbeddingJobConfiguration/storeWaitLimit``, with the reason (asked of the store
+    /// itself) on the progress line. Store calls are idempotent upserts, so a call that timed
+    /// out after committing is harmless to repeat. Other store errors are thrown at once.
+    private func withStore<T: Sendable>(_ what: String, stats: JobStats,
+                                        _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let limit = configuration.storeWaitLimit.inSeconds
+        // A call that takes longer than the whole wait is no answer either (never under 5 s).
+        let timeout = min(configuration.storeCallTimeout, max(.seconds(5), configuration.storeWaitLimit))
+        var firstFailure: ContinuousClock.Instant?
+        var delay = 0.25
+        while true {
+            do {
+                let value = try await Self.deadline(timeout, store: store.displayName, body)
+                if firstFailure != nil {
+                    stats.setStoreWait(nil)
+                    logger.warning("the store \(store.displayName) answers again; the job goes on")
+                }
+                return value
+            } catch let e as StoreError where e.isTransient {
+                let now = ContinuousClock.now
+                if firstFailure == nil {
+                    firstFailure = now
+                }
+                let waited = (now - firstFailure!).inSeconds
+                let reason = await store.diagnose() ?? e.message
+                if waited >= limit || Task.isCancelled {
+                    stats.setStoreWait(nil)
+                    throw StoreError(e.code, "the store \(store.displayName) did not answer for \(Int(waited.rounded())) s "
+                                     + "(limit \(Int(limit)) s) while \(what): \(reason)", detail: e.debugDescription)
+                }
+                stats.setStoreWait(StoreWait(reason: reason, waited: waited, limit: limit))
+                try await Task.sleep(for: .milliseconds(Int(min(delay, 5, max(0.05, limit - waited)) * 1000)))
+                delay *= 2
+            }
+        }
+    }
+
+    /// `body`, or a transient ``StoreError`` when it takes longer than `limit`.
+    private static func deadline<T: Sendable>(_ limit: Duration, store: String,
+                                              _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                throw StoreError(.unavailable, "\(store) gave no answer within \(limit)")
+            }
+            defer { group.cancelAll() }
+            return try await group.next()!
+        }
     }
 
     /// Stores the rows' products, then queues the rows that need work, skipping what the
     /// store says is done.
     private func schedule(_ rows: [ManifestRow], key: ModelKey, stats: JobStats, queue: BoundedQueue<WorkItem>) async throws {
-        try await store.upsertProducts(rows.map(\.product), source: .manifest)
-        let states = configuration.force ? [:] : try await store.states(productIDs: rows.map(\.product.id), key: key)
+        let store = self.store, products = rows.map(\.product), ids = rows.map(\.product.id)
+        try await withStore("storing products", stats: stats) { try await store.upsertProducts(products, source: .manifest) }
+        let states = configuration.force
+            ? [:] : try await withStore("reading what is done", stats: stats) { try await store.states(productIDs: ids, key: key) }
         for row in rows {
             if let state = states[row.product.id] {
                 if state.embeddedURL == row.imageURL {
@@ -349,9 +429,7 @@ public final class EmbeddingJob: Sendable {
                     }
                 }
             }
-            guard case .success(let location) = ImageLocation.parse(row.imageURL, baseDirectory: configuration.fetch.baseDirectory)
-            else { continue }  // the manifest reader has already refused such rows
-            if !(await queue.send(WorkItem(row: row, location: location))) { return }
+            if !(await queue.send(WorkItem(row: row, location: row.location))) { return }
         }
     }
 }

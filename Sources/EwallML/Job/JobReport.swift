@@ -65,6 +65,37 @@ public struct JobProgress: Sendable {
     public var imagesPerSecond: Double
     /// Seconds left at the current rate, when it can be estimated.
     public var eta: Double?
+    /// Set while the store does not answer and the job waits for it: what is wrong, in the
+    /// store's words, and how long the job has waited.
+    public var storeProblem: StoreWait?
+}
+
+/// The job is waiting for its store to come back.
+public struct StoreWait: Sendable, Hashable {
+    /// The store's own words: "connection refused", "PostgreSQL refused: ...".
+    public var reason: String
+    /// Seconds since the store stopped answering.
+    public var waited: Double
+    /// Seconds the job waits in all before it gives up (exit 2).
+    public var limit: Double
+}
+
+/// Why a job stopped before its end: the store, the manifest or the model failed as a whole.
+public struct SystemicFailure: Sendable, Codable, Hashable {
+    /// A stable code (`store_unavailable`, `store_full`, `manifest_unreadable`, ...).
+    public var code: String
+    /// What broke, in words a user can act on; never a password.
+    public var message: String
+}
+
+/// Thrown by ``EmbeddingJob/run(progressInterval:onProgress:onFailure:)`` when the job stops
+/// on a systemic error: carries what was done before it stopped (everything counted there is
+/// committed), so the caller can print the summary as well as the reason.
+public struct JobAborted: Error, Sendable, CustomStringConvertible {
+    public var summary: JobSummary
+    public var underlying: any Error
+    public var failure: SystemicFailure { summary.error! }
+    public var description: String { failure.message }
 }
 
 /// The end of a run, as printed and as `--json`.
@@ -88,9 +119,11 @@ public struct JobSummary: Sendable, Codable {
     public var modelBusy: Double
     /// Stopped by `stop()` (SIGINT/SIGTERM) before the manifest's end.
     public var interrupted: Bool
+    /// Set when the job stopped on a systemic error; the counts say what was committed first.
+    public var error: SystemicFailure?
 
     enum CodingKeys: String, CodingKey {
-        case manifest, store, precision, counts, seconds, interrupted
+        case manifest, store, precision, counts, seconds, interrupted, error
         case modelID = "model_id", preprocessing, randomInitModel = "random_init_model"
         case failuresByClass = "failures_by_class", skippedFailedByClass = "skipped_failed_by_class"
         case imagesPerSecond = "images_per_second", stageSeconds = "stage_seconds", modelBusy = "model_busy"
@@ -106,6 +139,19 @@ final class JobStats: @unchecked Sendable {
     private var failures: [String: Int] = [:]
     private var skippedFailures: [String: Int] = [:]
     private var stages = StageSeconds()
+    private var storeWait: StoreWait?
+
+    func setStoreWait(_ wait: StoreWait?) {
+        lock.lock()
+        storeWait = wait
+        lock.unlock()
+    }
+
+    var currentStoreWait: StoreWait? {
+        lock.lock()
+        defer { lock.unlock() }
+        return storeWait
+    }
 
     func update(_ body: (inout JobCounts) -> Void) {
         lock.lock()

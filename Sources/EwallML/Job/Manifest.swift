@@ -9,6 +9,8 @@ public struct ManifestRow: Sendable, Hashable {
     public var product: Product
     /// As written in the manifest: the identity the store keys on.
     public var imageURL: String
+    /// `imageURL` parsed once, relative paths resolved against the manifest's folder.
+    public var location: ImageLocation
 }
 
 /// A manifest row that cannot be processed, with its line number. The job reports it and
@@ -40,6 +42,8 @@ public final class ManifestReader: @unchecked Sendable {
 
     public let path: String
     public let format: Format
+    /// What every id, URL and text field must meet; a row that breaks a rule is a bad row.
+    public let rules: InputRules
     private let handle: FileHandle
     private var buffer: [UInt8] = []
     private var position = 0
@@ -51,8 +55,13 @@ public final class ManifestReader: @unchecked Sendable {
     /// Rows repeated with the same product id and URL (skipped after the first).
     public private(set) var duplicates = 0
 
-    public init(path: String) throws {
+    /// Relative paths in `image_url` resolve against this (default: the manifest's folder).
+    public let baseDirectory: String
+
+    public init(path: String, rules: InputRules = InputRules(), baseDirectory: String? = nil) throws {
         self.path = path
+        self.rules = rules
+        self.baseDirectory = baseDirectory ?? URL(fileURLWithPath: path).deletingLastPathComponent().path
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw ManifestError("cannot open the manifest \(path): no such file or not readable")
         }
@@ -99,6 +108,9 @@ public final class ManifestReader: @unchecked Sendable {
 
     private func readHeader() throws {
         guard let header = nextRecord() else { throw ManifestError("the manifest \(path) is empty") }
+        if let (i, problem) = header.utf8Problems.first {
+            throw ManifestError("the manifest \(path)'s header column \(i + 1) \(problem)")
+        }
         for (i, name) in header.fields.enumerated() {
             var n = name.trimmingCharacters(in: .whitespaces).lowercased()
             if n.hasPrefix("\u{FEFF}") { n.removeFirst() }
@@ -112,7 +124,9 @@ public final class ManifestReader: @unchecked Sendable {
     /// The next row or problem; `nil` at the end of the file.
     public func next() -> Result<ManifestRow, ManifestProblem>? {
         while let record = nextRecord() {
-            if record.fields.allSatisfy({ $0.trimmingCharacters(in: .whitespaces).isEmpty }) { continue }
+            if record.utf8Problems.isEmpty && record.fields.allSatisfy({ $0.trimmingCharacters(in: .whitespaces).isEmpty }) {
+                continue
+            }
             switch parse(record) {
             case .success(let row):
                 // 8 bytes per id: a 64-bit hash of the id -> a hash of its URL.
@@ -141,10 +155,17 @@ public final class ManifestReader: @unchecked Sendable {
         case .csv, .tsv:
             get = { name in
                 guard let i = self.columns[name], i < record.fields.count else { return nil }
+                if let p = record.utf8Problems[i] {
+                    if bad == nil { bad = "\(name) \(p)" }
+                    return nil
+                }
                 let v = record.fields[i].trimmingCharacters(in: .whitespaces)
                 return v.isEmpty ? nil : v
             }
         case .jsonl:
+            if let p = record.utf8Problems[0] {
+                return .failure(ManifestProblem(line: record.line, productID: nil, imageURL: nil, message: "the line \(p)"))
+            }
             guard let obj = (try? JSONSerialization.jsonObject(with: Data(record.fields[0].utf8))) as? [String: Any] else {
                 return .failure(ManifestProblem(line: record.line, productID: nil, imageURL: nil,
                                                 message: "not a JSON object"))
@@ -160,12 +181,23 @@ public final class ManifestReader: @unchecked Sendable {
         }
         let id = get("product_id"), url = get("image_url")
         func problem(_ message: String) -> Result<ManifestRow, ManifestProblem> {
-            .failure(ManifestProblem(line: record.line, productID: id, imageURL: url, message: message))
+            // An id or URL that breaks a rule is not echoed back as it is: it could hold
+            // anything (a NUL, 10 MiB). The failure keeps a printable, bounded form of it.
+            .failure(ManifestProblem(line: record.line, productID: id.map(Self.printable), imageURL: url.map(Self.printable),
+                                     message: message))
         }
+        if let bad { return problem(bad) }
         guard let id else { return problem("missing product_id") }
+        if let p = rules.problem(id, as: .productID) { return problem(p) }
         guard let url else { return problem("missing image_url for product '\(id)'") }
-        if case .failure(let e) = ImageLocation.parse(url) { return problem("image_url: \(e.message)") }
+        if let p = rules.problem(url, as: .imageURL) { return problem(p) }
+        let location: ImageLocation
+        switch ImageLocation.parse(url, baseDirectory: baseDirectory, rules: rules) {
+        case .success(let l): location = l
+        case .failure(let e): return problem("image_url: \(e.message)")
+        }
         var product = Product(id: id, title: get("title"), category: get("category"), brand: get("brand"))
+        if let p = rules.problem(product) { return problem(p) }
         if let v = get("in_stock") {
             guard let b = Self.bool(v) else { return problem("in_stock '\(v)' is not true/false/1/0/yes/no") }
             product.inStock = b
@@ -175,7 +207,17 @@ public final class ManifestReader: @unchecked Sendable {
             product.price = d
         }
         if let bad { return problem(bad) }
-        return .success(ManifestRow(line: record.line, product: product, imageURL: url))
+        return .success(ManifestRow(line: record.line, product: product, imageURL: url, location: location))
+    }
+
+    /// `s` with control characters escaped (`\u{0}`) and cut to 200 characters: safe to put
+    /// in a failure line or a log, and never mistaken for the stored value.
+    static func printable(_ s: String) -> String {
+        var out = ""
+        for scalar in s.unicodeScalars.prefix(200) {
+            if InputRules.controlName(scalar) != nil { out += "\\u{\(String(scalar.value, radix: 16))}" } else { out.unicodeScalars.append(scalar) }
+        }
+        return s.unicodeScalars.count > 200 ? out + "..." : out
     }
 
     static func bool(_ v: String) -> Bool? {
@@ -194,6 +236,20 @@ public final class ManifestReader: @unchecked Sendable {
     private struct Record {
         var line: Int
         var fields: [String]
+        /// Fields (by index) whose bytes are not valid UTF-8, with the reason. Their text in
+        /// `fields` is empty: bytes are never replaced with U+FFFD and then used.
+        var utf8Problems: [Int: String] = [:]
+
+        init(line: Int) { self.line = line; self.fields = [] }
+
+        mutating func append(_ bytes: some Collection<UInt8>) {
+            if let p = InputRules.utf8Problem(bytes) {
+                utf8Problems[fields.count] = p
+                fields.append("")
+            } else {
+                fields.append(String(decoding: bytes, as: UTF8.self))
+            }
+        }
     }
 
     private func fill() -> Bool {
@@ -230,20 +286,24 @@ public final class ManifestReader: @unchecked Sendable {
         }
         line += 1
         if lineBytes.last == 13 { lineBytes.removeLast() }
-        let text = String(decoding: lineBytes, as: UTF8.self)
-        if format == .jsonl { return Record(line: start, fields: [text]) }
-        return Record(line: start, fields: text.split(separator: "\t", omittingEmptySubsequences: false).map(String.init))
+        var record = Record(line: start)
+        if format == .jsonl {
+            record.append(lineBytes)
+        } else {
+            for field in lineBytes.split(separator: 9, omittingEmptySubsequences: false) { record.append(field) }
+        }
+        return record
     }
 
     private func csvRecord(start: Int) -> Record? {
-        var fields: [String] = []
+        var record = Record(line: start)
         var field: [UInt8] = []
         var quoted = false, inQuotes = false
         line += 1
         while true {
             if position >= buffer.count && !fill() {
-                fields.append(String(decoding: field, as: UTF8.self))
-                return Record(line: start, fields: fields)
+                record.append(field)
+                return record
             }
             let b = buffer[position]
             position += 1
@@ -266,14 +326,14 @@ public final class ManifestReader: @unchecked Sendable {
             case UInt8(ascii: "\""):
                 if field.isEmpty && !quoted { inQuotes = true; quoted = true } else { field.append(b) }
             case UInt8(ascii: ","):
-                fields.append(String(decoding: field, as: UTF8.self))
+                record.append(field)
                 field.removeAll(keepingCapacity: true)
                 quoted = false
             case 13:
                 continue
             case 10:
-                fields.append(String(decoding: field, as: UTF8.self))
-                return Record(line: start, fields: fields)
+                record.append(field)
+                return record
             default:
                 field.append(b)
             }

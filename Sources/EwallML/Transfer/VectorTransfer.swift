@@ -30,6 +30,7 @@ public enum VectorTransfer {
     /// vectors of one model version must all have one dimension. Writes 256 lines per
     /// transaction.
     public static func importSeed(path: String, into store: any EmbeddingStore, preprocessing: String,
+                                  rules: InputRules = InputRules(),
                                   onProblem: @Sendable (ManifestProblem) -> Void = { _ in }) async throws -> ImportSummary {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw ManifestError("cannot open \(path): no such file or not readable")
@@ -49,7 +50,7 @@ public enum VectorTransfer {
         for line in LineReader(handle: handle) {
             lineNumber += 1
             if line.allSatisfy({ $0 == 32 || $0 == 9 || $0 == 13 }) { continue }
-            switch parseSeedLine(line, line: lineNumber) {
+            switch parseSeedLine(line, line: lineNumber, rules: rules) {
             case .failure(let problem):
                 summary.badLines += 1
                 onProblem(problem)
@@ -79,10 +80,12 @@ public enum VectorTransfer {
         return summary
     }
 
-    static func parseSeedLine(_ bytes: [UInt8], line: Int) -> Result<(Product, StoredEmbedding), ManifestProblem> {
+    static func parseSeedLine(_ bytes: [UInt8], line: Int,
+                              rules: InputRules = InputRules()) -> Result<(Product, StoredEmbedding), ManifestProblem> {
         func problem(_ m: String, _ id: String? = nil) -> Result<(Product, StoredEmbedding), ManifestProblem> {
-            .failure(ManifestProblem(line: line, productID: id, imageURL: nil, message: m))
+            .failure(ManifestProblem(line: line, productID: id.map(ManifestReader.printable), imageURL: nil, message: m))
         }
+        if let p = InputRules.utf8Problem(bytes) { return problem("the line \(p)") }
         guard let obj = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] else {
             return problem("not a JSON object")
         }
@@ -96,6 +99,10 @@ public enum VectorTransfer {
         guard let id = text("product_id") else { return problem("missing product_id") }
         guard let url = text("image_url") else { return problem("missing image_url", id) }
         guard let model = text("model_version") else { return problem("missing model_version", id) }
+        if let p = rules.problem(id, as: .productID) ?? rules.problem(url, as: .imageURL) { return problem(p, id) }
+        if model.utf8.contains(0) || model.unicodeScalars.contains(where: { InputRules.controlName($0) != nil }) {
+            return problem("model_version contains a control character", id)
+        }
         var raw = obj["embedding_vector"]
         if let s = raw as? String { raw = try? JSONSerialization.jsonObject(with: Data(s.utf8)) }
         guard let array = raw as? [Any], !array.isEmpty else {
@@ -110,6 +117,7 @@ public enum VectorTransfer {
             vector.append(n.floatValue)
         }
         var product = Product(id: id, title: text("title"), category: text("category"))
+        if let p = rules.problem(product) { return problem(p, id) }
         if let s = text("in_stock") {
             guard let b = ManifestReader.bool(s) else { return problem("in_stock '\(s)' is not a boolean", id) }
             product.inStock = b
