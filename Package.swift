@@ -118,6 +118,7 @@ let package = Package(
             name: "EwallML",
             dependencies: [
                 "EwallCore", "EwallImaging", "EwallInference", "EwallFetch", "EwallStore", "EwallIndex", "EwallClassifier",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -38,18 +38,24 @@ public final class FailureLog: @unchecked Sendable {
 /// Safe because: `shown` is only touched under `lock`.
 public final class ProgressDisplay: @unchecked Sendable {
     public let terminal: Bool
+    /// Says whose progress it is (`job NAME worker HOST:PID`) in front of every line.
+    public let label: String?
     private let lock = NSLock()
     private var shown = false
 
-    public init(terminal: Bool) {
+    public init(terminal: Bool, label: String? = nil) {
         self.terminal = terminal
+        self.label = label
     }
 
     public func show(_ p: JobProgress) {
         let c = p.counts
         let total = p.estimatedRows.map { "/~\($0)" } ?? ""
-        var line = "\(c.done)\(total) rows  ok \(c.embedded)  skipped \(c.skipped + c.duplicates)  "
+        var line = (label.map { "\($0): " } ?? "")
+            + "\(c.done)\(total) \(label == nil ? "rows" : "items")  ok \(c.embedded)"
+            + (c.reused > 0 ? " (reused \(c.reused))" : "") + "  skipped \(c.skipped + c.duplicates)  "
             + "failed \(c.failed + c.skippedFailed + c.badRows)  " + String(format: "%.1f img/s", p.imagesPerSecond)
+        if c.refused > 0 { line += "  lease lost on \(c.refused)" }
         if let eta = p.eta { line += "  ETA " + Self.duration(eta) }
         if let w = p.storeProblem {
             line += String(format: "  STORE NOT ANSWERING for %.0f s (gives up at %.0f s): ", w.waited, w.limit) + w.reason
@@ -85,7 +91,7 @@ public enum SummaryText {
         var out = """
             ewall-embed: \(s.manifest) -> \(s.store)
               model \(s.modelID) (\(s.precision), \(s.preprocessing))
-              rows \(c.rows): embedded \(c.embedded), skipped \(c.skipped) (already embedded), \
+              rows \(c.rows): embedded \(c.embedded) (\(c.reused) reused from identical image bytes), skipped \(c.skipped) (already embedded), \
             duplicates \(c.duplicates), failed \(c.failed), failed earlier and not retried \(c.skippedFailed), \
             bad rows \(c.badRows)
 
@@ -103,6 +109,10 @@ public enum SummaryText {
         out += String(format: "  %.1f s, %.1f images/s; busy seconds: fetch %.1f, decode %.1f, model %.1f, write %.1f; model busy %.0f%%\n",
                       s.seconds, s.imagesPerSecond, st.fetch, st.decode, st.infer, st.write, s.modelBusy * 100)
         if let failuresPath, c.failed + c.badRows > 0 { out += "  failures written to \(failuresPath)\n" }
+        if let job = s.job {
+            out += "  job \(job), worker \(s.worker ?? "?")"
+                + (c.refused > 0 ? "; \(c.refused) items not committed because another worker took over their lease" : "") + "\n"
+        }
         if s.interrupted { out += "  INTERRUPTED: the current batch was written; run again to continue\n" }
         if let e = s.error {
             out += "  STOPPED (\(e.code)): \(e.message)\n  what is counted above is committed; run again to continue\n"

@@ -45,6 +45,11 @@ public protocol EmbeddingStore: AnyObject, Sendable {
     /// One product's vector under `key`, or `nil`.
     func embedding(productID: String, key: ModelKey) async throws -> StoredEmbedding?
 
+    /// A vector of `key` made from image bytes with this sha256 (any product's), or `nil`:
+    /// identical bytes under one model key and preprocessing give one vector, so a job reuses
+    /// it instead of running the model again.
+    func embedding(imageSHA256: String, key: ModelKey) async throws -> StoredEmbedding?
+
     /// The ledger entry of one product under `key`.
     func ledgerEntry(productID: String, key: ModelKey) async throws -> LedgerEntry?
 

@@ -9,9 +9,9 @@ import PostgresNIO
 /// behaviour as ``SQLiteStore`` (vectors as `BYTEA`, one transaction per batch). Several
 /// machines may write to one database; rows are keyed by (model id, preprocessing, product).
 public final class PostgresStore: EmbeddingStore {
-    private let client: PostgresClient
+    let client: PostgresClient
     private let runner: Task<Void, Never>
-    private let logger: Logger
+    let logger: Logger
     public let displayName: String
 
     private let probe: Probe
@@ -339,6 +339,23 @@ public final class PostgresStore: EmbeddingStore {
                 (String, Int32, ByteBuffer, String?, Int32?, Int32?, Int64?, String?).self) {
                 let vector = try vec.withUnsafeReadableBytes { try VectorBytes.decode($0, dimension: Int(dim)) }
                 return StoredEmbedding(productID: productID, imageURL: url, key: key, vector: vector, imageSHA256: sha,
+                                       width: w.map(Int.init), height: h.map(Int.init), bytes: bytes.map(Int.init),
+                                       contentType: ctype)
+            }
+            return nil
+        }
+    }
+
+    public func embedding(imageSHA256 sha: String, key: ModelKey) async throws -> StoredEmbedding? {
+        try await run("looking up a vector by image sha256") {
+            let rows = try await client.query("""
+                SELECT product_id, image_url, dim, vector, width, height, bytes, content_type FROM embeddings
+                WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) AND image_sha256 = \(sha) LIMIT 1
+                """, logger: logger)
+            for try await (id, url, dim, vec, w, h, bytes, ctype) in rows.decode(
+                (String, String, Int32, ByteBuffer, Int32?, Int32?, Int64?, String?).self) {
+                let vector = try vec.withUnsafeReadableBytes { try VectorBytes.decode($0, dimension: Int(dim)) }
+                return StoredEmbedding(productID: id, imageURL: url, key: key, vector: vector, imageSHA256: sha,
                                        width: w.map(Int.init), height: h.map(Int.init), bytes: bytes.map(Int.init),
                                        contentType: ctype)
             }

@@ -259,6 +259,26 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
         }
     }
 
+    public func embedding(imageSHA256 sha: String, key: ModelKey) async throws -> StoredEmbedding? {
+        try await onWorker { c in
+            var out: StoredEmbedding?
+            var failure: (any Error)?
+            try c.query("""
+                SELECT product_id, image_url, dim, vector, width, height, bytes, content_type FROM embeddings
+                WHERE model_id = ? AND preprocessing = ? AND image_sha256 = ? LIMIT 1
+                """, [.text(key.modelID), .text(key.preprocessing), .text(sha)]) { row in
+                do {
+                    let vector = try row.blob(3) { try VectorBytes.decode($0, dimension: row.int(2) ?? 0) }
+                    out = StoredEmbedding(productID: row.text(0) ?? "", imageURL: row.text(1) ?? "", key: key, vector: vector,
+                                          imageSHA256: sha, width: row.int(4), height: row.int(5),
+                                          bytes: row.int(6), contentType: row.text(7))
+                } catch { failure = error }
+            }
+            if let failure { throw failure }
+            return out
+        }
+    }
+
     public func ledgerEntry(productID: String, key: ModelKey) async throws -> LedgerEntry? {
         try await states(productIDs: [productID], key: key)[productID]?.ledger
     }

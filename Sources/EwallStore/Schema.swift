@@ -111,6 +111,7 @@ enum Schema {
             explanation   TEXT NOT NULL,
             classified_at TEXT NOT NULL
         );
+        CREATE INDEX IF NOT EXISTS embeddings_by_image ON embeddings (model_id, preprocessing, image_sha256);
         """
 
     static let postgres = """
@@ -166,5 +167,6 @@ enum Schema {
             explanation   TEXT NOT NULL,
             classified_at TIMESTAMPTZ NOT NULL
         );
-        """
+        CREATE INDEX IF NOT EXISTS embeddings_by_image ON embeddings (model_id, preprocessing, image_sha256);
+        """ + JobQueueSchema.postgres
 }

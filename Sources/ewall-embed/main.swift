@@ -41,7 +41,27 @@ struct EwallEmbed: AsyncParsableCommand {
             """)
 
     @Option(name: .long, help: "The manifest (CSV, TSV or JSON Lines).")
-    var manifest: String
+    var manifest: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "A shared job in the PostgreSQL store: with --manifest, submit it; with --worker, work on it.",
+        discussion: "Any number of workers on any number of machines share one job; each item is done once."))
+    var job: String?
+
+    @Flag(name: .long, help: "Claim chunks of --job and embed them until the job is done (or cancelled).")
+    var worker = false
+
+    @Option(name: .long, help: "Items per chunk, the unit a worker claims (with --job and --manifest).")
+    var chunkSize: Int = 256
+
+    @Option(name: .long, help: "Seconds a claimed chunk stays ours without renewal (a dead worker's chunks go to others after this).")
+    var leaseSeconds: Double = 60
+
+    @Option(name: .long, help: "Seconds between lease renewals while working (every commit renews too).")
+    var heartbeatSeconds: Double = 15
+
+    @Option(name: .long, help: "This worker's name in `ewall job status` (default host:pid).")
+    var workerName: String?
 
     @OptionGroup var database: DatabaseFlags
     @OptionGroup var modelFlags: ModelFlags
@@ -84,6 +104,16 @@ struct EwallEmbed: AsyncParsableCommand {
     var progressInterval: Double?
 
     func validate() throws {
+        if job == nil {
+            guard manifest != nil else { throw ValidationError("give --manifest FILE (or --job NAME --worker)") }
+            guard !worker else { throw ValidationError("--worker needs --job NAME") }
+        } else {
+            guard manifest != nil || worker else { throw ValidationError("--job needs --manifest (submit), --worker (work), or both") }
+        }
+        guard chunkSize >= 1 && chunkSize <= 100_000 else { throw ValidationError("--chunk-size must be 1...100000") }
+        guard leaseSeconds >= 2, heartbeatSeconds > 0, heartbeatSeconds < leaseSeconds else {
+            throw ValidationError("--lease-seconds must be at least 2 and --heartbeat-seconds positive and shorter than the lease")
+        }
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
         guard perHost >= 1 else { throw ValidationError("--per-host must be at least 1") }
         guard timeout > 0, connectTimeout > 0 else { throw ValidationError("timeouts must be positive") }
@@ -94,7 +124,7 @@ struct EwallEmbed: AsyncParsableCommand {
     func run() async throws {
         bootstrapLogging()
         let logger = Logger(label: "ewall-embed")
-        guard FileManager.default.isReadableFile(atPath: manifest) else {
+        if let manifest, !FileManager.default.isReadableFile(atPath: manifest) {
             throw fail("cannot read the manifest \(manifest)")
         }
         let store = try await database.open()
@@ -110,48 +140,114 @@ struct EwallEmbed: AsyncParsableCommand {
         let fetch = FetchConfiguration(
             perHostLimit: perHost, connectTimeout: .milliseconds(Int(connectTimeout * 1000)),
             requestTimeout: .milliseconds(Int(timeout * 1000)), maxAttempts: retries + 1, maxBytes: imageFlags.maxBytes)
-        var jobConfiguration = EmbeddingJobConfiguration(manifestPath: manifest, fetch: fetch, concurrency: concurrency,
+        var jobConfiguration = EmbeddingJobConfiguration(manifestPath: manifest ?? "", fetch: fetch, concurrency: concurrency,
                                                          retryFailed: retryFailed, force: force)
         jobConfiguration.inputRules = input.rules
         jobConfiguration.storeWaitLimit = .milliseconds(Int(storeWait * 1000))
-        let job = EmbeddingJob(configuration: jobConfiguration, embedder: embedder, store: store, logger: logger)
+        if manifest == nil { jobConfiguration.fetch.baseDirectory = nil }
 
         let failureLog: FailureLog?
         do { failureLog = try failures.map { try FailureLog(path: $0) } } catch {
             await store.close()
             throw fail("cannot write \(failures!): \(error.localizedDescription)")
         }
+        defer { failureLog?.close() }
+
+        guard let jobName = job else {
+            let job = EmbeddingJob(configuration: jobConfiguration, embedder: embedder, store: store, logger: logger)
+            try await work(label: nil, stop: { job.stop() }, store: store, failureLog: failureLog) { interval, progress, failure in
+                try await job.run(progressInterval: interval, onProgress: progress, onFailure: failure)
+            }
+            return
+        }
+
+        // A shared job: submit, work, or both.
+        var shared = SharedJobConfiguration()
+        shared.chunkSize = chunkSize
+        shared.lease = .milliseconds(Int(leaseSeconds * 1000))
+        shared.heartbeat = .milliseconds(Int(heartbeatSeconds * 1000))
+        let queue: PostgresJobQueue
+        do { queue = try PostgresJobQueue.over(store) } catch {
+            await store.close()
+            throw fail("\(error)")
+        }
+        let name = workerName ?? JobWorker.defaultName
+        if manifest != nil {
+            do {
+                let key = ModelKey(modelID: embedder.modelID, preprocessing: imageFlags.preprocess.rawValue)
+                let submitted = try await JobSubmission.submit(
+                    name: jobName, job: jobConfiguration, shared: shared, key: key, queue: queue, submittedBy: name,
+                    onFailure: { f in failureLog?.write(f) }, logger: logger)
+                printSubmission(submitted, worker: worker)
+            } catch {
+                await store.close()
+                throw fail(Self.message(error))
+            }
+            if !worker {
+                await store.close()
+                return
+            }
+        }
+        let w = JobWorker(job: jobName, name: name, queue: queue, embedder: embedder, configuration: jobConfiguration,
+                          shared: shared, logger: logger)
+        try await work(label: "job \(jobName) worker \(name)", stop: { w.stop() }, store: store, failureLog: failureLog) { interval, progress, failure in
+            try await w.run(progressInterval: interval, onProgress: progress, onFailure: failure)
+        }
+    }
+
+    static func message(_ error: any Error) -> String {
+        (error as? StoreError)?.message ?? (error as? ManifestError)?.message ?? (error as? JobQueueError)?.message ?? "\(error)"
+    }
+
+    /// Runs a job or a worker with progress, signals and the summary; exits as documented.
+    private func work(label: String?, stop: @escaping @Sendable () -> Void, store: any EmbeddingStore, failureLog: FailureLog?,
+                      _ body: (Double, @escaping @Sendable (JobProgress) -> Void, @escaping @Sendable (JobFailure) -> Void)
+                          async throws -> JobSummary) async throws {
         let signals = SignalHandler { signal in
-            job.stop()
+            stop()
             FileHandle.standardError.write(Data("\newall-embed: \(signal == SIGINT ? "SIGINT" : "SIGTERM"): finishing the current batch; again to abort\n".utf8))
         }
-        let display = ProgressDisplay(terminal: isatty(STDERR_FILENO) != 0)
+        let display = ProgressDisplay(terminal: isatty(STDERR_FILENO) != 0, label: label)
         let summary: JobSummary
         do {
-            summary = try await job.run(
-                progressInterval: progressInterval ?? (display.terminal ? 0.5 : 5),
-                onProgress: { display.show($0) },
-                onFailure: { f in failureLog?.write(f) })
+            summary = try await body(progressInterval ?? (display.terminal ? 0.5 : 5), { display.show($0) },
+                                     { f in failureLog?.write(f) })
         } catch let aborted as JobAborted {
             // A systemic error after work began: the summary of what was committed, then the reason.
             display.finish()
             await store.close()
-            failureLog?.close()
             try printSummary(aborted.summary)
             throw fail(aborted.failure.message)
         } catch {
             display.finish()
             await store.close()
-            let message = (error as? StoreError)?.message ?? (error as? ManifestError)?.message ?? "\(error)"
-            throw fail(message)
+            throw fail(Self.message(error))
         }
         display.finish()
         await store.close()
-        failureLog?.close()
         try printSummary(summary)
         if let signal = signals.received { throw ExitCode(ExitCodes.interrupted(by: signal)) }
         let c = summary.counts
         if c.failed + c.skippedFailed + c.badRows > 0 { throw ExitCode(ExitCodes.someFailed) }
+    }
+
+    private func printSubmission(_ r: JobSubmission.Result, worker: Bool) {
+        if json && !worker {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            if let data = try? enc.encode(r) { FileHandle.standardOutput.write(data + Data("\n".utf8)) }
+            return
+        }
+        let c = r.counts
+        let text = """
+            ewall-embed: submitted job '\(r.job)' (run \(r.runID)) from \(r.manifest) [sha256 \(r.manifestSHA256.prefix(12))]
+              model \(r.modelID) (\(r.preprocessing)); rows \(c.rows): queued \(c.queued) in \(r.chunks) chunks, \
+            skipped \(c.skipped) (already embedded), failed earlier and not retried \(c.skippedFailed), bad rows \(c.badRows), \
+            duplicates \(c.duplicates)
+              workers: ewall-embed --db ... --job \(r.job) --worker   (any number, any machines); watch: ewall job status \(r.job)
+
+            """
+        FileHandle.standardError.write(Data(text.utf8))
     }
 
     private func printSummary(_ summary: JobSummary) throws {

@@ -11,6 +11,6 @@ struct Ewall: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ewall",
         abstract: "EwallML: image embeddings, similar products and categories for product search.",
-        subcommands: [Embed.self, Import.self, Export.self, Similar.self, Classify.self, Calibrate.self])
+        subcommands: [Embed.self, Import.self, Export.self, Similar.self, Classify.self, Calibrate.self, Job.self])
 }
 

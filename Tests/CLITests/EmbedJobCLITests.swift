@@ -18,14 +18,22 @@ final class JobProcess {
     let process = Process()
     let out: URL, err: URL
 
-    init(_ args: [String]) throws {
+    /// `prefix` runs it through another program first (`ip netns exec NS` for a test host).
+    init(_ args: [String], prefix: [String] = []) throws {
         let dir = FileManager.default.temporaryDirectory
         out = dir.appendingPathComponent("job-\(UUID()).out")
         err = dir.appendingPathComponent("job-\(UUID()).err")
         _ = FileManager.default.createFile(atPath: out.path, contents: nil)
         _ = FileManager.default.createFile(atPath: err.path, contents: nil)
-        process.executableURL = try executable("ewall-embed")
-        process.arguments = args.contains("--model") || args.contains("--help") ? args : args + ["--model", Fixtures.model]
+        let exe = try executable("ewall-embed")
+        let full = args.contains("--model") || args.contains("--help") ? args : args + ["--model", Fixtures.model]
+        if prefix.isEmpty {
+            process.executableURL = exe
+            process.arguments = full
+        } else {
+            process.executableURL = URL(fileURLWithPath: prefix[0])
+            process.arguments = Array(prefix.dropFirst()) + [exe.path] + full
+        }
         process.currentDirectoryURL = Fixtures.root
         process.standardOutput = try FileHandle(forWritingTo: out)
         process.standardError = try FileHandle(forWritingTo: err)

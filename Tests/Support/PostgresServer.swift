@@ -123,6 +123,23 @@ public enum PostgresServer {
         guard status == 0 else { throw Unavailable(description: "pg_ctl stop failed: \(output)") }
     }
 
+    /// Makes the shared server listen on `address` too and trust connections from `cidr`
+    /// (test hosts in network namespaces reach it there), by restarting it on the same port.
+    public static func listenAlso(_ address: String, trusting cidr: String) throws {
+        _ = try port()
+        guard var cmd = startCommand, let data = dataDirectory, let i = cmd.firstIndex(of: "-o") else { return }
+        if cmd[i + 1].contains(address) { return }
+        let hba = "\nhost all all \(cidr) trust\n"
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: data + "/pg_hba.conf"))
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data(hba.utf8))
+        try handle.close()
+        cmd[i + 1] = cmd[i + 1].replacingOccurrences(of: "listen_addresses=127.0.0.1", with: "listen_addresses=127.0.0.1,\(address)")
+        try halt()
+        startCommand = cmd
+        try resume()
+    }
+
     /// Starts the server that ``halt()`` stopped.
     public static func resume() throws {
         guard let cmd = startCommand else { return }

@@ -44,6 +44,8 @@ public final class TestHTTPServer: Sendable {
     }
 
     public let port: Int
+    /// The address it listens on (127.0.0.1 unless a test host network gives another).
+    public let host: String
     private let channel: any Channel
     private let state: NIOLockedValueBox<State>
 
@@ -55,8 +57,9 @@ public final class TestHTTPServer: Sendable {
         var userAgents: Set<String> = []
     }
 
-    /// Starts the server on 127.0.0.1 (a free port).
-    public init(handler: @escaping @Sendable (Request) -> Response) throws {
+    /// Starts the server on `host` (127.0.0.1 by default), a free port.
+    public init(host: String = "127.0.0.1", handler: @escaping @Sendable (Request) -> Response) throws {
+        self.host = host
         let state = NIOLockedValueBox(State())
         self.state = state
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -67,11 +70,11 @@ public final class TestHTTPServer: Sendable {
                     channel.pipeline.addHandler(Handler(handler: handler, state: state))
                 }
             }
-        channel = try bootstrap.bind(host: "127.0.0.1", port: 0).wait()
+        channel = try bootstrap.bind(host: host, port: 0).wait()
         port = channel.localAddress!.port!
     }
 
-    public func url(_ path: String) -> String { "http://127.0.0.1:\(port)\(path.hasPrefix("/") ? path : "/" + path)" }
+    public func url(_ path: String) -> String { "http://\(host):\(port)\(path.hasPrefix("/") ? path : "/" + path)" }
 
     public func hits(_ path: String) -> Int { state.withLockedValue { $0.hits[path, default: 0] } }
     public func times(_ path: String) -> [ContinuousClock.Instant] { state.withLockedValue { $0.times[path, default: []] } }

@@ -1,4 +1,5 @@
 import EwallCore
+import EwallStore
 import Foundation
 
 /// One item (or manifest row) that did not become a vector, as written to `--failures`.
@@ -37,12 +38,18 @@ public struct JobCounts: Sendable, Codable, Hashable {
     public var badRows = 0
     /// Rows repeating an earlier row's product id and URL.
     public var duplicates = 0
+    /// Of `embedded`: vectors taken from identical image bytes (sha256) embedded before under
+    /// the same model key, by any product, job or worker, without a forward pass.
+    public var reused = 0
+    /// Items a shared job's worker processed but did not commit because its lease had been
+    /// taken over by another worker (which does them): never written twice.
+    public var refused = 0
 
     /// Items this run has finished with, one way or another.
     public var done: Int { embedded + skipped + skippedFailed + failed + badRows + duplicates }
 
     enum CodingKeys: String, CodingKey {
-        case rows, embedded, skipped, failed, duplicates
+        case rows, embedded, skipped, failed, duplicates, reused, refused
         case skippedFailed = "skipped_failed", badRows = "bad_rows"
     }
 }
@@ -121,13 +128,39 @@ public struct JobSummary: Sendable, Codable {
     public var interrupted: Bool
     /// Set when the job stopped on a systemic error; the counts say what was committed first.
     public var error: SystemicFailure?
+    /// The shared job this worker ran (`--job`), and the worker's name.
+    public var job: String?
+    public var worker: String?
 
     enum CodingKeys: String, CodingKey {
-        case manifest, store, precision, counts, seconds, interrupted, error
+        case manifest, store, precision, counts, seconds, interrupted, error, job, worker
         case modelID = "model_id", preprocessing, randomInitModel = "random_init_model"
         case failuresByClass = "failures_by_class", skippedFailedByClass = "skipped_failed_by_class"
         case imagesPerSecond = "images_per_second", stageSeconds = "stage_seconds", modelBusy = "model_busy"
     }
+}
+
+extension JobSummary {
+    /// The summary of a run from its counters.
+    init(stats: JobStats, source: String, store: String, embedder: ImageEmbedder, wall: Double, interrupted: Bool,
+         error: SystemicFailure?, job: String? = nil, worker: String? = nil) {
+        let (counts, failures, skippedFailures, stages) = stats.snapshot()
+        var byClass = failures
+        if counts.badRows > 0 { byClass[FailureClass.badRow] = counts.badRows }
+        self.init(manifest: source, store: store, modelID: embedder.modelID,
+                  preprocessing: embedder.configuration.preprocessing.rawValue, precision: embedder.precision.rawValue,
+                  randomInitModel: embedder.card?.pretrained == false, counts: counts, failuresByClass: byClass,
+                  skippedFailedByClass: skippedFailures, seconds: wall,
+                  imagesPerSecond: Double(counts.embedded) / max(wall, 1e-9), stageSeconds: stages,
+                  modelBusy: min(1, stages.infer / max(wall, 1e-9)), interrupted: interrupted, error: error, job: job,
+                  worker: worker)
+    }
+}
+
+/// Seconds since a run started.
+struct JobClock: Sendable {
+    let start = ContinuousClock.now
+    var elapsed: Double { (ContinuousClock.now - start).inSeconds }
 }
 
 /// Shared counters of a running job.
@@ -171,6 +204,28 @@ final class JobStats: @unchecked Sendable {
         counts.skippedFailed += 1
         skippedFailures[cls, default: 0] += 1
         lock.unlock()
+    }
+
+    /// Counts committed outcomes (failures are counted by ``failed(_:)`` with their class).
+    func committed(_ outcomes: [ItemOutcome.Status]) {
+        lock.lock()
+        for o in outcomes {
+            switch o {
+            case .embedded: counts.embedded += 1
+            case .reused: counts.embedded += 1; counts.reused += 1
+            case .failed: break
+            }
+        }
+        lock.unlock()
+    }
+
+    func progress(estimatedRows: Int?, elapsed t: Double) -> JobProgress {
+        let (counts, _, _, _) = snapshot()
+        let rate = Double(counts.embedded) / max(t, 1e-9)
+        let doneRate = Double(counts.done) / max(t, 1e-9)
+        let eta = estimatedRows.flatMap { est in doneRate > 0 && est > counts.done ? Double(est - counts.done) / doneRate : nil }
+        return JobProgress(counts: counts, estimatedRows: estimatedRows, elapsed: t, imagesPerSecond: rate, eta: eta,
+                           storeProblem: currentStoreWait)
     }
 
     func time(_ stage: WritableKeyPath<StageSeconds, Double>, _ seconds: Double) {

@@ -1,0 +1,317 @@
+import EwallCore
+import EwallFetch
+import EwallStore
+import Foundation
+import Logging
+
+/// One item on its way through the pipeline: a manifest row, and the lease it was claimed
+/// under when it came from a shared job (``JobWorker``).
+struct WorkItem: Sendable {
+    var row: ManifestRow
+    var lease: ChunkLease?
+
+    func failure(_ errorClass: String, stage: String, _ message: String, httpStatus: Int? = nil, attempts: Int = 0) -> JobFailure {
+        JobFailure(line: row.line, productID: row.product.id, imageURL: row.imageURL, errorClass: errorClass, stage: stage,
+                   message: message, httpStatus: httpStatus, attempts: attempts)
+    }
+}
+
+/// What the write stage commits at once: the vectors and ledger rows of one batch (plus the
+/// failures that came through since the last one), with each item's outcome.
+struct WriteUnit: Sendable {
+    var batch = WriteBatch()
+    var failures: [(WorkItem, JobFailure)] = []
+    var outcomes: [(WorkItem, ItemOutcome.Status)] = []
+}
+
+/// The stages every job runs, whatever feeds it (a manifest, or chunks claimed from a shared
+/// job) and wherever it commits (the store, or the store under leases):
+///
+/// ```
+/// feed ─▶ fetch (N tasks, per-host limited) ─▶ decode + reuse ─▶ batch of 32 ─▶ model ─▶ commit (1 transaction)
+/// ```
+///
+/// Each stage is one method, joined to the next by a bounded queue, so memory stays flat
+/// however long the job is. A failed item is a value that travels on to the commit, never
+/// its batch's problem. Images whose bytes (sha256) were embedded before under the same model
+/// key take that vector instead of a forward pass (``VectorReuse``).
+final class JobPipeline: Sendable {
+    let embedder: ImageEmbedder
+    let store: any EmbeddingStore
+    let fetcher: ImageFetcher
+    let stats: JobStats
+    let stopFlag: StopFlag
+    let key: ModelKey
+    let reuse: VectorReuse?
+    private let logger: Logger
+
+    let fetchQueue: BoundedQueue<WorkItem>
+    private let fetchedQueue = BoundedQueue<Fetched>(capacity: 16)
+    private let preparedQueue: BoundedQueue<Prepared>
+    private let writeQueue = BoundedQueue<WriteUnit>(capacity: 1)
+
+    private enum Fetched: Sendable {
+        case bytes(WorkItem, FetchedImage)
+        case failed(WorkItem, JobFailure)
+    }
+
+    private enum Prepared: Sendable {
+        case ready(WorkItem, FetchedImage, PreparedImage)
+        case reused(WorkItem, FetchedImage, StoredEmbedding)
+        case failed(WorkItem, JobFailure)
+    }
+
+    init(embedder: ImageEmbedder, store: any EmbeddingStore, fetcher: ImageFetcher, stats: JobStats, stopFlag: StopFlag,
+         concurrency: Int, preparedQueue: Int, reuse: Bool, logger: Logger) {
+        self.embedder = embedder
+        self.store = store
+        self.fetcher = fetcher
+        self.stats = stats
+        self.stopFlag = stopFlag
+        self.key = ModelKey(modelID: embedder.modelID, preprocessing: embedder.configuration.preprocessing.rawValue)
+        self.reuse = reuse ? VectorReuse(store: store, key: key) : nil
+        self.logger = logger
+        self.fetchQueue = BoundedQueue(capacity: max(8, concurrency * 2))
+        self.preparedQueue = BoundedQueue(capacity: preparedQueue)
+        self.concurrency = concurrency
+    }
+
+    private let concurrency: Int
+
+    /// Cancels every queue: the stages drain and return.
+    func cancelQueues() {
+        fetchQueue.cancel(); fetchedQueue.cancel(); preparedQueue.cancel(); writeQueue.cancel()
+    }
+
+    /// Runs `feed` (which sends work into ``fetchQueue`` and returns when there is no more)
+    /// and the stages, committing each unit with `commit`. Returns when everything fed is
+    /// committed, or throws the first systemic error (the feed's or the commit's).
+    func run(feed: @escaping @Sendable () async throws -> Void,
+             commit: @escaping @Sendable (WriteUnit) async throws -> Void) async throws {
+        let fetchStage = Task { await self.fetchStage() }
+        let stopWatcher = Task {
+            while !Task.isCancelled && !stopFlag.isSet { try? await Task.sleep(for: .milliseconds(100)) }
+            if stopFlag.isSet {
+                fetchQueue.cancel()
+                fetchStage.cancel()
+            }
+        }
+        defer { stopWatcher.cancel() }
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    defer { self.fetchQueue.finish() }
+                    try await feed()
+                }
+                group.addTask { await fetchStage.value }
+                group.addTask { await self.decodeStage() }
+                group.addTask { await self.batchStage() }
+                group.addTask { try await self.writeStage(commit: commit) }
+                do {
+                    try await group.waitForAll()
+                } catch {
+                    cancelQueues()
+                    fetchStage.cancel()
+                    throw error
+                }
+            }
+        } catch {
+            try? await fetcher.shutdown()
+            throw error
+        }
+        try? await fetcher.shutdown()
+    }
+
+    /// Fetch: `concurrency` tasks, each host limited by the fetcher. Stopping cancels the
+    /// requests in flight; their items are not failures (a rerun does them).
+    private func fetchStage() async {
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<max(1, concurrency) {
+                group.addTask {
+                    while let item = await self.fetchQueue.next() {
+                        if self.stopFlag.isSet || Task.isCancelled { continue }
+                        let t0 = ContinuousClock.now
+                        let result = await self.fetcher.fetch(item.row.location)
+                        self.stats.time(\.fetch, (ContinuousClock.now - t0).inSeconds)
+                        switch result {
+                        case .success(let image):
+                            await self.fetchedQueue.send(.bytes(item, image))
+                        case .failure(let e) where e.code == ImageFetcher.cancelled:
+                            continue
+                        case .failure(let e):
+                            await self.fetchedQueue.send(.failed(item, item.failure(
+                                e.code, stage: "fetch", e.message, httpStatus: e.httpStatus, attempts: e.attempts)))
+                        }
+                    }
+                }
+            }
+        }
+        fetchedQueue.finish()
+    }
+
+    /// Decode and preprocess on the embedder's decode threads, unless the same bytes were
+    /// embedded before under this model key: then the stored vector is taken as it is.
+    private func decodeStage() async {
+        await withTaskGroup(of: Void.self) { decoders in
+            for _ in 0..<max(1, embedder.configuration.decodeThreads) {
+                decoders.addTask {
+                    while let f = await self.fetchedQueue.next() {
+                        await self.preparedQueue.send(await self.prepare(f))
+                    }
+                }
+            }
+        }
+        preparedQueue.finish()
+    }
+
+    private func prepare(_ f: Fetched) async -> Prepared {
+        switch f {
+        case .failed(let item, let failure):
+            return .failed(item, failure)
+        case .bytes(let item, let image):
+            if let reuse, let known = await reuse.lookup(image.sha256) {
+                return .reused(item, image, known)
+            }
+            let t0 = ContinuousClock.now
+            let r = await embedder.prepare(image.bytes)
+            stats.time(\.decode, (ContinuousClock.now - t0).inSeconds)
+            switch r {
+            case .success(let p):
+                return .ready(item, image, p)
+            case .failure(let e):
+                return .failed(item, item.failure(e.code, stage: e.stage.rawValue, e.message, httpStatus: image.httpStatus,
+                                                  attempts: image.attempts))
+            }
+        }
+    }
+
+    /// Batches of the model's size (one forward pass each; identical bytes within a batch run
+    /// once) -> write units. Failures ride along with the next unit.
+    private func batchStage() async {
+        defer { writeQueue.finish() }
+        let size = embedder.embedder.batchSize
+        var ready: [(WorkItem, FetchedImage, PreparedImage)] = []
+        var unit = WriteUnit()
+        func ship() async {
+            if !ready.isEmpty { await embed(ready, into: &unit) }
+            ready.removeAll(keepingCapacity: true)
+            if !unit.outcomes.isEmpty { await writeQueue.send(unit) }
+            unit = WriteUnit()
+        }
+        while let p = await preparedQueue.next() {
+            switch p {
+            case .ready(let item, let image, let prepared):
+                ready.append((item, image, prepared))
+            case .reused(let item, let image, let known):
+                add(item, image, vector: known.vector, width: known.width, height: known.height, status: .reused, to: &unit)
+            case .failed(let item, let failure):
+                fail(item, failure, in: &unit)
+            }
+            if ready.count >= size || unit.outcomes.count >= 2 * size { await ship() }
+        }
+        await ship()
+    }
+
+    private func embed(_ ready: [(WorkItem, FetchedImage, PreparedImage)], into unit: inout WriteUnit) async {
+        // One forward pass per distinct image: the first of identical bytes runs the model.
+        var first: [String: Int] = [:]
+        var unique: [Int] = []
+        for (i, r) in ready.enumerated() where first[r.1.sha256] == nil {
+            first[r.1.sha256] = unique.count
+            unique.append(i)
+        }
+        let t0 = ContinuousClock.now
+        let vectors = await embedder.embed(prepared: unique.map { ready[$0].2 })
+        stats.time(\.infer, (ContinuousClock.now - t0).inSeconds)
+        for (i, (item, image, _)) in ready.enumerated() {
+            let slot = first[image.sha256]!
+            switch vectors[slot] {
+            case .success(let e):
+                let reused = unique[slot] != i
+                add(item, image, vector: e.vector, width: e.image.width, height: e.image.height,
+                    status: reused ? .reused : .embedded, to: &unit)
+                if !reused { reuse?.remember(image.sha256, StoredEmbedding(
+                    productID: item.row.product.id, imageURL: item.row.imageURL, key: key, vector: e.vector,
+                    imageSHA256: image.sha256, width: e.image.width, height: e.image.height)) }
+            case .failure(let f):
+                fail(item, item.failure(f.code, stage: f.stage.rawValue, f.message, httpStatus: image.httpStatus,
+                                        attempts: image.attempts), in: &unit)
+            }
+        }
+    }
+
+    private func add(_ item: WorkItem, _ image: FetchedImage, vector: [Float], width: Int?, height: Int?,
+                     status: ItemOutcome.Status, to unit: inout WriteUnit) {
+        unit.batch.embeddings.append(StoredEmbedding(
+            productID: item.row.product.id, imageURL: item.row.imageURL, key: key, vector: vector, imageSHA256: image.sha256,
+            width: width, height: height, bytes: image.bytes.count, contentType: image.contentType))
+        unit.batch.ledger.append(LedgerEntry(
+            productID: item.row.product.id, imageURL: item.row.imageURL, key: key, status: .embedded,
+            httpStatus: image.httpStatus, attempts: image.attempts))
+        unit.outcomes.append((item, status))
+    }
+
+    private func fail(_ item: WorkItem, _ f: JobFailure, in unit: inout WriteUnit) {
+        unit.batch.ledger.append(LedgerEntry(
+            productID: item.row.product.id, imageURL: item.row.imageURL, key: key, status: .failed,
+            errorClass: f.errorClass, httpStatus: f.httpStatus, attempts: f.attempts, lastError: f.message))
+        unit.failures.append((item, f))
+        unit.outcomes.append((item, .failed))
+    }
+
+    /// One transaction per unit, in order.
+    private func writeStage(commit: @Sendable (WriteUnit) async throws -> Void) async throws {
+        while let unit = await writeQueue.next() {
+            let t0 = ContinuousClock.now
+            do {
+                try await commit(unit)
+            } catch {
+                cancelQueues()
+                stopFlag.set()
+                throw error
+            }
+            stats.time(\.write, (ContinuousClock.now - t0).inSeconds)
+        }
+    }
+}
+
+/// Vectors already made from the same image bytes under this model key: the last few made
+/// by this process, then the store (any product's, any job's, any worker's). Identical bytes
+/// under one model key and preprocessing give the same vector, so reusing it is exact.
+final class VectorReuse: Sendable {
+    private let store: any EmbeddingStore
+    private let key: ModelKey
+    private let recent = Locked(RecentVectors(capacity: 256))
+
+    init(store: any EmbeddingStore, key: ModelKey) {
+        self.store = store
+        self.key = key
+    }
+
+    func lookup(_ sha: String) async -> StoredEmbedding? {
+        if let hit = recent.withLock({ $0.get(sha) }) { return hit }
+        // A failed lookup is a miss, never the item's failure: the model makes the vector.
+        guard let found = try? await store.embedding(imageSHA256: sha, key: key) else { return nil }
+        remember(sha, found)
+        return found
+    }
+
+    func remember(_ sha: String, _ e: StoredEmbedding) {
+        recent.withLock { $0.put(sha, e) }
+    }
+
+    struct RecentVectors: Sendable {
+        let capacity: Int
+        var entries: [String: StoredEmbedding] = [:]
+        var order: [String] = []
+
+        func get(_ sha: String) -> StoredEmbedding? { entries[sha] }
+
+        mutating func put(_ sha: String, _ e: StoredEmbedding) {
+            if entries.updateValue(e, forKey: sha) == nil { order.append(sha) }
+            if order.count > capacity {
+                entries[order.removeFirst()] = nil
+            }
+        }
+    }
+}

@@ -1,0 +1,796 @@
+import EwallCore
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+
+// Where a job is claimed: one embedding job spread over any number of worker processes on any
+// number of machines, with PostgreSQL itself as the coordinator (no daemon of our own).
+//
+// - A job is submitted once: its items (product id, image URL, manifest line) go into
+//   `ewall_job_items`, grouped into chunks (`ewall_job_chunks`, a few hundred items each), the
+//   unit of claiming.
+// - A worker claims a chunk with `SELECT ... FOR UPDATE SKIP LOCKED`: a lease with an expiry
+//   computed by the database (`now() + lease`), never by the workers' clocks, and a generation
+//   bumped at every claim. Every commit extends the lease (progress is the heartbeat); a
+//   heartbeat also extends it while a long batch runs.
+// - A commit writes vectors, ledger rows and item states in one transaction that first locks
+//   the chunk rows and checks their generation: a worker whose lease was taken over (killed,
+//   frozen, partitioned past its expiry) has its late commit refused, so an item is never
+//   written twice and never lost.
+
+/// The queue's tables (PostgreSQL only), created with the store's schema.
+///
+/// Bloat: a chunk row is updated at every commit of its items and an item row once, when it is
+/// done. Neither update touches an indexed column, so with the fill factors below they are HOT
+/// updates that need no index maintenance; autovacuum reclaims the old versions.
+enum JobQueueSchema {
+    static let postgres = """
+        CREATE TABLE IF NOT EXISTS ewall_jobs (
+            name            TEXT COLLATE "C" PRIMARY KEY,
+            run_id          BIGINT NOT NULL,
+            status          TEXT NOT NULL,
+            manifest        TEXT NOT NULL,
+            manifest_sha256 TEXT NOT NULL,
+            model_id        TEXT NOT NULL,
+            preprocessing   TEXT NOT NULL,
+            chunk_size      INTEGER NOT NULL,
+            submitted_by    TEXT NOT NULL,
+            created_at      TIMESTAMPTZ NOT NULL,
+            updated_at      TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS ewall_job_runs (
+            run_id          BIGSERIAL PRIMARY KEY,
+            job             TEXT COLLATE "C" NOT NULL,
+            manifest_sha256 TEXT NOT NULL,
+            submitted_by    TEXT NOT NULL,
+            started_at      TIMESTAMPTZ NOT NULL,
+            finished_at     TIMESTAMPTZ,
+            outcome         TEXT,
+            rows_read       BIGINT NOT NULL DEFAULT 0,
+            queued          BIGINT NOT NULL DEFAULT 0,
+            skipped         BIGINT NOT NULL DEFAULT 0,
+            skipped_failed  BIGINT NOT NULL DEFAULT 0,
+            bad_rows        BIGINT NOT NULL DEFAULT 0,
+            duplicates      BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE INDEX IF NOT EXISTS ewall_job_runs_by_start ON ewall_job_runs (started_at);
+        CREATE TABLE IF NOT EXISTS ewall_job_chunks (
+            job         TEXT COLLATE "C" NOT NULL,
+            chunk       INTEGER NOT NULL,
+            items       INTEGER NOT NULL,
+            pending     INTEGER NOT NULL,
+            embedded    INTEGER NOT NULL DEFAULT 0,
+            reused      INTEGER NOT NULL DEFAULT 0,
+            failed      INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until TIMESTAMPTZ,
+            generation  BIGINT NOT NULL DEFAULT 0,
+            claims      INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (job, chunk)
+        ) WITH (fillfactor = 50);
+        CREATE TABLE IF NOT EXISTS ewall_job_items (
+            job         TEXT COLLATE "C" NOT NULL,
+            product_id  TEXT COLLATE "C" NOT NULL,
+            chunk       INTEGER NOT NULL,
+            image_url   TEXT NOT NULL,
+            line        INTEGER NOT NULL,
+            status      TEXT NOT NULL,
+            error_class TEXT,
+            generation  BIGINT,
+            worker      TEXT,
+            PRIMARY KEY (job, product_id)
+        ) WITH (fillfactor = 85);
+        CREATE INDEX IF NOT EXISTS ewall_job_items_by_chunk ON ewall_job_items (job, chunk);
+        CREATE TABLE IF NOT EXISTS ewall_job_workers (
+            job          TEXT COLLATE "C" NOT NULL,
+            worker       TEXT NOT NULL,
+            model_id     TEXT NOT NULL,
+            started_at   TIMESTAMPTZ NOT NULL,
+            heartbeat_at TIMESTAMPTZ NOT NULL,
+            items        BIGINT NOT NULL DEFAULT 0,
+            chunks       BIGINT NOT NULL DEFAULT 0,
+            refused      BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (job, worker)
+        );
+        CREATE TABLE IF NOT EXISTS ewall_host_pauses (
+            host        TEXT PRIMARY KEY,
+            until_at    TIMESTAMPTZ NOT NULL,
+            seen_by     TEXT NOT NULL
+        )
+        """
+}
+
+/// What a submission stores: the job's identity and the items that need work.
+public struct JobSpec: Sendable, Hashable {
+    public var name: String
+    public var manifest: String
+    public var manifestSHA256: String
+    public var key: ModelKey
+    public var chunkSize: Int
+    /// `host:pid` of the submitting process, shown to whoever is refused.
+    public var submittedBy: String
+
+    public init(name: String, manifest: String, manifestSHA256: String, key: ModelKey, chunkSize: Int, submittedBy: String) {
+        self.name = name
+        self.manifest = manifest
+        self.manifestSHA256 = manifestSHA256
+        self.key = key
+        self.chunkSize = chunkSize
+        self.submittedBy = submittedBy
+    }
+}
+
+/// One item of a job: what a worker fetches and embeds.
+public struct QueuedItem: Sendable, Hashable {
+    public var productID: String
+    public var imageURL: String
+    /// The manifest line it came from.
+    public var line: Int
+
+    public init(productID: String, imageURL: String, line: Int) {
+        self.productID = productID
+        self.imageURL = imageURL
+        self.line = line
+    }
+}
+
+/// Counts a submission records beside the items (what the submitter decided without a worker).
+public struct SubmitCounts: Sendable, Hashable, Codable {
+    public var rows = 0
+    public var queued = 0
+    public var skipped = 0
+    public var skippedFailed = 0
+    public var badRows = 0
+    public var duplicates = 0
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case rows, queued, skipped, duplicates
+        case skippedFailed = "skipped_failed", badRows = "bad_rows"
+    }
+}
+
+/// A chunk held under a lease: its items still pending, and the generation every commit must
+/// present.
+public struct ClaimedChunk: Sendable, Hashable {
+    public var job: String
+    public var chunk: Int
+    public var generation: Int64
+    public var items: [QueuedItem]
+}
+
+/// A lease, as carried by every item of a claimed chunk through the pipeline.
+public struct ChunkLease: Sendable, Hashable {
+    public var chunk: Int
+    public var generation: Int64
+
+    public init(chunk: Int, generation: Int64) {
+        self.chunk = chunk
+        self.generation = generation
+    }
+}
+
+/// One item's outcome in a commit.
+public struct ItemOutcome: Sendable {
+    public enum Status: String, Sendable { case embedded, reused, failed }
+
+    public var lease: ChunkLease
+    public var productID: String
+    public var status: Status
+    public var errorClass: String?
+
+    public init(lease: ChunkLease, productID: String, status: Status, errorClass: String? = nil) {
+        self.lease = lease
+        self.productID = productID
+        self.status = status
+        self.errorClass = errorClass
+    }
+}
+
+/// What a commit did: the chunks whose lease still held (their items are written) and those
+/// taken over by another worker (nothing of theirs was written).
+public struct CommitResult: Sendable, Hashable {
+    public var committed: Set<Int>
+    public var refused: Set<Int>
+}
+
+/// A job's state as `ewall job status` shows it.
+public struct JobStatusReport: Sendable, Codable {
+    public struct Worker: Sendable, Codable, Hashable {
+        public var worker: String
+        public var modelID: String
+        public var startedAt: Date
+        public var heartbeatAt: Date
+        public var items: Int
+        public var chunks: Int
+        /// Commits refused because the lease had been taken over.
+        public var refused: Int
+        /// Items per second since it started.
+        public var itemsPerSecond: Double
+        /// Seconds since its last heartbeat (by the database's clock).
+        public var silentSeconds: Double
+        /// No heartbeat for longer than the lease: its chunks go to others.
+        public var stale: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case worker, items, chunks, refused, stale
+            case modelID = "model_id", startedAt = "started_at", heartbeatAt = "heartbeat_at"
+            case itemsPerSecond = "items_per_second", silentSeconds = "silent_seconds"
+        }
+    }
+
+    public var name: String
+    public var status: String
+    public var runID: Int64
+    public var manifest: String
+    public var manifestSHA256: String
+    public var modelID: String
+    public var preprocessing: String
+    public var submittedBy: String
+    public var startedAt: Date
+    public var finishedAt: Date?
+    public var submitted: SubmitCounts
+    /// Items queued for workers, and what became of them.
+    public var total: Int
+    public var done: Int
+    public var embedded: Int
+    public var reused: Int
+    public var failed: Int
+    public var chunks: Int
+    public var chunksDone: Int
+    public var chunksLeased: Int
+    public var workers: [Worker]
+    /// Seconds left at the workers' current combined rate.
+    public var etaSeconds: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case name, status, manifest, submitted, total, done, embedded, reused, failed, chunks, workers
+        case runID = "run_id", manifestSHA256 = "manifest_sha256", modelID = "model_id", preprocessing
+        case submittedBy = "submitted_by", startedAt = "started_at", finishedAt = "finished_at"
+        case chunksDone = "chunks_done", chunksLeased = "chunks_leased", etaSeconds = "eta_seconds"
+    }
+}
+
+/// One run of a job, as `ewall job list` shows it.
+public struct JobRun: Sendable, Codable, Hashable {
+    public var runID: Int64
+    public var job: String
+    public var manifestSHA256: String
+    public var submittedBy: String
+    public var startedAt: Date
+    public var finishedAt: Date?
+    /// `running`, `done` or `cancelled`.
+    public var outcome: String
+    public var submitted: SubmitCounts
+
+    enum CodingKeys: String, CodingKey {
+        case job, outcome, submitted
+        case runID = "run_id", manifestSHA256 = "manifest_sha256", submittedBy = "submitted_by"
+        case startedAt = "started_at", finishedAt = "finished_at"
+    }
+}
+
+/// A refusal of the queue: a job that runs, does not exist, or belongs to another model.
+public struct JobQueueError: Error, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        case running = "job_running"
+        case unknownJob = "unknown_job"
+        case modelMismatch = "model_mismatch"
+        case notPostgres = "queue_needs_postgres"
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+/// The job queue over a ``PostgresStore``. Every method may be called from many tasks at once.
+public final class PostgresJobQueue: Sendable {
+    public let store: PostgresStore
+    private var client: PostgresClient { store.client }
+    private var logger: Logger { store.logger }
+
+    public init(store: PostgresStore) {
+        self.store = store
+    }
+
+    /// The queue of `store`, which must be PostgreSQL: the queue needs `SKIP LOCKED` and one
+    /// clock that every machine shares.
+    public static func over(_ store: any EmbeddingStore) throws -> PostgresJobQueue {
+        guard let pg = store as? PostgresStore else {
+            throw JobQueueError(.notPostgres, "--job needs a PostgreSQL store (--db postgres://...), which every worker "
+                                + "reaches; \(store.displayName) is not one")
+        }
+        return PostgresJobQueue(store: pg)
+    }
+
+    private func run<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
+        do { return try await body() } catch let e as JobQueueError { throw e } catch {
+            throw PostgresStore.wrap(error, "\(what) on \(store.displayName)")
+        }
+    }
+
+    // MARK: Submitting
+
+    /// Stores a job in one transaction: refuses while a run of the same name is still
+    /// running (naming who holds it), else starts a new run whose items replace the previous
+    /// run's. `items` is called repeatedly for the next slice of items to queue (empty: the
+    /// end); the caller streams the manifest through it. Nothing is visible to workers until
+    /// the transaction commits, so a submission that fails half-way leaves nothing behind.
+    public func submit(_ spec: JobSpec, counts: @Sendable () -> SubmitCounts,
+                       items: () async throws -> [QueuedItem]) async throws -> Int64 {
+        try await run("submitting job \(spec.name)") {
+            try await client.withTransaction(logger: logger) { conn in
+                // The job row is the lock against double runs: held for the whole submission.
+                try await conn.query("""
+                    INSERT INTO ewall_jobs (name, run_id, status, manifest, manifest_sha256, model_id, preprocessing,
+                                            chunk_size, submitted_by, created_at, updated_at)
+                    VALUES (\(spec.name), 0, 'new', '', '', '', '', 0, '', now(), now())
+                    ON CONFLICT (name) DO NOTHING
+                    """, logger: logger)
+                let rows = try await conn.query("""
+                    SELECT status, submitted_by, run_id FROM ewall_jobs WHERE name = \(spec.name) FOR UPDATE
+                    """, logger: logger)
+                var status = "", holder = ""
+                for try await (s, h, _) in rows.decode((String, String, Int64).self) { (status, holder) = (s, h) }
+                if status == "running" {
+                    let pending = try await Self.pendingCount(conn, job: spec.name, logger: logger)
+                    if pending > 0 {
+                        let leases = try await Self.leaseHolders(conn, job: spec.name, logger: logger)
+                        throw JobQueueError(.running, "job '\(spec.name)' is running (submitted by \(holder); \(pending) items "
+                            + "to go; \(leases.isEmpty ? "no worker holds a lease now" : "leases held by " + leases.joined(separator: ", ")))"
+                            + ": wait for it, or `ewall job cancel \(spec.name)` first")
+                    }
+                }
+                try await conn.query("DELETE FROM ewall_job_items WHERE job = \(spec.name)", logger: logger)
+                try await conn.query("DELETE FROM ewall_job_chunks WHERE job = \(spec.name)", logger: logger)
+                try await conn.query("DELETE FROM ewall_job_workers WHERE job = \(spec.name)", logger: logger)
+                var runID: Int64 = 0
+                for try await id in try await conn.query("""
+                    INSERT INTO ewall_job_runs (job, manifest_sha256, submitted_by, started_at)
+                    VALUES (\(spec.name), \(spec.manifestSHA256), \(spec.submittedBy), now()) RETURNING run_id
+                    """, logger: logger).decode(Int64.self) { runID = id }
+
+                var chunk = 0, inChunk = 0, queued = 0
+                var chunkSizes: [Int32] = []
+                while true {
+                    let slice = try await items()
+                    if slice.isEmpty { break }
+                    var chunks: [Int32] = []
+                    chunks.reserveCapacity(slice.count)
+                    for _ in slice {
+                        if inChunk == spec.chunkSize {
+                            chunk += 1
+                            inChunk = 0
+                        }
+                        if inChunk == 0 { chunkSizes.append(0) }
+                        chunkSizes[chunk] += 1
+                        inChunk += 1
+                        chunks.append(Int32(chunk))
+                    }
+                    queued += slice.count
+                    try await conn.query("""
+                        INSERT INTO ewall_job_items (job, product_id, chunk, image_url, line, status)
+                        SELECT \(spec.name), u.id, u.chunk, u.url, u.line, 'pending'
+                        FROM unnest(\(slice.map(\.productID))::text[], \(chunks)::int4[], \(slice.map(\.imageURL))::text[],
+                                    \(slice.map { Int32(clamping: $0.line) })::int4[]) AS u(id, chunk, url, line)
+                        """, logger: logger)
+                }
+                if !chunkSizes.isEmpty {
+                    try await conn.query("""
+                        INSERT INTO ewall_job_chunks (job, chunk, items, pending)
+                        SELECT \(spec.name), c.n - 1, c.items, c.items FROM unnest(\(chunkSizes)::int4[]) WITH ORDINALITY AS c(items, n)
+                        """, logger: logger)
+                }
+                let c = counts()
+                try await conn.query("""
+                    UPDATE ewall_job_runs SET rows_read = \(Int64(c.rows)), queued = \(Int64(queued)), skipped = \(Int64(c.skipped)),
+                        skipped_failed = \(Int64(c.skippedFailed)), bad_rows = \(Int64(c.badRows)), duplicates = \(Int64(c.duplicates)),
+                        finished_at = CASE WHEN \(Int64(queued)) = 0 THEN now() END,
+                        outcome = CASE WHEN \(Int64(queued)) = 0 THEN 'done' END
+                    WHERE run_id = \(runID)
+                    """, logger: logger)
+                try await conn.query("""
+                    UPDATE ewall_jobs SET run_id = \(runID), status = \(queued == 0 ? "done" : "running"), manifest = \(spec.manifest),
+                        manifest_sha256 = \(spec.manifestSHA256), model_id = \(spec.key.modelID),
+                        preprocessing = \(spec.key.preprocessing), chunk_size = \(Int32(spec.chunkSize)),
+                        submitted_by = \(spec.submittedBy), updated_at = now()
+                    WHERE name = \(spec.name)
+                    """, logger: logger)
+                return runID
+            }
+        }
+    }
+
+    static func pendingCount(_ conn: PostgresConnection, job: String, logger: Logger) async throws -> Int {
+        var n = 0
+        for try await v in try await conn.query("SELECT COALESCE(SUM(pending), 0)::int8 FROM ewall_job_chunks WHERE job = \(job)",
+                                                logger: logger).decode(Int64.self) { n = Int(v) }
+        return n
+    }
+
+    static func leaseHolders(_ conn: PostgresConnection, job: String, logger: Logger) async throws -> [String] {
+        var out: [String] = []
+        for try await w in try await conn.query("""
+            SELECT DISTINCT lease_owner FROM ewall_job_chunks
+            WHERE job = \(job) AND pending > 0 AND lease_until > now() AND lease_owner IS NOT NULL ORDER BY 1
+            """, logger: logger).decode(String.self) { out.append(w) }
+        return out
+    }
+
+    // MARK: Working
+
+    /// The job's model key and status; refuses an unknown job.
+    public func job(_ name: String) async throws -> (key: ModelKey, status: String, runID: Int64) {
+        try await run("reading job \(name)") {
+            for try await (m, p, s, r) in try await client.query("""
+                SELECT model_id, preprocessing, status, run_id FROM ewall_jobs WHERE name = \(name) AND status <> 'new'
+                """, logger: logger).decode((String, String, String, Int64).self) {
+                return (ModelKey(modelID: m, preprocessing: p), s, r)
+            }
+            var known: [String] = []
+            for try await n in try await client.query("SELECT name FROM ewall_jobs WHERE status <> 'new' ORDER BY name LIMIT 20",
+                                                      logger: logger).decode(String.self) { known.append(n) }
+            throw JobQueueError(.unknownJob, "no job named '\(name)' in \(store.displayName)"
+                                + (known.isEmpty ? " (it holds no jobs)" : "; it has: " + known.joined(separator: ", ")))
+        }
+    }
+
+    /// Registers a worker (or refreshes its row) after checking its model key against the job's.
+    public func join(job name: String, worker: String, key: ModelKey) async throws {
+        let job = try await job(name)
+        guard job.key == key else {
+            throw JobQueueError(.modelMismatch, "job '\(name)' embeds with \(job.key.modelID) --preprocess \(job.key.preprocessing); "
+                                + "this worker has \(key.modelID) --preprocess \(key.preprocessing): refused before claiming anything")
+        }
+        try await run("joining job \(name)") {
+            try await client.query("""
+                INSERT INTO ewall_job_workers (job, worker, model_id, started_at, heartbeat_at)
+                VALUES (\(name), \(worker), \(key.modelID), now(), now())
+                ON CONFLICT (job, worker) DO UPDATE SET heartbeat_at = now()
+                """, logger: logger)
+        }
+    }
+
+    /// What a claim found.
+    public enum Claim: Sendable {
+        /// A chunk is ours until the lease expires (extended by every commit and heartbeat).
+        case chunk(ClaimedChunk)
+        /// Chunks are pending but all leased by live workers: try again after `retryAfter`.
+        case wait(retryAfter: Duration)
+        /// Nothing is pending: the job is done (and marked so).
+        case finished
+        /// The job was cancelled: claim nothing more.
+        case cancelled
+    }
+
+    /// Claims the lowest pending chunk that no live lease holds: `FOR UPDATE SKIP LOCKED` lets
+    /// claimers pass each other without waiting, and the lease's expiry is the database's
+    /// `now() + lease`, so the workers' clocks never matter.
+    public func claim(job name: String, worker: String, lease: Duration) async throws -> Claim {
+        let seconds = lease.inSeconds
+        return try await run("claiming a chunk of \(name)") {
+            try await client.withTransaction(logger: logger) { conn in
+                var status = ""
+                for try await s in try await conn.query("SELECT status FROM ewall_jobs WHERE name = \(name)",
+                                                        logger: logger).decode(String.self) { status = s }
+                if status == "cancelled" { return .cancelled }
+                var claimed: (Int, Int64)?
+                for try await (c, g) in try await conn.query("""
+                    WITH free AS (
+                        SELECT job, chunk FROM ewall_job_chunks
+                        WHERE job = \(name) AND pending > 0 AND (lease_until IS NULL OR lease_until < now())
+                        ORDER BY chunk LIMIT 1 FOR UPDATE SKIP LOCKED)
+                    UPDATE ewall_job_chunks k SET lease_owner = \(worker),
+                        lease_until = now() + make_interval(secs => \(seconds)),
+                        generation = k.generation + 1, claims = k.claims + 1
+                    FROM free WHERE k.job = free.job AND k.chunk = free.chunk
+                    RETURNING k.chunk, k.generation
+                    """, logger: logger).decode((Int32, Int64).self) { claimed = (Int(c), g) }
+                guard let (chunk, generation) = claimed else {
+                    var pending = 0, nextExpiry = 0.0
+                    for try await (p, e) in try await conn.query("""
+                        SELECT COUNT(*)::int8, COALESCE(EXTRACT(EPOCH FROM MIN(lease_until) - now()), 0)::float8
+                        FROM ewall_job_chunks WHERE job = \(name) AND pending > 0
+                        """, logger: logger).decode((Int64, Double).self) { (pending, nextExpiry) = (Int(p), e) }
+                    if pending > 0 {
+                        return .wait(retryAfter: .milliseconds(Int(min(2, max(0.2, nextExpiry + 0.05)) * 1000)))
+                    }
+                    try await Self.finish(conn, job: name, outcome: "done", logger: logger)
+                    return .finished
+                }
+                var items: [QueuedItem] = []
+                for try await (id, url, line) in try await conn.query("""
+                    SELECT product_id, image_url, line FROM ewall_job_items
+                    WHERE job = \(name) AND chunk = \(Int32(chunk)) AND status = 'pending' ORDER BY line
+                    """, logger: logger).decode((String, String, Int32).self) {
+                    items.append(QueuedItem(productID: id, imageURL: url, line: Int(line)))
+                }
+                try await conn.query("""
+                    UPDATE ewall_job_workers SET chunks = chunks + 1, heartbeat_at = now() WHERE job = \(name) AND worker = \(worker)
+                    """, logger: logger)
+                return .chunk(ClaimedChunk(job: name, chunk: chunk, generation: generation, items: items))
+            }
+        }
+    }
+
+    static func finish(_ conn: PostgresConnection, job: String, outcome: String, logger: Logger) async throws {
+        try await conn.query("""
+            UPDATE ewall_job_runs SET finished_at = now(), outcome = \(outcome)
+            WHERE run_id = (SELECT run_id FROM ewall_jobs WHERE name = \(job)) AND finished_at IS NULL
+            """, logger: logger)
+        try await conn.query("""
+            UPDATE ewall_jobs SET status = \(outcome), updated_at = now() WHERE name = \(job) AND status = 'running'
+            """, logger: logger)
+    }
+
+    /// Extends the leases this worker still holds and records its heartbeat. Returns the
+    /// chunks whose lease was lost (taken over by another worker): their items must not be
+    /// committed (the commit would be refused anyway) and are dropped. Also says whether the
+    /// job was cancelled meanwhile.
+    public func heartbeat(job name: String, worker: String, leases: [ChunkLease], lease: Duration) async throws
+        -> (lost: Set<Int>, cancelled: Bool) {
+        let seconds = lease.inSeconds
+        return try await run("renewing leases on \(name)") {
+            var held = Set<Int>()
+            if !leases.isEmpty {
+                for try await c in try await client.query("""
+                    UPDATE ewall_job_chunks k SET lease_until = now() + make_interval(secs => \(seconds))
+                    FROM unnest(\(leases.map { Int32($0.chunk) })::int4[], \(leases.map(\.generation))::int8[]) AS l(chunk, generation)
+                    WHERE k.job = \(name) AND k.chunk = l.chunk AND k.generation = l.generation
+                    RETURNING k.chunk
+                    """, logger: logger).decode(Int32.self) { held.insert(Int(c)) }
+            }
+            var cancelled = false
+            for try await s in try await client.query("""
+                WITH w AS (UPDATE ewall_job_workers SET heartbeat_at = now() WHERE job = \(name) AND worker = \(worker))
+                SELECT status FROM ewall_jobs WHERE name = \(name)
+                """, logger: logger).decode(String.self) { cancelled = s == "cancelled" }
+            return (Set(leases.map(\.chunk)).subtracting(held), cancelled)
+        }
+    }
+
+    /// Gives leases back at once (a worker that stops): others need not wait for the expiry.
+    public func release(job name: String, leases: [ChunkLease]) async throws {
+        if leases.isEmpty { return }
+        try await run("releasing leases on \(name)") {
+            try await client.query("""
+                UPDATE ewall_job_chunks k SET lease_until = NULL, lease_owner = NULL
+                FROM unnest(\(leases.map { Int32($0.chunk) })::int4[], \(leases.map(\.generation))::int8[]) AS l(chunk, generation)
+                WHERE k.job = \(name) AND k.chunk = l.chunk AND k.generation = l.generation
+                """, logger: logger)
+        }
+    }
+
+    /// Writes one batch under its leases, in one transaction: the chunk rows are locked and
+    /// their generations checked first; the vectors, ledger rows and item states of chunks
+    /// whose lease still holds are written, those of chunks taken over are not. Every
+    /// committed chunk's lease is extended (progress is a heartbeat).
+    public func commit(job name: String, worker: String, batch: WriteBatch, outcomes: [ItemOutcome],
+                       lease: Duration) async throws -> CommitResult {
+        try StorableText.check(batch)
+        let seconds = lease.inSeconds
+        let leases = Set(outcomes.map(\.lease))
+        return try await run("committing a batch of \(name)") {
+            try await client.withTransaction(logger: logger) { conn in
+                var current: [Int: Int64] = [:]
+                for try await (c, g) in try await conn.query("""
+                    SELECT chunk, generation FROM ewall_job_chunks
+                    WHERE job = \(name) AND chunk = ANY(\(leases.map { Int32($0.chunk) })::int4[])
+                    ORDER BY chunk FOR UPDATE
+                    """, logger: logger).decode((Int32, Int64).self) { current[Int(c)] = g }
+                let held = Set(leases.filter { current[$0.chunk] == $0.generation }.map(\.chunk))
+                let refused = Set(leases.map(\.chunk)).subtracting(held)
+                let mine = outcomes.filter { held.contains($0.lease.chunk) }
+                if !mine.isEmpty {
+                    let ids = Set(mine.map(\.productID))
+                    try await Self.writeVectors(conn, batch.embeddings.filter { ids.contains($0.productID) }, logger: logger)
+                    try await Self.writeLedger(conn, batch.ledger.filter { ids.contains($0.productID) }, logger: logger)
+                    try await conn.query("""
+                        UPDATE ewall_job_items i SET status = u.status, error_class = NULLIF(u.cls, ''),
+                            generation = u.generation, worker = \(worker)
+                        FROM unnest(\(mine.map(\.productID))::text[], \(mine.map(\.status.rawValue))::text[],
+                                    \(mine.map { $0.errorClass ?? "" })::text[], \(mine.map(\.lease.generation))::int8[])
+                             AS u(id, status, cls, generation)
+                        WHERE i.job = \(name) AND i.product_id = u.id AND i.status = 'pending'
+                        """, logger: logger)
+                    var per: [Int: (Int32, Int32, Int32)] = [:]
+                    for o in mine {
+                        var t = per[o.lease.chunk] ?? (0, 0, 0)
+                        switch o.status {
+                        case .embedded: t.0 += 1
+                        case .reused: t.1 += 1
+                        case .failed: t.2 += 1
+                        }
+                        per[o.lease.chunk] = t
+                    }
+                    let chunks = per.keys.sorted()
+                    try await conn.query("""
+                        UPDATE ewall_job_chunks k SET pending = k.pending - (u.e + u.r + u.f), embedded = k.embedded + u.e,
+                            reused = k.reused + u.r, failed = k.failed + u.f,
+                            lease_until = now() + make_interval(secs => \(seconds))
+                        FROM unnest(\(chunks.map { Int32($0) })::int4[], \(chunks.map { per[$0]!.0 })::int4[],
+                                    \(chunks.map { per[$0]!.1 })::int4[], \(chunks.map { per[$0]!.2 })::int4[]) AS u(chunk, e, r, f)
+                        WHERE k.job = \(name) AND k.chunk = u.chunk
+                        """, logger: logger)
+                }
+                try await conn.query("""
+                    UPDATE ewall_job_workers SET items = items + \(Int64(mine.count)), refused = refused + \(Int64(outcomes.count - mine.count)),
+                        heartbeat_at = now()
+                    WHERE job = \(name) AND worker = \(worker)
+                    """, logger: logger)
+                return CommitResult(committed: held, refused: refused)
+            }
+        }
+    }
+
+    static func writeVectors(_ conn: PostgresConnection, _ embeddings: [StoredEmbedding], logger: Logger) async throws {
+        if embeddings.isEmpty { return }
+        let e = embeddings
+        try await conn.query("""
+            INSERT INTO embeddings (product_id, model_id, preprocessing, image_url, dim, vector, image_sha256,
+                                    width, height, bytes, content_type, created_at, updated_at)
+            SELECT u.id, u.model, u.pre, u.url, u.dim, u.vec, NULLIF(u.sha, ''), NULLIF(u.w, -1), NULLIF(u.h, -1),
+                   NULLIF(u.b, -1), NULLIF(u.ct, ''), now(), now()
+            FROM unnest(\(e.map(\.productID))::text[], \(e.map(\.key.modelID))::text[], \(e.map(\.key.preprocessing))::text[],
+                        \(e.map(\.imageURL))::text[], \(e.map { Int32($0.vector.count) })::int4[],
+                        \(e.map { ByteBuffer(bytes: VectorBytes.encode($0.vector)) })::bytea[],
+                        \(e.map { $0.imageSHA256 ?? "" })::text[], \(e.map { Int32($0.width ?? -1) })::int4[],
+                        \(e.map { Int32($0.height ?? -1) })::int4[], \(e.map { Int64($0.bytes ?? -1) })::int8[],
+                        \(e.map { $0.contentType ?? "" })::text[])
+                 AS u(id, model, pre, url, dim, vec, sha, w, h, b, ct)
+            \(unescaped: Schema.embeddingUpdate)
+            """, logger: logger)
+    }
+
+    static func writeLedger(_ conn: PostgresConnection, _ ledger: [LedgerEntry], logger: Logger) async throws {
+        if ledger.isEmpty { return }
+        let l = ledger
+        try await conn.query("""
+            INSERT INTO item_outcomes (product_id, model_id, preprocessing, image_url, status, error_class,
+                                       http_status, attempts, last_error, last_tried)
+            SELECT u.id, u.model, u.pre, u.url, u.status, NULLIF(u.cls, ''), NULLIF(u.http, -1), u.attempts,
+                   NULLIF(u.err, ''), u.tried
+            FROM unnest(\(l.map(\.productID))::text[], \(l.map(\.key.modelID))::text[], \(l.map(\.key.preprocessing))::text[],
+                        \(l.map(\.imageURL))::text[], \(l.map(\.status.rawValue))::text[], \(l.map { $0.errorClass ?? "" })::text[],
+                        \(l.map { Int32($0.httpStatus ?? -1) })::int4[], \(l.map { Int32($0.attempts) })::int4[],
+                        \(l.map { $0.lastError ?? "" })::text[], \(l.map(\.lastTried))::timestamptz[])
+                 AS u(id, model, pre, url, status, cls, http, attempts, err, tried)
+            \(unescaped: Schema.ledgerUpdate)
+            """, logger: logger)
+    }
+
+    // MARK: Watching
+
+    /// Asks the job's workers to stop: they finish their current batch, give back their
+    /// leases and claim nothing more. The run ends as `cancelled`.
+    public func cancel(job name: String) async throws -> Bool {
+        _ = try await job(name)
+        return try await run("cancelling \(name)") {
+            try await client.withTransaction(logger: logger) { conn in
+                var changed = false
+                for try await _ in try await conn.query("""
+                    UPDATE ewall_jobs SET status = 'cancelled', updated_at = now() WHERE name = \(name) AND status = 'running'
+                    RETURNING name
+                    """, logger: logger).decode(String.self) { changed = true }
+                if changed {
+                    try await conn.query("""
+                        UPDATE ewall_job_runs SET finished_at = now(), outcome = 'cancelled'
+                        WHERE run_id = (SELECT run_id FROM ewall_jobs WHERE name = \(name)) AND finished_at IS NULL
+                        """, logger: logger)
+                }
+                return changed
+            }
+        }
+    }
+
+    /// Counts, progress, workers (rate, last heartbeat, stale) and an ETA, by the database's clock.
+    public func status(job name: String, lease: Duration = .seconds(60)) async throws -> JobStatusReport {
+        _ = try await job(name)
+        return try await run("reading the status of \(name)") {
+            var report: JobStatusReport?
+            for try await (status, runID, manifest, sha, model, pre, by, started, finished, rows, queued, skipped, sf, bad, dups)
+                in try await client.query("""
+                SELECT j.status, j.run_id, j.manifest, j.manifest_sha256, j.model_id, j.preprocessing, j.submitted_by,
+                       r.started_at, r.finished_at, r.rows_read, r.queued, r.skipped, r.skipped_failed, r.bad_rows, r.duplicates
+                FROM ewall_jobs j JOIN ewall_job_runs r ON r.run_id = j.run_id WHERE j.name = \(name)
+                """, logger: logger).decode((String, Int64, String, String, String, String, String, Date, Date?,
+                                             Int64, Int64, Int64, Int64, Int64, Int64).self) {
+                var submitted = SubmitCounts()
+                submitted.rows = Int(rows); submitted.queued = Int(queued); submitted.skipped = Int(skipped)
+                submitted.skippedFailed = Int(sf); submitted.badRows = Int(bad); submitted.duplicates = Int(dups)
+                report = JobStatusReport(name: name, status: status, runID: runID, manifest: manifest, manifestSHA256: sha,
+                                         modelID: model, preprocessing: pre, submittedBy: by, startedAt: started,
+                                         finishedAt: finished, submitted: submitted, total: Int(queued), done: 0, embedded: 0,
+                                         reused: 0, failed: 0, chunks: 0, chunksDone: 0, chunksLeased: 0, workers: [],
+                                         etaSeconds: nil)
+            }
+            guard var r = report else { throw JobQueueError(.unknownJob, "no job named '\(name)'") }
+            for try await (chunks, done, leased, e, u, f, pending) in try await client.query("""
+                SELECT COUNT(*)::int8, COUNT(*) FILTER (WHERE pending = 0)::int8,
+                       COUNT(*) FILTER (WHERE pending > 0 AND lease_until > now())::int8,
+                       COALESCE(SUM(embedded), 0)::int8, COALESCE(SUM(reused), 0)::int8, COALESCE(SUM(failed), 0)::int8,
+                       COALESCE(SUM(pending), 0)::int8
+                FROM ewall_job_chunks WHERE job = \(name)
+                """, logger: logger).decode((Int64, Int64, Int64, Int64, Int64, Int64, Int64).self) {
+                r.chunks = Int(chunks); r.chunksDone = Int(done); r.chunksLeased = Int(leased)
+                r.embedded = Int(e); r.reused = Int(u); r.failed = Int(f)
+                r.done = r.total - Int(pending)
+            }
+            let leaseSeconds = lease.inSeconds
+            var rate = 0.0
+            for try await (w, model, started, beat, items, chunks, refused, age, silent) in try await client.query("""
+                SELECT worker, model_id, started_at, heartbeat_at, items, chunks, refused,
+                       EXTRACT(EPOCH FROM heartbeat_at - started_at)::float8, EXTRACT(EPOCH FROM now() - heartbeat_at)::float8
+                FROM ewall_job_workers WHERE job = \(name) ORDER BY worker
+                """, logger: logger).decode((String, String, Date, Date, Int64, Int64, Int64, Double, Double).self) {
+                let perSecond = age > 0 ? Double(items) / age : 0
+                let stale = silent > leaseSeconds
+                if !stale && r.status == "running" { rate += perSecond }
+                r.workers.append(.init(worker: w, modelID: model, startedAt: started, heartbeatAt: beat, items: Int(items),
+                                       chunks: Int(chunks), refused: Int(refused), itemsPerSecond: perSecond,
+                                       silentSeconds: silent, stale: stale))
+            }
+            if r.status == "running" && rate > 0 { r.etaSeconds = Double(r.total - r.done) / rate }
+            return r
+        }
+    }
+
+    /// Runs started within the last `days` days, newest first; older ones are deleted
+    /// (the history is kept for `days` days, the platform's 7 by default).
+    public func runs(keepDays days: Int) async throws -> [JobRun] {
+        try await run("listing job runs") {
+            try await client.query("""
+                DELETE FROM ewall_job_runs WHERE started_at < now() - make_interval(days => \(Int32(days)))
+                  AND run_id NOT IN (SELECT run_id FROM ewall_jobs)
+                """, logger: logger)
+            var out: [JobRun] = []
+            for try await (id, job, sha, by, started, finished, outcome, rows, queued, skipped, sf, bad, dups) in try await client.query("""
+                SELECT run_id, job, manifest_sha256, submitted_by, started_at, finished_at, COALESCE(outcome, 'running'),
+                       rows_read, queued, skipped, skipped_failed, bad_rows, duplicates
+                FROM ewall_job_runs ORDER BY started_at DESC, run_id DESC
+                """, logger: logger).decode((Int64, String, String, String, Date, Date?, String, Int64, Int64, Int64, Int64, Int64, Int64).self) {
+                var c = SubmitCounts()
+                c.rows = Int(rows); c.queued = Int(queued); c.skipped = Int(skipped); c.skippedFailed = Int(sf)
+                c.badRows = Int(bad); c.duplicates = Int(dups)
+                out.append(JobRun(runID: id, job: job, manifestSHA256: sha, submittedBy: by, startedAt: started,
+                                  finishedAt: finished, outcome: outcome, submitted: c))
+            }
+            return out
+        }
+    }
+
+    // MARK: Hosts
+
+    /// Records that `host` asked for a pause (HTTP 429 with Retry-After) until `seconds` from
+    /// now by the database's clock, so every worker on every machine honours it.
+    public func pauseHost(_ host: String, seconds: Double, seenBy worker: String) async throws {
+        try await run("recording a host pause") {
+            try await client.query("""
+                INSERT INTO ewall_host_pauses (host, until_at, seen_by)
+                VALUES (\(host), now() + make_interval(secs => \(seconds)), \(worker))
+                ON CONFLICT (host) DO UPDATE SET until_at = GREATEST(ewall_host_pauses.until_at, excluded.until_at),
+                                                 seen_by = excluded.seen_by
+                """, logger: logger)
+        }
+    }
+
+    /// Hosts paused now, with the seconds left (by the database's clock).
+    public func pausedHosts() async throws -> [String: Double] {
+        try await run("reading host pauses") {
+            var out: [String: Double] = [:]
+            for try await (h, left) in try await client.query("""
+                SELECT host, EXTRACT(EPOCH FROM until_at - now())::float8 FROM ewall_host_pauses WHERE until_at > now()
+                """, logger: logger).decode((String, Double).self) { out[h] = left }
+            return out
+        }
+    }
+}
