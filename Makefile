@@ -83,7 +83,10 @@ $(FIX)/reference/.done: reference/ewall_reference.py $(MODEL) $(FIX)/images/.don
 	@{ ls data/samples/photos/*; ls $(FIX)/images/exif_orientation_*.jpg; \
 	   for f in cmyk_adobe_600x400.jpg ycck_adobe_600x400.jpg gray16_451x300.png rgba_cutout_451x300.png \
 	            gray_alpha_451x300.png palette_transparent_451x300.png alpha_451x300.webp interlaced_451x300.png \
-	            progressive_600x400.jpg lossless_451x300.webp; do echo $(FIX)/images/$$f; done; } > $(FIX)/reference/files.txt
+	            progressive_600x400.jpg lossless_451x300.webp \
+	            xmp_orientation_6_451x300.png xmp_orientation_6_451x300.jpg exif6_xmp8_451x300.jpg exif6_xmp8_451x300.png \
+	            junk_before_dqt_600x400.jpg junk_before_exif6_451x300.jpg jfif_revision_2_600x400.jpg \
+	            adobe_transform_7_600x400.jpg; do echo $(FIX)/images/$$f; done; } > $(FIX)/reference/files.txt
 	$(PY) reference/ewall_reference.py --list $(FIX)/reference/files.txt --mode squash224 \
 	    --tensors $(FIX)/reference/squash224.npy --model $(MODEL) --vectors $(FIX)/reference/vectors_fp32.npy
 	$(PY) reference/ewall_reference.py --list $(FIX)/reference/files.txt --mode resize256-crop224 \

@@ -2,7 +2,12 @@
 """The Python reference pipeline: PIL + torchvision + torch, exactly as the platform ran it,
 with the corrections EwallML makes (so both sides must agree):
 
-  - EXIF orientation applied (ImageOps.exif_transpose), as a browser shows the image;
+  - EXIF orientation applied (tag 0x0112 of the file's EXIF block), as a browser shows the
+    image; an XMP packet's tiff:Orientation is ignored, with or without an EXIF one. Browsers
+    apply the EXIF tag only (CSS image-orientation: from-image), and the catalogue is seen in
+    browsers. ImageOps.exif_transpose is not used: Pillow's getexif() also reports XMP's
+    tiff:Orientation when EXIF has none (Debian 12's Pillow 9.4 for a PNG's iTXt XMP, newer
+    Pillow in more formats), which would rotate images no shopper sees rotated;
   - alpha composited onto white, out = (rgb*a + 255*(255-a) + 127) // 255
     (PIL's convert('RGB') exposes whatever lies under transparent pixels, often black);
   - 16-bit grayscale scaled to 8 bits by its high byte (PIL's convert clips it to white);
@@ -19,19 +24,50 @@ Run with Debian's /usr/bin/python3 (python3-torch 1.13.1, python3-torchvision 0.
 """
 import argparse
 import sys
+import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
 MODES = ("squash224", "resize256-crop224")
 
 
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def exif_orientation(im):
+    """EXIF tag 0x0112 from the file's own EXIF block (JPEG APP1, PNG eXIf, WebP EXIF), 1 when
+    absent or unreadable. Not im.getexif(): that also reports XMP's tiff:Orientation."""
+    raw = im.info.get("exif")
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data": treated as no orientation
+            exif.load(raw)
+    except Exception:  # malformed EXIF: no orientation, as the decoder reads it
+        return 1
+    return exif.get(0x0112, 1)
+
+
 def load_rgb(path):
     """Open an image file as an upright 8-bit RGB PIL image (see the module doc)."""
     im = Image.open(path)
-    im = ImageOps.exif_transpose(im)
+    method = TRANSPOSE.get(exif_orientation(im))
+    if method is not None:
+        im = im.transpose(method)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im).astype(np.uint32)
         im = Image.fromarray((arr >> 8).astype(np.uint8), mode="L")

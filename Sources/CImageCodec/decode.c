@@ -142,8 +142,8 @@ static int jpeg_scale(const ew_img_limits *lim, uint32_t w, uint32_t h, int orie
     return best;
 }
 
-/* libjpeg's JWRN_JPEG_EOF ("Premature end of JPEG file") is the data running out; every other
-   warning or error ("Corrupt JPEG data: ...", "Bogus marker length", ...) is damaged data. */
+/* A fatal libjpeg error's class: after JWRN_JPEG_EOF ("Premature end of JPEG file") the data
+   ran out; any other error ("Bogus marker length", ...) is damaged data. */
 static int jpeg_classify(const char *msg) {
     return strstr(msg, "Premature end of JPEG file") ? EW_IMG_E_TRUNCATED : EW_IMG_E_CORRUPT;
 }
@@ -151,7 +151,10 @@ static int jpeg_classify(const char *msg) {
 static int jpeg_header(tjhandle tj, const uint8_t *d, size_t n, ew_img_info *info, const ew_img_limits *lim,
                        ew_img_error *err) {
     int w = 0, h = 0, subsamp = 0, cs = 0;
-    if (tjDecompressHeader3(tj, d, (unsigned long)n, &w, &h, &subsamp, &cs) != 0) {
+    if (tjDecompressHeader3(tj, d, (unsigned long)n, &w, &h, &subsamp, &cs) != 0 &&
+        /* A warning while reading the header (junk between segments, an unknown JFIF version)
+           leaves the sizes read; the decode classifies it. */
+        !(tjGetErrorCode(tj) == TJERR_WARNING && w > 0 && h > 0 && !strstr(tjGetErrorStr2(tj), "tjDecompressHeader"))) {
         const char *msg = tjGetErrorStr2(tj);
         /* a header that runs off the end of the data is a truncated file */
         int code = (strstr(msg, "Premature") || n < 200) ? EW_IMG_E_TRUNCATED : EW_IMG_E_CORRUPT;
@@ -179,6 +182,34 @@ static int jpeg_header(tjhandle tj, const uint8_t *d, size_t n, ew_img_info *inf
     return 0;
 }
 
+#define EW_JMSG 256 /* libjpeg's messages are at most JMSG_LENGTH_MAX (200) */
+
+/* One TurboJPEG decode into buf. Returns 0 (clean), 1 (stopped at or finished with a warning:
+   its text in msg) or -1 (a fatal error: its text in msg). */
+static int jpeg_run(tjhandle tj, const uint8_t *d, size_t n, uint8_t *buf, uint32_t sw, uint32_t sh, int pf,
+                    int stop, char *msg, size_t msg_size) {
+    int flags = TJFLAG_LIMITSCANS | (stop ? TJFLAG_STOPONWARNING : 0);
+    if (tjDecompress2(tj, d, (unsigned long)n, buf, (int)sw, 0, (int)sh, pf, flags) == 0) return 0;
+    snprintf(msg, msg_size, "%s", tjGetErrorStr2(tj));
+    return tjGetErrorCode(tj) == TJERR_WARNING ? 1 : -1;
+}
+
+/*
+ * Warnings, by kind (see jpeg_warnings.c for the table):
+ *
+ *   pass 1   decode with TJFLAG_STOPONWARNING. Clean: done (one decode, the common case).
+ *            A fatal error or a damaging first warning: fail (or, allowing warnings, pass 3).
+ *   pass 2   a harmless first warning (its cause is in the header before the first scan, so
+ *            pass 1 stopped before decoding any pixel): decode a copy whose header is rewritten
+ *            as libjpeg reads it (ew_jpeg_clean_header), again with STOPONWARNING. Clean: its
+ *            pixels are the result, which are those of the original (libjpeg recovers from each
+ *            harmless cause exactly as the copy is written), and the first warning is reported
+ *            as harmless. Any warning now is the one libjpeg raises after the harmless one(s),
+ *            and is damaging. This is how a damaged scan behind header junk is not missed,
+ *            although TurboJPEG only ever tells us the first warning's text.
+ *   pass 3   allow_warnings with a damaging warning: decode the original without stopping, as
+ *            PIL and browsers do, and report the damaging warning.
+ */
 static int jpeg_decode(const uint8_t *d, size_t n, const ew_img_limits *lim, uint8_t *rgb, size_t cap,
                        ew_img_info *info, ew_img_error *err) {
     tjhandle tj = tjInitDecompress();
@@ -198,36 +229,76 @@ static int jpeg_decode(const uint8_t *d, size_t n, const ew_img_limits *lim, uin
     int pf = info->is_cmyk ? TJPF_CMYK : TJPF_RGB;
     int direct = !info->is_cmyk && info->orientation == 1;
     uint8_t *buf = direct ? rgb : malloc((size_t)sw * sh * channels);
+    uint8_t *clean = NULL;
     if (!buf) {
         tjDestroy(tj);
         return ew_fail(err, EW_IMG_E_NO_MEMORY, "out of memory for a %ux%u JPEG", sw, sh);
     }
     int allow = lim && lim->allow_warnings;
-    int flags = TJFLAG_LIMITSCANS | (allow ? 0 : TJFLAG_STOPONWARNING);
-    if (tjDecompress2(tj, d, (unsigned long)n, buf, (int)sw, 0, (int)sh, pf, flags) != 0) {
-        const char *msg = tjGetErrorStr2(tj);
-        int warning = tjGetErrorCode(tj) == TJERR_WARNING;
-        if (warning && allow) {
-            snprintf(info->warning, sizeof info->warning, "%s", msg);
+    char first[EW_JMSG] = "", later[EW_JMSG] = "";
+    const char *damage = NULL; /* the damaging warning's text, if any */
+    ew_jpeg_warning kind = 0;
+    int r = jpeg_run(tj, d, n, buf, sw, sh, pf, 1, first, sizeof first);
+    if (r == 1) {
+        kind = ew_jpeg_classify_warning(first, d, n);
+        if (kind != EW_JPEG_WARN_HARMLESS) {
+            damage = first;
+        } else if (!(clean = malloc(n))) {
+            rc = ew_fail(err, EW_IMG_E_NO_MEMORY, "out of memory for a %zu-byte JPEG", n);
+            goto done;
         } else {
-            int code = jpeg_classify(msg);
-            ew_fail(err, code,
-                    warning ? "JPEG data is damaged (libjpeg warning: %s); it would decode to partly grey or "
-                              "garbled pixels (allow decoder warnings to accept such files)"
-                            : "JPEG could not be decoded: %s",
-                    msg);
-            if (!direct) free(buf);
-            tjDestroy(tj);
-            return code;
+            size_t cn = ew_jpeg_clean_header(d, n, clean);
+            r = cn ? jpeg_run(tj, clean, cn, buf, sw, sh, pf, 1, later, sizeof later) : 1;
+            if (!cn) snprintf(later, sizeof later, "(EwallML could not re-read the header to check the scans)");
+            if (r == 1) {
+                kind = ew_jpeg_classify_warning(later, clean, cn);
+                if (kind == EW_JPEG_WARN_HARMLESS) kind = EW_JPEG_WARN_CORRUPT; /* nothing harmless is left */
+                damage = later;
+            } else if (r == 0) {
+                snprintf(info->warning, sizeof info->warning, "%s", first);
+                info->warning_kind = EW_IMG_WARNING_HARMLESS;
+            }
         }
     }
-    tjDestroy(tj);
+    if (r < 0) { /* a fatal error, in pass 1 or 2 */
+        const char *msg = clean && later[0] ? later : first;
+        rc = ew_fail(err, jpeg_classify(msg), "JPEG could not be decoded: %s", msg);
+        goto done;
+    }
+    if (damage) {
+        int code = kind == EW_JPEG_WARN_TRUNCATED ? EW_IMG_E_TRUNCATED : EW_IMG_E_CORRUPT;
+        if (!allow) {
+            rc = ew_fail(err, code,
+                         "JPEG data is damaged (libjpeg warning: %s%s%s); it would decode to partly grey or "
+                         "garbled pixels (allow decoder warnings to accept such files)",
+                         damage, damage == later ? ", after the harmless warning: " : "",
+                         damage == later ? first : "");
+            goto done;
+        }
+        /* Pass 3. Without STOPONWARNING TurboJPEG reports the first warning's text, unless a
+           fatal error came later and replaced it (typically a marker made of damaged scan
+           bytes, met after the last row): libjpeg stops there, rows it did not reach keep
+           this grey, and the file is still accepted, as warnings were allowed. */
+        memset(buf, 128, (size_t)sw * sh * channels);
+        char last[EW_JMSG] = "";
+        int r3 = jpeg_run(tj, d, n, buf, sw, sh, pf, 0, last, sizeof last);
+        if (r3 < 0) {
+            rc = ew_fail(err, jpeg_classify(last), "JPEG could not be decoded: %s", last);
+            goto done;
+        }
+        snprintf(info->warning, sizeof info->warning, "%s%s%s", damage, r3 && strcmp(last, first) ? "; then: " : "",
+                 r3 && strcmp(last, first) ? last : "");
+        info->warning_kind = EW_IMG_WARNING_DAMAGING;
+    }
     if (!direct) {
         if (info->is_cmyk) ew_cmyk_to_rgb_inplace(buf, (size_t)sw * sh, info->adobe_inverted);
         ew_orient_rgb(buf, sw, sh, info->orientation, rgb);
-        free(buf);
     }
-    return 0;
+done:
+    if (!direct) free(buf);
+    free(clean);
+    tjDestroy(tj);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ PNG (libpng) */

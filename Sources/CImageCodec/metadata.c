@@ -40,21 +40,23 @@ void ew_jpeg_scan_metadata(const uint8_t *d, size_t n, ew_jpeg_meta *m) {
     m->orientation = 1;
     m->adobe = 0;
     m->progressive = 0;
+    int exif_seen = 0;
     size_t p = 2;
-    while (p + 4 <= n) {
-        if (d[p] != 0xFF) return;
-        uint8_t marker = d[p + 1];
-        if (marker == 0xFF) { p++; continue; } /* fill byte */
-        if (marker == 0xD8 || (marker >= 0xD0 && marker <= 0xD7) || marker == 0x01) { p += 2; continue; }
-        if (marker == 0xDA || marker == 0xD9) return; /* start of scan: metadata is over */
-        size_t seg = (size_t)d[p + 2] << 8 | d[p + 3];
-        if (seg < 2 || p + 2 + seg > n) return;
-        const uint8_t *s = d + p + 4;
+    for (;;) {
+        /* Junk between segments is skipped as libjpeg (and PIL) skip it. */
+        int marker = ew_jpeg_next_marker(d, n, &p, NULL);
+        if (marker < 0 || marker == 0xDA || marker == 0xD9) return; /* start of scan: metadata is over */
+        if (marker == 0xD8 || (marker >= 0xD0 && marker <= 0xD7) || marker == 0x01) continue;
+        if (p + 2 > n) return;
+        size_t seg = (size_t)d[p] << 8 | d[p + 1];
+        if (seg < 2 || p + seg > n) return;
+        const uint8_t *s = d + p + 2;
         size_t sn = seg - 2;
-        if (marker == 0xE1 && sn >= 14 && memcmp(s, "Exif\0\0", 6) == 0) m->orientation = ew_exif_orientation(s + 6, sn - 6);
+        if (marker == 0xE1 && sn >= 6 && memcmp(s, "Exif\0\0", 6) == 0 && !exif_seen++) /* the first, as PIL */
+            m->orientation = ew_exif_orientation(s + 6, sn - 6);
         else if (marker == 0xEE && sn >= 5 && memcmp(s, "Adobe", 5) == 0) m->adobe = 1;
         else if (marker == 0xC2 || marker == 0xC6 || marker == 0xCA || marker == 0xCE) m->progressive = 1;
-        p += 2 + seg;
+        p += seg;
     }
 }
 

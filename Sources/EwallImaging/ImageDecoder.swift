@@ -19,8 +19,11 @@ public struct ImageInfo: Sendable, Hashable {
     public var progressive: Bool
     /// JPEG fast path: 1 (full decode), 2, 4 or 8.
     public var scaleDenominator: Int
-    /// A decoder warning that was accepted because warnings were allowed.
-    public var warning: String?
+    /// The decoder warning that was accepted, if any: a harmless one always, a damaging one
+    /// only under ``EwallCore/ImageLimits/allowDecoderWarnings``. See ``DecoderWarning``.
+    public var decoderWarning: DecoderWarning?
+    /// The accepted warning's text (`decoderWarning?.message`).
+    public var warning: String? { decoderWarning?.message }
 
     init(_ i: ew_img_info) {
         format = String(cString: ew_img_format_name(i.format))
@@ -35,8 +38,48 @@ public struct ImageInfo: Sendable, Hashable {
         progressive = i.progressive != 0
         scaleDenominator = Int(i.scale_denom)
         let text = stringFromCCharArray(i.warning)
-        warning = text.isEmpty ? nil : text
+        decoderWarning = text.isEmpty ? nil
+            : DecoderWarning(kind: Int(i.warning_kind) == Int(EW_IMG_WARNING_DAMAGING.rawValue) ? .damaging : .harmless,
+                             message: text)
     }
+}
+
+/// A JPEG warning from libjpeg that the decoder accepted: the file decoded, and this is what
+/// libjpeg said about it. Jobs count these (a summary line such as "3 images decoded with
+/// harmless warnings").
+///
+/// - ``Kind-swift.enum/harmless``: a fault in the marker segments before the image data that
+///   libjpeg reads past, such as junk bytes before a marker ("Corrupt JPEG data: 5 extraneous
+///   bytes before marker 0xdb"), an unknown JFIF revision or an unknown Adobe colour transform.
+///   The pixels are those of the same file without the fault, as PIL and browsers show it.
+///   Always accepted.
+/// - ``Kind-swift.enum/damaging``: the image data itself is truncated or corrupt, so parts of
+///   the picture are grey or garbled. Without
+///   ``EwallCore/ImageLimits/allowDecoderWarnings`` such a file fails with
+///   ``EwallCore/ImageError/Code/truncated`` or ``EwallCore/ImageError/Code/corrupt`` instead.
+///
+/// ```swift
+/// let image = try ImageDecoder().decode(bytes)
+/// if let w = image.decoderWarning { harmlessWarnings += w.kind == .harmless ? 1 : 0 }
+/// ```
+public struct DecoderWarning: Sendable, Hashable, CustomStringConvertible {
+    /// Whether the warning says the pixels are damaged.
+    public enum Kind: String, Sendable, Hashable {
+        /// A header fault; the pixels are intact.
+        case harmless
+        /// Damaged image data, accepted only because decoder warnings were allowed.
+        case damaging
+    }
+    public var kind: Kind
+    /// libjpeg's text, e.g. `"Corrupt JPEG data: 5 extraneous bytes before marker 0xdb"`.
+    public var message: String
+
+    public init(kind: Kind, message: String) {
+        self.kind = kind
+        self.message = message
+    }
+
+    public var description: String { "\(kind.rawValue) decoder warning: \(message)" }
 }
 
 /// An upright 8-bit RGB image, row-major, tightly packed.
@@ -54,6 +97,9 @@ public struct RGBImage: Sendable {
         self.pixels = pixels
         self.info = info
     }
+
+    /// The decoder warning accepted for this image, if any (``ImageInfo/decoderWarning``).
+    public var decoderWarning: DecoderWarning? { info.decoderWarning }
 
     /// The RGB value at (x, y).
     public subscript(x: Int, y: Int) -> (UInt8, UInt8, UInt8) {

@@ -181,3 +181,162 @@ func meanAbsDiff(_ a: [UInt8], _ b: [UInt8]) -> Double {
     precondition(a.count == b.count)
     return Double(zip(a, b).reduce(0) { $0 + abs(Int($1.0) - Int($1.1)) }) / Double(a.count)
 }
+
+/// libjpeg warnings by kind (ew_image.h): harmless header faults decode, with the warning
+/// reported; damaged scan data fails unless warnings are allowed, even behind a harmless fault.
+@Suite("Decoding: JPEG warnings, harmless and damaging")
+struct DecoderWarningTests {
+    let decoder = ImageDecoder()
+
+    struct Harmless: Sendable, CustomTestStringConvertible {
+        var name: String
+        var words: String
+        var width: Int
+        var height: Int
+        var testDescription: String { name }
+    }
+
+    @Test("a harmless header fault decodes, and its warning is reported", arguments: [
+        Harmless(name: "junk_before_dqt_600x400.jpg", words: "Corrupt JPEG data: 5 extraneous bytes before marker 0xdb",
+                 width: 600, height: 400),
+        Harmless(name: "junk_before_exif6_451x300.jpg", words: "3 extraneous bytes before marker 0xe1",
+                 width: 451, height: 300),
+        Harmless(name: "jfif_revision_2_600x400.jpg", words: "unknown JFIF revision number 2.01",
+                 width: 600, height: 400),
+        Harmless(name: "adobe_transform_7_600x400.jpg", words: "Unknown Adobe color transform code 7",
+                 width: 600, height: 400),
+    ])
+    func harmless(_ c: Harmless) throws {
+        let bytes = try Fixtures.bytes(Fixtures.image(c.name))
+        let image = try decoder.decode(bytes)
+        #expect(image.width == c.width && image.height == c.height)
+        let warning = try #require(image.decoderWarning, "\(c.name): the warning is not reported")
+        #expect(warning.kind == .harmless)
+        #expect(warning.message.contains(c.words), "\(warning)")
+        #expect(image.info.warning == warning.message)
+        // The JPEG fast path (DCT scaling) takes the same route.
+        let fast = try ImageDecoder(jpegScaleFloor: (100, 100)).decode(bytes)
+        #expect(fast.decoderWarning?.kind == .harmless)
+        #expect(fast.info.scaleDenominator > 1)
+    }
+
+    @Test("header faults change no pixel: equal to PIL's decode of the same file",
+          arguments: ["junk_before_dqt_600x400.jpg", "jfif_revision_2_600x400.jpg", "adobe_transform_7_600x400.jpg",
+                      "unknown_app_segments_600x400.jpg", "bad_icc_chunk_600x400.jpg"])
+    func pixelsEqualPIL(name: String) throws {
+        let ours = try decoder.decode(Fixtures.bytes(Fixtures.image(name)))
+        let pil = try decoder.decode(Fixtures.bytes(Fixtures.image(name + ".pil.png")))
+        #expect(ours.width == pil.width && ours.height == pil.height)
+        #expect(ours.pixels == pil.pixels, "\(name): mean |diff| \(meanAbsDiff(ours.pixels, pil.pixels))")
+    }
+
+    @Test("junk before a marker: the same pixels as the file without it")
+    func junkChangesNothing() throws {
+        let clean = try decoder.decode(Fixtures.bytes(Fixtures.image("baseline_600x400.jpg")))
+        let junk = try decoder.decode(Fixtures.bytes(Fixtures.image("junk_before_dqt_600x400.jpg")))
+        #expect(junk.pixels == clean.pixels)
+        #expect(clean.decoderWarning == nil)
+        // The EXIF orientation behind junk is still applied.
+        let upright = try decoder.decode(Fixtures.bytes(Fixtures.image("exif_orientation_6.jpg")))
+        let behindJunk = try decoder.decode(Fixtures.bytes(Fixtures.image("junk_before_exif6_451x300.jpg")))
+        #expect(behindJunk.info.orientation == 6)
+        #expect(behindJunk.pixels == upright.pixels)
+    }
+
+    @Test("unknown or malformed APPn segments and a bad ICC chunk: libjpeg says nothing, nor do we",
+          arguments: ["unknown_app_segments_600x400.jpg", "bad_icc_chunk_600x400.jpg"])
+    func silentSegments(name: String) throws {
+        let image = try decoder.decode(Fixtures.bytes(Fixtures.image(name)))
+        #expect(image.width == 600 && image.height == 400)
+        #expect(image.decoderWarning == nil)
+        #expect(image.info.orientation == 1, "a malformed EXIF segment means no orientation")
+    }
+
+    struct Damaging: Sendable, CustomTestStringConvertible {
+        var name: String
+        var code: ImageError.Code
+        var words: [String]
+        var testDescription: String { "\(name) -> \(code)" }
+    }
+
+    static let damaging = [
+        Damaging(name: "truncated_half.jpg", code: .truncated, words: ["Premature end of JPEG file"]),
+        Damaging(name: "corrupt_scan_data.jpg", code: .corrupt, words: ["premature end of data segment"]),
+        // All blocks decode with bytes left over: a desynchronised scan, not padding.
+        Damaging(name: "corrupt_entropy_data_600x400.jpg", code: .corrupt,
+                 words: ["extraneous bytes before marker 0xd9"]),
+        Damaging(name: "bad_sos_parameters_600x400.jpg", code: .corrupt, words: ["Invalid SOS parameters"]),
+        // Behind a harmless header fault, the damage is still found and named.
+        Damaging(name: "junk_then_corrupt_scan_600x400.jpg", code: .corrupt,
+                 words: ["premature end of data segment", "after the harmless warning",
+                         "5 extraneous bytes before marker 0xdb"]),
+        Damaging(name: "junk_then_truncated_600x400.jpg", code: .truncated, words: ["Premature end of JPEG file"]),
+    ]
+
+    @Test("damaged scan data fails with its class, and the message says what to do", arguments: damaging)
+    func damagingFails(_ c: Damaging) throws {
+        let bytes = try Fixtures.bytes(Fixtures.image(c.name))
+        do {
+            let image = try decoder.decode(bytes)
+            Issue.record("\(c.name) decoded (warning: \(String(describing: image.decoderWarning)))")
+        } catch {
+            #expect(error.code == c.code, "\(c.name): \(error)")
+            for w in c.words { #expect(error.message.contains(w), "\(c.name): '\(error.message)' lacks '\(w)'") }
+            #expect(error.message.contains("allow decoder warnings"))
+        }
+    }
+
+    @Test("allowing decoder warnings accepts damaged scans, reported as damaging", arguments: damaging)
+    func damagingAllowed(_ c: Damaging) throws {
+        let lenient = ImageDecoder(limits: ImageLimits(allowDecoderWarnings: true))
+        let image = try lenient.decode(Fixtures.bytes(Fixtures.image(c.name)))
+        #expect(image.width == 600 && image.height == 400)
+        let warning = try #require(image.decoderWarning)
+        #expect(warning.kind == .damaging)
+        #expect(warning.message.contains(c.words[0]), "\(warning)")
+    }
+
+    @Test("allowing decoder warnings keeps a harmless warning harmless")
+    func harmlessAllowed() throws {
+        let lenient = ImageDecoder(limits: ImageLimits(allowDecoderWarnings: true))
+        let image = try lenient.decode(Fixtures.bytes(Fixtures.image("junk_before_dqt_600x400.jpg")))
+        #expect(image.decoderWarning?.kind == .harmless)
+    }
+}
+
+/// Orientation comes from EXIF only; XMP's tiff:Orientation is ignored, as browsers ignore it
+/// (ew_image.h). The fixtures are stored so that ignoring XMP gives the upright 451x300 photo.
+@Suite("Decoding: EXIF orientation wins, XMP orientation is ignored")
+struct XMPOrientationTests {
+    let decoder = ImageDecoder()
+
+    @Test("XMP-only orientation (PNG): stored pixels, not rotated")
+    func xmpOnlyPNG() throws {
+        let image = try decoder.decode(Fixtures.bytes(Fixtures.image("xmp_orientation_6_451x300.png")))
+        let plain = try decoder.decode(Fixtures.bytes(Fixtures.image("rgb8_451x300.png")))
+        #expect(image.info.orientation == 1)
+        #expect(image.width == 451 && image.height == 300)
+        #expect(image.pixels == plain.pixels)
+    }
+
+    @Test("XMP-only orientation (JPEG): stored pixels, not rotated")
+    func xmpOnlyJPEG() throws {
+        let image = try decoder.decode(Fixtures.bytes(Fixtures.image("xmp_orientation_6_451x300.jpg")))
+        let plain = try decoder.decode(Fixtures.bytes(Fixtures.image("exif_orientation_1.jpg")))
+        #expect(image.info.orientation == 1)
+        #expect(image.width == 451 && image.height == 300)
+        #expect(image.pixels == plain.pixels)
+        #expect(image.decoderWarning == nil)
+    }
+
+    @Test("EXIF 6 and XMP 8 disagree: EXIF wins", arguments: ["exif6_xmp8_451x300.jpg", "exif6_xmp8_451x300.png"])
+    func exifWins(name: String) throws {
+        let image = try decoder.decode(Fixtures.bytes(Fixtures.image(name)))
+        #expect(image.info.orientation == 6)
+        #expect(image.info.storedWidth == 300 && image.info.storedHeight == 451)
+        #expect(image.width == 451 && image.height == 300)
+        let upright = try decoder.decode(Fixtures.bytes(Fixtures.image(
+            name.hasSuffix(".png") ? "rgb8_451x300.png" : "exif_orientation_6.jpg")))
+        #expect(image.pixels == upright.pixels, "mean |diff| \(meanAbsDiff(image.pixels, upright.pixels))")
+    }
+}

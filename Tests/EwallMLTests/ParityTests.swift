@@ -20,9 +20,8 @@ struct CapturingHandler: LogHandler {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-             file: String, function: String, line: UInt) {
-        sink.append("\(level): \(message)")
+    func log(event: LogEvent) {
+        sink.append("\(event.level): \(event.message)")
     }
 }
 
@@ -58,6 +57,20 @@ struct ParityTests {
         let spread = VectorMath.cosine(theirs[0], theirs[5])
         #expect(spread < 0.99, "reference vectors are near-identical (\(spread)): recalibrate BatchNorm")
         print("parity fp32: \(files.count) files, worst centered cosine \(worst), 10-NN overlap \(overlap)")
+    }
+
+    /// The reference applies EXIF orientation only, as the decoder does (ew_image.h), and reads
+    /// past harmless JPEG header faults as PIL does: the parity above covers both decisions
+    /// only if these files are in the Makefile's reference list.
+    @Test("the reference list holds the XMP-orientation and harmless-warning fixtures")
+    func referenceCoversTheDecisions() throws {
+        let names = Set(try Fixtures.referenceFiles().map { URL(fileURLWithPath: $0).lastPathComponent })
+        for name in ["xmp_orientation_6_451x300.png", "xmp_orientation_6_451x300.jpg", "exif6_xmp8_451x300.jpg",
+                     "exif6_xmp8_451x300.png", "junk_before_dqt_600x400.jpg", "junk_before_exif6_451x300.jpg",
+                     "jfif_revision_2_600x400.jpg", "adobe_transform_7_600x400.jpg"] {
+            #expect(names.contains(name),
+                    "\(name) is not in .fixtures/reference/files.txt: add it to the Makefile's reference rule")
+        }
     }
 
     @Test("an image's vector is the same alone or inside a batch of 32")

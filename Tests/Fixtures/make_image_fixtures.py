@@ -4,6 +4,12 @@
 Good files are real photographs (skimage's coffee and chelsea, CC0) in every format and
 variant the decoder supports; bad files are made from them by cutting, garbling or patching
 bytes, plus files of other formats and non-images. Deterministic; run by `make fixtures`.
+
+JPEGs that libjpeg decodes with a warning come in two kinds (see ew_image.h): harmless header
+faults, each written with `<name>.pil.png`, PIL's own decode of it, for exact comparison; and
+damaged scan data. Each is checked here to raise the libjpeg warning it is named for.
+Orientation in XMP (tiff:Orientation) without EXIF, and disagreeing with EXIF, is written too:
+EwallML applies EXIF orientation only.
 """
 import ctypes
 import io
@@ -11,6 +17,7 @@ import json
 import os
 import struct
 import sys
+import warnings
 import zlib
 
 import numpy as np
@@ -86,6 +93,86 @@ def huge_png(w, h):
             + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
 
 
+def segment(marker, payload):
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def segments(jpeg):
+    """(offset, marker, length) of each marker segment up to and including the first SOS."""
+    out, i = [], 2
+    while True:
+        marker, seg = jpeg[i + 1], jpeg[i + 2] << 8 | jpeg[i + 3]
+        out.append((i, marker, seg))
+        if marker == 0xDA:
+            return out
+        i += 2 + seg
+
+
+def insert_before(jpeg, marker, data):
+    """`data` inserted just before the first segment with this marker."""
+    i = next(off for off, m, _ in segments(jpeg) if m == marker)
+    return jpeg[:i] + data + jpeg[i:]
+
+
+def without(jpeg, marker):
+    """The first segment with this marker removed."""
+    i, _, seg = next(s for s in segments(jpeg) if s[1] == marker)
+    return jpeg[:i] + jpeg[i + 2 + seg:]
+
+
+XMP_TEMPLATE = (
+    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    '<rdf:Description rdf:about="" xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{}"/>'
+    '</rdf:RDF></x:xmpmeta>\n<?xpacket end="w"?>')
+
+
+def xmp_app1(orientation):
+    return segment(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + XMP_TEMPLATE.format(orientation).encode())
+
+
+def png_with_xmp(im, orientation, **kw):
+    from PIL import PngImagePlugin
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", XMP_TEMPLATE.format(orientation))
+    return encode(im, "PNG", pnginfo=info, **kw)
+
+
+def tj_first_warning(jpeg):
+    """The first libjpeg warning TurboJPEG raises for this JPEG (TJFLAG_STOPONWARNING), "" if none."""
+    tj = ctypes.CDLL("libturbojpeg.so.0")
+    tj.tjInitDecompress.restype = ctypes.c_void_p
+    tj.tjGetErrorStr2.restype = ctypes.c_char_p
+    tj.tjGetErrorStr2.argtypes = [ctypes.c_void_p]
+    tj.tjGetErrorCode.argtypes = [ctypes.c_void_p]
+    h = ctypes.c_void_p(tj.tjInitDecompress())
+    w, hh, sub, cs = (ctypes.c_int() for _ in range(4))
+    tj.tjDecompressHeader3(h, jpeg, len(jpeg), *(ctypes.byref(v) for v in (w, hh, sub, cs)))
+    buf = ctypes.create_string_buffer(max(1, w.value * hh.value * 3))
+    TJPF_RGB, STOPONWARNING = 0, 1 << 13
+    rc = tj.tjDecompress2(h, jpeg, len(jpeg), buf, w.value, 0, hh.value, TJPF_RGB, STOPONWARNING)
+    msg = tj.tjGetErrorStr2(h).decode() if rc else ""
+    tj.tjDestroy(h)
+    return msg
+
+
+def with_warning(name, jpeg, expected):
+    """Saves a JPEG after checking libjpeg's first warning on it contains `expected` ("": that
+    libjpeg raises none)."""
+    got = tj_first_warning(jpeg)
+    ok = expected in got if expected else got == ""
+    assert ok, f"{name}: expected a libjpeg warning with {expected!r}, got {got!r}"
+    save(name, jpeg)
+
+
+def save_with_pil_decode(name, data):
+    """The file, and PIL's decode of it as `<name>.pil.png` (what the decoder must equal)."""
+    save(name, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL's "Corrupt EXIF data" on the malformed APP1
+        save(name + ".pil.png", encode(Image.open(io.BytesIO(data)).convert("RGB"), "PNG"))
+
+
 def patch_sof(jpeg, w, h):
     """Rewrites the frame size in the SOF0/SOF2 marker."""
     b = bytearray(jpeg)
@@ -143,13 +230,14 @@ def main():
 
     # --- bad files
     base = encode(coffee, "JPEG", quality=92)
-    save("truncated_half.jpg", base[: len(base) // 2])
+    with_warning("truncated_half.jpg", base[: len(base) // 2], "Premature end of JPEG file")
     save("truncated_in_header.jpg", base[:120])
     s = scan_start(base)
     garbled = bytearray(base)
     for j in range(s + 2000, s + 2400, 7):
         garbled[j] = 0xFF if garbled[j] != 0xFF else 0x00
-    save("corrupt_scan_data.jpg", bytes(garbled))
+    garbled = bytes(garbled)
+    with_warning("corrupt_scan_data.jpg", garbled, "premature end of data segment")
     save("header_60000x60000.jpg", patch_sof(base, 60000, 60000))
     save("valid_16000x16000.png", huge_png(16000, 16000))
     png = encode(chelsea, "PNG")
@@ -170,7 +258,72 @@ def main():
     save("text.txt", "상품 이미지가 아닙니다 (not an image)\n".encode())
     save("empty.jpg", b"")
     save("heic_header.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
+    decoder_warnings(base, garbled, encode(chelsea.transpose(Image.ROTATE_90), "JPEG", quality=95, exif=exif(6)))
+    xmp_orientation(chelsea)
     print(f"make_image_fixtures: wrote {len(os.listdir(OUT))} files to {OUT}")
+
+
+def decoder_warnings(base, garbled, exif6):
+    """JPEGs that libjpeg decodes with a warning, harmless ones first (see the module doc)."""
+    # Junk before a marker in the header, as in Pillow's test images: libjpeg, PIL and browsers
+    # skip it.
+    junk = b"\x00\x11\x22\x33\x44"
+    data = insert_before(base, 0xDB, junk)
+    with_warning("junk_before_dqt_600x400.jpg", data, "5 extraneous bytes before marker 0xdb")
+    save_with_pil_decode("junk_before_dqt_600x400.jpg", data)
+    # ... before the EXIF segment: the orientation behind it still counts (upright 451x300).
+    data = insert_before(exif6, 0xE1, b"\x00\x00\x00")
+    with_warning("junk_before_exif6_451x300.jpg", data, "3 extraneous bytes before marker 0xe1")
+    # JFIF 2.01: libjpeg's JWRN_JFIF_MAJOR.
+    app0 = next(off for off, m, _ in segments(base) if m == 0xE0)
+    data = bytearray(base)
+    data[app0 + 4 + 5] = 2
+    with_warning("jfif_revision_2_600x400.jpg", bytes(data), "unknown JFIF revision number 2.01")
+    save_with_pil_decode("jfif_revision_2_600x400.jpg", bytes(data))
+    # An Adobe APP14 with transform 7 and no JFIF: JWRN_ADOBE_XFORM, read as YCbCr.
+    nojfif = without(base, 0xE0)
+    data = nojfif[:2] + segment(0xEE, b"Adobe" + struct.pack(">HHHB", 100, 0, 0, 7)) + nojfif[2:]
+    with_warning("adobe_transform_7_600x400.jpg", data, "Unknown Adobe color transform code 7")
+    save_with_pil_decode("adobe_transform_7_600x400.jpg", data)
+    # Unknown and malformed APPn segments (APP5 of junk, an APP1 "Exif" whose IFD offset points
+    # outside it, an APP11 of nothing): libjpeg skips them without a word.
+    bad_exif = b"Exif\0\0MM\0\x2a\xff\xff\xff\xf0" + b"\0" * 20
+    data = base[:2] + segment(0xE5, bytes(range(200))) + segment(0xE1, bad_exif) + segment(0xEB, b"") + base[2:]
+    with_warning("unknown_app_segments_600x400.jpg", data, "")
+    save_with_pil_decode("unknown_app_segments_600x400.jpg", data)
+    # An ICC chunk numbered 0 of 0 (libjpeg's read_icc_profile says "bad ICC marker"; TurboJPEG
+    # 2.1 never reads ICC, and colour management is not applied).
+    data = base[:2] + segment(0xE2, b"ICC_PROFILE\0\x00\x00" + b"not a profile" * 8) + base[2:]
+    with_warning("bad_icc_chunk_600x400.jpg", data, "")
+    save_with_pil_decode("bad_icc_chunk_600x400.jpg", data)
+
+    # Damaging: the scan data (and truncated_half.jpg, corrupt_scan_data.jpg above).
+    s = scan_start(base)
+    data = bytearray(base)
+    rnd = np.random.RandomState(3000)
+    data[s + 3000:s + 3016] = bytes(rnd.randint(0, 255, 16, dtype=np.uint8))  # no 0xFF: no marker
+    # All blocks decode and bytes are left over: what a desynchronised scan usually looks like.
+    with_warning("corrupt_entropy_data_600x400.jpg", bytes(data), "extraneous bytes before marker 0xd9")
+    data = bytearray(base)
+    data[s - 2] = 0x3E  # Se = 62 in a baseline SOS: JWRN_NOT_SEQUENTIAL
+    with_warning("bad_sos_parameters_600x400.jpg", bytes(data), "Invalid SOS parameters for sequential JPEG")
+    # A harmless fault before a damaging one: the damage must not hide behind it.
+    with_warning("junk_then_corrupt_scan_600x400.jpg", insert_before(garbled, 0xDB, junk), "5 extraneous bytes")
+    cut = insert_before(base, 0xDB, junk)
+    with_warning("junk_then_truncated_600x400.jpg", cut[: len(cut) // 2], "5 extraneous bytes")
+
+
+def xmp_orientation(chelsea):
+    """Orientation in XMP's tiff:Orientation. Browsers ignore it and so does EwallML: the stored
+    pixels are what is shown. Stored as `chelsea` (451x300), so ignoring XMP gives it back."""
+    save("xmp_orientation_6_451x300.png", png_with_xmp(chelsea, 6))
+    jpeg = encode(chelsea, "JPEG", quality=95)
+    save("xmp_orientation_6_451x300.jpg", jpeg[:2] + xmp_app1(6) + jpeg[2:])
+    # EXIF 6 and XMP 8 disagree: EXIF wins, so the upright image is `chelsea` again.
+    stored = chelsea.transpose(Image.ROTATE_90)
+    jpeg = encode(stored, "JPEG", quality=95, exif=exif(6))
+    save("exif6_xmp8_451x300.jpg", jpeg[:2] + xmp_app1(8) + jpeg[2:])
+    save("exif6_xmp8_451x300.png", png_with_xmp(stored, 8, exif=exif(6)))
 
 
 def _interlaced(im):

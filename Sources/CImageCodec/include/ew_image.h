@@ -6,6 +6,22 @@
  * to RGB (Adobe-inverted CMYK detected from the APP14 marker), 16-bit samples reduced to
  * their high byte. The format comes from the magic bytes only.
  *
+ * Orientation: EXIF only (JPEG APP1, PNG eXIf, WebP EXIF; tag 0x0112). An XMP packet's
+ * tiff:Orientation is ignored, with or without an EXIF orientation: the catalogue is shown in
+ * browsers, which apply the EXIF tag only (CSS image-orientation: from-image), so an image is
+ * embedded the way shoppers see it. (Pillow >= 8.3's ImageOps.exif_transpose also reads XMP;
+ * reference/ewall_reference.py applies the EXIF tag only, to match this.)
+ *
+ * JPEG warnings: libjpeg recovers from some problems with a warning. Harmless ones, whose cause
+ * lies in the marker segments before the first scan (junk bytes between segments, an unknown
+ * JFIF revision, an unknown Adobe transform, a malformed ICC chunk), are accepted and reported
+ * in ew_img_info.warning with warning_kind EW_IMG_WARNING_HARMLESS: the pixels are those of the
+ * same file without the fault. Damaging ones (truncated or corrupt scan data, junk after scan
+ * data, bad Huffman/arithmetic codes, lost restart markers, bad progression or SOS
+ * parameters) fail with EW_IMG_E_TRUNCATED or EW_IMG_E_CORRUPT, unless limits->allow_warnings,
+ * which accepts them as EW_IMG_WARNING_DAMAGING. A harmless warning followed by a damaging one
+ * is damaging (decode.c, jpeg_decode, says how that is checked).
+ *
  * Threading contract: every function is reentrant. There is no shared state; calls may run
  * concurrently on any threads. Nothing here retries, logs, caches or reads the environment.
  *
@@ -30,7 +46,7 @@ enum {
     EW_IMG_E_NOT_AN_IMAGE = -1,     /* empty, text, HTML, or bytes of no known image format */
     EW_IMG_E_UNSUPPORTED = -2,      /* a recognised image format this library does not decode */
     EW_IMG_E_TRUNCATED = -3,        /* the data ends before the image does */
-    EW_IMG_E_CORRUPT = -4,          /* malformed data, or a JPEG that decodes only with warnings */
+    EW_IMG_E_CORRUPT = -4,          /* malformed data, or a JPEG that decodes only with damaging warnings */
     EW_IMG_E_TOO_MANY_PIXELS = -5,  /* width*height above the limit (checked from the header) */
     EW_IMG_E_TOO_SMALL = -6,        /* a side below the minimum */
     EW_IMG_E_NO_MEMORY = -7,
@@ -67,13 +83,19 @@ const char *ew_img_format_name(ew_img_format format);
 typedef struct ew_img_limits {
     uint64_t max_pixels;   /* refuse when stored width*height exceeds this (0 = no limit) */
     uint32_t min_side;     /* refuse when either side is below this (0 = no limit) */
-    int allow_warnings;    /* 1: accept JPEGs that libjpeg decodes with warnings */
+    int allow_warnings;    /* 1: accept JPEGs that libjpeg decodes with damaging warnings too */
     /* JPEG fast path: when both are > 0, decode with the smallest TurboJPEG DCT scaling
        (1/8 .. 1) whose upright output is still at least min_width x min_height. Changes
        pixels compared with a full decode followed by resampling. 0 = exact full decode. */
     uint32_t scale_min_width;
     uint32_t scale_min_height;
 } ew_img_limits;
+
+typedef enum ew_img_warning_kind {
+    EW_IMG_WARNING_NONE = 0,
+    EW_IMG_WARNING_HARMLESS = 1,  /* a JPEG header fault libjpeg reads past; pixels unaffected */
+    EW_IMG_WARNING_DAMAGING = 2,  /* damaged scan data, accepted because of allow_warnings */
+} ew_img_warning_kind;
 
 typedef struct ew_img_info {
     ew_img_format format;
@@ -89,7 +111,8 @@ typedef struct ew_img_info {
     int bit_depth;           /* bits per sample in the file */
     int progressive;         /* JPEG progressive or PNG interlaced */
     int scale_denom;         /* JPEG fast path: 1 (none), 2, 4 or 8 */
-    char warning[256];       /* a decoder warning that was accepted (allow_warnings), else "" */
+    char warning[256];       /* the accepted decoder warning's text (libjpeg's), else "" */
+    int warning_kind;        /* an ew_img_warning_kind: NONE when warning is "" */
 } ew_img_info;
 
 /* Reads the header only: format, sizes, orientation, alpha. Applies limits (pixels, min side).
