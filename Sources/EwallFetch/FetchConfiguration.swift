@@ -13,6 +13,14 @@ public struct FetchConfiguration: Sendable, Hashable {
     /// Attempts per URL, the first included (default 4). Only transient failures are retried:
     /// timeouts, connection errors, 5xx and 429.
     public var maxAttempts: Int
+    /// One time budget per item across all its attempts (default 60 s): from the moment its
+    /// first request starts (time queued behind ``perHostLimit`` for the first permit does not
+    /// count) to its last byte. No attempt starts once it has passed, a retry whose backoff or
+    /// `Retry-After` would end after it is not made, and an attempt still in flight at the
+    /// deadline is cut there and fails with class `timeout`, naming the deadline and the
+    /// attempts made. Without it, a server that accepts connections and never answers costs
+    /// `maxAttempts` x ``requestTimeout`` plus backoff per item (2 minutes by default).
+    public var itemDeadline: Duration
     /// Backoff before retry `n` is a random delay in `0 ... min(backoffMax, backoffBase * 2^(n-1))`
     /// ("full jitter"), unless the server sent `Retry-After`.
     public var backoffBase: Duration
@@ -40,7 +48,8 @@ public struct FetchConfiguration: Sendable, Hashable {
                 maxAttempts: Int = 4, backoffBase: Duration = .milliseconds(500), backoffMax: Duration = .seconds(30),
                 maxRetryAfter: Duration = .seconds(120), maxBytes: Int = 20 << 20, maxRedirects: Int = 5,
                 userAgent: String = FetchConfiguration.defaultUserAgent, allowFiles: Bool = true,
-                baseDirectory: String? = nil, addressPolicy: AddressPolicy? = nil) {
+                baseDirectory: String? = nil, addressPolicy: AddressPolicy? = nil,
+                itemDeadline: Duration = .seconds(60)) {
         self.perHostLimit = perHostLimit
         self.connectTimeout = connectTimeout
         self.requestTimeout = requestTimeout
@@ -54,6 +63,7 @@ public struct FetchConfiguration: Sendable, Hashable {
         self.allowFiles = allowFiles
         self.baseDirectory = baseDirectory
         self.addressPolicy = addressPolicy
+        self.itemDeadline = itemDeadline
     }
 
     public static let defaultUserAgent = "EwallML/0.3 (ewall-embed; product image embedding; +https://e-wall.example/bot)"

@@ -7,9 +7,11 @@ import NIOCore
 import NIOHTTP1
 
 /// Fetches image bytes over HTTP(S) (async-http-client, pooled keep-alive connections) or
-/// from local files, with a per-host limit, timeouts, a streaming byte cap and retries with
-/// exponential backoff and full jitter for transient failures. Never throws: every URL gets
-/// its bytes or a ``FetchError`` naming a ``FailureClass``.
+/// from local files, with a per-host limit, timeouts, a streaming byte cap, retries with
+/// exponential backoff and full jitter for transient failures, and one deadline per item
+/// across its retries (``FetchConfiguration/itemDeadline``). Never throws: every URL gets
+/// its bytes or a ``FetchError`` naming a ``FailureClass``. Keeps per-host timings
+/// (``hostTimings()``) so a job can name its slowest hosts.
 ///
 /// Safe to share between many tasks; call ``shutdown()`` once when done.
 ///
@@ -26,6 +28,7 @@ public final class ImageFetcher: Sendable {
     private let client: HTTPClient
     private let limiter: HostLimiter
     private let logger: Logger
+    private let timings = HostTimings()
 
     /// The class of a fetch that was cancelled (the job is stopping); such items are not
     /// recorded as failures.
@@ -49,6 +52,12 @@ public final class ImageFetcher: Sendable {
         http.httpVersion = .automatic
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
         limiter = HostLimiter(limit: configuration.perHostLimit)
+    }
+
+    /// How each host has answered so far, slowest first (by total seconds): requests, total
+    /// and slowest seconds, timeouts. See ``HostTiming``.
+    public func hostTimings() -> [HostTiming] {
+        timings.snapshot
     }
 
     /// Closes the connection pool.
@@ -88,43 +97,105 @@ public final class ImageFetcher: Sendable {
 
     // MARK: HTTP
 
-    private enum Attempt {
+    private enum Attempt: Sendable {
         case done(FetchedImage)
         case failed(FetchError, retryAfter: Duration?)
     }
 
+    /// Attempts until one succeeds, a failure is final, the attempts are used up, or the item
+    /// deadline (``FetchConfiguration/itemDeadline``) passes: it starts with the first request,
+    /// no attempt starts after it, a retry whose wait would end after it is not made, and an
+    /// attempt still running at it is cut.
     private func fetchHTTP(_ url: URL) async -> Result<FetchedImage, FetchError> {
         let host = url.host?.lowercased() ?? ""
+        let authority = url.port.map { "\(host):\($0)" } ?? host
+        let budget = configuration.itemDeadline
+        var deadline: ContinuousClock.Instant?
         var attempt = 0
+        var lastError: FetchError?
         while true {
-            attempt += 1
-            if Task.isCancelled { return .failure(FetchError(Self.cancelled, "cancelled", attempts: attempt - 1)) }
+            if Task.isCancelled { return .failure(FetchError(Self.cancelled, "cancelled", attempts: attempt)) }
             await limiter.acquire(host)
-            let outcome = await attemptOnce(url)
+            let start = ContinuousClock.now
+            let itemDeadline = deadline ?? start + budget
+            deadline = itemDeadline
+            if start >= itemDeadline {
+                // Waiting for a permit (or a host-wide pause) used up what was left.
+                await limiter.release(host)
+                return .failure(deadlineError(lastError, attempts: attempt, cut: false))
+            }
+            attempt += 1
+            let outcome = await attemptOnce(url, until: itemDeadline)
             await limiter.release(host)
+            let seconds = (ContinuousClock.now - start).inSeconds
+            guard let outcome else { // cut at the deadline
+                timings.record(host: authority, seconds: seconds, timedOut: true)
+                if Task.isCancelled { return .failure(FetchError(Self.cancelled, "cancelled", attempts: attempt)) }
+                return .failure(deadlineError(nil, attempts: attempt, cut: true))
+            }
             switch outcome {
             case .done(var image):
+                timings.record(host: authority, seconds: seconds, timedOut: false)
                 image.attempts = attempt
                 return .success(image)
             case .failed(var error, let retryAfter):
+                timings.record(host: authority, seconds: seconds, timedOut: error.code == FailureClass.timeout)
                 error.attempts = attempt
                 guard error.isTransient, attempt < configuration.maxAttempts, !Task.isCancelled else {
                     if Task.isCancelled { error.code = Self.cancelled }
                     return .failure(error)
                 }
-                let delay: Duration
-                if let retryAfter {
-                    delay = min(retryAfter, configuration.maxRetryAfter)
-                    // The whole host waits, not only this request.
-                    await limiter.pause(host, until: .now + delay)
-                } else {
-                    delay = configuration.backoff(retry: attempt)
+                let delay = retryAfter.map { min($0, configuration.maxRetryAfter) }
+                    ?? configuration.backoff(retry: attempt)
+                // The whole host waits, not only this request (even if this item gives up now).
+                if retryAfter != nil { await limiter.pause(host, until: .now + delay) }
+                if ContinuousClock.now + delay >= itemDeadline {
+                    return .failure(deadlineError(error, attempts: attempt, cut: false))
                 }
+                lastError = error
                 logger.debug("retrying \(url) in \(delay): \(error)")
                 do { try await Task.sleep(for: delay) } catch {
                     return .failure(FetchError(Self.cancelled, "cancelled", attempts: attempt))
                 }
             }
+        }
+    }
+
+    /// The failure of an item whose deadline ended its attempts. Cut in flight: `timeout`.
+    /// Otherwise the last attempt's own failure, saying that the deadline left no time to retry.
+    private func deadlineError(_ last: FetchError?, attempts: Int, cut: Bool) -> FetchError {
+        let limit = "the item deadline of \(Self.seconds(configuration.itemDeadline))"
+        let made = attempts == 1 ? "1 attempt" : "\(attempts) attempts"
+        if cut || last == nil {
+            return FetchError(FailureClass.timeout,
+                              cut ? "no complete answer within \(limit) (\(made); the last was cut at the deadline)"
+                                  : "\(limit) passed before an attempt could start (\(made))",
+                              attempts: attempts)
+        }
+        var e = last!
+        e.message += "; not retried: \(limit) would pass first (\(made))"
+        e.attempts = attempts
+        return e
+    }
+
+    /// "1.5 s", "60 s".
+    static func seconds(_ d: Duration) -> String {
+        let s = d.inSeconds
+        return s == s.rounded() ? "\(Int(s)) s" : "\((s * 1000).rounded() / 1000) s"
+    }
+
+    /// One attempt, cut at `deadline`: `nil` when the deadline came first. The attempt's
+    /// task is cancelled then, which async-http-client turns into closing the request.
+    private func attemptOnce(_ url: URL, until deadline: ContinuousClock.Instant) async -> Attempt? {
+        await withTaskGroup(of: Attempt?.self) { group in
+            group.addTask { await self.attemptOnce(url) }
+            group.addTask {
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
         }
     }
 

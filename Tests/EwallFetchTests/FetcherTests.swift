@@ -22,6 +22,8 @@ struct FetcherTests {
             case "/busy.jpg":
                 return req.hit == 1 ? .init(status: 429, headers: [("Retry-After", "1")]) : .init(body: image)
             case "/slow.jpg": return .init(body: image, delay: .seconds(3))
+            case "/hang.jpg": return .init(body: image, delay: .seconds(20))  // accepts, then nothing
+            case "/down-for-long.jpg": return .init(status: 503, headers: [("Retry-After", "5")])
             case "/tenth.jpg": return .init(body: image, delay: .milliseconds(150))
             case "/huge-declared.jpg": return .init(body: [UInt8](repeating: 0xFF, count: 3 << 20))
             case "/huge-chunked.jpg": return .init(body: [UInt8](repeating: 0xFF, count: 3 << 20), chunked: true)
@@ -95,6 +97,104 @@ struct FetcherTests {
         // loop's first hop included).
         if c.path != "/loop-a" { #expect(server.hits(c.path) == c.attempts) }
         #expect(e.isTransient == FailureClass.isTransient(c.code))
+        try await fetcher.shutdown()
+    }
+
+    @Test func theItemDeadlineBoundsAllAttemptsTogether() async throws {
+        let server = try Self.server()
+        defer { server.shutdown() }
+        // 1 s per attempt, 3 attempts: 3 s and more without a deadline; the item gets 1.5 s.
+        let fetcher = Self.fetcher { $0.requestTimeout = .seconds(1); $0.itemDeadline = .milliseconds(1500) }
+        let clock = ContinuousClock()
+        let started = clock.now
+        let result = await fetcher.fetch(server.url("/hang.jpg"))
+        let elapsed = clock.now - started
+        guard case .failure(let e) = result else {
+            Issue.record("a server that never answers cannot succeed")
+            return
+        }
+        #expect(e.code == "timeout", "\(e)")
+        #expect(e.attempts == 2, "attempt 1 times out at 1 s, attempt 2 is cut at 1.5 s: \(e)")
+        #expect(e.message.contains("item deadline of 1.5 s") && e.message.contains("2 attempts"), "\(e.message)")
+        #expect(e.isTransient)
+        #expect(server.hits("/hang.jpg") == 2)
+        #expect(elapsed >= .milliseconds(1400) && elapsed < .milliseconds(2500), "took \(elapsed)")
+        try await fetcher.shutdown()
+    }
+
+    @Test func anAttemptLongerThanTheDeadlineIsCutAtIt() async throws {
+        let server = try Self.server()
+        defer { server.shutdown() }
+        let fetcher = Self.fetcher { $0.requestTimeout = .seconds(10); $0.itemDeadline = .seconds(1) }
+        let clock = ContinuousClock()
+        let started = clock.now
+        let result = await fetcher.fetch(server.url("/hang.jpg"))
+        let elapsed = clock.now - started
+        guard case .failure(let e) = result else {
+            Issue.record("a server that never answers cannot succeed")
+            return
+        }
+        #expect(e.code == "timeout")
+        #expect(e.attempts == 1)
+        #expect(e.message.contains("item deadline of 1 s") && e.message.contains("cut at the deadline"), "\(e.message)")
+        #expect(elapsed >= .milliseconds(950) && elapsed < .milliseconds(2000), "took \(elapsed)")
+        // The fetcher is not stuck: the next item is fetched at once.
+        #expect(try await fetcher.fetch(server.url("/ok.jpg")).get().attempts == 1)
+        try await fetcher.shutdown()
+    }
+
+    @Test func noRetryWaitsPastTheDeadline() async throws {
+        let server = try Self.server()
+        defer { server.shutdown() }
+        // Retry-After: 5 with a 1.5 s budget: the retry would start after the deadline.
+        let fetcher = Self.fetcher { $0.itemDeadline = .milliseconds(1500) }
+        let clock = ContinuousClock()
+        let started = clock.now
+        let result = await fetcher.fetch(server.url("/down-for-long.jpg"))
+        let elapsed = clock.now - started
+        guard case .failure(let e) = result else {
+            Issue.record("a 503 cannot succeed")
+            return
+        }
+        #expect(e.code == "http_5xx", "the last attempt's own class: \(e)")
+        #expect(e.httpStatus == 503)
+        #expect(e.attempts == 1)
+        #expect(e.message.contains("not retried: the item deadline of 1.5 s would pass first"), "\(e.message)")
+        #expect(elapsed < .seconds(1), "took \(elapsed)")
+        #expect(server.hits("/down-for-long.jpg") == 1)
+        try await fetcher.shutdown()
+    }
+
+    @Test func theDefaultDeadlineIsSixtySeconds() {
+        #expect(FetchConfiguration().itemDeadline == .seconds(60))
+        #expect(ImageFetcher.seconds(.seconds(60)) == "60 s")
+        #expect(ImageFetcher.seconds(.milliseconds(1500)) == "1.5 s")
+    }
+
+    @Test func hostTimingsNameTheSlowestHost() async throws {
+        let fast = try Self.server()
+        let slow = try Self.server()
+        defer { fast.shutdown(); slow.shutdown() }
+        let fetcher = Self.fetcher { $0.requestTimeout = .seconds(1); $0.maxAttempts = 2 }
+        #expect(fetcher.hostTimings().isEmpty)
+        _ = try await fetcher.fetch(fast.url("/ok.jpg")).get()
+        _ = try await fetcher.fetch(fast.url("/tenth.jpg")).get()
+        _ = try await fetcher.fetch(fast.url("/flaky.jpg")).get()  // 500, then 200: 2 requests
+        guard case .failure = await fetcher.fetch(slow.url("/slow.jpg")) else {
+            Issue.record("/slow.jpg answers after 3 s, past the 1 s timeout")
+            return
+        }
+        _ = await fetcher.fetch(Self.jpeg)  // a file: not a host
+        let timings = fetcher.hostTimings()
+        #expect(timings.map(\.host) == ["127.0.0.1:\(slow.port)", "127.0.0.1:\(fast.port)"], "slowest first")
+        let s = try #require(timings.first)
+        #expect(s.requests == 2 && s.timeouts == 2)
+        #expect(s.maxSeconds >= 0.9 && s.maxSeconds < 2, "\(s)")
+        #expect(s.totalSeconds >= 1.8 && s.totalSeconds >= s.maxSeconds)
+        let f = try #require(timings.last)
+        #expect(f.requests == 4 && f.timeouts == 0)
+        #expect(f.maxSeconds >= 0.14 && f.maxSeconds < 1, "/tenth.jpg takes 150 ms: \(f)")
+        #expect(abs(f.meanSeconds - f.totalSeconds / 4) < 1e-9)
         try await fetcher.shutdown()
     }
 
