@@ -108,6 +108,15 @@ public enum SummaryText {
         let st = s.stageSeconds
         out += String(format: "  %.1f s, %.1f images/s; busy seconds: fetch %.1f, decode %.1f, model %.1f, write %.1f; model busy %.0f%%\n",
                       s.seconds, s.imagesPerSecond, st.fetch, st.decode, st.infer, st.write, s.modelBusy * 100)
+        if c.decoderWarnings > 0 {
+            out += "  \(c.decoderWarnings) images decoded with a harmless decoder warning (e.g. junk bytes before a JPEG marker)\n"
+        }
+        if let slow = s.slowestHosts.first, slow.totalSeconds > 0 {
+            out += "  slowest hosts: " + s.slowestHosts.prefix(3).map {
+                String(format: "%@ %.1f s in %d requests (max %.1f s, %d timeouts)", $0.host as NSString, $0.totalSeconds,
+                       $0.requests, $0.maxSeconds, $0.timeouts)
+            }.joined(separator: "; ") + "\n"
+        }
         if let failuresPath, c.failed + c.badRows > 0 { out += "  failures written to \(failuresPath)\n" }
         if let job = s.job {
             out += "  job \(job), worker \(s.worker ?? "?")"

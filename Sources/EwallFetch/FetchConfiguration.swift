@@ -33,6 +33,10 @@ public struct FetchConfiguration: Sendable, Hashable {
     public var maxRedirects: Int
     /// Sent with every request.
     public var userAgent: String
+    /// Where hosts' pauses (HTTP 429 with `Retry-After`) are shared with other processes, so a
+    /// pause one worker is asked for holds for every worker on every machine (`nil`: this
+    /// process only). The shared job's workers share them through the PostgreSQL store.
+    public var sharedPauses: SharedHostPauses?
     /// Whether `file://` URLs and plain paths may be read (the batch job: yes; a server taking
     /// URLs from callers: no).
     public var allowFiles: Bool
@@ -106,4 +110,25 @@ public struct FetchedImage: Sendable {
     /// 200 for HTTP, `nil` for files.
     public var httpStatus: Int?
     public var attempts: Int
+}
+
+/// A board where processes post the pauses hosts ask for (429 + `Retry-After`) and read the
+/// pauses in force. Implementations must never throw or hang a fetch: a board that cannot be
+/// reached is a board with no pauses.
+public protocol HostPauseBoard: Sendable {
+    /// Tells every process that `host` asked for no requests for `seconds`.
+    func publish(host: String, seconds: Double) async
+    /// The pauses in force now: host -> seconds left.
+    func current() async -> [String: Double]
+}
+
+/// A ``HostPauseBoard`` as a configuration value (configurations compare by the board's identity).
+public struct SharedHostPauses: Sendable, Hashable {
+    public let board: any HostPauseBoard
+    private let id = UUID()
+
+    public init(_ board: any HostPauseBoard) { self.board = board }
+
+    public static func == (a: SharedHostPauses, b: SharedHostPauses) -> Bool { a.id == b.id }
+    public func hash(into hasher: inout Hasher) { hasher.combine(id) }
 }

@@ -29,6 +29,8 @@ public final class ImageFetcher: Sendable {
     private let limiter: HostLimiter
     private let logger: Logger
     private let timings = HostTimings()
+    /// Reads ``FetchConfiguration/sharedPauses`` every 250 ms into the host limiter.
+    private let pausePoller: Task<Void, Never>?
 
     /// The class of a fetch that was cancelled (the job is stopping); such items are not
     /// recorded as failures.
@@ -51,7 +53,18 @@ public final class ImageFetcher: Sendable {
             decompression: .disabled)
         http.httpVersion = .automatic
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
-        limiter = HostLimiter(limit: configuration.perHostLimit)
+        let limiter = HostLimiter(limit: configuration.perHostLimit)
+        self.limiter = limiter
+        pausePoller = configuration.sharedPauses.map(\.board).map { board in
+            Task {
+                while !Task.isCancelled {
+                    for (host, left) in await board.current() where left > 0 {
+                        await limiter.pause(host, until: .now + .milliseconds(Int(left * 1000)))
+                    }
+                    try? await Task.sleep(for: .milliseconds(250))
+                }
+            }
+        }
     }
 
     /// How each host has answered so far, slowest first (by total seconds): requests, total
@@ -62,6 +75,7 @@ public final class ImageFetcher: Sendable {
 
     /// Closes the connection pool.
     public func shutdown() async throws {
+        pausePoller?.cancel()
         try await client.shutdown()
     }
 
@@ -148,7 +162,10 @@ public final class ImageFetcher: Sendable {
                 let delay = retryAfter.map { min($0, configuration.maxRetryAfter) }
                     ?? configuration.backoff(retry: attempt)
                 // The whole host waits, not only this request (even if this item gives up now).
-                if retryAfter != nil { await limiter.pause(host, until: .now + delay) }
+                if retryAfter != nil {
+                    await limiter.pause(host, until: .now + delay)
+                    if let board = configuration.sharedPauses?.board { await board.publish(host: host, seconds: delay.inSeconds) }
+                }
                 if ContinuousClock.now + delay >= itemDeadline {
                     return .failure(deadlineError(error, attempts: attempt, cut: false))
                 }

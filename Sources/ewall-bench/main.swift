@@ -3,6 +3,7 @@
 //
 //   ewall-bench --model models/resnet50.pt --images data/samples/bench --iterations 6
 //   ewall-bench index load|search ...   (bench/index_bench.py; see IndexBench.swift)
+//   ewall-bench queue --db postgres://... --items N --workers W [--vectors]   (bench/queue_bench.py; QueueBench.swift)
 //   ewall-bench classify score|calibrate ...   (bench/classify_bench.py; see ClassifyBench.swift)
 //   ewall-bench embedder --model M --images DIR --count N   (bench/serve_bench.py): ImageEmbedder's
 //       own throughput, bytes in memory -> decode -> batches of 32 -> vectors; prints {images_per_s}
@@ -11,6 +12,10 @@ import Foundation
 
 if CommandLine.arguments.dropFirst().first == "index" {
     try await IndexBench.run(Array(CommandLine.arguments.dropFirst(2)))
+    exit(0)
+}
+if CommandLine.arguments.dropFirst().first == "queue" {
+    try await QueueBench.run(Array(CommandLine.arguments.dropFirst(2)))
     exit(0)
 }
 if CommandLine.arguments.dropFirst().first == "classify" {

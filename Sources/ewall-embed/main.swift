@@ -80,6 +80,9 @@ struct EwallEmbed: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds to establish a connection.")
     var connectTimeout: Double = 5
 
+    @Option(name: .long, help: "Seconds one item may take in all, retries included (a stalled host cannot hold the job).")
+    var itemDeadline: Double = 60
+
     @Option(name: .long, help: ArgumentHelp(
         "Seconds to wait for a store that stopped answering before giving up (exit 2).",
         discussion: "While it waits, the progress line says so and why; what was committed stays committed."))
@@ -116,7 +119,7 @@ struct EwallEmbed: AsyncParsableCommand {
         }
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
         guard perHost >= 1 else { throw ValidationError("--per-host must be at least 1") }
-        guard timeout > 0, connectTimeout > 0 else { throw ValidationError("timeouts must be positive") }
+        guard timeout > 0, connectTimeout > 0, itemDeadline > 0 else { throw ValidationError("timeouts must be positive") }
         guard retries >= 0 else { throw ValidationError("--retries must be 0 or more") }
         guard storeWait >= 0 else { throw ValidationError("--store-wait must be 0 or more") }
     }
@@ -139,7 +142,8 @@ struct EwallEmbed: AsyncParsableCommand {
         }
         let fetch = FetchConfiguration(
             perHostLimit: perHost, connectTimeout: .milliseconds(Int(connectTimeout * 1000)),
-            requestTimeout: .milliseconds(Int(timeout * 1000)), maxAttempts: retries + 1, maxBytes: imageFlags.maxBytes)
+            requestTimeout: .milliseconds(Int(timeout * 1000)), maxAttempts: retries + 1, maxBytes: imageFlags.maxBytes,
+            itemDeadline: .milliseconds(Int(itemDeadline * 1000)))
         var jobConfiguration = EmbeddingJobConfiguration(manifestPath: manifest ?? "", fetch: fetch, concurrency: concurrency,
                                                          retryFailed: retryFailed, force: force)
         jobConfiguration.inputRules = input.rules

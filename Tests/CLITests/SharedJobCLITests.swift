@@ -267,6 +267,50 @@ struct SharedJobCLITests {
         #expect(status.status == 2 && status.stderr.contains("no job named 'nope'"))
     }
 
+    @Test("a host's 429 with Retry-After seen by one worker pauses every worker (shared through the store)")
+    func sharedRetryAfter() async throws {
+        let photos = try Fixtures.photos().prefix(8).map { try Fixtures.bytes($0) }
+        final class Log: @unchecked Sendable {
+            let lock = NSLock()
+            var times: [ContinuousClock.Instant] = []
+            var refusedAt: ContinuousClock.Instant?
+        }
+        let log = Log()
+        let server = try TestHTTPServer { req in
+            let n: Int = log.lock.withLock {
+                log.times.append(.now)
+                return log.times.count
+            }
+            if n == 80 {
+                log.lock.withLock { log.refusedAt = .now }
+                return .init(status: 429, headers: [("Retry-After", "3")])
+            }
+            let i = Int(req.path.dropFirst(5).prefix(while: \.isNumber)) ?? 0
+            var bytes = photos[i % photos.count]
+            withUnsafeBytes(of: UInt32(i).littleEndian) { bytes += $0 }
+            return .init(headers: [("Content-Type", "image/jpeg")], body: bytes, delay: .milliseconds(20))
+        }
+        defer { server.shutdown() }
+        let manifest = FileManager.default.temporaryDirectory.appendingPathComponent("busy-\(UUID()).csv").path
+        try (["product_id,image_url"] + (0..<200).map { "p\($0),\(server.url("/img/\($0).jpg"))" })
+            .joined(separator: "\n").write(toFile: manifest, atomically: true, encoding: .utf8)
+        let db = try await PostgresServer.freshDatabase()
+        #expect(try Self.submit(manifest, db, "busy").status == 0)
+        let a = try Self.worker(db, "busy", ["--worker-name", "a"])
+        let b = try Self.worker(db, "busy", ["--worker-name", "b"])
+        let ra = a.wait(), rb = b.wait()
+        #expect(ra.status == 0 && rb.status == 0, "\(ra.stderr.suffix(800)) \(rb.stderr.suffix(800))")
+        let (times, refusedAt) = log.lock.withLock { (log.times, log.refusedAt) }
+        let t0 = try #require(refusedAt, "no request was refused")
+        let s = try await Self.status(db, "busy")
+        #expect(s.workers.allSatisfy { $0.items > 0 }, "both workers must have fetched: \(s.workers.map(\.items))")
+        // Requests already in flight may land just after; from 0.8 s to 2.8 s after the 429,
+        // nobody asks the host anything (the pause is 3 s; the others read it within 0.25 s).
+        let inPause = times.filter { $0 > t0 + .milliseconds(800) && $0 < t0 + .milliseconds(2800) }
+        #expect(inPause.isEmpty, "\(inPause.count) requests during the host's pause")
+        try await Self.expectEachItemOnce(db, "busy", items: 200)
+    }
+
     @Test("workers on separate test hosts (network namespaces) reach PostgreSQL and the images over the network",
           .enabled(if: TestHostNetwork.unavailableReason == nil,
                    "network namespaces cannot be made here: \(TestHostNetwork.unavailableReason ?? "")"))

@@ -122,7 +122,8 @@ public final class EmbeddingJob: Sendable {
         }
         ticker.cancel()
         onProgress(stats.progress(estimatedRows: estimated, elapsed: clock.elapsed))
-        let summary = makeSummary(stats: stats, wall: clock.elapsed, error: systemic.map(Self.systemicFailure))
+        let summary = makeSummary(stats: stats, wall: clock.elapsed, error: systemic.map(Self.systemicFailure),
+                                  hosts: pipeline.fetcher.hostTimings())
         if let systemic { throw JobAborted(summary: summary, underlying: systemic) }
         return summary
     }
@@ -181,9 +182,9 @@ public final class EmbeddingJob: Sendable {
         }
     }
 
-    private func makeSummary(stats: JobStats, wall: Double, error: SystemicFailure?) -> JobSummary {
+    private func makeSummary(stats: JobStats, wall: Double, error: SystemicFailure?, hosts: [HostTiming]) -> JobSummary {
         JobSummary(stats: stats, source: configuration.manifestPath, store: store.displayName, embedder: embedder, wall: wall,
-                   interrupted: stopFlag.isSet && error == nil, error: error)
+                   interrupted: stopFlag.isSet && error == nil, error: error, hosts: hosts)
     }
 
     func withStore<T: Sendable>(_ what: String, stats: JobStats,

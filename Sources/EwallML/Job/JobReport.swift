@@ -1,4 +1,5 @@
 import EwallCore
+import EwallFetch
 import EwallStore
 import Foundation
 
@@ -44,13 +45,16 @@ public struct JobCounts: Sendable, Codable, Hashable {
     /// Items a shared job's worker processed but did not commit because its lease had been
     /// taken over by another worker (which does them): never written twice.
     public var refused = 0
+    /// Images that decoded with a harmless decoder warning (junk before a JPEG marker, an
+    /// unknown APPn segment...): embedded, and counted here.
+    public var decoderWarnings = 0
 
     /// Items this run has finished with, one way or another.
     public var done: Int { embedded + skipped + skippedFailed + failed + badRows + duplicates }
 
     enum CodingKeys: String, CodingKey {
         case rows, embedded, skipped, failed, duplicates, reused, refused
-        case skippedFailed = "skipped_failed", badRows = "bad_rows"
+        case skippedFailed = "skipped_failed", badRows = "bad_rows", decoderWarnings = "decoder_warnings"
     }
 }
 
@@ -131,9 +135,26 @@ public struct JobSummary: Sendable, Codable {
     /// The shared job this worker ran (`--job`), and the worker's name.
     public var job: String?
     public var worker: String?
+    /// The hosts that took longest in all, slowest first (at most 5).
+    public var slowestHosts: [HostSummary] = []
+
+    /// One host's fetches in a run.
+    public struct HostSummary: Sendable, Codable, Hashable {
+        public var host: String
+        public var requests: Int
+        public var totalSeconds: Double
+        public var maxSeconds: Double
+        public var timeouts: Int
+
+        enum CodingKeys: String, CodingKey {
+            case host, requests, timeouts
+            case totalSeconds = "total_seconds", maxSeconds = "max_seconds"
+        }
+    }
 
     enum CodingKeys: String, CodingKey {
         case manifest, store, precision, counts, seconds, interrupted, error, job, worker
+        case slowestHosts = "slowest_hosts"
         case modelID = "model_id", preprocessing, randomInitModel = "random_init_model"
         case failuresByClass = "failures_by_class", skippedFailedByClass = "skipped_failed_by_class"
         case imagesPerSecond = "images_per_second", stageSeconds = "stage_seconds", modelBusy = "model_busy"
@@ -143,7 +164,7 @@ public struct JobSummary: Sendable, Codable {
 extension JobSummary {
     /// The summary of a run from its counters.
     init(stats: JobStats, source: String, store: String, embedder: ImageEmbedder, wall: Double, interrupted: Bool,
-         error: SystemicFailure?, job: String? = nil, worker: String? = nil) {
+         error: SystemicFailure?, job: String? = nil, worker: String? = nil, hosts: [HostTiming] = []) {
         let (counts, failures, skippedFailures, stages) = stats.snapshot()
         var byClass = failures
         if counts.badRows > 0 { byClass[FailureClass.badRow] = counts.badRows }
@@ -153,7 +174,10 @@ extension JobSummary {
                   skippedFailedByClass: skippedFailures, seconds: wall,
                   imagesPerSecond: Double(counts.embedded) / max(wall, 1e-9), stageSeconds: stages,
                   modelBusy: min(1, stages.infer / max(wall, 1e-9)), interrupted: interrupted, error: error, job: job,
-                  worker: worker)
+                  worker: worker, slowestHosts: hosts.prefix(5).map {
+                      HostSummary(host: $0.host, requests: $0.requests, totalSeconds: $0.totalSeconds, maxSeconds: $0.maxSeconds,
+                                  timeouts: $0.timeouts)
+                  })
     }
 }
 

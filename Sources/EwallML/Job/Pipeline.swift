@@ -177,6 +177,7 @@ final class JobPipeline: Sendable {
             stats.time(\.decode, (ContinuousClock.now - t0).inSeconds)
             switch r {
             case .success(let p):
+                if p.info.decoderWarning?.kind == .harmless { stats.update { $0.decoderWarnings += 1 } }
                 return .ready(item, image, p)
             case .failure(let e):
                 return .failed(item, item.failure(e.code, stage: e.stage.rawValue, e.message, httpStatus: image.httpStatus,

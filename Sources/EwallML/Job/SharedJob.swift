@@ -194,6 +194,8 @@ public final class JobWorker: Sendable {
                                  callTimeout: configuration.storeCallTimeout, logger: logger)
         var fetch = configuration.fetch
         fetch.baseDirectory = fetch.baseDirectory ?? "/"
+        // A host's 429 + Retry-After seen by any worker pauses that host for all of them.
+        fetch.sharedPauses = fetch.sharedPauses ?? SharedHostPauses(StoreHostPauses(queue: queue, worker: name))
         let pipeline = JobPipeline(
             embedder: embedder, store: queue.store, fetcher: ImageFetcher(configuration: fetch, logger: logger), stats: stats,
             stopFlag: stopFlag, concurrency: configuration.concurrency, preparedQueue: configuration.preparedQueue,
@@ -221,7 +223,8 @@ public final class JobWorker: Sendable {
         onProgress(stats.progress(estimatedRows: nil, elapsed: clock.elapsed))
         let summary = JobSummary(stats: stats, source: "job \(job)", store: queue.store.displayName, embedder: embedder,
                                  wall: clock.elapsed, interrupted: stopFlag.isSet && systemic == nil && !leases.cancelled,
-                                 error: systemic.map(EmbeddingJob.systemicFailure), job: job, worker: name)
+                                 error: systemic.map(EmbeddingJob.systemicFailure), job: job, worker: name,
+                                 hosts: pipeline.fetcher.hostTimings())
         if let systemic { throw JobAborted(summary: summary, underlying: systemic) }
         return summary
     }
@@ -355,4 +358,20 @@ final class LeaseBook: @unchecked Sendable {
     }
 
     func isLost(_ lease: ChunkLease) -> Bool { lock.withLock { lost.contains(lease.chunk) && outstanding[lease] == nil } }
+}
+
+/// Host pauses shared through the job's PostgreSQL store (table `ewall_host_pauses`, expiry by
+/// the database's clock). A store that does not answer is a board without pauses: a fetch never
+/// fails or waits because of it.
+struct StoreHostPauses: HostPauseBoard {
+    let queue: PostgresJobQueue
+    let worker: String
+
+    func publish(host: String, seconds: Double) async {
+        try? await queue.pauseHost(host, seconds: seconds, seenBy: worker)
+    }
+
+    func current() async -> [String: Double] {
+        (try? await queue.pausedHosts()) ?? [:]
+    }
 }

@@ -594,39 +594,38 @@ public final class PostgresJobQueue: Sendable {
                     let ids = Set(mine.map(\.productID))
                     try await Self.writeVectors(conn, batch.embeddings.filter { ids.contains($0.productID) }, logger: logger)
                     try await Self.writeLedger(conn, batch.ledger.filter { ids.contains($0.productID) }, logger: logger)
+                    // One statement: the items' states, their chunks' counters (from the rows it
+                    // actually changed) and the worker's count, and every held lease extended.
                     try await conn.query("""
-                        UPDATE ewall_job_items i SET status = u.status, error_class = NULLIF(u.cls, ''),
-                            generation = u.generation, worker = \(worker)
-                        FROM unnest(\(mine.map(\.productID))::text[], \(mine.map(\.status.rawValue))::text[],
-                                    \(mine.map { $0.errorClass ?? "" })::text[], \(mine.map(\.lease.generation))::int8[])
-                             AS u(id, status, cls, generation)
-                        WHERE i.job = \(name) AND i.product_id = u.id AND i.status = 'pending'
+                        WITH u AS (
+                            SELECT * FROM unnest(\(mine.map(\.productID))::text[], \(mine.map(\.status.rawValue))::text[],
+                                                 \(mine.map { $0.errorClass ?? "" })::text[], \(mine.map(\.lease.generation))::int8[])
+                                   AS u(id, status, cls, generation)),
+                        changed AS (
+                            UPDATE ewall_job_items i SET status = u.status, error_class = NULLIF(u.cls, ''),
+                                generation = u.generation, worker = \(worker)
+                            FROM u WHERE i.job = \(name) AND i.product_id = u.id AND i.status = 'pending'
+                            RETURNING i.chunk, i.status),
+                        per AS (
+                            SELECT chunk, COUNT(*) FILTER (WHERE status = 'embedded') AS e,
+                                   COUNT(*) FILTER (WHERE status = 'reused') AS r, COUNT(*) FILTER (WHERE status = 'failed') AS f
+                            FROM changed GROUP BY chunk),
+                        chunks AS (
+                            UPDATE ewall_job_chunks k SET pending = k.pending - (per.e + per.r + per.f)::int4,
+                                embedded = k.embedded + per.e::int4, reused = k.reused + per.r::int4, failed = k.failed + per.f::int4,
+                                lease_until = now() + make_interval(secs => \(seconds))
+                            FROM per WHERE k.job = \(name) AND k.chunk = per.chunk
+                            RETURNING 1)
+                        UPDATE ewall_job_workers SET items = items + (SELECT COUNT(*) FROM changed),
+                            refused = refused + \(Int64(outcomes.count - mine.count)), heartbeat_at = now()
+                        WHERE job = \(name) AND worker = \(worker)
                         """, logger: logger)
-                    var per: [Int: (Int32, Int32, Int32)] = [:]
-                    for o in mine {
-                        var t = per[o.lease.chunk] ?? (0, 0, 0)
-                        switch o.status {
-                        case .embedded: t.0 += 1
-                        case .reused: t.1 += 1
-                        case .failed: t.2 += 1
-                        }
-                        per[o.lease.chunk] = t
-                    }
-                    let chunks = per.keys.sorted()
+                } else {
                     try await conn.query("""
-                        UPDATE ewall_job_chunks k SET pending = k.pending - (u.e + u.r + u.f), embedded = k.embedded + u.e,
-                            reused = k.reused + u.r, failed = k.failed + u.f,
-                            lease_until = now() + make_interval(secs => \(seconds))
-                        FROM unnest(\(chunks.map { Int32($0) })::int4[], \(chunks.map { per[$0]!.0 })::int4[],
-                                    \(chunks.map { per[$0]!.1 })::int4[], \(chunks.map { per[$0]!.2 })::int4[]) AS u(chunk, e, r, f)
-                        WHERE k.job = \(name) AND k.chunk = u.chunk
+                        UPDATE ewall_job_workers SET refused = refused + \(Int64(outcomes.count)), heartbeat_at = now()
+                        WHERE job = \(name) AND worker = \(worker)
                         """, logger: logger)
                 }
-                try await conn.query("""
-                    UPDATE ewall_job_workers SET items = items + \(Int64(mine.count)), refused = refused + \(Int64(outcomes.count - mine.count)),
-                        heartbeat_at = now()
-                    WHERE job = \(name) AND worker = \(worker)
-                    """, logger: logger)
                 return CommitResult(committed: held, refused: refused)
             }
         }
