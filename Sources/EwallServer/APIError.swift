@@ -11,6 +11,8 @@ struct APIError: Error, Sendable {
     var code: String
     var message: String
     var retryAfter: Duration?
+    /// For 405: the methods the path serves (the `Allow` header).
+    var allow: [HTTPRequest.Method] = []
 
     init(_ status: HTTPResponse.Status, _ code: String, _ message: String, retryAfter: Duration? = nil) {
         self.status = status
@@ -34,12 +36,25 @@ struct APIError: Error, Sendable {
 
     static func badRequest(_ message: String) -> APIError { APIError(.badRequest, "invalid_request", message) }
 
+    /// A value that breaks the ``InputRules`` (an id, URL or text field): 400 `invalid_input`.
+    static func invalidInput(_ reason: String) -> APIError { APIError(.badRequest, "invalid_input", reason) }
+
+    /// 405 `method_not_allowed`, with `Allow` listing the methods `path` serves.
+    static func methodNotAllowed(_ method: HTTPRequest.Method, path: String, allow: [HTTPRequest.Method]) -> APIError {
+        var e = APIError(.methodNotAllowed, "method_not_allowed",
+                         "\(method) is not served on \(path); it serves \(allow.map(\.rawValue).joined(separator: ", "))")
+        e.allow = allow
+        return e
+    }
+
     func response() -> Response {
         var headers: HTTPFields = [.contentType: "application/json; charset=utf-8"]
-        if let retryAfter {
+        // Every 503 says when to retry (the OpenAPI document requires it).
+        if let retryAfter = retryAfter ?? (status == .serviceUnavailable ? .seconds(1) : nil) {
             let seconds = max(1, Int(retryAfter.inSeconds.rounded(.up)))
             headers[.retryAfter] = String(seconds)
         }
+        if !allow.isEmpty { headers[.allow] = allow.map(\.rawValue).joined(separator: ", ") }
         let body = try! JSONSerialization.data(withJSONObject: ["error": ["code": code, "message": message]],
                                                options: [.sortedKeys, .withoutEscapingSlashes])
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
@@ -47,7 +62,7 @@ struct APIError: Error, Sendable {
 
     /// The codes this server can answer with, by status (for the OpenAPI document and its test).
     static let codes: [String: [String]] = [
-        "400": ["invalid_request", "invalid_url"],
+        "400": ["invalid_request", "invalid_input", "invalid_url"],
         "403": ["forbidden"],
         "404": ["unknown_product", "no_vector", "route_not_found"],
         "405": ["method_not_allowed"],
@@ -61,9 +76,12 @@ struct APIError: Error, Sendable {
     ]
 }
 
-/// Turns every error a handler throws into the JSON error shape, and unknown routes into
-/// `route_not_found`.
+/// Turns every error a handler throws into the JSON error shape, unknown routes into
+/// `route_not_found`, and a method a known path does not serve into 405 `method_not_allowed`
+/// with `Allow` (Hummingbird's router answers both with 404).
 struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    let routes: RouteTable
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
@@ -74,6 +92,10 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch let e as any HTTPResponseError {
             switch e.status {
             case .notFound:
+                let allow = routes.methods(serving: request.uri.path)
+                if !allow.isEmpty && !allow.contains(request.method) {
+                    return APIError.methodNotAllowed(request.method, path: request.uri.path, allow: allow).response()
+                }
                 return APIError(.notFound, "route_not_found", "no route \(request.method) \(request.uri.path)").response()
             case .contentTooLarge:
                 return APIError(.contentTooLarge, "body_too_large", "the request body is larger than the server accepts").response()
@@ -88,5 +110,33 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             context.logger.error("unhandled error on \(request.method) \(request.uri.path): \(error)")
             return APIError(.internalServerError, "internal", "internal error").response()
         }
+    }
+}
+
+/// The served routes' methods by path pattern, to say which methods a path serves.
+struct RouteTable: Sendable {
+    private let routes: [(segments: [Substring], method: HTTPRequest.Method)]
+
+    init(_ routes: [(path: String, method: HTTPRequest.Method)]) {
+        self.routes = routes.map { (Self.segments($0.path), $0.method) }
+    }
+
+    /// The methods served on `path` (a request path; `{name}` in a pattern matches any one
+    /// segment), in a stable order; empty when no route has that path.
+    func methods(serving path: String) -> [HTTPRequest.Method] {
+        let segments = Self.segments(path)
+        var methods: [HTTPRequest.Method] = []
+        for r in routes where r.segments.count == segments.count && !methods.contains(r.method) {
+            let matches = zip(r.segments, segments).allSatisfy { pattern, segment in
+                (pattern.first == "{" && pattern.last == "}") || pattern == segment
+            }
+            if matches { methods.append(r.method) }
+        }
+        return methods.sorted { $0.rawValue < $1.rawValue }
+    }
+
+    private static func segments(_ path: String) -> [Substring] {
+        let end = path.firstIndex(where: { $0 == "?" || $0 == "#" }) ?? path.endIndex
+        return path[..<end].split(separator: "/")
     }
 }

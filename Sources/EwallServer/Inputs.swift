@@ -23,6 +23,22 @@ struct RequestBody: Decodable, Sendable {
         case excludeProductID = "exclude_product_id", k, minSimilarity = "min_similarity", anyCategory = "any_category"
         case includeOutOfStock = "include_out_of_stock"
     }
+
+    /// Every id, URL and text field present, checked against `rules`: the first that breaks
+    /// one is 400 `invalid_input` with the reason. Fields a route ignores are checked too, so
+    /// one body is valid or not whatever the route.
+    func check(_ rules: InputRules) throws(APIError) {
+        let fields: [(String?, InputRules.Field, String)] = [
+            (productID, .productID, "product_id"), (excludeProductID, .productID, "exclude_product_id"),
+            (imageURL, .imageURL, "image_url"), (title, .title, "title"), (brand, .brand, "brand"),
+            (category, .category, "category"),
+        ]
+        for case (let value?, let field, let name) in fields {
+            guard let reason = rules.problem(value, as: field) else { continue }
+            // The reason names the rule's field; say which of the body's it was when they differ.
+            throw APIError.invalidInput(name == field.rawValue ? reason : "\(name): \(reason)")
+        }
+    }
 }
 
 /// A POST body read as JSON, or as raw image bytes (`Content-Type: image/*` or
@@ -31,18 +47,19 @@ struct PostInput: Sendable {
     var body: RequestBody
     var image: ImageSource?
 
-    static func read(_ request: Request, maxBytes: Int) async throws -> PostInput {
+    static func read(_ request: Request, maxBytes: Int, rules: InputRules) async throws -> PostInput {
         var request = request
         let type = request.headers[.contentType]?.lowercased() ?? ""
         let buffer = try await request.collectBody(upTo: maxBytes)
         if type.hasPrefix("image/") || type.hasPrefix("application/octet-stream") {
             var body = RequestBody()
-            let q = request.uri.queryParameters
-            body.productID = q["product_id"].map(String.init)
-            body.title = q["title"].map(String.init)
-            body.brand = q["brand"].map(String.init)
-            body.category = q["category"].map(String.init)
-            body.excludeProductID = q["exclude_product_id"].map(String.init)
+            let q = try QueryParameters(request.uri.query)
+            body.productID = q["product_id"]
+            body.title = q["title"]
+            body.brand = q["brand"]
+            body.category = q["category"]
+            body.excludeProductID = q["exclude_product_id"]
+            try body.check(rules)
             let bytes = [UInt8](buffer: buffer)
             guard !bytes.isEmpty else { throw APIError.badRequest("the request body (the image) is empty") }
             return PostInput(body: body, image: .bytes(bytes))
@@ -54,12 +71,16 @@ struct PostInput: Sendable {
             throw APIError(.unsupportedMediaType, "unsupported_media_type",
                            "send application/json, or the image itself as image/* or application/octet-stream")
         }
+        if let problem = InputRules.utf8Problem(buffer.readableBytesView) {
+            throw APIError.badRequest("the JSON body \(problem)")
+        }
         let body: RequestBody
         do {
             body = try JSONDecoder().decode(RequestBody.self, from: buffer)
         } catch {
             throw APIError.badRequest("the body is not valid JSON for this route: \(Self.describe(error))")
         }
+        try body.check(rules)
         if body.imageURL != nil && body.imageBase64 != nil {
             throw APIError.badRequest("give image_url or image_base64, not both")
         }
@@ -87,34 +108,108 @@ struct PostInput: Sendable {
     }
 }
 
+/// Text that arrives percent-encoded in a URL (a path segment, a query name or value),
+/// decoded once and strictly: nothing is guessed, replaced or decoded twice.
+enum PercentEncoding {
+    /// `raw` decoded. A `%` not followed by two hex digits is 400 `invalid_request`; bytes
+    /// that are not UTF-8 once decoded are 400 `invalid_input`; both say where. `what` names
+    /// the value in the reason ("product_id", "the query parameter k").
+    static func decode(_ raw: Substring, what: String) throws(APIError) -> String {
+        guard raw.utf8.contains(UInt8(ascii: "%")) else { return String(raw) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(raw.utf8.count)
+        var i = raw.utf8.startIndex
+        let end = raw.utf8.endIndex
+        var offset = 0
+        while i < end {
+            let byte = raw.utf8[i]
+            guard byte == UInt8(ascii: "%") else {
+                bytes.append(byte)
+                i = raw.utf8.index(after: i)
+                offset += 1
+                continue
+            }
+            let h = raw.utf8.index(after: i)
+            let l = h < end ? raw.utf8.index(after: h) : end
+            guard h < end, l < end, let high = hexValue(raw.utf8[h]), let low = hexValue(raw.utf8[l]) else {
+                let escape = String(decoding: raw.utf8[i...].prefix(3), as: UTF8.self)
+                throw APIError.badRequest("\(what) has a malformed percent-escape '\(escape)' at character \(offset + 1): "
+                                          + "a % must be followed by two hex digits (send a literal % as %25)")
+            }
+            bytes.append(high << 4 | low)
+            i = raw.utf8.index(after: l)
+            offset += 3
+        }
+        if let problem = InputRules.utf8Problem(bytes) {
+            throw APIError.invalidInput("\(what), percent-decoded, \(problem)")
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+}
+
+/// A query string, every name and value percent-decoded strictly (``PercentEncoding``); the
+/// first of repeated names wins. `+` stays `+` (RFC 3986 queries, not HTML forms).
+struct QueryParameters: Sendable {
+    private var values: [String: String] = [:]
+
+    init(_ query: String?) throws(APIError) {
+        guard let query, !query.isEmpty else { return }
+        for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = try PercentEncoding.decode(parts[0], what: "a query parameter name")
+            let value = parts.count > 1 ? try PercentEncoding.decode(parts[1], what: "the query parameter \(name)") : ""
+            if values[name] == nil { values[name] = value }
+        }
+    }
+
+    subscript(name: String) -> String? { values[name] }
+}
+
 /// The similar-products parameters, from query parameters or a JSON body, validated.
 enum SimilarParameters {
-    static func query(_ q: FlatDictionary<Substring, Substring>, body: RequestBody? = nil) throws -> SimilarQuery {
-        func int(_ name: String) throws -> Int? {
-            guard let v = q[Substring(name)] else { return nil }
+    /// The bounds and defaults the routes accept, and the OpenAPI document states.
+    static let kRange = 1...1000
+    static let minSimilarityRange = 0.0...1.0
+    static let defaults = SimilarQuery()
+
+    static func query(_ q: QueryParameters, body: RequestBody? = nil) throws -> SimilarQuery {
+        func int(_ name: String) throws(APIError) -> Int? {
+            guard let v = q[name] else { return nil }
             guard let i = Int(v) else { throw APIError.badRequest("\(name) must be an integer, not '\(v)'") }
             return i
         }
-        func double(_ name: String) throws -> Double? {
-            guard let v = q[Substring(name)] else { return nil }
+        func double(_ name: String) throws(APIError) -> Double? {
+            guard let v = q[name] else { return nil }
             guard let d = Double(v), d.isFinite else { throw APIError.badRequest("\(name) must be a number, not '\(v)'") }
             return d
         }
-        func bool(_ name: String) throws -> Bool? {
-            guard let v = q[Substring(name)] else { return nil }
+        func bool(_ name: String) throws(APIError) -> Bool? {
+            guard let v = q[name] else { return nil }
             switch v.lowercased() {
             case "", "1", "true", "yes": return true
             case "0", "false", "no": return false
             default: throw APIError.badRequest("\(name) must be true or false, not '\(v)'")
             }
         }
-        let k = try body?.k ?? int("k") ?? 10
-        let minSimilarity = try body?.minSimilarity ?? double("min_similarity") ?? 0.5
-        let anyCategory = try body?.anyCategory ?? bool("any_category") ?? false
-        let includeOutOfStock = try body?.includeOutOfStock ?? bool("include_out_of_stock") ?? false
-        guard (1...1000).contains(k) else { throw APIError.badRequest("k must be 1...1000, not \(k)") }
-        guard (0...1).contains(minSimilarity) else {
-            throw APIError.badRequest("min_similarity must be between 0 and 1, not \(minSimilarity)")
+        let k = try body?.k ?? int("k") ?? defaults.k
+        let minSimilarity = try body?.minSimilarity ?? double("min_similarity") ?? defaults.minSimilarity
+        let anyCategory = try body?.anyCategory ?? bool("any_category") ?? !defaults.sameCategory
+        let includeOutOfStock = try body?.includeOutOfStock ?? bool("include_out_of_stock") ?? !defaults.inStockOnly
+        guard kRange.contains(k) else {
+            throw APIError.badRequest("k must be \(kRange.lowerBound)...\(kRange.upperBound), not \(k)")
+        }
+        guard minSimilarityRange.contains(minSimilarity) else {
+            throw APIError.badRequest("min_similarity must be between \(minSimilarityRange.lowerBound) and "
+                                      + "\(minSimilarityRange.upperBound), not \(minSimilarity)")
         }
         return SimilarQuery(k: k, minSimilarity: minSimilarity, sameCategory: !anyCategory, inStockOnly: !includeOutOfStock)
     }

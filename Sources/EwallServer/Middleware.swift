@@ -25,37 +25,45 @@ struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
 }
 
 /// Refuses API requests beyond `limit` in progress with 503 `overloaded` and Retry-After, so
-/// a flood queues nowhere unbounded. Health, readiness and metrics always pass.
+/// a flood queues nowhere unbounded. Health, readiness, metrics and the OpenAPI document
+/// always pass.
 struct InFlightLimit<Context: RequestContext>: RouterMiddleware {
     let limit: Int
-    private let counter = InFlightCounter()
+    private let counter = BoundedCounter()
 
     init(limit: Int) { self.limit = limit }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
-        if path == "/healthz" || path == "/readyz" || path == "/metrics" { return try await next(request, context) }
-        guard counter.enter(limit: limit) else {
+        if path == "/healthz" || path == "/readyz" || path == "/metrics" || path == "/openapi.json" {
+            return try await next(request, context)
+        }
+        guard counter.enter(limit: limit) != nil else {
             throw APIError(.serviceUnavailable, "overloaded", "more than \(limit) requests are in progress; retry later",
                            retryAfter: .seconds(1))
         }
-        defer { counter.leave() }
+        defer { _ = counter.leave() }
         return try await next(request, context)
     }
 }
 
+/// A count with a ceiling, shared across tasks and event loops: requests in progress,
+/// connections open.
+///
 /// Safe because: `count` is only touched under `lock`.
-final class InFlightCounter: @unchecked Sendable {
+final class BoundedCounter: @unchecked Sendable {
     private let lock = NSLock()
     private var count = 0
 
-    func enter(limit: Int) -> Bool {
+    /// Counts one more unless `limit` are counted already; the count after, or `nil`.
+    func enter(limit: Int) -> Int? {
         lock.withLock {
-            guard count < limit else { return false }
+            guard count < limit else { return nil }
             count += 1
-            return true
+            return count
         }
     }
 
-    func leave() { lock.withLock { count -= 1 } }
+    /// Counts one fewer; the count after.
+    func leave() -> Int { lock.withLock { count -= 1; return count } }
 }

@@ -1,98 +1,178 @@
+import EwallML
 import Foundation
 import HTTPTypes
+
+/// The operations the server serves; ``API`` dispatches on this, the document names them.
+enum Operation: String, Sendable, CaseIterable {
+    case similarByProduct, similarByImage, classify, embed, healthz, readyz, metrics, openapi, reloadIndex
+}
 
 /// One route: how it is registered and how the OpenAPI document describes it.
 struct RouteSpec {
     var method: HTTPRequest.Method
     var path: String
-    var operationID: String
+    var operation: Operation
     var summary: String
     /// Subject to the request time limit (API routes; not health, readiness or metrics).
     var timed: Bool
     var parameters: [[String: Any]] = []
-    /// The request body's schema name in `components`, when it takes one.
+    /// The JSON request body's schema name in `components` (the route also takes the image
+    /// itself as `image/*` or `application/octet-stream`), when it takes a body.
     var body: String?
-    /// Status -> (description, schema name in `components`, or `nil` for the error shape or text).
+    /// Status -> (description, schema name in `components`, or `nil` for the error shape).
     var responses: [String: (String, String?)]
+}
+
+/// The limits the document states, as the running server applies them.
+struct DocumentedLimits {
+    var maxBodyBytes: Int
+    var maxImageBytes: Int
+    var maxImagePixels: Int
+    /// The decoder's smallest side (``ImageLimits/minSide``; the service keeps the default).
+    var minImageSide: Int
+    var rules: InputRules
+
+    init(server: ServerConfiguration = ServerConfiguration(), limits: EwallConfiguration.Limits = .init(),
+         rules: InputRules = InputRules()) {
+        maxBodyBytes = server.maxBodyBytes
+        maxImageBytes = limits.maxImageBytes
+        maxImagePixels = limits.maxImagePixels
+        minImageSide = ImageLimits().minSide
+        self.rules = rules
+    }
+
+    var image: String {
+        "JPEG, PNG or WebP; at most \(maxImageBytes) bytes and \(maxImagePixels) pixels, at least \(minImageSide) px "
+            + "on each side: a smaller image (a 1x1 tracking pixel, a placeholder) is refused with 422 too_small, "
+            + "as its vector would carry nothing"
+    }
+
+    var id: String {
+        "at most \(rules.maxIDBytes) UTF-8 bytes, not empty, no control characters (else 400 invalid_input)"
+    }
+
+    var text: String {
+        "at most \(rules.maxTextBytes) UTF-8 bytes, no control characters but tab, LF and CR (else 400 invalid_input)"
+    }
 }
 
 extension API {
     /// Every route the server serves.
-    static func routes(adminRoutes: Bool) -> [RouteSpec] {
+    static func routes(adminRoutes: Bool, limits: DocumentedLimits = DocumentedLimits()) -> [RouteSpec] {
+        let k = SimilarParameters.kRange, minSimilarity = SimilarParameters.minSimilarityRange
+        let defaults = SimilarParameters.defaults
         let similarParams: [[String: Any]] = [
-            query("k", "integer", "Results wanted, 1...1000 (default 10)."),
-            query("min_similarity", "number", "Keep results with similarity 1/(1+L2) at least this (default 0.5)."),
-            query("any_category", "boolean", "Do not restrict results to the query's category (default false)."),
-            query("include_out_of_stock", "boolean", "Include out-of-stock products (default false)."),
+            query("k", ["type": "integer", "minimum": k.lowerBound, "maximum": k.upperBound, "default": defaults.k],
+                  "Results wanted, \(k.lowerBound)...\(k.upperBound) (default \(defaults.k))."),
+            query("min_similarity", ["type": "number", "minimum": minSimilarity.lowerBound,
+                                     "maximum": minSimilarity.upperBound, "default": defaults.minSimilarity],
+                  "Keep results with similarity 1/(1+L2) at least this, \(minSimilarity.lowerBound)..."
+                  + "\(minSimilarity.upperBound) (default \(defaults.minSimilarity))."),
+            query("any_category", ["type": "boolean", "default": !defaults.sameCategory],
+                  "Do not restrict results to the query's category (default \(!defaults.sameCategory))."),
+            query("include_out_of_stock", ["type": "boolean", "default": !defaults.inStockOnly],
+                  "Include out-of-stock products (default \(!defaults.inStockOnly))."),
         ]
+        let bad400 = "Malformed request (invalid_request: not the JSON this route takes, a parameter out of its bounds, "
+            + "a malformed %-escape, no image), a value that breaks the input rules (invalid_input: a control character, "
+            + "too long, not UTF-8), or an unusable image URL (invalid_url)."
+        let overloaded503 = "Overloaded or timed out (Retry-After says when to retry), or a part is unavailable "
+            + "(index_unavailable, model_mismatch, store_unavailable, shutting_down)."
         let imageErrors: [String: (String, String?)] = [
-            "400": ("Malformed request (invalid_request, invalid_url).", nil),
-            "413": ("Body above the size limit (body_too_large).", nil),
+            "400": (bad400, nil),
+            "413": ("The body is larger than \(limits.maxBodyBytes) bytes (body_too_large).", nil),
             "415": ("Neither JSON nor an image body (unsupported_media_type).", nil),
-            "422": ("The image or its URL cannot be used (blocked_url, fetch_failed, unreadable, too_many_pixels, ...).", nil),
-            "503": ("Overloaded (Retry-After), timed out, or a part is unavailable.", nil),
+            "422": ("The image or its URL cannot be used: blocked_url, fetch_failed, not_an_image, unsupported_format, "
+                    + "truncated, corrupt, too_many_pixels, too_small (a side under \(limits.minImageSide) px), "
+                    + "too_large, unreadable.", nil),
+            "503": (overloaded503, nil),
+        ]
+        let productID: [String: Any] = [
+            "name": "product_id", "in": "path", "required": true, "schema": ["type": "string", "minLength": 1],
+            "description": "The product's id, percent-encoded (RFC 3986) as one path segment: a space is %20, a / is "
+                + "%2F, Hangul is its UTF-8 bytes (%EB%8D%B0...). Decoded once; \(limits.id). A % not followed by two "
+                + "hex digits is 400 invalid_request.",
         ]
         var routes: [RouteSpec] = [
-            RouteSpec(method: .get, path: "/api/recommendations/similar/{product_id}", operationID: "similarByProduct",
+            RouteSpec(method: .get, path: "/api/recommendations/similar/{product_id}", operation: .similarByProduct,
                       summary: "Products similar to a stored product (its stored vector; itself excluded).", timed: true,
-                      parameters: [["name": "product_id", "in": "path", "required": true, "schema": ["type": "string"]]]
-                        + similarParams,
+                      parameters: [productID] + similarParams,
                       responses: ["200": ("Similar products.", "SimilarResponse"),
-                                  "400": ("A bad parameter (invalid_request).", nil),
+                                  "400": (bad400, nil),
                                   "404": ("Unknown product (unknown_product) or no vector (no_vector).", nil),
-                                  "503": ("No index loaded, overloaded or timed out.", nil)]),
-            RouteSpec(method: .post, path: "/api/recommendations/similar", operationID: "similarByImage",
+                                  "503": (overloaded503, nil)]),
+            RouteSpec(method: .post, path: "/api/recommendations/similar", operation: .similarByImage,
                       summary: "Products similar to an image (URL or bytes), embedded on the fly.", timed: true,
-                      parameters: similarParams, body: "ImageRequest",
+                      parameters: similarParams + [
+                        query("category", ["type": "string"], "With an image body: the same-category rule's category "
+                              + "(in JSON: the body's field); \(limits.text)."),
+                        query("exclude_product_id", ["type": "string"], "With an image body: a product never "
+                              + "returned (in JSON: the body's field); \(limits.id)."),
+                      ],
+                      body: "SimilarImageRequest",
                       responses: imageErrors.merging(["200": ("Similar products.", "SimilarResponse")]) { a, _ in a }),
-            RouteSpec(method: .post, path: "/api/recommendations/classify", operationID: "classify",
+            RouteSpec(method: .post, path: "/api/recommendations/classify", operation: .classify,
                       summary: "The category of a stored product (product_id), or of a title and/or an image.", timed: true,
-                      body: "ImageRequest",
+                      parameters: [
+                        query("title", ["type": "string"], "With an image body: the product's title (in JSON: the "
+                              + "body's field); \(limits.text)."),
+                        query("brand", ["type": "string"], "With an image body: the brand; \(limits.text)."),
+                      ],
+                      body: "ClassifyRequest",
                       responses: imageErrors.merging(["200": ("The category and why.", "ClassifyResponse"),
                                                       "404": ("Unknown product (unknown_product).", nil)]) { a, _ in a }),
-            RouteSpec(method: .post, path: "/api/embeddings", operationID: "embed",
+            RouteSpec(method: .post, path: "/api/embeddings", operation: .embed,
                       summary: "The L2-normalised vector of an image (URL or bytes) and the model that made it.", timed: true,
-                      body: "ImageRequest",
+                      body: "EmbedRequest",
                       responses: imageErrors.merging(["200": ("The vector.", "EmbeddingResponse")]) { a, _ in a }),
-            RouteSpec(method: .get, path: "/healthz", operationID: "healthz", summary: "The process is alive.", timed: false,
+            RouteSpec(method: .get, path: "/healthz", operation: .healthz, summary: "The process is alive.", timed: false,
                       responses: ["200": ("Alive.", "Health")]),
-            RouteSpec(method: .get, path: "/readyz", operationID: "readyz",
+            RouteSpec(method: .get, path: "/readyz", operation: .readyz,
                       summary: "Model, store and index loaded and consistent.", timed: false,
                       responses: ["200": ("Ready.", "Readiness"), "503": ("Not ready; problems says why.", "Readiness")]),
-            RouteSpec(method: .get, path: "/metrics", operationID: "metrics",
-                      summary: "Prometheus metrics: requests, latencies, batch sizes, queue depth, index size and age.",
+            RouteSpec(method: .get, path: "/metrics", operation: .metrics,
+                      summary: "Prometheus metrics: requests, latencies, batch sizes, queue depth, index size and age, "
+                        + "connections open, refused and timed out.",
                       timed: false, responses: ["200": ("Prometheus text format 0.0.4.", "Text")]),
-            RouteSpec(method: .get, path: "/openapi.json", operationID: "openapi", summary: "This document.", timed: false,
+            RouteSpec(method: .get, path: "/openapi.json", operation: .openapi, summary: "This document.", timed: false,
                       responses: ["200": ("OpenAPI 3.1.", "Document")]),
         ]
         if adminRoutes {
             routes.append(RouteSpec(
-                method: .post, path: "/admin/reload-index", operationID: "reloadIndex",
+                method: .post, path: "/admin/reload-index", operation: .reloadIndex,
                 summary: "Reload the index folder now and swap it in atomically (callers on loopback only).", timed: true,
                 responses: ["200": ("Reloaded.", "Reload"), "403": ("Not from loopback (forbidden).", nil),
-                            "503": ("The folder holds no loadable index; the previous one stays (index_unavailable).", nil)]))
+                            "503": ("The folder holds no loadable index; the previous one stays (index_unavailable); "
+                                    + "or overloaded or timed out.", nil)]))
         }
         return routes
     }
 
-    private static func query(_ name: String, _ type: String, _ description: String) -> [String: Any] {
-        ["name": name, "in": "query", "required": false, "description": description, "schema": ["type": type]]
+    private static func query(_ name: String, _ schema: [String: Any], _ description: String) -> [String: Any] {
+        ["name": name, "in": "query", "required": false, "description": description, "schema": schema]
     }
 }
 
 /// The OpenAPI 3.1 document, generated from the same ``RouteSpec`` list the router registers.
 enum OpenAPIDocument {
-    static func make(routes: [RouteSpec]) -> [String: Any] {
+    static func make(routes: [RouteSpec], limits: DocumentedLimits) -> [String: Any] {
         var paths: [String: [String: Any]] = [:]
         for r in routes {
-            var op: [String: Any] = ["operationId": r.operationID, "summary": r.summary]
+            var op: [String: Any] = ["operationId": r.operation.rawValue, "summary": r.summary]
             if !r.parameters.isEmpty { op["parameters"] = r.parameters }
             if let body = r.body {
-                op["requestBody"] = ["required": true, "content": [
-                    "application/json": ["schema": ref(body)],
-                    "image/*": ["schema": ["type": "string", "format": "binary"]],
-                    "application/octet-stream": ["schema": ["type": "string", "format": "binary"]],
-                ]]
+                let image: [String: Any] = ["type": "string", "format": "binary",
+                                            "description": "The image itself (not empty): \(limits.image)."]
+                op["requestBody"] = [
+                    "required": true,
+                    "description": "JSON, or the image itself as the body (then the other fields are query parameters). "
+                        + "At most \(limits.maxBodyBytes) bytes (else 413).",
+                    "content": [
+                        "application/json": ["schema": ref(body)],
+                        "image/*": ["schema": image],
+                        "application/octet-stream": ["schema": image],
+                    ],
+                ]
             }
             var responses: [String: Any] = [:]
             for (status, (description, schema)) in r.responses {
@@ -100,7 +180,9 @@ enum OpenAPIDocument {
                 let name = schema ?? "Error"
                 let type = name == "Text" ? "text/plain" : "application/json"
                 response["content"] = [type: ["schema": name == "Text" ? ["type": "string"] : ref(name)]]
-                if status == "503" { response["headers"] = ["Retry-After": ["schema": ["type": "integer"]]] }
+                if status == "503" && schema == nil {
+                    response["headers"] = ["Retry-After": retryAfter]
+                }
                 responses[status] = response
             }
             op["responses"] = responses
@@ -108,13 +190,38 @@ enum OpenAPIDocument {
         }
         return [
             "openapi": "3.1.0",
-            "info": ["title": "ewall-serve", "version": "1",
-                     "description": "Similar products, category classification and image embeddings (EwallML). "
-                        + "Errors are {\"error\": {\"code\", \"message\"}} with a stable code."],
+            "info": ["title": "ewall-serve", "version": "1", "description": description(limits)],
             "paths": paths,
-            "components": ["schemas": schemas],
+            "components": [
+                "schemas": schemas(limits),
+                "responses": [
+                    "MethodNotAllowed": [
+                        "description": "The path is served, not with this method (method_not_allowed).",
+                        "headers": ["Allow": ["required": true, "description": "The methods the path serves.",
+                                              "schema": ["type": "string"]]],
+                        "content": ["application/json": ["schema": ref("Error")]],
+                    ],
+                ],
+            ],
         ]
     }
+
+    static func description(_ limits: DocumentedLimits) -> String {
+        """
+        Similar products, category classification and image embeddings (EwallML). Errors are \
+        {"error": {"code", "message"}} with a stable code. A path answers a method it does not list with 405 \
+        method_not_allowed and an Allow header naming the methods it serves (components.responses.MethodNotAllowed); \
+        a path not listed answers 404 route_not_found. Path parameters are percent-decoded once. Every id and text \
+        field meets the same rules (\(limits.text); ids \(limits.rules.maxIDBytes) bytes, URLs \
+        \(limits.rules.maxURLBytes) bytes). Connections: a request head must be complete within the header timeout \
+        of the connection's start (or of the request's first byte), and an idle connection is closed after the idle \
+        timeout; beyond the connection cap new connections are closed on arrival.
+        """
+    }
+
+    static var retryAfter: [String: Any] { [
+        "required": true, "description": "Seconds to wait before retrying.", "schema": ["type": "integer", "minimum": 1],
+    ] }
 
     static func ref(_ name: String) -> [String: Any] { ["$ref": "#/components/schemas/\(name)"] }
 
@@ -130,17 +237,53 @@ enum OpenAPIDocument {
     static var number: [String: Any] { ["type": "number"] }
     static var boolean: [String: Any] { ["type": "boolean"] }
     static func array(_ items: [String: Any]) -> [String: Any] { ["type": "array", "items": items] }
+    static func required(_ names: String...) -> [String: Any] { ["required": names] }
 
-    static var schemas: [String: Any] {
+    static func schemas(_ limits: DocumentedLimits) -> [String: Any] {
         let allCodes = APIError.codes.values.flatMap { $0 }.sorted()
+        let k = SimilarParameters.kRange, minSimilarity = SimilarParameters.minSimilarityRange
+        let anImage: [[String: Any]] = [required("image_url"), required("image_base64")]
         return [
             "Error": object(["error": object(["code": ["type": "string", "enum": allCodes], "message": string],
                                              required: ["code", "message"])], required: ["error"]),
             "ImageRequest": object([
-                "product_id": string, "image_url": string, "image_base64": string, "title": string, "brand": string,
-                "category": string, "exclude_product_id": string, "k": integer, "min_similarity": number,
+                "product_id": ["type": "string", "minLength": 1, "description": "A stored product's id; \(limits.id)."],
+                "image_url": ["type": "string", "description": "An http(s) URL of the image (\(limits.image)); fetched "
+                              + "only if every address its host resolves to is public (else 422 blocked_url); at most "
+                              + "\(limits.rules.maxURLBytes) bytes."],
+                "image_base64": ["type": "string", "contentEncoding": "base64",
+                                 "description": "The image's bytes, base64 (\(limits.image))."],
+                "title": ["type": "string", "description": "The product's title; \(limits.text)."],
+                "brand": ["type": "string", "description": "The product's brand; \(limits.text)."],
+                "category": ["type": "string", "description": "The same-category rule's category; \(limits.text)."],
+                "exclude_product_id": ["type": "string", "minLength": 1,
+                                       "description": "A product never returned; \(limits.id)."],
+                "k": ["type": "integer", "minimum": k.lowerBound, "maximum": k.upperBound],
+                "min_similarity": ["type": "number", "minimum": minSimilarity.lowerBound, "maximum": minSimilarity.upperBound],
                 "any_category": boolean, "include_out_of_stock": boolean,
             ]),
+            "SimilarImageRequest": [
+                "description": "An image, as image_url or image_base64 (exactly one), and the similar-products "
+                    + "parameters (they win over the query's).",
+                "allOf": [ref("ImageRequest")], "oneOf": anImage,
+            ],
+            "EmbedRequest": [
+                "description": "An image, as image_url or image_base64 (exactly one).",
+                "allOf": [ref("ImageRequest")], "oneOf": anImage,
+            ],
+            "ClassifyRequest": [
+                "description": "product_id alone (a stored product), or a title and/or an image (image_url or "
+                    + "image_base64, not both), with an optional brand.",
+                "allOf": [ref("ImageRequest")],
+                "not": required("image_url", "image_base64"),
+                "oneOf": [
+                    ["required": ["product_id"],
+                     "not": ["anyOf": [required("title"), required("image_url"), required("image_base64")]]],
+                    ["not": required("product_id"),
+                     "anyOf": [["required": ["title"], "properties": ["title": ["minLength": 1]]],
+                               required("image_url"), required("image_base64")]],
+                ],
+            ],
             "SimilarProduct": object(["product_id": string, "similarity": number, "cosine": number, "distance": number,
                                       "category": nullableString, "in_stock": ["type": ["boolean", "null"]],
                                       "title": nullableString],

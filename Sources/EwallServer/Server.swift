@@ -19,19 +19,44 @@ public struct ServerConfiguration: Sendable {
     /// Requests still running after this answer 503 `timeout` (default 30 s).
     public var requestTimeout: Duration
     /// API requests in progress beyond which new ones answer 503 `overloaded` at once
-    /// (default 512; health, readiness and metrics are never refused).
+    /// (default 512; health, readiness, metrics and the OpenAPI document are never refused).
     public var maxInFlight: Int
     /// Serve `POST /admin/reload-index`, to callers on loopback only (default on).
     public var adminRoutes: Bool
+    /// How long a client has to finish a request head (request line and headers): from the
+    /// connection's start, and from the first byte of each later request on it (default 10 s).
+    /// A connection that runs out is closed, so a client that never finishes its head, or
+    /// sends it a byte every few seconds, holds no socket for long.
+    public var headerTimeout: Duration
+    /// How long a connection may sit with nothing read while no response is being written:
+    /// between keep-alive requests, or in a stalled body (default 60 s). Then it is closed.
+    public var idleTimeout: Duration
+    /// Connections open at once beyond which a new one is closed on arrival, and counted in
+    /// `ewall_http_connections_refused_total` (default 4096). Keep it below the process's
+    /// open-file limit, less what the store, the model and the index hold.
+    public var maxConnections: Int
+
+    /// 10 s: ``headerTimeout``'s default.
+    public static let defaultHeaderTimeout: Duration = .seconds(10)
+    /// 60 s: ``idleTimeout``'s default.
+    public static let defaultIdleTimeout: Duration = .seconds(60)
+    /// 4096: ``maxConnections``' default.
+    public static let defaultMaxConnections = 4096
 
     public init(host: String = "127.0.0.1", port: Int = 8080, maxBodyBytes: Int = 16 << 20,
-                requestTimeout: Duration = .seconds(30), maxInFlight: Int = 512, adminRoutes: Bool = true) {
+                requestTimeout: Duration = .seconds(30), maxInFlight: Int = 512, adminRoutes: Bool = true,
+                headerTimeout: Duration = ServerConfiguration.defaultHeaderTimeout,
+                idleTimeout: Duration = ServerConfiguration.defaultIdleTimeout,
+                maxConnections: Int = ServerConfiguration.defaultMaxConnections) {
         self.host = host
         self.port = port
         self.maxBodyBytes = maxBodyBytes
         self.requestTimeout = requestTimeout
         self.maxInFlight = maxInFlight
         self.adminRoutes = adminRoutes
+        self.headerTimeout = headerTimeout
+        self.idleTimeout = idleTimeout
+        self.maxConnections = maxConnections
     }
 }
 
@@ -65,21 +90,33 @@ public enum EwallHTTPServer {
         let metrics = PrometheusMetricsFactory.forEwall(registry: registry)
         let router = Router(context: ServerContext.self)
         router.middlewares.add(RequestMetricsMiddleware<ServerContext>(factory: metrics))
-        router.middlewares.add(ErrorMiddleware<ServerContext>())
+        let routes = API.routes(adminRoutes: configuration.adminRoutes)
+        router.middlewares.add(ErrorMiddleware<ServerContext>(routes: RouteTable(routes.map { ($0.path, $0.method) })))
         router.middlewares.add(InFlightLimit<ServerContext>(limit: configuration.maxInFlight))
         let api = API(service: service, configuration: configuration, registry: registry)
         api.register(on: router)
+        let limits = ConnectionLimits(headerTimeout: configuration.headerTimeout, maxConnections: configuration.maxConnections,
+                                      factory: metrics)
         return Application(
             router: router,
+            server: .guardedHTTP1(limits: limits, idleTimeout: configuration.idleTimeout),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "ewall-serve"),
             services: [service],
             onServerRunning: { channel in await onRunning(channel.localAddress) },
             logger: logger)
     }
 
-    /// The OpenAPI document of the routes `application` serves.
+    /// The OpenAPI document of the routes `application` serves, with the default limits.
     public static func openAPIDocument(adminRoutes: Bool = true) -> [String: Any] {
-        OpenAPIDocument.make(routes: API.routes(adminRoutes: adminRoutes))
+        openAPIDocument(server: ServerConfiguration(adminRoutes: adminRoutes), limits: .init(), inputRules: InputRules())
+    }
+
+    /// The OpenAPI document of the routes `application` serves, stating the limits of `server`
+    /// and of the service (`limits`, `inputRules`: an ``EwallConfiguration``'s).
+    public static func openAPIDocument(server: ServerConfiguration, limits: EwallConfiguration.Limits,
+                                       inputRules: InputRules) -> [String: Any] {
+        let documented = DocumentedLimits(server: server, limits: limits, rules: inputRules)
+        return OpenAPIDocument.make(routes: API.routes(adminRoutes: server.adminRoutes, limits: documented), limits: documented)
     }
 }
 
@@ -92,7 +129,7 @@ struct API: Sendable {
 
     func register(on router: Router<ServerContext>) {
         for route in Self.routes(adminRoutes: configuration.adminRoutes) {
-            let handler = self.handler(for: route.operationID)
+            let handler = self.handler(for: route.operation)
             let timed = route.timed
             let limit = configuration.requestTimeout
             router.on(RouterPath(route.path), method: route.method) { request, context in
@@ -104,34 +141,36 @@ struct API: Sendable {
 
     typealias Handler = @Sendable (Request, ServerContext) async throws -> Response
 
-    private func handler(for operation: String) -> Handler {
+    private func handler(for operation: Operation) -> Handler {
         let service = self.service
         let maxBody = configuration.maxBodyBytes
         let registry = self.registry
+        let rules = service.configuration.inputRules
         switch operation {
-        case "similarByProduct":
+        case .similarByProduct:
             return { request, context in
-                let id = try context.parameters.require("product_id")
-                let query = try SimilarParameters.query(request.uri.queryParameters)
+                // The router hands over the raw segment: `a%2Fb` is the id `a/b`.
+                let id = try PercentEncoding.decode(try context.parameters.require("product_id")[...], what: "product_id")
+                let query = try SimilarParameters.query(QueryParameters(request.uri.query))
                 let answer = try await service.similar(productID: id, query: query)
                 return try JSONResponse.make(SimilarResponse(answer, query: query, status: service.indexStatus,
                                                              warning: service.modelWarning))
             }
-        case "similarByImage":
+        case .similarByImage:
             return { request, _ in
-                let input = try await PostInput.read(request, maxBytes: maxBody)
+                let input = try await PostInput.read(request, maxBytes: maxBody, rules: rules)
                 guard let image = input.image else {
                     throw APIError.badRequest("give image_url or image_base64 (or send the image bytes as the body)")
                 }
-                let query = try SimilarParameters.query(request.uri.queryParameters, body: input.body)
+                let query = try SimilarParameters.query(QueryParameters(request.uri.query), body: input.body)
                 let answer = try await service.similar(image: image, category: input.body.category,
                                                        excluding: input.body.excludeProductID, query: query)
                 return try JSONResponse.make(SimilarResponse(answer, query: query, status: service.indexStatus,
                                                              warning: service.modelWarning))
             }
-        case "classify":
+        case .classify:
             return { request, _ in
-                let input = try await PostInput.read(request, maxBytes: maxBody)
+                let input = try await PostInput.read(request, maxBytes: maxBody, rules: rules)
                 let c: Classification
                 if let id = input.body.productID {
                     guard input.image == nil && input.body.title == nil else {
@@ -144,9 +183,9 @@ struct API: Sendable {
                 let warning = c.decidedBy == .embedding ? service.modelWarning : nil
                 return try JSONResponse.make(ClassifyResponse(classification: c, explanation: c.explanation, warning: warning))
             }
-        case "embed":
+        case .embed:
             return { request, _ in
-                let input = try await PostInput.read(request, maxBytes: maxBody)
+                let input = try await PostInput.read(request, maxBytes: maxBody, rules: rules)
                 guard let image = input.image else {
                     throw APIError.badRequest("give image_url or image_base64 (or send the image bytes as the body)")
                 }
@@ -155,9 +194,9 @@ struct API: Sendable {
                     modelID: e.modelID, preprocessing: e.preprocessing, dimension: e.vector.count, vector: e.vector,
                     image: .init(format: e.format, width: e.width, height: e.height), warning: service.modelWarning))
             }
-        case "healthz":
+        case .healthz:
             return { _, _ in try JSONResponse.make(["status": "ok"]) }
-        case "readyz":
+        case .readyz:
             return { _, _ in
                 let r = await service.readiness()
                 let status = service.indexStatus
@@ -167,7 +206,7 @@ struct API: Sendable {
                                       modelID: service.modelID, pretrained: service.pretrained),
                     status: r.ready ? .ok : .serviceUnavailable)
             }
-        case "metrics":
+        case .metrics:
             return { _, _ in
                 service.recordIndexGauges()
                 var bytes: [UInt8] = []
@@ -175,15 +214,16 @@ struct API: Sendable {
                 return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                                 body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
             }
-        case "openapi":
-            let adminRoutes = configuration.adminRoutes
+        case .openapi:
+            // Made once: it depends on the configuration only.
+            let document = EwallHTTPServer.openAPIDocument(server: configuration, limits: service.configuration.limits,
+                                                           inputRules: service.configuration.inputRules)
+            let data = try! JSONSerialization.data(withJSONObject: document, options: [.sortedKeys, .withoutEscapingSlashes])
             return { _, _ in
-                let data = try JSONSerialization.data(withJSONObject: EwallHTTPServer.openAPIDocument(adminRoutes: adminRoutes),
-                                                      options: [.sortedKeys, .withoutEscapingSlashes])
-                return Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
-                                body: .init(byteBuffer: ByteBuffer(bytes: data)))
+                Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
+                         body: .init(byteBuffer: ByteBuffer(bytes: data)))
             }
-        case "reloadIndex":
+        case .reloadIndex:
             return { _, context in
                 guard Self.isLoopback(context.remoteAddress) else {
                     throw APIError(.forbidden, "forbidden", "admin routes answer callers on loopback only")
@@ -192,8 +232,6 @@ struct API: Sendable {
                 return try JSONResponse.make(ReloadResponse(reloaded: true, factory: status.factory, count: status.count,
                                                             builtAt: status.builtAt))
             }
-        default:
-            preconditionFailure("no handler for \(operation)")
         }
     }
 

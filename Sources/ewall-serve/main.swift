@@ -29,6 +29,14 @@ struct Serve: AsyncParsableCommand {
             Concurrent embeds are coalesced into batches of up to --batch-size images, waiting at most \
             --max-batch-wait-ms for company when the model is idle.
 
+            Connections: a client has --header-timeout seconds to send a whole request head, from \
+            connecting and from the first byte of each later request (a head sent a byte at a time is \
+            cut off too); a connection with nothing to read is closed after --idle-timeout seconds; beyond \
+            --max-connections open connections, new ones are closed on arrival and counted in \
+            ewall_http_connections_refused_total. Keep --max-connections below the open-file limit \
+            (ulimit -n). Path ids are percent-decoded (an id with a / is sent as %2F); a method a path \
+            does not serve answers 405 with Allow.
+
             With the random-init model `make model` makes offline, every vector, neighbour and embedding \
             score is meaningless; responses carry a "warning" saying so.
             """)
@@ -76,6 +84,15 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "API requests in progress beyond which new ones answer 503 overloaded.")
     var maxInFlight = 512
 
+    @Option(name: .long, help: "Seconds a client has to send a whole request head, from connecting or from the request's first byte; then the connection is closed.")
+    var headerTimeout = ServerConfiguration.defaultHeaderTimeout.inSeconds
+
+    @Option(name: .long, help: "Seconds a connection may sit with nothing to read (between keep-alive requests, or in a stalled body) before it is closed.")
+    var idleTimeout = ServerConfiguration.defaultIdleTimeout.inSeconds
+
+    @Option(name: .long, help: "Open connections beyond which new ones are closed on arrival (keep below ulimit -n).")
+    var maxConnections = ServerConfiguration.defaultMaxConnections
+
     @Option(name: .long, help: "Seconds between checks of the index folder for a new index (0: no watch).")
     var watchSeconds = 2.0
 
@@ -88,7 +105,10 @@ struct Serve: AsyncParsableCommand {
         guard maxQueue >= 1, maxBodyBytes >= 1024, maxImageBytes >= 1024, maxPixels >= 1, maxInFlight >= 1 else {
             throw ValidationError("limits must be positive (body and image bytes at least 1024)")
         }
-        guard requestTimeout > 0, watchSeconds >= 0 else { throw ValidationError("times must be positive") }
+        guard requestTimeout > 0, watchSeconds >= 0, headerTimeout > 0, idleTimeout > 0 else {
+            throw ValidationError("times must be positive")
+        }
+        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
     }
 
     func run() async throws {
@@ -119,7 +139,16 @@ struct Serve: AsyncParsableCommand {
         if let warning = service.modelWarning { logger.warning("\(warning)") }
         let server = ServerConfiguration(host: host, port: port, maxBodyBytes: maxBodyBytes,
                                          requestTimeout: .milliseconds(Int(requestTimeout * 1000)),
-                                         maxInFlight: maxInFlight, adminRoutes: !noAdmin)
+                                         maxInFlight: maxInFlight, adminRoutes: !noAdmin,
+                                         headerTimeout: .milliseconds(Int(headerTimeout * 1000)),
+                                         idleTimeout: .milliseconds(Int(idleTimeout * 1000)), maxConnections: maxConnections)
+        if let files = Self.openFileLimit(), maxConnections + Self.reservedFiles > files {
+            logger.warning("""
+                --max-connections \(maxConnections) is above the open-file limit \(files) less \(Self.reservedFiles) for \
+                the store, model and index: the process can run out of file descriptors before the cap applies; \
+                raise ulimit -n or lower --max-connections
+                """)
+        }
         let (host, port) = (self.host, self.port)
         let app = EwallHTTPServer.application(service: service, configuration: server, registry: registry, logger: logger) { address in
             // Tests and scripts read the port from this line (with --port 0).
@@ -139,5 +168,20 @@ struct Serve: AsyncParsableCommand {
         }
         defer { reloader.cancel() }
         try await app.runService()
+    }
+
+    /// File descriptors kept for what is not a connection: the store, the model, the index,
+    /// logs, the event loops' own.
+    static let reservedFiles = 64
+
+    /// The process's soft limit on open files, or `nil` where it cannot be read.
+    static func openFileLimit() -> Int? {
+        var limit = rlimit()
+        #if os(Linux)
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return nil }
+        #else
+        guard getrlimit(RLIMIT_NOFILE, &limit) == 0 else { return nil }
+        #endif
+        return Int(clamping: limit.rlim_cur)  // unlimited clamps to Int.max
     }
 }

@@ -254,7 +254,7 @@ struct RouteTests {
             .flatMap { (($0["properties"] as? [String: Any])?["code"] as? [String: Any])?["enum"] as? [String] } ?? [])
         for code in ["unknown_product", "invalid_request", "route_not_found", "body_too_large", "unsupported_media_type",
                      "blocked_url", "truncated", "not_an_image", "too_many_pixels", "too_small", "unsupported_format",
-                     "overloaded", "timeout", "index_unavailable", "forbidden"] {
+                     "overloaded", "timeout", "index_unavailable", "forbidden", "invalid_input", "method_not_allowed"] {
             #expect(codes.contains(code), "\(code) is not documented")
         }
     }

@@ -68,7 +68,9 @@ struct ServeProcessTests {
         p.waitUntilExit()
         #expect(p.terminationStatus == 0)
         for flag in ["--host", "--port", "--db", "--index", "--model", "--allow-host", "--max-batch-wait-ms", "--max-queue",
-                     "--max-body-bytes", "--max-pixels", "--request-timeout", "--watch-seconds", "SIGHUP", "random-init"] {
+                     "--max-body-bytes", "--max-pixels", "--request-timeout", "--watch-seconds", "SIGHUP", "random-init",
+                     "--header-timeout", "--idle-timeout", "--max-connections", "(default: 10.0)", "(default: 60.0)",
+                     "(default: 4096)", "405", "%2F"] {
             #expect(text.contains(flag), "--help lacks \(flag)")
         }
     }

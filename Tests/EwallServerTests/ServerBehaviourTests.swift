@@ -183,7 +183,7 @@ struct ServerBehaviourTests {
                 var addr = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
                 var buf = [CChar](repeating: 0, count: 16)
                 inet_ntop(AF_INET, &addr, &buf, 16)
-                let s = String(cString: buf)
+                let s = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
                 if !s.hasPrefix("127.") { return s }
             }
             p = a.pointee.ifa_next

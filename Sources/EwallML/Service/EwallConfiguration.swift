@@ -41,6 +41,11 @@ public struct EwallConfiguration: Sendable {
     /// How often the index folder is checked for a newer index (default every 2 s); `nil`: only
     /// ``EwallService/reloadIndex()`` reloads it.
     public var indexWatchInterval: Duration?
+    /// The rules product ids, image URLs, titles, brands and categories must meet (valid
+    /// UTF-8, no control characters but tab, LF and CR in text, byte limits; ``InputRules`` by
+    /// default). A value that breaks one is refused with `invalid_input` and the reason, never
+    /// truncated or cleaned.
+    public var inputRules: InputRules
 
     /// Limits on what one request may cost, and on how requests are batched.
     public struct Limits: Sendable, Hashable {
@@ -78,7 +83,7 @@ public struct EwallConfiguration: Sendable {
                 rulesPath: String? = "data/category_rules.json", classifier: ClassifierConfiguration = .init(),
                 preprocessing: PreprocessingMode = .squash224, precision: Precision = .fp32, threads: Int = 2,
                 limits: Limits = Limits(), urlPolicy: AddressPolicy? = AddressPolicy(),
-                indexWatchInterval: Duration? = .seconds(2)) {
+                indexWatchInterval: Duration? = .seconds(2), inputRules: InputRules = InputRules()) {
         self.modelPath = modelPath
         self.storeURL = storeURL
         self.indexPath = indexPath
@@ -90,6 +95,7 @@ public struct EwallConfiguration: Sendable {
         self.limits = limits
         self.urlPolicy = urlPolicy
         self.indexWatchInterval = indexWatchInterval
+        self.inputRules = inputRules
     }
 
     /// The embedder's configuration this implies.

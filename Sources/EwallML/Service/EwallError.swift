@@ -25,7 +25,8 @@ public struct EwallError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     public var kind: Kind
-    /// Stable, snake_case: `unknown_product`, `no_vector`, `invalid_request`, `blocked_url`,
+    /// Stable, snake_case: `unknown_product`, `no_vector`, `invalid_request`, `invalid_input` (a
+    /// product id, URL or text that breaks ``EwallConfiguration/inputRules``), `blocked_url`,
     /// `fetch_failed`, an image code such as `unreadable` or `too_many_pixels`, `overloaded`,
     /// `index_unavailable`, `model_mismatch`, `store_unavailable`, `shutting_down`, `internal`.
     public var code: String
@@ -47,6 +48,11 @@ public struct EwallError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     static func invalid(_ message: String) -> EwallError { EwallError(.invalidRequest, "invalid_request", message) }
+
+    /// A value refused by ``InputRules``: `invalid_input`, with the reason (which field, what is wrong).
+    init(_ e: InputError) {
+        self.init(.invalidRequest, "invalid_input", e.reason)
+    }
 
     /// An image that failed to decode or preprocess: its own code (`unreadable`, `too_large`, ...).
     init(_ failure: ItemFailure) {

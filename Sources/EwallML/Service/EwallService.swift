@@ -236,6 +236,7 @@ public final class EwallService: Service, Sendable {
             }
             return b
         case .url(let u):
+            try checked(u, as: .imageURL)
             switch await fetcher.fetch(u) {
             case .success(let f): return f.bytes
             case .failure(let e): throw EwallError(fetching: u, e)
@@ -247,7 +248,9 @@ public final class EwallService: Service, Sendable {
 
     /// Products similar to a stored product: its stored vector, itself excluded, the
     /// platform's rules by default (k 10, similarity 1/(1+L2) ≥ 0.5, same category, in stock).
+    /// An id that breaks ``EwallConfiguration/inputRules`` is refused with `invalid_input`.
     public func similar(productID: String, query: SimilarQuery = SimilarQuery()) async throws(EwallError) -> SimilarAnswer {
+        try checked(productID, as: .productID)
         let search = try currentSearch()
         do {
             return try await search.similar(to: productID, query: query)
@@ -258,8 +261,12 @@ public final class EwallService: Service, Sendable {
 
     /// Products similar to an image, embedded on the fly. `category` applies the same-category
     /// rule (without one, the rule is skipped and the answer says so); `excluding` is never returned.
+    /// A category, excluded id or image URL that breaks ``EwallConfiguration/inputRules`` is
+    /// refused with `invalid_input` before any work.
     public func similar(image: ImageSource, category: String? = nil, excluding: String? = nil,
                         query: SimilarQuery = SimilarQuery()) async throws(EwallError) -> SimilarAnswer {
+        if let category { try checked(category, as: .category) }
+        if let excluding { try checked(excluding, as: .productID) }
         let search = try currentSearch()
         guard search.manifest.key == modelKey else {
             throw EwallError(.unavailable, "model_mismatch",
@@ -288,7 +295,9 @@ public final class EwallService: Service, Sendable {
 
     /// The category of a stored product: its stored vector against the references, then its
     /// title's keywords, then `generic`. The answer explains which step decided.
+    /// An id that breaks ``EwallConfiguration/inputRules`` is refused with `invalid_input`.
     public func classify(productID: String) async throws(EwallError) -> Classification {
+        try checked(productID, as: .productID)
         let classifier = state.withLock { $0.snapshot.classifier }
         do {
             guard let product = try await store.product(id: productID) else { throw EwallError.unknownProduct(productID) }
@@ -301,7 +310,11 @@ public final class EwallService: Service, Sendable {
     }
 
     /// The category of a product that is not stored: a title (and brand) and/or an image.
+    /// A title, brand or image URL that breaks ``EwallConfiguration/inputRules`` is refused with
+    /// `invalid_input`.
     public func classify(title: String?, brand: String? = nil, image: ImageSource? = nil) async throws(EwallError) -> Classification {
+        if let title { try checked(title, as: .title) }
+        if let brand { try checked(brand, as: .brand) }
         guard title?.isEmpty == false || image != nil else {
             throw EwallError.invalid("give a title, an image, or both")
         }
@@ -450,6 +463,13 @@ public final class EwallService: Service, Sendable {
     }
 
     // MARK: Helpers
+
+    /// Throws `invalid_input` with the reason when `value` breaks the configured input rules.
+    private func checked(_ value: String, as field: InputRules.Field) throws(EwallError) {
+        if let reason = configuration.inputRules.problem(value, as: field) {
+            throw EwallError(InputError(field: field, reason: reason))
+        }
+    }
 
     private static func openClassifier(store: any EmbeddingStore, key: ModelKey, rules: KeywordRules?,
                                        configuration: EwallConfiguration) async throws(EwallError) -> CategoryClassifier {
