@@ -97,9 +97,11 @@ public struct Neighbours: Sendable {
 
     public var queries: Int { k == 0 ? 0 : ids.count / k }
 
-    /// The results of one query, without the missing ones.
+    /// The results of one query, without the missing ones: FAISS marks a missing result with
+    /// id -1, but Debian's 1.7.3 answers a filtered search that allows nothing with id 0 at
+    /// distance +inf when k = 1, so a result must also have a finite distance.
     public func results(of query: Int) -> [(id: Int64, distance: Float)] {
-        (query * k..<(query + 1) * k).compactMap { ids[$0] >= 0 ? (ids[$0], distances[$0]) : nil }
+        (query * k..<(query + 1) * k).compactMap { ids[$0] >= 0 && distances[$0].isFinite ? (ids[$0], distances[$0]) : nil }
     }
 }
 

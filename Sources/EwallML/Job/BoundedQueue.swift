@@ -79,6 +79,24 @@ final class BoundedQueue<Element: Sendable>: @unchecked Sendable {
         }
     }
 
+    /// The next element if one is buffered now, without waiting (`nil` otherwise).
+    func tryNext() -> Element? {
+        lock.lock()
+        guard let e = popLocked() else {
+            lock.unlock()
+            return nil
+        }
+        var woken: CheckedContinuation<Bool, Never>?
+        if !senders.isEmpty {
+            let (pending, sender) = senders.removeFirst()
+            buffer.append(pending)
+            woken = sender
+        }
+        lock.unlock()
+        woken?.resume(returning: true)
+        return e
+    }
+
     /// No more elements will be sent; receivers drain what is buffered, then get `nil`.
     func finish() {
         lock.lock()

@@ -48,7 +48,11 @@ final class JobPipeline: Sendable {
     let fetchQueue: BoundedQueue<WorkItem>
     private let fetchedQueue = BoundedQueue<Fetched>(capacity: 16)
     private let preparedQueue: BoundedQueue<Prepared>
-    private let writeQueue = BoundedQueue<WriteUnit>(capacity: 1)
+    /// Units waiting for the store. When the store lags, the write stage commits the waiting
+    /// units together (up to ``maxCommitItems``): commits grow with the load instead of queueing.
+    private let writeQueue = BoundedQueue<WriteUnit>(capacity: 8)
+    /// The most items one commit carries when units are waiting.
+    static let maxCommitItems = 256
 
     private enum Fetched: Sendable {
         case bytes(WorkItem, FetchedImage)
@@ -260,9 +264,16 @@ final class JobPipeline: Sendable {
         unit.outcomes.append((item, .failed))
     }
 
-    /// One transaction per unit, in order.
+    /// One transaction per unit, in order; units already waiting are merged into it (group
+    /// commit), so a store that lags gets fewer, larger transactions.
     private func writeStage(commit: @Sendable (WriteUnit) async throws -> Void) async throws {
-        while let unit = await writeQueue.next() {
+        while var unit = await writeQueue.next() {
+            while unit.outcomes.count < Self.maxCommitItems, let more = writeQueue.tryNext() {
+                unit.batch.embeddings += more.batch.embeddings
+                unit.batch.ledger += more.batch.ledger
+                unit.failures += more.failures
+                unit.outcomes += more.outcomes
+            }
             let t0 = ContinuousClock.now
             do {
                 try await commit(unit)

@@ -570,64 +570,85 @@ public final class PostgresJobQueue: Sendable {
         }
     }
 
-    /// Writes one batch under its leases, in one transaction: the chunk rows are locked and
-    /// their generations checked first; the vectors, ledger rows and item states of chunks
-    /// whose lease still holds are written, those of chunks taken over are not. Every
-    /// committed chunk's lease is extended (progress is a heartbeat).
+    /// Writes one batch under its leases, atomically, in one statement (one round trip): the
+    /// chunk rows are locked (`FOR UPDATE`) and their generations checked first; the vectors,
+    /// ledger rows and item states of chunks whose lease still holds are written, those of
+    /// chunks taken over are not. The chunks' counters come from the item rows it changed, and
+    /// every committed chunk's lease is extended (progress is a heartbeat).
+    ///
+    /// Under READ COMMITTED a takeover that commits while this waits for the row lock is seen:
+    /// the lock re-reads the row and its new generation no longer matches.
     public func commit(job name: String, worker: String, batch: WriteBatch, outcomes: [ItemOutcome],
                        lease: Duration) async throws -> CommitResult {
         try StorableText.check(batch)
         let seconds = lease.inSeconds
-        let leases = Set(outcomes.map(\.lease))
+        let leases = Array(Set(outcomes.map(\.lease))).sorted { $0.chunk < $1.chunk }
+        let chunkOf = Dictionary(outcomes.map { ($0.productID, Int32($0.lease.chunk)) }, uniquingKeysWith: { a, _ in a })
+        let e = batch.embeddings.filter { chunkOf[$0.productID] != nil }
+        let l = batch.ledger.filter { chunkOf[$0.productID] != nil }
+        let o = outcomes
         return try await run("committing a batch of \(name)") {
-            try await client.withTransaction(logger: logger) { conn in
-                var current: [Int: Int64] = [:]
-                for try await (c, g) in try await conn.query("""
-                    SELECT chunk, generation FROM ewall_job_chunks
-                    WHERE job = \(name) AND chunk = ANY(\(leases.map { Int32($0.chunk) })::int4[])
-                    ORDER BY chunk FOR UPDATE
-                    """, logger: logger).decode((Int32, Int64).self) { current[Int(c)] = g }
-                let held = Set(leases.filter { current[$0.chunk] == $0.generation }.map(\.chunk))
-                let refused = Set(leases.map(\.chunk)).subtracting(held)
-                let mine = outcomes.filter { held.contains($0.lease.chunk) }
-                if !mine.isEmpty {
-                    let ids = Set(mine.map(\.productID))
-                    try await Self.writeVectors(conn, batch.embeddings.filter { ids.contains($0.productID) }, logger: logger)
-                    try await Self.writeLedger(conn, batch.ledger.filter { ids.contains($0.productID) }, logger: logger)
-                    // One statement: the items' states, their chunks' counters (from the rows it
-                    // actually changed) and the worker's count, and every held lease extended.
-                    try await conn.query("""
-                        WITH u AS (
-                            SELECT * FROM unnest(\(mine.map(\.productID))::text[], \(mine.map(\.status.rawValue))::text[],
-                                                 \(mine.map { $0.errorClass ?? "" })::text[], \(mine.map(\.lease.generation))::int8[])
-                                   AS u(id, status, cls, generation)),
-                        changed AS (
-                            UPDATE ewall_job_items i SET status = u.status, error_class = NULLIF(u.cls, ''),
-                                generation = u.generation, worker = \(worker)
-                            FROM u WHERE i.job = \(name) AND i.product_id = u.id AND i.status = 'pending'
-                            RETURNING i.chunk, i.status),
-                        per AS (
-                            SELECT chunk, COUNT(*) FILTER (WHERE status = 'embedded') AS e,
-                                   COUNT(*) FILTER (WHERE status = 'reused') AS r, COUNT(*) FILTER (WHERE status = 'failed') AS f
-                            FROM changed GROUP BY chunk),
-                        chunks AS (
-                            UPDATE ewall_job_chunks k SET pending = k.pending - (per.e + per.r + per.f)::int4,
-                                embedded = k.embedded + per.e::int4, reused = k.reused + per.r::int4, failed = k.failed + per.f::int4,
-                                lease_until = now() + make_interval(secs => \(seconds))
-                            FROM per WHERE k.job = \(name) AND k.chunk = per.chunk
-                            RETURNING 1)
-                        UPDATE ewall_job_workers SET items = items + (SELECT COUNT(*) FROM changed),
-                            refused = refused + \(Int64(outcomes.count - mine.count)), heartbeat_at = now()
-                        WHERE job = \(name) AND worker = \(worker)
-                        """, logger: logger)
-                } else {
-                    try await conn.query("""
-                        UPDATE ewall_job_workers SET refused = refused + \(Int64(outcomes.count)), heartbeat_at = now()
-                        WHERE job = \(name) AND worker = \(worker)
-                        """, logger: logger)
-                }
-                return CommitResult(committed: held, refused: refused)
-            }
+            var held = Set<Int>()
+            for try await c in try await client.query("""
+                WITH held AS (
+                    SELECT k.chunk FROM ewall_job_chunks k
+                    JOIN unnest(\(leases.map { Int32($0.chunk) })::int4[], \(leases.map(\.generation))::int8[]) AS l(chunk, generation)
+                      ON k.chunk = l.chunk AND k.generation = l.generation
+                    WHERE k.job = \(name)
+                    ORDER BY k.chunk FOR UPDATE OF k),
+                vec AS (
+                    INSERT INTO embeddings (product_id, model_id, preprocessing, image_url, dim, vector, image_sha256,
+                                            width, height, bytes, content_type, created_at, updated_at)
+                    SELECT v.id, v.model, v.pre, v.url, v.dim, v.vec, NULLIF(v.sha, ''), NULLIF(v.w, -1), NULLIF(v.h, -1),
+                           NULLIF(v.b, -1), NULLIF(v.ct, ''), now(), now()
+                    FROM unnest(\(e.map(\.productID))::text[], \(e.map { chunkOf[$0.productID]! })::int4[],
+                                \(e.map(\.key.modelID))::text[], \(e.map(\.key.preprocessing))::text[],
+                                \(e.map(\.imageURL))::text[], \(e.map { Int32($0.vector.count) })::int4[],
+                                \(e.map { ByteBuffer(bytes: VectorBytes.encode($0.vector)) })::bytea[],
+                                \(e.map { $0.imageSHA256 ?? "" })::text[], \(e.map { Int32($0.width ?? -1) })::int4[],
+                                \(e.map { Int32($0.height ?? -1) })::int4[], \(e.map { Int64($0.bytes ?? -1) })::int8[],
+                                \(e.map { $0.contentType ?? "" })::text[])
+                         AS v(id, chunk, model, pre, url, dim, vec, sha, w, h, b, ct)
+                    WHERE v.chunk IN (SELECT chunk FROM held)
+                    \(unescaped: Schema.embeddingUpdate)),
+                ledger AS (
+                    INSERT INTO item_outcomes (product_id, model_id, preprocessing, image_url, status, error_class,
+                                               http_status, attempts, last_error, last_tried)
+                    SELECT u.id, u.model, u.pre, u.url, u.status, NULLIF(u.cls, ''), NULLIF(u.http, -1), u.attempts,
+                           NULLIF(u.err, ''), u.tried
+                    FROM unnest(\(l.map(\.productID))::text[], \(l.map { chunkOf[$0.productID]! })::int4[],
+                                \(l.map(\.key.modelID))::text[], \(l.map(\.key.preprocessing))::text[],
+                                \(l.map(\.imageURL))::text[], \(l.map(\.status.rawValue))::text[], \(l.map { $0.errorClass ?? "" })::text[],
+                                \(l.map { Int32($0.httpStatus ?? -1) })::int4[], \(l.map { Int32($0.attempts) })::int4[],
+                                \(l.map { $0.lastError ?? "" })::text[], \(l.map(\.lastTried))::timestamptz[])
+                         AS u(id, chunk, model, pre, url, status, cls, http, attempts, err, tried)
+                    WHERE u.chunk IN (SELECT chunk FROM held)
+                    \(unescaped: Schema.ledgerUpdate)),
+                changed AS (
+                    UPDATE ewall_job_items i SET status = o.status, error_class = NULLIF(o.cls, ''),
+                        generation = o.generation, worker = \(worker)
+                    FROM unnest(\(o.map(\.productID))::text[], \(o.map { Int32($0.lease.chunk) })::int4[],
+                                \(o.map(\.status.rawValue))::text[], \(o.map { $0.errorClass ?? "" })::text[],
+                                \(o.map(\.lease.generation))::int8[]) AS o(id, chunk, status, cls, generation)
+                    WHERE o.chunk IN (SELECT chunk FROM held)
+                      AND i.job = \(name) AND i.product_id = o.id AND i.chunk = o.chunk AND i.status = 'pending'
+                    RETURNING i.chunk, i.status),
+                per AS (
+                    SELECT chunk, COUNT(*) FILTER (WHERE status = 'embedded') AS e,
+                           COUNT(*) FILTER (WHERE status = 'reused') AS r, COUNT(*) FILTER (WHERE status = 'failed') AS f
+                    FROM changed GROUP BY chunk),
+                chunks AS (
+                    UPDATE ewall_job_chunks k SET pending = k.pending - (per.e + per.r + per.f)::int4,
+                        embedded = k.embedded + per.e::int4, reused = k.reused + per.r::int4, failed = k.failed + per.f::int4,
+                        lease_until = now() + make_interval(secs => \(seconds))
+                    FROM per WHERE k.job = \(name) AND k.chunk = per.chunk),
+                w AS (
+                    UPDATE ewall_job_workers SET items = items + (SELECT COUNT(*) FROM changed),
+                        refused = refused + \(Int64(o.count)) - (SELECT COUNT(*) FROM changed), heartbeat_at = now()
+                    WHERE job = \(name) AND worker = \(worker))
+                SELECT chunk FROM held
+                """, logger: logger).decode(Int32.self) { held.insert(Int(c)) }
+            return CommitResult(committed: held, refused: Set(leases.map(\.chunk)).subtracting(held))
         }
     }
 
