@@ -189,7 +189,8 @@ struct EmbedJobCLITests {
     func help() throws {
         let r = try JobProcess.run(["--help"])
         for text in ["--manifest", "--db", "--per-host", "--retry-failed", "--force", "--failures", "--json", "Exit status",
-                     "$EWALL_DB"] {
+                     "$EWALL_DB", "--job", "--worker", "--chunk-size", "--lease-seconds", "--heartbeat-seconds", "--store-wait",
+                     "--max-id-bytes", "--item-deadline"] {
             #expect(r.stdout.contains(text), "\(text) missing from --help")
         }
     }
