@@ -113,6 +113,8 @@ public struct EwallConfiguration: Sendable {
                            requestTimeout: limits.fetchTimeout, maxAttempts: 2, backoffBase: .milliseconds(100),
                            backoffMax: .milliseconds(500), maxRetryAfter: .seconds(1), maxBytes: limits.maxImageBytes,
                            maxRedirects: 5, userAgent: FetchConfiguration.defaultUserAgent, allowFiles: false,
-                           addressPolicy: urlPolicy)
+                           addressPolicy: urlPolicy,
+                           // One request's image, retry included, within one fetch timeout: a caller waits no longer.
+                           itemDeadline: limits.fetchTimeout)
     }
 }
