@@ -141,9 +141,15 @@ demo: build model $(FIX)/images/.done
 	       -d '{"image_url": "http://169.254.169.254/latest/meta-data/"}'; echo
 
 bench: build model
-	$(PY) data/make_samples.py --out data/samples --bench 400
+	$(PY) data/make_samples.py --out data/samples --bench 400 --real 192
 	$(SWIFT) build -c release --product ewall-bench
 	$(PY) bench/run_bench.py --ewall-bench .build/release/ewall-bench --model $(MODEL) --out bench/out
+	$(PY) bench/run_bench.py --ewall-bench .build/release/ewall-bench --model $(MODEL) --images data/samples/real \
+	    --out bench/out/real
+	$(SWIFT) build -c release --product ewall
+	$(PY) bench/real_photos_bench.py --ewall .build/release/ewall --model $(MODEL) --out bench/out
+	$(PY) bench/drift_bench.py --ewall .build/release/ewall --model $(MODEL) --out bench/out
+	$(PY) bench/memory_bench.py --ewall-bench .build/release/ewall-bench --model $(MODEL) --out bench/out
 	$(SWIFT) build -c release --product ewall-embed
 	$(PY) bench/embed_job_bench.py --ewall-embed .build/release/ewall-embed --ewall-bench .build/release/ewall-bench \
 	    --model $(MODEL) --out bench/out

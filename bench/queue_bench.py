@@ -158,12 +158,12 @@ def main():
     pg = Postgres()
     try:
         queue = queue_only(a.ewall_bench, pg, a.items, a.vector_items)
-        model = model_workers(a.ewall_embed, a.model, a.images, a.model_images, pg)
+        model = model_workers(a.ewall_embed, a.model, a.images, a.model_images, pg) if a.model_images else {}
     finally:
         pg.stop()
 
     best_state = max(r["items_per_s"] for r in queue if not r["vectors"])
-    ratio = model[2]["job_images_per_s"] / model[1]["job_images_per_s"]
+    ratio = model[2]["job_images_per_s"] / model[1]["job_images_per_s"] if model else float("nan")
     vec = next(r for r in queue if r["vectors"] and r["workers"] == 4)
     per_item = vec["bytes_per_item"]
     total_per_item = sum(per_item.values())

@@ -16,12 +16,18 @@ Output:
                                         alpha)
   data/samples/calibration/*.jpg        the same sources, 256 px, for BatchNorm recalibration
   data/samples/bench/NNNN.jpg           --bench N: N JPEGs at product size (median side ~720 px)
+  data/samples/real/NNN_<name>.<ext>    --real N: N photos of mixed sizes, 128 to 4,000 px on the
+                                        longest side (log-uniform), ~70% JPEG (baseline/progressive,
+                                        quality 80-95), ~30% PNG (RGB), from the largest version
+                                        of every source photo (wallpapers up to 5120 px, skimage);
+                                        see real_photos() for how each one is made
   data/samples/manifest.json            what each file is and where it came from
 """
 import argparse
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import sys
@@ -53,6 +59,70 @@ def sources():
         if os.path.exists(p):
             out.append(("python3-skimage", p))
     return out
+
+
+def largest_sources():
+    """Every source photo at its largest stored size: MATE's (up to 2560 px), each plasma
+    wallpaper's biggest file (up to 5120 x 2880; photos and renders), skimage's photos."""
+    out = []
+    if os.path.isdir(MATE):
+        out += [os.path.join(MATE, f) for f in sorted(os.listdir(MATE)) if f.lower().endswith(".jpg")]
+    if os.path.isdir(PLASMA):
+        for name in sorted(os.listdir(PLASMA)):
+            d = os.path.join(PLASMA, name, "contents", "images")
+            if not os.path.isdir(d):
+                continue
+            files = [f for f in os.listdir(d) if f.lower().endswith((".jpg", ".png"))]
+
+            def area(f):
+                try:
+                    w, h = os.path.splitext(f)[0].split("x")
+                    return int(w) * int(h)
+                except ValueError:
+                    return 0
+            if files:
+                out.append(os.path.join(d, max(files, key=area)))
+    out += [os.path.join(SKIMAGE, f) for f in SKIMAGE_PHOTOS if os.path.exists(os.path.join(SKIMAGE, f))]
+    return out
+
+
+def real_photos(out_dir, n):
+    """`--real N`: the benchmark and drift set of real photos of mixed sizes. Photo j comes from
+    source j mod S: a random window of 50-100% of each side (so aspect ratios vary), resized
+    so its longest side is log-uniform in 128...4000 px (never upscaled past the source: a
+    source smaller than the draw keeps its size), saved as JPEG (quality 80-95, 1 in 4
+    progressive) or, 3 times in 10, PNG. Deterministic (seeded)."""
+    os.makedirs(out_dir, exist_ok=True)
+    rng = random.Random(4000)
+    srcs = largest_sources()
+    cache = {}
+    made = []
+    for j in range(n):
+        path = srcs[j % len(srcs)]
+        kind = "png" if rng.random() < 0.3 else ("jpeg_progressive" if rng.random() < 0.25 else "jpeg")
+        longest = int(round(math.exp(rng.uniform(math.log(128), math.log(4000)))))
+        fx, fy, ox, oy, q = rng.uniform(0.5, 1), rng.uniform(0.5, 1), rng.random(), rng.random(), rng.randint(80, 95)
+        out = os.path.join(out_dir, f"{j:03d}_{slug(path)}.{'png' if kind == 'png' else 'jpg'}")
+        made.append(out)
+        if os.path.exists(out):
+            continue
+        if path not in cache:
+            cache.clear()
+            im = Image.open(path)
+            im.load()
+            cache[path] = im.convert("RGB")
+        im = cache[path]
+        w, h = im.size
+        cw, ch = max(1, int(w * fx)), max(1, int(h * fy))
+        x, y = int((w - cw) * ox), int((h - ch) * oy)
+        crop = im.crop((x, y, x + cw, y + ch))
+        if longest < max(cw, ch):
+            crop = fit(crop, longest)
+        if kind == "png":
+            crop.save(out, "PNG", compress_level=6)
+        else:
+            crop.save(out, "JPEG", quality=q, progressive=kind == "jpeg_progressive")
+    return made
 
 
 def slug(path):
@@ -142,6 +212,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="data/samples")
     ap.add_argument("--bench", type=int, default=0, help="also write N product-sized JPEGs for benchmarks")
+    ap.add_argument("--real", type=int, default=0, help="also write N real photos of mixed sizes (128-4000 px)")
     args = ap.parse_args()
 
     src = sources()
@@ -193,9 +264,13 @@ def main():
             crop = im.crop((x, y, x + cw, y + ch))
             fit(crop, brng.choice([480, 600, 720, 720, 800, 960])).save(out, "JPEG", quality=brng.choice([80, 85, 90]))
 
+    if args.real:
+        real_photos(os.path.join(args.out, "real"), args.real)
+
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump({"photos": manifest}, f, indent=1)
-    print(f"make_samples: {len(manifest)} photos in {photos}" + (f", {args.bench} bench JPEGs" if args.bench else ""))
+    print(f"make_samples: {len(manifest)} photos in {photos}" + (f", {args.bench} bench JPEGs" if args.bench else "")
+          + (f", {args.real} real photos of mixed sizes" if args.real else ""))
 
 
 if __name__ == "__main__":

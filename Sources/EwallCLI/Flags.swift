@@ -14,8 +14,14 @@ public struct ModelFlags: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("TorchScript model file.", discussion: "Default: $EWALL_MODEL, then models/resnet50.pt."))
     public var model: String?
 
-    @Option(name: .long, help: "Precision: fp32, bf16, or auto (bf16 where the CPU has native bfloat16).")
+    @Option(name: .long, help: ArgumentHelp(
+        "Precision: fp32, bf16, or auto (times both at load and keeps the faster).",
+        discussion: "auto's choice is cached per model sha256, CPU model and thread count in --precision-cache."))
     public var precision: Precision = .fp32
+
+    @Option(name: .long, help: ArgumentHelp("Where --precision auto caches its measured choice.",
+                                            discussion: "Default: $XDG_CACHE_HOME/ewall/precision.json, else ~/.cache/ewall/precision.json."))
+    public var precisionCache: String?
 
     @Option(name: .long, help: "libtorch intra-op threads.")
     public var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
@@ -27,8 +33,19 @@ public struct ModelFlags: ParsableArguments {
         model ?? ProcessInfo.processInfo.environment["EWALL_MODEL"] ?? "models/resnet50.pt"
     }
 
+    /// `--precision-cache`, else `$XDG_CACHE_HOME/ewall/precision.json`, else
+    /// `$HOME/.cache/ewall/precision.json`; nil without either variable.
+    public var resolvedPrecisionCache: String? {
+        if let precisionCache { return precisionCache }
+        let env = ProcessInfo.processInfo.environment
+        if let xdg = env["XDG_CACHE_HOME"], !xdg.isEmpty { return xdg + "/ewall/precision.json" }
+        if let home = env["HOME"], !home.isEmpty { return home + "/.cache/ewall/precision.json" }
+        return nil
+    }
+
     public func options() -> ModelOptions {
-        ModelOptions(path: resolvedModel, precision: precision, threads: threads, batchSize: batchSize)
+        ModelOptions(path: resolvedModel, precision: precision, threads: threads, batchSize: batchSize,
+                     precisionCachePath: resolvedPrecisionCache)
     }
 
     public func validate() throws {
@@ -55,8 +72,24 @@ public struct ImageFlags: ParsableArguments {
     @Flag(name: .long, help: "Accept JPEGs that decode only with libjpeg warnings (damaged data shows as grey).")
     public var allowDecoderWarnings = false
 
-    @Flag(name: .long, help: "Opt-in JPEG fast path: DCT-domain downscaling; faster, pixels drift slightly.")
+    @Flag(name: .long, help: ArgumentHelp(
+        "JPEG fast path: DCT-domain downscaling of JPEGs at least twice the target size; faster, pixels drift slightly.",
+        discussion: "Vectors are stored under their own preprocessing id (e.g. squash224+dct), never mixed with the exact path's."))
     public var fastJpeg = false
+
+    @Option(name: .long, help: ArgumentHelp("Threads that decode images.",
+                                            discussion: "Default: the cores left over by --threads, at least 1."))
+    public var decodeThreads: Int?
+
+    /// The embedder's configuration these flags and `model` imply.
+    public func configuration(model: ModelOptions) -> EmbedderConfiguration {
+        EmbedderConfiguration(model: model, preprocessing: preprocess, limits: limits, fastJPEG: fastJpeg,
+                              decodeThreads: decodeThreads)
+    }
+
+    public func validate() throws {
+        if let decodeThreads, decodeThreads < 1 { throw ValidationError("--decode-threads must be at least 1") }
+    }
 
     public var limits: ImageLimits {
         ImageLimits(maxPixels: maxPixels, minSide: minSide, maxBytes: maxBytes, allowDecoderWarnings: allowDecoderWarnings)

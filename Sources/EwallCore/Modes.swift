@@ -11,6 +11,15 @@ public enum PreprocessingMode: String, Sendable, Codable, CaseIterable, CustomSt
 
     public var description: String { rawValue }
 
+    /// The preprocessing stored with a vector (part of the store's model key): the mode's
+    /// name, plus `+dct` when JPEGs at least twice the resize target were decoded with
+    /// DCT-domain downscaling (the fast path), e.g. `squash224+dct`. Vectors of the exact and
+    /// the fast path are never mixed in one index.
+    public func storedID(fastJPEG: Bool) -> String { rawValue + (fastJPEG ? Self.fastJPEGSuffix : "") }
+
+    /// The suffix of ``storedID(fastJPEG:)`` for the JPEG fast path: `+dct`.
+    public static let fastJPEGSuffix = "+dct"
+
     /// The input side of the model: 224.
     public static let side = 224
     /// ImageNet channel means (RGB), as torchvision's models expect.
@@ -23,10 +32,13 @@ public enum PreprocessingMode: String, Sendable, Codable, CaseIterable, CustomSt
 public enum Precision: String, Sendable, Codable, CaseIterable, CustomStringConvertible {
     /// float32 everywhere.
     case fp32
-    /// Weights and activations in bfloat16 on oneDNN; about 2x faster on CPUs with
-    /// AVX512_BF16 or AMX, with vectors at cosine >= 0.999 to fp32's (after centering).
+    /// Weights and activations in bfloat16 on oneDNN. Faster than fp32 on some CPUs with
+    /// AVX512_BF16 or AMX (about 2x on AMD Zen 5), slower on others (0.75x on an Intel Xeon
+    /// with AVX512_BF16); vectors drift from fp32's (see README, "Precision and speed").
     case bf16
-    /// bf16 where the CPU runs it natively, else fp32.
+    /// Measured at load: fp32 and bf16 each time full warm-up batches and the faster one is
+    /// kept (bf16 only when it beats fp32 by more than the noise margin); the choice is cached
+    /// per model sha256, CPU model and thread count. Never chosen from CPU flags alone.
     case auto
 
     public var description: String { rawValue }

@@ -16,11 +16,15 @@ public struct ModelOptions: Sendable, Hashable {
     public var freeze: Bool
     /// Input shape the model expects.
     public var channels: Int, height: Int, width: Int
+    /// Where `auto` caches its measured choice (``PrecisionCache``); nil: measure at every
+    /// load. The library reads no environment: the CLI passes `$XDG_CACHE_HOME/ewall/precision.json`.
+    public var precisionCachePath: String?
 
     /// fp32 by default (the reference precision); 2 threads; batches of 32.
     public init(path: String, precision: Precision = .fp32, threads: Int = 2, batchSize: Int = 32,
                 channelsLast: Bool = true, freeze: Bool = true,
-                channels: Int = 3, height: Int = PreprocessingMode.side, width: Int = PreprocessingMode.side) {
+                channels: Int = 3, height: Int = PreprocessingMode.side, width: Int = PreprocessingMode.side,
+                precisionCachePath: String? = nil) {
         self.path = path
         self.precision = precision
         self.threads = threads
@@ -30,15 +34,14 @@ public struct ModelOptions: Sendable, Hashable {
         self.channels = channels
         self.height = height
         self.width = width
+        self.precisionCachePath = precisionCachePath
     }
+}
 
-    /// The precision `auto` resolves to on this CPU.
-    public var resolvedPrecision: Precision {
-        switch precision {
-        case .auto: return TorchModel.cpuHasBF16 ? .bf16 : .fp32
-        default: return precision
-        }
-    }
+extension ModelOptions {
+    /// Threads left for decoding on `cores` cores once the model's ``threads`` run: at least
+    /// 1 (1 on 2 cores with 2 model threads, 14 on 16 cores with 2).
+    public func decodeThreadsLeftOver(cores: Int) -> Int { max(1, cores - max(1, threads)) }
 }
 
 /// A loaded TorchScript model (one libtorch module). Blocking calls: run them off Swift's
@@ -52,7 +55,7 @@ public final class TorchModel: @unchecked Sendable {
     public let options: ModelOptions
     /// Output dimension, from the warm-up forward.
     public let outputDim: Int
-    /// The precision actually used.
+    /// The precision actually used (`auto` resolved).
     public let precision: Precision
 
     /// True when this CPU runs bfloat16 natively (AVX512_BF16 or AMX-BF16).
@@ -60,18 +63,63 @@ public final class TorchModel: @unchecked Sendable {
     /// libtorch's version.
     public static var libtorchVersion: String { String(cString: ew_torch_version()) }
 
+    /// What `auto` chose and the speeds it measured; nil unless ``ModelOptions/precision`` is `.auto`.
+    public let precisionChoice: PrecisionChoice?
+
     /// Loads, freezes and warms up the model (two forwards of a full zero batch), checking
     /// that its output is `[n, D]` floating point.
-    public init(options: ModelOptions) throws(InferenceError) {
+    ///
+    /// With `.auto`, loads fp32 and (where the CPU runs bfloat16 natively) bf16, times
+    /// ``PrecisionChoice/rounds`` full batches of each, interleaved, and keeps the faster
+    /// (``PrecisionChoice/decide(_:margin:)``); the other is freed. With a `cacheKey` and
+    /// ``ModelOptions/precisionCachePath``, a cached choice is used without timing and a
+    /// measured one is stored.
+    public init(options: ModelOptions, cacheKey: PrecisionCacheKey? = nil) throws(InferenceError) {
         guard options.batchSize >= 1, options.threads >= 1 else {
             throw InferenceError(.invalidConfiguration, "batch size and threads must be at least 1")
         }
-        let precision = options.resolvedPrecision
-        if precision == .bf16 && !Self.cpuHasBF16 {
-            throw InferenceError(.precisionUnavailable,
-                                 "bf16 was requested but this CPU has no native bfloat16 (AVX512_BF16/AMX); use fp32 or auto")
-        }
         _ = ew_torch_set_threads(Int32(options.threads), 1)
+        let cache = options.precisionCachePath.map(PrecisionCache.init(path:))
+        var choice: PrecisionChoice?
+        let handle: OpaquePointer
+        switch options.precision {
+        case .fp32, .bf16:
+            if options.precision == .bf16 && !Self.cpuHasBF16 {
+                throw InferenceError(.precisionUnavailable,
+                                     "bf16 was requested but this CPU has no native bfloat16 (AVX512_BF16/AMX); use fp32 or auto")
+            }
+            handle = try Self.load(options, options.precision)
+        case .auto:
+            if let cacheKey, let cached = cache?.lookup(cacheKey),
+               cached.precision == .fp32 || Self.cpuHasBF16 {
+                choice = cached
+                handle = try Self.load(options, cached.precision)
+            } else {
+                var handles: [Precision: OpaquePointer] = [:]
+                defer { for (_, h) in handles { ew_torch_free(h) } }
+                handles[.fp32] = try Self.load(options, .fp32)
+                // bf16 is not timed where it would be emulated (several times slower).
+                if Self.cpuHasBF16, let h = try? Self.load(options, .bf16) { handles[.bf16] = h }
+                let per = options.channels * options.height * options.width
+                let input = (0..<(options.batchSize * per)).map { Float(($0 % 251) - 125) / 64 }
+                let measured = try PrecisionChoice.measure(candidates: [.fp32, .bf16].filter { handles[$0] != nil }) {
+                    (p: Precision) throws(InferenceError) -> Double in
+                    try Self.imagesPerSecond(handles[p]!, options: options, input: input)
+                }
+                choice = measured
+                handle = handles.removeValue(forKey: measured.precision)!
+                if let cacheKey { try? cache?.store(measured, for: cacheKey) }
+            }
+        }
+        self.handle = handle
+        self.options = options
+        self.precision = choice?.precision ?? options.precision
+        self.precisionChoice = choice
+        self.outputDim = Int(ew_torch_output_dim(handle))
+    }
+
+    /// Loads one precision (the shim freezes and runs two warm-up batches).
+    private static func load(_ options: ModelOptions, _ precision: Precision) throws(InferenceError) -> OpaquePointer {
         var o = ew_torch_options(
             precision: Int32(precision == .bf16 ? EW_TORCH_BF16.rawValue : EW_TORCH_FP32.rawValue),
             channels_last: options.channelsLast ? 1 : 0, optimize: options.freeze ? 1 : 0,
@@ -81,10 +129,26 @@ public final class TorchModel: @unchecked Sendable {
         var model: OpaquePointer?
         let rc = ew_torch_load(options.path, &o, &model, &err)
         guard rc == 0, let model else { throw Self.error(rc, err) }
-        self.handle = model
-        self.options = options
-        self.precision = precision
-        self.outputDim = Int(ew_torch_output_dim(model))
+        return model
+    }
+
+    /// One full batch through `handle`, timed: images/s.
+    private static func imagesPerSecond(_ handle: OpaquePointer, options: ModelOptions,
+                                        input: [Float]) throws(InferenceError) -> Double {
+        let n = options.batchSize * Int(ew_torch_output_dim(handle))
+        var out = [Float](repeating: 0, count: n)
+        var err = ew_torch_error()
+        let start = ContinuousClock.now
+        let rc = input.withUnsafeBufferPointer { buf in
+            out.withUnsafeMutableBufferPointer { o in
+                ew_torch_forward(handle, buf.baseAddress, Int64(options.batchSize), Int64(options.channels),
+                                 Int64(options.height), Int64(options.width), o.baseAddress, n, &err)
+            }
+        }
+        let t = ContinuousClock.now - start
+        if rc != 0 { throw Self.error(rc, err) }
+        let seconds = Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18
+        return Double(options.batchSize) / max(seconds, 1e-9)
     }
 
     deinit { ew_torch_free(handle) }

@@ -5,6 +5,7 @@
 @_exported import EwallStore
 @_exported import EwallIndex
 @_exported import EwallClassifier
+import Crypto
 import Foundation
 import Logging
 
@@ -16,20 +17,31 @@ public struct EmbedderConfiguration: Sendable {
     public var preprocessing: PreprocessingMode
     /// Byte, pixel and side limits; decoder warnings.
     public var limits: ImageLimits
-    /// Opt-in JPEG DCT-domain downscaling (faster, pixels drift slightly; see README).
+    /// JPEG DCT-domain downscaling (TurboJPEG's 1/2, 1/4, 1/8 scaling, as PIL's `draft`) for
+    /// JPEGs at least twice the resize target in both dimensions: faster on big photos, pixels
+    /// drift slightly (README, "What the pipeline does to an image"). Off by default. Vectors
+    /// made with it are stored under their own preprocessing id (``preprocessingID``).
     public var fastJPEG: Bool
-    /// Threads that read and decode images while the model runs (default 1: with libtorch
-    /// on 2 threads, that fills a 2-core machine).
+    /// Threads that read and decode images while the model runs. Default: the cores the
+    /// model's threads leave over, at least 1 (``ModelOptions/decodeThreadsLeftOver(cores:)``).
     public var decodeThreads: Int
 
+    /// - Parameter decodeThreads: nil: the cores `model.threads` leave over on this machine,
+    ///   at least 1.
     public init(model: ModelOptions, preprocessing: PreprocessingMode = .squash224,
-                limits: ImageLimits = ImageLimits(), fastJPEG: Bool = false, decodeThreads: Int = 1) {
+                limits: ImageLimits = ImageLimits(), fastJPEG: Bool = false, decodeThreads: Int? = nil) {
         self.model = model
         self.preprocessing = preprocessing
         self.limits = limits
         self.fastJPEG = fastJPEG
-        self.decodeThreads = decodeThreads
+        self.decodeThreads = decodeThreads ?? model.decodeThreadsLeftOver(cores: ProcessInfo.processInfo.activeProcessorCount)
     }
+
+    /// The preprocessing recorded with every vector (the store's model key): `squash224`,
+    /// or `squash224+dct` with the JPEG fast path (``PreprocessingMode/storedID(fastJPEG:)``),
+    /// so vectors of the exact and the fast path are never mixed. Use it wherever a
+    /// ``ModelKey`` is built from this configuration.
+    public var preprocessingID: String { preprocessing.storedID(fastJPEG: fastJPEG) }
 }
 
 /// A vector and what it was made with.
@@ -102,7 +114,12 @@ public final class ImageEmbedder: Sendable {
             modelID = "unknown@\(size)"
             logger.warning("\(path) has no model card (\(ModelCard.path(forModel: path))); its provenance is unknown")
         }
-        embedder = try Embedder(options: configuration.model)
+        var cacheKey: PrecisionCacheKey?
+        if configuration.model.precision == .auto, configuration.model.precisionCachePath != nil {
+            cacheKey = Self.precisionCacheKey(configuration.model)
+        }
+        embedder = try Embedder(options: configuration.model, cacheKey: cacheKey)
+        if let choice = embedder.model.precisionChoice { logger.info("precision auto: \(choice)") }
         preprocessor = Preprocessor(mode: configuration.preprocessing, limits: configuration.limits,
                                     fastJPEG: configuration.fastJPEG)
         decoders = (0..<max(1, configuration.decodeThreads)).map { BlockingWorker(name: "ewall-decode-\($0)") }
@@ -112,6 +129,23 @@ public final class ImageEmbedder: Sendable {
     public var dimension: Int { embedder.outputDim }
     /// The precision in use after resolving `auto`.
     public var precision: Precision { embedder.model.precision }
+    /// With `--precision auto`: the choice and the measured (or cached) images/s of each
+    /// precision. Nil for fp32 or bf16 asked by name.
+    public var precisionChoice: PrecisionChoice? { embedder.model.precisionChoice }
+    /// The preprocessing stored with every vector (``EmbedderConfiguration/preprocessingID``).
+    public var preprocessingID: String { configuration.preprocessingID }
+
+    /// The cache key of `auto`'s choice: the model file's sha256 (hashed here, streaming),
+    /// this CPU's model name, threads and batch size.
+    static func precisionCacheKey(_ options: ModelOptions) -> PrecisionCacheKey? {
+        guard let handle = FileHandle(forReadingAtPath: options.path) else { return nil }
+        defer { try? handle.close() }
+        var hasher = SHA256()
+        while let chunk = try? handle.read(upToCount: 1 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
+        let hex = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return PrecisionCacheKey(modelSHA256: hex, cpuModel: PrecisionCacheKey.currentCPUModel,
+                                 threads: options.threads, batchSize: options.batchSize)
+    }
 
     /// Embeds image files, in order. Never throws: every file gets an outcome.
     public func embed(files: [String]) async -> [EmbeddingOutcome] {

@@ -7,6 +7,8 @@
 //   ewall-bench classify score|calibrate ...   (bench/classify_bench.py; see ClassifyBench.swift)
 //   ewall-bench embedder --model M --images DIR --count N   (bench/serve_bench.py): ImageEmbedder's
 //       own throughput, bytes in memory -> decode -> batches of 32 -> vectors; prints {images_per_s}
+//   ewall-bench memory --model M --images DIR --count 5000 [--precision P]   (bench/memory_bench.py):
+//       RSS after every 256 images of ImageEmbedder.embed(files:); growth early window vs late window
 import EwallML
 import Foundation
 
@@ -41,6 +43,46 @@ if CommandLine.arguments.dropFirst().first == "embedder" {
     let failed = outcomes.filter { if case .failure = $0.result { true } else { false } }.count
     print(String(decoding: try JSONSerialization.data(withJSONObject: [
         "images": count, "failed": failed, "seconds": s, "images_per_s": Double(count) / s], options: [.sortedKeys]), as: UTF8.self))
+    exit(0)
+}
+
+if CommandLine.arguments.dropFirst().first == "memory" {
+    // ewall-bench memory --model M --images DIR --count 5000 [--precision P] (bench/memory_bench.py):
+    // ImageEmbedder over `count` images (the folder's files reused in turn), in calls of 256;
+    // current RSS after every call. Growth: max RSS over the window after warm-up (images
+    // 500...1500) against the max over the last 1000 images.
+    let a = CommandLine.arguments
+    func opt(_ name: String, _ fallback: String) -> String {
+        a.firstIndex(of: name).flatMap { $0 + 1 < a.count ? a[$0 + 1] : nil } ?? fallback
+    }
+    let dir = opt("--images", "data/samples/bench")
+    let count = Int(opt("--count", "5000"))!
+    let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+    let files = names.map { "\(dir)/\($0)" }
+    let embedder = try ImageEmbedder(configuration: EmbedderConfiguration(model: ModelOptions(
+        path: opt("--model", "models/resnet50.pt"), precision: Precision(rawValue: opt("--precision", "fp32"))!)))
+    func rssMiB() -> Double {
+        let statm = (try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8)) ?? "0 0"
+        return Double(statm.split(separator: " ")[1])! * Double(sysconf(Int32(_SC_PAGESIZE))) / 1048576
+    }
+    var samples: [[Double]] = []
+    var done = 0, failed = 0
+    let start = ContinuousClock.now
+    while done < count {
+        let n = min(256, count - done)
+        let outcomes = await embedder.embed(files: (0..<n).map { files[(done + $0) % files.count] })
+        failed += outcomes.filter { if case .failure = $0.result { true } else { false } }.count
+        done += n
+        samples.append([Double(done), rssMiB()])
+    }
+    let t = ContinuousClock.now - start
+    let s = Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18
+    let early = samples.filter { $0[0] > 500 && $0[0] <= 1500 }.map { $0[1] }.max() ?? 0
+    let late = samples.filter { $0[0] > Double(count - 1000) }.map { $0[1] }.max() ?? 0
+    print(String(decoding: try JSONSerialization.data(withJSONObject: [
+        "images": count, "failed": failed, "images_per_s": Double(count) / s, "precision": embedder.precision.rawValue,
+        "rss_max_early_mib": early, "rss_max_late_mib": late, "growth": late / max(early, 1) - 1,
+        "samples": samples], options: [.sortedKeys]), as: UTF8.self))
     exit(0)
 }
 

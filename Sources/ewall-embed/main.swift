@@ -133,9 +133,7 @@ struct EwallEmbed: AsyncParsableCommand {
         let store = try await database.open()
         let embedder: ImageEmbedder
         do {
-            embedder = try ImageEmbedder(configuration: EmbedderConfiguration(
-                model: modelFlags.options(), preprocessing: imageFlags.preprocess, limits: imageFlags.limits,
-                fastJPEG: imageFlags.fastJpeg), logger: logger)
+            embedder = try ImageEmbedder(configuration: imageFlags.configuration(model: modelFlags.options()), logger: logger)
         } catch {
             await store.close()
             throw fail(error.message)
@@ -178,7 +176,7 @@ struct EwallEmbed: AsyncParsableCommand {
         let name = workerName ?? JobWorker.defaultName
         if manifest != nil {
             do {
-                let key = ModelKey(modelID: embedder.modelID, preprocessing: imageFlags.preprocess.rawValue)
+                let key = ModelKey(modelID: embedder.modelID, preprocessing: embedder.preprocessingID)
                 let submitted = try await JobSubmission.submit(
                     name: jobName, job: jobConfiguration, shared: shared, key: key, queue: queue, submittedBy: name,
                     onFailure: { f in failureLog?.write(f) }, logger: logger)

@@ -43,10 +43,7 @@ struct Embed: AsyncParsableCommand {
     func run() async throws {
         bootstrapLogging()
         let logger = Logger(label: "ewall")
-        let config = EmbedderConfiguration(
-            model: ModelOptions(path: modelFlags.resolvedModel, precision: modelFlags.precision,
-                                threads: modelFlags.threads, batchSize: modelFlags.batchSize),
-            preprocessing: imageFlags.preprocess, limits: imageFlags.limits, fastJPEG: imageFlags.fastJpeg)
+        let config = imageFlags.configuration(model: modelFlags.options())
         let embedder: ImageEmbedder
         do {
             embedder = try ImageEmbedder(configuration: config, logger: logger)
@@ -89,10 +86,14 @@ struct Embed: AsyncParsableCommand {
         if !json && npy == nil { printTable(outcomes, embedder: embedder, seconds: seconds) }
         let failed = outcomes.filter { if case .failure = $0.result { return true } else { return false } }.count
         let summary = "ewall embed: \(outcomes.count - failed) embedded, \(failed) failed, "
-            + "model \(embedder.modelID) (\(embedder.precision), \(config.preprocessing)), "
+            + "model \(embedder.modelID) (\(embedder.precision), \(embedder.preprocessingID)), "
+            + "\(config.model.threads) model + \(config.decodeThreads) decode threads, "
             + String(format: "%.1f images/s", Double(outcomes.count) / max(seconds, 1e-9))
             + (embedder.card?.pretrained == false ? " [RANDOM-INIT MODEL: vectors carry no meaning]" : "")
         FileHandle.standardError.write(Data((summary + "\n").utf8))
+        if let choice = embedder.precisionChoice {
+            FileHandle.standardError.write(Data("ewall embed: precision auto chose \(choice)\n".utf8))
+        }
     }
 
     func printTable(_ outcomes: [EmbeddingOutcome], embedder: ImageEmbedder, seconds: Double) {

@@ -88,3 +88,15 @@ struct PreprocessorParityTests {
         #expect(parallel == sequential)
     }
 }
+
+@Suite("JPEG fast path: recorded with every vector")
+struct FastJPEGPathTests {
+    @Test("the stored preprocessing names the fast path, so the two paths are never mixed")
+    func storedID() {
+        #expect(PreprocessingMode.squash224.storedID(fastJPEG: false) == "squash224")
+        #expect(PreprocessingMode.squash224.storedID(fastJPEG: true) == "squash224+dct")
+        #expect(PreprocessingMode.resize256Crop224.storedID(fastJPEG: true) == "resize256-crop224+dct")
+        let all = PreprocessingMode.allCases.flatMap { [$0.storedID(fastJPEG: false), $0.storedID(fastJPEG: true)] }
+        #expect(Set(all).count == all.count)
+    }
+}

@@ -77,7 +77,7 @@ public final class EmbeddingJob: Sendable {
     }
 
     /// The model key every vector of this job is stored under.
-    public var key: ModelKey { ModelKey(modelID: embedder.modelID, preprocessing: embedder.configuration.preprocessing.rawValue) }
+    public var key: ModelKey { ModelKey(modelID: embedder.modelID, preprocessing: embedder.preprocessingID) }
 
     /// Asks the job to stop: no new items are started, the items already decoded are
     /// embedded and written (the current batch), and ``run(progressInterval:onProgress:onFailure:)``

@@ -72,7 +72,7 @@ final class JobPipeline: Sendable {
         self.fetcher = fetcher
         self.stats = stats
         self.stopFlag = stopFlag
-        self.key = ModelKey(modelID: embedder.modelID, preprocessing: embedder.configuration.preprocessing.rawValue)
+        self.key = ModelKey(modelID: embedder.modelID, preprocessing: embedder.preprocessingID)
         self.reuse = reuse ? VectorReuse(store: store, key: key) : nil
         self.logger = logger
         self.fetchQueue = BoundedQueue(capacity: max(8, concurrency * 2))

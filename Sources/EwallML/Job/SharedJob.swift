@@ -176,7 +176,7 @@ public final class JobWorker: Sendable {
         "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
     }
 
-    public var key: ModelKey { ModelKey(modelID: embedder.modelID, preprocessing: embedder.configuration.preprocessing.rawValue) }
+    public var key: ModelKey { ModelKey(modelID: embedder.modelID, preprocessing: embedder.preprocessingID) }
 
     /// Finish the current batch, give back the leases, claim nothing more.
     public func stop() { stopFlag.set() }

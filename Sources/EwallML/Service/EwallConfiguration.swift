@@ -63,12 +63,13 @@ public struct EwallConfiguration: Sendable {
         public var maxQueuedImages: Int
         /// Time to fetch one image URL, all attempts included (default 10 s).
         public var fetchTimeout: Duration
-        /// Threads that decode images (default 1; with libtorch on 2 threads that fills 2 cores).
-        public var decodeThreads: Int
+        /// Threads that decode images (`nil`, the default: the cores the model's threads leave
+        /// over, at least 1, as for the batch job).
+        public var decodeThreads: Int?
 
         public init(maxImageBytes: Int = 10 << 20, maxImagePixels: Int = 40_000_000, maxBatchSize: Int = 32,
                     maxBatchWait: Duration = .milliseconds(5), maxQueuedImages: Int = 256,
-                    fetchTimeout: Duration = .seconds(10), decodeThreads: Int = 1) {
+                    fetchTimeout: Duration = .seconds(10), decodeThreads: Int? = nil) {
             self.maxImageBytes = maxImageBytes
             self.maxImagePixels = maxImagePixels
             self.maxBatchSize = maxBatchSize

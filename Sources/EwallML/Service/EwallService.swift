@@ -152,7 +152,7 @@ public final class EwallService: Service, Sendable {
             throw EwallError(.unavailable, "model_unavailable", error.message)
         }
         modelID = embedder.modelID
-        modelKey = ModelKey(modelID: embedder.modelID, preprocessing: configuration.preprocessing.rawValue)
+        modelKey = ModelKey(modelID: embedder.modelID, preprocessing: embedder.preprocessingID)
         pretrained = embedder.card?.pretrained ?? false
         do {
             rules = try configuration.rulesPath.map { try KeywordRules.load(path: $0) }
