@@ -18,7 +18,7 @@ FIX   := .fixtures
 # loopback, the Python reference, and the photo sources for the samples (desktop wallpapers
 # and scikit-image's data, real photographs).
 APT_PACKAGES := libtorch-dev libfaiss-dev libopenblas-dev libturbojpeg0-dev libpng-dev libwebp-dev \
-                libsqlite3-dev postgresql sqlite3 wrk curl \
+                libsqlite3-dev postgresql sqlite3 wrk curl iproute2 \
                 python3-torch python3-torchvision python3-pil python3-numpy python3-skimage python3-requests python3-faiss \
                 mate-backgrounds plasma-workspace-wallpapers
 DEPS_STAMP := .build/.deps-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
@@ -29,7 +29,8 @@ help:
 	@echo "make demo     install deps, build (release), make the model, run ewall-embed over the sample photos served"
 	@echo "              from a loopback HTTP server into sqlite:data/ewall.sqlite, twice (the rerun skips all)"
 	@echo "make test     install deps, make model and fixtures, run all tests"
-	@echo "make bench    benchmarks vs the Python reference (bench/out/): model, decode, the job, FAISS index, classifier,"
+	@echo "make bench    benchmarks vs the Python reference (bench/out/): model, decode, real photos, the job, the shared-job"
+	@echo "              queue (PostgreSQL), FAISS index, classifier,"
 	@echo "              ewall-serve under wrk load"
 	@echo "make serve    after make demo: ewall-serve on http://127.0.0.1:8080 over the demo store and index"
 	@echo "make deps     apt-get install the Debian packages listed in APT_PACKAGES (root or sudo)"
@@ -153,6 +154,8 @@ bench: build model
 	$(SWIFT) build -c release --product ewall-embed
 	$(PY) bench/embed_job_bench.py --ewall-embed .build/release/ewall-embed --ewall-bench .build/release/ewall-bench \
 	    --model $(MODEL) --out bench/out
+	$(PY) bench/queue_bench.py --ewall-bench .build/release/ewall-bench --ewall-embed .build/release/ewall-embed \
+	    --model $(MODEL) --images data/samples/real --out bench/out
 	$(SWIFT) build -c release --product rebuild-faiss-index
 	$(PY) bench/index_bench.py --ewall-bench .build/release/ewall-bench --rebuild .build/release/rebuild-faiss-index \
 	    --out bench/out
