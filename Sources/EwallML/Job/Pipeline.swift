@@ -9,6 +9,8 @@ import Logging
 struct WorkItem: Sendable {
     var row: ManifestRow
     var lease: ChunkLease?
+    /// Set when the item fails before any fetch (its URL is refused): it is never fetched.
+    var refused: JobFailure?
 
     func failure(_ errorClass: String, stage: String, _ message: String, httpStatus: Int? = nil, attempts: Int = 0) -> JobFailure {
         JobFailure(line: row.line, productID: row.product.id, imageURL: row.imageURL, errorClass: errorClass, stage: stage,
@@ -134,6 +136,10 @@ final class JobPipeline: Sendable {
                 group.addTask {
                     while let item = await self.fetchQueue.next() {
                         if self.stopFlag.isSet || Task.isCancelled { continue }
+                        if let failure = item.refused {
+                            await self.fetchedQueue.send(.failed(item, failure))
+                            continue
+                        }
                         let t0 = ContinuousClock.now
                         let result = await self.fetcher.fetch(item.row.location)
                         self.stats.time(\.fetch, (ContinuousClock.now - t0).inSeconds)

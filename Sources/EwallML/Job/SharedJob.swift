@@ -250,17 +250,18 @@ public final class JobWorker: Sendable {
                 leases.add(lease, items: c.items.map(\.productID))
                 for item in c.items {
                     if leases.isLost(lease) || stopFlag.isSet { break }
-                    let row: ManifestRow
+                    var work: WorkItem
                     switch ImageLocation.parse(item.imageURL, baseDirectory: base, rules: configuration.inputRules) {
                     case .success(let location):
-                        row = ManifestRow(line: item.line, product: Product(id: item.productID), imageURL: item.imageURL,
-                                          location: location)
-                    case .failure:
-                        // Checked at submit; a URL refused here still gets its ledger row via the fetcher.
-                        row = ManifestRow(line: item.line, product: Product(id: item.productID), imageURL: item.imageURL,
-                                          location: .file(item.imageURL))
+                        work = WorkItem(row: ManifestRow(line: item.line, product: Product(id: item.productID),
+                                                         imageURL: item.imageURL, location: location), lease: lease)
+                    case .failure(let e):
+                        // Checked at submit; a URL this worker's rules refuse fails as invalid_url, unfetched.
+                        work = WorkItem(row: ManifestRow(line: item.line, product: Product(id: item.productID),
+                                                         imageURL: item.imageURL, location: .file("")), lease: lease)
+                        work.refused = work.failure(e.code, stage: "fetch", e.message)
                     }
-                    if !(await pipeline.fetchQueue.send(WorkItem(row: row, lease: lease))) { return }
+                    if !(await pipeline.fetchQueue.send(work)) { return }
                 }
             case .wait(let delay):
                 try await Task.sleep(for: delay)
