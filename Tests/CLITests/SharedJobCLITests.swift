@@ -139,7 +139,7 @@ struct SharedJobCLITests {
         #expect(try Self.submit(manifest, db, "kills").status == 0)
         let slow = ["--concurrency", "2"]
         let steady = try Self.worker(db, "kills", ["--worker-name", "steady"] + slow)
-        var rng = SeededRandom(seed: 20261129)
+        var rng = TestRNG(seed: 20261129)  // seeded: a failing run can be repeated
         var killed = 0
         for round in 0..<20 {
             let name = "victim-\(round)"
@@ -332,18 +332,5 @@ struct SharedJobCLITests {
         let s = try await Self.status(local, "hosts")
         // A worker holds at most two chunks, so none hoards the job.
         #expect(s.workers.filter { $0.items > 0 }.count == 3, "\(s.workers.map { "\($0.worker): \($0.items)" })")
-    }
-}
-
-/// A small seeded generator (SplitMix64), so a failing run can be repeated.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
