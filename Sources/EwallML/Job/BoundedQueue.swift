@@ -61,12 +61,7 @@ final class BoundedQueue<Element: Sendable>: @unchecked Sendable {
     private func dequeue(_ cont: CheckedContinuation<Element?, Never>) {
         lock.lock()
         if let e = popLocked() {
-            var woken: CheckedContinuation<Bool, Never>?
-            if !senders.isEmpty {
-                let (pending, sender) = senders.removeFirst()
-                buffer.append(pending)
-                woken = sender
-            }
+            let woken = admitSenderLocked()
             lock.unlock()
             woken?.resume(returning: true)
             cont.resume(returning: e)
@@ -86,12 +81,7 @@ final class BoundedQueue<Element: Sendable>: @unchecked Sendable {
             lock.unlock()
             return nil
         }
-        var woken: CheckedContinuation<Bool, Never>?
-        if !senders.isEmpty {
-            let (pending, sender) = senders.removeFirst()
-            buffer.append(pending)
-            woken = sender
-        }
+        let woken = admitSenderLocked()
         lock.unlock()
         woken?.resume(returning: true)
         return e
@@ -117,6 +107,15 @@ final class BoundedQueue<Element: Sendable>: @unchecked Sendable {
         head = 0
         lock.unlock()
         finish()
+    }
+
+    /// After a pop, moves the first waiting sender's element into the freed slot; returns the
+    /// sender to resume (outside the lock).
+    private func admitSenderLocked() -> CheckedContinuation<Bool, Never>? {
+        guard !senders.isEmpty else { return nil }
+        let (pending, sender) = senders.removeFirst()
+        buffer.append(pending)
+        return sender
     }
 
     private func popLocked() -> Element? {

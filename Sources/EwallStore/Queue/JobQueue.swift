@@ -610,42 +610,6 @@ public final class PostgresJobQueue: Sendable {
         }
     }
 
-    static func writeVectors(_ conn: PostgresConnection, _ embeddings: [StoredEmbedding], logger: Logger) async throws {
-        if embeddings.isEmpty { return }
-        let e = embeddings
-        try await conn.query("""
-            INSERT INTO embeddings (product_id, model_id, preprocessing, image_url, dim, vector, image_sha256,
-                                    width, height, bytes, content_type, created_at, updated_at)
-            SELECT u.id, u.model, u.pre, u.url, u.dim, u.vec, NULLIF(u.sha, ''), NULLIF(u.w, -1), NULLIF(u.h, -1),
-                   NULLIF(u.b, -1), NULLIF(u.ct, ''), now(), now()
-            FROM unnest(\(e.map(\.productID))::text[], \(e.map(\.key.modelID))::text[], \(e.map(\.key.preprocessing))::text[],
-                        \(e.map(\.imageURL))::text[], \(e.map { Int32($0.vector.count) })::int4[],
-                        \(e.map { ByteBuffer(bytes: VectorBytes.encode($0.vector)) })::bytea[],
-                        \(e.map { $0.imageSHA256 ?? "" })::text[], \(e.map { Int32($0.width ?? -1) })::int4[],
-                        \(e.map { Int32($0.height ?? -1) })::int4[], \(e.map { Int64($0.bytes ?? -1) })::int8[],
-                        \(e.map { $0.contentType ?? "" })::text[])
-                 AS u(id, model, pre, url, dim, vec, sha, w, h, b, ct)
-            \(unescaped: Schema.embeddingUpdate)
-            """, logger: logger)
-    }
-
-    static func writeLedger(_ conn: PostgresConnection, _ ledger: [LedgerEntry], logger: Logger) async throws {
-        if ledger.isEmpty { return }
-        let l = ledger
-        try await conn.query("""
-            INSERT INTO item_outcomes (product_id, model_id, preprocessing, image_url, status, error_class,
-                                       http_status, attempts, last_error, last_tried)
-            SELECT u.id, u.model, u.pre, u.url, u.status, NULLIF(u.cls, ''), NULLIF(u.http, -1), u.attempts,
-                   NULLIF(u.err, ''), u.tried
-            FROM unnest(\(l.map(\.productID))::text[], \(l.map(\.key.modelID))::text[], \(l.map(\.key.preprocessing))::text[],
-                        \(l.map(\.imageURL))::text[], \(l.map(\.status.rawValue))::text[], \(l.map { $0.errorClass ?? "" })::text[],
-                        \(l.map { Int32($0.httpStatus ?? -1) })::int4[], \(l.map { Int32($0.attempts) })::int4[],
-                        \(l.map { $0.lastError ?? "" })::text[], \(l.map(\.lastTried))::timestamptz[])
-                 AS u(id, model, pre, url, status, cls, http, attempts, err, tried)
-            \(unescaped: Schema.ledgerUpdate)
-            """, logger: logger)
-    }
-
     // MARK: Watching
 
     /// Asks the job's workers to stop: they finish their current batch, give back their
