@@ -3,6 +3,9 @@
 
 #include "ew_faiss.h"
 
+#include "fast_index.h"
+#include "kernels.h"
+
 #include <faiss/IVFlib.h>
 #include <faiss/Index.h>
 #include <faiss/IndexFlat.h>
@@ -20,6 +23,7 @@
 #include <faiss/index_io.h>
 #include <faiss/utils/distances.h>
 
+#include <dlfcn.h>
 #include <omp.h>
 
 #include <cstdio>
@@ -213,6 +217,7 @@ int ew_faiss_new(int64_t dim, const char *factory, int metric, ew_faiss_index **
             index = std::move(wrapped);
             name = "IDMap2," + name;
         }
+        index.reset(ew::accelerate(index.release()));
         auto h = new ew_faiss_index;
         h->index = std::move(index);
         h->factory = name;
@@ -229,6 +234,7 @@ int ew_faiss_read(const char *path, int mmap, ew_faiss_index **out, ew_faiss_err
     return guarded(err, EW_FAISS_E_IO, [&] {
         // Memory-mapping applies to IVF inverted lists only; other kinds load as usual.
         std::unique_ptr<faiss::Index> index(faiss::read_index(path, mmap ? faiss::IO_FLAG_MMAP : 0));
+        index.reset(ew::accelerate(index.release()));
         bool mapped = false;
         if (mmap) {
             if (auto ivf = faiss::ivflib::try_extract_index_ivf(index.get()))
@@ -339,7 +345,10 @@ int ew_faiss_knn_exact(const float *x, int64_t nx, const float *y, int64_t ny, i
     if ((nx > 0 && (!x || !distances || !labels)) || (ny > 0 && !y) || dim <= 0 || k <= 0)
         return fill(err, EW_FAISS_E_ARGUMENT, "queries, vectors, outputs, dim > 0 and k > 0 are required");
     return guarded(err, EW_FAISS_E_FAISS, [&] {
-        if (metric == EW_FAISS_METRIC_IP)
+        // Few queries: FAISS would scan with its scalar kernel; ours instead. Many: BLAS.
+        if (!ew::kernels().stock && nx < faiss::distance_compute_blas_threshold)
+            ew::knnExact(x, nx, y, ny, size_t(dim), k, metric == EW_FAISS_METRIC_IP, distances, labels);
+        else if (metric == EW_FAISS_METRIC_IP)
             faiss::knn_inner_product(x, y, size_t(dim), size_t(nx), size_t(ny), size_t(k), distances, labels);
         else
             faiss::knn_L2sqr(x, y, size_t(dim), size_t(nx), size_t(ny), size_t(k), distances, labels);
@@ -377,5 +386,30 @@ int64_t ew_faiss_nlist(const ew_faiss_index *h) {
     return ivf ? int64_t(ivf->nlist) : 0;
 }
 const char *ew_faiss_factory(const ew_faiss_index *h) { return h ? h->factory.c_str() : ""; }
+
+const char *ew_faiss_set_kernel(const char *name) { return ew::setKernels(name) ? ew::kernels().name : nullptr; }
+const char *ew_faiss_kernel(void) { return ew::kernels().name; }
+int ew_faiss_kernel_supported(const char *name) { return ew::kernelsSupported(name) ? 1 : 0; }
+
+const char *ew_faiss_blas_core(void) {
+    // Looked up, not linked: Debian's libblas.so (the OpenBLAS alternative) does not export
+    // it itself, and with another BLAS there is none.
+    using CoreName = char *(*)();
+    static CoreName coreName = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+    const char *name = coreName ? coreName() : nullptr;
+    return name ? name : "";
+}
+
+int ew_faiss_distances(int metric, const float *x, const float *y, int64_t ny, int64_t dim, float *out,
+                       ew_faiss_error *err) {
+    if (!x || (ny > 0 && (!y || !out)) || dim <= 0 || ny < 0)
+        return fill(err, EW_FAISS_E_ARGUMENT, "query, vectors, output, dim > 0 and ny >= 0 are required");
+    if (metric != EW_FAISS_METRIC_L2 && metric != EW_FAISS_METRIC_IP)
+        return fill(err, EW_FAISS_E_ARGUMENT, "metric must be L2 or IP");
+    const ew::Kernels &k = ew::kernels();
+    ew::DistanceFn dis = metric == EW_FAISS_METRIC_IP ? k.inner : k.l2sqr;
+    for (int64_t i = 0; i < ny; i++) out[i] = dis(x, y + i * dim, size_t(dim));
+    return ok(err);
+}
 
 } // extern "C"

@@ -1,5 +1,6 @@
 import CFaissShim
 import EwallCore
+import Foundation
 
 /// The distance an index ranks by. `l2` is the platform's (FAISS returns it squared);
 /// `ip` is the inner product, the cosine for L2-normalised vectors.
@@ -247,4 +248,73 @@ public final class FaissIndex: @unchecked Sendable {
 private func withBitmap<R>(_ b: IDBitmap?, _ body: (UnsafePointer<UInt8>?, Int64) -> R) -> R {
     guard let b else { return body(nil, 0) }
     return b.bytes.withUnsafeBufferPointer { body($0.baseAddress, Int64(b.capacity)) }
+}
+
+/// The distance kernels FAISS's hot loops run on in this process (the lists of IVF-Flat, the
+/// coarse quantizer of any IVF, Flat, HNSW-Flat storage). Debian's libfaiss is built for
+/// baseline x86-64 and computes distances one float at a time; the shim replaces those loops
+/// with its own, chosen at run time, and files stay plain FAISS files.
+public enum DistanceKernel: String, Sendable, CaseIterable, Codable {
+    /// The best this CPU runs: `avx512`, else `avx2`, else `scalar`. The default.
+    case auto
+    /// AVX-512F.
+    case avx512
+    /// AVX2 with FMA.
+    case avx2
+    /// Portable C++ for any x86-64.
+    case scalar
+    /// FAISS's own code paths, unchanged (for comparison and benchmarks).
+    case faiss
+
+    /// The kernel in force, process-wide (never `auto`).
+    public static var current: DistanceKernel {
+        DistanceKernel(rawValue: String(cString: ew_faiss_kernel())) ?? .scalar
+    }
+
+    /// Whether this CPU (and OS) can run it.
+    public var isSupported: Bool { ew_faiss_kernel_supported(rawValue) != 0 }
+
+    /// Puts `kernel` in force for the whole process and returns the one in force. A kernel
+    /// this CPU cannot run leaves the portable one in force and says so in one line to `log`
+    /// (standard error by default); it is never an error. Safe to call at any time: a search
+    /// already running may finish on either kernel, and every kernel gives FAISS's answers.
+    @discardableResult
+    public static func use(_ kernel: DistanceKernel,
+                           log: (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) -> DistanceKernel {
+        let inForce = ew_faiss_set_kernel(kernel.rawValue).map { DistanceKernel(rawValue: String(cString: $0)) ?? .scalar } ?? current
+        if kernel != .auto && inForce != kernel {
+            log("distance kernel \(kernel.rawValue) is not supported by this CPU; using \(inForce.rawValue)")
+        }
+        return inForce
+    }
+
+    /// The name OpenBLAS gave the kernels it chose for this CPU ("Prescott" means its generic
+    /// ones), or nil when the BLAS FAISS links is not OpenBLAS.
+    public static var blasCore: String? {
+        let s = String(cString: ew_faiss_blas_core())
+        return s.isEmpty ? nil : s
+    }
+
+    /// One line for the tools' status output, e.g. "distance kernel avx512; BLAS OpenBLAS Prescott (generic)".
+    public static var summary: String {
+        let blas: String = switch blasCore {
+        case nil: "not OpenBLAS"
+        case "Prescott"?, "Core2"?, "Katmai"?, "Coppermine"?, "Northwood"?, "Banias"?, "Atom"?:
+            "OpenBLAS \(blasCore!) (generic kernels; batched build work is slower than this CPU allows)"
+        case let core?: "OpenBLAS \(core)"
+        }
+        return "distance kernel \(current.rawValue); BLAS \(blas)"
+    }
+
+    /// Distances from `query` to each of the `vectors` (row-major, `query.count` wide) with the
+    /// kernel in force: squared L2 or inner product, as FAISS computes them.
+    public static func distances(from query: [Float], to vectors: [Float], metric: IndexMetric) throws -> [Float] {
+        let d = query.count
+        precondition(d > 0 && vectors.count % d == 0, "vectors are not rows of the query's width")
+        let n = vectors.count / d
+        var out = [Float](repeating: 0, count: n)
+        var err = ew_faiss_error()
+        guard ew_faiss_distances(metric.raw, query, vectors, Int64(n), Int64(d), &out, &err) == 0 else { throw IndexError(err) }
+        return out
+    }
 }

@@ -17,6 +17,8 @@
  *     OpenMP thread count. A search of one query runs on the calling thread.
  *   - No call keeps a pointer it was given after it returns.
  *
+ * Distances: FAISS's hot loops are ours (see "Distance kernels" below); files stay FAISS's.
+ *
  * Errors: every fallible call returns 0 or a negative EW_FAISS_E_* code and fills the
  * caller-owned ew_faiss_error (may be NULL). No C++ exception crosses this header.
  */
@@ -122,6 +124,39 @@ int ew_faiss_can_remove(const ew_faiss_index *index);
 /* The factory string the index was built from, with the IDMap2 wrapping made explicit
    ("IDMap2,Flat"); for a file read from disk, a description rebuilt from its structure. */
 const char *ew_faiss_factory(const ew_faiss_index *index);
+
+/* ---- Distance kernels.
+   Debian's libfaiss.a is built for baseline x86-64, so its distances run scalar code. Indexes
+   made or read here compute them with our kernels instead, chosen at run time by CPU: the
+   lists of IVF-Flat, the flat coarse quantizer of any IVF kind (below 20 queries a call;
+   FAISS's BLAS path above), Flat (under IDMap2), HNSW-Flat storage, and ew_faiss_knn_exact
+   below 20 queries. Results are FAISS's (same ids in the same order, except exact ties;
+   distances within float rounding, about 1e-6 relative at 2048-d). Files written are plain
+   FAISS files (IndexIVFFlat, IndexFlat).
+
+   Kernel names: "avx512" (AVX-512F), "avx2" (AVX2 + FMA), "scalar" (portable C++, any x86-64),
+   "faiss" (FAISS's own code paths, for comparison), "auto" (the best this CPU runs; default).
+   The choice is process-wide; any thread may change it at any time; a search in flight may
+   use either. No call here logs. */
+
+/* Puts a kernel in force and returns the one now in force (a static string): the one asked
+   for, or "scalar" when this CPU cannot run it. NULL for an unknown name (nothing changes). */
+const char *ew_faiss_set_kernel(const char *name);
+
+/* The kernel in force (a static string). */
+const char *ew_faiss_kernel(void);
+
+/* 1 when this CPU (and OS) can run the kernel `name`; 0 otherwise or for an unknown name. */
+int ew_faiss_kernel_supported(const char *name);
+
+/* OpenBLAS's name for the kernels it picked for this CPU ("Prescott", "Haswell", "SkylakeX",
+   "Zen", ...; static string); "" when the process's BLAS is not OpenBLAS. */
+const char *ew_faiss_blas_core(void);
+
+/* Distances from one query x (dim floats, borrowed) to each of ny vectors y (ny*dim floats,
+   borrowed) with the kernel in force: squared L2 or inner product. out: ny floats, caller-owned. */
+int ew_faiss_distances(int metric, const float *x, const float *y, int64_t ny, int64_t dim, float *out,
+                       ew_faiss_error *err);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,222 @@
+// fast_index.cpp: the fast subclasses of fast_index.h. Their result handling copies FAISS
+// 1.7.3's (IVFFlatScanner in IndexIVFFlat.cpp; exhaustive_*_seq with HeapResultHandler in
+// utils/distances.cpp): the same heap, the same comparisons, the same order of visits, so
+// the answers are FAISS's except where a distance's last bits differ.
+
+#include "fast_index.h"
+
+#include "kernels.h"
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexPreTransform.h>
+#include <faiss/impl/AuxIndexStructures.h>
+#include <faiss/impl/DistanceComputer.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/invlists/DirectMap.h>
+#include <faiss/utils/Heap.h>
+#include <faiss/utils/distances.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+
+namespace ew {
+
+using idx_t = faiss::Index::idx_t;
+
+namespace {
+
+template <bool IP>
+using Heap = typename std::conditional<IP, faiss::CMin<float, idx_t>, faiss::CMax<float, idx_t>>::type;
+
+// ---- IVF-Flat: FAISS's IVFFlatScanner with our kernel.
+
+template <bool IP, bool useSel>
+struct FlatListScanner : faiss::InvertedListScanner {
+    using C = Heap<IP>;
+    size_t d;
+    DistanceFn dis;
+    const float *q = nullptr;
+
+    FlatListScanner(size_t d, bool storePairs, const faiss::IDSelector *sel, const Kernels &k)
+            : InvertedListScanner(storePairs, sel), d(d), dis(IP ? k.inner : k.l2sqr) {
+        code_size = d * sizeof(float);
+    }
+
+    void set_query(const float *x) override { q = x; }
+    void set_list(idx_t list, float) override { list_no = list; }
+    float distance_to_code(const uint8_t *code) const override { return dis(q, (const float *)code, d); }
+
+    size_t scan_codes(size_t n, const uint8_t *codes, const idx_t *ids, float *simi, idx_t *idxi,
+                      size_t k) const override {
+        const float *y = (const float *)codes;
+        size_t updates = 0;
+        for (size_t j = 0; j < n; j++, y += d) {
+            if (useSel && !sel->is_member(ids[j])) continue;
+            float v = dis(q, y, d);
+            if (C::cmp(simi[0], v)) {
+                idx_t id = store_pairs ? idx_t(faiss::lo_build(list_no, j)) : ids[j];
+                faiss::heap_replace_top<C>(k, simi, idxi, v, id);
+                updates++;
+            }
+        }
+        return updates;
+    }
+
+    void scan_codes_range(size_t n, const uint8_t *codes, const idx_t *ids, float radius,
+                          faiss::RangeQueryResult &res) const override {
+        const float *y = (const float *)codes;
+        for (size_t j = 0; j < n; j++, y += d) {
+            if (useSel && !sel->is_member(ids[j])) continue;
+            float v = dis(q, y, d);
+            if (C::cmp(radius, v)) res.add(v, store_pairs ? idx_t(faiss::lo_build(list_no, j)) : ids[j]);
+        }
+    }
+};
+
+struct FastIVFFlat : faiss::IndexIVFFlat {
+    explicit FastIVFFlat(const faiss::IndexIVFFlat &o) : faiss::IndexIVFFlat(o) {}
+
+    faiss::InvertedListScanner *get_InvertedListScanner(bool storePairs, const faiss::IDSelector *sel) const override {
+        const Kernels &k = kernels();
+        if (k.stock) return faiss::IndexIVFFlat::get_InvertedListScanner(storePairs, sel);
+        if (metric_type == faiss::METRIC_INNER_PRODUCT) {
+            if (sel) return new FlatListScanner<true, true>(d, storePairs, sel, k);
+            return new FlatListScanner<true, false>(d, storePairs, sel, k);
+        }
+        if (metric_type == faiss::METRIC_L2) {
+            if (sel) return new FlatListScanner<false, true>(d, storePairs, sel, k);
+            return new FlatListScanner<false, false>(d, storePairs, sel, k);
+        }
+        return faiss::IndexIVFFlat::get_InvertedListScanner(storePairs, sel);
+    }
+};
+
+// ---- Flat: FAISS's exhaustive_*_seq with a heap, and the distance computer HNSW uses.
+
+template <bool IP>
+void knnScan(const float *x, idx_t n, const float *xb, idx_t nb, size_t d, idx_t k, float *distances,
+             idx_t *labels, const faiss::IDSelector *sel, DistanceFn dis) {
+    using C = Heap<IP>;
+    int nt = int(std::min<idx_t>(n, omp_get_max_threads()));
+#pragma omp parallel for num_threads(nt) if (nt > 1)
+    for (idx_t i = 0; i < n; i++) {
+        float *simi = distances + i * k;
+        idx_t *idxi = labels + i * k;
+        const float *q = x + i * d;
+        faiss::heap_heapify<C>(k, simi, idxi);
+        const float *y = xb;
+        for (idx_t j = 0; j < nb; j++, y += d) {
+            if (sel && !sel->is_member(j)) continue;
+            float v = dis(q, y, d);
+            if (C::cmp(simi[0], v)) faiss::heap_replace_top<C>(k, simi, idxi, v, j);
+        }
+        faiss::heap_reorder<C>(k, simi, idxi);
+    }
+}
+
+struct FlatDistance : faiss::FlatCodesDistanceComputer {
+    size_t d;
+    DistanceFn dis;
+    const float *q = nullptr;
+    FlatDistance(const uint8_t *codes, size_t d, DistanceFn dis)
+            : FlatCodesDistanceComputer(codes, d * sizeof(float)), d(d), dis(dis) {}
+    void set_query(const float *x) override { q = x; }
+    float distance_to_code(const uint8_t *code) override { return dis(q, (const float *)code, d); }
+    float symmetric_dis(idx_t i, idx_t j) override {
+        return dis((const float *)(codes + j * code_size), (const float *)(codes + i * code_size), d);
+    }
+};
+
+template <class Base, bool IP>
+struct FastFlat : Base {
+    // Takes the vectors of `o` (left empty).
+    explicit FastFlat(faiss::IndexFlat &o) : Base(o.d) {
+        this->codes = std::move(o.codes);
+        this->ntotal = o.ntotal;
+        this->is_trained = o.is_trained;
+        this->verbose = o.verbose;
+        o.ntotal = 0;
+    }
+
+    void search(idx_t n, const float *x, idx_t k, float *distances, idx_t *labels,
+                const faiss::SearchParameters *params) const override {
+        const Kernels &kn = kernels();
+        const faiss::IDSelector *sel = params ? params->sel : nullptr;
+        // FAISS answers these with BLAS or its own special cases: leave them to it.
+        bool stock = kn.stock || k <= 0 || (!sel && n >= faiss::distance_compute_blas_threshold) ||
+                     dynamic_cast<const faiss::IDSelectorRange *>(sel) ||
+                     dynamic_cast<const faiss::IDSelectorArray *>(sel);
+        if (stock) return Base::search(n, x, k, distances, labels, params);
+        knnScan<IP>(x, n, this->get_xb(), this->ntotal, size_t(this->d), k, distances, labels, sel,
+                    IP ? kn.inner : kn.l2sqr);
+    }
+
+    faiss::FlatCodesDistanceComputer *get_FlatCodesDistanceComputer() const override {
+        const Kernels &kn = kernels();
+        if (kn.stock) return Base::get_FlatCodesDistanceComputer();
+        return new FlatDistance(this->codes.data(), size_t(this->d), IP ? kn.inner : kn.l2sqr);
+    }
+};
+
+bool isPlainFlat(const faiss::Index *i) {
+    const std::type_info &t = typeid(*i);
+    return (t == typeid(faiss::IndexFlat) || t == typeid(faiss::IndexFlatL2) || t == typeid(faiss::IndexFlatIP)) &&
+           (i->metric_type == faiss::METRIC_L2 || i->metric_type == faiss::METRIC_INNER_PRODUCT);
+}
+
+} // namespace
+
+void knnExact(const float *x, int64_t n, const float *xb, int64_t nb, size_t d, int64_t k, bool ip,
+              float *distances, int64_t *labels) {
+    const Kernels &kn = kernels();
+    if (ip) knnScan<true>(x, n, xb, nb, d, k, distances, labels, nullptr, kn.inner);
+    else knnScan<false>(x, n, xb, nb, d, k, distances, labels, nullptr, kn.l2sqr);
+}
+
+faiss::Index *accelerate(faiss::Index *index) {
+    if (!index) return index;
+    if (auto m = dynamic_cast<faiss::IndexIDMap *>(index)) {
+        if (m->own_fields) m->index = accelerate(m->index);
+        return index;
+    }
+    if (auto p = dynamic_cast<faiss::IndexPreTransform *>(index)) {
+        if (p->own_fields) p->index = accelerate(p->index);
+        return index;
+    }
+    if (auto h = dynamic_cast<faiss::IndexHNSW *>(index)) {
+        if (h->own_fields) h->storage = accelerate(h->storage);
+        return index;
+    }
+    if (auto ivf = dynamic_cast<faiss::IndexIVF *>(index)) {
+        if (ivf->own_fields) ivf->quantizer = accelerate(ivf->quantizer);
+        if (typeid(*ivf) != typeid(faiss::IndexIVFFlat)) return index;
+        auto old = static_cast<faiss::IndexIVFFlat *>(ivf);
+        // Copy everything but the direct map (moved) and the lists and quantizer (handed over).
+        faiss::DirectMap map = std::move(old->direct_map);
+        old->direct_map = faiss::DirectMap();
+        auto fast = new FastIVFFlat(*old);
+        fast->direct_map = std::move(map);
+        old->own_fields = false;
+        old->own_invlists = false;
+        delete old;
+        return fast;
+    }
+    if (isPlainFlat(index)) {
+        auto old = static_cast<faiss::IndexFlat *>(index);
+        faiss::Index *fast;
+        if (old->metric_type == faiss::METRIC_INNER_PRODUCT) fast = new FastFlat<faiss::IndexFlatIP, true>(*old);
+        else fast = new FastFlat<faiss::IndexFlatL2, false>(*old);
+        delete old;
+        return fast;
+    }
+    return index;
+}
+
+} // namespace ew

@@ -1,0 +1,35 @@
+// fast_index.h: FAISS index types whose hot loops use our kernels (internal to CFaissShim).
+//
+// Each is a subclass of the FAISS type it replaces and changes nothing but how distances
+// are computed, through FAISS's own extension points:
+//   - FastIVFFlat (an IndexIVFFlat): get_InvertedListScanner returns a scanner with our
+//     kernels; IndexIVF::search / search_preassigned (stock) drive it.
+//   - FastFlat<IndexFlatL2|IndexFlatIP>: search of fewer than 20 queries (FAISS's own BLAS
+//     threshold; more go to BLAS as before) or with a selector, and the distance computer
+//     HNSW uses on its storage.
+// They are written by FAISS's write_index as the base types (IndexIVFFlat, IndexFlat), so
+// files stay stock FAISS files. With the "faiss" kernel in force every override calls the
+// base class: FAISS's own code, for comparison.
+#ifndef EW_FAISS_FAST_INDEX_H
+#define EW_FAISS_FAST_INDEX_H
+
+#include <faiss/Index.h>
+
+#include <cstdint>
+
+namespace ew {
+
+// Replaces, in the tree under `index`, every IndexIVFFlat and every IndexFlat (IVF coarse
+// quantizer, IDMap's wrapped index, HNSW storage) that its parent owns by the fast subclass,
+// moving the data (no copy of vectors or lists). Takes ownership of `index`; returns the
+// index to use instead (maybe the same pointer). Anything else is left as it is.
+faiss::Index *accelerate(faiss::Index *index);
+
+// Exact k-NN of n queries among nb vectors with the kernels in force (FAISS's heap, as its
+// exhaustive search below the BLAS threshold). labels are row numbers in xb.
+void knnExact(const float *x, int64_t n, const float *xb, int64_t nb, size_t d, int64_t k, bool ip,
+              float *distances, int64_t *labels);
+
+} // namespace ew
+
+#endif

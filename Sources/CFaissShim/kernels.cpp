@@ -1,0 +1,194 @@
+// kernels.cpp: squared L2 and inner product for AVX-512, AVX2+FMA and portable C++, and
+// the run-time choice between them (see kernels.h).
+//
+// Accuracy: every kernel sums in float like FAISS's own fvec_L2sqr_ref, but in 8 to 64
+// partial sums instead of one, so results differ from FAISS's by rounding only (the partial
+// sums are the more accurate). AVX kernels use FMA (one rounding per term instead of two).
+
+#include "kernels.h"
+
+#include <immintrin.h>
+
+#include <faiss/utils/distances.h>
+
+#include <atomic>
+#include <cstring>
+
+namespace ew {
+namespace {
+
+// ---- portable: compiled for the baseline target; 8 partial sums the compiler can vectorise.
+
+float l2sqrScalar(const float *x, const float *y, size_t d) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (int j = 0; j < 8; j++) {
+            float t = x[i + j] - y[i + j];
+            acc[j] += t * t;
+        }
+    float res = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < d; i++) {
+        float t = x[i] - y[i];
+        res += t * t;
+    }
+    return res;
+}
+
+float innerScalar(const float *x, const float *y, size_t d) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += x[i + j] * y[i + j];
+    float res = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < d; i++) res += x[i] * y[i];
+    return res;
+}
+
+// ---- AVX2 + FMA: 4 x 8 lanes, a scalar tail.
+
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma"))) float l2sqrAVX2(const float *x, const float *y, size_t d) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        __m256 t0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i));
+        __m256 t1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8));
+        __m256 t2 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16));
+        __m256 t3 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24));
+        a0 = _mm256_fmadd_ps(t0, t0, a0);
+        a1 = _mm256_fmadd_ps(t1, t1, a1);
+        a2 = _mm256_fmadd_ps(t2, t2, a2);
+        a3 = _mm256_fmadd_ps(t3, t3, a3);
+    }
+    for (; i + 8 <= d; i += 8) {
+        __m256 t = _mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i));
+        a0 = _mm256_fmadd_ps(t, t, a0);
+    }
+    float res = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < d; i++) {
+        float t = x[i] - y[i];
+        res += t * t;
+    }
+    return res;
+}
+
+__attribute__((target("avx2,fma"))) float innerAVX2(const float *x, const float *y, size_t d) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
+    }
+    for (; i + 8 <= d; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+    float res = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < d; i++) res += x[i] * y[i];
+    return res;
+}
+
+// ---- AVX-512F: 4 x 16 lanes, a masked tail (masked loads never touch the bytes past d).
+
+__attribute__((target("avx512f"))) float l2sqrAVX512(const float *x, const float *y, size_t d) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 64 <= d; i += 64) {
+        __m512 t0 = _mm512_sub_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i));
+        __m512 t1 = _mm512_sub_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16));
+        __m512 t2 = _mm512_sub_ps(_mm512_loadu_ps(x + i + 32), _mm512_loadu_ps(y + i + 32));
+        __m512 t3 = _mm512_sub_ps(_mm512_loadu_ps(x + i + 48), _mm512_loadu_ps(y + i + 48));
+        a0 = _mm512_fmadd_ps(t0, t0, a0);
+        a1 = _mm512_fmadd_ps(t1, t1, a1);
+        a2 = _mm512_fmadd_ps(t2, t2, a2);
+        a3 = _mm512_fmadd_ps(t3, t3, a3);
+    }
+    for (; i + 16 <= d; i += 16) {
+        __m512 t = _mm512_sub_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i));
+        a0 = _mm512_fmadd_ps(t, t, a0);
+    }
+    if (i < d) {
+        __mmask16 m = __mmask16((1u << (d - i)) - 1);
+        __m512 t = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i));
+        a1 = _mm512_fmadd_ps(t, t, a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+__attribute__((target("avx512f"))) float innerAVX512(const float *x, const float *y, size_t d) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 64 <= d; i += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32), _mm512_loadu_ps(y + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 48), _mm512_loadu_ps(y + i + 48), a3);
+    }
+    for (; i + 16 <= d; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
+    if (i < d) {
+        __mmask16 m = __mmask16((1u << (d - i)) - 1);
+        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+const Kernels kScalar = {"scalar", l2sqrScalar, innerScalar, false};
+const Kernels kAVX2 = {"avx2", l2sqrAVX2, innerAVX2, false};
+const Kernels kAVX512 = {"avx512", l2sqrAVX512, innerAVX512, false};
+// FAISS's own (in Debian's baseline build: fvec_L2sqr_ref, one float sum).
+const Kernels kFaiss = {"faiss", faiss::fvec_L2sqr, faiss::fvec_inner_product, true};
+
+// __builtin_cpu_supports checks CPUID and that the OS saves the wider registers (XGETBV).
+bool canAVX512() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+}
+bool canAVX2() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+const Kernels *best() { return canAVX512() ? &kAVX512 : canAVX2() ? &kAVX2 : &kScalar; }
+
+std::atomic<const Kernels *> current{nullptr};
+
+} // namespace
+
+const Kernels &kernels() {
+    const Kernels *k = current.load(std::memory_order_acquire);
+    if (!k) {
+        k = best();
+        const Kernels *expected = nullptr;
+        if (!current.compare_exchange_strong(expected, k, std::memory_order_acq_rel)) k = expected;
+    }
+    return *k;
+}
+
+bool kernelsSupported(const char *name) {
+    if (!name) return false;
+    if (!std::strcmp(name, "auto") || !std::strcmp(name, "scalar") || !std::strcmp(name, "faiss")) return true;
+    if (!std::strcmp(name, "avx2")) return canAVX2();
+    if (!std::strcmp(name, "avx512")) return canAVX512();
+    return false;
+}
+
+bool setKernels(const char *name) {
+    if (!name) return false;
+    const Kernels *k;
+    if (!std::strcmp(name, "auto")) k = best();
+    else if (!std::strcmp(name, "scalar")) k = &kScalar;
+    else if (!std::strcmp(name, "faiss")) k = &kFaiss;
+    else if (!std::strcmp(name, "avx2")) k = canAVX2() ? &kAVX2 : &kScalar;
+    else if (!std::strcmp(name, "avx512")) k = canAVX512() ? &kAVX512 : &kScalar;
+    else return false;
+    current.store(k, std::memory_order_release);
+    return true;
+}
+
+} // namespace ew

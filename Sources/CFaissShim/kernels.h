@@ -1,0 +1,35 @@
+// kernels.h: the distance kernels behind ew_faiss_set_kernel (internal to CFaissShim).
+//
+// Three implementations of squared L2 and inner product, chosen at run time: AVX-512
+// (avx512f), AVX2 with FMA, and portable C++ (compiled for baseline x86-64, like Debian's
+// libfaiss.a). Each is compiled for its own target with function attributes, never with
+// -march=native, so the library runs on any x86-64 and uses what the CPU has.
+#ifndef EW_FAISS_KERNELS_H
+#define EW_FAISS_KERNELS_H
+
+#include <cstddef>
+
+namespace ew {
+
+using DistanceFn = float (*)(const float *x, const float *y, size_t d);
+
+struct Kernels {
+    const char *name;  // "avx512", "avx2", "scalar" or "faiss"
+    DistanceFn l2sqr;  // sum (x_i - y_i)^2
+    DistanceFn inner;  // sum x_i y_i
+    bool stock;        // "faiss": FAISS's own functions, and the fast indexes run FAISS's code
+};
+
+// The kernels in force (one atomic load; any thread).
+const Kernels &kernels();
+
+// Puts `name` ("avx512", "avx2", "scalar", "faiss" or "auto") in force. Returns false (and changes
+// nothing) for an unknown name; a known one this CPU cannot run puts "scalar" in force.
+bool setKernels(const char *name);
+
+// Whether this CPU (and OS) can run `name`; "auto", "scalar" and "faiss" always can.
+bool kernelsSupported(const char *name);
+
+} // namespace ew
+
+#endif
