@@ -12,6 +12,8 @@
 //   EwallFetch    fetching image bytes: HTTP(S) with per-host limits and retries, file:// and paths
 //   EwallStore    the embedding store: SQLite (embedded default) and PostgreSQL behind one protocol
 //   EwallIndex    the FAISS index: auto choice, build/incremental from the store, atomic folder, similar products
+//   CHiredis      the system hiredis (module map only)
+//   EwallRedis    Redis: the embedding cache + per-product view, shared fetch limits, batch status mirror
 //   CBLAS         the system CBLAS (OpenBLAS; module map only)
 //   EwallClassifier the category classifier: references, BLAS scoring, keyword rules, calibration, apply
 //   EwallML       the public surface: files/bytes -> vectors; the manifest -> store batch job
@@ -72,6 +74,7 @@ let package = Package(
             ]
         ),
         .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CHiredis", providers: [.apt(["libhiredis-dev"])]),
         .target(name: "EwallCore"),
         .target(name: "EwallImaging", dependencies: ["EwallCore", "CImageCodec"]),
         .target(
@@ -107,6 +110,15 @@ let package = Package(
             ]
         ),
         .systemLibrary(name: "CBLAS", providers: [.apt(["libopenblas-dev"])]),
+        // Redis (hiredis on threads of its own): the embedding cache, shared fetch limits, batch status.
+        .target(
+            name: "EwallRedis",
+            dependencies: [
+                "EwallCore", "EwallFetch", "CHiredis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
         .target(
             name: "EwallClassifier",
             dependencies: [
@@ -118,6 +130,7 @@ let package = Package(
             name: "EwallML",
             dependencies: [
                 "EwallCore", "EwallImaging", "EwallInference", "EwallFetch", "EwallStore", "EwallIndex", "EwallClassifier",
+                "EwallRedis",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -149,7 +162,7 @@ let package = Package(
         .target(
             name: "EwallCLI",
             dependencies: [
-                "EwallML", "EwallCLIBase",
+                "EwallML", "EwallCLIBase", "EwallRedis",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -220,6 +233,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
+        .testTarget(
+            name: "EwallRedisTests",
+            dependencies: ["EwallRedis", "EwallML", "EwallTestSupport", .product(name: "Metrics", package: "swift-metrics")]),
         .testTarget(name: "CLITests", dependencies: ["EwallStore", "EwallIndex", "EwallTestSupport"]),
     ],
     cxxLanguageStandard: .cxx17

@@ -1,6 +1,7 @@
 import ArgumentParser
 @_exported import EwallCLIBase
 import EwallML
+@_exported import EwallRedis
 import Foundation
 import Logging
 
@@ -98,3 +99,40 @@ public struct ImageFlags: ParsableArguments {
 
 extension Precision: ExpressibleByArgument {}
 extension PreprocessingMode: ExpressibleByArgument {}
+
+/// `--redis` and its settings, on every command that embeds or serves (`ewall embed`,
+/// `ewall similar --image`, `ewall-embed`, `ewall-serve`).
+public struct RedisFlags: ParsableArguments {
+    public init() {}
+
+    @Option(name: .long, help: ArgumentHelp(
+        "The platform's Redis: redis://[[user]:password@]host:port/db. Default: $EWALL_REDIS; neither: no Redis.",
+        discussion: """
+            Embedding cache (model + preprocessing + sha256 of the image bytes), the per-product view \
+            product_embedding:{id}, the per-host limit and 429 pauses shared by every worker, and a shared job's \
+            status under batch:*. Redis down or slow is a cache miss, one warning and a metric, never an error.
+            """))
+    public var redis: String?
+
+    @Option(name: .customLong("redis-ttl"), help: "Seconds a cached vector (and a per-product entry) lives in Redis.")
+    public var redisTTL: Int = 3600
+
+    @Option(name: .customLong("redis-timeout-ms"), help: "Milliseconds one Redis command may take before it counts as a miss.")
+    public var redisTimeoutMs: Int = 100
+
+    /// The configuration these flags (or `$EWALL_REDIS`) imply; `nil` without Redis.
+    public func configuration() throws -> RedisConfiguration? {
+        do {
+            guard let location = try RedisConfiguration.location(flag: redis) else { return nil }
+            return RedisConfiguration(location: location, cacheTTL: .seconds(redisTTL), timeout: .milliseconds(redisTimeoutMs))
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    public func validate() throws {
+        guard redisTTL >= 1 else { throw ValidationError("--redis-ttl must be at least 1 second") }
+        guard redisTimeoutMs >= 1 else { throw ValidationError("--redis-timeout-ms must be at least 1") }
+        _ = try configuration()
+    }
+}

@@ -111,6 +111,10 @@ public enum SummaryText {
         if c.decoderWarnings > 0 {
             out += "  \(c.decoderWarnings) images decoded with a harmless decoder warning (e.g. junk bytes before a JPEG marker)\n"
         }
+        if let c = s.cache {
+            out += "  redis cache: \(c.hits) hits, \(c.misses) misses, \(c.errors) errors, \(c.writes) vectors written"
+                + (c.foreign > 0 ? ", \(c.foreign) values not ours ignored" : "") + "\n"
+        }
         if let slow = s.slowestHosts.first, slow.totalSeconds > 0 {
             out += "  slowest hosts: " + s.slowestHosts.prefix(3).map {
                 String(format: "%@ %.1f s in %d requests (max %.1f s, %d timeouts)", $0.host as NSString, $0.totalSeconds,

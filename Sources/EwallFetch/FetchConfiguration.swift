@@ -37,6 +37,9 @@ public struct FetchConfiguration: Sendable, Hashable {
     /// pause one worker is asked for holds for every worker on every machine (`nil`: this
     /// process only). The shared job's workers share them through the PostgreSQL store.
     public var sharedPauses: SharedHostPauses?
+    /// Where the per-host limit is shared with other processes, so ``perHostLimit`` holds
+    /// for all workers on all machines together (`nil`: per process). See ``HostSlotBoard``.
+    public var sharedSlots: SharedHostSlots?
     /// Whether `file://` URLs and plain paths may be read (the batch job: yes; a server taking
     /// URLs from callers: no).
     public var allowFiles: Bool
@@ -130,5 +133,28 @@ public struct SharedHostPauses: Sendable, Hashable {
     public init(_ board: any HostPauseBoard) { self.board = board }
 
     public static func == (a: SharedHostPauses, b: SharedHostPauses) -> Bool { a.id == b.id }
+    public func hash(into hasher: inout Hasher) { hasher.combine(id) }
+}
+
+/// Slots per host shared by many processes: at most `limit` requests to one host in flight
+/// across all of them. Implementations must never throw or hang a fetch, and must expire the
+/// slots of a process that died: a board that cannot be reached gives `nil`, and the fetch
+/// goes on under the per-process limit alone.
+public protocol HostSlotBoard: Sendable {
+    /// Waits for one of `limit` slots on `host` and returns its token, or `nil` when the board
+    /// cannot be reached. The slot expires by itself after `lease`.
+    func acquire(host: String, limit: Int, lease: Duration) async -> String?
+    /// Gives the slot back.
+    func release(host: String, token: String) async
+}
+
+/// A ``HostSlotBoard`` as a configuration value (configurations compare by the board's identity).
+public struct SharedHostSlots: Sendable, Hashable {
+    public let board: any HostSlotBoard
+    private let id = UUID()
+
+    public init(_ board: any HostSlotBoard) { self.board = board }
+
+    public static func == (a: SharedHostSlots, b: SharedHostSlots) -> Bool { a.id == b.id }
     public func hash(into hasher: inout Hasher) { hasher.combine(id) }
 }

@@ -130,17 +130,27 @@ public final class ImageFetcher: Sendable {
         while true {
             if Task.isCancelled { return .failure(FetchError(Self.cancelled, "cancelled", attempts: attempt)) }
             await limiter.acquire(host)
+            // The host's slot shared with other processes (``FetchConfiguration/sharedSlots``),
+            // held for this attempt only; it expires by itself if this process dies. Like the
+            // local permit, waiting for the first one does not count against the deadline.
+            let slots = configuration.sharedSlots?.board
+            let slot = await slots?.acquire(host: authority, limit: configuration.perHostLimit,
+                                            lease: min(configuration.requestTimeout, budget) + .seconds(5))
+            func releasePermits() async {
+                if let slots, let slot { await slots.release(host: authority, token: slot) }
+                await limiter.release(host)
+            }
             let start = ContinuousClock.now
             let itemDeadline = deadline ?? start + budget
             deadline = itemDeadline
             if start >= itemDeadline {
                 // Waiting for a permit (or a host-wide pause) used up what was left.
-                await limiter.release(host)
+                await releasePermits()
                 return .failure(deadlineError(lastError, attempts: attempt, cut: false))
             }
             attempt += 1
             let outcome = await attemptOnce(url, until: itemDeadline)
-            await limiter.release(host)
+            await releasePermits()
             let seconds = (ContinuousClock.now - start).inSeconds
             guard let outcome else { // cut at the deadline
                 timings.record(host: authority, seconds: seconds, timedOut: true)

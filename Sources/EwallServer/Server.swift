@@ -253,6 +253,9 @@ extension PrometheusMetricsFactory {
         f.valueHistogramBuckets["ewall_embed_batch_size"] = [1, 2, 4, 8, 12, 16, 24, 32, 64]
         let latency: [Duration] = [1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 2500, 5000, 10000].map { .milliseconds($0) }
         f.defaultDurationHistogramBuckets = latency
+        // Redis lookups are sub-millisecond on a LAN.
+        f.durationHistogramBuckets["ewall_redis_lookup_seconds"] =
+            [50, 100, 200, 500, 1000, 2000, 5000, 20000, 100_000].map { .microseconds($0) }
         return f
     }
 }

@@ -37,6 +37,8 @@ struct Serve: AsyncParsableCommand {
             (ulimit -n). Path ids are percent-decoded (an id with a / is sent as %2F); a method a path \
             does not serve answers 405 with Allow.
 
+            With --redis (or $EWALL_REDIS), image queries (by URL or bytes) look up the embedding             cache first (key: model, preprocessing and sha256 of the image bytes) and fill it after a             forward pass, so replicas share one another's work; hits, misses, errors and lookup             latency are on /metrics. Redis down or slow is a miss and a metric, never an error.
+
             With the random-init model `make model` makes offline, every vector, neighbour and embedding \
             score is meaningless; responses carry a "warning" saying so.
             """)
@@ -53,6 +55,7 @@ struct Serve: AsyncParsableCommand {
     var index: String?
 
     @OptionGroup var modelFlags: ModelFlags
+    @OptionGroup var redisFlags: RedisFlags
 
     @Option(name: .long, help: "Preprocessing the store's vectors were made with.")
     var preprocess: PreprocessingMode = .squash224
@@ -126,6 +129,7 @@ struct Serve: AsyncParsableCommand {
             preprocessing: preprocess, precision: model.precision, threads: model.threads,
             urlPolicy: AddressPolicy(allowHosts: allowHosts),
             indexWatchInterval: watchSeconds > 0 ? .milliseconds(Int(watchSeconds * 1000)) : nil)
+        config.redis = try redisFlags.configuration()
         config.limits = .init(maxImageBytes: maxImageBytes, maxImagePixels: maxPixels, maxBatchSize: model.batchSize,
                               maxBatchWait: .milliseconds(maxBatchWaitMs), maxQueuedImages: maxQueue)
         let registry = PrometheusCollectorRegistry()

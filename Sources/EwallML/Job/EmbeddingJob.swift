@@ -1,5 +1,6 @@
 import EwallCore
 import EwallFetch
+import EwallRedis
 import EwallStore
 import Foundation
 import Logging
@@ -30,6 +31,12 @@ public struct EmbeddingJobConfiguration: Sendable {
     public var storeWaitLimit: Duration = .seconds(60)
     /// One store call that takes longer than this counts as no answer (default 15 s).
     public var storeCallTimeout: Duration = .seconds(15)
+    /// The platform's Redis (`nil`: none). With it, known image bytes are looked up in the
+    /// embedding cache before inference and every new vector fills it; the per-product view
+    /// (`product_embedding:{id}`) is written through after each commit; the per-host limit and
+    /// hosts' 429 pauses hold across every process that uses the same Redis. Redis down or
+    /// slow is a cache miss and a count in the summary, never an item's failure.
+    public var redis: RedisConfiguration?
 
     public init(manifestPath: String, fetch: FetchConfiguration = FetchConfiguration(), concurrency: Int = 32,
                 retryFailed: Bool = false, force: Bool = false, lookupChunk: Int = 512, preparedQueue: Int = 64) {
@@ -101,10 +108,13 @@ public final class EmbeddingJob: Sendable {
         let estimated = ManifestReader.estimateRows(path: config.manifestPath)
         let stats = JobStats()
         let clock = JobClock()
+        let cache = await JobPipeline.cache(for: config, key: key, dimension: embedder.dimension, logger: logger)
+        var fetch = config.fetch
+        if let cache { fetch.share(through: cache.client) }
         let pipeline = JobPipeline(
-            embedder: embedder, store: store, fetcher: ImageFetcher(configuration: config.fetch, logger: logger), stats: stats,
+            embedder: embedder, store: store, fetcher: ImageFetcher(configuration: fetch, logger: logger), stats: stats,
             stopFlag: stopFlag, concurrency: config.concurrency, preparedQueue: config.preparedQueue, reuse: !config.force,
-            logger: logger)
+            cache: cache, logger: logger)
         let ticker = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(Int(progressInterval * 1000)))
@@ -122,8 +132,9 @@ public final class EmbeddingJob: Sendable {
         }
         ticker.cancel()
         onProgress(stats.progress(estimatedRows: estimated, elapsed: clock.elapsed))
+        await cache?.client.close()
         let summary = makeSummary(stats: stats, wall: clock.elapsed, error: systemic.map(Self.systemicFailure),
-                                  hosts: pipeline.fetcher.hostTimings())
+                                  hosts: pipeline.fetcher.hostTimings(), cache: cache?.statistics)
         if let systemic { throw JobAborted(summary: summary, underlying: systemic) }
         return summary
     }
@@ -163,7 +174,7 @@ public final class EmbeddingJob: Sendable {
     }
 
     /// One unit, one transaction (waiting for the store if it stops answering).
-    private func commit(_ unit: WriteUnit, stats: JobStats, onFailure: @Sendable (JobFailure) -> Void) async throws {
+    private func commit(_ unit: WriteUnit, stats: JobStats, onFailure: @Sendable (JobFailure) -> Void) async throws -> WriteUnit {
         let store = self.store
         try await withStore("writing a batch", stats: stats) { try await store.write(unit.batch) }
         stats.committed(unit.outcomes.map(\.1))
@@ -171,6 +182,7 @@ public final class EmbeddingJob: Sendable {
             stats.failed(f.errorClass)
             onFailure(f)
         }
+        return unit
     }
 
     /// The failure as the summary states it: a stable code and the message a user acts on.
@@ -182,9 +194,10 @@ public final class EmbeddingJob: Sendable {
         }
     }
 
-    private func makeSummary(stats: JobStats, wall: Double, error: SystemicFailure?, hosts: [HostTiming]) -> JobSummary {
+    private func makeSummary(stats: JobStats, wall: Double, error: SystemicFailure?, hosts: [HostTiming],
+                             cache: CacheStatistics?) -> JobSummary {
         JobSummary(stats: stats, source: configuration.manifestPath, store: store.displayName, embedder: embedder, wall: wall,
-                   interrupted: stopFlag.isSet && error == nil, error: error, hosts: hosts)
+                   interrupted: stopFlag.isSet && error == nil, error: error, hosts: hosts, cache: cache)
     }
 
     func withStore<T: Sendable>(_ what: String, stats: JobStats,

@@ -1,5 +1,6 @@
 import EwallCore
 import EwallFetch
+import EwallRedis
 import EwallStore
 import Foundation
 
@@ -140,6 +141,8 @@ public struct JobSummary: Sendable, Codable {
     /// With `--precision auto`: what was chosen and the measured speeds ("bf16 (measured: fp32
     /// 14.5 img/s, bf16 29.7 img/s)").
     public var precisionChoice: String?
+    /// With `--redis`: the embedding cache's hits, misses, errors and values not ours.
+    public var cache: CacheStatistics?
 
     /// One host's fetches in a run.
     public struct HostSummary: Sendable, Codable, Hashable {
@@ -156,7 +159,7 @@ public struct JobSummary: Sendable, Codable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case manifest, store, precision, counts, seconds, interrupted, error, job, worker
+        case manifest, store, precision, counts, seconds, interrupted, error, job, worker, cache
         case slowestHosts = "slowest_hosts", precisionChoice = "precision_choice"
         case modelID = "model_id", preprocessing, randomInitModel = "random_init_model"
         case failuresByClass = "failures_by_class", skippedFailedByClass = "skipped_failed_by_class"
@@ -167,7 +170,8 @@ public struct JobSummary: Sendable, Codable {
 extension JobSummary {
     /// The summary of a run from its counters.
     init(stats: JobStats, source: String, store: String, embedder: ImageEmbedder, wall: Double, interrupted: Bool,
-         error: SystemicFailure?, job: String? = nil, worker: String? = nil, hosts: [HostTiming] = []) {
+         error: SystemicFailure?, job: String? = nil, worker: String? = nil, hosts: [HostTiming] = [],
+         cache: CacheStatistics? = nil) {
         let (counts, failures, skippedFailures, stages) = stats.snapshot()
         var byClass = failures
         if counts.badRows > 0 { byClass[FailureClass.badRow] = counts.badRows }
@@ -180,7 +184,7 @@ extension JobSummary {
                   worker: worker, slowestHosts: hosts.prefix(5).map {
                       HostSummary(host: $0.host, requests: $0.requests, totalSeconds: $0.totalSeconds, maxSeconds: $0.maxSeconds,
                                   timeouts: $0.timeouts)
-                  }, precisionChoice: embedder.precisionChoice.map { "\($0)" })
+                  }, precisionChoice: embedder.precisionChoice.map { "\($0)" }, cache: cache)
     }
 }
 

@@ -1,6 +1,7 @@
 import Crypto
 import EwallCore
 import EwallFetch
+import EwallRedis
 import EwallStore
 import Foundation
 import Logging
@@ -194,12 +195,16 @@ public final class JobWorker: Sendable {
                                  callTimeout: configuration.storeCallTimeout, logger: logger)
         var fetch = configuration.fetch
         fetch.baseDirectory = fetch.baseDirectory ?? "/"
-        // A host's 429 + Retry-After seen by any worker pauses that host for all of them.
+        let cache = await JobPipeline.cache(for: configuration, key: key, dimension: embedder.dimension, logger: logger)
+        // With Redis, the per-host limit and hosts' pauses are shared through it; without, a
+        // host's 429 + Retry-After seen by any worker pauses it for all through the store.
+        if let cache { fetch.share(through: cache.client) }
         fetch.sharedPauses = fetch.sharedPauses ?? SharedHostPauses(StoreHostPauses(queue: queue, worker: name))
         let pipeline = JobPipeline(
             embedder: embedder, store: queue.store, fetcher: ImageFetcher(configuration: fetch, logger: logger), stats: stats,
             stopFlag: stopFlag, concurrency: configuration.concurrency, preparedQueue: configuration.preparedQueue,
-            reuse: !configuration.force, logger: logger)
+            reuse: !configuration.force, cache: cache, logger: logger)
+        let mirror = cache.map { BatchMirror(client: $0.client, job: job, owner: name) }
         let ticker = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(Int(progressInterval * 1000)))
@@ -208,6 +213,7 @@ public final class JobWorker: Sendable {
             }
         }
         let heartbeat = Task { await self.heartbeat(leases: leases, stats: stats) }
+        let mirroring = mirror.map { m in Task { await self.mirror(m) } }
         var systemic: (any Error)?
         do {
             try await pipeline.run(
@@ -218,13 +224,18 @@ public final class JobWorker: Sendable {
         }
         heartbeat.cancel()
         ticker.cancel()
+        mirroring?.cancel()
         // Chunks not finished (stopped, cancelled, failed) go back at once, not at expiry.
         try? await queue.release(job: job, leases: leases.all)
+        if let mirror, let status = try? await queue.status(job: job, lease: shared.lease) {
+            await mirror.finish(status: Self.json(status), runID: status.runID, done: status.status != "running")
+        }
+        await cache?.client.close()
         onProgress(stats.progress(estimatedRows: nil, elapsed: clock.elapsed))
         let summary = JobSummary(stats: stats, source: "job \(job)", store: queue.store.displayName, embedder: embedder,
                                  wall: clock.elapsed, interrupted: stopFlag.isSet && systemic == nil && !leases.cancelled,
                                  error: systemic.map(EmbeddingJob.systemicFailure), job: job, worker: name,
-                                 hosts: pipeline.fetcher.hostTimings())
+                                 hosts: pipeline.fetcher.hostTimings(), cache: cache?.statistics)
         if let systemic { throw JobAborted(summary: summary, underlying: systemic) }
         return summary
     }
@@ -277,11 +288,13 @@ public final class JobWorker: Sendable {
     /// Commits a unit under its leases. Items of chunks taken over by another worker are not
     /// written (that worker does them) and are counted as `refused`.
     private func commit(_ unit: WriteUnit, leases: LeaseBook, waiter: StoreWaiter, stats: JobStats,
-                        onFailure: @Sendable (JobFailure) -> Void) async throws {
+                        onFailure: @Sendable (JobFailure) -> Void) async throws -> WriteUnit {
+        var failureClass: [String: String] = [:]
+        for (item, f) in unit.failures { failureClass[item.row.product.id] = f.errorClass }
         let outcomes = unit.outcomes.compactMap { item, status -> ItemOutcome? in
             guard let lease = item.lease else { return nil }
-            let cls = unit.failures.first { $0.0.row.product.id == item.row.product.id }?.1.errorClass
-            return ItemOutcome(lease: lease, productID: item.row.product.id, status: status, errorClass: cls)
+            return ItemOutcome(lease: lease, productID: item.row.product.id, status: status,
+                               errorClass: failureClass[item.row.product.id])
         }
         let (job, worker, lease, queue, batch) = (self.job, self.name, shared.lease, self.queue, unit.batch)
         let result = try await waiter.call("committing a batch", stats: stats) {
@@ -300,6 +313,31 @@ public final class JobWorker: Sendable {
             onFailure(f)
         }
         leases.done(unit.outcomes.compactMap { item, _ in item.lease.map { ($0, item.row.product.id) } })
+        if refused == 0 { return unit }
+        let committed = Set(mine.map(\.0.row.product.id))
+        var done = WriteUnit()
+        done.batch.embeddings = unit.batch.embeddings.filter { committed.contains($0.productID) }
+        done.failures = unit.failures.filter { committed.contains($0.0.row.product.id) }
+        done.outcomes = mine
+        return done
+    }
+
+    /// Mirrors the job's status (and holds or renews `batch:lock:{job}`) in Redis, once a second.
+    private func mirror(_ mirror: BatchMirror) async {
+        while !Task.isCancelled {
+            if mirror.due(), let status = try? await queue.status(job: job, lease: shared.lease) {
+                await mirror.publish(status: Self.json(status))
+            }
+            try? await Task.sleep(for: mirror.interval)
+        }
+    }
+
+    /// The status as `ewall job status --json` prints it.
+    static func json(_ status: JobStatusReport) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys]
+        return Array((try? encoder.encode(status)) ?? Data())
     }
 
     /// Renews the leases every `shared.heartbeat`; learns of leases lost and of cancellation.

@@ -3,6 +3,7 @@ import EwallCore
 import EwallFetch
 import EwallIndex
 import EwallInference
+import EwallRedis
 import EwallStore
 import Foundation
 
@@ -46,6 +47,11 @@ public struct EwallConfiguration: Sendable {
     /// default). A value that breaks one is refused with `invalid_input` and the reason, never
     /// truncated or cleaned.
     public var inputRules: InputRules
+    /// The platform's Redis (`nil`, the default: none). With it, image queries look up the
+    /// embedding cache (model key + preprocessing + sha256 of the bytes) before a forward pass
+    /// and fill it after, so replicas share one another's work. Redis down or slow is a miss
+    /// and a metric, never an error.
+    public var redis: RedisConfiguration?
 
     /// Limits on what one request may cost, and on how requests are batched.
     public struct Limits: Sendable, Hashable {

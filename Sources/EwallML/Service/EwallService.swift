@@ -4,6 +4,7 @@ import EwallFetch
 import EwallImaging
 import EwallIndex
 import EwallInference
+import EwallRedis
 import EwallStore
 import Foundation
 import Logging
@@ -110,6 +111,8 @@ public final class EwallService: Service, Sendable {
     let store: any EmbeddingStore
     let rules: KeywordRules?
     let logger: Logger
+    /// The embedding cache in Redis, when ``EwallConfiguration/redis`` is set.
+    let cache: EmbeddingCache?
     private let state: Locked<State>
     private let runner: Task<Void, Never>
     private let indexVectors: Recorder
@@ -171,6 +174,11 @@ public final class EwallService: Service, Sendable {
                                               maxQueue: limits.maxQueuedImages),
                                metrics: metrics)
         fetcher = ImageFetcher(configuration: configuration.fetch, logger: logger)
+        let (key, dimension) = (modelKey, embedder.dimension)
+        cache = configuration.redis.map { r in
+            EmbeddingCache(client: RedisClient(location: r.location, timeout: r.timeout, connections: r.connections, logger: logger),
+                           key: key, dimension: dimension, ttl: r.cacheTTL, metrics: metrics)
+        }
         indexVectors = Recorder(label: "ewall_index_vectors", dimensions: [], aggregate: false, factory: metrics)
         indexAge = Recorder(label: "ewall_index_age_seconds", dimensions: [], aggregate: false, factory: metrics)
         reloads = Counter(label: "ewall_index_reloads_total", dimensions: [], factory: metrics)
@@ -183,6 +191,7 @@ public final class EwallService: Service, Sendable {
             await store.close()
             throw error
         }
+        if let cache { await cache.client.ping() }
         let batcher = self.batcher
         runner = Task { await batcher.run() }
         state = Locked(State(snapshot: Snapshot(search: nil, classifier: classifier, loadedAt: nil, problem: "not loaded yet")))
@@ -210,8 +219,17 @@ public final class EwallService: Service, Sendable {
 
     /// Embeds one image. Concurrent calls share forward passes (up to
     /// ``EwallConfiguration/Limits/maxBatchSize`` images each).
+    ///
+    /// With Redis configured, the embedding cache is asked first (the same bytes under the same
+    /// model key and preprocessing give the same vector, bit for bit), and a vector the model
+    /// made is written to it without delaying the answer.
     public func embed(_ image: ImageSource) async throws(EwallError) -> ImageEmbedding {
-        let bytes = try await self.bytes(of: image)
+        let (bytes, fetchedSHA) = try await self.bytes(of: image)
+        let sha = cache == nil ? "" : fetchedSHA ?? ImageFetcher.sha256(bytes)
+        if let cache, let hit = await cache.lookup(sha256: sha) {
+            return ImageEmbedding(vector: hit.vector, modelID: modelID, preprocessing: modelKey.preprocessing,
+                                  format: hit.format, width: hit.width, height: hit.height)
+        }
         let prepared: PreparedImage
         switch await embedder.prepare(bytes) {
         case .success(let p): prepared = p
@@ -219,14 +237,23 @@ public final class EwallService: Service, Sendable {
         }
         switch try await batcher.submit(prepared.tensor) {
         case .success(let vector):
+            let info = prepared.info
+            if let cache {
+                let entry = CachedEmbedding(vector: vector, imageSHA256: sha, format: info.format, width: info.width, height: info.height)
+                Task { await cache.store([entry]) }
+            }
             return ImageEmbedding(vector: vector, modelID: modelID, preprocessing: modelKey.preprocessing,
-                                  format: prepared.info.format, width: prepared.info.width, height: prepared.info.height)
+                                  format: info.format, width: info.width, height: info.height)
         case .failure(let e):
             throw EwallError(ItemFailure(e))
         }
     }
 
-    private func bytes(of image: ImageSource) async throws(EwallError) -> [UInt8] {
+    /// What the embedding cache has done so far (`nil` without Redis).
+    public var cacheStatistics: CacheStatistics? { cache?.statistics }
+
+    /// The image's bytes, and their sha256 when the fetcher computed it.
+    private func bytes(of image: ImageSource) async throws(EwallError) -> ([UInt8], String?) {
         switch image {
         case .bytes(let b):
             guard !b.isEmpty else { throw EwallError.invalid("the image is empty") }
@@ -234,11 +261,11 @@ public final class EwallService: Service, Sendable {
                 throw EwallError(.unprocessable, FailureClass.tooLarge,
                                  "the image has \(b.count) bytes, above the limit of \(configuration.limits.maxImageBytes)")
             }
-            return b
+            return (b, nil)
         case .url(let u):
             try checked(u, as: .imageURL)
             switch await fetcher.fetch(u) {
-            case .success(let f): return f.bytes
+            case .success(let f): return (f.bytes, f.sha256)
             case .failure(let e): throw EwallError(fetching: u, e)
             }
         }
@@ -460,6 +487,7 @@ public final class EwallService: Service, Sendable {
         await runner.value
         try? await fetcher.shutdown()
         await store.close()
+        await cache?.client.close()
     }
 
     // MARK: Helpers
@@ -488,21 +516,5 @@ public final class EwallService: Service, Sendable {
         case let e as ClassifierError: return EwallError(.internal, "classifier_error", e.message)
         default: return EwallError(.internal, "internal", "\(error)")
         }
-    }
-}
-
-/// A value behind a lock.
-///
-/// Safe because: `value` is only touched inside `withLock`.
-final class Locked<Value: Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value
-
-    init(_ value: Value) { self.value = value }
-
-    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body(&value)
     }
 }
