@@ -218,7 +218,7 @@ let package = Package(
         .testTarget(
             name: "EwallMLTests",
             dependencies: ["EwallML", "EwallTestSupport", .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "EwallJobTests", dependencies: ["EwallML", "EwallTestSupport"]),
+        .testTarget(name: "EwallJobTests", dependencies: ["EwallML", "EwallRedis", "EwallTestSupport"]),
         .testTarget(name: "EwallFetchTests", dependencies: ["EwallFetch", "EwallTestSupport"]),
         .testTarget(name: "EwallStoreTests", dependencies: ["EwallStore", "EwallTestSupport"]),
         .testTarget(name: "EwallIndexTests", dependencies: ["EwallIndex", "EwallStore", "EwallTestSupport"]),
@@ -226,7 +226,7 @@ let package = Package(
         .testTarget(
             name: "EwallServerTests",
             dependencies: [
-                "EwallServer", "EwallTestSupport",
+                "EwallServer", "EwallRedis", "EwallTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

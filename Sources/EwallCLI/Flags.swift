@@ -100,8 +100,8 @@ public struct ImageFlags: ParsableArguments {
 extension Precision: ExpressibleByArgument {}
 extension PreprocessingMode: ExpressibleByArgument {}
 
-/// `--redis` and its settings, on every command that embeds or serves (`ewall embed`,
-/// `ewall similar --image`, `ewall-embed`, `ewall-serve`).
+/// `--redis` and its settings, on every command that embeds or serves (`ewall similar --image`,
+/// `ewall-embed`, `ewall-serve`).
 public struct RedisFlags: ParsableArguments {
     public init() {}
 

@@ -36,7 +36,12 @@ struct EwallEmbed: AsyncParsableCommand {
             or earlier and not retried) or were bad; 2 systemic error (manifest unreadable, model, \
             store: the reason on stderr and in the summary); 130/143 stopped by SIGINT/SIGTERM after writing the current batch.
 
-            With --redis (or $EWALL_REDIS), image bytes already embedded under this model anywhere             are taken from the Redis embedding cache, every new vector fills it, each stored product's             vector is written to product_embedding:{id}, the per-host limit and hosts' 429 pauses hold             across every worker on every machine, and a --job worker mirrors the job's status under             batch:status:{job}, batch:history:{job} and batch:lock:{job}. Redis down or slow changes             nothing but the cache hits (counted in the summary).
+            With --redis (or $EWALL_REDIS), image bytes already embedded under this model anywhere \
+            are taken from the Redis embedding cache, every new vector fills it, each stored product's \
+            vector is written to product_embedding:{id}, the per-host limit and hosts' 429 pauses hold \
+            across every worker on every machine, and a --job worker mirrors the job's status under \
+            batch:status:{job}, batch:history:{job} and batch:lock:{job}. Redis down or slow changes \
+            nothing but the cache hits (counted in the summary).
 
             A model whose card says pretrained: false (the random-init model that `make model` \
             makes offline) produces vectors that carry no meaning.

@@ -37,7 +37,10 @@ struct Serve: AsyncParsableCommand {
             (ulimit -n). Path ids are percent-decoded (an id with a / is sent as %2F); a method a path \
             does not serve answers 405 with Allow.
 
-            With --redis (or $EWALL_REDIS), image queries (by URL or bytes) look up the embedding             cache first (key: model, preprocessing and sha256 of the image bytes) and fill it after a             forward pass, so replicas share one another's work; hits, misses, errors and lookup             latency are on /metrics. Redis down or slow is a miss and a metric, never an error.
+            With --redis (or $EWALL_REDIS), image queries (by URL or bytes) look up the embedding \
+            cache first (key: model, preprocessing and sha256 of the image bytes) and fill it after a \
+            forward pass, so replicas share one another's work; hits, misses, errors and lookup \
+            latency are on /metrics. Redis down or slow is a miss and a metric, never an error.
 
             With the random-init model `make model` makes offline, every vector, neighbour and embedding \
             score is meaningless; responses carry a "warning" saying so.

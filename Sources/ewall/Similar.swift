@@ -52,6 +52,7 @@ struct Similar: AsyncParsableCommand {
     var json = false
 
     @OptionGroup var modelFlags: ModelFlags
+    @OptionGroup var redisFlags: RedisFlags
 
     func validate() throws {
         if productID == nil && image == nil { throw ValidationError("give a PRODUCT_ID, or --image FILE|URL") }
@@ -121,12 +122,27 @@ struct Similar: AsyncParsableCommand {
             case .failure(let e): throw fail("cannot read \(image): \(e.message)")
             }
         }
-        guard let outcome = await embedder.embed(images: [bytes], labels: [image]).first else { throw fail("no outcome") }
-        let vector: [Float]
-        switch outcome.result {
-        case .success(let e): vector = e.vector
-        case .failure(let f): throw fail("\(image): \(f.code): \(f.message)")
+        // With --redis: the vector of these bytes under this model key, if any process made it.
+        let cache = try redisFlags.configuration().map { r in
+            EmbeddingCache(client: RedisClient(location: r.location, timeout: r.timeout, connections: 1),
+                           key: ModelKey(modelID: embedder.modelID, preprocessing: embedder.preprocessingID),
+                           dimension: embedder.dimension, ttl: r.cacheTTL)
         }
+        let sha = ImageFetcher.sha256(bytes)
+        let vector: [Float]
+        if let cache, let hit = await cache.lookup(sha256: sha) {
+            vector = hit.vector
+        } else {
+            guard let outcome = await embedder.embed(images: [bytes], labels: [image]).first else { throw fail("no outcome") }
+            switch outcome.result {
+            case .success(let e):
+                vector = e.vector
+                await cache?.store([CachedEmbedding(vector: e.vector, imageSHA256: sha, format: e.image.format,
+                                                    width: e.image.width, height: e.image.height)])
+            case .failure(let f): throw fail("\(image): \(f.code): \(f.message)")
+            }
+        }
+        await cache?.client.close()
         var category = self.category
         if let productID {
             guard let p = try await store.product(id: productID) else { throw IndexError(.unknownProduct, "unknown product \(productID)") }

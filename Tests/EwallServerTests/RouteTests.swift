@@ -1,4 +1,5 @@
 import EwallML
+import EwallRedis
 import EwallServer
 import EwallTestSupport
 import Foundation
@@ -257,5 +258,32 @@ struct RouteTests {
                      "overloaded", "timeout", "index_unavailable", "forbidden", "invalid_input", "method_not_allowed"] {
             #expect(codes.contains(code), "\(code) is not documented")
         }
+    }
+}
+
+@Suite("ewall-serve with Redis", .serialized, .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
+struct RedisRouteTests {
+    @Test("the second embed of the same photo is a cache hit, bit for bit; hits, misses and lookup latency are on /metrics")
+    func cacheMetrics() async throws {
+        let redis = try RedisServer()
+        let s = try await RunningServer.start { config, _ in
+            config.redis = RedisConfiguration(location: try! RedisLocation(parsing: redis.url()))
+        }
+        let photo = try Fixtures.bytes(try Fixtures.photos()[4])
+        func embed() async throws -> [Double] {
+            let r = try await HTTP.call(.POST, "\(s.base)/api/embeddings", body: photo, contentType: "application/octet-stream")
+            #expect(r.status == 200)
+            return try #require(r.json["vector"] as? [Double])
+        }
+        let first = try await embed()
+        for _ in 0..<100 where (s.service.cacheStatistics?.writes ?? 0) == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        let second = try await embed()
+        #expect(first == second)
+        #expect(s.service.cacheStatistics?.hits == 1 && s.service.cacheStatistics?.misses == 1)
+        let m = try await HTTP.call(.GET, "\(s.base)/metrics")
+        for series in ["ewall_redis_cache_hits_total 1", "ewall_redis_cache_misses_total 1", "ewall_redis_lookup_seconds_bucket"] {
+            #expect(m.text.contains(series), "\(series) missing from /metrics")
+        }
+        try await s.stop()
     }
 }
