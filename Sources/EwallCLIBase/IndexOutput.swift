@@ -80,6 +80,7 @@ public enum IndexSummaryText {
             out += "  recall@10    1.000 (exact search)\n"
         }
         let order = ["read_sample", "train", "add", "faiss_add", "update", "tune", "write", "total"]
+        out += "  compute      \(DistanceKernel.summary(kernel: s.kernel, blasCore: s.blasCore))\n"
         out += "  seconds      " + order.compactMap { k in s.seconds[k].map { String(format: "%@ %.1f", k, $0) } }.joined(separator: ", ")
         for w in s.warnings { out += "\n  warning      \(w)" }
         return out

@@ -295,16 +295,21 @@ public enum DistanceKernel: String, Sendable, CaseIterable, Codable {
         return s.isEmpty ? nil : s
     }
 
-    /// One line for the tools' status output, e.g. "distance kernel avx512; BLAS OpenBLAS Prescott (generic)".
-    public static var summary: String {
+    /// One line for the tools' status output, e.g. "distance kernel avx512 (run-time dispatch);
+    /// BLAS OpenBLAS Prescott (its generic kernels: ...)". The current ones by default.
+    public static func summary(kernel: String = current.rawValue, blasCore: String? = blasCore) -> String {
         let blas: String = switch blasCore {
         case nil: "not OpenBLAS"
-        case "Prescott"?, "Core2"?, "Katmai"?, "Coppermine"?, "Northwood"?, "Banias"?, "Atom"?:
-            "OpenBLAS \(blasCore!) (generic kernels; batched build work is slower than this CPU allows)"
+        case let core? where genericBLASCores.contains(core):
+            "OpenBLAS \(core) (its generic kernels, not this CPU's: batched work such as training is slower than it could be)"
         case let core?: "OpenBLAS \(core)"
         }
-        return "distance kernel \(current.rawValue); BLAS \(blas)"
+        return "distance kernel \(kernel) (run-time dispatch); BLAS \(blas)"
     }
+
+    /// OpenBLAS core names that mean "a CPU it did not recognise": Debian's 0.3.21 names
+    /// AVX-512 Zen 4 and newer Xeons "Prescott" and runs SSE3 kernels there.
+    static let genericBLASCores: Set<String> = ["Prescott", "Core2", "Katmai", "Coppermine", "Northwood", "Banias", "Atom"]
 
     /// Distances from `query` to each of the `vectors` (row-major, `query.count` wide) with the
     /// kernel in force: squared L2 or inner product, as FAISS computes them.

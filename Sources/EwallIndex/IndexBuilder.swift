@@ -76,11 +76,16 @@ public struct IndexBuildSummary: Sendable, Codable {
     public var seconds: [String: Double]
     public var indexBytes: Int64
     public var warnings: [String]
+    /// The distance kernel FAISS's hot loops ran on (``DistanceKernel/current``).
+    public var kernel: String = DistanceKernel.current.rawValue
+    /// OpenBLAS's name for the kernels it chose for this CPU (``DistanceKernel/blasCore``);
+    /// "Prescott" means its generic ones. Nil when the BLAS is not OpenBLAS.
+    public var blasCore: String? = DistanceKernel.blasCore
 
     enum CodingKeys: String, CodingKey {
         case folder, mode, fullRebuildReason = "full_rebuild_reason", factory, choice, metric
         case modelID = "model_id", preprocessing, dimension, count, added, changed, removed, unchanged
-        case search, recall, seconds, indexBytes = "index_bytes", warnings
+        case search, recall, seconds, indexBytes = "index_bytes", warnings, kernel, blasCore = "blas_core"
     }
 }
 

@@ -89,7 +89,7 @@ struct KernelTests {
                 #expect(inForce == .scalar && lines.count == 1, "\(kernel): \(lines)")
             }
         }
-        #expect(DistanceKernel.summary.hasPrefix("distance kernel "))
+        #expect(DistanceKernel.summary().hasPrefix("distance kernel \(DistanceKernel.current.rawValue) "))
     }
 
     // ---- Whole searches: the fast scanner and quantizer against FAISS's own.
