@@ -159,6 +159,7 @@ bench: build model
 	$(SWIFT) build -c release --product rebuild-faiss-index
 	$(PY) bench/index_bench.py --ewall-bench .build/release/ewall-bench --rebuild .build/release/rebuild-faiss-index \
 	    --out bench/out
+	$(PY) bench/faiss_kernel_bench.py --ewall-bench .build/release/ewall-bench --out bench/out
 	$(SWIFT) build -c release --product ewall
 	$(PY) bench/classify_bench.py --ewall-bench .build/release/ewall-bench --ewall .build/release/ewall --out bench/out
 	$(SWIFT) build -c release --product ewall-serve

@@ -6,6 +6,10 @@
 //       single-query latency and batched throughput of the raw index at its tuned nprobe, and
 //       similar products by id with the platform's default filters (p50/p99, recall@10 against
 //       an exact search over the same filtered products). Prints one JSON object.
+//   ewall-bench index latency --index FILE.faiss --npy QUERIES.npy --nprobe 4,16 [--k 10] [--kernels auto,faiss]
+//       single-query latency of one FAISS file (bench/faiss_kernel_bench.py runs Python faiss on
+//       the same file in the same run): for each nprobe and distance kernel, p50/p99/mean ms and
+//       the ids found (to check that every side answers the same). Prints one JSON object.
 import EwallML
 import Foundation
 
@@ -13,6 +17,15 @@ enum IndexBench {
     static func run(_ args: [String]) async throws {
         func opt(_ name: String) -> String? {
             args.firstIndex(of: name).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil }
+        }
+        if args.first == "latency" {
+            return try latency(index: opt("--index")!, queries: opt("--npy")!,
+                               nprobes: (opt("--nprobe") ?? "4,16").split(separator: ",").map { Int($0)! },
+                               k: Int(opt("--k") ?? "10")!,
+                               kernels: (opt("--kernels") ?? "auto,faiss").split(separator: ",").map {
+                                   guard let k = DistanceKernel(rawValue: String($0)) else { fatalError("unknown kernel \($0)") }
+                                   return k
+                               })
         }
         let (shape, values) = try Npy.decode(Data(contentsOf: URL(fileURLWithPath: opt("--npy")!)))
         let (n, d) = (shape[0], shape[1])
@@ -42,6 +55,39 @@ enum IndexBench {
         default:
             fatalError("ewall-bench index load|search")
         }
+    }
+
+    /// Single-query latency of `index` (a FAISS file, loaded the way the server loads it) for each
+    /// nprobe and kernel; one thread, queries one at a time, one warm-up pass first.
+    static func latency(index path: String, queries: String, nprobes: [Int], k: Int, kernels: [DistanceKernel]) throws {
+        FaissIndex.setThreads(1)
+        let (shape, q) = try Npy.decode(Data(contentsOf: URL(fileURLWithPath: queries)))
+        let (nq, d) = (shape[0], shape[1])
+        let index = try FaissIndex(contentsOf: path)
+        precondition(index.dimension == d, "queries are \(d)-d, the index \(index.dimension)-d")
+        let clock = ContinuousClock()
+        var runs: [[String: Any]] = []
+        for nprobe in nprobes {
+            let p = SearchParameters(nprobe: nprobe)
+            for kernel in kernels {
+                let inForce = DistanceKernel.use(kernel)
+                for i in 0..<min(nq, 20) { _ = try index.search(Array(q[i * d..<(i + 1) * d]), k: k, parameters: p) }
+                var ms: [Double] = [], ids: [Int64] = []
+                for i in 0..<nq {
+                    let query = Array(q[i * d..<(i + 1) * d])
+                    let start = clock.now
+                    let found = try index.search(query, k: k, parameters: p)
+                    ms.append(seconds(clock.now - start) * 1000)
+                    ids += found.ids
+                }
+                runs.append(["nprobe": nprobe, "kernel": inForce.rawValue, "p50_ms": percentile(ms, 0.5),
+                             "p99_ms": percentile(ms, 0.99), "mean_ms": ms.reduce(0, +) / Double(ms.count), "ids": ids])
+            }
+        }
+        DistanceKernel.use(.auto)
+        let out: [String: Any] = ["factory": index.factory, "count": index.count, "queries": nq,
+                                  "blas_core": DistanceKernel.blasCore ?? "", "runs": runs]
+        print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
     }
 
     static func seconds(_ d: Duration) -> Double {
