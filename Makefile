@@ -165,6 +165,8 @@ bench: build model
 	$(SWIFT) build -c release --product ewall-serve
 	$(PY) bench/serve_bench.py --serve .build/release/ewall-serve --ewall-bench .build/release/ewall-bench \
 	    --rebuild .build/release/rebuild-faiss-index --model $(MODEL) --out bench/out
+	$(PY) bench/redis_bench.py --serve .build/release/ewall-serve --ewall-bench .build/release/ewall-bench \
+	    --model $(MODEL) --out bench/out
 
 clean:
 	rm -rf .build/release .build/debug $(FIX) data/samples data/demo bench/out

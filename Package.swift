@@ -200,7 +200,7 @@ let package = Package(
             ]
         ),
         // `make bench`: our side of the benchmark (bench/run_bench.py runs Python's in the same run).
-        .executableTarget(name: "ewall-bench", dependencies: ["EwallML"]),
+        .executableTarget(name: "ewall-bench", dependencies: ["EwallML", "EwallRedis"]),
         // Fixture paths and vector maths shared by the test targets.
         // The loopback HTTP server and the throwaway PostgreSQL server the tests start themselves.
         .target(

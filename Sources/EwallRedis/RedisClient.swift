@@ -45,8 +45,8 @@ public enum RedisFailure: Error, Sendable, Hashable, CustomStringConvertible {
 /// logs one warning when Redis stops answering and one line when it is back. A refused
 /// password (or user) logs one warning and turns the client off for the life of the process.
 ///
-/// Safe because: each `Connection`'s context is only touched on that connection's own thread
-/// (its ``BlockingWorker``); shared state is behind ``Locked``.
+/// Safe because: each `Connection`'s context is only touched on that connection's own thread;
+/// shared state is behind ``Locked``.
 public final class RedisClient: @unchecked Sendable {
     public let location: RedisLocation
     /// Connect, send and receive timeout, each.
@@ -71,7 +71,9 @@ public final class RedisClient: @unchecked Sendable {
         self.timeout = timeout
         self.retryInterval = retryInterval
         self.logger = logger
-        self.connections = (0..<max(1, connections)).map { Connection(index: $0) }
+        self.connections = (0..<max(1, connections)).map {
+            Connection(index: $0, location: location, timeout: timeout, retryInterval: retryInterval)
+        }
     }
 
     /// Commands that got no reply so far (down, timed out, refused).
@@ -106,9 +108,8 @@ public final class RedisClient: @unchecked Sendable {
             return connections[n]
         }
         let args = commands.map { $0.map(\.bytes) }
-        let (location, timeout, retry) = (self.location, self.timeout, self.retryInterval)
-        let result = await connection.worker.run { () -> Result<[RedisReply], RedisFailure> in
-            connection.execute(args, location: location, timeout: timeout, retryInterval: retry)
+        let result = await withCheckedContinuation { cont in
+            connection.enqueue(args, cont)
         }
         note(result)
         return result
@@ -141,28 +142,98 @@ public final class RedisClient: @unchecked Sendable {
         }
     }
 
-    /// Closes the connections (their threads end once idle).
+    /// Closes the connections and ends their threads once the calls queued are answered.
     public func close() async {
-        for c in connections {
-            await c.worker.run { c.disconnect() }
-        }
+        for c in connections { c.stop() }
     }
 
-    /// One connection and the thread it is used on.
+    deinit {
+        for c in connections { c.stop() }
+    }
+
+    /// One connection and the thread it is used on. The thread takes every call queued while
+    /// it was busy and sends them as one pipeline (one write, one read): under concurrent load
+    /// calls share round trips instead of waiting for one another's.
     ///
-    /// Safe because: `context` and `retryAt` are only touched inside `worker.run`.
+    /// Safe because: `context` and `retryAt` are only touched on the connection's thread;
+    /// `queue` and `stopped` only under `condition`.
     final class Connection: @unchecked Sendable {
-        let worker: BlockingWorker
+        typealias Call = (commands: [[[UInt8]]], reply: CheckedContinuation<Result<[RedisReply], RedisFailure>, Never>)
+        private let condition = NSCondition()
+        private var queue: [Call] = []
+        private var stopped = false
         private var context: UnsafeMutablePointer<redisContext>?
         private var retryAt: ContinuousClock.Instant?
+        private let location: RedisLocation
+        private let timeout: Duration
+        private let retryInterval: Duration
 
-        init(index: Int) {
-            worker = BlockingWorker(name: "ewall-redis-\(index)")
+        init(index: Int, location: RedisLocation, timeout: Duration, retryInterval: Duration) {
+            self.location = location
+            self.timeout = timeout
+            self.retryInterval = retryInterval
+            let t = Thread { [self] in loop() }
+            t.name = "ewall-redis-\(index)"
+            t.start()
         }
 
-        deinit { disconnect() }
+        func enqueue(_ commands: [[[UInt8]]], _ reply: CheckedContinuation<Result<[RedisReply], RedisFailure>, Never>) {
+            condition.lock()
+            if stopped {
+                condition.unlock()
+                reply.resume(returning: .failure(.unavailable("the client is closed")))
+                return
+            }
+            queue.append((commands, reply))
+            condition.signal()
+            condition.unlock()
+        }
 
-        func disconnect() {
+        func stop() {
+            condition.lock()
+            stopped = true
+            condition.signal()
+            condition.unlock()
+        }
+
+        private func loop() {
+            while true {
+                condition.lock()
+                while queue.isEmpty && !stopped { condition.wait() }
+                let calls = queue
+                queue.removeAll(keepingCapacity: true)
+                let done = stopped && calls.isEmpty
+                condition.unlock()
+                if done {
+                    disconnect()
+                    return
+                }
+                // All calls waiting now, as one pipeline (bounded so one write stays small).
+                var start = 0
+                while start < calls.count {
+                    var end = start, commands = 0
+                    while end < calls.count && (commands == 0 || commands + calls[end].commands.count <= 512) {
+                        commands += calls[end].commands.count
+                        end += 1
+                    }
+                    let batch = calls[start..<end]
+                    let result = execute(batch.flatMap(\.commands), location: location, timeout: timeout, retryInterval: retryInterval)
+                    var offset = 0
+                    for call in batch {
+                        switch result {
+                        case .success(let replies):
+                            call.reply.resume(returning: .success(Array(replies[offset..<(offset + call.commands.count)])))
+                        case .failure(let f):
+                            call.reply.resume(returning: .failure(f))
+                        }
+                        offset += call.commands.count
+                    }
+                    start = end
+                }
+            }
+        }
+
+        private func disconnect() {
             if let context { redisFree(context) }
             context = nil
         }

@@ -4,6 +4,7 @@
 //   ewall-bench --model models/resnet50.pt --images data/samples/bench --iterations 6
 //   ewall-bench index load|search ...   (bench/index_bench.py; see IndexBench.swift)
 //   ewall-bench queue --db postgres://... --items N --workers W [--vectors]   (bench/queue_bench.py; QueueBench.swift)
+//   ewall-bench redis --redis URL --count N --concurrency C   (bench/redis_bench.py; RedisBench.swift)
 //   ewall-bench classify score|calibrate ...   (bench/classify_bench.py; see ClassifyBench.swift)
 //   ewall-bench embedder --model M --images DIR --count N   (bench/serve_bench.py): ImageEmbedder's
 //       own throughput, bytes in memory -> decode -> batches of 32 -> vectors; prints {images_per_s}
@@ -18,6 +19,10 @@ if CommandLine.arguments.dropFirst().first == "index" {
 }
 if CommandLine.arguments.dropFirst().first == "queue" {
     try await QueueBench.run(Array(CommandLine.arguments.dropFirst(2)))
+    exit(0)
+}
+if CommandLine.arguments.dropFirst().first == "redis" {
+    try await RedisBench.run(Array(CommandLine.arguments.dropFirst(2)))
     exit(0)
 }
 if CommandLine.arguments.dropFirst().first == "classify" {

@@ -145,6 +145,26 @@ struct EmbeddingCacheTests {
         #expect((3590...3600).contains(ttl))
     }
 
+    @Test("500 concurrent lookups (pipelined together on two connections) each get their own vector")
+    func concurrentLookups() async throws {
+        let server = try RedisServer()
+        let cache = RedisTestData.cache(server)
+        let entries = (0..<50).map { CachedEmbedding(vector: RedisTestData.vector(UInt64(100 + $0)), imageSHA256: RedisTestData.sha("c\($0)")) }
+        await cache.store(entries)
+        let wrong = await withTaskGroup(of: Int.self) { group in
+            for i in 0..<500 {
+                group.addTask {
+                    let e = entries[i % entries.count]
+                    if i % 7 == 0 { return await cache.lookup(sha256: RedisTestData.sha("absent \(i)")) == nil ? 0 : 1 }
+                    return await cache.lookup(sha256: e.imageSHA256)?.vector == e.vector ? 0 : 1
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(wrong == 0)
+        #expect(cache.statistics.errors == 0)
+    }
+
     @Test("an entry expires after its TTL")
     func expiry() async throws {
         let server = try RedisServer()
