@@ -240,6 +240,7 @@ int ew_faiss_read(const char *path, int mmap, ew_faiss_index **out, ew_faiss_err
             if (auto ivf = faiss::ivflib::try_extract_index_ivf(index.get()))
                 mapped = dynamic_cast<faiss::ArrayInvertedLists *>(ivf->invlists) == nullptr;
         }
+        if (!mapped) ew::adviseHugePages(index.get());
         auto h = new ew_faiss_index;
         h->factory = describe(index.get());
         h->index = std::move(index);

@@ -19,12 +19,16 @@
 #include <faiss/utils/Heap.h>
 #include <faiss/utils/distances.h>
 
+#include <faiss/invlists/InvertedLists.h>
+
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
+#include <vector>
 
 namespace ew {
 
@@ -178,6 +182,59 @@ void knnExact(const float *x, int64_t n, const float *xb, int64_t nb, size_t d, 
     const Kernels &kn = kernels();
     if (ip) knnScan<true>(x, n, xb, nb, d, k, distances, labels, nullptr, kn.inner);
     else knnScan<false>(x, n, xb, nb, d, k, distances, labels, nullptr, kn.l2sqr);
+}
+
+namespace {
+
+// The heap buffers holding an index's vectors: IVF-Flat lists, flat (quantizer) arrays.
+void vectorBuffers(const faiss::Index *index, std::vector<std::pair<uintptr_t, uintptr_t>> &out) {
+    auto add = [&](const std::vector<uint8_t> &v) {
+        if (!v.empty()) out.emplace_back(uintptr_t(v.data()), uintptr_t(v.data()) + v.size());
+    };
+    if (auto m = dynamic_cast<const faiss::IndexIDMap *>(index)) return vectorBuffers(m->index, out);
+    if (auto p = dynamic_cast<const faiss::IndexPreTransform *>(index)) return vectorBuffers(p->index, out);
+    if (auto h = dynamic_cast<const faiss::IndexHNSW *>(index)) return vectorBuffers(h->storage, out);
+    if (auto ivf = dynamic_cast<const faiss::IndexIVF *>(index)) {
+        vectorBuffers(ivf->quantizer, out);
+        if (auto lists = dynamic_cast<const faiss::ArrayInvertedLists *>(ivf->invlists))
+            for (const auto &codes : lists->codes) add(codes);
+        return;
+    }
+    if (auto f = dynamic_cast<const faiss::IndexFlatCodes *>(index)) add(f->codes);
+}
+
+} // namespace
+
+size_t adviseHugePages(const faiss::Index *index) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t huge = uintptr_t(2) << 20, gap = 16384;
+    std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
+    vectorBuffers(index, ranges);
+    std::sort(ranges.begin(), ranges.end());
+    // glibc gives each large buffer its own mapping and Linux places (and merges) them side by
+    // side, so neighbouring lists form long runs: merge across the few bytes between them.
+    std::vector<std::pair<uintptr_t, uintptr_t>> runs;
+    for (auto r : ranges) {
+        if (!runs.empty() && r.first <= runs.back().second + gap) runs.back().second = std::max(runs.back().second, r.second);
+        else runs.push_back(r);
+    }
+    size_t advised = 0;
+    for (auto r : runs) {
+        uintptr_t a = (r.first + huge - 1) & ~(huge - 1), b = r.second & ~(huge - 1);
+        if (b <= a) continue;
+        if (madvise(reinterpret_cast<void *>(a), b - a, MADV_HUGEPAGE) != 0) continue;
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+        // Linux >= 6.1 makes them huge now; older kernels (EINVAL) leave it to khugepaged.
+        (void)madvise(reinterpret_cast<void *>(a), b - a, MADV_COLLAPSE);
+        advised += b - a;
+    }
+    return advised;
+#else
+    (void)index;
+    return 0;
+#endif
 }
 
 faiss::Index *accelerate(faiss::Index *index) {

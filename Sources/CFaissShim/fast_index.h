@@ -15,6 +15,7 @@
 
 #include <faiss/Index.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace ew {
@@ -24,6 +25,12 @@ namespace ew {
 // moving the data (no copy of vectors or lists). Takes ownership of `index`; returns the
 // index to use instead (maybe the same pointer). Anything else is left as it is.
 faiss::Index *accelerate(faiss::Index *index);
+
+// Asks Linux to back the vectors of `index` (IVF-Flat lists, flat arrays) with transparent
+// huge pages (madvise MADV_HUGEPAGE, then MADV_COLLAPSE): a list scan reads 8 KiB per vector
+// from memory, and with 4 KiB pages it pays a TLB miss per page. Returns the bytes advised;
+// errors (no THP, an old kernel) only mean fewer. The data and its addresses do not change.
+size_t adviseHugePages(const faiss::Index *index);
 
 // Exact k-NN of n queries among nb vectors with the kernels in force (FAISS's heap, as its
 // exhaustive search below the BLAS threshold). labels are row numbers in xb.

@@ -6,7 +6,7 @@
 //       single-query latency and batched throughput of the raw index at its tuned nprobe, and
 //       similar products by id with the platform's default filters (p50/p99, recall@10 against
 //       an exact search over the same filtered products). Prints one JSON object.
-//   ewall-bench index latency --index FILE.faiss --npy QUERIES.npy --nprobe 4,16 [--k 10] [--kernels auto,faiss]
+//   ewall-bench index latency --index FILE.faiss --npy QUERIES.npy --nprobe 4,16 [--k 10] [--kernels auto,faiss] [--mmap]
 //       single-query latency of one FAISS file (bench/faiss_kernel_bench.py runs Python faiss on
 //       the same file in the same run): for each nprobe and distance kernel, p50/p99/mean ms and
 //       the ids found (to check that every side answers the same). Prints one JSON object.
@@ -19,7 +19,7 @@ enum IndexBench {
             args.firstIndex(of: name).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil }
         }
         if args.first == "latency" {
-            return try latency(index: opt("--index")!, queries: opt("--npy")!,
+            return try latency(index: opt("--index")!, mapped: args.contains("--mmap"), queries: opt("--npy")!,
                                nprobes: (opt("--nprobe") ?? "4,16").split(separator: ",").map { Int($0)! },
                                k: Int(opt("--k") ?? "10")!,
                                kernels: (opt("--kernels") ?? "auto,faiss").split(separator: ",").map {
@@ -59,11 +59,11 @@ enum IndexBench {
 
     /// Single-query latency of `index` (a FAISS file, loaded the way the server loads it) for each
     /// nprobe and kernel; one thread, queries one at a time, one warm-up pass first.
-    static func latency(index path: String, queries: String, nprobes: [Int], k: Int, kernels: [DistanceKernel]) throws {
+    static func latency(index path: String, mapped: Bool, queries: String, nprobes: [Int], k: Int, kernels: [DistanceKernel]) throws {
         FaissIndex.setThreads(1)
         let (shape, q) = try Npy.decode(Data(contentsOf: URL(fileURLWithPath: queries)))
         let (nq, d) = (shape[0], shape[1])
-        let index = try FaissIndex(contentsOf: path)
+        let index = try FaissIndex(contentsOf: path, memoryMapped: mapped)
         precondition(index.dimension == d, "queries are \(d)-d, the index \(index.dimension)-d")
         let clock = ContinuousClock()
         var runs: [[String: Any]] = []
@@ -85,7 +85,7 @@ enum IndexBench {
             }
         }
         DistanceKernel.use(.auto)
-        let out: [String: Any] = ["factory": index.factory, "count": index.count, "queries": nq,
+        let out: [String: Any] = ["factory": index.factory, "count": index.count, "queries": nq, "mmap": mapped,
                                   "blas_core": DistanceKernel.blasCore ?? "", "runs": runs]
         print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
     }

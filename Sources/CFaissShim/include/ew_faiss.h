@@ -74,7 +74,10 @@ int ew_faiss_set_threads(int threads);
 int ew_faiss_new(int64_t dim, const char *factory, int metric, ew_faiss_index **out, ew_faiss_error *err);
 
 /* Reads an index file. mmap != 0 maps IVF inverted lists read-only from the file instead of
-   loading them (the index can then be searched, not changed); other kinds load fully. */
+   loading them (the index can then be searched, not changed); other kinds load fully. A loaded
+   (not mapped) index's vectors are put on transparent huge pages where Linux allows
+   (madvise MADV_HUGEPAGE + MADV_COLLAPSE): list scans read memory at DRAM speed, and with
+   4 KiB pages they paid a TLB miss every half vector (2048-d). */
 int ew_faiss_read(const char *path, int mmap, ew_faiss_index **out, ew_faiss_error *err);
 
 /* Writes the index to `path` (the whole file; atomic replacement is the caller's job). */
