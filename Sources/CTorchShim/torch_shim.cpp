@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/api/include/torch/version.h>
 #include <torch/csrc/jit/api/module.h>
+#include <torch/csrc/api/include/torch/cuda.h>
 #include <torch/script.h>
 
 #include <atomic>
@@ -20,6 +21,12 @@ struct ew_torch_model {
     torch::jit::Module module;
     ew_torch_options options;
     std::atomic<int64_t> dim{0};
+    c10::Device device{at::kCPU};
+    char device_name[32] = "cpu";
+    // CUDA only: the pinned host buffer each batch is staged in, and the lock that
+    // serialises forwards sharing it.
+    at::Tensor staging;
+    std::mutex staging_lock;
 };
 
 namespace {
@@ -110,14 +117,51 @@ int check_output(const torch::jit::IValue &v, int64_t n, at::Tensor *out, ew_tor
 at::Tensor make_input(const ew_torch_options &o, at::Tensor x) {
     if (o.channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
     if (o.precision == EW_TORCH_BF16) x = x.to(at::kBFloat16);
+    if (o.precision == EW_TORCH_FP16) x = x.to(at::kHalf);
     return x;
+}
+
+bool is_out_of_memory(const std::string &what) {
+    return contains(what, "out of memory") || contains(what, "CUDNN_STATUS_ALLOC_FAILED") ||
+           contains(what, "CUBLAS_STATUS_ALLOC_FAILED");
+}
+
+// The device the options ask for, or an error a user can act on.
+int resolve_device(const ew_torch_options &o, c10::Device *device, ew_torch_error *err) {
+    if (o.device_type == EW_TORCH_DEVICE_CPU) {
+        *device = c10::Device(at::kCPU);
+        return 0;
+    }
+    const bool built = torch::cuda::is_available() || at::hasCUDA();
+    const int64_t count = built ? (int64_t)torch::cuda::device_count() : 0;
+    if (o.device_type == EW_TORCH_DEVICE_AUTO) {
+        *device = count > 0 ? c10::Device(at::kCUDA, 0) : c10::Device(at::kCPU);
+        return 0;
+    }
+    if (o.device_type != EW_TORCH_DEVICE_CUDA) return fail(err, EW_TORCH_E_ARGUMENT, "unknown device type %d", o.device_type);
+    if (!at::hasCUDA())
+        return fail(err, EW_TORCH_E_NO_DEVICE,
+                    "cuda:%d was asked for, but this libtorch %s was built without CUDA (Debian's libtorch-dev is "
+                    "CPU-only): build against a CUDA libtorch (make build LIBTORCH=/path/to/libtorch, or a pip "
+                    "wheel's torch/ folder), or use --device cpu",
+                    o.device_index, kTorchVersion);
+    if (count == 0)
+        return fail(err, EW_TORCH_E_NO_DEVICE, "cuda:%d was asked for, but no CUDA device is present (driver loaded?)",
+                    o.device_index);
+    if (o.device_index < 0 || o.device_index >= count)
+        return fail(err, EW_TORCH_E_NO_DEVICE, "there is no device cuda:%d (%lld present: cuda:0...cuda:%lld)",
+                    o.device_index, (long long)count, (long long)(count - 1));
+    *device = c10::Device(at::kCUDA, (c10::DeviceIndex)o.device_index);
+    return 0;
 }
 
 #define EW_TRY try {
 #define EW_CATCH(err, code)                                                                                      \
     }                                                                                                            \
     catch (const c10::Error &e) {                                                                               \
-        return fail(err, code, "%s", first_lines(e.what_without_backtrace()).c_str());                          \
+        const std::string what = e.what_without_backtrace();                                                     \
+        if (is_out_of_memory(what)) return fail(err, EW_TORCH_E_OUT_OF_MEMORY, "%s", first_lines(what).c_str()); \
+        return fail(err, code, "%s", first_lines(what).c_str());                                                 \
     }                                                                                                            \
     catch (const std::exception &e) {                                                                            \
         return fail(err, code, "%s", first_lines(e.what()).c_str());                                            \
@@ -152,13 +196,27 @@ int ew_torch_cpu_has_bf16(void) {
 
 const char *ew_torch_version(void) { return kTorchVersion; }
 
+int ew_torch_cuda_device_count(void) {
+    try {
+        return at::hasCUDA() ? (int)torch::cuda::device_count() : 0;
+    } catch (...) {
+        return 0;
+    }
+}
+
+const char *ew_torch_device(const ew_torch_model *model) { return model ? model->device_name : "none"; }
+
 int ew_torch_load(const char *path, const ew_torch_options *options, ew_torch_model **out, ew_torch_error *err) {
     if (!path || !options || !out) return fail(err, EW_TORCH_E_ARGUMENT, "null argument");
     *out = nullptr;
     const ew_torch_options o = *options;
     if (o.channels <= 0 || o.height <= 0 || o.width <= 0 || o.warmup_batch < 0 ||
-        (o.precision != EW_TORCH_FP32 && o.precision != EW_TORCH_BF16))
+        (o.precision != EW_TORCH_FP32 && o.precision != EW_TORCH_BF16 && o.precision != EW_TORCH_FP16))
         return fail(err, EW_TORCH_E_ARGUMENT, "invalid options");
+    c10::Device device(at::kCPU);
+    if (int rc = resolve_device(o, &device, err)) return rc;
+    if (o.precision == EW_TORCH_FP16 && device.is_cpu())
+        return fail(err, EW_TORCH_E_PRECISION, "fp16 runs on CUDA only; on the CPU use fp32 or bf16");
     {
         std::ifstream f(path, std::ios::binary);
         if (!f) return fail(err, EW_TORCH_E_NOT_FOUND, "model file %s not found or not readable: %s", path, strerror(errno));
@@ -182,23 +240,30 @@ int ew_torch_load(const char *path, const ew_torch_options *options, ew_torch_mo
     }
     EW_TRY
     m.eval();
-    if (o.precision == EW_TORCH_BF16) {
+    if (device.is_cuda()) {
+        m.to(device);
+        at::globalContext().setBenchmarkCuDNN(true); // cuDNN autotuning: the input shape never changes
+    }
+    if (o.precision == EW_TORCH_BF16 || o.precision == EW_TORCH_FP16) {
         size_t float_params = 0;
         for (const auto &p : m.parameters())
             if (at::isFloatingType(p.scalar_type())) float_params++;
         if (float_params == 0)
             return fail(err, EW_TORCH_E_PRECISION,
-                        "%s has no floating-point parameters (was it frozen before saving?); bf16 needs an unfrozen "
-                        "traced file, as models/export_resnet50.py writes; use fp32 with this file",
+                        "%s has no floating-point parameters (was it frozen before saving?); bf16 and fp16 need an "
+                        "unfrozen traced file, as models/export_resnet50.py writes; use fp32 with this file",
                         path);
-        m.to(at::kBFloat16);
+        m.to(o.precision == EW_TORCH_BF16 ? at::kBFloat16 : at::kHalf);
     }
     if (o.optimize >= 1) m = torch::jit::freeze(m);
-    if (o.optimize >= 2) m = torch::jit::optimize_for_inference(m);
+    // optimize_for_inference rewrites for oneDNN on the CPU; on CUDA freezing is what helps.
+    if (o.optimize >= 2 && device.is_cpu()) m = torch::jit::optimize_for_inference(m);
     auto model = new ew_torch_model{m, o};
+    model->device = device;
+    snprintf(model->device_name, sizeof model->device_name, "%s", device.str().c_str());
     if (o.warmup_batch > 0) {
         c10::InferenceMode guard;
-        at::Tensor x = make_input(o, at::zeros({o.warmup_batch, o.channels, o.height, o.width}));
+        at::Tensor x = make_input(o, at::zeros({o.warmup_batch, o.channels, o.height, o.width})).to(device);
         at::Tensor y;
         for (int i = 0; i < 2; i++) {
             int rc = check_output(model->module.forward({x}), o.warmup_batch, &y, err);
@@ -230,8 +295,21 @@ int ew_torch_forward(ew_torch_model *model, const float *input, int64_t n, int64
     // buffer is never written. Without either, the module only reads its input.
     at::Tensor x = at::from_blob(const_cast<float *>(input), {n, c, h, w}, at::kFloat);
     at::Tensor y;
+    std::unique_lock<std::mutex> staged;
+    if (model->device.is_cuda()) {
+        // Stage the batch in pinned host memory (reused; grown when a larger batch comes), then
+        // upload it asynchronously: the host returns to prepare the next batch while the copy
+        // and the forward are queued on the device's stream.
+        staged = std::unique_lock<std::mutex>(model->staging_lock);
+        if (!model->staging.defined() || model->staging.size(0) < n)
+            model->staging = at::empty({n, c, h, w}, at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
+        at::Tensor host = model->staging.narrow(0, 0, n);
+        host.copy_(x);
+        x = host.to(model->device, /*non_blocking=*/true);
+    }
     int rc = check_output(model->module.forward({make_input(o, x)}), n, &y, err);
     if (rc) return rc;
+    if (!y.is_cpu()) y = y.to(at::kCPU); // waits for the device; then into the caller's buffer
     int64_t d = y.size(1), known = model->dim.load();
     if (known && d != known)
         return fail(err, EW_TORCH_E_BAD_OUTPUT, "the model's output dimension changed from %lld to %lld",

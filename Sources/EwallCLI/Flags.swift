@@ -16,7 +16,7 @@ public struct ModelFlags: ParsableArguments {
     public var model: String?
 
     @Option(name: .long, help: ArgumentHelp(
-        "Precision: fp32, bf16, or auto (times both at load and keeps the faster).",
+        "Precision: fp32, bf16, fp16 (CUDA only), or auto (times fp32 and bf16 at load and keeps the faster).",
         discussion: "auto's choice is cached per model sha256, CPU model and thread count in --precision-cache."))
     public var precision: Precision = .fp32
 
@@ -29,6 +29,11 @@ public struct ModelFlags: ParsableArguments {
 
     @Option(name: .long, help: "Images per forward pass.")
     public var batchSize: Int = 32
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Where the model runs: cpu, cuda, cuda:N, or auto.",
+        discussion: "auto: CUDA device 0 when the loaded libtorch has CUDA and a device is present, else the CPU. Debian's libtorch is CPU-only; build against a CUDA libtorch for a GPU (README, \"GPU\")."))
+    public var device: ComputeDevice = .auto
 
     public var resolvedModel: String {
         model ?? ProcessInfo.processInfo.environment["EWALL_MODEL"] ?? "models/resnet50.pt"
@@ -46,7 +51,7 @@ public struct ModelFlags: ParsableArguments {
 
     public func options() -> ModelOptions {
         ModelOptions(path: resolvedModel, precision: precision, threads: threads, batchSize: batchSize,
-                     precisionCachePath: resolvedPrecisionCache)
+                     precisionCachePath: resolvedPrecisionCache, device: device)
     }
 
     public func validate() throws {
@@ -98,6 +103,9 @@ public struct ImageFlags: ParsableArguments {
 }
 
 extension Precision: ExpressibleByArgument {}
+extension ComputeDevice: ExpressibleByArgument {
+    public init?(argument: String) { self.init(parsing: argument) }
+}
 extension PreprocessingMode: ExpressibleByArgument {}
 
 /// `--redis` and its settings, on every command that embeds or serves (`ewall similar --image`,

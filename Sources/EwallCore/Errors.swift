@@ -70,6 +70,10 @@ public struct InferenceError: Error, Sendable, Hashable, CustomStringConvertible
         public static let invalidVector = Code(rawValue: "invalid_vector")
         /// Invalid configuration.
         public static let invalidConfiguration = Code(rawValue: "invalid_configuration")
+        /// CUDA was asked for, but the loaded libtorch has none, or no such device is present.
+        public static let deviceUnavailable = Code(rawValue: "device_unavailable")
+        /// The device ran out of memory for a batch (the embedder retries it in halves first).
+        public static let outOfMemory = Code(rawValue: "out_of_memory")
     }
 
     public var code: Code

@@ -36,6 +36,8 @@ public enum Precision: String, Sendable, Codable, CaseIterable, CustomStringConv
     /// AVX512_BF16 or AMX (about 2x on AMD Zen 5), slower on others (0.75x on an Intel Xeon
     /// with AVX512_BF16); vectors drift from fp32's (see README, "Precision and speed").
     case bf16
+    /// float16 weights and activations: CUDA only (the CPU refuses it with a clear error).
+    case fp16
     /// Measured at load: fp32 and bf16 each time full warm-up batches and the faster one is
     /// kept (bf16 only when it beats fp32 by more than the noise margin); the choice is cached
     /// per model sha256, CPU model and thread count. Never chosen from CPU flags alone.
@@ -62,5 +64,47 @@ public struct ImageLimits: Sendable, Hashable {
         self.minSide = minSide
         self.maxBytes = maxBytes
         self.allowDecoderWarnings = allowDecoderWarnings
+    }
+}
+
+/// Where the model runs: `cpu`, `cuda` (= `cuda:0`), `cuda:N`, or `auto` (CUDA device 0 when
+/// the loaded libtorch has CUDA and a device is present, else the CPU).
+public enum ComputeDevice: Sendable, Hashable, Codable, CustomStringConvertible {
+    case cpu
+    case cuda(Int)
+    case auto
+
+    /// Parses `cpu`, `cuda`, `cuda:N` or `auto`; `nil` for anything else.
+    public init?(parsing text: String) {
+        switch text.lowercased() {
+        case "cpu": self = .cpu
+        case "auto": self = .auto
+        case "cuda", "gpu": self = .cuda(0)
+        case let t where t.hasPrefix("cuda:"):
+            guard let n = Int(t.dropFirst(5)), n >= 0 else { return nil }
+            self = .cuda(n)
+        default: return nil
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .cpu: return "cpu"
+        case .auto: return "auto"
+        case .cuda(let n): return "cuda:\(n)"
+        }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let d = ComputeDevice(parsing: text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a device: \(text)"))
+        }
+        self = d
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
     }
 }

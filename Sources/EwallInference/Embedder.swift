@@ -63,6 +63,11 @@ public final class Embedder: Sendable {
                 }
             }
             return (0..<batch.count).map { i in Self.normalized(raw[i * dim..<(i + 1) * dim]) }
+        } catch where error.code == .outOfMemory && batch.count > 1 {
+            // The device ran out of memory for this batch: each half gets its own try, down to
+            // single images, before any item fails.
+            let half = batch.count / 2
+            return await embedBatch(Array(batch[..<half])) + embedBatch(Array(batch[half...]))
         } catch {
             return Array(repeating: .failure(error), count: batch.count)
         }

@@ -8,6 +8,9 @@ public struct ModelOptions: Sendable, Hashable {
     public var precision: Precision
     /// libtorch intra-op threads (process-wide; applied by the first model loaded).
     public var threads: Int
+    /// Where the model runs (``ComputeDevice``; `auto` by default: CUDA when the loaded
+    /// libtorch has it and a device is present, else the CPU).
+    public var device: ComputeDevice
     /// Images per forward pass.
     public var batchSize: Int
     /// Feed channels-last tensors (oneDNN's fast layout). On by default.
@@ -24,8 +27,9 @@ public struct ModelOptions: Sendable, Hashable {
     public init(path: String, precision: Precision = .fp32, threads: Int = 2, batchSize: Int = 32,
                 channelsLast: Bool = true, freeze: Bool = true,
                 channels: Int = 3, height: Int = PreprocessingMode.side, width: Int = PreprocessingMode.side,
-                precisionCachePath: String? = nil) {
+                precisionCachePath: String? = nil, device: ComputeDevice = .auto) {
         self.path = path
+        self.device = device
         self.precision = precision
         self.threads = threads
         self.batchSize = batchSize
@@ -62,6 +66,10 @@ public final class TorchModel: @unchecked Sendable {
     public static var cpuHasBF16: Bool { ew_torch_cpu_has_bf16() != 0 }
     /// libtorch's version.
     public static var libtorchVersion: String { String(cString: ew_torch_version()) }
+    /// GPUs the loaded libtorch can use (0 with Debian's CPU-only libtorch).
+    public static var cudaDeviceCount: Int { Int(ew_torch_cuda_device_count()) }
+    /// Where this model runs: `cpu`, `cuda:0`, ... (`auto` resolved).
+    public var device: String { String(cString: ew_torch_device(handle)) }
 
     /// What `auto` chose and the speeds it measured; nil unless ``ModelOptions/precision`` is `.auto`.
     public let precisionChoice: PrecisionChoice?
@@ -83,8 +91,8 @@ public final class TorchModel: @unchecked Sendable {
         var choice: PrecisionChoice?
         let handle: OpaquePointer
         switch options.precision {
-        case .fp32, .bf16:
-            if options.precision == .bf16 && !Self.cpuHasBF16 {
+        case .fp32, .bf16, .fp16:
+            if options.precision == .bf16 && !Self.cpuHasBF16 && !Self.runsOnCUDA(options.device) {
                 throw InferenceError(.precisionUnavailable,
                                      "bf16 was requested but this CPU has no native bfloat16 (AVX512_BF16/AMX); use fp32 or auto")
             }
@@ -118,13 +126,30 @@ public final class TorchModel: @unchecked Sendable {
         self.outputDim = Int(ew_torch_output_dim(handle))
     }
 
+    /// Whether `device` resolves to a GPU with the loaded libtorch.
+    static func runsOnCUDA(_ device: ComputeDevice) -> Bool {
+        switch device {
+        case .cpu: return false
+        case .cuda: return true
+        case .auto: return cudaDeviceCount > 0
+        }
+    }
+
     /// Loads one precision (the shim freezes and runs two warm-up batches).
     private static func load(_ options: ModelOptions, _ precision: Precision) throws(InferenceError) -> OpaquePointer {
         var o = ew_torch_options(
-            precision: Int32(precision == .bf16 ? EW_TORCH_BF16.rawValue : EW_TORCH_FP32.rawValue),
+            precision: Int32(precision == .bf16 ? EW_TORCH_BF16.rawValue
+                             : precision == .fp16 ? EW_TORCH_FP16.rawValue : EW_TORCH_FP32.rawValue),
             channels_last: options.channelsLast ? 1 : 0, optimize: options.freeze ? 1 : 0,
             channels: Int64(options.channels), height: Int64(options.height), width: Int64(options.width),
-            warmup_batch: Int64(options.batchSize))
+            warmup_batch: Int64(options.batchSize), device_type: 0, device_index: 0)
+        switch options.device {
+        case .cpu: o.device_type = Int32(EW_TORCH_DEVICE_CPU)
+        case .auto: o.device_type = Int32(EW_TORCH_DEVICE_AUTO)
+        case .cuda(let n):
+            o.device_type = Int32(EW_TORCH_DEVICE_CUDA)
+            o.device_index = Int32(n)
+        }
         var err = ew_torch_error()
         var model: OpaquePointer?
         let rc = ew_torch_load(options.path, &o, &model, &err)
@@ -183,6 +208,8 @@ public final class TorchModel: @unchecked Sendable {
         case EW_TORCH_E_BAD_INPUT: code = .badInput
         case EW_TORCH_E_PRECISION: code = .precisionUnavailable
         case EW_TORCH_E_ARGUMENT: code = .invalidConfiguration
+        case EW_TORCH_E_NO_DEVICE: code = .deviceUnavailable
+        case EW_TORCH_E_OUT_OF_MEMORY: code = .outOfMemory
         default: code = .forwardFailed
         }
         return InferenceError(code, message, detail: "ew_torch status \(rc)")

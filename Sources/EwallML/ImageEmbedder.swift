@@ -129,6 +129,8 @@ public final class ImageEmbedder: Sendable {
     public var dimension: Int { embedder.outputDim }
     /// The precision in use after resolving `auto`.
     public var precision: Precision { embedder.model.precision }
+    /// Where the model runs: `cpu`, `cuda:0`, ... (``ModelOptions/device`` resolved).
+    public var device: String { embedder.model.device }
     /// With `--precision auto`: the choice and the measured (or cached) images/s of each
     /// precision. Nil for fp32 or bf16 asked by name.
     public var precisionChoice: PrecisionChoice? { embedder.model.precisionChoice }

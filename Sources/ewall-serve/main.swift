@@ -133,6 +133,7 @@ struct Serve: AsyncParsableCommand {
             urlPolicy: AddressPolicy(allowHosts: allowHosts),
             indexWatchInterval: watchSeconds > 0 ? .milliseconds(Int(watchSeconds * 1000)) : nil)
         config.redis = try redisFlags.configuration()
+        config.device = model.device
         config.limits = .init(maxImageBytes: maxImageBytes, maxImagePixels: maxPixels, maxBatchSize: model.batchSize,
                               maxBatchWait: .milliseconds(maxBatchWaitMs), maxQueuedImages: maxQueue)
         let registry = PrometheusCollectorRegistry()

@@ -87,7 +87,7 @@ struct Embed: AsyncParsableCommand {
         let failed = outcomes.filter { if case .failure = $0.result { return true } else { return false } }.count
         let summary = "ewall embed: \(outcomes.count - failed) embedded, \(failed) failed, "
             + "model \(embedder.modelID) (\(embedder.precision), \(embedder.preprocessingID)), "
-            + "\(config.model.threads) model + \(config.decodeThreads) decode threads, "
+            + "on \(embedder.device), \(config.model.threads) model + \(config.decodeThreads) decode threads, "
             + String(format: "%.1f images/s", Double(outcomes.count) / max(seconds, 1e-9))
             + (embedder.card?.pretrained == false ? " [RANDOM-INIT MODEL: vectors carry no meaning]" : "")
         FileHandle.standardError.write(Data((summary + "\n").utf8))

@@ -10,6 +10,10 @@
  *     (TorchScript's executor is reentrant and each call holds its own InferenceMode guard),
  *     but concurrent calls compete for the same intra-op threads: EwallML serialises them.
  *   - No call keeps a pointer it was given after it returns.
+ *   - On CUDA, the model is moved to the device once at load; each forward copies the batch
+ *     into a pinned host buffer, uploads it asynchronously, runs, and copies the output back
+ *     into the caller's buffer before returning. Forwards on one CUDA handle share the pinned
+ *     buffer and are serialised by the shim.
  *
  * Errors: every fallible call returns 0 or a negative EW_TORCH_E_* code and fills the
  * caller-owned ew_torch_error. No C++ exception crosses this header.
@@ -34,6 +38,8 @@ enum {
     EW_TORCH_E_PRECISION = -6,       /* the requested precision cannot be used with this file */
     EW_TORCH_E_FORWARD = -7,         /* the forward pass failed at run time */
     EW_TORCH_E_ARGUMENT = -8,        /* null pointer or invalid option */
+    EW_TORCH_E_NO_DEVICE = -9,       /* CUDA asked for, but this libtorch has none, or no such device */
+    EW_TORCH_E_OUT_OF_MEMORY = -10,  /* the device ran out of memory for this batch (a smaller one may fit) */
 };
 
 typedef struct ew_torch_error {
@@ -44,7 +50,14 @@ typedef struct ew_torch_error {
 typedef enum ew_torch_precision {
     EW_TORCH_FP32 = 0,
     EW_TORCH_BF16 = 1, /* weights and activations in bfloat16 (oneDNN); output returned as float */
+    EW_TORCH_FP16 = 2, /* float16 weights and activations: CUDA only */
 } ew_torch_precision;
+
+enum {
+    EW_TORCH_DEVICE_AUTO = -1, /* CUDA (device 0) when this libtorch has it and a device is present, else CPU */
+    EW_TORCH_DEVICE_CPU = 0,
+    EW_TORCH_DEVICE_CUDA = 1,  /* device_index picks the GPU */
+};
 
 typedef struct ew_torch_options {
     int precision;       /* ew_torch_precision */
@@ -55,9 +68,10 @@ typedef struct ew_torch_options {
     int64_t width;
     int64_t warmup_batch; /* > 0: run this many zero images through twice at load, and check
                              the output shape then; 0: check on the first forward instead */
+    int device_type;      /* EW_TORCH_DEVICE_*; 0 (CPU) in a zeroed struct */
+    int device_index;     /* with EW_TORCH_DEVICE_CUDA: which GPU (0-based) */
 } ew_torch_options;
 
-typedef struct ew_torch_model ew_torch_model;
 
 /* Process-wide thread settings. intra_op > 0 sets at::set_num_threads; inter_op > 0 sets
    at::set_num_interop_threads, honoured on the first call only. Returns the intra-op count now
@@ -66,6 +80,14 @@ int ew_torch_set_threads(int intra_op, int inter_op);
 
 /* 1 when the CPU executes bfloat16 natively (AVX512_BF16 or AMX-BF16), else 0. */
 int ew_torch_cpu_has_bf16(void);
+
+typedef struct ew_torch_model ew_torch_model;
+
+/* GPUs this libtorch can use: 0 when it was built without CUDA or none is present. */
+int ew_torch_cuda_device_count(void);
+
+/* The device a loaded model runs on: "cpu", "cuda:0", ... Static storage per model. */
+const char *ew_torch_device(const ew_torch_model *model);
 
 /* The libtorch version string, e.g. "1.13.1". Static storage. */
 const char *ew_torch_version(void);

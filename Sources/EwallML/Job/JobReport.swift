@@ -117,6 +117,8 @@ public struct JobSummary: Sendable, Codable {
     public var modelID: String
     public var preprocessing: String
     public var precision: String
+    /// Where the model ran: `cpu`, `cuda:0`, ...
+    public var device: String = "cpu"
     /// The model card says `pretrained: false`: the vectors carry no meaning.
     public var randomInitModel: Bool
     public var counts: JobCounts
@@ -159,7 +161,7 @@ public struct JobSummary: Sendable, Codable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case manifest, store, precision, counts, seconds, interrupted, error, job, worker, cache
+        case manifest, store, precision, device, counts, seconds, interrupted, error, job, worker, cache
         case slowestHosts = "slowest_hosts", precisionChoice = "precision_choice"
         case modelID = "model_id", preprocessing, randomInitModel = "random_init_model"
         case failuresByClass = "failures_by_class", skippedFailedByClass = "skipped_failed_by_class"
@@ -185,6 +187,7 @@ extension JobSummary {
                       HostSummary(host: $0.host, requests: $0.requests, totalSeconds: $0.totalSeconds, maxSeconds: $0.maxSeconds,
                                   timeouts: $0.timeouts)
                   }, precisionChoice: embedder.precisionChoice.map { "\($0)" }, cache: cache)
+        self.device = embedder.device
     }
 }
 

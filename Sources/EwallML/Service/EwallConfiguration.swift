@@ -33,6 +33,9 @@ public struct EwallConfiguration: Sendable {
     public var precision: Precision
     /// libtorch intra-op threads (default 2).
     public var threads: Int
+    /// Where the model runs (default `auto`: CUDA when the loaded libtorch has it and a device
+    /// is present, else the CPU).
+    public var device: ComputeDevice = .auto
     /// Sizes, batching and queue limits.
     public var limits: Limits
     /// The address check for caller-supplied image URLs. The default refuses loopback, private,
@@ -108,7 +111,8 @@ public struct EwallConfiguration: Sendable {
     /// The embedder's configuration this implies.
     var embedder: EmbedderConfiguration {
         EmbedderConfiguration(
-            model: ModelOptions(path: modelPath, precision: precision, threads: threads, batchSize: limits.maxBatchSize),
+            model: ModelOptions(path: modelPath, precision: precision, threads: threads, batchSize: limits.maxBatchSize,
+                                device: device),
             preprocessing: preprocessing,
             limits: ImageLimits(maxPixels: limits.maxImagePixels, maxBytes: limits.maxImageBytes),
             decodeThreads: limits.decodeThreads)

@@ -1,0 +1,59 @@
+import EwallCore
+import EwallInference
+import EwallTestSupport
+import Foundation
+import Testing
+
+/// `--device`: what a CPU-only libtorch (Debian's, and CI's) must say and do. The CUDA side
+/// runs on a GPU machine through bench/gpu/run.sh.
+@Suite("Device selection")
+struct DeviceTests {
+    @Test("cpu, cuda, cuda:N and auto parse; anything else does not")
+    func parsing() {
+        #expect(ComputeDevice(parsing: "cpu") == .cpu)
+        #expect(ComputeDevice(parsing: "CUDA") == .cuda(0))
+        #expect(ComputeDevice(parsing: "cuda:3") == .cuda(3))
+        #expect(ComputeDevice(parsing: "auto") == .auto)
+        for bad in ["cuda:", "cuda:-1", "cuda:x", "tpu", "", "mps"] { #expect(ComputeDevice(parsing: bad) == nil, "\(bad)") }
+        #expect(ComputeDevice.cuda(2).description == "cuda:2")
+    }
+
+    @Test("CUDA asked for where this libtorch has none: a clear error naming the fix",
+          .enabled(if: TorchModel.cudaDeviceCount == 0, "this libtorch sees a GPU"), arguments: [0, 3])
+    func cudaUnavailable(index: Int) {
+        var options = tinyOptions("linear4.pt")
+        options.device = .cuda(index)
+        do {
+            _ = try TorchModel(options: options)
+            Issue.record("cuda:\(index) loaded without a GPU")
+        } catch {
+            #expect(error.code == .deviceUnavailable, "\(error)")
+            #expect(error.message.contains("cuda:\(index)") && error.message.contains("--device cpu"), "\(error.message)")
+            #expect(error.message.contains("without CUDA") || error.message.contains("no CUDA device"), "\(error.message)")
+        }
+    }
+
+    @Test("auto runs on the CPU here, with the same outputs as cpu",
+          .enabled(if: TorchModel.cudaDeviceCount == 0, "this libtorch sees a GPU"))
+    func autoIsCPU() throws {
+        var a = tinyOptions("linear4.pt"), c = tinyOptions("linear4.pt")
+        a.device = .auto
+        c.device = .cpu
+        let auto = try TorchModel(options: a), cpu = try TorchModel(options: c)
+        #expect(auto.device == "cpu" && cpu.device == "cpu")
+        let x: [Float] = (0..<(2 * 3 * 8 * 8)).map { (i: Int) -> Float in Float(i % 17) / 17 }
+        let ya = try x.withUnsafeBufferPointer { try auto.forward($0, count: 2) }
+        let yc = try x.withUnsafeBufferPointer { try cpu.forward($0, count: 2) }
+        #expect(ya == yc)
+    }
+
+    @Test("fp16 is refused on the CPU with the reason")
+    func fp16OnCPU() {
+        var options = tinyOptions("linear4.pt", precision: .fp16)
+        options.device = .cpu
+        #expect { _ = try TorchModel(options: options) } throws: {
+            let e = $0 as? InferenceError
+            return e?.code == .precisionUnavailable && e?.message.contains("CUDA only") == true
+        }
+    }
+}
