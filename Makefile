@@ -23,7 +23,7 @@ APT_PACKAGES := libtorch-dev libfaiss-dev libopenblas-dev libturbojpeg0-dev libp
                 mate-backgrounds plasma-workspace-wallpapers
 DEPS_STAMP := .build/.deps-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 
-.PHONY: help deps build model samples fixtures test demo bench clean serve
+.PHONY: help deps build model samples fixtures test demo bench clean serve gpu-bundle
 
 help:
 	@echo "make demo     install deps, build (release), make the model, run ewall-embed over the sample photos served"
@@ -35,7 +35,8 @@ help:
 	@echo "make serve    after make demo: ewall-serve on http://127.0.0.1:8080 over the demo store and index"
 	@echo "make deps     apt-get install the Debian packages listed in APT_PACKAGES (root or sudo)"
 	@echo "make model    export $(MODEL): pretrained if the weights download, else random-init (loud warning)"
-	@echo "make build    swift build -c release"
+	@echo "make build    swift build -c release (LIBTORCH=/path: against another libtorch, e.g. a CUDA one)"
+	@echo "make gpu-bundle  the decoder archive bench/gpu/run.sh links on a GPU machine (see README \"GPU\")"
 	@echo "make clean    remove build outputs, fixtures, samples (keeps the model)"
 
 deps: $(DEPS_STAMP)
@@ -48,11 +49,26 @@ $(DEPS_STAMP):
 	fi
 	@mkdir -p .build && touch $@
 
+# LIBTORCH=/path builds the shim against another libtorch than Debian's CPU-only one: a
+# pytorch.org libtorch folder, or a pip wheel's torch/ folder (include/ and lib/), e.g. a CUDA
+# build for --device cuda. Untested here (no CUDA libtorch on these machines); see README "GPU".
+ifneq ($(LIBTORCH),)
+TORCH_ABI   := $(shell $(PY) -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))' 2>/dev/null || echo 1)
+TORCH_FLAGS := -Xcxx -I$(LIBTORCH)/include -Xcxx -I$(LIBTORCH)/include/torch/csrc/api/include \
+               -Xcxx -D_GLIBCXX_USE_CXX11_ABI=$(TORCH_ABI) -Xlinker -L$(LIBTORCH)/lib -Xlinker -rpath \
+               -Xlinker $(LIBTORCH)/lib $(if $(wildcard $(LIBTORCH)/lib/libtorch_cuda.so),-Xlinker --no-as-needed \
+               -Xlinker -ltorch_cuda -Xlinker --as-needed)
+endif
+
 build: deps
-	$(SWIFT) build -c release --product ewall
-	$(SWIFT) build -c release --product ewall-embed
-	$(SWIFT) build -c release --product rebuild-faiss-index
-	$(SWIFT) build -c release --product ewall-serve
+	$(SWIFT) build -c release --product ewall $(TORCH_FLAGS)
+	$(SWIFT) build -c release --product ewall-embed $(TORCH_FLAGS)
+	$(SWIFT) build -c release --product rebuild-faiss-index $(TORCH_FLAGS)
+	$(SWIFT) build -c release --product ewall-serve $(TORCH_FLAGS)
+
+# The GPU machine's checks (bench/gpu/run.sh) link our decoder from this archive.
+gpu-bundle:
+	bench/gpu/bundle.sh
 
 serve: build model
 	.build/release/ewall-serve --db sqlite:data/ewall.sqlite --index data/faiss --model $(MODEL)
