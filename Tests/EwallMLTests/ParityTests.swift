@@ -4,31 +4,10 @@ import Foundation
 import Logging
 import Testing
 
-/// Collects log messages, to check what the library tells its user.
-final class CapturedLogs: @unchecked Sendable {
-    private let lock = NSLock()
-    private var messages: [String] = []
-    func append(_ m: String) { lock.withLock { messages.append(m) } }
-    var all: [String] { lock.withLock { messages } }
-}
-
-struct CapturingHandler: LogHandler {
-    let sink: CapturedLogs
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) {
-        sink.append("\(event.level): \(event.message)")
-    }
-}
-
 @Suite("ResNet50 embeddings: parity with the Python reference", .serialized)
 struct ParityTests {
     static func embedder(_ precision: Precision = .fp32, logs: CapturedLogs = CapturedLogs()) throws -> ImageEmbedder {
-        let logger = Logger(label: "test") { _ in CapturingHandler(sink: logs) }
+        let logger = logs.logger
         return try ImageEmbedder(
             configuration: EmbedderConfiguration(model: ModelOptions(path: Fixtures.model, precision: precision)),
             logger: logger)

@@ -6,37 +6,6 @@ import Foundation
 import Logging
 import Testing
 
-/// Log lines kept for a test to count (the "one warning" promises).
-final class CollectedLogs: @unchecked Sendable {
-    private let lock = NSLock()
-    private var lines: [(Logger.Level, String)] = []
-
-    func add(_ level: Logger.Level, _ message: String) { lock.withLock { lines.append((level, message)) } }
-    func warnings(containing text: String) -> [String] {
-        lock.withLock { lines.filter { $0.0 == .warning && $0.1.contains(text) }.map(\.1) }
-    }
-
-    var logger: Logger {
-        var l = Logger(label: "test") { _ in Handler(logs: self) }
-        l.logLevel = .info
-        return l
-    }
-
-    struct Handler: LogHandler {
-        let logs: CollectedLogs
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .info
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-                 file: String, function: String, line: UInt) {
-            logs.add(level, message.description)
-        }
-    }
-}
-
 enum RedisTestData {
     static let key = ModelKey(modelID: "resnet50@0123abcd", preprocessing: "squash224")
 
@@ -221,7 +190,7 @@ struct RedisFailureTests {
     @Test("Redis killed: every call is a miss at once and one warning; restarted: the cache works again")
     func killedAndRestarted() async throws {
         let server = try RedisServer()
-        let logs = CollectedLogs()
+        let logs = CapturedLogs()
         let cache = RedisTestData.cache(server, logger: logs.logger)
         let sha = RedisTestData.sha("x")
         await cache.store([CachedEmbedding(vector: RedisTestData.vector(8), imageSHA256: sha)])
@@ -248,7 +217,7 @@ struct RedisFailureTests {
     @Test("a wrong password: one clear warning, then no cache and no errors for the caller")
     func wrongPassword() async throws {
         let server = try RedisServer(password: "right")
-        let logs = CollectedLogs()
+        let logs = CapturedLogs()
         let client = RedisClient(location: try RedisLocation(parsing: server.url(password: "wrong")), logger: logs.logger)
         let cache = EmbeddingCache(client: client, key: RedisTestData.key, dimension: 2048)
         #expect(await client.ping() == false)

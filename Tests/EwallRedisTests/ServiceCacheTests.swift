@@ -9,7 +9,7 @@ import Testing
 @Suite("EwallService with Redis", .serialized, .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
 struct ServiceCacheTests {
     static func service(_ redis: RedisServer, url: String? = nil, preprocessing: PreprocessingMode = .squash224,
-                        logger: CollectedLogs = CollectedLogs()) async throws -> EwallService {
+                        logger: CapturedLogs = CapturedLogs()) async throws -> EwallService {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svc-redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         var config = EwallConfiguration(modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
@@ -83,7 +83,7 @@ struct ServiceCacheTests {
     @Test("a wrong password: the service starts, warns once, and answers without the cache")
     func wrongPassword() async throws {
         let redis = try RedisServer(password: "right")
-        let logs = CollectedLogs()
+        let logs = CapturedLogs()
         let service = try await Self.service(redis, url: redis.url(password: "wrong"), logger: logs)
         for _ in 0..<3 { _ = try await service.embed(.bytes(try Fixtures.bytes(try Fixtures.photos()[1]))) }
         #expect(logs.warnings(containing: "refused our credentials").count == 1)
