@@ -100,6 +100,12 @@ def wait_port(port, seconds=10):
     raise SystemExit(f"nothing listens on {port}")
 
 
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def redis_benchmark(port, size, n=20000):
     out = subprocess.run(["redis-benchmark", "-p", str(port), "-n", str(n), "-c", "1", "-d", str(size), "-t", "get"],
                          capture_output=True, text=True, check=True).stdout
@@ -173,7 +179,13 @@ def main():
                 time.sleep(0.5)
                 wrk(srv.base, script, [base, "warm"], seconds=3)  # warm-up
                 log("warm: the same 256 images (wrk, 64 connections)")
+                pids = {"ewall-serve": srv.p.pid, "image server (Python)": img.pid, "redis-server": procs[0].pid}
+                before = {k: cpu_seconds(p) for k, p in pids.items()}
+                t0 = time.time()
                 warm = wrk(srv.base, script, [base, "warm"], seconds=args.seconds)
+                wall = time.time() - t0
+                # Where the 2 cores went during the warm run (the rest: wrk, the kernel, others).
+                warm["cpu_share"] = {k: (cpu_seconds(p) - before[k]) / (wall * (os.cpu_count() or 1)) for k, p in pids.items()}
                 metrics = srv.get("/metrics").decode()
             finally:
                 srv.stop()
@@ -206,6 +218,8 @@ def main():
     print(f"similar by URL, warm  {w['requests_per_s']:8.1f} req/s  p50 {w['p50_ms']:.2f} ms  p99 {w['p99_ms']:.2f} ms  "
           f"non-2xx {w['non_2xx']}  -> {r['warm_vs_cold']:.1f}x cold (target >= 20x, p99 <= 20 ms: "
           f"{'met' if r['met'] else 'NOT met'}); hits {r['cache_hits']}, misses {r['cache_misses']}")
+    print("  CPU during the warm run: " + ", ".join(f"{k} {v * 100:.0f}%" for k, v in w["cpu_share"].items())
+          + f" of {os.cpu_count()} cores")
     lk = results["lookup"]
     peer = lk["redis_benchmark_get"]
     print(f"cache lookup, 1 caller   p50 {lk['serial']['p50_ms']:.3f} ms  p99 {lk['serial']['p99_ms']:.3f} ms  "
