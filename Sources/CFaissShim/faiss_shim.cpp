@@ -341,6 +341,30 @@ int ew_faiss_reconstruct(const ew_faiss_index *h, int64_t id, float *out, ew_fai
     return guarded(err, EW_FAISS_E_FAISS, [&] { h->index->reconstruct(id, out); });
 }
 
+int ew_faiss_compare_ids(const ew_faiss_index *h, const float *q, int64_t n, const int64_t *ids, float *dot,
+                         float *norm2, float *l2, ew_faiss_error *err) {
+    if (!h || (n > 0 && (!q || !ids)) || n < 0) return fill(err, EW_FAISS_E_ARGUMENT, "index, query and ids are required");
+    const faiss::IndexIDMap2 *m = idMap(h->index.get());
+    const faiss::IndexIVF *ivf = m ? nullptr : faiss::ivflib::try_extract_index_ivf(const_cast<faiss::Index *>(h->index.get()));
+    for (int64_t i = 0; i < n; i++) {
+        bool known = true;
+        if (m) known = m->rev_map.count(ids[i]) > 0;
+        else if (ivf && ivf->direct_map.type == faiss::DirectMap::Hashtable) known = ivf->direct_map.hashtable.count(ids[i]) > 0;
+        if (!known) return fill(err, EW_FAISS_E_NOT_FOUND, "no vector has id " + std::to_string(ids[i]));
+    }
+    return guarded(err, EW_FAISS_E_FAISS, [&] {
+        const ew::Kernels &k = ew::kernels();
+        size_t d = size_t(h->index->d);
+        std::vector<float> v(d);
+        for (int64_t i = 0; i < n; i++) {
+            h->index->reconstruct(ids[i], v.data());
+            if (dot) dot[i] = k.inner(q, v.data(), d);
+            if (norm2) norm2[i] = k.inner(v.data(), v.data(), d);
+            if (l2) l2[i] = k.l2sqr(q, v.data(), d);
+        }
+    });
+}
+
 int ew_faiss_knn_exact(const float *x, int64_t nx, const float *y, int64_t ny, int64_t dim, int64_t k,
                        int metric, float *distances, int64_t *labels, ew_faiss_error *err) {
     if ((nx > 0 && (!x || !distances || !labels)) || (ny > 0 && !y) || dim <= 0 || k <= 0)

@@ -227,6 +227,17 @@ public final class FaissIndex: @unchecked Sendable {
         return out
     }
 
+    /// For each id, against the vector the index stores for it (approximate for compressed kinds):
+    /// the inner product with `query`, that vector's squared norm, and the squared L2 distance.
+    /// One call for all ids; the vectors stay in FAISS. Throws `.notFound` for an id it does not hold.
+    public func compare(_ query: [Float], ids: [Int64]) throws -> (dot: [Float], norm2: [Float], l2: [Float]) {
+        precondition(query.count == dimension, "the query has \(query.count) dims, the index \(dimension)")
+        var dot = [Float](repeating: 0, count: ids.count), norm2 = dot, l2 = dot
+        var err = ew_faiss_error()
+        guard ew_faiss_compare_ids(handle, query, Int64(ids.count), ids, &dot, &norm2, &l2, &err) == 0 else { throw IndexError(err) }
+        return (dot, norm2, l2)
+    }
+
     public func write(to path: String) throws {
         var err = ew_faiss_error()
         guard ew_faiss_write(handle, path, &err) == 0 else { throw IndexError(err) }

@@ -39,6 +39,23 @@ public struct SimilarProduct: Sendable, Codable, Hashable {
     }
 }
 
+/// The index snapshot that answered a search. A reload swaps snapshots while searches run;
+/// this names the one that produced the answer it comes with (not whatever is loaded later).
+public struct AnsweringIndex: Sendable, Codable, Hashable {
+    public var factory: String
+    public var count: Int
+    public var modelID: String
+    public var preprocessing: String
+    /// When `rebuild-faiss-index` built it (ISO 8601, from its manifest).
+    public var builtAt: String
+    /// sha256 of the index file (from the manifest): tells two builds apart.
+    public var sha256: String?
+
+    enum CodingKeys: String, CodingKey {
+        case factory, count, modelID = "model_id", preprocessing, builtAt = "built_at", sha256
+    }
+}
+
 /// An answer with what was searched, so that a short list explains itself.
 public struct SimilarAnswer: Sendable, Codable {
     public var query: String?
@@ -52,9 +69,11 @@ public struct SimilarAnswer: Sendable, Codable {
     public var nprobe: Int?
     public var efSearch: Int?
     public var notes: [String]
+    /// The index snapshot that answered.
+    public var index: AnsweringIndex
 
     enum CodingKeys: String, CodingKey {
-        case query, category, results, candidates, eligible, nprobe, efSearch = "ef_search", notes
+        case query, category, results, candidates, eligible, nprobe, efSearch = "ef_search", notes, index
     }
 }
 
@@ -71,6 +90,8 @@ public final class ProductSearch: Sendable {
     public let warnings: [String]
     /// Store vectors of this model key that the index does not hold.
     public let missingFromIndex: Int
+    /// The snapshot this search answers from, carried in every answer.
+    public let identity: AnsweringIndex
 
     let index: FaissIndex
     let productOf: [Int64: String]
@@ -88,6 +109,9 @@ public final class ProductSearch: Sendable {
         self.exactBelow = exactBelow
         manifest = loaded.manifest
         index = loaded.index
+        identity = AnsweringIndex(factory: loaded.manifest.factory, count: loaded.index.count, modelID: loaded.manifest.modelID,
+                                  preprocessing: loaded.manifest.preprocessing, builtAt: loaded.manifest.builtAt,
+                                  sha256: loaded.manifest.files["index"]?.sha256)
         productOf = loaded.idMap.productIDs
         idOf = loaded.idMap.ids
         self.store = store
@@ -223,31 +247,29 @@ public final class ProductSearch: Sendable {
             notes.append("only \(found.count) of \(eligible) eligible products were reachable")
         }
 
+        // Cosine and distance from one call: the vectors stay in FAISS (for unit vectors the
+        // cosine is 1 - d²/2; imported vectors need not be unit, so the norms are read too).
         let qNorm2 = vector.reduce(0) { $0 + Double($1) * Double($1) }
+        let hits = found.filter { productOf[$0.id] != nil }
+        let stored = try index.compare(vector, ids: hits.map(\.id))
         var results: [SimilarProduct] = []
-        for (id, raw) in found {
-            guard let pid = productOf[id] else { continue }
-            let stored = try index.reconstruct(id: id)
-            var dot = 0.0, rNorm2 = 0.0
-            for i in 0..<stored.count {
-                dot += Double(vector[i]) * Double(stored[i])
-                rNorm2 += Double(stored[i]) * Double(stored[i])
-            }
+        for (i, (id, raw)) in hits.enumerated() {
+            let rNorm2 = Double(stored.norm2[i])
             let squared = manifest.metric == .l2 ? Double(raw) : qNorm2 + rNorm2 - 2 * Double(raw)
             let distance = max(0, squared).squareRoot()
             let similarity = 1 / (1 + distance)
             guard similarity >= query.minSimilarity else { continue }
             let p = meta[id]
-            results.append(SimilarProduct(productID: pid, similarity: similarity,
-                                          cosine: dot / max(1e-12, (qNorm2 * rNorm2).squareRoot()), distance: distance,
-                                          category: p?.category, inStock: p?.inStock, title: p?.title))
+            results.append(SimilarProduct(productID: productOf[id]!, similarity: similarity,
+                                          cosine: Double(stored.dot[i]) / max(1e-12, (qNorm2 * rNorm2).squareRoot()),
+                                          distance: distance, category: p?.category, inStock: p?.inStock, title: p?.title))
         }
         if results.count < found.count {
             notes.append("\(found.count - results.count) neighbours were below min_similarity \(query.minSimilarity)")
         }
         return SimilarAnswer(query: excluding, category: query.sameCategory ? category : nil, results: results,
                              candidates: found.count, eligible: eligible, nprobe: params.nprobe, efSearch: params.efSearch,
-                             notes: notes)
+                             notes: notes, index: identity)
     }
 
     /// Exact search over the allowed ids' stored vectors: for very selective filters, and the
@@ -261,16 +283,13 @@ public final class ProductSearch: Sendable {
             }
         }
         guard !ids.isEmpty else { return [] }
-        var vectors: [Float] = []
-        vectors.reserveCapacity(ids.count * index.dimension)
-        for id in ids { vectors += try index.reconstruct(id: id) }
-        let n = try q.withUnsafeBufferPointer { qb in
-            try vectors.withUnsafeBufferPointer { vb in
-                try FaissIndex.exactNeighbours(queries: qb, vectors: vb, dimension: index.dimension,
-                                               k: min(k, ids.count), metric: manifest.metric)
-            }
+        // One call computes every distance inside FAISS's storage (no vector copied out).
+        let c = try index.compare(q, ids: ids)
+        let raw = manifest.metric == .l2 ? c.l2 : c.dot
+        let order = ids.indices.sorted { a, b in
+            manifest.metric == .l2 ? (raw[a], a) < (raw[b], b) : (raw[a], b) > (raw[b], a)
         }
-        return n.results(of: 0).map { (ids[Int($0.id)], $0.distance) }
+        return order.prefix(k).map { (ids[$0], raw[$0]) }
     }
 
     /// The number of vectors in the index.

@@ -204,6 +204,23 @@ struct KernelTests {
         for (a, b) in zip(stock.distances, ours.distances) { #expect(abs(a - b) <= 1e-5 * max(abs(a), 1e-30)) }
     }
 
+    @Test("compare(_:ids:): inner products, norms and distances to stored vectors in one call; unknown ids are not_found",
+          arguments: ["IVF40,Flat", "Flat", "IVF40,SQ8"])
+    func compareIDs(factory: String) throws {
+        let index = try Self.index(factory, metric: .l2)
+        let q = Self.data.row(7).map { $0 * 3 }  // not unit: the norms must be read, not assumed
+        let rows = [0, 7, 1234, 3999]
+        let c = try index.compare(q, ids: rows.map { 5 + 3 * Int64($0) })
+        let tol = factory.contains("SQ") ? 2e-2 : 1e-5
+        for (i, r) in rows.enumerated() {
+            let v = Self.data.row(r)
+            #expect(abs(Double(c.dot[i]) - VectorMath.dot(q[...], v[...])) <= tol * 3, "\(factory) dot row \(r)")
+            #expect(abs(Double(c.norm2[i]) - VectorMath.dot(v[...], v[...])) <= tol, "\(factory) norm row \(r)")
+            #expect(abs(Double(c.l2[i]) - Double(ExactSearch.squaredL2(q[...], v[...]))) <= tol * 9, "\(factory) l2 row \(r)")
+        }
+        #expect { try index.compare(q, ids: [5, 6]) } throws: { ($0 as? IndexError)?.code == .notFound }
+    }
+
     @Test("Python's faiss reads a file our fast index wrote and answers the same", arguments: IndexMetric.allCases)
     func pythonReadsFastIndexFile(metric: IndexMetric) throws {
         guard Python.hasFaiss else {

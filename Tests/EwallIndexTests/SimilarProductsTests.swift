@@ -42,6 +42,10 @@ struct SimilarProductsTests {
             #expect(abs(r.cosine - VectorMath.cosine(Self.data.row(q), Self.data.row(row))) < 1e-4)
         }
         #expect(zip(a.results, a.results.dropFirst()).allSatisfy { $0.similarity >= $1.similarity })
+        // The answer names the snapshot that produced it.
+        #expect(a.index == search.identity)
+        #expect(a.index.factory == search.manifest.factory && a.index.count == search.count
+                && a.index.builtAt == search.manifest.builtAt && a.index.sha256 == search.manifest.files["index"]?.sha256)
         // The same as the exact answer under the same filters.
         let exact = ExactSearch.nearest(Self.data.row(q), in: Self.data, k: 10) {
             $0 != q && Self.category($0) == cat && Self.inStock($0) != false

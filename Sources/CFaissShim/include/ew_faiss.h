@@ -106,6 +106,14 @@ int ew_faiss_search(const ew_faiss_index *index, int64_t n, const float *x, int6
 /* Copies the stored vector of `id` into out (dim floats). Approximate for compressed kinds. */
 int ew_faiss_reconstruct(const ew_faiss_index *index, int64_t id, float *out, ew_faiss_error *err);
 
+/* For each of n ids (borrowed), from the vector the index stores for it (approximate for
+   compressed kinds) and one query (dim floats, borrowed), with the kernel in force: the inner
+   product (dot), the stored vector's squared norm (norm2) and the squared L2 distance (l2).
+   Each output (n floats, caller-owned) may be NULL. An id the index does not hold is
+   EW_FAISS_E_NOT_FOUND. Read-only: the vectors never leave C (no copy per id into the caller). */
+int ew_faiss_compare_ids(const ew_faiss_index *index, const float *query, int64_t n, const int64_t *ids,
+                         float *dot, float *norm2, float *l2, ew_faiss_error *err);
+
 /* Exact k-NN of n queries among ny vectors (both caller arrays, no index): labels are row
    numbers in y. For ground truth when measuring recall. */
 int ew_faiss_knn_exact(const float *x, int64_t nx, const float *y, int64_t ny, int64_t dim, int64_t k,
