@@ -9,8 +9,9 @@
  * that ew_faiss_factory reports, and the file stays readable by Python's faiss.read_index.
  *
  * Threading contract:
- *   - ew_faiss_search, ew_faiss_reconstruct, ew_faiss_write and the getters only read the
- *     index: any number of threads may call them at once on one handle.
+ *   - ew_faiss_search, ew_faiss_reconstruct, ew_faiss_compare_ids, ew_faiss_write and the
+ *     getters only read the index: any number of threads may call them at once on one handle.
+ *   - ew_faiss_set_kernel is process-wide and may be called at any time (see below).
  *   - ew_faiss_train, ew_faiss_add and ew_faiss_remove change it: the caller guarantees no
  *     other call on that handle runs at the same time. ew_faiss_free likewise.
  *   - FAISS parallelises large calls with OpenMP; ew_faiss_set_threads sets the process-wide
