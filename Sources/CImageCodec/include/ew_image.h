@@ -132,6 +132,11 @@ int ew_img_decode_rgb(const uint8_t *data, size_t len, const ew_img_limits *limi
 int ew_img_resize_bilinear(const uint8_t *src, uint32_t sw, uint32_t sh, uint8_t *dst, uint32_t dw,
                            uint32_t dh, ew_img_error *err);
 
+/* Picks the resize's kernels: 1 = AVX2 where the CPU has it (the default, chosen at the first
+   resize), 0 = portable. Both give identical bytes; for tests and benchmarks. Returns the
+   kernel now in force (1 AVX2, 0 portable). Process-wide; call before resizing starts. */
+int ew_img_set_resize_kernel(int simd);
+
 /* Writes the w x h window at (x0, y0) of packed RGB src (src_w wide) as planar CHW float32
    into `out` (caller-allocated 3*w*h floats): out = (v/255 - mean[c]) / std[c], in float32,
    the operations of torchvision's ToTensor + Normalize. */
