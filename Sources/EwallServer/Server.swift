@@ -153,8 +153,7 @@ struct API: Sendable {
                 let id = try PercentEncoding.decode(try context.parameters.require("product_id")[...], what: "product_id")
                 let query = try SimilarParameters.query(QueryParameters(request.uri.query))
                 let answer = try await service.similar(productID: id, query: query)
-                return try JSONResponse.make(SimilarResponse(answer, query: query, status: service.indexStatus,
-                                                             warning: service.modelWarning))
+                return JSONResponse.make(SimilarResponse(answer, query: query, warning: service.modelWarning))
             }
         case .similarByImage:
             return { request, _ in
@@ -165,8 +164,7 @@ struct API: Sendable {
                 let query = try SimilarParameters.query(QueryParameters(request.uri.query), body: input.body)
                 let answer = try await service.similar(image: image, category: input.body.category,
                                                        excluding: input.body.excludeProductID, query: query)
-                return try JSONResponse.make(SimilarResponse(answer, query: query, status: service.indexStatus,
-                                                             warning: service.modelWarning))
+                return JSONResponse.make(SimilarResponse(answer, query: query, warning: service.modelWarning))
             }
         case .classify:
             return { request, _ in
