@@ -57,3 +57,23 @@ struct DeviceTests {
         }
     }
 }
+
+/// Runs only where the loaded libtorch sees a GPU (never in CI: Debian's libtorch is CPU-only;
+/// bench/gpu/run.sh covers the GPU machine without Swift).
+@Suite("Device selection on a GPU", .enabled(if: TorchModel.cudaDeviceCount > 0, "needs a CUDA libtorch and a GPU"))
+struct CUDADeviceTests {
+    @Test("cuda:0 fp32 gives the CPU's outputs within float tolerance; auto picks cuda:0")
+    func cudaMatchesCPU() throws {
+        var g = tinyOptions("linear4.pt"), c = tinyOptions("linear4.pt"), a = tinyOptions("linear4.pt")
+        g.device = .cuda(0)
+        c.device = .cpu
+        a.device = .auto
+        let gpu = try TorchModel(options: g), cpu = try TorchModel(options: c)
+        #expect(gpu.device == "cuda:0")
+        #expect(try TorchModel(options: a).device == "cuda:0")
+        let x: [Float] = (0..<(2 * 3 * 8 * 8)).map { (i: Int) -> Float in Float(i % 13) / 13 }
+        let yg = try x.withUnsafeBufferPointer { try gpu.forward($0, count: 2) }
+        let yc = try x.withUnsafeBufferPointer { try cpu.forward($0, count: 2) }
+        for (u, v) in zip(yg, yc) { #expect(abs(u - v) <= 1e-4 * max(1, abs(v))) }
+    }
+}
