@@ -26,6 +26,7 @@
 #include <dlfcn.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -326,6 +327,68 @@ int ew_faiss_search(const ew_faiss_index *h, int64_t n, const float *x, int64_t 
             h->index->search(n, x, k, distances, labels, chain.top);
         }
     });
+}
+
+int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, int64_t k,
+                          const ew_faiss_search_params *params, float *distances, int64_t *labels,
+                          ew_faiss_error *err) {
+    if (!h || n < 0 || (n > 0 && (!x || !distances || !labels)) || k <= 0)
+        return fill(err, EW_FAISS_E_ARGUMENT, "index, queries, outputs and k > 0 are required");
+    if (!h->index->is_trained) return fill(err, EW_FAISS_E_NOT_TRAINED, "the index is not trained");
+    const size_t d = size_t(h->index->d);
+    auto oneByOne = [&]() -> int {
+        for (int64_t i = 0; i < n; i++) {
+            int rc = ew_faiss_search(h, 1, x + size_t(i) * d, k, params ? &params[i] : nullptr, distances + i * k,
+                                     labels + i * k, err);
+            if (rc != 0) return rc;
+        }
+        return ok(err);
+    };
+    // IVF (not under a transform): one coarse pass for all, then each query's own lists and
+    // filter, as IndexIVF::search does for one query. Anything else: query by query.
+    const faiss::IndexIVF *ivf = dynamic_cast<const faiss::IndexIVF *>(h->index.get());
+    if (!ivf || n < 2) return oneByOne();
+    std::vector<size_t> probes(static_cast<size_t>(n));
+    size_t maxP = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const ew_faiss_search_params *p = params ? &params[i] : nullptr;
+        size_t np = std::min(ivf->nlist, (p && p->nprobe > 0) ? size_t(p->nprobe) : ivf->nprobe);
+        if (np == 0) return oneByOne();  // FAISS's own error, as for one query
+        probes[size_t(i)] = np;
+        maxP = std::max(maxP, np);
+    }
+    std::vector<idx_t> assign;
+    std::vector<float> coarse;
+    bool batched = false;
+    int rc = guarded(err, EW_FAISS_E_FAISS, [&] {
+        assign.resize(size_t(n) * maxP);
+        coarse.resize(size_t(n) * maxP);
+        batched = ew::coarseBatch(ivf->quantizer, n, x, probes.data(), maxP, assign.data(), coarse.data());
+    });
+    if (rc != 0) return rc;
+    if (!batched) return oneByOne();
+    for (int64_t i = 0; i < n; i++) {
+        const ew_faiss_search_params *p = params ? &params[i] : nullptr;
+        rc = guarded(err, EW_FAISS_E_FAISS, [&] {
+            FilterSelector filter;
+            const faiss::IDSelector *sel = nullptr;
+            if (hasFilter(p)) {
+                filter.bitmap = p->allow_bitmap;
+                filter.bits = p->allow_bits;
+                filter.exclude = p->exclude;
+                filter.nExclude = p->exclude ? p->n_exclude : 0;
+                sel = &filter;
+            }
+            ParamChain chain(ivf, p, sel);
+            auto ivfParams = static_cast<const faiss::SearchParametersIVF *>(chain.top);
+            const idx_t *a = assign.data() + size_t(i) * maxP;
+            ivf->invlists->prefetch_lists(a, int(probes[size_t(i)]));
+            ivf->search_preassigned(1, x + size_t(i) * d, k, a, coarse.data() + size_t(i) * maxP, distances + i * k,
+                                    labels + i * k, false, ivfParams, nullptr);
+        });
+        if (rc != 0) return rc;
+    }
+    return ok(err);
 }
 
 int ew_faiss_reconstruct(const ew_faiss_index *h, int64_t id, float *out, ew_faiss_error *err) {

@@ -25,6 +25,8 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
@@ -149,6 +151,23 @@ struct FastFlat : Base {
         o.ntotal = 0;
     }
 
+    // The largest squared norm of the stored vectors, for coarseBatch's error bound; computed
+    // once per ntotal (the vectors of a quantizer change only while training, alone).
+    mutable std::atomic<float> maxNorm2{0};
+    mutable std::atomic<idx_t> normsFor{-1};
+
+    float largestNorm2() const {
+        if (normsFor.load(std::memory_order_acquire) != this->ntotal) {
+            const float *y = this->get_xb();
+            size_t d = size_t(this->d);
+            float m = 0;
+            for (idx_t j = 0; j < this->ntotal; j++) m = std::max(m, faiss::fvec_norm_L2sqr(y + j * d, d));
+            maxNorm2.store(m, std::memory_order_relaxed);
+            normsFor.store(this->ntotal, std::memory_order_release);
+        }
+        return maxNorm2.load(std::memory_order_relaxed);
+    }
+
     void search(idx_t n, const float *x, idx_t k, float *distances, idx_t *labels,
                 const faiss::SearchParameters *params) const override {
         const Kernels &kn = kernels();
@@ -182,6 +201,82 @@ void knnExact(const float *x, int64_t n, const float *xb, int64_t nb, size_t d, 
     const Kernels &kn = kernels();
     if (ip) knnScan<true>(x, n, xb, nb, d, k, distances, labels, nullptr, kn.inner);
     else knnScan<false>(x, n, xb, nb, d, k, distances, labels, nullptr, kn.l2sqr);
+}
+
+namespace {
+
+template <bool IP>
+bool coarseBatchOf(const FastFlat<typename std::conditional<IP, faiss::IndexFlatIP, faiss::IndexFlatL2>::type, IP> *q,
+                   idx_t n, const float *x, const size_t *probes, size_t stride, idx_t *assign, float *dis,
+                   const Kernels &kn) {
+    using C = Heap<IP>;
+    size_t d = size_t(q->d);
+    idx_t nlist = q->ntotal;
+    // Few queries: the single-query path itself (our kernel), query by query.
+    if (n < faiss::distance_compute_blas_threshold) {
+        for (idx_t i = 0; i < n; i++) q->search(1, x + i * d, idx_t(probes[i]), dis + i * stride, assign + i * stride, nullptr);
+        return true;
+    }
+    size_t maxP = 0;
+    for (idx_t i = 0; i < n; i++) maxP = std::max(maxP, probes[i]);
+    idx_t kc = std::min<idx_t>(nlist, idx_t(2 * maxP + 32));
+    std::vector<idx_t> cand(size_t(n * kc));
+    std::vector<float> cdis(size_t(n * kc));
+    q->search(n, x, kc, cdis.data(), cand.data(), nullptr);  // n >= 20, no selector: FAISS's BLAS path
+    DistanceFn f = IP ? kn.inner : kn.l2sqr;
+    const float *xb = q->get_xb();
+    float y2 = kc < nlist ? q->largestNorm2() : 0;
+    std::vector<idx_t> ids;
+    for (idx_t i = 0; i < n; i++) {
+        const float *xi = x + i * d;
+        idx_t p = idx_t(probes[i]);
+        float *simi = dis + i * stride;
+        idx_t *idxi = assign + i * stride;
+        ids.assign(cand.begin() + i * kc, cand.begin() + (i + 1) * kc);
+        ids.erase(std::remove(ids.begin(), ids.end(), idx_t(-1)), ids.end());
+        std::sort(ids.begin(), ids.end());  // knnScan's order of visits
+        bool proven = idx_t(ids.size()) == nlist;
+        if (!proven && kc < nlist && idx_t(ids.size()) == kc && p <= kc) {
+            faiss::heap_heapify<C>(size_t(p), simi, idxi);
+            for (idx_t j : ids) {
+                float v = f(xi, xb + size_t(j) * d, d);
+                if (C::cmp(simi[0], v)) faiss::heap_replace_top<C>(size_t(p), simi, idxi, v, j);
+            }
+            // Every centroid left out is at least as far (BLAS) as the last candidate. Both
+            // computations err by at most about 4(d+2)u(|x|^2+|y|^2) (u = 2^-24), so when the
+            // last candidate, moved that far towards the query, is still strictly worse than
+            // the worst kept, none of those left out can be kept (or tie with one that is).
+            float x2 = faiss::fvec_norm_L2sqr(xi, d);
+            double tol = 4.0 * double(d + 2) * std::ldexp(1.0, -24) * (double(x2) + double(y2)) + 1e-30;
+            double last = cdis[size_t((i + 1) * kc - 1)];
+            double worst = simi[0];
+            bool allFinite = std::isfinite(last) && std::isfinite(worst) && idxi[0] >= 0;
+            proven = allFinite && (IP ? last + tol < worst : last - tol > worst);
+            if (proven) faiss::heap_reorder<C>(size_t(p), simi, idxi);
+        } else if (proven) {
+            faiss::heap_heapify<C>(size_t(p), simi, idxi);
+            for (idx_t j : ids) {
+                float v = f(xi, xb + size_t(j) * d, d);
+                if (C::cmp(simi[0], v)) faiss::heap_replace_top<C>(size_t(p), simi, idxi, v, j);
+            }
+            faiss::heap_reorder<C>(size_t(p), simi, idxi);
+        }
+        if (!proven) q->search(1, xi, p, simi, idxi, nullptr);
+    }
+    return true;
+}
+
+} // namespace
+
+bool coarseBatch(const faiss::Index *quantizer, int64_t n, const float *x, const size_t *probes, size_t stride,
+                 int64_t *assign, float *dis) {
+    const Kernels &kn = kernels();
+    if (kn.stock) return false;
+    if (auto q = dynamic_cast<const FastFlat<faiss::IndexFlatL2, false> *>(quantizer))
+        return coarseBatchOf<false>(q, n, x, probes, stride, assign, dis, kn);
+    if (auto q = dynamic_cast<const FastFlat<faiss::IndexFlatIP, true> *>(quantizer))
+        return coarseBatchOf<true>(q, n, x, probes, stride, assign, dis, kn);
+    return false;
 }
 
 namespace {

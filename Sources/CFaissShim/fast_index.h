@@ -37,6 +37,16 @@ size_t adviseHugePages(const faiss::Index *index);
 void knnExact(const float *x, int64_t n, const float *xb, int64_t nb, size_t d, int64_t k, bool ip,
               float *distances, int64_t *labels);
 
+// The coarse pass of a batch of IVF searches. For each of n queries, writes to
+// assign/dis + i*stride exactly what quantizer->search(1, x_i, probes[i], ...) writes (the
+// single-query path): from 20 queries on, one BLAS pass over all of them finds each query's
+// 2p+32 nearest candidates, which are re-ranked with the kernel in force; a query whose
+// candidates cannot be proven to contain its exact top p (by a bound on the float error of
+// both computations) is searched on its own. Returns false (writing nothing) when `quantizer`
+// is not a fast flat index or FAISS's own kernels are in force: the caller searches per query.
+bool coarseBatch(const faiss::Index *quantizer, int64_t n, const float *x, const size_t *probes, size_t stride,
+                 int64_t *assign, float *dis);
+
 } // namespace ew
 
 #endif

@@ -9,7 +9,7 @@
  * that ew_faiss_factory reports, and the file stays readable by Python's faiss.read_index.
  *
  * Threading contract:
- *   - ew_faiss_search, ew_faiss_reconstruct, ew_faiss_compare_ids, ew_faiss_write and the
+ *   - ew_faiss_search, ew_faiss_search_batch, ew_faiss_reconstruct, ew_faiss_compare_ids, ew_faiss_write and the
  *     getters only read the index: any number of threads may call them at once on one handle.
  *   - ew_faiss_set_kernel is process-wide and may be called at any time (see below).
  *   - ew_faiss_train, ew_faiss_add and ew_faiss_remove change it: the caller guarantees no
@@ -103,6 +103,19 @@ int ew_faiss_remove(ew_faiss_index *index, int64_t n, const int64_t *ids, int64_
 int ew_faiss_search(const ew_faiss_index *index, int64_t n, const float *x, int64_t k,
                     const ew_faiss_search_params *params, float *distances, int64_t *labels,
                     ew_faiss_error *err);
+
+/* n queries at once, each with its own parameters (params: n structs, or NULL for the
+   index's own settings for all): the same answers as n calls of ew_faiss_search with one query
+   each (the same ids in the same order, the same distances; only exact ties in the coarse
+   pass could order differently), cheaper together. For an IVF index with a flat coarse
+   quantizer, one coarse pass for all queries (from 20 queries on, FAISS's BLAS path, whose
+   candidates are re-ranked with our kernel and checked against a bound on float error; below
+   that, our kernel query by query), then each query's own lists with its own nprobe and
+   filter. Other kinds, and FAISS's own kernel: query by query. Runs on the calling thread
+   (BLAS may use its own threads). distances/labels: n*k, caller-owned. Read-only. */
+int ew_faiss_search_batch(const ew_faiss_index *index, int64_t n, const float *x, int64_t k,
+                          const ew_faiss_search_params *params, float *distances, int64_t *labels,
+                          ew_faiss_error *err);
 
 /* Copies the stored vector of `id` into out (dim floats). Approximate for compressed kinds. */
 int ew_faiss_reconstruct(const ew_faiss_index *index, int64_t id, float *out, ew_faiss_error *err);
