@@ -93,6 +93,7 @@ def main():
         ("model bf16 vs autocast", "model_bf16_images_per_s", "py_model_bf16_autocast_images_per_s", "autocast+CL"),
         ("model fp32 vs eager", "model_fp32_images_per_s", "py_model_eager_fp32_images_per_s", "eager NCHW"),
         ("decode+preprocess, 1 core", "decode_exact_images_per_s", "py_decode_pil_images_per_s", "PIL+tv"),
+        ("  same, portable resize", "decode_exact_portable_resize_images_per_s", "py_decode_pil_images_per_s", "PIL+tv"),
         ("fast JPEG path, 1 core", "decode_fast_jpeg_images_per_s", "py_decode_pil_draft_images_per_s", "PIL draft"),
     ]
     print(f"\nEwallML vs Python reference: {len(files)} photos, {args.threads} threads, batch 32, "

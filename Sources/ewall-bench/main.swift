@@ -10,6 +10,7 @@
 //       own throughput, bytes in memory -> decode -> batches of 32 -> vectors; prints {images_per_s}
 //   ewall-bench memory --model M --images DIR --count 5000 [--precision P]   (bench/memory_bench.py):
 //       RSS after every 256 images of ImageEmbedder.embed(files:); growth early window vs late window
+import CImageCodec
 import EwallML
 import Foundation
 
@@ -112,14 +113,17 @@ let bytes = files.map { [UInt8](FileManager.default.contents(atPath: $0)!) }
 let clock = ContinuousClock()
 var result: [String: Any] = ["images": files.count, "threads": threads, "batch": 32]
 
-// Decode + preprocess on one thread (squash224), exact and fast JPEG paths.
-for (key, fast) in [("decode_exact", false), ("decode_fast_jpeg", true)] {
+// Decode + preprocess on one thread (squash224), exact and fast JPEG paths; and the exact path
+// once more with the resize's portable kernels (what the AVX2 ones gain, same run).
+for (key, fast, simd) in [("decode_exact", false, Int32(1)), ("decode_fast_jpeg", true, 1), ("decode_exact_portable_resize", false, 0)] {
+    _ = ew_img_set_resize_kernel(simd)
     let pre = Preprocessor(mode: .squash224, fastJPEG: fast)
     _ = try pre.tensor(from: bytes[0])
     let t = clock.measure { for b in bytes { _ = try! pre.tensor(from: b) } }
     let s = Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18
     result[key + "_images_per_s"] = Double(bytes.count) / s
 }
+_ = ew_img_set_resize_kernel(1)
 
 // Model only, batch 32, fp32 and bf16: preprocessed tensors in memory.
 let pre = Preprocessor()
