@@ -114,6 +114,8 @@ public final class EwallService: Service, Sendable {
     /// The embedding cache in Redis, when ``EwallConfiguration/redis`` is set.
     let cache: EmbeddingCache?
     private let state: Locked<State>
+    /// Concurrent similar-products searches run together (see ``SimilarCoalescer``).
+    let coalescer: SimilarCoalescer
     private let runner: Task<Void, Never>
     private let indexVectors: Recorder
     private let indexAge: Recorder
@@ -183,6 +185,7 @@ public final class EwallService: Service, Sendable {
         indexAge = Recorder(label: "ewall_index_age_seconds", dimensions: [], aggregate: false, factory: metrics)
         reloads = Counter(label: "ewall_index_reloads_total", dimensions: [], factory: metrics)
         reloadFailures = Counter(label: "ewall_index_reload_failures_total", dimensions: [], factory: metrics)
+        coalescer = SimilarCoalescer(maxBatch: 64, metrics: metrics)
         let classifier: CategoryClassifier
         do {
             classifier = try await Self.openClassifier(store: store, key: modelKey, rules: rules, configuration: configuration)
@@ -276,11 +279,14 @@ public final class EwallService: Service, Sendable {
     /// Products similar to a stored product: its stored vector, itself excluded, the
     /// platform's rules by default (k 10, similarity 1/(1+L2) ≥ 0.5, same category, in stock).
     /// An id that breaks ``EwallConfiguration/inputRules`` is refused with `invalid_input`.
+    /// Concurrent calls (and ``similar(image:category:excluding:query:)``) are searched
+    /// together, each answered as it would be alone; a lone call runs at once.
     public func similar(productID: String, query: SimilarQuery = SimilarQuery()) async throws(EwallError) -> SimilarAnswer {
         try checked(productID, as: .productID)
         let search = try currentSearch()
         do {
-            return try await search.similar(to: productID, query: query)
+            let request = try await search.request(for: productID, query: query)
+            return try await coalescer.answer(request, on: search).get()
         } catch {
             throw Self.mapped(error)
         }
@@ -302,7 +308,8 @@ public final class EwallService: Service, Sendable {
         }
         let e = try await embed(image)
         do {
-            return try search.similar(vector: e.vector, category: category, excluding: excluding, query: query)
+            let request = SimilarRequest(vector: e.vector, category: category, excluding: excluding, query: query)
+            return try await coalescer.answer(request, on: search).get()
         } catch {
             throw Self.mapped(error)
         }
