@@ -249,6 +249,7 @@ extension PrometheusMetricsFactory {
     public static func forEwall(registry: PrometheusCollectorRegistry) -> PrometheusMetricsFactory {
         var f = PrometheusMetricsFactory(registry: registry)
         f.valueHistogramBuckets["ewall_embed_batch_size"] = [1, 2, 4, 8, 12, 16, 24, 32, 64]
+        f.valueHistogramBuckets["ewall_similar_batch_size"] = [1, 2, 4, 8, 16, 32, 64]
         let latency: [Duration] = [1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 2500, 5000, 10000].map { .milliseconds($0) }
         f.defaultDurationHistogramBuckets = latency
         // Redis lookups are sub-millisecond on a LAN.
