@@ -31,7 +31,7 @@ help:
 	@echo "make test     install deps, make model and fixtures, run all tests"
 	@echo "make bench    benchmarks vs the Python reference (bench/out/): model, decode, real photos, the job, the shared-job"
 	@echo "              queue (PostgreSQL), FAISS index, classifier,"
-	@echo "              ewall-serve under wrk load"
+	@echo "              ewall-serve under wrk load, the Redis cache warm vs cold, FAISS kernels vs Python faiss"
 	@echo "make serve    after make demo: ewall-serve on http://127.0.0.1:8080 over the demo store and index"
 	@echo "make deps     apt-get install the Debian packages listed in APT_PACKAGES (root or sudo)"
 	@echo "make model    export $(MODEL): pretrained if the weights download, else random-init (loud warning)"
