@@ -13,11 +13,29 @@ public struct SimilarQuery: Sendable, Hashable {
     /// Only products in stock (a product whose stock is unknown counts as in stock).
     public var inStockOnly: Bool
 
-    public init(k: Int = 10, minSimilarity: Double = 0.5, sameCategory: Bool = true, inStockOnly: Bool = true) {
+    /// The platform's rules: k 10, similarity >= 0.5, same category, in stock.
+    public init(k: Int = SimilarQuery.defaultK, minSimilarity: Double = SimilarQuery.defaultMinSimilarity,
+                sameCategory: Bool = true, inStockOnly: Bool = true) {
         self.k = k
         self.minSimilarity = minSimilarity
         self.sameCategory = sameCategory
         self.inStockOnly = inStockOnly
+    }
+
+    /// The defaults and bounds every entry point applies (library, `ewall similar`, the HTTP
+    /// routes and their OpenAPI document): in one place.
+    public static let defaultK = 10
+    public static let defaultMinSimilarity = 0.5
+    public static let kRange = 1...1000
+    public static let minSimilarityRange = 0.0...1.0
+
+    /// Why this query is out of bounds (`nil`: it is within them).
+    public var problem: String? {
+        if !Self.kRange.contains(k) { return "k must be \(Self.kRange.lowerBound)...\(Self.kRange.upperBound), not \(k)" }
+        if !Self.minSimilarityRange.contains(minSimilarity) {
+            return "min_similarity must be between \(Self.minSimilarityRange.lowerBound) and \(Self.minSimilarityRange.upperBound), not \(minSimilarity)"
+        }
+        return nil
     }
 }
 

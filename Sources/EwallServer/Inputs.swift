@@ -177,8 +177,8 @@ struct QueryParameters: Sendable {
 /// The similar-products parameters, from query parameters or a JSON body, validated.
 enum SimilarParameters {
     /// The bounds and defaults the routes accept, and the OpenAPI document states.
-    static let kRange = 1...1000
-    static let minSimilarityRange = 0.0...1.0
+    static let kRange = SimilarQuery.kRange
+    static let minSimilarityRange = SimilarQuery.minSimilarityRange
     static let defaults = SimilarQuery()
 
     static func query(_ q: QueryParameters, body: RequestBody? = nil) throws -> SimilarQuery {
@@ -204,13 +204,8 @@ enum SimilarParameters {
         let minSimilarity = try body?.minSimilarity ?? double("min_similarity") ?? defaults.minSimilarity
         let anyCategory = try body?.anyCategory ?? bool("any_category") ?? !defaults.sameCategory
         let includeOutOfStock = try body?.includeOutOfStock ?? bool("include_out_of_stock") ?? !defaults.inStockOnly
-        guard kRange.contains(k) else {
-            throw APIError.badRequest("k must be \(kRange.lowerBound)...\(kRange.upperBound), not \(k)")
-        }
-        guard minSimilarityRange.contains(minSimilarity) else {
-            throw APIError.badRequest("min_similarity must be between \(minSimilarityRange.lowerBound) and "
-                                      + "\(minSimilarityRange.upperBound), not \(minSimilarity)")
-        }
-        return SimilarQuery(k: k, minSimilarity: minSimilarity, sameCategory: !anyCategory, inStockOnly: !includeOutOfStock)
+        let query = SimilarQuery(k: k, minSimilarity: minSimilarity, sameCategory: !anyCategory, inStockOnly: !includeOutOfStock)
+        if let problem = query.problem { throw APIError.badRequest(problem) }
+        return query
     }
 }

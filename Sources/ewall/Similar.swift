@@ -37,10 +37,10 @@ struct Similar: AsyncParsableCommand {
     var index: String?
 
     @Option(name: .long, help: "Results wanted.")
-    var k: Int = 10
+    var k: Int = SimilarQuery.defaultK
 
     @Option(name: .long, help: "Keep results with similarity 1/(1+d) at least this.")
-    var minSimilarity: Double = 0.5
+    var minSimilarity: Double = SimilarQuery.defaultMinSimilarity
 
     @Flag(name: .long, help: "Do not restrict results to the query product's category.")
     var anyCategory = false
@@ -56,8 +56,10 @@ struct Similar: AsyncParsableCommand {
 
     func validate() throws {
         if productID == nil && image == nil { throw ValidationError("give a PRODUCT_ID, or --image FILE|URL") }
-        guard k >= 1 && k <= 10_000 else { throw ValidationError("--k must be 1...10000") }
-        guard (0...1).contains(minSimilarity) else { throw ValidationError("--min-similarity must be between 0 and 1") }
+        if let problem = SimilarQuery(k: k, minSimilarity: minSimilarity).problem {
+            throw ValidationError(problem.replacingOccurrences(of: "min_similarity", with: "--min-similarity")
+                .replacingOccurrences(of: "k must", with: "--k must"))
+        }
     }
 
     func run() async throws {

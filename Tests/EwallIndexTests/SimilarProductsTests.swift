@@ -155,3 +155,17 @@ struct SimilarProductsTests {
         }
     }
 }
+
+@Suite("Similar-products defaults and bounds")
+struct SimilarQueryBoundsTests {
+    @Test("one set of defaults and bounds: the platform's rules, k 1...1000, similarity 0...1")
+    func bounds() {
+        let q = SimilarQuery()
+        #expect(q.k == 10 && q.minSimilarity == 0.5 && q.sameCategory && q.inStockOnly && q.problem == nil)
+        #expect(SimilarQuery(k: 1000).problem == nil && SimilarQuery(k: 1).problem == nil)
+        #expect(SimilarQuery(k: 0).problem?.contains("1...1000") == true)
+        #expect(SimilarQuery(k: 1001).problem?.contains("not 1001") == true)
+        #expect(SimilarQuery(minSimilarity: 1.5).problem?.contains("min_similarity") == true)
+        #expect(SimilarQuery(minSimilarity: -0.1).problem != nil)
+    }
+}
