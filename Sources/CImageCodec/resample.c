@@ -92,8 +92,10 @@ static void horizontal_scalar(const uint8_t *row, uint8_t *o, uint32_t dw, const
     }
 }
 
-static void vertical_scalar(const uint8_t *vin, uint8_t *o, uint32_t w3, int32_t ymin, int32_t ymax, const int32_t *k) {
-    for (uint32_t xx = 0; xx < w3; xx++) {
+/* Output bytes from..w3-1 of one row. */
+static void vertical_scalar(const uint8_t *vin, uint8_t *o, uint32_t from, uint32_t w3, int32_t ymin, int32_t ymax,
+                            const int32_t *k) {
+    for (uint32_t xx = from; xx < w3; xx++) {
         int32_t s = 1 << (PRECISION_BITS - 1);
         const uint8_t *p = vin + (size_t)ymin * w3 + xx;
         for (int32_t y = 0; y < ymax; y++, p += w3) s += p[0] * k[y];
@@ -156,12 +158,7 @@ __attribute__((target("avx2"))) static void vertical_avx2(const uint8_t *vin, ui
         __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
         _mm_storel_epi64((__m128i *)(o + xx), _mm_packus_epi16(w16, w16));
     }
-    for (; xx < w3; xx++) {
-        int32_t s = 1 << (PRECISION_BITS - 1);
-        const uint8_t *p = vin + (size_t)ymin * w3 + xx;
-        for (int32_t y = 0; y < ymax; y++, p += w3) s += p[0] * k[y];
-        o[xx] = clip8(s);
-    }
+    vertical_scalar(vin, o, xx, w3, ymin, ymax, k);
 }
 #endif
 
@@ -240,7 +237,7 @@ int ew_img_resize_bilinear(const uint8_t *src, uint32_t sw, uint32_t sh, uint8_t
                 continue;
             }
 #endif
-            vertical_scalar(vin, o, w3, ymin, ymax, k);
+            vertical_scalar(vin, o, 0, w3, ymin, ymax, k);
         }
     }
     if (!need_h && !need_v)

@@ -16,7 +16,7 @@ public final class RedisServer: @unchecked Sendable {
 
     /// Starts a server; `password` sets `requirepass`.
     public init(password: String? = nil) throws {
-        self.port = try Self.freePort()
+        self.port = PostgresServer.freePort()
         self.password = password
         try start()
     }
@@ -88,23 +88,5 @@ public final class RedisServer: @unchecked Sendable {
         return withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
         }
-    }
-
-    /// A port nobody listens on now (bind to 0, read it back, close).
-    public static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = 0
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { p -> Bool in
-                bind(fd, p, len) == 0 && getsockname(fd, p, &len) == 0
-            }
-        }
-        guard bound else { throw NSError(domain: "RedisServer", code: 2) }
-        return Int(UInt16(bigEndian: addr.sin_port))
     }
 }

@@ -79,6 +79,14 @@ static void json_string(const char *s) {
     putchar('"');
 }
 
+/* {"error": "..."} on stdout; returns 1 (the exit status). */
+static int print_error(const char *message) {
+    printf("{\"error\": ");
+    json_string(message);
+    printf("}\n");
+    return 1;
+}
+
 /* ---- errors ---- */
 
 static void expect_error(const char *what, const char *path, const char *device, const char *precision, int want) {
@@ -138,10 +146,7 @@ static int cmd_model(const char *path, const char *device, const char *precision
     ew_torch_model *m = load(path, device, precision, batch, &err);
     double load_s = now() - t0;
     if (!m) {
-        printf("{\"error\": ");
-        json_string(err.message);
-        printf("}\n");
-        return 1;
+        return print_error(err.message);
     }
     int64_t d = ew_torch_output_dim(m);
     float *x = malloc((size_t)batch * PER * sizeof(float));
@@ -152,10 +157,7 @@ static int cmd_model(const char *path, const char *device, const char *precision
     double t = now();
     for (int i = 0; i < iters; i++) {
         if (ew_torch_forward(m, x, batch, 3, SIDE, SIDE, y, (size_t)batch * d, &err)) {
-            printf("{\"error\": ");
-            json_string(err.message);
-            printf("}\n");
-            return 1;
+            return print_error(err.message);
         }
     }
     double s = now() - t;
@@ -237,10 +239,7 @@ static int cmd_vectors(const char *path, const char *device, const char *precisi
     memset(&err, 0, sizeof err);
     ew_torch_model *m = load(path, device, precision, 8, &err);
     if (!m || l.count == 0) {
-        printf("{\"error\": ");
-        json_string(m ? "empty list" : err.message);
-        printf("}\n");
-        return 1;
+        return print_error(m ? "empty list" : err.message);
     }
     int64_t d = ew_torch_output_dim(m);
     FILE *out = fopen(outfile, "wb");
@@ -255,10 +254,7 @@ static int cmd_vectors(const char *path, const char *device, const char *precisi
             free(b);
         }
         if (ew_torch_forward(m, x, n, 3, SIDE, SIDE, y, (size_t)n * d, &err)) {
-            printf("{\"error\": ");
-            json_string(err.message);
-            printf("}\n");
-            return 1;
+            return print_error(err.message);
         }
         for (int i = 0; i < n; i++) l2_normalise(y + (size_t)i * d, d);
         fwrite(y, sizeof(float), (size_t)n * d, out);
@@ -327,10 +323,7 @@ static int cmd_e2e(const char *path, const char *device, const char *precision, 
     memset(&err, 0, sizeof err);
     ew_torch_model *m = load(path, device, precision, batch, &err);
     if (!m) {
-        printf("{\"error\": ");
-        json_string(err.message);
-        printf("}\n");
-        return 1;
+        return print_error(err.message);
     }
     int64_t d = ew_torch_output_dim(m);
     e.total = total;
@@ -362,10 +355,7 @@ static int cmd_e2e(const char *path, const char *device, const char *precision, 
         pthread_mutex_unlock(&e.lock);
         double tm = now();
         if (ew_torch_forward(m, x, n, 3, SIDE, SIDE, y, (size_t)n * d, &err)) {
-            printf("{\"error\": ");
-            json_string(err.message);
-            printf("}\n");
-            return 1;
+            return print_error(err.message);
         }
         for (int i = 0; i < n; i++) l2_normalise(y + (size_t)i * d, d);
         model_s += now() - tm;

@@ -8,27 +8,16 @@ import os
 import platform
 import subprocess
 
+import sys
+
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from drift_bench import compare  # noqa: E402  (centered cosine and 10-NN overlap, as the CPU drift bench)
 
 
 def rows(path):
     return [json.loads(l) for l in open(path) if l.strip().startswith("{")]
-
-
-def knn(v, k=10):
-    s = v @ v.T
-    np.fill_diagonal(s, -np.inf)
-    return np.argsort(-s, axis=1)[:, :k]
-
-
-def compare(a, b):
-    center = a.mean(axis=0)
-    ca, cb = a - center, b - center
-    cos = (ca * cb).sum(1) / (np.linalg.norm(ca, axis=1) * np.linalg.norm(cb, axis=1) + 1e-30)
-    ka, kb = knn(a), knn(b)
-    overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(ka, kb)])
-    return {"centered_cosine_min": float(cos.min()), "centered_cosine_median": float(np.median(cos)),
-            "knn10_overlap": float(overlap)}
 
 
 def main():
