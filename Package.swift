@@ -3,7 +3,8 @@
 // EwallML: image embeddings and classification for Swift servers.
 // Layout (see README "Where things live"):
 //   CImageCodec   C: sniff, JPEG/PNG/WebP decode with limits, EXIF orientation, resampling kernels
-//   CTorchShim    C++ behind a pure-C header: load TorchScript, run a batch into a caller buffer
+//   CTorchLoader  C: the pure-C ew_torch.h for the executables; dlopens the torch backend on first use
+//   CTorchShim    C++ over libtorch: the torch backend, libewall_torch.so (product ewall_torch), loaded at run time
 //   CFaissShim    C++ behind a pure-C header: build, train, add, remove, search, read/write FAISS indexes
 //   EwallCore     pure Swift: errors, model card, configuration, vectors
 //   EwallImaging  decoding and preprocessing to a CHW float tensor
@@ -32,6 +33,10 @@ let package = Package(
         .executable(name: "rebuild-faiss-index", targets: ["rebuild-faiss-index"]),
         .executable(name: "ewall-bench", targets: ["ewall-bench"]),
         .executable(name: "ewall-serve", targets: ["ewall-serve"]),
+        // The torch backend, libewall_torch.so: the only thing linked against libtorch. The executables
+        // load it at run time beside themselves (or from $EWALL_TORCH_BACKEND); `make build
+        // LIBTORCH=/path` puts one built against another libtorch in its place.
+        .library(name: "ewall_torch", type: .dynamic, targets: ["CTorchShim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -55,8 +60,18 @@ let package = Package(
                 .linkedLibrary("m"),
             ]
         ),
+        // ew_torch.h (pure C) for everyone else: finds and dlopens libewall_torch.so on the first
+        // call that needs torch; no libtorch at link time.
+        .target(
+            name: "CTorchLoader",
+            cSettings: [.headerSearchPath("../CTorchShim/include")],
+            linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]
+        ),
+        // The backend behind it: ew_torch.h's functions over libtorch, exported as one table
+        // (include/ew_torch_backend.h). Nothing depends on it; the ewall_torch product builds it.
         .target(
             name: "CTorchShim",
+            cxxSettings: [.headerSearchPath("../CTorchLoader/include")],
             linkerSettings: [
                 .linkedLibrary("torch"),
                 .linkedLibrary("torch_cpu"),
@@ -79,7 +94,7 @@ let package = Package(
         .target(name: "EwallImaging", dependencies: ["EwallCore", "CImageCodec"]),
         .target(
             name: "EwallInference",
-            dependencies: ["EwallCore", "EwallImaging", "CTorchShim"]
+            dependencies: ["EwallCore", "EwallImaging", "CTorchLoader"]
         ),
         .target(
             name: "EwallFetch",

@@ -1,5 +1,8 @@
-// torch_shim.cpp: the C++ side of ew_torch.h. Every entry point catches every exception.
+// torch_shim.cpp: the torch backend, libewall_torch.so: ew_torch.h's functions over libtorch,
+// exported as one table (ew_torch_backend.h) that the loader (Sources/CTorchLoader) finds with
+// dlopen. Every entry point catches every exception.
 #include "ew_torch.h"
+#include "ew_torch_backend.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/api/include/torch/version.h>
@@ -8,7 +11,6 @@
 #include <torch/script.h>
 
 #include <atomic>
-#include <cpuid.h>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -141,9 +143,10 @@ int resolve_device(const ew_torch_options &o, c10::Device *device, ew_torch_erro
     if (o.device_type != EW_TORCH_DEVICE_CUDA) return fail(err, EW_TORCH_E_ARGUMENT, "unknown device type %d", o.device_type);
     if (!at::hasCUDA())
         return fail(err, EW_TORCH_E_NO_DEVICE,
-                    "cuda:%d was asked for, but this libtorch %s was built without CUDA (Debian's libtorch-dev is "
-                    "CPU-only): build against a CUDA libtorch (make build LIBTORCH=/path/to/libtorch, or a pip "
-                    "wheel's torch/ folder), or use --device cpu",
+                    "cuda:%d was asked for, but this torch backend (libtorch %s) was built without CUDA (Debian's "
+                    "libtorch-dev is CPU-only; make build LIBTORCH= links CPU-only when libtorch_cuda.so's CUDA "
+                    "libraries are missing): build against a CUDA libtorch (make build LIBTORCH=/path/to/libtorch, "
+                    "or a pip wheel's torch/ folder), or use --device cpu",
                     o.device_index, kTorchVersion);
     if (count == 0)
         return fail(err, EW_TORCH_E_NO_DEVICE, "cuda:%d was asked for, but no CUDA device is present (driver loaded?)",
@@ -170,11 +173,9 @@ int resolve_device(const ew_torch_options &o, c10::Device *device, ew_torch_erro
         return fail(err, code, "unknown C++ exception");                                                        \
     }
 
-}  // namespace
+// ew_torch.h's functions, reached through the table at the end.
 
-extern "C" {
-
-int ew_torch_set_threads(int intra_op, int inter_op) {
+int set_threads(int intra_op, int inter_op) {
     static std::once_flag interop_once;
     try {
         if (inter_op > 0) std::call_once(interop_once, [&] { at::set_num_interop_threads(inter_op); });
@@ -185,18 +186,9 @@ int ew_torch_set_threads(int intra_op, int inter_op) {
     }
 }
 
-int ew_torch_cpu_has_bf16(void) {
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
-    int avx512_bf16 = (a >> 5) & 1;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return avx512_bf16;
-    int amx_bf16 = (d >> 22) & 1;
-    return avx512_bf16 || amx_bf16;
-}
+const char *version(void) { return kTorchVersion; }
 
-const char *ew_torch_version(void) { return kTorchVersion; }
-
-int ew_torch_cuda_device_count(void) {
+int cuda_device_count(void) {
     try {
         return at::hasCUDA() ? (int)torch::cuda::device_count() : 0;
     } catch (...) {
@@ -204,9 +196,9 @@ int ew_torch_cuda_device_count(void) {
     }
 }
 
-const char *ew_torch_device(const ew_torch_model *model) { return model ? model->device_name : "none"; }
+const char *device_name(const ew_torch_model *model) { return model ? model->device_name : "none"; }
 
-int ew_torch_load(const char *path, const ew_torch_options *options, ew_torch_model **out, ew_torch_error *err) {
+int load(const char *path, const ew_torch_options *options, ew_torch_model **out, ew_torch_error *err) {
     if (!path || !options || !out) return fail(err, EW_TORCH_E_ARGUMENT, "null argument");
     *out = nullptr;
     const ew_torch_options o = *options;
@@ -279,9 +271,9 @@ int ew_torch_load(const char *path, const ew_torch_options *options, ew_torch_mo
     EW_CATCH(err, EW_TORCH_E_FORWARD)
 }
 
-int64_t ew_torch_output_dim(const ew_torch_model *model) { return model ? model->dim.load() : 0; }
+int64_t output_dim(const ew_torch_model *model) { return model ? model->dim.load() : 0; }
 
-int ew_torch_forward(ew_torch_model *model, const float *input, int64_t n, int64_t c, int64_t h, int64_t w,
+int forward(ew_torch_model *model, const float *input, int64_t n, int64_t c, int64_t h, int64_t w,
                      float *out, size_t out_capacity, ew_torch_error *err) {
     if (!model || !input || !out) return fail(err, EW_TORCH_E_ARGUMENT, "null argument");
     const ew_torch_options &o = model->options;
@@ -323,6 +315,14 @@ int ew_torch_forward(ew_torch_model *model, const float *input, int64_t n, int64
     EW_CATCH(err, EW_TORCH_E_FORWARD)
 }
 
-void ew_torch_free(ew_torch_model *model) { delete model; }
+void free_model(ew_torch_model *model) { delete model; }
 
-}  // extern "C"
+const ew_torch_backend kBackend = {
+    EW_TORCH_BACKEND_ABI, sizeof(ew_torch_options), sizeof(ew_torch_error), version, set_threads, cuda_device_count,
+    device_name, load, output_dim, forward, free_model,
+};
+
+}  // namespace
+
+// The one symbol the backend exports for the loader.
+extern "C" __attribute__((visibility("default"))) const ew_torch_backend *ew_torch_backend_v1(void) { return &kBackend; }

@@ -29,6 +29,9 @@ public struct ImageError: Error, Sendable, Hashable, CustomStringConvertible, Cu
         public static let unreadable = Code(rawValue: "unreadable")
         /// The decoder ran out of memory.
         public static let outOfMemory = Code(rawValue: "out_of_memory")
+        /// No torch backend (libewall_torch.so) could be loaded: the message names the paths
+        /// tried and why (README, "Bring your own libtorch").
+        public static let backendUnavailable = Code(rawValue: "torch_backend_unavailable")
     }
 
     public var code: Code
@@ -74,6 +77,9 @@ public struct InferenceError: Error, Sendable, Hashable, CustomStringConvertible
         public static let deviceUnavailable = Code(rawValue: "device_unavailable")
         /// The device ran out of memory for a batch (the embedder retries it in halves first).
         public static let outOfMemory = Code(rawValue: "out_of_memory")
+        /// No torch backend (libewall_torch.so) could be loaded: the message names the paths
+        /// tried and why (README, "Bring your own libtorch").
+        public static let backendUnavailable = Code(rawValue: "torch_backend_unavailable")
     }
 
     public var code: Code

@@ -1,4 +1,4 @@
-import CTorchShim
+import CTorchLoader
 import EwallCore
 
 /// How the model is loaded and run.
@@ -64,8 +64,20 @@ public final class TorchModel: @unchecked Sendable {
 
     /// True when this CPU runs bfloat16 natively (AVX512_BF16 or AMX-BF16).
     public static var cpuHasBF16: Bool { ew_torch_cpu_has_bf16() != 0 }
-    /// libtorch's version.
+    /// The torch backend's libtorch version ("unavailable" when no backend can be loaded).
     public static var libtorchVersion: String { String(cString: ew_torch_version()) }
+    /// Where the torch backend (libewall_torch.so) was loaded from; nil while none is loaded.
+    /// Never loads it.
+    public static var backendPath: String? { ew_torch_backend_path().map { String(cString: $0) } }
+
+    /// Loads the torch backend now if nothing has yet: beside the executable, or from
+    /// `$EWALL_TORCH_BACKEND` (ew_torch.h). Throws ``InferenceError/Code/backendUnavailable``
+    /// with the paths tried and why; the same on every later call.
+    public static func loadBackend() throws(InferenceError) {
+        var err = ew_torch_error()
+        let rc = ew_torch_backend_load(&err)
+        if rc != 0 { throw error(rc, err) }
+    }
     /// GPUs the loaded libtorch can use (0 with Debian's CPU-only libtorch).
     public static var cudaDeviceCount: Int { Int(ew_torch_cuda_device_count()) }
     /// Where this model runs: `cpu`, `cuda:0`, ... (`auto` resolved).
@@ -86,6 +98,7 @@ public final class TorchModel: @unchecked Sendable {
         guard options.batchSize >= 1, options.threads >= 1 else {
             throw InferenceError(.invalidConfiguration, "batch size and threads must be at least 1")
         }
+        try Self.loadBackend()
         _ = ew_torch_set_threads(Int32(options.threads), 1)
         let cache = options.precisionCachePath.map(PrecisionCache.init(path:))
         var choice: PrecisionChoice?
@@ -210,6 +223,7 @@ public final class TorchModel: @unchecked Sendable {
         case EW_TORCH_E_ARGUMENT: code = .invalidConfiguration
         case EW_TORCH_E_NO_DEVICE: code = .deviceUnavailable
         case EW_TORCH_E_OUT_OF_MEMORY: code = .outOfMemory
+        case EW_TORCH_E_BACKEND: code = .backendUnavailable
         default: code = .forwardFailed
         }
         return InferenceError(code, message, detail: "ew_torch status \(rc)")

@@ -1,7 +1,22 @@
 /*
  * ew_torch.h: run a TorchScript image model with libtorch, from C. Compiles as C and C++.
  *
+ * Two halves (README, "Bring your own libtorch"): this API is implemented by the loader
+ * (Sources/CTorchLoader, linked into every executable, no libtorch), which loads the torch
+ * backend (Sources/CTorchShim built as libewall_torch.so, the one piece linked against a
+ * libtorch) with dlopen on the first call that needs it. Searched, in order:
+ *   1. $EWALL_TORCH_BACKEND, a path: when set, only that file is tried;
+ *   2. libewall_torch.so beside the running executable (/proc/self/exe's folder);
+ *   3. libewall_torch.so on the dynamic linker's default path (LD_LIBRARY_PATH, ld.so.conf).
+ * $EWALL_TORCH_BACKEND is the one environment variable read in C: like LD_LIBRARY_PATH it says
+ * where native code is, not how to behave. A tool that never runs the model never loads
+ * libtorch. When no backend can be loaded, every call that needs one fails with
+ * EW_TORCH_E_BACKEND (the message names the paths tried and the dynamic linker's reason), or
+ * returns the documented neutral value; nothing aborts.
+ *
  * Threading contract:
+ *   - The backend is loaded once per process (pthread_once), by whichever thread first needs
+ *     it; every thread then sees the same backend, or the same load error. It is never unloaded.
  *   - ew_torch_set_threads changes process-wide libtorch state: call it once, before the
  *     first load, from one thread. Later calls may change the intra-op thread count only.
  *   - ew_torch_load and ew_torch_free may run on any thread; a handle must not be freed
@@ -40,6 +55,8 @@ enum {
     EW_TORCH_E_ARGUMENT = -8,        /* null pointer or invalid option */
     EW_TORCH_E_NO_DEVICE = -9,       /* CUDA asked for, but this libtorch has none, or no such device */
     EW_TORCH_E_OUT_OF_MEMORY = -10,  /* the device ran out of memory for this batch (a smaller one may fit) */
+    EW_TORCH_E_BACKEND = -11,        /* no torch backend (libewall_torch.so) could be loaded: the message
+                                        names the paths tried and why each failed */
 };
 
 typedef struct ew_torch_error {
@@ -73,23 +90,34 @@ typedef struct ew_torch_options {
 } ew_torch_options;
 
 
+/* Loads the torch backend now, if no call has yet (see the top of this file). 0, or
+   EW_TORCH_E_BACKEND with the reason in err (the same on every later call). */
+int ew_torch_backend_load(ew_torch_error *err);
+
+/* The path the backend was loaded from (static storage), or NULL while none is loaded. Never
+   loads one. */
+const char *ew_torch_backend_path(void);
+
 /* Process-wide thread settings. intra_op > 0 sets at::set_num_threads; inter_op > 0 sets
    at::set_num_interop_threads, honoured on the first call only. Returns the intra-op count now
-   in force (never fails). */
+   in force (never fails; 0 when no backend can be loaded). */
 int ew_torch_set_threads(int intra_op, int inter_op);
 
-/* 1 when the CPU executes bfloat16 natively (AVX512_BF16 or AMX-BF16), else 0. */
+/* 1 when the CPU executes bfloat16 natively (AVX512_BF16 or AMX-BF16), else 0. Never loads the
+   backend (cpuid only). */
 int ew_torch_cpu_has_bf16(void);
 
 typedef struct ew_torch_model ew_torch_model;
 
-/* GPUs this libtorch can use: 0 when it was built without CUDA or none is present. */
+/* GPUs this libtorch can use: 0 when it was built without CUDA, none is present, or no backend
+   can be loaded. */
 int ew_torch_cuda_device_count(void);
 
 /* The device a loaded model runs on: "cpu", "cuda:0", ... Static storage per model. */
 const char *ew_torch_device(const ew_torch_model *model);
 
-/* The libtorch version string, e.g. "1.13.1". Static storage. */
+/* The backend's libtorch version string, e.g. "1.13.1"; "unavailable" when no backend can be
+   loaded. Static storage. */
 const char *ew_torch_version(void);
 
 /* Loads `path` (borrowed). On success *out owns the model: free it with ew_torch_free. */
