@@ -23,7 +23,7 @@ APT_PACKAGES := libtorch-dev libfaiss-dev libopenblas-dev libturbojpeg0-dev libp
                 mate-backgrounds plasma-workspace-wallpapers
 DEPS_STAMP := .build/.deps-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 
-.PHONY: help deps build model samples fixtures test demo bench clean serve gpu-bundle
+.PHONY: help deps build torch-backend model samples fixtures test demo bench clean serve gpu-bundle
 
 help:
 	@echo "make demo     install deps, build (release), make the model, run ewall-embed over the sample photos served"
@@ -35,7 +35,8 @@ help:
 	@echo "make serve    after make demo: ewall-serve on http://127.0.0.1:8080 over the demo store and index"
 	@echo "make deps     apt-get install the Debian packages listed in APT_PACKAGES (root or sudo)"
 	@echo "make model    export $(MODEL): pretrained if the weights download, else random-init (loud warning)"
-	@echo "make build    swift build -c release (LIBTORCH=/path: against another libtorch, e.g. a CUDA one)"
+	@echo "make build    swift build -c release, and the torch backend .build/release/libewall_torch.so"
+	@echo "              (LIBTORCH=/path: the backend against another libtorch, e.g. a CUDA one or a pip wheel's torch/)"
 	@echo "make gpu-bundle  the decoder archive bench/gpu/run.sh links on a GPU machine (see README \"GPU\")"
 	@echo "make clean    remove build outputs, fixtures, samples (keeps the model)"
 
@@ -49,22 +50,52 @@ $(DEPS_STAMP):
 	fi
 	@mkdir -p .build && touch $@
 
-# LIBTORCH=/path builds the shim against another libtorch than Debian's CPU-only one: a
-# pytorch.org libtorch folder, or a pip wheel's torch/ folder (include/ and lib/), e.g. a CUDA
-# build for --device cuda. Untested here (no CUDA libtorch on these machines); see README "GPU".
+# The torch backend (libewall_torch.so, Sources/CTorchShim) is the only thing linked against
+# libtorch; the executables load it at run time from beside themselves (README, "Bring your own
+# libtorch"). By default it is SwiftPM's ewall_torch product, against Debian's CPU libtorch.
+# LIBTORCH=/path builds it instead with g++ against another libtorch, without rebuilding any
+# Swift: a pytorch.org libtorch folder or a pip wheel's torch/ folder (include/ and lib/), e.g. a
+# CUDA build for --device cuda. libtorch_cuda is linked only when its CUDA libraries resolve
+# (ldd); otherwise the backend is CPU-only and says so when CUDA is asked for.
+TORCH_BACKEND := .build/release/libewall_torch.so
+comma := ,
 ifneq ($(LIBTORCH),)
-TORCH_ABI   := $(shell $(PY) -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))' 2>/dev/null || echo 1)
-TORCH_FLAGS := -Xcxx -I$(LIBTORCH)/include -Xcxx -I$(LIBTORCH)/include/torch/csrc/api/include \
-               -Xcxx -D_GLIBCXX_USE_CXX11_ABI=$(TORCH_ABI) -Xlinker -L$(LIBTORCH)/lib -Xlinker -rpath \
-               -Xlinker $(LIBTORCH)/lib $(if $(wildcard $(LIBTORCH)/lib/libtorch_cuda.so),-Xlinker --no-as-needed \
-               -Xlinker -ltorch_cuda -Xlinker --as-needed)
+LIBTORCH_DIR := $(abspath $(LIBTORCH))
+# The C++ ABI libtorch was built with, from how c10::Error's std::string is mangled.
+TORCH_ABI  ?= $(shell nm -D --defined-only $(LIBTORCH_DIR)/lib/libc10.so | grep -q '_ZN3c105ErrorC1ENS_14SourceLocationENSt7__cxx11' && echo 1 || echo 0)
+TORCH_CUDA := $(shell [ -e $(LIBTORCH_DIR)/lib/libtorch_cuda.so ] && ! ldd $(LIBTORCH_DIR)/lib/libtorch_cuda.so | grep -q 'not found' && echo yes)
+# --no-as-needed: nothing names a libtorch_cuda symbol, but loading it is what registers CUDA.
+TORCH_CUDA_LIBS := $(if $(TORCH_CUDA),-Wl$(comma)--no-as-needed -ltorch_cuda -Wl$(comma)--as-needed)
 endif
 
 build: deps
-	$(SWIFT) build -c release --product ewall $(TORCH_FLAGS)
-	$(SWIFT) build -c release --product ewall-embed $(TORCH_FLAGS)
-	$(SWIFT) build -c release --product rebuild-faiss-index $(TORCH_FLAGS)
-	$(SWIFT) build -c release --product ewall-serve $(TORCH_FLAGS)
+	$(SWIFT) build -c release --product ewall
+	$(SWIFT) build -c release --product ewall-embed
+	$(SWIFT) build -c release --product rebuild-faiss-index
+	$(SWIFT) build -c release --product ewall-serve
+	@$(MAKE) --no-print-directory torch-backend
+
+# $(TORCH_BACKEND).libtorch records the LIBTORCH a backend was built against; without LIBTORCH,
+# such a backend is replaced by SwiftPM's again.
+torch-backend:
+ifeq ($(LIBTORCH),)
+	@if [ -e $(TORCH_BACKEND).libtorch ]; then rm -f $(TORCH_BACKEND) $(TORCH_BACKEND).libtorch; fi
+	$(SWIFT) build -c release --product ewall_torch
+else
+	@[ -e $(LIBTORCH_DIR)/lib/libtorch_cpu.so ] || { echo "LIBTORCH=$(LIBTORCH): no lib/libtorch_cpu.so there"; exit 2; }
+	@[ -e $(LIBTORCH_DIR)/lib/libtorch_cuda.so ] && [ -z "$(TORCH_CUDA)" ] && { \
+	  echo "note: $(LIBTORCH_DIR)/lib/libtorch_cuda.so cannot find its CUDA libraries here:"; \
+	  ldd $(LIBTORCH_DIR)/lib/libtorch_cuda.so | grep 'not found' | sort -u | sed 's/^\s*/  /'; \
+	  echo "      the backend is built CPU-only (--device cuda will say this libtorch has no CUDA)"; } || true
+	@mkdir -p $(dir $(TORCH_BACKEND))
+	g++ -O2 -std=c++17 -shared -fPIC -fvisibility=hidden -D_GLIBCXX_USE_CXX11_ABI=$(TORCH_ABI) \
+	    -ISources/CTorchLoader/include -ISources/CTorchShim/include -I$(LIBTORCH_DIR)/include \
+	    -I$(LIBTORCH_DIR)/include/torch/csrc/api/include Sources/CTorchShim/torch_shim.cpp \
+	    -o $(TORCH_BACKEND).tmp -Wl,-z,defs -L$(LIBTORCH_DIR)/lib -Wl,-rpath,$(LIBTORCH_DIR)/lib \
+	    $(TORCH_CUDA_LIBS) -ltorch_cpu -lc10
+	@mv -f $(TORCH_BACKEND).tmp $(TORCH_BACKEND) && echo $(LIBTORCH_DIR) > $(TORCH_BACKEND).libtorch
+	@echo "$(TORCH_BACKEND): against $(LIBTORCH_DIR) (C++11 ABI $(TORCH_ABI)$(if $(TORCH_CUDA),$(comma) with CUDA,$(comma) CPU only))"
+endif
 
 # The GPU machine's checks (bench/gpu/run.sh) link our decoder from this archive.
 gpu-bundle:
