@@ -1,6 +1,8 @@
 /*
  * harness.c: EwallML's libtorch shim (ew_torch.h) and image decoder (ew_image.h) driven from C,
- * for machines without a Swift toolchain (the GPU box). Built and run by bench/gpu/run.sh.
+ * for machines without a Swift toolchain (the GPU box). Built and run by bench/gpu/run.sh: linked
+ * with the loader (Sources/CTorchLoader), which loads the torch backend libewall_torch.so from
+ * beside the harness (or $EWALL_TORCH_BACKEND), as the Swift executables do.
  *
  *   harness errors  MODEL                      every error path that can be provoked here
  *   harness model   MODEL DEVICE PREC BATCH N  model only: N batches of zeros-free random input,
@@ -104,7 +106,10 @@ static void expect_error(const char *what, const char *path, const char *device,
 
 static int cmd_errors(const char *model) {
     int gpus = ew_torch_cuda_device_count();
-    printf("{\"libtorch\": \"%s\", \"cuda_devices\": %d}\n", ew_torch_version(), gpus);
+    const char *backend = ew_torch_backend_path();
+    printf("{\"libtorch\": \"%s\", \"cuda_devices\": %d, \"backend\": ", ew_torch_version(), gpus);
+    json_string(backend ? backend : "(none)");
+    printf("}\n");
     expect_error("missing file", "/nonexistent/model.pt", "cpu", "fp32", EW_TORCH_E_NOT_FOUND);
     expect_error("not TorchScript", "/etc/hostname", "cpu", "fp32", EW_TORCH_E_NOT_TORCHSCRIPT);
     expect_error("fp16 on the CPU", model, "cpu", "fp16", EW_TORCH_E_PRECISION);

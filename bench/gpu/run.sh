@@ -35,20 +35,26 @@ TORCH_INCLUDE=${TORCH_INCLUDE:-$TORCH_DIR/include}
 TORCH_LIB=${TORCH_LIB:-$TORCH_DIR/lib}
 ABI=$($PY -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')
 CUDA_LIBS=""
-[ -e "$TORCH_LIB/libtorch_cuda.so" ] && CUDA_LIBS="-ltorch_cuda"
+[ -e "$TORCH_LIB/libtorch_cuda.so" ] && CUDA_LIBS="-Wl,--no-as-needed -ltorch_cuda -Wl,--as-needed"
 log "libtorch $($PY -c 'import torch; print(torch.__version__)') at $TORCH_LIB (C++11 ABI $ABI) ${CUDA_LIBS:+with CUDA}"
 
+# The same two halves as the Swift build (README, "Bring your own libtorch"): the torch backend
+# libewall_torch.so (the only thing linked against libtorch) and the harness with the loader,
+# which finds the backend beside itself at run time.
 BUILD=$OUT/build
 mkdir -p "$BUILD"
 BUNDLE=${BUNDLE:-$ROOT/bench/gpu/bundle/ew_image_bundle.a}
 [ -e "$BUNDLE" ] || { log "no $BUNDLE: run bench/gpu/bundle.sh where the -dev packages are"; exit 2; }
 t0=$(date +%s)
-g++ -O2 -std=c++17 -D_GLIBCXX_USE_CXX11_ABI=$ABI -ISources/CTorchShim/include -I"$TORCH_INCLUDE" \
-    -I"$TORCH_INCLUDE/torch/csrc/api/include" -c Sources/CTorchShim/torch_shim.cpp -o "$BUILD/torch_shim.o"
-gcc -O2 -ISources/CTorchShim/include -ISources/CImageCodec/include -c bench/gpu/harness.c -o "$BUILD/harness.o"
-g++ -no-pie -o "$BUILD/harness" "$BUILD/harness.o" "$BUILD/torch_shim.o" "$BUNDLE" -L"$TORCH_LIB" \
-    -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 $CUDA_LIBS -Wl,--as-needed -Wl,-rpath,"$TORCH_LIB" -lpthread -lm
-log "built the shim and harness in $(( $(date +%s) - t0 )) s"
+g++ -O2 -std=c++17 -shared -fPIC -fvisibility=hidden -D_GLIBCXX_USE_CXX11_ABI=$ABI -ISources/CTorchLoader/include \
+    -ISources/CTorchShim/include -I"$TORCH_INCLUDE" -I"$TORCH_INCLUDE/torch/csrc/api/include" \
+    Sources/CTorchShim/torch_shim.cpp -o "$BUILD/libewall_torch.so" -Wl,-z,defs -L"$TORCH_LIB" \
+    -Wl,-rpath,"$TORCH_LIB" $CUDA_LIBS -ltorch_cpu -lc10
+gcc -O2 -ISources/CTorchLoader/include -ISources/CTorchShim/include -ISources/CImageCodec/include \
+    -c Sources/CTorchLoader/loader.c -o "$BUILD/loader.o"
+gcc -O2 -ISources/CTorchLoader/include -ISources/CImageCodec/include -c bench/gpu/harness.c -o "$BUILD/harness.o"
+g++ -no-pie -o "$BUILD/harness" "$BUILD/harness.o" "$BUILD/loader.o" "$BUNDLE" -ldl -lpthread -lm
+log "built the torch backend and the harness in $(( $(date +%s) - t0 )) s"
 H=$BUILD/harness
 
 MODEL=${MODEL:-$OUT/resnet50.pt}
