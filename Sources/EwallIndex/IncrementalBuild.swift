@@ -15,7 +15,7 @@ enum Incremental {
     static func run(store: any EmbeddingStore, options: IndexBuildOptions,
                     progress: @escaping @Sendable (IndexBuildProgress) -> Void) async throws -> Outcome {
         let started = Date()
-        let old = try options.folder.load()
+        let old = try options.folder.load(vectorHashes: true)
         let m = old.manifest
         let modelID = options.modelID ?? m.modelID
         let preprocessing = options.preprocessing ?? m.preprocessing
@@ -26,7 +26,10 @@ enum Incremental {
         }
         if d != m.dimension { return .needsFullRebuild("the dimension changed from \(m.dimension) to \(d)") }
         if options.metric != m.metric { return .needsFullRebuild("the metric changed from \(m.metric.rawValue) to \(options.metric.rawValue)") }
-        let wanted = IndexBuilder.plan(options, count: n, dimension: d)
+        if m.refine != nil {
+            return .needsFullRebuild("the index re-ranks from \(ExactVectors.fileName), which an incremental update does not rewrite")
+        }
+        let wanted = try IndexBuilder.plan(options, count: n, dimension: d)
         let index = old.index
         if options.index != "auto" {
             if wanted.factory != m.factory && "IDMap2," + wanted.factory != m.factory {
@@ -39,7 +42,7 @@ enum Incremental {
                                      + "on the old catalogue no longer fit (\(now) would); retraining needs a full rebuild")
         }
 
-        var idMap = old.idMap
+        var idMap = old.ids.idMap()
         var nextID = m.nextID
         var seen = Set<Int64>()
         seen.reserveCapacity(n)

@@ -23,12 +23,14 @@ public struct IndexBuildOptions: Sendable {
     /// Rows per store read.
     public var pageSize: Int
     public var threads: Int
+    /// Compressed kinds (SQ, PQ) re-rank by exact vectors kept in `vectors.f32` beside the index.
+    public var refine: Bool
 
     public init(folder: IndexFolder = IndexFolder(path: IndexFolder.defaultPath), index: String = "auto",
                 metric: IndexMetric = .l2, targetRecall: Double = 0.95, maxMemory: Int64 = IndexBuildOptions.defaultMaxMemory,
                 incremental: Bool = false, modelID: String? = nil, preprocessing: String? = nil,
                 recallQueries: Int = 1000, seed: UInt64 = 0, pageSize: Int = 2048,
-                threads: Int = ProcessInfo.processInfo.activeProcessorCount) {
+                threads: Int = ProcessInfo.processInfo.activeProcessorCount, refine: Bool = true) {
         self.folder = folder
         self.index = index
         self.metric = metric
@@ -41,6 +43,7 @@ public struct IndexBuildOptions: Sendable {
         self.seed = seed
         self.pageSize = pageSize
         self.threads = threads
+        self.refine = refine
     }
 
     /// Half the machine's memory.
@@ -123,10 +126,12 @@ public enum IndexBuilder {
         try await store.resolveKey(modelID: options.modelID, preprocessing: options.preprocessing)
     }
 
-    static func plan(_ options: IndexBuildOptions, count: Int, dimension: Int) -> IndexPlan {
-        options.index == "auto"
-            ? IndexPlan.auto(count: count, dimension: dimension, maxMemory: options.maxMemory)
+    static func plan(_ options: IndexBuildOptions, count: Int, dimension: Int) throws -> IndexPlan {
+        var plan = options.index == "auto"
+            ? try IndexPlan.auto(count: count, dimension: dimension, maxMemory: options.maxMemory)
             : IndexPlan.explicit(options.index, count: count)
+        if !options.refine { plan.refineFactor = nil }
+        return plan
     }
 
     // MARK: Full build
@@ -138,8 +143,11 @@ public enum IndexBuilder {
         let keyCount = try await resolveKey(store, options)
         let (key, n, d) = (keyCount.key, keyCount.count, keyCount.dimension)
         guard n > 0 else { throw IndexError(.argument, "\(store.displayName) has no vectors for \(key.modelID)") }
-        let plan = plan(options, count: n, dimension: d)
+        let plan = try plan(options, count: n, dimension: d)
         let index = try FaissIndex(dimension: d, factory: plan.factory, metric: options.metric)
+        // Compressed kinds keep the exact vectors beside the index, for re-ranking.
+        let writer = try plan.refineFactor.map { _ in try ExactVectorsWriter(url: options.folder.exactVectorsStaging, dimension: d) }
+        defer { if let writer { try? FileManager.default.removeItem(at: writer.url) } }
 
         // Seeded choices of rows by ordinal (the store streams in product-id order).
         var rng = SplitMix64(seed: options.seed)
@@ -185,6 +193,7 @@ public enum IndexBuilder {
                 let ta = Date()
                 try index.add(buf, ids: ids)
                 faissAdd += Date().timeIntervalSince(ta)
+                try writer?.append(buf, ids: ids)
                 for r in 0..<page.count {
                     idMap.insert(id: ids[r], productID: page.productIDs[r],
                                  hash: IDMap.hash(UnsafeBufferPointer(rebasing: buf[r * d..<(r + 1) * d])))
@@ -200,11 +209,26 @@ public enum IndexBuilder {
             throw IndexError(.mismatch, "the store changed during the build (\(added) vectors read, \(n) counted): run it again")
         }
 
+        var refine: Refining?
+        if let writer, let factor = plan.refineFactor {
+            try writer.finish()
+            refine = Refining(vectors: try ExactVectors(path: writer.url.path, dimension: d), factor: factor)
+        }
+
         // Tune nprobe / efSearch for the recall target.
         let tt = Date()
-        let (search, recall) = try Tuning.tune(index: index, truth: truth, target: options.targetRecall, progress: progress)
+        let (search, recall) = try Tuning.tune(index: index, truth: truth, target: options.targetRecall, refine: refine,
+                                               progress: progress)
         if queryCount > 0 { seconds["tune"] = Date().timeIntervalSince(tt) }
         try index.setDefaults(nprobe: search.nprobe, efSearch: search.efSearch)
+        // An automatic compressed choice that cannot reach the target is no index to serve from.
+        if options.index == "auto", let recall, !recall.met, plan.refineFactor != nil {
+            let next = IndexPlan.nextLarger(than: plan.factory, count: n, dimension: d)
+            let raise = next.map { "; the next larger kind, \($0.factory), needs --max-memory \(IndexPlan.sizeText($0.bytes)) (its recall not measured)" } ?? ""
+            throw IndexError(.argument, String(format: "%@ reaches recall@10 %.3f at best (nprobe %d), below the target %.2f, ",
+                                               plan.factory, recall.measured, search.nprobe ?? 0, recall.target)
+                             + "within --max-memory \(IndexPlan.sizeText(options.maxMemory))\(raise)")
+        }
 
         let tw = Date()
         progress(IndexBuildProgress(phase: "writing", done: 0, total: 1))
@@ -212,8 +236,9 @@ public enum IndexBuilder {
             factory: index.factory, metric: options.metric, distance: IndexManifest.distanceNote(options.metric),
             search: search, dimension: d, count: index.count, modelID: key.modelID, preprocessing: key.preprocessing,
             builtAt: isoNow(), buildSeconds: Date().timeIntervalSince(started), buildMode: "full",
-            choice: plan.reason, recall: recall, nextID: Int64(n), files: [:])
-        let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest)
+            choice: plan.reason, recall: recall, nextID: Int64(n), files: [:],
+            refine: plan.refineFactor.map { IndexManifest.Refine(factor: $0) })
+        let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest, exactVectors: writer?.url)
         seconds["write"] = Date().timeIntervalSince(tw)
         seconds["total"] = Date().timeIntervalSince(started)
         var warnings: [String] = []

@@ -34,6 +34,17 @@ public struct IndexManifest: Codable, Sendable, Hashable {
         enum CodingKeys: String, CodingKey { case nprobe, efSearch = "ef_search", recall }
     }
 
+    /// Re-ranking for compressed kinds: the index finds `factor × k` candidates by their codes,
+    /// and exact distances from `file` (see ``ExactVectors``) choose the k answered.
+    public struct Refine: Codable, Sendable, Hashable {
+        public var file: String
+        public var factor: Int
+        public init(file: String = ExactVectors.fileName, factor: Int) {
+            self.file = file
+            self.factor = factor
+        }
+    }
+
     public struct Recall: Codable, Sendable, Hashable {
         /// recall@k against exact search, excluding each query's own vector.
         public var k: Int
@@ -64,10 +75,12 @@ public struct IndexManifest: Codable, Sendable, Hashable {
     /// The next int64 id an incremental build gives a new product.
     public var nextID: Int64
     public var files: [String: FileEntry]
+    /// Present when answers are re-ranked by exact vectors (compressed kinds).
+    public var refine: Refine?
 
     public init(factory: String, metric: IndexMetric, distance: String, search: Search, dimension: Int, count: Int,
                 modelID: String, preprocessing: String, builtAt: String, buildSeconds: Double, buildMode: String,
-                choice: String, recall: Recall?, nextID: Int64, files: [String: FileEntry]) {
+                choice: String, recall: Recall?, nextID: Int64, files: [String: FileEntry], refine: Refine? = nil) {
         self.factory = factory
         self.metric = metric
         self.distance = distance
@@ -83,12 +96,13 @@ public struct IndexManifest: Codable, Sendable, Hashable {
         self.recall = recall
         self.nextID = nextID
         self.files = files
+        self.refine = refine
     }
 
     enum CodingKeys: String, CodingKey {
         case format, formatVersion = "format_version", factory, metric, distance, search, dimension, count
         case modelID = "model_id", preprocessing, builtAt = "built_at", buildSeconds = "build_seconds"
-        case buildMode = "build_mode", choice, recall, nextID = "next_id", files
+        case buildMode = "build_mode", choice, recall, nextID = "next_id", files, refine
     }
 
     public var key: ModelKey { ModelKey(modelID: modelID, preprocessing: preprocessing) }
@@ -145,34 +159,6 @@ public struct IDMap: Sendable {
         try out.synchronize()
     }
 
-    static func read(_ data: Data) throws -> IDMap {
-        var map = IDMap()
-        let decoder = JSONDecoder()
-        var lineNumber = 0
-        for line in data.split(separator: 0x0A, omittingEmptySubsequences: true) {
-            lineNumber += 1
-            if lineNumber == 1 { continue }
-            let cols = line.split(separator: 0x09, maxSplits: 2, omittingEmptySubsequences: false)
-            guard cols.count == 3, let id = Int64(String(decoding: cols[0], as: UTF8.self)),
-                  let hash = UInt64(String(decoding: cols[1], as: UTF8.self), radix: 16) else {
-                throw IndexError(.manifest, "id_map.tsv line \(lineNumber) is malformed")
-            }
-            let raw = cols[2]
-            let pid: String
-            // Fast path for ids without escapes: "abc".
-            if raw.count >= 2, raw.first == 0x22, raw.last == 0x22, !raw.contains(0x5C) {
-                pid = String(decoding: raw.dropFirst().dropLast(), as: UTF8.self)
-            } else {
-                guard let s = try? decoder.decode(String.self, from: Data(raw)) else {
-                    throw IndexError(.manifest, "id_map.tsv line \(lineNumber): the product id is not a JSON string")
-                }
-                pid = s
-            }
-            map.insert(id: id, productID: pid, hash: hash)
-        }
-        return map
-    }
-
     /// FNV-1a over the vector's float32 bytes.
     public static func hash(_ v: UnsafeBufferPointer<Float>) -> UInt64 { FNV1a64.hash(v) }
 }
@@ -203,8 +189,11 @@ public struct IndexFolder: Sendable {
     /// A loaded folder: the three files as they were at one moment.
     public struct Loaded: @unchecked Sendable {
         public let manifest: IndexManifest
-        public let idMap: IDMap
+        /// Product id <-> int64 id, in flat arrays.
+        public let ids: ProductIDTable
         public let index: FaissIndex
+        /// The exact vectors compressed kinds re-rank with (``IndexManifest/refine``).
+        public let exact: ExactVectors?
     }
 
     /// Reads the manifest only.
@@ -229,13 +218,14 @@ public struct IndexFolder: Sendable {
 
     /// Loads the folder consistently (see the type's comment). `verifyChecksums` hashes the
     /// files against the manifest (slow for big indexes); sizes and counts are always checked.
-    public func load(memoryMapped: Bool = false, verifyChecksums: Bool = false) throws -> Loaded {
+    /// `vectorHashes` keeps the id map's vector hashes (an incremental build compares them).
+    public func load(memoryMapped: Bool = false, verifyChecksums: Bool = false, vectorHashes: Bool = false) throws -> Loaded {
         // A rebuild that swaps the folder between our opening it and opening its files leaves
         // us the old, now deleted, folder: then we start again and get the new one.
         var attempt = 0
         while true {
             do {
-                return try loadOnce(memoryMapped: memoryMapped, verifyChecksums: verifyChecksums)
+                return try loadOnce(memoryMapped: memoryMapped, verifyChecksums: verifyChecksums, vectorHashes: vectorHashes)
             } catch let e as Swapped {
                 attempt += 1
                 if attempt >= 10 { throw IndexError(.manifest, "\(path) kept changing while it was read: \(e.file)") }
@@ -245,7 +235,7 @@ public struct IndexFolder: Sendable {
 
     private struct Swapped: Error { var file: String }
 
-    private func loadOnce(memoryMapped: Bool, verifyChecksums: Bool) throws -> Loaded {
+    private func loadOnce(memoryMapped: Bool, verifyChecksums: Bool, vectorHashes: Bool) throws -> Loaded {
         let dirFD = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard dirFD >= 0 else {
             throw IndexError(.manifest, "no index at \(path): run rebuild-faiss-index (\(String(cString: strerror(errno))))")
@@ -255,9 +245,10 @@ public struct IndexFolder: Sendable {
         // open, a later swap and delete cannot take them away.
         var fds: [String: Int32] = [:]
         defer { for fd in fds.values { close(fd) } }
-        for name in [Self.manifestFile, Self.idMapFile, Self.indexFile] {
+        for name in [Self.manifestFile, Self.idMapFile, Self.indexFile, ExactVectors.fileName] {
             let fd = openat(dirFD, name, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else {
+                if errno == ENOENT && name == ExactVectors.fileName { continue }  // only compressed kinds have it
                 if errno == ENOENT && fds.isEmpty == false { throw Swapped(file: name) }
                 if errno == ENOENT && name == Self.manifestFile {
                     // The folder itself may have been swapped out and deleted under us.
@@ -290,24 +281,41 @@ public struct IndexFolder: Sendable {
                 throw IndexError(.manifest, "\(path)/\(Self.indexFile) does not match its checksum")
             }
         }
-        let idMap = try IDMap.read(mapData)
+        let ids = try ProductIDTable.read(mapData, keepVectorHashes: vectorHashes)
         let index = try FaissIndex(contentsOf: indexPath, memoryMapped: memoryMapped)
-        guard index.count == manifest.count, idMap.count == manifest.count, index.dimension == manifest.dimension else {
+        guard index.count == manifest.count, ids.count == manifest.count, index.dimension == manifest.dimension else {
             throw IndexError(.manifest, "\(path): the index holds \(index.count) vectors of \(index.dimension) dims and "
-                                 + "the id map \(idMap.count), the manifest says \(manifest.count) of \(manifest.dimension)")
+                                 + "the id map \(ids.count), the manifest says \(manifest.count) of \(manifest.dimension)")
         }
-        return Loaded(manifest: manifest, idMap: idMap, index: index)
+        var exact: ExactVectors?
+        if let refine = manifest.refine {
+            guard let fd = fds[ExactVectors.fileName], refine.file == ExactVectors.fileName else {
+                throw IndexError(.manifest, "\(path): the manifest re-ranks from \(refine.file), which is missing")
+            }
+            let e = try ExactVectors(fd: fd, dimension: manifest.dimension, path: "\(path)/\(refine.file)")
+            if let entry = manifest.files["vectors"], entry.bytes != Int64(e.rows * e.dimension * 4) {
+                throw IndexError(.manifest, "\(path)/\(refine.file) has \(e.rows * e.dimension * 4) bytes, the manifest says \(entry.bytes)")
+            }
+            guard e.rows >= ids.capacity else {
+                throw IndexError(.manifest, "\(path)/\(refine.file) has \(e.rows) rows; the id map uses ids up to \(ids.capacity - 1)")
+            }
+            exact = e
+        }
+        return Loaded(manifest: manifest, ids: ids, index: index, exact: exact)
     }
 
     /// Writes `index`, `idMap` and `manifest` (its file entries filled in here) as the new
-    /// content of the folder, atomically.
-    public func publish(index: FaissIndex, idMap: IDMap, manifest: IndexManifest) throws -> IndexManifest {
+    /// content of the folder, atomically. `exactVectors`: a complete `vectors.f32` written
+    /// beside the folder, moved into it.
+    public func publish(index: FaissIndex, idMap: IDMap, manifest: IndexManifest, exactVectors: URL? = nil) throws -> IndexManifest {
         let fm = FileManager.default
         let parent = url.deletingLastPathComponent()
         try fm.createDirectory(at: parent, withIntermediateDirectories: true)
         // Leftovers of interrupted builds (the caller holds the lock, so none is in progress).
         let prefix = ".\(url.lastPathComponent).tmp-"
-        for name in (try? fm.contentsOfDirectory(atPath: parent.path)) ?? [] where name.hasPrefix(prefix) {
+        let ownVectors = exactVectorsStaging.lastPathComponent
+        for name in (try? fm.contentsOfDirectory(atPath: parent.path)) ?? []
+        where name.hasPrefix(prefix) || (name.hasPrefix(".\(url.lastPathComponent).vectors-") && name != ownVectors) {
             try? fm.removeItem(at: parent.appendingPathComponent(name))
         }
         let staging = parent.appendingPathComponent(prefix + "\(getpid())")
@@ -323,6 +331,11 @@ public struct IndexFolder: Sendable {
                 "index": try entry(indexURL),
                 "id_map": try entry(mapURL),
             ]
+            if let exactVectors {
+                let target = staging.appendingPathComponent(ExactVectors.fileName)
+                try fm.moveItem(at: exactVectors, to: target)
+                manifest.files["vectors"] = try entry(target)
+            }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             let manifestURL = staging.appendingPathComponent(Self.manifestFile)
@@ -343,6 +356,12 @@ public struct IndexFolder: Sendable {
             try? fm.removeItem(at: staging)
             throw error
         }
+    }
+
+    /// Where a build writes `vectors.f32` before ``publish(index:idMap:manifest:exactVectors:)``
+    /// moves it into the folder: beside it, on the same file system.
+    public var exactVectorsStaging: URL {
+        url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).vectors-\(getpid()).f32")
     }
 
     private func entry(_ url: URL) throws -> IndexManifest.FileEntry {

@@ -51,23 +51,35 @@ struct GroundTruth {
     }
 }
 
+/// Re-ranking for a compressed index: `factor × k` candidates by code, the best k by exact vector.
+struct Refining {
+    let vectors: ExactVectors
+    let factor: Int
+}
+
 enum Tuning {
-    /// recall@10 of `index` under `parameters` against `truth`.
-    static func recall(index: FaissIndex, truth: GroundTruth, parameters: SearchParameters) throws -> Double {
+    /// recall@10 of `index` under `parameters` against `truth` (re-ranked when `refine` is given).
+    static func recall(index: FaissIndex, truth: GroundTruth, parameters: SearchParameters, refine: Refining? = nil) throws -> Double {
         let k = IndexBuilder.recallK
-        let found = try index.search(truth.queries.vectors, k: k + 1, parameters: parameters)
+        let found = try index.search(truth.queries.vectors, k: (k + 1) * (refine?.factor ?? 1), parameters: parameters)
+        let d = truth.queries.dimension
         var sum = 0.0
         for q in 0..<truth.queries.count {
             let exact = Set(truth.top(q, k))
             guard !exact.isEmpty else { sum += 1; continue }
-            let approx = found.results(of: q).map(\.id).filter { $0 != truth.queries.ids[q] }.prefix(k)
+            var results = found.results(of: q)
+            if let refine {
+                results = try refine.vectors.rerank(Array(truth.queries.vectors[q * d..<(q + 1) * d]), results, k: k + 1,
+                                                    metric: truth.metric)
+            }
+            let approx = results.map(\.id).filter { $0 != truth.queries.ids[q] }.prefix(k)
             sum += Double(approx.filter(exact.contains).count) / Double(exact.count)
         }
         return sum / Double(max(1, truth.queries.count))
     }
 
     /// The smallest nprobe (IVF) or efSearch (HNSW) that meets `target`, with the curve measured.
-    static func tune(index: FaissIndex, truth: GroundTruth, target: Double,
+    static func tune(index: FaissIndex, truth: GroundTruth, target: Double, refine: Refining? = nil,
                      progress: @Sendable (IndexBuildProgress) -> Void) throws -> (IndexManifest.Search, IndexManifest.Recall?) {
         guard truth.queries.count > 0 else { return (IndexManifest.Search(), nil) }
         var curve: [IndexManifest.RecallPoint] = []
@@ -80,7 +92,7 @@ enum Tuning {
         }
         for (i, (nprobe, ef)) in ladder.enumerated() {
             progress(IndexBuildProgress(phase: "measuring recall@10", done: i, total: ladder.count))
-            last = try recall(index: index, truth: truth, parameters: SearchParameters(nprobe: nprobe, efSearch: ef))
+            last = try recall(index: index, truth: truth, parameters: SearchParameters(nprobe: nprobe, efSearch: ef), refine: refine)
             curve.append(.init(nprobe: nprobe, efSearch: ef, recall: last))
             chosen = IndexManifest.Search(nprobe: nprobe, efSearch: ef)
             if last >= target { break }

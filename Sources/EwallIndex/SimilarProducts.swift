@@ -130,57 +130,46 @@ public final class ProductSearch: Sendable {
     public let identity: AnsweringIndex
 
     let index: FaissIndex
-    let productOf: [Int64: String]
-    let idOf: [String: Int64]
-    let meta: [Int64: Product]
-    let present: IDBitmap
-    let inStock: IDBitmap
-    let byCategory: [String: IDBitmap]
+    /// Product id <-> int64 id.
+    let ids: ProductIDTable
+    /// Category, stock and title of each indexed product the store still has.
+    let columns: ProductColumns
+    /// Compressed kinds: the exact vectors answers are re-ranked by, and candidates per answer.
+    let exact: ExactVectors?
+    let refineFactor: Int
     let store: any EmbeddingStore
     /// Below this many eligible products, an exact search over just them (cheaper than a deep
     /// approximate search, and exact).
     public let exactBelow: Int
 
-    init(loaded: IndexFolder.Loaded, store: any EmbeddingStore, products: [Product], storeCount: Int, exactBelow: Int) {
+    init(loaded: IndexFolder.Loaded, store: any EmbeddingStore, columns: ProductColumns, missing: Int, storeCount: Int,
+         exactBelow: Int) {
         self.exactBelow = exactBelow
         manifest = loaded.manifest
         index = loaded.index
         identity = AnsweringIndex(factory: loaded.manifest.factory, count: loaded.index.count, modelID: loaded.manifest.modelID,
                                   preprocessing: loaded.manifest.preprocessing, builtAt: loaded.manifest.builtAt,
                                   sha256: loaded.manifest.files["index"]?.sha256)
-        productOf = loaded.idMap.productIDs
-        idOf = loaded.idMap.ids
+        ids = loaded.ids
+        exact = loaded.exact
+        refineFactor = loaded.exact == nil ? 1 : max(1, loaded.manifest.refine?.factor ?? 1)
+        self.columns = columns
         self.store = store
-        let capacity = Int(max(loaded.manifest.nextID, (loaded.idMap.productIDs.keys.max() ?? -1) + 1))
-        var present = IDBitmap(capacity: capacity), inStock = IDBitmap(capacity: capacity)
-        var byCategory: [String: IDBitmap] = [:]
-        var meta: [Int64: Product] = [:]
-        var missing = 0
-        for p in products {
-            guard let id = loaded.idMap.ids[p.id] else { missing += 1; continue }
-            meta[id] = p
-            present.insert(id)
-            if p.inStock ?? true { inStock.insert(id) }
-            if let c = p.category { byCategory[c, default: IDBitmap(capacity: capacity)].insert(id) }
-        }
-        self.present = present
-        self.inStock = inStock
-        self.byCategory = byCategory
-        self.meta = meta
         missingFromIndex = missing
         var warnings: [String] = []
         if missing > 0 {
             warnings.append("the index (built \(loaded.manifest.builtAt)) is older than the store: \(missing) of the store's "
                             + "\(storeCount) vectors are not in it; run rebuild-faiss-index --incremental")
         }
-        let gone = loaded.idMap.count - meta.count
+        let gone = loaded.ids.count - columns.count
         if gone > 0 {
             warnings.append("\(gone) products in the index are no longer in the store; they are never returned")
         }
         self.warnings = warnings
     }
 
-    /// Opens the index folder and reads the filter metadata for its model key from the store.
+    /// Opens the index folder and reads the filter metadata for its model key from the store,
+    /// a page at a time into flat columns (see ``ProductColumns``).
     /// `exactBelow`: when the filters leave fewer eligible products than this, they are
     /// searched exactly (their vectors from the index), which is both exact and faster than
     /// searching an approximate index deeply for them.
@@ -195,16 +184,21 @@ public final class ProductSearch: Sendable {
                              + "and \(store.displayName) has none of them (it has: \(has.isEmpty ? "nothing" : has)): "
                              + "rebuild the index from this store")
         }
-        var products: [Product] = []
-        products.reserveCapacity(mine.count)
+        var columns = ProductColumns(capacity: max(Int(m.nextID), loaded.ids.capacity))
+        var missing = 0
         var after: String?
         while true {
             let page = try await store.productsWithVectors(key: m.key, after: after, limit: 10_000)
-            products += page
+            for p in page {
+                guard let id = loaded.ids.id(of: p.id) else { missing += 1; continue }
+                try columns.set(id, p)
+            }
             guard page.count == 10_000, let last = page.last else { break }
             after = last.id
         }
-        return ProductSearch(loaded: loaded, store: store, products: products, storeCount: mine.count, exactBelow: exactBelow)
+        columns.finish()
+        return ProductSearch(loaded: loaded, store: store, columns: columns, missing: missing, storeCount: mine.count,
+                             exactBelow: exactBelow)
     }
 
     /// Products similar to a stored product (its stored vector; itself excluded by id).
@@ -220,8 +214,8 @@ public final class ProductSearch: Sendable {
     /// The search ``similar(to:query:)`` makes for a stored product (its vector, category and
     /// id to exclude), to answer later, alone or in a batch (``similar(batch:)``).
     public func request(for productID: String, query: SimilarQuery = SimilarQuery()) async throws -> SimilarRequest {
-        if storesExactVectors, let id = idOf[productID], let product = meta[id] {
-            return SimilarRequest(vector: try index.reconstruct(id: id), category: product.category,
+        if storesExactVectors, let id = ids.id(of: productID), columns.present.contains(id) {
+            return SimilarRequest(vector: try exact?.vector(id) ?? index.reconstruct(id: id), category: columns.categoryName(id),
                                   excluding: productID, query: query)
         }
         guard let product = try await store.product(id: productID) else {
@@ -240,7 +234,7 @@ public final class ProductSearch: Sendable {
                         query: SimilarQuery = SimilarQuery()) throws -> SimilarAnswer {
         var plan = try planned(SimilarRequest(vector: vector, category: category, excluding: excluding, query: query))
         while plan.searching {
-            let found = try index.search(vector, k: query.k, parameters: plan.params).results(of: 0)
+            let found = try index.search(vector, k: query.k * refineFactor, parameters: plan.params).results(of: 0)
             try advance(&plan, found: found)
         }
         return try answer(plan)
@@ -264,7 +258,7 @@ public final class ProductSearch: Sendable {
                     found = try index.searchBatch(group.map { i in
                         guard case .success(let p) = plans[i] else { preconditionFailure() }
                         return (batch[i].vector, p.params)
-                    }, k: k)
+                    }, k: k * refineFactor)
                 } catch {
                     for i in group { plans[i] = .failure(error) }
                     continue
@@ -305,14 +299,18 @@ public final class ProductSearch: Sendable {
         guard query.k > 0 else { throw IndexError(.argument, "k must be at least 1") }
         var notes: [String] = []
         var allowed: IDBitmap
+        let present = columns.present
         if query.sameCategory, let category {
-            let c = byCategory[category] ?? IDBitmap(capacity: present.capacity)
-            allowed = query.inStockOnly ? c.intersection(inStock) : c
+            if let c = columns.categoryCode(category) {
+                allowed = query.inStockOnly ? columns.byCategoryInStock[c] : columns.byCategory[c]
+            } else {
+                allowed = IDBitmap(capacity: present.capacity)
+            }
         } else {
             if query.sameCategory { notes.append("the query has no category: the same-category rule was not applied") }
-            allowed = query.inStockOnly ? inStock : present
+            allowed = query.inStockOnly ? columns.inStock : present
         }
-        let excluded = excluding.flatMap { idOf[$0] }.map { [$0] } ?? []
+        let excluded = excluding.flatMap { ids.id(of: $0) }.map { [$0] } ?? []
         let eligible = allowed.count - excluded.filter(allowed.contains).count
 
         // Under a filter, the allowed neighbours lie further out than the unfiltered ones the
@@ -335,9 +333,11 @@ public final class ProductSearch: Sendable {
     /// Takes one approximate search's results; when filters thinned them, deepens the search
     /// (another round) until k pass or the index is exhausted.
     private func advance(_ plan: inout Plan, found: [(id: Int64, distance: Float)]) throws {
-        plan.found = found
-        plan.searching = false
         let k = plan.request.query.k
+        // Compressed codes found refineFactor × k candidates; exact vectors choose the k.
+        plan.found = try exact?.rerank(plan.request.vector, found, k: k, metric: manifest.metric) ?? found
+        plan.searching = false
+        let found = plan.found
         if found.count >= min(k, plan.eligible) { return }
         switch index.kind {
         case .ivf:
@@ -368,8 +368,8 @@ public final class ProductSearch: Sendable {
         // Cosine and distance from one call: the vectors stay in FAISS (for unit vectors the
         // cosine is 1 - d²/2; imported vectors need not be unit, so the norms are read too).
         let qNorm2 = vector.reduce(0) { $0 + Double($1) * Double($1) }
-        let hits = found.filter { productOf[$0.id] != nil }
-        let stored = try index.compare(vector, ids: hits.map(\.id))
+        let hits = found.filter { columns.present.contains($0.id) }
+        let stored = try exact?.compare(vector, ids: hits.map(\.id)) ?? index.compare(vector, ids: hits.map(\.id))
         var results: [SimilarProduct] = []
         for (i, (id, raw)) in hits.enumerated() {
             let rNorm2 = Double(stored.norm2[i])
@@ -377,10 +377,10 @@ public final class ProductSearch: Sendable {
             let distance = max(0, squared).squareRoot()
             let similarity = 1 / (1 + distance)
             guard similarity >= query.minSimilarity else { continue }
-            let p = meta[id]
-            results.append(SimilarProduct(productID: productOf[id]!, similarity: similarity,
+            results.append(SimilarProduct(productID: ids.productID(id)!, similarity: similarity,
                                           cosine: Double(stored.dot[i]) / max(1e-12, (qNorm2 * rNorm2).squareRoot()),
-                                          distance: distance, category: p?.category, inStock: p?.inStock, title: p?.title))
+                                          distance: distance, category: columns.categoryName(id), inStock: columns.stock(id),
+                                          title: columns.title(id)))
         }
         if results.count < found.count {
             notes.append("\(found.count - results.count) neighbours were below min_similarity \(query.minSimilarity)")
@@ -398,12 +398,12 @@ public final class ProductSearch: Sendable {
         for (i, byte) in allowed.bytes.enumerated() where byte != 0 {
             for b in 0..<8 where (byte >> b) & 1 == 1 {
                 let id = Int64(i * 8 + b)
-                if productOf[id] != nil && !excluded.contains(id) { ids.append(id) }
+                if columns.present.contains(id) && !excluded.contains(id) { ids.append(id) }
             }
         }
         guard !ids.isEmpty else { return [] }
         // One call computes every distance inside FAISS's storage (no vector copied out).
-        let c = try index.compare(q, ids: ids)
+        let c = try exact?.compare(q, ids: ids) ?? index.compare(q, ids: ids)
         let raw = manifest.metric == .l2 ? c.l2 : c.dot
         let order = ids.indices.sorted { a, b in
             manifest.metric == .l2 ? (raw[a], a) < (raw[b], b) : (raw[a], b) > (raw[b], a)
@@ -414,10 +414,7 @@ public final class ProductSearch: Sendable {
     /// The number of vectors in the index.
     public var count: Int { index.count }
 
-    /// Whether the index keeps vectors as they were added (not as SQ/PQ codes), so that a
-    /// reconstructed vector is the stored one.
-    var storesExactVectors: Bool {
-        let f = manifest.factory.uppercased()
-        return !(f.contains("SQ") || f.contains("PQ") || f.contains("LSH") || f.contains("RQ"))
-    }
+    /// Whether the folder keeps vectors as they were added (the index itself, or the exact
+    /// vectors beside compressed codes), so that a product's vector need not come from the store.
+    var storesExactVectors: Bool { exact != nil || !IndexPlan.isCompressed(manifest.factory) }
 }

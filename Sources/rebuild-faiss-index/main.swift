@@ -19,7 +19,12 @@ struct RebuildFaissIndex: AsyncParsableCommand {
 
             --index auto picks by catalogue size and --max-memory: Flat below 5,000 vectors; \
             IVF-Flat (nlist about 4*sqrt(N), at least 39 points per list) while float vectors \
-            fit; IVF-SQ8, then IVF-PQ, when they do not. HNSW is never picked automatically \
+            fit; IVF-SQ8, then IVF-PQ, when they do not. Compressed kinds (SQ, PQ) re-rank: \
+            their codes find 4x (SQ8) or 16x (PQ) k candidates, and the exact vectors, kept in \
+            vectors.f32 beside the index and memory-mapped by the server (not counted in \
+            --max-memory), choose the k answered; --no-refine leaves them out. Below the \
+            smallest PQ, or when the chosen kind cannot reach --target-recall, the build fails \
+            and names the --max-memory that the next kind needs. HNSW is never picked automatically \
             (slow to build here, cannot remove vectors); name it with --index HNSW32. For \
             approximate indexes recall@10 is measured against exact search on held-out \
             queries and nprobe/efSearch raised until --target-recall is met; both are recorded.
@@ -53,6 +58,9 @@ struct RebuildFaissIndex: AsyncParsableCommand {
                                             discussion: "Default: half the machine's memory."))
     var maxMemory: String?
 
+    @Flag(name: .long, help: "Compressed kinds (SQ, PQ): no exact vectors file and no re-ranking (less disk, lower recall).")
+    var noRefine = false
+
     @Flag(name: .long, help: "Update the existing index (add new and changed vectors, remove deleted ones) instead of rebuilding.")
     var incremental = false
 
@@ -85,7 +93,8 @@ struct RebuildFaissIndex: AsyncParsableCommand {
         let options = IndexBuildOptions(
             folder: resolvedIndexFolder(out), index: index, metric: metric, targetRecall: targetRecall,
             maxMemory: maxMemory.flatMap(parseSize) ?? IndexBuildOptions.defaultMaxMemory, incremental: incremental,
-            modelID: modelId, preprocessing: preprocess, recallQueries: recallQueries, seed: seed, threads: threads)
+            modelID: modelId, preprocessing: preprocess, recallQueries: recallQueries, seed: seed, threads: threads,
+            refine: !noRefine)
         let store = try await database.open()
         let display = BuildProgressDisplay(terminal: isatty(STDERR_FILENO) != 0)
         // Nothing is published before the final rename: an interrupted build leaves the old index.

@@ -51,9 +51,13 @@ enum Catalogue {
         let m = loaded.manifest
         for q in queries {
             let exact = Set(ExactSearch.nearest(data.row(q), in: data, k: 11).map(\.row).filter { $0 != q }.prefix(10))
-            let found = try loaded.index.search(data.row(q), k: 11,
+            // Compressed kinds with exact vectors beside them re-rank, as ProductSearch does.
+            let factor = loaded.exact == nil ? 1 : (m.refine?.factor ?? 1)
+            var found = try loaded.index.search(data.row(q), k: 11 * factor,
                                                 parameters: SearchParameters(nprobe: m.search.nprobe, efSearch: m.search.efSearch))
-            let rows = found.results(of: 0).compactMap { loaded.idMap.productIDs[$0.id] }.compactMap { Int($0.dropFirst()) }
+                .results(of: 0)
+            if let exact = loaded.exact { found = try exact.rerank(data.row(q), found, k: 11, metric: m.metric) }
+            let rows = found.compactMap { loaded.ids.productID($0.id) }.compactMap { Int($0.dropFirst()) }
             let approx = rows.filter { $0 != q }.prefix(10)
             sum += Double(approx.filter(exact.contains).count) / Double(exact.count)
         }
