@@ -47,6 +47,19 @@ struct DeviceTests {
         #expect(ya == yc)
     }
 
+    @Test("the torch backend is loaded at run time: from beside the test runner, or $EWALL_TORCH_BACKEND")
+    func backendLoaded() throws {
+        try TorchModel.loadBackend()
+        let path = try #require(TorchModel.backendPath)
+        #expect(path.hasSuffix(".so"), "\(path)")
+        if let wanted = ProcessInfo.processInfo.environment["EWALL_TORCH_BACKEND"], !wanted.isEmpty {
+            #expect(path == wanted)
+        } else {
+            #expect(path.hasSuffix("/libewall_torch.so"), "\(path)")
+        }
+        #expect(TorchModel.libtorchVersion.first?.isNumber == true, "\(TorchModel.libtorchVersion)")
+    }
+
     @Test("fp16 is refused on the CPU with the reason")
     func fp16OnCPU() {
         var options = tinyOptions("linear4.pt", precision: .fp16)
