@@ -488,6 +488,15 @@ const char *ew_faiss_blas_core(void) {
     return name ? name : "";
 }
 
+const char *ew_faiss_blas_core_for_cpu(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return "SkylakeX";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+    return "";
+}
+
 int ew_faiss_distances(int metric, const float *x, const float *y, int64_t ny, int64_t dim, float *out,
                        ew_faiss_error *err) {
     if (!x || (ny > 0 && (!y || !out)) || dim <= 0 || ny < 0)

@@ -348,12 +348,14 @@ public enum DistanceKernel: String, Sendable, CaseIterable, Codable {
 
     /// One line for the tools' status output, e.g. "distance kernel avx512 (run-time dispatch);
     /// BLAS OpenBLAS Prescott (its generic kernels: ...)". The current ones by default.
-    public static func summary(kernel: String = current.rawValue, blasCore: String? = blasCore) -> String {
+    public static func summary(kernel: String = current.rawValue, blasCore: String? = blasCore,
+                               chosenOver: String? = BLASCore.replaced) -> String {
         let blas: String = switch blasCore {
         case nil: "not OpenBLAS"
         case let core? where genericBLASCores.contains(core):
             "OpenBLAS \(core) (its generic kernels, not this CPU's: batched work such as training is slower than it could be)"
-        case let core?: "OpenBLAS \(core)"
+        case let core?:
+            "OpenBLAS \(core)" + (chosenOver.map { " (chosen by EwallML over OpenBLAS's own \($0); EWALL_BLAS_CORE=keep keeps that)" } ?? "")
         }
         return "distance kernel \(kernel) (run-time dispatch); BLAS \(blas)"
     }
@@ -372,5 +374,53 @@ public enum DistanceKernel: String, Sendable, CaseIterable, Codable {
         var err = ew_faiss_error()
         guard ew_faiss_distances(metric.raw, query, vectors, Int64(n), Int64(d), &out, &err) == 0 else { throw IndexError(err) }
         return out
+    }
+}
+
+/// OpenBLAS's kernels for this CPU. Debian's OpenBLAS 0.3.21 does not recognise some AVX-512
+/// CPUs (newer Xeons, Zen 4 on some hypervisors) and runs its generic SSE3 kernels there
+/// ("Prescott"): on an Intel Xeon, a BLAS flat search over 50k x 2048 took 19.3 ms per query,
+/// 8.4 ms with `OPENBLAS_CORETYPE=SkylakeX` (as measured when issue 15 was filed). OpenBLAS reads that variable once, when it loads, so the tools
+/// that lean on BLAS (rebuild-faiss-index, ewall-serve, ewall) call ``selectAtStartup()`` first
+/// thing: it re-executes the process with the variable set. Only the families our tests check
+/// against the generic kernels' results (SkylakeX, Haswell) are chosen; older OpenBLAS builds
+/// computed wrong results or crashed on some processors with others.
+///
+/// `EWALL_BLAS_CORE`: unset or `auto` (choose only when OpenBLAS fell back to generic kernels
+/// and `OPENBLAS_CORETYPE` is not set), `keep` (never), or a core name (always that one).
+public enum BLASCore {
+    static let markerVariable = "EWALL_BLAS_REPLACED"
+
+    /// The core to use instead of `current` (OpenBLAS's own choice) on a CPU of family `cpu`
+    /// (``forThisCPU``), or nil to keep it.
+    public static func better(current: String?, cpu: String) -> String? {
+        guard let current, DistanceKernel.genericBLASCores.contains(current), !cpu.isEmpty else { return nil }
+        return cpu
+    }
+
+    /// The family this CPU's kernels belong to ("SkylakeX", "Haswell"; "" for neither).
+    public static var forThisCPU: String { String(cString: ew_faiss_blas_core_for_cpu()) }
+
+    /// OpenBLAS's own choice that ``selectAtStartup()`` replaced in this process, if it did.
+    public static var replaced: String? { ProcessInfo.processInfo.environment[markerVariable] }
+
+    /// Re-executes this process with `OPENBLAS_CORETYPE` set when the rules above say so;
+    /// returns (doing nothing) otherwise, or when the re-execution fails.
+    public static func selectAtStartup() {
+        let env = ProcessInfo.processInfo.environment
+        guard env[markerVariable] == nil, let current = DistanceKernel.blasCore else { return }
+        let wanted: String?
+        switch env["EWALL_BLAS_CORE"] ?? "auto" {
+        case "keep": wanted = nil
+        case "auto", "": wanted = env["OPENBLAS_CORETYPE"] == nil ? better(current: current, cpu: forThisCPU) : nil
+        case let name: wanted = name
+        }
+        guard let wanted, wanted.lowercased() != current.lowercased() else { return }
+        setenv("OPENBLAS_CORETYPE", wanted, 1)
+        setenv(markerVariable, current, 1)
+        execv("/proc/self/exe", CommandLine.unsafeArgv)
+        // Still here: the exec failed; carry on with OpenBLAS's own choice.
+        unsetenv("OPENBLAS_CORETYPE")
+        unsetenv(markerVariable)
     }
 }

@@ -8,6 +8,9 @@
 //   ewall-bench classify score|calibrate ...   (bench/classify_bench.py; see ClassifyBench.swift)
 //   ewall-bench embedder --model M --images DIR --count N   (bench/serve_bench.py): ImageEmbedder's
 //       own throughput, bytes in memory -> decode -> batches of 32 -> vectors; prints {images_per_s}
+//   ewall-bench blas-check   (Tests/CLITests/BLASCoreTests.swift): FAISS's BLAS path (exact k-NN of 64
+//       seeded queries among 4,000 vectors, 300-d) under whatever OpenBLAS core this process runs;
+//       prints {core, replaced, ids, distances}, so runs under different cores can be compared
 //   ewall-bench memory --model M --images DIR --count 5000 [--precision P]   (bench/memory_bench.py):
 //       RSS after every 256 images of ImageEmbedder.embed(files:); growth early window vs late window
 import CImageCodec
@@ -24,6 +27,29 @@ if CommandLine.arguments.dropFirst().first == "queue" {
 }
 if CommandLine.arguments.dropFirst().first == "redis" {
     try await RedisBench.run(Array(CommandLine.arguments.dropFirst(2)))
+    exit(0)
+}
+if CommandLine.arguments.dropFirst().first == "blas-check" {
+    BLASCore.selectAtStartup()
+    var state: UInt64 = 42
+    func next() -> Float {  // SplitMix64 -> [-1, 1)
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return Float((z ^ (z >> 31)) >> 40) / Float(1 << 23) - 1
+    }
+    let d = 300
+    let y = (0..<(4000 * d)).map { _ in next() }
+    let q = (0..<(64 * d)).map { _ in next() }
+    let found = try q.withUnsafeBufferPointer { qb in
+        try y.withUnsafeBufferPointer { yb in
+            try FaissIndex.exactNeighbours(queries: qb, vectors: yb, dimension: d, k: 10, metric: .l2)
+        }
+    }
+    let out: [String: Any] = ["core": DistanceKernel.blasCore ?? "", "replaced": BLASCore.replaced ?? "",
+                              "ids": found.ids.map(Int.init), "distances": found.distances.map(Double.init)]
+    print(String(decoding: try JSONSerialization.data(withJSONObject: out), as: UTF8.self))
     exit(0)
 }
 if CommandLine.arguments.dropFirst().first == "classify" {

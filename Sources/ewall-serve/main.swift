@@ -118,6 +118,7 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
+        BLASCore.selectAtStartup()  // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .info

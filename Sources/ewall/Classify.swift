@@ -135,6 +135,7 @@ struct Classify: AsyncParsableCommand {
     }
 
     func run() async throws {
+        BLASCore.selectAtStartup()  // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
         bootstrapLogging()
         let (store, key, classifier) = try await flags.open()
         defer { Task { await store.close() } }
@@ -226,6 +227,7 @@ struct Calibrate: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
+        BLASCore.selectAtStartup()  // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
         bootstrapLogging()
         let (store, key, classifier) = try await flags.open()
         defer { Task { await store.close() } }

@@ -89,6 +89,7 @@ struct RebuildFaissIndex: AsyncParsableCommand {
     }
 
     func run() async throws {
+        BLASCore.selectAtStartup()  // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
         bootstrapLogging()
         let options = IndexBuildOptions(
             folder: resolvedIndexFolder(out), index: index, metric: metric, targetRecall: targetRecall,

@@ -178,6 +178,11 @@ int ew_faiss_kernel_supported(const char *name);
    "Zen", ...; static string); "" when the process's BLAS is not OpenBLAS. */
 const char *ew_faiss_blas_core(void);
 
+/* The OpenBLAS core family whose kernels this CPU runs and our tests check: "SkylakeX"
+   (AVX-512 F/CD/BW/DQ/VL), "Haswell" (AVX2 + FMA), or "" (neither). For choosing
+   OPENBLAS_CORETYPE when OpenBLAS itself falls back to its generic kernels (static string). */
+const char *ew_faiss_blas_core_for_cpu(void);
+
 /* Distances from one query x (dim floats, borrowed) to each of ny vectors y (ny*dim floats,
    borrowed) with the kernel in force: squared L2 or inner product. out: ny floats, caller-owned. */
 int ew_faiss_distances(int metric, const float *x, const float *y, int64_t ny, int64_t dim, float *out,
