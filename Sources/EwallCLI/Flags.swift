@@ -32,7 +32,7 @@ public struct ModelFlags: ParsableArguments {
 
     @Option(name: .long, help: ArgumentHelp(
         "Where the model runs: cpu, cuda, cuda:N, or auto.",
-        discussion: "auto: CUDA device 0 when the loaded libtorch has CUDA and a device is present, else the CPU. Debian's libtorch is CPU-only; build against a CUDA libtorch for a GPU (README, \"GPU\")."))
+        discussion: "auto: CUDA device 0 when the torch backend's libtorch has CUDA and a device is present, else the CPU. The backend (libewall_torch.so) is loaded with the model, from beside this executable or $EWALL_TORCH_BACKEND; the default one is built against Debian's CPU-only libtorch, `make build LIBTORCH=/path` builds one against a CUDA libtorch (README, \"Bring your own libtorch\")."))
     public var device: ComputeDevice = .auto
 
     public var resolvedModel: String {
