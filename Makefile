@@ -23,7 +23,7 @@ APT_PACKAGES := libtorch-dev libfaiss-dev libopenblas-dev libturbojpeg0-dev libp
                 mate-backgrounds plasma-workspace-wallpapers
 DEPS_STAMP := .build/.deps-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 
-.PHONY: help deps build torch-backend model samples fixtures test demo bench clean serve gpu-bundle
+.PHONY: help deps build torch-backend model samples fixtures test demo bench bench-1m clean serve gpu-bundle
 
 help:
 	@echo "make demo     install deps, build (release), make the model, run ewall-embed over the sample photos served"
@@ -31,7 +31,9 @@ help:
 	@echo "make test     install deps, make model and fixtures, run all tests"
 	@echo "make bench    benchmarks vs the Python reference (bench/out/): model, decode, real photos, the job, the shared-job"
 	@echo "              queue (PostgreSQL), FAISS index, classifier,"
-	@echo "              ewall-serve under wrk load, the Redis cache warm vs cold, FAISS kernels vs Python faiss"
+	@echo "              ewall-serve under wrk load, the Redis cache warm vs cold, FAISS kernels vs Python faiss,"
+	@echo "              index kinds at 100,000 products (IVF-Flat, IVF-SQ8 + re-ranking: size, build, served p99, recall)"
+	@echo "make bench-1m the index kinds at 1,000,000 products (about 45 min; needs ~50 GB of disk under /tmp)"
 	@echo "make serve    after make demo: ewall-serve on http://127.0.0.1:8080 over the demo store and index"
 	@echo "make deps     apt-get install the Debian packages listed in APT_PACKAGES (root or sudo)"
 	@echo "make model    export $(MODEL): pretrained if the weights download, else random-init (loud warning)"
@@ -214,6 +216,13 @@ bench: build model
 	    --rebuild .build/release/rebuild-faiss-index --model $(MODEL) --out bench/out
 	$(PY) bench/redis_bench.py --serve .build/release/ewall-serve --ewall-bench .build/release/ewall-bench \
 	    --model $(MODEL) --out bench/out
+	$(PY) bench/index_scale_bench.py --rebuild .build/release/rebuild-faiss-index --serve .build/release/ewall-serve \
+	    --ewall-bench .build/release/ewall-bench --model $(MODEL) --count 100000 --kinds auto,sq8 --out bench/out
+
+# The index kinds at 10^6 (bench/index_scale_bench.py; README "Choosing an index" quotes it).
+bench-1m: build model
+	$(PY) bench/index_scale_bench.py --rebuild .build/release/rebuild-faiss-index --serve .build/release/ewall-serve \
+	    --ewall-bench .build/release/ewall-bench --model $(MODEL) --count 1000000 --kinds auto,sq8 --out bench/out
 
 clean:
 	rm -rf .build/release .build/debug $(FIX) data/samples data/demo bench/out

@@ -105,6 +105,10 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .long, help: "Do not serve POST /admin/reload-index.")
     var noAdmin = false
 
+    @Flag(name: .long, help: ArgumentHelp("Map the index's IVF lists from its file instead of loading them.",
+                                          discussion: "The kernel pages lists in as searches touch them: an index larger than RAM can serve, cold lists cost disk reads. Compressed kinds' exact vectors (vectors.f32) are always mapped."))
+    var mmapIndex = false
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         guard maxBatchWaitMs >= 0 && maxBatchWaitMs <= 1000 else { throw ValidationError("--max-batch-wait-ms must be 0...1000") }
@@ -135,6 +139,7 @@ struct Serve: AsyncParsableCommand {
             indexWatchInterval: watchSeconds > 0 ? .milliseconds(Int(watchSeconds * 1000)) : nil)
         config.redis = try redisFlags.configuration()
         config.device = model.device
+        config.indexMemoryMapped = mmapIndex
         config.limits = .init(maxImageBytes: maxImageBytes, maxImagePixels: maxPixels, maxBatchSize: model.batchSize,
                               maxBatchWait: .milliseconds(maxBatchWaitMs), maxQueuedImages: maxQueue)
         let registry = PrometheusCollectorRegistry()

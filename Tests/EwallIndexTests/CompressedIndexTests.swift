@@ -142,6 +142,21 @@ struct CompressedIndexTests {
         #expect(throws: IndexError.self) { try IndexPlan.auto(count: 10_000_000, dimension: 2048, maxMemory: 100 << 20) }
     }
 
+    @Test("A memory-mapped IVF index (ewall-serve --mmap-index) answers exactly as a loaded one", arguments: ["IVF60,Flat", "IVF60,SQ8"])
+    func memoryMapped(factory: String) async throws {
+        let (store, _) = try await Catalogue.store(Self.data, category: Self.category, inStock: Self.inStock)
+        defer { Task { await store.close() } }
+        let folder = Catalogue.folder()
+        _ = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, index: factory))
+        let loaded = try await ProductSearch.open(folder: folder, store: store)
+        let mapped = try await ProductSearch.open(folder: folder, store: store, memoryMapped: true)
+        for row in stride(from: 1, to: 6000, by: 301) {
+            let a = try await loaded.similar(to: Catalogue.pid(row), query: SimilarQuery(minSimilarity: 0))
+            let b = try await mapped.similar(to: Catalogue.pid(row), query: SimilarQuery(minSimilarity: 0))
+            #expect(a.results == b.results && a.nprobe == b.nprobe, "\(factory) row \(row)")
+        }
+    }
+
     @Test("--incremental on a re-ranked index does a full rebuild and says why")
     func incrementalRefine() async throws {
         let (store, _) = try await Catalogue.store(Self.data)

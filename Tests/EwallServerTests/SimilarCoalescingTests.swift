@@ -10,11 +10,12 @@ import Testing
 /// request gets alone, and a lone request runs at once in a batch of one.
 @Suite("EwallService: coalesced similar searches", .serialized)
 struct SimilarCoalescingTests {
-    static func service() async throws -> (EwallService, PrometheusCollectorRegistry) {
+    static func service(memoryMapped: Bool = false) async throws -> (EwallService, PrometheusCollectorRegistry) {
         let dir = try await PhotoCatalogue.shared.value.copy()
-        let c = EwallConfiguration(modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
+        var c = EwallConfiguration(modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
                                    indexPath: dir.appendingPathComponent("faiss").path,
                                    rulesPath: Fixtures.path("data/category_rules.json"), indexWatchInterval: nil)
+        c.indexMemoryMapped = memoryMapped
         let registry = PrometheusCollectorRegistry()
         let service = try await EwallService(configuration: c, metrics: PrometheusMetricsFactory.forEwall(registry: registry))
         return (service, registry)
@@ -65,6 +66,19 @@ struct SimilarCoalescingTests {
         let c = Self.batchSizes(registry)
         #expect(c.count == 5 && c.sum == 5)
         await service.shutdown()
+    }
+
+    @Test("indexMemoryMapped (ewall-serve --mmap-index) opens the index mapped and answers the same")
+    func memoryMappedService() async throws {
+        let (plain, _) = try await Self.service()
+        let (mapped, _) = try await Self.service(memoryMapped: true)
+        for (id, q) in Self.queries().prefix(12) {
+            let a = try await plain.similar(productID: id, query: q)
+            let b = try await mapped.similar(productID: id, query: q)
+            #expect(Self.same(a, b), "\(id)")
+        }
+        await plain.shutdown()
+        await mapped.shutdown()
     }
 
     @Test("Concurrent similar requests (different products, k, category and stock rules, unknown ids) get exactly their one-at-a-time answers")

@@ -45,6 +45,10 @@ public struct EwallConfiguration: Sendable {
     /// How often the index folder is checked for a newer index (default every 2 s); `nil`: only
     /// ``EwallService/reloadIndex()`` reloads it.
     public var indexWatchInterval: Duration?
+    /// Map the index's IVF lists from its file instead of loading them (default `false`): the
+    /// kernel pages lists in as searches touch them, so an index larger than RAM can serve, at
+    /// the cost of disk reads on cold lists. Other kinds load fully either way.
+    public var indexMemoryMapped = false
     /// The rules product ids, image URLs, titles, brands and categories must meet (valid
     /// UTF-8, no control characters but tab, LF and CR in text, byte limits; ``InputRules`` by
     /// default). A value that breaks one is refused with `invalid_input` and the reason, never

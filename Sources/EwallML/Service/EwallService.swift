@@ -372,7 +372,7 @@ public final class EwallService: Service, Sendable {
         let folder = IndexFolder(path: configuration.indexPath)
         let search: ProductSearch
         do {
-            search = try await Self.openConsistently(folder: folder, store: store)
+            search = try await Self.openConsistently(folder: folder, store: store, memoryMapped: configuration.indexMemoryMapped)
         } catch {
             reloadFailures.increment()
             let e = Self.mapped(error)
@@ -400,11 +400,11 @@ public final class EwallService: Service, Sendable {
 
     /// Opens the folder, then checks that its manifest did not change while the files were read
     /// (a rebuild publishing at that moment); if it did, reads again.
-    private static func openConsistently(folder: IndexFolder, store: any EmbeddingStore) async throws -> ProductSearch {
+    private static func openConsistently(folder: IndexFolder, store: any EmbeddingStore, memoryMapped: Bool) async throws -> ProductSearch {
         var attempt = 0
         while true {
             attempt += 1
-            let search = try await ProductSearch.open(folder: folder, store: store)
+            let search = try await ProductSearch.open(folder: folder, store: store, memoryMapped: memoryMapped)
             if attempt >= 3 || (try? folder.manifest()) == search.manifest { return search }
         }
     }
