@@ -36,6 +36,9 @@ public struct EwallConfiguration: Sendable {
     /// Where the model runs (default `auto`: CUDA when the loaded libtorch has it and a device
     /// is present, else the CPU).
     public var device: ComputeDevice = .auto
+    /// Where `precision: .auto` caches its measured choice (per model sha256, CPU model and
+    /// thread count); `nil`, the default: no cache, so every start times both precisions.
+    public var precisionCachePath: String?
     /// Sizes, batching and queue limits.
     public var limits: Limits
     /// The address check for caller-supplied image URLs. The default refuses loopback, private,
@@ -116,7 +119,7 @@ public struct EwallConfiguration: Sendable {
     var embedder: EmbedderConfiguration {
         EmbedderConfiguration(
             model: ModelOptions(path: modelPath, precision: precision, threads: threads, batchSize: limits.maxBatchSize,
-                                device: device),
+                                precisionCachePath: precisionCachePath, device: device),
             preprocessing: preprocessing,
             limits: ImageLimits(maxPixels: limits.maxImagePixels, maxBytes: limits.maxImageBytes),
             decodeThreads: limits.decodeThreads)
