@@ -64,26 +64,15 @@ struct Similar: AsyncParsableCommand {
 
     func run() async throws {
         bootstrapLogging()
-        let store = try await database.open()
-        defer { Task { await store.close() } }
         let folder = resolvedIndexFolder(index)
-        let search: ProductSearch
-        do { search = try await ProductSearch.open(folder: folder, store: store) } catch {
-            throw fail((error as? IndexError)?.message ?? (error as? StoreError)?.message ?? "\(error)")
-        }
-        for w in search.warnings { FileHandle.standardError.write(Data("ewall: warning: \(w)\n".utf8)) }
-        if let card = try? ModelCard.load(forModel: modelFlags.resolvedModel), card.modelID == search.manifest.modelID,
-           !card.pretrained {
-            FileHandle.standardError.write(Data(("ewall: warning: the index holds vectors of a RANDOM-INIT model (\(card.modelID)): "
-                + "these neighbours carry no meaning\n").utf8))
-        }
         let query = SimilarQuery(k: k, minSimilarity: minSimilarity, sameCategory: !anyCategory, inStockOnly: !includeOutOfStock)
         let answer: SimilarAnswer
+        let indexed: Indexed
         do {
             if let image {
-                answer = try await byImage(image, search: search, store: store, query: query)
+                (answer, indexed) = try await byImage(image, folder: folder, query: query)
             } else {
-                answer = try await search.similar(to: productID!, query: query)
+                (answer, indexed) = try await byProduct(productID!, folder: folder, query: query)
             }
         } catch let e as IndexError {
             FileHandle.standardError.write(Data("ewall: error: \(e.message)\n".utf8))
@@ -94,68 +83,116 @@ struct Similar: AsyncParsableCommand {
             enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             FileHandle.standardOutput.write(try enc.encode(answer) + Data("\n".utf8))
         } else {
-            print(render(answer, search: search))
+            print(render(answer, indexed: indexed))
         }
     }
 
-    private func byImage(_ image: String, search: ProductSearch, store: any EmbeddingStore,
-                         query: SimilarQuery) async throws -> SimilarAnswer {
-        let m = search.manifest
-        let embedder: ImageEmbedder
-        do {
-            embedder = try ImageEmbedder(configuration: EmbedderConfiguration(
-                model: modelFlags.options(), preprocessing: PreprocessingMode(rawValue: m.preprocessing) ?? .squash224))
-        } catch { throw fail(error.message) }
-        guard embedder.modelID == m.modelID else {
-            throw fail("the index was built from model \(m.modelID), --model is \(embedder.modelID): their vectors cannot be compared")
+    /// What answered: the index's size and FAISS factory, for the table's first line.
+    private typealias Indexed = (count: Int, factory: String)
+
+    /// By the product's stored vector: the index and store alone, no model.
+    private func byProduct(_ id: String, folder: IndexFolder, query: SimilarQuery) async throws -> (SimilarAnswer, Indexed) {
+        let store = try await database.open()
+        defer { Task { await store.close() } }
+        let search: ProductSearch
+        do { search = try await ProductSearch.open(folder: folder, store: store) } catch {
+            throw fail((error as? IndexError)?.message ?? (error as? StoreError)?.message ?? "\(error)")
         }
-        let bytes: [UInt8]
+        for w in search.warnings { FileHandle.standardError.write(Data("ewall: warning: \(w)\n".utf8)) }
+        warnIfRandomInit(indexModelID: search.manifest.modelID)
+        return (try await search.similar(to: id, query: query), (search.count, search.manifest.factory))
+    }
+
+    /// By an image: an ``EwallService`` (model, store, index, Redis cache) answers, as it does
+    /// for ewall-serve. A file is read here; an http(s) URL is fetched by the service.
+    private func byImage(_ image: String, folder: IndexFolder, query: SimilarQuery) async throws -> (SimilarAnswer, Indexed) {
+        let manifest: IndexManifest
+        do { manifest = try folder.manifest() } catch { throw fail((error as? IndexError)?.message ?? "\(error)") }
+        warnIfRandomInit(indexModelID: manifest.modelID)
+        let limits = ImageLimits()
+        let source: ImageSource
         if image.hasPrefix("http://") || image.hasPrefix("https://") {
-            let fetcher = ImageFetcher()
-            let fetched = await fetcher.fetch(image)
-            try? await fetcher.shutdown()
-            switch fetched {
-            case .success(let f): bytes = f.bytes
-            case .failure(let e): throw fail("cannot fetch \(image): \(e.code): \(e.message)")
-            }
+            source = .url(image)
         } else {
-            switch ImageFetcher.readFile(image, maxBytes: ImageLimits().maxBytes) {
-            case .success(let b): bytes = b
+            switch ImageFetcher.readFile(image, maxBytes: limits.maxBytes) {
+            case .success(let b): source = .bytes(b)
             case .failure(let e): throw fail("cannot read \(image): \(e.message)")
             }
         }
-        // With --redis: the vector of these bytes under this model key, if any process made it.
-        let cache = try redisFlags.configuration().map { r in
-            EmbeddingCache(client: RedisClient(location: r.location, timeout: r.timeout, connections: 1),
-                           key: ModelKey(modelID: embedder.modelID, preprocessing: embedder.preprocessingID),
-                           dimension: embedder.dimension, ttl: r.cacheTTL)
-        }
-        let sha = ImageFetcher.sha256(bytes)
-        let vector: [Float]
-        if let cache, let hit = await cache.lookup(sha256: sha) {
-            vector = hit.vector
-        } else {
-            guard let outcome = await embedder.embed(images: [bytes], labels: [image]).first else { throw fail("no outcome") }
-            switch outcome.result {
-            case .success(let e):
-                vector = e.vector
-                await cache?.store([CachedEmbedding(vector: e.vector, imageSHA256: sha, format: e.image.format,
-                                                    width: e.image.width, height: e.image.height)])
-            case .failure(let f): throw fail("\(image): \(f.code): \(f.message)")
-            }
-        }
-        await cache?.client.close()
+        // A PRODUCT_ID given too supplies the category and is excluded.
         var category = self.category
         if let productID {
-            guard let p = try await store.product(id: productID) else { throw IndexError(.unknownProduct, "unknown product \(productID)") }
-            category = category ?? p.category
+            let store = try await database.open()
+            let product: Product?
+            do { product = try await store.product(id: productID) } catch {
+                await store.close()
+                throw fail((error as? StoreError)?.message ?? "\(error)")
+            }
+            await store.close()
+            guard let product else { throw IndexError(.unknownProduct, "unknown product \(productID)") }
+            category = category ?? product.category
         }
-        return try search.similar(vector: vector, category: category, excluding: productID, query: query)
+        let model = modelFlags.options()
+        // No keyword rules (the CLI does not classify), no URL policy (the operator's own
+        // command may fetch from any host), no index watch; the image limits of the other commands.
+        var configuration = EwallConfiguration(
+            modelPath: model.path, storeURL: database.resolvedDB, indexPath: folder.path, rulesPath: nil,
+            preprocessing: PreprocessingMode(rawValue: manifest.preprocessing) ?? .squash224,
+            precision: model.precision, threads: model.threads,
+            limits: .init(maxImageBytes: limits.maxBytes, maxImagePixels: limits.maxPixels, maxBatchSize: model.batchSize),
+            urlPolicy: nil, indexWatchInterval: nil)
+        configuration.device = model.device
+        configuration.precisionCachePath = model.precisionCachePath
+        configuration.redis = try redisFlags.configuration().map { var r = $0; r.connections = 1; return r }
+        let service: EwallService
+        do {
+            service = try await EwallService(configuration: configuration, logger: Logger(label: "ewall"))
+        } catch {
+            throw fail(error.message)
+        }
+        let status = service.indexStatus
+        guard status.loaded else {
+            await service.shutdown()
+            throw fail(status.problem ?? "no index at \(folder.path): run rebuild-faiss-index")
+        }
+        do throws(EwallError) {
+            let answer = try await service.similar(image: source, category: category, excluding: productID, query: query)
+            await service.shutdown()
+            return (answer, (status.count, status.factory ?? manifest.factory))
+        } catch {
+            await service.shutdown()
+            throw fail(message(for: error, image: image, source: source, indexModelID: manifest.modelID, modelID: service.modelID))
+        }
     }
 
-    private func render(_ a: SimilarAnswer, search: ProductSearch) -> String {
+    /// The service's error, worded as this command has always worded it.
+    private func message(for e: EwallError, image: String, source: ImageSource, indexModelID: String, modelID: String) -> String {
+        let isURL = if case .url = source { true } else { false }
+        switch e.code {
+        case "model_mismatch" where modelID != indexModelID:
+            return "the index was built from model \(indexModelID), --model is \(modelID): their vectors cannot be compared"
+        case FailureClass.blockedURL where isURL, FailureClass.invalidURL where isURL:
+            return "cannot fetch \(image): \(e.code): \(e.message)"
+        case FailureClass.tooLarge where isURL && e.message.hasPrefix("\(image): "):
+            return "cannot fetch \(image): \(e.code): \(e.message.dropFirst(image.count + 2))"
+        case "fetch_failed", "internal", "index_error", "classifier_error":
+            return e.message
+        default:
+            // The image's own failure (decode, preprocess, forward pass).
+            return e.kind == .unprocessable || e.kind == .internal ? "\(image): \(e.code): \(e.message)" : e.message
+        }
+    }
+
+    private func warnIfRandomInit(indexModelID: String) {
+        if let card = try? ModelCard.load(forModel: modelFlags.resolvedModel), card.modelID == indexModelID, !card.pretrained {
+            FileHandle.standardError.write(Data(("ewall: warning: the index holds vectors of a RANDOM-INIT model (\(card.modelID)): "
+                + "these neighbours carry no meaning\n").utf8))
+        }
+    }
+
+    private func render(_ a: SimilarAnswer, indexed: Indexed) -> String {
         var out = "similar to \(a.query ?? image ?? "?")" + (a.category.map { " (category \($0))" } ?? "")
-            + ": \(a.results.count) of k=\(k), from \(search.count) indexed (\(search.manifest.factory))\n"
+            + ": \(a.results.count) of k=\(k), from \(indexed.count) indexed (\(indexed.factory))\n"
         if !a.results.isEmpty {
             out += "  #   similarity  cosine  distance  category      stock  product / title\n"
             for (i, r) in a.results.enumerated() {

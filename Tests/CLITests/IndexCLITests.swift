@@ -31,8 +31,8 @@ struct IndexCLITests {
     static let key = ModelKey(modelID: "synthetic@cli", preprocessing: "squash224")
 
     /// 600 products in 3 categories by cluster; every 4th out of stock.
-    func catalogue() async throws -> (db: String, dir: URL) {
-        let data = SyntheticVectors(count: 600, dimension: 32, clusters: 30, seed: 12)
+    func catalogue(key: ModelKey = Self.key, dimension: Int = 32) async throws -> (db: String, dir: URL) {
+        let data = SyntheticVectors(count: 600, dimension: dimension, clusters: 30, seed: 12)
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-index-cli-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let db = "sqlite:\(dir.path)/store.sqlite"
@@ -41,7 +41,7 @@ struct IndexCLITests {
             Product(id: String(format: "p%04d", $0), title: "item \($0)", category: "cat\(data.cluster[$0] % 3)", inStock: $0 % 4 != 0)
         }, source: .manifest)
         try await store.write(WriteBatch(embeddings: (0..<600).map {
-            StoredEmbedding(productID: String(format: "p%04d", $0), imageURL: "u\($0)", key: Self.key, vector: data.row($0))
+            StoredEmbedding(productID: String(format: "p%04d", $0), imageURL: "u\($0)", key: key, vector: data.row($0))
         }))
         await store.close()
         return (db, dir)
@@ -87,6 +87,39 @@ struct IndexCLITests {
         #expect(unknown.status == 1 && unknown.stderr.contains("unknown product nope"))
         let noIndex = try tool("ewall", ["similar", "p0001", "--index", dir.appendingPathComponent("none").path], env: env)
         #expect(noIndex.status == 2 && noIndex.stderr.contains("run rebuild-faiss-index"))
+    }
+
+    @Test("ewall similar --image: embedded by the service; PRODUCT_ID gives the category and is excluded; an unknown product exits 1; an index of another model exits 2")
+    func byImage() async throws {
+        let card = try #require(try ModelCard.load(forModel: Fixtures.model))
+        let photo = Fixtures.image("baseline_600x400.jpg")
+        let (db, dir) = try await catalogue(key: ModelKey(modelID: card.modelID, preprocessing: "squash224"), dimension: 2048)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let env = ["EWALL_DB": db, "EWALL_INDEX": dir.appendingPathComponent("faiss").path]
+        let built = try tool("rebuild-faiss-index", [], env: env)
+        #expect(built.status == 0, "\(built.stderr)")
+        let model = ["--model", Fixtures.model, "--batch-size", "1", "--threads", "1"]
+
+        let a = try tool("ewall", ["similar", "p0001", "--image", photo, "--json", "--min-similarity", "0", "--k", "5"] + model, env: env)
+        #expect(a.status == 0, "\(a.stderr)")
+        let answer = try JSONSerialization.jsonObject(with: Data(a.stdout.utf8)) as! [String: Any]
+        let results = try #require(answer["results"] as? [[String: Any]])
+        #expect(results.count == 5 && answer["category"] as? String != nil)
+        #expect(results.allSatisfy { $0["product_id"] as? String != "p0001" && $0["category"] as? String == answer["category"] as? String })
+        if !card.pretrained { #expect(a.stderr.contains("RANDOM-INIT")) }
+
+        let unknown = try tool("ewall", ["similar", "nope", "--image", photo] + model, env: env)
+        #expect(unknown.status == 1 && unknown.stderr.contains("unknown product nope"), "\(unknown.stderr)")
+        let missing = try tool("ewall", ["similar", "--image", dir.appendingPathComponent("none.jpg").path] + model, env: env)
+        #expect(missing.status == 2 && missing.stderr.contains("cannot read"), "\(missing.stderr)")
+
+        let (otherDB, otherDir) = try await catalogue()
+        defer { try? FileManager.default.removeItem(at: otherDir) }
+        let otherEnv = ["EWALL_DB": otherDB, "EWALL_INDEX": otherDir.appendingPathComponent("faiss").path]
+        #expect(try tool("rebuild-faiss-index", [], env: otherEnv).status == 0)
+        let mismatch = try tool("ewall", ["similar", "--image", photo, "--category", "cat0"] + model, env: otherEnv)
+        #expect(mismatch.status == 2, "\(mismatch.stderr)")
+        #expect(mismatch.stderr.contains("the index was built from model synthetic@cli, --model is \(card.modelID)"), "\(mismatch.stderr)")
     }
 
     @Test("A rebuild while another holds the lock exits 2 and says who holds it; the index stays as it was")
