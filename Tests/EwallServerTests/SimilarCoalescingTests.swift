@@ -1,6 +1,7 @@
 import EwallIndex
 import EwallML
 import EwallServer
+import EwallStore
 import EwallTestSupport
 import Foundation
 import Prometheus
@@ -68,16 +69,17 @@ struct SimilarCoalescingTests {
         await service.shutdown()
     }
 
-    @Test("indexMemoryMapped (ewall-serve --mmap-index) opens the index mapped and answers the same")
+    @Test("indexMemoryMapped (ewall-serve --mmap-index) opens the index mapped and answers as the index opened plainly")
     func memoryMappedService() async throws {
-        let (plain, _) = try await Self.service()
         let (mapped, _) = try await Self.service(memoryMapped: true)
+        let store = try await StoreLocation(parsing: mapped.configuration.storeURL).open()
+        let plain = try await ProductSearch.open(folder: IndexFolder(path: mapped.configuration.indexPath), store: store)
         for (id, q) in Self.queries().prefix(12) {
-            let a = try await plain.similar(productID: id, query: q)
+            let a = try await plain.similar(to: id, query: q)
             let b = try await mapped.similar(productID: id, query: q)
             #expect(Self.same(a, b), "\(id)")
         }
-        await plain.shutdown()
+        await store.close()
         await mapped.shutdown()
     }
 
