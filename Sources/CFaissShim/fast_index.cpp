@@ -11,6 +11,7 @@
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexScalarQuantizer.h>
 #include <faiss/IndexPreTransform.h>
 #include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/DistanceComputer.h>
@@ -101,6 +102,86 @@ struct FastIVFFlat : faiss::IndexIVFFlat {
             return new FlatListScanner<false, false>(d, storePairs, sel, k);
         }
         return faiss::IndexIVFFlat::get_InvertedListScanner(storePairs, sel);
+    }
+};
+
+// ---- IVF-SQ8 (8-bit per dimension, L2): FAISS's IVFSQScannerL2 with our kernel.
+//
+// FAISS decodes component i of a code as vmin_i + (c_i + 0.5) / 255 * vdiff_i and sums
+// (r_i - that)^2 one float at a time (r: the query, minus the list's centroid when the index
+// encodes residuals). Per list we precompute a_i = r_i - vmin_i - 0.5 * vdiff_i / 255 and
+// b_i = vdiff_i / 255, so a code costs sum (a_i - c_i b_i)^2: the same value up to rounding.
+
+template <bool useSel>
+struct SQ8ListScanner : faiss::InvertedListScanner {
+    size_t d;
+    const float *vmin, *vdiff;
+    const faiss::Index *quantizer;  // null: codes are of the vectors themselves
+    CodeDistanceFn dis;
+    const float *q = nullptr;
+    std::vector<float> r, a, b;
+
+    SQ8ListScanner(size_t d, const std::vector<float> &trained, const faiss::Index *quantizer, bool storePairs,
+                   const faiss::IDSelector *sel, const Kernels &k)
+            : InvertedListScanner(storePairs, sel), d(d), vmin(trained.data()), vdiff(trained.data() + d),
+              quantizer(quantizer), dis(k.sq8l2), r(d), a(d), b(d) {
+        code_size = d;
+        for (size_t i = 0; i < d; i++) b[i] = vdiff[i] / 255.0f;
+    }
+
+    void set_query(const float *x) override {
+        q = x;
+        if (!quantizer) prepare(x);
+    }
+    void set_list(idx_t list, float) override {
+        list_no = list;
+        if (quantizer) {
+            quantizer->compute_residual(q, r.data(), list);
+            prepare(r.data());
+        }
+    }
+    void prepare(const float *x) {
+        for (size_t i = 0; i < d; i++) a[i] = x[i] - vmin[i] - 0.5f * b[i];
+    }
+    float distance_to_code(const uint8_t *code) const override { return dis(a.data(), b.data(), code, d); }
+
+    size_t scan_codes(size_t n, const uint8_t *codes, const idx_t *ids, float *simi, idx_t *idxi,
+                      size_t k) const override {
+        using C = faiss::CMax<float, idx_t>;
+        size_t updates = 0;
+        for (size_t j = 0; j < n; j++, codes += d) {
+            if (useSel && !sel->is_member(ids[j])) continue;
+            float v = dis(a.data(), b.data(), codes, d);
+            if (C::cmp(simi[0], v)) {
+                idx_t id = store_pairs ? idx_t(faiss::lo_build(list_no, j)) : ids[j];
+                faiss::heap_replace_top<C>(k, simi, idxi, v, id);
+                updates++;
+            }
+        }
+        return updates;
+    }
+
+    void scan_codes_range(size_t n, const uint8_t *codes, const idx_t *ids, float radius,
+                          faiss::RangeQueryResult &res) const override {
+        for (size_t j = 0; j < n; j++, codes += d) {
+            if (useSel && !sel->is_member(ids[j])) continue;
+            float v = dis(a.data(), b.data(), codes, d);
+            if (v < radius) res.add(v, store_pairs ? idx_t(faiss::lo_build(list_no, j)) : ids[j]);
+        }
+    }
+};
+
+struct FastIVFSQ8 : faiss::IndexIVFScalarQuantizer {
+    explicit FastIVFSQ8(const faiss::IndexIVFScalarQuantizer &o) : faiss::IndexIVFScalarQuantizer(o) {}
+
+    faiss::InvertedListScanner *get_InvertedListScanner(bool storePairs, const faiss::IDSelector *sel) const override {
+        const Kernels &k = kernels();
+        if (k.stock || metric_type != faiss::METRIC_L2 || sq.qtype != faiss::ScalarQuantizer::QT_8bit ||
+            sq.trained.size() != 2 * size_t(d))
+            return faiss::IndexIVFScalarQuantizer::get_InvertedListScanner(storePairs, sel);
+        const faiss::Index *q = by_residual ? quantizer : nullptr;
+        if (sel) return new SQ8ListScanner<true>(d, sq.trained, q, storePairs, sel, k);
+        return new SQ8ListScanner<false>(d, sq.trained, q, storePairs, sel, k);
     }
 };
 
@@ -348,6 +429,17 @@ faiss::Index *accelerate(faiss::Index *index) {
     }
     if (auto ivf = dynamic_cast<faiss::IndexIVF *>(index)) {
         if (ivf->own_fields) ivf->quantizer = accelerate(ivf->quantizer);
+        if (typeid(*ivf) == typeid(faiss::IndexIVFScalarQuantizer)) {
+            auto old = static_cast<faiss::IndexIVFScalarQuantizer *>(ivf);
+            faiss::DirectMap map = std::move(old->direct_map);
+            old->direct_map = faiss::DirectMap();
+            auto fast = new FastIVFSQ8(*old);
+            fast->direct_map = std::move(map);
+            old->own_fields = false;
+            old->own_invlists = false;
+            delete old;
+            return fast;
+        }
         if (typeid(*ivf) != typeid(faiss::IndexIVFFlat)) return index;
         auto old = static_cast<faiss::IndexIVFFlat *>(ivf);
         // Copy everything but the direct map (moved) and the lists and quantizer (handed over).

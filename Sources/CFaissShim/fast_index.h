@@ -4,10 +4,13 @@
 // are computed, through FAISS's own extension points:
 //   - FastIVFFlat (an IndexIVFFlat): get_InvertedListScanner returns a scanner with our
 //     kernels; IndexIVF::search / search_preassigned (stock) drive it.
+//   - FastIVFSQ8 (an IndexIVFScalarQuantizer): for 8-bit codes and L2, a scanner that widens
+//     codes to float in registers (FAISS's baseline build decodes them one at a time).
 //   - FastFlat<IndexFlatL2|IndexFlatIP>: search of fewer than 20 queries (FAISS's own BLAS
 //     threshold; more go to BLAS as before) or with a selector, and the distance computer
 //     HNSW uses on its storage.
-// They are written by FAISS's write_index as the base types (IndexIVFFlat, IndexFlat), so
+// They are written by FAISS's write_index as the base types (IndexIVFFlat, IndexIVFScalarQuantizer,
+// IndexFlat), so
 // files stay stock FAISS files. With the "faiss" kernel in force every override calls the
 // base class: FAISS's own code, for comparison.
 #ifndef EW_FAISS_FAST_INDEX_H
@@ -20,7 +23,7 @@
 
 namespace ew {
 
-// Replaces, in the tree under `index`, every IndexIVFFlat and every IndexFlat (IVF coarse
+// Replaces, in the tree under `index`, every IndexIVFFlat, IndexIVFScalarQuantizer and IndexFlat (IVF coarse
 // quantizer, IDMap's wrapped index, HNSW storage) that its parent owns by the fast subclass,
 // moving the data (no copy of vectors or lists). Takes ownership of `index`; returns the
 // index to use instead (maybe the same pointer). Anything else is left as it is.

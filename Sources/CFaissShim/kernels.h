@@ -8,16 +8,21 @@
 #define EW_FAISS_KERNELS_H
 
 #include <cstddef>
+#include <cstdint>
 
 namespace ew {
 
 using DistanceFn = float (*)(const float *x, const float *y, size_t d);
+// sum (a_i - c_i b_i)^2 over 8-bit codes c: an SQ8 code's squared L2 distance to a query,
+// with a and b precomputed per query and list (see FastIVFSQ8 in fast_index.cpp).
+using CodeDistanceFn = float (*)(const float *a, const float *b, const uint8_t *c, size_t d);
 
 struct Kernels {
-    const char *name;  // "avx512", "avx2", "scalar" or "faiss"
-    DistanceFn l2sqr;  // sum (x_i - y_i)^2
-    DistanceFn inner;  // sum x_i y_i
-    bool stock;        // "faiss": FAISS's own functions, and the fast indexes run FAISS's code
+    const char *name;       // "avx512", "avx2", "scalar" or "faiss"
+    DistanceFn l2sqr;       // sum (x_i - y_i)^2
+    DistanceFn inner;       // sum x_i y_i
+    CodeDistanceFn sq8l2;   // sum (a_i - c_i b_i)^2
+    bool stock;             // "faiss": FAISS's own functions, and the fast indexes run FAISS's code
 };
 
 // The kernels in force (one atomic load; any thread).
