@@ -42,34 +42,32 @@ namespace {
 template <bool IP>
 using Heap = typename std::conditional<IP, faiss::CMin<float, idx_t>, faiss::CMax<float, idx_t>>::type;
 
-// ---- IVF-Flat: FAISS's IVFFlatScanner with our kernel.
+// ---- The list scan both fast scanners share: FAISS's loop (filter, distance, heap) over codes
+// of `stride` bytes, with the distance from Derived::codeDistance.
 
-template <bool IP, bool useSel>
-struct FlatListScanner : faiss::InvertedListScanner {
-    using C = Heap<IP>;
-    size_t d;
-    DistanceFn dis;
-    const float *q = nullptr;
-
-    FlatListScanner(size_t d, bool storePairs, const faiss::IDSelector *sel, const Kernels &k)
-            : InvertedListScanner(storePairs, sel), d(d), dis(IP ? k.inner : k.l2sqr) {
-        code_size = d * sizeof(float);
+template <class Derived, class C, bool useSel>
+struct HeapListScanner : faiss::InvertedListScanner {
+    size_t stride;
+    HeapListScanner(size_t stride, bool storePairs, const faiss::IDSelector *sel)
+            : InvertedListScanner(storePairs, sel), stride(stride) {
+        code_size = stride;
     }
 
-    void set_query(const float *x) override { q = x; }
-    void set_list(idx_t list, float) override { list_no = list; }
-    float distance_to_code(const uint8_t *code) const override { return dis(q, (const float *)code, d); }
+    idx_t resultID(size_t j, const idx_t *ids) const { return store_pairs ? idx_t(faiss::lo_build(list_no, j)) : ids[j]; }
+
+    float distance_to_code(const uint8_t *code) const override {
+        return static_cast<const Derived *>(this)->codeDistance(code);
+    }
 
     size_t scan_codes(size_t n, const uint8_t *codes, const idx_t *ids, float *simi, idx_t *idxi,
                       size_t k) const override {
-        const float *y = (const float *)codes;
+        const Derived &self = *static_cast<const Derived *>(this);
         size_t updates = 0;
-        for (size_t j = 0; j < n; j++, y += d) {
+        for (size_t j = 0; j < n; j++, codes += stride) {
             if (useSel && !sel->is_member(ids[j])) continue;
-            float v = dis(q, y, d);
+            float v = self.codeDistance(codes);
             if (C::cmp(simi[0], v)) {
-                idx_t id = store_pairs ? idx_t(faiss::lo_build(list_no, j)) : ids[j];
-                faiss::heap_replace_top<C>(k, simi, idxi, v, id);
+                faiss::heap_replace_top<C>(k, simi, idxi, v, resultID(j, ids));
                 updates++;
             }
         }
@@ -78,13 +76,30 @@ struct FlatListScanner : faiss::InvertedListScanner {
 
     void scan_codes_range(size_t n, const uint8_t *codes, const idx_t *ids, float radius,
                           faiss::RangeQueryResult &res) const override {
-        const float *y = (const float *)codes;
-        for (size_t j = 0; j < n; j++, y += d) {
+        const Derived &self = *static_cast<const Derived *>(this);
+        for (size_t j = 0; j < n; j++, codes += stride) {
             if (useSel && !sel->is_member(ids[j])) continue;
-            float v = dis(q, y, d);
-            if (C::cmp(radius, v)) res.add(v, store_pairs ? idx_t(faiss::lo_build(list_no, j)) : ids[j]);
+            float v = self.codeDistance(codes);
+            if (C::cmp(radius, v)) res.add(v, resultID(j, ids));
         }
     }
+};
+
+// ---- IVF-Flat: FAISS's IVFFlatScanner with our kernel.
+
+template <bool IP, bool useSel>
+struct FlatListScanner : HeapListScanner<FlatListScanner<IP, useSel>, Heap<IP>, useSel> {
+    size_t d;
+    DistanceFn dis;
+    const float *q = nullptr;
+
+    FlatListScanner(size_t d, bool storePairs, const faiss::IDSelector *sel, const Kernels &k)
+            : HeapListScanner<FlatListScanner<IP, useSel>, Heap<IP>, useSel>(d * sizeof(float), storePairs, sel), d(d),
+              dis(IP ? k.inner : k.l2sqr) {}
+
+    void set_query(const float *x) override { q = x; }
+    void set_list(idx_t list, float) override { this->list_no = list; }
+    float codeDistance(const uint8_t *code) const { return dis(q, (const float *)code, d); }
 };
 
 struct FastIVFFlat : faiss::IndexIVFFlat {
@@ -113,7 +128,7 @@ struct FastIVFFlat : faiss::IndexIVFFlat {
 // b_i = vdiff_i / 255, so a code costs sum (a_i - c_i b_i)^2: the same value up to rounding.
 
 template <bool useSel>
-struct SQ8ListScanner : faiss::InvertedListScanner {
+struct SQ8ListScanner : HeapListScanner<SQ8ListScanner<useSel>, faiss::CMax<float, idx_t>, useSel> {
     size_t d;
     const float *vmin, *vdiff;
     const faiss::Index *quantizer;  // null: codes are of the vectors themselves
@@ -123,9 +138,8 @@ struct SQ8ListScanner : faiss::InvertedListScanner {
 
     SQ8ListScanner(size_t d, const std::vector<float> &trained, const faiss::Index *quantizer, bool storePairs,
                    const faiss::IDSelector *sel, const Kernels &k)
-            : InvertedListScanner(storePairs, sel), d(d), vmin(trained.data()), vdiff(trained.data() + d),
-              quantizer(quantizer), dis(k.sq8l2), r(d), a(d), b(d) {
-        code_size = d;
+            : HeapListScanner<SQ8ListScanner<useSel>, faiss::CMax<float, idx_t>, useSel>(d, storePairs, sel), d(d),
+              vmin(trained.data()), vdiff(trained.data() + d), quantizer(quantizer), dis(k.sq8l2), r(d), a(d), b(d) {
         for (size_t i = 0; i < d; i++) b[i] = vdiff[i] / 255.0f;
     }
 
@@ -134,7 +148,7 @@ struct SQ8ListScanner : faiss::InvertedListScanner {
         if (!quantizer) prepare(x);
     }
     void set_list(idx_t list, float) override {
-        list_no = list;
+        this->list_no = list;
         if (quantizer) {
             quantizer->compute_residual(q, r.data(), list);
             prepare(r.data());
@@ -143,32 +157,7 @@ struct SQ8ListScanner : faiss::InvertedListScanner {
     void prepare(const float *x) {
         for (size_t i = 0; i < d; i++) a[i] = x[i] - vmin[i] - 0.5f * b[i];
     }
-    float distance_to_code(const uint8_t *code) const override { return dis(a.data(), b.data(), code, d); }
-
-    size_t scan_codes(size_t n, const uint8_t *codes, const idx_t *ids, float *simi, idx_t *idxi,
-                      size_t k) const override {
-        using C = faiss::CMax<float, idx_t>;
-        size_t updates = 0;
-        for (size_t j = 0; j < n; j++, codes += d) {
-            if (useSel && !sel->is_member(ids[j])) continue;
-            float v = dis(a.data(), b.data(), codes, d);
-            if (C::cmp(simi[0], v)) {
-                idx_t id = store_pairs ? idx_t(faiss::lo_build(list_no, j)) : ids[j];
-                faiss::heap_replace_top<C>(k, simi, idxi, v, id);
-                updates++;
-            }
-        }
-        return updates;
-    }
-
-    void scan_codes_range(size_t n, const uint8_t *codes, const idx_t *ids, float radius,
-                          faiss::RangeQueryResult &res) const override {
-        for (size_t j = 0; j < n; j++, codes += d) {
-            if (useSel && !sel->is_member(ids[j])) continue;
-            float v = dis(a.data(), b.data(), codes, d);
-            if (v < radius) res.add(v, store_pairs ? idx_t(faiss::lo_build(list_no, j)) : ids[j]);
-        }
-    }
+    float codeDistance(const uint8_t *code) const { return dis(a.data(), b.data(), code, d); }
 };
 
 struct FastIVFSQ8 : faiss::IndexIVFScalarQuantizer {

@@ -36,8 +36,9 @@ struct RebuildFaissIndex: AsyncParsableCommand {
             its lists, an index that cannot remove, another model) it does a full rebuild and \
             says why.
 
-            Exit status: 0 built; 1 built, but the recall target was not met; 2 error (store, \
-            lock held, bad options); 130 interrupted.
+            Exit status: 0 built; 1 built (an index named with --index), but the recall target \
+            was not met; 2 error (store, lock held, bad options, --max-memory below the smallest \
+            index, or a compressed kind auto chose that misses the target); 130 interrupted.
             """)
 
     @OptionGroup var database: DatabaseFlags
