@@ -76,14 +76,12 @@ public final class ExactVectors: @unchecked Sendable {
         var err = ew_faiss_error()
         for (i, id) in ids.enumerated() {
             guard let r = row(id) else { throw IndexError(.notFound, "\(Self.fileName) has no row for id \(id)") }
-            var ip: Float = 0, sq: Float = 0
-            guard ew_faiss_distances(Int32(EW_FAISS_METRIC_IP), query, r, 1, Int64(dimension), &ip, &err) == 0,
-                  ew_faiss_distances(Int32(EW_FAISS_METRIC_L2), query, r, 1, Int64(dimension), &sq, &err) == 0 else {
+            // Three calls of the kernel in force: q·r, r·r and |q - r|².
+            guard ew_faiss_distances(Int32(EW_FAISS_METRIC_IP), query, r, 1, Int64(dimension), &dot[i], &err) == 0,
+                  ew_faiss_distances(Int32(EW_FAISS_METRIC_IP), r, r, 1, Int64(dimension), &norm2[i], &err) == 0,
+                  ew_faiss_distances(Int32(EW_FAISS_METRIC_L2), query, r, 1, Int64(dimension), &l2[i], &err) == 0 else {
                 throw IndexError(err)
             }
-            var n2: Float = 0
-            for j in 0..<dimension { n2 += r[j] * r[j] }
-            (dot[i], norm2[i], l2[i]) = (ip, n2, sq)
         }
         return (dot, norm2, l2)
     }

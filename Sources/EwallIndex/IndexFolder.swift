@@ -293,8 +293,13 @@ public struct IndexFolder: Sendable {
                 throw IndexError(.manifest, "\(path): the manifest re-ranks from \(refine.file), which is missing")
             }
             let e = try ExactVectors(fd: fd, dimension: manifest.dimension, path: "\(path)/\(refine.file)")
-            if let entry = manifest.files["vectors"], entry.bytes != Int64(e.rows * e.dimension * 4) {
-                throw IndexError(.manifest, "\(path)/\(refine.file) has \(e.rows * e.dimension * 4) bytes, the manifest says \(entry.bytes)")
+            if let entry = manifest.files["vectors"] {
+                guard entry.bytes == Int64(e.rows * e.dimension * 4) else {
+                    throw IndexError(.manifest, "\(path)/\(refine.file) has \(e.rows * e.dimension * 4) bytes, the manifest says \(entry.bytes)")
+                }
+                if verifyChecksums, try sha256Hex(file: "/proc/self/fd/\(fd)") != entry.sha256 {
+                    throw IndexError(.manifest, "\(path)/\(refine.file) does not match its checksum")
+                }
             }
             guard e.rows >= ids.capacity else {
                 throw IndexError(.manifest, "\(path)/\(refine.file) has \(e.rows) rows; the id map uses ids up to \(ids.capacity - 1)")

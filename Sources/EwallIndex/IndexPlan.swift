@@ -70,7 +70,6 @@ public struct IndexPlan: Sendable, Codable, Hashable {
     /// Throws when even the smallest product quantisation exceeds it, naming the budget it needs.
     public static func auto(count: Int, dimension: Int, maxMemory: Int64) throws -> IndexPlan {
         let flatBytes = bytes(count: count, codeBytes: dimension * 4)
-        let mib = sizeText
         if count < flatLimit && flatBytes <= maxMemory {
             return IndexPlan(factory: "Flat", approximate: false, trainingSize: 0,
                              reason: "\(count) vectors < \(flatLimit): exact search is fast enough and needs no tuning")
@@ -80,28 +79,28 @@ public struct IndexPlan: Sendable, Codable, Hashable {
         if flatBytes <= maxMemory {
             return IndexPlan(factory: "IVF\(nlist),Flat", approximate: true, trainingSize: training,
                              reason: "\(count) vectors: inverted lists (nlist \(nlist) ≈ 4·√N, ≥ \(minPointsPerList) points each) "
-                                 + "over exact vectors (\(mib(flatBytes)) fits --max-memory \(mib(maxMemory)))")
+                                 + "over exact vectors (\(sizeText(flatBytes)) fits --max-memory \(sizeText(maxMemory)))")
         }
         let sqBytes = bytes(count: count, codeBytes: dimension)
         if sqBytes <= maxMemory {
             let factory = "IVF\(nlist),SQ8"
             return IndexPlan(factory: factory, approximate: true, trainingSize: training,
-                             reason: "float vectors (\(mib(flatBytes))) exceed --max-memory \(mib(maxMemory)); "
-                                 + "8-bit scalar codes take \(mib(sqBytes)), re-ranked by exact vectors from vectors.f32",
+                             reason: "float vectors (\(sizeText(flatBytes))) exceed --max-memory \(sizeText(maxMemory)); "
+                                 + "8-bit scalar codes take \(sizeText(sqBytes)), re-ranked by exact vectors from vectors.f32",
                              refineFactor: refineFactor(for: factory))
         }
         // Product quantisation: the most sub-quantizers (of 8 bits) that fit and divide the dimension.
         let candidates = pqSizes(dimension: dimension)
         guard let m = candidates.first(where: { bytes(count: count, codeBytes: $0) <= maxMemory }) else {
             let smallest = candidates.last ?? 8
-            throw IndexError(.argument, "--max-memory \(mib(maxMemory)) is below the smallest index for \(count) vectors: "
-                             + "IVF\(nlist),PQ\(smallest) needs \(mib(bytes(count: count, codeBytes: smallest))) "
+            throw IndexError(.argument, "--max-memory \(sizeText(maxMemory)) is below the smallest index for \(count) vectors: "
+                             + "IVF\(nlist),PQ\(smallest) needs \(sizeText(bytes(count: count, codeBytes: smallest))) "
                              + "(\(smallest + 8) bytes per vector); raise --max-memory to at least that")
         }
         let factory = "IVF\(nlist),PQ\(m)x8np"
         return IndexPlan(factory: factory, approximate: true, trainingSize: max(training, min(count, 256 * 64)),
-                         reason: "even 8-bit codes (\(mib(sqBytes))) exceed --max-memory \(mib(maxMemory)); "
-                             + "product quantisation with \(m) bytes per vector (\(mib(bytes(count: count, codeBytes: m)))), "
+                         reason: "even 8-bit codes (\(sizeText(sqBytes))) exceed --max-memory \(sizeText(maxMemory)); "
+                             + "product quantisation with \(m) bytes per vector (\(sizeText(bytes(count: count, codeBytes: m)))), "
                              + "re-ranked by exact vectors from vectors.f32",
                          refineFactor: refineFactor(for: factory))
     }

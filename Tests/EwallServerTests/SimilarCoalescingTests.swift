@@ -69,7 +69,7 @@ struct SimilarCoalescingTests {
         await service.shutdown()
     }
 
-    @Test("indexMemoryMapped (ewall-serve --mmap-index) opens the index mapped and answers as the index opened plainly")
+    @Test("indexMemoryMapped (ewall-serve --mmap-index) reaches the service, which answers as the index opened plainly (this catalogue's Flat index loads fully either way; mapping itself is tested on IVF in CompressedIndexTests)")
     func memoryMappedService() async throws {
         let (mapped, _) = try await Self.service(memoryMapped: true)
         let store = try await StoreLocation(parsing: mapped.configuration.storeURL).open()
