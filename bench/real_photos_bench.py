@@ -32,12 +32,16 @@ BATCH = 32
 SUMMARY = re.compile(r"ewall embed: (\d+) embedded, (\d+) failed, .*?([\d.]+) images/s")
 
 
-def ours(ewall, model, files, threads, extra):
+def ours(ewall, model, files, threads, extra, may_refuse=None):
+    """images/s and the summary lines of `ewall embed`; (None, [reason]) when it exits 2 with
+    `may_refuse` in its error (bf16 where the CPU has no native bfloat16)."""
     out = f"/tmp/ewall-real-{os.getpid()}.npy"
     r = subprocess.run([ewall, "embed", "--model", model, "--threads", str(threads), "--npy", out, *extra, *files],
                        capture_output=True, text=True)
     if os.path.exists(out):
         os.unlink(out)
+    if r.returncode != 0 and may_refuse and may_refuse in r.stderr:
+        return None, [r.stderr.strip().splitlines()[-1]]
     if r.returncode != 0:
         sys.exit(f"ewall embed {' '.join(extra)} failed: {r.stderr[-2000:]}")
     m = SUMMARY.search(r.stderr)
@@ -141,16 +145,26 @@ def main():
     res["ours_default_summary"] = lines
     res["py_platform"] = py("platform")
     res["py_best_fp32"] = py("best_fp32")
+    # One stream of all the threads against as many single-threaded streams (README, "Model streams").
+    default_streams = int(m.group(1)) if (m := re.search(r"\((\d+) streams of", " ".join(lines))) else 1
+    other = 1 if default_streams > 1 else args.threads
+    res["ours_streams_other"], _ = ours(args.ewall, args.model, files, args.threads, ["--streams", str(other)])
+    res["streams_other"] = other
     res["ours_auto"], lines = ours(args.ewall, args.model, files, args.threads, ["--precision", "auto"])
     res["ours_auto_summary"] = lines
-    res["ours_bf16"], _ = ours(args.ewall, args.model, files, args.threads, ["--precision", "bf16"])
-    res["py_best_bf16"] = py("best_bf16")
+    # Where bfloat16 is not native, ewall refuses bf16 and PyTorch's would be emulated: no bf16 row.
+    res["ours_bf16"], why = ours(args.ewall, args.model, files, args.threads, ["--precision", "bf16"],
+                                 may_refuse="no native bfloat16")
+    res["py_best_bf16"] = py("best_bf16") if res["ours_bf16"] else None
+    if res["ours_bf16"] is None:
+        res["bf16_skipped"] = why[0]
     res["ours_fast_jpeg"], _ = ours(args.ewall, args.model, files, args.threads, ["--fast-jpeg"])
     res["py_best_fp32_draft"] = py("best_fp32_draft")
     os.unlink(listing)
     rows = [
         ("default vs platform pipeline", "ours_default", "py_platform", ">= 2.5"),
         ("default vs PyTorch best fp32", "ours_default", "py_best_fp32", ">= 1.2"),
+        (f"--streams {res['streams_other']} vs PyTorch best fp32", "ours_streams_other", "py_best_fp32", ""),
         ("auto vs PyTorch best fp32", "ours_auto", "py_best_fp32", ""),
         ("bf16 vs PyTorch best bf16", "ours_bf16", "py_best_bf16", ""),
         ("fast JPEG vs PyTorch draft", "ours_fast_jpeg", "py_best_fp32_draft", ""),
@@ -159,6 +173,9 @@ def main():
           f"threads, batch 32, CPU {res['cpu']}\n")
     print(f"{'measure':32} {'EwallML img/s':>14} {'Python img/s':>13}  {'ratio':>6}  target")
     for label, a, b, target in rows:
+        if res[a] is None or res[b] is None:
+            print(f"{label:32} {'skipped':>14}  ({res.get('bf16_skipped', '')})")
+            continue
         print(f"{label:32} {res[a]:14.1f} {res[b]:13.1f}  {res[a] / res[b]:5.2f}x  {target}")
     for line in res["ours_auto_summary"]:
         print(line)

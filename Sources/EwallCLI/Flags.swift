@@ -27,6 +27,11 @@ public struct ModelFlags: ParsableArguments {
     @Option(name: .long, help: "libtorch intra-op threads.")
     public var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Forward passes run at once on the CPU, sharing --threads between them.",
+        discussion: "1: one batch at a time on all --threads. --streams equal to --threads: that many single-threaded batches side by side, which decode threads sharing the cores cannot stall; each stream holds its own batch (about 0.4 GB more). Default: for ewall embed and ewall-embed, one stream per model thread (at most 4) where the model shares its cores with the decode threads (--threads + decode threads > cores), else 1; for ewall-serve and ewall similar, 1 (a lone request's latency). README, \"Model streams\"."))
+    public var streams: Int?
+
     @Option(name: .long, help: "Images per forward pass.")
     public var batchSize: Int = 32
 
@@ -51,11 +56,14 @@ public struct ModelFlags: ParsableArguments {
 
     public func options() -> ModelOptions {
         ModelOptions(path: resolvedModel, precision: precision, threads: threads, batchSize: batchSize,
-                     precisionCachePath: resolvedPrecisionCache, device: device)
+                     precisionCachePath: resolvedPrecisionCache, device: device, streams: streams ?? 1)
     }
 
     public func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        if let streams, streams < 1 || streams > threads {
+            throw ValidationError("--streams must be 1...--threads (\(threads)): each stream needs a thread of its own")
+        }
         guard batchSize >= 1 && batchSize <= 1024 else { throw ValidationError("--batch-size must be 1...1024") }
     }
 }
@@ -87,10 +95,15 @@ public struct ImageFlags: ParsableArguments {
                                             discussion: "Default: the cores left over by --threads, at least 1."))
     public var decodeThreads: Int?
 
-    /// The embedder's configuration these flags and `model` imply.
-    public func configuration(model: ModelOptions) -> EmbedderConfiguration {
-        EmbedderConfiguration(model: model, preprocessing: preprocess, limits: limits, fastJPEG: fastJpeg,
-                              decodeThreads: decodeThreads)
+    /// The embedder's configuration these flags and `model` imply. `streams`: the
+    /// `--streams` given; nil: ``ModelOptions/throughputStreams(threads:decodeThreads:cores:)``
+    /// (the batch commands' default).
+    public func configuration(model: ModelOptions, streams: Int? = nil) -> EmbedderConfiguration {
+        var config = EmbedderConfiguration(model: model, preprocessing: preprocess, limits: limits, fastJPEG: fastJpeg,
+                                           decodeThreads: decodeThreads)
+        config.model.streams = streams ?? ModelOptions.throughputStreams(
+            threads: model.threads, decodeThreads: config.decodeThreads, cores: ProcessInfo.processInfo.activeProcessorCount)
+        return config
     }
 
     public func validate() throws {

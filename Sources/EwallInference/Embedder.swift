@@ -5,8 +5,9 @@ import Foundation
 /// Runs preprocessed images through the model in batches and returns one L2-normalised
 /// vector, or one item error, per input, in input order.
 ///
-/// Forward passes run on one dedicated thread (``BlockingWorker``), one batch at a time,
-/// whichever tasks call in: many tasks may share one embedder.
+/// Forward passes run on dedicated threads (``BlockingWorker``), one per model stream
+/// (``ModelOptions/streams``): with one stream, one batch at a time; with more, that many
+/// batches at once when callers have them in flight. Many tasks may share one embedder.
 ///
 /// ```swift
 /// let embedder = try Embedder(options: ModelOptions(path: "models/resnet50.pt"))
@@ -20,8 +21,12 @@ public final class Embedder: Sendable {
     /// unless `cacheKey` finds a cached choice, see ``TorchModel/init(options:cacheKey:)``).
     public init(options: ModelOptions, cacheKey: PrecisionCacheKey? = nil) throws(InferenceError) {
         self.model = try TorchModel(options: options, cacheKey: cacheKey)
-        self.worker = BlockingWorker(name: "ewall-inference")
+        self.worker = BlockingWorker(name: "ewall-inference", threads: options.streams)
     }
+
+    /// Batches the model runs at once (``ModelOptions/streams``): callers that want the
+    /// throughput keep this many batches in flight.
+    public var streams: Int { worker.threads }
 
     public var outputDim: Int { model.outputDim }
     public var batchSize: Int { model.options.batchSize }

@@ -85,7 +85,7 @@ public struct PrecisionChoice: Sendable, Hashable, Codable, CustomStringConverti
 }
 
 /// What a cached ``PrecisionChoice`` is valid for: the same model file, the same CPU model,
-/// the same thread count and batch size. Anything else is measured again.
+/// the same thread count, streams and batch size. Anything else is measured again.
 public struct PrecisionCacheKey: Sendable, Hashable, CustomStringConvertible {
     /// The model file's sha256 (hex).
     public var modelSHA256: String
@@ -93,16 +93,22 @@ public struct PrecisionCacheKey: Sendable, Hashable, CustomStringConvertible {
     public var cpuModel: String
     public var threads: Int
     public var batchSize: Int
+    /// ``ModelOptions/streams`` (speeds are measured over all of them at once).
+    public var streams: Int
 
-    public init(modelSHA256: String, cpuModel: String, threads: Int, batchSize: Int) {
+    public init(modelSHA256: String, cpuModel: String, threads: Int, batchSize: Int, streams: Int = 1) {
         self.modelSHA256 = modelSHA256
         self.cpuModel = cpuModel
         self.threads = threads
         self.batchSize = batchSize
+        self.streams = streams
     }
 
-    /// The key in the cache file: `sha256|cpu model|threads=T|batch=B`.
-    public var description: String { "\(modelSHA256)|\(cpuModel)|threads=\(threads)|batch=\(batchSize)" }
+    /// The key in the cache file: `sha256|cpu model|threads=T|batch=B`, then `|streams=S`
+    /// when S > 1 (so one-stream entries written before streams existed still match).
+    public var description: String {
+        "\(modelSHA256)|\(cpuModel)|threads=\(threads)|batch=\(batchSize)" + (streams > 1 ? "|streams=\(streams)" : "")
+    }
 
     /// The first `model name` line of a /proc/cpuinfo text, else `"unknown"`.
     public static func cpuModelName(cpuinfo: String) -> String {

@@ -1,4 +1,5 @@
 import CTorchLoader
+import Dispatch
 import EwallCore
 
 /// How the model is loaded and run.
@@ -6,8 +7,15 @@ public struct ModelOptions: Sendable, Hashable {
     /// The TorchScript file.
     public var path: String
     public var precision: Precision
-    /// libtorch intra-op threads (process-wide; applied by the first model loaded).
+    /// libtorch intra-op threads in all (process-wide; applied by the first model loaded):
+    /// with ``streams`` > 1 they are shared out, `threads / streams` to each forward pass.
     public var threads: Int
+    /// Forward passes run at once on the CPU, each on its own thread with
+    /// ``intraOpThreads`` intra-op threads (CUDA: one at a time whatever this says). 1 (the
+    /// default) runs one batch at a time on all the threads; `streams == threads` runs that
+    /// many single-threaded batches side by side, which suffer no thread barriers when decode
+    /// threads share the cores (README, "Model streams").
+    public var streams: Int
     /// Where the model runs (``ComputeDevice``; `auto` by default: CUDA when the loaded
     /// libtorch has it and a device is present, else the CPU).
     public var device: ComputeDevice
@@ -27,8 +35,9 @@ public struct ModelOptions: Sendable, Hashable {
     public init(path: String, precision: Precision = .fp32, threads: Int = 2, batchSize: Int = 32,
                 channelsLast: Bool = true, freeze: Bool = true,
                 channels: Int = 3, height: Int = PreprocessingMode.side, width: Int = PreprocessingMode.side,
-                precisionCachePath: String? = nil, device: ComputeDevice = .auto) {
+                precisionCachePath: String? = nil, device: ComputeDevice = .auto, streams: Int = 1) {
         self.path = path
+        self.streams = streams
         self.device = device
         self.precision = precision
         self.threads = threads
@@ -46,6 +55,18 @@ extension ModelOptions {
     /// Threads left for decoding on `cores` cores once the model's ``threads`` run: at least
     /// 1 (1 on 2 cores with 2 model threads, 14 on 16 cores with 2).
     public func decodeThreadsLeftOver(cores: Int) -> Int { max(1, cores - max(1, threads)) }
+
+    /// The streams that keep `cores` busy without stalls, for throughput (the batch commands'
+    /// default): one single-threaded stream per model thread, at most 4, when the model shares
+    /// its cores with the decode threads (`threads + decodeThreads > cores`); otherwise 1. A
+    /// multi-threaded forward pass waits at every barrier for a thread that a decode thread has
+    /// preempted; single-threaded ones have no barriers to wait at (README, "Model streams").
+    public static func throughputStreams(threads: Int, decodeThreads: Int, cores: Int) -> Int {
+        threads + decodeThreads > cores ? max(1, min(threads, 4)) : 1
+    }
+
+    /// Intra-op threads of each forward pass: ``threads`` shared out over ``streams``, at least 1.
+    public var intraOpThreads: Int { max(1, threads / max(1, streams)) }
 }
 
 /// A loaded TorchScript model (one libtorch module). Blocking calls: run them off Swift's
@@ -95,11 +116,11 @@ public final class TorchModel: @unchecked Sendable {
     /// ``ModelOptions/precisionCachePath``, a cached choice is used without timing and a
     /// measured one is stored.
     public init(options: ModelOptions, cacheKey: PrecisionCacheKey? = nil) throws(InferenceError) {
-        guard options.batchSize >= 1, options.threads >= 1 else {
-            throw InferenceError(.invalidConfiguration, "batch size and threads must be at least 1")
+        guard options.batchSize >= 1, options.threads >= 1, options.streams >= 1 else {
+            throw InferenceError(.invalidConfiguration, "batch size, threads and streams must be at least 1")
         }
         try Self.loadBackend()
-        _ = ew_torch_set_threads(Int32(options.threads), 1)
+        _ = ew_torch_set_threads(Int32(options.intraOpThreads), 1)
         let cache = options.precisionCachePath.map(PrecisionCache.init(path:))
         var choice: PrecisionChoice?
         let handle: OpaquePointer
@@ -170,23 +191,32 @@ public final class TorchModel: @unchecked Sendable {
         return model
     }
 
-    /// One full batch through `handle`, timed: images/s.
+    /// One full batch through `handle` on each of the ``ModelOptions/streams`` (side by side
+    /// on the CPU, as the embedder runs them), timed: images/s of them all.
     private static func imagesPerSecond(_ handle: OpaquePointer, options: ModelOptions,
                                         input: [Float]) throws(InferenceError) -> Double {
+        let streams = runsOnCUDA(options.device) ? 1 : max(1, options.streams)
         let n = options.batchSize * Int(ew_torch_output_dim(handle))
-        var out = [Float](repeating: 0, count: n)
-        var err = ew_torch_error()
+        let failures = Locked<[InferenceError]>([])
+        // The handle crosses to the other threads as an address (forward is reentrant on it).
+        let address = UInt(bitPattern: handle)
         let start = ContinuousClock.now
-        let rc = input.withUnsafeBufferPointer { buf in
-            out.withUnsafeMutableBufferPointer { o in
-                ew_torch_forward(handle, buf.baseAddress, Int64(options.batchSize), Int64(options.channels),
-                                 Int64(options.height), Int64(options.width), o.baseAddress, n, &err)
+        DispatchQueue.concurrentPerform(iterations: streams) { _ in
+            let handle = OpaquePointer(bitPattern: address)!
+            var out = [Float](repeating: 0, count: n)
+            var err = ew_torch_error()
+            let rc = input.withUnsafeBufferPointer { buf in
+                out.withUnsafeMutableBufferPointer { o in
+                    ew_torch_forward(handle, buf.baseAddress, Int64(options.batchSize), Int64(options.channels),
+                                     Int64(options.height), Int64(options.width), o.baseAddress, n, &err)
+                }
             }
+            if rc != 0 { failures.withLock { $0.append(Self.error(rc, err)) } }
         }
         let t = ContinuousClock.now - start
-        if rc != 0 { throw Self.error(rc, err) }
+        if let e = failures.withLock({ $0.first }) { throw e }
         let seconds = Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18
-        return Double(options.batchSize) / max(seconds, 1e-9)
+        return Double(streams * options.batchSize) / max(seconds, 1e-9)
     }
 
     deinit { ew_torch_free(handle) }

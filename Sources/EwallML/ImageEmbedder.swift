@@ -138,7 +138,7 @@ public final class ImageEmbedder: Sendable {
     public var preprocessingID: String { configuration.preprocessingID }
 
     /// The cache key of `auto`'s choice: the model file's sha256 (hashed here, streaming),
-    /// this CPU's model name, threads and batch size.
+    /// this CPU's model name, threads, batch size and streams.
     static func precisionCacheKey(_ options: ModelOptions) -> PrecisionCacheKey? {
         guard let handle = FileHandle(forReadingAtPath: options.path) else { return nil }
         defer { try? handle.close() }
@@ -146,7 +146,7 @@ public final class ImageEmbedder: Sendable {
         while let chunk = try? handle.read(upToCount: 1 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
         let hex = hasher.finalize().map { String(format: "%02x", $0) }.joined()
         return PrecisionCacheKey(modelSHA256: hex, cpuModel: PrecisionCacheKey.currentCPUModel,
-                                 threads: options.threads, batchSize: options.batchSize)
+                                 threads: options.threads, batchSize: options.batchSize, streams: options.streams)
     }
 
     /// Embeds image files, in order. Never throws: every file gets an outcome.
@@ -196,31 +196,45 @@ public final class ImageEmbedder: Sendable {
 
     typealias Input = (label: String, bytes: @Sendable () throws(ItemFailure) -> [UInt8])
 
+    /// Chunks of a batch each: one more in flight than the model has streams, so that one is
+    /// always being decoded while the others run through the model.
     private func run(_ inputs: [Input]) async -> [EmbeddingOutcome] {
         let size = embedder.batchSize
         let chunks = stride(from: 0, to: inputs.count, by: size).map { Array(inputs[$0..<min($0 + size, inputs.count)]) }
-        var outcomes: [EmbeddingOutcome] = []
-        outcomes.reserveCapacity(inputs.count)
-        var next: Task<[Result<(ImageTensor, ImageInfo), ItemFailure>], Never>? = nil
-        if let first = chunks.first { next = Task { await self.prepare(first) } }
-        for (k, chunk) in chunks.enumerated() {
-            let prepared = await next!.value
-            // Decode the next chunk while this one runs through the model.
-            next = k + 1 < chunks.count ? Task { [chunk = chunks[k + 1]] in await self.prepare(chunk) } : nil
-            var tensors: [ImageTensor] = []
-            for case .success(let (t, _)) in prepared { tensors.append(t) }
-            var vectors = await embedder.embedBatch(tensors).makeIterator()
-            for (input, p) in zip(chunk, prepared) {
-                switch p {
-                case .failure(let f):
-                    outcomes.append(EmbeddingOutcome(source: input.label, result: .failure(f)))
-                case .success(let (_, info)):
-                    let r = vectors.next()!.map { Embedding(vector: $0, image: info) }.mapError { ItemFailure($0) }
-                    outcomes.append(EmbeddingOutcome(source: input.label, result: r))
-                }
+        let window = embedder.streams + 1
+        var done = [[EmbeddingOutcome]?](repeating: nil, count: chunks.count)
+        await withTaskGroup(of: (Int, [EmbeddingOutcome]).self) { group in
+            var next = 0
+            func start() {
+                guard next < chunks.count else { return }
+                let (k, chunk) = (next, chunks[next])
+                group.addTask { (k, await self.embed(chunk: chunk)) }
+                next += 1
+            }
+            for _ in 0..<window { start() }
+            for await (k, outcomes) in group {
+                done[k] = outcomes
+                start()
             }
         }
-        return outcomes
+        return done.flatMap { $0! }
+    }
+
+    /// One chunk: decoded on the decode threads, then one forward pass.
+    private func embed(chunk: [Input]) async -> [EmbeddingOutcome] {
+        let prepared = await prepare(chunk)
+        var tensors: [ImageTensor] = []
+        for case .success(let (t, _)) in prepared { tensors.append(t) }
+        var vectors = await embedder.embedBatch(tensors).makeIterator()
+        return zip(chunk, prepared).map { input, p in
+            switch p {
+            case .failure(let f):
+                return EmbeddingOutcome(source: input.label, result: .failure(f))
+            case .success(let (_, info)):
+                let r = vectors.next()!.map { Embedding(vector: $0, image: info) }.mapError { ItemFailure($0) }
+                return EmbeddingOutcome(source: input.label, result: r)
+            }
+        }
     }
 
     /// Reads and preprocesses one chunk on the decode thread(s), round-robin.

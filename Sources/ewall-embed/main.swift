@@ -141,7 +141,9 @@ struct EwallEmbed: AsyncParsableCommand {
         let store = try await database.open()
         let embedder: ImageEmbedder
         do {
-            embedder = try ImageEmbedder(configuration: imageFlags.configuration(model: modelFlags.options()), logger: logger)
+            embedder = try ImageEmbedder(configuration: imageFlags.configuration(model: modelFlags.options(),
+                                                                                  streams: modelFlags.streams),
+                                         logger: logger)
         } catch {
             await store.close()
             throw fail(error.message)

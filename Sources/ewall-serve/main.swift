@@ -139,6 +139,7 @@ struct Serve: AsyncParsableCommand {
             indexWatchInterval: watchSeconds > 0 ? .milliseconds(Int(watchSeconds * 1000)) : nil)
         config.redis = try redisFlags.configuration()
         config.device = model.device
+        config.streams = model.streams
         config.indexMemoryMapped = mmapIndex
         config.limits = .init(maxImageBytes: maxImageBytes, maxImagePixels: maxPixels, maxBatchSize: model.batchSize,
                               maxBatchWait: .milliseconds(maxBatchWaitMs), maxQueuedImages: maxQueue)

@@ -43,7 +43,7 @@ struct Embed: AsyncParsableCommand {
     func run() async throws {
         bootstrapLogging()
         let logger = Logger(label: "ewall")
-        let config = imageFlags.configuration(model: modelFlags.options())
+        let config = imageFlags.configuration(model: modelFlags.options(), streams: modelFlags.streams)
         let embedder: ImageEmbedder
         do {
             embedder = try ImageEmbedder(configuration: config, logger: logger)
@@ -87,7 +87,9 @@ struct Embed: AsyncParsableCommand {
         let failed = outcomes.filter { if case .failure = $0.result { return true } else { return false } }.count
         let summary = "ewall embed: \(outcomes.count - failed) embedded, \(failed) failed, "
             + "model \(embedder.modelID) (\(embedder.precision), \(embedder.preprocessingID)), "
-            + "on \(embedder.device), \(config.model.threads) model + \(config.decodeThreads) decode threads, "
+            + "on \(embedder.device), \(config.model.threads) model"
+            + (config.model.streams > 1 ? " (\(config.model.streams) streams of \(config.model.intraOpThreads))" : "")
+            + " + \(config.decodeThreads) decode threads, "
             + String(format: "%.1f images/s", Double(outcomes.count) / max(seconds, 1e-9))
             + (embedder.card?.pretrained == false ? " [RANDOM-INIT MODEL: vectors carry no meaning]" : "")
         FileHandle.standardError.write(Data((summary + "\n").utf8))

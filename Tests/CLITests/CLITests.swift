@@ -41,6 +41,32 @@ struct EmbedCLITests {
         #expect(r.stdout.contains("\"code\":\"not_an_image\""))
     }
 
+    @Test("--streams 2: batches side by side give the --streams 1 rows, in input order, around a bad file")
+    func streams() throws {
+        let photos = Array(try Fixtures.photos().prefix(5))
+        let inputs = [photos[0], photos[1], Fixtures.image("empty.jpg"), photos[2], photos[3], photos[4]]
+        func rows(_ extra: [String]) throws -> [[Float]] {
+            let out = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-cli-\(UUID()).npy")
+            defer { try? FileManager.default.removeItem(at: out) }
+            let r = try ewall(["embed", "--threads", "2", "--batch-size", "2", "--npy", out.path] + extra + inputs)
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(r.stdout.contains("\"code\":\"not_an_image\""))
+            let (shape, values) = try Npy.decode(Data(contentsOf: out))
+            #expect(shape == [5, 2048])
+            return (0..<5).map { Array(values[$0 * 2048..<($0 + 1) * 2048]) }
+        }
+        let one = try rows(["--streams", "1"]), two = try rows(["--streams", "2"])
+        for i in 0..<5 { #expect(VectorMath.cosine(one[i], two[i]) >= 0.99999, "row \(i)") }
+        #expect(VectorMath.cosine(one[0], two[1]) < 0.99999, "rows 0 and 1 are different photos")
+    }
+
+    @Test("--streams above --threads is a usage error that says why")
+    func tooManyStreams() throws {
+        let r = try ewall(["embed", "--threads", "2", "--streams", "3", try Fixtures.photos()[0]])
+        #expect(r.status != 0 && r.status != 2)
+        #expect(r.stderr.contains("--streams must be 1...--threads"))
+    }
+
     @Test("the default output is a readable table that flags a random-init model")
     func table() throws {
         let r = try ewall(["embed", try Fixtures.photos()[1], Fixtures.image("valid_16000x16000.png")])
@@ -80,7 +106,8 @@ struct EmbedCLITests {
     @Test("--help documents the flags")
     func help() throws {
         let r = try ewall(["embed", "--help"])
-        for flag in ["--model", "--precision", "--preprocess", "--json", "--npy", "--max-pixels", "EWALL_MODEL", "squash224"] {
+        for flag in ["--model", "--precision", "--streams", "--preprocess", "--json", "--npy", "--max-pixels", "EWALL_MODEL",
+                     "squash224"] {
             #expect(r.stdout.contains(flag), "--help lacks \(flag)")
         }
     }

@@ -67,4 +67,54 @@ struct EmbedderResNetTests {
         }
         #expect(signaled == n + 1, "blocked jobs starved the cooperative pool")
     }
+
+    @Test("a worker with 2 threads runs 2 jobs at once; with 1 thread, one after the other")
+    func workerThreads() async throws {
+        // Each job announces itself and waits (at most 2 s) for the other to arrive: both meet
+        // only when two jobs really run at the same time.
+        func meet(_ worker: BlockingWorker) async -> [Bool] {
+            let arrived = Locked(0)
+            return await withTaskGroup(of: Bool.self) { group in
+                for _ in 0..<2 {
+                    group.addTask {
+                        await worker.run { () -> Bool in
+                            arrived.withLock { $0 += 1 }
+                            let until = Date().addingTimeInterval(2)
+                            while Date() < until {
+                                if arrived.withLock({ $0 }) == 2 { return true }
+                                usleep(1000)
+                            }
+                            return false
+                        }
+                    }
+                }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+        }
+        #expect(await meet(BlockingWorker(name: "ewall-test-2", threads: 2)) == [true, true])
+        #expect(await meet(BlockingWorker(name: "ewall-test-1")).contains(false), "one thread ran two jobs at once")
+    }
+
+    @Test("2 model streams of 1 thread: 10 images in 3 concurrent batches give the 1-stream vectors, in order")
+    func streams() async throws {
+        let t = try Self.tensors(10)
+        let one = try await Embedder(options: ModelOptions(path: Fixtures.model, threads: 2, batchSize: 4)).embed(t)
+            .map { try $0.get() }
+        let two = try Embedder(options: ModelOptions(path: Fixtures.model, threads: 2, batchSize: 4, streams: 2))
+        #expect(two.streams == 2 && two.model.options.intraOpThreads == 1)
+        let batches = stride(from: 0, to: 10, by: 4).map { Array(t[$0..<min($0 + 4, 10)]) }
+        let concurrent = try await withThrowingTaskGroup(of: (Int, [[Float]]).self) { group in
+            for (k, b) in batches.enumerated() { group.addTask { (k, try await two.embedBatch(b).map { try $0.get() }) } }
+            var out = [[[Float]]](repeating: [], count: batches.count)
+            for try await (k, v) in group { out[k] = v }
+            return out.flatMap { $0 }
+        }
+        #expect(concurrent.count == 10)
+        for i in 0..<10 { #expect(VectorMath.cosine(concurrent[i], one[i]) >= 0.99999, "image \(i)") }
+    }
+
+    @Test("streams must be at least 1")
+    func zeroStreams() {
+        #expect(throws: InferenceError.self) { try Embedder(options: ModelOptions(path: Fixtures.model, streams: 0)) }
+    }
 }

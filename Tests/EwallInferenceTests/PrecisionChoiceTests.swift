@@ -53,6 +53,9 @@ struct PrecisionChoiceTests {
         var other = key
         other.threads = 4
         #expect(key.description == "ab12|AMD EPYC|threads=2|batch=32")
+        var streams = key
+        streams.streams = 2
+        #expect(streams.description == "ab12|AMD EPYC|threads=2|batch=32|streams=2")
         #expect(cache.lookup(key) == nil)
         try cache.store(PrecisionChoice(precision: .bf16, imagesPerSecond: [.fp32: 27, .bf16: 52]), for: key)
         try cache.store(PrecisionChoice(precision: .fp32, imagesPerSecond: [.fp32: 40, .bf16: 30]), for: other)
@@ -108,5 +111,19 @@ struct PrecisionChoiceTests {
     func decodeThreads(modelThreads: Int, cores: Int, expected: Int) {
         let o = ModelOptions(path: "m.pt", threads: modelThreads)
         #expect(o.decodeThreadsLeftOver(cores: cores) == expected)
+    }
+
+    @Test("throughput streams: one per model thread (at most 4) where decode threads share the model's cores", arguments: [
+        (2, 1, 2, 2), (1, 1, 2, 1), (2, 14, 16, 1), (16, 1, 16, 4), (4, 4, 8, 1), (3, 1, 2, 3), (1, 1, 1, 1),
+    ])
+    func throughputStreams(threads: Int, decodeThreads: Int, cores: Int, expected: Int) {
+        #expect(ModelOptions.throughputStreams(threads: threads, decodeThreads: decodeThreads, cores: cores) == expected)
+    }
+
+    @Test("intra-op threads per forward pass: threads shared out over the streams, at least 1", arguments: [
+        (2, 1, 2), (2, 2, 1), (4, 2, 2), (16, 4, 4), (3, 2, 1),
+    ])
+    func intraOpThreads(threads: Int, streams: Int, expected: Int) {
+        #expect(ModelOptions(path: "m.pt", threads: threads, streams: streams).intraOpThreads == expected)
     }
 }

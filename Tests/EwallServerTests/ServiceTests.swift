@@ -39,10 +39,10 @@ struct ServiceTests {
         await #expect(throws: EwallError.self) { _ = try await slow.embed(.bytes(image)) }
     }
 
-    @Test("Many concurrent callers share forward passes and each gets its own image's vector")
-    func concurrentCallers() async throws {
+    @Test("Many concurrent callers share forward passes and each gets its own image's vector", arguments: [1, 2])
+    func concurrentCallers(streams: Int) async throws {
         let cat = try await PhotoCatalogue.shared.value
-        let service = try await Self.service()
+        let service = try await Self.service { $0.streams = streams }
         let images = try cat.photos.map { try Fixtures.bytes($0) }
         let vectors = try await withThrowingTaskGroup(of: (Int, [Float]).self) { group in
             for i in 0..<40 { group.addTask { (i, try await service.embed(.bytes(images[i % images.count])).vector) } }

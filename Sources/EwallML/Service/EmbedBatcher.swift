@@ -7,7 +7,7 @@ import Metrics
 /// Dynamic batching: single-image embeds from many concurrent callers are coalesced into
 /// forward passes of up to `maxBatch` images, as model servers do.
 ///
-/// One runner task forms batches. When the model is idle and an image arrives, the runner
+/// One runner task forms batches. When the model (a stream of it) is idle and an image arrives, the runner
 /// waits at most `maxWait` for more (a quiet server pays that much latency, no more); while a
 /// batch is in the model, new images queue, and the next batch starts as soon as the model is
 /// free, so a busy server runs full batches back to back. Beyond `maxQueue` waiting images,
@@ -126,24 +126,35 @@ final class EmbedBatcher: @unchecked Sendable {
         return result
     }
 
-    /// Forms and runs batches until ``finish()`` is called and the queue is empty.
+    /// Forms and runs batches until ``finish()`` is called and the queue is empty. With
+    /// several model streams (``Embedder/streams``), that many batches run at once: the next
+    /// one forms while the others are in the model.
     func run() async {
-        while true {
-            await waitUntil(full: false)
-            let (first, done) = lock.withLock { (queue.first?.enqueued, queue.isEmpty && !accepting) }
-            if done { return }
-            guard let first else { continue }
-            // The model is idle and something waits: give others up to maxWait to join.
-            let deadline = first + options.maxWait
-            if deadline > .now { await waitUntil(full: true, deadline: deadline) }
-            let (batch, depth) = lock.withLock { () -> ([Pending], Int) in
-                let n = min(options.maxBatch, queue.count)
-                let batch = Array(queue.prefix(n))
-                queue.removeFirst(n)
-                return (batch, queue.count)
+        await withTaskGroup(of: Void.self) { inModel in
+            var running = 0
+            while true {
+                if running == embedder.streams {
+                    await inModel.next()
+                    running -= 1
+                }
+                await waitUntil(full: false)
+                let (first, done) = lock.withLock { (queue.first?.enqueued, queue.isEmpty && !accepting) }
+                if done { break }
+                guard let first else { continue }
+                // A stream is free and something waits: give others up to maxWait to join.
+                let deadline = first + options.maxWait
+                if deadline > .now { await waitUntil(full: true, deadline: deadline) }
+                let (batch, depth) = lock.withLock { () -> ([Pending], Int) in
+                    let n = min(options.maxBatch, queue.count)
+                    let batch = Array(queue.prefix(n))
+                    queue.removeFirst(n)
+                    return (batch, queue.count)
+                }
+                queueDepth.record(depth)
+                if batch.isEmpty { continue }
+                inModel.addTask { await self.runBatch(batch) }
+                running += 1
             }
-            queueDepth.record(depth)
-            await runBatch(batch)
         }
     }
 

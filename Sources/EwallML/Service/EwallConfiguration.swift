@@ -33,6 +33,10 @@ public struct EwallConfiguration: Sendable {
     public var precision: Precision
     /// libtorch intra-op threads (default 2).
     public var threads: Int
+    /// Batches the model runs at once, sharing ``threads`` (default 1; see
+    /// ``ModelOptions/streams``). A busy server with `streams == threads` keeps that many
+    /// single-threaded batches in the model.
+    public var streams = 1
     /// Where the model runs (default `auto`: CUDA when the loaded libtorch has it and a device
     /// is present, else the CPU).
     public var device: ComputeDevice = .auto
@@ -119,7 +123,7 @@ public struct EwallConfiguration: Sendable {
     var embedder: EmbedderConfiguration {
         EmbedderConfiguration(
             model: ModelOptions(path: modelPath, precision: precision, threads: threads, batchSize: limits.maxBatchSize,
-                                precisionCachePath: precisionCachePath, device: device),
+                                precisionCachePath: precisionCachePath, device: device, streams: streams),
             preprocessing: preprocessing,
             limits: ImageLimits(maxPixels: limits.maxImagePixels, maxBytes: limits.maxImageBytes),
             decodeThreads: limits.decodeThreads)
