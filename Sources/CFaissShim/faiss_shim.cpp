@@ -6,6 +6,7 @@
 #include "fast_index.h"
 #include "kernels.h"
 
+#include <faiss/Clustering.h>
 #include <faiss/IVFlib.h>
 #include <faiss/Index.h>
 #include <faiss/IndexFlat.h>
@@ -21,12 +22,15 @@
 #include <faiss/impl/IDSelector.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <faiss/invlists/InvertedLists.h>
 #include <faiss/utils/distances.h>
 
 #include <dlfcn.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -273,6 +277,72 @@ int ew_faiss_train(ew_faiss_index *h, int64_t n, const float *x, ew_faiss_error 
     return guarded(err, EW_FAISS_E_FAISS, [&] { h->index->train(n, x); });
 }
 
+int ew_faiss_train_balanced(ew_faiss_index *h, int64_t n, const float *x, double max_list_factor, int64_t *lists,
+                            int64_t *split, ew_faiss_error *err) {
+    if (!h || (n > 0 && !x) || !(max_list_factor >= 1))
+        return fill(err, EW_FAISS_E_ARGUMENT, "index, vectors and a list factor >= 1 are required");
+    return guarded(err, EW_FAISS_E_FAISS, [&] {
+        faiss::IndexIVF *ivf = faiss::ivflib::try_extract_index_ivf(h->index.get());
+        if (split) *split = 0;
+        if (!ivf || ivf->is_trained || (ivf->quantizer->is_trained && ivf->quantizer->ntotal > 0) ||
+            n < int64_t(ivf->nlist) * 2) {
+            h->index->train(n, x);
+            if (lists) *lists = ivf ? int64_t(ivf->nlist) : 0;
+            return;
+        }
+        const size_t d = ivf->d, nlist = ivf->nlist;
+        // The coarse centroids, as IndexIVF::train would make them (same clustering parameters).
+        faiss::IndexFlat coarse(d, ivf->metric_type);
+        faiss::Clustering clus(d, nlist, ivf->cp);
+        clus.train(n, x, coarse);
+        std::vector<idx_t> assign(static_cast<size_t>(n));
+        coarse.assign(n, x, assign.data());
+        std::vector<int64_t> count(nlist, 0);
+        for (idx_t a : assign) count[size_t(a)]++;
+        // A centroid that averages many natural clusters lies near every point (a hub) and
+        // collects them all: split each list holding more than max_list_factor times the mean
+        // into lists of about the mean, by k-means over its own training points.
+        const double mean = double(n) / double(nlist);
+        const float *c = coarse.get_xb();
+        std::vector<float> centroids;
+        centroids.reserve(nlist * d);
+        int64_t splitCount = 0;
+        for (size_t l = 0; l < nlist; l++) {
+            if (double(count[l]) <= max_list_factor * mean) {
+                centroids.insert(centroids.end(), c + l * d, c + (l + 1) * d);
+                continue;
+            }
+            std::vector<float> points;
+            points.reserve(size_t(count[l]) * d);
+            for (int64_t i = 0; i < n; i++)
+                if (size_t(assign[size_t(i)]) == l) points.insert(points.end(), x + i * d, x + (i + 1) * d);
+            faiss::ClusteringParameters cp = ivf->cp;
+            cp.seed = ivf->cp.seed + int(l) + 1;
+            faiss::Clustering sub(d, size_t(std::ceil(double(count[l]) / mean)), cp);
+            faiss::IndexFlat subIndex(d, ivf->metric_type);
+            sub.train(count[l], points.data(), subIndex);
+            centroids.insert(centroids.end(), subIndex.get_xb(), subIndex.get_xb() + subIndex.ntotal * d);
+            splitCount++;
+        }
+        const size_t m = centroids.size() / d;
+        ivf->quantizer->reset();
+        ivf->quantizer->add(idx_t(m), centroids.data());
+        ivf->nlist = m;
+        ivf->replace_invlists(new faiss::ArrayInvertedLists(m, ivf->code_size), true);
+        // The rest of training (scalar or product quantizer residuals) against the new centroids;
+        // the coarse quantizer is trained and holds nlist centroids, so FAISS keeps it as it is.
+        h->index->train(n, x);
+        auto at = h->factory.find("IVF");
+        if (at != std::string::npos) {
+            size_t end = at + 3;
+            while (end < h->factory.size() && std::isdigit(static_cast<unsigned char>(h->factory[end]))) end++;
+            h->factory.replace(at + 3, end - at - 3, std::to_string(m));
+        }
+        if (lists) *lists = int64_t(m);
+        if (split) *split = splitCount;
+    });
+}
+
 int ew_faiss_add(ew_faiss_index *h, int64_t n, const float *x, const int64_t *ids, ew_faiss_error *err) {
     if (!h || (n > 0 && (!x || !ids))) return fill(err, EW_FAISS_E_ARGUMENT, "index, vectors and ids are required");
     if (h->mapped) return fill(err, EW_FAISS_E_UNSUPPORTED, "a memory-mapped index is read-only");
@@ -472,6 +542,14 @@ int64_t ew_faiss_nlist(const ew_faiss_index *h) {
     if (!h) return 0;
     auto ivf = faiss::ivflib::try_extract_index_ivf(const_cast<faiss::Index *>(h->index.get()));
     return ivf ? int64_t(ivf->nlist) : 0;
+}
+int64_t ew_faiss_largest_list(const ew_faiss_index *h) {
+    if (!h) return 0;
+    auto ivf = faiss::ivflib::try_extract_index_ivf(const_cast<faiss::Index *>(h->index.get()));
+    if (!ivf) return 0;
+    size_t most = 0;
+    for (size_t l = 0; l < ivf->nlist; l++) most = std::max(most, ivf->invlists->list_size(l));
+    return int64_t(most);
 }
 const char *ew_faiss_factory(const ew_faiss_index *h) { return h ? h->factory.c_str() : ""; }
 

@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <cmath>
 #include <type_traits>
 #include <typeinfo>
@@ -36,6 +37,11 @@
 namespace ew {
 
 using idx_t = faiss::Index::idx_t;
+
+// BLAS, as libfaiss.a itself calls it (Fortran sgemm from OpenBLAS).
+extern "C" int sgemm_(const char *transa, const char *transb, const int *m, const int *n, const int *k,
+                      const float *alpha, const float *a, const int *lda, const float *b, const int *ldb,
+                      const float *beta, float *c, const int *ldc);
 
 namespace {
 
@@ -226,6 +232,31 @@ struct FastFlat : Base {
     mutable std::atomic<float> maxNorm2{0};
     mutable std::atomic<idx_t> normsFor{-1};
 
+    // Every stored vector's squared norm, for the batched coarse pass: FAISS's BLAS search
+    // recomputes them (with its scalar reference code in Debian's build) on every call.
+    mutable std::mutex normsLock;
+    mutable std::vector<float> norms;
+
+    const float *storedNorms2() const {
+        std::lock_guard<std::mutex> hold(normsLock);
+        if (norms.size() != size_t(this->ntotal)) {
+            const Kernels &kn = kernels();
+            const float *y = this->get_xb();
+            size_t d = size_t(this->d);
+            norms.resize(size_t(this->ntotal));
+            for (idx_t j = 0; j < this->ntotal; j++) norms[size_t(j)] = kn.l2sqr(y + j * d, zeros(d), d);
+        }
+        return norms.data();
+    }
+
+    static const float *zeros(size_t d) {
+        static std::vector<float> z;
+        static std::mutex m;
+        std::lock_guard<std::mutex> hold(m);
+        if (z.size() < d) z.assign(d, 0.0f);
+        return z.data();
+    }
+
     float largestNorm2() const {
         if (normsFor.load(std::memory_order_acquire) != this->ntotal) {
             const float *y = this->get_xb();
@@ -275,6 +306,39 @@ void knnExact(const float *x, int64_t n, const float *xb, int64_t nb, size_t d, 
 
 namespace {
 
+// From this many queries the batched coarse pass takes its candidates from one BLAS product
+// (each centroid read once for all of them) instead of scanning the centroids per query.
+constexpr idx_t kCoarseBlasFrom = 4;
+
+// The kc nearest centroids of each query by BLAS: x·yᵀ in one sgemm, then |x|² + |y|² - 2x·y
+// (L2, the stored norms cached) or x·y (inner product), as FAISS's exhaustive_L2sqr_blas
+// computes them, without recomputing the centroids' norms on every call. Candidates only:
+// coarseBatchOf re-ranks them with the single-query kernel and proves the cut.
+template <bool IP>
+void blasCandidates(const FastFlat<typename std::conditional<IP, faiss::IndexFlatIP, faiss::IndexFlatL2>::type, IP> *q,
+                    idx_t n, const float *x, idx_t kc, float *cdis, idx_t *cand) {
+    using C = Heap<IP>;
+    const int d = int(q->d), ny = int(q->ntotal), nx = int(n);
+    const float *y = q->get_xb();
+    std::vector<float> ip(size_t(n) * size_t(ny));
+    const float one = 1, zero = 0;
+    sgemm_("Transpose", "Not transpose", &ny, &nx, &d, &one, y, &d, x, &d, &zero, ip.data(), &ny);
+    const float *y2 = IP ? nullptr : q->storedNorms2();
+    const Kernels &kn = kernels();
+    for (idx_t i = 0; i < n; i++) {
+        float *simi = cdis + i * kc;
+        idx_t *idxi = cand + i * kc;
+        faiss::heap_heapify<C>(size_t(kc), simi, idxi);
+        const float *row = ip.data() + size_t(i) * size_t(ny);
+        float x2 = IP ? 0 : kn.l2sqr(x + size_t(i) * size_t(d), FastFlat<faiss::IndexFlatL2, false>::zeros(size_t(d)), size_t(d));
+        for (int j = 0; j < ny; j++) {
+            float v = IP ? row[j] : std::max(0.0f, x2 + y2[j] - 2 * row[j]);
+            if (C::cmp(simi[0], v)) faiss::heap_replace_top<C>(size_t(kc), simi, idxi, v, idx_t(j));
+        }
+        faiss::heap_reorder<C>(size_t(kc), simi, idxi);
+    }
+}
+
 template <bool IP>
 bool coarseBatchOf(const FastFlat<typename std::conditional<IP, faiss::IndexFlatIP, faiss::IndexFlatL2>::type, IP> *q,
                    idx_t n, const float *x, const size_t *probes, size_t stride, idx_t *assign, float *dis,
@@ -283,7 +347,7 @@ bool coarseBatchOf(const FastFlat<typename std::conditional<IP, faiss::IndexFlat
     size_t d = size_t(q->d);
     idx_t nlist = q->ntotal;
     // Few queries: the single-query path itself (our kernel), query by query.
-    if (n < faiss::distance_compute_blas_threshold) {
+    if (n < kCoarseBlasFrom) {
         for (idx_t i = 0; i < n; i++) q->search(1, x + i * d, idx_t(probes[i]), dis + i * stride, assign + i * stride, nullptr);
         return true;
     }
@@ -292,7 +356,7 @@ bool coarseBatchOf(const FastFlat<typename std::conditional<IP, faiss::IndexFlat
     idx_t kc = std::min<idx_t>(nlist, idx_t(2 * maxP + 32));
     std::vector<idx_t> cand(size_t(n * kc));
     std::vector<float> cdis(size_t(n * kc));
-    q->search(n, x, kc, cdis.data(), cand.data(), nullptr);  // n >= 20, no selector: FAISS's BLAS path
+    blasCandidates<IP>(q, n, x, kc, cdis.data(), cand.data());
     DistanceFn f = IP ? kn.inner : kn.l2sqr;
     const float *xb = q->get_xb();
     float y2 = kc < nlist ? q->largestNorm2() : 0;

@@ -148,6 +148,8 @@ public final class FaissIndex: @unchecked Sendable {
     public var canRemove: Bool { ew_faiss_can_remove(handle) != 0 }
     /// IVF: the number of inverted lists; 0 otherwise.
     public var listCount: Int { Int(ew_faiss_nlist(handle)) }
+    /// IVF: the entries of the longest inverted list (0 for other kinds).
+    public var largestList: Int { Int(ew_faiss_largest_list(handle)) }
     /// The factory string, with any IDMap2 wrapping explicit.
     public var factory: String { String(cString: ew_faiss_factory(handle)) }
     public var kind: Kind {
@@ -178,6 +180,22 @@ public final class FaissIndex: @unchecked Sendable {
         guard ew_faiss_train(handle, Int64(vectors.count / dimension), vectors.baseAddress, &err) == 0 else {
             throw IndexError(err)
         }
+    }
+
+    /// Trains an IVF index and splits the lists that hold more than `maxListFactor` times the
+    /// mean share of the training vectors (hub centroids) into lists of about the mean; other
+    /// kinds train as ``train(_:)`` does. Returns the list count and how many were split; the
+    /// index then reports its real list count in ``factory`` and ``listCount``.
+    @discardableResult
+    public func train(_ vectors: UnsafeBufferPointer<Float>, maxListFactor: Double) throws -> (lists: Int, split: Int) {
+        precondition(vectors.count % dimension == 0)
+        var err = ew_faiss_error()
+        var lists: Int64 = 0, split: Int64 = 0
+        guard ew_faiss_train_balanced(handle, Int64(vectors.count / dimension), vectors.baseAddress, maxListFactor,
+                                      &lists, &split, &err) == 0 else {
+            throw IndexError(err)
+        }
+        return (Int(lists), Int(split))
     }
 
     public func add(_ vectors: UnsafeBufferPointer<Float>, ids: [Int64]) throws {

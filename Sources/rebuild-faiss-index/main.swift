@@ -62,6 +62,11 @@ struct RebuildFaissIndex: AsyncParsableCommand {
     @Flag(name: .long, help: "Compressed kinds (SQ, PQ): no exact vectors file and no re-ranking (less disk, lower recall).")
     var noRefine = false
 
+    @Option(name: .long, help: ArgumentHelp(
+        "IVF: split every list holding more than this many times the mean share of the training sample (0: off).",
+        discussion: "k-means on clustered high-dimensional vectors leaves hub centroids, the mean of many clusters, that lie near every query and collect a large share of the catalogue; each is split by k-means over its own vectors into lists of about the mean, so the index has somewhat more lists than 4*sqrt(N). The file stays a stock IndexIVF."))
+    var maxListFactor: Double = 4
+
     @Flag(name: .long, help: "Update the existing index (add new and changed vectors, remove deleted ones) instead of rebuilding.")
     var incremental = false
 
@@ -87,6 +92,7 @@ struct RebuildFaissIndex: AsyncParsableCommand {
         guard (0...1).contains(targetRecall) else { throw ValidationError("--target-recall must be between 0 and 1") }
         if let maxMemory, parseSize(maxMemory) == nil { throw ValidationError("--max-memory: cannot read \(maxMemory) (e.g. 512M, 8G)") }
         guard recallQueries >= 1, threads >= 1 else { throw ValidationError("--recall-queries and --threads must be at least 1") }
+        guard maxListFactor == 0 || maxListFactor >= 1 else { throw ValidationError("--max-list-factor must be 0 (off) or at least 1") }
     }
 
     func run() async throws {
@@ -96,7 +102,7 @@ struct RebuildFaissIndex: AsyncParsableCommand {
             folder: resolvedIndexFolder(out), index: index, metric: metric, targetRecall: targetRecall,
             maxMemory: maxMemory.flatMap(parseSize) ?? IndexBuildOptions.defaultMaxMemory, incremental: incremental,
             modelID: modelId, preprocessing: preprocess, recallQueries: recallQueries, seed: seed, threads: threads,
-            refine: !noRefine)
+            refine: !noRefine, maxListFactor: maxListFactor == 0 ? nil : maxListFactor)
         let store = try await database.open()
         let display = BuildProgressDisplay(terminal: isatty(STDERR_FILENO) != 0)
         // Nothing is published before the final rename: an interrupted build leaves the old index.

@@ -154,6 +154,58 @@ struct FaissIndexTests {
         }
     }
 
+    @Test("Balanced IVF training splits hub lists: no list near every query holds a large share, recall kept, the file reads back")
+    func balancedLists() throws {
+        // More tight clusters than lists: some clusters get no centroid of their own, and the
+        // centroids that take several of them drift towards the mean of all, near every query.
+        let d = SyntheticVectors(count: 8000, dimension: 256, clusters: 200, intrinsic: 8, spread: 0.3, seed: 11)
+        let ids = (0..<d.count).map(Self.id)
+        func built(_ factor: Double?) throws -> (FaissIndex, Int) {
+            let index = try FaissIndex(dimension: d.dimension, factory: "IVF160,Flat", metric: .l2)
+            var split = 0
+            try d.values.withUnsafeBufferPointer { buf in
+                if let factor { split = try index.train(buf, maxListFactor: factor).split } else { try index.train(buf) }
+            }
+            try index.add(d.values, ids: ids)
+            return (index, split)
+        }
+        // The truth from a Flat index (exact; FaissIndexTests.flatIsExact checks it against Swift).
+        let exact = try FaissIndex(dimension: d.dimension, factory: "Flat", metric: .l2)
+        try exact.add(d.values, ids: ids)
+        let queries = Array(stride(from: 3, to: d.count, by: 80))
+        let truth = try queries.map { Set(try exact.search(d.row($0), k: 10).ids) }
+        func recall(_ index: FaissIndex, nprobe: Int) throws -> Double {
+            var sum = 0.0
+            for (q, t) in zip(queries, truth) {
+                let got = try index.search(d.row(q), k: 10, parameters: SearchParameters(nprobe: nprobe)).ids
+                sum += Double(got.filter(t.contains).count) / 10
+            }
+            return sum / Double(queries.count)
+        }
+        let mean = Double(d.count) / 160
+        let (plain, _) = try built(nil)
+        try #require(Double(plain.largestList) > 4 * mean, "the data has no hub list (largest \(plain.largestList))")
+        let (balanced, split) = try built(4)
+        #expect(split > 0)
+        #expect(balanced.listCount > 160 && balanced.factory == "IVF\(balanced.listCount),Flat", "\(balanced.factory)")
+        #expect(balanced.largestList * 2 <= plain.largestList, "largest list \(balanced.largestList) vs \(plain.largestList)")
+        #expect(Double(balanced.largestList) <= 6 * mean)
+        for nprobe in [2, 4] {
+            let (b, p) = (try recall(balanced, nprobe: nprobe), try recall(plain, nprobe: nprobe))
+            #expect(b >= p - 0.01 && b >= 0.9, "nprobe \(nprobe): recall@10 \(b) balanced, \(p) plain")
+        }
+        // Factor 0-ish guards: below 1 is an argument error, not a silent plain build.
+        #expect(throws: IndexError.self) {
+            try d.values.withUnsafeBufferPointer { _ = try FaissIndex(dimension: d.dimension, factory: "IVF160,Flat",
+                                                                          metric: .l2).train($0, maxListFactor: 0.5) }
+        }
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("balanced-\(UUID()).faiss").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try balanced.write(to: path)
+        let back = try FaissIndex(contentsOf: path)
+        #expect(back.listCount == balanced.listCount && back.factory == balanced.factory && back.count == d.count)
+    }
+
     @Test("Python's faiss.read_index reads our file and answers the same",
           .enabled(if: Python.hasFaiss, "/usr/bin/python3 cannot import faiss (apt-get install python3-faiss)"))
     func pythonReadsOurFile() throws {

@@ -92,6 +92,16 @@ int ew_faiss_reserve(ew_faiss_index *index, int64_t n, ew_faiss_error *err);
 
 int ew_faiss_train(ew_faiss_index *index, int64_t n, const float *x, ew_faiss_error *err);
 
+/* Trains an untrained IVF index as ew_faiss_train does, then splits every inverted list that
+   holds more than max_list_factor (>= 1) times the mean share of the n training vectors into
+   lists of about the mean (k-means over that list's own vectors), so that no "hub" centroid
+   near every query sends each search through a large share of the catalogue. The index then has
+   more lists than its factory string asked for; ew_faiss_factory reports the real count and the
+   file stays a stock IndexIVF*. *lists (may be NULL) gets the list count, *split (may be NULL)
+   how many lists were split. Other kinds, or fewer than 2 vectors per list: plain training. */
+int ew_faiss_train_balanced(ew_faiss_index *index, int64_t n, const float *x, double max_list_factor, int64_t *lists,
+                            int64_t *split, ew_faiss_error *err);
+
 /* Adds n vectors (n*dim floats, borrowed) with their ids. */
 int ew_faiss_add(ew_faiss_index *index, int64_t n, const float *x, const int64_t *ids, ew_faiss_error *err);
 
@@ -149,6 +159,8 @@ int ew_faiss_can_remove(const ew_faiss_index *index);
 /* The factory string the index was built from, with the IDMap2 wrapping made explicit
    ("IDMap2,Flat"); for a file read from disk, a description rebuilt from its structure. */
 const char *ew_faiss_factory(const ew_faiss_index *index);
+/* IVF: the entries of the longest inverted list (0 for other kinds). */
+int64_t ew_faiss_largest_list(const ew_faiss_index *index);
 
 /* ---- Distance kernels.
    Debian's libfaiss.a is built for baseline x86-64, so its distances run scalar code. Indexes
