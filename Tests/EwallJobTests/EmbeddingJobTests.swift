@@ -150,11 +150,6 @@ struct EmbeddingJobTests {
         try await everyFailureIsAccountedForAndNothingElseIsLost(kind: .postgres)
     }
 
-    /// Batches of 4 in 2 model streams: units reach the store in the order the batches formed.
-    @Test func everyFailureIsAccountedForWithTwoModelStreams() async throws {
-        try await everyFailureIsAccountedForAndNothingElseIsLost(kind: .sqlite, streams: 2)
-    }
-
     @Test func aChangedURLOrPreprocessingIsEmbeddedAgainAndForceRedoesAll() async throws {
         let photos = Array(try Fixtures.photos().prefix(6))
         let server = try Self.server(photos: photos)

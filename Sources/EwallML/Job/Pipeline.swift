@@ -204,26 +204,15 @@ final class JobPipeline: Sendable {
 
     /// Batches of the model's size (one forward pass each; identical bytes within a batch run
     /// once) -> write units. Failures ride along with the next unit.
-    /// With several model streams (``ModelOptions/streams``), that many batches are in the
-    /// model at once; units still reach the write stage in the order their batches formed.
     private func batchStage() async {
+        defer { writeQueue.finish() }
         let size = embedder.embedder.batchSize
-        let streams = embedder.embedder.streams
         var ready: [(WorkItem, FetchedImage, PreparedImage)] = []
         var unit = WriteUnit()
-        // Each batch's task: its forward pass, then (after the batch before it) its unit.
-        var inModel: [Task<Void, Never>] = []
         func ship() async {
-            if ready.isEmpty && unit.outcomes.isEmpty { return }
-            if inModel.count == streams { await inModel.removeFirst().value }
-            let (batch, pending, before) = (ready, unit, inModel.last)
-            inModel.append(Task {
-                var unit = pending
-                if !batch.isEmpty { await self.embed(batch, into: &unit) }
-                await before?.value
-                if !unit.outcomes.isEmpty { await self.writeQueue.send(unit) }
-            })
+            if !ready.isEmpty { await embed(ready, into: &unit) }
             ready.removeAll(keepingCapacity: true)
+            if !unit.outcomes.isEmpty { await writeQueue.send(unit) }
             unit = WriteUnit()
         }
         while let p = await preparedQueue.next() {
@@ -238,8 +227,6 @@ final class JobPipeline: Sendable {
             if ready.count >= size || unit.outcomes.count >= 2 * size { await ship() }
         }
         await ship()
-        for t in inModel { await t.value }
-        writeQueue.finish()
     }
 
     private func embed(_ ready: [(WorkItem, FetchedImage, PreparedImage)], into unit: inout WriteUnit) async {
