@@ -69,9 +69,9 @@ struct ParityTests {
     /// 0.95 (BatchNorm folded in fp32 before the cast). Random weights exaggerate rounding noise;
     /// re-measure with pretrained weights. This test holds the floor measured here, so a
     /// regression in the bf16 path still fails it.
-    @Test("bf16 vectors stay close to fp32 (measured floor on the random-init model)")
+    @Test("bf16 vectors stay close to fp32 (measured floor on the random-init model)",
+          .enabled(if: TorchModel.cpuHasBF16, "this CPU has no native bfloat16 (AVX512_BF16/AMX); bf16 is not used here"))
     func bf16Drift() async throws {
-        try #require(TorchModel.cpuHasBF16, "this CPU has no native bf16; bf16 is not used here")
         let files = try Fixtures.photos()
         let fp32 = try await Self.embedder(.fp32).embed(files: files).map { try $0.result.get().vector }
         let bf16e = try Self.embedder(.bf16)
