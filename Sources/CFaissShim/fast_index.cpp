@@ -26,7 +26,6 @@
 #include <sys/mman.h>
 
 #include <algorithm>
-#include <atomic>
 #include <mutex>
 #include <cmath>
 #include <type_traits>
@@ -227,15 +226,12 @@ struct FastFlat : Base {
         o.ntotal = 0;
     }
 
-    // The largest squared norm of the stored vectors, for coarseBatch's error bound; computed
-    // once per ntotal (the vectors of a quantizer change only while training, alone).
-    mutable std::atomic<float> maxNorm2{0};
-    mutable std::atomic<idx_t> normsFor{-1};
-
-    // Every stored vector's squared norm, for the batched coarse pass: FAISS's BLAS search
-    // recomputes them (with its scalar reference code in Debian's build) on every call.
+    // Every stored vector's squared norm (the batched coarse pass: FAISS's BLAS search
+    // recomputes them with scalar code on every call) and the largest (coarseBatch's error
+    // bound), computed once per ntotal: a quantizer's vectors change only while it trains, alone.
     mutable std::mutex normsLock;
     mutable std::vector<float> norms;
+    mutable float maxNorm2 = 0;
 
     const float *storedNorms2() const {
         std::lock_guard<std::mutex> hold(normsLock);
@@ -244,29 +240,19 @@ struct FastFlat : Base {
             const float *y = this->get_xb();
             size_t d = size_t(this->d);
             norms.resize(size_t(this->ntotal));
-            for (idx_t j = 0; j < this->ntotal; j++) norms[size_t(j)] = kn.l2sqr(y + j * d, zeros(d), d);
+            maxNorm2 = 0;
+            for (idx_t j = 0; j < this->ntotal; j++) {
+                norms[size_t(j)] = kn.inner(y + j * d, y + j * d, d);
+                maxNorm2 = std::max(maxNorm2, norms[size_t(j)]);
+            }
         }
         return norms.data();
     }
 
-    static const float *zeros(size_t d) {
-        static std::vector<float> z;
-        static std::mutex m;
-        std::lock_guard<std::mutex> hold(m);
-        if (z.size() < d) z.assign(d, 0.0f);
-        return z.data();
-    }
-
     float largestNorm2() const {
-        if (normsFor.load(std::memory_order_acquire) != this->ntotal) {
-            const float *y = this->get_xb();
-            size_t d = size_t(this->d);
-            float m = 0;
-            for (idx_t j = 0; j < this->ntotal; j++) m = std::max(m, faiss::fvec_norm_L2sqr(y + j * d, d));
-            maxNorm2.store(m, std::memory_order_relaxed);
-            normsFor.store(this->ntotal, std::memory_order_release);
-        }
-        return maxNorm2.load(std::memory_order_relaxed);
+        storedNorms2();
+        std::lock_guard<std::mutex> hold(normsLock);
+        return maxNorm2;
     }
 
     void search(idx_t n, const float *x, idx_t k, float *distances, idx_t *labels,
@@ -330,7 +316,8 @@ void blasCandidates(const FastFlat<typename std::conditional<IP, faiss::IndexFla
         idx_t *idxi = cand + i * kc;
         faiss::heap_heapify<C>(size_t(kc), simi, idxi);
         const float *row = ip.data() + size_t(i) * size_t(ny);
-        float x2 = IP ? 0 : kn.l2sqr(x + size_t(i) * size_t(d), FastFlat<faiss::IndexFlatL2, false>::zeros(size_t(d)), size_t(d));
+        const float *xi = x + size_t(i) * size_t(d);
+        float x2 = IP ? 0 : kn.inner(xi, xi, size_t(d));
         for (int j = 0; j < ny; j++) {
             float v = IP ? row[j] : std::max(0.0f, x2 + y2[j] - 2 * row[j]);
             if (C::cmp(simi[0], v)) faiss::heap_replace_top<C>(size_t(kc), simi, idxi, v, idx_t(j));

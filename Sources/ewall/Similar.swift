@@ -142,6 +142,7 @@ struct Similar: AsyncParsableCommand {
             limits: .init(maxImageBytes: limits.maxBytes, maxImagePixels: limits.maxPixels, maxBatchSize: model.batchSize),
             urlPolicy: nil, indexWatchInterval: nil)
         configuration.device = model.device
+        configuration.streams = model.streams
         configuration.precisionCachePath = model.precisionCachePath
         configuration.redis = try redisFlags.configuration().map { var r = $0; r.connections = 1; return r }
         let service: EwallService

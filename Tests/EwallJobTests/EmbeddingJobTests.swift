@@ -8,13 +8,13 @@ import Testing
 @Suite("ewall-embed job", .serialized)
 struct EmbeddingJobTests {
     /// Loaded once: loading and warming up ResNet50 takes seconds.
-    nonisolated(unsafe) static var shared: [String: ImageEmbedder] = [:]
+    nonisolated(unsafe) static var shared: [PreprocessingMode: ImageEmbedder] = [:]
 
-    static func embedder(_ mode: PreprocessingMode = .squash224, streams: Int = 1) throws -> ImageEmbedder {
-        if let e = shared["\(mode)/\(streams)"] { return e }
+    static func embedder(_ mode: PreprocessingMode = .squash224) throws -> ImageEmbedder {
+        if let e = shared[mode] { return e }
         let e = try ImageEmbedder(configuration: EmbedderConfiguration(
-            model: ModelOptions(path: Fixtures.model, threads: 2, batchSize: 4, streams: streams), preprocessing: mode))
-        shared["\(mode)/\(streams)"] = e
+            model: ModelOptions(path: Fixtures.model, threads: 2, batchSize: 4), preprocessing: mode))
+        shared[mode] = e
         return e
     }
 
@@ -82,12 +82,11 @@ struct EmbeddingJobTests {
     static let expectedFailures = ["http_5xx": 1, "timeout": 1, "too_large": 1, "redirect_loop": 1, "not_an_image": 1,
                                    "truncated": 1, "http_4xx": 1]
 
-    func everyFailureIsAccountedForAndNothingElseIsLost(kind: StoreKind, streams: Int = 1) async throws {
+    func everyFailureIsAccountedForAndNothingElseIsLost(kind: StoreKind) async throws {
         let photos = Array(try Fixtures.photos().prefix(6))
         let server = try Self.server(photos: photos)
         defer { server.shutdown() }
-        let embedder = try Self.embedder(streams: streams)
-        #expect(embedder.embedder.streams == streams)
+        let embedder = try Self.embedder()
         let store = try await kind.open()
         let manifest = try Self.manifest(server)
 
