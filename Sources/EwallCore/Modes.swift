@@ -38,7 +38,7 @@ public enum Precision: String, Sendable, Codable, CaseIterable, CustomStringConv
     case bf16
     /// float16 weights and activations: CUDA only (the CPU refuses it with a clear error).
     case fp16
-    /// Measured at load: fp32 and bf16 each time full warm-up batches and the faster one is
+    /// Measured at load: fp32 and bf16 each time full batches after the warm-up and the faster one is
     /// kept (bf16 only when it beats fp32 by more than the noise margin); the choice is cached
     /// per model sha256, CPU model and thread count. Never chosen from CPU flags alone.
     case auto

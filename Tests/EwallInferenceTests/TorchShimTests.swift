@@ -34,7 +34,7 @@ struct TorchShimErrorTests {
         ("not_torchscript.pt", .notTorchScript, "not a TorchScript file"),
         ("state_dict.pt", .notTorchScript, "torch.save"),
         ("unsupported_op.pt", .unsupportedModel, "aten::sigmoix"),
-        ("output_4d.pt", .badOutput, "[2, 3, 8, 8]"),
+        ("output_4d.pt", .badOutput, "[1, 3, 8, 8]"),
         ("output_tuple.pt", .badOutput, "Tuple"),
         ("output_int.pt", .badOutput, "Long"),
     ])
@@ -90,10 +90,20 @@ struct TorchShimOutputTests {
         }
     }
 
-    @Test("a short tail batch runs after a full warm-up batch")
+    @Test("after the one-image warm-up, a full batch and then a short tail batch give the known outputs")
     func tailBatch() throws {
         let e = try Expected.load()
-        let model = try TorchModel(options: tinyOptions("linear4.pt", batch: 4))
+        let options = tinyOptions("linear4.pt", batch: 4)
+        #expect(TorchModel.warmupBatch(options) == 1)
+        var cuda = options
+        cuda.device = .cuda(0)
+        #expect(TorchModel.warmupBatch(cuda) == 4, "on CUDA the warm-up is a full batch (cuDNN tunes per shape)")
+        let model = try TorchModel(options: options)
+        let full = try e.input([0, 1, 2, 3]).withUnsafeBufferPointer { try model.forward($0, count: 4) }
+        #expect(full.count == 16)
+        for i in 0..<4 {
+            for j in 0..<4 { #expect(abs(full[i * 4 + j] - e.linear4[i][j]) < 1e-5, "row \(i) col \(j)") }
+        }
         let out = try e.input([3]).withUnsafeBufferPointer { try model.forward($0, count: 1) }
         #expect(out.count == 4)
         #expect(abs(out[0] - e.linear4[3][0]) < 1e-5)
