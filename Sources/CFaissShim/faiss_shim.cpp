@@ -566,6 +566,16 @@ const char *ew_faiss_blas_core(void) {
     return name ? name : "";
 }
 
+int ew_faiss_set_blas_threads(int threads) {
+    using SetThreads = void (*)(int);
+    using GetThreads = int (*)();
+    static SetThreads set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    static GetThreads get = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    if (!set || !get) return 0;
+    if (threads > 0) set(threads);
+    return get();
+}
+
 const char *ew_faiss_blas_core_for_cpu(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&

@@ -67,7 +67,17 @@ public struct IDBitmap: Sendable, Hashable {
         return out
     }
 
-    public var count: Int { bytes.reduce(0) { $0 + $1.nonzeroBitCount } }
+    public var count: Int {
+        // Eight bytes per popcount (a byte at a time took ~4% of a busy server's CPU at 100k:
+        // every similar request counts its filter).
+        bytes.withUnsafeBytes { raw in
+            let words = raw.count / 8
+            var n = 0
+            for w in 0..<words { n += raw.loadUnaligned(fromByteOffset: w * 8, as: UInt64.self).nonzeroBitCount }
+            for b in (words * 8)..<raw.count { n += raw[b].nonzeroBitCount }
+            return n
+        }
+    }
 }
 
 /// Per-call search settings; `nil` keeps the index's own.
@@ -140,6 +150,12 @@ public final class FaissIndex: @unchecked Sendable {
     /// Sets FAISS's OpenMP thread count (process-wide); returns the count in force.
     @discardableResult
     public static func setThreads(_ n: Int) -> Int { Int(ew_faiss_set_threads(Int32(n))) }
+
+    /// Sets OpenBLAS's thread count (process-wide; FAISS's batched work and our batched coarse
+    /// pass call it); returns the count in force, or 0 when the BLAS is not OpenBLAS. With 1,
+    /// each call runs on its caller's thread, so several search threads run theirs side by side.
+    @discardableResult
+    public static func setBLASThreads(_ n: Int) -> Int { Int(ew_faiss_set_blas_threads(Int32(n))) }
 
     public var count: Int { Int(ew_faiss_ntotal(handle)) }
     public var dimension: Int { Int(ew_faiss_dim(handle)) }

@@ -72,6 +72,10 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Longest wait for a batch to fill when the model is idle, in milliseconds.")
     var maxBatchWaitMs = 5
 
+    @Option(name: .long, help: ArgumentHelp("Similar-products batches searched at once, a thread each.",
+                                            discussion: "Default: the cores, at most 4. Above 1, OpenBLAS runs each search's coarse pass on that search's own thread."))
+    var searchThreads = EwallConfiguration.defaultSearchThreads
+
     @Option(name: .long, help: "Images waiting for the model beyond which embeds answer 503 overloaded.")
     var maxQueue = 256
 
@@ -119,6 +123,7 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("times must be positive")
         }
         guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
+        guard searchThreads >= 1 else { throw ValidationError("--search-threads must be at least 1") }
     }
 
     func run() async throws {
@@ -140,6 +145,7 @@ struct Serve: AsyncParsableCommand {
         config.redis = try redisFlags.configuration()
         config.device = model.device
         config.streams = model.streams
+        config.searchThreads = searchThreads
         config.indexMemoryMapped = mmapIndex
         config.limits = .init(maxImageBytes: maxImageBytes, maxImagePixels: maxPixels, maxBatchSize: model.batchSize,
                               maxBatchWait: .milliseconds(maxBatchWaitMs), maxQueuedImages: maxQueue)

@@ -57,6 +57,22 @@ struct FaissIndexTests {
         }
     }
 
+    @Test("IDBitmap.count counts every member, across word boundaries and a tail shorter than a word",
+          arguments: [0, 1, 7, 8, 9, 63, 64, 65, 1_001])
+    func bitmapCount(capacity: Int) {
+        var rng = SystemRandomNumberGenerator()
+        var bitmap = IDBitmap(capacity: capacity)
+        var members = Set<Int64>()
+        for _ in 0..<(capacity / 2 + 1) where capacity > 0 {
+            let id = Int64.random(in: 0..<Int64(capacity), using: &rng)
+            bitmap.insert(id)
+            members.insert(id)
+        }
+        if capacity > 0 { bitmap.insert(Int64(capacity - 1)); members.insert(Int64(capacity - 1)) }
+        #expect(bitmap.count == members.count)
+        #expect(bitmap.count == (0..<Int64(capacity)).filter(bitmap.contains).count)
+    }
+
     @Test("A filter (allowed bitmap + excluded ids) returns the exact top-k among the allowed ids",
           arguments: ["Flat", "IVF40,Flat"])
     func filters(factory: String) throws {

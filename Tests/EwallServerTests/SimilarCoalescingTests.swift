@@ -11,12 +11,14 @@ import Testing
 /// request gets alone, and a lone request runs at once in a batch of one.
 @Suite("EwallService: coalesced similar searches", .serialized)
 struct SimilarCoalescingTests {
-    static func service(memoryMapped: Bool = false) async throws -> (EwallService, PrometheusCollectorRegistry) {
+    static func service(memoryMapped: Bool = false, searchThreads: Int = EwallConfiguration.defaultSearchThreads) async throws
+        -> (EwallService, PrometheusCollectorRegistry) {
         let dir = try await PhotoCatalogue.shared.value.copy()
         var c = EwallConfiguration(modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
                                    indexPath: dir.appendingPathComponent("faiss").path,
                                    rulesPath: Fixtures.path("data/category_rules.json"), indexWatchInterval: nil)
         c.indexMemoryMapped = memoryMapped
+        c.searchThreads = searchThreads
         let registry = PrometheusCollectorRegistry()
         let service = try await EwallService(configuration: c, metrics: PrometheusMetricsFactory.forEwall(registry: registry))
         return (service, registry)
@@ -83,9 +85,10 @@ struct SimilarCoalescingTests {
         await mapped.shutdown()
     }
 
-    @Test("Concurrent similar requests (different products, k, category and stock rules, unknown ids) get exactly their one-at-a-time answers")
-    func concurrentEqualsAlone() async throws {
-        let (service, registry) = try await Self.service()
+    @Test("Concurrent similar requests (different products, k, category and stock rules, unknown ids) get exactly their one-at-a-time answers, with one search thread and with two batches searched at once",
+          arguments: [1, 2])
+    func concurrentEqualsAlone(searchThreads: Int) async throws {
+        let (service, registry) = try await Self.service(searchThreads: searchThreads)
         let qs = Self.queries()
         var alone: [SimilarAnswer] = []
         for (id, q) in qs { alone.append(try await service.similar(productID: id, query: q)) }

@@ -190,6 +190,12 @@ int ew_faiss_kernel_supported(const char *name);
    "Zen", ...; static string); "" when the process's BLAS is not OpenBLAS. */
 const char *ew_faiss_blas_core(void);
 
+/* Sets OpenBLAS's thread count (process-wide) when the BLAS is OpenBLAS; returns the count in
+   force, or 0 with another BLAS. With 1, each BLAS call runs on the thread that makes it, so
+   several threads can each run their own calls side by side (no pool to share, and no pool
+   threads spinning between calls). */
+int ew_faiss_set_blas_threads(int threads);
+
 /* The OpenBLAS core family whose kernels this CPU runs and our tests check: "SkylakeX"
    (AVX-512 F/CD/BW/DQ/VL), "Haswell" (AVX2 + FMA), or "" (neither). For choosing
    OPENBLAS_CORETYPE when OpenBLAS itself falls back to its generic kernels (static string). */

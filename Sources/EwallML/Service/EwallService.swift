@@ -185,7 +185,9 @@ public final class EwallService: Service, Sendable {
         indexAge = Recorder(label: "ewall_index_age_seconds", dimensions: [], aggregate: false, factory: metrics)
         reloads = Counter(label: "ewall_index_reloads_total", dimensions: [], factory: metrics)
         reloadFailures = Counter(label: "ewall_index_reload_failures_total", dimensions: [], factory: metrics)
-        coalescer = SimilarCoalescer(maxBatch: 64, metrics: metrics)
+        let searchThreads = max(1, configuration.searchThreads)
+        if searchThreads > 1 { FaissIndex.setBLASThreads(1) }
+        coalescer = SimilarCoalescer(maxBatch: 64, lanes: searchThreads, metrics: metrics)
         let classifier: CategoryClassifier
         do {
             classifier = try await Self.openClassifier(store: store, key: modelKey, rules: rules, configuration: configuration)

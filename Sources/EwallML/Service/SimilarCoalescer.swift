@@ -8,6 +8,10 @@ import Metrics
 /// A request that finds nothing in flight starts at once (no wait for company): a quiet server
 /// answers each query alone, a busy one in batches of up to `maxBatch`.
 ///
+/// Up to `lanes` batches run at once, each on a thread of its own (a lane takes the waiting
+/// requests when its batch is done), so a busy server searches on every core it is given
+/// rather than on one thread with the rest idle.
+///
 /// Each request carries the index snapshot it took when it arrived and is answered from it,
 /// exactly as it would be alone; a batch groups its requests by snapshot.
 final class SimilarCoalescer: Sendable {
@@ -21,18 +25,22 @@ final class SimilarCoalescer: Sendable {
 
     private struct State: Sendable {
         var queue: [Waiting] = []
-        /// A drain is running (or about to): new requests just queue.
-        var running = false
+        /// Drains running (or about to): new requests just queue once all lanes are busy.
+        var running = 0
     }
 
     private let state = Locked(State())
-    /// FAISS work runs here, off Swift's cooperative pool.
-    private let worker = BlockingWorker(name: "ewall-similar")
+    /// FAISS work runs here, off Swift's cooperative pool: one thread per lane.
+    private let worker: BlockingWorker
     let maxBatch: Int
+    /// Batches searched at once.
+    let lanes: Int
     private let batchSize: Recorder
 
-    init(maxBatch: Int = 64, metrics: any MetricsFactory) {
+    init(maxBatch: Int = 64, lanes: Int = 1, metrics: any MetricsFactory) {
         self.maxBatch = max(1, maxBatch)
+        self.lanes = max(1, lanes)
+        worker = BlockingWorker(name: "ewall-similar", threads: self.lanes)
         batchSize = Recorder(label: "ewall_similar_batch_size", dimensions: [], aggregate: true, factory: metrics)
     }
 
@@ -41,8 +49,8 @@ final class SimilarCoalescer: Sendable {
         await withCheckedContinuation { continuation in
             let lead = state.withLock { s -> Bool in
                 s.queue.append(Waiting(search: search, request: request, continuation: continuation))
-                if s.running { return false }
-                s.running = true
+                if s.running >= lanes { return false }
+                s.running += 1
                 return true
             }
             if lead {
@@ -53,12 +61,12 @@ final class SimilarCoalescer: Sendable {
     }
 
     /// Runs batches until the queue is empty: each takes up to `maxBatch` waiting requests (in
-    /// arrival order); requests that arrive meanwhile form the next.
+    /// arrival order); requests that arrive meanwhile form the next (this lane's or another's).
     private func drain() {
         while true {
             let batch = state.withLock { s -> [Waiting] in
                 if s.queue.isEmpty {
-                    s.running = false
+                    s.running -= 1
                     return []
                 }
                 let n = min(maxBatch, s.queue.count)
