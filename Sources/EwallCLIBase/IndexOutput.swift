@@ -76,10 +76,18 @@ public enum IndexSummaryText {
             out += String(format: "  recall@%d    %.3f on %d held-out queries (target %.2f: %@) at %@\n", r.k, r.measured, r.queries,
                           r.target, r.met ? "met" : "NOT met", search.isEmpty ? "default settings" : search.joined(separator: ", "))
             out += "  tuning       \(curve)\n"
+            if let f = s.filteredRecall {
+                let fcurve = f.curve.map { pt in (pt.nprobe.map { "nprobe \($0)" } ?? "default") + String(format: " %.3f", pt.recall) }
+                    .joined(separator: ", ")
+                out += String(format: "  filtered     recall@%d %.3f on %d queries under the default filters (same category, in stock; target %.2f: %@); ",
+                              f.k, f.measured, f.queries, f.target, f.met ? "met" : "NOT met")
+                    + (s.search.filteredNprobe.map { "filtered searches start at nprobe \($0)" } ?? "filtered searches start at twice nprobe")
+                    + "\n  tuning       \(fcurve)\n"
+            }
         } else {
             out += "  recall@10    1.000 (exact search)\n"
         }
-        let order = ["read_sample", "train", "add", "faiss_add", "update", "tune", "write", "total"]
+        let order = ["read_sample", "train", "add", "faiss_add", "update", "tune", "tune_filtered", "write", "total"]
         out += "  compute      \(DistanceKernel.summary(kernel: s.kernel, blasCore: s.blasCore))\n"
         out += "  seconds      " + order.compactMap { k in s.seconds[k].map { String(format: "%@ %.1f", k, $0) } }.joined(separator: ", ")
         for w in s.warnings { out += "\n  warning      \(w)" }

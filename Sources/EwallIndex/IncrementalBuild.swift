@@ -134,12 +134,16 @@ enum Incremental {
             seconds["tune"] = Date().timeIntervalSince(tt)
         }
 
+        // The filtered nprobe of the last full build stays while the unfiltered one does (an
+        // update moves few vectors); re-tuned, it falls back to twice nprobe until the next full build.
+        if search.nprobe != m.search.nprobe { search.filteredNprobe = nil }
         let tw = Date()
-        let manifest = IndexManifest(
+        var manifest = IndexManifest(
             factory: m.factory, metric: m.metric, distance: m.distance, search: search, dimension: d, count: index.count,
             modelID: key.modelID, preprocessing: key.preprocessing, builtAt: isoNow(),
             buildSeconds: Date().timeIntervalSince(started), buildMode: "incremental", choice: m.choice, recall: recall,
             nextID: nextID, files: [:])
+        if search.filteredNprobe != nil { manifest.filteredRecall = m.filteredRecall }
         let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest)
         seconds["write"] = Date().timeIntervalSince(tw)
         seconds["total"] = Date().timeIntervalSince(started)

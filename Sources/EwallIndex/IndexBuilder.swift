@@ -84,6 +84,8 @@ public struct IndexBuildSummary: Sendable, Codable {
     public var unchanged: Int
     public var search: IndexManifest.Search
     public var recall: IndexManifest.Recall?
+    /// IVF with categories: recall under the default filters (see ``IndexManifest/filteredRecall``).
+    public var filteredRecall: IndexManifest.Recall?
     public var seconds: [String: Double]
     public var indexBytes: Int64
     public var warnings: [String]
@@ -96,7 +98,8 @@ public struct IndexBuildSummary: Sendable, Codable {
     enum CodingKeys: String, CodingKey {
         case folder, mode, fullRebuildReason = "full_rebuild_reason", factory, choice, metric
         case modelID = "model_id", preprocessing, dimension, count, added, changed, removed, unchanged
-        case search, recall, seconds, indexBytes = "index_bytes", warnings, kernel, blasCore = "blas_core"
+        case search, recall, filteredRecall = "filtered_recall", seconds, indexBytes = "index_bytes", warnings, kernel
+        case blasCore = "blas_core"
     }
 }
 
@@ -104,6 +107,9 @@ public struct IndexBuildSummary: Sendable, Codable {
 /// are read page by page and never all held twice (see README "Choosing an index").
 public enum IndexBuilder {
     public static let recallK = 10
+    /// Queries (of the recall queries, those in stock with a category) for recall under the
+    /// default filters.
+    public static let filteredRecallQueries = 200
 
     public static func build(store: any EmbeddingStore, options: IndexBuildOptions,
                              progress: @escaping @Sendable (IndexBuildProgress) -> Void = { _ in }) async throws -> IndexBuildSummary {
@@ -198,6 +204,16 @@ public enum IndexBuilder {
             }
         }
 
+        // The categories and stock, for recall under the default filters (IVF: the nprobe that
+        // filtered searches start at). The vectors stream in the same product-id order.
+        var columns: FilterColumns?
+        if queryCount > 0 && index.kind == .ivf {
+            columns = try await FilterColumns.read(store, key, count: n)
+        }
+        var filteredTruth = columns.map {
+            FilteredTruth(queries: queries, columns: $0, limit: filteredRecallQueries, k: recallK, metric: options.metric)
+        }
+
         // Pass 2: add every vector under its ordinal as id; exact neighbours of the queries on the way.
         let t = Date()
         try index.reserve(n)
@@ -217,6 +233,16 @@ public enum IndexBuilder {
                                  hash: IDMap.hash(UnsafeBufferPointer(rebasing: buf[r * d..<(r + 1) * d])))
                 }
                 try truth.merge(chunk: buf, ids: ids)
+                if let c = columns {
+                    // A product added or removed since the columns were read: no filtered tuning.
+                    if ids.last.map({ Int($0) < c.productIDs.count }) != true
+                        || zip(ids, page.productIDs).contains(where: { c.productIDs[Int($0.0)] != $0.1 }) {
+                        columns = nil
+                        filteredTruth = nil
+                    } else {
+                        try filteredTruth?.merge(chunk: buf, ids: ids, columns: c)
+                    }
+                }
             }
             added += page.count
             progress(IndexBuildProgress(phase: "adding vectors", done: added, total: n))
@@ -235,9 +261,23 @@ public enum IndexBuilder {
 
         // Tune nprobe / efSearch for the recall target.
         let tt = Date()
-        let (search, recall) = try Tuning.tune(index: index, truth: truth, target: options.targetRecall, refine: refine,
+        var (search, recall) = try Tuning.tune(index: index, truth: truth, target: options.targetRecall, refine: refine,
                                                progress: progress)
         if queryCount > 0 { seconds["tune"] = Date().timeIntervalSince(tt) }
+        var filteredRecall: IndexManifest.Recall?
+        var filteredWarning: String?
+        if let columns, let filteredTruth, refine == nil, let start = search.nprobe {
+            let tf = Date()
+            if let (nprobe, r) = try Tuning.tuneFiltered(index: index, truth: filteredTruth, columns: columns, queries: queries,
+                                                         start: start, target: options.targetRecall, progress: progress) {
+                filteredRecall = r
+                if r.met { search.filteredNprobe = nprobe } else {
+                    filteredWarning = String(format: "recall@10 under the default filters %.3f is below the target %.2f even at nprobe %d: "
+                                             + "filtered searches start at twice nprobe", r.measured, r.target, nprobe)
+                }
+            }
+            seconds["tune_filtered"] = Date().timeIntervalSince(tf)
+        }
         try index.setDefaults(nprobe: search.nprobe, efSearch: search.efSearch)
         // An automatic compressed choice that cannot reach the target is no index to serve from.
         if options.index == "auto", let recall, !recall.met, plan.refineFactor != nil {
@@ -250,16 +290,17 @@ public enum IndexBuilder {
 
         let tw = Date()
         progress(IndexBuildProgress(phase: "writing", done: 0, total: 1))
-        let manifest = IndexManifest(
+        var manifest = IndexManifest(
             factory: index.factory, metric: options.metric, distance: IndexManifest.distanceNote(options.metric),
             search: search, dimension: d, count: index.count, modelID: key.modelID, preprocessing: key.preprocessing,
             builtAt: isoNow(), buildSeconds: Date().timeIntervalSince(started), buildMode: "full",
             choice: plan.reason + (balanced.map { "; \($0)" } ?? ""), recall: recall, nextID: Int64(n), files: [:],
             refine: plan.refineFactor.map { IndexManifest.Refine(factor: $0) })
+        manifest.filteredRecall = filteredRecall
         let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest, exactVectors: writer?.url)
         seconds["write"] = Date().timeIntervalSince(tw)
         seconds["total"] = Date().timeIntervalSince(started)
-        var warnings: [String] = []
+        var warnings: [String] = filteredWarning.map { [$0] } ?? []
         if let recall, !recall.met {
             warnings.append(String(format: "recall@10 %.3f is below the target %.2f even at the deepest setting tried: "
                                    + "choose a less compressed index (--index) or raise --max-memory", recall.measured, recall.target))
@@ -269,7 +310,7 @@ public enum IndexBuilder {
             choice: plan.reason + (balanced.map { "; \($0)" } ?? ""),
             metric: options.metric, modelID: key.modelID, preprocessing: key.preprocessing, dimension: d,
             count: written.count, added: added, changed: 0, removed: 0, unchanged: 0, search: search, recall: recall,
-            seconds: seconds, indexBytes: written.files["index"]?.bytes ?? 0, warnings: warnings)
+            filteredRecall: filteredRecall, seconds: seconds, indexBytes: written.files["index"]?.bytes ?? 0, warnings: warnings)
     }
 }
 

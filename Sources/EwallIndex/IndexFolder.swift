@@ -20,11 +20,16 @@ public struct IndexManifest: Codable, Sendable, Hashable {
     public struct Search: Codable, Sendable, Hashable {
         public var nprobe: Int?
         public var efSearch: Int?
-        public init(nprobe: Int? = nil, efSearch: Int? = nil) {
+        /// IVF: the nprobe a filtered search starts at, measured at build under the platform's
+        /// default filters (same category, in stock; see ``IndexManifest/filteredRecall``). Absent
+        /// (an older folder, a store without categories): twice ``nprobe``.
+        public var filteredNprobe: Int?
+        public init(nprobe: Int? = nil, efSearch: Int? = nil, filteredNprobe: Int? = nil) {
             self.nprobe = nprobe
             self.efSearch = efSearch
+            self.filteredNprobe = filteredNprobe
         }
-        enum CodingKeys: String, CodingKey { case nprobe, efSearch = "ef_search" }
+        enum CodingKeys: String, CodingKey { case nprobe, efSearch = "ef_search", filteredNprobe = "filtered_nprobe" }
     }
 
     public struct RecallPoint: Codable, Sendable, Hashable {
@@ -72,6 +77,10 @@ public struct IndexManifest: Codable, Sendable, Hashable {
     public var choice: String
     /// Present for approximate indexes.
     public var recall: Recall?
+    /// IVF with categories in the store: recall@10 under the default filters (same category, in
+    /// stock, the query itself excluded) against exact search among the products they allow,
+    /// by nprobe from ``Search/nprobe`` up; ``Search/filteredNprobe`` is where it met the target.
+    public var filteredRecall: Recall?
     /// The next int64 id an incremental build gives a new product.
     public var nextID: Int64
     public var files: [String: FileEntry]
@@ -102,7 +111,7 @@ public struct IndexManifest: Codable, Sendable, Hashable {
     enum CodingKeys: String, CodingKey {
         case format, formatVersion = "format_version", factory, metric, distance, search, dimension, count
         case modelID = "model_id", preprocessing, builtAt = "built_at", buildSeconds = "build_seconds"
-        case buildMode = "build_mode", choice, recall, nextID = "next_id", files, refine
+        case buildMode = "build_mode", choice, recall, filteredRecall = "filtered_recall", nextID = "next_id", files, refine
     }
 
     public var key: ModelKey { ModelKey(modelID: modelID, preprocessing: preprocessing) }

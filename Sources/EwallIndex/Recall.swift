@@ -1,3 +1,5 @@
+import EwallCore
+import EwallStore
 import Foundation
 
 /// Query vectors taken from the catalogue for measuring recall, with their own ids (a query's
@@ -99,5 +101,167 @@ enum Tuning {
         }
         return (chosen, IndexManifest.Recall(k: IndexBuilder.recallK, measured: last, target: target, met: last >= target,
                                              queries: truth.queries.count, curve: curve))
+    }
+}
+
+// MARK: - Under the default filters
+
+/// The products' categories and stock by ordinal (the store's product-id order, as the build
+/// streams the vectors), for measuring recall under the platform's default filters.
+struct FilterColumns {
+    /// 0: no category; else 1 + an index into the categories seen.
+    var category: [UInt16] = []
+    var inStock: [Bool] = []
+    /// The product id at each ordinal: the vector stream is checked against it row by row.
+    var productIDs: [String] = []
+
+    /// Reads every product with a vector under `key`, in product-id order (the order the vectors
+    /// stream in). Nil when fewer than two products share a category (nothing to filter by).
+    static func read(_ store: any EmbeddingStore, _ key: ModelKey, count: Int) async throws -> FilterColumns? {
+        var c = FilterColumns()
+        c.category.reserveCapacity(count)
+        c.inStock.reserveCapacity(count)
+        c.productIDs.reserveCapacity(count)
+        var codes: [String: UInt16] = [:]
+        var after: String?
+        while true {
+            let page = try await store.productsWithVectors(key: key, after: after, limit: 10_000)
+            for p in page {
+                var code: UInt16 = 0
+                if let name = p.category, !name.isEmpty {
+                    if let known = codes[name] { code = known } else if codes.count < Int(UInt16.max) - 1 {
+                        code = UInt16(codes.count + 1)
+                        codes[name] = code
+                    }
+                }
+                c.category.append(code)
+                c.inStock.append(p.inStock ?? true)  // unknown stock counts as in stock, as in answers
+                c.productIDs.append(p.id)
+            }
+            guard page.count == 10_000, let last = page.last else { break }
+            after = last.id
+        }
+        guard c.productIDs.count == count, !codes.isEmpty else { return nil }
+        return c
+    }
+}
+
+/// Exact k nearest neighbours of each query among the products the default filters allow it
+/// (same category, in stock, itself excluded), accumulated chunk by chunk as the vectors stream.
+struct FilteredTruth {
+    let k: Int
+    let metric: IndexMetric
+    let dimension: Int
+    /// Query ordinals (ids), their categories, and their vectors grouped by category.
+    let ids: [Int64]
+    let categories: [UInt16]
+    private let byCategory: [UInt16: (members: [Int], vectors: [Float])]
+    private(set) var best: [[(id: Int64, distance: Float)]]
+
+    /// Up to `limit` of the recall `queries` that are in stock and have a category.
+    init(queries: RecallQueries, columns: FilterColumns, limit: Int, k: Int, metric: IndexMetric) {
+        self.k = k
+        self.metric = metric
+        dimension = queries.dimension
+        var ids: [Int64] = [], cats: [UInt16] = []
+        var groups: [UInt16: (members: [Int], vectors: [Float])] = [:]
+        for q in 0..<queries.count where ids.count < limit {
+            let ordinal = Int(queries.ids[q])
+            let c = columns.category[ordinal]
+            guard c != 0, columns.inStock[ordinal] else { continue }
+            groups[c, default: ([], [])].members.append(ids.count)
+            groups[c, default: ([], [])].vectors += queries.vectors[q * dimension..<(q + 1) * dimension]
+            ids.append(Int64(ordinal))
+            cats.append(c)
+        }
+        self.ids = ids
+        categories = cats
+        byCategory = groups
+        best = Array(repeating: [], count: ids.count)
+    }
+
+    var count: Int { ids.count }
+
+    func better(_ a: Float, _ b: Float) -> Bool { metric == .l2 ? a < b : a > b }
+
+    /// Merges one chunk of vectors (ordinals `ids`): each category's allowed rows are gathered
+    /// and searched exactly for that category's queries at once.
+    mutating func merge(chunk: UnsafeBufferPointer<Float>, ids chunkIDs: [Int64], columns: FilterColumns) throws {
+        let d = dimension
+        for (c, group) in byCategory {
+            var rows: [Int] = []
+            for (r, id) in chunkIDs.enumerated() where columns.category[Int(id)] == c && columns.inStock[Int(id)] { rows.append(r) }
+            if rows.isEmpty { continue }
+            var gathered: [Float] = []
+            gathered.reserveCapacity(rows.count * d)
+            for r in rows { gathered += chunk[(r * d)..<((r + 1) * d)] }
+            let kk = min(k + 1, rows.count)
+            let found = try group.vectors.withUnsafeBufferPointer { qv in
+                try gathered.withUnsafeBufferPointer { gv in
+                    try FaissIndex.exactNeighbours(queries: qv, vectors: gv, dimension: d, k: kk, metric: metric)
+                }
+            }
+            for (j, q) in group.members.enumerated() {
+                var merged = best[q]
+                for (row, distance) in found.results(of: j) where chunkIDs[rows[Int(row)]] != ids[q] {
+                    merged.append((chunkIDs[rows[Int(row)]], distance))
+                }
+                merged.sort { better($0.distance, $1.distance) || ($0.distance == $1.distance && $0.id < $1.id) }
+                best[q] = Array(merged.prefix(k))
+            }
+        }
+    }
+}
+
+extension Tuning {
+    /// recall@k under the default filters at `nprobe`: each query searched with its category's
+    /// in-stock products allowed and itself excluded, as ``ProductSearch`` searches.
+    static func filteredRecall(index: FaissIndex, truth: FilteredTruth, allowed: [UInt16: IDBitmap], nprobe: Int,
+                               vectors: [Float]) throws -> Double {
+        let d = truth.dimension
+        var sum = 0.0
+        for q in 0..<truth.count {
+            let exact = Set(truth.best[q].map(\.id))
+            guard !exact.isEmpty else { sum += 1; continue }
+            let params = SearchParameters(nprobe: nprobe, allowed: allowed[truth.categories[q]], excluded: [truth.ids[q]])
+            let found = try index.search(Array(vectors[(q * d)..<((q + 1) * d)]), k: truth.k, parameters: params).results(of: 0)
+            sum += Double(found.map(\.id).filter(exact.contains).count) / Double(exact.count)
+        }
+        return sum / Double(max(1, truth.count))
+    }
+
+    /// The smallest nprobe from `start` (the unfiltered tuning's) up, in steps of about 1.5x,
+    /// that meets `target` under the default filters, with the curve measured.
+    static func tuneFiltered(index: FaissIndex, truth: FilteredTruth, columns: FilterColumns, queries: RecallQueries,
+                             start: Int, target: Double,
+                             progress: @Sendable (IndexBuildProgress) -> Void) throws -> (Int, IndexManifest.Recall)? {
+        guard truth.count > 0, index.kind == .ivf else { return nil }
+        var allowed: [UInt16: IDBitmap] = [:]
+        for c in Set(truth.categories) { allowed[c] = IDBitmap(capacity: columns.category.count) }
+        for (ordinal, c) in columns.category.enumerated() where allowed[c] != nil && columns.inStock[ordinal] {
+            allowed[c]!.insert(Int64(ordinal))
+        }
+        // The queries' vectors in truth's order.
+        let d = queries.dimension
+        var position: [Int64: Int] = [:]
+        for (i, id) in queries.ids.enumerated() { position[id] = i }
+        var vectors: [Float] = []
+        vectors.reserveCapacity(truth.count * d)
+        for id in truth.ids { let i = position[id]!; vectors += queries.vectors[(i * d)..<((i + 1) * d)] }
+        var ladder: [Int] = []
+        var p = max(1, start)
+        while p < index.listCount { ladder.append(p); p = max(p + 1, (p * 3 + 1) / 2) }
+        ladder.append(index.listCount)
+        var curve: [IndexManifest.RecallPoint] = []
+        var last = 0.0, chosen = ladder[0]
+        for (i, nprobe) in ladder.enumerated() {
+            progress(IndexBuildProgress(phase: "measuring recall@10 under the default filters", done: i, total: ladder.count))
+            last = try filteredRecall(index: index, truth: truth, allowed: allowed, nprobe: nprobe, vectors: vectors)
+            curve.append(.init(nprobe: nprobe, efSearch: nil, recall: last))
+            chosen = nprobe
+            if last >= target { break }
+        }
+        return (chosen, IndexManifest.Recall(k: truth.k, measured: last, target: target, met: last >= target,
+                                             queries: truth.count, curve: curve))
     }
 }

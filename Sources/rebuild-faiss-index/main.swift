@@ -27,7 +27,11 @@ struct RebuildFaissIndex: AsyncParsableCommand {
             and names the --max-memory that the next kind needs. HNSW is never picked automatically \
             (slow to build here, cannot remove vectors); name it with --index HNSW32. For \
             approximate indexes recall@10 is measured against exact search on held-out \
-            queries and nprobe/efSearch raised until --target-recall is met; both are recorded.
+            queries and nprobe/efSearch raised until --target-recall is met; both are recorded. \
+            IVF over a store with categories: recall is measured again under the similar-products \
+            default filters (same category, in stock; up to 200 of those queries, against exact \
+            search among the products the filters allow), and the nprobe that meets the target \
+            is recorded as search.filtered_nprobe, where filtered searches start.
 
             The new folder is written beside the old one and swapped in atomically: readers see \
             the old index or the new one, never a mix. A lock file beside the folder stops two \

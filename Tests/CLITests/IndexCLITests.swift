@@ -61,6 +61,10 @@ struct IndexCLITests {
         #expect(s["count"] as? Int == 600 && s["factory"] as? String == "IVF8,Flat" && s["mode"] as? String == "full")
         let recall = try #require(s["recall"] as? [String: Any])
         #expect((recall["measured"] as? Double ?? 0) >= 0.9 && recall["met"] as? Bool == true)
+        // Categories and stock in the store: recall under the default filters is measured too.
+        let filtered = try #require(s["filtered_recall"] as? [String: Any], "\(r.stdout)")
+        #expect((filtered["measured"] as? Double ?? 0) >= 0.9 && filtered["met"] as? Bool == true)
+        #expect((s["search"] as? [String: Any])?["filtered_nprobe"] as? Int != nil)
         for f in ["image_index.faiss", "manifest.json", "id_map.tsv"] {
             #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("faiss/\(f)").path))
         }

@@ -71,6 +71,43 @@ struct IndexBuildTests {
         #expect(abs(independent - r.measured) < 0.05)
     }
 
+    @Test("IVF: recall under the default filters (same category, in stock) is measured at build; filtered searches start at the nprobe that met it, and reach it")
+    func filteredNprobeMeasured() async throws {
+        // 5 categories over 150 clusters and a third out of stock: the filters cut every neighbourhood.
+        let category: (Int) -> String? = { "c\(Self.data.cluster[$0] % 5)" }
+        let inStock: (Int) -> Bool? = { $0 % 3 != 0 }
+        let (store, _) = try await Catalogue.store(Self.data, category: category, inStock: inStock)
+        defer { Task { await store.close() } }
+        let folder = Catalogue.folder()
+        let s = try await IndexBuilder.build(store: store, options: Catalogue.options(folder))
+        #expect(s.factory.hasPrefix("IVF"))
+        let f = try #require(s.filteredRecall, "no filtered recall recorded")
+        let nprobe = try #require(s.search.nprobe)
+        let filtered = try #require(s.search.filteredNprobe, "no filtered nprobe: \(f)")
+        #expect(f.met && f.measured >= 0.95 && f.queries > 100 && f.queries <= IndexBuilder.filteredRecallQueries)
+        #expect(f.curve.first?.nprobe == nprobe && f.curve.last?.nprobe == filtered && filtered >= nprobe)
+        let loaded = try folder.load()
+        #expect(loaded.manifest.search.filteredNprobe == filtered && loaded.manifest.filteredRecall == f)
+        // Independently: similar products with the default rules, against the Swift exact search
+        // among the same category's in-stock products.
+        // (exactBelow 0: the index answers, however few products a filter leaves.)
+        let search = try await ProductSearch.open(folder: folder, store: store, exactBelow: 0)
+        var sum = 0.0, n = 0
+        for q in stride(from: 7, to: Self.data.count, by: 97) where inStock(q) == true {
+            let allowed = (0..<Self.data.count).filter { $0 != q && inStock($0) == true && category($0) == category(q) }
+            let exact = Set(allowed.map { r in (r, zip(Self.data.row(q), Self.data.row(r)).reduce(Float(0)) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) }) }
+                .sorted { ($0.1, $0.0) < ($1.1, $1.0) }.prefix(10).map(\.0))
+            let a = try await search.similar(to: Catalogue.pid(q), query: SimilarQuery(k: 10, minSimilarity: 0))
+            #expect((a.nprobe ?? 0) >= filtered, "\(q): searched at nprobe \(a.nprobe ?? 0)")
+            let got = a.results.compactMap { Int($0.productID.dropFirst()) }
+            sum += Double(got.filter(exact.contains).count) / Double(exact.count)
+            n += 1
+        }
+        print("filtered: nprobe \(nprobe), filtered \(filtered), curve \(f.curve.map { "\($0.nprobe ?? 0) \($0.recall)" }), independent \(sum / Double(n))")
+        #expect(n > 30)
+        #expect(sum / Double(n) >= 0.9, "independent filtered recall \(sum / Double(n)), recorded \(f.measured)")
+    }
+
     @Test("Every explicit kind: the recall recorded matches an independent measurement; the target is met or flagged",
           arguments: [("HNSW16", true), ("IVF100,SQ8", true), ("IVF100,PQ4x8np", false), ("IVF100,PQ4x8np", true)])
     func explicitKinds(factory: String, refine: Bool) async throws {
