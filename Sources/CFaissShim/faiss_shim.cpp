@@ -295,34 +295,46 @@ int ew_faiss_train_balanced(ew_faiss_index *h, int64_t n, const float *x, double
         faiss::IndexFlat coarse(d, ivf->metric_type);
         faiss::Clustering clus(d, nlist, ivf->cp);
         clus.train(n, x, coarse);
-        std::vector<idx_t> assign(static_cast<size_t>(n));
-        coarse.assign(n, x, assign.data());
-        std::vector<int64_t> count(nlist, 0);
-        for (idx_t a : assign) count[size_t(a)]++;
         // A centroid that averages many natural clusters lies near every point (a hub) and
         // collects them all: split each list holding more than max_list_factor times the mean
-        // into lists of about the mean, by k-means over its own training points.
-        const double mean = double(n) / double(nlist);
-        const float *c = coarse.get_xb();
-        std::vector<float> centroids;
-        centroids.reserve(nlist * d);
+        // into lists of about the mean, by k-means over its own training points. A split can
+        // leave a new hub among the pieces (one of them central again), so the points are
+        // assigned again and the check repeated, for up to kBalanceRounds rounds.
+        constexpr int kBalanceRounds = 4;
+        std::vector<float> centroids(coarse.get_xb(), coarse.get_xb() + nlist * d);
+        std::vector<idx_t> assign(static_cast<size_t>(n));
         int64_t splitCount = 0;
-        for (size_t l = 0; l < nlist; l++) {
-            if (double(count[l]) <= max_list_factor * mean) {
-                centroids.insert(centroids.end(), c + l * d, c + (l + 1) * d);
-                continue;
+        for (int round = 0; round < kBalanceRounds; round++) {
+            const size_t lists = centroids.size() / d;
+            faiss::IndexFlat current(d, ivf->metric_type);
+            current.add(idx_t(lists), centroids.data());
+            current.assign(n, x, assign.data());
+            std::vector<int64_t> count(lists, 0);
+            for (idx_t a : assign) count[size_t(a)]++;
+            const double mean = double(n) / double(lists);
+            std::vector<float> next;
+            next.reserve(centroids.size());
+            int64_t splitNow = 0;
+            for (size_t l = 0; l < lists; l++) {
+                if (double(count[l]) <= max_list_factor * mean) {
+                    next.insert(next.end(), centroids.begin() + l * d, centroids.begin() + (l + 1) * d);
+                    continue;
+                }
+                std::vector<float> points;
+                points.reserve(size_t(count[l]) * d);
+                for (int64_t i = 0; i < n; i++)
+                    if (size_t(assign[size_t(i)]) == l) points.insert(points.end(), x + i * d, x + (i + 1) * d);
+                faiss::ClusteringParameters cp = ivf->cp;
+                cp.seed = ivf->cp.seed + int(l) + 1 + round * 7919;
+                faiss::Clustering sub(d, size_t(std::ceil(double(count[l]) / mean)), cp);
+                faiss::IndexFlat subIndex(d, ivf->metric_type);
+                sub.train(count[l], points.data(), subIndex);
+                next.insert(next.end(), subIndex.get_xb(), subIndex.get_xb() + subIndex.ntotal * d);
+                splitNow++;
             }
-            std::vector<float> points;
-            points.reserve(size_t(count[l]) * d);
-            for (int64_t i = 0; i < n; i++)
-                if (size_t(assign[size_t(i)]) == l) points.insert(points.end(), x + i * d, x + (i + 1) * d);
-            faiss::ClusteringParameters cp = ivf->cp;
-            cp.seed = ivf->cp.seed + int(l) + 1;
-            faiss::Clustering sub(d, size_t(std::ceil(double(count[l]) / mean)), cp);
-            faiss::IndexFlat subIndex(d, ivf->metric_type);
-            sub.train(count[l], points.data(), subIndex);
-            centroids.insert(centroids.end(), subIndex.get_xb(), subIndex.get_xb() + subIndex.ntotal * d);
-            splitCount++;
+            if (splitNow == 0) break;
+            splitCount += splitNow;
+            centroids.swap(next);
         }
         const size_t m = centroids.size() / d;
         ivf->quantizer->reset();
