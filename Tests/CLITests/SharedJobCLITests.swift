@@ -140,7 +140,10 @@ struct SharedJobCLITests {
         defer { server.shutdown() }
         let db = try await PostgresServer.freshDatabase()
         #expect(try Self.submit(manifest, db, "kills").status == 0)
-        let slow = ["--concurrency", "2"]
+        // Batches of 8 (1.6 s of fetching at 2 at a time): a victim killed 0-4 s into its claim
+        // has often committed one. With the model's start now under a second, batches of 32
+        // took longer than most victims lived (2 of 20 had committed anything in one run).
+        let slow = ["--concurrency", "2", "--batch-size", "8"]
         let steady = try Self.worker(db, "kills", ["--worker-name", "steady", "--concurrency", "1"])
         var rng = TestRNG(seed: 20261129)  // seeded: a failing run can be repeated
         var killed = 0

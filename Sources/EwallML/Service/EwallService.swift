@@ -116,6 +116,10 @@ public final class EwallService: Service, Sendable {
     private let state: Locked<State>
     /// Concurrent similar-products searches run together (see ``SimilarCoalescer``).
     let coalescer: SimilarCoalescer
+    /// OpenBLAS set to one thread, once per process, by the first service with several search
+    /// threads, before it searches: OpenBLAS's thread count must not change while another
+    /// thread is inside a BLAS call.
+    private static let blasOnCallersThread: Int = FaissIndex.setBLASThreads(1)
     private let runner: Task<Void, Never>
     private let indexVectors: Recorder
     private let indexAge: Recorder
@@ -186,7 +190,7 @@ public final class EwallService: Service, Sendable {
         reloads = Counter(label: "ewall_index_reloads_total", dimensions: [], factory: metrics)
         reloadFailures = Counter(label: "ewall_index_reload_failures_total", dimensions: [], factory: metrics)
         let searchThreads = max(1, configuration.searchThreads)
-        if searchThreads > 1 { FaissIndex.setBLASThreads(1) }
+        if searchThreads > 1 { _ = Self.blasOnCallersThread }
         coalescer = SimilarCoalescer(maxBatch: 64, lanes: searchThreads, metrics: metrics)
         let classifier: CategoryClassifier
         do {
