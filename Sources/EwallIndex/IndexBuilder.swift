@@ -235,8 +235,10 @@ public enum IndexBuilder {
                 try truth.merge(chunk: buf, ids: ids)
                 if let c = columns {
                     // A product added or removed since the columns were read: no filtered tuning.
-                    if ids.last.map({ Int($0) < c.productIDs.count }) != true
-                        || zip(ids, page.productIDs).contains(where: { c.productIDs[Int($0.0)] != $0.1 }) {
+                    let aligned = zip(ids, page.productIDs).allSatisfy { id, product in
+                        Int(id) < c.productIDs.count && c.productIDs[Int(id)] == product
+                    }
+                    if !aligned {
                         columns = nil
                         filteredTruth = nil
                     } else {
@@ -268,8 +270,8 @@ public enum IndexBuilder {
         var filteredWarning: String?
         if let columns, let filteredTruth, refine == nil, let start = search.nprobe {
             let tf = Date()
-            if let (nprobe, r) = try Tuning.tuneFiltered(index: index, truth: filteredTruth, columns: columns, queries: queries,
-                                                         start: start, target: options.targetRecall, progress: progress) {
+            if let (nprobe, r) = try Tuning.tuneFiltered(index: index, truth: filteredTruth, columns: columns, start: start,
+                                                         target: options.targetRecall, progress: progress) {
                 filteredRecall = r
                 if r.met { search.filteredNprobe = nprobe } else {
                     filteredWarning = String(format: "recall@10 under the default filters %.3f is below the target %.2f even at nprobe %d: "

@@ -116,7 +116,8 @@ struct FilterColumns {
     var productIDs: [String] = []
 
     /// Reads every product with a vector under `key`, in product-id order (the order the vectors
-    /// stream in). Nil when fewer than two products share a category (nothing to filter by).
+    /// stream in). Nil when no product has a category (nothing to filter by) or the count is not
+    /// `count` (the store changed since it was counted).
     static func read(_ store: any EmbeddingStore, _ key: ModelKey, count: Int) async throws -> FilterColumns? {
         var c = FilterColumns()
         c.category.reserveCapacity(count)
@@ -152,9 +153,11 @@ struct FilteredTruth {
     let k: Int
     let metric: IndexMetric
     let dimension: Int
-    /// Query ordinals (ids), their categories, and their vectors grouped by category.
+    /// Query ordinals (ids), their categories and vectors (in that order), and the queries of
+    /// each category with their vectors side by side (one exact search per category and chunk).
     let ids: [Int64]
     let categories: [UInt16]
+    let vectors: [Float]
     private let byCategory: [UInt16: (members: [Int], vectors: [Float])]
     private(set) var best: [[(id: Int64, distance: Float)]]
 
@@ -163,7 +166,7 @@ struct FilteredTruth {
         self.k = k
         self.metric = metric
         dimension = queries.dimension
-        var ids: [Int64] = [], cats: [UInt16] = []
+        var ids: [Int64] = [], cats: [UInt16] = [], vectors: [Float] = []
         var groups: [UInt16: (members: [Int], vectors: [Float])] = [:]
         for q in 0..<queries.count where ids.count < limit {
             let ordinal = Int(queries.ids[q])
@@ -173,9 +176,11 @@ struct FilteredTruth {
             groups[c, default: ([], [])].vectors += queries.vectors[q * dimension..<(q + 1) * dimension]
             ids.append(Int64(ordinal))
             cats.append(c)
+            vectors += queries.vectors[q * dimension..<(q + 1) * dimension]
         }
         self.ids = ids
         categories = cats
+        self.vectors = vectors
         byCategory = groups
         best = Array(repeating: [], count: ids.count)
     }
@@ -216,15 +221,14 @@ struct FilteredTruth {
 extension Tuning {
     /// recall@k under the default filters at `nprobe`: each query searched with its category's
     /// in-stock products allowed and itself excluded, as ``ProductSearch`` searches.
-    static func filteredRecall(index: FaissIndex, truth: FilteredTruth, allowed: [UInt16: IDBitmap], nprobe: Int,
-                               vectors: [Float]) throws -> Double {
+    static func filteredRecall(index: FaissIndex, truth: FilteredTruth, allowed: [UInt16: IDBitmap], nprobe: Int) throws -> Double {
         let d = truth.dimension
         var sum = 0.0
         for q in 0..<truth.count {
             let exact = Set(truth.best[q].map(\.id))
             guard !exact.isEmpty else { sum += 1; continue }
             let params = SearchParameters(nprobe: nprobe, allowed: allowed[truth.categories[q]], excluded: [truth.ids[q]])
-            let found = try index.search(Array(vectors[(q * d)..<((q + 1) * d)]), k: truth.k, parameters: params).results(of: 0)
+            let found = try index.search(Array(truth.vectors[(q * d)..<((q + 1) * d)]), k: truth.k, parameters: params).results(of: 0)
             sum += Double(found.map(\.id).filter(exact.contains).count) / Double(exact.count)
         }
         return sum / Double(max(1, truth.count))
@@ -232,8 +236,7 @@ extension Tuning {
 
     /// The smallest nprobe from `start` (the unfiltered tuning's) up, in steps of about 1.5x,
     /// that meets `target` under the default filters, with the curve measured.
-    static func tuneFiltered(index: FaissIndex, truth: FilteredTruth, columns: FilterColumns, queries: RecallQueries,
-                             start: Int, target: Double,
+    static func tuneFiltered(index: FaissIndex, truth: FilteredTruth, columns: FilterColumns, start: Int, target: Double,
                              progress: @Sendable (IndexBuildProgress) -> Void) throws -> (Int, IndexManifest.Recall)? {
         guard truth.count > 0, index.kind == .ivf else { return nil }
         var allowed: [UInt16: IDBitmap] = [:]
@@ -241,13 +244,6 @@ extension Tuning {
         for (ordinal, c) in columns.category.enumerated() where allowed[c] != nil && columns.inStock[ordinal] {
             allowed[c]!.insert(Int64(ordinal))
         }
-        // The queries' vectors in truth's order.
-        let d = queries.dimension
-        var position: [Int64: Int] = [:]
-        for (i, id) in queries.ids.enumerated() { position[id] = i }
-        var vectors: [Float] = []
-        vectors.reserveCapacity(truth.count * d)
-        for id in truth.ids { let i = position[id]!; vectors += queries.vectors[(i * d)..<((i + 1) * d)] }
         var ladder: [Int] = []
         var p = max(1, start)
         while p < index.listCount { ladder.append(p); p = max(p + 1, (p * 3 + 1) / 2) }
@@ -256,7 +252,7 @@ extension Tuning {
         var last = 0.0, chosen = ladder[0]
         for (i, nprobe) in ladder.enumerated() {
             progress(IndexBuildProgress(phase: "measuring recall@10 under the default filters", done: i, total: ladder.count))
-            last = try filteredRecall(index: index, truth: truth, allowed: allowed, nprobe: nprobe, vectors: vectors)
+            last = try filteredRecall(index: index, truth: truth, allowed: allowed, nprobe: nprobe)
             curve.append(.init(nprobe: nprobe, efSearch: nil, recall: last))
             chosen = nprobe
             if last >= target { break }
