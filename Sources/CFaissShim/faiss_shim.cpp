@@ -362,6 +362,49 @@ int ew_faiss_add(ew_faiss_index *h, int64_t n, const float *x, const int64_t *id
     return guarded(err, EW_FAISS_E_FAISS, [&] { h->index->add_with_ids(n, x, ids); });
 }
 
+namespace {
+// The IVF index itself when nearest lists can be recorded and used for it: IVF at the top
+// (no transform, no IDMap) over a plain flat quantizer.
+faiss::IndexIVF *probedIVF(const ew_faiss_index *h) {
+    if (!h) return nullptr;
+    auto ivf = dynamic_cast<faiss::IndexIVF *>(h->index.get());
+    if (!ivf || !dynamic_cast<const faiss::IndexFlat *>(ivf->quantizer)) return nullptr;
+    return ivf;
+}
+} // namespace
+
+void ew_faiss_nearest_stats(int64_t *used, int64_t *declined) { ew::nearestStats(used, declined); }
+
+int64_t ew_faiss_probed_lists(const ew_faiss_index *h) {
+    auto ivf = probedIVF(h);
+    return ivf ? int64_t(ivf->nlist) : 0;
+}
+
+int ew_faiss_add_probed(ew_faiss_index *h, int64_t n, const float *x, const int64_t *ids, int64_t count,
+                        int32_t *lists, float *bound, ew_faiss_error *err) {
+    if (!h || (n > 0 && (!x || !ids || !lists || !bound)) || n < 0)
+        return fill(err, EW_FAISS_E_ARGUMENT, "index, vectors, ids and outputs are required");
+    if (h->mapped) return fill(err, EW_FAISS_E_UNSUPPORTED, "a memory-mapped index is read-only");
+    if (!h->index->is_trained) return fill(err, EW_FAISS_E_NOT_TRAINED, "the index must be trained before adding");
+    faiss::IndexIVF *ivf = probedIVF(h);
+    if (!ivf) return fill(err, EW_FAISS_E_UNSUPPORTED, "nearest lists are recorded for IVF over a flat quantizer only, not " + h->factory);
+    if (count <= 0 || size_t(count) > ivf->nlist)
+        return fill(err, EW_FAISS_E_ARGUMENT, "count must be 1..nlist (" + std::to_string(ivf->nlist) + ")");
+    return guarded(err, EW_FAISS_E_FAISS, [&] {
+        // What IndexIVF::add_with_ids does (assign, then add_core), with count lists each.
+        std::vector<idx_t> I(size_t(n) * size_t(count));
+        std::vector<float> D(I.size());
+        ivf->quantizer->search(n, x, count, D.data(), I.data());
+        std::vector<idx_t> first(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; i++) {
+            first[size_t(i)] = I[size_t(i) * size_t(count)];
+            for (int64_t j = 0; j < count; j++) lists[i * count + j] = int32_t(I[size_t(i * count + j)]);
+            bound[i] = D[size_t(i * count + count - 1)];
+        }
+        ivf->add_core(n, x, ids, first.data());
+    });
+}
+
 int ew_faiss_can_remove(const ew_faiss_index *h) {
     if (!h || h->mapped) return 0;
     const faiss::Index *c = core(h->index.get());
@@ -429,7 +472,9 @@ int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, in
     // IVF (not under a transform): one coarse pass for all, then each query's own lists and
     // filter, as IndexIVF::search does for one query. Anything else: query by query.
     const faiss::IndexIVF *ivf = dynamic_cast<const faiss::IndexIVF *>(h->index.get());
-    if (!ivf || n < 2) return oneByOne();
+    bool hinted = false;
+    for (int64_t i = 0; params && i < n && !hinted; i++) hinted = params[i].nearest_lists && params[i].nearest_count > 0;
+    if (!ivf || n < (hinted ? 1 : 2)) return oneByOne();
     std::vector<size_t> probes(static_cast<size_t>(n));
     size_t maxP = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -441,11 +486,19 @@ int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, in
     }
     std::vector<idx_t> assign;
     std::vector<float> coarse;
+    std::vector<ew::NearestLists> hints;
+    if (hinted) {
+        hints.resize(size_t(n));
+        for (int64_t i = 0; i < n; i++)
+            if (params[i].nearest_lists && params[i].nearest_count > 0)
+                hints[size_t(i)] = {params[i].nearest_lists, size_t(params[i].nearest_count), params[i].nearest_bound};
+    }
     bool batched = false;
     int rc = guarded(err, EW_FAISS_E_FAISS, [&] {
         assign.resize(size_t(n) * maxP);
         coarse.resize(size_t(n) * maxP);
-        batched = ew::coarseBatch(ivf->quantizer, n, x, probes.data(), maxP, assign.data(), coarse.data());
+        batched = ew::coarseBatch(ivf->quantizer, n, x, probes.data(), maxP, assign.data(), coarse.data(),
+                                  hinted ? hints.data() : nullptr);
     });
     if (rc != 0) return rc;
     if (!batched) return oneByOne();
@@ -595,6 +648,15 @@ const char *ew_faiss_blas_core_for_cpu(void) {
         return "SkylakeX";
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
     return "";
+}
+
+int ew_faiss_dots(const float *x, int64_t n, const float *y, int64_t ny, int64_t dim, float *out, ew_faiss_error *err) {
+    if (n < 0 || ny < 0 || dim <= 0 || (n > 0 && ny > 0 && (!x || !y || !out)))
+        return fill(err, EW_FAISS_E_ARGUMENT, "queries, vectors, output, dim > 0, n >= 0 and ny >= 0 are required");
+    if (n > INT32_MAX || ny > INT32_MAX || dim > INT32_MAX)
+        return fill(err, EW_FAISS_E_ARGUMENT, "n, ny and dim must each be below 2^31");
+    ew::dots(x, n, y, ny, size_t(dim), out);
+    return ok(err);
 }
 
 int ew_faiss_distances(int metric, const float *x, const float *y, int64_t ny, int64_t dim, float *out,

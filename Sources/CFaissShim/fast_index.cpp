@@ -26,6 +26,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <cmath>
 #include <type_traits>
@@ -255,6 +256,27 @@ struct FastFlat : Base {
         return maxNorm2;
     }
 
+    // The stored vectors packed as panels for the batched coarse pass's many-dots kernel
+    // (kernels.h; one more copy of the centroids, 8 KiB each at 2048-d), made on first use
+    // and again when ntotal changes. 64-byte aligned, so no panel load splits a cache line.
+    mutable std::vector<float> panelStore;
+    mutable size_t panelCount = 0;
+    mutable const float *panelData = nullptr;
+
+    const float *panels() const {
+        std::lock_guard<std::mutex> hold(normsLock);
+        if (!panelData || panelCount != size_t(this->ntotal)) {
+            size_t nc = size_t(this->ntotal), d = size_t(this->d);
+            panelStore.assign(panelColumns(nc) * d + 16, 0.0f);
+            float *base = panelStore.data();
+            float *aligned = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(base) + 63) & ~uintptr_t(63));
+            packPanels(this->get_xb(), nc, d, aligned);
+            panelData = aligned;
+            panelCount = nc;
+        }
+        return panelData;
+    }
+
     void search(idx_t n, const float *x, idx_t k, float *distances, idx_t *labels,
                 const faiss::SearchParameters *params) const override {
         const Kernels &kn = kernels();
@@ -290,32 +312,58 @@ void knnExact(const float *x, int64_t n, const float *xb, int64_t nb, size_t d, 
     else knnScan<false>(x, n, xb, nb, d, k, distances, labels, nullptr, kn.l2sqr);
 }
 
+void dots(const float *x, int64_t n, const float *y, int64_t ny, size_t d, float *out) {
+    if (n <= 0 || ny <= 0) return;
+    const Kernels &kn = kernels();
+    if (kn.panelDots) {
+        size_t ld = panelColumns(size_t(ny));
+        std::vector<float> panels(ld * d), wide(size_t(n) * ld);
+        packPanels(y, size_t(ny), d, panels.data());
+        kn.panelDots(x, size_t(n), d, panels.data(), size_t(ny), wide.data(), ld);
+        for (int64_t i = 0; i < n; i++)
+            std::copy(wide.begin() + ptrdiff_t(size_t(i) * ld), wide.begin() + ptrdiff_t(size_t(i) * ld + size_t(ny)),
+                      out + size_t(i) * size_t(ny));
+        return;
+    }
+    const int m = int(ny), nn = int(n), k = int(d);
+    const float one = 1, zero = 0;
+    sgemm_("Transpose", "Not transpose", &m, &nn, &k, &one, y, &k, x, &k, &zero, out, &m);
+}
+
 namespace {
 
-// From this many queries the batched coarse pass takes its candidates from one BLAS product
-// (each centroid read once for all of them) instead of scanning the centroids per query.
-constexpr idx_t kCoarseBlasFrom = 4;
+// From this many queries the batched coarse pass takes its candidates from one product of all
+// queries with all centroids (each centroid read once for all of them: our many-dots kernel,
+// or BLAS) instead of scanning the centroids per query.
+constexpr idx_t kCoarseProductFrom = 4;
 
 // The kc nearest centroids of each query by BLAS: x·yᵀ in one sgemm, then |x|² + |y|² - 2x·y
 // (L2, the stored norms cached) or x·y (inner product), as FAISS's exhaustive_L2sqr_blas
 // computes them, without recomputing the centroids' norms on every call. Candidates only:
 // coarseBatchOf re-ranks them with the single-query kernel and proves the cut.
 template <bool IP>
-void blasCandidates(const FastFlat<typename std::conditional<IP, faiss::IndexFlatIP, faiss::IndexFlatL2>::type, IP> *q,
-                    idx_t n, const float *x, idx_t kc, float *cdis, idx_t *cand) {
+void productCandidates(const FastFlat<typename std::conditional<IP, faiss::IndexFlatIP, faiss::IndexFlatL2>::type, IP> *q,
+                       idx_t n, const float *x, idx_t kc, float *cdis, idx_t *cand) {
     using C = Heap<IP>;
     const int d = int(q->d), ny = int(q->ntotal), nx = int(n);
     const float *y = q->get_xb();
-    std::vector<float> ip(size_t(n) * size_t(ny));
-    const float one = 1, zero = 0;
-    sgemm_("Transpose", "Not transpose", &ny, &nx, &d, &one, y, &d, x, &d, &zero, ip.data(), &ny);
-    const float *y2 = IP ? nullptr : q->storedNorms2();
     const Kernels &kn = kernels();
+    // x·yᵀ: our many-dots kernel over the centroids packed once (where the kernel in force has
+    // one), else one sgemm, which repacks all the centroids on every call.
+    size_t ld = kn.panelDots ? panelColumns(size_t(ny)) : size_t(ny);
+    std::vector<float> ip(size_t(n) * ld);
+    if (kn.panelDots) {
+        kn.panelDots(x, size_t(n), size_t(d), q->panels(), size_t(ny), ip.data(), ld);
+    } else {
+        const float one = 1, zero = 0;
+        sgemm_("Transpose", "Not transpose", &ny, &nx, &d, &one, y, &d, x, &d, &zero, ip.data(), &ny);
+    }
+    const float *y2 = IP ? nullptr : q->storedNorms2();
     for (idx_t i = 0; i < n; i++) {
         float *simi = cdis + i * kc;
         idx_t *idxi = cand + i * kc;
         faiss::heap_heapify<C>(size_t(kc), simi, idxi);
-        const float *row = ip.data() + size_t(i) * size_t(ny);
+        const float *row = ip.data() + size_t(i) * ld;
         const float *xi = x + size_t(i) * size_t(d);
         float x2 = IP ? 0 : kn.inner(xi, xi, size_t(d));
         for (int j = 0; j < ny; j++) {
@@ -326,60 +374,115 @@ void blasCandidates(const FastFlat<typename std::conditional<IP, faiss::IndexFla
     }
 }
 
+std::atomic<int64_t> hintsUsed{0}, hintsDeclined{0};
+
+// The error bound of the proofs below: a squared distance (or inner product) computed by the
+// product path, the kernel or FAISS's BLAS path errs by at most about 4(d+2)u(|x|^2+|y|^2)
+// (u = 2^-24; the many-dots kernel sums each product in one chain of d FMAs, within d·u·|x||y|).
+inline double errorBound(size_t d, float x2, float y2) {
+    return 4.0 * double(d + 2) * std::ldexp(1.0, -24) * (double(x2) + double(y2)) + 1e-30;
+}
+
+// The top p of `ids` (sorted: knnScan's order of visits) by the kernel, into simi/idxi (a heap,
+// not yet reordered).
+template <bool IP>
+void topOf(const std::vector<idx_t> &ids, const float *xi, const float *xb, size_t d, size_t p, DistanceFn f,
+           float *simi, idx_t *idxi) {
+    using C = Heap<IP>;
+    faiss::heap_heapify<C>(p, simi, idxi);
+    for (idx_t j : ids) {
+        float v = f(xi, xb + size_t(j) * d, d);
+        if (C::cmp(simi[0], v)) faiss::heap_replace_top<C>(p, simi, idxi, v, j);
+    }
+}
+
+// Whether every centroid left out, at least `last` away by a computation within `tol`, is
+// strictly worse than the worst kept: then none of them can be kept (or tie with one that is).
+template <bool IP>
+bool provenCut(double last, double tol, const float *simi, const idx_t *idxi) {
+    double worst = simi[0];
+    bool allFinite = std::isfinite(last) && std::isfinite(worst) && idxi[0] >= 0;
+    return allFinite && (IP ? last + tol < worst : last - tol > worst);
+}
+
 template <bool IP>
 bool coarseBatchOf(const FastFlat<typename std::conditional<IP, faiss::IndexFlatIP, faiss::IndexFlatL2>::type, IP> *q,
                    idx_t n, const float *x, const size_t *probes, size_t stride, idx_t *assign, float *dis,
-                   const Kernels &kn) {
+                   const NearestLists *hints, const Kernels &kn) {
     using C = Heap<IP>;
     size_t d = size_t(q->d);
     idx_t nlist = q->ntotal;
-    // Few queries: the single-query path itself (our kernel), query by query.
-    if (n < kCoarseBlasFrom) {
-        for (idx_t i = 0; i < n; i++) q->search(1, x + i * d, idx_t(probes[i]), dis + i * stride, assign + i * stride, nullptr);
-        return true;
-    }
-    size_t maxP = 0;
-    for (idx_t i = 0; i < n; i++) maxP = std::max(maxP, probes[i]);
-    idx_t kc = std::min<idx_t>(nlist, idx_t(2 * maxP + 32));
-    std::vector<idx_t> cand(size_t(n * kc));
-    std::vector<float> cdis(size_t(n * kc));
-    blasCandidates<IP>(q, n, x, kc, cdis.data(), cand.data());
     DistanceFn f = IP ? kn.inner : kn.l2sqr;
     const float *xb = q->get_xb();
-    float y2 = kc < nlist ? q->largestNorm2() : 0;
     std::vector<idx_t> ids;
+
+    // Queries that are stored vectors with their nearest lists recorded: the kernel's distances
+    // to those lists alone, kept when the recorded bound proves the rest farther.
+    std::vector<idx_t> pending;
+    pending.reserve(size_t(n));
+    float y2All = hints ? q->largestNorm2() : 0;
     for (idx_t i = 0; i < n; i++) {
+        const NearestLists *h = hints ? &hints[i] : nullptr;
+        size_t p = probes[i];
+        bool proven = false;
+        if (h && h->lists && h->count >= p && idx_t(h->count) < nlist) {
+            const float *xi = x + i * d;
+            float *simi = dis + i * stride;
+            idx_t *idxi = assign + i * stride;
+            ids.assign(h->lists, h->lists + h->count);
+            bool valid = std::all_of(ids.begin(), ids.end(), [&](idx_t j) { return j >= 0 && j < nlist; });
+            std::sort(ids.begin(), ids.end());
+            valid = valid && std::adjacent_find(ids.begin(), ids.end()) == ids.end();
+            if (valid) {
+                topOf<IP>(ids, xi, xb, d, p, f, simi, idxi);
+                proven = provenCut<IP>(h->bound, errorBound(d, kn.inner(xi, xi, d), y2All), simi, idxi);
+                if (proven) faiss::heap_reorder<C>(p, simi, idxi);
+            }
+        }
+        if (h && h->lists) (proven ? hintsUsed : hintsDeclined).fetch_add(1, std::memory_order_relaxed);
+        if (!proven) pending.push_back(i);
+    }
+    if (pending.empty()) return true;
+
+    // Few queries: the single-query path itself (our kernel), query by query.
+    if (idx_t(pending.size()) < kCoarseProductFrom) {
+        for (idx_t i : pending)
+            q->search(1, x + i * d, idx_t(probes[i]), dis + i * stride, assign + i * stride, nullptr);
+        return true;
+    }
+    // The rest: candidates from one product of all of them with all centroids.
+    idx_t m = idx_t(pending.size());
+    std::vector<float> gathered;
+    const float *xs = x;
+    if (m < n) {
+        gathered.resize(size_t(m) * d);
+        for (idx_t r = 0; r < m; r++) std::copy(x + pending[size_t(r)] * d, x + (pending[size_t(r)] + 1) * d, gathered.begin() + r * d);
+        xs = gathered.data();
+    }
+    size_t maxP = 0;
+    for (idx_t i : pending) maxP = std::max(maxP, probes[i]);
+    idx_t kc = std::min<idx_t>(nlist, idx_t(2 * maxP + 32));
+    std::vector<idx_t> cand(size_t(m * kc));
+    std::vector<float> cdis(size_t(m * kc));
+    productCandidates<IP>(q, m, xs, kc, cdis.data(), cand.data());
+    float y2 = kc < nlist ? q->largestNorm2() : 0;
+    for (idx_t r = 0; r < m; r++) {
+        idx_t i = pending[size_t(r)];
         const float *xi = x + i * d;
         idx_t p = idx_t(probes[i]);
         float *simi = dis + i * stride;
         idx_t *idxi = assign + i * stride;
-        ids.assign(cand.begin() + i * kc, cand.begin() + (i + 1) * kc);
+        ids.assign(cand.begin() + r * kc, cand.begin() + (r + 1) * kc);
         ids.erase(std::remove(ids.begin(), ids.end(), idx_t(-1)), ids.end());
         std::sort(ids.begin(), ids.end());  // knnScan's order of visits
         bool proven = idx_t(ids.size()) == nlist;
         if (!proven && kc < nlist && idx_t(ids.size()) == kc && p <= kc) {
-            faiss::heap_heapify<C>(size_t(p), simi, idxi);
-            for (idx_t j : ids) {
-                float v = f(xi, xb + size_t(j) * d, d);
-                if (C::cmp(simi[0], v)) faiss::heap_replace_top<C>(size_t(p), simi, idxi, v, j);
-            }
-            // Every centroid left out is at least as far (BLAS) as the last candidate. Both
-            // computations err by at most about 4(d+2)u(|x|^2+|y|^2) (u = 2^-24), so when the
-            // last candidate, moved that far towards the query, is still strictly worse than
-            // the worst kept, none of those left out can be kept (or tie with one that is).
-            float x2 = faiss::fvec_norm_L2sqr(xi, d);
-            double tol = 4.0 * double(d + 2) * std::ldexp(1.0, -24) * (double(x2) + double(y2)) + 1e-30;
-            double last = cdis[size_t((i + 1) * kc - 1)];
-            double worst = simi[0];
-            bool allFinite = std::isfinite(last) && std::isfinite(worst) && idxi[0] >= 0;
-            proven = allFinite && (IP ? last + tol < worst : last - tol > worst);
+            topOf<IP>(ids, xi, xb, d, size_t(p), f, simi, idxi);
+            // Every centroid left out is at least as far (by the product) as the last candidate.
+            proven = provenCut<IP>(cdis[size_t((r + 1) * kc - 1)], errorBound(d, kn.inner(xi, xi, d), y2), simi, idxi);
             if (proven) faiss::heap_reorder<C>(size_t(p), simi, idxi);
         } else if (proven) {
-            faiss::heap_heapify<C>(size_t(p), simi, idxi);
-            for (idx_t j : ids) {
-                float v = f(xi, xb + size_t(j) * d, d);
-                if (C::cmp(simi[0], v)) faiss::heap_replace_top<C>(size_t(p), simi, idxi, v, j);
-            }
+            topOf<IP>(ids, xi, xb, d, size_t(p), f, simi, idxi);
             faiss::heap_reorder<C>(size_t(p), simi, idxi);
         }
         if (!proven) q->search(1, xi, p, simi, idxi, nullptr);
@@ -389,14 +492,19 @@ bool coarseBatchOf(const FastFlat<typename std::conditional<IP, faiss::IndexFlat
 
 } // namespace
 
+void nearestStats(int64_t *used, int64_t *declined) {
+    if (used) *used = hintsUsed.load(std::memory_order_relaxed);
+    if (declined) *declined = hintsDeclined.load(std::memory_order_relaxed);
+}
+
 bool coarseBatch(const faiss::Index *quantizer, int64_t n, const float *x, const size_t *probes, size_t stride,
-                 int64_t *assign, float *dis) {
+                 int64_t *assign, float *dis, const NearestLists *hints) {
     const Kernels &kn = kernels();
     if (kn.stock) return false;
     if (auto q = dynamic_cast<const FastFlat<faiss::IndexFlatL2, false> *>(quantizer))
-        return coarseBatchOf<false>(q, n, x, probes, stride, assign, dis, kn);
+        return coarseBatchOf<false>(q, n, x, probes, stride, assign, dis, hints, kn);
     if (auto q = dynamic_cast<const FastFlat<faiss::IndexFlatIP, true> *>(quantizer))
-        return coarseBatchOf<true>(q, n, x, probes, stride, assign, dis, kn);
+        return coarseBatchOf<true>(q, n, x, probes, stride, assign, dis, hints, kn);
     return false;
 }
 

@@ -40,15 +40,32 @@ size_t adviseHugePages(const faiss::Index *index);
 void knnExact(const float *x, int64_t n, const float *xb, int64_t nb, size_t d, int64_t k, bool ip,
               float *distances, int64_t *labels);
 
+// x·yᵀ (n x ny, row-major into out) as the batched coarse pass computes it: the many-dots
+// kernel in force over y packed here, or sgemm where the kernel in force has none.
+void dots(const float *x, int64_t n, const float *y, int64_t ny, size_t d, float *out);
+
 // The coarse pass of a batch of IVF searches. For each of n queries, writes to
 // assign/dis + i*stride exactly what quantizer->search(1, x_i, probes[i], ...) writes (the
-// single-query path): from 20 queries on, one BLAS pass over all of them finds each query's
-// 2p+32 nearest candidates, which are re-ranked with the kernel in force; a query whose
+// single-query path): from 4 queries on, one product of all of them with all centroids (our
+// many-dots kernel over centroids packed once, or BLAS) finds each query's 2p+32 nearest candidates, which are re-ranked with the kernel in force; a query whose
 // candidates cannot be proven to contain its exact top p (by a bound on the float error of
 // both computations) is searched on its own. Returns false (writing nothing) when `quantizer`
 // is not a fast flat index or FAISS's own kernels are in force: the caller searches per query.
+//
+// hints (null, or one per query): a query's nearest lists as recorded when its vector was added
+// (lists == null: none). Where p <= count, the kernel's distances to those lists alone give its
+// top p, kept when the recorded bound (the last list's distance, less the same error bound)
+// proves every other list farther; otherwise the query goes the usual way.
+struct NearestLists {
+    const int32_t *lists = nullptr;
+    size_t count = 0;
+    float bound = 0;
+};
 bool coarseBatch(const faiss::Index *quantizer, int64_t n, const float *x, const size_t *probes, size_t stride,
-                 int64_t *assign, float *dis);
+                 int64_t *assign, float *dis, const NearestLists *hints = nullptr);
+
+// Queries whose hints were used / declined, since the process started.
+void nearestStats(int64_t *used, int64_t *declined);
 
 } // namespace ew
 

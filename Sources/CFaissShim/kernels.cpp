@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <vector>
 
 namespace ew {
 namespace {
@@ -194,12 +195,82 @@ __attribute__((target("avx512f"))) float sq8L2AVX512(const float *a, const float
     return res;
 }
 
-const Kernels kScalar = {"scalar", l2sqrScalar, innerScalar, sq8L2Scalar, false};
-const Kernels kAVX2 = {"avx2", l2sqrAVX2, innerAVX2, sq8L2AVX2, false};
-const Kernels kAVX512 = {"avx512", l2sqrAVX512, innerAVX512, sq8L2AVX512, false};
+// ---- Many dots: 6 queries x one panel of 16 vectors per call, 12 accumulators in registers.
+//
+// Per dimension: 2 loads of the panel, 6 broadcasts of the queries' floats, 12 FMAs, so the
+// FMA units, not the loads, set the pace. The panel (64 * d bytes: 128 KiB at 2048-d) stays in
+// L2 while every group of 6 queries runs over it, so each vector is read from memory once
+// per call. Measured against OpenBLAS's sgemm on this project's 2-core Zen 3, 2048-d, one
+// thread (sgemm repacks the whole matrix on every call): 1,595 vectors x 16 queries 2.1 vs
+// 2.8 ms, x 4 queries 1.2 vs 2.2 ms; 4,000 x 16: 5.2 vs 8.4 ms.
+
+__attribute__((target("avx2,fma"))) void dots6x16AVX2(const float *q, size_t d, const float *panel, float *c,
+                                                     size_t ldc) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00,
+           a40 = a00, a41 = a00, a50 = a00, a51 = a00;
+    const float *q0 = q, *q1 = q + d, *q2 = q + 2 * d, *q3 = q + 3 * d, *q4 = q + 4 * d, *q5 = q + 5 * d;
+    for (size_t k = 0; k < d; k++, panel += kPanelWidth) {
+        __m256 y0 = _mm256_loadu_ps(panel), y1 = _mm256_loadu_ps(panel + 8), b;
+        b = _mm256_broadcast_ss(q0 + k);
+        a00 = _mm256_fmadd_ps(b, y0, a00);
+        a01 = _mm256_fmadd_ps(b, y1, a01);
+        b = _mm256_broadcast_ss(q1 + k);
+        a10 = _mm256_fmadd_ps(b, y0, a10);
+        a11 = _mm256_fmadd_ps(b, y1, a11);
+        b = _mm256_broadcast_ss(q2 + k);
+        a20 = _mm256_fmadd_ps(b, y0, a20);
+        a21 = _mm256_fmadd_ps(b, y1, a21);
+        b = _mm256_broadcast_ss(q3 + k);
+        a30 = _mm256_fmadd_ps(b, y0, a30);
+        a31 = _mm256_fmadd_ps(b, y1, a31);
+        b = _mm256_broadcast_ss(q4 + k);
+        a40 = _mm256_fmadd_ps(b, y0, a40);
+        a41 = _mm256_fmadd_ps(b, y1, a41);
+        b = _mm256_broadcast_ss(q5 + k);
+        a50 = _mm256_fmadd_ps(b, y0, a50);
+        a51 = _mm256_fmadd_ps(b, y1, a51);
+    }
+    _mm256_storeu_ps(c, a00);
+    _mm256_storeu_ps(c + 8, a01);
+    _mm256_storeu_ps(c + ldc, a10);
+    _mm256_storeu_ps(c + ldc + 8, a11);
+    _mm256_storeu_ps(c + 2 * ldc, a20);
+    _mm256_storeu_ps(c + 2 * ldc + 8, a21);
+    _mm256_storeu_ps(c + 3 * ldc, a30);
+    _mm256_storeu_ps(c + 3 * ldc + 8, a31);
+    _mm256_storeu_ps(c + 4 * ldc, a40);
+    _mm256_storeu_ps(c + 4 * ldc + 8, a41);
+    _mm256_storeu_ps(c + 5 * ldc, a50);
+    _mm256_storeu_ps(c + 5 * ldc + 8, a51);
+}
+
+// All groups of 6 queries over each panel in turn. A last group of fewer than 6 is copied into
+// zero rows and its products go through a scratch tile, so nothing past n is read or written.
+void panelDotsAVX2(const float *x, size_t n, size_t d, const float *panels, size_t nc, float *out, size_t ldo) {
+    constexpr size_t R = 6;
+    size_t full = n / R * R, rest = n - full;
+    std::vector<float> tailRows(rest ? R * d : 0, 0.0f), tile(rest ? R * kPanelWidth : 0);
+    if (rest) std::memcpy(tailRows.data(), x + full * d, rest * d * sizeof(float));
+    for (size_t p = 0; p < panelColumns(nc) / kPanelWidth; p++) {
+        const float *panel = panels + p * kPanelWidth * d;
+        for (size_t i = 0; i < full; i += R) dots6x16AVX2(x + i * d, d, panel, out + i * ldo + p * kPanelWidth, ldo);
+        if (rest) {
+            dots6x16AVX2(tailRows.data(), d, panel, tile.data(), kPanelWidth);
+            for (size_t r = 0; r < rest; r++)
+                std::memcpy(out + (full + r) * ldo + p * kPanelWidth, tile.data() + r * kPanelWidth,
+                            kPanelWidth * sizeof(float));
+        }
+    }
+}
+
+const Kernels kScalar = {"scalar", l2sqrScalar, innerScalar, sq8L2Scalar, nullptr, false};
+const Kernels kAVX2 = {"avx2", l2sqrAVX2, innerAVX2, sq8L2AVX2, panelDotsAVX2, false};
+// Many dots with AVX2 there too (every AVX-512F CPU has AVX2 and FMA): no AVX-512 version is
+// written, since none of this project's test machines of late could run one.
+const Kernels kAVX512 = {"avx512", l2sqrAVX512, innerAVX512, sq8L2AVX512, panelDotsAVX2, false};
 // FAISS's own (in Debian's baseline build: fvec_L2sqr_ref, one float sum); the fast indexes
 // run FAISS's own scanners with it, so sq8l2 is never called.
-const Kernels kFaiss = {"faiss", faiss::fvec_L2sqr, faiss::fvec_inner_product, sq8L2Scalar, true};
+const Kernels kFaiss = {"faiss", faiss::fvec_L2sqr, faiss::fvec_inner_product, sq8L2Scalar, nullptr, true};
 
 // __builtin_cpu_supports checks CPUID and that the OS saves the wider registers (XGETBV).
 bool canAVX512() {
@@ -216,6 +287,16 @@ const Kernels *best() { return canAVX512() ? &kAVX512 : canAVX2() ? &kAVX2 : &kS
 std::atomic<const Kernels *> current{nullptr};
 
 } // namespace
+
+void packPanels(const float *y, size_t nc, size_t d, float *panels) {
+    size_t cols = panelColumns(nc);
+    for (size_t p = 0; p < cols / kPanelWidth; p++)
+        for (size_t k = 0; k < d; k++)
+            for (size_t j = 0; j < kPanelWidth; j++) {
+                size_t v = p * kPanelWidth + j;
+                panels[(p * d + k) * kPanelWidth + j] = v < nc ? y[v * d + k] : 0.0f;
+            }
+}
 
 const Kernels &kernels() {
     const Kernels *k = current.load(std::memory_order_acquire);

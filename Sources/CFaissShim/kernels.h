@@ -17,11 +17,28 @@ using DistanceFn = float (*)(const float *x, const float *y, size_t d);
 // with a and b precomputed per query and list (see FastIVFSQ8 in fast_index.cpp).
 using CodeDistanceFn = float (*)(const float *a, const float *b, const uint8_t *c, size_t d);
 
+// Many queries against many vectors at once (the batched coarse pass): the inner products of
+// n queries x (rows of d floats) with nc vectors held as panels (packPanels). Writes
+// out[i * ldo + j] = x_i . y_j for i < n and j < panelColumns(nc) (the padding columns are
+// products with zero vectors); ldo >= panelColumns(nc).
+using PanelDotsFn = void (*)(const float *x, size_t n, size_t d, const float *panels, size_t nc, float *out,
+                             size_t ldo);
+
+// Panels of kPanelWidth vectors, dimension-major: panel p holds, for each k < d, the k-th
+// floats of vectors kPanelWidth*p ... kPanelWidth*p + kPanelWidth-1 side by side (zeros past
+// nc). The kernel then streams each panel from start to end, once per few queries, and the
+// vectors are packed once (by the caller that keeps them), not on every call as BLAS does.
+constexpr size_t kPanelWidth = 16;
+inline size_t panelColumns(size_t nc) { return (nc + kPanelWidth - 1) / kPanelWidth * kPanelWidth; }
+// panels: panelColumns(nc) * d floats.
+void packPanels(const float *y, size_t nc, size_t d, float *panels);
+
 struct Kernels {
     const char *name;       // "avx512", "avx2", "scalar" or "faiss"
     DistanceFn l2sqr;       // sum (x_i - y_i)^2
     DistanceFn inner;       // sum x_i y_i
     CodeDistanceFn sq8l2;   // sum (a_i - c_i b_i)^2
+    PanelDotsFn panelDots;  // null: use BLAS (the portable and FAISS paths, where BLAS is faster)
     bool stock;             // "faiss": FAISS's own functions, and the fast indexes run FAISS's code
 };
 

@@ -90,12 +90,18 @@ public struct SearchParameters: Sendable {
     public var allowed: IDBitmap?
     /// These ids are never returned (e.g. the query product).
     public var excluded: [Int64]
+    /// ``FaissIndex/searchBatch(_:k:)`` with an IVF index: the query is this stored vector,
+    /// with its nearest lists as recorded at add (``NearestLists``); the coarse pass then reads
+    /// only those where they prove enough. The same answers either way.
+    public var nearest: NearestLists.Row?
 
-    public init(nprobe: Int? = nil, efSearch: Int? = nil, allowed: IDBitmap? = nil, excluded: [Int64] = []) {
+    public init(nprobe: Int? = nil, efSearch: Int? = nil, allowed: IDBitmap? = nil, excluded: [Int64] = [],
+                nearest: NearestLists.Row? = nil) {
         self.nprobe = nprobe
         self.efSearch = efSearch
         self.allowed = allowed
         self.excluded = excluded
+        self.nearest = nearest
     }
 }
 
@@ -224,6 +230,22 @@ public final class FaissIndex: @unchecked Sendable {
         try vectors.withUnsafeBufferPointer { try add($0, ids: ids) }
     }
 
+    /// IVF over a flat quantizer: the lists ``NearestLists`` can be recorded for (nlist), else 0.
+    public var probedLists: Int { Int(ew_faiss_probed_lists(handle)) }
+
+    /// Adds as ``add(_:ids:)`` and returns each vector's `count` nearest lists (nearest first,
+    /// `count` per vector) and the distance of the last of them, from the same coarse pass.
+    public func add(_ vectors: UnsafeBufferPointer<Float>, ids: [Int64], nearest count: Int) throws -> (lists: [Int32], bounds: [Float]) {
+        precondition(vectors.count == ids.count * dimension, "vectors and ids disagree")
+        var lists = [Int32](repeating: -1, count: ids.count * count)
+        var bounds = [Float](repeating: 0, count: ids.count)
+        var err = ew_faiss_error()
+        guard ew_faiss_add_probed(handle, Int64(ids.count), vectors.baseAddress, ids, Int64(count), &lists, &bounds, &err) == 0 else {
+            throw IndexError(err)
+        }
+        return (lists, bounds)
+    }
+
     /// Removes these ids; returns how many were present.
     @discardableResult
     public func remove(ids: [Int64]) throws -> Int {
@@ -245,7 +267,8 @@ public final class FaissIndex: @unchecked Sendable {
                 var p = ew_faiss_search_params(
                     nprobe: Int64(parameters.nprobe ?? 0), ef_search: Int64(parameters.efSearch ?? 0),
                     allow_bitmap: bitmap, allow_bits: bits,
-                    exclude: excluded.baseAddress, n_exclude: excluded.count)
+                    exclude: excluded.baseAddress, n_exclude: excluded.count,
+                    nearest_lists: nil, nearest_count: 0, nearest_bound: 0)
                 return ew_faiss_search(handle, Int64(n), queries, Int64(k), &p, &distances, &ids, &err)
             }
         }
@@ -255,7 +278,8 @@ public final class FaissIndex: @unchecked Sendable {
 
     /// The `k` nearest neighbours of several queries at once, each with its own parameters
     /// (nprobe, filter): the same answers as one `search` per query, cheaper together (IVF: one
-    /// coarse pass for all, BLAS from 20 queries on; see `ew_faiss_search_batch`).
+    /// coarse pass for all, one product of all queries with all centroids from 4 queries on,
+    /// and none for queries with their ``SearchParameters/nearest`` lists; see `ew_faiss_search_batch`).
     public func searchBatch(_ queries: [(vector: [Float], parameters: SearchParameters)], k: Int) throws -> [Neighbours] {
         let n = queries.count
         guard n > 0 else { return [] }
@@ -280,7 +304,9 @@ public final class FaissIndex: @unchecked Sendable {
                     params.append(ew_faiss_search_params(
                         nprobe: Int64(p.nprobe ?? 0), ef_search: Int64(p.efSearch ?? 0),
                         allow_bitmap: bitmap, allow_bits: bits,
-                        exclude: excluded.baseAddress, n_exclude: excluded.count))
+                        exclude: excluded.baseAddress, n_exclude: excluded.count,
+                        nearest_lists: p.nearest?.lists, nearest_count: Int64(p.nearest?.count ?? 0),
+                        nearest_bound: p.nearest?.bound ?? 0))
                     return pinned(i + 1, &params)
                 }
             }
@@ -397,6 +423,19 @@ public enum DistanceKernel: String, Sendable, CaseIterable, Codable {
     /// OpenBLAS core names that mean "a CPU it did not recognise": Debian's 0.3.21 names
     /// AVX-512 Zen 4 and newer Xeons "Prescott" and runs SSE3 kernels there.
     static let genericBLASCores: Set<String> = ["Prescott", "Core2", "Katmai", "Coppermine", "Northwood", "Banias", "Atom"]
+
+    /// Inner products of every row of `queries` with every row of `vectors` (both row-major,
+    /// `dimension` wide), as the batched coarse pass computes them: row i of the answer holds
+    /// query i's products with every vector. With `avx2` or `avx512` in force, the shim's
+    /// many-dots kernel; otherwise OpenBLAS's sgemm.
+    public static func dots(_ queries: [Float], _ vectors: [Float], dimension d: Int) throws -> [Float] {
+        precondition(d > 0 && queries.count % d == 0 && vectors.count % d == 0, "rows are not \(d) wide")
+        let n = queries.count / d, ny = vectors.count / d
+        var out = [Float](repeating: 0, count: n * ny)
+        var err = ew_faiss_error()
+        guard ew_faiss_dots(queries, Int64(n), vectors, Int64(ny), Int64(d), &out, &err) == 0 else { throw IndexError(err) }
+        return out
+    }
 
     /// Distances from `query` to each of the `vectors` (row-major, `query.count` wide) with the
     /// kernel in force: squared L2 or inner product, as FAISS computes them.

@@ -53,6 +53,12 @@ enum Incremental {
         var queries = RecallQueries(dimension: d)
         var stale: [Int64] = []
 
+        // The nearest lists of the vectors kept stay valid (the centroids do not change); new
+        // ids get theirs as they are added.
+        let nearest = try old.nearest.map {
+            try NearestListsWriter(url: options.folder.nearestListsStaging, count: $0.count, keeping: $0, rows: Int(m.nextID))
+        }
+        defer { if let nearest { try? FileManager.default.removeItem(at: nearest.url) } }
         let ta = Date()
         try await Stream.pages(store, key, pageSize: options.pageSize) { page in
             var newIDs: [Int64] = [], newRows: [Int] = [], newHashes: [UInt64] = []
@@ -84,7 +90,11 @@ enum Incremental {
                 var x: [Float] = []
                 x.reserveCapacity(newIDs.count * d)
                 for r in newRows { x.append(contentsOf: page.vector(r)) }
-                try index.add(x, ids: newIDs)
+                if let nearest {
+                    try x.withUnsafeBufferPointer { try nearest.add($0, ids: newIDs, to: index) }
+                } else {
+                    try index.add(x, ids: newIDs)
+                }
                 for (i, r) in newRows.enumerated() {
                     if let oldID = idMap.ids[page.productIDs[r]] { idMap.remove(id: oldID) }
                     idMap.insert(id: newIDs[i], productID: page.productIDs[r], hash: newHashes[i])
@@ -144,7 +154,11 @@ enum Incremental {
             buildSeconds: Date().timeIntervalSince(started), buildMode: "incremental", choice: m.choice, recall: recall,
             nextID: nextID, files: [:])
         if search.filteredNprobe != nil { manifest.filteredRecall = m.filteredRecall }
-        let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest)
+        if let nearest {
+            try nearest.finish(rows: nextID)
+            manifest.nearest = IndexManifest.Nearest(count: nearest.count)
+        }
+        let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest, nearestLists: nearest?.url)
         seconds["write"] = Date().timeIntervalSince(tw)
         seconds["total"] = Date().timeIntervalSince(started)
         var warnings: [String] = []

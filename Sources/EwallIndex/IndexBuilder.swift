@@ -215,8 +215,12 @@ public enum IndexBuilder {
         }
 
         // Pass 2: add every vector under its ordinal as id; exact neighbours of the queries on the way.
+        // IVF over flat centroids also records each vector's nearest lists (same coarse pass).
         let t = Date()
         try index.reserve(n)
+        let nearestCount = min(NearestLists.defaultCount, index.probedLists)
+        let nearest = nearestCount > 0 ? try NearestListsWriter(url: options.folder.nearestListsStaging, count: nearestCount) : nil
+        defer { if let nearest { try? FileManager.default.removeItem(at: nearest.url) } }
         var idMap = IDMap()
         var truth = GroundTruth(queries: queries, k: recallK + 1, metric: options.metric)
         var added = 0
@@ -225,7 +229,7 @@ public enum IndexBuilder {
             let ids = (0..<page.count).map { Int64(page.firstOrdinal + $0) }
             try page.vectors.withUnsafeBufferPointer { buf in
                 let ta = Date()
-                try index.add(buf, ids: ids)
+                if let nearest { try nearest.add(buf, ids: ids, to: index) } else { try index.add(buf, ids: ids) }
                 faissAdd += Date().timeIntervalSince(ta)
                 try writer?.append(buf, ids: ids)
                 for r in 0..<page.count {
@@ -299,7 +303,12 @@ public enum IndexBuilder {
             choice: plan.reason + (balanced.map { "; \($0)" } ?? ""), recall: recall, nextID: Int64(n), files: [:],
             refine: plan.refineFactor.map { IndexManifest.Refine(factor: $0) })
         manifest.filteredRecall = filteredRecall
-        let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest, exactVectors: writer?.url)
+        if let nearest {
+            try nearest.finish(rows: Int64(n))
+            manifest.nearest = IndexManifest.Nearest(count: nearest.count)
+        }
+        let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest, exactVectors: writer?.url,
+                                                 nearestLists: nearest?.url)
         seconds["write"] = Date().timeIntervalSince(tw)
         seconds["total"] = Date().timeIntervalSince(started)
         var warnings: [String] = filteredWarning.map { [$0] } ?? []

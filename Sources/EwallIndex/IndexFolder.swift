@@ -50,6 +50,17 @@ public struct IndexManifest: Codable, Sendable, Hashable {
         }
     }
 
+    /// Each stored vector's nearest lists, recorded at add (see ``NearestLists``).
+    public struct Nearest: Codable, Sendable, Hashable {
+        public var file: String
+        /// Lists per vector.
+        public var count: Int
+        public init(file: String = NearestLists.fileName, count: Int) {
+            self.file = file
+            self.count = count
+        }
+    }
+
     public struct Recall: Codable, Sendable, Hashable {
         /// recall@k against exact search, excluding each query's own vector.
         public var k: Int
@@ -86,6 +97,8 @@ public struct IndexManifest: Codable, Sendable, Hashable {
     public var files: [String: FileEntry]
     /// Present when answers are re-ranked by exact vectors (compressed kinds).
     public var refine: Refine?
+    /// Present when the folder records each vector's nearest lists (IVF over a flat quantizer).
+    public var nearest: Nearest?
 
     public init(factory: String, metric: IndexMetric, distance: String, search: Search, dimension: Int, count: Int,
                 modelID: String, preprocessing: String, builtAt: String, buildSeconds: Double, buildMode: String,
@@ -112,6 +125,7 @@ public struct IndexManifest: Codable, Sendable, Hashable {
         case format, formatVersion = "format_version", factory, metric, distance, search, dimension, count
         case modelID = "model_id", preprocessing, builtAt = "built_at", buildSeconds = "build_seconds"
         case buildMode = "build_mode", choice, recall, filteredRecall = "filtered_recall", nextID = "next_id", files, refine
+        case nearest = "nearest_lists"
     }
 
     public var key: ModelKey { ModelKey(modelID: modelID, preprocessing: preprocessing) }
@@ -203,6 +217,8 @@ public struct IndexFolder: Sendable {
         public let index: FaissIndex
         /// The exact vectors compressed kinds re-rank with (``IndexManifest/refine``).
         public let exact: ExactVectors?
+        /// Each stored vector's nearest lists (``IndexManifest/nearest``).
+        public let nearest: NearestLists?
     }
 
     /// Reads the manifest only.
@@ -254,10 +270,11 @@ public struct IndexFolder: Sendable {
         // open, a later swap and delete cannot take them away.
         var fds: [String: Int32] = [:]
         defer { for fd in fds.values { close(fd) } }
-        for name in [Self.manifestFile, Self.idMapFile, Self.indexFile, ExactVectors.fileName] {
+        for name in [Self.manifestFile, Self.idMapFile, Self.indexFile, ExactVectors.fileName, NearestLists.fileName] {
             let fd = openat(dirFD, name, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else {
-                if errno == ENOENT && name == ExactVectors.fileName { continue }  // only compressed kinds have it
+                // Only compressed kinds have exact vectors; only IVF over flat centroids nearest lists.
+                if errno == ENOENT && (name == ExactVectors.fileName || name == NearestLists.fileName) { continue }
                 if errno == ENOENT && fds.isEmpty == false { throw Swapped(file: name) }
                 if errno == ENOENT && name == Self.manifestFile {
                     // The folder itself may have been swapped out and deleted under us.
@@ -315,21 +332,42 @@ public struct IndexFolder: Sendable {
             }
             exact = e
         }
-        return Loaded(manifest: manifest, ids: ids, index: index, exact: exact)
+        var nearest: NearestLists?
+        if let n = manifest.nearest {
+            guard let fd = fds[NearestLists.fileName], n.file == NearestLists.fileName else {
+                throw IndexError(.manifest, "\(path): the manifest records nearest lists in \(n.file), which is missing")
+            }
+            let lists = try NearestLists(fd: fd, count: n.count, path: "\(path)/\(n.file)")
+            if let entry = manifest.files["nearest_lists"] {
+                guard entry.bytes == Int64(lists.rows * lists.rowBytes) else {
+                    throw IndexError(.manifest, "\(path)/\(n.file) has \(lists.rows * lists.rowBytes) bytes, the manifest says \(entry.bytes)")
+                }
+                if verifyChecksums, try sha256Hex(file: "/proc/self/fd/\(fd)") != entry.sha256 {
+                    throw IndexError(.manifest, "\(path)/\(n.file) does not match its checksum")
+                }
+            }
+            guard lists.rows >= ids.capacity else {
+                throw IndexError(.manifest, "\(path)/\(n.file) has \(lists.rows) rows; the id map uses ids up to \(ids.capacity - 1)")
+            }
+            nearest = lists
+        }
+        return Loaded(manifest: manifest, ids: ids, index: index, exact: exact, nearest: nearest)
     }
 
     /// Writes `index`, `idMap` and `manifest` (its file entries filled in here) as the new
     /// content of the folder, atomically. `exactVectors`: a complete `vectors.f32` written
     /// beside the folder, moved into it.
-    public func publish(index: FaissIndex, idMap: IDMap, manifest: IndexManifest, exactVectors: URL? = nil) throws -> IndexManifest {
+    public func publish(index: FaissIndex, idMap: IDMap, manifest: IndexManifest, exactVectors: URL? = nil,
+                        nearestLists: URL? = nil) throws -> IndexManifest {
         let fm = FileManager.default
         let parent = url.deletingLastPathComponent()
         try fm.createDirectory(at: parent, withIntermediateDirectories: true)
         // Leftovers of interrupted builds (the caller holds the lock, so none is in progress).
         let prefix = ".\(url.lastPathComponent).tmp-"
-        let ownVectors = exactVectorsStaging.lastPathComponent
+        let own = [exactVectorsStaging.lastPathComponent, nearestListsStaging.lastPathComponent]
         for name in (try? fm.contentsOfDirectory(atPath: parent.path)) ?? []
-        where name.hasPrefix(prefix) || (name.hasPrefix(".\(url.lastPathComponent).vectors-") && name != ownVectors) {
+        where name.hasPrefix(prefix) || ((name.hasPrefix(".\(url.lastPathComponent).vectors-")
+                                          || name.hasPrefix(".\(url.lastPathComponent).nearest-")) && !own.contains(name)) {
             try? fm.removeItem(at: parent.appendingPathComponent(name))
         }
         let staging = parent.appendingPathComponent(prefix + "\(getpid())")
@@ -349,6 +387,11 @@ public struct IndexFolder: Sendable {
                 let target = staging.appendingPathComponent(ExactVectors.fileName)
                 try fm.moveItem(at: exactVectors, to: target)
                 manifest.files["vectors"] = try entry(target)
+            }
+            if let nearestLists {
+                let target = staging.appendingPathComponent(NearestLists.fileName)
+                try fm.moveItem(at: nearestLists, to: target)
+                manifest.files["nearest_lists"] = try entry(target)
             }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -376,6 +419,11 @@ public struct IndexFolder: Sendable {
     /// moves it into the folder: beside it, on the same file system.
     public var exactVectorsStaging: URL {
         url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).vectors-\(getpid()).f32")
+    }
+
+    /// Where a build writes `nearest_lists.bin` before publishing it (as for the exact vectors).
+    public var nearestListsStaging: URL {
+        url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).nearest-\(getpid()).bin")
     }
 
     private func entry(_ url: URL) throws -> IndexManifest.FileEntry {

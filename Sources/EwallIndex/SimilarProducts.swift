@@ -48,6 +48,10 @@ public struct SimilarRequest: Sendable {
     /// A product id never returned (the query product).
     public var excluding: String?
     public var query: SimilarQuery
+    /// The int64 id whose stored vector `vector` is (set by ``ProductSearch/request(for:query:)``
+    /// when the vector came from the index folder): a batched search then uses the lists
+    /// recorded for it at build (``NearestLists``) instead of a coarse pass.
+    public var storedID: Int64?
 
     public init(vector: [Float], category: String?, excluding: String? = nil, query: SimilarQuery = SimilarQuery()) {
         self.vector = vector
@@ -137,6 +141,8 @@ public final class ProductSearch: Sendable {
     /// Compressed kinds: the exact vectors answers are re-ranked by, and candidates per answer.
     let exact: ExactVectors?
     let refineFactor: Int
+    /// IVF over flat centroids: each stored vector's nearest lists, recorded at build.
+    let nearest: NearestLists?
     let store: any EmbeddingStore
     /// Below this many eligible products, an exact search over just them (cheaper than a deep
     /// approximate search, and exact).
@@ -152,6 +158,7 @@ public final class ProductSearch: Sendable {
                                   sha256: loaded.manifest.files["index"]?.sha256)
         ids = loaded.ids
         exact = loaded.exact
+        nearest = loaded.nearest
         refineFactor = loaded.exact == nil ? 1 : max(1, loaded.manifest.refine?.factor ?? 1)
         self.columns = columns
         self.store = store
@@ -215,8 +222,10 @@ public final class ProductSearch: Sendable {
     /// id to exclude), to answer later, alone or in a batch (``similar(batch:)``).
     public func request(for productID: String, query: SimilarQuery = SimilarQuery()) async throws -> SimilarRequest {
         if storesExactVectors, let id = ids.id(of: productID), columns.present.contains(id) {
-            return SimilarRequest(vector: try exact?.vector(id) ?? index.reconstruct(id: id), category: columns.categoryName(id),
-                                  excluding: productID, query: query)
+            var r = SimilarRequest(vector: try exact?.vector(id) ?? index.reconstruct(id: id), category: columns.categoryName(id),
+                                   excluding: productID, query: query)
+            r.storedID = id
+            return r
         }
         guard let product = try await store.product(id: productID) else {
             throw IndexError(.unknownProduct, "unknown product \(productID)")
@@ -244,8 +253,8 @@ public final class ProductSearch: Sendable {
     /// answers it alone (the same results, notes and depths), in order; a request that fails
     /// gets its error without failing the others. The approximate searches of each round (the
     /// first, then any made deeper because filters thinned them) run as one batched FAISS call
-    /// per k: for IVF, one coarse pass for all of them (BLAS from 20 on), then each query's
-    /// lists with its own filter.
+    /// per k: for IVF, one coarse pass for all of them (none for stored products whose nearest
+    /// lists the build recorded), then each query's lists with its own filter.
     public func similar(batch: [SimilarRequest]) -> [Result<SimilarAnswer, any Error>] {
         var plans: [Result<Plan, any Error>] = batch.map { r in Result { try planned(r) } }
         while true {
@@ -323,7 +332,8 @@ public final class ProductSearch: Sendable {
         }
         var plan = Plan(request: r, notes: notes, allowed: allowed, excluded: excluded, eligible: eligible,
                         params: SearchParameters(nprobe: start,
-                                                 efSearch: manifest.search.efSearch, allowed: allowed, excluded: excluded),
+                                                 efSearch: manifest.search.efSearch, allowed: allowed, excluded: excluded,
+                                                 nearest: r.storedID.flatMap { nearest?.row($0) }),
                         searching: true)
         if index.kind != .flat && eligible < exactBelow {
             plan.found = try exhaustive(vector, allowed: allowed, excluded: excluded, k: query.k)

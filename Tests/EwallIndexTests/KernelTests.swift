@@ -74,6 +74,43 @@ struct KernelTests {
     @Test("Portable distances equal FAISS's")
     func scalar() throws { try matchesFaiss(.scalar) }
 
+    /// The many-dots kernel of the batched coarse pass against a Double computation of the same
+    /// products, on every shape its blocking treats apart: query counts around its groups of 6,
+    /// vector counts around its panels of 16, widths off the vector width, and zero, huge, tiny
+    /// and mixed magnitudes. Tolerance: d rounding errors of each product's terms (one chain of
+    /// d FMAs), which is also what the coarse pass's proof assumes.
+    func dotsMatchDouble(_ kernel: DistanceKernel) throws {
+        defer { DistanceKernel.use(.auto) }
+        #expect(DistanceKernel.use(kernel) == kernel)
+        var rng = TestRNG(seed: 61)
+        for (n, ny, d) in [(1, 1, 1), (5, 15, 7), (6, 16, 16), (7, 17, 17), (13, 33, 100), (4, 40, 2047), (12, 31, 2048)] {
+            for kind in ["gaussian", "zero", "huge", "tiny", "mixed"] {
+                let x = Self.rows(n, d, kind: kind, metric: .ip, rng: &rng)
+                let y = Self.rows(ny, d, kind: kind == "zero" ? "gaussian" : kind, metric: .ip, rng: &rng)
+                let ours = try DistanceKernel.dots(x, y, dimension: d)
+                #expect(ours.count == n * ny)
+                for i in 0..<n {
+                    for j in 0..<ny {
+                        var exact = 0.0, magnitude = 0.0
+                        for t in 0..<d {
+                            let p = Double(x[i * d + t]) * Double(y[j * d + t])
+                            exact += p
+                            magnitude += abs(p)
+                        }
+                        let tolerance = Double(d + 2) * Double(Float.ulpOfOne) * magnitude + Double(d) * Double(Float.leastNonzeroMagnitude)
+                        #expect(abs(Double(ours[i * ny + j]) - exact) <= tolerance,
+                                "\(kernel) n=\(n) ny=\(ny) d=\(d) \(kind) [\(i), \(j)]: \(ours[i * ny + j]) vs \(exact)")
+                    }
+                }
+            }
+        }
+        #expect(try DistanceKernel.dots([], [1, 2], dimension: 2).isEmpty)
+    }
+
+    @Test("Many dots (the batched coarse pass) through each kernel equal the products computed in Double",
+          arguments: DistanceKernel.allCases.filter { $0 != .auto && $0.isSupported })
+    func manyDots(kernel: DistanceKernel) throws { try dotsMatchDouble(kernel) }
+
     @Test("auto picks the widest kernel this CPU runs; one it cannot run falls back to the portable one, with one log line")
     func dispatch() {
         defer { DistanceKernel.use(.auto) }

@@ -65,6 +65,14 @@ typedef struct ew_faiss_search_params {
     int64_t allow_bits;          /* ...and id < allow_bits are considered */
     const int64_t *exclude;      /* ids never returned (e.g. the query product itself) */
     size_t n_exclude;
+    /* IVF, ew_faiss_search_batch only: the query is a vector the index holds, and these are
+       its nearest lists as ew_faiss_add_probed wrote them (NULL: none). A query whose nprobe
+       is at most nearest_count takes its lists from them (our kernel's distances to those
+       lists only, instead of all) when the recorded bound proves that no other list is
+       nearer; otherwise it takes the usual coarse pass. Same answers either way. */
+    const int32_t *nearest_lists;
+    int64_t nearest_count;
+    float nearest_bound;         /* distance of the last of them, as computed at add */
 } ew_faiss_search_params;
 
 /* Sets OpenMP's thread count for FAISS (process-wide). Returns the count now in force. */
@@ -105,6 +113,22 @@ int ew_faiss_train_balanced(ew_faiss_index *index, int64_t n, const float *x, do
 /* Adds n vectors (n*dim floats, borrowed) with their ids. */
 int ew_faiss_add(ew_faiss_index *index, int64_t n, const float *x, const int64_t *ids, ew_faiss_error *err);
 
+/* IVF with a flat coarse quantizer (not under a transform): adds as ew_faiss_add does, and
+   writes each vector's `count` nearest lists, nearest first (lists: n*count, caller-owned), and
+   the distance of the last of them (bound: n floats). One coarse pass finds both: the list a
+   vector goes into is the first of them. E_UNSUPPORTED for other kinds. */
+int ew_faiss_add_probed(ew_faiss_index *index, int64_t n, const float *x, const int64_t *ids, int64_t count,
+                        int32_t *lists, float *bound, ew_faiss_error *err);
+
+/* Process-wide counts since start: batched queries whose lists came from their nearest lists
+   (used), and those that carried nearest lists but took the coarse pass (declined: nprobe above
+   the lists recorded, or the bound did not prove them). Either may be NULL. */
+void ew_faiss_nearest_stats(int64_t *used, int64_t *declined);
+
+/* The coarse quantizer's list count of an IVF index (not under a transform); 0 otherwise, and
+   0 when its quantizer is not flat (ew_faiss_add_probed cannot record nearest lists). */
+int64_t ew_faiss_probed_lists(const ew_faiss_index *index);
+
 /* Removes the given ids; *removed (may be NULL) gets how many were present. */
 int ew_faiss_remove(ew_faiss_index *index, int64_t n, const int64_t *ids, int64_t *removed, ew_faiss_error *err);
 
@@ -118,11 +142,11 @@ int ew_faiss_search(const ew_faiss_index *index, int64_t n, const float *x, int6
    index's own settings for all): the same answers as n calls of ew_faiss_search with one query
    each (the same ids in the same order, the same distances; only exact ties in the coarse
    pass could order differently), cheaper together. For an IVF index with a flat coarse
-   quantizer, one coarse pass for all queries (from 20 queries on, FAISS's BLAS path, whose
-   candidates are re-ranked with our kernel and checked against a bound on float error; below
-   that, our kernel query by query), then each query's own lists with its own nprobe and
-   filter. Other kinds, and FAISS's own kernel: query by query. Runs on the calling thread
-   (BLAS may use its own threads). distances/labels: n*k, caller-owned. Read-only. */
+   quantizer, one coarse pass for all queries (from 4 queries on, one product of all queries
+   with all centroids: ew_faiss_dots below, whose candidates are re-ranked with our kernel and
+   checked against a bound on float error; below that, our kernel query by query), then each
+   query's own lists with its own nprobe and filter. Other kinds, and FAISS's own kernel: query
+   by query. Runs on the calling thread (BLAS may use its own threads). distances/labels: n*k, caller-owned. Read-only. */
 int ew_faiss_search_batch(const ew_faiss_index *index, int64_t n, const float *x, int64_t k,
                           const ew_faiss_search_params *params, float *distances, int64_t *labels,
                           ew_faiss_error *err);
@@ -166,7 +190,8 @@ int64_t ew_faiss_largest_list(const ew_faiss_index *index);
    Debian's libfaiss.a is built for baseline x86-64, so its distances run scalar code. Indexes
    made or read here compute them with our kernels instead, chosen at run time by CPU: the
    lists of IVF-Flat, the flat coarse quantizer of any IVF kind (below 20 queries a call;
-   FAISS's BLAS path above), Flat (under IDMap2), HNSW-Flat storage, and ew_faiss_knn_exact
+   FAISS's BLAS path above; a batch of searches: our many-dots kernel, see ew_faiss_dots),
+   Flat (under IDMap2), HNSW-Flat storage, and ew_faiss_knn_exact
    below 20 queries. Results are FAISS's (same ids in the same order, except exact ties;
    distances within float rounding, about 1e-6 relative at 2048-d). Files written are plain
    FAISS files (IndexIVFFlat, IndexFlat).
@@ -200,6 +225,13 @@ int ew_faiss_set_blas_threads(int threads);
    (AVX-512 F/CD/BW/DQ/VL), "Haswell" (AVX2 + FMA), or "" (neither). For choosing
    OPENBLAS_CORETYPE when OpenBLAS itself falls back to its generic kernels (static string). */
 const char *ew_faiss_blas_core_for_cpu(void);
+
+/* Inner products of n queries x (n*dim floats) with ny vectors y (ny*dim floats), as the
+   batched coarse pass computes them: out[i*ny + j] = x_i . y_j (n*ny floats, caller-owned).
+   With the avx2 or avx512 kernel in force, our many-dots kernel over y packed into panels
+   (here packed on every call; an index packs its centroids once); with scalar or faiss,
+   OpenBLAS's sgemm. For tests and benchmarks. */
+int ew_faiss_dots(const float *x, int64_t n, const float *y, int64_t ny, int64_t dim, float *out, ew_faiss_error *err);
 
 /* Distances from one query x (dim floats, borrowed) to each of ny vectors y (ny*dim floats,
    borrowed) with the kernel in force: squared L2 or inner product. out: ny floats, caller-owned. */
