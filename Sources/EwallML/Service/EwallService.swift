@@ -123,6 +123,8 @@ public final class EwallService: Service, Sendable {
     private let runner: Task<Void, Never>
     private let indexVectors: Recorder
     private let indexAge: Recorder
+    private let nearestUsed: Recorder
+    private let nearestDeclined: Recorder
     private let reloads: Counter
     private let reloadFailures: Counter
 
@@ -187,6 +189,8 @@ public final class EwallService: Service, Sendable {
         }
         indexVectors = Recorder(label: "ewall_index_vectors", dimensions: [], aggregate: false, factory: metrics)
         indexAge = Recorder(label: "ewall_index_age_seconds", dimensions: [], aggregate: false, factory: metrics)
+        nearestUsed = Recorder(label: "ewall_similar_nearest_lists_used", dimensions: [], aggregate: false, factory: metrics)
+        nearestDeclined = Recorder(label: "ewall_similar_nearest_lists_declined", dimensions: [], aggregate: false, factory: metrics)
         reloads = Counter(label: "ewall_index_reloads_total", dimensions: [], factory: metrics)
         reloadFailures = Counter(label: "ewall_index_reload_failures_total", dimensions: [], factory: metrics)
         let searchThreads = max(1, configuration.searchThreads)
@@ -445,6 +449,11 @@ public final class EwallService: Service, Sendable {
         let status = indexStatus
         indexVectors.record(status.count)
         indexAge.record(status.ageSeconds ?? 0)
+        // Process totals: similar-by-id searches that took their recorded nearest lists, and
+        // those that took the coarse pass instead (see NearestLists).
+        let nearest = NearestLists.stats
+        nearestUsed.record(nearest.used)
+        nearestDeclined.record(nearest.declined)
     }
 
     // MARK: Health
