@@ -368,7 +368,8 @@ namespace {
 faiss::IndexIVF *probedIVF(const ew_faiss_index *h) {
     if (!h) return nullptr;
     auto ivf = dynamic_cast<faiss::IndexIVF *>(h->index.get());
-    if (!ivf || !dynamic_cast<const faiss::IndexFlat *>(ivf->quantizer)) return nullptr;
+    if (!ivf || !dynamic_cast<const faiss::IndexFlat *>(ivf->quantizer) || ivf->nlist <= EW_FAISS_NEAREST_LISTS)
+        return nullptr;
     return ivf;
 }
 } // namespace
@@ -380,26 +381,29 @@ int64_t ew_faiss_probed_lists(const ew_faiss_index *h) {
     return ivf ? int64_t(ivf->nlist) : 0;
 }
 
-int ew_faiss_add_probed(ew_faiss_index *h, int64_t n, const float *x, const int64_t *ids, int64_t count,
-                        int32_t *lists, float *bound, ew_faiss_error *err) {
-    if (!h || (n > 0 && (!x || !ids || !lists || !bound)) || n < 0)
+int ew_faiss_add_probed(ew_faiss_index *h, int64_t n, const float *x, const int64_t *ids, int32_t *lists,
+                        float *bounds, ew_faiss_error *err) {
+    if (!h || (n > 0 && (!x || !ids || !lists || !bounds)) || n < 0)
         return fill(err, EW_FAISS_E_ARGUMENT, "index, vectors, ids and outputs are required");
     if (h->mapped) return fill(err, EW_FAISS_E_UNSUPPORTED, "a memory-mapped index is read-only");
     if (!h->index->is_trained) return fill(err, EW_FAISS_E_NOT_TRAINED, "the index must be trained before adding");
     faiss::IndexIVF *ivf = probedIVF(h);
-    if (!ivf) return fill(err, EW_FAISS_E_UNSUPPORTED, "nearest lists are recorded for IVF over a flat quantizer only, not " + h->factory);
-    if (count <= 0 || size_t(count) > ivf->nlist)
-        return fill(err, EW_FAISS_E_ARGUMENT, "count must be 1..nlist (" + std::to_string(ivf->nlist) + ")");
+    if (!ivf)
+        return fill(err, EW_FAISS_E_UNSUPPORTED,
+                    "nearest lists are recorded for IVF over a flat quantizer of more than 32 lists only, not " + h->factory);
     return guarded(err, EW_FAISS_E_FAISS, [&] {
-        // What IndexIVF::add_with_ids does (assign, then add_core), with count lists each.
+        // What IndexIVF::add_with_ids does (assign, then add_core), with 32 lists each.
+        const int64_t count = EW_FAISS_NEAREST_LISTS;
+        const int64_t ranks[EW_FAISS_NEAREST_BOUNDS] = {4, 8, 16, 32};
         std::vector<idx_t> I(size_t(n) * size_t(count));
         std::vector<float> D(I.size());
         ivf->quantizer->search(n, x, count, D.data(), I.data());
         std::vector<idx_t> first(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; i++) {
-            first[size_t(i)] = I[size_t(i) * size_t(count)];
+            first[size_t(i)] = I[size_t(i * count)];
             for (int64_t j = 0; j < count; j++) lists[i * count + j] = int32_t(I[size_t(i * count + j)]);
-            bound[i] = D[size_t(i * count + count - 1)];
+            for (int b = 0; b < EW_FAISS_NEAREST_BOUNDS; b++)
+                bounds[i * EW_FAISS_NEAREST_BOUNDS + b] = D[size_t(i * count + ranks[b] - 1)];
         }
         ivf->add_core(n, x, ids, first.data());
     });
@@ -473,7 +477,7 @@ int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, in
     // filter, as IndexIVF::search does for one query. Anything else: query by query.
     const faiss::IndexIVF *ivf = dynamic_cast<const faiss::IndexIVF *>(h->index.get());
     bool hinted = false;
-    for (int64_t i = 0; params && i < n && !hinted; i++) hinted = params[i].nearest_lists && params[i].nearest_count > 0;
+    for (int64_t i = 0; params && i < n && !hinted; i++) hinted = params[i].nearest_lists && params[i].nearest_bounds;
     if (!ivf || n < (hinted ? 1 : 2)) return oneByOne();
     std::vector<size_t> probes(static_cast<size_t>(n));
     size_t maxP = 0;
@@ -490,8 +494,8 @@ int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, in
     if (hinted) {
         hints.resize(size_t(n));
         for (int64_t i = 0; i < n; i++)
-            if (params[i].nearest_lists && params[i].nearest_count > 0)
-                hints[size_t(i)] = {params[i].nearest_lists, size_t(params[i].nearest_count), params[i].nearest_bound};
+            if (params[i].nearest_lists && params[i].nearest_bounds)
+                hints[size_t(i)] = {params[i].nearest_lists, params[i].nearest_bounds};
     }
     bool batched = false;
     int rc = guarded(err, EW_FAISS_E_FAISS, [&] {
@@ -554,11 +558,27 @@ int ew_faiss_compare_ids(const ew_faiss_index *h, const float *q, int64_t n, con
         const ew::Kernels &k = ew::kernels();
         size_t d = size_t(h->index->d);
         std::vector<float> v(d);
+        // Where the index keeps the floats themselves (Flat under IDMap2, IVF-Flat), compare
+        // them in place; otherwise decode a copy.
+        const faiss::IndexFlat *flat = m ? dynamic_cast<const faiss::IndexFlat *>(m->index) : nullptr;
+        const bool ivfFloats = ivf && dynamic_cast<const faiss::IndexIVFFlat *>(ivf) && ivf->code_size == d * sizeof(float) &&
+                               ivf->direct_map.type != faiss::DirectMap::NoMap;
         for (int64_t i = 0; i < n; i++) {
-            h->index->reconstruct(ids[i], v.data());
-            if (dot) dot[i] = k.inner(q, v.data(), d);
-            if (norm2) norm2[i] = k.inner(v.data(), v.data(), d);
-            if (l2) l2[i] = k.l2sqr(q, v.data(), d);
+            auto compare = [&](const float *y) {
+                if (dot) dot[i] = k.inner(q, y, d);
+                if (norm2) norm2[i] = k.inner(y, y, d);
+                if (l2) l2[i] = k.l2sqr(q, y, d);
+            };
+            if (flat) {
+                compare(flat->get_xb() + size_t(m->rev_map.at(ids[i])) * d);
+            } else if (ivfFloats) {
+                idx_t lo = ivf->direct_map.get(ids[i]);
+                faiss::InvertedLists::ScopedCodes code(ivf->invlists, size_t(faiss::lo_listno(lo)), size_t(faiss::lo_offset(lo)));
+                compare(reinterpret_cast<const float *>(code.get()));
+            } else {
+                h->index->reconstruct(ids[i], v.data());
+                compare(v.data());
+            }
         }
     });
 }

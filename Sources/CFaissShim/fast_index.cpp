@@ -6,6 +6,7 @@
 #include "fast_index.h"
 
 #include "kernels.h"
+#include "ew_faiss.h"
 
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
@@ -26,6 +27,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <functional>
 #include <atomic>
 #include <mutex>
 #include <cmath>
@@ -417,26 +419,51 @@ bool coarseBatchOf(const FastFlat<typename std::conditional<IP, faiss::IndexFlat
     std::vector<idx_t> ids;
 
     // Queries that are stored vectors with their nearest lists recorded: the kernel's distances
-    // to those lists alone, kept when the recorded bound proves the rest farther.
+    // to the first few of those lists, kept when the next one's recorded distance proves every
+    // list not computed farther; more of them if not.
     std::vector<idx_t> pending;
     pending.reserve(size_t(n));
     float y2All = hints ? q->largestNorm2() : 0;
+    constexpr size_t kLists = EW_FAISS_NEAREST_LISTS;
+    const size_t steps[][2] = {{3, 4}, {7, 8}, {15, 16}, {31, 32}, {32, 32}};  // lists computed, rank of the bound
+    const size_t boundOf[33] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3};
+    float dist[kLists];
+    std::vector<std::pair<idx_t, float>> kept;
     for (idx_t i = 0; i < n; i++) {
         const NearestLists *h = hints ? &hints[i] : nullptr;
         size_t p = probes[i];
         bool proven = false;
-        if (h && h->lists && h->count >= p && idx_t(h->count) < nlist) {
+        if (h && h->lists && h->bounds && p < kLists && nlist > idx_t(kLists)) {
             const float *xi = x + i * d;
             float *simi = dis + i * stride;
             idx_t *idxi = assign + i * stride;
-            ids.assign(h->lists, h->lists + h->count);
+            ids.assign(h->lists, h->lists + kLists);
             bool valid = std::all_of(ids.begin(), ids.end(), [&](idx_t j) { return j >= 0 && j < nlist; });
             std::sort(ids.begin(), ids.end());
             valid = valid && std::adjacent_find(ids.begin(), ids.end()) == ids.end();
-            if (valid) {
-                topOf<IP>(ids, xi, xb, d, p, f, simi, idxi);
-                proven = provenCut<IP>(h->bound, errorBound(d, kn.inner(xi, xi, d), y2All), simi, idxi);
-                if (proven) faiss::heap_reorder<C>(p, simi, idxi);
+            double tol = valid ? errorBound(d, kn.inner(xi, xi, d), y2All) : 0;
+            size_t computed = 0;
+            for (size_t s = 0; valid && !proven && s < 5; s++) {
+                size_t upto = steps[s][0], rank = steps[s][1];
+                if (upto < p) continue;
+                for (; computed < upto; computed++) dist[computed] = f(xi, xb + size_t(h->lists[computed]) * d, d);
+                // The p-th best distance computed so far, against the bound of those not computed.
+                float sorted[kLists];
+                std::copy(dist, dist + computed, sorted);
+                if (IP) std::nth_element(sorted, sorted + p - 1, sorted + computed, std::greater<float>());
+                else std::nth_element(sorted, sorted + p - 1, sorted + computed);
+                double worst = sorted[p - 1], last = h->bounds[boundOf[rank]];
+                proven = std::isfinite(last) && std::isfinite(worst) && (IP ? last + tol < worst : last - tol > worst);
+            }
+            if (proven) {
+                // The top p of those computed, visited in id order as knnScan visits them.
+                kept.clear();
+                for (size_t r = 0; r < computed; r++) kept.emplace_back(idx_t(h->lists[r]), dist[r]);
+                std::sort(kept.begin(), kept.end());
+                faiss::heap_heapify<C>(p, simi, idxi);
+                for (const auto &e : kept)
+                    if (C::cmp(simi[0], e.second)) faiss::heap_replace_top<C>(p, simi, idxi, e.second, e.first);
+                faiss::heap_reorder<C>(p, simi, idxi);
             }
         }
         if (h && h->lists) (proven ? hintsUsed : hintsDeclined).fetch_add(1, std::memory_order_relaxed);

@@ -52,14 +52,15 @@ void dots(const float *x, int64_t n, const float *y, int64_t ny, size_t d, float
 // both computations) is searched on its own. Returns false (writing nothing) when `quantizer`
 // is not a fast flat index or FAISS's own kernels are in force: the caller searches per query.
 //
-// hints (null, or one per query): a query's nearest lists as recorded when its vector was added
-// (lists == null: none). Where p <= count, the kernel's distances to those lists alone give its
-// top p, kept when the recorded bound (the last list's distance, less the same error bound)
-// proves every other list farther; otherwise the query goes the usual way.
+// hints (null, or one per query): a query's 32 nearest lists as recorded when its vector was
+// added, and the recorded distances of the 4th, 8th, 16th and 32nd (lists == null: none). For
+// p < 32, the kernel's distances to the first 3, 7, 15 or 31 of them (the fewest that hold p)
+// give its top p, kept when the next one's recorded distance, less the same error bound, proves
+// every list not computed farther than the worst kept; else the next step; after all 32, the
+// usual way.
 struct NearestLists {
     const int32_t *lists = nullptr;
-    size_t count = 0;
-    float bound = 0;
+    const float *bounds = nullptr;
 };
 bool coarseBatch(const faiss::Index *quantizer, int64_t n, const float *x, const size_t *probes, size_t stride,
                  int64_t *assign, float *dis, const NearestLists *hints = nullptr);

@@ -230,17 +230,19 @@ public final class FaissIndex: @unchecked Sendable {
         try vectors.withUnsafeBufferPointer { try add($0, ids: ids) }
     }
 
-    /// IVF over a flat quantizer: the lists ``NearestLists`` can be recorded for (nlist), else 0.
+    /// IVF over a flat quantizer of more than 32 lists: the lists ``NearestLists`` can be
+    /// recorded for (nlist), else 0.
     public var probedLists: Int { Int(ew_faiss_probed_lists(handle)) }
 
-    /// Adds as ``add(_:ids:)`` and returns each vector's `count` nearest lists (nearest first,
-    /// `count` per vector) and the distance of the last of them, from the same coarse pass.
-    public func add(_ vectors: UnsafeBufferPointer<Float>, ids: [Int64], nearest count: Int) throws -> (lists: [Int32], bounds: [Float]) {
+    /// Adds as ``add(_:ids:)`` and returns each vector's 32 nearest lists (nearest first, 32 per
+    /// vector) and the distances of its 4th, 8th, 16th and 32nd (4 per vector), from the same
+    /// coarse pass.
+    public func addRecordingNearest(_ vectors: UnsafeBufferPointer<Float>, ids: [Int64]) throws -> (lists: [Int32], bounds: [Float]) {
         precondition(vectors.count == ids.count * dimension, "vectors and ids disagree")
-        var lists = [Int32](repeating: -1, count: ids.count * count)
-        var bounds = [Float](repeating: 0, count: ids.count)
+        var lists = [Int32](repeating: -1, count: ids.count * NearestLists.count)
+        var bounds = [Float](repeating: 0, count: ids.count * NearestLists.boundRanks.count)
         var err = ew_faiss_error()
-        guard ew_faiss_add_probed(handle, Int64(ids.count), vectors.baseAddress, ids, Int64(count), &lists, &bounds, &err) == 0 else {
+        guard ew_faiss_add_probed(handle, Int64(ids.count), vectors.baseAddress, ids, &lists, &bounds, &err) == 0 else {
             throw IndexError(err)
         }
         return (lists, bounds)
@@ -268,7 +270,7 @@ public final class FaissIndex: @unchecked Sendable {
                     nprobe: Int64(parameters.nprobe ?? 0), ef_search: Int64(parameters.efSearch ?? 0),
                     allow_bitmap: bitmap, allow_bits: bits,
                     exclude: excluded.baseAddress, n_exclude: excluded.count,
-                    nearest_lists: nil, nearest_count: 0, nearest_bound: 0)
+                    nearest_lists: nil, nearest_bounds: nil)
                 return ew_faiss_search(handle, Int64(n), queries, Int64(k), &p, &distances, &ids, &err)
             }
         }
@@ -305,8 +307,7 @@ public final class FaissIndex: @unchecked Sendable {
                         nprobe: Int64(p.nprobe ?? 0), ef_search: Int64(p.efSearch ?? 0),
                         allow_bitmap: bitmap, allow_bits: bits,
                         exclude: excluded.baseAddress, n_exclude: excluded.count,
-                        nearest_lists: p.nearest?.lists, nearest_count: Int64(p.nearest?.count ?? 0),
-                        nearest_bound: p.nearest?.bound ?? 0))
+                        nearest_lists: p.nearest?.lists, nearest_bounds: p.nearest?.bounds))
                     return pinned(i + 1, &params)
                 }
             }
@@ -330,11 +331,16 @@ public final class FaissIndex: @unchecked Sendable {
     /// For each id, against the vector the index stores for it (approximate for compressed kinds):
     /// the inner product with `query`, that vector's squared norm, and the squared L2 distance.
     /// One call for all ids; the vectors stay in FAISS. Throws `.notFound` for an id it does not hold.
-    public func compare(_ query: [Float], ids: [Int64]) throws -> (dot: [Float], norm2: [Float], l2: [Float]) {
+    /// `distances: false` leaves `l2` empty (an answer's cosine needs only the dots and norms).
+    public func compare(_ query: [Float], ids: [Int64], distances: Bool = true) throws -> (dot: [Float], norm2: [Float], l2: [Float]) {
         precondition(query.count == dimension, "the query has \(query.count) dims, the index \(dimension)")
-        var dot = [Float](repeating: 0, count: ids.count), norm2 = dot, l2 = dot
+        var dot = [Float](repeating: 0, count: ids.count), norm2 = dot
+        var l2 = distances ? dot : []
         var err = ew_faiss_error()
-        guard ew_faiss_compare_ids(handle, query, Int64(ids.count), ids, &dot, &norm2, &l2, &err) == 0 else { throw IndexError(err) }
+        let rc = l2.withUnsafeMutableBufferPointer { l2 in
+            ew_faiss_compare_ids(handle, query, Int64(ids.count), ids, &dot, &norm2, distances ? l2.baseAddress : nil, &err)
+        }
+        guard rc == 0 else { throw IndexError(err) }
         return (dot, norm2, l2)
     }
 

@@ -56,7 +56,7 @@ enum Incremental {
         // The nearest lists of the vectors kept stay valid (the centroids do not change); new
         // ids get theirs as they are added.
         let nearest = try old.nearest.map {
-            try NearestListsWriter(url: options.folder.nearestListsStaging, count: $0.count, keeping: $0, rows: Int(m.nextID))
+            try NearestListsWriter(url: options.folder.nearestListsStaging, keeping: $0, rows: Int(m.nextID))
         }
         defer { if let nearest { try? FileManager.default.removeItem(at: nearest.url) } }
         let ta = Date()
@@ -156,7 +156,7 @@ enum Incremental {
         if search.filteredNprobe != nil { manifest.filteredRecall = m.filteredRecall }
         if let nearest {
             try nearest.finish(rows: nextID)
-            manifest.nearest = IndexManifest.Nearest(count: nearest.count)
+            manifest.nearest = IndexManifest.Nearest()
         }
         let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest, nearestLists: nearest?.url)
         seconds["write"] = Date().timeIntervalSince(tw)

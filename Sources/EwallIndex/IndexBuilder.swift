@@ -218,8 +218,7 @@ public enum IndexBuilder {
         // IVF over flat centroids also records each vector's nearest lists (same coarse pass).
         let t = Date()
         try index.reserve(n)
-        let nearestCount = min(NearestLists.defaultCount, index.probedLists)
-        let nearest = nearestCount > 0 ? try NearestListsWriter(url: options.folder.nearestListsStaging, count: nearestCount) : nil
+        let nearest = index.probedLists > 0 ? try NearestListsWriter(url: options.folder.nearestListsStaging) : nil
         defer { if let nearest { try? FileManager.default.removeItem(at: nearest.url) } }
         var idMap = IDMap()
         var truth = GroundTruth(queries: queries, k: recallK + 1, metric: options.metric)
@@ -305,7 +304,7 @@ public enum IndexBuilder {
         manifest.filteredRecall = filteredRecall
         if let nearest {
             try nearest.finish(rows: Int64(n))
-            manifest.nearest = IndexManifest.Nearest(count: nearest.count)
+            manifest.nearest = IndexManifest.Nearest()
         }
         let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest, exactVectors: writer?.url,
                                                  nearestLists: nearest?.url)

@@ -55,9 +55,21 @@ public struct IndexManifest: Codable, Sendable, Hashable {
         public var file: String
         /// Lists per vector.
         public var count: Int
-        public init(file: String = NearestLists.fileName, count: Int) {
+        /// The ranks whose distances each row keeps after its lists.
+        public var boundRanks: [Int]
+        public init(file: String = NearestLists.fileName, count: Int = NearestLists.count,
+                    boundRanks: [Int] = NearestLists.boundRanks) {
             self.file = file
             self.count = count
+            self.boundRanks = boundRanks
+        }
+        enum CodingKeys: String, CodingKey { case file, count, boundRanks = "bound_ranks" }
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            file = try c.decode(String.self, forKey: .file)
+            count = try c.decode(Int.self, forKey: .count)
+            // Rows without ranks (one bound at the last list) are a layout this version does not use.
+            boundRanks = try c.decodeIfPresent([Int].self, forKey: .boundRanks) ?? []
         }
     }
 
@@ -333,14 +345,15 @@ public struct IndexFolder: Sendable {
             exact = e
         }
         var nearest: NearestLists?
-        if let n = manifest.nearest {
+        // Rows of another layout (a later version's) are not used: searches take the coarse pass.
+        if let n = manifest.nearest, n.count == NearestLists.count, n.boundRanks == NearestLists.boundRanks {
             guard let fd = fds[NearestLists.fileName], n.file == NearestLists.fileName else {
                 throw IndexError(.manifest, "\(path): the manifest records nearest lists in \(n.file), which is missing")
             }
-            let lists = try NearestLists(fd: fd, count: n.count, path: "\(path)/\(n.file)")
+            let lists = try NearestLists(fd: fd, path: "\(path)/\(n.file)")
             if let entry = manifest.files["nearest_lists"] {
-                guard entry.bytes == Int64(lists.rows * lists.rowBytes) else {
-                    throw IndexError(.manifest, "\(path)/\(n.file) has \(lists.rows * lists.rowBytes) bytes, the manifest says \(entry.bytes)")
+                guard entry.bytes == Int64(lists.rows * NearestLists.rowBytes) else {
+                    throw IndexError(.manifest, "\(path)/\(n.file) has \(lists.rows * NearestLists.rowBytes) bytes, the manifest says \(entry.bytes)")
                 }
                 if verifyChecksums, try sha256Hex(file: "/proc/self/fd/\(fd)") != entry.sha256 {
                     throw IndexError(.manifest, "\(path)/\(n.file) does not match its checksum")

@@ -197,6 +197,10 @@ struct ProductColumns: Sendable {
     /// Per category: its products, and those in stock (what the default filters allow).
     private(set) var byCategory: [IDBitmap] = []
     private(set) var byCategoryInStock: [IDBitmap] = []
+    /// The members of each of those bitmaps, counted once by ``finish()`` (a search asks on
+    /// every request, and counting 1M bits each time is 15,625 popcounts).
+    private(set) var presentCount = 0, inStockCount = 0
+    private(set) var byCategoryCount: [Int] = [], byCategoryInStockCount: [Int] = []
 
     init(capacity: Int) {
         category = [UInt16](repeating: 0, count: capacity)
@@ -235,6 +239,10 @@ struct ProductColumns: Sendable {
         byCategory = categoryNames.map { _ in IDBitmap(capacity: present.capacity) }
         for i in 0..<category.count where category[i] != 0 { byCategory[Int(category[i]) - 1].insert(Int64(i)) }
         byCategoryInStock = byCategory.map { $0.intersection(inStock) }
+        presentCount = present.count
+        inStockCount = inStock.count
+        byCategoryCount = byCategory.map(\.count)
+        byCategoryInStockCount = byCategoryInStock.map(\.count)
     }
 
     func categoryCode(_ name: String) -> Int? { categoryCodes[name].map { Int($0) - 1 } }

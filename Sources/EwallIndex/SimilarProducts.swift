@@ -308,25 +308,29 @@ public final class ProductSearch: Sendable {
         guard query.k > 0 else { throw IndexError(.argument, "k must be at least 1") }
         var notes: [String] = []
         var allowed: IDBitmap
+        var allowedCount: Int  // allowed.count, counted once when the columns were read
         let present = columns.present
         if query.sameCategory, let category {
             if let c = columns.categoryCode(category) {
                 allowed = query.inStockOnly ? columns.byCategoryInStock[c] : columns.byCategory[c]
+                allowedCount = query.inStockOnly ? columns.byCategoryInStockCount[c] : columns.byCategoryCount[c]
             } else {
                 allowed = IDBitmap(capacity: present.capacity)
+                allowedCount = 0
             }
         } else {
             if query.sameCategory { notes.append("the query has no category: the same-category rule was not applied") }
             allowed = query.inStockOnly ? columns.inStock : present
+            allowedCount = query.inStockOnly ? columns.inStockCount : columns.presentCount
         }
         let excluded = excluding.flatMap { ids.id(of: $0) }.map { [$0] } ?? []
-        let eligible = allowed.count - excluded.filter(allowed.contains).count
+        let eligible = allowedCount - excluded.filter(allowed.contains).count
 
         // Under a filter, the allowed neighbours lie further out than the unfiltered ones the
         // build tuned for: start IVF where the build measured the default filters meet the
         // target (``IndexManifest/Search/filteredNprobe``), or, without that measurement, at
         // twice the tuned nprobe (at 100k before balanced lists: 0.934 recall@10 at the tuned one).
-        let filtered = eligible < present.count - excluded.count
+        let filtered = eligible < columns.presentCount - excluded.count
         let start = manifest.search.nprobe.map { p in
             filtered ? min(index.listCount, manifest.search.filteredNprobe ?? p * 2) : p
         }
@@ -383,7 +387,7 @@ public final class ProductSearch: Sendable {
         // cosine is 1 - d²/2; imported vectors need not be unit, so the norms are read too).
         let qNorm2 = vector.reduce(0) { $0 + Double($1) * Double($1) }
         let hits = found.filter { columns.present.contains($0.id) }
-        let stored = try exact?.compare(vector, ids: hits.map(\.id)) ?? index.compare(vector, ids: hits.map(\.id))
+        let stored = try exact?.compare(vector, ids: hits.map(\.id)) ?? index.compare(vector, ids: hits.map(\.id), distances: false)
         var results: [SimilarProduct] = []
         for (i, (id, raw)) in hits.enumerated() {
             let rNorm2 = Double(stored.norm2[i])

@@ -155,104 +155,102 @@ struct BatchSearchTests {
 
     // MARK: Nearest lists recorded at add
 
-    /// An IVF index filled through `add(_:ids:nearest:)`, and each row's recorded lists.
-    static func probed(_ factory: String, count: Int, metric: IndexMetric = .l2) throws -> (FaissIndex, [Int32], [Float]) {
+    /// An IVF index filled through `addRecordingNearest`, and each row's recorded lists and bounds.
+    static func probed(_ factory: String, metric: IndexMetric = .l2) throws -> (FaissIndex, [Int32], [Float]) {
         let index = try FaissIndex(dimension: data.dimension, factory: factory, metric: metric)
         try data.values.withUnsafeBufferPointer { try index.train($0) }
         #expect(index.probedLists == index.listCount)
         var lists: [Int32] = [], bounds: [Float] = []
-        // In pages of 700 (FAISS's BLAS path) and a last one of 13 (our kernel's, below 20).
         let d = data.dimension
-        for start in stride(from: 0, to: data.count, by: 700) {
-            let end = min(data.count, start + (start == 3500 ? 487 : 700))
+        // Pages of 700 (FAISS's BLAS path), then 487 and 13 (below 20: our kernel's path).
+        for (start, end) in [(0, 700), (700, 1400), (1400, 2100), (2100, 2800), (2800, 3500), (3500, 3987), (3987, 4000)] {
             try data.values[start * d..<end * d].withUnsafeBufferPointer { buf in
-                let (l, b) = try index.add(buf, ids: (start..<end).map { 5 + 3 * Int64($0) }, nearest: count)
+                let (l, b) = try index.addRecordingNearest(buf, ids: (start..<end).map { 5 + 3 * Int64($0) })
                 lists += l
                 bounds += b
             }
         }
-        if index.count < data.count {
-            let start = index.count
-            try data.values[start * d..<data.count * d].withUnsafeBufferPointer { buf in
-                let (l, b) = try index.add(buf, ids: (start..<data.count).map { 5 + 3 * Int64($0) }, nearest: count)
-                lists += l
-                bounds += b
-            }
-        }
-        #expect(index.count == data.count && lists.count == data.count * count && bounds.count == data.count)
+        #expect(index.count == data.count && lists.count == data.count * 32 && bounds.count == data.count * 4)
         return (index, lists, bounds)
     }
 
-    @Test("Stored vectors searched with their nearest lists recorded at add: the same answers as the coarse pass, bit for bit; most take the lists; nprobe above them, or bad lists, take the coarse pass",
+    @Test("Stored vectors searched with their nearest lists recorded at add: the same answers as the coarse pass, bit for bit; most take the lists; nprobe of 32 and up, or bad lists, take the coarse pass",
           arguments: [("IVF256,Flat", IndexMetric.l2), ("IVF256,SQ8", .l2), ("IVF200,Flat", .ip)])
     func nearestListsEqualCoarse(factory: String, metric: IndexMetric) throws {
         defer { DistanceKernel.use(.auto) }
-        let count = 32
-        let (index, lists, bounds) = try Self.probed(factory, count: count, metric: metric)
+        let (index, lists, bounds) = try Self.probed(factory, metric: metric)
         var rng = TestRNG(seed: 404)
-        let base = Self.queries(64, seed: 3)
-        // Rows of the data with their own lists; some nprobe above the 32 recorded; one batch of 1.
+        let base = Self.queries(80, seed: 3)
+        // Rows of the data with their own lists; nprobe over every step (3, 7, 15, 31) and past them.
         var rows: [Int] = []
         var qs: [(vector: [Float], parameters: SearchParameters)] = []
         for (i, q) in base.enumerated() {
             let row = Int(rng.next() % UInt64(Self.data.count))
             var p = q.parameters
-            p.nprobe = i % 9 == 4 ? 40 : (p.nprobe ?? 1 + Int(rng.next() % 8))
+            p.nprobe = [1, 2, 3, 4, 7, 8, 12, 15, 16, 31, 32, 40][i % 12]
             rows.append(row)
             qs.append((Self.data.row(row), p))
         }
         try lists.withUnsafeBufferPointer { l in
-            func hinted(_ qs: [(vector: [Float], parameters: SearchParameters)]) -> [(vector: [Float], parameters: SearchParameters)] {
-                qs.enumerated().map { j, q in
-                    var p = q.parameters
-                    p.nearest = NearestLists.Row(lists: l.baseAddress! + rows[j] * count, count: count, bound: bounds[rows[j]])
-                    return (q.vector, p)
+            try bounds.withUnsafeBufferPointer { b in
+                func hinted(_ qs: [(vector: [Float], parameters: SearchParameters)]) -> [(vector: [Float], parameters: SearchParameters)] {
+                    qs.enumerated().map { j, q in
+                        var p = q.parameters
+                        p.nearest = NearestLists.Row(lists: l.baseAddress! + rows[j] * 32, bounds: b.baseAddress! + rows[j] * 4)
+                        return (q.vector, p)
+                    }
                 }
-            }
-            for kernel in DistanceKernel.allCases where kernel.isSupported {
-                DistanceKernel.use(kernel)
-                let before = NearestLists.stats
-                let plain = try index.searchBatch(qs, k: 10)
-                let withLists = try index.searchBatch(hinted(qs), k: 10)
-                let after = NearestLists.stats
-                for j in qs.indices {
-                    #expect(plain[j].ids == withLists[j].ids && plain[j].distances == withLists[j].distances,
-                            "\(factory) \(kernel) query \(j) nprobe \(qs[j].parameters.nprobe ?? 0)")
-                }
-                let single = try index.searchBatch(hinted(Array(qs.prefix(1))), k: 10)
-                #expect(single[0].ids == plain[0].ids && single[0].distances == plain[0].distances)
-                if kernel == .faiss {
-                    #expect(after.used == before.used, "FAISS's own code paths never take recorded lists")
-                } else {
-                    let deep = qs.filter { ($0.parameters.nprobe ?? 0) > count }.count
-                    #expect(after.used - before.used >= (qs.count - deep) * 9 / 10,
-                            "\(kernel): \(after.used - before.used) of \(qs.count - deep) took their lists")
-                    #expect(after.declined - before.declined >= deep)
+                for kernel in DistanceKernel.allCases where kernel.isSupported {
+                    DistanceKernel.use(kernel)
+                    let before = NearestLists.stats
+                    let plain = try index.searchBatch(qs, k: 10)
+                    let withLists = try index.searchBatch(hinted(qs), k: 10)
+                    let after = NearestLists.stats
+                    for j in qs.indices {
+                        #expect(plain[j].ids == withLists[j].ids && plain[j].distances == withLists[j].distances,
+                                "\(factory) \(kernel) query \(j) nprobe \(qs[j].parameters.nprobe ?? 0)")
+                    }
+                    let single = try index.searchBatch(hinted(Array(qs.prefix(1))), k: 10)
+                    #expect(single[0].ids == plain[0].ids && single[0].distances == plain[0].distances)
+                    if kernel == .faiss {
+                        #expect(after.used == before.used, "FAISS's own code paths never take recorded lists")
+                    } else {
+                        let deep = qs.filter { ($0.parameters.nprobe ?? 0) >= 32 }.count
+                        #expect(after.used - before.used >= (qs.count - deep) * 9 / 10,
+                                "\(kernel): \(after.used - before.used) of \(qs.count - deep) took their lists")
+                        #expect(after.declined - before.declined >= deep)
+                    }
                 }
             }
         }
         // Lists out of range or repeated: declined, answers unchanged.
         DistanceKernel.use(.auto)
-        var bad = [Int32](repeating: 0, count: count)
-        for j in 0..<count { bad[j] = j == 3 ? Int32(index.listCount + 5) : Int32(j) }
-        var dup = [Int32](repeating: 7, count: count)
-        dup[0] = 1
+        var bad = (0..<32).map { Int32($0) }
+        bad[3] = Int32(index.listCount + 5)
+        var dup = (0..<32).map { Int32($0) }
+        dup[9] = 4
+        let huge = [Float](repeating: 1e30, count: 4)
         for broken in [bad, dup] {
-            try broken.withUnsafeBufferPointer { b in
-                var p = SearchParameters(nprobe: 4)
-                p.nearest = NearestLists.Row(lists: b.baseAddress!, count: count, bound: 1e30)
-                let before = NearestLists.stats
-                let got = try index.searchBatch([(Self.data.row(10), p)], k: 10)
-                let want = try index.search(Self.data.row(10), k: 10, parameters: SearchParameters(nprobe: 4))
-                #expect(got[0].ids == want.ids && got[0].distances == want.distances)
-                #expect(NearestLists.stats.declined == before.declined + 1)
+            try broken.withUnsafeBufferPointer { l in
+                try huge.withUnsafeBufferPointer { b in
+                    var p = SearchParameters(nprobe: 4)
+                    p.nearest = NearestLists.Row(lists: l.baseAddress!, bounds: b.baseAddress!)
+                    let before = NearestLists.stats
+                    let got = try index.searchBatch([(Self.data.row(10), p)], k: 10)
+                    let want = try index.search(Self.data.row(10), k: 10, parameters: SearchParameters(nprobe: 4))
+                    #expect(got[0].ids == want.ids && got[0].distances == want.distances)
+                    #expect(NearestLists.stats.declined == before.declined + 1)
+                }
             }
         }
-        // Flat and HNSW have no lists to record.
+        // Flat, and IVF of 32 lists or fewer, have none to record.
+        for small in ["Flat", "IVF32,Flat"] {
+            let other = try FaissIndex(dimension: 8, factory: small, metric: .l2)
+            #expect(other.probedLists == 0)
+        }
         let flat = try FaissIndex(dimension: 8, factory: "Flat", metric: .l2)
-        #expect(flat.probedLists == 0)
         #expect(throws: IndexError.self) {
-            _ = try [Float](repeating: 0, count: 8).withUnsafeBufferPointer { try flat.add($0, ids: [0], nearest: 4) }
+            _ = try [Float](repeating: 0, count: 8).withUnsafeBufferPointer { try flat.addRecordingNearest($0, ids: [0]) }
         }
     }
 
@@ -263,8 +261,8 @@ struct BatchSearchTests {
         let folder = Catalogue.folder()
         _ = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, index: "IVF40,Flat"))
         let m = try folder.manifest()
-        #expect(m.nearest?.count == 32)
-        #expect(m.files["nearest_lists"]?.bytes == Int64(Self.data.count * 33 * 4))
+        #expect(m.nearest?.count == 32 && m.nearest?.boundRanks == [4, 8, 16, 32])
+        #expect(m.files["nearest_lists"]?.bytes == Int64(Self.data.count * 36 * 4))
         let ask = { (search: ProductSearch, rows: [Int]) async throws in
             var requests: [SimilarRequest] = []
             for row in rows { requests.append(try await search.request(for: Catalogue.pid(row))) }
@@ -288,7 +286,7 @@ struct BatchSearchTests {
         let summary = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, index: "IVF40,Flat", incremental: true))
         #expect(summary.mode == "incremental" && summary.added == 40)
         let m2 = try folder.manifest()
-        #expect(m2.nearest?.count == 32 && m2.files["nearest_lists"]?.bytes == m2.nextID * 33 * 4)
+        #expect(m2.nearest?.count == 32 && m2.files["nearest_lists"]?.bytes == m2.nextID * 36 * 4)
         let again = try await ProductSearch.open(folder: folder, store: store, exactBelow: 50)
         try await ask(again, Array(stride(from: 5, to: Self.data.count, by: 211)) + (0..<40).map { Self.data.count + $0 })
     }

@@ -66,14 +66,19 @@ typedef struct ew_faiss_search_params {
     const int64_t *exclude;      /* ids never returned (e.g. the query product itself) */
     size_t n_exclude;
     /* IVF, ew_faiss_search_batch only: the query is a vector the index holds, and these are
-       its nearest lists as ew_faiss_add_probed wrote them (NULL: none). A query whose nprobe
-       is at most nearest_count takes its lists from them (our kernel's distances to those
-       lists only, instead of all) when the recorded bound proves that no other list is
-       nearer; otherwise it takes the usual coarse pass. Same answers either way. */
+       its EW_FAISS_NEAREST_LISTS nearest lists and EW_FAISS_NEAREST_BOUNDS distances as
+       ew_faiss_add_probed wrote them (NULL: none). A query whose nprobe is below 32 takes its
+       lists from them: our kernel's distances to the first 3, 7, 15 or 31 of them (the fewest
+       that hold nprobe), kept when the recorded distance of the next (the 4th, 8th, 16th or
+       32nd) proves every list not computed farther than the worst kept; else the next step,
+       and after all 32 the usual coarse pass. Same answers either way. */
     const int32_t *nearest_lists;
-    int64_t nearest_count;
-    float nearest_bound;         /* distance of the last of them, as computed at add */
+    const float *nearest_bounds;
 } ew_faiss_search_params;
+
+/* Nearest lists recorded per vector, and the ranks (1-based) whose distances are kept. */
+#define EW_FAISS_NEAREST_LISTS 32
+#define EW_FAISS_NEAREST_BOUNDS 4  /* the 4th, 8th, 16th and 32nd */
 
 /* Sets OpenMP's thread count for FAISS (process-wide). Returns the count now in force. */
 int ew_faiss_set_threads(int threads);
@@ -113,20 +118,22 @@ int ew_faiss_train_balanced(ew_faiss_index *index, int64_t n, const float *x, do
 /* Adds n vectors (n*dim floats, borrowed) with their ids. */
 int ew_faiss_add(ew_faiss_index *index, int64_t n, const float *x, const int64_t *ids, ew_faiss_error *err);
 
-/* IVF with a flat coarse quantizer (not under a transform): adds as ew_faiss_add does, and
-   writes each vector's `count` nearest lists, nearest first (lists: n*count, caller-owned), and
-   the distance of the last of them (bound: n floats). One coarse pass finds both: the list a
-   vector goes into is the first of them. E_UNSUPPORTED for other kinds. */
-int ew_faiss_add_probed(ew_faiss_index *index, int64_t n, const float *x, const int64_t *ids, int64_t count,
-                        int32_t *lists, float *bound, ew_faiss_error *err);
+/* IVF with a flat coarse quantizer (not under a transform) of more than 32 lists: adds as
+   ew_faiss_add does, and writes each vector's 32 nearest lists, nearest first (lists: n*32,
+   caller-owned), and the distances of its 4th, 8th, 16th and 32nd (bounds: n*4), as FAISS's
+   coarse search computed them. One coarse pass finds both: the list a vector goes into is the
+   first of them. E_UNSUPPORTED for other kinds. */
+int ew_faiss_add_probed(ew_faiss_index *index, int64_t n, const float *x, const int64_t *ids, int32_t *lists,
+                        float *bounds, ew_faiss_error *err);
 
 /* Process-wide counts since start: batched queries whose lists came from their nearest lists
    (used), and those that carried nearest lists but took the coarse pass (declined: nprobe above
    the lists recorded, or the bound did not prove them). Either may be NULL. */
 void ew_faiss_nearest_stats(int64_t *used, int64_t *declined);
 
-/* The coarse quantizer's list count of an IVF index (not under a transform); 0 otherwise, and
-   0 when its quantizer is not flat (ew_faiss_add_probed cannot record nearest lists). */
+/* The coarse quantizer's list count of an IVF index (not under a transform) when
+   ew_faiss_add_probed can record nearest lists for it (a flat quantizer of more than 32 lists);
+   0 otherwise. */
 int64_t ew_faiss_probed_lists(const ew_faiss_index *index);
 
 /* Removes the given ids; *removed (may be NULL) gets how many were present. */
