@@ -32,11 +32,12 @@ struct RebuildFaissIndex: AsyncParsableCommand {
             default filters (same category, in stock; up to 200 of those queries, against exact \
             search among the products the filters allow), and the nprobe that meets the target \
             is recorded as search.filtered_nprobe, where filtered searches start. IVF over \
-            flat centroids (every IVF kind auto picks) also writes nearest_lists.bin: each \
-            vector's 32 nearest lists and the last one's distance, found by the same coarse pass \
-            that places it (132 bytes a product, memory-mapped by the server). A search for \
-            products similar to a stored one then reads those 32 centroids instead of all of \
-            them, with the same answers; --incremental keeps the rows and adds the new ones.
+            flat centroids with more than 32 lists (every IVF kind auto picks) also writes \
+            nearest_lists.bin: each vector's 32 nearest lists and the distances of the 4th, 8th, \
+            16th and 32nd, found by the same coarse pass that places it (144 bytes a product, \
+            memory-mapped by the server). A search for products similar to a stored one then \
+            reads a few of those centroids instead of all of them, with the same answers; \
+            --incremental keeps the rows and adds the new ones.
 
             The new folder is written beside the old one and swapped in atomically: readers see \
             the old index or the new one, never a mix. A lock file beside the folder stops two \
