@@ -104,6 +104,8 @@ def main():
     ap.add_argument("--no-python", action="store_true", help="skip Python faiss's build of the automatic choice")
     ap.add_argument("--tmp", default=None, help="work folder (default: a temporary one; needs ~6 x n x 8 KiB)")
     ap.add_argument("--out", default="bench/out")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work folder (store, index folders, ids) for profiling afterwards; prints its path")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install wrk; make deps does)")
@@ -180,9 +182,11 @@ def main():
                 "serve_rss_rest_mib": rest, "serve_rss_anon_after_mib": anon, "serve_rss_over_index": rest / (index_bytes / 2**20),
                 "similar_recall_default_filters": rec, **{f"serve_{k}": v for k, v in res.items()},
             }
+            row["manifest_search"] = json.load(open(os.path.join(folder, "manifest.json")))["search"]
             rows.append(row)
             log(json.dumps(row))
-            shutil.rmtree(folder, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(folder, ignore_errors=True)
         auto = next((r for r in rows if r["kind"] == "auto"), None)
         if auto and not args.no_python:
             factory = auto["factory"].replace("IDMap2,", "")
@@ -195,7 +199,10 @@ def main():
             auto.update({"python_build_s": py["build_s"], "python_peak_rss_mib": py["peak_rss_mib"],
                          "ours_train_add_s": ours, "train_add_ratio": ours / py["build_s"]})
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     path = os.path.join(args.out, f"index_scale_{n}.json")
     with open(path, "w") as f:
         json.dump(rows, f, indent=1)
