@@ -17,48 +17,24 @@ public final class ExactVectors: @unchecked Sendable {
     public static let fileName = "vectors.f32"
 
     public let dimension: Int
-    public let rows: Int
-    private let base: UnsafePointer<Float>?
-    private let length: Int
+    public var rows: Int { mapping.rows }
+    private let mapping: MappedRows
 
     /// Maps an open file (the caller keeps or closes `fd`; the mapping outlives it).
     init(fd: Int32, dimension: Int, path: String) throws {
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw IndexError(.io, "cannot stat \(path)") }
-        let size = Int(st.st_size)
-        guard dimension > 0, size % (dimension * 4) == 0 else {
-            throw IndexError(.manifest, "\(path) has \(size) bytes, not whole rows of \(dimension) float32")
-        }
         self.dimension = dimension
-        rows = size / (dimension * 4)
-        length = size
-        if size == 0 {
-            base = nil
-            return
-        }
-        guard let p = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-            throw IndexError(.io, "cannot map \(path): \(String(cString: strerror(errno)))")
-        }
-        _ = madvise(p, size, MADV_RANDOM)
-        base = UnsafePointer(p.assumingMemoryBound(to: Float.self))
+        mapping = try MappedRows(fd: fd, path: path, rowBytes: dimension * 4, what: "\(dimension) float32")
     }
 
     /// Maps the file at `path`.
-    public convenience init(path: String, dimension: Int) throws {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw IndexError(.io, "cannot open \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        try self.init(fd: fd, dimension: dimension, path: path)
-    }
-
-    deinit {
-        if let base { munmap(UnsafeMutableRawPointer(mutating: base), length) }
+    public init(path: String, dimension: Int) throws {
+        self.dimension = dimension
+        mapping = try MappedRows(path: path, rowBytes: dimension * 4, what: "\(dimension) float32")
     }
 
     /// The row of `id` (borrowed from the mapping; valid while this object lives).
     func row(_ id: Int64) -> UnsafePointer<Float>? {
-        guard let base, id >= 0, id < rows else { return nil }
-        return base + Int(id) * dimension
+        mapping.row(id).map { $0.assumingMemoryBound(to: Float.self) }
     }
 
     /// A copy of the vector of `id`.

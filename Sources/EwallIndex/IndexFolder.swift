@@ -325,23 +325,28 @@ public struct IndexFolder: Sendable {
             throw IndexError(.manifest, "\(path): the index holds \(index.count) vectors of \(index.dimension) dims and "
                                  + "the id map \(ids.count), the manifest says \(manifest.count) of \(manifest.dimension)")
         }
+        // A file of rows beside the index: its bytes against the manifest's entry, its checksum,
+        // and a row for every id the id map uses.
+        func checkRows(_ file: String, entry key: String, fd: Int32, bytes: Int, rows: Int) throws {
+            if let entry = manifest.files[key] {
+                guard entry.bytes == Int64(bytes) else {
+                    throw IndexError(.manifest, "\(path)/\(file) has \(bytes) bytes, the manifest says \(entry.bytes)")
+                }
+                if verifyChecksums, try sha256Hex(file: "/proc/self/fd/\(fd)") != entry.sha256 {
+                    throw IndexError(.manifest, "\(path)/\(file) does not match its checksum")
+                }
+            }
+            guard rows >= ids.capacity else {
+                throw IndexError(.manifest, "\(path)/\(file) has \(rows) rows; the id map uses ids up to \(ids.capacity - 1)")
+            }
+        }
         var exact: ExactVectors?
         if let refine = manifest.refine {
             guard let fd = fds[ExactVectors.fileName], refine.file == ExactVectors.fileName else {
                 throw IndexError(.manifest, "\(path): the manifest re-ranks from \(refine.file), which is missing")
             }
             let e = try ExactVectors(fd: fd, dimension: manifest.dimension, path: "\(path)/\(refine.file)")
-            if let entry = manifest.files["vectors"] {
-                guard entry.bytes == Int64(e.rows * e.dimension * 4) else {
-                    throw IndexError(.manifest, "\(path)/\(refine.file) has \(e.rows * e.dimension * 4) bytes, the manifest says \(entry.bytes)")
-                }
-                if verifyChecksums, try sha256Hex(file: "/proc/self/fd/\(fd)") != entry.sha256 {
-                    throw IndexError(.manifest, "\(path)/\(refine.file) does not match its checksum")
-                }
-            }
-            guard e.rows >= ids.capacity else {
-                throw IndexError(.manifest, "\(path)/\(refine.file) has \(e.rows) rows; the id map uses ids up to \(ids.capacity - 1)")
-            }
+            try checkRows(refine.file, entry: "vectors", fd: fd, bytes: e.rows * e.dimension * 4, rows: e.rows)
             exact = e
         }
         var nearest: NearestLists?
@@ -351,17 +356,7 @@ public struct IndexFolder: Sendable {
                 throw IndexError(.manifest, "\(path): the manifest records nearest lists in \(n.file), which is missing")
             }
             let lists = try NearestLists(fd: fd, path: "\(path)/\(n.file)")
-            if let entry = manifest.files["nearest_lists"] {
-                guard entry.bytes == Int64(lists.rows * NearestLists.rowBytes) else {
-                    throw IndexError(.manifest, "\(path)/\(n.file) has \(lists.rows * NearestLists.rowBytes) bytes, the manifest says \(entry.bytes)")
-                }
-                if verifyChecksums, try sha256Hex(file: "/proc/self/fd/\(fd)") != entry.sha256 {
-                    throw IndexError(.manifest, "\(path)/\(n.file) does not match its checksum")
-                }
-            }
-            guard lists.rows >= ids.capacity else {
-                throw IndexError(.manifest, "\(path)/\(n.file) has \(lists.rows) rows; the id map uses ids up to \(ids.capacity - 1)")
-            }
+            try checkRows(n.file, entry: "nearest_lists", fd: fd, bytes: lists.rows * NearestLists.rowBytes, rows: lists.rows)
             nearest = lists
         }
         return Loaded(manifest: manifest, ids: ids, index: index, exact: exact, nearest: nearest)

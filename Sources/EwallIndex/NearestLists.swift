@@ -48,55 +48,32 @@ public final class NearestLists: @unchecked Sendable {
         return (Int(used), Int(declined))
     }
 
-    public let rows: Int
-    private let base: UnsafePointer<Int32>?
-    private let length: Int
+    public var rows: Int { mapping.rows }
+    private let mapping: MappedRows
 
     static var rowBytes: Int { rowInts * 4 }
 
     /// Maps an open file (the caller keeps or closes `fd`; the mapping outlives it).
     init(fd: Int32, path: String) throws {
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw IndexError(.io, "cannot stat \(path)") }
-        let size = Int(st.st_size)
-        guard size % Self.rowBytes == 0 else {
-            throw IndexError(.manifest, "\(path) has \(size) bytes, not whole rows of \(Self.rowBytes)")
-        }
-        rows = size / Self.rowBytes
-        length = size
-        if size == 0 {
-            base = nil
-            return
-        }
-        guard let p = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-            throw IndexError(.io, "cannot map \(path): \(String(cString: strerror(errno)))")
-        }
-        _ = madvise(p, size, MADV_RANDOM)
-        base = UnsafePointer(p.assumingMemoryBound(to: Int32.self))
+        mapping = try MappedRows(fd: fd, path: path, rowBytes: Self.rowBytes, what: "\(Self.rowBytes) bytes")
     }
 
-    public convenience init(path: String) throws {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw IndexError(.io, "cannot open \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        try self.init(fd: fd, path: path)
-    }
-
-    deinit {
-        if let base { munmap(UnsafeMutableRawPointer(mutating: base), length) }
+    public init(path: String) throws {
+        mapping = try MappedRows(path: path, rowBytes: Self.rowBytes, what: "\(Self.rowBytes) bytes")
     }
 
     /// The recorded lists of `id`, or nil when it has none.
     public func row(_ id: Int64) -> Row? {
-        guard let base, id >= 0, id < rows else { return nil }
-        let r = base + Int(id) * Self.rowInts
-        guard r[0] >= 0 else { return nil }
+        guard let r = mapping.row(id)?.assumingMemoryBound(to: Int32.self), r[0] >= 0 else { return nil }
         return Row(lists: r, bounds: UnsafeRawPointer(r + Self.count).assumingMemoryBound(to: Float.self))
     }
 
+    /// The whole mapping as rows of ``rowInts`` int32, by id (a second hop's table), nil when empty.
+    var table: UnsafePointer<Int32>? { mapping.base?.assumingMemoryBound(to: Int32.self) }
+
     /// The raw bytes of rows 0..<n, for an incremental build that keeps them.
     func bytes(rows n: Int) -> Data {
-        guard let base, n > 0 else { return Data() }
+        guard let base = mapping.base, n > 0 else { return Data() }
         return Data(bytes: base, count: min(n, rows) * Self.rowBytes)
     }
 }
