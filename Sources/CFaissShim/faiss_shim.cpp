@@ -427,11 +427,71 @@ int ew_faiss_remove(ew_faiss_index *h, int64_t n, const int64_t *ids, int64_t *r
     });
 }
 
-int ew_faiss_search(const ew_faiss_index *h, int64_t n, const float *x, int64_t k,
-                    const ew_faiss_search_params *p, float *distances, int64_t *labels, ew_faiss_error *err) {
-    if (!h || (n > 0 && (!x || !distances || !labels)) || k <= 0)
-        return fill(err, EW_FAISS_E_ARGUMENT, "index, queries, outputs and k > 0 are required");
-    if (!h->index->is_trained) return fill(err, EW_FAISS_E_NOT_TRAINED, "the index is not trained");
+} // extern "C"
+
+namespace {
+
+bool wantsHop(const ew_faiss_search_params *p) {
+    return p && p->hop_table && p->hop_rows > 0 && p->hop_top > 0 && p->hop_lists > 0;
+}
+
+// The second hop (ew_faiss_search_params.hop_*) of one query whose first pass visited the
+// `np` lists `probed` and left its k best in D/I (sorted, FAISS's order): the recorded lists
+// of the best hop_top found, not visited yet, scanned with the same parameters and filter,
+// then the k best of both passes, in FAISS's order (ties: first pass first).
+void secondHop(const faiss::IndexIVF *ivf, const float *xi, int64_t k, const idx_t *probed, size_t np,
+               const ew_faiss_search_params *p, const faiss::SearchParametersIVF *params, float *D, int64_t *I) {
+    constexpr size_t stride = EW_FAISS_NEAREST_LISTS + EW_FAISS_NEAREST_BOUNDS;
+    const size_t per = std::min<size_t>(size_t(p->hop_lists), EW_FAISS_NEAREST_LISTS);
+    const idx_t nlist = idx_t(ivf->nlist);
+    std::vector<idx_t> seen(probed, probed + np), extra;
+    int taken = 0;
+    for (int64_t j = 0; j < k && taken < p->hop_top; j++) {
+        int64_t id = I[j];
+        if (id < 0 || id >= p->hop_rows) continue;
+        taken++;
+        const int32_t *row = p->hop_table + size_t(id) * stride;
+        for (size_t r = 0; r < per; r++) {
+            idx_t l = row[r];
+            if (l < 0 || l >= nlist || std::find(seen.begin(), seen.end(), l) != seen.end()) continue;
+            seen.push_back(l);
+            extra.push_back(l);
+        }
+    }
+    if (extra.empty()) return;
+    // The coarse distances of the extra lists (FAISS's scanners take them per list).
+    const size_t d = size_t(ivf->d);
+    std::vector<float> centroid(d), coarse(extra.size());
+    const bool ip = ivf->metric_type == faiss::METRIC_INNER_PRODUCT;
+    const ew::Kernels &kn = ew::kernels();
+    for (size_t e = 0; e < extra.size(); e++) {
+        ivf->quantizer->reconstruct(extra[e], centroid.data());
+        coarse[e] = ip ? kn.inner(xi, centroid.data(), d) : kn.l2sqr(xi, centroid.data(), d);
+    }
+    faiss::SearchParametersIVF hop = *params;
+    hop.nprobe = extra.size();
+    std::vector<float> D2(static_cast<size_t>(k));
+    std::vector<idx_t> I2(static_cast<size_t>(k));
+    ivf->search_preassigned(1, xi, k, extra.data(), coarse.data(), D2.data(), I2.data(), false, &hop, nullptr);
+    // Merge: both sorted nearest first; missing results (id -1) last.
+    std::vector<float> Dm(static_cast<size_t>(k));
+    std::vector<int64_t> Im(static_cast<size_t>(k));
+    size_t a = 0, b = 0;
+    for (int64_t o = 0; o < k; o++) {
+        bool hasA = a < size_t(k) && I[a] >= 0, hasB = b < size_t(k) && I2[b] >= 0;
+        bool takeA = hasA && (!hasB || (ip ? D[a] >= D2[b] : D[a] <= D2[b]));
+        if (takeA) { Dm[size_t(o)] = D[a]; Im[size_t(o)] = I[a]; a++; }
+        else if (hasB) { Dm[size_t(o)] = D2[b]; Im[size_t(o)] = I2[b]; b++; }
+        // Both exhausted: a < k here (a full first pass fills the output), so I[a] is -1 and
+        // D[a] is the distance FAISS gives a missing result (its heap's neutral value).
+        else { Dm[size_t(o)] = D[a]; Im[size_t(o)] = -1; }
+    }
+    std::copy(Dm.begin(), Dm.end(), D);
+    std::copy(Im.begin(), Im.end(), I);
+}
+
+int searchPlain(const ew_faiss_index *h, int64_t n, const float *x, int64_t k,
+                const ew_faiss_search_params *p, float *distances, int64_t *labels, ew_faiss_error *err) {
     return guarded(err, EW_FAISS_E_FAISS, [&] {
         FilterSelector filter;
         const faiss::IDSelector *sel = nullptr;
@@ -458,6 +518,23 @@ int ew_faiss_search(const ew_faiss_index *h, int64_t n, const float *x, int64_t 
     });
 }
 
+} // namespace
+
+extern "C" {
+
+int ew_faiss_search(const ew_faiss_index *h, int64_t n, const float *x, int64_t k,
+                    const ew_faiss_search_params *p, float *distances, int64_t *labels, ew_faiss_error *err) {
+    if (!h || (n > 0 && (!x || !distances || !labels)) || k <= 0)
+        return fill(err, EW_FAISS_E_ARGUMENT, "index, queries, outputs and k > 0 are required");
+    if (!h->index->is_trained) return fill(err, EW_FAISS_E_NOT_TRAINED, "the index is not trained");
+    // A second hop needs each query's visited lists: the batched path, which keeps them.
+    if (wantsHop(p) && dynamic_cast<const faiss::IndexIVF *>(h->index.get()) && n > 0) {
+        std::vector<ew_faiss_search_params> each(size_t(n), *p);
+        return ew_faiss_search_batch(h, n, x, k, each.data(), distances, labels, err);
+    }
+    return searchPlain(h, n, x, k, p, distances, labels, err);
+}
+
 int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, int64_t k,
                           const ew_faiss_search_params *params, float *distances, int64_t *labels,
                           ew_faiss_error *err) {
@@ -467,8 +544,8 @@ int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, in
     const size_t d = size_t(h->index->d);
     auto oneByOne = [&]() -> int {
         for (int64_t i = 0; i < n; i++) {
-            int rc = ew_faiss_search(h, 1, x + size_t(i) * d, k, params ? &params[i] : nullptr, distances + i * k,
-                                     labels + i * k, err);
+            int rc = searchPlain(h, 1, x + size_t(i) * d, k, params ? &params[i] : nullptr, distances + i * k,
+                                 labels + i * k, err);
             if (rc != 0) return rc;
         }
         return ok(err);
@@ -477,8 +554,12 @@ int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, in
     // filter, as IndexIVF::search does for one query. Anything else: query by query.
     const faiss::IndexIVF *ivf = dynamic_cast<const faiss::IndexIVF *>(h->index.get());
     bool hinted = false;
-    for (int64_t i = 0; params && i < n && !hinted; i++) hinted = params[i].nearest_lists && params[i].nearest_bounds;
-    if (!ivf || n < (hinted ? 1 : 2)) return oneByOne();
+    bool hops = false;
+    for (int64_t i = 0; params && i < n; i++) {
+        hinted = hinted || (params[i].nearest_lists && params[i].nearest_bounds);
+        hops = hops || wantsHop(&params[i]);
+    }
+    if (!ivf || n < (hinted || hops ? 1 : 2)) return oneByOne();
     std::vector<size_t> probes(static_cast<size_t>(n));
     size_t maxP = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -505,7 +586,12 @@ int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, in
                                   hinted ? hints.data() : nullptr);
     });
     if (rc != 0) return rc;
-    if (!batched) return oneByOne();
+    if (!batched) {
+        if (!hops) return oneByOne();
+        // FAISS's own kernels: its coarse pass (each query's first nprobe of the maxP nearest).
+        rc = guarded(err, EW_FAISS_E_FAISS, [&] { ivf->quantizer->search(n, x, idx_t(maxP), coarse.data(), assign.data()); });
+        if (rc != 0) return rc;
+    }
     for (int64_t i = 0; i < n; i++) {
         const ew_faiss_search_params *p = params ? &params[i] : nullptr;
         rc = guarded(err, EW_FAISS_E_FAISS, [&] {
@@ -524,6 +610,7 @@ int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, in
             ivf->invlists->prefetch_lists(a, int(probes[size_t(i)]));
             ivf->search_preassigned(1, x + size_t(i) * d, k, a, coarse.data() + size_t(i) * maxP, distances + i * k,
                                     labels + i * k, false, ivfParams, nullptr);
+            if (wantsHop(p)) secondHop(ivf, x + size_t(i) * d, k, a, probes[size_t(i)], p, ivfParams, distances + i * k, labels + i * k);
         });
         if (rc != 0) return rc;
     }

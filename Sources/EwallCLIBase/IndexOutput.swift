@@ -77,11 +77,19 @@ public enum IndexSummaryText {
                           r.target, r.met ? "met" : "NOT met", search.isEmpty ? "default settings" : search.joined(separator: ", "))
             out += "  tuning       \(curve)\n"
             if let f = s.filteredRecall {
-                let fcurve = f.curve.map { pt in (pt.nprobe.map { "nprobe \($0)" } ?? "default") + String(format: " %.3f", pt.recall) }
-                    .joined(separator: ", ")
+                let fcurve = f.curve.map { pt in
+                    (pt.nprobe.map { "nprobe \($0)" } ?? "default")
+                        + (pt.secondHop.map { " + hop \($0.top)x\($0.lists)" } ?? "")
+                        + String(format: " %.3f", pt.recall)
+                        + (pt.microseconds.map { String(format: " (%.0f us)", $0) } ?? "")
+                }.joined(separator: ", ")
+                let start = s.search.filteredNprobe.map { p in
+                    "filtered searches start at nprobe \(p)"
+                        + (s.search.secondHop.map { ", then a second hop through the recorded lists of the best \($0.top) found (\($0.lists) each)" } ?? "")
+                } ?? "filtered searches start at twice nprobe"
                 out += String(format: "  filtered     recall@%d %.3f on %d queries under the default filters (same category, in stock; target %.2f: %@); ",
                               f.k, f.measured, f.queries, f.target, f.met ? "met" : "NOT met")
-                    + (s.search.filteredNprobe.map { "filtered searches start at nprobe \($0)" } ?? "filtered searches start at twice nprobe")
+                    + start
                     + "\n  tuning       \(fcurve)\n"
             }
         } else {

@@ -94,14 +94,36 @@ public struct SearchParameters: Sendable {
     /// with its nearest lists as recorded at add (``NearestLists``); the coarse pass then reads
     /// only those where they prove enough. The same answers either way.
     public var nearest: NearestLists.Row?
+    /// IVF: after the nprobe lists, a second hop through the recorded lists of the best found
+    /// (``SecondHop``); nil: a stock FAISS search.
+    public var hop: SecondHop?
 
     public init(nprobe: Int? = nil, efSearch: Int? = nil, allowed: IDBitmap? = nil, excluded: [Int64] = [],
-                nearest: NearestLists.Row? = nil) {
+                nearest: NearestLists.Row? = nil, hop: SecondHop? = nil) {
         self.nprobe = nprobe
         self.efSearch = efSearch
         self.allowed = allowed
         self.excluded = excluded
         self.nearest = nearest
+        self.hop = hop
+    }
+}
+
+/// The second hop of an IVF search: once the first nprobe lists are scanned, the first `lists`
+/// recorded lists (``NearestLists``) of each of the `top` best vectors found, not visited yet,
+/// are scanned too, with the same filter, and the k best of both passes kept. A product's
+/// neighbours lie in lists near its other neighbours, also where a hub list (the mean of many
+/// clusters) ranks first for the query and the lists that hold its neighbours rank far down;
+/// this reaches them without a deeper nprobe (`ew_faiss_search_params.hop_*`).
+public struct SecondHop: Sendable {
+    public let table: NearestLists
+    public var top: Int
+    public var lists: Int
+
+    public init(table: NearestLists, top: Int, lists: Int) {
+        self.table = table
+        self.top = top
+        self.lists = lists
     }
 }
 
@@ -270,8 +292,12 @@ public final class FaissIndex: @unchecked Sendable {
                     nprobe: Int64(parameters.nprobe ?? 0), ef_search: Int64(parameters.efSearch ?? 0),
                     allow_bitmap: bitmap, allow_bits: bits,
                     exclude: excluded.baseAddress, n_exclude: excluded.count,
-                    nearest_lists: nil, nearest_bounds: nil)
-                return ew_faiss_search(handle, Int64(n), queries, Int64(k), &p, &distances, &ids, &err)
+                    nearest_lists: nil, nearest_bounds: nil,
+                    hop_table: parameters.hop?.table.table, hop_rows: Int64(parameters.hop?.table.rows ?? 0),
+                    hop_top: Int32(clamping: parameters.hop?.top ?? 0), hop_lists: Int32(clamping: parameters.hop?.lists ?? 0))
+                return withExtendedLifetime(parameters.hop?.table) {
+                    ew_faiss_search(handle, Int64(n), queries, Int64(k), &p, &distances, &ids, &err)
+                }
             }
         }
         guard rc == 0 else { throw IndexError(err) }
@@ -307,7 +333,9 @@ public final class FaissIndex: @unchecked Sendable {
                         nprobe: Int64(p.nprobe ?? 0), ef_search: Int64(p.efSearch ?? 0),
                         allow_bitmap: bitmap, allow_bits: bits,
                         exclude: excluded.baseAddress, n_exclude: excluded.count,
-                        nearest_lists: p.nearest?.lists, nearest_bounds: p.nearest?.bounds))
+                        nearest_lists: p.nearest?.lists, nearest_bounds: p.nearest?.bounds,
+                        hop_table: p.hop?.table.table, hop_rows: Int64(p.hop?.table.rows ?? 0),
+                        hop_top: Int32(clamping: p.hop?.top ?? 0), hop_lists: Int32(clamping: p.hop?.lists ?? 0)))
                     return pinned(i + 1, &params)
                 }
             }

@@ -146,7 +146,10 @@ enum Incremental {
 
         // The filtered nprobe of the last full build stays while the unfiltered one does (an
         // update moves few vectors); re-tuned, it falls back to twice nprobe until the next full build.
-        if search.nprobe != m.search.nprobe { search.filteredNprobe = nil }
+        if search.nprobe != m.search.nprobe {
+            search.filteredNprobe = nil
+            search.secondHop = nil
+        }
         let tw = Date()
         var manifest = IndexManifest(
             factory: m.factory, metric: m.metric, distance: m.distance, search: search, dimension: d, count: index.count,

@@ -264,6 +264,13 @@ public enum IndexBuilder {
             refine = Refining(vectors: try ExactVectors(path: writer.url.path, dimension: d), factor: factor)
         }
 
+        // The recorded lists are complete now: filtered tuning tries a second hop through them.
+        var recorded: NearestLists?
+        if let nearest {
+            try nearest.finish(rows: Int64(n))
+            recorded = try NearestLists(path: nearest.url.path)
+        }
+
         // Tune nprobe / efSearch for the recall target.
         let tt = Date()
         var (search, recall) = try Tuning.tune(index: index, truth: truth, target: options.targetRecall, refine: refine,
@@ -273,10 +280,13 @@ public enum IndexBuilder {
         var filteredWarning: String?
         if let columns, let filteredTruth, refine == nil, let start = search.nprobe {
             let tf = Date()
-            if let (nprobe, r) = try Tuning.tuneFiltered(index: index, truth: filteredTruth, columns: columns, start: start,
-                                                         target: options.targetRecall, progress: progress) {
+            if let (nprobe, hop, r) = try Tuning.tuneFiltered(index: index, truth: filteredTruth, columns: columns, start: start,
+                                                              target: options.targetRecall, nearest: recorded, progress: progress) {
                 filteredRecall = r
-                if r.met { search.filteredNprobe = nprobe } else {
+                if r.met {
+                    search.filteredNprobe = nprobe
+                    search.secondHop = hop
+                } else {
                     filteredWarning = String(format: "recall@10 under the default filters %.3f is below the target %.2f even at nprobe %d: "
                                              + "filtered searches start at twice nprobe", r.measured, r.target, nprobe)
                 }
@@ -302,10 +312,7 @@ public enum IndexBuilder {
             choice: plan.reason + (balanced.map { "; \($0)" } ?? ""), recall: recall, nextID: Int64(n), files: [:],
             refine: plan.refineFactor.map { IndexManifest.Refine(factor: $0) })
         manifest.filteredRecall = filteredRecall
-        if let nearest {
-            try nearest.finish(rows: Int64(n))
-            manifest.nearest = IndexManifest.Nearest()
-        }
+        if nearest != nil { manifest.nearest = IndexManifest.Nearest() }
         let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest, exactVectors: writer?.url,
                                                  nearestLists: nearest?.url)
         seconds["write"] = Date().timeIntervalSince(tw)

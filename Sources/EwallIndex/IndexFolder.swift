@@ -24,19 +24,49 @@ public struct IndexManifest: Codable, Sendable, Hashable {
         /// default filters (same category, in stock; see ``IndexManifest/filteredRecall``). Absent
         /// (an older folder, a store without categories): twice ``nprobe``.
         public var filteredNprobe: Int?
-        public init(nprobe: Int? = nil, efSearch: Int? = nil, filteredNprobe: Int? = nil) {
+        /// IVF with recorded nearest lists: filtered searches add this second hop to their
+        /// ``filteredNprobe`` lists (see ``SecondHop``), chosen at build where it met the
+        /// target faster than a deeper nprobe did. Absent: no second hop.
+        public var secondHop: Hop?
+        public init(nprobe: Int? = nil, efSearch: Int? = nil, filteredNprobe: Int? = nil, secondHop: Hop? = nil) {
             self.nprobe = nprobe
             self.efSearch = efSearch
             self.filteredNprobe = filteredNprobe
+            self.secondHop = secondHop
         }
-        enum CodingKeys: String, CodingKey { case nprobe, efSearch = "ef_search", filteredNprobe = "filtered_nprobe" }
+        enum CodingKeys: String, CodingKey {
+            case nprobe, efSearch = "ef_search", filteredNprobe = "filtered_nprobe", secondHop = "second_hop"
+        }
+    }
+
+    /// A second hop: the first `lists` recorded lists of each of the `top` best found.
+    public struct Hop: Codable, Sendable, Hashable {
+        public var top: Int
+        public var lists: Int
+        public init(top: Int, lists: Int) {
+            self.top = top
+            self.lists = lists
+        }
     }
 
     public struct RecallPoint: Codable, Sendable, Hashable {
         public var nprobe: Int?
         public var efSearch: Int?
         public var recall: Double
-        enum CodingKeys: String, CodingKey { case nprobe, efSearch = "ef_search", recall }
+        /// Filtered points: the second hop this point searched with, if any.
+        public var secondHop: Hop?
+        /// Filtered points: the mean time of one search at build, in microseconds.
+        public var microseconds: Double?
+        public init(nprobe: Int? = nil, efSearch: Int? = nil, recall: Double, secondHop: Hop? = nil, microseconds: Double? = nil) {
+            self.nprobe = nprobe
+            self.efSearch = efSearch
+            self.recall = recall
+            self.secondHop = secondHop
+            self.microseconds = microseconds
+        }
+        enum CodingKeys: String, CodingKey {
+            case nprobe, efSearch = "ef_search", recall, secondHop = "second_hop", microseconds
+        }
     }
 
     /// Re-ranking for compressed kinds: the index finds `factor × k` candidates by their codes,

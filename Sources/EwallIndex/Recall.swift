@@ -219,25 +219,41 @@ struct FilteredTruth {
 }
 
 extension Tuning {
-    /// recall@k under the default filters at `nprobe`: each query searched with its category's
-    /// in-stock products allowed and itself excluded, as ``ProductSearch`` searches.
-    static func filteredRecall(index: FaissIndex, truth: FilteredTruth, allowed: [UInt16: IDBitmap], nprobe: Int) throws -> Double {
+    /// recall@k under the default filters at `nprobe` (and `hop`), and the mean seconds of one
+    /// search: each query searched with its category's in-stock products allowed and itself
+    /// excluded, with its recorded lists (`nearest`), as ``ProductSearch`` searches a stored product.
+    static func filteredRecall(index: FaissIndex, truth: FilteredTruth, allowed: [UInt16: IDBitmap], nprobe: Int,
+                               hop: SecondHop? = nil, nearest: NearestLists? = nil) throws -> (recall: Double, seconds: Double) {
         let d = truth.dimension
         var sum = 0.0
+        var elapsed = 0.0
         for q in 0..<truth.count {
             let exact = Set(truth.best[q].map(\.id))
             guard !exact.isEmpty else { sum += 1; continue }
-            let params = SearchParameters(nprobe: nprobe, allowed: allowed[truth.categories[q]], excluded: [truth.ids[q]])
-            let found = try index.search(Array(truth.vectors[(q * d)..<((q + 1) * d)]), k: truth.k, parameters: params).results(of: 0)
+            let params = SearchParameters(nprobe: nprobe, allowed: allowed[truth.categories[q]], excluded: [truth.ids[q]],
+                                          nearest: nearest?.row(truth.ids[q]), hop: hop)
+            let vector = Array(truth.vectors[(q * d)..<((q + 1) * d)])
+            let t = DispatchTime.now().uptimeNanoseconds
+            let found = try index.searchBatch([(vector, params)], k: truth.k)[0].results(of: 0)
+            elapsed += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
             sum += Double(found.map(\.id).filter(exact.contains).count) / Double(exact.count)
         }
-        return sum / Double(max(1, truth.count))
+        let n = Double(max(1, truth.count))
+        return (sum / n, elapsed / n)
     }
 
-    /// The smallest nprobe from `start` (the unfiltered tuning's) up, in steps of about 1.5x,
-    /// that meets `target` under the default filters, with the curve measured.
+    /// Second hops tried at build, cheapest first: (nprobe, top, lists).
+    static let hopLadder: [(nprobe: Int, top: Int, lists: Int)] = [
+        (1, 3, 2), (2, 3, 2), (2, 5, 2), (2, 5, 4), (4, 5, 4), (4, 10, 4), (8, 10, 4), (8, 10, 8),
+    ]
+
+    /// Where filtered searches meet `target` under the default filters, with the curve measured:
+    /// the smallest nprobe from `start` (the unfiltered tuning's) up, in steps of about 1.5x, and,
+    /// with the recorded lists (`nearest`), the first of ``hopLadder`` that meets it; of the two,
+    /// the one whose searches took less time at build. nil hop: the plain nprobe won.
     static func tuneFiltered(index: FaissIndex, truth: FilteredTruth, columns: FilterColumns, start: Int, target: Double,
-                             progress: @Sendable (IndexBuildProgress) -> Void) throws -> (Int, IndexManifest.Recall)? {
+                             nearest: NearestLists? = nil,
+                             progress: @Sendable (IndexBuildProgress) -> Void) throws -> (Int, IndexManifest.Hop?, IndexManifest.Recall)? {
         guard truth.count > 0, index.kind == .ivf else { return nil }
         var allowed: [UInt16: IDBitmap] = [:]
         for c in Set(truth.categories) { allowed[c] = IDBitmap(capacity: columns.category.count) }
@@ -248,16 +264,40 @@ extension Tuning {
         var p = max(1, start)
         while p < index.listCount { ladder.append(p); p = max(p + 1, (p * 3 + 1) / 2) }
         ladder.append(index.listCount)
+        let hops = nearest.map { _ in Self.hopLadder.filter { $0.nprobe < index.listCount } } ?? []
+        let steps = ladder.count + hops.count
         var curve: [IndexManifest.RecallPoint] = []
-        var last = 0.0, chosen = ladder[0]
+        var plain: (nprobe: Int, recall: Double, seconds: Double)?
         for (i, nprobe) in ladder.enumerated() {
-            progress(IndexBuildProgress(phase: "measuring recall@10 under the default filters", done: i, total: ladder.count))
-            last = try filteredRecall(index: index, truth: truth, allowed: allowed, nprobe: nprobe)
-            curve.append(.init(nprobe: nprobe, efSearch: nil, recall: last))
-            chosen = nprobe
-            if last >= target { break }
+            progress(IndexBuildProgress(phase: "measuring recall@10 under the default filters", done: i, total: steps))
+            let (r, s) = try filteredRecall(index: index, truth: truth, allowed: allowed, nprobe: nprobe, nearest: nearest)
+            curve.append(.init(nprobe: nprobe, recall: r, microseconds: s * 1e6))
+            plain = (nprobe, r, s)
+            if r >= target { break }
         }
-        return (chosen, IndexManifest.Recall(k: truth.k, measured: last, target: target, met: last >= target,
-                                             queries: truth.count, curve: curve))
+        var hopped: (nprobe: Int, hop: IndexManifest.Hop, recall: Double, seconds: Double)?
+        if let nearest {
+            for (i, h) in hops.enumerated() {
+                progress(IndexBuildProgress(phase: "measuring recall@10 under the default filters, second hop",
+                                            done: ladder.count + i, total: steps))
+                let hop = SecondHop(table: nearest, top: h.top, lists: h.lists)
+                let (r, s) = try filteredRecall(index: index, truth: truth, allowed: allowed, nprobe: h.nprobe, hop: hop,
+                                                nearest: nearest)
+                let point = IndexManifest.Hop(top: h.top, lists: h.lists)
+                curve.append(.init(nprobe: h.nprobe, recall: r, secondHop: point, microseconds: s * 1e6))
+                if r >= target {
+                    hopped = (h.nprobe, point, r, s)
+                    break
+                }
+            }
+        }
+        guard let plain else { return nil }
+        let recall = { (r: Double) in
+            IndexManifest.Recall(k: truth.k, measured: r, target: target, met: r >= target, queries: truth.count, curve: curve)
+        }
+        if let hopped, plain.recall < target || hopped.seconds < plain.seconds {
+            return (hopped.nprobe, hopped.hop, recall(hopped.recall))
+        }
+        return (plain.nprobe, nil, recall(plain.recall))
     }
 }

@@ -108,12 +108,14 @@ public struct SimilarAnswer: Sendable, Codable {
     /// The nprobe / efSearch the search ended at (deeper than the index's when filters thinned it).
     public var nprobe: Int?
     public var efSearch: Int?
+    /// The second hop the search took after its nprobe lists (filtered searches, where the build chose one).
+    public var secondHop: IndexManifest.Hop?
     public var notes: [String]
     /// The index snapshot that answered.
     public var index: AnsweringIndex
 
     enum CodingKeys: String, CodingKey {
-        case query, category, results, candidates, eligible, nprobe, efSearch = "ef_search", notes, index
+        case query, category, results, candidates, eligible, nprobe, efSearch = "ef_search", secondHop = "second_hop", notes, index
     }
 }
 
@@ -143,6 +145,8 @@ public final class ProductSearch: Sendable {
     let refineFactor: Int
     /// IVF over flat centroids: each stored vector's nearest lists, recorded at build.
     let nearest: NearestLists?
+    /// The second hop filtered searches take (the build's choice, through ``nearest``), or nil.
+    let secondHop: SecondHop?
     let store: any EmbeddingStore
     /// Below this many eligible products, an exact search over just them (cheaper than a deep
     /// approximate search, and exact).
@@ -159,6 +163,11 @@ public final class ProductSearch: Sendable {
         ids = loaded.ids
         exact = loaded.exact
         nearest = loaded.nearest
+        if let table = loaded.nearest, let hop = loaded.manifest.search.secondHop {
+            secondHop = SecondHop(table: table, top: hop.top, lists: hop.lists)
+        } else {
+            secondHop = nil
+        }
         refineFactor = loaded.exact == nil ? 1 : max(1, loaded.manifest.refine?.factor ?? 1)
         self.columns = columns
         self.store = store
@@ -328,8 +337,9 @@ public final class ProductSearch: Sendable {
 
         // Under a filter, the allowed neighbours lie further out than the unfiltered ones the
         // build tuned for: start IVF where the build measured the default filters meet the
-        // target (``IndexManifest/Search/filteredNprobe``), or, without that measurement, at
-        // twice the tuned nprobe (at 100k before balanced lists: 0.934 recall@10 at the tuned one).
+        // target (``IndexManifest/Search/filteredNprobe``, with its second hop where the build
+        // chose one), or, without that measurement, at twice the tuned nprobe (at 100k before
+        // balanced lists: 0.934 recall@10 at the tuned one).
         let filtered = eligible < columns.presentCount - excluded.count
         let start = manifest.search.nprobe.map { p in
             filtered ? min(index.listCount, manifest.search.filteredNprobe ?? p * 2) : p
@@ -337,12 +347,14 @@ public final class ProductSearch: Sendable {
         var plan = Plan(request: r, notes: notes, allowed: allowed, excluded: excluded, eligible: eligible,
                         params: SearchParameters(nprobe: start,
                                                  efSearch: manifest.search.efSearch, allowed: allowed, excluded: excluded,
-                                                 nearest: r.storedID.flatMap { nearest?.row($0) }),
+                                                 nearest: r.storedID.flatMap { nearest?.row($0) },
+                                                 hop: filtered ? secondHop : nil),
                         searching: true)
         if index.kind != .flat && eligible < exactBelow {
             plan.found = try exhaustive(vector, allowed: allowed, excluded: excluded, k: query.k)
             plan.params.nprobe = nil
             plan.params.efSearch = nil
+            plan.params.hop = nil
             plan.searching = false
         }
         return plan
@@ -406,7 +418,9 @@ public final class ProductSearch: Sendable {
         let category = plan.request.category
         return SimilarAnswer(query: plan.request.excluding, category: query.sameCategory ? category : nil, results: results,
                              candidates: found.count, eligible: plan.eligible, nprobe: plan.params.nprobe,
-                             efSearch: plan.params.efSearch, notes: notes, index: identity)
+                             efSearch: plan.params.efSearch,
+                             secondHop: plan.params.hop.map { IndexManifest.Hop(top: $0.top, lists: $0.lists) },
+                             notes: notes, index: identity)
     }
 
     /// Exact search over the allowed ids' stored vectors: for very selective filters, and the

@@ -37,7 +37,13 @@ struct RebuildFaissIndex: AsyncParsableCommand {
             16th and 32nd, found by the same coarse pass that places it (144 bytes a product, \
             memory-mapped by the server). A search for products similar to a stored one then \
             reads a few of those centroids instead of all of them, with the same answers; \
-            --incremental keeps the rows and adds the new ones.
+            --incremental keeps the rows and adds the new ones. With those rows the filtered \
+            tuning also tries a second hop: after the first few lists, the recorded lists of the \
+            best products found (search.second_hop: top 3-10, 2-8 lists each), which reaches \
+            neighbours that a hub list (the mean of many clusters, nearest to many queries) \
+            would otherwise push far down the nprobe order. Of the plain nprobe and the hop \
+            that meet the target, the one whose searches ran faster at build is recorded; \
+            both curves, with the time of a search, are in filtered_recall.
 
             The new folder is written beside the old one and swapped in atomically: readers see \
             the old index or the new one, never a mix. A lock file beside the folder stops two \

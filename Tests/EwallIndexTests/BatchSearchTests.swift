@@ -290,4 +290,130 @@ struct BatchSearchTests {
         let again = try await ProductSearch.open(folder: folder, store: store, exactBelow: 50)
         try await ask(again, Array(stride(from: 5, to: Self.data.count, by: 211)) + (0..<40).map { Self.data.count + $0 })
     }
+
+    // MARK: Second hop through the recorded lists
+
+    /// An IVF index over the data under ids 0..<count (a second hop's table is by id), and its
+    /// recorded lists as a NearestLists file (mapped; the file itself is removed at once).
+    static func hopIndex(_ factory: String, metric: IndexMetric) throws -> (FaissIndex, NearestLists, [Int32]) {
+        let index = try FaissIndex(dimension: data.dimension, factory: factory, metric: metric)
+        try data.values.withUnsafeBufferPointer { try index.train($0) }
+        let (lists, bounds) = try data.values.withUnsafeBufferPointer {
+            try index.addRecordingNearest($0, ids: (0..<data.count).map(Int64.init))
+        }
+        var file = Data()
+        for r in 0..<data.count {
+            lists[r * 32..<(r + 1) * 32].withUnsafeBytes { file.append(contentsOf: $0) }
+            bounds[r * 4..<(r + 1) * 4].withUnsafeBytes { file.append(contentsOf: $0) }
+        }
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("hop-\(UUID().uuidString).bin")
+        try file.write(to: url)
+        defer { try? FileManager.default.removeItem(at: url) }
+        let table = try NearestLists(path: url.path)
+        #expect(table.rows == data.count)
+        return (index, table, lists)
+    }
+
+    @Test("Second hop: the k best of the query's nprobe lists and the unvisited recorded lists of the best it found, checked against an exact search over exactly those lists; batch equals singles through every kernel; recall at nprobe 1 goes up",
+          arguments: [("IVF256,Flat", IndexMetric.l2), ("IVF200,Flat", .ip), ("IVF256,SQ8", .l2)])
+    func secondHop(factory: String, metric: IndexMetric) throws {
+        defer { DistanceKernel.use(.auto) }
+        let (index, table, lists) = try Self.hopIndex(factory, metric: metric)
+        let d = Self.data.dimension, n = Self.data.count, k = 10
+        let exactCodes = factory.hasSuffix(",Flat")
+        func distance(_ a: Int, _ b: Int) -> Double {
+            var s = 0.0
+            for j in 0..<d {
+                let (x, y) = (Double(Self.data.values[a * d + j]), Double(Self.data.values[b * d + j]))
+                s += metric == .l2 ? (x - y) * (x - y) : x * y
+            }
+            return s
+        }
+        func better(_ a: Double, _ b: Double) -> Bool { metric == .l2 ? a < b : a > b }
+        var rng = TestRNG(seed: 77)
+        var cases: [(row: Int, params: SearchParameters)] = []
+        for i in 0..<60 {
+            let row = Int(rng.next() % UInt64(n))
+            var p = SearchParameters(nprobe: [1, 2, 3, 4, 8][i % 5], excluded: [Int64(row)])
+            p.hop = SecondHop(table: table, top: [1, 3, 5, 10][i % 4], lists: [1, 2, 4, 32][(i / 4) % 4])
+            if i % 3 == 1 {
+                var b = IDBitmap(capacity: n)
+                let mod = 2 + i % 4
+                for r in 0..<n where r % mod == row % mod { b.insert(Int64(r)) }
+                p.allowed = b
+            }
+            cases.append((row, p))
+        }
+        // Edge cases: a filter that allows nothing; every list probed (nothing left to hop to).
+        var none = SearchParameters(nprobe: 2, allowed: IDBitmap(capacity: n))
+        none.hop = SecondHop(table: table, top: 3, lists: 4)
+        cases.append((11, none))
+        var all = SearchParameters(nprobe: index.listCount)
+        all.hop = SecondHop(table: table, top: 5, lists: 4)
+        cases.append((12, all))
+
+        var plainRecall = 0.0, hopRecall = 0.0
+        for kernel in DistanceKernel.allCases where kernel.isSupported {
+            DistanceKernel.use(kernel)
+            let qs = cases.map { (Self.data.row($0.row), $0.params) }
+            // Half the queries carry their recorded lists too (the server's similar-by-id).
+            let batched = try index.searchBatch(qs.enumerated().map { j, q in
+                var p = q.1
+                if j % 2 == 0 { p.nearest = table.row(Int64(cases[j].row)) }
+                return (q.0, p)
+            }, k: k)
+            for (j, c) in cases.enumerated() {
+                let got = try index.search(Self.data.row(c.row), k: k, parameters: c.params)
+                #expect(got.ids == batched[j].ids && got.distances == batched[j].distances, "\(factory) \(kernel) case \(j): batch differs")
+                var plainParams = c.params
+                plainParams.hop = nil
+                let first = try index.search(Self.data.row(c.row), k: k, parameters: plainParams)
+                let hop = got.results(of: 0), firstPass = first.results(of: 0)
+                // It contains every first-pass result that ranks within its k.
+                if let last = hop.last, hop.count == k {
+                    for r in firstPass where metric == .l2 ? r.distance < last.distance : r.distance > last.distance {
+                        #expect(hop.contains { $0.id == r.id }, "\(factory) \(kernel) case \(j): lost \(r.id) of the first pass")
+                    }
+                } else {
+                    #expect(hop.count >= firstPass.count)
+                }
+                #expect(Set(hop.map(\.id)).count == hop.count, "repeated ids")
+                for (a, b) in zip(hop, hop.dropFirst()) { #expect(!better(Double(b.distance), Double(a.distance))) }
+                guard exactCodes, kernel == .auto else { continue }
+                // Exactly: the lists a second hop visits, and the k best among their allowed vectors.
+                let p = c.params, h = p.hop!
+                let np = min(p.nprobe!, index.listCount)
+                var visit = Set(lists[c.row * 32..<c.row * 32 + min(np, 32)])
+                if np > 32 { visit = Set((0..<index.listCount).map(Int32.init)) }
+                for r in firstPass.prefix(h.top) { visit.formUnion(lists[Int(r.id) * 32..<Int(r.id) * 32 + min(h.lists, 32)]) }
+                var candidates: [(id: Int, distance: Double)] = []
+                for r in 0..<n where visit.contains(lists[r * 32]) && !p.excluded.contains(Int64(r)) && (p.allowed?.contains(Int64(r)) ?? true) {
+                    candidates.append((r, distance(c.row, r)))
+                }
+                candidates.sort { better($0.distance, $1.distance) || ($0.distance == $1.distance && $0.id < $1.id) }
+                let want = Array(candidates.prefix(k))
+                #expect(hop.count == want.count, "\(factory) case \(j): \(hop.count) results, want \(want.count)")
+                for (g, w) in zip(hop, want) {
+                    #expect(abs(Double(g.distance) - w.distance) <= 1e-4 * max(1, abs(w.distance)), "\(factory) case \(j): \(g) vs \(w)")
+                }
+                let boundaryTie = candidates.count > k && abs(candidates[k].distance - candidates[k - 1].distance) < 1e-5
+                if !boundaryTie { #expect(Set(hop.map(\.id)) == Set(want.map { Int64($0.id) }), "\(factory) case \(j)") }
+                // Recall against the exact k best the filter allows, at nprobe 1 with and without the hop.
+                if p.nprobe == 1 {
+                    var truth: [(id: Int, distance: Double)] = []
+                    for r in 0..<n where !p.excluded.contains(Int64(r)) && (p.allowed?.contains(Int64(r)) ?? true) {
+                        truth.append((r, distance(c.row, r)))
+                    }
+                    truth.sort { better($0.distance, $1.distance) }
+                    let exact = Set(truth.prefix(k).map { Int64($0.id) })
+                    plainRecall += Double(firstPass.filter { exact.contains($0.id) }.count) / Double(exact.count)
+                    hopRecall += Double(hop.filter { exact.contains($0.id) }.count) / Double(exact.count)
+                }
+            }
+        }
+        if exactCodes {
+            print("second hop \(factory): recall at nprobe 1, summed over its queries: plain \(plainRecall), with the hop \(hopRecall)")
+            #expect(hopRecall > plainRecall + 1, "the hop found no more true neighbours at nprobe 1: \(plainRecall) -> \(hopRecall)")
+        }
+    }
 }

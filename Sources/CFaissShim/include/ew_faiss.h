@@ -74,6 +74,19 @@ typedef struct ew_faiss_search_params {
        and after all 32 the usual coarse pass. Same answers either way. */
     const int32_t *nearest_lists;
     const float *nearest_bounds;
+    /* IVF, a second hop through the recorded lists of what the first found: after the nprobe
+       lists, the first `hop_lists` recorded lists of each of the `hop_top` best vectors found
+       (rows of `hop_table`, the whole nearest_lists.bin mapping, `hop_rows` rows of
+       EW_FAISS_NEAREST_LISTS int32 lists then EW_FAISS_NEAREST_BOUNDS float32, by id) that
+       were not visited yet are scanned too, with the same filter, and the k best of both
+       passes are kept. A vector lies in one list only, so the two passes never repeat one.
+       Near a hub the nearest neighbours of a product fall into lists whose centroids are far
+       from the product but near its neighbours; this reaches them without a deeper nprobe.
+       hop_top or hop_lists 0, or no table: no second hop (a stock FAISS search). */
+    const int32_t *hop_table;
+    int64_t hop_rows;
+    int32_t hop_top;
+    int32_t hop_lists;
 } ew_faiss_search_params;
 
 /* Nearest lists recorded per vector, and the ranks (1-based) whose distances are kept. */
