@@ -455,6 +455,7 @@ void secondHop(const faiss::IndexIVF *ivf, const float *xi, int64_t k, const idx
             idx_t l = row[r];
             if (l < 0 || l >= nlist || std::find(seen.begin(), seen.end(), l) != seen.end()) continue;
             seen.push_back(l);
+            if (p->hop_max_list > 0 && ivf->invlists->list_size(size_t(l)) > size_t(p->hop_max_list)) continue;
             extra.push_back(l);
         }
     }

@@ -79,13 +79,14 @@ public enum IndexSummaryText {
             if let f = s.filteredRecall {
                 let fcurve = f.curve.map { pt in
                     (pt.nprobe.map { "nprobe \($0)" } ?? "default")
-                        + (pt.secondHop.map { " + hop \($0.top)x\($0.lists)" } ?? "")
+                        + (pt.secondHop.map { " + hop \($0.top)x\($0.lists)" + ($0.maxList.map { " (lists <= \($0))" } ?? "") } ?? "")
                         + String(format: " %.3f", pt.recall)
                         + (pt.microseconds.map { String(format: " (%.0f us)", $0) } ?? "")
                 }.joined(separator: ", ")
                 let start = s.search.filteredNprobe.map { p in
                     "filtered searches start at nprobe \(p)"
-                        + (s.search.secondHop.map { ", then a second hop through the recorded lists of the best \($0.top) found (\($0.lists) each)" } ?? "")
+                        + (s.search.secondHop.map { ", then a second hop through the recorded lists of the best \($0.top) found (\($0.lists) each"
+                            + ($0.maxList.map { ", lists of up to \($0) entries" } ?? "") + ")" } ?? "")
                 } ?? "filtered searches start at twice nprobe"
                 out += String(format: "  filtered     recall@%d %.3f on %d queries under the default filters (same category, in stock; target %.2f: %@); ",
                               f.k, f.measured, f.queries, f.target, f.met ? "met" : "NOT met")

@@ -45,17 +45,19 @@ public final class ExactVectors: @unchecked Sendable {
 
     /// For each id, against `query`: the inner product, the stored vector's squared norm and
     /// the squared L2 distance, with the distance kernel in force (as ``FaissIndex/compare(_:ids:)``
-    /// does from the index's own storage, but exact).
-    public func compare(_ query: [Float], ids: [Int64]) throws -> (dot: [Float], norm2: [Float], l2: [Float]) {
+    /// does from the index's own storage, but exact). `distances: false` leaves `l2` empty (an
+    /// answer's cosine needs only the dots and norms).
+    public func compare(_ query: [Float], ids: [Int64], distances: Bool = true) throws -> (dot: [Float], norm2: [Float], l2: [Float]) {
         precondition(query.count == dimension)
-        var dot = [Float](repeating: 0, count: ids.count), norm2 = dot, l2 = dot
+        var dot = [Float](repeating: 0, count: ids.count), norm2 = dot
+        var l2 = distances ? dot : []
         var err = ew_faiss_error()
         for (i, id) in ids.enumerated() {
             guard let r = row(id) else { throw IndexError(.notFound, "\(Self.fileName) has no row for id \(id)") }
-            // Three calls of the kernel in force: q·r, r·r and |q - r|².
+            // Calls of the kernel in force: q·r, r·r and, when asked, |q - r|².
             guard ew_faiss_distances(Int32(EW_FAISS_METRIC_IP), query, r, 1, Int64(dimension), &dot[i], &err) == 0,
                   ew_faiss_distances(Int32(EW_FAISS_METRIC_IP), r, r, 1, Int64(dimension), &norm2[i], &err) == 0,
-                  ew_faiss_distances(Int32(EW_FAISS_METRIC_L2), query, r, 1, Int64(dimension), &l2[i], &err) == 0 else {
+                  !distances || ew_faiss_distances(Int32(EW_FAISS_METRIC_L2), query, r, 1, Int64(dimension), &l2[i], &err) == 0 else {
                 throw IndexError(err)
             }
         }

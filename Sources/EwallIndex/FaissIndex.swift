@@ -115,15 +115,19 @@ public struct SearchParameters: Sendable {
 /// neighbours lie in lists near its other neighbours, also where a hub list (the mean of many
 /// clusters) ranks first for the query and the lists that hold its neighbours rank far down;
 /// this reaches them without a deeper nprobe (`ew_faiss_search_params.hop_*`).
+/// `maxList`: lists of more entries are left out of the hop (hubs: costly to scan, seldom
+/// where the missing neighbours are); nil: none left out.
 public struct SecondHop: Sendable {
     public let table: NearestLists
     public var top: Int
     public var lists: Int
+    public var maxList: Int?
 
-    public init(table: NearestLists, top: Int, lists: Int) {
+    public init(table: NearestLists, top: Int, lists: Int, maxList: Int? = nil) {
         self.table = table
         self.top = top
         self.lists = lists
+        self.maxList = maxList
     }
 }
 
@@ -294,7 +298,8 @@ public final class FaissIndex: @unchecked Sendable {
                     exclude: excluded.baseAddress, n_exclude: excluded.count,
                     nearest_lists: nil, nearest_bounds: nil,
                     hop_table: parameters.hop?.table.table, hop_rows: Int64(parameters.hop?.table.rows ?? 0),
-                    hop_top: Int32(clamping: parameters.hop?.top ?? 0), hop_lists: Int32(clamping: parameters.hop?.lists ?? 0))
+                    hop_top: Int32(clamping: parameters.hop?.top ?? 0), hop_lists: Int32(clamping: parameters.hop?.lists ?? 0),
+                    hop_max_list: Int64(parameters.hop?.maxList ?? 0))
                 return withExtendedLifetime(parameters.hop?.table) {
                     ew_faiss_search(handle, Int64(n), queries, Int64(k), &p, &distances, &ids, &err)
                 }
@@ -335,7 +340,8 @@ public final class FaissIndex: @unchecked Sendable {
                         exclude: excluded.baseAddress, n_exclude: excluded.count,
                         nearest_lists: p.nearest?.lists, nearest_bounds: p.nearest?.bounds,
                         hop_table: p.hop?.table.table, hop_rows: Int64(p.hop?.table.rows ?? 0),
-                        hop_top: Int32(clamping: p.hop?.top ?? 0), hop_lists: Int32(clamping: p.hop?.lists ?? 0)))
+                        hop_top: Int32(clamping: p.hop?.top ?? 0), hop_lists: Int32(clamping: p.hop?.lists ?? 0),
+                        hop_max_list: Int64(p.hop?.maxList ?? 0)))
                     return pinned(i + 1, &params)
                 }
             }

@@ -39,14 +39,18 @@ public struct IndexManifest: Codable, Sendable, Hashable {
         }
     }
 
-    /// A second hop: the first `lists` recorded lists of each of the `top` best found.
+    /// A second hop: the first `lists` recorded lists of each of the `top` best found, less
+    /// those of more than `maxList` entries (hubs), when set.
     public struct Hop: Codable, Sendable, Hashable {
         public var top: Int
         public var lists: Int
-        public init(top: Int, lists: Int) {
+        public var maxList: Int?
+        public init(top: Int, lists: Int, maxList: Int? = nil) {
             self.top = top
             self.lists = lists
+            self.maxList = maxList
         }
+        enum CodingKeys: String, CodingKey { case top, lists, maxList = "max_list" }
     }
 
     public struct RecallPoint: Codable, Sendable, Hashable {

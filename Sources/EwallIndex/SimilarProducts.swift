@@ -164,7 +164,7 @@ public final class ProductSearch: Sendable {
         exact = loaded.exact
         nearest = loaded.nearest
         if let table = loaded.nearest, let hop = loaded.manifest.search.secondHop {
-            secondHop = SecondHop(table: table, top: hop.top, lists: hop.lists)
+            secondHop = SecondHop(table: table, top: hop.top, lists: hop.lists, maxList: hop.maxList)
         } else {
             secondHop = nil
         }
@@ -399,7 +399,8 @@ public final class ProductSearch: Sendable {
         // cosine is 1 - d²/2; imported vectors need not be unit, so the norms are read too).
         let qNorm2 = vector.reduce(0) { $0 + Double($1) * Double($1) }
         let hits = found.filter { columns.present.contains($0.id) }
-        let stored = try exact?.compare(vector, ids: hits.map(\.id)) ?? index.compare(vector, ids: hits.map(\.id), distances: false)
+        let stored = try exact?.compare(vector, ids: hits.map(\.id), distances: false)
+            ?? index.compare(vector, ids: hits.map(\.id), distances: false)
         var results: [SimilarProduct] = []
         for (i, (id, raw)) in hits.enumerated() {
             let rNorm2 = Double(stored.norm2[i])
@@ -419,7 +420,7 @@ public final class ProductSearch: Sendable {
         return SimilarAnswer(query: plan.request.excluding, category: query.sameCategory ? category : nil, results: results,
                              candidates: found.count, eligible: plan.eligible, nprobe: plan.params.nprobe,
                              efSearch: plan.params.efSearch,
-                             secondHop: plan.params.hop.map { IndexManifest.Hop(top: $0.top, lists: $0.lists) },
+                             secondHop: plan.params.hop.map { IndexManifest.Hop(top: $0.top, lists: $0.lists, maxList: $0.maxList) },
                              notes: notes, index: identity)
     }
 

@@ -330,12 +330,17 @@ struct BatchSearchTests {
             return s
         }
         func better(_ a: Double, _ b: Double) -> Bool { metric == .l2 ? a < b : a > b }
+        var sizes = [Int](repeating: 0, count: index.listCount)
+        for r in 0..<n { sizes[Int(lists[r * 32])] += 1 }
+        #expect(sizes.contains { $0 > n * 3 / 2 / index.listCount } && sizes.contains { $0 > 0 && $0 <= n * 3 / 2 / index.listCount })
         var rng = TestRNG(seed: 77)
         var cases: [(row: Int, params: SearchParameters)] = []
         for i in 0..<60 {
             let row = Int(rng.next() % UInt64(n))
             var p = SearchParameters(nprobe: [1, 2, 3, 4, 8][i % 5], excluded: [Int64(row)])
-            p.hop = SecondHop(table: table, top: [1, 3, 5, 10][i % 4], lists: [1, 2, 4, 32][(i / 4) % 4])
+            // Every third without the lists above 1.5x the mean (some lists fall on each side).
+            p.hop = SecondHop(table: table, top: [1, 3, 5, 10][i % 4], lists: [1, 2, 4, 32][(i / 4) % 4],
+                              maxList: i % 3 == 2 ? n * 3 / 2 / index.listCount : nil)
             if i % 3 == 1 {
                 var b = IDBitmap(capacity: n)
                 let mod = 2 + i % 4
@@ -385,7 +390,12 @@ struct BatchSearchTests {
                 let np = min(p.nprobe!, index.listCount)
                 var visit = Set(lists[c.row * 32..<c.row * 32 + min(np, 32)])
                 if np > 32 { visit = Set((0..<index.listCount).map(Int32.init)) }
-                for r in firstPass.prefix(h.top) { visit.formUnion(lists[Int(r.id) * 32..<Int(r.id) * 32 + min(h.lists, 32)]) }
+                for r in firstPass.prefix(h.top) {
+                    for l in lists[Int(r.id) * 32..<Int(r.id) * 32 + min(h.lists, 32)] where !visit.contains(l) {
+                        if let bound = h.maxList, sizes[Int(l)] > bound { continue }
+                        visit.insert(l)
+                    }
+                }
                 var candidates: [(id: Int, distance: Double)] = []
                 for r in 0..<n where visit.contains(lists[r * 32]) && !p.excluded.contains(Int64(r)) && (p.allowed?.contains(Int64(r)) ?? true) {
                     candidates.append((r, distance(c.row, r)))

@@ -82,11 +82,14 @@ typedef struct ew_faiss_search_params {
        passes are kept. A vector lies in one list only, so the two passes never repeat one.
        Near a hub the nearest neighbours of a product fall into lists whose centroids are far
        from the product but near its neighbours; this reaches them without a deeper nprobe.
-       hop_top or hop_lists 0, or no table: no second hop (a stock FAISS search). */
+       hop_max_list > 0: lists of more entries than that are left out of the hop (hubs: the
+       means of many clusters, near everything, costly to scan and seldom where the missing
+       neighbours are). hop_top or hop_lists 0, or no table: no second hop (a stock FAISS search). */
     const int32_t *hop_table;
     int64_t hop_rows;
     int32_t hop_top;
     int32_t hop_lists;
+    int64_t hop_max_list;
 } ew_faiss_search_params;
 
 /* Nearest lists recorded per vector, and the ranks (1-based) whose distances are kept. */
