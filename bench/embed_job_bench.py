@@ -206,6 +206,8 @@ def run_embed(args, manifest, db, workdir):
     systemic error or a summary that cannot be read."""
     cmd = [args.ewall_embed, "--manifest", manifest, "--db", f"sqlite:{db}", "--model", args.model,
            "--precision", args.precision, "--threads", str(args.threads), "--json", "--progress-interval", "1"]
+    if args.streams:
+        cmd += ["--streams", str(args.streams)]
     env = None
     if args.malloc_env:
         env = dict(os.environ, **args.malloc_env)
@@ -506,6 +508,7 @@ def main():
     ap.add_argument("--n", type=int, default=1000, help="images in the end-to-end and Python runs")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--streams", type=int, default=None, help="ewall-embed --streams (default: its own default)")
     ap.add_argument("--model-iterations", type=int, default=6, help="ewall-bench batches timed")
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--memory-n", type=int, default=5000)
@@ -535,7 +538,7 @@ def main():
             sys.exit(f"embed-bench: {path} not found (swift build -c release --product ...; make model)")
     names = ensure_images(args.images, max(args.n, 1000))
 
-    res = {"config": {"n": args.n, "precision": args.precision, "threads": args.threads, "batch": BATCH,
+    res = {"config": {"n": args.n, "precision": args.precision, "threads": args.threads, "streams": args.streams, "batch": BATCH,
                       "model": os.path.relpath(args.model, ROOT), "images": args.images, "cpus": os.cpu_count(),
                       "http": "python3 -m http.server on 127.0.0.1, separate process",
                       "ewall_embed_env": args.malloc_env, "only_memory": args.only_memory},

@@ -90,6 +90,31 @@ def filtered_recall(base, x, labels, stock, queries):
     return total / len(queries)
 
 
+def load_new(args, tmp, npy, db, n, d, stock):
+    """Seeded clustered vectors into v.npy (labels.npy beside) and the store; returns them mapped."""
+    log(f"{n} synthetic vectors")
+    x, labels = synthetic(n, d, clusters=max(50, n // 100), seed=n + 1)
+    t = time.perf_counter()
+    np.save(npy, x)
+    np.save(os.path.join(tmp, "labels.npy"), labels)
+    # The store, 100,000 products at a time (ewall-bench index load holds a whole file twice):
+    # product p<row>, category cat<cluster % 10>, 2 in 3 in stock (seeded), as load_store does.
+    for start in range(0, n, 100_000):
+        end = min(n, start + 100_000)
+        cn, cm = os.path.join(tmp, "chunk.npy"), os.path.join(tmp, "chunk.tsv")
+        np.save(cn, x[start:end])
+        with open(cm, "w") as f:
+            f.write("product_id\tcategory\tin_stock\n")
+            for i in range(start, end):
+                f.write(f"p{i:07d}\tcat{labels[i] % 10}\t{int(stock[i])}\n")
+        subprocess.run([args.ewall_bench, "index", "load", "--npy", cn, "--meta", cm, "--db", db], check=True,
+                       stdout=subprocess.DEVNULL, cwd=ROOT)
+    os.remove(cn)
+    log(f"store loaded in {time.perf_counter() - t:.0f} s")
+    del x
+    return np.load(npy, mmap_mode="r"), labels
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rebuild", required=True)
@@ -106,36 +131,28 @@ def main():
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--keep", action="store_true",
                     help="keep the work folder (store, index folders, ids) for profiling afterwards; prints its path")
+    ap.add_argument("--reuse", default=None,
+                    help="a work folder an earlier --keep run printed: its vectors, labels and store are used "
+                         "again (same --count), and only the index folders are rebuilt; implies --keep")
     args = ap.parse_args()
+    if args.reuse:
+        args.keep = True
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install wrk; make deps does)")
     os.makedirs(args.out, exist_ok=True)
     n, d = args.count, 2048
-    tmp = tempfile.mkdtemp(prefix="ewall-scale-", dir=args.tmp)
+    tmp = args.reuse or tempfile.mkdtemp(prefix="ewall-scale-", dir=args.tmp)
     rows = []
     try:
-        log(f"{n} synthetic vectors")
-        x, labels = synthetic(n, d, clusters=max(50, n // 100), seed=n + 1)
         npy, db = os.path.join(tmp, "v.npy"), f"sqlite:{tmp}/store.sqlite"
-        t = time.perf_counter()
-        np.save(npy, x)
-        # The store, 100,000 products at a time (ewall-bench index load holds a whole file twice):
-        # product p<row>, category cat<cluster % 10>, 2 in 3 in stock (seeded), as load_store does.
         stock = np.random.default_rng(1).random(n) < 2 / 3
-        for start in range(0, n, 100_000):
-            end = min(n, start + 100_000)
-            cn, cm = os.path.join(tmp, "chunk.npy"), os.path.join(tmp, "chunk.tsv")
-            np.save(cn, x[start:end])
-            with open(cm, "w") as f:
-                f.write("product_id\tcategory\tin_stock\n")
-                for i in range(start, end):
-                    f.write(f"p{i:07d}\tcat{labels[i] % 10}\t{int(stock[i])}\n")
-            subprocess.run([args.ewall_bench, "index", "load", "--npy", cn, "--meta", cm, "--db", db], check=True,
-                           stdout=subprocess.DEVNULL, cwd=ROOT)
-        os.remove(cn)
-        log(f"store loaded in {time.perf_counter() - t:.0f} s")
-        del x
-        x = np.load(npy, mmap_mode="r")
+        if args.reuse:
+            x, labels = np.load(npy, mmap_mode="r"), np.load(os.path.join(tmp, "labels.npy"))
+            if x.shape != (n, d):
+                raise SystemExit(f"{tmp} holds {x.shape[0]} vectors, not --count {n}")
+            log(f"reusing {tmp}: {n} vectors and their store")
+        else:
+            x, labels = load_new(args, tmp, npy, db, n, d, stock)
         rng = np.random.default_rng(5)
         recall_queries = rng.choice(np.nonzero(stock)[0], args.recall_queries, replace=False)
         ids = [f"p{i:07d}" for i in rng.choice(n, min(n, 20_000), replace=False)]
@@ -146,6 +163,7 @@ def main():
         budgets = {"auto": None, "sq8": flat_bytes // 2, "pq64": int(n * (64 + 8) * 1.05)}
         for kind in args.kinds.split(","):
             folder = os.path.join(tmp, f"faiss-{kind}")
+            shutil.rmtree(folder, ignore_errors=True)
             cmd = [args.rebuild, "--db", db, "--out", folder, "--json", "--threads", str(args.threads)]
             if budgets[kind]:
                 cmd += ["--max-memory", str(budgets[kind])]
@@ -210,7 +228,11 @@ def main():
     print("| index | RAM B/product | disk B/product | build s (peak RSS MiB) | build recall | served recall | req/s | p50 / p99 ms | non-2xx | server RSS / index |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['factory']} nprobe {r['nprobe']}{' refine x' + str(r['refine_factor']) if r['refine_factor'] else ''} "
+        ms = r.get("manifest_search") or {}
+        hop = ms.get("second_hop")
+        filt = (f", filtered {ms['filtered_nprobe']}" + (f" + hop {hop['top']}x{hop['lists']}" if hop else "")
+                if ms.get("filtered_nprobe") else "")
+        print(f"| {r['factory']} nprobe {r['nprobe']}{filt}{' refine x' + str(r['refine_factor']) if r['refine_factor'] else ''} "
               f"| {r['ram_bytes_per_product']:.0f} | {r['disk_bytes_per_product']:.0f} | {r['build_wall_s']:.0f} ({r['build_peak_rss_mib']:.0f}) "
               f"| {r['build_recall'] or 1:.3f} | {r['similar_recall_default_filters']:.3f} | {r['serve_requests_per_s']:.0f} "
               f"| {r['serve_p50_ms']:.1f} / {r['serve_p99_ms']:.1f} | {r['serve_non_2xx']} | {r['serve_rss_over_index']:.2f}x |")
