@@ -202,41 +202,17 @@ final class JobPipeline: Sendable {
         }
     }
 
-    /// A batch formed, with the unit its outcomes ride in, on its way to a model stream.
-    private typealias FormedBatch = (ready: [(WorkItem, FetchedImage, PreparedImage)], unit: WriteUnit)
-
     /// Batches of the model's size (one forward pass each; identical bytes within a batch run
-    /// once) -> write units. Failures ride along with the next unit. One batcher forms the
-    /// batches, as with one stream; each model stream (README, "Model streams") takes the next
-    /// formed batch, so that with N streams N batches are in the model at once while the next
-    /// one fills. (One batcher per stream would split a claimed chunk's last items between
-    /// partial batches that wait for more, while a shared job's feed waits for those chunks
-    /// to commit: a deadlock the 20-kill test found.)
+    /// once) -> write units. Failures ride along with the next unit.
     private func batchStage() async {
-        let formed = BoundedQueue<FormedBatch>(capacity: 1)
-        await withTaskGroup(of: Void.self) { streams in
-            for _ in 0..<max(1, embedder.embedder.streams) {
-                streams.addTask {
-                    while let batch = await formed.next() {
-                        var unit = batch.unit
-                        if !batch.ready.isEmpty { await self.embed(batch.ready, into: &unit) }
-                        if !unit.outcomes.isEmpty { await self.writeQueue.send(unit) }
-                    }
-                }
-            }
-            await batcher(into: formed)
-            formed.finish()
-        }
-        writeQueue.finish()
-    }
-
-    private func batcher(into formed: BoundedQueue<FormedBatch>) async {
+        defer { writeQueue.finish() }
         let size = embedder.embedder.batchSize
         var ready: [(WorkItem, FetchedImage, PreparedImage)] = []
         var unit = WriteUnit()
         func ship() async {
-            if !ready.isEmpty || !unit.outcomes.isEmpty { await formed.send((ready, unit)) }
+            if !ready.isEmpty { await embed(ready, into: &unit) }
             ready.removeAll(keepingCapacity: true)
+            if !unit.outcomes.isEmpty { await writeQueue.send(unit) }
             unit = WriteUnit()
         }
         while let p = await preparedQueue.next() {
