@@ -247,7 +247,7 @@ extension Tuning {
     /// 1M bench store, 60 queries, simulated: nprobe 4 + 5 x 4, 0.970 recall@10 with 1,666
     /// filtered distances a query; nprobe 1 + 10 x 4 without lists over 8x the mean, 0.958 with 142.
     static let hopLadder: [(nprobe: Int, top: Int, lists: Int, hub: Int?)] = [
-        (1, 10, 4, 8), (1, 10, 8, 8), (2, 10, 4, 8), (4, 10, 4, 8),
+        (1, 10, 4, 8), (1, 10, 8, 8), (2, 10, 4, 8), (4, 10, 4, 8), (4, 10, 8, 8), (8, 10, 4, 8),
         (1, 3, 2, nil), (2, 3, 2, nil), (2, 5, 2, nil), (2, 5, 4, nil), (4, 5, 4, nil), (4, 10, 4, nil), (8, 10, 4, nil),
     ]
 
