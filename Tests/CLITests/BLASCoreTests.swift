@@ -37,10 +37,12 @@ struct BLASCoreTests {
         var families = ["Haswell"]
         if BLASCore.forThisCPU == "SkylakeX" { families.append("SkylakeX") }
         if !DistanceKernel.avx2.isSupported { families = [] }
+        // OpenBLAS's own choice (a Zen 5 gets Haswell from 0.3.21): asking for it re-executes nothing.
+        let own = try Self.check(["EWALL_BLAS_CORE": "keep"]).core
         for family in families {
             // Chosen the way the tools choose it: EWALL_BLAS_CORE makes the process re-execute itself.
             let r = try Self.check(["EWALL_BLAS_CORE": family])
-            #expect(r.core == family && !r.replaced.isEmpty, "\(family): ran \(r.core)")
+            #expect(r.core == family && (!r.replaced.isEmpty || own == family), "\(family): ran \(r.core), OpenBLAS's own \(own)")
             #expect(r.ids.count == generic.ids.count)
             var differ = 0
             for i in r.ids.indices where r.ids[i] != generic.ids[i] {
