@@ -107,6 +107,16 @@ public struct SearchParameters: Sendable {
         self.nearest = nearest
         self.hop = hop
     }
+
+    /// IVF, when a filter left fewer than k: doubles nprobe (at most `listCount`) for the next
+    /// search and says whether there is one. The one rule ``ProductSearch`` serves and the
+    /// build's filtered recall measures, so both count the same searches.
+    public mutating func deepenIVF(listCount: Int) -> Bool {
+        let p = nprobe ?? 1
+        guard p < listCount else { return false }
+        nprobe = min(listCount, p * 2)
+        return true
+    }
 }
 
 /// The second hop of an IVF search: once the first nprobe lists are scanned, the first `lists`

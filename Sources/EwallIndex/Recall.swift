@@ -237,8 +237,7 @@ extension Tuning {
             var found = try index.searchBatch([(vector, params)], k: truth.k)[0].results(of: 0)
             // As ProductSearch does when the filter thinned a search below k: nprobe doubles and
             // the search runs again (its time counted), so the build measures what is served.
-            while found.count < min(truth.k, exact.count), let p = params.nprobe, p < index.listCount {
-                params.nprobe = min(index.listCount, p * 2)
+            while found.count < truth.k, params.deepenIVF(listCount: index.listCount) {
                 found = try index.searchBatch([(vector, params)], k: truth.k)[0].results(of: 0)
             }
             elapsed += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9

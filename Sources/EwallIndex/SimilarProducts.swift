@@ -371,10 +371,7 @@ public final class ProductSearch: Sendable {
         if found.count >= min(k, plan.eligible) { return }
         switch index.kind {
         case .ivf:
-            let p = plan.params.nprobe ?? 1
-            if p >= index.listCount { return }
-            plan.params.nprobe = min(index.listCount, p * 2)
-            plan.searching = true
+            plan.searching = plan.params.deepenIVF(listCount: index.listCount)
         case .hnsw:
             let ef = plan.params.efSearch ?? 16
             if ef < 4096 && ef < index.count {

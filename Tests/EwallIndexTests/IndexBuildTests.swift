@@ -125,6 +125,40 @@ struct IndexBuildTests {
         #expect(sum / Double(n) >= 0.9, "independent filtered recall \(sum / Double(n)), recorded \(f.measured)")
     }
 
+    @Test("IVF, a filter that leaves fewer than k in the first lists: the filtered recall the build records is the recall served on the same queries")
+    func filteredRecallIsServedRecall() async throws {
+        // 300 products in 30 clusters, each category two clusters, a third out of stock: about 7
+        // allowed products in a query's own list, so first passes come back short of k = 10 and
+        // searches deepen until they reach the other cluster of the category.
+        // Every in-stock product is a build query (200, the filtered limit), so both sides see the same ones.
+        let data = SyntheticVectors(count: 300, dimension: 32, clusters: 30, seed: 21)
+        let category: (Int) -> String? = { "c\(data.cluster[$0] % 15)" }
+        let inStock: (Int) -> Bool? = { $0 % 3 != 0 }
+        let (store, _) = try await Catalogue.store(data, category: category, inStock: inStock)
+        defer { Task { await store.close() } }
+        let folder = Catalogue.folder()
+        let s = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, index: "IVF30,Flat", queries: 300))
+        let f = try #require(s.filteredRecall, "no filtered recall recorded")
+        let filtered = try #require(s.search.filteredNprobe, "filtered target not met: \(f.curve)")
+        let queries = (0..<data.count).filter { inStock($0) == true }
+        #expect(f.queries == queries.count)
+
+        let search = try await ProductSearch.open(folder: folder, store: store, exactBelow: 0)
+        var sum = 0.0, deepened = 0
+        for q in queries {
+            let allowed = (0..<data.count).filter { $0 != q && inStock($0) == true && category($0) == category(q) }
+            let exact = Set(allowed.map { r in (r, zip(data.row(q), data.row(r)).reduce(Float(0)) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) }) }
+                .sorted { ($0.1, $0.0) < ($1.1, $1.0) }.prefix(10).map(\.0))
+            let a = try await search.similar(to: Catalogue.pid(q), query: SimilarQuery(k: 10, minSimilarity: 0))
+            if (a.nprobe ?? 0) > filtered { deepened += 1 }
+            sum += Double(a.results.compactMap { Int($0.productID.dropFirst()) }.filter(exact.contains).count) / Double(exact.count)
+        }
+        let served = sum / Double(queries.count)
+        print("filtered recall: recorded \(f.measured) at nprobe \(filtered) hop \(String(describing: s.search.secondHop)), served \(served), \(deepened) of \(queries.count) deepened")
+        #expect(deepened > 0, "no first pass came back short: the case this test is for did not happen")
+        #expect(abs(served - f.measured) < 1e-9, "recorded \(f.measured), served \(served)")
+    }
+
     @Test("Every explicit kind: the recall recorded matches an independent measurement; the target is met or flagged",
           arguments: [("HNSW16", true), ("IVF100,SQ8", true), ("IVF100,PQ4x8np", false), ("IVF100,PQ4x8np", true)])
     func explicitKinds(factory: String, refine: Bool) async throws {
