@@ -477,8 +477,15 @@ public final class PostgresJobQueue: Sendable {
     /// `now() + lease`, so the workers' clocks never matter.
     public func claim(job name: String, worker: String, lease: Duration) async throws -> Claim {
         let seconds = lease.inSeconds
+        // A worker frozen inside this transaction (SIGSTOP, a VM paused, a long GC) would hold
+        // the row lock of the chunk it was claiming, and every other worker's SKIP LOCKED would
+        // pass over that chunk for as long as the freeze lasts: PostgreSQL ends such a session
+        // after one lease, which frees the chunk.
+        let idleLimit = String(max(1000, Int(seconds * 1000)))
         return try await run("claiming a chunk of \(name)") {
             try await client.withTransaction(logger: logger) { conn in
+                try await conn.query("SELECT set_config('idle_in_transaction_session_timeout', \(idleLimit), true)",
+                                     logger: logger)
                 var status = ""
                 for try await s in try await conn.query("SELECT status FROM ewall_jobs WHERE name = \(name)",
                                                         logger: logger).decode(String.self) { status = s }
