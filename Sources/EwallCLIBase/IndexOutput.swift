@@ -73,7 +73,7 @@ public enum IndexSummaryText {
             let curve = r.curve.map { pt in
                 (pt.nprobe.map { "nprobe \($0)" } ?? pt.efSearch.map { "ef \($0)" } ?? "default") + String(format: " %.3f", pt.recall)
             }.joined(separator: ", ")
-            out += String(format: "  recall@%d    %.3f on %d held-out queries (target %.2f: %@) at %@\n", r.k, r.measured, r.queries,
+            out += String(format: "  recall@%d    %.3f on %d queries from the catalogue (target %.2f: %@) at %@\n", r.k, r.measured, r.queries,
                           r.target, r.met ? "met" : "NOT met", search.isEmpty ? "default settings" : search.joined(separator: ", "))
             out += "  tuning       \(curve)\n"
             if let f = s.filteredRecall {

@@ -167,10 +167,14 @@ public enum IndexBuilder {
         // Seeded choices of rows by ordinal (the store streams in product-id order).
         var rng = SplitMix64(seed: options.seed)
         let queryCount = plan.approximate ? min(options.recallQueries, n) : 0
+        // Queries are drawn from the whole catalogue, training rows included at their share
+        // (trainingSize / n), because similar-by-id serves the whole catalogue: held-out queries
+        // alone read 0.03-0.04 below the recall served at 1M (0.927 against 0.966 at nprobe 1 +
+        // hop 10x8), and the build chose settings twice as slow as needed.
         let queryOrdinals = Set(sample(n, queryCount, &rng))
         let needsTraining = !index.isTrained
         let trainOrdinals: Set<Int>? = needsTraining && plan.trainingSize < n
-            ? Set(sample(n, plan.trainingSize, &rng, avoiding: queryOrdinals)) : nil
+            ? Set(sample(n, plan.trainingSize, &rng)) : nil
 
         // Pass 1: the training sample and the recall queries.
         var queries = RecallQueries(dimension: d)

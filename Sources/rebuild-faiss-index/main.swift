@@ -26,8 +26,8 @@ struct RebuildFaissIndex: AsyncParsableCommand {
             smallest PQ, or when the chosen kind cannot reach --target-recall, the build fails \
             and names the --max-memory that the next kind needs. HNSW is never picked automatically \
             (slow to build here, cannot remove vectors); name it with --index HNSW32. For \
-            approximate indexes recall@10 is measured against exact search on held-out \
-            queries and nprobe/efSearch raised until --target-recall is met; both are recorded. \
+            approximate indexes recall@10 is measured against exact search on catalogue \
+            products (drawn from the whole store, as similar-by-id serves it) and nprobe/efSearch raised until --target-recall is met; both are recorded. \
             IVF over a store with categories: recall is measured again under the similar-products \
             default filters (same category, in stock; up to 200 of those queries, against exact \
             search among the products the filters allow), and the nprobe that meets the target \
