@@ -29,7 +29,7 @@ public struct ModelFlags: ParsableArguments {
 
     @Option(name: .long, help: ArgumentHelp(
         "Forward passes run at once on the CPU, sharing --threads between them.",
-        discussion: "1: one batch at a time on all --threads. --streams equal to --threads: that many single-threaded batches side by side, which decode threads sharing the cores cannot stall; each stream holds its own batch (about 0.4 GB more). Default: for ewall embed, one stream per model thread (at most 4) where the model shares its cores with the decode threads (--threads + decode threads > cores), else 1; for ewall-serve and ewall similar, 1 (a lone request's latency); ewall-embed runs 1 (its batch stage takes one batch at a time). README, \"Model streams\"."))
+        discussion: "1: one batch at a time on all --threads. --streams equal to --threads: that many single-threaded batches side by side, which decode threads sharing the cores cannot stall; each stream holds its own batch (about 0.4 GB more). Default: for ewall embed and ewall-embed, one stream per model thread (at most 4) where the model shares its cores with the decode threads (--threads + decode threads > cores), else 1; for ewall-serve and ewall similar, 1 (a lone request's latency). README, \"Model streams\"."))
     public var streams: Int?
 
     @Option(name: .long, help: "Images per forward pass.")

@@ -115,10 +115,6 @@ struct EwallEmbed: AsyncParsableCommand {
     var progressInterval: Double?
 
     func validate() throws {
-        if let streams = modelFlags.streams, streams > 1 {
-            throw ValidationError("--streams: the batch job runs one batch at a time for now (1 stream); "
-                                  + "ewall embed and ewall-serve take --streams")
-        }
         if job == nil {
             guard manifest != nil else { throw ValidationError("give --manifest FILE (or --job NAME --worker)") }
             guard !worker else { throw ValidationError("--worker needs --job NAME") }
@@ -145,8 +141,9 @@ struct EwallEmbed: AsyncParsableCommand {
         let store = try await database.open()
         let embedder: ImageEmbedder
         do {
-            // One stream: the job's batch stage runs one batch at a time (README, "Model streams").
-            embedder = try ImageEmbedder(configuration: imageFlags.configuration(model: modelFlags.options(), streams: 1),
+            // --streams, else as many as keep the cores busy (README, "Model streams").
+            embedder = try ImageEmbedder(configuration: imageFlags.configuration(model: modelFlags.options(),
+                                                                                 streams: modelFlags.streams),
                                          logger: logger)
         } catch {
             await store.close()

@@ -46,6 +46,17 @@ final class JobProcess {
                 (try? String(contentsOf: err, encoding: .utf8)) ?? "")
     }
 
+    /// Waits at most `limit`; a process still running then is killed (SIGKILL), so a hang
+    /// fails its test instead of holding the suite.
+    func wait(within limit: Duration) -> (status: Int32, stdout: String, stderr: String, timedOut: Bool) {
+        let deadline = ContinuousClock.now + limit
+        while process.isRunning && ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        let timedOut = process.isRunning
+        if timedOut { kill(process.processIdentifier, SIGKILL) }
+        let r = wait()
+        return (r.status, r.stdout, r.stderr, timedOut)
+    }
+
     static func run(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
         try JobProcess(args).wait()
     }

@@ -29,9 +29,9 @@ struct SharedJobCLITests {
     static let fast = ["--batch-size", "8", "--concurrency", "8", "--lease-seconds", "3", "--heartbeat-seconds", "0.5",
                        "--progress-interval", "1"]
 
-    static func submit(_ manifest: String, _ db: String, _ job: String, _ extra: [String] = [])
+    static func submit(_ manifest: String, _ db: String, _ job: String, _ extra: [String] = [], chunkSize: Int = 16)
         throws -> (status: Int32, stdout: String, stderr: String) {
-        try JobProcess.run(["--manifest", manifest, "--db", db, "--job", job, "--chunk-size", "16"] + extra)
+        try JobProcess.run(["--manifest", manifest, "--db", db, "--job", job, "--chunk-size", "\(chunkSize)"] + extra)
     }
 
     static func worker(_ db: String, _ job: String, _ extra: [String] = [], prefix: [String] = []) throws -> JobProcess {
@@ -207,6 +207,26 @@ struct SharedJobCLITests {
         #expect((counts["refused"] as? Int ?? 0) > 0, "the frozen worker's late commit was not refused: \(counts)")
         #expect(ra.stderr.contains("was taken over by another worker"), "\(ra.stderr.suffix(1500))")
         try await Self.expectEachItemOnce(db, "frozen", items: 160)
+    }
+
+    /// A worker holds at most 2 chunks (``SharedJobConfiguration/maxHeldChunks``) and claims more only
+    /// when one commits; with chunks of 3 and batches of 8 the held items never fill a batch,
+    /// so a batch stage that waits for a full batch waits for the feed, which waits for it.
+    @Test("chunks smaller than a batch (--chunk-size 3, --batch-size 8): partial batches ship, the job finishes, each item once",
+          arguments: [1, 2])
+    func chunksSmallerThanABatch(streams: Int) async throws {
+        let (server, manifest) = try Self.catalogue(40, delay: .milliseconds(5))
+        defer { server.shutdown() }
+        let db = try await PostgresServer.freshDatabase()
+        #expect(try Self.submit(manifest, db, "small", chunkSize: 3).status == 0)
+        let r = try Self.worker(db, "small", ["--worker-name", "a", "--threads", "2", "--streams", "\(streams)"])
+            .wait(within: .seconds(180))
+        try #require(!r.timedOut, "the worker hung (killed after 180 s): \(r.stderr.suffix(1500))")
+        #expect(r.status == 0, "\(r.stderr.suffix(1500))")
+        let summary = try EmbedJobCLITests.summary(r.stdout)
+        #expect((summary["counts"] as? [String: Any])?["embedded"] as? Int == 40, "\(summary)")
+        try await Self.expectEachItemOnce(db, "small", items: 40)
+        Self.expectSameVectors(try await Self.vectors(db), try await Self.reference(manifest))
     }
 
     @Test("PostgreSQL restarted mid-job: the workers wait, reconnect and complete the job")

@@ -146,7 +146,7 @@ public final class EmbeddingJob: Sendable {
         func flush() async throws {
             if chunk.isEmpty { return }
             for row in try await needingWork(chunk, stats: stats) {
-                if !(await pipeline.fetchQueue.send(WorkItem(row: row))) { return }
+                if !(await pipeline.send(WorkItem(row: row))) { return }
             }
             chunk.removeAll(keepingCapacity: true)
         }

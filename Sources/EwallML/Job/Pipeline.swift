@@ -31,11 +31,13 @@ struct WriteUnit: Sendable {
 /// job) and wherever it commits (the store, or the store under leases):
 ///
 /// ```
-/// feed ─▶ fetch (N tasks, per-host limited) ─▶ decode + reuse ─▶ batch of 32 ─▶ model ─▶ commit (1 transaction)
+/// feed ─▶ fetch (N tasks, per-host limited) ─▶ decode + reuse ─▶ batch of 32 ─▶ model (S streams) ─▶ commit (1 transaction)
 /// ```
 ///
 /// Each stage is one method, joined to the next by a bounded queue, so memory stays flat
-/// however long the job is. A failed item is a value that travels on to the commit, never
+/// however long the job is. A batch ships when it is full, or when nothing more is on its way
+/// (``pending`` is 0): a feed that waits for commits (a shared job holding its chunks) never
+/// waits on a batch that waits for it. A failed item is a value that travels on to the commit, never
 /// its batch's problem. Images whose bytes (sha256) were embedded before under the same model
 /// key take that vector instead of a forward pass (``VectorReuse``).
 final class JobPipeline: Sendable {
@@ -52,12 +54,21 @@ final class JobPipeline: Sendable {
     let cache: EmbeddingCache?
     private let logger: Logger
 
-    let fetchQueue: BoundedQueue<WorkItem>
+    private let fetchQueue: BoundedQueue<WorkItem>
+    /// Items sent by the feed that have not reached the batch stage yet (in a queue, a fetch
+    /// or a decode). While it is above 0 a partial batch waits for them; at 0 it ships.
+    private let pending = Locked(0)
     private let fetchedQueue = BoundedQueue<Fetched>(capacity: 16)
     private let preparedQueue: BoundedQueue<Prepared>
     /// Units waiting for the store. When the store lags, the write stage commits the waiting
     /// units together (up to ``maxCommitItems``): commits grow with the load instead of queueing.
     private let writeQueue = BoundedQueue<WriteUnit>(capacity: 8)
+    /// Batches formed, waiting for a model stream: as many as there are streams, so each
+    /// stream has the next one ready when it finishes its own.
+    private let formedQueue: BoundedQueue<Formed>
+    /// Model streams: tasks that each run one batch at a time through the model
+    /// (``ModelOptions/streams``; the model runs that many forward passes at once).
+    private let streams: Int
     /// The most items one commit carries when units are waiting.
     static let maxCommitItems = 256
 
@@ -70,6 +81,13 @@ final class JobPipeline: Sendable {
         case ready(WorkItem, FetchedImage, PreparedImage)
         case reused(WorkItem, FetchedImage, StoredEmbedding)
         case failed(WorkItem, JobFailure)
+    }
+
+    /// A batch for the model and the unit its vectors go into (which already holds the
+    /// reused vectors and failures that came through with it).
+    private struct Formed: Sendable {
+        var ready: [(WorkItem, FetchedImage, PreparedImage)]
+        var unit: WriteUnit
     }
 
     init(embedder: ImageEmbedder, store: any EmbeddingStore, fetcher: ImageFetcher, stats: JobStats, stopFlag: StopFlag,
@@ -86,16 +104,30 @@ final class JobPipeline: Sendable {
         self.fetchQueue = BoundedQueue(capacity: max(8, concurrency * 2))
         self.preparedQueue = BoundedQueue(capacity: preparedQueue)
         self.concurrency = concurrency
+        self.streams = max(1, embedder.embedder.streams)
+        self.formedQueue = BoundedQueue(capacity: self.streams)
     }
 
     private let concurrency: Int
 
     /// Cancels every queue: the stages drain and return.
     func cancelQueues() {
-        fetchQueue.cancel(); fetchedQueue.cancel(); preparedQueue.cancel(); writeQueue.cancel()
+        fetchQueue.cancel(); fetchedQueue.cancel(); preparedQueue.cancel(); formedQueue.cancel(); writeQueue.cancel()
     }
 
-    /// Runs `feed` (which sends work into ``fetchQueue`` and returns when there is no more)
+    /// Sends one item into the pipeline (the feed's only way in), waiting for room. Returns
+    /// `false` when the pipeline is stopping and took nothing.
+    func send(_ item: WorkItem) async -> Bool {
+        pending.withLock { $0 += 1 }
+        if await fetchQueue.send(item) { return true }
+        arrived()
+        return false
+    }
+
+    /// One item of ``pending`` has reached the batch stage, or was dropped on the way.
+    private func arrived() { pending.withLock { $0 -= 1 } }
+
+    /// Runs `feed` (which sends work with ``send(_:)`` and returns when there is no more)
     /// and the stages, committing each unit with `commit`. Returns when everything fed is
     /// committed, or throws the first systemic error (the feed's or the commit's).
     func run(feed: @escaping @Sendable () async throws -> Void,
@@ -118,6 +150,7 @@ final class JobPipeline: Sendable {
                 group.addTask { await fetchStage.value }
                 group.addTask { await self.decodeStage() }
                 group.addTask { await self.batchStage() }
+                group.addTask { await self.modelStage() }
                 group.addTask { try await self.writeStage(commit: commit) }
                 do {
                     try await group.waitForAll()
@@ -141,7 +174,7 @@ final class JobPipeline: Sendable {
             for _ in 0..<max(1, concurrency) {
                 group.addTask {
                     while let item = await self.fetchQueue.next() {
-                        if self.stopFlag.isSet || Task.isCancelled { continue }
+                        if self.stopFlag.isSet || Task.isCancelled { self.arrived(); continue }
                         if let failure = item.refused {
                             await self.fetchedQueue.send(.failed(item, failure))
                             continue
@@ -153,6 +186,7 @@ final class JobPipeline: Sendable {
                         case .success(let image):
                             await self.fetchedQueue.send(.bytes(item, image))
                         case .failure(let e) where e.code == ImageFetcher.cancelled:
+                            self.arrived()
                             continue
                         case .failure(let e):
                             await self.fetchedQueue.send(.failed(item, item.failure(
@@ -203,30 +237,48 @@ final class JobPipeline: Sendable {
     }
 
     /// Batches of the model's size (one forward pass each; identical bytes within a batch run
-    /// once) -> write units. Failures ride along with the next unit.
+    /// once), handed to the model streams. Failures and reused vectors ride along with the
+    /// next batch. A partial batch ships as soon as nothing more is on its way.
     private func batchStage() async {
-        defer { writeQueue.finish() }
+        defer { formedQueue.finish() }
         let size = embedder.embedder.batchSize
-        var ready: [(WorkItem, FetchedImage, PreparedImage)] = []
-        var unit = WriteUnit()
+        var formed = Formed(ready: [], unit: WriteUnit())
         func ship() async {
-            if !ready.isEmpty { await embed(ready, into: &unit) }
-            ready.removeAll(keepingCapacity: true)
-            if !unit.outcomes.isEmpty { await writeQueue.send(unit) }
-            unit = WriteUnit()
+            if !formed.unit.outcomes.isEmpty || !formed.ready.isEmpty { await formedQueue.send(formed) }
+            formed = Formed(ready: [], unit: WriteUnit())
         }
         while let p = await preparedQueue.next() {
+            arrived()
             switch p {
             case .ready(let item, let image, let prepared):
-                ready.append((item, image, prepared))
+                formed.ready.append((item, image, prepared))
             case .reused(let item, let image, let known):
-                add(item, image, vector: known.vector, width: known.width, height: known.height, status: .reused, to: &unit)
+                add(item, image, vector: known.vector, width: known.width, height: known.height, status: .reused,
+                    to: &formed.unit)
             case .failed(let item, let failure):
-                fail(item, failure, in: &unit)
+                fail(item, failure, in: &formed.unit)
             }
-            if ready.count >= size || unit.outcomes.count >= 2 * size { await ship() }
+            let idle = pending.withLock { $0 == 0 }
+            if formed.ready.count >= size || formed.unit.outcomes.count >= 2 * size || idle { await ship() }
         }
         await ship()
+    }
+
+    /// The model streams: each takes the next formed batch, runs it, and sends its unit on to
+    /// the commit (units may commit in another order than formed; each carries its own
+    /// items, and a job never has two items of one product).
+    private func modelStage() async {
+        defer { writeQueue.finish() }
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<streams {
+                group.addTask {
+                    while var f = await self.formedQueue.next() {
+                        if !f.ready.isEmpty { await self.embed(f.ready, into: &f.unit) }
+                        await self.writeQueue.send(f.unit)
+                    }
+                }
+            }
+        }
     }
 
     private func embed(_ ready: [(WorkItem, FetchedImage, PreparedImage)], into unit: inout WriteUnit) async {

@@ -272,7 +272,7 @@ public final class JobWorker: Sendable {
                                                          imageURL: item.imageURL, location: .file("")), lease: lease)
                         work.refused = work.failure(e.code, stage: "fetch", e.message)
                     }
-                    if !(await pipeline.fetchQueue.send(work)) { return }
+                    if !(await pipeline.send(work)) { return }
                 }
             case .wait(let delay):
                 try await Task.sleep(for: delay)
