@@ -225,6 +225,7 @@ struct SharedJobCLITests {
         #expect(r.status == 0, "\(r.stderr.suffix(1500))")
         let summary = try EmbedJobCLITests.summary(r.stdout)
         #expect((summary["counts"] as? [String: Any])?["embedded"] as? Int == 40, "\(summary)")
+        #expect(summary["streams"] as? Int == streams, "the summary says how many batches ran at once")
         try await Self.expectEachItemOnce(db, "small", items: 40)
         Self.expectSameVectors(try await Self.vectors(db), try await Self.reference(manifest))
     }

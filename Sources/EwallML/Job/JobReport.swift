@@ -129,8 +129,11 @@ public struct JobSummary: Sendable, Codable {
     public var seconds: Double
     public var imagesPerSecond: Double
     public var stageSeconds: StageSeconds
-    /// Share of the wall time the model was running a batch (1.0: never waited for input).
+    /// Share of the model's time it was running a batch, over all its streams (1.0: never
+    /// waited for input).
     public var modelBusy: Double
+    /// Batches the model ran at once (``ModelOptions/streams``).
+    public var streams: Int = 1
     /// Stopped by `stop()` (SIGINT/SIGTERM) before the manifest's end.
     public var interrupted: Bool
     /// Set when the job stopped on a systemic error; the counts say what was committed first.
@@ -161,7 +164,7 @@ public struct JobSummary: Sendable, Codable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case manifest, store, precision, device, counts, seconds, interrupted, error, job, worker, cache
+        case manifest, store, precision, device, streams, counts, seconds, interrupted, error, job, worker, cache
         case slowestHosts = "slowest_hosts", precisionChoice = "precision_choice"
         case modelID = "model_id", preprocessing, randomInitModel = "random_init_model"
         case failuresByClass = "failures_by_class", skippedFailedByClass = "skipped_failed_by_class"
@@ -182,12 +185,13 @@ extension JobSummary {
                   randomInitModel: embedder.card?.pretrained == false, counts: counts, failuresByClass: byClass,
                   skippedFailedByClass: skippedFailures, seconds: wall,
                   imagesPerSecond: Double(counts.embedded) / max(wall, 1e-9), stageSeconds: stages,
-                  modelBusy: min(1, stages.infer / max(wall, 1e-9)), interrupted: interrupted, error: error, job: job,
+                  modelBusy: min(1, stages.infer / max(wall * Double(embedder.embedder.streams), 1e-9)), interrupted: interrupted, error: error, job: job,
                   worker: worker, slowestHosts: hosts.prefix(5).map {
                       HostSummary(host: $0.host, requests: $0.requests, totalSeconds: $0.totalSeconds, maxSeconds: $0.maxSeconds,
                                   timeouts: $0.timeouts)
                   }, precisionChoice: embedder.precisionChoice.map { "\($0)" }, cache: cache)
         self.device = embedder.device
+        self.streams = embedder.embedder.streams
     }
 }
 
