@@ -156,7 +156,7 @@ let package = Package(
         .target(
             name: "EwallServer",
             dependencies: [
-                "EwallML",
+                "EwallCore", "EwallML",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

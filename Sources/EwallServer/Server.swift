@@ -1,3 +1,4 @@
+import EwallCore
 import EwallML
 import Foundation
 import HTTPTypes
@@ -260,16 +261,11 @@ extension PrometheusMetricsFactory {
 }
 
 /// Runs `body`, or throws 503 `timeout` when it takes longer than `limit` (the body is then
-/// cancelled: a queued embed leaves the queue).
+/// cancelled, a queued embed leaving the queue, and not awaited: a handler stuck in a call that
+/// ignores cancellation cannot hold its connection past the timeout).
 func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            throw APIError(.serviceUnavailable, "timeout", "the request took longer than \(limit) and was abandoned",
-                           retryAfter: .seconds(1))
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
-    }
+    try await withDeadline(limit, timedOut: {
+        APIError(.serviceUnavailable, "timeout", "the request took longer than \(limit) and was abandoned",
+                 retryAfter: .seconds(1))
+    }, body)
 }

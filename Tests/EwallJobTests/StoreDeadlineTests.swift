@@ -34,11 +34,12 @@ struct StoreDeadlineTests {
     @Test("a call that answers in time gives its answer, and its error passes through as it is")
     func answersAndErrorsPassThrough() async throws {
         #expect(try await StoreWaiter.deadline(.seconds(5), store: "s") { 42 } == 42)
-        await #expect(throws: StoreError.self) {
+        let e = await #expect(throws: StoreError.self) {
             try await StoreWaiter.deadline(.seconds(5), store: "s") { () async throws -> Int in
                 throw StoreError(.readOnly, "refused")
             }
         }
+        #expect(e?.code == .readOnly && e?.message == "refused", "\(String(describing: e))")
     }
 
     @Test("cancelling the caller ends the wait at once")

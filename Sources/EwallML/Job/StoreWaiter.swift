@@ -55,70 +55,11 @@ struct StoreWaiter: Sendable {
         }
     }
 
-    /// `body`, or a transient ``StoreError`` when it takes longer than `limit`. The call is
-    /// abandoned then (cancelled, not awaited): a client call that ignores cancellation, such
-    /// as a query on a connection that died under it, cannot hold the job past its deadline.
-    /// A store call that still completes later is harmless: store calls are idempotent.
+    /// `body`, or a transient ``StoreError`` when it takes longer than `limit` (the call is
+    /// abandoned then, ``withDeadline(_:timedOut:_:)``: store calls are idempotent, so a late
+    /// completion is harmless).
     static func deadline<T: Sendable>(_ limit: Duration, store: String,
                                       _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        let first = FirstOf<T>()
-        return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-                first.start(continuation)
-                first.add(Task {
-                    do { first.resolve(.success(try await body())) } catch { first.resolve(.failure(error)) }
-                })
-                first.add(Task {
-                    try? await Task.sleep(for: limit)
-                    first.resolve(.failure(StoreError(.unavailable, "\(store) gave no answer within \(limit)")))
-                })
-            }
-        } onCancel: {
-            first.resolve(.failure(CancellationError()))
-        }
-    }
-}
-
-/// The first outcome of racing tasks, handed to one continuation; the losers are cancelled.
-///
-/// Safe because: every field is touched under `lock`; the continuation is resumed outside it, once.
-private final class FirstOf<T: Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var continuation: CheckedContinuation<T, any Error>?
-    private var resolved: Result<T, any Error>?
-    private var tasks: [Task<Void, Never>] = []
-
-    func start(_ c: CheckedContinuation<T, any Error>) {
-        lock.lock()
-        if let resolved {
-            lock.unlock()
-            c.resume(with: resolved) // cancelled before it started
-            return
-        }
-        continuation = c
-        lock.unlock()
-    }
-
-    func add(_ task: Task<Void, Never>) {
-        lock.lock()
-        let done = resolved != nil
-        if !done { tasks.append(task) }
-        lock.unlock()
-        if done { task.cancel() }
-    }
-
-    func resolve(_ result: Result<T, any Error>) {
-        lock.lock()
-        guard resolved == nil else {
-            lock.unlock()
-            return
-        }
-        resolved = result
-        let (c, losers) = (continuation, tasks)
-        continuation = nil
-        tasks.removeAll()
-        lock.unlock()
-        for t in losers { t.cancel() }
-        c?.resume(with: result)
+        try await withDeadline(limit, timedOut: { StoreError(.unavailable, "\(store) gave no answer within \(limit)") }, body)
     }
 }
