@@ -82,7 +82,7 @@ let package = Package(
             name: "CFaissShim",
             cxxSettings: [.headerSearchPath("compat")],
             linkerSettings: [
-                .linkedLibrary("faiss"),  // Debian ships libfaiss.a only; it needs BLAS, LAPACK, OpenMP
+                .linkedLibrary("faiss"), // Debian ships libfaiss.a only; it needs BLAS, LAPACK, OpenMP
                 .linkedLibrary("lapack"),
                 .linkedLibrary("blas"),
                 .linkedLibrary("gomp"),
@@ -144,7 +144,8 @@ let package = Package(
         .target(
             name: "EwallML",
             dependencies: [
-                "EwallCore", "EwallImaging", "EwallInference", "EwallFetch", "EwallStore", "EwallIndex", "EwallClassifier",
+                "EwallCore", "EwallImaging", "EwallInference", "EwallFetch", "EwallStore", "EwallIndex",
+                "EwallClassifier",
                 "EwallRedis",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -251,7 +252,9 @@ let package = Package(
             ]),
         .testTarget(
             name: "EwallRedisTests",
-            dependencies: ["EwallRedis", "EwallML", "EwallTestSupport", .product(name: "Metrics", package: "swift-metrics")]),
+            dependencies: [
+                "EwallRedis", "EwallML", "EwallTestSupport", .product(name: "Metrics", package: "swift-metrics"),
+            ]),
         .testTarget(name: "CLITests", dependencies: ["EwallStore", "EwallIndex", "EwallTestSupport"]),
     ],
     cxxLanguageStandard: .cxx17

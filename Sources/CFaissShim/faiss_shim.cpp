@@ -39,7 +39,6 @@
 #include <typeinfo>
 #include <vector>
 
-
 struct ew_faiss_index {
     std::unique_ptr<faiss::Index> index;
     std::string factory;
@@ -68,8 +67,7 @@ int ok(ew_faiss_error *err) {
 
 // Runs `body`, turning every exception into an error code. FAISS reports everything as
 // FaissException with a message naming the failed check; the first line is what matters.
-template <typename F>
-int guarded(ew_faiss_error *err, int faissCode, F body) {
+template <typename F> int guarded(ew_faiss_error *err, int faissCode, F body) {
     try {
         body();
         return ok(err);
@@ -97,9 +95,12 @@ const faiss::IndexIDMap2 *idMap(const faiss::Index *index) {
 // The index under the id layer and any transform chain.
 const faiss::Index *core(const faiss::Index *index) {
     for (;;) {
-        if (auto m = dynamic_cast<const faiss::IndexIDMap *>(index)) index = m->index;
-        else if (auto p = dynamic_cast<const faiss::IndexPreTransform *>(index)) index = p->index;
-        else return index;
+        if (auto m = dynamic_cast<const faiss::IndexIDMap *>(index))
+            index = m->index;
+        else if (auto p = dynamic_cast<const faiss::IndexPreTransform *>(index))
+            index = p->index;
+        else
+            return index;
     }
 }
 
@@ -109,9 +110,12 @@ std::string describe(const faiss::Index *index) {
     if (auto p = dynamic_cast<const faiss::IndexPreTransform *>(index)) {
         std::string s;
         for (auto *t : p->chain) {
-            if (auto o = dynamic_cast<const faiss::OPQMatrix *>(t)) s += "OPQ" + std::to_string(o->M) + "_" + std::to_string(o->d_out) + ",";
-            else if (auto c = dynamic_cast<const faiss::PCAMatrix *>(t)) s += "PCA" + std::to_string(c->d_out) + ",";
-            else s += std::string(typeid(*t).name()) + ",";
+            if (auto o = dynamic_cast<const faiss::OPQMatrix *>(t))
+                s += "OPQ" + std::to_string(o->M) + "_" + std::to_string(o->d_out) + ",";
+            else if (auto c = dynamic_cast<const faiss::PCAMatrix *>(t))
+                s += "PCA" + std::to_string(c->d_out) + ",";
+            else
+                s += std::string(typeid(*t).name()) + ",";
         }
         return s + describe(p->index);
     }
@@ -259,7 +263,9 @@ int ew_faiss_write(const ew_faiss_index *h, const char *path, ew_faiss_error *er
     return guarded(err, EW_FAISS_E_IO, [&] { faiss::write_index(h->index.get(), path); });
 }
 
-void ew_faiss_free(ew_faiss_index *h) { delete h; }
+void ew_faiss_free(ew_faiss_index *h) {
+    delete h;
+}
 
 int ew_faiss_reserve(ew_faiss_index *h, int64_t n, ew_faiss_error *err) {
     if (!h || n < 0) return fill(err, EW_FAISS_E_ARGUMENT, "index and n >= 0 are required");
@@ -374,15 +380,17 @@ faiss::IndexIVF *probedIVF(const ew_faiss_index *h) {
 }
 } // namespace
 
-void ew_faiss_nearest_stats(int64_t *used, int64_t *declined) { ew::nearestStats(used, declined); }
+void ew_faiss_nearest_stats(int64_t *used, int64_t *declined) {
+    ew::nearestStats(used, declined);
+}
 
 int64_t ew_faiss_probed_lists(const ew_faiss_index *h) {
     auto ivf = probedIVF(h);
     return ivf ? int64_t(ivf->nlist) : 0;
 }
 
-int ew_faiss_add_probed(ew_faiss_index *h, int64_t n, const float *x, const int64_t *ids, int32_t *lists,
-                        float *bounds, ew_faiss_error *err) {
+int ew_faiss_add_probed(ew_faiss_index *h, int64_t n, const float *x, const int64_t *ids, int32_t *lists, float *bounds,
+                        ew_faiss_error *err) {
     if (!h || (n > 0 && (!x || !ids || !lists || !bounds)) || n < 0)
         return fill(err, EW_FAISS_E_ARGUMENT, "index, vectors, ids and outputs are required");
     if (h->mapped) return fill(err, EW_FAISS_E_UNSUPPORTED, "a memory-mapped index is read-only");
@@ -390,7 +398,8 @@ int ew_faiss_add_probed(ew_faiss_index *h, int64_t n, const float *x, const int6
     faiss::IndexIVF *ivf = probedIVF(h);
     if (!ivf)
         return fill(err, EW_FAISS_E_UNSUPPORTED,
-                    "nearest lists are recorded for IVF over a flat quantizer of more than 32 lists only, not " + h->factory);
+                    "nearest lists are recorded for IVF over a flat quantizer of more than 32 lists only, not " +
+                        h->factory);
     return guarded(err, EW_FAISS_E_FAISS, [&] {
         // What IndexIVF::add_with_ids does (assign, then add_core), with 32 lists each.
         const int64_t count = EW_FAISS_NEAREST_LISTS;
@@ -481,18 +490,28 @@ void secondHop(const faiss::IndexIVF *ivf, const float *xi, int64_t k, const idx
     for (int64_t o = 0; o < k; o++) {
         bool hasA = a < size_t(k) && I[a] >= 0, hasB = b < size_t(k) && I2[b] >= 0;
         bool takeA = hasA && (!hasB || (ip ? D[a] >= D2[b] : D[a] <= D2[b]));
-        if (takeA) { Dm[size_t(o)] = D[a]; Im[size_t(o)] = I[a]; a++; }
-        else if (hasB) { Dm[size_t(o)] = D2[b]; Im[size_t(o)] = I2[b]; b++; }
+        if (takeA) {
+            Dm[size_t(o)] = D[a];
+            Im[size_t(o)] = I[a];
+            a++;
+        } else if (hasB) {
+            Dm[size_t(o)] = D2[b];
+            Im[size_t(o)] = I2[b];
+            b++;
+        }
         // Both exhausted: a < k here (a full first pass fills the output), so I[a] is -1 and
         // D[a] is the distance FAISS gives a missing result (its heap's neutral value).
-        else { Dm[size_t(o)] = D[a]; Im[size_t(o)] = -1; }
+        else {
+            Dm[size_t(o)] = D[a];
+            Im[size_t(o)] = -1;
+        }
     }
     std::copy(Dm.begin(), Dm.end(), D);
     std::copy(Im.begin(), Im.end(), I);
 }
 
-int searchPlain(const ew_faiss_index *h, int64_t n, const float *x, int64_t k,
-                const ew_faiss_search_params *p, float *distances, int64_t *labels, ew_faiss_error *err) {
+int searchPlain(const ew_faiss_index *h, int64_t n, const float *x, int64_t k, const ew_faiss_search_params *p,
+                float *distances, int64_t *labels, ew_faiss_error *err) {
     return guarded(err, EW_FAISS_E_FAISS, [&] {
         FilterSelector filter;
         const faiss::IDSelector *sel = nullptr;
@@ -523,8 +542,8 @@ int searchPlain(const ew_faiss_index *h, int64_t n, const float *x, int64_t k,
 
 extern "C" {
 
-int ew_faiss_search(const ew_faiss_index *h, int64_t n, const float *x, int64_t k,
-                    const ew_faiss_search_params *p, float *distances, int64_t *labels, ew_faiss_error *err) {
+int ew_faiss_search(const ew_faiss_index *h, int64_t n, const float *x, int64_t k, const ew_faiss_search_params *p,
+                    float *distances, int64_t *labels, ew_faiss_error *err) {
     if (!h || (n > 0 && (!x || !distances || !labels)) || k <= 0)
         return fill(err, EW_FAISS_E_ARGUMENT, "index, queries, outputs and k > 0 are required");
     if (!h->index->is_trained) return fill(err, EW_FAISS_E_NOT_TRAINED, "the index is not trained");
@@ -566,7 +585,7 @@ int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, in
     for (int64_t i = 0; i < n; i++) {
         const ew_faiss_search_params *p = params ? &params[i] : nullptr;
         size_t np = std::min(ivf->nlist, (p && p->nprobe > 0) ? size_t(p->nprobe) : ivf->nprobe);
-        if (np == 0) return oneByOne();  // FAISS's own error, as for one query
+        if (np == 0) return oneByOne(); // FAISS's own error, as for one query
         probes[size_t(i)] = np;
         maxP = std::max(maxP, np);
     }
@@ -590,7 +609,8 @@ int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, in
     if (!batched) {
         if (!hops) return oneByOne();
         // FAISS's own kernels: its coarse pass (each query's first nprobe of the maxP nearest).
-        rc = guarded(err, EW_FAISS_E_FAISS, [&] { ivf->quantizer->search(n, x, idx_t(maxP), coarse.data(), assign.data()); });
+        rc = guarded(err, EW_FAISS_E_FAISS,
+                     [&] { ivf->quantizer->search(n, x, idx_t(maxP), coarse.data(), assign.data()); });
         if (rc != 0) return rc;
     }
     for (int64_t i = 0; i < n; i++) {
@@ -611,7 +631,9 @@ int ew_faiss_search_batch(const ew_faiss_index *h, int64_t n, const float *x, in
             ivf->invlists->prefetch_lists(a, int(probes[size_t(i)]));
             ivf->search_preassigned(1, x + size_t(i) * d, k, a, coarse.data() + size_t(i) * maxP, distances + i * k,
                                     labels + i * k, false, ivfParams, nullptr);
-            if (wantsHop(p)) secondHop(ivf, x + size_t(i) * d, k, a, probes[size_t(i)], p, ivfParams, distances + i * k, labels + i * k);
+            if (wantsHop(p))
+                secondHop(ivf, x + size_t(i) * d, k, a, probes[size_t(i)], p, ivfParams, distances + i * k,
+                          labels + i * k);
         });
         if (rc != 0) return rc;
     }
@@ -633,13 +655,17 @@ int ew_faiss_reconstruct(const ew_faiss_index *h, int64_t id, float *out, ew_fai
 
 int ew_faiss_compare_ids(const ew_faiss_index *h, const float *q, int64_t n, const int64_t *ids, float *dot,
                          float *norm2, float *l2, ew_faiss_error *err) {
-    if (!h || (n > 0 && (!q || !ids)) || n < 0) return fill(err, EW_FAISS_E_ARGUMENT, "index, query and ids are required");
+    if (!h || (n > 0 && (!q || !ids)) || n < 0)
+        return fill(err, EW_FAISS_E_ARGUMENT, "index, query and ids are required");
     const faiss::IndexIDMap2 *m = idMap(h->index.get());
-    const faiss::IndexIVF *ivf = m ? nullptr : faiss::ivflib::try_extract_index_ivf(const_cast<faiss::Index *>(h->index.get()));
+    const faiss::IndexIVF *ivf =
+        m ? nullptr : faiss::ivflib::try_extract_index_ivf(const_cast<faiss::Index *>(h->index.get()));
     for (int64_t i = 0; i < n; i++) {
         bool known = true;
-        if (m) known = m->rev_map.count(ids[i]) > 0;
-        else if (ivf && ivf->direct_map.type == faiss::DirectMap::Hashtable) known = ivf->direct_map.hashtable.count(ids[i]) > 0;
+        if (m)
+            known = m->rev_map.count(ids[i]) > 0;
+        else if (ivf && ivf->direct_map.type == faiss::DirectMap::Hashtable)
+            known = ivf->direct_map.hashtable.count(ids[i]) > 0;
         if (!known) return fill(err, EW_FAISS_E_NOT_FOUND, "no vector has id " + std::to_string(ids[i]));
     }
     return guarded(err, EW_FAISS_E_FAISS, [&] {
@@ -649,8 +675,8 @@ int ew_faiss_compare_ids(const ew_faiss_index *h, const float *q, int64_t n, con
         // Where the index keeps the floats themselves (Flat under IDMap2, IVF-Flat), compare
         // them in place; otherwise decode a copy.
         const faiss::IndexFlat *flat = m ? dynamic_cast<const faiss::IndexFlat *>(m->index) : nullptr;
-        const bool ivfFloats = ivf && dynamic_cast<const faiss::IndexIVFFlat *>(ivf) && ivf->code_size == d * sizeof(float) &&
-                               ivf->direct_map.type != faiss::DirectMap::NoMap;
+        const bool ivfFloats = ivf && dynamic_cast<const faiss::IndexIVFFlat *>(ivf) &&
+                               ivf->code_size == d * sizeof(float) && ivf->direct_map.type != faiss::DirectMap::NoMap;
         for (int64_t i = 0; i < n; i++) {
             auto compare = [&](const float *y) {
                 if (dot) dot[i] = k.inner(q, y, d);
@@ -661,7 +687,8 @@ int ew_faiss_compare_ids(const ew_faiss_index *h, const float *q, int64_t n, con
                 compare(flat->get_xb() + size_t(m->rev_map.at(ids[i])) * d);
             } else if (ivfFloats) {
                 idx_t lo = ivf->direct_map.get(ids[i]);
-                faiss::InvertedLists::ScopedCodes code(ivf->invlists, size_t(faiss::lo_listno(lo)), size_t(faiss::lo_offset(lo)));
+                faiss::InvertedLists::ScopedCodes code(ivf->invlists, size_t(faiss::lo_listno(lo)),
+                                                       size_t(faiss::lo_offset(lo)));
                 compare(reinterpret_cast<const float *>(code.get()));
             } else {
                 h->index->reconstruct(ids[i], v.data());
@@ -671,8 +698,8 @@ int ew_faiss_compare_ids(const ew_faiss_index *h, const float *q, int64_t n, con
     });
 }
 
-int ew_faiss_knn_exact(const float *x, int64_t nx, const float *y, int64_t ny, int64_t dim, int64_t k,
-                       int metric, float *distances, int64_t *labels, ew_faiss_error *err) {
+int ew_faiss_knn_exact(const float *x, int64_t nx, const float *y, int64_t ny, int64_t dim, int64_t k, int metric,
+                       float *distances, int64_t *labels, ew_faiss_error *err) {
     if ((nx > 0 && (!x || !distances || !labels)) || (ny > 0 && !y) || dim <= 0 || k <= 0)
         return fill(err, EW_FAISS_E_ARGUMENT, "queries, vectors, outputs, dim > 0 and k > 0 are required");
     return guarded(err, EW_FAISS_E_FAISS, [&] {
@@ -697,12 +724,18 @@ int ew_faiss_set_defaults(ew_faiss_index *h, int64_t nprobe, int64_t ef_search, 
     });
 }
 
-int64_t ew_faiss_ntotal(const ew_faiss_index *h) { return h ? int64_t(h->index->ntotal) : 0; }
-int64_t ew_faiss_dim(const ew_faiss_index *h) { return h ? int64_t(h->index->d) : 0; }
+int64_t ew_faiss_ntotal(const ew_faiss_index *h) {
+    return h ? int64_t(h->index->ntotal) : 0;
+}
+int64_t ew_faiss_dim(const ew_faiss_index *h) {
+    return h ? int64_t(h->index->d) : 0;
+}
 int ew_faiss_metric(const ew_faiss_index *h) {
     return h && h->index->metric_type == faiss::METRIC_INNER_PRODUCT ? EW_FAISS_METRIC_IP : EW_FAISS_METRIC_L2;
 }
-int ew_faiss_is_trained(const ew_faiss_index *h) { return h && h->index->is_trained ? 1 : 0; }
+int ew_faiss_is_trained(const ew_faiss_index *h) {
+    return h && h->index->is_trained ? 1 : 0;
+}
 int ew_faiss_kind(const ew_faiss_index *h) {
     if (!h) return EW_FAISS_KIND_OTHER;
     const faiss::Index *c = core(h->index.get());
@@ -724,11 +757,19 @@ int64_t ew_faiss_largest_list(const ew_faiss_index *h) {
     for (size_t l = 0; l < ivf->nlist; l++) most = std::max(most, ivf->invlists->list_size(l));
     return int64_t(most);
 }
-const char *ew_faiss_factory(const ew_faiss_index *h) { return h ? h->factory.c_str() : ""; }
+const char *ew_faiss_factory(const ew_faiss_index *h) {
+    return h ? h->factory.c_str() : "";
+}
 
-const char *ew_faiss_set_kernel(const char *name) { return ew::setKernels(name) ? ew::kernels().name : nullptr; }
-const char *ew_faiss_kernel(void) { return ew::kernels().name; }
-int ew_faiss_kernel_supported(const char *name) { return ew::kernelsSupported(name) ? 1 : 0; }
+const char *ew_faiss_set_kernel(const char *name) {
+    return ew::setKernels(name) ? ew::kernels().name : nullptr;
+}
+const char *ew_faiss_kernel(void) {
+    return ew::kernels().name;
+}
+int ew_faiss_kernel_supported(const char *name) {
+    return ew::kernelsSupported(name) ? 1 : 0;
+}
 
 const char *ew_faiss_blas_core(void) {
     // Looked up, not linked: Debian's libblas.so (the OpenBLAS alternative) does not export

@@ -53,15 +53,16 @@ using Heap = typename std::conditional<IP, faiss::CMin<float, idx_t>, faiss::CMa
 // ---- The list scan both fast scanners share: FAISS's loop (filter, distance, heap) over codes
 // of `stride` bytes, with the distance from Derived::codeDistance.
 
-template <class Derived, class C, bool useSel>
-struct HeapListScanner : faiss::InvertedListScanner {
+template <class Derived, class C, bool useSel> struct HeapListScanner : faiss::InvertedListScanner {
     size_t stride;
     HeapListScanner(size_t stride, bool storePairs, const faiss::IDSelector *sel)
-            : InvertedListScanner(storePairs, sel), stride(stride) {
+        : InvertedListScanner(storePairs, sel), stride(stride) {
         code_size = stride;
     }
 
-    idx_t resultID(size_t j, const idx_t *ids) const { return store_pairs ? idx_t(faiss::lo_build(list_no, j)) : ids[j]; }
+    idx_t resultID(size_t j, const idx_t *ids) const {
+        return store_pairs ? idx_t(faiss::lo_build(list_no, j)) : ids[j];
+    }
 
     float distance_to_code(const uint8_t *code) const override {
         return static_cast<const Derived *>(this)->codeDistance(code);
@@ -102,8 +103,8 @@ struct FlatListScanner : HeapListScanner<FlatListScanner<IP, useSel>, Heap<IP>, 
     const float *q = nullptr;
 
     FlatListScanner(size_t d, bool storePairs, const faiss::IDSelector *sel, const Kernels &k)
-            : HeapListScanner<FlatListScanner<IP, useSel>, Heap<IP>, useSel>(d * sizeof(float), storePairs, sel), d(d),
-              dis(IP ? k.inner : k.l2sqr) {}
+        : HeapListScanner<FlatListScanner<IP, useSel>, Heap<IP>, useSel>(d * sizeof(float), storePairs, sel), d(d),
+          dis(IP ? k.inner : k.l2sqr) {}
 
     void set_query(const float *x) override { q = x; }
     void set_list(idx_t list, float) override { this->list_no = list; }
@@ -139,15 +140,15 @@ template <bool useSel>
 struct SQ8ListScanner : HeapListScanner<SQ8ListScanner<useSel>, faiss::CMax<float, idx_t>, useSel> {
     size_t d;
     const float *vmin, *vdiff;
-    const faiss::Index *quantizer;  // null: codes are of the vectors themselves
+    const faiss::Index *quantizer; // null: codes are of the vectors themselves
     CodeDistanceFn dis;
     const float *q = nullptr;
     std::vector<float> r, a, b;
 
     SQ8ListScanner(size_t d, const std::vector<float> &trained, const faiss::Index *quantizer, bool storePairs,
                    const faiss::IDSelector *sel, const Kernels &k)
-            : HeapListScanner<SQ8ListScanner<useSel>, faiss::CMax<float, idx_t>, useSel>(d, storePairs, sel), d(d),
-              vmin(trained.data()), vdiff(trained.data() + d), quantizer(quantizer), dis(k.sq8l2), r(d), a(d), b(d) {
+        : HeapListScanner<SQ8ListScanner<useSel>, faiss::CMax<float, idx_t>, useSel>(d, storePairs, sel), d(d),
+          vmin(trained.data()), vdiff(trained.data() + d), quantizer(quantizer), dis(k.sq8l2), r(d), a(d), b(d) {
         for (size_t i = 0; i < d; i++) b[i] = vdiff[i] / 255.0f;
     }
 
@@ -185,8 +186,8 @@ struct FastIVFSQ8 : faiss::IndexIVFScalarQuantizer {
 // ---- Flat: FAISS's exhaustive_*_seq with a heap, and the distance computer HNSW uses.
 
 template <bool IP>
-void knnScan(const float *x, idx_t n, const float *xb, idx_t nb, size_t d, idx_t k, float *distances,
-             idx_t *labels, const faiss::IDSelector *sel, DistanceFn dis) {
+void knnScan(const float *x, idx_t n, const float *xb, idx_t nb, size_t d, idx_t k, float *distances, idx_t *labels,
+             const faiss::IDSelector *sel, DistanceFn dis) {
     using C = Heap<IP>;
     int nt = int(std::min<idx_t>(n, omp_get_max_threads()));
 #pragma omp parallel for num_threads(nt) if (nt > 1)
@@ -210,7 +211,7 @@ struct FlatDistance : faiss::FlatCodesDistanceComputer {
     DistanceFn dis;
     const float *q = nullptr;
     FlatDistance(const uint8_t *codes, size_t d, DistanceFn dis)
-            : FlatCodesDistanceComputer(codes, d * sizeof(float)), d(d), dis(dis) {}
+        : FlatCodesDistanceComputer(codes, d * sizeof(float)), d(d), dis(dis) {}
     void set_query(const float *x) override { q = x; }
     float distance_to_code(const uint8_t *code) override { return dis(q, (const float *)code, d); }
     float symmetric_dis(idx_t i, idx_t j) override {
@@ -218,8 +219,7 @@ struct FlatDistance : faiss::FlatCodesDistanceComputer {
     }
 };
 
-template <class Base, bool IP>
-struct FastFlat : Base {
+template <class Base, bool IP> struct FastFlat : Base {
     // Takes the vectors of `o` (left empty).
     explicit FastFlat(faiss::IndexFlat &o) : Base(o.d) {
         this->codes = std::move(o.codes);
@@ -307,11 +307,13 @@ bool isPlainFlat(const faiss::Index *i) {
 
 } // namespace
 
-void knnExact(const float *x, int64_t n, const float *xb, int64_t nb, size_t d, int64_t k, bool ip,
-              float *distances, int64_t *labels) {
+void knnExact(const float *x, int64_t n, const float *xb, int64_t nb, size_t d, int64_t k, bool ip, float *distances,
+              int64_t *labels) {
     const Kernels &kn = kernels();
-    if (ip) knnScan<true>(x, n, xb, nb, d, k, distances, labels, nullptr, kn.inner);
-    else knnScan<false>(x, n, xb, nb, d, k, distances, labels, nullptr, kn.l2sqr);
+    if (ip)
+        knnScan<true>(x, n, xb, nb, d, k, distances, labels, nullptr, kn.inner);
+    else
+        knnScan<false>(x, n, xb, nb, d, k, distances, labels, nullptr, kn.l2sqr);
 }
 
 void dots(const float *x, int64_t n, const float *y, int64_t ny, size_t d, float *out) {
@@ -344,8 +346,9 @@ constexpr idx_t kCoarseProductFrom = 4;
 // computes them, without recomputing the centroids' norms on every call. Candidates only:
 // coarseBatchOf re-ranks them with the single-query kernel and proves the cut.
 template <bool IP>
-void productCandidates(const FastFlat<typename std::conditional<IP, faiss::IndexFlatIP, faiss::IndexFlatL2>::type, IP> *q,
-                       idx_t n, const float *x, idx_t kc, float *cdis, idx_t *cand) {
+void productCandidates(
+    const FastFlat<typename std::conditional<IP, faiss::IndexFlatIP, faiss::IndexFlatL2>::type, IP> *q, idx_t n,
+    const float *x, idx_t kc, float *cdis, idx_t *cand) {
     using C = Heap<IP>;
     const int d = int(q->d), ny = int(q->ntotal), nx = int(n);
     const float *y = q->get_xb();
@@ -400,8 +403,7 @@ void topOf(const std::vector<idx_t> &ids, const float *xi, const float *xb, size
 
 // Whether every centroid left out, at least `last` away by a computation within `tol`, is
 // strictly worse than the worst kept: then none of them can be kept (or tie with one that is).
-template <bool IP>
-bool provenCut(double last, double tol, const float *simi, const idx_t *idxi) {
+template <bool IP> bool provenCut(double last, double tol, const float *simi, const idx_t *idxi) {
     double worst = simi[0];
     bool allFinite = std::isfinite(last) && std::isfinite(worst) && idxi[0] >= 0;
     return allFinite && (IP ? last + tol < worst : last - tol > worst);
@@ -425,8 +427,9 @@ bool coarseBatchOf(const FastFlat<typename std::conditional<IP, faiss::IndexFlat
     pending.reserve(size_t(n));
     float y2All = hints ? q->largestNorm2() : 0;
     constexpr size_t kLists = EW_FAISS_NEAREST_LISTS;
-    const size_t steps[][2] = {{3, 4}, {7, 8}, {15, 16}, {31, 32}, {32, 32}};  // lists computed, rank of the bound
-    const size_t boundOf[33] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3};
+    const size_t steps[][2] = {{3, 4}, {7, 8}, {15, 16}, {31, 32}, {32, 32}}; // lists computed, rank of the bound
+    const size_t boundOf[33] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2,
+                                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3};
     float dist[kLists];
     std::vector<std::pair<idx_t, float>> kept;
     for (idx_t i = 0; i < n; i++) {
@@ -450,8 +453,10 @@ bool coarseBatchOf(const FastFlat<typename std::conditional<IP, faiss::IndexFlat
                 // The p-th best distance computed so far, against the bound of those not computed.
                 float sorted[kLists];
                 std::copy(dist, dist + computed, sorted);
-                if (IP) std::nth_element(sorted, sorted + p - 1, sorted + computed, std::greater<float>());
-                else std::nth_element(sorted, sorted + p - 1, sorted + computed);
+                if (IP)
+                    std::nth_element(sorted, sorted + p - 1, sorted + computed, std::greater<float>());
+                else
+                    std::nth_element(sorted, sorted + p - 1, sorted + computed);
                 double worst = sorted[p - 1], last = h->bounds[boundOf[rank]];
                 proven = std::isfinite(last) && std::isfinite(worst) && (IP ? last + tol < worst : last - tol > worst);
             }
@@ -483,7 +488,8 @@ bool coarseBatchOf(const FastFlat<typename std::conditional<IP, faiss::IndexFlat
     const float *xs = x;
     if (m < n) {
         gathered.resize(size_t(m) * d);
-        for (idx_t r = 0; r < m; r++) std::copy(x + pending[size_t(r)] * d, x + (pending[size_t(r)] + 1) * d, gathered.begin() + r * d);
+        for (idx_t r = 0; r < m; r++)
+            std::copy(x + pending[size_t(r)] * d, x + (pending[size_t(r)] + 1) * d, gathered.begin() + r * d);
         xs = gathered.data();
     }
     size_t maxP = 0;
@@ -501,7 +507,7 @@ bool coarseBatchOf(const FastFlat<typename std::conditional<IP, faiss::IndexFlat
         idx_t *idxi = assign + i * stride;
         ids.assign(cand.begin() + r * kc, cand.begin() + (r + 1) * kc);
         ids.erase(std::remove(ids.begin(), ids.end(), idx_t(-1)), ids.end());
-        std::sort(ids.begin(), ids.end());  // knnScan's order of visits
+        std::sort(ids.begin(), ids.end()); // knnScan's order of visits
         bool proven = idx_t(ids.size()) == nlist;
         if (!proven && kc < nlist && idx_t(ids.size()) == kc && p <= kc) {
             topOf<IP>(ids, xi, xb, d, size_t(p), f, simi, idxi);
@@ -566,8 +572,10 @@ size_t adviseHugePages(const faiss::Index *index) {
     // side, so neighbouring lists form long runs: merge across the few bytes between them.
     std::vector<std::pair<uintptr_t, uintptr_t>> runs;
     for (auto r : ranges) {
-        if (!runs.empty() && r.first <= runs.back().second + gap) runs.back().second = std::max(runs.back().second, r.second);
-        else runs.push_back(r);
+        if (!runs.empty() && r.first <= runs.back().second + gap)
+            runs.back().second = std::max(runs.back().second, r.second);
+        else
+            runs.push_back(r);
     }
     size_t advised = 0;
     for (auto r : runs) {
@@ -630,8 +638,10 @@ faiss::Index *accelerate(faiss::Index *index) {
     if (isPlainFlat(index)) {
         auto old = static_cast<faiss::IndexFlat *>(index);
         faiss::Index *fast;
-        if (old->metric_type == faiss::METRIC_INNER_PRODUCT) fast = new FastFlat<faiss::IndexFlatIP, true>(*old);
-        else fast = new FastFlat<faiss::IndexFlatL2, false>(*old);
+        if (old->metric_type == faiss::METRIC_INNER_PRODUCT)
+            fast = new FastFlat<faiss::IndexFlatIP, true>(*old);
+        else
+            fast = new FastFlat<faiss::IndexFlatL2, false>(*old);
         delete old;
         return fast;
     }

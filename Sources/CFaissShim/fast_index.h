@@ -37,8 +37,8 @@ size_t adviseHugePages(const faiss::Index *index);
 
 // Exact k-NN of n queries among nb vectors with the kernels in force (FAISS's heap, as its
 // exhaustive search below the BLAS threshold). labels are row numbers in xb.
-void knnExact(const float *x, int64_t n, const float *xb, int64_t nb, size_t d, int64_t k, bool ip,
-              float *distances, int64_t *labels);
+void knnExact(const float *x, int64_t n, const float *xb, int64_t nb, size_t d, int64_t k, bool ip, float *distances,
+              int64_t *labels);
 
 // x·yᵀ (n x ny, row-major into out) as the batched coarse pass computes it: the many-dots
 // kernel in force over y packed here, or sgemm where the kernel in force has none.

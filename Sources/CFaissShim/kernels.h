@@ -29,17 +29,19 @@ using PanelDotsFn = void (*)(const float *x, size_t n, size_t d, const float *pa
 // nc). The kernel then streams each panel from start to end, once per few queries, and the
 // vectors are packed once (by the caller that keeps them), not on every call as BLAS does.
 constexpr size_t kPanelWidth = 16;
-inline size_t panelColumns(size_t nc) { return (nc + kPanelWidth - 1) / kPanelWidth * kPanelWidth; }
+inline size_t panelColumns(size_t nc) {
+    return (nc + kPanelWidth - 1) / kPanelWidth * kPanelWidth;
+}
 // panels: panelColumns(nc) * d floats.
 void packPanels(const float *y, size_t nc, size_t d, float *panels);
 
 struct Kernels {
-    const char *name;       // "avx512", "avx2", "scalar" or "faiss"
-    DistanceFn l2sqr;       // sum (x_i - y_i)^2
-    DistanceFn inner;       // sum x_i y_i
-    CodeDistanceFn sq8l2;   // sum (a_i - c_i b_i)^2
-    PanelDotsFn panelDots;  // null: use BLAS (the portable and FAISS paths, where BLAS is faster)
-    bool stock;             // "faiss": FAISS's own functions, and the fast indexes run FAISS's code
+    const char *name;      // "avx512", "avx2", "scalar" or "faiss"
+    DistanceFn l2sqr;      // sum (x_i - y_i)^2
+    DistanceFn inner;      // sum x_i y_i
+    CodeDistanceFn sq8l2;  // sum (a_i - c_i b_i)^2
+    PanelDotsFn panelDots; // null: use BLAS (the portable and FAISS paths, where BLAS is faster)
+    bool stock;            // "faiss": FAISS's own functions, and the fast indexes run FAISS's code
 };
 
 // The kernels in force (one atomic load; any thread).

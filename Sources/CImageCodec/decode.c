@@ -87,8 +87,9 @@ const char *ew_img_format_name(ew_img_format f) {
 static const char *describe_non_image(const uint8_t *d, size_t n) {
     if (n == 0) return "the data is empty (0 bytes)";
     size_t i = 0;
-    while (i < n && i < 64 && (d[i] == ' ' || d[i] == '\t' || d[i] == '\r' || d[i] == '\n' || d[i] == 0xEF ||
-                               d[i] == 0xBB || d[i] == 0xBF))
+    while (
+        i < n && i < 64 &&
+        (d[i] == ' ' || d[i] == '\t' || d[i] == '\r' || d[i] == '\n' || d[i] == 0xEF || d[i] == 0xBB || d[i] == 0xBF))
         i++;
     if (i < n && d[i] == '<') return "the data looks like HTML or XML, not an image (an error page?)";
     if (i < n && (d[i] == '{' || d[i] == '[')) return "the data looks like JSON, not an image";
@@ -109,8 +110,8 @@ static int check_limits(uint32_t w, uint32_t h, const ew_img_limits *lim, const 
                        "decoding (raise max pixels to accept it)",
                        fmt, w, h, (double)w * h / 1e6, (double)lim->max_pixels / 1e6);
     if (lim && lim->min_side && (w < lim->min_side || h < lim->min_side))
-        return ew_fail(err, EW_IMG_E_TOO_SMALL, "%s is %ux%u, smaller than the minimum side of %u pixels", fmt, w,
-                       h, lim->min_side);
+        return ew_fail(err, EW_IMG_E_TOO_SMALL, "%s is %ux%u, smaller than the minimum side of %u pixels", fmt, w, h,
+                       lim->min_side);
     return 0;
 }
 
@@ -186,8 +187,8 @@ static int jpeg_header(tjhandle tj, const uint8_t *d, size_t n, ew_img_info *inf
 
 /* One TurboJPEG decode into buf. Returns 0 (clean), 1 (stopped at or finished with a warning:
    its text in msg) or -1 (a fatal error: its text in msg). */
-static int jpeg_run(tjhandle tj, const uint8_t *d, size_t n, uint8_t *buf, uint32_t sw, uint32_t sh, int pf,
-                    int stop, char *msg, size_t msg_size) {
+static int jpeg_run(tjhandle tj, const uint8_t *d, size_t n, uint8_t *buf, uint32_t sw, uint32_t sh, int pf, int stop,
+                    char *msg, size_t msg_size) {
     int flags = TJFLAG_LIMITSCANS | (stop ? TJFLAG_STOPONWARNING : 0);
     if (tjDecompress2(tj, d, (unsigned long)n, buf, (int)sw, 0, (int)sh, pf, flags) == 0) return 0;
     snprintf(msg, msg_size, "%s", tjGetErrorStr2(tj));
@@ -271,8 +272,7 @@ static int jpeg_decode(const uint8_t *d, size_t n, const ew_img_limits *lim, uin
             rc = ew_fail(err, code,
                          "JPEG data is damaged (libjpeg warning: %s%s%s); it would decode to partly grey or "
                          "garbled pixels (allow decoder warnings to accept such files)",
-                         damage, damage == later ? ", after the harmless warning: " : "",
-                         damage == later ? first : "");
+                         damage, damage == later ? ", after the harmless warning: " : "", damage == later ? first : "");
             goto done;
         }
         /* Pass 3. Without STOPONWARNING TurboJPEG reports the first warning's text, unless a
@@ -332,8 +332,8 @@ static void png_warning_cb(png_structp png, png_const_charp msg) {
     (void)msg;
 }
 
-static int png_run(const uint8_t *d, size_t n, const ew_img_limits *lim, uint8_t *rgb, size_t cap,
-                   ew_img_info *info, int orientation, ew_img_error *err) {
+static int png_run(const uint8_t *d, size_t n, const ew_img_limits *lim, uint8_t *rgb, size_t cap, ew_img_info *info,
+                   int orientation, ew_img_error *err) {
     png_src src = {.data = d, .len = n};
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, png_error_cb, png_warning_cb);
     png_infop pinfo = png ? png_create_info_struct(png) : NULL;
@@ -371,7 +371,7 @@ static int png_run(const uint8_t *d, size_t n, const ew_img_limits *lim, uint8_t
         rc = ew_fail(err, EW_IMG_E_ARGUMENT, "output buffer of %zu bytes is too small", cap);
         goto done;
     }
-    png_set_expand(png); /* palette -> RGB, gray < 8 bits -> 8, tRNS -> alpha */
+    png_set_expand(png);   /* palette -> RGB, gray < 8 bits -> 8, tRNS -> alpha */
     png_set_strip_16(png); /* 16-bit -> high byte */
     png_set_gray_to_rgb(png);
     png_set_interlace_handling(png);
@@ -408,8 +408,8 @@ static int webp_status(int st, ew_img_error *err, const char *what) {
     }
 }
 
-static int webp_run(const uint8_t *d, size_t n, const ew_img_limits *lim, uint8_t *rgb, size_t cap,
-                    ew_img_info *info, ew_img_error *err) {
+static int webp_run(const uint8_t *d, size_t n, const ew_img_limits *lim, uint8_t *rgb, size_t cap, ew_img_info *info,
+                    ew_img_error *err) {
     WebPBitstreamFeatures f;
     int st = WebPGetFeatures(d, n, &f);
     if (st != VP8_STATUS_OK) return webp_status(st, err, "header");
@@ -423,8 +423,7 @@ static int webp_run(const uint8_t *d, size_t n, const ew_img_limits *lim, uint8_
     info->orientation = orientation;
     info->scale_denom = 1;
     upright_size(info->stored_width, info->stored_height, orientation, &info->width, &info->height);
-    if (f.has_animation)
-        return ew_fail(err, EW_IMG_E_UNSUPPORTED, "animated WebP is not supported; use a still image");
+    if (f.has_animation) return ew_fail(err, EW_IMG_E_UNSUPPORTED, "animated WebP is not supported; use a still image");
     int rc = check_limits(info->stored_width, info->stored_height, lim, "WebP", err);
     if (rc || !rgb) return rc;
     size_t w = info->stored_width, h = info->stored_height;
@@ -456,8 +455,8 @@ static int webp_run(const uint8_t *d, size_t n, const ew_img_limits *lim, uint8_
 
 /* ------------------------------------------------------------------ entry points */
 
-static int dispatch(const uint8_t *d, size_t n, const ew_img_limits *lim, uint8_t *rgb, size_t cap,
-                    ew_img_info *info, ew_img_error *err) {
+static int dispatch(const uint8_t *d, size_t n, const ew_img_limits *lim, uint8_t *rgb, size_t cap, ew_img_info *info,
+                    ew_img_error *err) {
     if (!info || (!d && n)) return ew_fail(err, EW_IMG_E_ARGUMENT, "null argument");
     memset(info, 0, sizeof *info);
     info->orientation = 1;
@@ -482,8 +481,8 @@ int ew_img_probe(const uint8_t *d, size_t n, const ew_img_limits *lim, ew_img_in
     return dispatch(d, n, lim, NULL, 0, info, err);
 }
 
-int ew_img_decode_rgb(const uint8_t *d, size_t n, const ew_img_limits *lim, uint8_t *rgb, size_t cap,
-                      ew_img_info *info, ew_img_error *err) {
+int ew_img_decode_rgb(const uint8_t *d, size_t n, const ew_img_limits *lim, uint8_t *rgb, size_t cap, ew_img_info *info,
+                      ew_img_error *err) {
     if (!rgb) return ew_fail(err, EW_IMG_E_ARGUMENT, "null output buffer");
     return dispatch(d, n, lim, rgb, cap, info, err);
 }

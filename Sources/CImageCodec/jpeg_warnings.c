@@ -58,8 +58,8 @@ static int parameterless(int marker) {
    offset of the SOS marker's length field (the scan header), or 0 when the walk cannot reach
    an SOS (data ends, a bad length, EOI first). */
 typedef struct {
-    unsigned first_junk;    /* discarded bytes before the first marker that had any */
-    int first_junk_marker;  /* that marker */
+    unsigned first_junk;   /* discarded bytes before the first marker that had any */
+    int first_junk_marker; /* that marker */
 } header_walk;
 
 static size_t walk_header(const uint8_t *d, size_t n, header_walk *w) {
@@ -90,19 +90,19 @@ static const struct {
     ew_jpeg_warning kind;
 } known[] = {
     /* Harmless: the cause is in a marker segment before the first scan. */
-    {"extraneous bytes before marker", EW_JPEG_WARN_HARMLESS}, /* JWRN_EXTRANEOUS_DATA (if in the header) */
-    {"unknown JFIF revision number", EW_JPEG_WARN_HARMLESS},   /* JWRN_JFIF_MAJOR */
+    {"extraneous bytes before marker", EW_JPEG_WARN_HARMLESS},     /* JWRN_EXTRANEOUS_DATA (if in the header) */
+    {"unknown JFIF revision number", EW_JPEG_WARN_HARMLESS},       /* JWRN_JFIF_MAJOR */
     {"Unknown Adobe color transform code", EW_JPEG_WARN_HARMLESS}, /* JWRN_ADOBE_XFORM */
-    {"bad ICC marker", EW_JPEG_WARN_HARMLESS},                 /* JWRN_BOGUS_ICC (TurboJPEG 3 reads ICC) */
+    {"bad ICC marker", EW_JPEG_WARN_HARMLESS},                     /* JWRN_BOGUS_ICC (TurboJPEG 3 reads ICC) */
     /* Damaging: the scan data is cut short or does not decode as written. */
-    {"Premature end of JPEG file", EW_JPEG_WARN_TRUNCATED},    /* JWRN_JPEG_EOF */
-    {"premature end of data segment", EW_JPEG_WARN_CORRUPT},   /* JWRN_HIT_MARKER */
-    {"bad Huffman code", EW_JPEG_WARN_CORRUPT},                /* JWRN_HUFF_BAD_CODE */
-    {"bad arithmetic code", EW_JPEG_WARN_CORRUPT},             /* JWRN_ARITH_BAD_CODE */
-    {"instead of RST", EW_JPEG_WARN_CORRUPT},                  /* JWRN_MUST_RESYNC */
+    {"Premature end of JPEG file", EW_JPEG_WARN_TRUNCATED},      /* JWRN_JPEG_EOF */
+    {"premature end of data segment", EW_JPEG_WARN_CORRUPT},     /* JWRN_HIT_MARKER */
+    {"bad Huffman code", EW_JPEG_WARN_CORRUPT},                  /* JWRN_HUFF_BAD_CODE */
+    {"bad arithmetic code", EW_JPEG_WARN_CORRUPT},               /* JWRN_ARITH_BAD_CODE */
+    {"instead of RST", EW_JPEG_WARN_CORRUPT},                    /* JWRN_MUST_RESYNC */
     {"Inconsistent progression sequence", EW_JPEG_WARN_CORRUPT}, /* JWRN_BOGUS_PROGRESSION */
-    {"Invalid SOS parameters", EW_JPEG_WARN_CORRUPT},          /* JWRN_NOT_SEQUENTIAL */
-    {"too many scanlines", EW_JPEG_WARN_CORRUPT},              /* JWRN_TOO_MUCH_DATA */
+    {"Invalid SOS parameters", EW_JPEG_WARN_CORRUPT},            /* JWRN_NOT_SEQUENTIAL */
+    {"too many scanlines", EW_JPEG_WARN_CORRUPT},                /* JWRN_TOO_MUCH_DATA */
 };
 
 ew_jpeg_warning ew_jpeg_classify_warning(const char *msg, const uint8_t *d, size_t n) {
@@ -118,7 +118,7 @@ ew_jpeg_warning ew_jpeg_classify_warning(const char *msg, const uint8_t *d, size
         header_walk w;
         if (!walk_header(d, n, &w)) return EW_JPEG_WARN_CORRUPT;
         return w.first_junk == count && w.first_junk_marker == (int)marker ? EW_JPEG_WARN_HARMLESS
-                                                                             : EW_JPEG_WARN_CORRUPT;
+                                                                           : EW_JPEG_WARN_CORRUPT;
     }
     return EW_JPEG_WARN_CORRUPT; /* an unknown text: not known to be harmless */
 }

@@ -7,7 +7,9 @@
 
 #include <string.h>
 
-static uint32_t rd16(const uint8_t *p, int le) { return le ? (uint32_t)p[0] | (uint32_t)p[1] << 8 : (uint32_t)p[0] << 8 | p[1]; }
+static uint32_t rd16(const uint8_t *p, int le) {
+    return le ? (uint32_t)p[0] | (uint32_t)p[1] << 8 : (uint32_t)p[0] << 8 | p[1];
+}
 static uint32_t rd32(const uint8_t *p, int le) {
     return le ? (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24
               : (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
@@ -17,9 +19,12 @@ static uint32_t rd32(const uint8_t *p, int le) {
 int ew_exif_orientation(const uint8_t *t, size_t n) {
     if (n < 8) return 1;
     int le;
-    if (t[0] == 'I' && t[1] == 'I') le = 1;
-    else if (t[0] == 'M' && t[1] == 'M') le = 0;
-    else return 1;
+    if (t[0] == 'I' && t[1] == 'I')
+        le = 1;
+    else if (t[0] == 'M' && t[1] == 'M')
+        le = 0;
+    else
+        return 1;
     if (rd16(t + 2, le) != 42) return 1;
     uint32_t ifd = rd32(t + 4, le);
     if (ifd > n - 2) return 1;
@@ -54,8 +59,10 @@ void ew_jpeg_scan_metadata(const uint8_t *d, size_t n, ew_jpeg_meta *m) {
         size_t sn = seg - 2;
         if (marker == 0xE1 && sn >= 6 && memcmp(s, "Exif\0\0", 6) == 0 && !exif_seen++) /* the first, as PIL */
             m->orientation = ew_exif_orientation(s + 6, sn - 6);
-        else if (marker == 0xEE && sn >= 5 && memcmp(s, "Adobe", 5) == 0) m->adobe = 1;
-        else if (marker == 0xC2 || marker == 0xC6 || marker == 0xCA || marker == 0xCE) m->progressive = 1;
+        else if (marker == 0xEE && sn >= 5 && memcmp(s, "Adobe", 5) == 0)
+            m->adobe = 1;
+        else if (marker == 0xC2 || marker == 0xC6 || marker == 0xCA || marker == 0xCE)
+            m->progressive = 1;
         p += seg;
     }
 }
@@ -81,7 +88,10 @@ int ew_webp_orientation(const uint8_t *d, size_t n) {
         if (memcmp(d + p, "EXIF", 4) == 0) {
             const uint8_t *e = d + p + 8;
             size_t en = len;
-            if (en >= 6 && memcmp(e, "Exif\0\0", 6) == 0) { e += 6; en -= 6; }
+            if (en >= 6 && memcmp(e, "Exif\0\0", 6) == 0) {
+                e += 6;
+                en -= 6;
+            }
             return ew_exif_orientation(e, en);
         }
         p += 8 + (size_t)len + (len & 1);

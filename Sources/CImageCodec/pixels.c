@@ -13,7 +13,12 @@ void ew_cmyk_to_rgb_inplace(uint8_t *px, size_t count, int inverted) {
     for (size_t i = 0; i < count; i++) {
         const uint8_t *in = px + i * 4;
         int c = in[0], m = in[1], y = in[2], k = in[3];
-        if (inverted) { c = 255 - c; m = 255 - m; y = 255 - y; k = 255 - k; }
+        if (inverted) {
+            c = 255 - c;
+            m = 255 - m;
+            y = 255 - y;
+            k = 255 - k;
+        }
         int nk = 255 - k, t;
         int r = nk - ((t = c * nk + 128, ((t >> 8) + t) >> 8));
         int g = nk - ((t = m * nk + 128, ((t >> 8) + t) >> 8));
@@ -50,13 +55,34 @@ void ew_orient_rgb(const uint8_t *src, uint32_t w, uint32_t h, int o, uint8_t *d
         for (uint32_t x = 0; x < ow; x++) {
             uint32_t sx, sy;
             switch (o) {
-            case 2: sx = w - 1 - x; sy = y; break;
-            case 3: sx = w - 1 - x; sy = h - 1 - y; break;
-            case 4: sx = x; sy = h - 1 - y; break;
-            case 5: sx = y; sy = x; break;
-            case 6: sx = y; sy = h - 1 - x; break;
-            case 7: sx = w - 1 - y; sy = h - 1 - x; break;
-            default: sx = w - 1 - y; sy = x; break; /* 8 */
+            case 2:
+                sx = w - 1 - x;
+                sy = y;
+                break;
+            case 3:
+                sx = w - 1 - x;
+                sy = h - 1 - y;
+                break;
+            case 4:
+                sx = x;
+                sy = h - 1 - y;
+                break;
+            case 5:
+                sx = y;
+                sy = x;
+                break;
+            case 6:
+                sx = y;
+                sy = h - 1 - x;
+                break;
+            case 7:
+                sx = w - 1 - y;
+                sy = h - 1 - x;
+                break;
+            default:
+                sx = w - 1 - y;
+                sy = x;
+                break; /* 8 */
             }
             const uint8_t *s = src + ((size_t)sy * w + sx) * 3;
             uint8_t *d = dst + ((size_t)y * ow + x) * 3;

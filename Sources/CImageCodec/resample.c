@@ -75,7 +75,8 @@ static int coeffs(uint32_t in_size, uint32_t out_size, int32_t **bounds_out, int
 /* ---- The two passes: a portable one, and AVX2 (chosen at run time; the same integer
    arithmetic in the same order, so the bytes are identical). ---- */
 
-static void horizontal_scalar(const uint8_t *row, uint8_t *o, uint32_t dw, const int32_t *bh, const int32_t *kh, int kx) {
+static void horizontal_scalar(const uint8_t *row, uint8_t *o, uint32_t dw, const int32_t *bh, const int32_t *kh,
+                              int kx) {
     for (uint32_t xx = 0; xx < dw; xx++) {
         int32_t xmin = bh[xx * 2], xmax = bh[xx * 2 + 1];
         const int32_t *k = kh + (size_t)xx * kx;
@@ -107,8 +108,8 @@ static void vertical_scalar(const uint8_t *vin, uint8_t *o, uint32_t from, uint3
 /* Two taps at a time: 8 source bytes [r0 g0 b0 r1 g1 b1 . .] spread to int32 lanes
    [r0 g0 b0 0 | r1 g1 b1 0] and multiplied by [k0 k0 k0 k0 | k1 k1 k1 k1]. Reads 2 bytes past
    the second tap: a tap whose 8-byte load would pass `end` runs the scalar way. */
-__attribute__((target("avx2"))) static void horizontal_avx2(const uint8_t *row, const uint8_t *end, uint8_t *o, uint32_t dw,
-                                                             const int32_t *bh, const int32_t *kh, int kx) {
+__attribute__((target("avx2"))) static void horizontal_avx2(const uint8_t *row, const uint8_t *end, uint8_t *o,
+                                                            uint32_t dw, const int32_t *bh, const int32_t *kh, int kx) {
     const __m128i spread = _mm_setr_epi8(0, 1, 2, (char)0x80, 3, 4, 5, (char)0x80, (char)0x80, (char)0x80, (char)0x80,
                                          (char)0x80, (char)0x80, (char)0x80, (char)0x80, (char)0x80);
     for (uint32_t xx = 0; xx < dw; xx++) {
@@ -120,7 +121,8 @@ __attribute__((target("avx2"))) static void horizontal_avx2(const uint8_t *row, 
         for (; x + 1 < xmax && p + (size_t)x * 3 + 8 <= end; x += 2) {
             __m128i b = _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)(p + (size_t)x * 3)), spread);
             __m256i v = _mm256_cvtepu8_epi32(b);
-            __m256i kk = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi32(k[x])), _mm_set1_epi32(k[x + 1]), 1);
+            __m256i kk =
+                _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi32(k[x])), _mm_set1_epi32(k[x + 1]), 1);
             acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, kk));
         }
         __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
@@ -143,7 +145,7 @@ __attribute__((target("avx2"))) static void horizontal_avx2(const uint8_t *row, 
 /* Eight output bytes at a time: each source row's 8 bytes widened to int32 and multiplied by
    the row's coefficient; shifted, clamped and packed back to bytes. */
 __attribute__((target("avx2"))) static void vertical_avx2(const uint8_t *vin, uint8_t *o, uint32_t w3, int32_t ymin,
-                                                           int32_t ymax, const int32_t *k) {
+                                                          int32_t ymax, const int32_t *k) {
     const __m256i half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1)), zero = _mm256_setzero_si256(),
                   top = _mm256_set1_epi32(255);
     uint32_t xx = 0;
@@ -255,8 +257,8 @@ int ew_img_normalize_chw(const uint8_t *src, uint32_t src_w, uint32_t src_h, uin
                          uint32_t h, const float mean[3], const float std_[3], float *out, ew_img_error *err) {
     if (!src || !out || !mean || !std_) return ew_fail(err, EW_IMG_E_ARGUMENT, "normalize: null argument");
     if ((uint64_t)x0 + w > src_w || (uint64_t)y0 + h > src_h)
-        return ew_fail(err, EW_IMG_E_ARGUMENT, "normalize: window %ux%u at (%u,%u) outside a %ux%u image", w, h, x0,
-                       y0, src_w, src_h);
+        return ew_fail(err, EW_IMG_E_ARGUMENT, "normalize: window %ux%u at (%u,%u) outside a %ux%u image", w, h, x0, y0,
+                       src_w, src_h);
     size_t plane = (size_t)w * h;
     /* 256-entry tables: the same float32 operations as ToTensor + Normalize, done once. */
     float lut[3][256];

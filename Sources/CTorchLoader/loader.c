@@ -91,7 +91,8 @@ static void load_backend(void) {
                 }
                 // There, but unusable (a dependency missing, a stale build): say so rather
                 // than silently taking another libtorch from the library path.
-                snprintf(load_failure, sizeof load_failure, "the torch backend %s could not be loaded: %s", beside, why);
+                snprintf(load_failure, sizeof load_failure, "the torch backend %s could not be loaded: %s", beside,
+                         why);
                 return;
             }
             appendf(load_failure, sizeof load_failure, "%s (not there), ", beside);

@@ -34,7 +34,7 @@ struct ew_torch_model {
 namespace {
 
 #define EW_STR2(x) #x
-#define EW_STR(x) EW_STR2(x)
+#define EW_STR(x)  EW_STR2(x)
 const char *const kTorchVersion =
     EW_STR(TORCH_VERSION_MAJOR) "." EW_STR(TORCH_VERSION_MINOR) "." EW_STR(TORCH_VERSION_PATCH);
 
@@ -70,7 +70,9 @@ std::string first_lines(const std::string &s, size_t max_lines = 2) {
     return out;
 }
 
-bool contains(const std::string &s, const char *needle) { return s.find(needle) != std::string::npos; }
+bool contains(const std::string &s, const char *needle) {
+    return s.find(needle) != std::string::npos;
+}
 
 // Sorts a load failure into the error a user can act on.
 int load_error(ew_torch_error *err, const char *path, const std::string &what) {
@@ -140,7 +142,8 @@ int resolve_device(const ew_torch_options &o, c10::Device *device, ew_torch_erro
         *device = count > 0 ? c10::Device(at::kCUDA, 0) : c10::Device(at::kCPU);
         return 0;
     }
-    if (o.device_type != EW_TORCH_DEVICE_CUDA) return fail(err, EW_TORCH_E_ARGUMENT, "unknown device type %d", o.device_type);
+    if (o.device_type != EW_TORCH_DEVICE_CUDA)
+        return fail(err, EW_TORCH_E_ARGUMENT, "unknown device type %d", o.device_type);
     if (!at::hasCUDA())
         return fail(err, EW_TORCH_E_NO_DEVICE,
                     "cuda:%d was asked for, but this torch backend (libtorch %s) was built without CUDA (Debian's "
@@ -159,18 +162,18 @@ int resolve_device(const ew_torch_options &o, c10::Device *device, ew_torch_erro
 }
 
 #define EW_TRY try {
-#define EW_CATCH(err, code)                                                                                      \
-    }                                                                                                            \
-    catch (const c10::Error &e) {                                                                               \
-        const std::string what = e.what_without_backtrace();                                                     \
-        if (is_out_of_memory(what)) return fail(err, EW_TORCH_E_OUT_OF_MEMORY, "%s", first_lines(what).c_str()); \
-        return fail(err, code, "%s", first_lines(what).c_str());                                                 \
-    }                                                                                                            \
-    catch (const std::exception &e) {                                                                            \
-        return fail(err, code, "%s", first_lines(e.what()).c_str());                                            \
-    }                                                                                                            \
-    catch (...) {                                                                                                \
-        return fail(err, code, "unknown C++ exception");                                                        \
+#define EW_CATCH(err, code)                                                                                            \
+    }                                                                                                                  \
+    catch (const c10::Error &e) {                                                                                      \
+        const std::string what = e.what_without_backtrace();                                                           \
+        if (is_out_of_memory(what)) return fail(err, EW_TORCH_E_OUT_OF_MEMORY, "%s", first_lines(what).c_str());       \
+        return fail(err, code, "%s", first_lines(what).c_str());                                                       \
+    }                                                                                                                  \
+    catch (const std::exception &e) {                                                                                  \
+        return fail(err, code, "%s", first_lines(e.what()).c_str());                                                   \
+    }                                                                                                                  \
+    catch (...) {                                                                                                      \
+        return fail(err, code, "unknown C++ exception");                                                               \
     }
 
 // ew_torch.h's functions, reached through the table at the end.
@@ -186,7 +189,9 @@ int set_threads(int intra_op, int inter_op) {
     }
 }
 
-const char *version(void) { return kTorchVersion; }
+const char *version(void) {
+    return kTorchVersion;
+}
 
 int cuda_device_count(void) {
     try {
@@ -196,7 +201,9 @@ int cuda_device_count(void) {
     }
 }
 
-const char *device_name(const ew_torch_model *model) { return model ? model->device_name : "none"; }
+const char *device_name(const ew_torch_model *model) {
+    return model ? model->device_name : "none";
+}
 
 int load(const char *path, const ew_torch_options *options, ew_torch_model **out, ew_torch_error *err) {
     if (!path || !options || !out) return fail(err, EW_TORCH_E_ARGUMENT, "null argument");
@@ -211,7 +218,9 @@ int load(const char *path, const ew_torch_options *options, ew_torch_model **out
         return fail(err, EW_TORCH_E_PRECISION, "fp16 runs on CUDA only; on the CPU use fp32 or bf16");
     {
         std::ifstream f(path, std::ios::binary);
-        if (!f) return fail(err, EW_TORCH_E_NOT_FOUND, "model file %s not found or not readable: %s", path, strerror(errno));
+        if (!f)
+            return fail(err, EW_TORCH_E_NOT_FOUND, "model file %s not found or not readable: %s", path,
+                        strerror(errno));
         char magic[4] = {0};
         f.read(magic, 4);
         if (f.gcount() < 4 || memcmp(magic, "PK\x03\x04", 4) != 0)
@@ -271,16 +280,19 @@ int load(const char *path, const ew_torch_options *options, ew_torch_model **out
     EW_CATCH(err, EW_TORCH_E_FORWARD)
 }
 
-int64_t output_dim(const ew_torch_model *model) { return model ? model->dim.load() : 0; }
+int64_t output_dim(const ew_torch_model *model) {
+    return model ? model->dim.load() : 0;
+}
 
-int forward(ew_torch_model *model, const float *input, int64_t n, int64_t c, int64_t h, int64_t w,
-                     float *out, size_t out_capacity, ew_torch_error *err) {
+int forward(ew_torch_model *model, const float *input, int64_t n, int64_t c, int64_t h, int64_t w, float *out,
+            size_t out_capacity, ew_torch_error *err) {
     if (!model || !input || !out) return fail(err, EW_TORCH_E_ARGUMENT, "null argument");
     const ew_torch_options &o = model->options;
     if (n <= 0 || c != o.channels || h != o.height || w != o.width)
-        return fail(err, EW_TORCH_E_BAD_INPUT, "batch of shape [%lld, %lld, %lld, %lld]; the model expects [n, %lld, %lld, %lld]",
-                    (long long)n, (long long)c, (long long)h, (long long)w, (long long)o.channels,
-                    (long long)o.height, (long long)o.width);
+        return fail(err, EW_TORCH_E_BAD_INPUT,
+                    "batch of shape [%lld, %lld, %lld, %lld]; the model expects [n, %lld, %lld, %lld]", (long long)n,
+                    (long long)c, (long long)h, (long long)w, (long long)o.channels, (long long)o.height,
+                    (long long)o.width);
     EW_TRY
     c10::InferenceMode guard;
     // from_blob does not copy; make_input copies (channels-last and/or bf16), so the borrowed
@@ -315,14 +327,27 @@ int forward(ew_torch_model *model, const float *input, int64_t n, int64_t c, int
     EW_CATCH(err, EW_TORCH_E_FORWARD)
 }
 
-void free_model(ew_torch_model *model) { delete model; }
+void free_model(ew_torch_model *model) {
+    delete model;
+}
 
 const ew_torch_backend kBackend = {
-    EW_TORCH_BACKEND_ABI, sizeof(ew_torch_options), sizeof(ew_torch_error), version, set_threads, cuda_device_count,
-    device_name, load, output_dim, forward, free_model,
+    EW_TORCH_BACKEND_ABI,
+    sizeof(ew_torch_options),
+    sizeof(ew_torch_error),
+    version,
+    set_threads,
+    cuda_device_count,
+    device_name,
+    load,
+    output_dim,
+    forward,
+    free_model,
 };
 
-}  // namespace
+} // namespace
 
 // The one symbol the backend exports for the loader.
-extern "C" __attribute__((visibility("default"))) const ew_torch_backend *ew_torch_backend_v1(void) { return &kBackend; }
+extern "C" __attribute__((visibility("default"))) const ew_torch_backend *ew_torch_backend_v1(void) {
+    return &kBackend;
+}

@@ -12,32 +12,47 @@ import Logging
 public struct ModelFlags: ParsableArguments {
     public init() {}
 
-    @Option(name: .long, help: ArgumentHelp("TorchScript model file.", discussion: "Default: $EWALL_MODEL, then models/resnet50.pt."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("TorchScript model file.", discussion: "Default: $EWALL_MODEL, then models/resnet50.pt."))
     public var model: String?
 
-    @Option(name: .long, help: ArgumentHelp(
-        "Precision: fp32, bf16, fp16 (CUDA only), or auto (times fp32 and bf16 at load and keeps the faster).",
-        discussion: "auto's choice is cached per model sha256, CPU model and thread count in --precision-cache."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Precision: fp32, bf16, fp16 (CUDA only), or auto (times fp32 and bf16 at load and keeps the faster).",
+            discussion: "auto's choice is cached per model sha256, CPU model and thread count in --precision-cache."))
     public var precision: Precision = .fp32
 
-    @Option(name: .long, help: ArgumentHelp("Where --precision auto caches its measured choice.",
-                                            discussion: "Default: $XDG_CACHE_HOME/ewall/precision.json, else ~/.cache/ewall/precision.json."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Where --precision auto caches its measured choice.",
+            discussion: "Default: $XDG_CACHE_HOME/ewall/precision.json, else ~/.cache/ewall/precision.json."))
     public var precisionCache: String?
 
     @Option(name: .long, help: "libtorch intra-op threads.")
     public var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
-    @Option(name: .long, help: ArgumentHelp(
-        "Forward passes run at once on the CPU, sharing --threads between them.",
-        discussion: "1: one batch at a time on all --threads. --streams equal to --threads: that many single-threaded batches side by side, which decode threads sharing the cores cannot stall; each stream holds its own batch (about 0.4 GB more). Default: for ewall embed and ewall-embed, one stream per model thread (at most 4) where the model shares its cores with the decode threads (--threads + decode threads > cores), else 1; for ewall-serve and ewall similar, 1 (a lone request's latency). README, \"Model streams\"."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Forward passes run at once on the CPU, sharing --threads between them.",
+            discussion:
+                "1: one batch at a time on all --threads. --streams equal to --threads: that many single-threaded batches side by side, which decode threads sharing the cores cannot stall; each stream holds its own batch (about 0.4 GB more). Default: for ewall embed and ewall-embed, one stream per model thread (at most 4) where the model shares its cores with the decode threads (--threads + decode threads > cores), else 1; for ewall-serve and ewall similar, 1 (a lone request's latency). README, \"Model streams\"."
+        ))
     public var streams: Int?
 
     @Option(name: .long, help: "Images per forward pass.")
     public var batchSize: Int = 32
 
-    @Option(name: .long, help: ArgumentHelp(
-        "Where the model runs: cpu, cuda, cuda:N, or auto.",
-        discussion: "auto: CUDA device 0 when the torch backend's libtorch has CUDA and a device is present, else the CPU. The backend (libewall_torch.so) is loaded with the model, from beside this executable or $EWALL_TORCH_BACKEND; the default one is built against Debian's CPU-only libtorch, `make build LIBTORCH=/path` builds one against a CUDA libtorch (README, \"Bring your own libtorch\")."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Where the model runs: cpu, cuda, cuda:N, or auto.",
+            discussion:
+                "auto: CUDA device 0 when the torch backend's libtorch has CUDA and a device is present, else the CPU. The backend (libewall_torch.so) is loaded with the model, from beside this executable or $EWALL_TORCH_BACKEND; the default one is built against Debian's CPU-only libtorch, `make build LIBTORCH=/path` builds one against a CUDA libtorch (README, \"Bring your own libtorch\")."
+        ))
     public var device: ComputeDevice = .auto
 
     public var resolvedModel: String {
@@ -55,8 +70,9 @@ public struct ModelFlags: ParsableArguments {
     }
 
     public func options() -> ModelOptions {
-        ModelOptions(path: resolvedModel, precision: precision, threads: threads, batchSize: batchSize,
-                     precisionCachePath: resolvedPrecisionCache, device: device, streams: streams ?? 1)
+        ModelOptions(
+            path: resolvedModel, precision: precision, threads: threads, batchSize: batchSize,
+            precisionCachePath: resolvedPrecisionCache, device: device, streams: streams ?? 1)
     }
 
     public func validate() throws {
@@ -86,23 +102,34 @@ public struct ImageFlags: ParsableArguments {
     @Flag(name: .long, help: "Accept JPEGs that decode only with libjpeg warnings (damaged data shows as grey).")
     public var allowDecoderWarnings = false
 
-    @Flag(name: .long, help: ArgumentHelp(
-        "JPEG fast path: DCT-domain downscaling of JPEGs at least twice the target size; faster, pixels drift slightly.",
-        discussion: "Vectors are stored under their own preprocessing id (e.g. squash224+dct), never mixed with the exact path's."))
+    @Flag(
+        name: .long,
+        help: ArgumentHelp(
+            "JPEG fast path: DCT-domain downscaling of JPEGs at least twice the target size; faster, pixels drift slightly.",
+            discussion:
+                "Vectors are stored under their own preprocessing id (e.g. squash224+dct), never mixed with the exact path's."
+        ))
     public var fastJpeg = false
 
-    @Option(name: .long, help: ArgumentHelp("Threads that decode images.",
-                                            discussion: "Default: the cores left over by --threads, at least 1."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Threads that decode images.",
+            discussion: "Default: the cores left over by --threads, at least 1."))
     public var decodeThreads: Int?
 
     /// The embedder's configuration these flags and `model` imply. `streams`: the
     /// `--streams` given; nil: ``ModelOptions/throughputStreams(threads:decodeThreads:cores:)``
     /// (the batch commands' default).
     public func configuration(model: ModelOptions, streams: Int? = nil) -> EmbedderConfiguration {
-        var config = EmbedderConfiguration(model: model, preprocessing: preprocess, limits: limits, fastJPEG: fastJpeg,
-                                           decodeThreads: decodeThreads)
-        config.model.streams = streams ?? ModelOptions.throughputStreams(
-            threads: model.threads, decodeThreads: config.decodeThreads, cores: ProcessInfo.processInfo.activeProcessorCount)
+        var config = EmbedderConfiguration(
+            model: model, preprocessing: preprocess, limits: limits, fastJPEG: fastJpeg,
+            decodeThreads: decodeThreads)
+        config.model.streams =
+            streams
+            ?? ModelOptions.throughputStreams(
+                threads: model.threads, decodeThreads: config.decodeThreads,
+                cores: ProcessInfo.processInfo.activeProcessorCount)
         return config
     }
 
@@ -111,7 +138,8 @@ public struct ImageFlags: ParsableArguments {
     }
 
     public var limits: ImageLimits {
-        ImageLimits(maxPixels: maxPixels, minSide: minSide, maxBytes: maxBytes, allowDecoderWarnings: allowDecoderWarnings)
+        ImageLimits(
+            maxPixels: maxPixels, minSide: minSide, maxBytes: maxBytes, allowDecoderWarnings: allowDecoderWarnings)
     }
 }
 
@@ -126,26 +154,31 @@ extension PreprocessingMode: ExpressibleByArgument {}
 public struct RedisFlags: ParsableArguments {
     public init() {}
 
-    @Option(name: .long, help: ArgumentHelp(
-        "The platform's Redis: redis://[[user]:password@]host:port/db. Default: $EWALL_REDIS; neither: no Redis.",
-        discussion: """
-            Embedding cache (model + preprocessing + sha256 of the image bytes), the per-product view \
-            product_embedding:{id}, the per-host limit and 429 pauses shared by every worker, and a shared job's \
-            status under batch:*. Redis down or slow is a cache miss, one warning and a metric, never an error.
-            """))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The platform's Redis: redis://[[user]:password@]host:port/db. Default: $EWALL_REDIS; neither: no Redis.",
+            discussion: """
+                Embedding cache (model + preprocessing + sha256 of the image bytes), the per-product view \
+                product_embedding:{id}, the per-host limit and 429 pauses shared by every worker, and a shared job's \
+                status under batch:*. Redis down or slow is a cache miss, one warning and a metric, never an error.
+                """))
     public var redis: String?
 
     @Option(name: .customLong("redis-ttl"), help: "Seconds a cached vector (and a per-product entry) lives in Redis.")
     public var redisTTL: Int = 3600
 
-    @Option(name: .customLong("redis-timeout-ms"), help: "Milliseconds one Redis command may take before it counts as a miss.")
+    @Option(
+        name: .customLong("redis-timeout-ms"),
+        help: "Milliseconds one Redis command may take before it counts as a miss.")
     public var redisTimeoutMs: Int = 100
 
     /// The configuration these flags (or `$EWALL_REDIS`) imply; `nil` without Redis.
     public func configuration() throws -> RedisConfiguration? {
         do {
             guard let location = try RedisConfiguration.location(flag: redis) else { return nil }
-            return RedisConfiguration(location: location, cacheTTL: .seconds(redisTTL), timeout: .milliseconds(redisTimeoutMs))
+            return RedisConfiguration(
+                location: location, cacheTTL: .seconds(redisTTL), timeout: .milliseconds(redisTimeoutMs))
         } catch {
             throw ValidationError(error.description)
         }

@@ -32,7 +32,6 @@ public final class FailureLog: @unchecked Sendable {
     }
 }
 
-
 /// The live line on a terminal, or a plain log line when stderr is not one.
 ///
 /// Safe because: `shown` is only touched under `lock`.
@@ -51,14 +50,16 @@ public final class ProgressDisplay: @unchecked Sendable {
     public func show(_ p: JobProgress) {
         let c = p.counts
         let total = p.estimatedRows.map { "/~\($0)" } ?? ""
-        var line = (label.map { "\($0): " } ?? "")
+        var line =
+            (label.map { "\($0): " } ?? "")
             + "\(c.done)\(total) \(label == nil ? "rows" : "items")  ok \(c.embedded)"
             + (c.reused > 0 ? " (reused \(c.reused))" : "") + "  skipped \(c.skipped + c.duplicates)  "
             + "failed \(c.failed + c.skippedFailed + c.badRows)  " + String(format: "%.1f img/s", p.imagesPerSecond)
         if c.refused > 0 { line += "  lease lost on \(c.refused)" }
         if let eta = p.eta { line += "  ETA " + Self.duration(eta) }
         if let w = p.storeProblem {
-            line += String(format: "  STORE NOT ANSWERING for %.0f s (gives up at %.0f s): ", w.waited, w.limit) + w.reason
+            line +=
+                String(format: "  STORE NOT ANSWERING for %.0f s (gives up at %.0f s): ", w.waited, w.limit) + w.reason
         }
         lock.lock()
         defer { lock.unlock() }
@@ -80,7 +81,8 @@ public final class ProgressDisplay: @unchecked Sendable {
 
     static func duration(_ s: Double) -> String {
         let t = Int(s.rounded())
-        return t >= 3600 ? String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) : String(format: "%dm%02ds", t / 60, t % 60)
+        return t >= 3600
+            ? String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) : String(format: "%dm%02ds", t / 60, t % 60)
     }
 }
 
@@ -97,34 +99,48 @@ public enum SummaryText {
 
             """
         if !s.failuresByClass.isEmpty {
-            out += "  failures by class: " + s.failuresByClass.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+            out +=
+                "  failures by class: "
+                + s.failuresByClass.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
                 .joined(separator: ", ") + "\n"
         }
         if !s.skippedFailedByClass.isEmpty {
-            out += "  earlier failures skipped: " + s.skippedFailedByClass.sorted { $0.key < $1.key }
+            out +=
+                "  earlier failures skipped: "
+                + s.skippedFailedByClass.sorted { $0.key < $1.key }
                 .map { "\($0.key) \($0.value)" }.joined(separator: ", ")
                 + " (--retry-failed retries timeout/connection/http_5xx/http_429; --force all)\n"
         }
         let st = s.stageSeconds
-        out += String(format: "  %.1f s, %.1f images/s; busy seconds: fetch %.1f, decode %.1f, model %.1f, write %.1f; model busy %.0f%%\n",
-                      s.seconds, s.imagesPerSecond, st.fetch, st.decode, st.infer, st.write, s.modelBusy * 100)
+        out += String(
+            format:
+                "  %.1f s, %.1f images/s; busy seconds: fetch %.1f, decode %.1f, model %.1f, write %.1f; model busy %.0f%%\n",
+            s.seconds, s.imagesPerSecond, st.fetch, st.decode, st.infer, st.write, s.modelBusy * 100)
         if c.decoderWarnings > 0 {
-            out += "  \(c.decoderWarnings) images decoded with a harmless decoder warning (e.g. junk bytes before a JPEG marker)\n"
+            out +=
+                "  \(c.decoderWarnings) images decoded with a harmless decoder warning (e.g. junk bytes before a JPEG marker)\n"
         }
         if let c = s.cache {
-            out += "  redis cache: \(c.hits) hits, \(c.misses) misses, \(c.errors) errors, \(c.writes) vectors written"
+            out +=
+                "  redis cache: \(c.hits) hits, \(c.misses) misses, \(c.errors) errors, \(c.writes) vectors written"
                 + (c.foreign > 0 ? ", \(c.foreign) values not ours ignored" : "") + "\n"
         }
         if let slow = s.slowestHosts.first, slow.totalSeconds > 0 {
-            out += "  slowest hosts: " + s.slowestHosts.prefix(3).map {
-                String(format: "%@ %.1f s in %d requests (max %.1f s, %d timeouts)", $0.host as NSString, $0.totalSeconds,
-                       $0.requests, $0.maxSeconds, $0.timeouts)
-            }.joined(separator: "; ") + "\n"
+            out +=
+                "  slowest hosts: "
+                + s.slowestHosts.prefix(3).map {
+                    String(
+                        format: "%@ %.1f s in %d requests (max %.1f s, %d timeouts)", $0.host as NSString,
+                        $0.totalSeconds,
+                        $0.requests, $0.maxSeconds, $0.timeouts)
+                }.joined(separator: "; ") + "\n"
         }
         if let failuresPath, c.failed + c.badRows > 0 { out += "  failures written to \(failuresPath)\n" }
         if let job = s.job {
-            out += "  job \(job), worker \(s.worker ?? "?")"
-                + (c.refused > 0 ? "; \(c.refused) items not committed because another worker took over their lease" : "") + "\n"
+            out +=
+                "  job \(job), worker \(s.worker ?? "?")"
+                + (c.refused > 0
+                    ? "; \(c.refused) items not committed because another worker took over their lease" : "") + "\n"
         }
         if s.interrupted { out += "  INTERRUPTED: the current batch was written; run again to continue\n" }
         if let e = s.error {

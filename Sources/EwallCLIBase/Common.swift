@@ -21,9 +21,11 @@ public enum ExitCodes {
 public struct DatabaseFlags: ParsableArguments {
     public init() {}
 
-    @Option(name: .long, help: ArgumentHelp(
-        "The store: sqlite:PATH or postgres://user:password@host:port/db.",
-        discussion: "Default: $EWALL_DB, then \(StoreLocation.defaultURL)."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The store: sqlite:PATH or postgres://user:password@host:port/db.",
+            discussion: "Default: $EWALL_DB, then \(StoreLocation.defaultURL)."))
     public var db: String?
 
     public var resolvedDB: String {
@@ -48,9 +50,12 @@ public struct DatabaseFlags: ParsableArguments {
 public struct InputFlags: ParsableArguments {
     public init() {}
 
-    @Option(name: .long, help: ArgumentHelp(
-        "Longest product_id in UTF-8 bytes; a longer one is a bad row.",
-        discussion: "Ids, URLs and titles must also be valid UTF-8 without control characters (NUL, tab, newline, ...)."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Longest product_id in UTF-8 bytes; a longer one is a bad row.",
+            discussion:
+                "Ids, URLs and titles must also be valid UTF-8 without control characters (NUL, tab, newline, ...)."))
     public var maxIdBytes: Int = InputRules.defaultMaxIDBytes
 
     @Option(name: .long, help: "Longest image_url in UTF-8 bytes; a longer one is a bad row.")
@@ -59,7 +64,9 @@ public struct InputFlags: ParsableArguments {
     public var rules: InputRules { InputRules(maxIDBytes: maxIdBytes, maxURLBytes: maxUrlBytes) }
 
     public func validate() throws {
-        guard maxIdBytes >= 1, maxUrlBytes >= 1 else { throw ValidationError("--max-id-bytes and --max-url-bytes must be at least 1") }
+        guard maxIdBytes >= 1, maxUrlBytes >= 1 else {
+            throw ValidationError("--max-id-bytes and --max-url-bytes must be at least 1")
+        }
     }
 }
 

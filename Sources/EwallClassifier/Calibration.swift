@@ -86,13 +86,19 @@ public enum Calibration {
 
     /// Classifies every labelled product once (leave-one-out), then sweeps the thresholds.
     /// `classifier`'s own threshold is the one the confusion table is drawn at.
-    public static func run(_ classifier: CategoryClassifier, products: [LabelledProduct],
-                           thresholds: [Double] = tableThresholds, targetPrecision: Double = 0.9) throws -> CalibrationReport {
+    public static func run(
+        _ classifier: CategoryClassifier, products: [LabelledProduct],
+        thresholds: [Double] = tableThresholds, targetPrecision: Double = 0.9
+    ) throws -> CalibrationReport {
         let started = ContinuousClock.now
-        let inputs = products.map { ClassifierInput(productID: $0.productID, vector: $0.vector, title: $0.title, brand: $0.brand) }
+        let inputs = products.map {
+            ClassifierInput(productID: $0.productID, vector: $0.vector, title: $0.title, brand: $0.brand)
+        }
         let scores = try classifier.embeddingScores(inputs)
         let best: [CategoryScore?] = scores.map { (try? $0.get())?.first }
-        let keyword: [String?] = inputs.map { i in i.title.flatMap { classifier.rules?.match(title: $0, brand: i.brand)?.category } }
+        let keyword: [String?] = inputs.map { i in
+            i.title.flatMap { classifier.rules?.match(title: $0, brand: i.brand)?.category }
+        }
         let truth = products.map(\.category)
 
         func outcome(_ t: Double) -> (row: CalibrationReport.Row, answers: [String]) {
@@ -145,7 +151,10 @@ public enum Calibration {
         let t = classifier.configuration.threshold
         let answers = outcome(t).answers
         let categories = Array(Set(truth)).sorted()
-        let columns = Array(Set(answers).union(categories).subtracting([Product.genericCategory])).sorted() + [Product.genericCategory]
+        let columns =
+            Array(Set(answers).union(categories).subtracting([Product.genericCategory])).sorted() + [
+                Product.genericCategory
+            ]
         let col = Dictionary(uniqueKeysWithValues: columns.enumerated().map { ($1, $0) })
         let rowOf = Dictionary(uniqueKeysWithValues: categories.enumerated().map { ($1, $0) })
         var counts = Array(repeating: Array(repeating: 0, count: columns.count), count: categories.count)
@@ -157,7 +166,8 @@ public enum Calibration {
             method: classifier.configuration.method, maxReferences: classifier.configuration.maxReferences,
             rulesVersion: classifier.rules?.version, rows: rows,
             confusion: .init(threshold: t, categories: categories, columns: columns, counts: counts),
-            targetPrecision: targetPrecision, thresholdForTarget: thresholdForTarget, acceptedAtTarget: acceptedAtTarget,
+            targetPrecision: targetPrecision, thresholdForTarget: thresholdForTarget,
+            acceptedAtTarget: acceptedAtTarget,
             seconds: elapsed.inSeconds)
     }
 }

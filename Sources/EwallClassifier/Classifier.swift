@@ -25,8 +25,10 @@ public struct ClassifierConfiguration: Sendable, Hashable {
     /// Neighbours for ``ScoringMethod/knn``.
     public var k: Int
 
-    public init(method: ScoringMethod = .meanRefs, threshold: Double = 0.35, maxReferences: Int = 10,
-                minReferences: Int = 3, k: Int = 10) {
+    public init(
+        method: ScoringMethod = .meanRefs, threshold: Double = 0.35, maxReferences: Int = 10,
+        minReferences: Int = 3, k: Int = 10
+    ) {
         self.method = method
         self.threshold = threshold
         self.maxReferences = maxReferences
@@ -109,7 +111,9 @@ public struct Classification: Sendable, Codable, Hashable {
         case .embedding: s += " (\(scores ?? ""))"
         case .keyword, .none:
             var parts: [String] = []
-            if let k = keyword { parts.append("keyword '\(k.term)' in '\(k.matchedText)' (rule \(k.category), priority \(k.priority))") }
+            if let k = keyword {
+                parts.append("keyword '\(k.term)' in '\(k.matchedText)' (rule \(k.category), priority \(k.priority))")
+            }
             if let scores { parts.append(scores) }
             if let e = embeddingSkipped { parts.append(e) }
             if decidedBy == .none && keyword == nil { parts.append("no keyword rule matched") }
@@ -143,11 +147,15 @@ public final class CategoryClassifier: Sendable {
     /// Products scored per BLAS call.
     static let batchSize = 2048
 
-    public init(references: ReferenceSet, rules: KeywordRules?, configuration: ClassifierConfiguration = .init(),
-                modelKey: ModelKey? = nil) throws {
+    public init(
+        references: ReferenceSet, rules: KeywordRules?, configuration: ClassifierConfiguration = .init(),
+        modelKey: ModelKey? = nil
+    ) throws {
         guard configuration.maxReferences == references.maxReferences else {
-            throw ClassifierError(.argument, "the references were chosen for \(references.maxReferences) per category, "
-                                  + "the configuration asks for \(configuration.maxReferences)")
+            throw ClassifierError(
+                .argument,
+                "the references were chosen for \(references.maxReferences) per category, "
+                    + "the configuration asks for \(configuration.maxReferences)")
         }
         guard configuration.k >= 1 else { throw ClassifierError(.argument, "k must be at least 1") }
         self.references = references
@@ -160,7 +168,9 @@ public final class CategoryClassifier: Sendable {
         h.update(data: Data("model \(modelKey?.modelID ?? "-") \(modelKey?.preprocessing ?? "-")\n".utf8))
         h.update(data: Data("rules \(rules?.sha256 ?? "none")\nrefs \(references.fingerprint)\n".utf8))
         self.stamp = h.finalize().map { String(format: "%02x", $0) }.joined()
-        self.centroidNorms = references.categories.indices.map { Self.norm(references, references.rows(of: $0, excludingRow: nil)) }
+        self.centroidNorms = references.categories.indices.map {
+            Self.norm(references, references.rows(of: $0, excludingRow: nil))
+        }
     }
 
     /// Categories with fewer references than ``ClassifierConfiguration/minReferences``.
@@ -175,7 +185,8 @@ public final class CategoryClassifier: Sendable {
 
     /// Classifies products, scoring them against the references a batch at a time.
     public func classify(_ inputs: [ClassifierInput]) throws -> [Classification] {
-        var top: [(best: CategoryScore, runnerUp: CategoryScore?, used: Int)?] = Array(repeating: nil, count: inputs.count)
+        var top: [(best: CategoryScore, runnerUp: CategoryScore?, used: Int)?] = Array(
+            repeating: nil, count: inputs.count)
         let names = references.categories.map(\.name)
         try scoreAll(inputs) { i, scores, counts in
             // Best and runner-up in one scan; categories are in name order, so a tie keeps the first name.
@@ -183,15 +194,24 @@ public final class CategoryClassifier: Sendable {
             var used = 0
             for c in 0..<scores.count where counts[c] > 0 {
                 used += Int(counts[c])
-                if b < 0 || scores[c] > scores[b] { r = b; b = c } else if r < 0 || scores[c] > scores[r] { r = c }
+                if b < 0 || scores[c] > scores[b] {
+                    r = b
+                    b = c
+                } else if r < 0 || scores[c] > scores[r] {
+                    r = c
+                }
             }
             guard b >= 0 else { return }
-            top[i] = (CategoryScore(category: names[b], score: Double(scores[b]), references: Int(counts[b])),
-                      r >= 0 ? CategoryScore(category: names[r], score: Double(scores[r]), references: Int(counts[r])) : nil,
-                      configuration.method == .knn ? min(configuration.k, used) : used)
+            top[i] = (
+                CategoryScore(category: names[b], score: Double(scores[b]), references: Int(counts[b])),
+                r >= 0 ? CategoryScore(category: names[r], score: Double(scores[r]), references: Int(counts[r])) : nil,
+                configuration.method == .knn ? min(configuration.k, used) : used
+            )
         }
         return inputs.indices.map { i in
-            guard inputs[i].vector.map({ !$0.isEmpty }) ?? false else { return decide(inputs[i], top: nil, skipped: .noVector) }
+            guard inputs[i].vector.map({ !$0.isEmpty }) ?? false else {
+                return decide(inputs[i], top: nil, skipped: .noVector)
+            }
             guard let t = top[i] else { return decide(inputs[i], top: nil, skipped: .noReferences) }
             return decide(inputs[i], top: t, skipped: nil)
         }
@@ -210,7 +230,8 @@ public final class CategoryClassifier: Sendable {
                 list.append(CategoryScore(category: names[c], score: Double(scores[c]), references: Int(counts[c])))
             }
             if !list.isEmpty {
-                out[i] = .success(list.sorted { $0.score != $1.score ? $0.score > $1.score : $0.category < $1.category })
+                out[i] = .success(
+                    list.sorted { $0.score != $1.score ? $0.score > $1.score : $0.category < $1.category })
             }
         }
         return out
@@ -226,15 +247,19 @@ public final class CategoryClassifier: Sendable {
     /// sgemm of the raw batch against the unit references, each row then divided by the
     /// product's norm (so it holds cosines), then reduced per category. `visit` gets, for each
     /// such product, one score per category and how many references it used (0: none).
-    private func scoreAll(_ inputs: [ClassifierInput],
-                          visit: (Int, UnsafeMutableBufferPointer<Float>, UnsafeMutableBufferPointer<Int32>) -> Void) throws {
+    private func scoreAll(
+        _ inputs: [ClassifierInput],
+        visit: (Int, UnsafeMutableBufferPointer<Float>, UnsafeMutableBufferPointer<Int32>) -> Void
+    ) throws {
         let refs = references
         let d = refs.dimension, n = refs.count, categories = refs.categories.count
         if n == 0 { return }
         let withVector = inputs.indices.filter { inputs[$0].vector.map { !$0.isEmpty } ?? false }
         for i in withVector where inputs[i].vector!.count != d {
-            throw ClassifierError(.mismatch, "product \(inputs[i].productID ?? "#\(i)") has a \(inputs[i].vector!.count)-d vector; "
-                                  + "the references are \(d)-d")
+            throw ClassifierError(
+                .mismatch,
+                "product \(inputs[i].productID ?? "#\(i)") has a \(inputs[i].vector!.count)-d vector; "
+                    + "the references are \(d)-d")
         }
         var batch = [Float](repeating: 0, count: Self.batchSize * d)
         var sims = [Float](repeating: 0, count: Self.batchSize * n)
@@ -274,15 +299,20 @@ public final class CategoryClassifier: Sendable {
     }
 
     /// One product's cosines to every reference -> one score per category.
-    private func reduce(_ row: UnsafeMutableBufferPointer<Float>, selfRow: Int?, scores: UnsafeMutableBufferPointer<Float>,
-                        counts: UnsafeMutableBufferPointer<Int32>, pool: inout [(sim: Float, cat: Int)]) {
+    private func reduce(
+        _ row: UnsafeMutableBufferPointer<Float>, selfRow: Int?, scores: UnsafeMutableBufferPointer<Float>,
+        counts: UnsafeMutableBufferPointer<Int32>, pool: inout [(sim: Float, cat: Int)]
+    ) {
         let refs = references
         let m = refs.maxReferences
         switch configuration.method {
         case .meanRefs, .centroid:
             for c in refs.categories.indices {
                 let all = refs.categories[c].rows
-                guard let first = all.first else { counts[c] = 0; continue }
+                guard let first = all.first else {
+                    counts[c] = 0
+                    continue
+                }
                 // A category's rows are contiguous, in choice order.
                 // The first `maxReferences`; when the product is one of them, the spare replaces it.
                 let kept = min(m, all.count)
@@ -328,11 +358,14 @@ public final class CategoryClassifier: Sendable {
     }
 
     /// Steps 2 to 4: the threshold, then the keywords, then `generic`.
-    func decide(_ input: ClassifierInput, top: (best: CategoryScore, runnerUp: CategoryScore?, used: Int)?,
-                skipped: SkipReason?) -> Classification {
-        var c = Classification(productID: input.productID, category: Product.genericCategory, decidedBy: .none,
-                               method: configuration.method, threshold: configuration.threshold, best: nil, runnerUp: nil,
-                               margin: nil, referencesUsed: 0, embeddingSkipped: skipped?.rawValue, keyword: nil, rulesVersion: nil)
+    func decide(
+        _ input: ClassifierInput, top: (best: CategoryScore, runnerUp: CategoryScore?, used: Int)?,
+        skipped: SkipReason?
+    ) -> Classification {
+        var c = Classification(
+            productID: input.productID, category: Product.genericCategory, decidedBy: .none,
+            method: configuration.method, threshold: configuration.threshold, best: nil, runnerUp: nil,
+            margin: nil, referencesUsed: 0, embeddingSkipped: skipped?.rawValue, keyword: nil, rulesVersion: nil)
         if let top {
             c.best = top.best
             c.runnerUp = top.runnerUp

@@ -74,7 +74,8 @@ public struct KeywordRules: Sendable {
         guard file.format == 1 else {
             throw ClassifierError(.rules, "\(source) has rules format \(file.format); this ewall reads format 1")
         }
-        try self.init(file: file, source: source, sha256: SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined())
+        try self.init(
+            file: file, source: source, sha256: SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined())
     }
 
     /// Rules built in code (tests, or a server that keeps rules elsewhere).
@@ -84,8 +85,9 @@ public struct KeywordRules: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         let data = try encoder.encode(file)
-        try self.init(file: file, source: "inline",
-                      sha256: SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined())
+        try self.init(
+            file: file, source: "inline",
+            sha256: SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined())
     }
 
     private init(file: File, source: String, sha256: String) throws {
@@ -99,7 +101,8 @@ public struct KeywordRules: Sendable {
                 guard let pattern = Pattern(text) else {
                     throw ClassifierError(.rules, "\(source): the term '\(text)' of '\(rule.category)' has no letters")
                 }
-                terms.append(Term(text: text, pattern: pattern, category: rule.category, priority: rule.priority, order: order))
+                terms.append(
+                    Term(text: text, pattern: pattern, category: rule.category, priority: rule.priority, order: order))
             }
         }
         self.source = source
@@ -127,7 +130,8 @@ public struct KeywordRules: Sendable {
         // Drop matches that lie inside a longer match (of any category).
         let kept = found.filter { a in
             !found.contains { b in
-                b.span.count > a.span.count && b.span.lowerBound <= a.span.lowerBound && a.span.upperBound <= b.span.upperBound
+                b.span.count > a.span.count && b.span.lowerBound <= a.span.lowerBound
+                    && a.span.upperBound <= b.span.upperBound
             }
         }
         let best = kept.min { a, b in
@@ -137,8 +141,9 @@ public struct KeywordRules: Sendable {
             return a.span.lowerBound < b.span.lowerBound
         }!
         let others = Set(kept.map(\.term.category)).subtracting([best.term.category]).sorted()
-        return KeywordMatch(category: best.term.category, term: best.term.text, priority: best.term.priority,
-                            matchedText: text.original(best.span), otherCategories: others)
+        return KeywordMatch(
+            category: best.term.category, term: best.term.text, priority: best.term.priority,
+            matchedText: text.original(best.span), otherCategories: others)
     }
 
     /// A term of a rule, compiled.
@@ -194,7 +199,10 @@ struct NormalisedTitle {
             lastWasHangul = nil
         }
         for ch in raw.precomposedStringWithCompatibilityMapping.lowercased() {
-            guard ch.isLetter || ch.isNumber else { flush(); continue }
+            guard ch.isLetter || ch.isNumber else {
+                flush()
+                continue
+            }
             let hangul = ch.unicodeScalars.contains { Self.isHangul($0) }
             if let last = lastWasHangul, last != hangul { flush() }
             current.append(ch)
@@ -204,7 +212,8 @@ struct NormalisedTitle {
     }
 
     static func isHangul(_ s: Unicode.Scalar) -> Bool {
-        (0xAC00...0xD7A3).contains(s.value) || (0x1100...0x11FF).contains(s.value) || (0x3130...0x318F).contains(s.value)
+        (0xAC00...0xD7A3).contains(s.value) || (0x1100...0x11FF).contains(s.value)
+            || (0x3130...0x318F).contains(s.value)
     }
 
     var hasHangul: Bool { compact.contains { $0.unicodeScalars.contains { Self.isHangul($0) } } }
@@ -258,7 +267,11 @@ struct Pattern: Sendable {
                 let last = j == words.count - 1
                 if w == words[j] { continue }
                 if last, w.count == words[j].count + 1, w.last == "s", w.dropLast().elementsEqual(words[j]) { continue }
-                if last, w.count == words[j].count + 2, w.suffix(2).elementsEqual("es"), w.dropLast(2).elementsEqual(words[j]) { continue }
+                if last, w.count == words[j].count + 2, w.suffix(2).elementsEqual("es"),
+                    w.dropLast(2).elementsEqual(words[j])
+                {
+                    continue
+                }
                 ok = false
                 break
             }

@@ -11,14 +11,17 @@ enum Matrix {
     }
 
     /// The same into `c`, which holds at least `m * n` floats (the first `m` rows of `a` are used).
-    static func productTransposed(_ a: [Float], rows m: Int, _ b: [Float], rows n: Int, dimension d: Int, into c: inout [Float]) {
+    static func productTransposed(
+        _ a: [Float], rows m: Int, _ b: [Float], rows n: Int, dimension d: Int, into c: inout [Float]
+    ) {
         precondition(a.count >= m * d && b.count >= n * d && c.count >= m * n)
         guard m > 0, n > 0, d > 0 else { return }
         a.withUnsafeBufferPointer { pa in
             b.withUnsafeBufferPointer { pb in
                 c.withUnsafeMutableBufferPointer { pc in
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(d),
-                                1, pa.baseAddress, Int32(d), pb.baseAddress, Int32(d), 0, pc.baseAddress, Int32(n))
+                    cblas_sgemm(
+                        CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(d),
+                        1, pa.baseAddress, Int32(d), pb.baseAddress, Int32(d), 0, pc.baseAddress, Int32(n))
                 }
             }
         }

@@ -124,15 +124,18 @@ public struct ReferenceSet: Sendable {
         self.rowIDs = rowIDs
         self.rowCategory = rowCategory
         self.rowOf = Dictionary(rowIDs.enumerated().map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
-        self.gram = rowIDs.isEmpty ? [] : Matrix.productTransposed(matrix, rows: rowIDs.count, matrix, rows: rowIDs.count, dimension: d)
+        self.gram =
+            rowIDs.isEmpty
+            ? [] : Matrix.productTransposed(matrix, rows: rowIDs.count, matrix, rows: rowIDs.count, dimension: d)
         self.fingerprint = hasher.finalize().map { String(format: "%02x", $0) }.joined()
     }
 
     /// The documented choice order: FNV-1a 64 of the product id, then the id's bytes.
     public static func choose(_ productIDs: [String], count: Int) -> [String] {
-        Array(productIDs.map { (FNV1a64.hash($0), $0) }
-            .sorted { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1.utf8.lexicographicallyPrecedes($1.1.utf8) }
-            .prefix(count).map(\.1))
+        Array(
+            productIDs.map { (FNV1a64.hash($0), $0) }
+                .sorted { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1.utf8.lexicographicallyPrecedes($1.1.utf8) }
+                .prefix(count).map(\.1))
     }
 
     /// The rows a product is scored against in one category: the first `maxReferences` that

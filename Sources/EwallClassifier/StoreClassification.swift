@@ -10,8 +10,10 @@ extension CategoryClassifier {
     /// Builds the classifier from a store: the references are products a person filed (a
     /// category from a manifest or an import, not `generic`) that have a vector under `key`.
     /// Reads every product's metadata once and only the chosen references' vectors.
-    public static func open(store: any EmbeddingStore, key: ModelKey, rules: KeywordRules?,
-                            configuration: ClassifierConfiguration = .init(), pageSize: Int = 4096) async throws -> CategoryClassifier {
+    public static func open(
+        store: any EmbeddingStore, key: ModelKey, rules: KeywordRules?,
+        configuration: ClassifierConfiguration = .init(), pageSize: Int = 4096
+    ) async throws -> CategoryClassifier {
         var idsByCategory: [String: [String]] = [:]
         var after: String?
         while true {
@@ -22,12 +24,17 @@ extension CategoryClassifier {
         }
         var chosenIDs: [(String, String)] = []
         for (category, ids) in idsByCategory {
-            for id in ReferenceSet.choose(ids, count: configuration.maxReferences + 1) { chosenIDs.append((id, category)) }
+            for id in ReferenceSet.choose(ids, count: configuration.maxReferences + 1) {
+                chosenIDs.append((id, category))
+            }
         }
         let vectors = try await store.vectors(productIDs: chosenIDs.map(\.0), key: key)
-        let chosen = chosenIDs.compactMap { id, category in vectors[id].map { LabelledVector(productID: id, category: category, vector: $0) } }
-        let refs = try ReferenceSet(chosen: chosen, available: idsByCategory.mapValues(\.count),
-                                    maxReferences: configuration.maxReferences)
+        let chosen = chosenIDs.compactMap { id, category in
+            vectors[id].map { LabelledVector(productID: id, category: category, vector: $0) }
+        }
+        let refs = try ReferenceSet(
+            chosen: chosen, available: idsByCategory.mapValues(\.count),
+            maxReferences: configuration.maxReferences)
         return try CategoryClassifier(references: refs, rules: rules, configuration: configuration, modelKey: key)
     }
 
@@ -102,9 +109,11 @@ extension CategoryClassifier {
     /// and inputs still match, and with `apply` writes the answers (never over a person's
     /// category). `onPage` receives every page's results, in product-id order for `.generic`
     /// and `.all`, in the given order for `.products`.
-    public func run(store: any EmbeddingStore, key: ModelKey, selection: ClassifySelection, apply: Bool,
-                    pageSize: Int = 1024,
-                    onPage: (([ClassifiedProduct]) async throws -> Void)? = nil) async throws -> ClassifySummary {
+    public func run(
+        store: any EmbeddingStore, key: ModelKey, selection: ClassifySelection, apply: Bool,
+        pageSize: Int = 1024,
+        onPage: (([ClassifiedProduct]) async throws -> Void)? = nil
+    ) async throws -> ClassifySummary {
         let started = ContinuousClock.now
         var summary = ClassifySummary()
         summary.applied = apply
@@ -124,24 +133,30 @@ extension CategoryClassifier {
                 let hash = Self.inputHash(vector: vectors[p.id], title: p.title, brand: p.brand)
                 hashes.append(hash)
                 if let r = records[p.id], r.stamp == stamp, r.inputHash == hash,
-                   let c = try? JSONDecoder().decode(Classification.self, from: Data(r.explanation.utf8)) {
+                    let c = try? JSONDecoder().decode(Classification.self, from: Data(r.explanation.utf8))
+                {
                     let current = p.categorySource == .classifier && p.category == r.category
-                    results[i] = ClassifiedProduct(classification: c, title: p.title, currentCategory: p.category,
-                                                   currentSource: p.categorySource,
-                                                   action: p.hasPersonSetCategory ? .personSet : current ? .unchanged : (apply ? .set : .wouldSet),
-                                                   cached: true)
+                    results[i] = ClassifiedProduct(
+                        classification: c, title: p.title, currentCategory: p.category,
+                        currentSource: p.categorySource,
+                        action: p.hasPersonSetCategory ? .personSet : current ? .unchanged : (apply ? .set : .wouldSet),
+                        cached: true)
                 } else {
                     toScore.append(i)
                 }
             }
-            let inputs = toScore.map { ClassifierInput(productID: products[$0].id, vector: vectors[products[$0].id],
-                                                       title: products[$0].title, brand: products[$0].brand) }
+            let inputs = toScore.map {
+                ClassifierInput(
+                    productID: products[$0].id, vector: vectors[products[$0].id],
+                    title: products[$0].title, brand: products[$0].brand)
+            }
             for (j, c) in try classify(inputs).enumerated() {
                 let p = products[toScore[j]]
-                results[toScore[j]] = ClassifiedProduct(classification: c, title: p.title, currentCategory: p.category,
-                                                        currentSource: p.categorySource,
-                                                        action: p.hasPersonSetCategory ? .personSet : (apply ? .set : .wouldSet),
-                                                        cached: false)
+                results[toScore[j]] = ClassifiedProduct(
+                    classification: c, title: p.title, currentCategory: p.category,
+                    currentSource: p.categorySource,
+                    action: p.hasPersonSetCategory ? .personSet : (apply ? .set : .wouldSet),
+                    cached: false)
             }
             var page = results.map { $0! }
             if apply {
@@ -150,10 +165,12 @@ extension CategoryClassifier {
                 var records: [ClassificationRecord] = []
                 for (i, r) in page.enumerated() where r.action == .set {
                     let c = r.classification
-                    records.append(ClassificationRecord(
-                        productID: products[i].id, category: c.category, decidedBy: c.decidedBy.rawValue,
-                        method: c.method.rawValue, score: c.decidedBy == .embedding ? c.best?.score : nil, stamp: stamp,
-                        inputHash: hashes[i], explanation: String(decoding: try encoder.encode(c), as: UTF8.self)))
+                    records.append(
+                        ClassificationRecord(
+                            productID: products[i].id, category: c.category, decidedBy: c.decidedBy.rawValue,
+                            method: c.method.rawValue, score: c.decidedBy == .embedding ? c.best?.score : nil,
+                            stamp: stamp,
+                            inputHash: hashes[i], explanation: String(decoding: try encoder.encode(c), as: UTF8.self)))
                 }
                 let written = try await store.applyClassifications(records)
                 for i in page.indices where page[i].action == .set && !written.contains(products[i].id) {
@@ -183,9 +200,12 @@ extension CategoryClassifier {
             var after: String?
             while true {
                 let page = try await store.products(after: after, limit: pageSize)
-                let wanted = selection == .all ? page : page.filter {
-                    ($0.category ?? "").isEmpty || $0.category == Product.genericCategory
-                }
+                let wanted =
+                    selection == .all
+                    ? page
+                    : page.filter {
+                        ($0.category ?? "").isEmpty || $0.category == Product.genericCategory
+                    }
                 try await process(wanted)
                 guard let last = page.last, page.count == pageSize else { break }
                 after = last.id
@@ -198,7 +218,9 @@ extension CategoryClassifier {
 
     /// The labelled products of a store (a person's category, not `generic`), with their
     /// vectors under `key` where they have one: what ``Calibration/run(_:products:thresholds:targetPrecision:)`` takes.
-    public static func labelledProducts(store: any EmbeddingStore, key: ModelKey, pageSize: Int = 2048) async throws -> [LabelledProduct] {
+    public static func labelledProducts(
+        store: any EmbeddingStore, key: ModelKey, pageSize: Int = 2048
+    ) async throws -> [LabelledProduct] {
         var out: [LabelledProduct] = []
         var after: String?
         while true {
@@ -206,7 +228,9 @@ extension CategoryClassifier {
             let labelled = page.filter(\.hasPersonSetCategory)
             let vectors = try await store.vectors(productIDs: labelled.map(\.id), key: key)
             for p in labelled {
-                out.append(LabelledProduct(productID: p.id, category: p.category!, vector: vectors[p.id], title: p.title, brand: p.brand))
+                out.append(
+                    LabelledProduct(
+                        productID: p.id, category: p.category!, vector: vectors[p.id], title: p.title, brand: p.brand))
             }
             guard let last = page.last, page.count == pageSize else { break }
             after = last.id

@@ -35,7 +35,9 @@ public final class BlockingWorker: @unchecked Sendable {
         let result: Result<T, E> = await withCheckedContinuation { cont in
             condition.lock()
             jobs.append {
-                do throws(E) { cont.resume(returning: .success(try body())) } catch { cont.resume(returning: .failure(error)) }
+                do throws(E) { cont.resume(returning: .success(try body())) } catch {
+                    cont.resume(returning: .failure(error))
+                }
             }
             condition.signal()
             condition.unlock()

@@ -5,19 +5,23 @@ import Foundation
 /// connection that died under its client library) cannot hold the caller past its deadline.
 /// Use it only where a late completion is harmless (idempotent store calls, a request whose
 /// answer nobody reads). Cancelling the caller ends the wait at once with `CancellationError`.
-public func withDeadline<T: Sendable>(_ limit: Duration, timedOut: @escaping @Sendable () -> any Error,
-                                      _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+public func withDeadline<T: Sendable>(
+    _ limit: Duration, timedOut: @escaping @Sendable () -> any Error,
+    _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
     let first = FirstOf<T>()
     return try await withTaskCancellationHandler {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             first.start(continuation)
-            first.add(Task {
-                do { first.resolve(.success(try await body())) } catch { first.resolve(.failure(error)) }
-            })
-            first.add(Task {
-                try? await Task.sleep(for: limit)
-                first.resolve(.failure(timedOut()))
-            })
+            first.add(
+                Task {
+                    do { first.resolve(.success(try await body())) } catch { first.resolve(.failure(error)) }
+                })
+            first.add(
+                Task {
+                    try? await Task.sleep(for: limit)
+                    first.resolve(.failure(timedOut()))
+                })
         }
     } onCancel: {
         first.resolve(.failure(CancellationError()))

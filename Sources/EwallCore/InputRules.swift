@@ -23,8 +23,10 @@ public struct InputRules: Sendable, Hashable {
     public static let defaultMaxURLBytes = 4096
     public static let defaultMaxTextBytes = 4096
 
-    public init(maxIDBytes: Int = InputRules.defaultMaxIDBytes, maxURLBytes: Int = InputRules.defaultMaxURLBytes,
-                maxTextBytes: Int = InputRules.defaultMaxTextBytes) {
+    public init(
+        maxIDBytes: Int = InputRules.defaultMaxIDBytes, maxURLBytes: Int = InputRules.defaultMaxURLBytes,
+        maxTextBytes: Int = InputRules.defaultMaxTextBytes
+    ) {
         self.maxIDBytes = maxIDBytes
         self.maxURLBytes = maxURLBytes
         self.maxTextBytes = maxTextBytes
@@ -52,7 +54,8 @@ public struct InputRules: Sendable, Hashable {
             if field.isText && (scalar == "\t" || scalar == "\n" || scalar == "\r") {
                 // A title may span lines (a quoted CSV field): tab, LF and CR are text there.
             } else if let name = Self.controlName(scalar) {
-                return "\(field.rawValue) contains \(name) at character \(offset + 1); control characters are not allowed"
+                return
+                    "\(field.rawValue) contains \(name) at character \(offset + 1); control characters are not allowed"
             }
             bytes += UTF8.width(scalar)
         }

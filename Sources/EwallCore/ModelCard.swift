@@ -23,8 +23,10 @@ public struct ModelCard: Codable, Sendable, Hashable {
         case torchVersion = "torch_version"
     }
 
-    public init(name: String, weights: String, pretrained: Bool, outputDim: Int, sha256: String,
-                torchVersion: String? = nil, preprocessing: Preprocessing? = nil) {
+    public init(
+        name: String, weights: String, pretrained: Bool, outputDim: Int, sha256: String,
+        torchVersion: String? = nil, preprocessing: Preprocessing? = nil
+    ) {
         self.name = name
         self.weights = weights
         self.pretrained = pretrained

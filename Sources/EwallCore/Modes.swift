@@ -58,8 +58,10 @@ public struct ImageLimits: Sendable, Hashable {
     public var allowDecoderWarnings: Bool
 
     /// 100 megapixels, 16 px minimum side, 20 MiB, warnings refused.
-    public init(maxPixels: Int = 100_000_000, minSide: Int = 16, maxBytes: Int = 20 << 20,
-                allowDecoderWarnings: Bool = false) {
+    public init(
+        maxPixels: Int = 100_000_000, minSide: Int = 16, maxBytes: Int = 20 << 20,
+        allowDecoderWarnings: Bool = false
+    ) {
         self.maxPixels = maxPixels
         self.minSide = minSide
         self.maxBytes = maxBytes
@@ -98,7 +100,8 @@ public enum ComputeDevice: Sendable, Hashable, Codable, CustomStringConvertible 
     public init(from decoder: any Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
         guard let d = ComputeDevice(parsing: text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a device: \(text)"))
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: decoder.codingPath, debugDescription: "not a device: \(text)"))
         }
         self = d
     }

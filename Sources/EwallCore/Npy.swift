@@ -6,7 +6,11 @@ public enum Npy {
     public static func encode(_ values: [Float], rows: Int, cols: Int) -> Data {
         precondition(values.count == rows * cols, "npy: \(values.count) values for \(rows)x\(cols)")
         var data = header(rows: rows, cols: cols)
-        values.withUnsafeBufferPointer { data.append(UnsafeBufferPointer(start: UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: UInt8.self), count: $0.count * 4)) }
+        values.withUnsafeBufferPointer {
+            data.append(
+                UnsafeBufferPointer(
+                    start: UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: UInt8.self), count: $0.count * 4))
+        }
         return data
     }
 
@@ -49,7 +53,8 @@ public enum Npy {
         let header = String(decoding: bytes[start..<start + headerLen], as: UTF8.self)
         guard header.contains("'<f4'") else { throw DecodeError(description: "only <f4 .npy is supported: \(header)") }
         guard !header.contains("'fortran_order': True") else { throw DecodeError(description: "fortran order") }
-        guard let open = header.range(of: "'shape': ("), let close = header[open.upperBound...].firstIndex(of: ")") else {
+        guard let open = header.range(of: "'shape': ("), let close = header[open.upperBound...].firstIndex(of: ")")
+        else {
             throw DecodeError(description: "no shape in .npy header")
         }
         let shape = header[open.upperBound..<close].split(separator: ",").compactMap {

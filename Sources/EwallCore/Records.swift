@@ -38,8 +38,10 @@ public struct Product: Hashable, Sendable, Codable {
     /// The category that means "don't know": never a reference, always open to the classifier.
     public static let genericCategory = "generic"
 
-    public init(id: String, title: String? = nil, category: String? = nil, inStock: Bool? = nil,
-                brand: String? = nil, price: Double? = nil, categorySource: CategorySource? = nil) {
+    public init(
+        id: String, title: String? = nil, category: String? = nil, inStock: Bool? = nil,
+        brand: String? = nil, price: Double? = nil, categorySource: CategorySource? = nil
+    ) {
         self.id = id
         self.title = title
         self.category = category
@@ -77,8 +79,10 @@ public struct ClassificationRecord: Sendable, Hashable {
     public var explanation: String
     public var classifiedAt: Date
 
-    public init(productID: String, category: String, decidedBy: String, method: String, score: Double?,
-                stamp: String, inputHash: String, explanation: String, classifiedAt: Date = Date()) {
+    public init(
+        productID: String, category: String, decidedBy: String, method: String, score: Double?,
+        stamp: String, inputHash: String, explanation: String, classifiedAt: Date = Date()
+    ) {
         self.productID = productID
         self.category = category
         self.decidedBy = decidedBy
@@ -106,8 +110,10 @@ public struct StoredEmbedding: Sendable, Hashable {
     /// The Content-Type the server sent (recorded, not trusted: the decoder sniffs bytes).
     public var contentType: String?
 
-    public init(productID: String, imageURL: String, key: ModelKey, vector: [Float], imageSHA256: String? = nil,
-                width: Int? = nil, height: Int? = nil, bytes: Int? = nil, contentType: String? = nil) {
+    public init(
+        productID: String, imageURL: String, key: ModelKey, vector: [Float], imageSHA256: String? = nil,
+        width: Int? = nil, height: Int? = nil, bytes: Int? = nil, contentType: String? = nil
+    ) {
         self.productID = productID
         self.imageURL = imageURL
         self.key = key
@@ -135,8 +141,10 @@ public struct LedgerEntry: Sendable, Hashable {
     public var lastError: String?
     public var lastTried: Date
 
-    public init(productID: String, imageURL: String, key: ModelKey, status: Status, errorClass: String? = nil,
-                httpStatus: Int? = nil, attempts: Int, lastError: String? = nil, lastTried: Date = Date()) {
+    public init(
+        productID: String, imageURL: String, key: ModelKey, status: Status, errorClass: String? = nil,
+        httpStatus: Int? = nil, attempts: Int, lastError: String? = nil, lastTried: Date = Date()
+    ) {
         self.productID = productID
         self.imageURL = imageURL
         self.key = key

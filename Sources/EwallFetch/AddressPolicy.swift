@@ -151,9 +151,10 @@ public struct AddressPolicy: Sendable, Hashable {
         for a in addresses {
             if let why = Self.refusal(for: a) {
                 let shown = Self.normalised(host: host) == a.description ? a.description : "\(host) resolves to \(a)"
-                throw FetchError(FailureClass.blockedURL,
-                                 "refused: \(shown), a \(why) address; only public addresses may be fetched "
-                                 + "(allow a host explicitly with --allow-host)")
+                throw FetchError(
+                    FailureClass.blockedURL,
+                    "refused: \(shown), a \(why) address; only public addresses may be fetched "
+                        + "(allow a host explicitly with --allow-host)")
             }
         }
         return addresses[0]

@@ -51,12 +51,14 @@ public struct FetchConfiguration: Sendable, Hashable {
     /// a trusted manifest): no address check.
     public var addressPolicy: AddressPolicy?
 
-    public init(perHostLimit: Int = 8, connectTimeout: Duration = .seconds(5), requestTimeout: Duration = .seconds(30),
-                maxAttempts: Int = 4, backoffBase: Duration = .milliseconds(500), backoffMax: Duration = .seconds(30),
-                maxRetryAfter: Duration = .seconds(120), maxBytes: Int = 20 << 20, maxRedirects: Int = 5,
-                userAgent: String = FetchConfiguration.defaultUserAgent, allowFiles: Bool = true,
-                baseDirectory: String? = nil, addressPolicy: AddressPolicy? = nil,
-                itemDeadline: Duration = .seconds(60)) {
+    public init(
+        perHostLimit: Int = 8, connectTimeout: Duration = .seconds(5), requestTimeout: Duration = .seconds(30),
+        maxAttempts: Int = 4, backoffBase: Duration = .milliseconds(500), backoffMax: Duration = .seconds(30),
+        maxRetryAfter: Duration = .seconds(120), maxBytes: Int = 20 << 20, maxRedirects: Int = 5,
+        userAgent: String = FetchConfiguration.defaultUserAgent, allowFiles: Bool = true,
+        baseDirectory: String? = nil, addressPolicy: AddressPolicy? = nil,
+        itemDeadline: Duration = .seconds(60)
+    ) {
         self.perHostLimit = perHostLimit
         self.connectTimeout = connectTimeout
         self.requestTimeout = requestTimeout
@@ -73,7 +75,8 @@ public struct FetchConfiguration: Sendable, Hashable {
         self.itemDeadline = itemDeadline
     }
 
-    public static let defaultUserAgent = "EwallML/0.3 (ewall-embed; product image embedding; +https://e-wall.example/bot)"
+    public static let defaultUserAgent =
+        "EwallML/0.3 (ewall-embed; product image embedding; +https://e-wall.example/bot)"
 
     /// The delay before retry number `retry` (1 = the first retry), with full jitter.
     public func backoff(retry: Int, random: Double = Double.random(in: 0...1)) -> Duration {

@@ -36,7 +36,8 @@ public final class ImageFetcher: Sendable {
     /// recorded as failures.
     public static let cancelled = "cancelled"
 
-    public init(configuration: FetchConfiguration = FetchConfiguration(), logger: Logger = Logger(label: "ewall.fetch")) {
+    public init(configuration: FetchConfiguration = FetchConfiguration(), logger: Logger = Logger(label: "ewall.fetch"))
+    {
         self.configuration = configuration
         self.logger = logger
         var pool = HTTPClient.Configuration.ConnectionPool(
@@ -47,8 +48,9 @@ public final class ImageFetcher: Sendable {
         var http = HTTPClient.Configuration(
             redirectConfiguration: configuration.addressPolicy == nil
                 ? .follow(max: configuration.maxRedirects, allowCycles: false) : .disallow,
-            timeout: .init(connect: .nanoseconds(configuration.connectTimeout.inNanoseconds),
-                           read: .nanoseconds(configuration.requestTimeout.inNanoseconds)),
+            timeout: .init(
+                connect: .nanoseconds(configuration.connectTimeout.inNanoseconds),
+                read: .nanoseconds(configuration.requestTimeout.inNanoseconds)),
             connectionPool: pool,
             decompression: .disabled)
         http.httpVersion = .automatic
@@ -84,9 +86,11 @@ public final class ImageFetcher: Sendable {
         if configuration.addressPolicy != nil {
             // Callers' URLs: http(s) only, never files or other schemes.
             let s = location.trimmingCharacters(in: .whitespaces)
-            guard let url = URL(string: s), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https" else {
+            guard let url = URL(string: s), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https"
+            else {
                 let scheme = URL(string: s)?.scheme.map { "'\($0):'" } ?? "a missing scheme"
-                return .failure(FetchError(FailureClass.blockedURL, "refused: \(scheme) is not allowed (http and https only)"))
+                return .failure(
+                    FetchError(FailureClass.blockedURL, "refused: \(scheme) is not allowed (http and https only)"))
             }
         }
         switch ImageLocation.parse(location, baseDirectory: configuration.baseDirectory) {
@@ -134,8 +138,9 @@ public final class ImageFetcher: Sendable {
             // held for this attempt only; it expires by itself if this process dies. Like the
             // local permit, waiting for the first one does not count against the deadline.
             let slots = configuration.sharedSlots?.board
-            let slot = await slots?.acquire(host: authority, limit: configuration.perHostLimit,
-                                            lease: min(configuration.requestTimeout, budget) + .seconds(5))
+            let slot = await slots?.acquire(
+                host: authority, limit: configuration.perHostLimit,
+                lease: min(configuration.requestTimeout, budget) + .seconds(5))
             func releasePermits() async {
                 if let slots, let slot { await slots.release(host: authority, token: slot) }
                 await limiter.release(host)
@@ -169,12 +174,15 @@ public final class ImageFetcher: Sendable {
                     if Task.isCancelled { error.code = Self.cancelled }
                     return .failure(error)
                 }
-                let delay = retryAfter.map { min($0, configuration.maxRetryAfter) }
+                let delay =
+                    retryAfter.map { min($0, configuration.maxRetryAfter) }
                     ?? configuration.backoff(retry: attempt)
                 // The whole host waits, not only this request (even if this item gives up now).
                 if retryAfter != nil {
                     await limiter.pause(host, until: .now + delay)
-                    if let board = configuration.sharedPauses?.board { await board.publish(host: host, seconds: delay.inSeconds) }
+                    if let board = configuration.sharedPauses?.board {
+                        await board.publish(host: host, seconds: delay.inSeconds)
+                    }
                 }
                 if ContinuousClock.now + delay >= itemDeadline {
                     return .failure(deadlineError(error, attempts: attempt, cut: false))
@@ -194,10 +202,12 @@ public final class ImageFetcher: Sendable {
         let limit = "the item deadline of \(Self.seconds(configuration.itemDeadline))"
         let made = attempts == 1 ? "1 attempt" : "\(attempts) attempts"
         if cut || last == nil {
-            return FetchError(FailureClass.timeout,
-                              cut ? "no complete answer within \(limit) (\(made); the last was cut at the deadline)"
-                                  : "\(limit) passed before an attempt could start (\(made))",
-                              attempts: attempts)
+            return FetchError(
+                FailureClass.timeout,
+                cut
+                    ? "no complete answer within \(limit) (\(made); the last was cut at the deadline)"
+                    : "\(limit) passed before an attempt could start (\(made))",
+                attempts: attempts)
         }
         var e = last!
         e.message += "; not retried: \(limit) would pass first (\(made))"
@@ -240,15 +250,19 @@ public final class ImageFetcher: Sendable {
             let (attempt, location) = await send(current, pinnedTo: pin)
             guard let location else { return attempt }
             guard let next = URL(string: location, relativeTo: current)?.absoluteURL else {
-                return .failed(FetchError(FailureClass.httpOther, "a redirect to an unreadable Location '\(location)'"),
-                               retryAfter: nil)
+                return .failed(
+                    FetchError(FailureClass.httpOther, "a redirect to an unreadable Location '\(location)'"),
+                    retryAfter: nil)
             }
             guard seen.insert(next.absoluteString).inserted else {
-                return .failed(FetchError(FailureClass.redirectLoop, "a redirect cycle at \(next.absoluteString)"), retryAfter: nil)
+                return .failed(
+                    FetchError(FailureClass.redirectLoop, "a redirect cycle at \(next.absoluteString)"), retryAfter: nil
+                )
             }
             current = next
         }
-        return .failed(FetchError(FailureClass.redirectLoop, "more than \(configuration.maxRedirects) redirects"), retryAfter: nil)
+        return .failed(
+            FetchError(FailureClass.redirectLoop, "more than \(configuration.maxRedirects) redirects"), retryAfter: nil)
     }
 
     /// Sends one request. A 3xx with a Location comes back as `location` when redirects are
@@ -256,7 +270,9 @@ public final class ImageFetcher: Sendable {
     private func send(_ url: URL, pinnedTo pin: HostAddress?) async -> (attempt: Attempt, location: String?) {
         var target = url.absoluteString
         var hostHeader: String?
-        if let pin, url.scheme?.lowercased() == "http", var parts = URLComponents(url: url, resolvingAgainstBaseURL: false) {
+        if let pin, url.scheme?.lowercased() == "http",
+            var parts = URLComponents(url: url, resolvingAgainstBaseURL: false)
+        {
             hostHeader = url.port.map { "\(url.host!):\($0)" } ?? url.host!
             parts.percentEncodedHost = pin.urlHost
             target = parts.url?.absoluteString ?? target
@@ -274,43 +290,78 @@ public final class ImageFetcher: Sendable {
             case 200..<300:
                 let declared = response.headers.first(name: "content-length").flatMap { Int($0) }
                 if let declared, declared > configuration.maxBytes {
-                    return (.failed(FetchError(FailureClass.tooLarge,
-                                              "the server declares \(declared) bytes, above the limit of \(configuration.maxBytes)",
-                                              httpStatus: status), retryAfter: nil), nil)
+                    return (
+                        .failed(
+                            FetchError(
+                                FailureClass.tooLarge,
+                                "the server declares \(declared) bytes, above the limit of \(configuration.maxBytes)",
+                                httpStatus: status), retryAfter: nil), nil
+                    )
                 }
                 var bytes: [UInt8] = []
                 bytes.reserveCapacity(min(declared ?? 256 << 10, configuration.maxBytes))
                 for try await chunk in response.body {
                     if bytes.count + chunk.readableBytes > configuration.maxBytes {
-                        return (.failed(FetchError(FailureClass.tooLarge,
-                                                  "the response is larger than the limit of \(configuration.maxBytes) bytes",
-                                                  httpStatus: status), retryAfter: nil), nil)
+                        return (
+                            .failed(
+                                FetchError(
+                                    FailureClass.tooLarge,
+                                    "the response is larger than the limit of \(configuration.maxBytes) bytes",
+                                    httpStatus: status), retryAfter: nil), nil
+                        )
                     }
                     bytes.append(contentsOf: chunk.readableBytesView)
                 }
-                return (.done(FetchedImage(bytes: bytes, sha256: Self.sha256(bytes), contentType: contentType,
-                                          httpStatus: status, attempts: 1)), nil)
+                return (
+                    .done(
+                        FetchedImage(
+                            bytes: bytes, sha256: Self.sha256(bytes), contentType: contentType,
+                            httpStatus: status, attempts: 1)), nil
+                )
             case 300..<400 where configuration.addressPolicy != nil:
                 guard let location = response.headers.first(name: "location") else {
-                    return (.failed(FetchError(FailureClass.httpOther, "HTTP \(status) without a Location", httpStatus: status),
-                                    retryAfter: nil), nil)
+                    return (
+                        .failed(
+                            FetchError(FailureClass.httpOther, "HTTP \(status) without a Location", httpStatus: status),
+                            retryAfter: nil), nil
+                    )
                 }
-                return (.failed(FetchError(FailureClass.httpOther, "redirect", httpStatus: status), retryAfter: nil), location)
+                return (
+                    .failed(FetchError(FailureClass.httpOther, "redirect", httpStatus: status), retryAfter: nil),
+                    location
+                )
             case 429:
                 let after = response.headers.first(name: "retry-after").flatMap { Self.parseRetryAfter($0) }
-                return (.failed(FetchError(FailureClass.http429, "HTTP 429 Too Many Requests"
-                                          + (after.map { " (Retry-After \($0))" } ?? ""), httpStatus: status),
-                               retryAfter: after), nil)
+                return (
+                    .failed(
+                        FetchError(
+                            FailureClass.http429,
+                            "HTTP 429 Too Many Requests"
+                                + (after.map { " (Retry-After \($0))" } ?? ""), httpStatus: status),
+                        retryAfter: after), nil
+                )
             case 400..<500:
-                return (.failed(FetchError(FailureClass.http4xx, "HTTP \(status) \(response.status.reasonPhrase)",
-                                          httpStatus: status), retryAfter: nil), nil)
+                return (
+                    .failed(
+                        FetchError(
+                            FailureClass.http4xx, "HTTP \(status) \(response.status.reasonPhrase)",
+                            httpStatus: status), retryAfter: nil), nil
+                )
             case 500..<600:
                 let after = response.headers.first(name: "retry-after").flatMap { Self.parseRetryAfter($0) }
-                return (.failed(FetchError(FailureClass.http5xx, "HTTP \(status) \(response.status.reasonPhrase)",
-                                          httpStatus: status), retryAfter: after), nil)
+                return (
+                    .failed(
+                        FetchError(
+                            FailureClass.http5xx, "HTTP \(status) \(response.status.reasonPhrase)",
+                            httpStatus: status), retryAfter: after), nil
+                )
             default:
-                return (.failed(FetchError(FailureClass.httpOther, "unexpected HTTP \(status) \(response.status.reasonPhrase)",
-                                          httpStatus: status), retryAfter: nil), nil)
+                return (
+                    .failed(
+                        FetchError(
+                            FailureClass.httpOther, "unexpected HTTP \(status) \(response.status.reasonPhrase)",
+                            httpStatus: status), retryAfter: nil), nil
+                )
             }
         } catch {
             return (.failed(Self.classify(error), retryAfter: nil), nil)
@@ -364,7 +415,8 @@ public final class ImageFetcher: Sendable {
         }
         let size = (attrs[.size] as? Int) ?? 0
         if maxBytes > 0 && size > maxBytes {
-            return .failure(FetchError(FailureClass.tooLarge, "\(path) is \(size) bytes, above the limit of \(maxBytes)"))
+            return .failure(
+                FetchError(FailureClass.tooLarge, "\(path) is \(size) bytes, above the limit of \(maxBytes)"))
         }
         guard let data = FileManager.default.contents(atPath: path) else {
             return .failure(FetchError(FailureClass.unreadable, "\(path) could not be read"))

@@ -9,8 +9,10 @@ public enum ImageLocation: Sendable, Hashable {
     /// Parses a manifest's `image_url`. Relative plain paths are resolved against
     /// `baseDirectory` (the manifest's folder) when given. A URL that breaks `rules` (a NUL or
     /// other control character, too long) is `invalid_url`, never fetched.
-    public static func parse(_ text: String, baseDirectory: String? = nil,
-                             rules: InputRules = InputRules()) -> Result<ImageLocation, FetchError> {
+    public static func parse(
+        _ text: String, baseDirectory: String? = nil,
+        rules: InputRules = InputRules()
+    ) -> Result<ImageLocation, FetchError> {
         if let problem = rules.problem(text, as: .imageURL) {
             return .failure(FetchError(FailureClass.invalidURL, problem))
         }
@@ -29,11 +31,15 @@ public enum ImageLocation: Sendable, Hashable {
             }
             return .success(.file(url.path))
         }
-        if let colon = s.firstIndex(of: ":"), s[s.startIndex..<colon].allSatisfy({ $0.isLetter || $0.isNumber || "+.-".contains($0) }),
-           s[s.startIndex].isLetter {
+        if let colon = s.firstIndex(of: ":"),
+            s[s.startIndex..<colon].allSatisfy({ $0.isLetter || $0.isNumber || "+.-".contains($0) }),
+            s[s.startIndex].isLetter
+        {
             let scheme = s[s.startIndex..<colon]
-            return .failure(FetchError(FailureClass.invalidURL,
-                                       "unsupported URL scheme '\(scheme):' (use http://, https://, file:// or a path)"))
+            return .failure(
+                FetchError(
+                    FailureClass.invalidURL,
+                    "unsupported URL scheme '\(scheme):' (use http://, https://, file:// or a path)"))
         }
         if s.hasPrefix("/") || baseDirectory == nil { return .success(.file(s)) }
         return .success(.file(URL(fileURLWithPath: baseDirectory!).appendingPathComponent(s).path))

@@ -38,9 +38,12 @@ public struct ImageInfo: Sendable, Hashable {
         progressive = i.progressive != 0
         scaleDenominator = Int(i.scale_denom)
         let text = stringFromCCharArray(i.warning)
-        decoderWarning = text.isEmpty ? nil
-            : DecoderWarning(kind: Int(i.warning_kind) == Int(EW_IMG_WARNING_DAMAGING.rawValue) ? .damaging : .harmless,
-                             message: text)
+        decoderWarning =
+            text.isEmpty
+            ? nil
+            : DecoderWarning(
+                kind: Int(i.warning_kind) == Int(EW_IMG_WARNING_DAMAGING.rawValue) ? .damaging : .harmless,
+                message: text)
     }
 }
 

@@ -49,17 +49,19 @@ public struct Preprocessor: Sendable {
         var err = ew_img_error()
         let rc = image.pixels.withUnsafeBufferPointer { src in
             resized.withUnsafeMutableBufferPointer { dst in
-                ew_img_resize_bilinear(src.baseAddress, UInt32(image.width), UInt32(image.height),
-                                       dst.baseAddress, UInt32(rw), UInt32(rh), &err)
+                ew_img_resize_bilinear(
+                    src.baseAddress, UInt32(image.width), UInt32(image.height),
+                    dst.baseAddress, UInt32(rw), UInt32(rh), &err)
             }
         }
         if rc != 0 { throw ImageDecoder.error(rc, err) }
         let values = [Float](unsafeUninitializedCapacity: ImageTensor.count) { out, initialized in
             PreprocessingMode.mean.withUnsafeBufferPointer { mean in
                 PreprocessingMode.std.withUnsafeBufferPointer { std in
-                    _ = ew_img_normalize_chw(resized, UInt32(rw), UInt32(rh), UInt32(x0), UInt32(y0),
-                                             UInt32(side), UInt32(side), mean.baseAddress, std.baseAddress,
-                                             out.baseAddress, &err)
+                    _ = ew_img_normalize_chw(
+                        resized, UInt32(rw), UInt32(rh), UInt32(x0), UInt32(y0),
+                        UInt32(side), UInt32(side), mean.baseAddress, std.baseAddress,
+                        out.baseAddress, &err)
                 }
             }
             initialized = ImageTensor.count

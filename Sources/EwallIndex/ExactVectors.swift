@@ -1,5 +1,6 @@
 import CFaissShim
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -47,7 +48,9 @@ public final class ExactVectors: @unchecked Sendable {
     /// the squared L2 distance, with the distance kernel in force (as ``FaissIndex/compare(_:ids:)``
     /// does from the index's own storage, but exact). `distances: false` leaves `l2` empty (an
     /// answer's cosine needs only the dots and norms).
-    public func compare(_ query: [Float], ids: [Int64], distances: Bool = true) throws -> (dot: [Float], norm2: [Float], l2: [Float]) {
+    public func compare(
+        _ query: [Float], ids: [Int64], distances: Bool = true
+    ) throws -> (dot: [Float], norm2: [Float], l2: [Float]) {
         precondition(query.count == dimension)
         var dot = [Float](repeating: 0, count: ids.count), norm2 = dot
         var l2 = distances ? dot : []
@@ -56,8 +59,10 @@ public final class ExactVectors: @unchecked Sendable {
             guard let r = row(id) else { throw IndexError(.notFound, "\(Self.fileName) has no row for id \(id)") }
             // Calls of the kernel in force: q·r, r·r and, when asked, |q - r|².
             guard ew_faiss_distances(Int32(EW_FAISS_METRIC_IP), query, r, 1, Int64(dimension), &dot[i], &err) == 0,
-                  ew_faiss_distances(Int32(EW_FAISS_METRIC_IP), r, r, 1, Int64(dimension), &norm2[i], &err) == 0,
-                  !distances || ew_faiss_distances(Int32(EW_FAISS_METRIC_L2), query, r, 1, Int64(dimension), &l2[i], &err) == 0 else {
+                ew_faiss_distances(Int32(EW_FAISS_METRIC_IP), r, r, 1, Int64(dimension), &norm2[i], &err) == 0,
+                !distances
+                    || ew_faiss_distances(Int32(EW_FAISS_METRIC_L2), query, r, 1, Int64(dimension), &l2[i], &err) == 0
+            else {
                 throw IndexError(err)
             }
         }
@@ -66,15 +71,19 @@ public final class ExactVectors: @unchecked Sendable {
 
     /// Re-ranks `candidates` (FAISS's, by their codes) by exact distance to `query` and keeps
     /// the best `k`, nearest first (ties by id).
-    public func rerank(_ query: [Float], _ candidates: [(id: Int64, distance: Float)], k: Int,
-                       metric: IndexMetric) throws -> [(id: Int64, distance: Float)] {
+    public func rerank(
+        _ query: [Float], _ candidates: [(id: Int64, distance: Float)], k: Int,
+        metric: IndexMetric
+    ) throws -> [(id: Int64, distance: Float)] {
         var exact: [(id: Int64, distance: Float)] = []
         exact.reserveCapacity(candidates.count)
         var err = ew_faiss_error()
         for c in candidates {
             guard let r = row(c.id) else { throw IndexError(.notFound, "\(Self.fileName) has no row for id \(c.id)") }
             var d: Float = 0
-            guard ew_faiss_distances(metric.raw, query, r, 1, Int64(dimension), &d, &err) == 0 else { throw IndexError(err) }
+            guard ew_faiss_distances(metric.raw, query, r, 1, Int64(dimension), &d, &err) == 0 else {
+                throw IndexError(err)
+            }
             exact.append((c.id, d))
         }
         exact.sort { a, b in
@@ -97,7 +106,8 @@ final class ExactVectorsWriter {
         self.dimension = dimension
         try? FileManager.default.removeItem(at: url)
         guard FileManager.default.createFile(atPath: url.path, contents: nil),
-              let h = FileHandle(forWritingAtPath: url.path) else { throw IndexError(.io, "cannot write \(url.path)") }
+            let h = FileHandle(forWritingAtPath: url.path)
+        else { throw IndexError(.io, "cannot write \(url.path)") }
         handle = h
     }
 

@@ -27,16 +27,17 @@ public struct IndexError: Error, Sendable, CustomStringConvertible {
 
     init(_ e: ew_faiss_error) {
         let message = withUnsafeBytes(of: e.message) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let code: Code = switch e.code {
-        case Int32(EW_FAISS_E_ARGUMENT): .argument
-        case Int32(EW_FAISS_E_FACTORY): .factory
-        case Int32(EW_FAISS_E_NOT_TRAINED): .notTrained
-        case Int32(EW_FAISS_E_UNSUPPORTED): .unsupported
-        case Int32(EW_FAISS_E_IO): .io
-        case Int32(EW_FAISS_E_NOT_FOUND): .notFound
-        case Int32(EW_FAISS_E_MEMORY): .memory
-        default: .faiss
-        }
+        let code: Code =
+            switch e.code {
+            case Int32(EW_FAISS_E_ARGUMENT): .argument
+            case Int32(EW_FAISS_E_FACTORY): .factory
+            case Int32(EW_FAISS_E_NOT_TRAINED): .notTrained
+            case Int32(EW_FAISS_E_UNSUPPORTED): .unsupported
+            case Int32(EW_FAISS_E_IO): .io
+            case Int32(EW_FAISS_E_NOT_FOUND): .notFound
+            case Int32(EW_FAISS_E_MEMORY): .memory
+            default: .faiss
+            }
         self.init(code, message)
     }
 }
@@ -98,8 +99,10 @@ public struct SearchParameters: Sendable {
     /// (``SecondHop``); nil: a stock FAISS search.
     public var hop: SecondHop?
 
-    public init(nprobe: Int? = nil, efSearch: Int? = nil, allowed: IDBitmap? = nil, excluded: [Int64] = [],
-                nearest: NearestLists.Row? = nil, hop: SecondHop? = nil) {
+    public init(
+        nprobe: Int? = nil, efSearch: Int? = nil, allowed: IDBitmap? = nil, excluded: [Int64] = [],
+        nearest: NearestLists.Row? = nil, hop: SecondHop? = nil
+    ) {
         self.nprobe = nprobe
         self.efSearch = efSearch
         self.allowed = allowed
@@ -154,7 +157,9 @@ public struct Neighbours: Sendable {
     /// id -1, but Debian's 1.7.3 answers a filtered search that allows nothing with id 0 at
     /// distance +inf when k = 1, so a result must also have a finite distance.
     public func results(of query: Int) -> [(id: Int64, distance: Float)] {
-        (query * k..<(query + 1) * k).compactMap { ids[$0] >= 0 && distances[$0].isFinite ? (ids[$0], distances[$0]) : nil }
+        (query * k..<(query + 1) * k).compactMap {
+            ids[$0] >= 0 && distances[$0].isFinite ? (ids[$0], distances[$0]) : nil
+        }
     }
 }
 
@@ -229,7 +234,9 @@ public final class FaissIndex: @unchecked Sendable {
     /// searches the same way).
     public func setDefaults(nprobe: Int?, efSearch: Int?) throws {
         var err = ew_faiss_error()
-        guard ew_faiss_set_defaults(handle, Int64(nprobe ?? 0), Int64(efSearch ?? 0), &err) == 0 else { throw IndexError(err) }
+        guard ew_faiss_set_defaults(handle, Int64(nprobe ?? 0), Int64(efSearch ?? 0), &err) == 0 else {
+            throw IndexError(err)
+        }
     }
 
     public func train(_ vectors: UnsafeBufferPointer<Float>) throws {
@@ -249,8 +256,11 @@ public final class FaissIndex: @unchecked Sendable {
         precondition(vectors.count % dimension == 0)
         var err = ew_faiss_error()
         var lists: Int64 = 0, split: Int64 = 0
-        guard ew_faiss_train_balanced(handle, Int64(vectors.count / dimension), vectors.baseAddress, maxListFactor,
-                                      &lists, &split, &err) == 0 else {
+        guard
+            ew_faiss_train_balanced(
+                handle, Int64(vectors.count / dimension), vectors.baseAddress, maxListFactor,
+                &lists, &split, &err) == 0
+        else {
             throw IndexError(err)
         }
         return (Int(lists), Int(split))
@@ -273,7 +283,9 @@ public final class FaissIndex: @unchecked Sendable {
     /// Adds as ``add(_:ids:)`` and returns each vector's 32 nearest lists (nearest first, 32 per
     /// vector) and the distances of its 4th, 8th, 16th and 32nd (4 per vector), from the same
     /// coarse pass.
-    public func addRecordingNearest(_ vectors: UnsafeBufferPointer<Float>, ids: [Int64]) throws -> (lists: [Int32], bounds: [Float]) {
+    public func addRecordingNearest(
+        _ vectors: UnsafeBufferPointer<Float>, ids: [Int64]
+    ) throws -> (lists: [Int32], bounds: [Float]) {
         precondition(vectors.count == ids.count * dimension, "vectors and ids disagree")
         var lists = [Int32](repeating: -1, count: ids.count * NearestLists.count)
         var bounds = [Float](repeating: 0, count: ids.count * NearestLists.boundRanks.count)
@@ -294,7 +306,9 @@ public final class FaissIndex: @unchecked Sendable {
     }
 
     /// The `k` nearest neighbours of each query (`queries.count / dimension` of them).
-    public func search(_ queries: [Float], k: Int, parameters: SearchParameters = SearchParameters()) throws -> Neighbours {
+    public func search(
+        _ queries: [Float], k: Int, parameters: SearchParameters = SearchParameters()
+    ) throws -> Neighbours {
         precondition(queries.count % dimension == 0)
         let n = queries.count / dimension
         var distances = [Float](repeating: 0, count: n * k)
@@ -308,7 +322,8 @@ public final class FaissIndex: @unchecked Sendable {
                     exclude: excluded.baseAddress, n_exclude: excluded.count,
                     nearest_lists: nil, nearest_bounds: nil,
                     hop_table: parameters.hop?.table.table, hop_rows: Int64(parameters.hop?.table.rows ?? 0),
-                    hop_top: Int32(clamping: parameters.hop?.top ?? 0), hop_lists: Int32(clamping: parameters.hop?.lists ?? 0),
+                    hop_top: Int32(clamping: parameters.hop?.top ?? 0),
+                    hop_lists: Int32(clamping: parameters.hop?.lists ?? 0),
                     hop_max_list: Int64(parameters.hop?.maxList ?? 0))
                 return withExtendedLifetime(parameters.hop?.table) {
                     ew_faiss_search(handle, Int64(n), queries, Int64(k), &p, &distances, &ids, &err)
@@ -323,7 +338,8 @@ public final class FaissIndex: @unchecked Sendable {
     /// (nprobe, filter): the same answers as one `search` per query, cheaper together (IVF: one
     /// coarse pass for all, one product of all queries with all centroids from 4 queries on,
     /// and none for queries with their ``SearchParameters/nearest`` lists; see `ew_faiss_search_batch`).
-    public func searchBatch(_ queries: [(vector: [Float], parameters: SearchParameters)], k: Int) throws -> [Neighbours] {
+    public func searchBatch(_ queries: [(vector: [Float], parameters: SearchParameters)], k: Int) throws -> [Neighbours]
+    {
         let n = queries.count
         guard n > 0 else { return [] }
         let d = dimension
@@ -344,14 +360,15 @@ public final class FaissIndex: @unchecked Sendable {
             let p = queries[i].parameters
             return p.excluded.withUnsafeBufferPointer { excluded in
                 withBitmap(p.allowed) { bitmap, bits in
-                    params.append(ew_faiss_search_params(
-                        nprobe: Int64(p.nprobe ?? 0), ef_search: Int64(p.efSearch ?? 0),
-                        allow_bitmap: bitmap, allow_bits: bits,
-                        exclude: excluded.baseAddress, n_exclude: excluded.count,
-                        nearest_lists: p.nearest?.lists, nearest_bounds: p.nearest?.bounds,
-                        hop_table: p.hop?.table.table, hop_rows: Int64(p.hop?.table.rows ?? 0),
-                        hop_top: Int32(clamping: p.hop?.top ?? 0), hop_lists: Int32(clamping: p.hop?.lists ?? 0),
-                        hop_max_list: Int64(p.hop?.maxList ?? 0)))
+                    params.append(
+                        ew_faiss_search_params(
+                            nprobe: Int64(p.nprobe ?? 0), ef_search: Int64(p.efSearch ?? 0),
+                            allow_bitmap: bitmap, allow_bits: bits,
+                            exclude: excluded.baseAddress, n_exclude: excluded.count,
+                            nearest_lists: p.nearest?.lists, nearest_bounds: p.nearest?.bounds,
+                            hop_table: p.hop?.table.table, hop_rows: Int64(p.hop?.table.rows ?? 0),
+                            hop_top: Int32(clamping: p.hop?.top ?? 0), hop_lists: Int32(clamping: p.hop?.lists ?? 0),
+                            hop_max_list: Int64(p.hop?.maxList ?? 0)))
                     return pinned(i + 1, &params)
                 }
             }
@@ -376,13 +393,16 @@ public final class FaissIndex: @unchecked Sendable {
     /// the inner product with `query`, that vector's squared norm, and the squared L2 distance.
     /// One call for all ids; the vectors stay in FAISS. Throws `.notFound` for an id it does not hold.
     /// `distances: false` leaves `l2` empty (an answer's cosine needs only the dots and norms).
-    public func compare(_ query: [Float], ids: [Int64], distances: Bool = true) throws -> (dot: [Float], norm2: [Float], l2: [Float]) {
+    public func compare(
+        _ query: [Float], ids: [Int64], distances: Bool = true
+    ) throws -> (dot: [Float], norm2: [Float], l2: [Float]) {
         precondition(query.count == dimension, "the query has \(query.count) dims, the index \(dimension)")
         var dot = [Float](repeating: 0, count: ids.count), norm2 = dot
         var l2 = distances ? dot : []
         var err = ew_faiss_error()
         let rc = l2.withUnsafeMutableBufferPointer { l2 in
-            ew_faiss_compare_ids(handle, query, Int64(ids.count), ids, &dot, &norm2, distances ? l2.baseAddress : nil, &err)
+            ew_faiss_compare_ids(
+                handle, query, Int64(ids.count), ids, &dot, &norm2, distances ? l2.baseAddress : nil, &err)
         }
         guard rc == 0 else { throw IndexError(err) }
         return (dot, norm2, l2)
@@ -394,14 +414,19 @@ public final class FaissIndex: @unchecked Sendable {
     }
 
     /// Exact k-NN of `queries` among `vectors` (row numbers as ids), with FAISS's BLAS kernels.
-    public static func exactNeighbours(queries: UnsafeBufferPointer<Float>, vectors: UnsafeBufferPointer<Float>,
-                                       dimension: Int, k: Int, metric: IndexMetric) throws -> Neighbours {
+    public static func exactNeighbours(
+        queries: UnsafeBufferPointer<Float>, vectors: UnsafeBufferPointer<Float>,
+        dimension: Int, k: Int, metric: IndexMetric
+    ) throws -> Neighbours {
         let nq = queries.count / dimension, ny = vectors.count / dimension
         var distances = [Float](repeating: 0, count: nq * k)
         var ids = [Int64](repeating: -1, count: nq * k)
         var err = ew_faiss_error()
-        guard ew_faiss_knn_exact(queries.baseAddress, Int64(nq), vectors.baseAddress, Int64(ny), Int64(dimension),
-                                 Int64(k), metric.raw, &distances, &ids, &err) == 0 else { throw IndexError(err) }
+        guard
+            ew_faiss_knn_exact(
+                queries.baseAddress, Int64(nq), vectors.baseAddress, Int64(ny), Int64(dimension),
+                Int64(k), metric.raw, &distances, &ids, &err) == 0
+        else { throw IndexError(err) }
         return Neighbours(k: k, distances: distances, ids: ids)
     }
 }
@@ -440,9 +465,13 @@ public enum DistanceKernel: String, Sendable, CaseIterable, Codable {
     /// (standard error by default); it is never an error. Safe to call at any time: a search
     /// already running may finish on either kernel, and every kernel gives FAISS's answers.
     @discardableResult
-    public static func use(_ kernel: DistanceKernel,
-                           log: (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) -> DistanceKernel {
-        let inForce = ew_faiss_set_kernel(kernel.rawValue).map { DistanceKernel(rawValue: String(cString: $0)) ?? .scalar } ?? current
+    public static func use(
+        _ kernel: DistanceKernel,
+        log: (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+    ) -> DistanceKernel {
+        let inForce =
+            ew_faiss_set_kernel(kernel.rawValue).map { DistanceKernel(rawValue: String(cString: $0)) ?? .scalar }
+            ?? current
         if kernel != .auto && inForce != kernel {
             log("distance kernel \(kernel.rawValue) is not supported by this CPU; using \(inForce.rawValue)")
         }
@@ -458,21 +487,29 @@ public enum DistanceKernel: String, Sendable, CaseIterable, Codable {
 
     /// One line for the tools' status output, e.g. "distance kernel avx512 (run-time dispatch);
     /// BLAS OpenBLAS Prescott (its generic kernels: ...)". The current ones by default.
-    public static func summary(kernel: String = current.rawValue, blasCore: String? = blasCore,
-                               chosenOver: String? = BLASCore.replaced) -> String {
-        let blas: String = switch blasCore {
-        case nil: "not OpenBLAS"
-        case let core? where genericBLASCores.contains(core):
-            "OpenBLAS \(core) (its generic kernels, not this CPU's: batched work such as training is slower than it could be)"
-        case let core?:
-            "OpenBLAS \(core)" + (chosenOver.map { " (chosen by EwallML over OpenBLAS's own \($0); EWALL_BLAS_CORE=keep keeps that)" } ?? "")
-        }
+    public static func summary(
+        kernel: String = current.rawValue, blasCore: String? = blasCore,
+        chosenOver: String? = BLASCore.replaced
+    ) -> String {
+        let blas: String =
+            switch blasCore {
+            case nil: "not OpenBLAS"
+            case let core? where genericBLASCores.contains(core):
+                "OpenBLAS \(core) (its generic kernels, not this CPU's: batched work such as training is slower than it could be)"
+            case let core?:
+                "OpenBLAS \(core)"
+                    + (chosenOver.map {
+                        " (chosen by EwallML over OpenBLAS's own \($0); EWALL_BLAS_CORE=keep keeps that)"
+                    } ?? "")
+            }
         return "distance kernel \(kernel) (run-time dispatch); BLAS \(blas)"
     }
 
     /// OpenBLAS core names that mean "a CPU it did not recognise": Debian's 0.3.21 names
     /// AVX-512 Zen 4 and newer Xeons "Prescott" and runs SSE3 kernels there.
-    static let genericBLASCores: Set<String> = ["Prescott", "Core2", "Katmai", "Coppermine", "Northwood", "Banias", "Atom"]
+    static let genericBLASCores: Set<String> = [
+        "Prescott", "Core2", "Katmai", "Coppermine", "Northwood", "Banias", "Atom",
+    ]
 
     /// Inner products of every row of `queries` with every row of `vectors` (both row-major,
     /// `dimension` wide), as the batched coarse pass computes them: row i of the answer holds
@@ -483,7 +520,9 @@ public enum DistanceKernel: String, Sendable, CaseIterable, Codable {
         let n = queries.count / d, ny = vectors.count / d
         var out = [Float](repeating: 0, count: n * ny)
         var err = ew_faiss_error()
-        guard ew_faiss_dots(queries, Int64(n), vectors, Int64(ny), Int64(d), &out, &err) == 0 else { throw IndexError(err) }
+        guard ew_faiss_dots(queries, Int64(n), vectors, Int64(ny), Int64(d), &out, &err) == 0 else {
+            throw IndexError(err)
+        }
         return out
     }
 
@@ -495,7 +534,9 @@ public enum DistanceKernel: String, Sendable, CaseIterable, Codable {
         let n = vectors.count / d
         var out = [Float](repeating: 0, count: n)
         var err = ew_faiss_error()
-        guard ew_faiss_distances(metric.raw, query, vectors, Int64(n), Int64(d), &out, &err) == 0 else { throw IndexError(err) }
+        guard ew_faiss_distances(metric.raw, query, vectors, Int64(n), Int64(d), &out, &err) == 0 else {
+            throw IndexError(err)
+        }
         return out
     }
 }

@@ -12,8 +12,10 @@ enum Incremental {
         case needsFullRebuild(String)
     }
 
-    static func run(store: any EmbeddingStore, options: IndexBuildOptions,
-                    progress: @escaping @Sendable (IndexBuildProgress) -> Void) async throws -> Outcome {
+    static func run(
+        store: any EmbeddingStore, options: IndexBuildOptions,
+        progress: @escaping @Sendable (IndexBuildProgress) -> Void
+    ) async throws -> Outcome {
         let started = Date()
         let old = try options.folder.load(vectorHashes: true)
         let m = old.manifest
@@ -22,12 +24,17 @@ enum Incremental {
         let keyCount = try await store.resolveKey(modelID: modelID, preprocessing: preprocessing)
         let (key, n, d) = (keyCount.key, keyCount.count, keyCount.dimension)
         if key != m.key {
-            return .needsFullRebuild("the index holds \(m.modelID) (\(m.preprocessing)) vectors, the store's are \(key.modelID) (\(key.preprocessing))")
+            return .needsFullRebuild(
+                "the index holds \(m.modelID) (\(m.preprocessing)) vectors, the store's are \(key.modelID) (\(key.preprocessing))"
+            )
         }
         if d != m.dimension { return .needsFullRebuild("the dimension changed from \(m.dimension) to \(d)") }
-        if options.metric != m.metric { return .needsFullRebuild("the metric changed from \(m.metric.rawValue) to \(options.metric.rawValue)") }
+        if options.metric != m.metric {
+            return .needsFullRebuild("the metric changed from \(m.metric.rawValue) to \(options.metric.rawValue)")
+        }
         if m.refine != nil {
-            return .needsFullRebuild("the index re-ranks from \(ExactVectors.fileName), which an incremental update does not rewrite")
+            return .needsFullRebuild(
+                "the index re-ranks from \(ExactVectors.fileName), which an incremental update does not rewrite")
         }
         let wanted = try IndexBuilder.plan(options, count: n, dimension: d)
         let index = old.index
@@ -36,10 +43,15 @@ enum Incremental {
                 return .needsFullRebuild("--index \(options.index) differs from the index's \(m.factory)")
             }
         } else if family(wanted.factory) != family(m.factory) {
-            return .needsFullRebuild("the catalogue now has \(n) vectors (the index \(m.count)): --index auto picks \(wanted.factory), the index is \(m.factory)")
-        } else if index.kind == .ivf, let now = lists(wanted.factory), now > 2 * index.listCount || 2 * now < index.listCount {
-            return .needsFullRebuild("the catalogue now has \(n) vectors (the index \(m.count)): its \(index.listCount) lists trained "
-                                     + "on the old catalogue no longer fit (\(now) would); retraining needs a full rebuild")
+            return .needsFullRebuild(
+                "the catalogue now has \(n) vectors (the index \(m.count)): --index auto picks \(wanted.factory), the index is \(m.factory)"
+            )
+        } else if index.kind == .ivf, let now = lists(wanted.factory),
+            now > 2 * index.listCount || 2 * now < index.listCount
+        {
+            return .needsFullRebuild(
+                "the catalogue now has \(n) vectors (the index \(m.count)): its \(index.listCount) lists trained "
+                    + "on the old catalogue no longer fit (\(now) would); retraining needs a full rebuild")
         }
 
         var idMap = old.ids.idMap()
@@ -73,14 +85,20 @@ enum Incremental {
                             unchanged += 1
                         } else {
                             stale.append(existing)
-                            id = nextID; nextID += 1
+                            id = nextID
+                            nextID += 1
                             changed += 1
-                            newIDs.append(id); newRows.append(r); newHashes.append(hash)
+                            newIDs.append(id)
+                            newRows.append(r)
+                            newHashes.append(hash)
                         }
                     } else {
-                        id = nextID; nextID += 1
+                        id = nextID
+                        nextID += 1
                         added += 1
-                        newIDs.append(id); newRows.append(r); newHashes.append(hash)
+                        newIDs.append(id)
+                        newRows.append(r)
+                        newHashes.append(hash)
                     }
                     seen.insert(id)
                     if queryOrdinals.contains(page.firstOrdinal + r) { queries.append(page.vector(r), id: id) }
@@ -100,7 +118,8 @@ enum Incremental {
                     idMap.insert(id: newIDs[i], productID: page.productIDs[r], hash: newHashes[i])
                 }
             }
-            progress(IndexBuildProgress(phase: "comparing with the index", done: page.firstOrdinal + page.count, total: n))
+            progress(
+                IndexBuildProgress(phase: "comparing with the index", done: page.firstOrdinal + page.count, total: n))
         }
         // Changed vectors were re-added under new ids; their old ids go now, with the deleted ones.
         let gone = idMap.productIDs.keys.filter { !seen.contains($0) }
@@ -108,14 +127,19 @@ enum Incremental {
         let toRemove = stale + gone
         if !toRemove.isEmpty {
             guard index.canRemove else {
-                return .needsFullRebuild("\(changed) changed and \(removedProducts) deleted vectors must leave the index, and \(m.factory) cannot remove vectors")
+                return .needsFullRebuild(
+                    "\(changed) changed and \(removedProducts) deleted vectors must leave the index, and \(m.factory) cannot remove vectors"
+                )
             }
             try index.remove(ids: toRemove)
             for id in gone { idMap.remove(id: id) }
         }
         var seconds = ["update": Date().timeIntervalSince(ta)]
         guard index.count == n, idMap.count == n else {
-            throw IndexError(.mismatch, "after the update the index holds \(index.count) vectors and the store \(n): the store changed during the build; run it again")
+            throw IndexError(
+                .mismatch,
+                "after the update the index holds \(index.count) vectors and the store \(n): the store changed during the build; run it again"
+            )
         }
 
         // Recall with the kept settings; climb the ladder again if it fell below the target.
@@ -131,14 +155,17 @@ enum Incremental {
                 ordinal += page.count
                 progress(IndexBuildProgress(phase: "exact neighbours for recall", done: ordinal, total: n))
             }
-            let now = try Tuning.recall(index: index, truth: truth,
-                                        parameters: SearchParameters(nprobe: search.nprobe, efSearch: search.efSearch))
+            let now = try Tuning.recall(
+                index: index, truth: truth,
+                parameters: SearchParameters(nprobe: search.nprobe, efSearch: search.efSearch))
             if now >= options.targetRecall {
-                recall = IndexManifest.Recall(k: IndexBuilder.recallK, measured: now, target: options.targetRecall, met: true,
-                                              queries: truth.queries.count,
-                                              curve: [.init(nprobe: search.nprobe, efSearch: search.efSearch, recall: now)])
+                recall = IndexManifest.Recall(
+                    k: IndexBuilder.recallK, measured: now, target: options.targetRecall, met: true,
+                    queries: truth.queries.count,
+                    curve: [.init(nprobe: search.nprobe, efSearch: search.efSearch, recall: now)])
             } else {
-                (search, recall) = try Tuning.tune(index: index, truth: truth, target: options.targetRecall, progress: progress)
+                (search, recall) = try Tuning.tune(
+                    index: index, truth: truth, target: options.targetRecall, progress: progress)
             }
             try index.setDefaults(nprobe: search.nprobe, efSearch: search.efSearch)
             seconds["tune"] = Date().timeIntervalSince(tt)
@@ -152,7 +179,8 @@ enum Incremental {
         }
         let tw = Date()
         var manifest = IndexManifest(
-            factory: m.factory, metric: m.metric, distance: m.distance, search: search, dimension: d, count: index.count,
+            factory: m.factory, metric: m.metric, distance: m.distance, search: search, dimension: d,
+            count: index.count,
             modelID: key.modelID, preprocessing: key.preprocessing, builtAt: isoNow(),
             buildSeconds: Date().timeIntervalSince(started), buildMode: "incremental", choice: m.choice, recall: recall,
             nextID: nextID, files: [:])
@@ -161,18 +189,26 @@ enum Incremental {
             try nearest.finish(rows: nextID)
             manifest.nearest = IndexManifest.Nearest()
         }
-        let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest, nearestLists: nearest?.url)
+        let written = try options.folder.publish(
+            index: index, idMap: idMap, manifest: manifest, nearestLists: nearest?.url)
         seconds["write"] = Date().timeIntervalSince(tw)
         seconds["total"] = Date().timeIntervalSince(started)
         var warnings: [String] = []
         if let recall, !recall.met {
-            warnings.append(String(format: "recall@10 %.3f is below the target %.2f: a full rebuild may help", recall.measured, recall.target))
+            warnings.append(
+                String(
+                    format: "recall@10 %.3f is below the target %.2f: a full rebuild may help", recall.measured,
+                    recall.target))
         }
-        return .done(IndexBuildSummary(
-            folder: options.folder.path, mode: "incremental", fullRebuildReason: nil, factory: m.factory, choice: m.choice,
-            metric: m.metric, modelID: key.modelID, preprocessing: key.preprocessing, dimension: d, count: index.count,
-            added: added, changed: changed, removed: removedProducts, unchanged: unchanged, search: search, recall: recall,
-            seconds: seconds, indexBytes: written.files["index"]?.bytes ?? 0, warnings: warnings))
+        return .done(
+            IndexBuildSummary(
+                folder: options.folder.path, mode: "incremental", fullRebuildReason: nil, factory: m.factory,
+                choice: m.choice,
+                metric: m.metric, modelID: key.modelID, preprocessing: key.preprocessing, dimension: d,
+                count: index.count,
+                added: added, changed: changed, removed: removedProducts, unchanged: unchanged, search: search,
+                recall: recall,
+                seconds: seconds, indexBytes: written.files["index"]?.bytes ?? 0, warnings: warnings))
     }
 
     /// "IVF1265,Flat" and "IDMap2,Flat" -> the kind of storage: "IVF,Flat", "Flat".
@@ -183,6 +219,8 @@ enum Incremental {
     }
 
     static func lists(_ factory: String) -> Int? {
-        factory.split(separator: ",").compactMap { p in p.hasPrefix("IVF") ? Int(p.dropFirst(3).prefix { $0.isNumber }) : nil }.first
+        factory.split(separator: ",").compactMap { p in
+            p.hasPrefix("IVF") ? Int(p.dropFirst(3).prefix { $0.isNumber }) : nil
+        }.first
     }
 }

@@ -32,12 +32,14 @@ public struct IndexBuildOptions: Sendable {
     /// and sat among nearly every query's two nearest (README, "Balanced lists").
     public var maxListFactor: Double?
 
-    public init(folder: IndexFolder = IndexFolder(path: IndexFolder.defaultPath), index: String = "auto",
-                metric: IndexMetric = .l2, targetRecall: Double = 0.95, maxMemory: Int64 = IndexBuildOptions.defaultMaxMemory,
-                incremental: Bool = false, modelID: String? = nil, preprocessing: String? = nil,
-                recallQueries: Int = 1000, seed: UInt64 = 0, pageSize: Int = 2048,
-                threads: Int = ProcessInfo.processInfo.activeProcessorCount, refine: Bool = true,
-                maxListFactor: Double? = 4) {
+    public init(
+        folder: IndexFolder = IndexFolder(path: IndexFolder.defaultPath), index: String = "auto",
+        metric: IndexMetric = .l2, targetRecall: Double = 0.95, maxMemory: Int64 = IndexBuildOptions.defaultMaxMemory,
+        incremental: Bool = false, modelID: String? = nil, preprocessing: String? = nil,
+        recallQueries: Int = 1000, seed: UInt64 = 0, pageSize: Int = 2048,
+        threads: Int = ProcessInfo.processInfo.activeProcessorCount, refine: Bool = true,
+        maxListFactor: Double? = 4
+    ) {
         self.folder = folder
         self.index = index
         self.metric = metric
@@ -111,8 +113,10 @@ public enum IndexBuilder {
     /// default filters.
     public static let filteredRecallQueries = 200
 
-    public static func build(store: any EmbeddingStore, options: IndexBuildOptions,
-                             progress: @escaping @Sendable (IndexBuildProgress) -> Void = { _ in }) async throws -> IndexBuildSummary {
+    public static func build(
+        store: any EmbeddingStore, options: IndexBuildOptions,
+        progress: @escaping @Sendable (IndexBuildProgress) -> Void = { _ in }
+    ) async throws -> IndexBuildSummary {
         FaissIndex.setThreads(options.threads)
         let lock = try IndexLock(folder: options.folder)
         defer { withExtendedLifetime(lock) {} }
@@ -141,7 +145,8 @@ public enum IndexBuilder {
     }
 
     static func plan(_ options: IndexBuildOptions, count: Int, dimension: Int) throws -> IndexPlan {
-        var plan = options.index == "auto"
+        var plan =
+            options.index == "auto"
             ? try IndexPlan.auto(count: count, dimension: dimension, maxMemory: options.maxMemory)
             : IndexPlan.explicit(options.index, count: count)
         if !options.refine { plan.refineFactor = nil }
@@ -150,8 +155,10 @@ public enum IndexBuilder {
 
     // MARK: Full build
 
-    static func full(store: any EmbeddingStore, options: IndexBuildOptions,
-                     progress: @escaping @Sendable (IndexBuildProgress) -> Void) async throws -> IndexBuildSummary {
+    static func full(
+        store: any EmbeddingStore, options: IndexBuildOptions,
+        progress: @escaping @Sendable (IndexBuildProgress) -> Void
+    ) async throws -> IndexBuildSummary {
         let started = Date()
         var seconds: [String: Double] = [:]
         let keyCount = try await resolveKey(store, options)
@@ -161,7 +168,9 @@ public enum IndexBuilder {
         let index = try FaissIndex(dimension: d, factory: plan.factory, metric: options.metric)
         var balanced: String?
         // Compressed kinds keep the exact vectors beside the index, for re-ranking.
-        let writer = try plan.refineFactor.map { _ in try ExactVectorsWriter(url: options.folder.exactVectorsStaging, dimension: d) }
+        let writer = try plan.refineFactor.map { _ in
+            try ExactVectorsWriter(url: options.folder.exactVectorsStaging, dimension: d)
+        }
         defer { if let writer { try? FileManager.default.removeItem(at: writer.url) } }
 
         // Seeded choices of rows by ordinal (the store streams in product-id order).
@@ -173,7 +182,8 @@ public enum IndexBuilder {
         // hop 10x8), and the build chose settings twice as slow as needed.
         let queryOrdinals = Set(sample(n, queryCount, &rng))
         let needsTraining = !index.isTrained
-        let trainOrdinals: Set<Int>? = needsTraining && plan.trainingSize < n
+        let trainOrdinals: Set<Int>? =
+            needsTraining && plan.trainingSize < n
             ? Set(sample(n, plan.trainingSize, &rng)) : nil
 
         // Pass 1: the training sample and the recall queries.
@@ -185,20 +195,27 @@ public enum IndexBuilder {
             try await Stream.pages(store, key, pageSize: options.pageSize) { page in
                 for r in 0..<page.count {
                     let ordinal = page.firstOrdinal + r
-                    if needsTraining && (trainOrdinals?.contains(ordinal) ?? true) { training.append(contentsOf: page.vector(r)) }
+                    if needsTraining && (trainOrdinals?.contains(ordinal) ?? true) {
+                        training.append(contentsOf: page.vector(r))
+                    }
                     if queryOrdinals.contains(ordinal) { queries.append(page.vector(r), id: Int64(ordinal)) }
                 }
-                progress(IndexBuildProgress(phase: "reading training sample", done: page.firstOrdinal + page.count, total: n))
+                progress(
+                    IndexBuildProgress(phase: "reading training sample", done: page.firstOrdinal + page.count, total: n)
+                )
             }
             seconds["read_sample"] = Date().timeIntervalSince(t)
             if needsTraining {
                 let t = Date()
-                progress(IndexBuildProgress(phase: "training \(plan.factory) on \(training.count / d) vectors", done: 0, total: 1))
+                progress(
+                    IndexBuildProgress(
+                        phase: "training \(plan.factory) on \(training.count / d) vectors", done: 0, total: 1))
                 try training.withUnsafeBufferPointer { buf in
                     if let factor = options.maxListFactor, index.kind == .ivf {
                         let (lists, split) = try index.train(buf, maxListFactor: factor)
                         if split > 0 {
-                            balanced = String(format: "%d lists above %g× the mean split: %d lists", split, factor, lists)
+                            balanced = String(
+                                format: "%d lists above %g× the mean split: %d lists", split, factor, lists)
                         }
                     } else {
                         try index.train(buf)
@@ -215,7 +232,8 @@ public enum IndexBuilder {
             columns = try await FilterColumns.read(store, key, count: n)
         }
         var filteredTruth = columns.map {
-            FilteredTruth(queries: queries, columns: $0, limit: filteredRecallQueries, k: recallK, metric: options.metric)
+            FilteredTruth(
+                queries: queries, columns: $0, limit: filteredRecallQueries, k: recallK, metric: options.metric)
         }
 
         // Pass 2: add every vector under its ordinal as id; exact neighbours of the queries on the way.
@@ -236,8 +254,9 @@ public enum IndexBuilder {
                 faissAdd += Date().timeIntervalSince(ta)
                 try writer?.append(buf, ids: ids)
                 for r in 0..<page.count {
-                    idMap.insert(id: ids[r], productID: page.productIDs[r],
-                                 hash: IDMap.hash(UnsafeBufferPointer(rebasing: buf[r * d..<(r + 1) * d])))
+                    idMap.insert(
+                        id: ids[r], productID: page.productIDs[r],
+                        hash: IDMap.hash(UnsafeBufferPointer(rebasing: buf[r * d..<(r + 1) * d])))
                 }
                 try truth.merge(chunk: buf, ids: ids)
                 if let c = columns {
@@ -259,7 +278,8 @@ public enum IndexBuilder {
         seconds["add"] = Date().timeIntervalSince(t)
         seconds["faiss_add"] = faissAdd
         guard added == index.count else {
-            throw IndexError(.mismatch, "the store changed during the build (\(added) vectors read, \(n) counted): run it again")
+            throw IndexError(
+                .mismatch, "the store changed during the build (\(added) vectors read, \(n) counted): run it again")
         }
 
         var refine: Refining?
@@ -277,22 +297,26 @@ public enum IndexBuilder {
 
         // Tune nprobe / efSearch for the recall target.
         let tt = Date()
-        var (search, recall) = try Tuning.tune(index: index, truth: truth, target: options.targetRecall, refine: refine,
-                                               progress: progress)
+        var (search, recall) = try Tuning.tune(
+            index: index, truth: truth, target: options.targetRecall, refine: refine,
+            progress: progress)
         if queryCount > 0 { seconds["tune"] = Date().timeIntervalSince(tt) }
         var filteredRecall: IndexManifest.Recall?
         var filteredWarning: String?
         if let columns, let filteredTruth, refine == nil, let start = search.nprobe {
             let tf = Date()
-            if let (nprobe, hop, r) = try Tuning.tuneFiltered(index: index, truth: filteredTruth, columns: columns, start: start,
-                                                              target: options.targetRecall, nearest: recorded, progress: progress) {
+            if let (nprobe, hop, r) = try Tuning.tuneFiltered(
+                index: index, truth: filteredTruth, columns: columns, start: start,
+                target: options.targetRecall, nearest: recorded, progress: progress)
+            {
                 filteredRecall = r
                 if r.met {
                     search.filteredNprobe = nprobe
                     search.secondHop = hop
                 } else {
-                    filteredWarning = String(format: "recall@10 under the default filters %.3f is below the target %.2f even at nprobe %d: "
-                                             + "filtered searches start at twice nprobe", r.measured, r.target, nprobe)
+                    filteredWarning = String(
+                        format: "recall@10 under the default filters %.3f is below the target %.2f even at nprobe %d: "
+                            + "filtered searches start at twice nprobe", r.measured, r.target, nprobe)
                 }
             }
             seconds["tune_filtered"] = Date().timeIntervalSince(tf)
@@ -301,10 +325,16 @@ public enum IndexBuilder {
         // An automatic compressed choice that cannot reach the target is no index to serve from.
         if options.index == "auto", let recall, !recall.met, plan.refineFactor != nil {
             let next = IndexPlan.nextLarger(than: plan.factory, count: n, dimension: d)
-            let raise = next.map { "; the next larger kind, \($0.factory), needs --max-memory \(IndexPlan.sizeText($0.bytes)) (its recall not measured)" } ?? ""
-            throw IndexError(.argument, String(format: "%@ reaches recall@10 %.3f at best (nprobe %d), below the target %.2f, ",
-                                               plan.factory, recall.measured, search.nprobe ?? 0, recall.target)
-                             + "within --max-memory \(IndexPlan.sizeText(options.maxMemory))\(raise)")
+            let raise =
+                next.map {
+                    "; the next larger kind, \($0.factory), needs --max-memory \(IndexPlan.sizeText($0.bytes)) (its recall not measured)"
+                } ?? ""
+            throw IndexError(
+                .argument,
+                String(
+                    format: "%@ reaches recall@10 %.3f at best (nprobe %d), below the target %.2f, ",
+                    plan.factory, recall.measured, search.nprobe ?? 0, recall.target)
+                    + "within --max-memory \(IndexPlan.sizeText(options.maxMemory))\(raise)")
         }
 
         let tw = Date()
@@ -317,21 +347,26 @@ public enum IndexBuilder {
             refine: plan.refineFactor.map { IndexManifest.Refine(factor: $0) })
         manifest.filteredRecall = filteredRecall
         if nearest != nil { manifest.nearest = IndexManifest.Nearest() }
-        let written = try options.folder.publish(index: index, idMap: idMap, manifest: manifest, exactVectors: writer?.url,
-                                                 nearestLists: nearest?.url)
+        let written = try options.folder.publish(
+            index: index, idMap: idMap, manifest: manifest, exactVectors: writer?.url,
+            nearestLists: nearest?.url)
         seconds["write"] = Date().timeIntervalSince(tw)
         seconds["total"] = Date().timeIntervalSince(started)
         var warnings: [String] = filteredWarning.map { [$0] } ?? []
         if let recall, !recall.met {
-            warnings.append(String(format: "recall@10 %.3f is below the target %.2f even at the deepest setting tried: "
-                                   + "choose a less compressed index (--index) or raise --max-memory", recall.measured, recall.target))
+            warnings.append(
+                String(
+                    format: "recall@10 %.3f is below the target %.2f even at the deepest setting tried: "
+                        + "choose a less compressed index (--index) or raise --max-memory", recall.measured,
+                    recall.target))
         }
         return IndexBuildSummary(
             folder: options.folder.path, mode: "full", fullRebuildReason: nil, factory: written.factory,
             choice: plan.reason + (balanced.map { "; \($0)" } ?? ""),
             metric: options.metric, modelID: key.modelID, preprocessing: key.preprocessing, dimension: d,
             count: written.count, added: added, changed: 0, removed: 0, unchanged: 0, search: search, recall: recall,
-            filteredRecall: filteredRecall, seconds: seconds, indexBytes: written.files["index"]?.bytes ?? 0, warnings: warnings)
+            filteredRecall: filteredRecall, seconds: seconds, indexBytes: written.files["index"]?.bytes ?? 0,
+            warnings: warnings)
     }
 }
 
@@ -349,8 +384,10 @@ struct Page {
 
 enum Stream {
     /// Every vector of `key` in product-id order, `pageSize` at a time.
-    static func pages(_ store: any EmbeddingStore, _ key: ModelKey, pageSize: Int,
-                      _ body: (Page) async throws -> Void) async throws {
+    static func pages(
+        _ store: any EmbeddingStore, _ key: ModelKey, pageSize: Int,
+        _ body: (Page) async throws -> Void
+    ) async throws {
         var after: String?
         var ordinal = 0
         while true {
@@ -361,11 +398,16 @@ enum Stream {
             vectors.reserveCapacity(rows.count * d)
             for r in rows {
                 guard r.embedding.vector.count == d else {
-                    throw IndexError(.mismatch, "product \(r.embedding.productID) has a \(r.embedding.vector.count)-dim vector, the others \(d)")
+                    throw IndexError(
+                        .mismatch,
+                        "product \(r.embedding.productID) has a \(r.embedding.vector.count)-dim vector, the others \(d)"
+                    )
                 }
                 vectors.append(contentsOf: r.embedding.vector)
             }
-            try await body(Page(firstOrdinal: ordinal, productIDs: rows.map(\.embedding.productID), vectors: vectors, dimension: d))
+            try await body(
+                Page(firstOrdinal: ordinal, productIDs: rows.map(\.embedding.productID), vectors: vectors, dimension: d)
+            )
             ordinal += rows.count
             after = last.embedding.productID
             if rows.count < pageSize { return }

@@ -1,6 +1,7 @@
 import Crypto
 import EwallCore
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -61,7 +62,9 @@ public struct IndexManifest: Codable, Sendable, Hashable {
         public var secondHop: Hop?
         /// Filtered points: the mean time of one search at build, in microseconds.
         public var microseconds: Double?
-        public init(nprobe: Int? = nil, efSearch: Int? = nil, recall: Double, secondHop: Hop? = nil, microseconds: Double? = nil) {
+        public init(
+            nprobe: Int? = nil, efSearch: Int? = nil, recall: Double, secondHop: Hop? = nil, microseconds: Double? = nil
+        ) {
             self.nprobe = nprobe
             self.efSearch = efSearch
             self.recall = recall
@@ -91,8 +94,10 @@ public struct IndexManifest: Codable, Sendable, Hashable {
         public var count: Int
         /// The ranks whose distances each row keeps after its lists.
         public var boundRanks: [Int]
-        public init(file: String = NearestLists.fileName, count: Int = NearestLists.count,
-                    boundRanks: [Int] = NearestLists.boundRanks) {
+        public init(
+            file: String = NearestLists.fileName, count: Int = NearestLists.count,
+            boundRanks: [Int] = NearestLists.boundRanks
+        ) {
             self.file = file
             self.count = count
             self.boundRanks = boundRanks
@@ -146,9 +151,11 @@ public struct IndexManifest: Codable, Sendable, Hashable {
     /// Present when the folder records each vector's nearest lists (IVF over a flat quantizer).
     public var nearest: Nearest?
 
-    public init(factory: String, metric: IndexMetric, distance: String, search: Search, dimension: Int, count: Int,
-                modelID: String, preprocessing: String, builtAt: String, buildSeconds: Double, buildMode: String,
-                choice: String, recall: Recall?, nextID: Int64, files: [String: FileEntry], refine: Refine? = nil) {
+    public init(
+        factory: String, metric: IndexMetric, distance: String, search: Search, dimension: Int, count: Int,
+        modelID: String, preprocessing: String, builtAt: String, buildSeconds: Double, buildMode: String,
+        choice: String, recall: Recall?, nextID: Int64, files: [String: FileEntry], refine: Refine? = nil
+    ) {
         self.factory = factory
         self.metric = metric
         self.distance = distance
@@ -170,7 +177,8 @@ public struct IndexManifest: Codable, Sendable, Hashable {
     enum CodingKeys: String, CodingKey {
         case format, formatVersion = "format_version", factory, metric, distance, search, dimension, count
         case modelID = "model_id", preprocessing, builtAt = "built_at", buildSeconds = "build_seconds"
-        case buildMode = "build_mode", choice, recall, filteredRecall = "filtered_recall", nextID = "next_id", files, refine
+        case buildMode = "build_mode", choice, recall, filteredRecall = "filtered_recall", nextID = "next_id", files,
+            refine
         case nearest = "nearest_lists"
     }
 
@@ -209,10 +217,13 @@ public struct IDMap: Sendable {
     static let header = "id\tvector_fnv1a64\tproduct_id"
 
     func write(to url: URL) throws {
-        guard let out = FileHandle(forWritingAtPath: url.path) ?? {
-            FileManager.default.createFile(atPath: url.path, contents: nil)
-            return FileHandle(forWritingAtPath: url.path)
-        }() else { throw IndexError(.io, "cannot write \(url.path)") }
+        guard
+            let out = FileHandle(forWritingAtPath: url.path)
+                ?? {
+                    FileManager.default.createFile(atPath: url.path, contents: nil)
+                    return FileHandle(forWritingAtPath: url.path)
+                }()
+        else { throw IndexError(.io, "cannot write \(url.path)") }
         defer { try? out.close() }
         var buffer = Data(Self.header.utf8) + Data([0x0A])
         let encoder = JSONEncoder()
@@ -222,7 +233,10 @@ public struct IDMap: Sendable {
             buffer.append(contentsOf: Array("\(id)\t\(String(hashes[id] ?? 0, radix: 16))\t".utf8))
             buffer.append(quoted)
             buffer.append(0x0A)
-            if buffer.count >= 1 << 20 { try out.write(contentsOf: buffer); buffer.removeAll(keepingCapacity: true) }
+            if buffer.count >= 1 << 20 {
+                try out.write(contentsOf: buffer)
+                buffer.removeAll(keepingCapacity: true)
+            }
         }
         try out.write(contentsOf: buffer)
         try out.synchronize()
@@ -253,7 +267,9 @@ public struct IndexFolder: Sendable {
 
     public var path: String { url.path }
     public var lockURL: URL { url.deletingLastPathComponent().appendingPathComponent(url.lastPathComponent + ".lock") }
-    public var exists: Bool { FileManager.default.fileExists(atPath: url.appendingPathComponent(Self.manifestFile).path) }
+    public var exists: Bool {
+        FileManager.default.fileExists(atPath: url.appendingPathComponent(Self.manifestFile).path)
+    }
 
     /// A loaded folder: the three files as they were at one moment.
     public struct Loaded: @unchecked Sendable {
@@ -271,7 +287,8 @@ public struct IndexFolder: Sendable {
     public func manifest() throws -> IndexManifest {
         let data: Data
         do { data = try Data(contentsOf: url.appendingPathComponent(Self.manifestFile)) } catch {
-            throw IndexError(.manifest, "no index at \(path) (\(Self.manifestFile) is missing): run rebuild-faiss-index")
+            throw IndexError(
+                .manifest, "no index at \(path) (\(Self.manifestFile) is missing): run rebuild-faiss-index")
         }
         return try Self.decodeManifest(data, path: path)
     }
@@ -282,7 +299,9 @@ public struct IndexFolder: Sendable {
             throw IndexError(.manifest, "\(path)/\(manifestFile) is not a valid manifest: \(error)")
         }
         guard m.format == IndexManifest.formatName, m.formatVersion <= IndexManifest.currentVersion else {
-            throw IndexError(.manifest, "\(path)/\(manifestFile): format \(m.format) v\(m.formatVersion) is not one this version reads")
+            throw IndexError(
+                .manifest,
+                "\(path)/\(manifestFile): format \(m.format) v\(m.formatVersion) is not one this version reads")
         }
         return m
     }
@@ -290,13 +309,16 @@ public struct IndexFolder: Sendable {
     /// Loads the folder consistently (see the type's comment). `verifyChecksums` hashes the
     /// files against the manifest (slow for big indexes); sizes and counts are always checked.
     /// `vectorHashes` keeps the id map's vector hashes (an incremental build compares them).
-    public func load(memoryMapped: Bool = false, verifyChecksums: Bool = false, vectorHashes: Bool = false) throws -> Loaded {
+    public func load(
+        memoryMapped: Bool = false, verifyChecksums: Bool = false, vectorHashes: Bool = false
+    ) throws -> Loaded {
         // A rebuild that swaps the folder between our opening it and opening its files leaves
         // us the old, now deleted, folder: then we start again and get the new one.
         var attempt = 0
         while true {
             do {
-                return try loadOnce(memoryMapped: memoryMapped, verifyChecksums: verifyChecksums, vectorHashes: vectorHashes)
+                return try loadOnce(
+                    memoryMapped: memoryMapped, verifyChecksums: verifyChecksums, vectorHashes: vectorHashes)
             } catch let e as Swapped {
                 attempt += 1
                 if attempt >= 10 { throw IndexError(.manifest, "\(path) kept changing while it was read: \(e.file)") }
@@ -309,7 +331,8 @@ public struct IndexFolder: Sendable {
     private func loadOnce(memoryMapped: Bool, verifyChecksums: Bool, vectorHashes: Bool) throws -> Loaded {
         let dirFD = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard dirFD >= 0 else {
-            throw IndexError(.manifest, "no index at \(path): run rebuild-faiss-index (\(String(cString: strerror(errno))))")
+            throw IndexError(
+                .manifest, "no index at \(path): run rebuild-faiss-index (\(String(cString: strerror(errno))))")
         }
         defer { close(dirFD) }
         // Open the three files through the one directory handle, so they are of one build; once
@@ -331,11 +354,13 @@ public struct IndexFolder: Sendable {
             }
             fds[name] = fd
         }
-        let manifest = try Self.decodeManifest(try readAll(fd: fds[Self.manifestFile]!, name: Self.manifestFile), path: path)
+        let manifest = try Self.decodeManifest(
+            try readAll(fd: fds[Self.manifestFile]!, name: Self.manifestFile), path: path)
         let mapData = try readAll(fd: fds[Self.idMapFile]!, name: Self.idMapFile)
         if let entry = manifest.files["id_map"] {
             guard Int64(mapData.count) == entry.bytes else {
-                throw IndexError(.manifest, "\(path)/\(Self.idMapFile) has \(mapData.count) bytes, the manifest says \(entry.bytes)")
+                throw IndexError(
+                    .manifest, "\(path)/\(Self.idMapFile) has \(mapData.count) bytes, the manifest says \(entry.bytes)")
             }
             if verifyChecksums, sha256Hex(mapData) != entry.sha256 {
                 throw IndexError(.manifest, "\(path)/\(Self.idMapFile) does not match its checksum")
@@ -347,7 +372,8 @@ public struct IndexFolder: Sendable {
             var st = stat()
             let size = fstat(fds[Self.indexFile]!, &st) == 0 ? Int64(st.st_size) : -1
             guard size == entry.bytes else {
-                throw IndexError(.manifest, "\(path)/\(Self.indexFile) has \(size) bytes, the manifest says \(entry.bytes)")
+                throw IndexError(
+                    .manifest, "\(path)/\(Self.indexFile) has \(size) bytes, the manifest says \(entry.bytes)")
             }
             if verifyChecksums, try sha256Hex(file: indexPath) != entry.sha256 {
                 throw IndexError(.manifest, "\(path)/\(Self.indexFile) does not match its checksum")
@@ -356,8 +382,10 @@ public struct IndexFolder: Sendable {
         let ids = try ProductIDTable.read(mapData, keepVectorHashes: vectorHashes)
         let index = try FaissIndex(contentsOf: indexPath, memoryMapped: memoryMapped)
         guard index.count == manifest.count, ids.count == manifest.count, index.dimension == manifest.dimension else {
-            throw IndexError(.manifest, "\(path): the index holds \(index.count) vectors of \(index.dimension) dims and "
-                                 + "the id map \(ids.count), the manifest says \(manifest.count) of \(manifest.dimension)")
+            throw IndexError(
+                .manifest,
+                "\(path): the index holds \(index.count) vectors of \(index.dimension) dims and "
+                    + "the id map \(ids.count), the manifest says \(manifest.count) of \(manifest.dimension)")
         }
         // A file of rows beside the index: its bytes against the manifest's entry, its checksum,
         // and a row for every id the id map uses.
@@ -371,7 +399,8 @@ public struct IndexFolder: Sendable {
                 }
             }
             guard rows >= ids.capacity else {
-                throw IndexError(.manifest, "\(path)/\(file) has \(rows) rows; the id map uses ids up to \(ids.capacity - 1)")
+                throw IndexError(
+                    .manifest, "\(path)/\(file) has \(rows) rows; the id map uses ids up to \(ids.capacity - 1)")
             }
         }
         var exact: ExactVectors?
@@ -387,10 +416,12 @@ public struct IndexFolder: Sendable {
         // Rows of another layout (a later version's) are not used: searches take the coarse pass.
         if let n = manifest.nearest, n.count == NearestLists.count, n.boundRanks == NearestLists.boundRanks {
             guard let fd = fds[NearestLists.fileName], n.file == NearestLists.fileName else {
-                throw IndexError(.manifest, "\(path): the manifest records nearest lists in \(n.file), which is missing")
+                throw IndexError(
+                    .manifest, "\(path): the manifest records nearest lists in \(n.file), which is missing")
             }
             let lists = try NearestLists(fd: fd, path: "\(path)/\(n.file)")
-            try checkRows(n.file, entry: "nearest_lists", fd: fd, bytes: lists.rows * NearestLists.rowBytes, rows: lists.rows)
+            try checkRows(
+                n.file, entry: "nearest_lists", fd: fd, bytes: lists.rows * NearestLists.rowBytes, rows: lists.rows)
             nearest = lists
         }
         return Loaded(manifest: manifest, ids: ids, index: index, exact: exact, nearest: nearest)
@@ -399,8 +430,10 @@ public struct IndexFolder: Sendable {
     /// Writes `index`, `idMap` and `manifest` (its file entries filled in here) as the new
     /// content of the folder, atomically. `exactVectors`: a complete `vectors.f32` written
     /// beside the folder, moved into it.
-    public func publish(index: FaissIndex, idMap: IDMap, manifest: IndexManifest, exactVectors: URL? = nil,
-                        nearestLists: URL? = nil) throws -> IndexManifest {
+    public func publish(
+        index: FaissIndex, idMap: IDMap, manifest: IndexManifest, exactVectors: URL? = nil,
+        nearestLists: URL? = nil
+    ) throws -> IndexManifest {
         let fm = FileManager.default
         let parent = url.deletingLastPathComponent()
         try fm.createDirectory(at: parent, withIntermediateDirectories: true)
@@ -408,8 +441,10 @@ public struct IndexFolder: Sendable {
         let prefix = ".\(url.lastPathComponent).tmp-"
         let own = [exactVectorsStaging.lastPathComponent, nearestListsStaging.lastPathComponent]
         for name in (try? fm.contentsOfDirectory(atPath: parent.path)) ?? []
-        where name.hasPrefix(prefix) || ((name.hasPrefix(".\(url.lastPathComponent).vectors-")
-                                          || name.hasPrefix(".\(url.lastPathComponent).nearest-")) && !own.contains(name)) {
+        where name.hasPrefix(prefix)
+            || ((name.hasPrefix(".\(url.lastPathComponent).vectors-")
+                || name.hasPrefix(".\(url.lastPathComponent).nearest-")) && !own.contains(name))
+        {
             try? fm.removeItem(at: parent.appendingPathComponent(name))
         }
         let staging = parent.appendingPathComponent(prefix + "\(getpid())")
@@ -443,10 +478,11 @@ public struct IndexFolder: Sendable {
             try fsyncPath(staging.path)
             if fm.fileExists(atPath: url.path) {
                 try exchange(staging.path, url.path)
-                try fm.removeItem(at: staging)  // the old folder, now under the staging name
+                try fm.removeItem(at: staging) // the old folder, now under the staging name
             } else {
                 guard rename(staging.path, url.path) == 0 else {
-                    throw IndexError(.io, "cannot rename \(staging.path) to \(path): \(String(cString: strerror(errno)))")
+                    throw IndexError(
+                        .io, "cannot rename \(staging.path) to \(path): \(String(cString: strerror(errno)))")
                 }
             }
             try fsyncPath(parent.path)
@@ -497,11 +533,13 @@ public final class IndexLock: @unchecked Sendable {
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let holder = (try? Data(contentsOf: url)).flatMap { try? JSONDecoder().decode(Holder.self, from: $0) }
             close(fd)
-            let who = holder.map { "pid \($0.pid) on \($0.host) since \($0.started) (\($0.command))" } ?? "another process"
+            let who =
+                holder.map { "pid \($0.pid) on \($0.host) since \($0.started) (\($0.command))" } ?? "another process"
             throw IndexError(.locked, "another rebuild of \(folder.path) is running: \(who); lock file \(url.path)")
         }
-        let me = Holder(pid: getpid(), host: ProcessInfo.processInfo.hostName, started: isoNow(),
-                        command: CommandLine.arguments.joined(separator: " "))
+        let me = Holder(
+            pid: getpid(), host: ProcessInfo.processInfo.hostName, started: isoNow(),
+            command: CommandLine.arguments.joined(separator: " "))
         let data = (try? JSONEncoder().encode(me)) ?? Data()
         _ = ftruncate(fd, 0)
         _ = data.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }

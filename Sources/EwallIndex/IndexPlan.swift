@@ -71,50 +71,61 @@ public struct IndexPlan: Sendable, Codable, Hashable {
     public static func auto(count: Int, dimension: Int, maxMemory: Int64) throws -> IndexPlan {
         let flatBytes = bytes(count: count, codeBytes: dimension * 4)
         if count < flatLimit && flatBytes <= maxMemory {
-            return IndexPlan(factory: "Flat", approximate: false, trainingSize: 0,
-                             reason: "\(count) vectors < \(flatLimit): exact search is fast enough and needs no tuning")
+            return IndexPlan(
+                factory: "Flat", approximate: false, trainingSize: 0,
+                reason: "\(count) vectors < \(flatLimit): exact search is fast enough and needs no tuning")
         }
         let nlist = listCount(for: count)
         let training = trainingSize(count: count, lists: nlist)
         if flatBytes <= maxMemory {
-            return IndexPlan(factory: "IVF\(nlist),Flat", approximate: true, trainingSize: training,
-                             reason: "\(count) vectors: inverted lists (nlist \(nlist) ≈ 4·√N, ≥ \(minPointsPerList) points each) "
-                                 + "over exact vectors (\(sizeText(flatBytes)) fits --max-memory \(sizeText(maxMemory)))")
+            return IndexPlan(
+                factory: "IVF\(nlist),Flat", approximate: true, trainingSize: training,
+                reason: "\(count) vectors: inverted lists (nlist \(nlist) ≈ 4·√N, ≥ \(minPointsPerList) points each) "
+                    + "over exact vectors (\(sizeText(flatBytes)) fits --max-memory \(sizeText(maxMemory)))")
         }
         let sqBytes = bytes(count: count, codeBytes: dimension)
         if sqBytes <= maxMemory {
             let factory = "IVF\(nlist),SQ8"
-            return IndexPlan(factory: factory, approximate: true, trainingSize: training,
-                             reason: "float vectors (\(sizeText(flatBytes))) exceed --max-memory \(sizeText(maxMemory)); "
-                                 + "8-bit scalar codes take \(sizeText(sqBytes)), re-ranked by exact vectors from vectors.f32",
-                             refineFactor: refineFactor(for: factory))
+            return IndexPlan(
+                factory: factory, approximate: true, trainingSize: training,
+                reason: "float vectors (\(sizeText(flatBytes))) exceed --max-memory \(sizeText(maxMemory)); "
+                    + "8-bit scalar codes take \(sizeText(sqBytes)), re-ranked by exact vectors from vectors.f32",
+                refineFactor: refineFactor(for: factory))
         }
         // Product quantisation: the most sub-quantizers (of 8 bits) that fit and divide the dimension.
         let candidates = pqSizes(dimension: dimension)
         guard let m = candidates.first(where: { bytes(count: count, codeBytes: $0) <= maxMemory }) else {
             let smallest = candidates.last ?? 8
-            throw IndexError(.argument, "--max-memory \(sizeText(maxMemory)) is below the smallest index for \(count) vectors: "
-                             + "IVF\(nlist),PQ\(smallest) needs \(sizeText(bytes(count: count, codeBytes: smallest))) "
-                             + "(\(smallest + 8) bytes per vector); raise --max-memory to at least that")
+            throw IndexError(
+                .argument,
+                "--max-memory \(sizeText(maxMemory)) is below the smallest index for \(count) vectors: "
+                    + "IVF\(nlist),PQ\(smallest) needs \(sizeText(bytes(count: count, codeBytes: smallest))) "
+                    + "(\(smallest + 8) bytes per vector); raise --max-memory to at least that")
         }
         let factory = "IVF\(nlist),PQ\(m)x8np"
-        return IndexPlan(factory: factory, approximate: true, trainingSize: max(training, min(count, 256 * 64)),
-                         reason: "even 8-bit codes (\(sizeText(sqBytes))) exceed --max-memory \(sizeText(maxMemory)); "
-                             + "product quantisation with \(m) bytes per vector (\(sizeText(bytes(count: count, codeBytes: m)))), "
-                             + "re-ranked by exact vectors from vectors.f32",
-                         refineFactor: refineFactor(for: factory))
+        return IndexPlan(
+            factory: factory, approximate: true, trainingSize: max(training, min(count, 256 * 64)),
+            reason: "even 8-bit codes (\(sizeText(sqBytes))) exceed --max-memory \(sizeText(maxMemory)); "
+                + "product quantisation with \(m) bytes per vector (\(sizeText(bytes(count: count, codeBytes: m)))), "
+                + "re-ranked by exact vectors from vectors.f32",
+            refineFactor: refineFactor(for: factory))
     }
 
     /// "96 KiB", "1,234 MiB": a budget in the unit a person would pass to --max-memory.
     static func sizeText(_ b: Int64) -> String {
-        b < 10 << 20 ? String(format: "%.0f KiB", (Double(b) / 1024).rounded(.up)) : String(format: "%.0f MiB", (Double(b) / 1_048_576).rounded(.up))
+        b < 10 << 20
+            ? String(format: "%.0f KiB", (Double(b) / 1024).rounded(.up))
+            : String(format: "%.0f MiB", (Double(b) / 1_048_576).rounded(.up))
     }
 
     /// The next larger automatic choice than `factory` (for a build whose recall fell short):
     /// its factory string and the `--max-memory` it needs. Nil above IVF-Flat.
-    public static func nextLarger(than factory: String, count: Int, dimension: Int) -> (factory: String, bytes: Int64)? {
+    public static func nextLarger(than factory: String, count: Int, dimension: Int) -> (factory: String, bytes: Int64)?
+    {
         let nlist = listCount(for: count)
-        var ladder = pqSizes(dimension: dimension).reversed().map { ("IVF\(nlist),PQ\($0)x8np", bytes(count: count, codeBytes: $0)) }
+        var ladder = pqSizes(dimension: dimension).reversed().map {
+            ("IVF\(nlist),PQ\($0)x8np", bytes(count: count, codeBytes: $0))
+        }
         ladder.append(("IVF\(nlist),SQ8", bytes(count: count, codeBytes: dimension)))
         ladder.append(("IVF\(nlist),Flat", bytes(count: count, codeBytes: dimension * 4)))
         guard let i = ladder.firstIndex(where: { $0.0 == factory }), i + 1 < ladder.count else { return nil }
@@ -127,9 +138,12 @@ public struct IndexPlan: Sendable, Codable, Hashable {
         let lists = factory.split(separator: ",").compactMap { part -> Int? in
             part.hasPrefix("IVF") ? Int(part.dropFirst(3).prefix { $0.isNumber }) : nil
         }.first
-        let training = lists.map { trainingSize(count: count, lists: $0) } ?? (factory.contains("PQ") || factory.contains("SQ") ? min(count, 65_536) : 0)
-        return IndexPlan(factory: factory, approximate: !exact, trainingSize: training, reason: "--index \(factory)",
-                         refineFactor: refineFactor(for: factory))
+        let training =
+            lists.map { trainingSize(count: count, lists: $0) }
+            ?? (factory.contains("PQ") || factory.contains("SQ") ? min(count, 65_536) : 0)
+        return IndexPlan(
+            factory: factory, approximate: !exact, trainingSize: training, reason: "--index \(factory)",
+            refineFactor: refineFactor(for: factory))
     }
 
     /// nlist ≈ 4·√N, at most N / 39, at least 1.
@@ -148,7 +162,10 @@ public struct IndexPlan: Sendable, Codable, Hashable {
     public static func nprobeLadder(lists: Int) -> [Int] {
         var out: [Int] = []
         var p = 1
-        while p < lists { out.append(p); p *= 2 }
+        while p < lists {
+            out.append(p)
+            p *= 2
+        }
         out.append(lists)
         return out
     }

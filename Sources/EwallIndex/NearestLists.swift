@@ -1,5 +1,6 @@
 import CFaissShim
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -90,7 +91,8 @@ final class NearestListsWriter {
         self.url = url
         try? FileManager.default.removeItem(at: url)
         guard FileManager.default.createFile(atPath: url.path, contents: nil),
-              let h = FileHandle(forWritingAtPath: url.path) else { throw IndexError(.io, "cannot write \(url.path)") }
+            let h = FileHandle(forWritingAtPath: url.path)
+        else { throw IndexError(.io, "cannot write \(url.path)") }
         handle = h
         if let old, rows > 0 {
             buffer = old.bytes(rows: rows)
@@ -118,7 +120,10 @@ final class NearestListsWriter {
 
     /// Pads to `rows` rows, flushes, syncs and closes; the file is then complete.
     func finish(rows: Int64) throws {
-        if rows > nextRow { gap(Int(rows - nextRow)); nextRow = rows }
+        if rows > nextRow {
+            gap(Int(rows - nextRow))
+            nextRow = rows
+        }
         try flush()
         try handle.synchronize()
         try handle.close()

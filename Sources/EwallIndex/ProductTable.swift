@@ -49,7 +49,8 @@ struct StringColumn: Sendable {
 
     func hash(_ i: Int) -> UInt64 {
         bytes.withUnsafeBufferPointer { all in
-            UnsafeBufferPointer(rebasing: all[Int(offsets[i])..<Int(offsets[i + 1])]).withMemoryRebound(to: UInt8.self, fnv)
+            UnsafeBufferPointer(rebasing: all[Int(offsets[i])..<Int(offsets[i + 1])]).withMemoryRebound(
+                to: UInt8.self, fnv)
         }
     }
 }
@@ -126,14 +127,17 @@ public struct ProductIDTable: Sendable {
                 if lineNumber == 1 || end == start { continue }
                 let line = all[start..<end]
                 guard let t1 = line.firstIndex(of: 0x09), let t2 = line[(t1 + 1)...].firstIndex(of: 0x09),
-                      let id = Int(String(decoding: line[start..<t1], as: UTF8.self)), id >= 0,
-                      let hash = UInt64(String(decoding: line[(t1 + 1)..<t2], as: UTF8.self), radix: 16) else {
+                    let id = Int(String(decoding: line[start..<t1], as: UTF8.self)), id >= 0,
+                    let hash = UInt64(String(decoding: line[(t1 + 1)..<t2], as: UTF8.self), radix: 16)
+                else {
                     throw IndexError(.manifest, "id_map.tsv line \(lineNumber) is malformed")
                 }
                 guard id >= names.count else {
                     throw IndexError(.manifest, "id_map.tsv line \(lineNumber): id \(id) is out of order (ids ascend)")
                 }
-                guard id < Int(Int32.max) else { throw IndexError(.manifest, "id_map.tsv line \(lineNumber): id \(id) is too large") }
+                guard id < Int(Int32.max) else {
+                    throw IndexError(.manifest, "id_map.tsv line \(lineNumber): id \(id) is too large")
+                }
                 while names.count < id {
                     try names.append(EmptyCollection<UInt8>())
                     if keepVectorHashes { hashes.append(0) }
@@ -144,7 +148,8 @@ public struct ProductIDTable: Sendable {
                     try names.append(quoted.dropFirst().dropLast())
                 } else {
                     guard let s = try? decoder.decode(String.self, from: Data(quoted)) else {
-                        throw IndexError(.manifest, "id_map.tsv line \(lineNumber): the product id is not a JSON string")
+                        throw IndexError(
+                            .manifest, "id_map.tsv line \(lineNumber): the product id is not a JSON string")
                     }
                     try names.append(Array(s.utf8))
                 }
@@ -156,7 +161,8 @@ public struct ProductIDTable: Sendable {
         for id in inUse { table.present.insert(Int64(id)) }
         table.count = inUse.count
         table.vectorHashes = keepVectorHashes ? hashes : nil
-        table.slots = [Int32](repeating: -1, count: 1 << (Int.bitWidth - (max(2, inUse.count * 2) - 1).leadingZeroBitCount))
+        table.slots = [Int32](
+            repeating: -1, count: 1 << (Int.bitWidth - (max(2, inUse.count * 2) - 1).leadingZeroBitCount))
         let mask = table.slots.count - 1
         for id in inUse {
             var s = Int(truncatingIfNeeded: table.names.hash(id)) & mask
@@ -216,12 +222,19 @@ struct ProductColumns: Sendable {
     mutating func set(_ id: Int64, _ p: Product) throws {
         let i = Int(id)
         present.insert(id)
-        if let known = p.inStock { stockKnown.insert(id); if known { inStock.insert(id) } } else { inStock.insert(id) }
+        if let known = p.inStock {
+            stockKnown.insert(id)
+            if known { inStock.insert(id) }
+        } else {
+            inStock.insert(id)
+        }
         if let c = p.category {
             if let code = categoryCodes[c] {
                 category[i] = code
             } else {
-                guard categoryNames.count < Int(UInt16.max) else { throw IndexError(.memory, "more than 65,534 categories") }
+                guard categoryNames.count < Int(UInt16.max) else {
+                    throw IndexError(.memory, "more than 65,534 categories")
+                }
                 categoryNames.append(c)
                 let code = UInt16(categoryNames.count)
                 categoryCodes[c] = code

@@ -37,7 +37,8 @@ struct GroundTruth {
         guard queries.count > 0, !ids.isEmpty else { return }
         let kk = min(k, ids.count)
         let found = try queries.vectors.withUnsafeBufferPointer {
-            try FaissIndex.exactNeighbours(queries: $0, vectors: chunk, dimension: queries.dimension, k: kk, metric: metric)
+            try FaissIndex.exactNeighbours(
+                queries: $0, vectors: chunk, dimension: queries.dimension, k: kk, metric: metric)
         }
         for q in 0..<queries.count {
             var merged = best[q]
@@ -61,18 +62,24 @@ struct Refining {
 
 enum Tuning {
     /// recall@10 of `index` under `parameters` against `truth` (re-ranked when `refine` is given).
-    static func recall(index: FaissIndex, truth: GroundTruth, parameters: SearchParameters, refine: Refining? = nil) throws -> Double {
+    static func recall(
+        index: FaissIndex, truth: GroundTruth, parameters: SearchParameters, refine: Refining? = nil
+    ) throws -> Double {
         let k = IndexBuilder.recallK
         let found = try index.search(truth.queries.vectors, k: (k + 1) * (refine?.factor ?? 1), parameters: parameters)
         let d = truth.queries.dimension
         var sum = 0.0
         for q in 0..<truth.queries.count {
             let exact = Set(truth.top(q, k))
-            guard !exact.isEmpty else { sum += 1; continue }
+            guard !exact.isEmpty else {
+                sum += 1
+                continue
+            }
             var results = found.results(of: q)
             if let refine {
-                results = try refine.vectors.rerank(Array(truth.queries.vectors[q * d..<(q + 1) * d]), results, k: k + 1,
-                                                    metric: truth.metric)
+                results = try refine.vectors.rerank(
+                    Array(truth.queries.vectors[q * d..<(q + 1) * d]), results, k: k + 1,
+                    metric: truth.metric)
             }
             let approx = results.map(\.id).filter { $0 != truth.queries.ids[q] }.prefix(k)
             sum += Double(approx.filter(exact.contains).count) / Double(exact.count)
@@ -81,26 +88,34 @@ enum Tuning {
     }
 
     /// The smallest nprobe (IVF) or efSearch (HNSW) that meets `target`, with the curve measured.
-    static func tune(index: FaissIndex, truth: GroundTruth, target: Double, refine: Refining? = nil,
-                     progress: @Sendable (IndexBuildProgress) -> Void) throws -> (IndexManifest.Search, IndexManifest.Recall?) {
+    static func tune(
+        index: FaissIndex, truth: GroundTruth, target: Double, refine: Refining? = nil,
+        progress: @Sendable (IndexBuildProgress) -> Void
+    ) throws -> (IndexManifest.Search, IndexManifest.Recall?) {
         guard truth.queries.count > 0 else { return (IndexManifest.Search(), nil) }
         var curve: [IndexManifest.RecallPoint] = []
         var chosen = IndexManifest.Search()
         var last = 0.0
-        let ladder: [(Int?, Int?)] = switch index.kind {
-        case .ivf: IndexPlan.nprobeLadder(lists: index.listCount).map { ($0, nil) }
-        case .hnsw: IndexPlan.efSearchLadder.map { (nil, $0) }
-        default: [(nil, nil)]
-        }
+        let ladder: [(Int?, Int?)] =
+            switch index.kind {
+            case .ivf: IndexPlan.nprobeLadder(lists: index.listCount).map { ($0, nil) }
+            case .hnsw: IndexPlan.efSearchLadder.map { (nil, $0) }
+            default: [(nil, nil)]
+            }
         for (i, (nprobe, ef)) in ladder.enumerated() {
             progress(IndexBuildProgress(phase: "measuring recall@10", done: i, total: ladder.count))
-            last = try recall(index: index, truth: truth, parameters: SearchParameters(nprobe: nprobe, efSearch: ef), refine: refine)
+            last = try recall(
+                index: index, truth: truth, parameters: SearchParameters(nprobe: nprobe, efSearch: ef), refine: refine)
             curve.append(.init(nprobe: nprobe, efSearch: ef, recall: last))
             chosen = IndexManifest.Search(nprobe: nprobe, efSearch: ef)
             if last >= target { break }
         }
-        return (chosen, IndexManifest.Recall(k: IndexBuilder.recallK, measured: last, target: target, met: last >= target,
-                                             queries: truth.queries.count, curve: curve))
+        return (
+            chosen,
+            IndexManifest.Recall(
+                k: IndexBuilder.recallK, measured: last, target: target, met: last >= target,
+                queries: truth.queries.count, curve: curve)
+        )
     }
 }
 
@@ -130,13 +145,15 @@ struct FilterColumns {
             for p in page {
                 var code: UInt16 = 0
                 if let name = p.category, !name.isEmpty {
-                    if let known = codes[name] { code = known } else if codes.count < Int(UInt16.max) - 1 {
+                    if let known = codes[name] {
+                        code = known
+                    } else if codes.count < Int(UInt16.max) - 1 {
                         code = UInt16(codes.count + 1)
                         codes[name] = code
                     }
                 }
                 c.category.append(code)
-                c.inStock.append(p.inStock ?? true)  // unknown stock counts as in stock, as in answers
+                c.inStock.append(p.inStock ?? true) // unknown stock counts as in stock, as in answers
                 c.productIDs.append(p.id)
             }
             guard page.count == 10_000, let last = page.last else { break }
@@ -195,7 +212,9 @@ struct FilteredTruth {
         let d = dimension
         for (c, group) in byCategory {
             var rows: [Int] = []
-            for (r, id) in chunkIDs.enumerated() where columns.category[Int(id)] == c && columns.inStock[Int(id)] { rows.append(r) }
+            for (r, id) in chunkIDs.enumerated() where columns.category[Int(id)] == c && columns.inStock[Int(id)] {
+                rows.append(r)
+            }
             if rows.isEmpty { continue }
             var gathered: [Float] = []
             gathered.reserveCapacity(rows.count * d)
@@ -222,16 +241,22 @@ extension Tuning {
     /// recall@k under the default filters at `nprobe` (and `hop`), and the mean seconds of one
     /// search: each query searched with its category's in-stock products allowed and itself
     /// excluded, with its recorded lists (`nearest`), as ``ProductSearch`` searches a stored product.
-    static func filteredRecall(index: FaissIndex, truth: FilteredTruth, allowed: [UInt16: IDBitmap], nprobe: Int,
-                               hop: SecondHop? = nil, nearest: NearestLists? = nil) throws -> (recall: Double, seconds: Double) {
+    static func filteredRecall(
+        index: FaissIndex, truth: FilteredTruth, allowed: [UInt16: IDBitmap], nprobe: Int,
+        hop: SecondHop? = nil, nearest: NearestLists? = nil
+    ) throws -> (recall: Double, seconds: Double) {
         let d = truth.dimension
         var sum = 0.0
         var elapsed = 0.0
         for q in 0..<truth.count {
             let exact = Set(truth.best[q].map(\.id))
-            guard !exact.isEmpty else { sum += 1; continue }
-            var params = SearchParameters(nprobe: nprobe, allowed: allowed[truth.categories[q]], excluded: [truth.ids[q]],
-                                          nearest: nearest?.row(truth.ids[q]), hop: hop)
+            guard !exact.isEmpty else {
+                sum += 1
+                continue
+            }
+            var params = SearchParameters(
+                nprobe: nprobe, allowed: allowed[truth.categories[q]], excluded: [truth.ids[q]],
+                nearest: nearest?.row(truth.ids[q]), hop: hop)
             let vector = Array(truth.vectors[(q * d)..<((q + 1) * d)])
             let t = DispatchTime.now().uptimeNanoseconds
             var found = try index.searchBatch([(vector, params)], k: truth.k)[0].results(of: 0)
@@ -253,16 +278,19 @@ extension Tuning {
     /// filtered distances a query; nprobe 1 + 10 x 4 without lists over 8x the mean, 0.958 with 142.
     static let hopLadder: [(nprobe: Int, top: Int, lists: Int, hub: Int?)] = [
         (1, 10, 4, 8), (1, 10, 8, 8), (2, 10, 4, 8), (4, 10, 4, 8), (4, 10, 8, 8), (8, 10, 4, 8),
-        (1, 3, 2, nil), (2, 3, 2, nil), (2, 5, 2, nil), (2, 5, 4, nil), (4, 5, 4, nil), (4, 10, 4, nil), (8, 10, 4, nil),
+        (1, 3, 2, nil), (2, 3, 2, nil), (2, 5, 2, nil), (2, 5, 4, nil), (4, 5, 4, nil), (4, 10, 4, nil),
+        (8, 10, 4, nil),
     ]
 
     /// Where filtered searches meet `target` under the default filters, with the curve measured:
     /// the smallest nprobe from `start` (the unfiltered tuning's) up, in steps of about 1.5x, and,
     /// with the recorded lists (`nearest`), every point of ``hopLadder``; of those that meet it,
     /// the one whose searches took least time at build. nil hop: the plain nprobe won.
-    static func tuneFiltered(index: FaissIndex, truth: FilteredTruth, columns: FilterColumns, start: Int, target: Double,
-                             nearest: NearestLists? = nil,
-                             progress: @Sendable (IndexBuildProgress) -> Void) throws -> (Int, IndexManifest.Hop?, IndexManifest.Recall)? {
+    static func tuneFiltered(
+        index: FaissIndex, truth: FilteredTruth, columns: FilterColumns, start: Int, target: Double,
+        nearest: NearestLists? = nil,
+        progress: @Sendable (IndexBuildProgress) -> Void
+    ) throws -> (Int, IndexManifest.Hop?, IndexManifest.Recall)? {
         guard truth.count > 0, index.kind == .ivf else { return nil }
         var allowed: [UInt16: IDBitmap] = [:]
         for c in Set(truth.categories) { allowed[c] = IDBitmap(capacity: columns.category.count) }
@@ -271,7 +299,10 @@ extension Tuning {
         }
         var ladder: [Int] = []
         var p = max(1, start)
-        while p < index.listCount { ladder.append(p); p = max(p + 1, (p * 3 + 1) / 2) }
+        while p < index.listCount {
+            ladder.append(p)
+            p = max(p + 1, (p * 3 + 1) / 2)
+        }
         ladder.append(index.listCount)
         let hops = nearest.map { _ in Self.hopLadder.filter { $0.nprobe < index.listCount } } ?? []
         let steps = ladder.count + hops.count
@@ -282,7 +313,8 @@ extension Tuning {
         var plain: (nprobe: Int, recall: Double, seconds: Double)?
         for (i, nprobe) in ladder.enumerated() {
             progress(IndexBuildProgress(phase: "measuring recall@10 under the default filters", done: i, total: steps))
-            let (r, s) = try filteredRecall(index: index, truth: truth, allowed: allowed, nprobe: nprobe, nearest: nearest)
+            let (r, s) = try filteredRecall(
+                index: index, truth: truth, allowed: allowed, nprobe: nprobe, nearest: nearest)
             curve.append(.init(nprobe: nprobe, recall: r, microseconds: s * 1e6))
             plain = (nprobe, r, s)
             if r >= target { break }
@@ -291,19 +323,24 @@ extension Tuning {
         if let nearest {
             let meanList = Double(index.count) / Double(max(1, index.listCount))
             for (i, h) in hops.enumerated() {
-                progress(IndexBuildProgress(phase: "measuring recall@10 under the default filters, second hop",
-                                            done: ladder.count + i, total: steps))
-                let point = IndexManifest.Hop(top: h.top, lists: h.lists, maxList: h.hub.map { Int((Double($0) * meanList).rounded(.up)) })
+                progress(
+                    IndexBuildProgress(
+                        phase: "measuring recall@10 under the default filters, second hop",
+                        done: ladder.count + i, total: steps))
+                let point = IndexManifest.Hop(
+                    top: h.top, lists: h.lists, maxList: h.hub.map { Int((Double($0) * meanList).rounded(.up)) })
                 let hop = SecondHop(table: nearest, top: point.top, lists: point.lists, maxList: point.maxList)
-                let (r, s) = try filteredRecall(index: index, truth: truth, allowed: allowed, nprobe: h.nprobe, hop: hop,
-                                                nearest: nearest)
+                let (r, s) = try filteredRecall(
+                    index: index, truth: truth, allowed: allowed, nprobe: h.nprobe, hop: hop,
+                    nearest: nearest)
                 curve.append(.init(nprobe: h.nprobe, recall: r, secondHop: point, microseconds: s * 1e6))
                 if r >= target && s < (hopped?.seconds ?? .infinity) { hopped = (h.nprobe, point, r, s) }
             }
         }
         guard let plain else { return nil }
         let recall = { (r: Double) in
-            IndexManifest.Recall(k: truth.k, measured: r, target: target, met: r >= target, queries: truth.count, curve: curve)
+            IndexManifest.Recall(
+                k: truth.k, measured: r, target: target, met: r >= target, queries: truth.count, curve: curve)
         }
         if let hopped, plain.recall < target || hopped.seconds < plain.seconds {
             return (hopped.nprobe, hopped.hop, recall(hopped.recall))

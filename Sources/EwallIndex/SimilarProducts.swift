@@ -14,8 +14,10 @@ public struct SimilarQuery: Sendable, Hashable {
     public var inStockOnly: Bool
 
     /// The platform's rules: k 10, similarity >= 0.5, same category, in stock.
-    public init(k: Int = SimilarQuery.defaultK, minSimilarity: Double = SimilarQuery.defaultMinSimilarity,
-                sameCategory: Bool = true, inStockOnly: Bool = true) {
+    public init(
+        k: Int = SimilarQuery.defaultK, minSimilarity: Double = SimilarQuery.defaultMinSimilarity,
+        sameCategory: Bool = true, inStockOnly: Bool = true
+    ) {
         self.k = k
         self.minSimilarity = minSimilarity
         self.sameCategory = sameCategory
@@ -31,9 +33,12 @@ public struct SimilarQuery: Sendable, Hashable {
 
     /// Why this query is out of bounds (`nil`: it is within them).
     public var problem: String? {
-        if !Self.kRange.contains(k) { return "k must be \(Self.kRange.lowerBound)...\(Self.kRange.upperBound), not \(k)" }
+        if !Self.kRange.contains(k) {
+            return "k must be \(Self.kRange.lowerBound)...\(Self.kRange.upperBound), not \(k)"
+        }
         if !Self.minSimilarityRange.contains(minSimilarity) {
-            return "min_similarity must be between \(Self.minSimilarityRange.lowerBound) and \(Self.minSimilarityRange.upperBound), not \(minSimilarity)"
+            return
+                "min_similarity must be between \(Self.minSimilarityRange.lowerBound) and \(Self.minSimilarityRange.upperBound), not \(minSimilarity)"
         }
         return nil
     }
@@ -115,7 +120,8 @@ public struct SimilarAnswer: Sendable, Codable {
     public var index: AnsweringIndex
 
     enum CodingKeys: String, CodingKey {
-        case query, category, results, candidates, eligible, nprobe, efSearch = "ef_search", secondHop = "second_hop", notes, index
+        case query, category, results, candidates, eligible, nprobe, efSearch = "ef_search", secondHop = "second_hop",
+            notes, index
     }
 }
 
@@ -152,14 +158,17 @@ public final class ProductSearch: Sendable {
     /// approximate search, and exact).
     public let exactBelow: Int
 
-    init(loaded: IndexFolder.Loaded, store: any EmbeddingStore, columns: ProductColumns, missing: Int, storeCount: Int,
-         exactBelow: Int) {
+    init(
+        loaded: IndexFolder.Loaded, store: any EmbeddingStore, columns: ProductColumns, missing: Int, storeCount: Int,
+        exactBelow: Int
+    ) {
         self.exactBelow = exactBelow
         manifest = loaded.manifest
         index = loaded.index
-        identity = AnsweringIndex(factory: loaded.manifest.factory, count: loaded.index.count, modelID: loaded.manifest.modelID,
-                                  preprocessing: loaded.manifest.preprocessing, builtAt: loaded.manifest.builtAt,
-                                  sha256: loaded.manifest.files["index"]?.sha256)
+        identity = AnsweringIndex(
+            factory: loaded.manifest.factory, count: loaded.index.count, modelID: loaded.manifest.modelID,
+            preprocessing: loaded.manifest.preprocessing, builtAt: loaded.manifest.builtAt,
+            sha256: loaded.manifest.files["index"]?.sha256)
         ids = loaded.ids
         exact = loaded.exact
         nearest = loaded.nearest
@@ -174,8 +183,9 @@ public final class ProductSearch: Sendable {
         missingFromIndex = missing
         var warnings: [String] = []
         if missing > 0 {
-            warnings.append("the index (built \(loaded.manifest.builtAt)) is older than the store: \(missing) of the store's "
-                            + "\(storeCount) vectors are not in it; run rebuild-faiss-index --incremental")
+            warnings.append(
+                "the index (built \(loaded.manifest.builtAt)) is older than the store: \(missing) of the store's "
+                    + "\(storeCount) vectors are not in it; run rebuild-faiss-index --incremental")
         }
         let gone = loaded.ids.count - columns.count
         if gone > 0 {
@@ -189,16 +199,20 @@ public final class ProductSearch: Sendable {
     /// `exactBelow`: when the filters leave fewer eligible products than this, they are
     /// searched exactly (their vectors from the index), which is both exact and faster than
     /// searching an approximate index deeply for them.
-    public static func open(folder: IndexFolder, store: any EmbeddingStore, memoryMapped: Bool = false,
-                            exactBelow: Int = 2048) async throws -> ProductSearch {
+    public static func open(
+        folder: IndexFolder, store: any EmbeddingStore, memoryMapped: Bool = false,
+        exactBelow: Int = 2048
+    ) async throws -> ProductSearch {
         let loaded = try folder.load(memoryMapped: memoryMapped)
         let m = loaded.manifest
         let keys = try await store.modelKeys()
         guard let mine = keys.first(where: { $0.key == m.key }) else {
             let has = keys.map { "\($0.key.modelID) (\($0.key.preprocessing))" }.joined(separator: ", ")
-            throw IndexError(.mismatch, "the index at \(folder.path) holds vectors of model \(m.modelID) (\(m.preprocessing)), "
-                             + "and \(store.displayName) has none of them (it has: \(has.isEmpty ? "nothing" : has)): "
-                             + "rebuild the index from this store")
+            throw IndexError(
+                .mismatch,
+                "the index at \(folder.path) holds vectors of model \(m.modelID) (\(m.preprocessing)), "
+                    + "and \(store.displayName) has none of them (it has: \(has.isEmpty ? "nothing" : has)): "
+                    + "rebuild the index from this store")
         }
         var columns = ProductColumns(capacity: max(Int(m.nextID), loaded.ids.capacity))
         var missing = 0
@@ -206,15 +220,19 @@ public final class ProductSearch: Sendable {
         while true {
             let page = try await store.productsWithVectors(key: m.key, after: after, limit: 10_000)
             for p in page {
-                guard let id = loaded.ids.id(of: p.id) else { missing += 1; continue }
+                guard let id = loaded.ids.id(of: p.id) else {
+                    missing += 1
+                    continue
+                }
                 try columns.set(id, p)
             }
             guard page.count == 10_000, let last = page.last else { break }
             after = last.id
         }
         columns.finish()
-        return ProductSearch(loaded: loaded, store: store, columns: columns, missing: missing, storeCount: mine.count,
-                             exactBelow: exactBelow)
+        return ProductSearch(
+            loaded: loaded, store: store, columns: columns, missing: missing, storeCount: mine.count,
+            exactBelow: exactBelow)
     }
 
     /// Products similar to a stored product (its stored vector; itself excluded by id).
@@ -231,8 +249,9 @@ public final class ProductSearch: Sendable {
     /// id to exclude), to answer later, alone or in a batch (``similar(batch:)``).
     public func request(for productID: String, query: SimilarQuery = SimilarQuery()) async throws -> SimilarRequest {
         if storesExactVectors, let id = ids.id(of: productID), columns.present.contains(id) {
-            var r = SimilarRequest(vector: try exact?.vector(id) ?? index.reconstruct(id: id), category: columns.categoryName(id),
-                                   excluding: productID, query: query)
+            var r = SimilarRequest(
+                vector: try exact?.vector(id) ?? index.reconstruct(id: id), category: columns.categoryName(id),
+                excluding: productID, query: query)
             r.storedID = id
             return r
         }
@@ -240,16 +259,20 @@ public final class ProductSearch: Sendable {
             throw IndexError(.unknownProduct, "unknown product \(productID)")
         }
         guard let e = try await store.embedding(productID: productID, key: manifest.key) else {
-            throw IndexError(.noVector, "product \(productID) has no vector for model \(manifest.modelID) "
-                             + "(\(manifest.preprocessing)): embed it with ewall-embed first")
+            throw IndexError(
+                .noVector,
+                "product \(productID) has no vector for model \(manifest.modelID) "
+                    + "(\(manifest.preprocessing)): embed it with ewall-embed first")
         }
         return SimilarRequest(vector: e.vector, category: product.category, excluding: productID, query: query)
     }
 
     /// Products similar to a vector (e.g. an image embedded on the fly). `category` applies the
     /// same-category rule; `excluding` is a product id never returned.
-    public func similar(vector: [Float], category: String?, excluding: String? = nil,
-                        query: SimilarQuery = SimilarQuery()) throws -> SimilarAnswer {
+    public func similar(
+        vector: [Float], category: String?, excluding: String? = nil,
+        query: SimilarQuery = SimilarQuery()
+    ) throws -> SimilarAnswer {
         var plan = try planned(SimilarRequest(vector: vector, category: category, excluding: excluding, query: query))
         while plan.searching {
             let found = try index.search(vector, k: query.k * refineFactor, parameters: plan.params).results(of: 0)
@@ -273,10 +296,11 @@ public final class ProductSearch: Sendable {
                 let group = active.filter { batch[$0].query.k == k }
                 let found: [Neighbours]
                 do {
-                    found = try index.searchBatch(group.map { i in
-                        guard case .success(let p) = plans[i] else { preconditionFailure() }
-                        return (batch[i].vector, p.params)
-                    }, k: k * refineFactor)
+                    found = try index.searchBatch(
+                        group.map { i in
+                            guard case .success(let p) = plans[i] else { preconditionFailure() }
+                            return (batch[i].vector, p.params)
+                        }, k: k * refineFactor)
                 } catch {
                     for i in group { plans[i] = .failure(error) }
                     continue
@@ -317,7 +341,7 @@ public final class ProductSearch: Sendable {
         guard query.k > 0 else { throw IndexError(.argument, "k must be at least 1") }
         var notes: [String] = []
         var allowed: IDBitmap
-        var allowedCount: Int  // allowed.count, counted once when the columns were read
+        var allowedCount: Int // allowed.count, counted once when the columns were read
         let present = columns.present
         if query.sameCategory, let category {
             if let c = columns.categoryCode(category) {
@@ -344,12 +368,14 @@ public final class ProductSearch: Sendable {
         let start = manifest.search.nprobe.map { p in
             filtered ? min(index.listCount, manifest.search.filteredNprobe ?? p * 2) : p
         }
-        var plan = Plan(request: r, notes: notes, allowed: allowed, excluded: excluded, eligible: eligible,
-                        params: SearchParameters(nprobe: start,
-                                                 efSearch: manifest.search.efSearch, allowed: allowed, excluded: excluded,
-                                                 nearest: r.storedID.flatMap { nearest?.row($0) },
-                                                 hop: filtered ? secondHop : nil),
-                        searching: true)
+        var plan = Plan(
+            request: r, notes: notes, allowed: allowed, excluded: excluded, eligible: eligible,
+            params: SearchParameters(
+                nprobe: start,
+                efSearch: manifest.search.efSearch, allowed: allowed, excluded: excluded,
+                nearest: r.storedID.flatMap { nearest?.row($0) },
+                hop: filtered ? secondHop : nil),
+            searching: true)
         if index.kind != .flat && eligible < exactBelow {
             plan.found = try exhaustive(vector, allowed: allowed, excluded: excluded, k: query.k)
             plan.params.nprobe = nil
@@ -381,7 +407,7 @@ public final class ProductSearch: Sendable {
             }
             plan.found = try exhaustive(plan.request.vector, allowed: plan.allowed, excluded: plan.excluded, k: k)
         case .flat, .other:
-            return  // flat search is exhaustive already
+            return // flat search is exhaustive already
         }
     }
 
@@ -396,7 +422,8 @@ public final class ProductSearch: Sendable {
         // cosine is 1 - d²/2; imported vectors need not be unit, so the norms are read too).
         let qNorm2 = vector.reduce(0) { $0 + Double($1) * Double($1) }
         let hits = found.filter { columns.present.contains($0.id) }
-        let stored = try exact?.compare(vector, ids: hits.map(\.id), distances: false)
+        let stored =
+            try exact?.compare(vector, ids: hits.map(\.id), distances: false)
             ?? index.compare(vector, ids: hits.map(\.id), distances: false)
         var results: [SimilarProduct] = []
         for (i, (id, raw)) in hits.enumerated() {
@@ -405,25 +432,30 @@ public final class ProductSearch: Sendable {
             let distance = max(0, squared).squareRoot()
             let similarity = 1 / (1 + distance)
             guard similarity >= query.minSimilarity else { continue }
-            results.append(SimilarProduct(productID: ids.productID(id)!, similarity: similarity,
-                                          cosine: Double(stored.dot[i]) / max(1e-12, (qNorm2 * rNorm2).squareRoot()),
-                                          distance: distance, category: columns.categoryName(id), inStock: columns.stock(id),
-                                          title: columns.title(id)))
+            results.append(
+                SimilarProduct(
+                    productID: ids.productID(id)!, similarity: similarity,
+                    cosine: Double(stored.dot[i]) / max(1e-12, (qNorm2 * rNorm2).squareRoot()),
+                    distance: distance, category: columns.categoryName(id), inStock: columns.stock(id),
+                    title: columns.title(id)))
         }
         if results.count < found.count {
             notes.append("\(found.count - results.count) neighbours were below min_similarity \(query.minSimilarity)")
         }
         let category = plan.request.category
-        return SimilarAnswer(query: plan.request.excluding, category: query.sameCategory ? category : nil, results: results,
-                             candidates: found.count, eligible: plan.eligible, nprobe: plan.params.nprobe,
-                             efSearch: plan.params.efSearch,
-                             secondHop: plan.params.hop.map { IndexManifest.Hop(top: $0.top, lists: $0.lists, maxList: $0.maxList) },
-                             notes: notes, index: identity)
+        return SimilarAnswer(
+            query: plan.request.excluding, category: query.sameCategory ? category : nil, results: results,
+            candidates: found.count, eligible: plan.eligible, nprobe: plan.params.nprobe,
+            efSearch: plan.params.efSearch,
+            secondHop: plan.params.hop.map { IndexManifest.Hop(top: $0.top, lists: $0.lists, maxList: $0.maxList) },
+            notes: notes, index: identity)
     }
 
     /// Exact search over the allowed ids' stored vectors: for very selective filters, and the
     /// last resort for graph indexes, whose traversal a selective filter starves.
-    private func exhaustive(_ q: [Float], allowed: IDBitmap, excluded: [Int64], k: Int) throws -> [(id: Int64, distance: Float)] {
+    private func exhaustive(
+        _ q: [Float], allowed: IDBitmap, excluded: [Int64], k: Int
+    ) throws -> [(id: Int64, distance: Float)] {
         var ids: [Int64] = []
         for (i, byte) in allowed.bytes.enumerated() where byte != 0 {
             for b in 0..<8 where (byte >> b) & 1 == 1 {

@@ -68,7 +68,7 @@ public final class Embedder: Sendable {
                 }
             }
             return (0..<batch.count).map { i in Self.normalized(raw[i * dim..<(i + 1) * dim]) }
-        } catch where error.code == .outOfMemory && batch.count > 1 {
+        } catch  where error.code == .outOfMemory && batch.count > 1 {
             // The device ran out of memory for this batch: each half gets its own try, down to
             // single images, before any item fails.
             let half = batch.count / 2
@@ -83,7 +83,8 @@ public final class Embedder: Sendable {
         var sum: Double = 0
         for v in row {
             guard v.isFinite else {
-                return .failure(InferenceError(.invalidVector, "the model produced a NaN or infinite value for this image"))
+                return .failure(
+                    InferenceError(.invalidVector, "the model produced a NaN or infinite value for this image"))
             }
             sum += Double(v) * Double(v)
         }

@@ -45,8 +45,10 @@ public struct PrecisionChoice: Sendable, Hashable, Codable, CustomStringConverti
 
     /// Times each candidate `rounds` times, interleaved (fp32, bf16, fp32, bf16, ...), keeps
     /// the best images/s of each and decides. `time` returns one batch's images/s.
-    public static func measure(candidates: [Precision], rounds: Int = Self.rounds,
-                               time: (Precision) throws(InferenceError) -> Double) throws(InferenceError) -> PrecisionChoice {
+    public static func measure(
+        candidates: [Precision], rounds: Int = Self.rounds,
+        time: (Precision) throws(InferenceError) -> Double
+    ) throws(InferenceError) -> PrecisionChoice {
         var best: [Precision: Double] = [:]
         for _ in 0..<max(1, rounds) {
             for p in candidates {
@@ -136,11 +138,15 @@ public struct PrecisionCache: Sendable {
 
     public init(path: String) { self.path = path }
 
-    struct File: Codable { var version = 1; var entries: [String: PrecisionChoice] = [:] }
+    struct File: Codable {
+        var version = 1
+        var entries: [String: PrecisionChoice] = [:]
+    }
 
     private func read() -> File {
         guard let data = FileManager.default.contents(atPath: path),
-              let file = try? JSONDecoder().decode(File.self, from: data), file.version == 1 else { return File() }
+            let file = try? JSONDecoder().decode(File.self, from: data), file.version == 1
+        else { return File() }
         return file
     }
 

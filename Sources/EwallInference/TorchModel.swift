@@ -32,10 +32,12 @@ public struct ModelOptions: Sendable, Hashable {
     public var precisionCachePath: String?
 
     /// fp32 by default (the reference precision); 2 threads; batches of 32.
-    public init(path: String, precision: Precision = .fp32, threads: Int = 2, batchSize: Int = 32,
-                channelsLast: Bool = true, freeze: Bool = true,
-                channels: Int = 3, height: Int = PreprocessingMode.side, width: Int = PreprocessingMode.side,
-                precisionCachePath: String? = nil, device: ComputeDevice = .auto, streams: Int = 1) {
+    public init(
+        path: String, precision: Precision = .fp32, threads: Int = 2, batchSize: Int = 32,
+        channelsLast: Bool = true, freeze: Bool = true,
+        channels: Int = 3, height: Int = PreprocessingMode.side, width: Int = PreprocessingMode.side,
+        precisionCachePath: String? = nil, device: ComputeDevice = .auto, streams: Int = 1
+    ) {
         self.path = path
         self.streams = streams
         self.device = device
@@ -128,13 +130,15 @@ public final class TorchModel: @unchecked Sendable {
         switch options.precision {
         case .fp32, .bf16, .fp16:
             if options.precision == .bf16 && !Self.cpuHasBF16 && !Self.runsOnCUDA(options.device) {
-                throw InferenceError(.precisionUnavailable,
-                                     "bf16 was requested but this CPU has no native bfloat16 (AVX512_BF16/AMX); use fp32 or auto")
+                throw InferenceError(
+                    .precisionUnavailable,
+                    "bf16 was requested but this CPU has no native bfloat16 (AVX512_BF16/AMX); use fp32 or auto")
             }
             handle = try Self.load(options, options.precision)
         case .auto:
             if let cacheKey, let cached = cache?.lookup(cacheKey),
-               cached.precision == .fp32 || Self.cpuHasBF16 {
+                cached.precision == .fp32 || Self.cpuHasBF16
+            {
                 choice = cached
                 handle = try Self.load(options, cached.precision)
             } else {
@@ -184,8 +188,10 @@ public final class TorchModel: @unchecked Sendable {
     /// Loads one precision (the shim freezes and runs two warm-up batches).
     private static func load(_ options: ModelOptions, _ precision: Precision) throws(InferenceError) -> OpaquePointer {
         var o = ew_torch_options(
-            precision: Int32(precision == .bf16 ? EW_TORCH_BF16.rawValue
-                             : precision == .fp16 ? EW_TORCH_FP16.rawValue : EW_TORCH_FP32.rawValue),
+            precision: Int32(
+                precision == .bf16
+                    ? EW_TORCH_BF16.rawValue
+                    : precision == .fp16 ? EW_TORCH_FP16.rawValue : EW_TORCH_FP32.rawValue),
             channels_last: options.channelsLast ? 1 : 0, optimize: options.freeze ? 1 : 0,
             channels: Int64(options.channels), height: Int64(options.height), width: Int64(options.width),
             warmup_batch: Int64(warmupBatch(options)), device_type: 0, device_index: 0)
@@ -205,8 +211,10 @@ public final class TorchModel: @unchecked Sendable {
 
     /// One full batch through `handle` on each of the ``ModelOptions/streams`` (side by side
     /// on the CPU, as the embedder runs them), timed: images/s of them all.
-    private static func imagesPerSecond(_ handle: OpaquePointer, options: ModelOptions,
-                                        input: [Float]) throws(InferenceError) -> Double {
+    private static func imagesPerSecond(
+        _ handle: OpaquePointer, options: ModelOptions,
+        input: [Float]
+    ) throws(InferenceError) -> Double {
         let streams = runsOnCUDA(options.device) ? 1 : max(1, options.streams)
         let n = options.batchSize * Int(ew_torch_output_dim(handle))
         let failures = Locked<[InferenceError]>([])
@@ -219,8 +227,9 @@ public final class TorchModel: @unchecked Sendable {
             var err = ew_torch_error()
             let rc = input.withUnsafeBufferPointer { buf in
                 out.withUnsafeMutableBufferPointer { o in
-                    ew_torch_forward(handle, buf.baseAddress, Int64(options.batchSize), Int64(options.channels),
-                                     Int64(options.height), Int64(options.width), o.baseAddress, n, &err)
+                    ew_torch_forward(
+                        handle, buf.baseAddress, Int64(options.batchSize), Int64(options.channels),
+                        Int64(options.height), Int64(options.width), o.baseAddress, n, &err)
                 }
             }
             if rc != 0 { failures.withLock { $0.append(Self.error(rc, err)) } }
@@ -244,8 +253,9 @@ public final class TorchModel: @unchecked Sendable {
         var err = ew_torch_error()
         var rc: Int32 = 0
         let out = [Float](unsafeUninitializedCapacity: n) { buf, initialized in
-            rc = ew_torch_forward(handle, input.baseAddress, Int64(count), Int64(options.channels),
-                                  Int64(options.height), Int64(options.width), buf.baseAddress, n, &err)
+            rc = ew_torch_forward(
+                handle, input.baseAddress, Int64(count), Int64(options.channels),
+                Int64(options.height), Int64(options.width), buf.baseAddress, n, &err)
             initialized = rc == 0 ? n : 0
         }
         if rc != 0 { throw Self.error(rc, err) }

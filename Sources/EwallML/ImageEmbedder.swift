@@ -1,11 +1,11 @@
-@_exported import EwallCore
-@_exported import EwallImaging
-@_exported import EwallInference
-@_exported import EwallFetch
-@_exported import EwallStore
-@_exported import EwallIndex
-@_exported import EwallClassifier
 import Crypto
+@_exported import EwallClassifier
+@_exported import EwallCore
+@_exported import EwallFetch
+@_exported import EwallImaging
+@_exported import EwallIndex
+@_exported import EwallInference
+@_exported import EwallStore
 import Foundation
 import Logging
 
@@ -28,13 +28,16 @@ public struct EmbedderConfiguration: Sendable {
 
     /// - Parameter decodeThreads: nil: the cores `model.threads` leave over on this machine,
     ///   at least 1.
-    public init(model: ModelOptions, preprocessing: PreprocessingMode = .squash224,
-                limits: ImageLimits = ImageLimits(), fastJPEG: Bool = false, decodeThreads: Int? = nil) {
+    public init(
+        model: ModelOptions, preprocessing: PreprocessingMode = .squash224,
+        limits: ImageLimits = ImageLimits(), fastJPEG: Bool = false, decodeThreads: Int? = nil
+    ) {
         self.model = model
         self.preprocessing = preprocessing
         self.limits = limits
         self.fastJPEG = fastJPEG
-        self.decodeThreads = decodeThreads ?? model.decodeThreadsLeftOver(cores: ProcessInfo.processInfo.activeProcessorCount)
+        self.decodeThreads =
+            decodeThreads ?? model.decodeThreadsLeftOver(cores: ProcessInfo.processInfo.activeProcessorCount)
     }
 
     /// The preprocessing recorded with every vector (the store's model key): `squash224`,
@@ -96,8 +99,9 @@ public final class ImageEmbedder: Sendable {
         self.configuration = configuration
         let path = configuration.model.path
         guard FileManager.default.fileExists(atPath: path) else {
-            throw InferenceError(.modelNotFound,
-                                 "model file \(path) not found; run `make model` or pass --model / set EWALL_MODEL")
+            throw InferenceError(
+                .modelNotFound,
+                "model file \(path) not found; run `make model` or pass --model / set EWALL_MODEL")
         }
         var card: ModelCard?
         do {
@@ -120,8 +124,9 @@ public final class ImageEmbedder: Sendable {
         }
         embedder = try Embedder(options: configuration.model, cacheKey: cacheKey)
         if let choice = embedder.model.precisionChoice { logger.info("precision auto: \(choice)") }
-        preprocessor = Preprocessor(mode: configuration.preprocessing, limits: configuration.limits,
-                                    fastJPEG: configuration.fastJPEG)
+        preprocessor = Preprocessor(
+            mode: configuration.preprocessing, limits: configuration.limits,
+            fastJPEG: configuration.fastJPEG)
         decoders = (0..<max(1, configuration.decodeThreads)).map { BlockingWorker(name: "ewall-decode-\($0)") }
     }
 
@@ -145,23 +150,26 @@ public final class ImageEmbedder: Sendable {
         var hasher = SHA256()
         while let chunk = try? handle.read(upToCount: 1 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
         let hex = hasher.finalize().map { String(format: "%02x", $0) }.joined()
-        return PrecisionCacheKey(modelSHA256: hex, cpuModel: PrecisionCacheKey.currentCPUModel,
-                                 threads: options.threads, batchSize: options.batchSize, streams: options.streams)
+        return PrecisionCacheKey(
+            modelSHA256: hex, cpuModel: PrecisionCacheKey.currentCPUModel,
+            threads: options.threads, batchSize: options.batchSize, streams: options.streams)
     }
 
     /// Embeds image files, in order. Never throws: every file gets an outcome.
     public func embed(files: [String]) async -> [EmbeddingOutcome] {
         let limits = configuration.limits
-        return await run(files.map { path -> Input in
-            (path, { () throws(ItemFailure) -> [UInt8] in try Self.read(path, limits: limits) })
-        })
+        return await run(
+            files.map { path -> Input in
+                (path, { () throws(ItemFailure) -> [UInt8] in try Self.read(path, limits: limits) })
+            })
     }
 
     /// Embeds images given as bytes, labelled by `labels` (or by their index).
     public func embed(images: [[UInt8]], labels: [String]? = nil) async -> [EmbeddingOutcome] {
-        await run(images.enumerated().map { i, bytes -> Input in
-            (labels?[i] ?? "\(i)", { () throws(ItemFailure) -> [UInt8] in bytes })
-        })
+        await run(
+            images.enumerated().map { i, bytes -> Input in
+                (labels?[i] ?? "\(i)", { () throws(ItemFailure) -> [UInt8] in bytes })
+            })
     }
 
     /// Decodes and preprocesses one image on a decode thread (round-robin over
@@ -200,7 +208,9 @@ public final class ImageEmbedder: Sendable {
     /// always being decoded while the others run through the model.
     private func run(_ inputs: [Input]) async -> [EmbeddingOutcome] {
         let size = embedder.batchSize
-        let chunks = stride(from: 0, to: inputs.count, by: size).map { Array(inputs[$0..<min($0 + size, inputs.count)]) }
+        let chunks = stride(from: 0, to: inputs.count, by: size).map {
+            Array(inputs[$0..<min($0 + size, inputs.count)])
+        }
         let window = embedder.streams + 1
         var done = [[EmbeddingOutcome]?](repeating: nil, count: chunks.count)
         await withTaskGroup(of: (Int, [EmbeddingOutcome]).self) { group in

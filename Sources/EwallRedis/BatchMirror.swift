@@ -23,8 +23,10 @@ public final class BatchMirror: Sendable {
     public let interval: Duration
     private let last = Locked<ContinuousClock.Instant?>(nil)
 
-    public init(client: RedisClient, job: String, owner: String, statusTTL: Duration = .seconds(3600),
-                historyTTL: Duration = .seconds(7 * 86400), lockTTL: Duration = .seconds(1800), interval: Duration = .seconds(1)) {
+    public init(
+        client: RedisClient, job: String, owner: String, statusTTL: Duration = .seconds(3600),
+        historyTTL: Duration = .seconds(7 * 86400), lockTTL: Duration = .seconds(1800), interval: Duration = .seconds(1)
+    ) {
         self.client = client
         self.job = job
         self.owner = owner
@@ -66,7 +68,10 @@ public final class BatchMirror: Sendable {
     public func publish(status json: [UInt8]) async -> String? {
         let replies = await client.pipeline([
             ["SET", RedisArgument(RedisKeys.batchStatus(job)), RedisArgument(json), "PX", ms(statusTTL)],
-            ["EVAL", RedisArgument(Self.lockScript), "1", RedisArgument(RedisKeys.batchLock(job)), RedisArgument(owner), ms(lockTTL)],
+            [
+                "EVAL", RedisArgument(Self.lockScript), "1", RedisArgument(RedisKeys.batchLock(job)),
+                RedisArgument(owner), ms(lockTTL),
+            ],
         ])
         guard case .success(let r) = replies, let holder = r[1].bytes else { return nil }
         return String(decoding: holder, as: UTF8.self)
@@ -77,13 +82,18 @@ public final class BatchMirror: Sendable {
     /// takes it over); when the job is done it is gone for good.
     public func finish(status json: [UInt8], runID: Int64, done: Bool) async {
         var commands: [[RedisArgument]] = [
-            ["SET", RedisArgument(RedisKeys.batchStatus(job)), RedisArgument(json), "PX", ms(statusTTL)],
+            ["SET", RedisArgument(RedisKeys.batchStatus(job)), RedisArgument(json), "PX", ms(statusTTL)]
         ]
         if done {
-            commands.append(["HSET", RedisArgument(RedisKeys.batchHistory(job)), RedisArgument("\(runID)"), RedisArgument(json)])
+            commands.append([
+                "HSET", RedisArgument(RedisKeys.batchHistory(job)), RedisArgument("\(runID)"), RedisArgument(json),
+            ])
             commands.append(["PEXPIRE", RedisArgument(RedisKeys.batchHistory(job)), ms(historyTTL)])
         }
-        commands.append(["EVAL", RedisArgument(Self.unlockScript), "1", RedisArgument(RedisKeys.batchLock(job)), RedisArgument(owner)])
+        commands.append([
+            "EVAL", RedisArgument(Self.unlockScript), "1", RedisArgument(RedisKeys.batchLock(job)),
+            RedisArgument(owner),
+        ])
         _ = await client.pipeline(commands)
     }
 }

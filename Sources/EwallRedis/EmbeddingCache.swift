@@ -65,11 +65,11 @@ public enum VectorValue {
     public static func decode(_ bytes: [UInt8], key: ModelKey, dimension: Int) -> CachedEmbedding? {
         var r = Reader(bytes: bytes)
         guard r.take(4).map(Array.init) == magic, let dim = r.u32(), Int(dim) == dimension,
-              let keyLength = r.u16(), let k = r.take(Int(keyLength)), k.elementsEqual(keyText(key).utf8),
-              let shaLength = r.u16(), let sha = r.take(Int(shaLength)),
-              let width = r.u32(), let height = r.u32(),
-              let formatLength = r.u8(), let format = r.take(Int(formatLength)),
-              r.remaining == 4 * dimension
+            let keyLength = r.u16(), let k = r.take(Int(keyLength)), k.elementsEqual(keyText(key).utf8),
+            let shaLength = r.u16(), let sha = r.take(Int(shaLength)),
+            let width = r.u32(), let height = r.u32(),
+            let formatLength = r.u8(), let format = r.take(Int(formatLength)),
+            r.remaining == 4 * dimension
         else { return nil }
         var vector = [Float](repeating: 0, count: dimension)
         let start = r.offset
@@ -81,8 +81,9 @@ public enum VectorValue {
         #if _endian(big)
         vector = vector.map { Float(bitPattern: UInt32(littleEndian: $0.bitPattern)) }
         #endif
-        return CachedEmbedding(vector: vector, imageSHA256: String(decoding: sha, as: UTF8.self),
-                               format: String(decoding: format, as: UTF8.self), width: Int(width), height: Int(height))
+        return CachedEmbedding(
+            vector: vector, imageSHA256: String(decoding: sha, as: UTF8.self),
+            format: String(decoding: format, as: UTF8.self), width: Int(width), height: Int(height))
     }
 
     static func keyText(_ key: ModelKey) -> String { "\(key.modelID)|\(key.preprocessing)" }
@@ -163,8 +164,10 @@ public final class EmbeddingCache: Sendable {
     private let foreignCounter: Counter
     private let lookupTimer: Metrics.Timer
 
-    public init(client: RedisClient, key: ModelKey, dimension: Int, ttl: Duration = .seconds(3600),
-                metrics: any MetricsFactory = MetricsSystem.factory) {
+    public init(
+        client: RedisClient, key: ModelKey, dimension: Int, ttl: Duration = .seconds(3600),
+        metrics: any MetricsFactory = MetricsSystem.factory
+    ) {
         self.client = client
         self.key = key
         self.dimension = dimension
@@ -173,8 +176,9 @@ public final class EmbeddingCache: Sendable {
         missesCounter = Counter(label: "ewall_redis_cache_misses_total", dimensions: [], factory: metrics)
         errorsCounter = Counter(label: "ewall_redis_errors_total", dimensions: [], factory: metrics)
         foreignCounter = Counter(label: "ewall_redis_foreign_values_total", dimensions: [], factory: metrics)
-        lookupTimer = Metrics.Timer(label: "ewall_redis_lookup_seconds", dimensions: [], preferredDisplayUnit: .milliseconds,
-                                    factory: metrics)
+        lookupTimer = Metrics.Timer(
+            label: "ewall_redis_lookup_seconds", dimensions: [], preferredDisplayUnit: .milliseconds,
+            factory: metrics)
     }
 
     public var statistics: CacheStatistics { stats.withLock { $0 } }
@@ -190,7 +194,8 @@ public final class EmbeddingCache: Sendable {
     public func lookup(sha256s: [String]) async -> [CachedEmbedding?] {
         if sha256s.isEmpty { return [] }
         let t0 = ContinuousClock.now
-        let reply = await client.send([RedisArgument("MGET")] + sha256s.map { RedisArgument(RedisKeys.embedding(key, sha256: $0)) })
+        let reply = await client.send(
+            [RedisArgument("MGET")] + sha256s.map { RedisArgument(RedisKeys.embedding(key, sha256: $0)) })
         lookupTimer.recordNanoseconds(Int64((ContinuousClock.now - t0).inSeconds * 1e9))
         guard case .success(.array(let values)) = reply, values.count == sha256s.count else {
             count(misses: sha256s.count, errors: 1)
@@ -214,8 +219,11 @@ public final class EmbeddingCache: Sendable {
     public func store(_ embeddings: [CachedEmbedding]) async {
         if embeddings.isEmpty { return }
         let commands: [[RedisArgument]] = embeddings.map { e in
-            ["SET", RedisArgument(RedisKeys.embedding(key, sha256: e.imageSHA256)), RedisArgument(VectorValue.encode(e, key: key)),
-             "PX", RedisArgument(ttlMilliseconds)]
+            [
+                "SET", RedisArgument(RedisKeys.embedding(key, sha256: e.imageSHA256)),
+                RedisArgument(VectorValue.encode(e, key: key)),
+                "PX", RedisArgument(ttlMilliseconds),
+            ]
         }
         await run(commands, writes: embeddings.count)
     }
@@ -228,11 +236,15 @@ public final class EmbeddingCache: Sendable {
         let field = RedisArgument(RedisKeys.productField(key))
         var commands: [[RedisArgument]] = []
         for (id, e) in current {
-            commands.append(["EVAL", RedisArgument(Self.writeProductScript), "1", RedisArgument(RedisKeys.product(id)), field,
-                             RedisArgument(VectorValue.encode(e, key: key)), RedisArgument(ttlMilliseconds)])
+            commands.append([
+                "EVAL", RedisArgument(Self.writeProductScript), "1", RedisArgument(RedisKeys.product(id)), field,
+                RedisArgument(VectorValue.encode(e, key: key)), RedisArgument(ttlMilliseconds),
+            ])
         }
         for id in replaced {
-            commands.append(["EVAL", RedisArgument(Self.deleteProductScript), "1", RedisArgument(RedisKeys.product(id)), field])
+            commands.append([
+                "EVAL", RedisArgument(Self.deleteProductScript), "1", RedisArgument(RedisKeys.product(id)), field,
+            ])
         }
         if commands.isEmpty { return }
         switch await client.pipeline(commands) {
@@ -268,8 +280,12 @@ public final class EmbeddingCache: Sendable {
 
     /// A product's current vector under this model key, as the platform would read it.
     public func product(_ productID: String) async -> CachedEmbedding? {
-        guard case .success(.string(let bytes)) = await client.send(["HGET", RedisArgument(RedisKeys.product(productID)),
-                                                                     RedisArgument(RedisKeys.productField(key))]) else { return nil }
+        guard
+            case .success(.string(let bytes)) = await client.send([
+                "HGET", RedisArgument(RedisKeys.product(productID)),
+                RedisArgument(RedisKeys.productField(key)),
+            ])
+        else { return nil }
         return VectorValue.decode(bytes, key: key, dimension: dimension)
     }
 
@@ -285,7 +301,11 @@ public final class EmbeddingCache: Sendable {
 
     private func count(hits: Int = 0, misses: Int = 0, errors: Int = 0, foreign: Int = 0, writes: Int = 0) {
         stats.withLock {
-            $0.hits += hits; $0.misses += misses; $0.errors += errors; $0.foreign += foreign; $0.writes += writes
+            $0.hits += hits
+            $0.misses += misses
+            $0.errors += errors
+            $0.foreign += foreign
+            $0.writes += writes
         }
         if hits > 0 { hitsCounter.increment(by: hits) }
         if misses > 0 { missesCounter.increment(by: misses) }

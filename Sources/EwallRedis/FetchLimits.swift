@@ -28,14 +28,19 @@ public final class RedisHostSlots: HostSlotBoard {
         """
 
     public func acquire(host: String, limit: Int, lease: Duration) async -> String? {
-        let n = counter.withLock { c -> Int in c += 1; return c }
+        let n = counter.withLock { c -> Int in
+            c += 1
+            return c
+        }
         let token = "\(owner)-\(n)"
         let key = RedisArgument(RedisKeys.fetchSlots(host))
         let leaseMs = RedisArgument(max(1000, Int(lease.inSeconds * 1000)))
         var wait = 2.0
         while true {
-            switch await client.send(["EVAL", RedisArgument(Self.acquireScript), "1", key, RedisArgument(max(1, limit)),
-                                      RedisArgument(token), leaseMs]) {
+            switch await client.send([
+                "EVAL", RedisArgument(Self.acquireScript), "1", key, RedisArgument(max(1, limit)),
+                RedisArgument(token), leaseMs,
+            ]) {
             case .success(.integer(1)): return token
             case .success(.integer(0)):
                 if Task.isCancelled { return nil }
@@ -85,17 +90,23 @@ public final class RedisHostPauses: HostPauseBoard {
         """
 
     public func publish(host: String, seconds: Double) async {
-        _ = await client.send(["EVAL", RedisArgument(Self.publishScript), "1", RedisArgument(RedisKeys.fetchPauses),
-                               RedisArgument(host), RedisArgument(max(1, Int(seconds * 1000)))])
+        _ = await client.send([
+            "EVAL", RedisArgument(Self.publishScript), "1", RedisArgument(RedisKeys.fetchPauses),
+            RedisArgument(host), RedisArgument(max(1, Int(seconds * 1000))),
+        ])
     }
 
     public func current() async -> [String: Double] {
-        guard case .success(.array(let flat)) = await client.send(
-            ["EVAL", RedisArgument(Self.currentScript), "1", RedisArgument(RedisKeys.fetchPauses)]) else { return [:] }
+        guard
+            case .success(.array(let flat)) = await client.send(
+                ["EVAL", RedisArgument(Self.currentScript), "1", RedisArgument(RedisKeys.fetchPauses)])
+        else { return [:] }
         var out: [String: Double] = [:]
         var i = 0
         while i + 1 < flat.count {
-            if let h = flat[i].bytes, let ms = flat[i + 1].bytes.flatMap({ Double(String(decoding: $0, as: UTF8.self)) }) {
+            if let h = flat[i].bytes,
+                let ms = flat[i + 1].bytes.flatMap({ Double(String(decoding: $0, as: UTF8.self)) })
+            {
                 out[String(decoding: h, as: UTF8.self)] = ms / 1000
             }
             i += 2

@@ -65,8 +65,10 @@ public final class RedisClient: @unchecked Sendable {
         var lastError: String?
     }
 
-    public init(location: RedisLocation, timeout: Duration = .milliseconds(100), connections: Int = 2,
-                retryInterval: Duration = .seconds(1), logger: Logger = Logger(label: "ewall.redis")) {
+    public init(
+        location: RedisLocation, timeout: Duration = .milliseconds(100), connections: Int = 2,
+        retryInterval: Duration = .seconds(1), logger: Logger = Logger(label: "ewall.redis")
+    ) {
         self.location = location
         self.timeout = timeout
         self.retryInterval = retryInterval
@@ -121,20 +123,31 @@ public final class RedisClient: @unchecked Sendable {
         let event = health.withLock { h -> Event in
             switch result {
             case .success:
-                if h.down { h.down = false; return .back }
+                if h.down {
+                    h.down = false
+                    return .back
+                }
                 return .none
             case .failure(let f):
                 h.failures += 1
                 h.lastError = f.description
-                if case .disabled(let m) = f, h.disabled == nil { h.disabled = m; return .disabled(m) }
-                if !h.down, h.disabled == nil { h.down = true; return .down(f.description) }
+                if case .disabled(let m) = f, h.disabled == nil {
+                    h.disabled = m
+                    return .disabled(m)
+                }
+                if !h.down, h.disabled == nil {
+                    h.down = true
+                    return .down(f.description)
+                }
                 return .none
             }
         }
         switch event {
         case .none: break
         case .down(let why):
-            logger.warning("redis \(location) is not answering (\(why)): running without the cache until it is back; nothing else is affected")
+            logger.warning(
+                "redis \(location) is not answering (\(why)): running without the cache until it is back; nothing else is affected"
+            )
         case .back:
             logger.info("redis \(location) is answering again: the cache is back")
         case .disabled(let why):
@@ -217,12 +230,14 @@ public final class RedisClient: @unchecked Sendable {
                         end += 1
                     }
                     let batch = calls[start..<end]
-                    let result = execute(batch.flatMap(\.commands), location: location, timeout: timeout, retryInterval: retryInterval)
+                    let result = execute(
+                        batch.flatMap(\.commands), location: location, timeout: timeout, retryInterval: retryInterval)
                     var offset = 0
                     for call in batch {
                         switch result {
                         case .success(let replies):
-                            call.reply.resume(returning: .success(Array(replies[offset..<(offset + call.commands.count)])))
+                            call.reply.resume(
+                                returning: .success(Array(replies[offset..<(offset + call.commands.count)])))
                         case .failure(let f):
                             call.reply.resume(returning: .failure(f))
                         }
@@ -238,8 +253,10 @@ public final class RedisClient: @unchecked Sendable {
             context = nil
         }
 
-        func execute(_ commands: [[[UInt8]]], location: RedisLocation, timeout: Duration,
-                     retryInterval: Duration) -> Result<[RedisReply], RedisFailure> {
+        func execute(
+            _ commands: [[[UInt8]]], location: RedisLocation, timeout: Duration,
+            retryInterval: Duration
+        ) -> Result<[RedisReply], RedisFailure> {
             if context == nil {
                 if let retryAt, ContinuousClock.now < retryAt {
                     return .failure(.unavailable("not connected (retrying every \(retryInterval))"))
@@ -294,7 +311,9 @@ public final class RedisClient: @unchecked Sendable {
             for b in buffers { b.deallocate() }
         }
 
-        private func connect(_ location: RedisLocation, timeout: Duration) -> Result<UnsafeMutablePointer<redisContext>, RedisFailure> {
+        private func connect(
+            _ location: RedisLocation, timeout: Duration
+        ) -> Result<UnsafeMutablePointer<redisContext>, RedisFailure> {
             let tv = Self.timeval(timeout)
             guard let c = redisConnectWithTimeout(location.host, Int32(location.port), tv) else {
                 return .failure(.unavailable("cannot allocate a connection"))
@@ -307,8 +326,9 @@ public final class RedisClient: @unchecked Sendable {
             _ = redisSetTimeout(c, tv)
             var setup: [[[UInt8]]] = []
             if let password = location.password {
-                setup.append(location.username.map { ["AUTH", $0, password].map { Array($0.utf8) } }
-                             ?? [Array("AUTH".utf8), Array(password.utf8)])
+                setup.append(
+                    location.username.map { ["AUTH", $0, password].map { Array($0.utf8) } }
+                        ?? [Array("AUTH".utf8), Array(password.utf8)])
             }
             if location.database != 0 { setup.append([Array("SELECT".utf8), Array("\(location.database)".utf8)]) }
             for command in setup {
@@ -339,7 +359,8 @@ public final class RedisClient: @unchecked Sendable {
             let text = withUnsafeBytes(of: c.pointee.errstr) { raw in
                 String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
             }
-            if c.pointee.err == REDIS_ERR_IO && (text.contains("temporarily unavailable") || text.contains("timed out")) {
+            if c.pointee.err == REDIS_ERR_IO && (text.contains("temporarily unavailable") || text.contains("timed out"))
+            {
                 return "timed out"
             }
             return text.isEmpty ? "connection error \(c.pointee.err)" : text
@@ -349,11 +370,14 @@ public final class RedisClient: @unchecked Sendable {
             let reply = r.pointee
             switch reply.type {
             case REDIS_REPLY_STRING:
-                return .string(reply.len == 0 ? [] : Array(UnsafeRawBufferPointer(start: reply.str, count: Int(reply.len))))
+                return .string(
+                    reply.len == 0 ? [] : Array(UnsafeRawBufferPointer(start: reply.str, count: Int(reply.len))))
             case REDIS_REPLY_STATUS:
-                return .status(String(decoding: UnsafeRawBufferPointer(start: reply.str, count: Int(reply.len)), as: UTF8.self))
+                return .status(
+                    String(decoding: UnsafeRawBufferPointer(start: reply.str, count: Int(reply.len)), as: UTF8.self))
             case REDIS_REPLY_ERROR:
-                return .error(String(decoding: UnsafeRawBufferPointer(start: reply.str, count: Int(reply.len)), as: UTF8.self))
+                return .error(
+                    String(decoding: UnsafeRawBufferPointer(start: reply.str, count: Int(reply.len)), as: UTF8.self))
             case REDIS_REPLY_INTEGER:
                 return .integer(Int64(reply.integer))
             case REDIS_REPLY_ARRAY:

@@ -12,8 +12,10 @@ public struct RedisConfiguration: Sendable, Hashable {
     /// Connections, each on its own thread (default 2).
     public var connections: Int
 
-    public init(location: RedisLocation, cacheTTL: Duration = .seconds(3600), timeout: Duration = .milliseconds(100),
-                connections: Int = 2) {
+    public init(
+        location: RedisLocation, cacheTTL: Duration = .seconds(3600), timeout: Duration = .milliseconds(100),
+        connections: Int = 2
+    ) {
         self.location = location
         self.cacheTTL = cacheTTL
         self.timeout = timeout
@@ -21,8 +23,11 @@ public struct RedisConfiguration: Sendable, Hashable {
     }
 
     /// Reads `--redis` if given, else `$EWALL_REDIS`; `nil` when neither is set (no Redis).
-    public static func location(flag: String?, environment: [String: String] = ProcessInfo.processInfo.environment)
-        throws(RedisLocation.Malformed) -> RedisLocation? {
+    public static func location(
+        flag: String?, environment: [String: String] = ProcessInfo.processInfo.environment
+    )
+        throws(RedisLocation.Malformed) -> RedisLocation?
+    {
         guard let text = flag ?? environment["EWALL_REDIS"], !text.isEmpty else { return nil }
         return try RedisLocation(parsing: text)
     }

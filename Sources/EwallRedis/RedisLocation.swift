@@ -11,7 +11,10 @@ public struct RedisLocation: Sendable, Hashable, CustomStringConvertible {
     /// The logical database (`SELECT`), 0 by default.
     public var database: Int
 
-    public init(host: String = "127.0.0.1", port: Int = 6379, username: String? = nil, password: String? = nil, database: Int = 0) {
+    public init(
+        host: String = "127.0.0.1", port: Int = 6379, username: String? = nil, password: String? = nil,
+        database: Int = 0
+    ) {
         self.host = host
         self.port = port
         self.username = username
@@ -28,7 +31,9 @@ public struct RedisLocation: Sendable, Hashable, CustomStringConvertible {
     /// never repeated in the message).
     public init(parsing text: String) throws(Malformed) {
         let shown = Self.redacted(text)
-        func bad(_ why: String) -> Malformed { Malformed(description: "--redis \(shown): \(why) (expected redis://[:password@]host:port/db)") }
+        func bad(_ why: String) -> Malformed {
+            Malformed(description: "--redis \(shown): \(why) (expected redis://[:password@]host:port/db)")
+        }
         guard text.hasPrefix("redis://") else {
             if text.hasPrefix("rediss://") { throw bad("TLS (rediss://) is not supported") }
             throw bad("the scheme must be redis://")
@@ -54,7 +59,9 @@ public struct RedisLocation: Sendable, Hashable, CustomStringConvertible {
             if after.hasPrefix(":") {
                 guard let p = Int(after.dropFirst()) else { throw bad("the port is not a number") }
                 port = p
-            } else if !after.isEmpty { throw bad("unexpected text after the IPv6 address") }
+            } else if !after.isEmpty {
+                throw bad("unexpected text after the IPv6 address")
+            }
             host = inside
         } else if let colon = host.lastIndex(of: ":") {
             guard let p = Int(host[host.index(after: colon)...]) else { throw bad("the port is not a number") }
@@ -93,7 +100,9 @@ public struct RedisLocation: Sendable, Hashable, CustomStringConvertible {
 
     /// The URL with any password replaced by `***`.
     static func redacted(_ text: String) -> String {
-        guard let scheme = text.range(of: "://"), let at = text[scheme.upperBound...].lastIndex(of: "@") else { return text }
+        guard let scheme = text.range(of: "://"), let at = text[scheme.upperBound...].lastIndex(of: "@") else {
+            return text
+        }
         let info = text[scheme.upperBound..<at]
         if let colon = info.firstIndex(of: ":") {
             return String(text[..<colon]) + ":***" + String(text[at...])

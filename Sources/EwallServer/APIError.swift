@@ -41,8 +41,9 @@ struct APIError: Error, Sendable {
 
     /// 405 `method_not_allowed`, with `Allow` listing the methods `path` serves.
     static func methodNotAllowed(_ method: HTTPRequest.Method, path: String, allow: [HTTPRequest.Method]) -> APIError {
-        var e = APIError(.methodNotAllowed, "method_not_allowed",
-                         "\(method) is not served on \(path); it serves \(allow.map(\.rawValue).joined(separator: ", "))")
+        var e = APIError(
+            .methodNotAllowed, "method_not_allowed",
+            "\(method) is not served on \(path); it serves \(allow.map(\.rawValue).joined(separator: ", "))")
         e.allow = allow
         return e
     }
@@ -55,8 +56,9 @@ struct APIError: Error, Sendable {
             headers[.retryAfter] = String(seconds)
         }
         if !allow.isEmpty { headers[.allow] = allow.map(\.rawValue).joined(separator: ", ") }
-        let body = try! JSONSerialization.data(withJSONObject: ["error": ["code": code, "message": message]],
-                                               options: [.sortedKeys, .withoutEscapingSlashes])
+        let body = try! JSONSerialization.data(
+            withJSONObject: ["error": ["code": code, "message": message]],
+            options: [.sortedKeys, .withoutEscapingSlashes])
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 
@@ -68,11 +70,16 @@ struct APIError: Error, Sendable {
         "405": ["method_not_allowed"],
         "413": ["body_too_large"],
         "415": ["unsupported_media_type"],
-        "422": ["blocked_url", "fetch_failed", "not_an_image", "unsupported_format", "truncated", "corrupt", "too_many_pixels",
-                "too_small", "too_large", "unreadable", "out_of_memory"],
+        "422": [
+            "blocked_url", "fetch_failed", "not_an_image", "unsupported_format", "truncated", "corrupt",
+            "too_many_pixels",
+            "too_small", "too_large", "unreadable", "out_of_memory",
+        ],
         "500": ["internal", "index_error", "classifier_error", "model_error", "invalid_vector", "bad_model_output"],
-        "503": ["overloaded", "timeout", "index_unavailable", "model_mismatch", "store_unavailable", "shutting_down",
-                "model_unavailable"],
+        "503": [
+            "overloaded", "timeout", "index_unavailable", "model_mismatch", "store_unavailable", "shutting_down",
+            "model_unavailable",
+        ],
     ]
 }
 
@@ -82,7 +89,9 @@ struct APIError: Error, Sendable {
 struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     let routes: RouteTable
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
         do {
             return try await next(request, context)
         } catch let e as APIError {
@@ -96,13 +105,19 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
                 if !allow.isEmpty && !allow.contains(request.method) {
                     return APIError.methodNotAllowed(request.method, path: request.uri.path, allow: allow).response()
                 }
-                return APIError(.notFound, "route_not_found", "no route \(request.method) \(request.uri.path)").response()
+                return APIError(.notFound, "route_not_found", "no route \(request.method) \(request.uri.path)")
+                    .response()
             case .contentTooLarge:
-                return APIError(.contentTooLarge, "body_too_large", "the request body is larger than the server accepts").response()
+                return APIError(
+                    .contentTooLarge, "body_too_large", "the request body is larger than the server accepts"
+                ).response()
             case .methodNotAllowed:
-                return APIError(.methodNotAllowed, "method_not_allowed", "\(request.method) is not allowed on \(request.uri.path)").response()
+                return APIError(
+                    .methodNotAllowed, "method_not_allowed", "\(request.method) is not allowed on \(request.uri.path)"
+                ).response()
             default:
-                return APIError(e.status, e.status.code < 500 ? "invalid_request" : "internal", e.status.reasonPhrase).response()
+                return APIError(e.status, e.status.code < 500 ? "invalid_request" : "internal", e.status.reasonPhrase)
+                    .response()
             }
         } catch is DecodingError {
             return APIError.badRequest("the request body is not the JSON this route takes").response()

@@ -30,7 +30,8 @@ struct ConnectionLimits: Sendable {
         init(factory: any MetricsFactory) {
             open = Gauge(label: "ewall_http_connections_open", dimensions: [], factory: factory)
             refused = Counter(label: "ewall_http_connections_refused_total", dimensions: [], factory: factory)
-            headerTimeouts = Counter(label: "ewall_http_connections_header_timeouts_total", dimensions: [], factory: factory)
+            headerTimeouts = Counter(
+                label: "ewall_http_connections_header_timeouts_total", dimensions: [], factory: factory)
         }
     }
 
@@ -194,9 +195,11 @@ extension HTTPServerBuilder {
     static func guardedHTTP1(limits: ConnectionLimits, idleTimeout: Duration) -> HTTPServerBuilder {
         .init { responder in
             GuardedHTTP1Channel(
-                inner: HTTP1Channel(responder: responder, configuration: .init(
-                    additionalChannelHandlers: [RequestHeadMarker()],
-                    idleTimeout: .nanoseconds(idleTimeout.inNanoseconds))),
+                inner: HTTP1Channel(
+                    responder: responder,
+                    configuration: .init(
+                        additionalChannelHandlers: [RequestHeadMarker()],
+                        idleTimeout: .nanoseconds(idleTimeout.inNanoseconds))),
                 limits: limits)
         }
     }

@@ -65,11 +65,16 @@ struct PostInput: Sendable {
             return PostInput(body: body, image: .bytes(bytes))
         }
         // `curl -d '{...}'` labels JSON as a form; a body that opens with `{` is read as JSON.
-        let looksLikeJSON = buffer.readableBytesView.first(where: { $0 != 0x20 && $0 != 0x0a && $0 != 0x0d && $0 != 0x09 }) == UInt8(ascii: "{")
-        guard type.isEmpty || type.hasPrefix("application/json")
-              || (type.hasPrefix("application/x-www-form-urlencoded") && looksLikeJSON) else {
-            throw APIError(.unsupportedMediaType, "unsupported_media_type",
-                           "send application/json, or the image itself as image/* or application/octet-stream")
+        let looksLikeJSON =
+            buffer.readableBytesView.first(where: { $0 != 0x20 && $0 != 0x0a && $0 != 0x0d && $0 != 0x09 })
+            == UInt8(ascii: "{")
+        guard
+            type.isEmpty || type.hasPrefix("application/json")
+                || (type.hasPrefix("application/x-www-form-urlencoded") && looksLikeJSON)
+        else {
+            throw APIError(
+                .unsupportedMediaType, "unsupported_media_type",
+                "send application/json, or the image itself as image/* or application/octet-stream")
         }
         if let problem = InputRules.utf8Problem(buffer.readableBytesView) {
             throw APIError.badRequest("the JSON body \(problem)")
@@ -97,7 +102,8 @@ struct PostInput: Sendable {
 
     private static func describe(_ error: any Error) -> String {
         switch error {
-        case DecodingError.typeMismatch(_, let c), DecodingError.valueNotFound(_, let c), DecodingError.dataCorrupted(let c):
+        case DecodingError.typeMismatch(_, let c), DecodingError.valueNotFound(_, let c),
+            DecodingError.dataCorrupted(let c):
             let path = c.codingPath.map(\.stringValue).joined(separator: ".")
             return path.isEmpty ? c.debugDescription : "\(path): \(c.debugDescription)"
         case DecodingError.keyNotFound(let key, _):
@@ -133,8 +139,9 @@ enum PercentEncoding {
             let l = h < end ? raw.utf8.index(after: h) : end
             guard h < end, l < end, let high = hexValue(raw.utf8[h]), let low = hexValue(raw.utf8[l]) else {
                 let escape = String(decoding: raw.utf8[i...].prefix(3), as: UTF8.self)
-                throw APIError.badRequest("\(what) has a malformed percent-escape '\(escape)' at character \(offset + 1): "
-                                          + "a % must be followed by two hex digits (send a literal % as %25)")
+                throw APIError.badRequest(
+                    "\(what) has a malformed percent-escape '\(escape)' at character \(offset + 1): "
+                        + "a % must be followed by two hex digits (send a literal % as %25)")
             }
             bytes.append(high << 4 | low)
             i = raw.utf8.index(after: l)
@@ -189,7 +196,9 @@ enum SimilarParameters {
         }
         func double(_ name: String) throws(APIError) -> Double? {
             guard let v = q[name] else { return nil }
-            guard let d = Double(v), d.isFinite else { throw APIError.badRequest("\(name) must be a number, not '\(v)'") }
+            guard let d = Double(v), d.isFinite else {
+                throw APIError.badRequest("\(name) must be a number, not '\(v)'")
+            }
             return d
         }
         func bool(_ name: String) throws(APIError) -> Bool? {
@@ -204,7 +213,8 @@ enum SimilarParameters {
         let minSimilarity = try body?.minSimilarity ?? double("min_similarity") ?? defaults.minSimilarity
         let anyCategory = try body?.anyCategory ?? bool("any_category") ?? !defaults.sameCategory
         let includeOutOfStock = try body?.includeOutOfStock ?? bool("include_out_of_stock") ?? !defaults.inStockOnly
-        let query = SimilarQuery(k: k, minSimilarity: minSimilarity, sameCategory: !anyCategory, inStockOnly: !includeOutOfStock)
+        let query = SimilarQuery(
+            k: k, minSimilarity: minSimilarity, sameCategory: !anyCategory, inStockOnly: !includeOutOfStock)
         if let problem = query.problem { throw APIError.badRequest(problem) }
         return query
     }

@@ -10,16 +10,22 @@ import Metrics
 struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
     let factory: any MetricsFactory
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
         let start = ContinuousClock.now
         let response = try await next(request, context)
         let route = context.endpointPath ?? "unmatched"
         let method = request.method.rawValue
-        Counter(label: "ewall_http_requests_total",
-                dimensions: [("method", method), ("route", route), ("status", String(response.status.code))],
-                factory: factory).increment()
-        Metrics.Timer(label: "ewall_http_request_duration_seconds", dimensions: [("method", method), ("route", route)],
-                      factory: factory).recordNanoseconds((ContinuousClock.now - start).inNanoseconds)
+        Counter(
+            label: "ewall_http_requests_total",
+            dimensions: [("method", method), ("route", route), ("status", String(response.status.code))],
+            factory: factory
+        ).increment()
+        Metrics.Timer(
+            label: "ewall_http_request_duration_seconds", dimensions: [("method", method), ("route", route)],
+            factory: factory
+        ).recordNanoseconds((ContinuousClock.now - start).inNanoseconds)
         return response
     }
 }
@@ -33,14 +39,17 @@ struct InFlightLimit<Context: RequestContext>: RouterMiddleware {
 
     init(limit: Int) { self.limit = limit }
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
         let path = request.uri.path
         if path == "/healthz" || path == "/readyz" || path == "/metrics" || path == "/openapi.json" {
             return try await next(request, context)
         }
         guard counter.enter(limit: limit) != nil else {
-            throw APIError(.serviceUnavailable, "overloaded", "more than \(limit) requests are in progress; retry later",
-                           retryAfter: .seconds(1))
+            throw APIError(
+                .serviceUnavailable, "overloaded", "more than \(limit) requests are in progress; retry later",
+                retryAfter: .seconds(1))
         }
         defer { _ = counter.leave() }
         return try await next(request, context)
@@ -65,5 +74,10 @@ final class BoundedCounter: @unchecked Sendable {
     }
 
     /// Counts one fewer; the count after.
-    func leave() -> Int { lock.withLock { count -= 1; return count } }
+    func leave() -> Int {
+        lock.withLock {
+            count -= 1
+            return count
+        }
+    }
 }

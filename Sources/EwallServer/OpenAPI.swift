@@ -32,8 +32,10 @@ struct DocumentedLimits {
     var minImageSide: Int
     var rules: InputRules
 
-    init(server: ServerConfiguration = ServerConfiguration(), limits: EwallConfiguration.Limits = .init(),
-         rules: InputRules = InputRules()) {
+    init(
+        server: ServerConfiguration = ServerConfiguration(), limits: EwallConfiguration.Limits = .init(),
+        rules: InputRules = InputRules()
+    ) {
         maxBodyBytes = server.maxBodyBytes
         maxImageBytes = limits.maxImageBytes
         maxImagePixels = limits.maxImagePixels
@@ -62,29 +64,40 @@ extension API {
         let k = SimilarParameters.kRange, minSimilarity = SimilarParameters.minSimilarityRange
         let defaults = SimilarParameters.defaults
         let similarParams: [[String: Any]] = [
-            query("k", ["type": "integer", "minimum": k.lowerBound, "maximum": k.upperBound, "default": defaults.k],
-                  "Results wanted, \(k.lowerBound)...\(k.upperBound) (default \(defaults.k))."),
-            query("min_similarity", ["type": "number", "minimum": minSimilarity.lowerBound,
-                                     "maximum": minSimilarity.upperBound, "default": defaults.minSimilarity],
-                  "Keep results with similarity 1/(1+L2) at least this, \(minSimilarity.lowerBound)..."
-                  + "\(minSimilarity.upperBound) (default \(defaults.minSimilarity))."),
-            query("any_category", ["type": "boolean", "default": !defaults.sameCategory],
-                  "Do not restrict results to the query's category (default \(!defaults.sameCategory))."),
-            query("include_out_of_stock", ["type": "boolean", "default": !defaults.inStockOnly],
-                  "Include out-of-stock products (default \(!defaults.inStockOnly))."),
+            query(
+                "k", ["type": "integer", "minimum": k.lowerBound, "maximum": k.upperBound, "default": defaults.k],
+                "Results wanted, \(k.lowerBound)...\(k.upperBound) (default \(defaults.k))."),
+            query(
+                "min_similarity",
+                [
+                    "type": "number", "minimum": minSimilarity.lowerBound,
+                    "maximum": minSimilarity.upperBound, "default": defaults.minSimilarity,
+                ],
+                "Keep results with similarity 1/(1+L2) at least this, \(minSimilarity.lowerBound)..."
+                    + "\(minSimilarity.upperBound) (default \(defaults.minSimilarity))."),
+            query(
+                "any_category", ["type": "boolean", "default": !defaults.sameCategory],
+                "Do not restrict results to the query's category (default \(!defaults.sameCategory))."),
+            query(
+                "include_out_of_stock", ["type": "boolean", "default": !defaults.inStockOnly],
+                "Include out-of-stock products (default \(!defaults.inStockOnly))."),
         ]
-        let bad400 = "Malformed request (invalid_request: not the JSON this route takes, a parameter out of its bounds, "
+        let bad400 =
+            "Malformed request (invalid_request: not the JSON this route takes, a parameter out of its bounds, "
             + "a malformed %-escape, no image), a value that breaks the input rules (invalid_input: a control character, "
             + "too long, not UTF-8), or an unusable image URL (invalid_url)."
-        let overloaded503 = "Overloaded or timed out (Retry-After says when to retry), or a part is unavailable "
+        let overloaded503 =
+            "Overloaded or timed out (Retry-After says when to retry), or a part is unavailable "
             + "(index_unavailable, model_mismatch, store_unavailable, shutting_down)."
         let imageErrors: [String: (String, String?)] = [
             "400": (bad400, nil),
             "413": ("The body is larger than \(limits.maxBodyBytes) bytes (body_too_large).", nil),
             "415": ("Neither JSON nor an image body (unsupported_media_type).", nil),
-            "422": ("The image or its URL cannot be used: blocked_url, fetch_failed, not_an_image, unsupported_format, "
+            "422": (
+                "The image or its URL cannot be used: blocked_url, fetch_failed, not_an_image, unsupported_format, "
                     + "truncated, corrupt, too_many_pixels, too_small (a side under \(limits.minImageSide) px), "
-                    + "too_large, unreadable.", nil),
+                    + "too_large, unreadable.", nil
+            ),
             "503": (overloaded503, nil),
         ]
         let productID: [String: Any] = [
@@ -94,56 +107,80 @@ extension API {
                 + "hex digits is 400 invalid_request.",
         ]
         var routes: [RouteSpec] = [
-            RouteSpec(method: .get, path: "/api/recommendations/similar/{product_id}", operation: .similarByProduct,
-                      summary: "Products similar to a stored product (its stored vector; itself excluded).", timed: true,
-                      parameters: [productID] + similarParams,
-                      responses: ["200": ("Similar products.", "SimilarResponse"),
-                                  "400": (bad400, nil),
-                                  "404": ("Unknown product (unknown_product) or no vector (no_vector).", nil),
-                                  "503": (overloaded503, nil)]),
-            RouteSpec(method: .post, path: "/api/recommendations/similar", operation: .similarByImage,
-                      summary: "Products similar to an image (URL or bytes), embedded on the fly.", timed: true,
-                      parameters: similarParams + [
-                        query("category", ["type": "string"], "With an image body: the same-category rule's category "
-                              + "(in JSON: the body's field); \(limits.text)."),
-                        query("exclude_product_id", ["type": "string"], "With an image body: a product never "
-                              + "returned (in JSON: the body's field); \(limits.id)."),
-                      ],
-                      body: "SimilarImageRequest",
-                      responses: imageErrors.merging(["200": ("Similar products.", "SimilarResponse")]) { a, _ in a }),
-            RouteSpec(method: .post, path: "/api/recommendations/classify", operation: .classify,
-                      summary: "The category of a stored product (product_id), or of a title and/or an image.", timed: true,
-                      parameters: [
-                        query("title", ["type": "string"], "With an image body: the product's title (in JSON: the "
-                              + "body's field); \(limits.text)."),
-                        query("brand", ["type": "string"], "With an image body: the brand; \(limits.text)."),
-                      ],
-                      body: "ClassifyRequest",
-                      responses: imageErrors.merging(["200": ("The category and why.", "ClassifyResponse"),
-                                                      "404": ("Unknown product (unknown_product).", nil)]) { a, _ in a }),
-            RouteSpec(method: .post, path: "/api/embeddings", operation: .embed,
-                      summary: "The L2-normalised vector of an image (URL or bytes) and the model that made it.", timed: true,
-                      body: "EmbedRequest",
-                      responses: imageErrors.merging(["200": ("The vector.", "EmbeddingResponse")]) { a, _ in a }),
-            RouteSpec(method: .get, path: "/healthz", operation: .healthz, summary: "The process is alive.", timed: false,
-                      responses: ["200": ("Alive.", "Health")]),
-            RouteSpec(method: .get, path: "/readyz", operation: .readyz,
-                      summary: "Model, store and index loaded and consistent.", timed: false,
-                      responses: ["200": ("Ready.", "Readiness"), "503": ("Not ready; problems says why.", "Readiness")]),
-            RouteSpec(method: .get, path: "/metrics", operation: .metrics,
-                      summary: "Prometheus metrics: requests, latencies, batch sizes, queue depth, index size and age, "
-                        + "connections open, refused and timed out.",
-                      timed: false, responses: ["200": ("Prometheus text format 0.0.4.", "Text")]),
-            RouteSpec(method: .get, path: "/openapi.json", operation: .openapi, summary: "This document.", timed: false,
-                      responses: ["200": ("OpenAPI 3.1.", "Document")]),
+            RouteSpec(
+                method: .get, path: "/api/recommendations/similar/{product_id}", operation: .similarByProduct,
+                summary: "Products similar to a stored product (its stored vector; itself excluded).", timed: true,
+                parameters: [productID] + similarParams,
+                responses: [
+                    "200": ("Similar products.", "SimilarResponse"),
+                    "400": (bad400, nil),
+                    "404": ("Unknown product (unknown_product) or no vector (no_vector).", nil),
+                    "503": (overloaded503, nil),
+                ]),
+            RouteSpec(
+                method: .post, path: "/api/recommendations/similar", operation: .similarByImage,
+                summary: "Products similar to an image (URL or bytes), embedded on the fly.", timed: true,
+                parameters: similarParams + [
+                    query(
+                        "category", ["type": "string"],
+                        "With an image body: the same-category rule's category "
+                            + "(in JSON: the body's field); \(limits.text)."),
+                    query(
+                        "exclude_product_id", ["type": "string"],
+                        "With an image body: a product never "
+                            + "returned (in JSON: the body's field); \(limits.id)."),
+                ],
+                body: "SimilarImageRequest",
+                responses: imageErrors.merging(["200": ("Similar products.", "SimilarResponse")]) { a, _ in a }),
+            RouteSpec(
+                method: .post, path: "/api/recommendations/classify", operation: .classify,
+                summary: "The category of a stored product (product_id), or of a title and/or an image.", timed: true,
+                parameters: [
+                    query(
+                        "title", ["type": "string"],
+                        "With an image body: the product's title (in JSON: the "
+                            + "body's field); \(limits.text)."),
+                    query("brand", ["type": "string"], "With an image body: the brand; \(limits.text)."),
+                ],
+                body: "ClassifyRequest",
+                responses: imageErrors.merging([
+                    "200": ("The category and why.", "ClassifyResponse"),
+                    "404": ("Unknown product (unknown_product).", nil),
+                ]) { a, _ in a }),
+            RouteSpec(
+                method: .post, path: "/api/embeddings", operation: .embed,
+                summary: "The L2-normalised vector of an image (URL or bytes) and the model that made it.", timed: true,
+                body: "EmbedRequest",
+                responses: imageErrors.merging(["200": ("The vector.", "EmbeddingResponse")]) { a, _ in a }),
+            RouteSpec(
+                method: .get, path: "/healthz", operation: .healthz, summary: "The process is alive.", timed: false,
+                responses: ["200": ("Alive.", "Health")]),
+            RouteSpec(
+                method: .get, path: "/readyz", operation: .readyz,
+                summary: "Model, store and index loaded and consistent.", timed: false,
+                responses: ["200": ("Ready.", "Readiness"), "503": ("Not ready; problems says why.", "Readiness")]),
+            RouteSpec(
+                method: .get, path: "/metrics", operation: .metrics,
+                summary: "Prometheus metrics: requests, latencies, batch sizes, queue depth, index size and age, "
+                    + "connections open, refused and timed out.",
+                timed: false, responses: ["200": ("Prometheus text format 0.0.4.", "Text")]),
+            RouteSpec(
+                method: .get, path: "/openapi.json", operation: .openapi, summary: "This document.", timed: false,
+                responses: ["200": ("OpenAPI 3.1.", "Document")]),
         ]
         if adminRoutes {
-            routes.append(RouteSpec(
-                method: .post, path: "/admin/reload-index", operation: .reloadIndex,
-                summary: "Reload the index folder now and swap it in atomically (callers on loopback only).", timed: true,
-                responses: ["200": ("Reloaded.", "Reload"), "403": ("Not from loopback (forbidden).", nil),
-                            "503": ("The folder holds no loadable index; the previous one stays (index_unavailable); "
-                                    + "or overloaded or timed out.", nil)]))
+            routes.append(
+                RouteSpec(
+                    method: .post, path: "/admin/reload-index", operation: .reloadIndex,
+                    summary: "Reload the index folder now and swap it in atomically (callers on loopback only).",
+                    timed: true,
+                    responses: [
+                        "200": ("Reloaded.", "Reload"), "403": ("Not from loopback (forbidden).", nil),
+                        "503": (
+                            "The folder holds no loadable index; the previous one stays (index_unavailable); "
+                                + "or overloaded or timed out.", nil
+                        ),
+                    ]))
         }
         return routes
     }
@@ -161,11 +198,14 @@ enum OpenAPIDocument {
             var op: [String: Any] = ["operationId": r.operation.rawValue, "summary": r.summary]
             if !r.parameters.isEmpty { op["parameters"] = r.parameters }
             if let body = r.body {
-                let image: [String: Any] = ["type": "string", "format": "binary",
-                                            "description": "The image itself (not empty): \(limits.image)."]
+                let image: [String: Any] = [
+                    "type": "string", "format": "binary",
+                    "description": "The image itself (not empty): \(limits.image).",
+                ]
                 op["requestBody"] = [
                     "required": true,
-                    "description": "JSON, or the image itself as the body (then the other fields are query parameters). "
+                    "description":
+                        "JSON, or the image itself as the body (then the other fields are query parameters). "
                         + "At most \(limits.maxBodyBytes) bytes (else 413).",
                     "content": [
                         "application/json": ["schema": ref(body)],
@@ -197,10 +237,14 @@ enum OpenAPIDocument {
                 "responses": [
                     "MethodNotAllowed": [
                         "description": "The path is served, not with this method (method_not_allowed).",
-                        "headers": ["Allow": ["required": true, "description": "The methods the path serves.",
-                                              "schema": ["type": "string"]]],
+                        "headers": [
+                            "Allow": [
+                                "required": true, "description": "The methods the path serves.",
+                                "schema": ["type": "string"],
+                            ]
+                        ],
                         "content": ["application/json": ["schema": ref("Error")]],
-                    ],
+                    ]
                 ],
             ],
         ]
@@ -219,9 +263,12 @@ enum OpenAPIDocument {
         """
     }
 
-    static var retryAfter: [String: Any] { [
-        "required": true, "description": "Seconds to wait before retrying.", "schema": ["type": "integer", "minimum": 1],
-    ] }
+    static var retryAfter: [String: Any] {
+        [
+            "required": true, "description": "Seconds to wait before retrying.",
+            "schema": ["type": "integer", "minimum": 1],
+        ]
+    }
 
     static func ref(_ name: String) -> [String: Any] { ["$ref": "#/components/schemas/\(name)"] }
 
@@ -244,22 +291,37 @@ enum OpenAPIDocument {
         let k = SimilarParameters.kRange, minSimilarity = SimilarParameters.minSimilarityRange
         let anImage: [[String: Any]] = [required("image_url"), required("image_base64")]
         return [
-            "Error": object(["error": object(["code": ["type": "string", "enum": allCodes], "message": string],
-                                             required: ["code", "message"])], required: ["error"]),
+            "Error": object(
+                [
+                    "error": object(
+                        ["code": ["type": "string", "enum": allCodes], "message": string],
+                        required: ["code", "message"])
+                ], required: ["error"]),
             "ImageRequest": object([
-                "product_id": ["type": "string", "minLength": 1, "description": "A stored product's id; \(limits.id)."],
-                "image_url": ["type": "string", "description": "An http(s) URL of the image (\(limits.image)); fetched "
-                              + "only if every address its host resolves to is public (else 422 blocked_url); at most "
-                              + "\(limits.rules.maxURLBytes) bytes."],
-                "image_base64": ["type": "string", "contentEncoding": "base64",
-                                 "description": "The image's bytes, base64 (\(limits.image))."],
+                "product_id": [
+                    "type": "string", "minLength": 1, "description": "A stored product's id; \(limits.id).",
+                ],
+                "image_url": [
+                    "type": "string",
+                    "description": "An http(s) URL of the image (\(limits.image)); fetched "
+                        + "only if every address its host resolves to is public (else 422 blocked_url); at most "
+                        + "\(limits.rules.maxURLBytes) bytes.",
+                ],
+                "image_base64": [
+                    "type": "string", "contentEncoding": "base64",
+                    "description": "The image's bytes, base64 (\(limits.image)).",
+                ],
                 "title": ["type": "string", "description": "The product's title; \(limits.text)."],
                 "brand": ["type": "string", "description": "The product's brand; \(limits.text)."],
                 "category": ["type": "string", "description": "The same-category rule's category; \(limits.text)."],
-                "exclude_product_id": ["type": "string", "minLength": 1,
-                                       "description": "A product never returned; \(limits.id)."],
+                "exclude_product_id": [
+                    "type": "string", "minLength": 1,
+                    "description": "A product never returned; \(limits.id).",
+                ],
                 "k": ["type": "integer", "minimum": k.lowerBound, "maximum": k.upperBound],
-                "min_similarity": ["type": "number", "minimum": minSimilarity.lowerBound, "maximum": minSimilarity.upperBound],
+                "min_similarity": [
+                    "type": "number", "minimum": minSimilarity.lowerBound, "maximum": minSimilarity.upperBound,
+                ],
                 "any_category": boolean, "include_out_of_stock": boolean,
             ]),
             "SimilarImageRequest": [
@@ -277,43 +339,62 @@ enum OpenAPIDocument {
                 "allOf": [ref("ImageRequest")],
                 "not": required("image_url", "image_base64"),
                 "oneOf": [
-                    ["required": ["product_id"],
-                     "not": ["anyOf": [required("title"), required("image_url"), required("image_base64")]]],
-                    ["not": required("product_id"),
-                     "anyOf": [["required": ["title"], "properties": ["title": ["minLength": 1]]],
-                               required("image_url"), required("image_base64")]],
+                    [
+                        "required": ["product_id"],
+                        "not": ["anyOf": [required("title"), required("image_url"), required("image_base64")]],
+                    ],
+                    [
+                        "not": required("product_id"),
+                        "anyOf": [
+                            ["required": ["title"], "properties": ["title": ["minLength": 1]]],
+                            required("image_url"), required("image_base64"),
+                        ],
+                    ],
                 ],
             ],
-            "SimilarProduct": object(["product_id": string, "similarity": number, "cosine": number, "distance": number,
-                                      "category": nullableString, "in_stock": ["type": ["boolean", "null"]],
-                                      "title": nullableString],
-                                     required: ["product_id", "similarity", "cosine", "distance"]),
-            "SimilarResponse": object([
-                "product_id": nullableString, "category": nullableString, "k": integer, "min_similarity": number,
-                "same_category": boolean, "in_stock_only": boolean, "results": array(ref("SimilarProduct")),
-                "eligible": integer, "notes": array(string),
-                "index": object(["factory": string, "count": integer, "built_at": string]), "warning": string,
-            ], required: ["results", "k", "min_similarity", "same_category", "in_stock_only", "eligible", "notes", "index"]),
-            "ClassifyResponse": object([
-                "product_id": nullableString, "category": string,
-                "decided_by": ["type": "string", "enum": ["embedding", "keyword", "none"]],
-                "method": string, "threshold": number, "best": ["type": ["object", "null"]],
-                "runner_up": ["type": ["object", "null"]], "margin": ["type": ["number", "null"]],
-                "references_used": integer, "embedding_skipped": nullableString, "keyword": ["type": ["object", "null"]],
-                "rules_version": nullableString, "explanation": string, "warning": string,
-            ], required: ["category", "decided_by", "explanation"]),
-            "EmbeddingResponse": object([
-                "model_id": string, "preprocessing": string, "dimension": integer, "vector": array(number),
-                "image": object(["format": string, "width": integer, "height": integer]), "warning": string,
-            ], required: ["model_id", "preprocessing", "dimension", "vector", "image"]),
+            "SimilarProduct": object(
+                [
+                    "product_id": string, "similarity": number, "cosine": number, "distance": number,
+                    "category": nullableString, "in_stock": ["type": ["boolean", "null"]],
+                    "title": nullableString,
+                ],
+                required: ["product_id", "similarity", "cosine", "distance"]),
+            "SimilarResponse": object(
+                [
+                    "product_id": nullableString, "category": nullableString, "k": integer, "min_similarity": number,
+                    "same_category": boolean, "in_stock_only": boolean, "results": array(ref("SimilarProduct")),
+                    "eligible": integer, "notes": array(string),
+                    "index": object(["factory": string, "count": integer, "built_at": string]), "warning": string,
+                ],
+                required: [
+                    "results", "k", "min_similarity", "same_category", "in_stock_only", "eligible", "notes", "index",
+                ]),
+            "ClassifyResponse": object(
+                [
+                    "product_id": nullableString, "category": string,
+                    "decided_by": ["type": "string", "enum": ["embedding", "keyword", "none"]],
+                    "method": string, "threshold": number, "best": ["type": ["object", "null"]],
+                    "runner_up": ["type": ["object", "null"]], "margin": ["type": ["number", "null"]],
+                    "references_used": integer, "embedding_skipped": nullableString,
+                    "keyword": ["type": ["object", "null"]],
+                    "rules_version": nullableString, "explanation": string, "warning": string,
+                ], required: ["category", "decided_by", "explanation"]),
+            "EmbeddingResponse": object(
+                [
+                    "model_id": string, "preprocessing": string, "dimension": integer, "vector": array(number),
+                    "image": object(["format": string, "width": integer, "height": integer]), "warning": string,
+                ], required: ["model_id", "preprocessing", "dimension", "vector", "image"]),
             "Health": object(["status": string], required: ["status"]),
-            "Readiness": object([
-                "ready": boolean, "model": boolean, "store": boolean, "index": boolean, "consistent": boolean,
-                "problems": array(string), "index_count": integer, "index_built_at": nullableString, "model_id": string,
-                "pretrained": boolean,
-            ], required: ["ready", "model", "store", "index", "consistent", "problems"]),
-            "Reload": object(["reloaded": boolean, "factory": string, "count": integer, "built_at": string],
-                             required: ["reloaded", "count"]),
+            "Readiness": object(
+                [
+                    "ready": boolean, "model": boolean, "store": boolean, "index": boolean, "consistent": boolean,
+                    "problems": array(string), "index_count": integer, "index_built_at": nullableString,
+                    "model_id": string,
+                    "pretrained": boolean,
+                ], required: ["ready", "model", "store", "index", "consistent", "problems"]),
+            "Reload": object(
+                ["reloaded": boolean, "factory": string, "count": integer, "built_at": string],
+                required: ["reloaded", "count"]),
             "Document": ["type": "object"],
         ]
     }

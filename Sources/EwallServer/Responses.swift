@@ -50,34 +50,68 @@ struct SimilarResponse: Encodable {
     var jsonBytes: [UInt8] {
         var w = JSONWriter()
         w.object { o in
-            if let category { o.key("category"); o.w.string(category) }
-            o.key("eligible"); o.w.int(eligible)
-            o.key("in_stock_only"); o.w.bool(inStockOnly)
+            if let category {
+                o.key("category")
+                o.w.string(category)
+            }
+            o.key("eligible")
+            o.w.int(eligible)
+            o.key("in_stock_only")
+            o.w.bool(inStockOnly)
             o.key("index")
             o.w.object { i in
-                if let builtAt = index.builtAt { i.key("built_at"); i.w.string(builtAt) }
-                i.key("count"); i.w.int(index.count)
-                if let factory = index.factory { i.key("factory"); i.w.string(factory) }
+                if let builtAt = index.builtAt {
+                    i.key("built_at")
+                    i.w.string(builtAt)
+                }
+                i.key("count")
+                i.w.int(index.count)
+                if let factory = index.factory {
+                    i.key("factory")
+                    i.w.string(factory)
+                }
             }
-            o.key("k"); o.w.int(k)
-            o.key("min_similarity"); o.w.double(minSimilarity)
+            o.key("k")
+            o.w.int(k)
+            o.key("min_similarity")
+            o.w.double(minSimilarity)
             o.key("notes")
             o.w.array(notes) { w, n in w.string(n) }
-            if let productID { o.key("product_id"); o.w.string(productID) }
+            if let productID {
+                o.key("product_id")
+                o.w.string(productID)
+            }
             o.key("results")
             o.w.array(results) { w, r in
                 w.object { p in
-                    if let c = r.category { p.key("category"); p.w.string(c) }
-                    p.key("cosine"); p.w.double(r.cosine)
-                    p.key("distance"); p.w.double(r.distance)
-                    if let s = r.inStock { p.key("in_stock"); p.w.bool(s) }
-                    p.key("product_id"); p.w.string(r.productID)
-                    p.key("similarity"); p.w.double(r.similarity)
-                    if let t = r.title { p.key("title"); p.w.string(t) }
+                    if let c = r.category {
+                        p.key("category")
+                        p.w.string(c)
+                    }
+                    p.key("cosine")
+                    p.w.double(r.cosine)
+                    p.key("distance")
+                    p.w.double(r.distance)
+                    if let s = r.inStock {
+                        p.key("in_stock")
+                        p.w.bool(s)
+                    }
+                    p.key("product_id")
+                    p.w.string(r.productID)
+                    p.key("similarity")
+                    p.w.double(r.similarity)
+                    if let t = r.title {
+                        p.key("title")
+                        p.w.string(t)
+                    }
                 }
             }
-            o.key("same_category"); o.w.bool(sameCategory)
-            if let warning { o.key("warning"); o.w.string(warning) }
+            o.key("same_category")
+            o.w.bool(sameCategory)
+            if let warning {
+                o.key("warning")
+                o.w.string(warning)
+            }
         }
         return w.bytes
     }
@@ -145,7 +179,10 @@ struct JSONWriter {
         case 0x09: bytes += [UInt8(ascii: "\\"), UInt8(ascii: "t")]
         case 0..<0x20:
             let hex = Array("0123456789abcdef".utf8)
-            bytes += [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(b >> 4)], hex[Int(b & 15)]]
+            bytes += [
+                UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(b >> 4)],
+                hex[Int(b & 15)],
+            ]
         default: bytes.append(b)
         }
     }
@@ -154,8 +191,14 @@ struct JSONWriter {
     mutating func bool(_ v: Bool) { bytes += Array((v ? "true" : "false").utf8) }
 
     mutating func double(_ v: Double) {
-        guard v.isFinite else { bytes += Array("null".utf8); return }
-        if v == v.rounded(), abs(v) < 1e15 { bytes += Array(String(Int64(v)).utf8); return }
+        guard v.isFinite else {
+            bytes += Array("null".utf8)
+            return
+        }
+        if v == v.rounded(), abs(v) < 1e15 {
+            bytes += Array(String(Int64(v)).utf8)
+            return
+        }
         bytes += Array(v.description.utf8)
     }
 }
@@ -209,7 +252,8 @@ struct ReadinessResponse: Encodable {
     var pretrained: Bool
 
     enum CodingKeys: String, CodingKey {
-        case ready, model, store, index, consistent, problems, indexCount = "index_count", indexBuiltAt = "index_built_at"
+        case ready, model, store, index, consistent, problems, indexCount = "index_count", indexBuiltAt =
+            "index_built_at"
         case modelID = "model_id", pretrained
     }
 }
@@ -224,15 +268,17 @@ struct ReloadResponse: Encodable {
 
 enum JSONResponse {
     static func make(_ value: SimilarResponse) -> Response {
-        Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
-                 body: .init(byteBuffer: ByteBuffer(bytes: value.jsonBytes)))
+        Response(
+            status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: value.jsonBytes)))
     }
 
     static func make(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let data = try encoder.encode(value)
-        return Response(status: status, headers: [.contentType: "application/json; charset=utf-8"],
-                        body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return Response(
+            status: status, headers: [.contentType: "application/json; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 }

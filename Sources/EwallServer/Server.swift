@@ -44,11 +44,13 @@ public struct ServerConfiguration: Sendable {
     /// 4096: ``maxConnections``' default.
     public static let defaultMaxConnections = 4096
 
-    public init(host: String = "127.0.0.1", port: Int = 8080, maxBodyBytes: Int = 16 << 20,
-                requestTimeout: Duration = .seconds(30), maxInFlight: Int = 512, adminRoutes: Bool = true,
-                headerTimeout: Duration = ServerConfiguration.defaultHeaderTimeout,
-                idleTimeout: Duration = ServerConfiguration.defaultIdleTimeout,
-                maxConnections: Int = ServerConfiguration.defaultMaxConnections) {
+    public init(
+        host: String = "127.0.0.1", port: Int = 8080, maxBodyBytes: Int = 16 << 20,
+        requestTimeout: Duration = .seconds(30), maxInFlight: Int = 512, adminRoutes: Bool = true,
+        headerTimeout: Duration = ServerConfiguration.defaultHeaderTimeout,
+        idleTimeout: Duration = ServerConfiguration.defaultIdleTimeout,
+        maxConnections: Int = ServerConfiguration.defaultMaxConnections
+    ) {
         self.host = host
         self.port = port
         self.maxBodyBytes = maxBodyBytes
@@ -96,12 +98,14 @@ public enum EwallHTTPServer {
         router.middlewares.add(InFlightLimit<ServerContext>(limit: configuration.maxInFlight))
         let api = API(service: service, configuration: configuration, registry: registry)
         api.register(on: router)
-        let limits = ConnectionLimits(headerTimeout: configuration.headerTimeout, maxConnections: configuration.maxConnections,
-                                      factory: metrics)
+        let limits = ConnectionLimits(
+            headerTimeout: configuration.headerTimeout, maxConnections: configuration.maxConnections,
+            factory: metrics)
         return Application(
             router: router,
             server: .guardedHTTP1(limits: limits, idleTimeout: configuration.idleTimeout),
-            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "ewall-serve"),
+            configuration: .init(
+                address: .hostname(configuration.host, port: configuration.port), serverName: "ewall-serve"),
             services: [service],
             onServerRunning: { channel in await onRunning(channel.localAddress) },
             logger: logger)
@@ -109,15 +113,19 @@ public enum EwallHTTPServer {
 
     /// The OpenAPI document of the routes `application` serves, with the default limits.
     public static func openAPIDocument(adminRoutes: Bool = true) -> [String: Any] {
-        openAPIDocument(server: ServerConfiguration(adminRoutes: adminRoutes), limits: .init(), inputRules: InputRules())
+        openAPIDocument(
+            server: ServerConfiguration(adminRoutes: adminRoutes), limits: .init(), inputRules: InputRules())
     }
 
     /// The OpenAPI document of the routes `application` serves, stating the limits of `server`
     /// and of the service (`limits`, `inputRules`: an ``EwallConfiguration``'s).
-    public static func openAPIDocument(server: ServerConfiguration, limits: EwallConfiguration.Limits,
-                                       inputRules: InputRules) -> [String: Any] {
+    public static func openAPIDocument(
+        server: ServerConfiguration, limits: EwallConfiguration.Limits,
+        inputRules: InputRules
+    ) -> [String: Any] {
         let documented = DocumentedLimits(server: server, limits: limits, rules: inputRules)
-        return OpenAPIDocument.make(routes: API.routes(adminRoutes: server.adminRoutes, limits: documented), limits: documented)
+        return OpenAPIDocument.make(
+            routes: API.routes(adminRoutes: server.adminRoutes, limits: documented), limits: documented)
     }
 }
 
@@ -151,7 +159,8 @@ struct API: Sendable {
         case .similarByProduct:
             return { request, context in
                 // The router hands over the raw segment: `a%2Fb` is the id `a/b`.
-                let id = try PercentEncoding.decode(try context.parameters.require("product_id")[...], what: "product_id")
+                let id = try PercentEncoding.decode(
+                    try context.parameters.require("product_id")[...], what: "product_id")
                 let query = try SimilarParameters.query(QueryParameters(request.uri.query))
                 let answer = try await service.similar(productID: id, query: query)
                 return JSONResponse.make(SimilarResponse(answer, query: query, warning: service.modelWarning))
@@ -163,8 +172,9 @@ struct API: Sendable {
                     throw APIError.badRequest("give image_url or image_base64 (or send the image bytes as the body)")
                 }
                 let query = try SimilarParameters.query(QueryParameters(request.uri.query), body: input.body)
-                let answer = try await service.similar(image: image, category: input.body.category,
-                                                       excluding: input.body.excludeProductID, query: query)
+                let answer = try await service.similar(
+                    image: image, category: input.body.category,
+                    excluding: input.body.excludeProductID, query: query)
                 return JSONResponse.make(SimilarResponse(answer, query: query, warning: service.modelWarning))
             }
         case .classify:
@@ -180,7 +190,8 @@ struct API: Sendable {
                     c = try await service.classify(title: input.body.title, brand: input.body.brand, image: input.image)
                 }
                 let warning = c.decidedBy == .embedding ? service.modelWarning : nil
-                return try JSONResponse.make(ClassifyResponse(classification: c, explanation: c.explanation, warning: warning))
+                return try JSONResponse.make(
+                    ClassifyResponse(classification: c, explanation: c.explanation, warning: warning))
             }
         case .embed:
             return { request, _ in
@@ -189,9 +200,11 @@ struct API: Sendable {
                     throw APIError.badRequest("give image_url or image_base64 (or send the image bytes as the body)")
                 }
                 let e = try await service.embed(image)
-                return try JSONResponse.make(EmbeddingResponse(
-                    modelID: e.modelID, preprocessing: e.preprocessing, dimension: e.vector.count, vector: e.vector,
-                    image: .init(format: e.format, width: e.width, height: e.height), warning: service.modelWarning))
+                return try JSONResponse.make(
+                    EmbeddingResponse(
+                        modelID: e.modelID, preprocessing: e.preprocessing, dimension: e.vector.count, vector: e.vector,
+                        image: .init(format: e.format, width: e.width, height: e.height), warning: service.modelWarning)
+                )
             }
         case .healthz:
             return { _, _ in try JSONResponse.make(["status": "ok"]) }
@@ -200,9 +213,10 @@ struct API: Sendable {
                 let r = await service.readiness()
                 let status = service.indexStatus
                 return try JSONResponse.make(
-                    ReadinessResponse(ready: r.ready, model: r.model, store: r.store, index: r.index, consistent: r.consistent,
-                                      problems: r.problems, indexCount: status.count, indexBuiltAt: status.builtAt,
-                                      modelID: service.modelID, pretrained: service.pretrained),
+                    ReadinessResponse(
+                        ready: r.ready, model: r.model, store: r.store, index: r.index, consistent: r.consistent,
+                        problems: r.problems, indexCount: status.count, indexBuiltAt: status.builtAt,
+                        modelID: service.modelID, pretrained: service.pretrained),
                     status: r.ready ? .ok : .serviceUnavailable)
             }
         case .metrics:
@@ -210,17 +224,21 @@ struct API: Sendable {
                 service.recordIndexGauges()
                 var bytes: [UInt8] = []
                 registry.emit(into: &bytes)
-                return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                                body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+                return Response(
+                    status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
             }
         case .openapi:
             // Made once: it depends on the configuration only.
-            let document = EwallHTTPServer.openAPIDocument(server: configuration, limits: service.configuration.limits,
-                                                           inputRules: service.configuration.inputRules)
-            let data = try! JSONSerialization.data(withJSONObject: document, options: [.sortedKeys, .withoutEscapingSlashes])
+            let document = EwallHTTPServer.openAPIDocument(
+                server: configuration, limits: service.configuration.limits,
+                inputRules: service.configuration.inputRules)
+            let data = try! JSONSerialization.data(
+                withJSONObject: document, options: [.sortedKeys, .withoutEscapingSlashes])
             return { _, _ in
-                Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
-                         body: .init(byteBuffer: ByteBuffer(bytes: data)))
+                Response(
+                    status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(bytes: data)))
             }
         case .reloadIndex:
             return { _, context in
@@ -228,8 +246,10 @@ struct API: Sendable {
                     throw APIError(.forbidden, "forbidden", "admin routes answer callers on loopback only")
                 }
                 let status = try await service.reloadIndex()
-                return try JSONResponse.make(ReloadResponse(reloaded: true, factory: status.factory, count: status.count,
-                                                            builtAt: status.builtAt))
+                return try JSONResponse.make(
+                    ReloadResponse(
+                        reloaded: true, factory: status.factory, count: status.count,
+                        builtAt: status.builtAt))
             }
         }
     }
@@ -251,7 +271,9 @@ extension PrometheusMetricsFactory {
         var f = PrometheusMetricsFactory(registry: registry)
         f.valueHistogramBuckets["ewall_embed_batch_size"] = [1, 2, 4, 8, 12, 16, 24, 32, 64]
         f.valueHistogramBuckets["ewall_similar_batch_size"] = [1, 2, 4, 8, 16, 32, 64]
-        let latency: [Duration] = [1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 2500, 5000, 10000].map { .milliseconds($0) }
+        let latency: [Duration] = [1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 2500, 5000, 10000].map {
+            .milliseconds($0)
+        }
         f.defaultDurationHistogramBuckets = latency
         // Redis lookups are sub-millisecond on a LAN.
         f.durationHistogramBuckets["ewall_redis_lookup_seconds"] =
@@ -264,8 +286,11 @@ extension PrometheusMetricsFactory {
 /// cancelled, a queued embed leaving the queue, and not awaited: a handler stuck in a call that
 /// ignores cancellation cannot hold its connection past the timeout).
 func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withDeadline(limit, timedOut: {
-        APIError(.serviceUnavailable, "timeout", "the request took longer than \(limit) and was abandoned",
-                 retryAfter: .seconds(1))
-    }, body)
+    try await withDeadline(
+        limit,
+        timedOut: {
+            APIError(
+                .serviceUnavailable, "timeout", "the request took longer than \(limit) and was abandoned",
+                retryAfter: .seconds(1))
+        }, body)
 }

@@ -74,7 +74,6 @@ public protocol EmbeddingStore: AnyObject, Sendable {
     func diagnose() async -> String?
 }
 
-
 /// What the store knows about one product under one model key.
 public struct ItemState: Sendable, Hashable {
     /// The image URL of the stored vector, if there is one.
@@ -195,7 +194,9 @@ enum StorableText {
     static func check(_ value: String, _ field: String, _ id: String) throws {
         if value.utf8.contains(0) {
             let shown = id.unicodeScalars.prefix(80).map { $0.value == 0 ? "\\0" : String($0) }.joined()
-            throw StoreError(.invalidValue, "\(field) of product '\(shown)' contains a NUL byte, which the store cannot keep exactly; refused")
+            throw StoreError(
+                .invalidValue,
+                "\(field) of product '\(shown)' contains a NUL byte, which the store cannot keep exactly; refused")
         }
     }
 }
@@ -206,18 +207,23 @@ extension EmbeddingStore {
     public func resolveKey(modelID: String?, preprocessing: String?) async throws -> ModelKeyCount {
         let keys = try await modelKeys()
         let matching = keys.filter {
-            (modelID == nil || $0.key.modelID == modelID) && (preprocessing == nil || $0.key.preprocessing == preprocessing)
+            (modelID == nil || $0.key.modelID == modelID)
+                && (preprocessing == nil || $0.key.preprocessing == preprocessing)
         }
         let listed = keys.map { "\($0.key.modelID) --preprocess \($0.key.preprocessing) (\($0.count) vectors)" }
             .joined(separator: "; ")
         if matching.count == 1 { return matching[0] }
         if matching.isEmpty {
-            throw StoreError(.modelMismatch, keys.isEmpty ? "\(displayName) holds no vectors yet"
-                             : "no vectors for that model/preprocessing in \(displayName); it has: \(listed)")
+            throw StoreError(
+                .modelMismatch,
+                keys.isEmpty
+                    ? "\(displayName) holds no vectors yet"
+                    : "no vectors for that model/preprocessing in \(displayName); it has: \(listed)")
         }
-        throw StoreError(.modelMismatch,
-                         "\(displayName) holds vectors of several models or preprocessings, which are never mixed: "
-                         + "choose one with --model-id and --preprocess. It has: \(listed)")
+        throw StoreError(
+            .modelMismatch,
+            "\(displayName) holds vectors of several models or preprocessings, which are never mixed: "
+                + "choose one with --model-id and --preprocess. It has: \(listed)")
     }
 }
 
@@ -226,7 +232,9 @@ public enum VectorBytes {
     public static func encode(_ v: [Float]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: v.count * 4)
         out.withUnsafeMutableBytes { raw in
-            for (i, x) in v.enumerated() { raw.storeBytes(of: x.bitPattern.littleEndian, toByteOffset: i * 4, as: UInt32.self) }
+            for (i, x) in v.enumerated() {
+                raw.storeBytes(of: x.bitPattern.littleEndian, toByteOffset: i * 4, as: UInt32.self)
+            }
         }
         return out
     }

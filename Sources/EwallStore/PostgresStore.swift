@@ -35,12 +35,14 @@ public final class PostgresStore: EmbeddingStore {
         var logger: Logger
 
         func run() async -> String? {
-            var config = PostgresConnection.Configuration(host: host, port: port, username: user, password: password,
-                                                          database: database, tls: .disable)
+            var config = PostgresConnection.Configuration(
+                host: host, port: port, username: user, password: password,
+                database: database, tls: .disable)
             config.options.connectTimeout = .nanoseconds(timeout.inNanoseconds)
             do {
                 let conn = try await PostgresConnection.connect(
-                    on: MultiThreadedEventLoopGroup.singleton.next(), configuration: config, id: 0, logger: logger).get()
+                    on: MultiThreadedEventLoopGroup.singleton.next(), configuration: config, id: 0, logger: logger
+                ).get()
                 try? await conn.close()
                 return nil
             } catch let e as PSQLError {
@@ -67,20 +69,24 @@ public final class PostgresStore: EmbeddingStore {
     /// Connects (failing within `connectTimeout` with a clear error when the server is not
     /// there) and creates the schema under an advisory lock, so machines starting together
     /// do not race.
-    public static func open(host: String, port: Int, user: String, password: String?, database: String,
-                            connectTimeout: Duration = .seconds(10), logger: Logger) async throws -> PostgresStore {
+    public static func open(
+        host: String, port: Int, user: String, password: String?, database: String,
+        connectTimeout: Duration = .seconds(10), logger: Logger
+    ) async throws -> PostgresStore {
         let name = "postgres://\(user)@\(host):\(port)/\(database)"
         // One direct connection first: the pool retries a refused connection in the
         // background and reports nothing until its own timeout, while a single connection
         // fails at once with PostgreSQL's words ("database \"x\" does not exist", "password
         // authentication failed for user ...") or the socket's ("connection refused").
-        let probe = Probe(host: host, port: port, user: user, password: password, database: database,
-                          timeout: connectTimeout, logger: logger)
+        let probe = Probe(
+            host: host, port: port, user: user, password: password, database: database,
+            timeout: connectTimeout, logger: logger)
         if let problem = await probe.run() {
             throw StoreError(.unavailable, "cannot open \(name): \(problem)")
         }
-        var config = PostgresClient.Configuration(host: host, port: port, username: user, password: password,
-                                                  database: database, tls: .disable)
+        var config = PostgresClient.Configuration(
+            host: host, port: port, username: user, password: password,
+            database: database, tls: .disable)
         config.options.connectTimeout = connectTimeout
         config.options.maximumConnections = 8
         let client = PostgresClient(configuration: config, backgroundLogger: logger)
@@ -107,19 +113,25 @@ public final class PostgresStore: EmbeddingStore {
         try await client.withConnection { conn in
             try await conn.query("SELECT pg_advisory_lock(7270113)", logger: logger)
             do {
-                for statement in Schema.postgres.split(separator: ";") where !statement.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+                for statement in Schema.postgres.split(separator: ";")
+                where !statement.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
                     try await conn.query(PostgresQuery(unsafeSQL: String(statement)), logger: logger)
                 }
                 var version: Int?
-                for try await (v) in try await conn.query("SELECT value FROM ewall_meta WHERE key = 'schema_version'",
-                                                           logger: logger).decode(String.self) {
+                for try await (v) in try await conn.query(
+                    "SELECT value FROM ewall_meta WHERE key = 'schema_version'",
+                    logger: logger
+                ).decode(String.self) {
                     version = Int(v)
                 }
                 if let version, version > Schema.version {
-                    throw StoreError(.incompatible, "the database has schema version \(version); this ewall reads up to \(Schema.version)")
+                    throw StoreError(
+                        .incompatible,
+                        "the database has schema version \(version); this ewall reads up to \(Schema.version)")
                 }
-                try await conn.query("INSERT INTO ewall_meta (key, value) VALUES ('schema_version', \(String(Schema.version))) ON CONFLICT DO NOTHING",
-                                     logger: logger)
+                try await conn.query(
+                    "INSERT INTO ewall_meta (key, value) VALUES ('schema_version', \(String(Schema.version))) ON CONFLICT DO NOTHING",
+                    logger: logger)
             } catch {
                 _ = try? await conn.query("SELECT pg_advisory_unlock(7270113)", logger: logger)
                 throw error
@@ -135,18 +147,21 @@ public final class PostgresStore: EmbeddingStore {
             // itself failed (refused, closed, the pool gave up): the server may come back.
             guard let server = e.serverInfo?[.message] else {
                 let cause = e.underlying.map { Probe.describe($0) } ?? "\(e.code)"
-                return StoreError(.unavailable, "\(context): the connection failed (\(cause))", detail: String(reflecting: e))
+                return StoreError(
+                    .unavailable, "\(context): the connection failed (\(cause))", detail: String(reflecting: e))
             }
             let state = e.serverInfo?[.sqlState]
             let kind: StoreError.Code
             switch state {
             case "53100": kind = .storageFull
             case "25006": kind = .readOnly
-            case "57P01", "57P02", "57P03", "08000", "08003", "08006": kind = .unavailable  // shutting down, connection lost
+            // shutting down, connection lost
+            case "57P01", "57P02", "57P03", "08000", "08003", "08006": kind = .unavailable
             default: kind = .queryFailed
             }
-            return StoreError(kind, "\(context): PostgreSQL: \(server)\(state.map { " (SQLSTATE \($0))" } ?? "")",
-                              detail: String(reflecting: e))
+            return StoreError(
+                kind, "\(context): PostgreSQL: \(server)\(state.map { " (SQLSTATE \($0))" } ?? "")",
+                detail: String(reflecting: e))
         }
         return StoreError(.unavailable, "\(context): \(error)")
     }
@@ -163,7 +178,8 @@ public final class PostgresStore: EmbeddingStore {
             try await client.withTransaction(logger: logger) { conn in
                 for p in products {
                     let src: String? = p.category == nil ? nil : source.rawValue
-                    try await conn.query("""
+                    try await conn.query(
+                        """
                         INSERT INTO products (product_id, title, category, category_source, in_stock, brand, price, created_at, updated_at)
                         VALUES (\(p.id), \(p.title), \(p.category), \(src), \(p.inStock), \(p.brand), \(p.price), \(now), \(now))
                         \(unescaped: Schema.productUpdate)
@@ -177,21 +193,27 @@ public final class PostgresStore: EmbeddingStore {
         if productIDs.isEmpty { return [:] }
         return try await run("reading states") {
             var out: [String: ItemState] = [:]
-            let rows = try await client.query("""
+            let rows = try await client.query(
+                """
                 SELECT product_id, image_url FROM embeddings
                 WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) AND product_id = ANY(\(productIDs))
                 """, logger: logger)
-            for try await (id, url) in rows.decode((String, String).self) { out[id, default: ItemState()].embeddedURL = url }
-            let ledger = try await client.query("""
+            for try await (id, url) in rows.decode((String, String).self) {
+                out[id, default: ItemState()].embeddedURL = url
+            }
+            let ledger = try await client.query(
+                """
                 SELECT product_id, image_url, status, error_class, http_status, attempts, last_error, last_tried
                 FROM item_outcomes
                 WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) AND product_id = ANY(\(productIDs))
                 """, logger: logger)
             for try await (id, url, status, cls, http, attempts, last, tried)
-                in ledger.decode((String, String, String, String?, Int32?, Int32, String?, Date).self) {
+                in ledger.decode((String, String, String, String?, Int32?, Int32, String?, Date).self)
+            {
                 out[id, default: ItemState()].ledger = LedgerEntry(
                     productID: id, imageURL: url, key: key, status: LedgerEntry.Status(rawValue: status) ?? .failed,
-                    errorClass: cls, httpStatus: http.map(Int.init), attempts: Int(attempts), lastError: last, lastTried: tried)
+                    errorClass: cls, httpStatus: http.map(Int.init), attempts: Int(attempts), lastError: last,
+                    lastTried: tried)
             }
             return out
         }
@@ -205,7 +227,8 @@ public final class PostgresStore: EmbeddingStore {
             try await client.withTransaction(logger: logger) { conn in
                 for e in batch.embeddings {
                     let vector = ByteBuffer(bytes: VectorBytes.encode(e.vector))
-                    try await conn.query("""
+                    try await conn.query(
+                        """
                         INSERT INTO embeddings (product_id, model_id, preprocessing, image_url, dim, vector, image_sha256,
                                                 width, height, bytes, content_type, created_at, updated_at)
                         VALUES (\(e.productID), \(e.key.modelID), \(e.key.preprocessing), \(e.imageURL), \(Int32(e.vector.count)),
@@ -215,7 +238,8 @@ public final class PostgresStore: EmbeddingStore {
                         """, logger: logger)
                 }
                 for l in batch.ledger {
-                    try await conn.query("""
+                    try await conn.query(
+                        """
                         INSERT INTO item_outcomes (product_id, model_id, preprocessing, image_url, status, error_class,
                                                    http_status, attempts, last_error, last_tried)
                         VALUES (\(l.productID), \(l.key.modelID), \(l.key.preprocessing), \(l.imageURL), \(l.status.rawValue),
@@ -230,12 +254,14 @@ public final class PostgresStore: EmbeddingStore {
     public func modelKeys() async throws -> [ModelKeyCount] {
         try await run("listing models") {
             var out: [ModelKeyCount] = []
-            let rows = try await client.query("""
+            let rows = try await client.query(
+                """
                 SELECT model_id, preprocessing, MIN(dim), COUNT(*) FROM embeddings
                 GROUP BY model_id, preprocessing ORDER BY model_id, preprocessing
                 """, logger: logger)
             for try await (m, p, dim, n) in rows.decode((String, String, Int32, Int64).self) {
-                out.append(ModelKeyCount(key: ModelKey(modelID: m, preprocessing: p), dimension: Int(dim), count: Int(n)))
+                out.append(
+                    ModelKeyCount(key: ModelKey(modelID: m, preprocessing: p), dimension: Int(dim), count: Int(n)))
             }
             return out
         }
@@ -244,22 +270,32 @@ public final class PostgresStore: EmbeddingStore {
     public func embeddings(key: ModelKey, after: String?, limit: Int) async throws -> [EmbeddingRow] {
         try await run("reading vectors") {
             var out: [EmbeddingRow] = []
-            let rows = try await client.query("""
+            let rows = try await client.query(
+                """
                 SELECT e.product_id, e.image_url, e.dim, e.vector, e.image_sha256, e.width, e.height, e.bytes, e.content_type,
                        p.product_id, p.title, p.category, p.in_stock, p.brand, p.price, p.category_source
                 FROM embeddings e LEFT JOIN products p ON p.product_id = e.product_id
                 WHERE e.model_id = \(key.modelID) AND e.preprocessing = \(key.preprocessing) AND e.product_id > \(after ?? "")
                 ORDER BY e.product_id LIMIT \(Int64(limit))
                 """, logger: logger)
-            for try await (id, url, dim, vec, sha, w, h, bytes, ctype, pid, title, category, inStock, brand, price, source) in rows.decode(
-                (String, String, Int32, ByteBuffer, String?, Int32?, Int32?, Int64?, String?,
-                 String?, String?, String?, Bool?, String?, Double?, String?).self) {
+            for try await (
+                id, url, dim, vec, sha, w, h, bytes, ctype, pid, title, category, inStock, brand, price, source
+            ) in rows.decode(
+                (
+                    String, String, Int32, ByteBuffer, String?, Int32?, Int32?, Int64?, String?,
+                    String?, String?, String?, Bool?, String?, Double?, String?
+                ).self)
+            {
                 let vector = try vec.withUnsafeReadableBytes { try VectorBytes.decode($0, dimension: Int(dim)) }
-                let e = StoredEmbedding(productID: id, imageURL: url, key: key, vector: vector, imageSHA256: sha,
-                                        width: w.map(Int.init), height: h.map(Int.init), bytes: bytes.map(Int.init),
-                                        contentType: ctype)
-                let p = pid.map { Product(id: $0, title: title, category: category, inStock: inStock, brand: brand, price: price,
-                                          categorySource: source.flatMap(CategorySource.init(rawValue:))) }
+                let e = StoredEmbedding(
+                    productID: id, imageURL: url, key: key, vector: vector, imageSHA256: sha,
+                    width: w.map(Int.init), height: h.map(Int.init), bytes: bytes.map(Int.init),
+                    contentType: ctype)
+                let p = pid.map {
+                    Product(
+                        id: $0, title: title, category: category, inStock: inStock, brand: brand, price: price,
+                        categorySource: source.flatMap(CategorySource.init(rawValue:)))
+                }
                 out.append(EmbeddingRow(embedding: e, product: p))
             }
             return out
@@ -269,16 +305,20 @@ public final class PostgresStore: EmbeddingStore {
     public func productsWithVectors(key: ModelKey, after: String?, limit: Int) async throws -> [Product] {
         try await run("reading products") {
             var out: [Product] = []
-            let rows = try await client.query("""
+            let rows = try await client.query(
+                """
                 SELECT e.product_id, p.title, p.category, p.in_stock, p.brand, p.price, p.category_source
                 FROM embeddings e LEFT JOIN products p ON p.product_id = e.product_id
                 WHERE e.model_id = \(key.modelID) AND e.preprocessing = \(key.preprocessing) AND e.product_id > \(after ?? "")
                 ORDER BY e.product_id LIMIT \(Int64(limit))
                 """, logger: logger)
             for try await (pid, title, category, inStock, brand, price, source)
-                in rows.decode((String, String?, String?, Bool?, String?, Double?, String?).self) {
-                out.append(Product(id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price,
-                                   categorySource: source.flatMap(CategorySource.init(rawValue:))))
+                in rows.decode((String, String?, String?, Bool?, String?, Double?, String?).self)
+            {
+                out.append(
+                    Product(
+                        id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price,
+                        categorySource: source.flatMap(CategorySource.init(rawValue:))))
             }
             return out
         }
@@ -287,14 +327,18 @@ public final class PostgresStore: EmbeddingStore {
     public func products(after: String?, limit: Int) async throws -> [Product] {
         try await run("reading products") {
             var out: [Product] = []
-            let rows = try await client.query("""
+            let rows = try await client.query(
+                """
                 SELECT product_id, title, category, in_stock, brand, price, category_source FROM products
                 WHERE product_id > \(after ?? "") ORDER BY product_id LIMIT \(Int64(limit))
                 """, logger: logger)
             for try await (pid, title, category, inStock, brand, price, source)
-                in rows.decode((String, String?, String?, Bool?, String?, Double?, String?).self) {
-                out.append(Product(id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price,
-                                   categorySource: source.flatMap(CategorySource.init(rawValue:))))
+                in rows.decode((String, String?, String?, Bool?, String?, Double?, String?).self)
+            {
+                out.append(
+                    Product(
+                        id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price,
+                        categorySource: source.flatMap(CategorySource.init(rawValue:))))
             }
             return out
         }
@@ -304,7 +348,8 @@ public final class PostgresStore: EmbeddingStore {
         if productIDs.isEmpty { return [:] }
         return try await run("reading vectors") {
             var out: [String: [Float]] = [:]
-            let rows = try await client.query("""
+            let rows = try await client.query(
+                """
                 SELECT product_id, dim, vector FROM embeddings
                 WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) AND product_id = ANY(\(productIDs))
                 """, logger: logger)
@@ -321,9 +366,11 @@ public final class PostgresStore: EmbeddingStore {
                 "SELECT product_id, title, category, in_stock, brand, price, category_source FROM products WHERE product_id = \(id)",
                 logger: logger)
             for try await (pid, title, category, inStock, brand, price, source)
-                in rows.decode((String, String?, String?, Bool?, String?, Double?, String?).self) {
-                return Product(id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price,
-                               categorySource: source.flatMap(CategorySource.init(rawValue:)))
+                in rows.decode((String, String?, String?, Bool?, String?, Double?, String?).self)
+            {
+                return Product(
+                    id: pid, title: title, category: category, inStock: inStock, brand: brand, price: price,
+                    categorySource: source.flatMap(CategorySource.init(rawValue:)))
             }
             return nil
         }
@@ -331,16 +378,19 @@ public final class PostgresStore: EmbeddingStore {
 
     public func embedding(productID: String, key: ModelKey) async throws -> StoredEmbedding? {
         try await run("reading a vector") {
-            let rows = try await client.query("""
+            let rows = try await client.query(
+                """
                 SELECT image_url, dim, vector, image_sha256, width, height, bytes, content_type FROM embeddings
                 WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) AND product_id = \(productID)
                 """, logger: logger)
             for try await (url, dim, vec, sha, w, h, bytes, ctype) in rows.decode(
-                (String, Int32, ByteBuffer, String?, Int32?, Int32?, Int64?, String?).self) {
+                (String, Int32, ByteBuffer, String?, Int32?, Int32?, Int64?, String?).self)
+            {
                 let vector = try vec.withUnsafeReadableBytes { try VectorBytes.decode($0, dimension: Int(dim)) }
-                return StoredEmbedding(productID: productID, imageURL: url, key: key, vector: vector, imageSHA256: sha,
-                                       width: w.map(Int.init), height: h.map(Int.init), bytes: bytes.map(Int.init),
-                                       contentType: ctype)
+                return StoredEmbedding(
+                    productID: productID, imageURL: url, key: key, vector: vector, imageSHA256: sha,
+                    width: w.map(Int.init), height: h.map(Int.init), bytes: bytes.map(Int.init),
+                    contentType: ctype)
             }
             return nil
         }
@@ -348,16 +398,19 @@ public final class PostgresStore: EmbeddingStore {
 
     public func embedding(imageSHA256 sha: String, key: ModelKey) async throws -> StoredEmbedding? {
         try await run("looking up a vector by image sha256") {
-            let rows = try await client.query("""
+            let rows = try await client.query(
+                """
                 SELECT product_id, image_url, dim, vector, width, height, bytes, content_type FROM embeddings
                 WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) AND image_sha256 = \(sha) LIMIT 1
                 """, logger: logger)
             for try await (id, url, dim, vec, w, h, bytes, ctype) in rows.decode(
-                (String, String, Int32, ByteBuffer, Int32?, Int32?, Int64?, String?).self) {
+                (String, String, Int32, ByteBuffer, Int32?, Int32?, Int64?, String?).self)
+            {
                 let vector = try vec.withUnsafeReadableBytes { try VectorBytes.decode($0, dimension: Int(dim)) }
-                return StoredEmbedding(productID: id, imageURL: url, key: key, vector: vector, imageSHA256: sha,
-                                       width: w.map(Int.init), height: h.map(Int.init), bytes: bytes.map(Int.init),
-                                       contentType: ctype)
+                return StoredEmbedding(
+                    productID: id, imageURL: url, key: key, vector: vector, imageSHA256: sha,
+                    width: w.map(Int.init), height: h.map(Int.init), bytes: bytes.map(Int.init),
+                    contentType: ctype)
             }
             return nil
         }
@@ -370,7 +423,8 @@ public final class PostgresStore: EmbeddingStore {
     public func ledgerCounts(key: ModelKey) async throws -> [String: Int] {
         try await run("counting outcomes") {
             var out: [String: Int] = [:]
-            let rows = try await client.query("""
+            let rows = try await client.query(
+                """
                 SELECT status, COALESCE(error_class, ''), COUNT(*) FROM item_outcomes
                 WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) GROUP BY 1, 2
                 """, logger: logger)
@@ -385,15 +439,18 @@ public final class PostgresStore: EmbeddingStore {
         if productIDs.isEmpty { return [:] }
         return try await run("reading classifications") {
             var out: [String: ClassificationRecord] = [:]
-            let rows = try await client.query("""
+            let rows = try await client.query(
+                """
                 SELECT product_id, category, decided_by, method, score, stamp, input_hash, explanation, classified_at
                 FROM classifications WHERE product_id = ANY(\(productIDs))
                 """, logger: logger)
             for try await (id, category, decidedBy, method, score, stamp, inputHash, explanation, at)
-                in rows.decode((String, String, String, String, Double?, String, String, String, Date).self) {
-                out[id] = ClassificationRecord(productID: id, category: category, decidedBy: decidedBy, method: method,
-                                               score: score, stamp: stamp, inputHash: inputHash,
-                                               explanation: explanation, classifiedAt: at)
+                in rows.decode((String, String, String, String, Double?, String, String, String, Date).self)
+            {
+                out[id] = ClassificationRecord(
+                    productID: id, category: category, decidedBy: decidedBy, method: method,
+                    score: score, stamp: stamp, inputHash: inputHash,
+                    explanation: explanation, classifiedAt: at)
             }
             return out
         }
@@ -405,7 +462,8 @@ public final class PostgresStore: EmbeddingStore {
             try await client.withTransaction(logger: logger) { conn in
                 var written = Set<String>()
                 for r in records {
-                    let rows = try await conn.query("""
+                    let rows = try await conn.query(
+                        """
                         INSERT INTO products (product_id, category, category_source, created_at, updated_at)
                         VALUES (\(r.productID), \(r.category), 'classifier', \(r.classifiedAt), \(r.classifiedAt))
                         \(unescaped: Schema.classifierUpdate)
@@ -414,7 +472,8 @@ public final class PostgresStore: EmbeddingStore {
                     for try await _ in rows.decode(String.self) { applied = true }
                     guard applied else { continue }
                     written.insert(r.productID)
-                    try await conn.query("""
+                    try await conn.query(
+                        """
                         INSERT INTO classifications (product_id, category, decided_by, method, score, stamp, input_hash,
                                                      explanation, classified_at)
                         VALUES (\(r.productID), \(r.category), \(r.decidedBy), \(r.method), \(r.score), \(r.stamp),

@@ -48,15 +48,19 @@ final class SQLiteConnection: @unchecked Sendable {
             let msg = err.map { String(cString: $0) } ?? String(cString: sqlite3_errmsg(db))
             sqlite3_free(err)
             let what = sql.split(separator: " ").first.map(String.init) ?? "statement"
-            throw StoreError(Self.code(sqlite3_extended_errcode(db)), "SQLite \(what) failed on \(path): \(msg)",
-                             detail: String(sql.prefix(200)))
+            throw StoreError(
+                Self.code(sqlite3_extended_errcode(db)), "SQLite \(what) failed on \(path): \(msg)",
+                detail: String(sql.prefix(200)))
         }
     }
 
     /// Runs `sql` with `binds`, calling `row` for each result row.
     func query(_ sql: String, _ binds: [SQLValue] = [], row: ((Row) throws -> Void)? = nil) throws {
         let stmt = try prepare(sql)
-        defer { sqlite3_reset(stmt); sqlite3_clear_bindings(stmt) }
+        defer {
+            sqlite3_reset(stmt)
+            sqlite3_clear_bindings(stmt)
+        }
         for (i, v) in binds.enumerated() {
             let idx = Int32(i + 1)
             let rc: Int32
@@ -106,8 +110,9 @@ final class SQLiteConnection: @unchecked Sendable {
 
     private func error(_ what: String, _ sql: String) -> StoreError {
         let msg = String(cString: sqlite3_errmsg(db))
-        return StoreError(Self.code(sqlite3_extended_errcode(db)), "SQLite \(what) failed on \(path): \(msg)",
-                          detail: String(sql.prefix(200)))
+        return StoreError(
+            Self.code(sqlite3_extended_errcode(db)), "SQLite \(what) failed on \(path): \(msg)",
+            detail: String(sql.prefix(200)))
     }
 
     /// SQLite's result code as a store error code. SQLite's own message ("database or disk is

@@ -24,12 +24,14 @@ public enum StoreLocation: Sendable, Hashable, CustomStringConvertible {
                 throw StoreError(.invalidURL, "'\(Self.redact(text))' is not a valid postgres:// URL")
             }
             let db = c.path.hasPrefix("/") ? String(c.path.dropFirst()) : c.path
-            self = .postgres(host: host, port: c.port ?? 5432, user: c.user ?? "postgres",
-                             password: c.password, database: db.isEmpty ? (c.user ?? "postgres") : db)
+            self = .postgres(
+                host: host, port: c.port ?? 5432, user: c.user ?? "postgres",
+                password: c.password, database: db.isEmpty ? (c.user ?? "postgres") : db)
             return
         }
-        throw StoreError(.invalidURL,
-                         "'\(Self.redact(text))' is not a store URL: use sqlite:PATH or postgres://user@host:port/db")
+        throw StoreError(
+            .invalidURL,
+            "'\(Self.redact(text))' is not a store URL: use sqlite:PATH or postgres://user@host:port/db")
     }
 
     /// Without the password.
@@ -48,14 +50,17 @@ public enum StoreLocation: Sendable, Hashable, CustomStringConvertible {
 
     /// Opens (and creates or migrates) the store. A PostgreSQL server that does not answer
     /// within `connectTimeout` is a ``StoreError/Code/unavailable`` error.
-    public func open(connectTimeout: Duration = .seconds(10),
-                     logger: Logger = Logger(label: "ewall.store")) async throws -> any EmbeddingStore {
+    public func open(
+        connectTimeout: Duration = .seconds(10),
+        logger: Logger = Logger(label: "ewall.store")
+    ) async throws -> any EmbeddingStore {
         switch self {
         case .sqlite(let path):
             return try await SQLiteStore.open(path: path)
         case .postgres(let host, let port, let user, let password, let database):
-            return try await PostgresStore.open(host: host, port: port, user: user, password: password,
-                                                 database: database, connectTimeout: connectTimeout, logger: logger)
+            return try await PostgresStore.open(
+                host: host, port: port, user: user, password: password,
+                database: database, connectTimeout: connectTimeout, logger: logger)
         }
     }
 }

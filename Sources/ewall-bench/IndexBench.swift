@@ -19,13 +19,14 @@ enum IndexBench {
             args.firstIndex(of: name).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil }
         }
         if args.first == "latency" {
-            return try latency(index: opt("--index")!, mapped: args.contains("--mmap"), queries: opt("--npy")!,
-                               nprobes: (opt("--nprobe") ?? "4,16").split(separator: ",").map { Int($0)! },
-                               k: Int(opt("--k") ?? "10")!,
-                               kernels: (opt("--kernels") ?? "auto,faiss").split(separator: ",").map {
-                                   guard let k = DistanceKernel(rawValue: String($0)) else { fatalError("unknown kernel \($0)") }
-                                   return k
-                               })
+            return try latency(
+                index: opt("--index")!, mapped: args.contains("--mmap"), queries: opt("--npy")!,
+                nprobes: (opt("--nprobe") ?? "4,16").split(separator: ",").map { Int($0)! },
+                k: Int(opt("--k") ?? "10")!,
+                kernels: (opt("--kernels") ?? "auto,faiss").split(separator: ",").map {
+                    guard let k = DistanceKernel(rawValue: String($0)) else { fatalError("unknown kernel \($0)") }
+                    return k
+                })
         }
         let (shape, values) = try Npy.decode(Data(contentsOf: URL(fileURLWithPath: opt("--npy")!)))
         let (n, d) = (shape[0], shape[1])
@@ -40,18 +41,25 @@ enum IndexBench {
             let key = ModelKey(modelID: opt("--model-id") ?? "synthetic@bench", preprocessing: "squash224")
             for start in stride(from: 0, to: n, by: 1000) {
                 let rows = start..<min(n, start + 1000)
-                try await store.upsertProducts(rows.map {
-                    Product(id: meta[$0][0], title: "synthetic \($0)", category: meta[$0][1], inStock: meta[$0][2] == "1")
-                }, source: .import)
-                try await store.write(WriteBatch(embeddings: rows.map {
-                    StoredEmbedding(productID: meta[$0][0], imageURL: "synthetic:\($0)", key: key,
-                                    vector: Array(values[$0 * d..<($0 + 1) * d]))
-                }))
+                try await store.upsertProducts(
+                    rows.map {
+                        Product(
+                            id: meta[$0][0], title: "synthetic \($0)", category: meta[$0][1],
+                            inStock: meta[$0][2] == "1")
+                    }, source: .import)
+                try await store.write(
+                    WriteBatch(
+                        embeddings: rows.map {
+                            StoredEmbedding(
+                                productID: meta[$0][0], imageURL: "synthetic:\($0)", key: key,
+                                vector: Array(values[$0 * d..<($0 + 1) * d]))
+                        }))
             }
             print("{\"loaded\": \(n)}")
         case "search":
-            try await search(values: values, n: n, d: d, meta: meta, store: store,
-                             folder: IndexFolder(path: opt("--index")!), queryCount: Int(opt("--queries") ?? "500")!)
+            try await search(
+                values: values, n: n, d: d, meta: meta, store: store,
+                folder: IndexFolder(path: opt("--index")!), queryCount: Int(opt("--queries") ?? "500")!)
         default:
             fatalError("ewall-bench index load|search")
         }
@@ -59,7 +67,9 @@ enum IndexBench {
 
     /// Single-query latency of `index` (a FAISS file, loaded the way the server loads it) for each
     /// nprobe and kernel; one thread, queries one at a time, one warm-up pass first.
-    static func latency(index path: String, mapped: Bool, queries: String, nprobes: [Int], k: Int, kernels: [DistanceKernel]) throws {
+    static func latency(
+        index path: String, mapped: Bool, queries: String, nprobes: [Int], k: Int, kernels: [DistanceKernel]
+    ) throws {
         FaissIndex.setThreads(1)
         let (shape, q) = try Npy.decode(Data(contentsOf: URL(fileURLWithPath: queries)))
         let (nq, d) = (shape[0], shape[1])
@@ -80,13 +90,17 @@ enum IndexBench {
                     ms.append(seconds(clock.now - start) * 1000)
                     ids += found.ids
                 }
-                runs.append(["nprobe": nprobe, "kernel": inForce.rawValue, "p50_ms": percentile(ms, 0.5),
-                             "p99_ms": percentile(ms, 0.99), "mean_ms": ms.reduce(0, +) / Double(ms.count), "ids": ids])
+                runs.append([
+                    "nprobe": nprobe, "kernel": inForce.rawValue, "p50_ms": percentile(ms, 0.5),
+                    "p99_ms": percentile(ms, 0.99), "mean_ms": ms.reduce(0, +) / Double(ms.count), "ids": ids,
+                ])
             }
         }
         DistanceKernel.use(.auto)
-        let out: [String: Any] = ["factory": index.factory, "count": index.count, "queries": nq, "mmap": mapped,
-                                  "blas_core": DistanceKernel.blasCore ?? "", "runs": runs]
+        let out: [String: Any] = [
+            "factory": index.factory, "count": index.count, "queries": nq, "mmap": mapped,
+            "blas_core": DistanceKernel.blasCore ?? "", "runs": runs,
+        ]
         print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
     }
 
@@ -99,8 +113,10 @@ enum IndexBench {
         return s[min(s.count - 1, Int((Double(s.count - 1) * p).rounded()))]
     }
 
-    static func search(values: [Float], n: Int, d: Int, meta: [[String]], store: any EmbeddingStore,
-                       folder: IndexFolder, queryCount: Int) async throws {
+    static func search(
+        values: [Float], n: Int, d: Int, meta: [[String]], store: any EmbeddingStore,
+        folder: IndexFolder, queryCount: Int
+    ) async throws {
         FaissIndex.setThreads(2)
         let clock = ContinuousClock()
         let search = try await ProductSearch.open(folder: folder, store: store)
@@ -149,7 +165,8 @@ enum IndexBench {
                 }
             }
             for (i, q) in queries.enumerated() {
-                let truth = exact.results(of: i).map { meta[members[Int($0.id)]][0] }.filter { $0 != meta[q][0] }.prefix(10)
+                let truth = exact.results(of: i).map { meta[members[Int($0.id)]][0] }.filter { $0 != meta[q][0] }
+                    .prefix(10)
                 let got = Set(answers[meta[q][0]] ?? [])
                 recallSum += Double(truth.filter(got.contains).count) / Double(max(1, truth.count))
                 counted += 1

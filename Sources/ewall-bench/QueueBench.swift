@@ -23,12 +23,17 @@ enum QueueBench {
 
         var next = 0
         let t0 = ContinuousClock.now
-        _ = try await queue.submit(JobSpec(name: job, manifest: "synthetic", manifestSHA256: "0", key: key, chunkSize: 256,
-                                           submittedBy: "bench"), counts: { SubmitCounts() }, items: {
-            let n = min(4096, items - next)
-            defer { next += n }
-            return (next..<(next + n)).map { QueuedItem(productID: "b\($0)", imageURL: "http://cdn.example/\($0).jpg", line: $0 + 2) }
-        })
+        _ = try await queue.submit(
+            JobSpec(
+                name: job, manifest: "synthetic", manifestSHA256: "0", key: key, chunkSize: 256,
+                submittedBy: "bench"), counts: { SubmitCounts() },
+            items: {
+                let n = min(4096, items - next)
+                defer { next += n }
+                return (next..<(next + n)).map {
+                    QueuedItem(productID: "b\($0)", imageURL: "http://cdn.example/\($0).jpg", line: $0 + 2)
+                }
+            })
         let submitSeconds = (ContinuousClock.now - t0).seconds
         // Random values, as real vectors are: PostgreSQL's TOAST compression would shrink a
         // constant vector to nothing and flatter the sizes.
@@ -53,15 +58,21 @@ enum QueueBench {
                                 var write = WriteBatch()
                                 if vectors {
                                     for i in slice {
-                                        write.embeddings.append(StoredEmbedding(productID: i.productID, imageURL: i.imageURL, key: key,
-                                                                                vector: vector, imageSHA256: String(repeating: "a", count: 64)))
-                                        write.ledger.append(LedgerEntry(productID: i.productID, imageURL: i.imageURL, key: key,
-                                                                        status: .embedded, httpStatus: 200, attempts: 1))
+                                        write.embeddings.append(
+                                            StoredEmbedding(
+                                                productID: i.productID, imageURL: i.imageURL, key: key,
+                                                vector: vector, imageSHA256: String(repeating: "a", count: 64)))
+                                        write.ledger.append(
+                                            LedgerEntry(
+                                                productID: i.productID, imageURL: i.imageURL, key: key,
+                                                status: .embedded, httpStatus: 200, attempts: 1))
                                     }
                                 }
-                                let r = try await queue.commit(job: job, worker: name, batch: write, outcomes: slice.map {
-                                    ItemOutcome(lease: lease, productID: $0.productID, status: .embedded)
-                                }, lease: .seconds(60))
+                                let r = try await queue.commit(
+                                    job: job, worker: name, batch: write,
+                                    outcomes: slice.map {
+                                        ItemOutcome(lease: lease, productID: $0.productID, status: .embedded)
+                                    }, lease: .seconds(60))
                                 precondition(r.refused.isEmpty)
                                 commits.add(1)
                             }
@@ -78,7 +89,8 @@ enum QueueBench {
         precondition(status.done == items && status.workers.map(\.items).reduce(0, +) == items, "items lost or doubled")
         await store.close()
         let out: [String: Any] = [
-            "items": items, "workers": workers, "batch": batch, "vectors": vectors, "chunks": claims.value, "commits": commits.value,
+            "items": items, "workers": workers, "batch": batch, "vectors": vectors, "chunks": claims.value,
+            "commits": commits.value,
             "submit_seconds": submitSeconds, "submit_items_per_s": Double(items) / submitSeconds,
             "work_seconds": workSeconds, "items_per_s": Double(items) / workSeconds,
         ]

@@ -15,10 +15,14 @@ enum RedisBench {
         let count = Int(opt("--count", "20000"))!
         let concurrency = Int(opt("--concurrency", "64"))!
         let key = ModelKey(modelID: "bench@00000000", preprocessing: "squash224")
-        let cache = EmbeddingCache(client: RedisClient(location: location, timeout: .seconds(1)), key: key, dimension: 2048)
+        let cache = EmbeddingCache(
+            client: RedisClient(location: location, timeout: .seconds(1)), key: key, dimension: 2048)
         var rng = SystemRandomNumberGenerator()
         let shas = (0..<256).map { i in String(format: "%064x", i) }
-        await cache.store(shas.map { CachedEmbedding(vector: (0..<2048).map { _ in Float.random(in: -1...1, using: &rng) }, imageSHA256: $0) })
+        await cache.store(
+            shas.map {
+                CachedEmbedding(vector: (0..<2048).map { _ in Float.random(in: -1...1, using: &rng) }, imageSHA256: $0)
+            })
 
         func timed(_ sha: String) async -> Double {
             let t0 = ContinuousClock.now
@@ -37,7 +41,9 @@ enum RedisBench {
             for w in 0..<concurrency {
                 group.addTask {
                     var out: [Double] = []
-                    for i in stride(from: w, to: count, by: concurrency) { out.append(await timed(shas[i % shas.count])) }
+                    for i in stride(from: w, to: count, by: concurrency) {
+                        out.append(await timed(shas[i % shas.count]))
+                    }
                     return out
                 }
             }
@@ -49,13 +55,20 @@ enum RedisBench {
         func summary(_ xs: [Double], seconds: Double) -> [String: Double] {
             let s = xs.sorted()
             func p(_ q: Double) -> Double { s[min(s.count - 1, Int(Double(s.count) * q))] }
-            return ["p50_ms": p(0.50), "p99_ms": p(0.99), "max_ms": s.last ?? 0, "lookups_per_s": Double(xs.count) / seconds]
+            return [
+                "p50_ms": p(0.50), "p99_ms": p(0.99), "max_ms": s.last ?? 0,
+                "lookups_per_s": Double(xs.count) / seconds,
+            ]
         }
-        let out: [String: Any] = ["count": count, "concurrency": concurrency, "value_bytes": VectorValue.encode(
-            CachedEmbedding(vector: [Float](repeating: 0, count: 2048), imageSHA256: shas[0]), key: key).count,
-                                  "serial": summary(serial, seconds: serialSeconds),
-                                  "concurrent": summary(concurrent, seconds: concurrentSeconds),
-                                  "errors": cache.statistics.errors]
+        let out: [String: Any] = [
+            "count": count, "concurrency": concurrency,
+            "value_bytes": VectorValue.encode(
+                CachedEmbedding(vector: [Float](repeating: 0, count: 2048), imageSHA256: shas[0]), key: key
+            ).count,
+            "serial": summary(serial, seconds: serialSeconds),
+            "concurrent": summary(concurrent, seconds: concurrentSeconds),
+            "errors": cache.statistics.errors,
+        ]
         print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
     }
 }

@@ -32,7 +32,7 @@ if CommandLine.arguments.dropFirst().first == "redis" {
 if CommandLine.arguments.dropFirst().first == "blas-check" {
     BLASCore.selectAtStartup()
     var state: UInt64 = 42
-    func next() -> Float {  // SplitMix64 -> [-1, 1)
+    func next() -> Float { // SplitMix64 -> [-1, 1)
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -47,8 +47,10 @@ if CommandLine.arguments.dropFirst().first == "blas-check" {
             try FaissIndex.exactNeighbours(queries: qb, vectors: yb, dimension: d, k: 10, metric: .l2)
         }
     }
-    let out: [String: Any] = ["core": DistanceKernel.blasCore ?? "", "replaced": BLASCore.replaced ?? "",
-                              "ids": found.ids.map(Int.init), "distances": found.distances.map(Double.init)]
+    let out: [String: Any] = [
+        "core": DistanceKernel.blasCore ?? "", "replaced": BLASCore.replaced ?? "",
+        "ids": found.ids.map(Int.init), "distances": found.distances.map(Double.init),
+    ]
     print(String(decoding: try JSONSerialization.data(withJSONObject: out), as: UTF8.self))
     exit(0)
 }
@@ -66,15 +68,20 @@ if CommandLine.arguments.dropFirst().first == "embedder" {
     let count = Int(opt("--count", "256"))!
     let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
     let images = (0..<count).map { [UInt8](FileManager.default.contents(atPath: "\(dir)/\(names[$0 % names.count])")!) }
-    let embedder = try ImageEmbedder(configuration: EmbedderConfiguration(model: ModelOptions(path: opt("--model", "models/resnet50.pt"))))
+    let embedder = try ImageEmbedder(
+        configuration: EmbedderConfiguration(model: ModelOptions(path: opt("--model", "models/resnet50.pt"))))
     _ = await embedder.embed(images: Array(images.prefix(32)))
     let start = ContinuousClock.now
     let outcomes = await embedder.embed(images: images)
     let t = ContinuousClock.now - start
     let s = Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18
     let failed = outcomes.filter { if case .failure = $0.result { true } else { false } }.count
-    print(String(decoding: try JSONSerialization.data(withJSONObject: [
-        "images": count, "failed": failed, "seconds": s, "images_per_s": Double(count) / s], options: [.sortedKeys]), as: UTF8.self))
+    print(
+        String(
+            decoding: try JSONSerialization.data(
+                withJSONObject: [
+                    "images": count, "failed": failed, "seconds": s, "images_per_s": Double(count) / s,
+                ], options: [.sortedKeys]), as: UTF8.self))
     exit(0)
 }
 
@@ -91,8 +98,11 @@ if CommandLine.arguments.dropFirst().first == "memory" {
     let count = Int(opt("--count", "5000"))!
     let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
     let files = names.map { "\(dir)/\($0)" }
-    let embedder = try ImageEmbedder(configuration: EmbedderConfiguration(model: ModelOptions(
-        path: opt("--model", "models/resnet50.pt"), precision: Precision(rawValue: opt("--precision", "fp32"))!)))
+    let embedder = try ImageEmbedder(
+        configuration: EmbedderConfiguration(
+            model: ModelOptions(
+                path: opt("--model", "models/resnet50.pt"), precision: Precision(rawValue: opt("--precision", "fp32"))!)
+        ))
     func rssMiB() -> Double {
         let statm = (try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8)) ?? "0 0"
         return Double(statm.split(separator: " ")[1])! * Double(sysconf(Int32(_SC_PAGESIZE))) / 1048576
@@ -111,10 +121,15 @@ if CommandLine.arguments.dropFirst().first == "memory" {
     let s = Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18
     let early = samples.filter { $0[0] > 500 && $0[0] <= 1500 }.map { $0[1] }.max() ?? 0
     let late = samples.filter { $0[0] > Double(count - 1000) }.map { $0[1] }.max() ?? 0
-    print(String(decoding: try JSONSerialization.data(withJSONObject: [
-        "images": count, "failed": failed, "images_per_s": Double(count) / s, "precision": embedder.precision.rawValue,
-        "rss_max_early_mib": early, "rss_max_late_mib": late, "growth": late / max(early, 1) - 1,
-        "samples": samples], options: [.sortedKeys]), as: UTF8.self))
+    print(
+        String(
+            decoding: try JSONSerialization.data(
+                withJSONObject: [
+                    "images": count, "failed": failed, "images_per_s": Double(count) / s,
+                    "precision": embedder.precision.rawValue,
+                    "rss_max_early_mib": early, "rss_max_late_mib": late, "growth": late / max(early, 1) - 1,
+                    "samples": samples,
+                ], options: [.sortedKeys]), as: UTF8.self))
     exit(0)
 }
 
@@ -141,7 +156,9 @@ var result: [String: Any] = ["images": files.count, "threads": threads, "batch":
 
 // Decode + preprocess on one thread (squash224), exact and fast JPEG paths; and the exact path
 // once more with the resize's portable kernels (what the AVX2 ones gain, same run).
-for (key, fast, simd) in [("decode_exact", false, Int32(1)), ("decode_fast_jpeg", true, 1), ("decode_exact_portable_resize", false, 0)] {
+for (key, fast, simd) in [
+    ("decode_exact", false, Int32(1)), ("decode_fast_jpeg", true, 1), ("decode_exact_portable_resize", false, 0),
+] {
     _ = ew_img_set_resize_kernel(simd)
     let pre = Preprocessor(mode: .squash224, fastJPEG: fast)
     _ = try pre.tensor(from: bytes[0])

@@ -50,9 +50,11 @@ struct EwallEmbed: AsyncParsableCommand {
     @Option(name: .long, help: "The manifest (CSV, TSV or JSON Lines).")
     var manifest: String?
 
-    @Option(name: .long, help: ArgumentHelp(
-        "A shared job in the PostgreSQL store: with --manifest, submit it; with --worker, work on it.",
-        discussion: "Any number of workers on any number of machines share one job; each item is done once."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A shared job in the PostgreSQL store: with --manifest, submit it; with --worker, work on it.",
+            discussion: "Any number of workers on any number of machines share one job; each item is done once."))
     var job: String?
 
     @Flag(name: .long, help: "Claim chunks of --job and embed them until the job is done (or cancelled).")
@@ -61,7 +63,9 @@ struct EwallEmbed: AsyncParsableCommand {
     @Option(name: .long, help: "Items per chunk, the unit a worker claims (with --job and --manifest).")
     var chunkSize: Int = 256
 
-    @Option(name: .long, help: "Seconds a claimed chunk stays ours without renewal (a dead worker's chunks go to others after this).")
+    @Option(
+        name: .long,
+        help: "Seconds a claimed chunk stays ours without renewal (a dead worker's chunks go to others after this).")
     var leaseSeconds: Double = 60
 
     @Option(name: .long, help: "Seconds between lease renewals while working (every commit renews too).")
@@ -88,18 +92,23 @@ struct EwallEmbed: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds to establish a connection.")
     var connectTimeout: Double = 5
 
-    @Option(name: .long, help: "Seconds one item may take in all, retries included (a stalled host cannot hold the job).")
+    @Option(
+        name: .long, help: "Seconds one item may take in all, retries included (a stalled host cannot hold the job).")
     var itemDeadline: Double = 60
 
-    @Option(name: .long, help: ArgumentHelp(
-        "Seconds to wait for a store that stopped answering before giving up (exit 2).",
-        discussion: "While it waits, the progress line says so and why; what was committed stays committed."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds to wait for a store that stopped answering before giving up (exit 2).",
+            discussion: "While it waits, the progress line says so and why; what was committed stays committed."))
     var storeWait: Double = 60
 
     @Option(name: .long, help: "Retries after the first attempt, for timeouts, connection errors, 5xx and 429.")
     var retries: Int = 3
 
-    @Option(name: .long, help: "Write every failure as JSON Lines (product_id, image_url, class, message, http_status, attempts).")
+    @Option(
+        name: .long,
+        help: "Write every failure as JSON Lines (product_id, image_url, class, message, http_status, attempts).")
     var failures: String?
 
     @Flag(name: .long, help: "Retry items whose last failure was transient (timeout, connection, 5xx, 429).")
@@ -119,15 +128,20 @@ struct EwallEmbed: AsyncParsableCommand {
             guard manifest != nil else { throw ValidationError("give --manifest FILE (or --job NAME --worker)") }
             guard !worker else { throw ValidationError("--worker needs --job NAME") }
         } else {
-            guard manifest != nil || worker else { throw ValidationError("--job needs --manifest (submit), --worker (work), or both") }
+            guard manifest != nil || worker else {
+                throw ValidationError("--job needs --manifest (submit), --worker (work), or both")
+            }
         }
         guard chunkSize >= 1 && chunkSize <= 100_000 else { throw ValidationError("--chunk-size must be 1...100000") }
         guard leaseSeconds >= 2, heartbeatSeconds > 0, heartbeatSeconds < leaseSeconds else {
-            throw ValidationError("--lease-seconds must be at least 2 and --heartbeat-seconds positive and shorter than the lease")
+            throw ValidationError(
+                "--lease-seconds must be at least 2 and --heartbeat-seconds positive and shorter than the lease")
         }
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
         guard perHost >= 1 else { throw ValidationError("--per-host must be at least 1") }
-        guard timeout > 0, connectTimeout > 0, itemDeadline > 0 else { throw ValidationError("timeouts must be positive") }
+        guard timeout > 0, connectTimeout > 0, itemDeadline > 0 else {
+            throw ValidationError("timeouts must be positive")
+        }
         guard retries >= 0 else { throw ValidationError("--retries must be 0 or more") }
         guard storeWait >= 0 else { throw ValidationError("--store-wait must be 0 or more") }
     }
@@ -142,9 +156,11 @@ struct EwallEmbed: AsyncParsableCommand {
         let embedder: ImageEmbedder
         do {
             // --streams, else as many as keep the cores busy (README, "Model streams").
-            embedder = try ImageEmbedder(configuration: imageFlags.configuration(model: modelFlags.options(),
-                                                                                 streams: modelFlags.streams),
-                                         logger: logger)
+            embedder = try ImageEmbedder(
+                configuration: imageFlags.configuration(
+                    model: modelFlags.options(),
+                    streams: modelFlags.streams),
+                logger: logger)
         } catch {
             await store.close()
             throw fail(error.message)
@@ -153,8 +169,9 @@ struct EwallEmbed: AsyncParsableCommand {
             perHostLimit: perHost, connectTimeout: .milliseconds(Int(connectTimeout * 1000)),
             requestTimeout: .milliseconds(Int(timeout * 1000)), maxAttempts: retries + 1, maxBytes: imageFlags.maxBytes,
             itemDeadline: .milliseconds(Int(itemDeadline * 1000)))
-        var jobConfiguration = EmbeddingJobConfiguration(manifestPath: manifest ?? "", fetch: fetch, concurrency: concurrency,
-                                                         retryFailed: retryFailed, force: force)
+        var jobConfiguration = EmbeddingJobConfiguration(
+            manifestPath: manifest ?? "", fetch: fetch, concurrency: concurrency,
+            retryFailed: retryFailed, force: force)
         jobConfiguration.inputRules = input.rules
         jobConfiguration.redis = try redisFlags.configuration()
         jobConfiguration.storeWaitLimit = .milliseconds(Int(storeWait * 1000))
@@ -169,7 +186,8 @@ struct EwallEmbed: AsyncParsableCommand {
 
         guard let jobName = job else {
             let job = EmbeddingJob(configuration: jobConfiguration, embedder: embedder, store: store, logger: logger)
-            try await work(label: nil, stop: { job.stop() }, store: store, failureLog: failureLog) { interval, progress, failure in
+            try await work(label: nil, stop: { job.stop() }, store: store, failureLog: failureLog) {
+                interval, progress, failure in
                 try await job.run(progressInterval: interval, onProgress: progress, onFailure: failure)
             }
             return
@@ -202,30 +220,39 @@ struct EwallEmbed: AsyncParsableCommand {
                 return
             }
         }
-        let w = JobWorker(job: jobName, name: name, queue: queue, embedder: embedder, configuration: jobConfiguration,
-                          shared: shared, logger: logger)
-        try await work(label: "job \(jobName) worker \(name)", stop: { w.stop() }, store: store, failureLog: failureLog) { interval, progress, failure in
+        let w = JobWorker(
+            job: jobName, name: name, queue: queue, embedder: embedder, configuration: jobConfiguration,
+            shared: shared, logger: logger)
+        try await work(label: "job \(jobName) worker \(name)", stop: { w.stop() }, store: store, failureLog: failureLog)
+        { interval, progress, failure in
             try await w.run(progressInterval: interval, onProgress: progress, onFailure: failure)
         }
     }
 
     static func message(_ error: any Error) -> String {
-        (error as? StoreError)?.message ?? (error as? ManifestError)?.message ?? (error as? JobQueueError)?.message ?? "\(error)"
+        (error as? StoreError)?.message ?? (error as? ManifestError)?.message ?? (error as? JobQueueError)?.message
+            ?? "\(error)"
     }
 
     /// Runs a job or a worker with progress, signals and the summary; exits as documented.
-    private func work(label: String?, stop: @escaping @Sendable () -> Void, store: any EmbeddingStore, failureLog: FailureLog?,
-                      _ body: (Double, @escaping @Sendable (JobProgress) -> Void, @escaping @Sendable (JobFailure) -> Void)
-                          async throws -> JobSummary) async throws {
+    private func work(
+        label: String?, stop: @escaping @Sendable () -> Void, store: any EmbeddingStore, failureLog: FailureLog?,
+        _ body: (Double, @escaping @Sendable (JobProgress) -> Void, @escaping @Sendable (JobFailure) -> Void)
+            async throws -> JobSummary
+    ) async throws {
         let signals = SignalHandler { signal in
             stop()
-            FileHandle.standardError.write(Data("\newall-embed: \(signal == SIGINT ? "SIGINT" : "SIGTERM"): finishing the current batch; again to abort\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "\newall-embed: \(signal == SIGINT ? "SIGINT" : "SIGTERM"): finishing the current batch; again to abort\n"
+                        .utf8))
         }
         let display = ProgressDisplay(terminal: isatty(STDERR_FILENO) != 0, label: label)
         let summary: JobSummary
         do {
-            summary = try await body(progressInterval ?? (display.terminal ? 0.5 : 5), { display.show($0) },
-                                     { f in failureLog?.write(f) })
+            summary = try await body(
+                progressInterval ?? (display.terminal ? 0.5 : 5), { display.show($0) },
+                { f in failureLog?.write(f) })
         } catch let aborted as JobAborted {
             // A systemic error after work began: the summary of what was committed, then the reason.
             display.finish()

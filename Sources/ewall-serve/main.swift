@@ -63,17 +63,27 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Preprocessing the store's vectors were made with.")
     var preprocess: PreprocessingMode = .squash224
 
-    @Option(name: .long, help: ArgumentHelp("Keyword rules for the classifier.", discussion: "Default: $EWALL_RULES, then data/category_rules.json."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Keyword rules for the classifier.", discussion: "Default: $EWALL_RULES, then data/category_rules.json."))
     var rules: String?
 
-    @Option(name: .customLong("allow-host"), help: "A host whose image URLs may be fetched whatever it resolves to (repeatable).")
+    @Option(
+        name: .customLong("allow-host"),
+        help: "A host whose image URLs may be fetched whatever it resolves to (repeatable).")
     var allowHosts: [String] = []
 
     @Option(name: .long, help: "Longest wait for a batch to fill when the model is idle, in milliseconds.")
     var maxBatchWaitMs = 5
 
-    @Option(name: .long, help: ArgumentHelp("Similar-products batches searched at once, a thread each.",
-                                            discussion: "Default: the cores, at most 4. Above 1, OpenBLAS runs each search's coarse pass on that search's own thread."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Similar-products batches searched at once, a thread each.",
+            discussion:
+                "Default: the cores, at most 4. Above 1, OpenBLAS runs each search's coarse pass on that search's own thread."
+        ))
     var searchThreads = EwallConfiguration.defaultSearchThreads
 
     @Option(name: .long, help: "Images waiting for the model beyond which embeds answer 503 overloaded.")
@@ -94,10 +104,18 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "API requests in progress beyond which new ones answer 503 overloaded.")
     var maxInFlight = 512
 
-    @Option(name: .long, help: "Seconds a client has to send a whole request head, from connecting or from the request's first byte; then the connection is closed.")
+    @Option(
+        name: .long,
+        help:
+            "Seconds a client has to send a whole request head, from connecting or from the request's first byte; then the connection is closed."
+    )
     var headerTimeout = ServerConfiguration.defaultHeaderTimeout.inSeconds
 
-    @Option(name: .long, help: "Seconds a connection may sit with nothing to read (between keep-alive requests, or in a stalled body) before it is closed.")
+    @Option(
+        name: .long,
+        help:
+            "Seconds a connection may sit with nothing to read (between keep-alive requests, or in a stalled body) before it is closed."
+    )
     var idleTimeout = ServerConfiguration.defaultIdleTimeout.inSeconds
 
     @Option(name: .long, help: "Open connections beyond which new ones are closed on arrival (keep below ulimit -n).")
@@ -109,13 +127,20 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .long, help: "Do not serve POST /admin/reload-index.")
     var noAdmin = false
 
-    @Flag(name: .long, help: ArgumentHelp("Map the index's IVF lists from its file instead of loading them.",
-                                          discussion: "The kernel pages lists in as searches touch them: an index larger than RAM can serve, cold lists cost disk reads. Compressed kinds' exact vectors (vectors.f32) are always mapped."))
+    @Flag(
+        name: .long,
+        help: ArgumentHelp(
+            "Map the index's IVF lists from its file instead of loading them.",
+            discussion:
+                "The kernel pages lists in as searches touch them: an index larger than RAM can serve, cold lists cost disk reads. Compressed kinds' exact vectors (vectors.f32) are always mapped."
+        ))
     var mmapIndex = false
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
-        guard maxBatchWaitMs >= 0 && maxBatchWaitMs <= 1000 else { throw ValidationError("--max-batch-wait-ms must be 0...1000") }
+        guard maxBatchWaitMs >= 0 && maxBatchWaitMs <= 1000 else {
+            throw ValidationError("--max-batch-wait-ms must be 0...1000")
+        }
         guard maxQueue >= 1, maxBodyBytes >= 1024, maxImageBytes >= 1024, maxPixels >= 1, maxInFlight >= 1 else {
             throw ValidationError("limits must be positive (body and image bytes at least 1024)")
         }
@@ -127,10 +152,11 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
-        BLASCore.selectAtStartup()  // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
+        BLASCore.selectAtStartup() // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .info
+            h.logLevel =
+                ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .info
             return h
         }
         let logger = Logger(label: "ewall-serve")
@@ -147,31 +173,37 @@ struct Serve: AsyncParsableCommand {
         config.streams = model.streams
         config.searchThreads = searchThreads
         config.indexMemoryMapped = mmapIndex
-        config.limits = .init(maxImageBytes: maxImageBytes, maxImagePixels: maxPixels, maxBatchSize: model.batchSize,
-                              maxBatchWait: .milliseconds(maxBatchWaitMs), maxQueuedImages: maxQueue)
+        config.limits = .init(
+            maxImageBytes: maxImageBytes, maxImagePixels: maxPixels, maxBatchSize: model.batchSize,
+            maxBatchWait: .milliseconds(maxBatchWaitMs), maxQueuedImages: maxQueue)
         let registry = PrometheusCollectorRegistry()
         let service: EwallService
         do {
-            service = try await EwallService(configuration: config, logger: logger,
-                                             metrics: PrometheusMetricsFactory.forEwall(registry: registry))
+            service = try await EwallService(
+                configuration: config, logger: logger,
+                metrics: PrometheusMetricsFactory.forEwall(registry: registry))
         } catch {
             throw fail("\(error.code): \(error.message)")
         }
         if let warning = service.modelWarning { logger.warning("\(warning)") }
-        let server = ServerConfiguration(host: host, port: port, maxBodyBytes: maxBodyBytes,
-                                         requestTimeout: .milliseconds(Int(requestTimeout * 1000)),
-                                         maxInFlight: maxInFlight, adminRoutes: !noAdmin,
-                                         headerTimeout: .milliseconds(Int(headerTimeout * 1000)),
-                                         idleTimeout: .milliseconds(Int(idleTimeout * 1000)), maxConnections: maxConnections)
+        let server = ServerConfiguration(
+            host: host, port: port, maxBodyBytes: maxBodyBytes,
+            requestTimeout: .milliseconds(Int(requestTimeout * 1000)),
+            maxInFlight: maxInFlight, adminRoutes: !noAdmin,
+            headerTimeout: .milliseconds(Int(headerTimeout * 1000)),
+            idleTimeout: .milliseconds(Int(idleTimeout * 1000)), maxConnections: maxConnections)
         if let files = Self.openFileLimit(), maxConnections + Self.reservedFiles > files {
-            logger.warning("""
+            logger.warning(
+                """
                 --max-connections \(maxConnections) is above the open-file limit \(files) less \(Self.reservedFiles) for \
                 the store, model and index: the process can run out of file descriptors before the cap applies; \
                 raise ulimit -n or lower --max-connections
                 """)
         }
         let (host, port) = (self.host, self.port)
-        let app = EwallHTTPServer.application(service: service, configuration: server, registry: registry, logger: logger) { address in
+        let app = EwallHTTPServer.application(
+            service: service, configuration: server, registry: registry, logger: logger
+        ) { address in
             // Tests and scripts read the port from this line (with --port 0).
             let shown = address.map { "\($0.ipAddress ?? host):\($0.port ?? port)" } ?? "\(host):\(port)"
             FileHandle.standardOutput.write(Data("ewall-serve: listening on http://\(shown)\n".utf8))
@@ -203,6 +235,6 @@ struct Serve: AsyncParsableCommand {
         #else
         guard getrlimit(RLIMIT_NOFILE, &limit) == 0 else { return nil }
         #endif
-        return Int(clamping: limit.rlim_cur)  // unlimited clamps to Int.max
+        return Int(clamping: limit.rlim_cur) // unlimited clamps to Int.max
     }
 }

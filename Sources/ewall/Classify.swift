@@ -8,8 +8,11 @@ import Foundation
 struct ClassifierFlags: ParsableArguments {
     @OptionGroup var database: DatabaseFlags
 
-    @Option(name: .long, help: ArgumentHelp("The keyword rules file.",
-                                            discussion: "Default: $EWALL_RULES, then data/category_rules.json."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The keyword rules file.",
+            discussion: "Default: $EWALL_RULES, then data/category_rules.json."))
     var rules: String?
 
     @Option(name: .long, help: "Scoring: mean-refs (the platform's), centroid, or knn.")
@@ -38,7 +41,8 @@ struct ClassifierFlags: ParsableArguments {
     }
 
     var configuration: ClassifierConfiguration {
-        ClassifierConfiguration(method: method, threshold: threshold, maxReferences: maxRefs, minReferences: minRefs, k: k)
+        ClassifierConfiguration(
+            method: method, threshold: threshold, maxReferences: maxRefs, minReferences: minRefs, k: k)
     }
 
     func validate() throws {
@@ -53,18 +57,23 @@ struct ClassifierFlags: ParsableArguments {
         do {
             let rules = try KeywordRules.load(path: resolvedRules)
             let key = try await store.resolveKey(modelID: modelId, preprocessing: preprocess).key
-            let classifier = try await CategoryClassifier.open(store: store, key: key, rules: rules, configuration: configuration)
+            let classifier = try await CategoryClassifier.open(
+                store: store, key: key, rules: rules, configuration: configuration)
             if classifier.references.count == 0 {
-                warn("no product has a category set by a person and a vector under \(key): the embedding step cannot run, "
-                     + "only the keyword rules answer")
+                warn(
+                    "no product has a category set by a person and a vector under \(key): the embedding step cannot run, "
+                        + "only the keyword rules answer")
             }
             for (category, n) in classifier.thinCategories {
-                warn("category '\(category)' has only \(n) reference product(s) (fewer than --min-refs \(minRefs)): its scores are noisy")
+                warn(
+                    "category '\(category)' has only \(n) reference product(s) (fewer than --min-refs \(minRefs)): its scores are noisy"
+                )
             }
             let model = ProcessInfo.processInfo.environment["EWALL_MODEL"] ?? "models/resnet50.pt"
             if let card = try? ModelCard.load(forModel: model), card.modelID == key.modelID, !card.pretrained {
-                warn("the vectors come from a RANDOM-INIT model (\(card.modelID)): embedding scores carry no meaning, "
-                     + "only the keyword answers do")
+                warn(
+                    "the vectors come from a RANDOM-INIT model (\(card.modelID)): embedding scores carry no meaning, "
+                        + "only the keyword answers do")
             }
             return (store, key, classifier)
         } catch let e as ClassifierError {
@@ -110,10 +119,14 @@ struct Classify: AsyncParsableCommand {
     @Argument(help: ArgumentHelp("Products to classify (default: --only-generic).", valueName: "product-id"))
     var productIDs: [String] = []
 
-    @Flag(name: .long, help: "Classify every product whose category is generic or unset (the default without PRODUCT_IDs).")
+    @Flag(
+        name: .long,
+        help: "Classify every product whose category is generic or unset (the default without PRODUCT_IDs).")
     var onlyGeneric = false
 
-    @Flag(name: .long, help: "Classify every product (a person's categories are reported beside the answer, never changed).")
+    @Flag(
+        name: .long,
+        help: "Classify every product (a person's categories are reported beside the answer, never changed).")
     var all = false
 
     @Flag(name: .long, help: "Write the answers to the store.")
@@ -135,7 +148,7 @@ struct Classify: AsyncParsableCommand {
     }
 
     func run() async throws {
-        BLASCore.selectAtStartup()  // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
+        BLASCore.selectAtStartup() // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
         bootstrapLogging()
         let (store, key, classifier) = try await flags.open()
         defer { Task { await store.close() } }
@@ -152,7 +165,9 @@ struct Classify: AsyncParsableCommand {
                     FileHandle.standardOutput.write(out)
                 } else {
                     if !printedHeader {
-                        print("product              current         answer       by         score  runner-up         action      why")
+                        print(
+                            "product              current         answer       by         score  runner-up         action      why"
+                        )
                         printedHeader = true
                     }
                     for r in page { print(Self.row(r)) }
@@ -174,14 +189,21 @@ struct Classify: AsyncParsableCommand {
 
     static func row(_ r: ClassifiedProduct) -> String {
         let c = r.classification
-        func pad(_ s: String, _ n: Int) -> String { s.count >= n ? String(s.prefix(n - 1)) + " " : s.padding(toLength: n, withPad: " ", startingAt: 0) }
+        func pad(_ s: String, _ n: Int) -> String {
+            s.count >= n ? String(s.prefix(n - 1)) + " " : s.padding(toLength: n, withPad: " ", startingAt: 0)
+        }
         let current = (r.currentCategory ?? "-") + (r.currentSource.map { $0 == .classifier ? "*" : "" } ?? "")
         let score = c.best.map { String(format: "%.3f", $0.score) } ?? "-"
         let runner = c.runnerUp.map { "\($0.category) \(String(format: "%.3f", $0.score))" } ?? "-"
         var why = ""
         switch c.decidedBy {
-        case .embedding: why = "\(c.best!.category) >= \(c.threshold), margin \(String(format: "%.3f", c.margin ?? 0)), \(c.referencesUsed) refs"
-        case .keyword: why = "'\(c.keyword!.term)' in '\(c.keyword!.matchedText)'" + (c.best.map { " (best score \($0.category) < \(c.threshold))" } ?? "")
+        case .embedding:
+            why =
+                "\(c.best!.category) >= \(c.threshold), margin \(String(format: "%.3f", c.margin ?? 0)), \(c.referencesUsed) refs"
+        case .keyword:
+            why =
+                "'\(c.keyword!.term)' in '\(c.keyword!.matchedText)'"
+                + (c.best.map { " (best score \($0.category) < \(c.threshold))" } ?? "")
         case .none: why = c.embeddingSkipped ?? "below \(c.threshold), no keyword"
         }
         return pad(c.productID ?? "?", 21) + pad(current, 16) + pad(c.category, 13) + pad(c.decidedBy.rawValue, 11)
@@ -190,15 +212,25 @@ struct Classify: AsyncParsableCommand {
 
     static func summaryText(_ s: ClassifySummary, classifier: CategoryClassifier, key: ModelKey) -> String {
         let c = classifier.configuration
-        var out = "\n\(s.products) products classified in \(String(format: "%.2f", s.seconds)) s"
+        var out =
+            "\n\(s.products) products classified in \(String(format: "%.2f", s.seconds)) s"
             + " (\(c.method.rawValue), threshold \(c.threshold), \(classifier.references.count) references in "
             + "\(classifier.references.categories.count) categories, \(key))\n"
-        out += "  decided by: " + ["embedding", "keyword", "none"].map { "\($0) \(s.byDecision[$0, default: 0])" }.joined(separator: ", ") + "\n"
-        out += "  answers: " + s.byCategory.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }
+        out +=
+            "  decided by: "
+            + ["embedding", "keyword", "none"].map { "\($0) \(s.byDecision[$0, default: 0])" }.joined(separator: ", ")
+            + "\n"
+        out +=
+            "  answers: "
+            + s.byCategory.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }
             .map { "\($0.key) \($0.value)" }.joined(separator: ", ") + "\n"
-        out += "  actions: " + s.byAction.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+        out +=
+            "  actions: "
+            + s.byAction.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
             + " (\(s.cached) from stored answers, marked ·c)\n"
-        out += s.applied ? "  written to the store (category_source = classifier)" : "  dry run: nothing written; --apply writes"
+        out +=
+            s.applied
+            ? "  written to the store (category_source = classifier)" : "  dry run: nothing written; --apply writes"
         out += "\n  current: * = set by the classifier earlier"
         return out
     }
@@ -207,7 +239,8 @@ struct Classify: AsyncParsableCommand {
 /// `ewall calibrate`: how the classifier does on products with trusted categories.
 struct Calibrate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure the classifier on products whose category a person set (leave-one-out), threshold by threshold.",
+        abstract:
+            "Measure the classifier on products whose category a person set (leave-one-out), threshold by threshold.",
         discussion: """
             Every product with a category a person set (not `generic`) is classified as if it were \
             new, never against itself (when it is a reference, the next one in order takes its \
@@ -227,14 +260,16 @@ struct Calibrate: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        BLASCore.selectAtStartup()  // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
+        BLASCore.selectAtStartup() // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
         bootstrapLogging()
         let (store, key, classifier) = try await flags.open()
         defer { Task { await store.close() } }
         let report: CalibrationReport
         do {
             let labelled = try await CategoryClassifier.labelledProducts(store: store, key: key)
-            guard !labelled.isEmpty else { throw fail("no product has a category set by a person: nothing to calibrate on") }
+            guard !labelled.isEmpty else {
+                throw fail("no product has a category set by a person: nothing to calibrate on")
+            }
             report = try Calibration.run(classifier, products: labelled, targetPrecision: targetPrecision)
         } catch let e as StoreError {
             throw fail(e.message)
@@ -250,12 +285,15 @@ struct Calibrate: AsyncParsableCommand {
 
     static func render(_ r: CalibrationReport) -> String {
         func pct(_ x: Double?) -> String { x.map { String(format: "%5.1f%%", $0 * 100) } ?? "     -" }
-        var out = "calibration on \(r.products) products with a person's category (\(r.withoutVector) without a vector), "
+        var out =
+            "calibration on \(r.products) products with a person's category (\(r.withoutVector) without a vector), "
             + "\(r.method.rawValue), up to \(r.maxReferences) references, rules \(r.rulesVersion ?? "none"), "
             + "\(String(format: "%.2f", r.seconds)) s\n\n"
         out += "threshold  embedding accepts  its accuracy  keywords cover  their accuracy  overall  generic\n"
         for row in r.rows {
-            out += String(format: "%9.2f", row.threshold) + "  " + pct(row.embeddingAccepted).padding(toLength: 17, withPad: " ", startingAt: 0)
+            out +=
+                String(format: "%9.2f", row.threshold) + "  "
+                + pct(row.embeddingAccepted).padding(toLength: 17, withPad: " ", startingAt: 0)
                 + "  " + pct(row.embeddingAccuracy).padding(toLength: 12, withPad: " ", startingAt: 0)
                 + "  " + pct(row.keywordCoverage).padding(toLength: 14, withPad: " ", startingAt: 0)
                 + "  " + pct(row.keywordAccuracy).padding(toLength: 14, withPad: " ", startingAt: 0)
@@ -263,16 +301,21 @@ struct Calibrate: AsyncParsableCommand {
         }
         out += "\n"
         if let t = r.thresholdForTarget {
-            out += "precision >= \(pct(r.targetPrecision)) from threshold \(String(format: "%.2f", t)) up, where the embedding step accepts \(pct(r.acceptedAtTarget))\n"
+            out +=
+                "precision >= \(pct(r.targetPrecision)) from threshold \(String(format: "%.2f", t)) up, where the embedding step accepts \(pct(r.acceptedAtTarget))\n"
         } else {
             out += "no threshold gives the embedding step a precision >= \(pct(r.targetPrecision))\n"
         }
         let c = r.confusion
-        out += "\nconfusion at threshold \(String(format: "%.2f", c.threshold)) (rows: the person's category; columns: the classifier's answer)\n"
+        out +=
+            "\nconfusion at threshold \(String(format: "%.2f", c.threshold)) (rows: the person's category; columns: the classifier's answer)\n"
         let width = max(10, (c.categories + c.columns).map(\.count).max()! + 2)
-        out += "".padding(toLength: width, withPad: " ", startingAt: 0) + c.columns.map { $0.padding(toLength: width, withPad: " ", startingAt: 0) }.joined() + "\n"
+        out +=
+            "".padding(toLength: width, withPad: " ", startingAt: 0)
+            + c.columns.map { $0.padding(toLength: width, withPad: " ", startingAt: 0) }.joined() + "\n"
         for (i, name) in c.categories.enumerated() {
-            out += name.padding(toLength: width, withPad: " ", startingAt: 0)
+            out +=
+                name.padding(toLength: width, withPad: " ", startingAt: 0)
                 + c.counts[i].map { "\($0)".padding(toLength: width, withPad: " ", startingAt: 0) }.joined() + "\n"
         }
         return out.trimmingCharacters(in: .newlines)

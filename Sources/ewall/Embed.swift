@@ -72,7 +72,8 @@ struct Embed: AsyncParsableCommand {
                 obj["error"] = ["code": f.code, "stage": f.stage.rawValue, "message": f.message]
             }
             if json || npy != nil {
-                let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])
+                let data = try JSONSerialization.data(
+                    withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])
                 out.write(data + Data("\n".utf8))
             }
         }
@@ -85,7 +86,8 @@ struct Embed: AsyncParsableCommand {
         }
         if !json && npy == nil { printTable(outcomes, embedder: embedder, seconds: seconds) }
         let failed = outcomes.filter { if case .failure = $0.result { return true } else { return false } }.count
-        let summary = "ewall embed: \(outcomes.count - failed) embedded, \(failed) failed, "
+        let summary =
+            "ewall embed: \(outcomes.count - failed) embedded, \(failed) failed, "
             + "model \(embedder.modelID) (\(embedder.precision), \(embedder.preprocessingID)), "
             + "on \(embedder.device), \(config.model.threads) model"
             + (config.model.streams > 1 ? " (\(config.model.streams) streams of \(config.model.intraOpThreads))" : "")
@@ -109,10 +111,13 @@ struct Embed: AsyncParsableCommand {
             case .success(let e):
                 let head = e.vector.prefix(3).map { String(format: "%.4f", $0) }.joined(separator: " ")
                 let size = "\(e.image.width)x\(e.image.height)"
-                print(pad(o.source, width) + "  " + pad(e.image.format, 6) + "  " + pad(size, 11)
-                      + "  ok  dim \(e.vector.count)  [\(head) ...]")
+                print(
+                    pad(o.source, width) + "  " + pad(e.image.format, 6) + "  " + pad(size, 11)
+                        + "  ok  dim \(e.vector.count)  [\(head) ...]")
             case .failure(let f):
-                print(pad(o.source, width) + "  " + pad("-", 6) + "  " + pad("-", 11) + "  FAILED \(f.code): \(f.message)")
+                print(
+                    pad(o.source, width) + "  " + pad("-", 6) + "  " + pad("-", 11) + "  FAILED \(f.code): \(f.message)"
+                )
             }
         }
     }

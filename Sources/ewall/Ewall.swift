@@ -1,7 +1,7 @@
 import ArgumentParser
+import EwallCLI
 import EwallML
 import Foundation
-import EwallCLI
 import Logging
 
 /// `ewall`: the smaller commands of EwallML. Parses flags, builds configuration, calls the
@@ -13,4 +13,3 @@ struct Ewall: AsyncParsableCommand {
         abstract: "EwallML: image embeddings, similar products and categories for product search.",
         subcommands: [Embed.self, Import.self, Export.self, Similar.self, Classify.self, Calibrate.self, Job.self])
 }
-

@@ -36,7 +36,8 @@ struct Job: AsyncParsableCommand {
             defer { Task { await store.close() } }
             let report: JobStatusReport
             do {
-                report = try await PostgresJobQueue.over(store).status(job: name, lease: .milliseconds(Int(leaseSeconds * 1000)))
+                report = try await PostgresJobQueue.over(store).status(
+                    job: name, lease: .milliseconds(Int(leaseSeconds * 1000)))
             } catch {
                 await store.close()
                 throw fail(Self.text(error))
@@ -83,12 +84,20 @@ struct Job: AsyncParsableCommand {
                 FileHandle.standardOutput.write(try JobText.encoder.encode(runs) + Data("\n".utf8))
                 return
             }
-            if runs.isEmpty { print("no job runs in the last \(keepDays) days"); return }
-            print("RUN    JOB                   STARTED               FINISHED              OUTCOME    QUEUED  SKIPPED  BAD")
+            if runs.isEmpty {
+                print("no job runs in the last \(keepDays) days")
+                return
+            }
+            print(
+                "RUN    JOB                   STARTED               FINISHED              OUTCOME    QUEUED  SKIPPED  BAD"
+            )
             for r in runs {
-                print(String(format: "%-6lld %-21@ %-21@ %-21@ %-10@ %6d  %7d  %3d", r.runID, r.job.prefix(21).description as NSString,
-                             JobText.time(r.startedAt) as NSString, (r.finishedAt.map(JobText.time) ?? "-") as NSString,
-                             r.outcome as NSString, r.submitted.queued, r.submitted.skipped, r.submitted.badRows))
+                print(
+                    String(
+                        format: "%-6lld %-21@ %-21@ %-21@ %-10@ %6d  %7d  %3d", r.runID,
+                        r.job.prefix(21).description as NSString,
+                        JobText.time(r.startedAt) as NSString, (r.finishedAt.map(JobText.time) ?? "-") as NSString,
+                        r.outcome as NSString, r.submitted.queued, r.submitted.skipped, r.submitted.badRows))
             }
         }
     }
@@ -96,7 +105,8 @@ struct Job: AsyncParsableCommand {
     struct Cancel: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Cancel a running job: workers finish their current batch, give back their chunks and stop.",
-            discussion: "Exit status: 0 cancelled (or already not running); 2 no such job or the store cannot be reached.")
+            discussion:
+                "Exit status: 0 cancelled (or already not running); 2 no such job or the store cannot be reached.")
 
         @Argument(help: "The job's name.")
         var name: String
@@ -112,8 +122,10 @@ struct Job: AsyncParsableCommand {
                 throw fail(Status.text(error))
             }
             await store.close()
-            print(changed ? "ewall job cancel: '\(name)' cancelled; its workers stop after their current batch"
-                          : "ewall job cancel: '\(name)' is not running; nothing to do")
+            print(
+                changed
+                    ? "ewall job cancel: '\(name)' cancelled; its workers stop after their current batch"
+                    : "ewall job cancel: '\(name)' is not running; nothing to do")
         }
     }
 }
@@ -127,8 +139,9 @@ enum JobText {
     }
 
     static func time(_ d: Date) -> String {
-        d.ISO8601Format(.iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: false)
-            .timeSeparator(.colon))
+        d.ISO8601Format(
+            .iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: false)
+                .timeSeparator(.colon))
     }
 
     static func status(_ r: JobStatusReport) -> String {
@@ -146,10 +159,11 @@ enum JobText {
         if !r.workers.isEmpty {
             out += "\n  workers:"
             for w in r.workers {
-                out += String(format: "\n    %@  %d items, %d chunks, %.1f items/s, last heartbeat %.0f s ago%@%@",
-                              w.worker as NSString, w.items, w.chunks, w.itemsPerSecond, w.silentSeconds,
-                              w.refused > 0 ? ", \(w.refused) items refused (lease taken over)" as NSString : "" as NSString,
-                              w.stale ? "  STALE: its chunks go to others" as NSString : "" as NSString)
+                out += String(
+                    format: "\n    %@  %d items, %d chunks, %.1f items/s, last heartbeat %.0f s ago%@%@",
+                    w.worker as NSString, w.items, w.chunks, w.itemsPerSecond, w.silentSeconds,
+                    w.refused > 0 ? ", \(w.refused) items refused (lease taken over)" as NSString : "" as NSString,
+                    w.stale ? "  STALE: its chunks go to others" as NSString : "" as NSString)
             }
         }
         return out

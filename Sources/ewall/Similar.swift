@@ -57,15 +57,17 @@ struct Similar: AsyncParsableCommand {
     func validate() throws {
         if productID == nil && image == nil { throw ValidationError("give a PRODUCT_ID, or --image FILE|URL") }
         if let problem = SimilarQuery(k: k, minSimilarity: minSimilarity).problem {
-            throw ValidationError(problem.replacingOccurrences(of: "min_similarity", with: "--min-similarity")
-                .replacingOccurrences(of: "k must", with: "--k must"))
+            throw ValidationError(
+                problem.replacingOccurrences(of: "min_similarity", with: "--min-similarity")
+                    .replacingOccurrences(of: "k must", with: "--k must"))
         }
     }
 
     func run() async throws {
         bootstrapLogging()
         let folder = resolvedIndexFolder(index)
-        let query = SimilarQuery(k: k, minSimilarity: minSimilarity, sameCategory: !anyCategory, inStockOnly: !includeOutOfStock)
+        let query = SimilarQuery(
+            k: k, minSimilarity: minSimilarity, sameCategory: !anyCategory, inStockOnly: !includeOutOfStock)
         let answer: SimilarAnswer
         let indexed: Indexed
         do {
@@ -91,7 +93,9 @@ struct Similar: AsyncParsableCommand {
     private typealias Indexed = (count: Int, factory: String)
 
     /// By the product's stored vector: the index and store alone, no model.
-    private func byProduct(_ id: String, folder: IndexFolder, query: SimilarQuery) async throws -> (SimilarAnswer, Indexed) {
+    private func byProduct(
+        _ id: String, folder: IndexFolder, query: SimilarQuery
+    ) async throws -> (SimilarAnswer, Indexed) {
         let store = try await database.open()
         defer { Task { await store.close() } }
         let search: ProductSearch
@@ -105,7 +109,9 @@ struct Similar: AsyncParsableCommand {
 
     /// By an image: an ``EwallService`` (model, store, index, Redis cache) answers, as it does
     /// for ewall-serve. A file is read here; an http(s) URL is fetched by the service.
-    private func byImage(_ image: String, folder: IndexFolder, query: SimilarQuery) async throws -> (SimilarAnswer, Indexed) {
+    private func byImage(
+        _ image: String, folder: IndexFolder, query: SimilarQuery
+    ) async throws -> (SimilarAnswer, Indexed) {
         let manifest: IndexManifest
         do { manifest = try folder.manifest() } catch { throw fail((error as? IndexError)?.message ?? "\(error)") }
         warnIfRandomInit(indexModelID: manifest.modelID)
@@ -139,12 +145,17 @@ struct Similar: AsyncParsableCommand {
             modelPath: model.path, storeURL: database.resolvedDB, indexPath: folder.path, rulesPath: nil,
             preprocessing: PreprocessingMode(rawValue: manifest.preprocessing) ?? .squash224,
             precision: model.precision, threads: model.threads,
-            limits: .init(maxImageBytes: limits.maxBytes, maxImagePixels: limits.maxPixels, maxBatchSize: model.batchSize),
+            limits: .init(
+                maxImageBytes: limits.maxBytes, maxImagePixels: limits.maxPixels, maxBatchSize: model.batchSize),
             urlPolicy: nil, indexWatchInterval: nil)
         configuration.device = model.device
         configuration.streams = model.streams
         configuration.precisionCachePath = model.precisionCachePath
-        configuration.redis = try redisFlags.configuration().map { var r = $0; r.connections = 1; return r }
+        configuration.redis = try redisFlags.configuration().map {
+            var r = $0
+            r.connections = 1
+            return r
+        }
         let service: EwallService
         do {
             service = try await EwallService(configuration: configuration, logger: Logger(label: "ewall"))
@@ -157,21 +168,27 @@ struct Similar: AsyncParsableCommand {
             throw fail(status.problem ?? "no index at \(folder.path): run rebuild-faiss-index")
         }
         do throws(EwallError) {
-            let answer = try await service.similar(image: source, category: category, excluding: productID, query: query)
+            let answer = try await service.similar(
+                image: source, category: category, excluding: productID, query: query)
             await service.shutdown()
             return (answer, (status.count, status.factory ?? manifest.factory))
         } catch {
             await service.shutdown()
-            throw fail(message(for: error, image: image, source: source, indexModelID: manifest.modelID, modelID: service.modelID))
+            throw fail(
+                message(
+                    for: error, image: image, source: source, indexModelID: manifest.modelID, modelID: service.modelID))
         }
     }
 
     /// The service's error, worded as this command has always worded it.
-    private func message(for e: EwallError, image: String, source: ImageSource, indexModelID: String, modelID: String) -> String {
+    private func message(
+        for e: EwallError, image: String, source: ImageSource, indexModelID: String, modelID: String
+    ) -> String {
         let isURL = if case .url = source { true } else { false }
         switch e.code {
         case "model_mismatch" where modelID != indexModelID:
-            return "the index was built from model \(indexModelID), --model is \(modelID): their vectors cannot be compared"
+            return
+                "the index was built from model \(indexModelID), --model is \(modelID): their vectors cannot be compared"
         case FailureClass.blockedURL where isURL, FailureClass.invalidURL where isURL:
             return "cannot fetch \(image): \(e.code): \(e.message)"
         case FailureClass.tooLarge where isURL && e.message.hasPrefix("\(image): "):
@@ -185,20 +202,26 @@ struct Similar: AsyncParsableCommand {
     }
 
     private func warnIfRandomInit(indexModelID: String) {
-        if let card = try? ModelCard.load(forModel: modelFlags.resolvedModel), card.modelID == indexModelID, !card.pretrained {
-            FileHandle.standardError.write(Data(("ewall: warning: the index holds vectors of a RANDOM-INIT model (\(card.modelID)): "
-                + "these neighbours carry no meaning\n").utf8))
+        if let card = try? ModelCard.load(forModel: modelFlags.resolvedModel), card.modelID == indexModelID,
+            !card.pretrained
+        {
+            FileHandle.standardError.write(
+                Data(
+                    ("ewall: warning: the index holds vectors of a RANDOM-INIT model (\(card.modelID)): "
+                        + "these neighbours carry no meaning\n").utf8))
         }
     }
 
     private func render(_ a: SimilarAnswer, indexed: Indexed) -> String {
-        var out = "similar to \(a.query ?? image ?? "?")" + (a.category.map { " (category \($0))" } ?? "")
+        var out =
+            "similar to \(a.query ?? image ?? "?")" + (a.category.map { " (category \($0))" } ?? "")
             + ": \(a.results.count) of k=\(k), from \(indexed.count) indexed (\(indexed.factory))\n"
         if !a.results.isEmpty {
             out += "  #   similarity  cosine  distance  category      stock  product / title\n"
             for (i, r) in a.results.enumerated() {
                 let stock = r.inStock.map { $0 ? "yes" : "no" } ?? "?"
-                out += String(format: "  %-3d %10.4f  %6.4f  %8.4f  ", i + 1, r.similarity, r.cosine, r.distance)
+                out +=
+                    String(format: "  %-3d %10.4f  %6.4f  %8.4f  ", i + 1, r.similarity, r.cosine, r.distance)
                     + (r.category ?? "-").padding(toLength: 12, withPad: " ", startingAt: 0) + "  "
                     + stock.padding(toLength: 5, withPad: " ", startingAt: 0) + "  " + r.productID
                     + (r.title.map { "  \($0)" } ?? "") + "\n"

@@ -22,7 +22,9 @@ struct Import: AsyncParsableCommand {
     @OptionGroup var database: DatabaseFlags
     @OptionGroup var input: InputFlags
 
-    @Option(name: .long, help: "The preprocessing the imported vectors were made with (the platform's seed used squash224).")
+    @Option(
+        name: .long, help: "The preprocessing the imported vectors were made with (the platform's seed used squash224)."
+    )
     var preprocess: PreprocessingMode = .squash224
 
     @Flag(name: .long, help: "Print the summary as JSON.")
@@ -34,8 +36,10 @@ struct Import: AsyncParsableCommand {
         let summary: VectorTransfer.ImportSummary
         do {
             let file = seedJsonl
-            summary = try await VectorTransfer.importSeed(path: file, into: store, preprocessing: preprocess.rawValue,
-                                                          rules: input.rules) { p in
+            summary = try await VectorTransfer.importSeed(
+                path: file, into: store, preprocessing: preprocess.rawValue,
+                rules: input.rules
+            ) { p in
                 FileHandle.standardError.write(Data("ewall import: \(file): \(p)\n".utf8))
             }
         } catch {
@@ -50,8 +54,9 @@ struct Import: AsyncParsableCommand {
         } else {
             let models = summary.byModel.sorted { $0.key < $1.key }.map { "\($0.key) (\(preprocess)): \($0.value)" }
                 .joined(separator: ", ")
-            print("ewall import: \(summary.imported) vectors into \(store.displayName) [\(models)], \(summary.badLines) bad lines"
-                  + (summary.notUnitNorm > 0 ? ", \(summary.notUnitNorm) not L2-normalised (stored as given)" : ""))
+            print(
+                "ewall import: \(summary.imported) vectors into \(store.displayName) [\(models)], \(summary.badLines) bad lines"
+                    + (summary.notUnitNorm > 0 ? ", \(summary.notUnitNorm) not L2-normalised (stored as given)" : ""))
         }
         if summary.badLines > 0 { throw ExitCode(ExitCodes.someFailed) }
     }
@@ -99,7 +104,9 @@ struct Export: AsyncParsableCommand {
             }
             await store.close()
             let target = jsonl ?? "\(npy!) (+ \(npy!).ids.txt)"
-            print("ewall export: \(n) vectors of \(key.key.modelID) (\(key.key.preprocessing), dim \(key.dimension)) to \(target)")
+            print(
+                "ewall export: \(n) vectors of \(key.key.modelID) (\(key.key.preprocessing), dim \(key.dimension)) to \(target)"
+            )
         } catch {
             await store.close()
             throw fail((error as? StoreError)?.message ?? (error as? ManifestError)?.message ?? "\(error)")

@@ -10,7 +10,8 @@ import Foundation
 struct RebuildFaissIndex: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rebuild-faiss-index",
-        abstract: "Build the FAISS index of the store's vectors: the right index for the catalogue's size, tuned for recall.",
+        abstract:
+            "Build the FAISS index of the store's vectors: the right index for the catalogue's size, tuned for recall.",
         discussion: """
             Reads every vector of one model id + preprocessing from the store, streaming, and \
             writes an index folder: image_index.faiss (readable by Python's faiss.read_index), \
@@ -62,7 +63,8 @@ struct RebuildFaissIndex: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The index folder.", discussion: "Default: $EWALL_INDEX, then data/faiss."))
     var out: String?
 
-    @Option(name: .long, help: "auto, or a FAISS index_factory string (Flat, IVF1024,Flat, IVF4096,PQ64x8np, HNSW32, ...).")
+    @Option(
+        name: .long, help: "auto, or a FAISS index_factory string (Flat, IVF1024,Flat, IVF4096,PQ64x8np, HNSW32, ...).")
     var index: String = "auto"
 
     @Option(name: .long, help: "Distance: l2 (the platform's; FAISS reports it squared) or ip (inner product).")
@@ -71,19 +73,30 @@ struct RebuildFaissIndex: AsyncParsableCommand {
     @Option(name: .long, help: "recall@10 an approximate index must reach against exact search.")
     var targetRecall: Double = 0.95
 
-    @Option(name: .long, help: ArgumentHelp("Memory the index's vectors may take (e.g. 512M, 8G).",
-                                            discussion: "Default: half the machine's memory."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Memory the index's vectors may take (e.g. 512M, 8G).",
+            discussion: "Default: half the machine's memory."))
     var maxMemory: String?
 
-    @Flag(name: .long, help: "Compressed kinds (SQ, PQ): no exact vectors file and no re-ranking (less disk, lower recall).")
+    @Flag(
+        name: .long,
+        help: "Compressed kinds (SQ, PQ): no exact vectors file and no re-ranking (less disk, lower recall).")
     var noRefine = false
 
-    @Option(name: .long, help: ArgumentHelp(
-        "IVF: split every list holding more than this many times the mean share of the training sample (0: off).",
-        discussion: "k-means on clustered high-dimensional vectors leaves hub centroids, the mean of many clusters, that lie near every query and collect a large share of the catalogue; each is split by k-means over its own vectors into lists of about the mean, so the index has somewhat more lists than 4*sqrt(N). The file stays a stock IndexIVF."))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "IVF: split every list holding more than this many times the mean share of the training sample (0: off).",
+            discussion:
+                "k-means on clustered high-dimensional vectors leaves hub centroids, the mean of many clusters, that lie near every query and collect a large share of the catalogue; each is split by k-means over its own vectors into lists of about the mean, so the index has somewhat more lists than 4*sqrt(N). The file stays a stock IndexIVF."
+        ))
     var maxListFactor: Double = 4
 
-    @Flag(name: .long, help: "Update the existing index (add new and changed vectors, remove deleted ones) instead of rebuilding.")
+    @Flag(
+        name: .long,
+        help: "Update the existing index (add new and changed vectors, remove deleted ones) instead of rebuilding.")
     var incremental = false
 
     @Option(name: .long, help: "Index the vectors of this model id (needed only when the store holds several).")
@@ -106,13 +119,19 @@ struct RebuildFaissIndex: AsyncParsableCommand {
 
     func validate() throws {
         guard (0...1).contains(targetRecall) else { throw ValidationError("--target-recall must be between 0 and 1") }
-        if let maxMemory, parseSize(maxMemory) == nil { throw ValidationError("--max-memory: cannot read \(maxMemory) (e.g. 512M, 8G)") }
-        guard recallQueries >= 1, threads >= 1 else { throw ValidationError("--recall-queries and --threads must be at least 1") }
-        guard maxListFactor == 0 || maxListFactor >= 1 else { throw ValidationError("--max-list-factor must be 0 (off) or at least 1") }
+        if let maxMemory, parseSize(maxMemory) == nil {
+            throw ValidationError("--max-memory: cannot read \(maxMemory) (e.g. 512M, 8G)")
+        }
+        guard recallQueries >= 1, threads >= 1 else {
+            throw ValidationError("--recall-queries and --threads must be at least 1")
+        }
+        guard maxListFactor == 0 || maxListFactor >= 1 else {
+            throw ValidationError("--max-list-factor must be 0 (off) or at least 1")
+        }
     }
 
     func run() async throws {
-        BLASCore.selectAtStartup()  // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
+        BLASCore.selectAtStartup() // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
         bootstrapLogging()
         let options = IndexBuildOptions(
             folder: resolvedIndexFolder(out), index: index, metric: metric, targetRecall: targetRecall,
@@ -123,7 +142,8 @@ struct RebuildFaissIndex: AsyncParsableCommand {
         let display = BuildProgressDisplay(terminal: isatty(STDERR_FILENO) != 0)
         // Nothing is published before the final rename: an interrupted build leaves the old index.
         let signals = SignalHandler { sig in
-            FileHandle.standardError.write(Data("\nrebuild-faiss-index: interrupted; the index folder is unchanged\n".utf8))
+            FileHandle.standardError.write(
+                Data("\nrebuild-faiss-index: interrupted; the index folder is unchanged\n".utf8))
             Foundation.exit(ExitCodes.interrupted(by: sig))
         }
         let summary: IndexBuildSummary

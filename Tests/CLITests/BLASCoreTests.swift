@@ -29,8 +29,9 @@ struct BLASCoreTests {
         #expect(BLASCore.better(current: nil, cpu: "SkylakeX") == nil)
     }
 
-    @Test("FAISS's BLAS results under the generic kernels, Haswell's and SkylakeX's (those this CPU runs) are the same",
-          .enabled(if: DistanceKernel.blasCore != nil, "the BLAS is not OpenBLAS"))
+    @Test(
+        "FAISS's BLAS results under the generic kernels, Haswell's and SkylakeX's (those this CPU runs) are the same",
+        .enabled(if: DistanceKernel.blasCore != nil, "the BLAS is not OpenBLAS"))
     func sameResults() throws {
         let generic = try Self.check(["OPENBLAS_CORETYPE": "Prescott", "EWALL_BLAS_CORE": "keep"])
         #expect(generic.core == "Prescott")
@@ -42,17 +43,20 @@ struct BLASCoreTests {
         for family in families {
             // Chosen the way the tools choose it: EWALL_BLAS_CORE makes the process re-execute itself.
             let r = try Self.check(["EWALL_BLAS_CORE": family])
-            #expect(r.core == family && (!r.replaced.isEmpty || own == family), "\(family): ran \(r.core), OpenBLAS's own \(own)")
+            #expect(
+                r.core == family && (!r.replaced.isEmpty || own == family),
+                "\(family): ran \(r.core), OpenBLAS's own \(own)")
             #expect(r.ids.count == generic.ids.count)
             var differ = 0
             for i in r.ids.indices where r.ids[i] != generic.ids[i] {
-                differ += 1  // only exact ties may swap: then the distances agree
+                differ += 1 // only exact ties may swap: then the distances agree
                 #expect(abs(r.distances[i] - generic.distances[i]) <= 1e-5 * max(1, abs(generic.distances[i])))
             }
             #expect(differ <= 2, "\(family): \(differ) ids differ")
             for i in r.distances.indices {
-                #expect(abs(r.distances[i] - generic.distances[i]) <= 1e-5 * max(1, abs(generic.distances[i])),
-                        "\(family) distance \(i): \(r.distances[i]) vs \(generic.distances[i])")
+                #expect(
+                    abs(r.distances[i] - generic.distances[i]) <= 1e-5 * max(1, abs(generic.distances[i])),
+                    "\(family) distance \(i): \(r.distances[i]) vs \(generic.distances[i])")
             }
         }
     }

@@ -15,7 +15,9 @@ struct EmbedCLITests {
         let good = try Fixtures.photos()[0]
         let r = try ewall(["embed", "--json", good, Fixtures.image("truncated_half.jpg"), Fixtures.image("scan.tiff")])
         #expect(r.status == 0, "\(r.stderr)")
-        let lines = r.stdout.split(separator: "\n").map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        let lines = r.stdout.split(separator: "\n").map {
+            try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
         #expect(lines.count == 3)
         #expect(lines[0]["ok"] as? Bool == true)
         let v = try #require(lines[0]["vector"] as? [Double])
@@ -73,7 +75,10 @@ struct EmbedCLITests {
         #expect(r.status == 0)
         #expect(r.stdout.contains("ok  dim 2048"))
         #expect(r.stdout.contains("FAILED too_many_pixels"))
-        let card = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: ModelCard.path(forModel: Fixtures.model)))) as! [String: Any]
+        let card =
+            try JSONSerialization.jsonObject(
+                with: Data(contentsOf: URL(fileURLWithPath: ModelCard.path(forModel: Fixtures.model))))
+            as! [String: Any]
         if card["pretrained"] as? Bool == false {
             #expect(r.stderr.contains("RANDOM-INIT"))
         }
@@ -106,8 +111,10 @@ struct EmbedCLITests {
     @Test("--help documents the flags")
     func help() throws {
         let r = try ewall(["embed", "--help"])
-        for flag in ["--model", "--precision", "--streams", "--preprocess", "--json", "--npy", "--max-pixels", "EWALL_MODEL",
-                     "squash224"] {
+        for flag in [
+            "--model", "--precision", "--streams", "--preprocess", "--json", "--npy", "--max-pixels", "EWALL_MODEL",
+            "squash224",
+        ] {
             #expect(r.stdout.contains(flag), "--help lacks \(flag)")
         }
     }

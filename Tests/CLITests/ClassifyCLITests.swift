@@ -12,18 +12,24 @@ struct ClassifyCLITests {
     /// rest `generic`, every third of those titled with a Korean keyword.
     func catalogue() async throws -> (env: [String: String], dir: URL, cluster: [Int]) {
         let data = SyntheticVectors(count: 300, dimension: 32, clusters: 3, seed: 5)
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-classify-cli-\(UUID().uuidString)")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "ewall-classify-cli-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let db = "sqlite:\(dir.path)/store.sqlite"
         let store = try await StoreLocation(parsing: db).open()
-        try await store.upsertProducts((0..<300).map { i in
-            let id = String(format: "p%04d", i)
-            return i < 150 ? Product(id: id, title: "item \(i)", category: "cat\(data.cluster[i])")
-                : Product(id: id, title: i % 3 == 0 ? "여성 구스다운 롱패딩 \(i)" : "item \(i)", category: "generic")
-        }, source: .manifest)
-        try await store.write(WriteBatch(embeddings: (0..<300).map {
-            StoredEmbedding(productID: String(format: "p%04d", $0), imageURL: "u\($0)", key: Self.key, vector: data.row($0))
-        }))
+        try await store.upsertProducts(
+            (0..<300).map { i in
+                let id = String(format: "p%04d", i)
+                return i < 150
+                    ? Product(id: id, title: "item \(i)", category: "cat\(data.cluster[i])")
+                    : Product(id: id, title: i % 3 == 0 ? "여성 구스다운 롱패딩 \(i)" : "item \(i)", category: "generic")
+            }, source: .manifest)
+        try await store.write(
+            WriteBatch(
+                embeddings: (0..<300).map {
+                    StoredEmbedding(
+                        productID: String(format: "p%04d", $0), imageURL: "u\($0)", key: Self.key, vector: data.row($0))
+                }))
         await store.close()
         return (["EWALL_DB": db, "EWALL_MODEL": "/nonexistent.pt"], dir, data.cluster)
     }
@@ -90,7 +96,9 @@ struct ClassifyCLITests {
         let both = try tool("ewall", ["classify", "--all", "--only-generic"], env: env)
         #expect(both.status != 0 && both.stderr.contains("one of them"))
         let help = try tool("ewall", ["classify", "--help"], env: env)
-        for flag in ["--only-generic", "--all", "--db", "--threshold", "--method", "--rules", "--apply", "--dry-run", "--json"] {
+        for flag in [
+            "--only-generic", "--all", "--db", "--threshold", "--method", "--rules", "--apply", "--dry-run", "--json",
+        ] {
             #expect(help.stdout.contains(flag), "\(flag)")
         }
         #expect(help.stdout.contains("random-init"))
@@ -105,7 +113,8 @@ struct ClassifyCLITests {
         #expect(text.stdout.contains("calibration on 150 products"))
         #expect(text.stdout.contains("confusion at threshold 0.35"))
         #expect(text.stdout.contains("     0.10") && text.stdout.contains("     0.90"))
-        let json = try tool("ewall", ["calibrate", "--json", "--method", "knn", "--target-precision", "0.95"], env: env)
+        let json = try tool(
+            "ewall", ["calibrate", "--json", "--method", "knn", "--target-precision", "0.95"], env: env)
         let r = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as! [String: Any]
         #expect(r["products"] as? Int == 150)
         #expect(r["method"] as? String == "knn")

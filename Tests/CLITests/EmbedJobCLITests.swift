@@ -6,7 +6,10 @@ import Testing
 
 /// A built executable next to this test bundle (or in .build/debug).
 func executable(_ name: String) throws -> URL {
-    let candidates = [Bundle.main.bundleURL.appendingPathComponent(name), Fixtures.root.appendingPathComponent(".build/debug/\(name)")]
+    let candidates = [
+        Bundle.main.bundleURL.appendingPathComponent(name),
+        Fixtures.root.appendingPathComponent(".build/debug/\(name)"),
+    ]
     guard let exe = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
         throw Fixtures.Missing(description: "\(name) not built: run `swift build --build-tests` (make test does)")
     }
@@ -42,8 +45,10 @@ final class JobProcess {
 
     func wait() -> (status: Int32, stdout: String, stderr: String) {
         process.waitUntilExit()
-        return (process.terminationStatus, (try? String(contentsOf: out, encoding: .utf8)) ?? "",
-                (try? String(contentsOf: err, encoding: .utf8)) ?? "")
+        return (
+            process.terminationStatus, (try? String(contentsOf: out, encoding: .utf8)) ?? "",
+            (try? String(contentsOf: err, encoding: .utf8)) ?? ""
+        )
     }
 
     /// Waits at most `limit`; a process still running then is killed (SIGKILL), so a hang
@@ -129,7 +134,9 @@ struct EmbedJobCLITests {
         let (server, manifest) = try Self.catalogue(400, delay: .milliseconds(100))
         defer { server.shutdown() }
         let db = Self.freshDB()
-        let job = try JobProcess(["--manifest", manifest, "--db", db, "--batch-size", "8", "--concurrency", "8", "--json"])
+        let job = try JobProcess([
+            "--manifest", manifest, "--db", db, "--batch-size", "8", "--concurrency", "8", "--json",
+        ])
         while try await Self.embedded(db) < 8 {
             if !job.process.isRunning { break }
             try await Task.sleep(for: .milliseconds(50))
@@ -159,10 +166,10 @@ struct EmbedJobCLITests {
 
         let manifest = FileManager.default.temporaryDirectory.appendingPathComponent("m-\(UUID()).jsonl").path
         try """
-            {"product_id": "a", "image_url": "\(server.url("/img/1.jpg"))"}
-            {"product_id": "b", "image_url": "\(Fixtures.image("truncated_half.jpg"))"}
-            {"product_id": "", "image_url": "\(server.url("/img/2.jpg"))"}
-            """.write(toFile: manifest, atomically: true, encoding: .utf8)
+        {"product_id": "a", "image_url": "\(server.url("/img/1.jpg"))"}
+        {"product_id": "b", "image_url": "\(Fixtures.image("truncated_half.jpg"))"}
+        {"product_id": "", "image_url": "\(server.url("/img/2.jpg"))"}
+        """.write(toFile: manifest, atomically: true, encoding: .utf8)
         let failures = FileManager.default.temporaryDirectory.appendingPathComponent("f-\(UUID()).jsonl").path
         let some = try JobProcess.run(["--manifest", manifest, "--db", db, "--failures", failures])
         #expect(some.status == 1)
@@ -177,7 +184,8 @@ struct EmbedJobCLITests {
         let again = try JobProcess.run(["--manifest", manifest, "--db", db, "--json"])
         #expect(again.status == 1)
         let counts = try #require(try Self.summary(again.stdout)["counts"] as? [String: Any])
-        #expect(counts["skipped"] as? Int == 1 && counts["skipped_failed"] as? Int == 1 && counts["bad_rows"] as? Int == 1)
+        #expect(
+            counts["skipped"] as? Int == 1 && counts["skipped_failed"] as? Int == 1 && counts["bad_rows"] as? Int == 1)
     }
 
     @Test("systemic errors exit 2 with a message that says what to do")
@@ -199,9 +207,11 @@ struct EmbedJobCLITests {
     @Test("--help documents the flags and the exit status")
     func help() throws {
         let r = try JobProcess.run(["--help"])
-        for text in ["--manifest", "--db", "--per-host", "--retry-failed", "--force", "--failures", "--json", "Exit status",
-                     "$EWALL_DB", "--job", "--worker", "--chunk-size", "--lease-seconds", "--heartbeat-seconds", "--store-wait",
-                     "--max-id-bytes", "--item-deadline"] {
+        for text in [
+            "--manifest", "--db", "--per-host", "--retry-failed", "--force", "--failures", "--json", "Exit status",
+            "$EWALL_DB", "--job", "--worker", "--chunk-size", "--lease-seconds", "--heartbeat-seconds", "--store-wait",
+            "--max-id-bytes", "--item-deadline",
+        ] {
             #expect(r.stdout.contains(text), "\(text) missing from --help")
         }
     }
@@ -217,12 +227,19 @@ struct TransferCLITests {
         var lines: [String] = []
         for i in 0..<5 {
             let v = (0..<2048).map { Double(($0 * 7 + i) % 13) / 13 }
-            let obj: [String: Any] = ["product_id": "p\(i)", "image_url": "https://cdn/p\(i).jpg", "model_version": "django-resnet50-v1",
-                                      "embedding_vector": v, "title": "패딩 \(i)", "category": "down", "in_stock": i % 2 == 0]
-            lines.append(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+            let obj: [String: Any] = [
+                "product_id": "p\(i)", "image_url": "https://cdn/p\(i).jpg", "model_version": "django-resnet50-v1",
+                "embedding_vector": v, "title": "패딩 \(i)", "category": "down", "in_stock": i % 2 == 0,
+            ]
+            lines.append(
+                String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self)
+            )
         }
-        lines.append(#"{"product_id": "bad", "image_url": "u", "model_version": "django-resnet50-v1", "embedding_vector": [1, "x"]}"#)
-        try lines.joined(separator: "\n").write(toFile: dir.appendingPathComponent("seed.jsonl").path, atomically: true, encoding: .utf8)
+        lines.append(
+            #"{"product_id": "bad", "image_url": "u", "model_version": "django-resnet50-v1", "embedding_vector": [1, "x"]}"#
+        )
+        try lines.joined(separator: "\n").write(
+            toFile: dir.appendingPathComponent("seed.jsonl").path, atomically: true, encoding: .utf8)
 
         let imported = try ewall(["import", "--seed-jsonl", dir.appendingPathComponent("seed.jsonl").path, "--db", db])
         #expect(imported.status == 1)
@@ -250,8 +267,10 @@ struct TransferCLITests {
 
         // Another model's vectors in the same store: export must be told which.
         let other = dir.appendingPathComponent("other.jsonl").path
-        try String(contentsOfFile: out, encoding: .utf8).replacingOccurrences(of: "django-resnet50-v1", with: "django-resnet50-v2")
-            .write(toFile: other, atomically: true, encoding: .utf8)
+        try String(contentsOfFile: out, encoding: .utf8).replacingOccurrences(
+            of: "django-resnet50-v1", with: "django-resnet50-v2"
+        )
+        .write(toFile: other, atomically: true, encoding: .utf8)
         #expect(try ewall(["import", "--seed-jsonl", other, "--db", db]).status == 0)
         let mixed = try ewall(["export", "--jsonl", out, "--db", db])
         #expect(mixed.status == 2)

@@ -12,14 +12,17 @@ struct HostileJobCLITests {
         try await EmbedJobCLITests.embedded(db)
     }
 
-    @Test("stored ids are the manifest's bytes; NUL, invalid UTF-8 and over-long ids are bad rows",
-          arguments: StoreKind.allCases)
+    @Test(
+        "stored ids are the manifest's bytes; NUL, invalid UTF-8 and over-long ids are bad rows",
+        arguments: StoreKind.allCases)
     func exactIDsThroughTheJob(_ kind: StoreKind) async throws {
         let image = try Fixtures.bytes(try Fixtures.photos()[0])
         let server = try TestHTTPServer { _ in .init(headers: [("Content-Type", "image/jpeg")], body: image) }
         defer { server.shutdown() }
-        let good = ["구스다운-롱패딩_01", "👟🧥-2", "MixedCase-ID", "mixedcase-id", "with space",
-                    String(repeating: "가", count: 85) + "z"]
+        let good = [
+            "구스다운-롱패딩_01", "👟🧥-2", "MixedCase-ID", "mixedcase-id", "with space",
+            String(repeating: "가", count: 85) + "z",
+        ]
         var lines: [[UInt8]] = [Array("product_id,image_url".utf8)]
         for (i, id) in good.enumerated() { lines.append(Array("\"\(id)\",\(server.url("/\(i).jpg"))".utf8)) }
         lines.append(Array("a".utf8) + [0] + Array("x,\(server.url("/x.jpg"))".utf8))
@@ -61,8 +64,10 @@ struct HostileJobCLITests {
         let (server, manifest) = try EmbedJobCLITests.catalogue(200, delay: .milliseconds(60))
         defer { server.shutdown() }
         let db = try await PostgresServer.freshDatabase()
-        let job = try JobProcess(["--manifest", manifest, "--db", db, "--batch-size", "8", "--concurrency", "8",
-                                  "--json", "--store-wait", "3", "--progress-interval", "0.3"])
+        let job = try JobProcess([
+            "--manifest", manifest, "--db", db, "--batch-size", "8", "--concurrency", "8",
+            "--json", "--store-wait", "3", "--progress-interval", "0.3",
+        ])
         while try await Self.postgresCount(db) < 8 {
             #expect(job.process.isRunning, "the job ended before the store could be stopped")
             if !job.process.isRunning { return }
@@ -77,7 +82,8 @@ struct HostileJobCLITests {
         #expect(r.status == 2, "\(r.stderr.suffix(2000))")
         #expect(took < .seconds(25), "gave up after \(took)")
         #expect(r.stderr.contains("STORE NOT ANSWERING"), "\(r.stderr.suffix(2000))")
-        #expect(r.stderr.contains("onnection refused") || r.stderr.contains("shutting down"), "\(r.stderr.suffix(2000))")
+        #expect(
+            r.stderr.contains("onnection refused") || r.stderr.contains("shutting down"), "\(r.stderr.suffix(2000))")
         #expect(r.stderr.contains("ewall: error: the store postgres://postgres@127.0.0.1"), "\(r.stderr.suffix(2000))")
         #expect(!r.stderr.contains("ircuit"), "the pool's internals leak into the message")
         let summary = try EmbedJobCLITests.summary(r.stdout)
@@ -99,8 +105,10 @@ struct HostileJobCLITests {
         let (server, manifest) = try EmbedJobCLITests.catalogue(160, delay: .milliseconds(60))
         defer { server.shutdown() }
         let db = try await PostgresServer.freshDatabase()
-        let job = try JobProcess(["--manifest", manifest, "--db", db, "--batch-size", "8", "--concurrency", "8",
-                                  "--json", "--store-wait", "60", "--progress-interval", "0.3"])
+        let job = try JobProcess([
+            "--manifest", manifest, "--db", db, "--batch-size", "8", "--concurrency", "8",
+            "--json", "--store-wait", "60", "--progress-interval", "0.3",
+        ])
         while try await Self.postgresCount(db) < 8 {
             #expect(job.process.isRunning, "the job ended before the store could be restarted")
             if !job.process.isRunning { return }
@@ -129,7 +137,9 @@ struct HostileJobCLITests {
         defer { server.shutdown() }
         let port = try PostgresServer.port()
         let start = ContinuousClock.now
-        let r = try JobProcess.run(["--manifest", manifest, "--db", "postgres://postgres:hunter2@127.0.0.1:\(port)/nodb"])
+        let r = try JobProcess.run([
+            "--manifest", manifest, "--db", "postgres://postgres:hunter2@127.0.0.1:\(port)/nodb",
+        ])
         #expect(ContinuousClock.now - start < .seconds(8))
         #expect(r.status == 2)
         #expect(r.stderr.contains(#"PostgreSQL refused: database "nodb" does not exist"#), "\(r.stderr)")

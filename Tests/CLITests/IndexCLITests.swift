@@ -6,8 +6,13 @@ import Foundation
 import Testing
 
 /// Runs one of the built executables (next to this test bundle in .build/<config>/).
-func tool(_ name: String, _ args: [String], env: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
-    let candidates = [Bundle.main.bundleURL.appendingPathComponent(name), Fixtures.root.appendingPathComponent(".build/debug/\(name)")]
+func tool(
+    _ name: String, _ args: [String], env: [String: String] = [:]
+) throws -> (status: Int32, stdout: String, stderr: String) {
+    let candidates = [
+        Bundle.main.bundleURL.appendingPathComponent(name),
+        Fixtures.root.appendingPathComponent(".build/debug/\(name)"),
+    ]
     guard let exe = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
         throw Fixtures.Missing(description: "\(name) not built: run `swift build --build-tests` (make test does)")
     }
@@ -37,17 +42,25 @@ struct IndexCLITests {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let db = "sqlite:\(dir.path)/store.sqlite"
         let store = try await StoreLocation(parsing: db).open()
-        try await store.upsertProducts((0..<600).map {
-            Product(id: String(format: "p%04d", $0), title: "item \($0)", category: "cat\(data.cluster[$0] % 3)", inStock: $0 % 4 != 0)
-        }, source: .manifest)
-        try await store.write(WriteBatch(embeddings: (0..<600).map {
-            StoredEmbedding(productID: String(format: "p%04d", $0), imageURL: "u\($0)", key: key, vector: data.row($0))
-        }))
+        try await store.upsertProducts(
+            (0..<600).map {
+                Product(
+                    id: String(format: "p%04d", $0), title: "item \($0)", category: "cat\(data.cluster[$0] % 3)",
+                    inStock: $0 % 4 != 0)
+            }, source: .manifest)
+        try await store.write(
+            WriteBatch(
+                embeddings: (0..<600).map {
+                    StoredEmbedding(
+                        productID: String(format: "p%04d", $0), imageURL: "u\($0)", key: key, vector: data.row($0))
+                }))
         await store.close()
         return (db, dir)
     }
 
-    @Test("Builds from $EWALL_DB into $EWALL_INDEX, prints a summary (--json too), and ewall similar answers with the defaults")
+    @Test(
+        "Builds from $EWALL_DB into $EWALL_INDEX, prints a summary (--json too), and ewall similar answers with the defaults"
+    )
     func buildAndSearch() async throws {
         let (db, dir) = try await catalogue()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -74,47 +87,67 @@ struct IndexCLITests {
         let answer = try JSONSerialization.jsonObject(with: Data(a.stdout.utf8)) as! [String: Any]
         let results = try #require(answer["results"] as? [[String: Any]])
         #expect(results.count == 10)
-        #expect(results.allSatisfy { $0["product_id"] as? String != "p0001" && $0["category"] as? String == answer["category"] as? String })
+        #expect(
+            results.allSatisfy {
+                $0["product_id"] as? String != "p0001" && $0["category"] as? String == answer["category"] as? String
+            })
         #expect(results.allSatisfy { $0["in_stock"] as? Bool == true })
-        #expect(results.allSatisfy { r in
-            let d = r["distance"] as! Double, sim = r["similarity"] as! Double
-            return abs(sim - 1 / (1 + d)) < 1e-9
-        })
-        let wide = try tool("ewall", ["similar", "p0001", "--json", "--min-similarity", "0", "--any-category",
-                                      "--include-out-of-stock", "--k", "40"], env: env)
-        let all = (try JSONSerialization.jsonObject(with: Data(wide.stdout.utf8)) as! [String: Any])["results"] as! [[String: Any]]
+        #expect(
+            results.allSatisfy { r in
+                let d = r["distance"] as! Double, sim = r["similarity"] as! Double
+                return abs(sim - 1 / (1 + d)) < 1e-9
+            })
+        let wide = try tool(
+            "ewall",
+            [
+                "similar", "p0001", "--json", "--min-similarity", "0", "--any-category",
+                "--include-out-of-stock", "--k", "40",
+            ], env: env)
+        let all =
+            (try JSONSerialization.jsonObject(with: Data(wide.stdout.utf8)) as! [String: Any])["results"]
+            as! [[String: Any]]
         #expect(all.count == 40 && all.contains { $0["in_stock"] as? Bool == false })
         let table = try tool("ewall", ["similar", "p0002", "--min-similarity", "0"], env: env)
         #expect(table.status == 0 && table.stdout.contains("similarity") && table.stdout.contains("p0"))
 
         let unknown = try tool("ewall", ["similar", "nope"], env: env)
         #expect(unknown.status == 1 && unknown.stderr.contains("unknown product nope"))
-        let noIndex = try tool("ewall", ["similar", "p0001", "--index", dir.appendingPathComponent("none").path], env: env)
+        let noIndex = try tool(
+            "ewall", ["similar", "p0001", "--index", dir.appendingPathComponent("none").path], env: env)
         #expect(noIndex.status == 2 && noIndex.stderr.contains("run rebuild-faiss-index"))
     }
 
-    @Test("ewall similar --image: embedded by the service; PRODUCT_ID gives the category and is excluded; an unknown product exits 1; an index of another model exits 2")
+    @Test(
+        "ewall similar --image: embedded by the service; PRODUCT_ID gives the category and is excluded; an unknown product exits 1; an index of another model exits 2"
+    )
     func byImage() async throws {
         let card = try #require(try ModelCard.load(forModel: Fixtures.model))
         let photo = Fixtures.image("baseline_600x400.jpg")
-        let (db, dir) = try await catalogue(key: ModelKey(modelID: card.modelID, preprocessing: "squash224"), dimension: 2048)
+        let (db, dir) = try await catalogue(
+            key: ModelKey(modelID: card.modelID, preprocessing: "squash224"), dimension: 2048)
         defer { try? FileManager.default.removeItem(at: dir) }
         let env = ["EWALL_DB": db, "EWALL_INDEX": dir.appendingPathComponent("faiss").path]
         let built = try tool("rebuild-faiss-index", [], env: env)
         #expect(built.status == 0, "\(built.stderr)")
         let model = ["--model", Fixtures.model, "--batch-size", "1", "--threads", "1"]
 
-        let a = try tool("ewall", ["similar", "p0001", "--image", photo, "--json", "--min-similarity", "0", "--k", "5"] + model, env: env)
+        let a = try tool(
+            "ewall", ["similar", "p0001", "--image", photo, "--json", "--min-similarity", "0", "--k", "5"] + model,
+            env: env)
         #expect(a.status == 0, "\(a.stderr)")
         let answer = try JSONSerialization.jsonObject(with: Data(a.stdout.utf8)) as! [String: Any]
         let results = try #require(answer["results"] as? [[String: Any]])
         #expect(results.count == 5 && answer["category"] as? String != nil)
-        #expect(results.allSatisfy { $0["product_id"] as? String != "p0001" && $0["category"] as? String == answer["category"] as? String })
+        #expect(
+            results.allSatisfy {
+                $0["product_id"] as? String != "p0001" && $0["category"] as? String == answer["category"] as? String
+            })
         if !card.pretrained { #expect(a.stderr.contains("RANDOM-INIT")) }
 
         let unknown = try tool("ewall", ["similar", "nope", "--image", photo] + model, env: env)
         #expect(unknown.status == 1 && unknown.stderr.contains("unknown product nope"), "\(unknown.stderr)")
-        let missing = try tool("ewall", ["similar", "--image", dir.appendingPathComponent("none.jpg").path] + model, env: env)
+        let missing = try tool(
+            "ewall", ["similar", "--image", dir.appendingPathComponent("none.jpg").path] + model, env: env)
         #expect(missing.status == 2 && missing.stderr.contains("cannot read"), "\(missing.stderr)")
 
         let (otherDB, otherDir) = try await catalogue()
@@ -123,7 +156,9 @@ struct IndexCLITests {
         #expect(try tool("rebuild-faiss-index", [], env: otherEnv).status == 0)
         let mismatch = try tool("ewall", ["similar", "--image", photo, "--category", "cat0"] + model, env: otherEnv)
         #expect(mismatch.status == 2, "\(mismatch.stderr)")
-        #expect(mismatch.stderr.contains("the index was built from model synthetic@cli, --model is \(card.modelID)"), "\(mismatch.stderr)")
+        #expect(
+            mismatch.stderr.contains("the index was built from model synthetic@cli, --model is \(card.modelID)"),
+            "\(mismatch.stderr)")
     }
 
     @Test("A rebuild while another holds the lock exits 2 and says who holds it; the index stays as it was")
@@ -142,7 +177,10 @@ struct IndexCLITests {
     @Test("--help documents the choices, the defaults and the exit codes")
     func help() throws {
         let r = try tool("rebuild-faiss-index", ["--help"])
-        for s in ["--index", "--metric", "--target-recall", "--max-memory", "--incremental", "$EWALL_INDEX", "IVF-Flat", "Exit status"] {
+        for s in [
+            "--index", "--metric", "--target-recall", "--max-memory", "--incremental", "$EWALL_INDEX", "IVF-Flat",
+            "Exit status",
+        ] {
             #expect(r.stdout.contains(s), "\(s)")
         }
         let s = try tool("ewall", ["similar", "--help"])

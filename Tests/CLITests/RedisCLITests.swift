@@ -6,9 +6,13 @@ import Testing
 
 /// `ewall-embed --redis` as the platform runs it: several worker processes on one job and one
 /// Redis. PostgreSQL and Redis are real servers on loopback.
-@Suite("ewall-embed with Redis", .serialized, .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
+@Suite(
+    "ewall-embed with Redis", .serialized,
+    .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
 struct RedisCLITests {
-    @Test("three workers with --per-host 4 against one image server: never more than 4 in flight; the job's status, history and lock under batch:*")
+    @Test(
+        "three workers with --per-host 4 against one image server: never more than 4 in flight; the job's status, history and lock under batch:*"
+    )
     func threeWorkersShareLimitsAndStatus() async throws {
         let redis = try RedisServer()
         let (server, manifest) = try SharedJobCLITests.catalogue(48, delay: .milliseconds(60))
@@ -17,8 +21,12 @@ struct RedisCLITests {
         let sub = try SharedJobCLITests.submit(manifest, db, "catalogue")
         #expect(sub.status == 0, "\(sub.stderr)")
         let workers = try (0..<3).map {
-            try SharedJobCLITests.worker(db, "catalogue", ["--worker-name", "w\($0)", "--redis", redis.url(), "--per-host", "4",
-                                                           "--concurrency", "16"])
+            try SharedJobCLITests.worker(
+                db, "catalogue",
+                [
+                    "--worker-name", "w\($0)", "--redis", redis.url(), "--per-host", "4",
+                    "--concurrency", "16",
+                ])
         }
         // While they run, the lock names one of them and the status is the job's.
         var sawLock = false, sawStatus = false
@@ -33,7 +41,9 @@ struct RedisCLITests {
         #expect(server.maxInFlight <= 4, "the image server saw \(server.maxInFlight) requests at once")
         try await SharedJobCLITests.expectEachItemOnce(db, "catalogue", items: 48)
         // Done: the final status, one history entry for the run, the lock gone.
-        let status = try JSONSerialization.jsonObject(with: Data(redis.cli(["GET", "batch:status:catalogue"]).utf8)) as? [String: Any]
+        let status =
+            try JSONSerialization.jsonObject(with: Data(redis.cli(["GET", "batch:status:catalogue"]).utf8))
+            as? [String: Any]
         #expect(status?["status"] as? String == "done" && status?["done"] as? Int == 48)
         let runID = try await SharedJobCLITests.status(db, "catalogue").runID
         #expect(redis.cli(["HGET", "batch:history:catalogue", "\(runID)"]).contains("\"status\":\"done\""))

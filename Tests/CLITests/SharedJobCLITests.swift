@@ -11,8 +11,11 @@ struct SharedJobCLITests {
     /// `n` rows over the 8 sample photos; each served with 4 bytes of its index after the JPEG's
     /// end (decoders ignore them), so every item has distinct bytes and runs the model, while
     /// items of the same photo must get the same vector.
-    static func catalogue(_ n: Int, delay: Duration = .milliseconds(20), host: String = "127.0.0.1")
-        throws -> (TestHTTPServer, String) {
+    static func catalogue(
+        _ n: Int, delay: Duration = .milliseconds(20), host: String = "127.0.0.1"
+    )
+        throws -> (TestHTTPServer, String)
+    {
         let photos = try Fixtures.photos().prefix(8).map { try Fixtures.bytes($0) }
         let server = try TestHTTPServer(host: host) { req in
             let i = Int(req.path.dropFirst(5).prefix(while: \.isNumber)) ?? 0
@@ -26,15 +29,21 @@ struct SharedJobCLITests {
         return (server, manifest)
     }
 
-    static let fast = ["--batch-size", "8", "--concurrency", "8", "--lease-seconds", "3", "--heartbeat-seconds", "0.5",
-                       "--progress-interval", "1"]
+    static let fast = [
+        "--batch-size", "8", "--concurrency", "8", "--lease-seconds", "3", "--heartbeat-seconds", "0.5",
+        "--progress-interval", "1",
+    ]
 
-    static func submit(_ manifest: String, _ db: String, _ job: String, _ extra: [String] = [], chunkSize: Int = 16)
-        throws -> (status: Int32, stdout: String, stderr: String) {
+    static func submit(
+        _ manifest: String, _ db: String, _ job: String, _ extra: [String] = [], chunkSize: Int = 16
+    )
+        throws -> (status: Int32, stdout: String, stderr: String)
+    {
         try JobProcess.run(["--manifest", manifest, "--db", db, "--job", job, "--chunk-size", "\(chunkSize)"] + extra)
     }
 
-    static func worker(_ db: String, _ job: String, _ extra: [String] = [], prefix: [String] = []) throws -> JobProcess {
+    static func worker(_ db: String, _ job: String, _ extra: [String] = [], prefix: [String] = []) throws -> JobProcess
+    {
         try JobProcess(["--db", db, "--job", job, "--worker", "--json"] + fast + extra, prefix: prefix)
     }
 
@@ -49,21 +58,26 @@ struct SharedJobCLITests {
         defer { Task { await store.close() } }
         guard let key = try await store.modelKeys().first?.key else { return [:] }
         var out: [String: [Float]] = [:]
-        for row in try await store.embeddings(key: key, after: nil, limit: 100_000) { out[row.embedding.productID] = row.embedding.vector }
+        for row in try await store.embeddings(key: key, after: nil, limit: 100_000) {
+            out[row.embedding.productID] = row.embedding.vector
+        }
         return out
     }
 
     /// Every item committed exactly once: the job's chunks have nothing pending, the workers'
     /// committed counts add up to the items (a double commit would add more), one vector and
     /// one ledger row each.
-    static func expectEachItemOnce(_ db: String, _ job: String, items n: Int,
-                                   sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    static func expectEachItemOnce(
+        _ db: String, _ job: String, items n: Int,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws {
         let s = try await status(db, job)
         #expect(s.status == "done", sourceLocation: sourceLocation)
         #expect(s.total == n && s.done == n, "total \(s.total), done \(s.done)", sourceLocation: sourceLocation)
         #expect(s.embedded == n, "embedded \(s.embedded), failed \(s.failed)", sourceLocation: sourceLocation)
-        #expect(s.workers.map(\.items).reduce(0, +) == n, "committed \(s.workers.map(\.items)) for \(n) items",
-                sourceLocation: sourceLocation)
+        #expect(
+            s.workers.map(\.items).reduce(0, +) == n, "committed \(s.workers.map(\.items)) for \(n) items",
+            sourceLocation: sourceLocation)
         let store = try await StoreLocation(parsing: db).open()
         let key = try #require(try await store.modelKeys().first?.key)
         #expect(try await store.ledgerCounts(key: key) == ["embedded": n], sourceLocation: sourceLocation)
@@ -80,8 +94,10 @@ struct SharedJobCLITests {
         return try await vectors(db)
     }
 
-    static func expectSameVectors(_ got: [String: [Float]], _ want: [String: [Float]],
-                                  sourceLocation: SourceLocation = #_sourceLocation) {
+    static func expectSameVectors(
+        _ got: [String: [Float]], _ want: [String: [Float]],
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         #expect(Set(got.keys) == Set(want.keys), sourceLocation: sourceLocation)
         var worst: Float = 0
         for (id, v) in got { if let w = want[id] { worst = max(worst, zip(v, w).map { abs($0 - $1) }.max() ?? 0) } }
@@ -96,7 +112,9 @@ struct SharedJobCLITests {
         let db = try await PostgresServer.freshDatabase()
         let sub = try Self.submit(manifest, db, "nightly")
         #expect(sub.status == 0, "\(sub.stderr)")
-        #expect(sub.stderr.contains("submitted job 'nightly'") && sub.stderr.contains("queued 96 in 6 chunks"), "\(sub.stderr)")
+        #expect(
+            sub.stderr.contains("submitted job 'nightly'") && sub.stderr.contains("queued 96 in 6 chunks"),
+            "\(sub.stderr)")
         #expect(server.totalHits == 0, "submitting fetches nothing")
         let queued = try await Self.status(db, "nightly")
         #expect(queued.status == "running" && queued.total == 96 && queued.done == 0 && queued.chunks == 6)
@@ -118,7 +136,9 @@ struct SharedJobCLITests {
         #expect((ea ?? 0) + (eb ?? 0) == 96)
         try await Self.expectEachItemOnce(db, "nightly", items: 96)
         let text = try ewall(["job", "status", "nightly", "--db", db])
-        #expect(text.status == 0 && text.stdout.contains("job nightly: DONE") && text.stdout.contains("workers:"), "\(text.stdout)")
+        #expect(
+            text.status == 0 && text.stdout.contains("job nightly: DONE") && text.stdout.contains("workers:"),
+            "\(text.stdout)")
         Self.expectSameVectors(try await Self.vectors(db), try await Self.reference(manifest))
 
         // The same manifest again: everything is embedded, nothing is queued, the run is done at once.
@@ -146,7 +166,7 @@ struct SharedJobCLITests {
         // among the kills (left to chance, 2 of 20 victims had committed anything in one run).
         let slow = ["--concurrency", "2", "--batch-size", "8"]
         let steady = try Self.worker(db, "kills", ["--worker-name", "steady", "--concurrency", "1"])
-        var rng = TestRNG(seed: 20261129)  // seeded: a failing run can be repeated
+        var rng = TestRNG(seed: 20261129) // seeded: a failing run can be repeated
         var killed = 0
         for round in 0..<20 {
             let name = "victim-\(round)"
@@ -155,8 +175,9 @@ struct SharedJobCLITests {
             // random moment within the next 4 s (1.5 s).
             let afterCommit = round % 4 == 0
             while victim.process.isRunning,
-                  try await Self.status(db, "kills").workers.first(where: { $0.worker == name })
-                      .map({ afterCommit ? $0.items == 0 : $0.chunks == 0 }) ?? true {
+                try await Self.status(db, "kills").workers.first(where: { $0.worker == name })
+                    .map({ afterCommit ? $0.items == 0 : $0.chunks == 0 }) ?? true
+            {
                 try await Task.sleep(for: .milliseconds(50))
             }
             try await Task.sleep(for: .milliseconds(Int.random(in: 0...(afterCommit ? 1500 : 4000), using: &rng)))
@@ -172,8 +193,9 @@ struct SharedJobCLITests {
         #expect(f.status == 0, "\(f.stderr.suffix(1500))")
         #expect(killed == 20, "only \(killed) workers were still running when killed: the job is too short")
         let s = try await Self.status(db, "kills")
-        #expect(s.workers.filter { $0.worker.hasPrefix("victim") && $0.items > 0 }.count >= 5,
-                "the victims committed nothing before they were killed: \(s.workers.map { "\($0.worker) \($0.items)" })")
+        #expect(
+            s.workers.filter { $0.worker.hasPrefix("victim") && $0.items > 0 }.count >= 5,
+            "the victims committed nothing before they were killed: \(s.workers.map { "\($0.worker) \($0.items)" })")
         try await Self.expectEachItemOnce(db, "kills", items: 1200)
         // The vectors of the first 64 items against a one-process run of the same rows.
         let sample = try String(contentsOfFile: manifest, encoding: .utf8).split(separator: "\n").prefix(65)
@@ -212,8 +234,9 @@ struct SharedJobCLITests {
     /// A worker holds at most 2 chunks (``SharedJobConfiguration/maxHeldChunks``) and claims more only
     /// when one commits; with chunks of 3 and batches of 8 the held items never fill a batch,
     /// so a batch stage that waits for a full batch waits for the feed, which waits for it.
-    @Test("chunks smaller than a batch (--chunk-size 3, --batch-size 8): partial batches ship, the job finishes, each item once",
-          arguments: [1, 2])
+    @Test(
+        "chunks smaller than a batch (--chunk-size 3, --batch-size 8): partial batches ship, the job finishes, each item once",
+        arguments: [1, 2])
     func chunksSmallerThanABatch(streams: Int) async throws {
         let (server, manifest) = try Self.catalogue(40, delay: .milliseconds(5))
         defer { server.shutdown() }
@@ -295,7 +318,9 @@ struct SharedJobCLITests {
         #expect(sqlite.status == 2 && sqlite.stderr.contains("needs a PostgreSQL store"), "\(sqlite.stderr)")
         let port = PostgresServer.freePort()
         let down = try Self.submit(manifest, "postgres://postgres:pw@127.0.0.1:\(port)/ewall", "x")
-        #expect(down.status == 2 && down.stderr.contains("onnection refused") && !down.stderr.contains(":pw@"), "\(down.stderr)")
+        #expect(
+            down.status == 2 && down.stderr.contains("onnection refused") && !down.stderr.contains(":pw@"),
+            "\(down.stderr)")
         let status = try ewall(["job", "status", "nope", "--db", db])
         #expect(status.status == 2 && status.stderr.contains("no job named 'nope'"))
     }
@@ -344,9 +369,11 @@ struct SharedJobCLITests {
         try await Self.expectEachItemOnce(db, "busy", items: 200)
     }
 
-    @Test("workers on separate test hosts (network namespaces) reach PostgreSQL and the images over the network",
-          .enabled(if: TestHostNetwork.unavailableReason == nil,
-                   "network namespaces cannot be made here: \(TestHostNetwork.unavailableReason ?? "")"))
+    @Test(
+        "workers on separate test hosts (network namespaces) reach PostgreSQL and the images over the network",
+        .enabled(
+            if: TestHostNetwork.unavailableReason == nil,
+            "network namespaces cannot be made here: \(TestHostNetwork.unavailableReason ?? "")"))
     func workersOnSeparateHosts() async throws {
         let network = try TestHostNetwork.make(count: 3)
         defer { network.remove() }

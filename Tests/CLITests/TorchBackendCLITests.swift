@@ -9,7 +9,8 @@ import Testing
 struct TorchBackendCLITests {
     static let missing = "/nonexistent/ewall-test/libewall_torch.so"
 
-    @Test("no executable links libtorch (ldd)", arguments: ["ewall", "ewall-embed", "rebuild-faiss-index", "ewall-serve"])
+    @Test(
+        "no executable links libtorch (ldd)", arguments: ["ewall", "ewall-embed", "rebuild-faiss-index", "ewall-serve"])
     func noLibtorchAtLinkTime(name: String) throws {
         let exe = try executable(name)
         let p = Process()
@@ -38,7 +39,9 @@ struct TorchBackendCLITests {
     func embedWithoutBackend() throws {
         let r = try ewall(["embed", try Fixtures.photos()[0]], env: ["EWALL_TORCH_BACKEND": Self.missing])
         #expect(r.status == 2, "\(r.stderr)")
-        #expect(r.stderr.contains("torch backend") && r.stderr.contains("$EWALL_TORCH_BACKEND=\(Self.missing)"), "\(r.stderr)")
+        #expect(
+            r.stderr.contains("torch backend") && r.stderr.contains("$EWALL_TORCH_BACKEND=\(Self.missing)"),
+            "\(r.stderr)")
         #expect(r.stderr.contains("No such file"), "\(r.stderr)")
         #expect(r.stdout.isEmpty)
     }

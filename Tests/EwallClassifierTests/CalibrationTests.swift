@@ -14,7 +14,9 @@ struct CalibrationTests {
         func basis(_ i: Int) -> [Float] { (0..<d).map { $0 == i ? 1 : 0 } }
         let axis = ["down": 0, "coat": 1, "jeans": 2]
         var refs: [LabelledVector] = []
-        for (c, i) in axis { for j in 0..<2 { refs.append(LabelledVector(productID: "ref-\(c)-\(j)", category: c, vector: basis(i))) } }
+        for (c, i) in axis {
+            for j in 0..<2 { refs.append(LabelledVector(productID: "ref-\(c)-\(j)", category: c, vector: basis(i))) }
+        }
         // (truth, scored category, score, title)
         let rows: [(String, String, Float, String?)] = [
             ("down", "down", 0.88, nil), ("down", "down", 0.62, nil), ("down", "down", 0.31, "경량 패딩"),
@@ -27,7 +29,8 @@ struct CalibrationTests {
             let vector = (0..<d).map { basis(axis[r.1]!)[$0] * r.2 + own[$0] * (1 - r.2 * r.2).squareRoot() }
             return LabelledProduct(productID: "p\(i)", category: r.0, vector: vector, title: r.3)
         }
-        let classifier = try CategoryClassifier(references: ReferenceSet(candidates: refs), rules: KeywordRulesTests.rules)
+        let classifier = try CategoryClassifier(
+            references: ReferenceSet(candidates: refs), rules: KeywordRulesTests.rules)
         return (classifier, products)
     }
 
@@ -36,7 +39,10 @@ struct CalibrationTests {
         let (classifier, products) = try Self.knownCase()
         let report = try Calibration.run(classifier, products: products, targetPrecision: 0.9)
         #expect(report.products == 10)
-        #expect(report.rows.map(\.threshold) == [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9])
+        #expect(
+            report.rows.map(\.threshold) == [
+                0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9,
+            ])
         func row(_ t: Double) -> CalibrationReport.Row { report.rows.first { abs($0.threshold - t) < 1e-9 }! }
 
         // 0.35: accepted .88 .62 .78 .715(wrong) .52 .42; the rest: .31 패딩 (right), .22 코트 (right),
@@ -77,16 +83,19 @@ struct CalibrationTests {
         // references are the other products, so its scores are not 1.
         let refs = products.map { LabelledVector(productID: $0.productID, category: $0.category, vector: $0.vector!) }
         let classifier = try CategoryClassifier(references: ReferenceSet(candidates: refs), rules: nil)
-        let scores = try classifier.embeddingScores(products.map { ClassifierInput(productID: $0.productID, vector: $0.vector) })
+        let scores = try classifier.embeddingScores(
+            products.map { ClassifierInput(productID: $0.productID, vector: $0.vector) })
         for s in scores { #expect(try s.get().allSatisfy { $0.score < 0.9 }) }
         let report = try Calibration.run(classifier, products: products)
         #expect(report.rows[0].embeddingAccuracy! < 1)
         // Scored anonymously (no id), each product finds itself among its category's
         // references and scores higher there: the difference is the self-match left out.
-        let cheating = try classifier.embeddingScores(products.map { ClassifierInput(productID: nil, vector: $0.vector) })
+        let cheating = try classifier.embeddingScores(
+            products.map { ClassifierInput(productID: nil, vector: $0.vector) })
         for i in products.indices {
             let own = { (r: Result<[CategoryScore], CategoryClassifier.SkipReason>) in
-                try r.get().first { $0.category == products[i].category }?.score ?? 0 }
+                try r.get().first { $0.category == products[i].category }?.score ?? 0
+            }
             #expect(try own(cheating[i]) > own(scores[i]) + 0.1)
         }
     }

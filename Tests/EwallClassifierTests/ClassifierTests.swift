@@ -8,7 +8,9 @@ import Testing
 /// distance from it (so scores straddle the threshold), titles with and without keywords.
 struct Catalogue {
     static let categories = ["bag", "coat", "down", "fleece", "jeans", "shoes"]
-    static let titleWords = ["bag": "토트백", "coat": "울 코트", "down": "구스다운 패딩", "fleece": "후리스", "jeans": "청바지", "shoes": "스니커즈"]
+    static let titleWords = [
+        "bag": "토트백", "coat": "울 코트", "down": "구스다운 패딩", "fleece": "후리스", "jeans": "청바지", "shoes": "스니커즈",
+    ]
 
     var labelled: [LabelledVector] = []
     var products: [ClassifierInput] = []
@@ -22,14 +24,17 @@ struct Catalogue {
         }
         for (c, name) in Self.categories.enumerated() {
             for j in 0..<labelledPerCategory {
-                labelled.append(LabelledVector(productID: "\(name)-ref-\(j)", category: name, vector: around(c, strength: 1.2)))
+                labelled.append(
+                    LabelledVector(productID: "\(name)-ref-\(j)", category: name, vector: around(c, strength: 1.2)))
             }
         }
         for i in 0..<n {
             let c = Int(rng.next() % UInt64(Self.categories.count))
-            let strength = Float(i % 10) * 0.12      // 0 (noise) to 1.08 (clear)
+            let strength = Float(i % 10) * 0.12 // 0 (noise) to 1.08 (clear)
             let titled = i % 3
-            let title = titled == 0 ? "상품 \(i) \(Self.titleWords[Self.categories[c]]!)"
+            let title =
+                titled == 0
+                ? "상품 \(i) \(Self.titleWords[Self.categories[c]]!)"
                 : titled == 1 ? "product \(i) \(Self.titleWords[Self.categories[(c + 1) % 6]]!)" : "product \(i)"
             products.append(ClassifierInput(productID: "p-\(i)", vector: around(c, strength: strength), title: title))
             truth.append(Self.categories[c])
@@ -44,7 +49,9 @@ struct Catalogue {
 
 /// The platform's four steps written out plainly, in Double, one dot product at a time.
 enum PlatformReference {
-    static func references(_ labelled: [LabelledVector], category: String, excluding id: String?, max: Int) -> [LabelledVector] {
+    static func references(
+        _ labelled: [LabelledVector], category: String, excluding id: String?, max: Int
+    ) -> [LabelledVector] {
         labelled.filter { $0.category == category && $0.productID != id }
             .sorted { (FNV1a64.hash($0.productID), $0.productID) < (FNV1a64.hash($1.productID), $1.productID) }
             .prefix(max).map { $0 }
@@ -52,7 +59,11 @@ enum PlatformReference {
 
     static func cosine(_ a: [Float], _ b: [Float]) -> Double {
         var dot = 0.0, na = 0.0, nb = 0.0
-        for i in a.indices { dot += Double(a[i]) * Double(b[i]); na += Double(a[i] * a[i]); nb += Double(b[i] * b[i]) }
+        for i in a.indices {
+            dot += Double(a[i]) * Double(b[i])
+            na += Double(a[i] * a[i])
+            nb += Double(b[i] * b[i])
+        }
         return dot / (na.squareRoot() * nb.squareRoot())
     }
 
@@ -64,13 +75,15 @@ enum PlatformReference {
         }
     }
 
-    static func classify(_ p: ClassifierInput, _ labelled: [LabelledVector], rules: KeywordRules,
-                         threshold: Double = 0.35) -> (category: String, by: DecidedBy, score: Double) {
-        let scores = meanRefScores(p, labelled)                                               // 1
+    static func classify(
+        _ p: ClassifierInput, _ labelled: [LabelledVector], rules: KeywordRules,
+        threshold: Double = 0.35
+    ) -> (category: String, by: DecidedBy, score: Double) {
+        let scores = meanRefScores(p, labelled) // 1
         let best = scores.max { $0.1 != $1.1 ? $0.1 < $1.1 : $0.0 > $1.0 }!
-        if best.1 >= threshold { return (best.0, .embedding, best.1) }                        // 2
+        if best.1 >= threshold { return (best.0, .embedding, best.1) } // 2
         if let t = p.title, let m = rules.match(title: t) { return (m.category, .keyword, best.1) } // 3
-        return ("generic", .none, best.1)                                                     // 4
+        return ("generic", .none, best.1) // 4
     }
 }
 
@@ -122,7 +135,9 @@ struct ClassifierTests {
         #expect(Array(without.prefix(3)) == Array(chosen.prefix(3)))
         #expect(refs.referenceIDs(category: "coat", excluding: "p-1") == chosen)
         // A category with one reference has none for that reference itself.
-        let lone = try ReferenceSet(candidates: [cat.labelled[0], LabelledVector(productID: "solo", category: "hat", vector: cat.labelled[1].vector)])
+        let lone = try ReferenceSet(candidates: [
+            cat.labelled[0], LabelledVector(productID: "solo", category: "hat", vector: cat.labelled[1].vector),
+        ])
         let c = try CategoryClassifier(references: lone, rules: nil)
         let answer = try c.classify(ClassifierInput(productID: "solo", vector: cat.labelled[1].vector))
         #expect(answer.best?.category == "bag")
@@ -140,14 +155,21 @@ struct ClassifierTests {
             // centroid: cosine to the sum of the references
             let c = try centroid.classify(p)
             for s in [c.best!, c.runnerUp!] {
-                let rs = PlatformReference.references(cat.labelled, category: s.category, excluding: p.productID, max: 10)
+                let rs = PlatformReference.references(
+                    cat.labelled, category: s.category, excluding: p.productID, max: 10)
                 var sum = [Float](repeating: 0, count: p.vector!.count)
-                for r in rs { let n = Float(VectorMath.norm(r.vector)); for j in sum.indices { sum[j] += r.vector[j] / n } }
+                for r in rs {
+                    let n = Float(VectorMath.norm(r.vector))
+                    for j in sum.indices { sum[j] += r.vector[j] / n }
+                }
                 #expect(abs(PlatformReference.cosine(p.vector!, sum) - s.score) < 1e-5)
             }
             // knn: the 7 nearest references of all categories vote with their cosines
-            let all = Catalogue.categories.flatMap { PlatformReference.references(cat.labelled, category: $0, excluding: p.productID, max: 10) }
-            let top = all.map { ($0.category, PlatformReference.cosine(p.vector!, $0.vector)) }.sorted { $0.1 > $1.1 }.prefix(7)
+            let all = Catalogue.categories.flatMap {
+                PlatformReference.references(cat.labelled, category: $0, excluding: p.productID, max: 10)
+            }
+            let top = all.map { ($0.category, PlatformReference.cosine(p.vector!, $0.vector)) }.sorted { $0.1 > $1.1 }
+                .prefix(7)
             var votes: [String: Double] = [:]
             for (category, sim) in top { votes[category, default: 0] += sim / 7 }
             let best = votes.max { $0.value < $1.value }!
@@ -161,8 +183,9 @@ struct ClassifierTests {
     @Test("explanations: scores, runner-up, margin, references, keyword")
     func explanations() throws {
         let cat = Catalogue(products: 30)
-        let c = try CategoryClassifier(references: ReferenceSet(candidates: cat.labelled), rules: Self.rules,
-                                       configuration: .init(threshold: 0.99))
+        let c = try CategoryClassifier(
+            references: ReferenceSet(candidates: cat.labelled), rules: Self.rules,
+            configuration: .init(threshold: 0.99))
         let a = try c.classify(ClassifierInput(productID: "x", vector: cat.labelled[0].vector, title: "MLB 롱패딩"))
         #expect(a.decidedBy == .keyword)
         #expect(a.category == "down")
@@ -173,13 +196,18 @@ struct ClassifierTests {
         #expect(a.referencesUsed == 60)
         #expect(a.explanation.contains("keyword '롱패딩'") && a.explanation.contains("< 0.990"))
         let json = String(decoding: try JSONEncoder().encode(a), as: UTF8.self)
-        for key in ["\"decided_by\":\"keyword\"", "\"runner_up\"", "\"margin\"", "\"references_used\":60", "\"matched_text\":\"롱패딩\""] {
+        for key in [
+            "\"decided_by\":\"keyword\"", "\"runner_up\"", "\"margin\"", "\"references_used\":60",
+            "\"matched_text\":\"롱패딩\"",
+        ] {
             #expect(json.contains(key), "\(key)")
         }
         let noVector = try c.classify(ClassifierInput(productID: "y", vector: nil, title: "무지 기본 상품"))
         #expect(noVector.decidedBy == .none && noVector.category == "generic")
         #expect(noVector.embeddingSkipped == "no vector under this model")
-        #expect { try c.classify(ClassifierInput(vector: [1, 2, 3])) } throws: { ($0 as? ClassifierError)?.code == .mismatch }
+        #expect { try c.classify(ClassifierInput(vector: [1, 2, 3])) } throws: {
+            ($0 as? ClassifierError)?.code == .mismatch
+        }
     }
 
     @Test("the stamp changes with the rules, references, model, method and threshold, and only then")
@@ -188,7 +216,9 @@ struct ClassifierTests {
         let refs = try ReferenceSet(candidates: cat.labelled)
         let key = ModelKey(modelID: "m@1", preprocessing: "squash224")
         let base = try CategoryClassifier(references: refs, rules: Self.rules, modelKey: key).stamp
-        #expect(try CategoryClassifier(references: ReferenceSet(candidates: cat.labelled), rules: Self.rules, modelKey: key).stamp == base)
+        #expect(
+            try CategoryClassifier(references: ReferenceSet(candidates: cat.labelled), rules: Self.rules, modelKey: key)
+                .stamp == base)
         let otherRules = try KeywordRules(rules: [.init(category: "down", priority: 1, ko: ["패딩"])])
         var moved = cat.labelled
         moved[0].vector[0] += 0.5
@@ -196,10 +226,14 @@ struct ClassifierTests {
             try CategoryClassifier(references: refs, rules: otherRules, modelKey: key),
             try CategoryClassifier(references: refs, rules: nil, modelKey: key),
             try CategoryClassifier(references: ReferenceSet(candidates: moved), rules: Self.rules, modelKey: key),
-            try CategoryClassifier(references: ReferenceSet(candidates: Array(cat.labelled.dropLast())), rules: Self.rules, modelKey: key),
-            try CategoryClassifier(references: refs, rules: Self.rules, modelKey: ModelKey(modelID: "m@2", preprocessing: "squash224")),
-            try CategoryClassifier(references: refs, rules: Self.rules, configuration: .init(method: .centroid), modelKey: key),
-            try CategoryClassifier(references: refs, rules: Self.rules, configuration: .init(threshold: 0.4), modelKey: key),
+            try CategoryClassifier(
+                references: ReferenceSet(candidates: Array(cat.labelled.dropLast())), rules: Self.rules, modelKey: key),
+            try CategoryClassifier(
+                references: refs, rules: Self.rules, modelKey: ModelKey(modelID: "m@2", preprocessing: "squash224")),
+            try CategoryClassifier(
+                references: refs, rules: Self.rules, configuration: .init(method: .centroid), modelKey: key),
+            try CategoryClassifier(
+                references: refs, rules: Self.rules, configuration: .init(threshold: 0.4), modelKey: key),
         ]
         #expect(Set(variants.map(\.stamp)).count == variants.count)
         #expect(!variants.map(\.stamp).contains(base))

@@ -49,8 +49,12 @@ struct KeywordRulesTests {
         #expect(Self.rules.match(title: title)?.category == expected, "\(title)")
     }
 
-    @Test("spaces do not matter in Korean", arguments: [("다운 자켓", "다운자켓"), ("롱 패딩", "롱패딩"), ("트렌치 코트", "트렌치코트"),
-                                                       ("데님 자켓", "데님자켓"), ("토트 백", "토트백"), ("청 바지", "청바지")])
+    @Test(
+        "spaces do not matter in Korean",
+        arguments: [
+            ("다운 자켓", "다운자켓"), ("롱 패딩", "롱패딩"), ("트렌치 코트", "트렌치코트"),
+            ("데님 자켓", "데님자켓"), ("토트 백", "토트백"), ("청 바지", "청바지"),
+        ])
     func spacing(_ spaced: String, _ joined: String) throws {
         let a = try #require(Self.rules.match(title: spaced))
         let b = try #require(Self.rules.match(title: joined))
@@ -86,9 +90,9 @@ struct KeywordRulesTests {
             .init(category: "b", priority: 5, en: ["cardigan", "xyz"]),
             .init(category: "c", priority: 1, en: ["longestwordhere"]),
         ])
-        #expect(custom.match(title: "knit cardigan")?.category == "b")          // same priority: the longer term
-        #expect(custom.match(title: "xyz abc")?.category == "a")                // same priority and length: file order
-        #expect(custom.match(title: "longestwordhere knit")?.category == "a")   // priority before length
+        #expect(custom.match(title: "knit cardigan")?.category == "b") // same priority: the longer term
+        #expect(custom.match(title: "xyz abc")?.category == "a") // same priority and length: file order
+        #expect(custom.match(title: "longestwordhere knit")?.category == "a") // priority before length
     }
 
     @Test("the product's brand is blanked out")
@@ -100,15 +104,25 @@ struct KeywordRulesTests {
 
     @Test("bad rules files are refused with the reason")
     func badFiles() throws {
-        for (text, needle) in [("{", "not a valid rules file"),
-                               (#"{"format": 2, "version": "x", "categories": []}"#, "format 2"),
-                               (#"{"format": 1, "version": "x", "categories": [{"category": "a", "priority": 1, "ko": [], "en": []}, {"category": "a", "priority": 1, "ko": [], "en": []}]}"#, "listed twice"),
-                               (#"{"format": 1, "version": "x", "categories": [{"category": "a", "priority": 1, "ko": ["--"], "en": []}]}"#, "no letters")] {
+        for (text, needle) in [
+            ("{", "not a valid rules file"),
+            (#"{"format": 2, "version": "x", "categories": []}"#, "format 2"),
+            (
+                #"{"format": 1, "version": "x", "categories": [{"category": "a", "priority": 1, "ko": [], "en": []}, {"category": "a", "priority": 1, "ko": [], "en": []}]}"#,
+                "listed twice"
+            ),
+            (
+                #"{"format": 1, "version": "x", "categories": [{"category": "a", "priority": 1, "ko": ["--"], "en": []}]}"#,
+                "no letters"
+            ),
+        ] {
             #expect { try KeywordRules(data: Data(text.utf8)) } throws: { e in
                 (e as? ClassifierError)?.code == .rules && "\(e)".contains(needle)
             }
         }
-        #expect { try KeywordRules.load(path: "/no/such/rules.json") } throws: { ($0 as? ClassifierError)?.code == .rules }
+        #expect { try KeywordRules.load(path: "/no/such/rules.json") } throws: {
+            ($0 as? ClassifierError)?.code == .rules
+        }
     }
 
     @Test("the digest follows the file's bytes")

@@ -16,26 +16,44 @@ struct StoreClassificationTests {
     /// generic product without a vector.
     static func seed(_ store: any EmbeddingStore) async throws -> Catalogue {
         let cat = Catalogue(labelledPerCategory: 14, products: 60)
-        var labelled = cat.labelled.map { Product(id: $0.productID, title: "labelled \($0.productID)", category: $0.category, inStock: true) }
+        var labelled = cat.labelled.map {
+            Product(id: $0.productID, title: "labelled \($0.productID)", category: $0.category, inStock: true)
+        }
         labelled.append(Product(id: "odd-person", title: "사람이 고른 분류", category: "jeans", inStock: true))
         try await store.upsertProducts(labelled, source: .manifest)
-        let generic = cat.products.prefix(60).map { Product(id: $0.productID!, title: $0.title, category: "generic", inStock: true) }
+        let generic = cat.products.prefix(60).map {
+            Product(id: $0.productID!, title: $0.title, category: "generic", inStock: true)
+        }
         try await store.upsertProducts(Array(generic.dropFirst(5)), source: .manifest)
-        try await store.upsertProducts(Array(generic.prefix(5)).map { var p = $0; p.category = "coat"; return p }, source: .classifier)
-        try await store.upsertProducts([Product(id: "no-vector", title: "여성 구스다운 롱패딩", category: "generic")], source: .manifest)
-        var embeddings = cat.labelled.map { StoredEmbedding(productID: $0.productID, imageURL: "u", key: key, vector: $0.vector) }
-        embeddings += cat.products.prefix(60).map { StoredEmbedding(productID: $0.productID!, imageURL: "u", key: key, vector: $0.vector!) }
-        embeddings.append(StoredEmbedding(productID: "odd-person", imageURL: "u", key: key, vector: cat.labelled[0].vector))
+        try await store.upsertProducts(
+            Array(generic.prefix(5)).map {
+                var p = $0
+                p.category = "coat"
+                return p
+            }, source: .classifier)
+        try await store.upsertProducts(
+            [Product(id: "no-vector", title: "여성 구스다운 롱패딩", category: "generic")], source: .manifest)
+        var embeddings = cat.labelled.map {
+            StoredEmbedding(productID: $0.productID, imageURL: "u", key: key, vector: $0.vector)
+        }
+        embeddings += cat.products.prefix(60).map {
+            StoredEmbedding(productID: $0.productID!, imageURL: "u", key: key, vector: $0.vector!)
+        }
+        embeddings.append(
+            StoredEmbedding(productID: "odd-person", imageURL: "u", key: key, vector: cat.labelled[0].vector))
         try await store.write(WriteBatch(embeddings: embeddings, ledger: []))
         return cat
     }
 
-    static func open(_ store: any EmbeddingStore, rules: KeywordRules = KeywordRulesTests.rules) async throws -> CategoryClassifier {
+    static func open(
+        _ store: any EmbeddingStore, rules: KeywordRules = KeywordRulesTests.rules
+    ) async throws -> CategoryClassifier {
         try await CategoryClassifier.open(store: store, key: key, rules: rules)
     }
 
-    @Test("references come from a person's categories; dry run writes nothing; apply never overwrites a person",
-          arguments: StoreKind.allCases)
+    @Test(
+        "references come from a person's categories; dry run writes nothing; apply never overwrites a person",
+        arguments: StoreKind.allCases)
     func applyRules(_ kind: StoreKind) async throws {
         let store = try await kind.open()
         defer { Task { await store.close() } }
@@ -48,8 +66,9 @@ struct StoreClassificationTests {
         // The store-backed classifier answers as the in-memory one built from the same candidates.
         var candidates = cat.labelled
         candidates.append(LabelledVector(productID: "odd-person", category: "jeans", vector: cat.labelled[0].vector))
-        let memory = try CategoryClassifier(references: ReferenceSet(candidates: candidates), rules: KeywordRulesTests.rules,
-                                            modelKey: Self.key)
+        let memory = try CategoryClassifier(
+            references: ReferenceSet(candidates: candidates), rules: KeywordRulesTests.rules,
+            modelKey: Self.key)
         #expect(memory.stamp == classifier.stamp)
 
         var seen: [ClassifiedProduct] = []
@@ -75,7 +94,8 @@ struct StoreClassificationTests {
             let p = try #require(try await store.product(id: id))
             if r.action == .personSet {
                 #expect(p.categorySource == .manifest, "\(id)")
-                #expect(p.category == (id == "odd-person" ? "jeans" : cat.labelled.first { $0.productID == id }!.category))
+                #expect(
+                    p.category == (id == "odd-person" ? "jeans" : cat.labelled.first { $0.productID == id }!.category))
             } else {
                 #expect(p.category == r.classification.category, "\(id)")
                 #expect(p.categorySource == .classifier, "\(id)")
@@ -88,9 +108,11 @@ struct StoreClassificationTests {
 
         // A person's category that arrives between reading and writing is not overwritten.
         try await store.upsertProducts([Product(id: "p-9", category: "shoes")], source: .import)
-        let refused = try await store.applyClassifications([ClassificationRecord(
-            productID: "p-9", category: "coat", decidedBy: "embedding", method: "mean-refs", score: 0.9,
-            stamp: "s", inputHash: "h", explanation: "{}")])
+        let refused = try await store.applyClassifications([
+            ClassificationRecord(
+                productID: "p-9", category: "coat", decidedBy: "embedding", method: "mean-refs", score: 0.9,
+                stamp: "s", inputHash: "h", explanation: "{}")
+        ])
         #expect(refused.isEmpty)
         #expect(try await store.product(id: "p-9")?.category == "shoes")
         #expect(try await store.product(id: "p-9")?.categorySource == .import)
@@ -102,7 +124,7 @@ struct StoreClassificationTests {
         defer { Task { await store.close() } }
         _ = try await Self.seed(store)
         let first = try await Self.open(store).run(store: store, key: Self.key, selection: .generic, apply: true)
-        #expect(first.products == 56)     // 55 generic with vectors + the one without
+        #expect(first.products == 56) // 55 generic with vectors + the one without
         #expect(first.byAction["set"] == 56 && first.cached == 0)
 
         // Now only the products answered `generic` are still generic: their answers are cached.
@@ -112,14 +134,15 @@ struct StoreClassificationTests {
         let all = try await Self.open(store).run(store: store, key: Self.key, selection: .all, apply: true)
         #expect(all.cached == 56)
         #expect(all.byAction["unchanged"] == 56)
-        #expect(all.byAction["set"] == 5)   // the five the classifier set before this classifier existed
+        #expect(all.byAction["set"] == 5) // the five the classifier set before this classifier existed
 
         let rerun = try await Self.open(store).run(store: store, key: Self.key, selection: .all, apply: true)
         #expect(rerun.byAction["unchanged"] == 61 && rerun.byAction["set", default: 0] == 0)
 
         // Other rules: every answer is recomputed (and rewritten).
         let other = try KeywordRules(rules: [.init(category: "down", priority: 1, ko: ["패딩"])])
-        let newRules = try await Self.open(store, rules: other).run(store: store, key: Self.key, selection: .all, apply: true)
+        let newRules = try await Self.open(store, rules: other).run(
+            store: store, key: Self.key, selection: .all, apply: true)
         #expect(newRules.cached == 0 && newRules.byAction["set"] == 61)
 
         // A new reference (a person files a product): the stamp changes.
@@ -131,8 +154,13 @@ struct StoreClassificationTests {
         #expect(refsChanged.cached == 0)
 
         // A product's own vector changes: only it is recomputed.
-        try await store.write(WriteBatch(embeddings: [StoredEmbedding(productID: "p-21", imageURL: "u2", key: Self.key,
-                                                                      vector: (0..<128).map { Float($0 % 7) })], ledger: []))
+        try await store.write(
+            WriteBatch(
+                embeddings: [
+                    StoredEmbedding(
+                        productID: "p-21", imageURL: "u2", key: Self.key,
+                        vector: (0..<128).map { Float($0 % 7) })
+                ], ledger: []))
         let one = try await after.run(store: store, key: Self.key, selection: .all, apply: true)
         #expect(one.cached == 59)
         #expect(one.byAction["set"] == 1)
@@ -144,8 +172,10 @@ struct StoreClassificationTests {
         defer { Task { await store.close() } }
         _ = try await Self.seed(store)
         var seen: [ClassifiedProduct] = []
-        let s = try await Self.open(store).run(store: store, key: Self.key, selection: .products(["p-3", "nope", "coat-ref-1"]),
-                                               apply: false) { seen += $0 }
+        let s = try await Self.open(store).run(
+            store: store, key: Self.key, selection: .products(["p-3", "nope", "coat-ref-1"]),
+            apply: false
+        ) { seen += $0 }
         #expect(s.unknown == ["nope"])
         #expect(seen.map { $0.classification.productID! } == ["p-3", "coat-ref-1"])
         #expect(seen[1].action == .personSet)

@@ -1,8 +1,9 @@
 import EwallCore
-@testable import EwallFetch
 import EwallTestSupport
 import Foundation
 import Testing
+
+@testable import EwallFetch
 
 /// The fetcher against a real loopback HTTP server: every failure class, retries, the
 /// per-host limit and the host-wide pause after a 429.
@@ -22,7 +23,7 @@ struct FetcherTests {
             case "/busy.jpg":
                 return req.hit == 1 ? .init(status: 429, headers: [("Retry-After", "1")]) : .init(body: image)
             case "/slow.jpg": return .init(body: image, delay: .seconds(3))
-            case "/hang.jpg": return .init(body: image, delay: .seconds(20))  // accepts, then nothing
+            case "/hang.jpg": return .init(body: image, delay: .seconds(20)) // accepts, then nothing
             case "/down-for-long.jpg": return .init(status: 503, headers: [("Retry-After", "5")])
             case "/tenth.jpg": return .init(body: image, delay: .milliseconds(150))
             case "/huge-declared.jpg": return .init(body: [UInt8](repeating: 0xFF, count: 3 << 20))
@@ -37,8 +38,9 @@ struct FetcherTests {
 
     static func fetcher(_ configure: (inout FetchConfiguration) -> Void = { _ in }) -> ImageFetcher {
         // Generous timeouts: the whole test suite shares 2 cores; the timeout test sets its own.
-        var c = FetchConfiguration(connectTimeout: .seconds(5), requestTimeout: .seconds(10), maxAttempts: 3,
-                                   backoffBase: .milliseconds(50), backoffMax: .milliseconds(200), maxBytes: 2 << 20)
+        var c = FetchConfiguration(
+            connectTimeout: .seconds(5), requestTimeout: .seconds(10), maxAttempts: 3,
+            backoffBase: .milliseconds(50), backoffMax: .milliseconds(200), maxBytes: 2 << 20)
         configure(&c)
         return ImageFetcher(configuration: c)
     }
@@ -61,7 +63,9 @@ struct FetcherTests {
 
     @Test func sha256MatchesAKnownDigest() {
         // SHA-256("abc"), FIPS 180-2 appendix B.1.
-        #expect(ImageFetcher.sha256(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(
+            ImageFetcher.sha256(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        )
     }
 
     struct FailureCase: Sendable, CustomTestStringConvertible {
@@ -104,7 +108,10 @@ struct FetcherTests {
         let server = try Self.server()
         defer { server.shutdown() }
         // 1 s per attempt, 3 attempts: 3 s and more without a deadline; the item gets 1.5 s.
-        let fetcher = Self.fetcher { $0.requestTimeout = .seconds(1); $0.itemDeadline = .milliseconds(1500) }
+        let fetcher = Self.fetcher {
+            $0.requestTimeout = .seconds(1)
+            $0.itemDeadline = .milliseconds(1500)
+        }
         let clock = ContinuousClock()
         let started = clock.now
         let result = await fetcher.fetch(server.url("/hang.jpg"))
@@ -125,7 +132,10 @@ struct FetcherTests {
     @Test func anAttemptLongerThanTheDeadlineIsCutAtIt() async throws {
         let server = try Self.server()
         defer { server.shutdown() }
-        let fetcher = Self.fetcher { $0.requestTimeout = .seconds(10); $0.itemDeadline = .seconds(1) }
+        let fetcher = Self.fetcher {
+            $0.requestTimeout = .seconds(10)
+            $0.itemDeadline = .seconds(1)
+        }
         let clock = ContinuousClock()
         let started = clock.now
         let result = await fetcher.fetch(server.url("/hang.jpg"))
@@ -174,17 +184,23 @@ struct FetcherTests {
     @Test func hostTimingsNameTheSlowestHost() async throws {
         let fast = try Self.server()
         let slow = try Self.server()
-        defer { fast.shutdown(); slow.shutdown() }
-        let fetcher = Self.fetcher { $0.requestTimeout = .seconds(1); $0.maxAttempts = 2 }
+        defer {
+            fast.shutdown()
+            slow.shutdown()
+        }
+        let fetcher = Self.fetcher {
+            $0.requestTimeout = .seconds(1)
+            $0.maxAttempts = 2
+        }
         #expect(fetcher.hostTimings().isEmpty)
         _ = try await fetcher.fetch(fast.url("/ok.jpg")).get()
         _ = try await fetcher.fetch(fast.url("/tenth.jpg")).get()
-        _ = try await fetcher.fetch(fast.url("/flaky.jpg")).get()  // 500, then 200: 2 requests
+        _ = try await fetcher.fetch(fast.url("/flaky.jpg")).get() // 500, then 200: 2 requests
         guard case .failure = await fetcher.fetch(slow.url("/slow.jpg")) else {
             Issue.record("/slow.jpg answers after 3 s, past the 1 s timeout")
             return
         }
-        _ = await fetcher.fetch(Self.jpeg)  // a file: not a host
+        _ = await fetcher.fetch(Self.jpeg) // a file: not a host
         let timings = fetcher.hostTimings()
         #expect(timings.map(\.host) == ["127.0.0.1:\(slow.port)", "127.0.0.1:\(fast.port)"], "slowest first")
         let s = try #require(timings.first)
@@ -244,7 +260,9 @@ struct FetcherTests {
         let fetcher = Self.fetcher { $0.perHostLimit = 3 }
         let results = await withTaskGroup(of: Bool.self) { group in
             for _ in 0..<12 {
-                group.addTask { if case .success = await fetcher.fetch(server.url("/tenth.jpg")) { true } else { false } }
+                group.addTask {
+                    if case .success = await fetcher.fetch(server.url("/tenth.jpg")) { true } else { false }
+                }
             }
             return await group.reduce(into: [Bool]()) { $0.append($1) }
         }

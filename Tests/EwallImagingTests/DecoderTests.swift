@@ -8,23 +8,25 @@ import Testing
 struct DecoderFormatTests {
     let decoder = ImageDecoder()
 
-    @Test("good files decode to upright RGB of the right size", arguments: [
-        ("baseline_600x400.jpg", "jpeg", 600, 400),
-        ("progressive_600x400.jpg", "jpeg", 600, 400),
-        ("grayscale_600x400.jpg", "jpeg", 600, 400),
-        ("cmyk_adobe_600x400.jpg", "jpeg", 600, 400),
-        ("ycck_adobe_600x400.jpg", "jpeg", 600, 400),
-        ("rgb8_451x300.png", "png", 451, 300),
-        ("interlaced_451x300.png", "png", 451, 300),
-        ("rgba_cutout_451x300.png", "png", 451, 300),
-        ("gray_alpha_451x300.png", "png", 451, 300),
-        ("palette_451x300.png", "png", 451, 300),
-        ("palette_transparent_451x300.png", "png", 451, 300),
-        ("gray16_451x300.png", "png", 451, 300),
-        ("lossy_451x300.webp", "webp", 451, 300),
-        ("lossless_451x300.webp", "webp", 451, 300),
-        ("alpha_451x300.webp", "webp", 451, 300),
-    ])
+    @Test(
+        "good files decode to upright RGB of the right size",
+        arguments: [
+            ("baseline_600x400.jpg", "jpeg", 600, 400),
+            ("progressive_600x400.jpg", "jpeg", 600, 400),
+            ("grayscale_600x400.jpg", "jpeg", 600, 400),
+            ("cmyk_adobe_600x400.jpg", "jpeg", 600, 400),
+            ("ycck_adobe_600x400.jpg", "jpeg", 600, 400),
+            ("rgb8_451x300.png", "png", 451, 300),
+            ("interlaced_451x300.png", "png", 451, 300),
+            ("rgba_cutout_451x300.png", "png", 451, 300),
+            ("gray_alpha_451x300.png", "png", 451, 300),
+            ("palette_451x300.png", "png", 451, 300),
+            ("palette_transparent_451x300.png", "png", 451, 300),
+            ("gray16_451x300.png", "png", 451, 300),
+            ("lossy_451x300.webp", "webp", 451, 300),
+            ("lossless_451x300.webp", "webp", 451, 300),
+            ("alpha_451x300.webp", "webp", 451, 300),
+        ])
     func decodes(name: String, format: String, width: Int, height: Int) throws {
         let image = try decoder.decode(Fixtures.bytes(Fixtures.image(name)))
         #expect(image.info.format == format)
@@ -59,8 +61,9 @@ struct DecoderFormatTests {
         #expect(a.pixels == c.pixels)
     }
 
-    @Test("CMYK and YCCK JPEGs (Adobe-inverted) come back in the source's colours",
-          arguments: ["cmyk_adobe_600x400.jpg", "ycck_adobe_600x400.jpg"])
+    @Test(
+        "CMYK and YCCK JPEGs (Adobe-inverted) come back in the source's colours",
+        arguments: ["cmyk_adobe_600x400.jpg", "ycck_adobe_600x400.jpg"])
     func cmykColours(name: String) throws {
         let source = try decoder.decode(Fixtures.bytes(Fixtures.image("source_600x400.png")))
         let cmyk = try decoder.decode(Fixtures.bytes(Fixtures.image(name)))
@@ -107,26 +110,28 @@ struct DecoderFormatTests {
 struct DecoderErrorTests {
     let decoder = ImageDecoder()
 
-    @Test("error code and message", arguments: [
-        ("truncated_half.jpg", ImageError.Code.truncated, "Premature end"),
-        ("truncated_in_header.jpg", .truncated, "truncated"),
-        ("corrupt_scan_data.jpg", .corrupt, "Corrupt JPEG data"),
-        ("header_60000x60000.jpg", .tooManyPixels, "60000x60000"),
-        ("valid_16000x16000.png", .tooManyPixels, "16000x16000"),
-        ("truncated.png", .truncated, "ends before"),
-        ("bad_crc.png", .corrupt, "PNG is corrupt"),
-        ("truncated.webp", .truncated, "ends before"),
-        ("tiny_8x8.png", .tooSmall, "8x8"),
-        ("animation.gif", .unsupportedFormat, "gif"),
-        ("bitmap.bmp", .unsupportedFormat, "bmp"),
-        ("scan.tiff", .unsupportedFormat, "tiff"),
-        ("drawing.svg", .unsupportedFormat, "svg"),
-        ("heic_header.heic", .unsupportedFormat, "heif"),
-        ("html_pretending_to_be.jpg", .notAnImage, "HTML"),
-        ("json_error.jpg", .notAnImage, "JSON"),
-        ("text.txt", .notAnImage, "text"),
-        ("empty.jpg", .notAnImage, "empty"),
-    ])
+    @Test(
+        "error code and message",
+        arguments: [
+            ("truncated_half.jpg", ImageError.Code.truncated, "Premature end"),
+            ("truncated_in_header.jpg", .truncated, "truncated"),
+            ("corrupt_scan_data.jpg", .corrupt, "Corrupt JPEG data"),
+            ("header_60000x60000.jpg", .tooManyPixels, "60000x60000"),
+            ("valid_16000x16000.png", .tooManyPixels, "16000x16000"),
+            ("truncated.png", .truncated, "ends before"),
+            ("bad_crc.png", .corrupt, "PNG is corrupt"),
+            ("truncated.webp", .truncated, "ends before"),
+            ("tiny_8x8.png", .tooSmall, "8x8"),
+            ("animation.gif", .unsupportedFormat, "gif"),
+            ("bitmap.bmp", .unsupportedFormat, "bmp"),
+            ("scan.tiff", .unsupportedFormat, "tiff"),
+            ("drawing.svg", .unsupportedFormat, "svg"),
+            ("heic_header.heic", .unsupportedFormat, "heif"),
+            ("html_pretending_to_be.jpg", .notAnImage, "HTML"),
+            ("json_error.jpg", .notAnImage, "JSON"),
+            ("text.txt", .notAnImage, "text"),
+            ("empty.jpg", .notAnImage, "empty"),
+        ])
     func badFile(name: String, code: ImageError.Code, words: String) throws {
         let bytes = try Fixtures.bytes(Fixtures.image(name))
         do {
@@ -196,16 +201,22 @@ struct DecoderWarningTests {
         var testDescription: String { name }
     }
 
-    @Test("a harmless header fault decodes, and its warning is reported", arguments: [
-        Harmless(name: "junk_before_dqt_600x400.jpg", words: "Corrupt JPEG data: 5 extraneous bytes before marker 0xdb",
-                 width: 600, height: 400),
-        Harmless(name: "junk_before_exif6_451x300.jpg", words: "3 extraneous bytes before marker 0xe1",
-                 width: 451, height: 300),
-        Harmless(name: "jfif_revision_2_600x400.jpg", words: "unknown JFIF revision number 2.01",
-                 width: 600, height: 400),
-        Harmless(name: "adobe_transform_7_600x400.jpg", words: "Unknown Adobe color transform code 7",
-                 width: 600, height: 400),
-    ])
+    @Test(
+        "a harmless header fault decodes, and its warning is reported",
+        arguments: [
+            Harmless(
+                name: "junk_before_dqt_600x400.jpg", words: "Corrupt JPEG data: 5 extraneous bytes before marker 0xdb",
+                width: 600, height: 400),
+            Harmless(
+                name: "junk_before_exif6_451x300.jpg", words: "3 extraneous bytes before marker 0xe1",
+                width: 451, height: 300),
+            Harmless(
+                name: "jfif_revision_2_600x400.jpg", words: "unknown JFIF revision number 2.01",
+                width: 600, height: 400),
+            Harmless(
+                name: "adobe_transform_7_600x400.jpg", words: "Unknown Adobe color transform code 7",
+                width: 600, height: 400),
+        ])
     func harmless(_ c: Harmless) throws {
         let bytes = try Fixtures.bytes(Fixtures.image(c.name))
         let image = try decoder.decode(bytes)
@@ -220,9 +231,12 @@ struct DecoderWarningTests {
         #expect(fast.info.scaleDenominator > 1)
     }
 
-    @Test("header faults change no pixel: equal to PIL's decode of the same file",
-          arguments: ["junk_before_dqt_600x400.jpg", "jfif_revision_2_600x400.jpg", "adobe_transform_7_600x400.jpg",
-                      "unknown_app_segments_600x400.jpg", "bad_icc_chunk_600x400.jpg"])
+    @Test(
+        "header faults change no pixel: equal to PIL's decode of the same file",
+        arguments: [
+            "junk_before_dqt_600x400.jpg", "jfif_revision_2_600x400.jpg", "adobe_transform_7_600x400.jpg",
+            "unknown_app_segments_600x400.jpg", "bad_icc_chunk_600x400.jpg",
+        ])
     func pixelsEqualPIL(name: String) throws {
         let ours = try decoder.decode(Fixtures.bytes(Fixtures.image(name)))
         let pil = try decoder.decode(Fixtures.bytes(Fixtures.image(name + ".pil.png")))
@@ -243,8 +257,9 @@ struct DecoderWarningTests {
         #expect(behindJunk.pixels == upright.pixels)
     }
 
-    @Test("unknown or malformed APPn segments and a bad ICC chunk: libjpeg says nothing, nor do we",
-          arguments: ["unknown_app_segments_600x400.jpg", "bad_icc_chunk_600x400.jpg"])
+    @Test(
+        "unknown or malformed APPn segments and a bad ICC chunk: libjpeg says nothing, nor do we",
+        arguments: ["unknown_app_segments_600x400.jpg", "bad_icc_chunk_600x400.jpg"])
     func silentSegments(name: String) throws {
         let image = try decoder.decode(Fixtures.bytes(Fixtures.image(name)))
         #expect(image.width == 600 && image.height == 400)
@@ -263,13 +278,17 @@ struct DecoderWarningTests {
         Damaging(name: "truncated_half.jpg", code: .truncated, words: ["Premature end of JPEG file"]),
         Damaging(name: "corrupt_scan_data.jpg", code: .corrupt, words: ["premature end of data segment"]),
         // All blocks decode with bytes left over: a desynchronised scan, not padding.
-        Damaging(name: "corrupt_entropy_data_600x400.jpg", code: .corrupt,
-                 words: ["extraneous bytes before marker 0xd9"]),
+        Damaging(
+            name: "corrupt_entropy_data_600x400.jpg", code: .corrupt,
+            words: ["extraneous bytes before marker 0xd9"]),
         Damaging(name: "bad_sos_parameters_600x400.jpg", code: .corrupt, words: ["Invalid SOS parameters"]),
         // Behind a harmless header fault, the damage is still found and named.
-        Damaging(name: "junk_then_corrupt_scan_600x400.jpg", code: .corrupt,
-                 words: ["premature end of data segment", "after the harmless warning",
-                         "5 extraneous bytes before marker 0xdb"]),
+        Damaging(
+            name: "junk_then_corrupt_scan_600x400.jpg", code: .corrupt,
+            words: [
+                "premature end of data segment", "after the harmless warning",
+                "5 extraneous bytes before marker 0xdb",
+            ]),
         Damaging(name: "junk_then_truncated_600x400.jpg", code: .truncated, words: ["Premature end of JPEG file"]),
     ]
 
@@ -335,8 +354,10 @@ struct XMPOrientationTests {
         #expect(image.info.orientation == 6)
         #expect(image.info.storedWidth == 300 && image.info.storedHeight == 451)
         #expect(image.width == 451 && image.height == 300)
-        let upright = try decoder.decode(Fixtures.bytes(Fixtures.image(
-            name.hasSuffix(".png") ? "rgb8_451x300.png" : "exif_orientation_6.jpg")))
+        let upright = try decoder.decode(
+            Fixtures.bytes(
+                Fixtures.image(
+                    name.hasSuffix(".png") ? "rgb8_451x300.png" : "exif_orientation_6.jpg")))
         #expect(image.pixels == upright.pixels, "mean |diff| \(meanAbsDiff(image.pixels, upright.pixels))")
     }
 }

@@ -38,14 +38,15 @@ struct PreprocessorParityTests {
         #expect(Preprocessor.resizedSize(width: 300, height: 451, mode: .resize256Crop224) == (256, 384))
         #expect(Preprocessor.resizedSize(width: 451, height: 300, mode: .resize256Crop224) == (384, 256))
         #expect(Preprocessor.resizedSize(width: 451, height: 300, mode: .squash224) == (224, 224))
-        #expect(Preprocessor.cropOrigin(width: 257, height: 256, side: 224) == (16, 16))  // 16.5 -> 16
-        #expect(Preprocessor.cropOrigin(width: 259, height: 256, side: 224) == (18, 16))  // 17.5 -> 18
+        #expect(Preprocessor.cropOrigin(width: 257, height: 256, side: 224) == (16, 16)) // 16.5 -> 16
+        #expect(Preprocessor.cropOrigin(width: 259, height: 256, side: 224) == (18, 16)) // 17.5 -> 18
     }
 
     @Test("normalisation: white and black map to ImageNet's bounds")
     func normalisation() throws {
-        let white = RGBImage(width: 224, height: 224, pixels: [UInt8](repeating: 255, count: 224 * 224 * 3),
-                             info: try ImageDecoder().probe(Fixtures.bytes(Fixtures.image("baseline_600x400.jpg"))))
+        let white = RGBImage(
+            width: 224, height: 224, pixels: [UInt8](repeating: 255, count: 224 * 224 * 3),
+            info: try ImageDecoder().probe(Fixtures.bytes(Fixtures.image("baseline_600x400.jpg"))))
         let t = try Preprocessor().tensor(from: white).values
         for c in 0..<3 {
             let expected = (1 - PreprocessingMode.mean[c]) / PreprocessingMode.std[c]

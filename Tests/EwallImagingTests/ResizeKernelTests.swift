@@ -19,12 +19,14 @@ struct ResizeKernelTests {
         return out
     }
 
-    @Test("random images, down- and upscales, odd and tiny sizes: identical bytes",
-          .enabled(if: hasAVX2, "this CPU has no AVX2: only the portable kernels run"))
+    @Test(
+        "random images, down- and upscales, odd and tiny sizes: identical bytes",
+        .enabled(if: hasAVX2, "this CPU has no AVX2: only the portable kernels run"))
     func identical() {
         var rng = TestRNG(seed: 42)
         let sizes: [(Int, Int, Int, Int)] = [
-            (720, 960, 224, 224), (4000, 3000, 224, 224), (451, 300, 224, 224), (225, 224, 224, 224), (224, 225, 224, 224),
+            (720, 960, 224, 224), (4000, 3000, 224, 224), (451, 300, 224, 224), (225, 224, 224, 224),
+            (224, 225, 224, 224),
             (1, 1, 224, 224), (2, 3, 224, 224), (224, 224, 224, 224), (100, 57, 224, 224), (3, 1000, 224, 224),
             (1000, 3, 224, 224), (601, 401, 384, 256), (97, 89, 31, 17), (256, 256, 1, 1),
         ]

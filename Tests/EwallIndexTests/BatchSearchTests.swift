@@ -13,7 +13,9 @@ extension KernelSwitching {
     struct BatchSearchTests {
         static let data = SyntheticVectors(count: 4000, dimension: 48, clusters: 80, seed: 31)
 
-        static func filled(_ factory: String, metric: IndexMetric = .l2, data: SyntheticVectors = data) throws -> FaissIndex {
+        static func filled(
+            _ factory: String, metric: IndexMetric = .l2, data: SyntheticVectors = data
+        ) throws -> FaissIndex {
             let index = try FaissIndex(dimension: data.dimension, factory: factory, metric: metric)
             if !index.isTrained { try data.values.withUnsafeBufferPointer { try index.train($0) } }
             try index.add(data.values, ids: (0..<data.count).map { 5 + 3 * Int64($0) })
@@ -22,7 +24,9 @@ extension KernelSwitching {
 
         /// n queries (rows of the data, and a few off-data points), each with its own nprobe,
         /// allowed bitmap and excluded ids, some with none.
-        static func queries(_ n: Int, data: SyntheticVectors = data, seed: UInt64) -> [(vector: [Float], parameters: SearchParameters)] {
+        static func queries(
+            _ n: Int, data: SyntheticVectors = data, seed: UInt64
+        ) -> [(vector: [Float], parameters: SearchParameters)] {
             var rng = TestRNG(seed: seed)
             let capacity = 5 + 3 * data.count
             return (0..<n).map { i in
@@ -46,28 +50,35 @@ extension KernelSwitching {
             }
         }
 
-        static func expectSame(_ index: FaissIndex, _ qs: [(vector: [Float], parameters: SearchParameters)], k: Int,
-                               _ comment: Comment) throws {
+        static func expectSame(
+            _ index: FaissIndex, _ qs: [(vector: [Float], parameters: SearchParameters)], k: Int,
+            _ comment: Comment
+        ) throws {
             let batched = try index.searchBatch(qs, k: k)
             #expect(batched.count == qs.count)
             var same = 0
             for (i, q) in qs.enumerated() {
                 let one = try index.search(q.vector, k: k, parameters: q.parameters)
-                if one.ids == batched[i].ids && one.distances == batched[i].distances { same += 1 }
-                else { Issue.record("\(comment): query \(i) differs: \(one.ids) vs \(batched[i].ids)") }
+                if one.ids == batched[i].ids && one.distances == batched[i].distances {
+                    same += 1
+                } else {
+                    Issue.record("\(comment): query \(i) differs: \(one.ids) vs \(batched[i].ids)")
+                }
             }
             #expect(same == qs.count, comment)
         }
 
-        @Test("The batch C call equals one ew_faiss_search per query (same ids, same distances, bit for bit) for every kind, kernel and batch size",
-              arguments: ["IVF40,Flat", "IVF256,Flat", "IVF40,SQ8", "IVF256,SQ8", "Flat", "HNSW16"])
+        @Test(
+            "The batch C call equals one ew_faiss_search per query (same ids, same distances, bit for bit) for every kind, kernel and batch size",
+            arguments: ["IVF40,Flat", "IVF256,Flat", "IVF40,SQ8", "IVF256,SQ8", "Flat", "HNSW16"])
         func batchEqualsSingles(factory: String) throws {
             defer { DistanceKernel.use(.auto) }
             let index = try Self.filled(factory)
             for kernel in DistanceKernel.allCases where kernel.isSupported {
                 DistanceKernel.use(kernel)
                 for (n, k) in [(1, 10), (2, 5), (19, 10), (20, 10), (64, 10), (100, 1), (64, 50)] {
-                    try Self.expectSame(index, Self.queries(n, seed: UInt64(n * 100 + k)), k: k, "\(factory) \(kernel) n=\(n) k=\(k)")
+                    try Self.expectSame(
+                        index, Self.queries(n, seed: UInt64(n * 100 + k)), k: k, "\(factory) \(kernel) n=\(n) k=\(k)")
                 }
             }
         }
@@ -85,7 +96,9 @@ extension KernelSwitching {
             }
         }
 
-        @Test("Degenerate queries (zeros, duplicates of one point, huge values) and every list probed: batch equals singles")
+        @Test(
+            "Degenerate queries (zeros, duplicates of one point, huge values) and every list probed: batch equals singles"
+        )
         func degenerate() throws {
             // 256 lists: the coarse pass keeps only candidates (2p+32 of them), so both the proof
             // and its fallback run (huge values make the error bound too wide to prove anything).
@@ -97,7 +110,9 @@ extension KernelSwitching {
             qs += (0..<5).map { i in (Self.data.row(i).map { $0 * 1e15 }, SearchParameters(nprobe: 2)) }
             qs += (0..<5).map { i in (Self.data.row(i), SearchParameters(nprobe: 256)) }
             // Far from everything: the centroids' distances differ by less than the error bound.
-            qs += (0..<5).map { i in ([Float](repeating: -1e4 * Float(i + 1), count: d), SearchParameters(nprobe: 2 + i)) }
+            qs += (0..<5).map { i in
+                ([Float](repeating: -1e4 * Float(i + 1), count: d), SearchParameters(nprobe: 2 + i))
+            }
             try Self.expectSame(index, qs, k: 10, "degenerate")
             #expect(try index.searchBatch([], k: 10).isEmpty)
         }
@@ -113,8 +128,9 @@ extension KernelSwitching {
                 && a.index == b.index
         }
 
-        @Test("ProductSearch.similar(batch:) answers each request exactly as similar(vector:) alone: categories, stock, exclusions, k, deepening, errors",
-              arguments: ["IVF40,Flat", "HNSW16"])
+        @Test(
+            "ProductSearch.similar(batch:) answers each request exactly as similar(vector:) alone: categories, stock, exclusions, k, deepening, errors",
+            arguments: ["IVF40,Flat", "HNSW16"])
         func productSearchBatch(factory: String) async throws {
             let (store, _) = try await Catalogue.store(Self.data, category: Self.category, inStock: Self.inStock)
             defer { Task { await store.close() } }
@@ -125,13 +141,14 @@ extension KernelSwitching {
             var requests: [SimilarRequest] = []
             for i in 0..<90 {
                 let row = Int(rng.next() % UInt64(Self.data.count))
-                var q = SimilarQuery(k: [10, 10, 5, 30][i % 4], minSimilarity: i % 5 == 0 ? 0 : 0.5,
-                                     sameCategory: i % 3 != 2, inStockOnly: i % 4 != 1)
+                var q = SimilarQuery(
+                    k: [10, 10, 5, 30][i % 4], minSimilarity: i % 5 == 0 ? 0 : 0.5,
+                    sameCategory: i % 3 != 2, inStockOnly: i % 4 != 1)
                 if i % 11 == 0 { q.k = 1 }
                 let category: String? = i % 13 == 0 ? "rare" : (i % 17 == 0 ? nil : Self.category(row))
                 let excluding: String? = i % 6 == 5 ? nil : Catalogue.pid(row)
                 var vector = Self.data.row(row)
-                if i == 40 { vector = [1, 2, 3] }  // wrong dimension: an error for this one only
+                if i == 40 { vector = [1, 2, 3] } // wrong dimension: an error for this one only
                 requests.append(SimilarRequest(vector: vector, category: category, excluding: excluding, query: q))
             }
             for n in [1, 7, 90] {
@@ -139,9 +156,13 @@ extension KernelSwitching {
                 let batched = search.similar(batch: part)
                 #expect(batched.count == part.count)
                 for (r, b) in zip(part, batched) {
-                    let alone = Result { try search.similar(vector: r.vector, category: r.category, excluding: r.excluding, query: r.query) }
+                    let alone = Result {
+                        try search.similar(
+                            vector: r.vector, category: r.category, excluding: r.excluding, query: r.query)
+                    }
                     switch (alone, b) {
-                    case (.success(let x), .success(let y)): #expect(Self.sameAnswer(x, y), "\(factory) n=\(n) \(r.category ?? "-") k=\(r.query.k)")
+                    case (.success(let x), .success(let y)):
+                        #expect(Self.sameAnswer(x, y), "\(factory) n=\(n) \(r.category ?? "-") k=\(r.query.k)")
                     case (.failure, .failure): break
                     default: Issue.record("\(factory): one failed, the other did not: \(alone) vs \(b)")
                     }
@@ -150,7 +171,10 @@ extension KernelSwitching {
             // And through the stored-product path.
             let r = try await search.request(for: Catalogue.pid(12))
             let a = try await search.similar(to: Catalogue.pid(12))
-            guard case .success(let b) = search.similar(batch: [r]).first else { Issue.record("batch of one failed"); return }
+            guard case .success(let b) = search.similar(batch: [r]).first else {
+                Issue.record("batch of one failed")
+                return
+            }
             #expect(Self.sameAnswer(a, b))
         }
 
@@ -164,7 +188,9 @@ extension KernelSwitching {
             var lists: [Int32] = [], bounds: [Float] = []
             let d = data.dimension
             // Pages of 700 (FAISS's BLAS path), then 487 and 13 (below 20: our kernel's path).
-            for (start, end) in [(0, 700), (700, 1400), (1400, 2100), (2100, 2800), (2800, 3500), (3500, 3987), (3987, 4000)] {
+            for (start, end) in [
+                (0, 700), (700, 1400), (1400, 2100), (2100, 2800), (2800, 3500), (3500, 3987), (3987, 4000),
+            ] {
                 try data.values[start * d..<end * d].withUnsafeBufferPointer { buf in
                     let (l, b) = try index.addRecordingNearest(buf, ids: (start..<end).map { 5 + 3 * Int64($0) })
                     lists += l
@@ -175,8 +201,9 @@ extension KernelSwitching {
             return (index, lists, bounds)
         }
 
-        @Test("Stored vectors searched with their nearest lists recorded at add: the same answers as the coarse pass, bit for bit; most take the lists; nprobe of 32 and up, or bad lists, take the coarse pass",
-              arguments: [("IVF256,Flat", IndexMetric.l2), ("IVF256,SQ8", .l2), ("IVF200,Flat", .ip)])
+        @Test(
+            "Stored vectors searched with their nearest lists recorded at add: the same answers as the coarse pass, bit for bit; most take the lists; nprobe of 32 and up, or bad lists, take the coarse pass",
+            arguments: [("IVF256,Flat", IndexMetric.l2), ("IVF256,SQ8", .l2), ("IVF200,Flat", .ip)])
         func nearestListsEqualCoarse(factory: String, metric: IndexMetric) throws {
             defer { DistanceKernel.use(.auto) }
             let (index, lists, bounds) = try Self.probed(factory, metric: metric)
@@ -194,10 +221,13 @@ extension KernelSwitching {
             }
             try lists.withUnsafeBufferPointer { l in
                 try bounds.withUnsafeBufferPointer { b in
-                    func hinted(_ qs: [(vector: [Float], parameters: SearchParameters)]) -> [(vector: [Float], parameters: SearchParameters)] {
+                    func hinted(
+                        _ qs: [(vector: [Float], parameters: SearchParameters)]
+                    ) -> [(vector: [Float], parameters: SearchParameters)] {
                         qs.enumerated().map { j, q in
                             var p = q.parameters
-                            p.nearest = NearestLists.Row(lists: l.baseAddress! + rows[j] * 32, bounds: b.baseAddress! + rows[j] * 4)
+                            p.nearest = NearestLists.Row(
+                                lists: l.baseAddress! + rows[j] * 32, bounds: b.baseAddress! + rows[j] * 4)
                             return (q.vector, p)
                         }
                     }
@@ -208,8 +238,9 @@ extension KernelSwitching {
                         let withLists = try index.searchBatch(hinted(qs), k: 10)
                         let after = NearestLists.stats
                         for j in qs.indices {
-                            #expect(plain[j].ids == withLists[j].ids && plain[j].distances == withLists[j].distances,
-                                    "\(factory) \(kernel) query \(j) nprobe \(qs[j].parameters.nprobe ?? 0)")
+                            #expect(
+                                plain[j].ids == withLists[j].ids && plain[j].distances == withLists[j].distances,
+                                "\(factory) \(kernel) query \(j) nprobe \(qs[j].parameters.nprobe ?? 0)")
                         }
                         let single = try index.searchBatch(hinted(Array(qs.prefix(1))), k: 10)
                         #expect(single[0].ids == plain[0].ids && single[0].distances == plain[0].distances)
@@ -217,8 +248,9 @@ extension KernelSwitching {
                             #expect(after.used == before.used, "FAISS's own code paths never take recorded lists")
                         } else {
                             let deep = qs.filter { ($0.parameters.nprobe ?? 0) >= 32 }.count
-                            #expect(after.used - before.used >= (qs.count - deep) * 9 / 10,
-                                    "\(kernel): \(after.used - before.used) of \(qs.count - deep) took their lists")
+                            #expect(
+                                after.used - before.used >= (qs.count - deep) * 9 / 10,
+                                "\(kernel): \(after.used - before.used) of \(qs.count - deep) took their lists")
                             #expect(after.declined - before.declined >= deep)
                         }
                     }
@@ -251,11 +283,15 @@ extension KernelSwitching {
             }
             let flat = try FaissIndex(dimension: 8, factory: "Flat", metric: .l2)
             #expect(throws: IndexError.self) {
-                _ = try [Float](repeating: 0, count: 8).withUnsafeBufferPointer { try flat.addRecordingNearest($0, ids: [0]) }
+                _ = try [Float](repeating: 0, count: 8).withUnsafeBufferPointer {
+                    try flat.addRecordingNearest($0, ids: [0])
+                }
             }
         }
 
-        @Test("A build records every product's nearest lists; similar-by-id in a batch takes them and answers as similar(to:) alone; an incremental build keeps and extends them")
+        @Test(
+            "A build records every product's nearest lists; similar-by-id in a batch takes them and answers as similar(to:) alone; an incremental build keeps and extends them"
+        )
         func buildRecordsNearestLists() async throws {
             let (store, _) = try await Catalogue.store(Self.data, category: Self.category, inStock: Self.inStock)
             defer { Task { await store.close() } }
@@ -270,10 +306,14 @@ extension KernelSwitching {
                 #expect(requests.allSatisfy { $0.storedID != nil })
                 let before = NearestLists.stats
                 let batched = search.similar(batch: requests)
-                #expect(NearestLists.stats.used - before.used >= requests.count / 2, "few stored products took their lists")
+                #expect(
+                    NearestLists.stats.used - before.used >= requests.count / 2, "few stored products took their lists")
                 for (row, b) in zip(rows, batched) {
                     let alone = try await search.similar(to: Catalogue.pid(row))
-                    guard case .success(let y) = b else { Issue.record("row \(row) failed in the batch: \(b)"); continue }
+                    guard case .success(let y) = b else {
+                        Issue.record("row \(row) failed in the batch: \(b)")
+                        continue
+                    }
                     #expect(Self.sameAnswer(alone, y), "row \(row)")
                 }
             }
@@ -282,14 +322,17 @@ extension KernelSwitching {
 
             // 40 more products: an incremental build adds their rows after the kept ones.
             let more = SyntheticVectors(count: 40, dimension: Self.data.dimension, clusters: 8, seed: 32)
-            try await Catalogue.put(more, rows: Array(0..<40), into: store, ids: { Catalogue.pid(Self.data.count + $0) },
-                                    category: { "c\($0 % 10)" })
-            let summary = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, index: "IVF40,Flat", incremental: true))
+            try await Catalogue.put(
+                more, rows: Array(0..<40), into: store, ids: { Catalogue.pid(Self.data.count + $0) },
+                category: { "c\($0 % 10)" })
+            let summary = try await IndexBuilder.build(
+                store: store, options: Catalogue.options(folder, index: "IVF40,Flat", incremental: true))
             #expect(summary.mode == "incremental" && summary.added == 40)
             let m2 = try folder.manifest()
             #expect(m2.nearest?.count == 32 && m2.files["nearest_lists"]?.bytes == m2.nextID * 36 * 4)
             let again = try await ProductSearch.open(folder: folder, store: store, exactBelow: 50)
-            try await ask(again, Array(stride(from: 5, to: Self.data.count, by: 211)) + (0..<40).map { Self.data.count + $0 })
+            try await ask(
+                again, Array(stride(from: 5, to: Self.data.count, by: 211)) + (0..<40).map { Self.data.count + $0 })
         }
 
         // MARK: Second hop through the recorded lists
@@ -315,8 +358,9 @@ extension KernelSwitching {
             return (index, table, lists)
         }
 
-        @Test("Second hop: the k best of the query's nprobe lists and the unvisited recorded lists of the best it found, checked against an exact search over exactly those lists; batch equals singles through every kernel; recall at nprobe 1 goes up",
-              arguments: [("IVF256,Flat", IndexMetric.l2), ("IVF200,Flat", .ip), ("IVF256,SQ8", .l2)])
+        @Test(
+            "Second hop: the k best of the query's nprobe lists and the unvisited recorded lists of the best it found, checked against an exact search over exactly those lists; batch equals singles through every kernel; recall at nprobe 1 goes up",
+            arguments: [("IVF256,Flat", IndexMetric.l2), ("IVF200,Flat", .ip), ("IVF256,SQ8", .l2)])
         func secondHop(factory: String, metric: IndexMetric) throws {
             defer { DistanceKernel.use(.auto) }
             let (index, table, lists) = try Self.hopIndex(factory, metric: metric)
@@ -333,15 +377,18 @@ extension KernelSwitching {
             func better(_ a: Double, _ b: Double) -> Bool { metric == .l2 ? a < b : a > b }
             var sizes = [Int](repeating: 0, count: index.listCount)
             for r in 0..<n { sizes[Int(lists[r * 32])] += 1 }
-            #expect(sizes.contains { $0 > n * 3 / 2 / index.listCount } && sizes.contains { $0 > 0 && $0 <= n * 3 / 2 / index.listCount })
+            #expect(
+                sizes.contains { $0 > n * 3 / 2 / index.listCount }
+                    && sizes.contains { $0 > 0 && $0 <= n * 3 / 2 / index.listCount })
             var rng = TestRNG(seed: 77)
             var cases: [(row: Int, params: SearchParameters)] = []
             for i in 0..<60 {
                 let row = Int(rng.next() % UInt64(n))
                 var p = SearchParameters(nprobe: [1, 2, 3, 4, 8][i % 5], excluded: [Int64(row)])
                 // Every third without the lists above 1.5x the mean (some lists fall on each side).
-                p.hop = SecondHop(table: table, top: [1, 3, 5, 10][i % 4], lists: [1, 2, 4, 32][(i / 4) % 4],
-                                  maxList: i % 3 == 2 ? n * 3 / 2 / index.listCount : nil)
+                p.hop = SecondHop(
+                    table: table, top: [1, 3, 5, 10][i % 4], lists: [1, 2, 4, 32][(i / 4) % 4],
+                    maxList: i % 3 == 2 ? n * 3 / 2 / index.listCount : nil)
                 if i % 3 == 1 {
                     var b = IDBitmap(capacity: n)
                     let mod = 2 + i % 4
@@ -363,22 +410,28 @@ extension KernelSwitching {
                 DistanceKernel.use(kernel)
                 let qs = cases.map { (Self.data.row($0.row), $0.params) }
                 // Half the queries carry their recorded lists too (the server's similar-by-id).
-                let batched = try index.searchBatch(qs.enumerated().map { j, q in
-                    var p = q.1
-                    if j % 2 == 0 { p.nearest = table.row(Int64(cases[j].row)) }
-                    return (q.0, p)
-                }, k: k)
+                let batched = try index.searchBatch(
+                    qs.enumerated().map { j, q in
+                        var p = q.1
+                        if j % 2 == 0 { p.nearest = table.row(Int64(cases[j].row)) }
+                        return (q.0, p)
+                    }, k: k)
                 for (j, c) in cases.enumerated() {
                     let got = try index.search(Self.data.row(c.row), k: k, parameters: c.params)
-                    #expect(got.ids == batched[j].ids && got.distances == batched[j].distances, "\(factory) \(kernel) case \(j): batch differs")
+                    #expect(
+                        got.ids == batched[j].ids && got.distances == batched[j].distances,
+                        "\(factory) \(kernel) case \(j): batch differs")
                     var plainParams = c.params
                     plainParams.hop = nil
                     let first = try index.search(Self.data.row(c.row), k: k, parameters: plainParams)
                     let hop = got.results(of: 0), firstPass = first.results(of: 0)
                     // It contains every first-pass result that ranks within its k.
                     if let last = hop.last, hop.count == k {
-                        for r in firstPass where metric == .l2 ? r.distance < last.distance : r.distance > last.distance {
-                            #expect(hop.contains { $0.id == r.id }, "\(factory) \(kernel) case \(j): lost \(r.id) of the first pass")
+                        for r in firstPass where metric == .l2 ? r.distance < last.distance : r.distance > last.distance
+                        {
+                            #expect(
+                                hop.contains { $0.id == r.id },
+                                "\(factory) \(kernel) case \(j): lost \(r.id) of the first pass")
                         }
                     } else {
                         #expect(hop.count >= firstPass.count)
@@ -398,17 +451,27 @@ extension KernelSwitching {
                         }
                     }
                     var candidates: [(id: Int, distance: Double)] = []
-                    for r in 0..<n where visit.contains(lists[r * 32]) && !p.excluded.contains(Int64(r)) && (p.allowed?.contains(Int64(r)) ?? true) {
+                    for r in 0..<n
+                    where visit.contains(lists[r * 32]) && !p.excluded.contains(Int64(r))
+                        && (p.allowed?.contains(Int64(r)) ?? true)
+                    {
                         candidates.append((r, distance(c.row, r)))
                     }
-                    candidates.sort { better($0.distance, $1.distance) || ($0.distance == $1.distance && $0.id < $1.id) }
+                    candidates.sort {
+                        better($0.distance, $1.distance) || ($0.distance == $1.distance && $0.id < $1.id)
+                    }
                     let want = Array(candidates.prefix(k))
                     #expect(hop.count == want.count, "\(factory) case \(j): \(hop.count) results, want \(want.count)")
                     for (g, w) in zip(hop, want) {
-                        #expect(abs(Double(g.distance) - w.distance) <= 1e-4 * max(1, abs(w.distance)), "\(factory) case \(j): \(g) vs \(w)")
+                        #expect(
+                            abs(Double(g.distance) - w.distance) <= 1e-4 * max(1, abs(w.distance)),
+                            "\(factory) case \(j): \(g) vs \(w)")
                     }
-                    let boundaryTie = candidates.count > k && abs(candidates[k].distance - candidates[k - 1].distance) < 1e-5
-                    if !boundaryTie { #expect(Set(hop.map(\.id)) == Set(want.map { Int64($0.id) }), "\(factory) case \(j)") }
+                    let boundaryTie =
+                        candidates.count > k && abs(candidates[k].distance - candidates[k - 1].distance) < 1e-5
+                    if !boundaryTie {
+                        #expect(Set(hop.map(\.id)) == Set(want.map { Int64($0.id) }), "\(factory) case \(j)")
+                    }
                     // Recall against the exact k best the filter allows, at nprobe 1 with and without the hop.
                     if p.nprobe == 1 {
                         var truth: [(id: Int, distance: Double)] = []
@@ -423,8 +486,12 @@ extension KernelSwitching {
                 }
             }
             if exactCodes {
-                print("second hop \(factory): recall at nprobe 1, summed over its queries: plain \(plainRecall), with the hop \(hopRecall)")
-                #expect(hopRecall > plainRecall + 1, "the hop found no more true neighbours at nprobe 1: \(plainRecall) -> \(hopRecall)")
+                print(
+                    "second hop \(factory): recall at nprobe 1, summed over its queries: plain \(plainRecall), with the hop \(hopRecall)"
+                )
+                #expect(
+                    hopRecall > plainRecall + 1,
+                    "the hop found no more true neighbours at nprobe 1: \(plainRecall) -> \(hopRecall)")
             }
         }
     }

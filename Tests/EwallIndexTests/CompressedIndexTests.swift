@@ -11,16 +11,21 @@ struct ProductIDTableTests {
     func lookups() throws {
         let folder = Catalogue.folder()
         let index = try FaissIndex(dimension: 4, factory: "Flat", metric: .l2)
-        let names: [Int64: String] = [0: "a", 1: "p\"quoted\"", 4: "tab\there", 5: "한국어-다운자켓", 9: "back\\slash", 10: ""]
+        let names: [Int64: String] = [
+            0: "a", 1: "p\"quoted\"", 4: "tab\there", 5: "한국어-다운자켓", 9: "back\\slash", 10: "",
+        ]
         var map = IDMap()
         for (id, name) in names {
             try index.add([Float](repeating: Float(id), count: 4), ids: [id])
             map.insert(id: id, productID: name, hash: UInt64(id) * 7)
         }
-        _ = try folder.publish(index: index, idMap: map, manifest: IndexManifest(
-            factory: index.factory, metric: .l2, distance: "", search: .init(), dimension: 4, count: names.count,
-            modelID: "m", preprocessing: "p", builtAt: "", buildSeconds: 0, buildMode: "full", choice: "", recall: nil,
-            nextID: 11, files: [:]))
+        _ = try folder.publish(
+            index: index, idMap: map,
+            manifest: IndexManifest(
+                factory: index.factory, metric: .l2, distance: "", search: .init(), dimension: 4, count: names.count,
+                modelID: "m", preprocessing: "p", builtAt: "", buildSeconds: 0, buildMode: "full", choice: "",
+                recall: nil,
+                nextID: 11, files: [:]))
         let ids = try folder.load().ids
         #expect(ids.count == names.count && ids.capacity == 11)
         for (id, name) in names {
@@ -34,22 +39,28 @@ struct ProductIDTableTests {
 
     @Test("A malformed, unordered or duplicated id map is a clear manifest error")
     func badMaps() throws {
-        for (body, says) in [("0\t0\t\"a\"\n0\t0\t\"b\"\n", "out of order"), ("3\t0\t\"a\"\n1\t0\t\"b\"\n", "out of order"),
-                             ("0\t0\t\"a\"\n1\t0\t\"a\"\n", "twice"), ("0\tzz\t\"a\"\n", "malformed"), ("0\t0\tnot json\n", "JSON")] {
+        for (body, says) in [
+            ("0\t0\t\"a\"\n0\t0\t\"b\"\n", "out of order"), ("3\t0\t\"a\"\n1\t0\t\"b\"\n", "out of order"),
+            ("0\t0\t\"a\"\n1\t0\t\"a\"\n", "twice"), ("0\tzz\t\"a\"\n", "malformed"), ("0\t0\tnot json\n", "JSON"),
+        ] {
             let folder = Catalogue.folder()
             let index = try FaissIndex(dimension: 4, factory: "Flat", metric: .l2)
             var map = IDMap()
             map.insert(id: 0, productID: "x", hash: 0)
             try index.add([0, 0, 0, 0], ids: [0])
-            _ = try folder.publish(index: index, idMap: map, manifest: IndexManifest(
-                factory: index.factory, metric: .l2, distance: "", search: .init(), dimension: 4, count: 1,
-                modelID: "m", preprocessing: "p", builtAt: "", buildSeconds: 0, buildMode: "full", choice: "", recall: nil,
-                nextID: 1, files: [:]))
+            _ = try folder.publish(
+                index: index, idMap: map,
+                manifest: IndexManifest(
+                    factory: index.factory, metric: .l2, distance: "", search: .init(), dimension: 4, count: 1,
+                    modelID: "m", preprocessing: "p", builtAt: "", buildSeconds: 0, buildMode: "full", choice: "",
+                    recall: nil,
+                    nextID: 1, files: [:]))
             // Replace the id map behind the manifest's back (the manifest's size check is dropped with it).
             var manifest = try folder.manifest()
             manifest.files["id_map"] = nil
             try JSONEncoder().encode(manifest).write(to: folder.url.appendingPathComponent(IndexFolder.manifestFile))
-            try Data(("id\tvector_fnv1a64\tproduct_id\n" + body).utf8).write(to: folder.url.appendingPathComponent(IndexFolder.idMapFile))
+            try Data(("id\tvector_fnv1a64\tproduct_id\n" + body).utf8).write(
+                to: folder.url.appendingPathComponent(IndexFolder.idMapFile))
             #expect { try folder.load() } throws: { e in
                 (e as? IndexError)?.code == .manifest && "\(e)".contains(says)
             }
@@ -65,8 +76,9 @@ struct CompressedIndexTests {
     static func category(_ r: Int) -> String? { "c\(data.cluster[r] % 12)" }
     static func inStock(_ r: Int) -> Bool? { r % 3 != 0 }
 
-    @Test("--max-memory picks SQ8 then PQ; both keep vectors.f32, reach the target, and answer similar products as an exact index does",
-          arguments: [(Int64(500 << 10), "SQ8"), (Int64(200 << 10), "PQ")])
+    @Test(
+        "--max-memory picks SQ8 then PQ; both keep vectors.f32, reach the target, and answer similar products as an exact index does",
+        arguments: [(Int64(500 << 10), "SQ8"), (Int64(200 << 10), "PQ")])
     func autoCompressed(budget: Int64, kind: String) async throws {
         let (store, _) = try await Catalogue.store(Self.data, category: Self.category, inStock: Self.inStock)
         defer { Task { await store.close() } }
@@ -81,7 +93,7 @@ struct CompressedIndexTests {
         let exact = try #require(loaded.exact)
         #expect(loaded.manifest.refine?.factor == IndexPlan.refineFactor(for: s.factory))
         #expect(exact.rows == Self.data.count)
-        for row in [0, 77, 5999] { #expect(exact.vector(Int64(row)) == Self.data.row(row)) }  // ids are row numbers here
+        for row in [0, 77, 5999] { #expect(exact.vector(Int64(row)) == Self.data.row(row)) } // ids are row numbers here
 
         _ = try await IndexBuilder.build(store: store, options: Catalogue.options(flatFolder, index: "Flat"))
         let approx = try await ProductSearch.open(folder: folder, store: store)
@@ -103,15 +115,17 @@ struct CompressedIndexTests {
         #expect(Double(found) / Double(wanted) >= 0.95, "\(kind): \(found) of \(wanted)")
     }
 
-    @Test("Python's faiss reads the compressed index, and numpy the exact vectors file",
-          .enabled(if: Python.hasFaiss, "/usr/bin/python3 cannot import faiss (apt-get install python3-faiss)"))
+    @Test(
+        "Python's faiss reads the compressed index, and numpy the exact vectors file",
+        .enabled(if: Python.hasFaiss, "/usr/bin/python3 cannot import faiss (apt-get install python3-faiss)"))
     func pythonReadsCompressed() async throws {
         let (store, _) = try await Catalogue.store(Self.data)
         defer { Task { await store.close() } }
         let folder = Catalogue.folder()
         _ = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, index: "IVF60,SQ8"))
         let loaded = try folder.load()
-        let out = try Python.run("""
+        let out = try Python.run(
+            """
             import faiss, numpy as np, json, sys
             d = sys.argv[1]
             index = faiss.read_index(d + "/image_index.faiss")
@@ -122,8 +136,10 @@ struct CompressedIndexTests {
         let obj = try JSONSerialization.jsonObject(with: Data(out.utf8)) as! [String: Any]
         #expect(obj["ntotal"] as? Int == 6000 && obj["rows"] as? Int == 6000)
         #expect((obj["row5"] as? [Double])?.map(Float.init) == Self.data.row(5))
-        let ours = try loaded.index.search(Array(Self.data.values[0..<(20 * 32)]), k: 10,
-                                           parameters: SearchParameters(nprobe: loaded.manifest.search.nprobe)).ids
+        let ours = try loaded.index.search(
+            Array(Self.data.values[0..<(20 * 32)]), k: 10,
+            parameters: SearchParameters(nprobe: loaded.manifest.search.nprobe)
+        ).ids
         #expect((obj["ids"] as? [Int])?.map(Int64.init) == ours)
     }
 
@@ -133,16 +149,20 @@ struct CompressedIndexTests {
         defer { Task { await store.close() } }
         let folder = Catalogue.folder()
         var options = Catalogue.options(folder)
-        options.maxMemory = 50_000  // PQ8 needs 6000 × (8 + 8) = 96,000 bytes
+        options.maxMemory = 50_000 // PQ8 needs 6000 × (8 + 8) = 96,000 bytes
         await #expect { try await IndexBuilder.build(store: store, options: options) } throws: { e in
             let s = "\(e)"
             return s.contains("PQ8 needs") && s.contains("raise --max-memory")
         }
         #expect(!folder.exists)
-        #expect(throws: IndexError.self) { try IndexPlan.auto(count: 10_000_000, dimension: 2048, maxMemory: 100 << 20) }
+        #expect(throws: IndexError.self) {
+            try IndexPlan.auto(count: 10_000_000, dimension: 2048, maxMemory: 100 << 20)
+        }
     }
 
-    @Test("A memory-mapped IVF index (ewall-serve --mmap-index) answers exactly as a loaded one", arguments: ["IVF60,Flat", "IVF60,SQ8"])
+    @Test(
+        "A memory-mapped IVF index (ewall-serve --mmap-index) answers exactly as a loaded one",
+        arguments: ["IVF60,Flat", "IVF60,SQ8"])
     func memoryMapped(factory: String) async throws {
         let (store, _) = try await Catalogue.store(Self.data, category: Self.category, inStock: Self.inStock)
         defer { Task { await store.close() } }
@@ -163,7 +183,8 @@ struct CompressedIndexTests {
         defer { Task { await store.close() } }
         let folder = Catalogue.folder()
         _ = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, index: "IVF60,SQ8"))
-        let s = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, index: "IVF60,SQ8", incremental: true))
+        let s = try await IndexBuilder.build(
+            store: store, options: Catalogue.options(folder, index: "IVF60,SQ8", incremental: true))
         #expect(s.mode == "full" && s.fullRebuildReason?.contains(ExactVectors.fileName) == true)
         #expect(try folder.load().exact?.rows == 6000)
     }

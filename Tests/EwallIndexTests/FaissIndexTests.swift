@@ -31,8 +31,9 @@ struct FaissIndexTests {
         }
     }
 
-    @Test("Approximate kinds reach recall@10 >= 0.95 against the Swift exact search at a tuned setting",
-          arguments: [("IVF40,Flat", 16, 0), ("HNSW16", 0, 64), ("IVF40,SQ8", 16, 0)])
+    @Test(
+        "Approximate kinds reach recall@10 >= 0.95 against the Swift exact search at a tuned setting",
+        arguments: [("IVF40,Flat", 16, 0), ("HNSW16", 0, 64), ("IVF40,SQ8", 16, 0)])
     func approximateRecall(factory: String, nprobe: Int, efSearch: Int) throws {
         let index = try filled(factory)
         let params = SearchParameters(nprobe: nprobe == 0 ? nil : nprobe, efSearch: efSearch == 0 ? nil : efSearch)
@@ -50,15 +51,18 @@ struct FaissIndexTests {
             var low = 0.0
             for q in queries {
                 let exact = Set(ExactSearch.nearest(Self.data.row(q), in: Self.data, k: 10).map { Self.id($0.row) })
-                let got = try index.search(Self.data.row(q), k: 10, parameters: SearchParameters(nprobe: 1)).results(of: 0).map(\.id)
+                let got = try index.search(Self.data.row(q), k: 10, parameters: SearchParameters(nprobe: 1)).results(
+                    of: 0
+                ).map(\.id)
                 low += Double(got.filter(exact.contains).count) / 10
             }
             #expect(low / Double(queries.count) < recall)
         }
     }
 
-    @Test("IDBitmap.count counts every member, across word boundaries and a tail shorter than a word",
-          arguments: [0, 1, 7, 8, 9, 63, 64, 65, 1_001])
+    @Test(
+        "IDBitmap.count counts every member, across word boundaries and a tail shorter than a word",
+        arguments: [0, 1, 7, 8, 9, 63, 64, 65, 1_001])
     func bitmapCount(capacity: Int) {
         var rng = SystemRandomNumberGenerator()
         var bitmap = IDBitmap(capacity: capacity)
@@ -68,13 +72,17 @@ struct FaissIndexTests {
             bitmap.insert(id)
             members.insert(id)
         }
-        if capacity > 0 { bitmap.insert(Int64(capacity - 1)); members.insert(Int64(capacity - 1)) }
+        if capacity > 0 {
+            bitmap.insert(Int64(capacity - 1))
+            members.insert(Int64(capacity - 1))
+        }
         #expect(bitmap.count == members.count)
         #expect(bitmap.count == (0..<Int64(capacity)).filter(bitmap.contains).count)
     }
 
-    @Test("A filter (allowed bitmap + excluded ids) returns the exact top-k among the allowed ids",
-          arguments: ["Flat", "IVF40,Flat"])
+    @Test(
+        "A filter (allowed bitmap + excluded ids) returns the exact top-k among the allowed ids",
+        arguments: ["Flat", "IVF40,Flat"])
     func filters(factory: String) throws {
         let index = try filled(factory)
         // 2% of the catalogue, spread over all clusters.
@@ -86,23 +94,31 @@ struct FaissIndexTests {
         // Exhaustive settings: the filter, not the approximation, is under test.
         let params = SearchParameters(nprobe: 40, efSearch: 3000, allowed: bitmap, excluded: [Self.id(excludedRow)])
         let got = try index.search(Self.data.row(q), k: 10, parameters: params).results(of: 0).map(\.id)
-        let exact = ExactSearch.nearest(Self.data.row(q), in: Self.data, k: 10) { allowedRows.contains($0) && $0 != excludedRow }
+        let exact = ExactSearch.nearest(Self.data.row(q), in: Self.data, k: 10) {
+            allowedRows.contains($0) && $0 != excludedRow
+        }
         #expect(got.count == 10)
         #expect(got.allSatisfy { bitmap.contains($0) })
         #expect(!got.contains(Self.id(excludedRow)))
         #expect(got == exact.map { Self.id($0.row) })
     }
 
-    @Test("HNSW under a half-catalogue filter returns only allowed ids, with high recall (selective filters starve it: ProductSearch then searches exactly)")
+    @Test(
+        "HNSW under a half-catalogue filter returns only allowed ids, with high recall (selective filters starve it: ProductSearch then searches exactly)"
+    )
     func hnswFilter() throws {
         let index = try filled("HNSW16")
         var bitmap = IDBitmap(capacity: Int(Self.id(3000)))
         for r in stride(from: 0, to: 3000, by: 2) { bitmap.insert(Self.id(r)) }
         var hits = 0
         for q in stride(from: 1, to: 3000, by: 100) {
-            let got = try index.search(Self.data.row(q), k: 10, parameters: SearchParameters(efSearch: 128, allowed: bitmap)).results(of: 0)
+            let got = try index.search(
+                Self.data.row(q), k: 10, parameters: SearchParameters(efSearch: 128, allowed: bitmap)
+            ).results(of: 0)
             #expect(got.allSatisfy { bitmap.contains($0.id) })
-            let exact = ExactSearch.nearest(Self.data.row(q), in: Self.data, k: 10) { $0 % 2 == 0 }.map { Self.id($0.row) }
+            let exact = ExactSearch.nearest(Self.data.row(q), in: Self.data, k: 10) { $0 % 2 == 0 }.map {
+                Self.id($0.row)
+            }
             hits += Set(got.map(\.id)).intersection(exact).count
         }
         #expect(Double(hits) / 300 >= 0.9)
@@ -119,7 +135,8 @@ struct FaissIndexTests {
         let e = #expect(throws: IndexError.self) { try index.reconstruct(id: gone[0]) }
         #expect(e?.code == .notFound)
         for r in [0, 3, 6] {
-            let got = try index.search(Self.data.row(r), k: 5, parameters: SearchParameters(nprobe: 40)).results(of: 0).map(\.id)
+            let got = try index.search(Self.data.row(r), k: 5, parameters: SearchParameters(nprobe: 40)).results(of: 0)
+                .map(\.id)
             #expect(!got.contains(Self.id(r)))
         }
     }
@@ -135,7 +152,9 @@ struct FaissIndexTests {
 
     @Test("Bad factory strings and dimensions are errors with FAISS's reason, not crashes")
     func errors() throws {
-        let e = #expect(throws: IndexError.self) { try FaissIndex(dimension: 64, factory: "NoSuchIndex12", metric: .l2) }
+        let e = #expect(throws: IndexError.self) {
+            try FaissIndex(dimension: 64, factory: "NoSuchIndex12", metric: .l2)
+        }
         #expect(e?.code == .factory)
         let untrained = try FaissIndex(dimension: 64, factory: "IVF8,Flat", metric: .l2)
         let e2 = #expect(throws: IndexError.self) { try untrained.add(Self.data.row(0), ids: [1]) }
@@ -149,8 +168,9 @@ struct FaissIndexTests {
         #expect(e4?.code == .io)
     }
 
-    @Test("Write and read back: the same answers, also memory-mapped (IVF), which is read-only",
-          arguments: ["Flat", "IVF40,Flat", "HNSW16", "IVF40,SQ8"])
+    @Test(
+        "Write and read back: the same answers, also memory-mapped (IVF), which is read-only",
+        arguments: ["Flat", "IVF40,Flat", "HNSW16", "IVF40,SQ8"])
     func roundTrip(factory: String) throws {
         let index = try filled(factory)
         try index.setDefaults(nprobe: 8, efSearch: 48)
@@ -170,7 +190,9 @@ struct FaissIndexTests {
         }
     }
 
-    @Test("Balanced IVF training splits hub lists: no list near every query holds a large share, recall kept, the file reads back")
+    @Test(
+        "Balanced IVF training splits hub lists: no list near every query holds a large share, recall kept, the file reads back"
+    )
     func balancedLists() throws {
         // More tight clusters than lists: some clusters get no centroid of their own, and the
         // centroids that take several of them drift towards the mean of all, near every query.
@@ -180,7 +202,11 @@ struct FaissIndexTests {
             let index = try FaissIndex(dimension: d.dimension, factory: "IVF160,Flat", metric: .l2)
             var split = 0
             try d.values.withUnsafeBufferPointer { buf in
-                if let factor { split = try index.train(buf, maxListFactor: factor).split } else { try index.train(buf) }
+                if let factor {
+                    split = try index.train(buf, maxListFactor: factor).split
+                } else {
+                    try index.train(buf)
+                }
             }
             try index.add(d.values, ids: ids)
             return (index, split)
@@ -204,19 +230,26 @@ struct FaissIndexTests {
         let (balanced, split) = try built(4)
         #expect(split > 0)
         #expect(balanced.listCount > 160 && balanced.factory == "IVF\(balanced.listCount),Flat", "\(balanced.factory)")
-        #expect(balanced.largestList * 2 <= plain.largestList, "largest list \(balanced.largestList) vs \(plain.largestList)")
+        #expect(
+            balanced.largestList * 2 <= plain.largestList,
+            "largest list \(balanced.largestList) vs \(plain.largestList)")
         // Split again until no list holds more than 4x the mean of the lists there are (the
         // training sample is every vector here, so the lists are the training's).
-        #expect(Double(balanced.largestList) <= 4 * Double(d.count) / Double(balanced.listCount),
-                "largest list \(balanced.largestList) of \(balanced.listCount) lists (plain: \(plain.largestList))")
+        #expect(
+            Double(balanced.largestList) <= 4 * Double(d.count) / Double(balanced.listCount),
+            "largest list \(balanced.largestList) of \(balanced.listCount) lists (plain: \(plain.largestList))")
         for nprobe in [2, 4] {
             let (b, p) = (try recall(balanced, nprobe: nprobe), try recall(plain, nprobe: nprobe))
             #expect(b >= p - 0.01 && b >= 0.9, "nprobe \(nprobe): recall@10 \(b) balanced, \(p) plain")
         }
         // Factor 0-ish guards: below 1 is an argument error, not a silent plain build.
         #expect(throws: IndexError.self) {
-            try d.values.withUnsafeBufferPointer { _ = try FaissIndex(dimension: d.dimension, factory: "IVF160,Flat",
-                                                                          metric: .l2).train($0, maxListFactor: 0.5) }
+            try d.values.withUnsafeBufferPointer {
+                _ = try FaissIndex(
+                    dimension: d.dimension, factory: "IVF160,Flat",
+                    metric: .l2
+                ).train($0, maxListFactor: 0.5)
+            }
         }
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("balanced-\(UUID()).faiss").path
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -225,8 +258,9 @@ struct FaissIndexTests {
         #expect(back.listCount == balanced.listCount && back.factory == balanced.factory && back.count == d.count)
     }
 
-    @Test("Python's faiss.read_index reads our file and answers the same",
-          .enabled(if: Python.hasFaiss, "/usr/bin/python3 cannot import faiss (apt-get install python3-faiss)"))
+    @Test(
+        "Python's faiss.read_index reads our file and answers the same",
+        .enabled(if: Python.hasFaiss, "/usr/bin/python3 cannot import faiss (apt-get install python3-faiss)"))
     func pythonReadsOurFile() throws {
         for factory in ["Flat", "IVF40,Flat"] {
             let index = try filled(factory)
@@ -237,7 +271,8 @@ struct FaissIndexTests {
             try index.write(to: dir.appendingPathComponent("i.faiss").path)
             let queries = Array(Self.data.values[0..<(64 * 20)])
             try queries.withUnsafeBytes { try Data($0).write(to: dir.appendingPathComponent("q.f32")) }
-            let out = try Python.run("""
+            let out = try Python.run(
+                """
                 import faiss, numpy as np, json, sys
                 d = sys.argv[1]
                 index = faiss.read_index(d + "/i.faiss")

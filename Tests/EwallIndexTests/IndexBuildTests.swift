@@ -14,7 +14,7 @@ struct IndexPlanTests {
         #expect(ivf.factory == "IVF1265,Flat")
         #expect(ivf.approximate && ivf.trainingSize == 100_000)
         let small = try IndexPlan.auto(count: 6_000, dimension: 2048, maxMemory: 1 << 34)
-        #expect(small.factory == "IVF153,Flat")  // 4·√6000 = 310 would leave 19 per list
+        #expect(small.factory == "IVF153,Flat") // 4·√6000 = 310 would leave 19 per list
         #expect(6_000 / IndexPlan.listCount(for: 6_000) >= 39)
         #expect(try IndexPlan.auto(count: 100_000, dimension: 2048, maxMemory: 400 << 20).factory == "IVF1265,SQ8")
         let pq = try IndexPlan.auto(count: 10_000_000, dimension: 2048, maxMemory: 4 << 30)
@@ -34,8 +34,9 @@ struct IndexPlanTests {
 struct IndexBuildTests {
     static let data = SyntheticVectors(count: 6000, dimension: 32, clusters: 150, seed: 11)
 
-    @Test("A flat build from SQLite and from PostgreSQL answers exactly as the Swift exact search",
-          arguments: StoreKind.allCases)
+    @Test(
+        "A flat build from SQLite and from PostgreSQL answers exactly as the Swift exact search",
+        arguments: StoreKind.allCases)
     func flatBuild(kind: StoreKind) async throws {
         let small = SyntheticVectors(count: 800, dimension: 32, clusters: 40, seed: 3)
         let (store, _) = try await Catalogue.store(small, kind: kind)
@@ -66,12 +67,15 @@ struct IndexBuildTests {
         #expect(r.curve.last?.nprobe == nprobe)
         // Independent check on other queries, with the Swift exact search.
         let loaded = try folder.load()
-        let independent = try Catalogue.independentRecall(loaded, data: Self.data, queries: Array(stride(from: 5, to: 6000, by: 60)))
+        let independent = try Catalogue.independentRecall(
+            loaded, data: Self.data, queries: Array(stride(from: 5, to: 6000, by: 60)))
         #expect(independent >= 0.93, "recorded \(r.measured), independent \(independent)")
         #expect(abs(independent - r.measured) < 0.05)
     }
 
-    @Test("IVF: recall under the default filters (same category, in stock) is measured at build; filtered searches start at the nprobe that met it, and reach it")
+    @Test(
+        "IVF: recall under the default filters (same category, in stock) is measured at build; filtered searches start at the nprobe that met it, and reach it"
+    )
     func filteredNprobeMeasured() async throws {
         // 5 categories over 150 clusters and a third out of stock: the filters cut every neighbourhood.
         let category: (Int) -> String? = { "c\(Self.data.cluster[$0] % 5)" }
@@ -97,7 +101,9 @@ struct IndexBuildTests {
             for h in hops where h.recall >= 0.95 { #expect(chosen.microseconds! <= h.microseconds!) }
         } else {
             #expect(plain.last?.nprobe == filtered && filtered >= nprobe && plain.last?.recall == f.measured)
-            if let p = plain.last { for h in hops where h.recall >= 0.95 { #expect(p.microseconds! <= h.microseconds!) } }
+            if let p = plain.last {
+                for h in hops where h.recall >= 0.95 { #expect(p.microseconds! <= h.microseconds!) }
+            }
         }
         // Hub bounds are recorded as entries: the ladder's 8x the mean list.
         #expect(hops.contains { $0.secondHop?.maxList != nil } && hops.contains { $0.secondHop?.maxList == nil })
@@ -111,7 +117,10 @@ struct IndexBuildTests {
         var sum = 0.0, n = 0
         for q in stride(from: 7, to: Self.data.count, by: 97) where inStock(q) == true {
             let allowed = (0..<Self.data.count).filter { $0 != q && inStock($0) == true && category($0) == category(q) }
-            let exact = Set(allowed.map { r in (r, zip(Self.data.row(q), Self.data.row(r)).reduce(Float(0)) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) }) }
+            let exact = Set(
+                allowed.map { r in
+                    (r, zip(Self.data.row(q), Self.data.row(r)).reduce(Float(0)) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) })
+                }
                 .sorted { ($0.1, $0.0) < ($1.1, $1.0) }.prefix(10).map(\.0))
             let a = try await search.similar(to: Catalogue.pid(q), query: SimilarQuery(k: 10, minSimilarity: 0))
             #expect((a.nprobe ?? 0) >= filtered, "\(q): searched at nprobe \(a.nprobe ?? 0)")
@@ -120,12 +129,16 @@ struct IndexBuildTests {
             sum += Double(got.filter(exact.contains).count) / Double(exact.count)
             n += 1
         }
-        print("filtered: nprobe \(nprobe), filtered \(filtered), hop \(String(describing: s.search.secondHop)), curve \(f.curve.map { "\($0.nprobe ?? 0)\($0.secondHop.map { "+\($0.top)x\($0.lists)" } ?? "") \($0.recall) \(Int($0.microseconds ?? 0))us" }), independent \(sum / Double(n))")
+        print(
+            "filtered: nprobe \(nprobe), filtered \(filtered), hop \(String(describing: s.search.secondHop)), curve \(f.curve.map { "\($0.nprobe ?? 0)\($0.secondHop.map { "+\($0.top)x\($0.lists)" } ?? "") \($0.recall) \(Int($0.microseconds ?? 0))us" }), independent \(sum / Double(n))"
+        )
         #expect(n > 30)
         #expect(sum / Double(n) >= 0.9, "independent filtered recall \(sum / Double(n)), recorded \(f.measured)")
     }
 
-    @Test("IVF, a filter that leaves fewer than k in the first lists: the filtered recall the build records is the recall served on the same queries")
+    @Test(
+        "IVF, a filter that leaves fewer than k in the first lists: the filtered recall the build records is the recall served on the same queries"
+    )
     func filteredRecallIsServedRecall() async throws {
         // 300 products in 30 clusters, each category two clusters, a third out of stock: about 7
         // allowed products in a query's own list, so first passes come back short of k = 10 and
@@ -137,7 +150,8 @@ struct IndexBuildTests {
         let (store, _) = try await Catalogue.store(data, category: category, inStock: inStock)
         defer { Task { await store.close() } }
         let folder = Catalogue.folder()
-        let s = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, index: "IVF30,Flat", queries: 300))
+        let s = try await IndexBuilder.build(
+            store: store, options: Catalogue.options(folder, index: "IVF30,Flat", queries: 300))
         let f = try #require(s.filteredRecall, "no filtered recall recorded")
         let filtered = try #require(s.search.filteredNprobe, "filtered target not met: \(f.curve)")
         let queries = (0..<data.count).filter { inStock($0) == true }
@@ -147,20 +161,28 @@ struct IndexBuildTests {
         var sum = 0.0, deepened = 0
         for q in queries {
             let allowed = (0..<data.count).filter { $0 != q && inStock($0) == true && category($0) == category(q) }
-            let exact = Set(allowed.map { r in (r, zip(data.row(q), data.row(r)).reduce(Float(0)) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) }) }
+            let exact = Set(
+                allowed.map { r in
+                    (r, zip(data.row(q), data.row(r)).reduce(Float(0)) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) })
+                }
                 .sorted { ($0.1, $0.0) < ($1.1, $1.0) }.prefix(10).map(\.0))
             let a = try await search.similar(to: Catalogue.pid(q), query: SimilarQuery(k: 10, minSimilarity: 0))
             if (a.nprobe ?? 0) > filtered { deepened += 1 }
-            sum += Double(a.results.compactMap { Int($0.productID.dropFirst()) }.filter(exact.contains).count) / Double(exact.count)
+            sum +=
+                Double(a.results.compactMap { Int($0.productID.dropFirst()) }.filter(exact.contains).count)
+                / Double(exact.count)
         }
         let served = sum / Double(queries.count)
-        print("filtered recall: recorded \(f.measured) at nprobe \(filtered) hop \(String(describing: s.search.secondHop)), served \(served), \(deepened) of \(queries.count) deepened")
+        print(
+            "filtered recall: recorded \(f.measured) at nprobe \(filtered) hop \(String(describing: s.search.secondHop)), served \(served), \(deepened) of \(queries.count) deepened"
+        )
         #expect(deepened > 0, "no first pass came back short: the case this test is for did not happen")
         #expect(abs(served - f.measured) < 1e-9, "recorded \(f.measured), served \(served)")
     }
 
-    @Test("Every explicit kind: the recall recorded matches an independent measurement; the target is met or flagged",
-          arguments: [("HNSW16", true), ("IVF100,SQ8", true), ("IVF100,PQ4x8np", false), ("IVF100,PQ4x8np", true)])
+    @Test(
+        "Every explicit kind: the recall recorded matches an independent measurement; the target is met or flagged",
+        arguments: [("HNSW16", true), ("IVF100,SQ8", true), ("IVF100,PQ4x8np", false), ("IVF100,PQ4x8np", true)])
     func explicitKinds(factory: String, refine: Bool) async throws {
         let data = SyntheticVectors(count: 4000, dimension: 32, clusters: 100, seed: 5)
         let (store, _) = try await Catalogue.store(data)
@@ -170,13 +192,20 @@ struct IndexBuildTests {
         options.refine = refine
         let s = try await IndexBuilder.build(store: store, options: options)
         let r = try #require(s.recall)
-        let independent = try Catalogue.independentRecall(try folder.load(), data: data, queries: Array(stride(from: 7, to: 4000, by: 40)))
+        let independent = try Catalogue.independentRecall(
+            try folder.load(), data: data, queries: Array(stride(from: 7, to: 4000, by: 40)))
         #expect(abs(independent - r.measured) < 0.06, "\(factory): recorded \(r.measured), independent \(independent)")
-        if r.met { #expect(independent >= 0.9) } else { #expect(s.warnings.contains { $0.contains("below the target") }) }
+        if r.met {
+            #expect(independent >= 0.9)
+        } else {
+            #expect(s.warnings.contains { $0.contains("below the target") })
+        }
         if factory == "IVF100,PQ4x8np" {
             // 4 bytes per 32-d vector rank too coarsely alone; re-ranking 16 × k of them by exact vectors does not.
             #expect(r.met == refine, "refine \(refine): \(r.curve)")
-            #expect(FileManager.default.fileExists(atPath: folder.url.appendingPathComponent(ExactVectors.fileName).path) == refine)
+            #expect(
+                FileManager.default.fileExists(atPath: folder.url.appendingPathComponent(ExactVectors.fileName).path)
+                    == refine)
         }
     }
 
@@ -194,11 +223,18 @@ struct IndexBuildTests {
         // The full store has rows 1000..<1200 more; change 5 vectors and delete 7 products.
         let changed = [10, 20, 30, 40, 50]
         let fresh = SyntheticVectors(count: 5, dimension: 32, clusters: 2, seed: 99)
-        try await store.write(WriteBatch(embeddings: changed.enumerated().map { i, r in
-            StoredEmbedding(productID: Catalogue.pid(r), imageURL: "file:///new-\(r).jpg", key: Catalogue.key, vector: fresh.row(i))
-        }))
+        try await store.write(
+            WriteBatch(
+                embeddings: changed.enumerated().map { i, r in
+                    StoredEmbedding(
+                        productID: Catalogue.pid(r), imageURL: "file:///new-\(r).jpg", key: Catalogue.key,
+                        vector: fresh.row(i))
+                }))
         let deleted = [100, 101, 102, 103, 104, 105, 106]
-        try sqlite(url, "DELETE FROM embeddings WHERE product_id IN (\(deleted.map { "'\(Catalogue.pid($0))'" }.joined(separator: ",")))")
+        try sqlite(
+            url,
+            "DELETE FROM embeddings WHERE product_id IN (\(deleted.map { "'\(Catalogue.pid($0))'" }.joined(separator: ",")))"
+        )
 
         let s = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, incremental: true))
         #expect(s.mode == "incremental")
@@ -232,7 +268,8 @@ struct IndexBuildTests {
         let folder = Catalogue.folder()
         _ = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, index: "HNSW16"))
         try sqlite(url, "DELETE FROM embeddings WHERE product_id = '\(Catalogue.pid(3))'")
-        let s = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, index: "HNSW16", incremental: true))
+        let s = try await IndexBuilder.build(
+            store: store, options: Catalogue.options(folder, index: "HNSW16", incremental: true))
         #expect(s.mode == "full")
         #expect(s.fullRebuildReason?.contains("cannot remove") == true, "\(s.fullRebuildReason ?? "nil")")
         #expect(s.count == 999)
@@ -245,7 +282,8 @@ struct IndexBuildTests {
         await fewStore.close()
         let (bigStore, _) = try await Catalogue.store(Self.data)
         defer { Task { await bigStore.close() } }
-        let s2 = try await IndexBuilder.build(store: bigStore, options: Catalogue.options(flatFolder, incremental: true))
+        let s2 = try await IndexBuilder.build(
+            store: bigStore, options: Catalogue.options(flatFolder, incremental: true))
         #expect(s2.mode == "full" && s2.factory.hasPrefix("IVF"))
         #expect(s2.fullRebuildReason?.contains("auto picks IVF") == true, "\(s2.fullRebuildReason ?? "nil")")
     }
@@ -269,10 +307,13 @@ struct IndexFolderTests {
         try index.add(data.values, ids: (0..<n).map(Int64.init))
         var map = IDMap()
         for i in 0..<n { map.insert(id: Int64(i), productID: "g\(gen)-\(i)", hash: 0) }
-        _ = try folder.publish(index: index, idMap: map, manifest: IndexManifest(
-            factory: index.factory, metric: .l2, distance: "", search: .init(), dimension: 16, count: n, modelID: "m",
-            preprocessing: "p", builtAt: "", buildSeconds: 0, buildMode: "full", choice: "gen \(gen)", recall: nil,
-            nextID: Int64(n), files: [:]))
+        _ = try folder.publish(
+            index: index, idMap: map,
+            manifest: IndexManifest(
+                factory: index.factory, metric: .l2, distance: "", search: .init(), dimension: 16, count: n,
+                modelID: "m",
+                preprocessing: "p", builtAt: "", buildSeconds: 0, buildMode: "full", choice: "gen \(gen)", recall: nil,
+                nextID: Int64(n), files: [:]))
     }
 
     @Test("A reader loading in a loop while the folder is replaced 30 times never fails and never sees a mix")
@@ -307,7 +348,9 @@ struct IndexFolderTests {
         let data = SyntheticVectors(count: 50, dimension: 8, clusters: 2, seed: 1)
         let (store, _) = try await Catalogue.store(data)
         defer { Task { await store.close() } }
-        await #expect(throws: IndexError.self) { try await IndexBuilder.build(store: store, options: Catalogue.options(folder)) }
+        await #expect(throws: IndexError.self) {
+            try await IndexBuilder.build(store: store, options: Catalogue.options(folder))
+        }
         held = nil
         _ = held
         let s = try await IndexBuilder.build(store: store, options: Catalogue.options(folder))
@@ -350,6 +393,14 @@ final class ReaderLoop: @unchecked Sendable {
 final class Flag: @unchecked Sendable {
     private let lock = NSLock()
     private var value = false
-    func set() { lock.lock(); value = true; lock.unlock() }
-    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+    func set() {
+        lock.lock()
+        value = true
+        lock.unlock()
+    }
+    var isSet: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return value
+    }
 }

@@ -46,7 +46,7 @@ extension KernelSwitching {
                         var x = Self.rows(1, d, kind: kind, metric: metric, rng: &rng)
                         var y = Self.rows(n, d, kind: kind == "zero" ? "gaussian" : kind, metric: metric, rng: &rng)
                         if kind == "zero" { y.replaceSubrange(0..<d, with: repeatElement(0, count: d)) }
-                        if kind == "mixed" { x = Array(y[d..<(2 * d)]) }  // a query equal to row 1
+                        if kind == "mixed" { x = Array(y[d..<(2 * d)]) } // a query equal to row 1
                         #expect(DistanceKernel.use(.faiss) == .faiss)
                         let reference = try DistanceKernel.distances(from: x, to: y, metric: metric)
                         #expect(DistanceKernel.use(kernel) == kernel)
@@ -56,8 +56,9 @@ extension KernelSwitching {
                                 let a = Double(x[j]), b = Double(y[r * d + j])
                                 return s + (metric == .ip ? abs(a * b) : (a - b) * (a - b))
                             }
-                            #expect(Self.close(ours[r], reference[r], scale: scale, d: d),
-                                    "\(kernel) \(metric) d=\(d) \(kind) row \(r): \(ours[r]) vs FAISS \(reference[r])")
+                            #expect(
+                                Self.close(ours[r], reference[r], scale: scale, d: d),
+                                "\(kernel) \(metric) d=\(d) \(kind) row \(r): \(ours[r]) vs FAISS \(reference[r])")
                         }
                         if kind == "mixed" && metric == .l2 { #expect(ours[1] == 0, "distance to itself, d=\(d)") }
                         if kind == "zero" { #expect(ours[0] == 0, "zero to zero, d=\(d), \(metric)") }
@@ -66,10 +67,14 @@ extension KernelSwitching {
             }
         }
 
-        @Test("AVX-512 distances equal FAISS's", .enabled(if: DistanceKernel.avx512.isSupported, "this CPU has no AVX-512"))
+        @Test(
+            "AVX-512 distances equal FAISS's",
+            .enabled(if: DistanceKernel.avx512.isSupported, "this CPU has no AVX-512"))
         func avx512() throws { try matchesFaiss(.avx512) }
 
-        @Test("AVX2+FMA distances equal FAISS's", .enabled(if: DistanceKernel.avx2.isSupported, "this CPU has no AVX2/FMA"))
+        @Test(
+            "AVX2+FMA distances equal FAISS's",
+            .enabled(if: DistanceKernel.avx2.isSupported, "this CPU has no AVX2/FMA"))
         func avx2() throws { try matchesFaiss(.avx2) }
 
         @Test("Portable distances equal FAISS's")
@@ -84,7 +89,9 @@ extension KernelSwitching {
             defer { DistanceKernel.use(.auto) }
             #expect(DistanceKernel.use(kernel) == kernel)
             var rng = TestRNG(seed: 61)
-            for (n, ny, d) in [(1, 1, 1), (5, 15, 7), (6, 16, 16), (7, 17, 17), (13, 33, 100), (4, 40, 2047), (12, 31, 2048)] {
+            for (n, ny, d) in [
+                (1, 1, 1), (5, 15, 7), (6, 16, 16), (7, 17, 17), (13, 33, 100), (4, 40, 2047), (12, 31, 2048),
+            ] {
                 for kind in ["gaussian", "zero", "huge", "tiny", "mixed"] {
                     let x = Self.rows(n, d, kind: kind, metric: .ip, rng: &rng)
                     let y = Self.rows(ny, d, kind: kind == "zero" ? "gaussian" : kind, metric: .ip, rng: &rng)
@@ -98,9 +105,13 @@ extension KernelSwitching {
                                 exact += p
                                 magnitude += abs(p)
                             }
-                            let tolerance = Double(d + 2) * Double(Float.ulpOfOne) * magnitude + Double(d) * Double(Float.leastNonzeroMagnitude)
-                            #expect(abs(Double(ours[i * ny + j]) - exact) <= tolerance,
-                                    "\(kernel) n=\(n) ny=\(ny) d=\(d) \(kind) [\(i), \(j)]: \(ours[i * ny + j]) vs \(exact)")
+                            let tolerance =
+                                Double(d + 2) * Double(Float.ulpOfOne) * magnitude + Double(d)
+                                * Double(Float.leastNonzeroMagnitude)
+                            #expect(
+                                abs(Double(ours[i * ny + j]) - exact) <= tolerance,
+                                "\(kernel) n=\(n) ny=\(ny) d=\(d) \(kind) [\(i), \(j)]: \(ours[i * ny + j]) vs \(exact)"
+                            )
                         }
                     }
                 }
@@ -108,14 +119,18 @@ extension KernelSwitching {
             #expect(try DistanceKernel.dots([], [1, 2], dimension: 2).isEmpty)
         }
 
-        @Test("Many dots (the batched coarse pass) through each kernel equal the products computed in Double",
-              arguments: DistanceKernel.allCases.filter { $0 != .auto && $0.isSupported })
+        @Test(
+            "Many dots (the batched coarse pass) through each kernel equal the products computed in Double",
+            arguments: DistanceKernel.allCases.filter { $0 != .auto && $0.isSupported })
         func manyDots(kernel: DistanceKernel) throws { try dotsMatchDouble(kernel) }
 
-        @Test("auto picks the widest kernel this CPU runs; one it cannot run falls back to the portable one, with one log line")
+        @Test(
+            "auto picks the widest kernel this CPU runs; one it cannot run falls back to the portable one, with one log line"
+        )
         func dispatch() {
             defer { DistanceKernel.use(.auto) }
-            let best: DistanceKernel = DistanceKernel.avx512.isSupported ? .avx512 : DistanceKernel.avx2.isSupported ? .avx2 : .scalar
+            let best: DistanceKernel =
+                DistanceKernel.avx512.isSupported ? .avx512 : DistanceKernel.avx2.isSupported ? .avx2 : .scalar
             #expect(DistanceKernel.use(.auto) == best)
             #expect(DistanceKernel.current == best)
             for kernel in DistanceKernel.allCases where kernel != .auto {
@@ -145,8 +160,10 @@ extension KernelSwitching {
         /// (near-)equal distances, distances within 1e-5 relative. Returns whether any distance
         /// differs in its last bits: proof that our code answered, not FAISS's.
         @discardableResult
-        static func sameAsFaiss(_ index: FaissIndex, kernel: DistanceKernel, parameters: SearchParameters,
-                                k: Int = 10, label: String) throws -> Bool {
+        static func sameAsFaiss(
+            _ index: FaissIndex, kernel: DistanceKernel, parameters: SearchParameters,
+            k: Int = 10, label: String
+        ) throws -> Bool {
             defer { DistanceKernel.use(.auto) }
             let queries = Array(data.values[0..<(data.dimension * 40)]) + (0..<data.dimension).map { _ in 0.01 }
             DistanceKernel.use(.faiss)
@@ -159,7 +176,9 @@ extension KernelSwitching {
                 #expect(a.count == b.count, "\(label) query \(q)")
                 for (i, (s, o)) in zip(a, b).enumerated() {
                     let tol = 1e-5 * max(abs(s.distance), abs(o.distance), 1e-30)
-                    #expect(abs(s.distance - o.distance) <= tol, "\(label) query \(q) rank \(i): \(o.distance) vs \(s.distance)")
+                    #expect(
+                        abs(s.distance - o.distance) <= tol,
+                        "\(label) query \(q) rank \(i): \(o.distance) vs \(s.distance)")
                     if s.id != o.id {
                         // Allowed only where FAISS itself sees a tie within rounding.
                         let tie = a.contains { $0.id == o.id && abs($0.distance - o.distance) <= tol }
@@ -185,35 +204,45 @@ extension KernelSwitching {
 
         static var runnable: [DistanceKernel] { [.avx512, .avx2, .scalar].filter(\.isSupported) }
 
-        @Test("IVF-Flat search through our scanner and quantizer equals FAISS's, with and without filters",
-              arguments: IndexMetric.allCases)
+        @Test(
+            "IVF-Flat search through our scanner and quantizer equals FAISS's, with and without filters",
+            arguments: IndexMetric.allCases)
         func ivfSearch(metric: IndexMetric) throws {
             let index = try Self.index("IVF40,Flat", metric: metric)
             var ran = false
             for kernel in Self.runnable {
                 for (name, p) in Self.filters() {
-                    ran = try Self.sameAsFaiss(index, kernel: kernel, parameters: p, label: "\(kernel) \(metric) \(name)") || ran
+                    ran =
+                        try Self.sameAsFaiss(index, kernel: kernel, parameters: p, label: "\(kernel) \(metric) \(name)")
+                        || ran
                 }
             }
             #expect(ran, "every distance bit-identical to FAISS's: the fast path did not run")
             // k larger than what the filter leaves, and k = 1.
             var few = IDBitmap(capacity: 5 + 3 * Self.data.count)
             for r in [0, 1, 2, 500, 3999] { few.insert(5 + 3 * Int64(r)) }
-            try Self.sameAsFaiss(index, kernel: .auto, parameters: SearchParameters(nprobe: 40, allowed: few), k: 8, label: "few allowed")
+            try Self.sameAsFaiss(
+                index, kernel: .auto, parameters: SearchParameters(nprobe: 40, allowed: few), k: 8, label: "few allowed"
+            )
             try Self.sameAsFaiss(index, kernel: .auto, parameters: SearchParameters(nprobe: 4), k: 1, label: "k = 1")
         }
 
-        @Test("IVF-SQ8 through our scanner (residual codes; 200-d and 37-d, off the vector width) equals FAISS's, with and without filters")
+        @Test(
+            "IVF-SQ8 through our scanner (residual codes; 200-d and 37-d, off the vector width) equals FAISS's, with and without filters"
+        )
         func ivfSQ8Search() throws {
             var ran = false
             for factory in ["IVF40,SQ8"] {
                 let index = try Self.index(factory, metric: .l2)
                 for kernel in Self.runnable {
                     for (name, p) in Self.filters() {
-                        ran = try Self.sameAsFaiss(index, kernel: kernel, parameters: p, label: "\(factory) \(kernel) \(name)") || ran
+                        ran =
+                            try Self.sameAsFaiss(
+                                index, kernel: kernel, parameters: p, label: "\(factory) \(kernel) \(name)") || ran
                     }
                 }
-                try Self.sameAsFaiss(index, kernel: .auto, parameters: SearchParameters(nprobe: 4), k: 1, label: "\(factory) k = 1")
+                try Self.sameAsFaiss(
+                    index, kernel: .auto, parameters: SearchParameters(nprobe: 4), k: 1, label: "\(factory) k = 1")
             }
             #expect(ran, "every distance bit-identical to FAISS's: the fast SQ8 path did not run")
             // 200-d above is a multiple of 8 but not of 32: the vector loops' tails ran. An odd width too:
@@ -231,7 +260,9 @@ extension KernelSwitching {
                 for i in stock.distances.indices {
                     // A query's own code lies at the quantisation floor (~1e-5): there the terms cancel,
                     // and rounding is relative to the terms, not to their tiny sum.
-                    #expect(abs(stock.distances[i] - ours.distances[i]) <= 1e-5 * abs(stock.distances[i]) + 1e-8, "37-d \(kernel) \(i)")
+                    #expect(
+                        abs(stock.distances[i] - ours.distances[i]) <= 1e-5 * abs(stock.distances[i]) + 1e-8,
+                        "37-d \(kernel) \(i)")
                     if abs(stock.distances[i] - ours.distances[i]) > 1e-5 * abs(stock.distances[i]) + 1e-8 { break }
                 }
             }
@@ -257,14 +288,17 @@ extension KernelSwitching {
             try index.write(to: path)
             for mapped in [false, true] {
                 let back = try FaissIndex(contentsOf: path, memoryMapped: mapped)
-                #expect(try Self.sameAsFaiss(back, kernel: .auto, parameters: SearchParameters(nprobe: 8), label: "read mmap=\(mapped)"))
+                #expect(
+                    try Self.sameAsFaiss(
+                        back, kernel: .auto, parameters: SearchParameters(nprobe: 8), label: "read mmap=\(mapped)"))
             }
             // ew_faiss_knn_exact below FAISS's BLAS threshold.
             let q = Array(Self.data.values[0..<(Self.data.dimension * 3)])
             func exact() throws -> Neighbours {
                 try q.withUnsafeBufferPointer { qb in
                     try Self.data.values.withUnsafeBufferPointer { vb in
-                        try FaissIndex.exactNeighbours(queries: qb, vectors: vb, dimension: Self.data.dimension, k: 10, metric: .l2)
+                        try FaissIndex.exactNeighbours(
+                            queries: qb, vectors: vb, dimension: Self.data.dimension, k: 10, metric: .l2)
                     }
                 }
             }
@@ -276,11 +310,12 @@ extension KernelSwitching {
             for (a, b) in zip(stock.distances, ours.distances) { #expect(abs(a - b) <= 1e-5 * max(abs(a), 1e-30)) }
         }
 
-        @Test("compare(_:ids:): inner products, norms and distances to stored vectors in one call; unknown ids are not_found",
-              arguments: ["IVF40,Flat", "Flat", "IVF40,SQ8"])
+        @Test(
+            "compare(_:ids:): inner products, norms and distances to stored vectors in one call; unknown ids are not_found",
+            arguments: ["IVF40,Flat", "Flat", "IVF40,SQ8"])
         func compareIDs(factory: String) throws {
             let index = try Self.index(factory, metric: .l2)
-            let q = Self.data.row(7).map { $0 * 3 }  // not unit: the norms must be read, not assumed
+            let q = Self.data.row(7).map { $0 * 3 } // not unit: the norms must be read, not assumed
             let rows = [0, 7, 1234, 3999]
             let c = try index.compare(q, ids: rows.map { 5 + 3 * Int64($0) })
             let tol = factory.contains("SQ") ? 2e-2 : 1e-5
@@ -288,14 +323,17 @@ extension KernelSwitching {
                 let v = Self.data.row(r)
                 #expect(abs(Double(c.dot[i]) - VectorMath.dot(q[...], v[...])) <= tol * 3, "\(factory) dot row \(r)")
                 #expect(abs(Double(c.norm2[i]) - VectorMath.dot(v[...], v[...])) <= tol, "\(factory) norm row \(r)")
-                #expect(abs(Double(c.l2[i]) - Double(ExactSearch.squaredL2(q[...], v[...]))) <= tol * 9, "\(factory) l2 row \(r)")
+                #expect(
+                    abs(Double(c.l2[i]) - Double(ExactSearch.squaredL2(q[...], v[...]))) <= tol * 9,
+                    "\(factory) l2 row \(r)")
             }
             #expect { try index.compare(q, ids: [5, 6]) } throws: { ($0 as? IndexError)?.code == .notFound }
         }
 
-        @Test("Python's faiss reads a file our fast index wrote and answers the same",
-              .enabled(if: Python.hasFaiss, "/usr/bin/python3 cannot import faiss (apt-get install python3-faiss)"),
-              arguments: IndexMetric.allCases)
+        @Test(
+            "Python's faiss reads a file our fast index wrote and answers the same",
+            .enabled(if: Python.hasFaiss, "/usr/bin/python3 cannot import faiss (apt-get install python3-faiss)"),
+            arguments: IndexMetric.allCases)
         func pythonReadsFastIndexFile(metric: IndexMetric) throws {
             let index = try Self.index("IVF40,Flat", metric: metric)
             try index.setDefaults(nprobe: 8, efSearch: nil)
@@ -306,7 +344,8 @@ extension KernelSwitching {
             let d = Self.data.dimension
             let queries = Array(Self.data.values[(d * 100)..<(d * 130)])
             try queries.withUnsafeBytes { try Data($0).write(to: dir.appendingPathComponent("q.f32")) }
-            let out = try Python.run("""
+            let out = try Python.run(
+                """
                 import faiss, numpy as np, json, sys
                 d = sys.argv[1]
                 index = faiss.read_index(d + "/i.faiss")

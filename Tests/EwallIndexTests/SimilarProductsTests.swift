@@ -14,19 +14,23 @@ struct SimilarProductsTests {
     static func category(_ r: Int) -> String? { r % 300 == 7 ? "rare" : "c\(data.cluster[r] % 10)" }
     static func inStock(_ r: Int) -> Bool? { r % 3 == 0 ? false : (r % 3 == 1 ? true : nil) }
 
-    func catalogue(index: String = "auto", exactBelow: Int = 2048) async throws -> (ProductSearch, any EmbeddingStore, String) {
+    func catalogue(
+        index: String = "auto", exactBelow: Int = 2048
+    ) async throws -> (ProductSearch, any EmbeddingStore, String) {
         let (store, url) = try await Catalogue.store(Self.data, category: Self.category, inStock: Self.inStock)
         let folder = Catalogue.folder()
         _ = try await IndexBuilder.build(store: store, options: Catalogue.options(folder, index: index))
         return (try await ProductSearch.open(folder: folder, store: store, exactBelow: exactBelow), store, url)
     }
 
-    @Test("Defaults: k=10, same category, in stock (unknown counts as in stock), itself excluded, similarity 1/(1+d) >= 0.5")
+    @Test(
+        "Defaults: k=10, same category, in stock (unknown counts as in stock), itself excluded, similarity 1/(1+d) >= 0.5"
+    )
     func defaults() async throws {
         let (search, store, _) = try await catalogue()
         defer { Task { await store.close() } }
         #expect(search.manifest.factory.hasPrefix("IVF"))
-        let q = 1  // in stock
+        let q = 1 // in stock
         let a = try await search.similar(to: Catalogue.pid(q))
         let cat = Self.category(q)
         #expect(!a.results.isEmpty && a.results.count <= 10)
@@ -44,30 +48,38 @@ struct SimilarProductsTests {
         #expect(zip(a.results, a.results.dropFirst()).allSatisfy { $0.similarity >= $1.similarity })
         // The answer names the snapshot that produced it.
         #expect(a.index == search.identity)
-        #expect(a.index.factory == search.manifest.factory && a.index.count == search.count
-                && a.index.builtAt == search.manifest.builtAt && a.index.sha256 == search.manifest.files["index"]?.sha256)
+        #expect(
+            a.index.factory == search.manifest.factory && a.index.count == search.count
+                && a.index.builtAt == search.manifest.builtAt
+                && a.index.sha256 == search.manifest.files["index"]?.sha256)
         // The same as the exact answer under the same filters.
         let exact = ExactSearch.nearest(Self.data.row(q), in: Self.data, k: 10) {
             $0 != q && Self.category($0) == cat && Self.inStock($0) != false
         }.filter { 1 / (1 + Double($0.distance).squareRoot()) >= 0.5 }
-        #expect(Set(a.results.map(\.productID)).intersection(exact.map { Catalogue.pid($0.row) }).count >= exact.count - 1)
+        #expect(
+            Set(a.results.map(\.productID)).intersection(exact.map { Catalogue.pid($0.row) }).count >= exact.count - 1)
     }
 
-    @Test("A filter that excludes 99.7% of the catalogue still returns the exact k when k exist",
-          arguments: ["auto", "HNSW16"])
+    @Test(
+        "A filter that excludes 99.7% of the catalogue still returns the exact k when k exist",
+        arguments: ["auto", "HNSW16"])
     func selectiveFilter(index: String) async throws {
         let (search, store, _) = try await catalogue(index: index)
         defer { Task { await store.close() } }
         let rare = (0..<6000).filter { Self.category($0) == "rare" }
         #expect(rare.count == 20)
         let q = rare[0]
-        let a = try await search.similar(to: Catalogue.pid(q), query: SimilarQuery(k: 10, minSimilarity: 0, inStockOnly: false))
+        let a = try await search.similar(
+            to: Catalogue.pid(q), query: SimilarQuery(k: 10, minSimilarity: 0, inStockOnly: false))
         #expect(a.results.count == 10, "\(a.notes)")
         #expect(a.results.allSatisfy { $0.category == "rare" && $0.productID != Catalogue.pid(q) })
-        let exact = ExactSearch.nearest(Self.data.row(q), in: Self.data, k: 10) { $0 != q && Self.category($0) == "rare" }
+        let exact = ExactSearch.nearest(Self.data.row(q), in: Self.data, k: 10) {
+            $0 != q && Self.category($0) == "rare"
+        }
         #expect(a.results.map(\.productID) == exact.map { Catalogue.pid($0.row) })
         // Fewer than k exist: all of them, and a note says how many were eligible.
-        let few = try await search.similar(to: Catalogue.pid(q), query: SimilarQuery(k: 50, minSimilarity: 0, inStockOnly: false))
+        let few = try await search.similar(
+            to: Catalogue.pid(q), query: SimilarQuery(k: 50, minSimilarity: 0, inStockOnly: false))
         #expect(few.results.count == 19 && few.eligible == 19)
     }
 
@@ -76,11 +88,13 @@ struct SimilarProductsTests {
         let (search, store, _) = try await catalogue(exactBelow: 0)
         defer { Task { await store.close() } }
         let q = (0..<6000).first { Self.category($0) == "rare" }!
-        let a = try await search.similar(to: Catalogue.pid(q), query: SimilarQuery(k: 10, minSimilarity: 0, inStockOnly: false))
+        let a = try await search.similar(
+            to: Catalogue.pid(q), query: SimilarQuery(k: 10, minSimilarity: 0, inStockOnly: false))
         #expect(a.results.count == 10 && a.results.allSatisfy { $0.category == "rare" })
         #expect((a.nprobe ?? 0) > (search.manifest.search.nprobe ?? 0), "the search should have gone deeper")
-        let exact = Set(ExactSearch.nearest(Self.data.row(q), in: Self.data, k: 10) { $0 != q && Self.category($0) == "rare" }
-            .map { Catalogue.pid($0.row) })
+        let exact = Set(
+            ExactSearch.nearest(Self.data.row(q), in: Self.data, k: 10) { $0 != q && Self.category($0) == "rare" }
+                .map { Catalogue.pid($0.row) })
         #expect(Set(a.results.map(\.productID)).intersection(exact).count >= 7)
     }
 
@@ -89,7 +103,8 @@ struct SimilarProductsTests {
         let (search, store, _) = try await catalogue(index: "Flat")
         defer { Task { await store.close() } }
         let q = Catalogue.pid(4)
-        let all = try await search.similar(to: q, query: SimilarQuery(k: 25, minSimilarity: 0, sameCategory: false, inStockOnly: false))
+        let all = try await search.similar(
+            to: q, query: SimilarQuery(k: 25, minSimilarity: 0, sameCategory: false, inStockOnly: false))
         #expect(all.results.count == 25)
         let exact = ExactSearch.nearest(Self.data.row(4), in: Self.data, k: 26).filter { $0.row != 4 }.prefix(25)
         #expect(all.results.map(\.productID) == exact.map { Catalogue.pid($0.row) })
@@ -97,7 +112,8 @@ struct SimilarProductsTests {
         let inStock = try await search.similar(to: q, query: SimilarQuery(k: 25, minSimilarity: 0, sameCategory: false))
         #expect(inStock.results.allSatisfy { $0.inStock != false } && inStock.results.count == 25)
         let threshold = all.results[5].similarity
-        let strict = try await search.similar(to: q, query: SimilarQuery(k: 25, minSimilarity: threshold, sameCategory: false, inStockOnly: false))
+        let strict = try await search.similar(
+            to: q, query: SimilarQuery(k: 25, minSimilarity: threshold, sameCategory: false, inStockOnly: false))
         #expect(strict.results.count == 6 && strict.results.allSatisfy { $0.similarity >= threshold })
     }
 
@@ -112,7 +128,8 @@ struct SimilarProductsTests {
         _ = try await IndexBuilder.build(store: store, options: Catalogue.options(folder))
         let search = try await ProductSearch.open(folder: folder, store: store)
         for k in [1, 10, 301] {
-            let a = try await search.similar(to: Catalogue.pid(5), query: SimilarQuery(k: k, minSimilarity: 0, sameCategory: false))
+            let a = try await search.similar(
+                to: Catalogue.pid(5), query: SimilarQuery(k: k, minSimilarity: 0, sameCategory: false))
             #expect(!a.results.contains { $0.productID == Catalogue.pid(5) })
             #expect(a.results.first?.productID == "twin-of-5")
             #expect(a.results.first?.similarity == 1 && a.results.first?.distance == 0)
@@ -142,13 +159,21 @@ struct SimilarProductsTests {
 
         let (other, _) = try await Catalogue.store(SyntheticVectors(count: 10, dimension: 16, clusters: 1, seed: 1))
         defer { Task { await other.close() } }
-        try await other.write(WriteBatch(embeddings: [StoredEmbedding(
-            productID: "x", imageURL: "u", key: ModelKey(modelID: "other@2", preprocessing: "squash224"), vector: data.row(0))]))
+        try await other.write(
+            WriteBatch(embeddings: [
+                StoredEmbedding(
+                    productID: "x", imageURL: "u", key: ModelKey(modelID: "other@2", preprocessing: "squash224"),
+                    vector: data.row(0))
+            ]))
         // A store that has only another model's vectors.
         let onlyOther = try await StoreLocation(parsing: try await StoreKind.sqlite.freshURL()).open()
         defer { Task { await onlyOther.close() } }
-        try await onlyOther.write(WriteBatch(embeddings: [StoredEmbedding(
-            productID: "x", imageURL: "u", key: ModelKey(modelID: "other@2", preprocessing: "squash224"), vector: data.row(0))]))
+        try await onlyOther.write(
+            WriteBatch(embeddings: [
+                StoredEmbedding(
+                    productID: "x", imageURL: "u", key: ModelKey(modelID: "other@2", preprocessing: "squash224"),
+                    vector: data.row(0))
+            ]))
         await #expect { try await ProductSearch.open(folder: folder, store: onlyOther) } throws: { e in
             guard let e = e as? IndexError else { return false }
             return e.code == .mismatch && e.message.contains("synthetic@1") && e.message.contains("other@2")

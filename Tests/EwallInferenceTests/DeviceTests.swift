@@ -14,12 +14,15 @@ struct DeviceTests {
         #expect(ComputeDevice(parsing: "CUDA") == .cuda(0))
         #expect(ComputeDevice(parsing: "cuda:3") == .cuda(3))
         #expect(ComputeDevice(parsing: "auto") == .auto)
-        for bad in ["cuda:", "cuda:-1", "cuda:x", "tpu", "", "mps"] { #expect(ComputeDevice(parsing: bad) == nil, "\(bad)") }
+        for bad in ["cuda:", "cuda:-1", "cuda:x", "tpu", "", "mps"] {
+            #expect(ComputeDevice(parsing: bad) == nil, "\(bad)")
+        }
         #expect(ComputeDevice.cuda(2).description == "cuda:2")
     }
 
-    @Test("CUDA asked for where this libtorch has none: a clear error naming the fix",
-          .enabled(if: TorchModel.cudaDeviceCount == 0, "this libtorch sees a GPU"), arguments: [0, 3])
+    @Test(
+        "CUDA asked for where this libtorch has none: a clear error naming the fix",
+        .enabled(if: TorchModel.cudaDeviceCount == 0, "this libtorch sees a GPU"), arguments: [0, 3])
     func cudaUnavailable(index: Int) {
         var options = tinyOptions("linear4.pt")
         options.device = .cuda(index)
@@ -28,13 +31,16 @@ struct DeviceTests {
             Issue.record("cuda:\(index) loaded without a GPU")
         } catch {
             #expect(error.code == .deviceUnavailable, "\(error)")
-            #expect(error.message.contains("cuda:\(index)") && error.message.contains("--device cpu"), "\(error.message)")
-            #expect(error.message.contains("without CUDA") || error.message.contains("no CUDA device"), "\(error.message)")
+            #expect(
+                error.message.contains("cuda:\(index)") && error.message.contains("--device cpu"), "\(error.message)")
+            #expect(
+                error.message.contains("without CUDA") || error.message.contains("no CUDA device"), "\(error.message)")
         }
     }
 
-    @Test("auto runs on the CPU here, with the same outputs as cpu",
-          .enabled(if: TorchModel.cudaDeviceCount == 0, "this libtorch sees a GPU"))
+    @Test(
+        "auto runs on the CPU here, with the same outputs as cpu",
+        .enabled(if: TorchModel.cudaDeviceCount == 0, "this libtorch sees a GPU"))
     func autoIsCPU() throws {
         var a = tinyOptions("linear4.pt"), c = tinyOptions("linear4.pt")
         a.device = .auto

@@ -104,7 +104,9 @@ struct EmbedderResNetTests {
         #expect(two.streams == 2 && two.model.options.intraOpThreads == 1)
         let batches = stride(from: 0, to: 10, by: 4).map { Array(t[$0..<min($0 + 4, 10)]) }
         let concurrent = try await withThrowingTaskGroup(of: (Int, [[Float]]).self) { group in
-            for (k, b) in batches.enumerated() { group.addTask { (k, try await two.embedBatch(b).map { try $0.get() }) } }
+            for (k, b) in batches.enumerated() {
+                group.addTask { (k, try await two.embedBatch(b).map { try $0.get() }) }
+            }
             var out = [[[Float]]](repeating: [], count: batches.count)
             for try await (k, v) in group { out[k] = v }
             return out.flatMap { $0 }

@@ -6,15 +6,17 @@ import Testing
 
 @Suite("precision auto: measured, cached")
 struct PrecisionChoiceTests {
-    @Test("the faster precision wins only by more than the noise margin", arguments: [
-        // (fp32, bf16, expected): Intel Xeon's figures (bf16 slower), Zen 5's (bf16 ~2x), a tie
-        // within the margin, bf16 not timed.
-        (22.2, 16.7 as Double?, Precision.fp32),
-        (27.9, 52.1, .bf16),
-        (27.0, 29.0, .fp32),
-        (27.0, 30.0, .bf16),
-        (27.0, nil, .fp32),
-    ])
+    @Test(
+        "the faster precision wins only by more than the noise margin",
+        arguments: [
+            // (fp32, bf16, expected): Intel Xeon's figures (bf16 slower), Zen 5's (bf16 ~2x), a tie
+            // within the margin, bf16 not timed.
+            (22.2, 16.7 as Double?, Precision.fp32),
+            (27.9, 52.1, .bf16),
+            (27.0, 29.0, .fp32),
+            (27.0, 30.0, .bf16),
+            (27.0, nil, .fp32),
+        ])
     func decide(fp32: Double, bf16: Double?, expected: Precision) {
         var speeds: [Precision: Double] = [.fp32: fp32]
         speeds[.bf16] = bf16
@@ -38,7 +40,8 @@ struct PrecisionChoiceTests {
 
     @Test("the CPU model comes from /proc/cpuinfo's first model name line")
     func cpuModel() {
-        let text = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\nflags\t: fpu\n"
+        let text =
+            "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\nflags\t: fpu\n"
             + "processor\t: 1\nmodel name\t: other\n"
         #expect(PrecisionCacheKey.cpuModelName(cpuinfo: text) == "Intel(R) Xeon(R) Platinum 8488C")
         #expect(PrecisionCacheKey.cpuModelName(cpuinfo: "processor : 0\n") == "unknown")
@@ -92,8 +95,11 @@ struct PrecisionChoiceTests {
         let planted = PrecisionChoice(precision: .fp32, imagesPerSecond: [.fp32: 1.5, .bf16: 0.5])
         try PrecisionCache(path: path).store(planted, for: key)
         let cached = try TorchModel(options: options, cacheKey: key)
-        #expect(cached.precisionChoice == PrecisionChoice(precision: .fp32, imagesPerSecond: [.fp32: 1.5, .bf16: 0.5],
-                                                          fromCache: true))
+        #expect(
+            cached.precisionChoice
+                == PrecisionChoice(
+                    precision: .fp32, imagesPerSecond: [.fp32: 1.5, .bf16: 0.5],
+                    fromCache: true))
         #expect(cached.precision == .fp32)
         let e = try Expected.load()
         let out = try e.input([0, 1, 2, 3]).withUnsafeBufferPointer { try cached.forward($0, count: 4) }
@@ -105,24 +111,31 @@ struct PrecisionChoiceTests {
         #expect(try TorchModel(options: tinyOptions("linear4.pt")).precisionChoice == nil)
     }
 
-    @Test("decode threads take the cores the model leaves, at least one", arguments: [
-        (2, 2, 1), (1, 2, 1), (2, 16, 14), (16, 16, 1), (4, 8, 4), (8, 2, 1),
-    ])
+    @Test(
+        "decode threads take the cores the model leaves, at least one",
+        arguments: [
+            (2, 2, 1), (1, 2, 1), (2, 16, 14), (16, 16, 1), (4, 8, 4), (8, 2, 1),
+        ])
     func decodeThreads(modelThreads: Int, cores: Int, expected: Int) {
         let o = ModelOptions(path: "m.pt", threads: modelThreads)
         #expect(o.decodeThreadsLeftOver(cores: cores) == expected)
     }
 
-    @Test("throughput streams: one per model thread (at most 4) where decode threads share the model's cores", arguments: [
-        (2, 1, 2, 2), (1, 1, 2, 1), (2, 14, 16, 1), (16, 1, 16, 4), (4, 4, 8, 1), (3, 1, 2, 3), (1, 1, 1, 1),
-    ])
+    @Test(
+        "throughput streams: one per model thread (at most 4) where decode threads share the model's cores",
+        arguments: [
+            (2, 1, 2, 2), (1, 1, 2, 1), (2, 14, 16, 1), (16, 1, 16, 4), (4, 4, 8, 1), (3, 1, 2, 3), (1, 1, 1, 1),
+        ])
     func throughputStreams(threads: Int, decodeThreads: Int, cores: Int, expected: Int) {
-        #expect(ModelOptions.throughputStreams(threads: threads, decodeThreads: decodeThreads, cores: cores) == expected)
+        #expect(
+            ModelOptions.throughputStreams(threads: threads, decodeThreads: decodeThreads, cores: cores) == expected)
     }
 
-    @Test("intra-op threads per forward pass: threads shared out over the streams, at least 1", arguments: [
-        (2, 1, 2), (2, 2, 1), (4, 2, 2), (16, 4, 4), (3, 2, 1),
-    ])
+    @Test(
+        "intra-op threads per forward pass: threads shared out over the streams, at least 1",
+        arguments: [
+            (2, 1, 2), (2, 2, 1), (4, 2, 2), (16, 4, 4), (3, 2, 1),
+        ])
     func intraOpThreads(threads: Int, streams: Int, expected: Int) {
         #expect(ModelOptions(path: "m.pt", threads: threads, streams: streams).intraOpThreads == expected)
     }

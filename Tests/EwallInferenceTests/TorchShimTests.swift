@@ -7,8 +7,9 @@ import Testing
 
 /// The tiny fixtures take [n, 3, 8, 8]; see Tests/Fixtures/make_torch_fixtures.py.
 func tinyOptions(_ name: String, precision: Precision = .fp32, batch: Int = 2) -> ModelOptions {
-    ModelOptions(path: Fixtures.torch(name), precision: precision, threads: 2, batchSize: batch,
-                 channels: 3, height: 8, width: 8)
+    ModelOptions(
+        path: Fixtures.torch(name), precision: precision, threads: 2, batchSize: batch,
+        channels: 3, height: 8, width: 8)
 }
 
 struct Expected: Decodable {
@@ -29,15 +30,17 @@ struct Expected: Decodable {
 
 @Suite("libtorch shim: every error code")
 struct TorchShimErrorTests {
-    @Test("load failures are distinct and actionable", arguments: [
-        ("missing.pt", InferenceError.Code.modelNotFound, "not found"),
-        ("not_torchscript.pt", .notTorchScript, "not a TorchScript file"),
-        ("state_dict.pt", .notTorchScript, "torch.save"),
-        ("unsupported_op.pt", .unsupportedModel, "aten::sigmoix"),
-        ("output_4d.pt", .badOutput, "[1, 3, 8, 8]"),
-        ("output_tuple.pt", .badOutput, "Tuple"),
-        ("output_int.pt", .badOutput, "Long"),
-    ])
+    @Test(
+        "load failures are distinct and actionable",
+        arguments: [
+            ("missing.pt", InferenceError.Code.modelNotFound, "not found"),
+            ("not_torchscript.pt", .notTorchScript, "not a TorchScript file"),
+            ("state_dict.pt", .notTorchScript, "torch.save"),
+            ("unsupported_op.pt", .unsupportedModel, "aten::sigmoix"),
+            ("output_4d.pt", .badOutput, "[1, 3, 8, 8]"),
+            ("output_tuple.pt", .badOutput, "Tuple"),
+            ("output_int.pt", .badOutput, "Long"),
+        ])
     func loadError(name: String, code: InferenceError.Code, words: String) {
         do {
             _ = try TorchModel(options: tinyOptions(name))
@@ -48,8 +51,9 @@ struct TorchShimErrorTests {
         }
     }
 
-    @Test("bf16 on a file frozen before saving is refused with a reason",
-          .enabled(if: TorchModel.cpuHasBF16, "this CPU has no native bfloat16 (AVX512_BF16/AMX)"))
+    @Test(
+        "bf16 on a file frozen before saving is refused with a reason",
+        .enabled(if: TorchModel.cpuHasBF16, "this CPU has no native bfloat16 (AVX512_BF16/AMX)"))
     func frozenBF16() throws {
         #expect { _ = try TorchModel(options: tinyOptions("frozen_linear4.pt", precision: .bf16)) } throws: {
             ($0 as? InferenceError)?.code == .precisionUnavailable
@@ -73,8 +77,9 @@ struct TorchShimOutputTests {
     @Test("linear4 reproduces Python's numbers in fp32")
     func knownOutputsFP32() throws { try knownOutputs(precision: .fp32) }
 
-    @Test("linear4 reproduces Python's numbers in bf16 (within bf16's precision)",
-          .enabled(if: TorchModel.cpuHasBF16, "this CPU has no native bfloat16 (AVX512_BF16/AMX)"))
+    @Test(
+        "linear4 reproduces Python's numbers in bf16 (within bf16's precision)",
+        .enabled(if: TorchModel.cpuHasBF16, "this CPU has no native bfloat16 (AVX512_BF16/AMX)"))
     func knownOutputsBF16() throws { try knownOutputs(precision: .bf16) }
 
     func knownOutputs(precision: Precision) throws {
@@ -124,7 +129,7 @@ struct EmbedderTests {
             let want = e.special_rows[i].map { $0! }
             #expect(VectorMath.cosine(v, want) > 0.99999)
         }
-        for i in [2, 4] {  // row 2 is all zeros, row 4 is NaN
+        for i in [2, 4] { // row 2 is all zeros, row 4 is NaN
             #expect(throws: InferenceError.self) { try results[i].get() }
             if case .failure(let err) = results[i] { #expect(err.code == .invalidVector) }
         }

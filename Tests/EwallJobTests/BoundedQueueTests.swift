@@ -1,5 +1,6 @@
-@testable import EwallML
 import Testing
+
+@testable import EwallML
 
 @Suite("Bounded queue between pipeline stages")
 struct BoundedQueueTests {

@@ -12,8 +12,9 @@ struct EmbeddingJobTests {
 
     static func embedder(_ mode: PreprocessingMode = .squash224) throws -> ImageEmbedder {
         if let e = shared[mode] { return e }
-        let e = try ImageEmbedder(configuration: EmbedderConfiguration(
-            model: ModelOptions(path: Fixtures.model, threads: 2, batchSize: 4), preprocessing: mode))
+        let e = try ImageEmbedder(
+            configuration: EmbedderConfiguration(
+                model: ModelOptions(path: Fixtures.model, threads: 2, batchSize: 4), preprocessing: mode))
         shared[mode] = e
         return e
     }
@@ -24,12 +25,15 @@ struct EmbeddingJobTests {
         let truncated = (try? Fixtures.bytes(Fixtures.image("truncated_half.jpg"))) ?? []
         let html = (try? Fixtures.bytes(Fixtures.image("html_pretending_to_be.jpg"))) ?? []
         return try TestHTTPServer { req in
-            if req.path.hasPrefix("/img/"), let i = Int(req.path.dropFirst(5).prefix(while: \.isNumber)), i < images.count {
+            if req.path.hasPrefix("/img/"), let i = Int(req.path.dropFirst(5).prefix(while: \.isNumber)),
+                i < images.count
+            {
                 return .init(headers: [("Content-Type", "image/jpeg")], body: images[i])
             }
             switch req.path {
             case "/flaky.jpg": return req.hit == 1 ? .init(status: 500) : .init(body: images[0])
-            case "/busy.jpg": return req.hit == 1 ? .init(status: 429, headers: [("Retry-After", "1")]) : .init(body: images[1])
+            case "/busy.jpg":
+                return req.hit == 1 ? .init(status: 429, headers: [("Retry-After", "1")]) : .init(body: images[1])
             case "/down.jpg": return .init(status: 503)
             case "/slow.jpg": return .init(body: images[2], delay: .seconds(8))
             case "/huge.jpg": return .init(body: [UInt8](repeating: 0xFF, count: 3 << 20), chunked: true)
@@ -44,14 +48,20 @@ struct EmbeddingJobTests {
 
     static func manifest(_ server: TestHTTPServer, override: [String: String] = [:]) throws -> String {
         var lines = ["product_id,image_url,title,category,in_stock"]
-        for i in 0..<6 { lines.append("good\(i),\(override["good\(i)"] ?? server.url("/img/\(i).jpg")),Product \(i),coat,true") }
-        for (id, path) in [("flaky", "/flaky.jpg"), ("busy", "/busy.jpg"), ("down", "/down.jpg"), ("slow", "/slow.jpg"),
-                           ("huge", "/huge.jpg"), ("loop", "/loop-a"), ("fake", "/fake.jpg"),
-                           ("truncated", "/truncated.jpg"), ("missing", "/missing.jpg")] {
+        for i in 0..<6 {
+            lines.append("good\(i),\(override["good\(i)"] ?? server.url("/img/\(i).jpg")),Product \(i),coat,true")
+        }
+        for (id, path) in [
+            ("flaky", "/flaky.jpg"), ("busy", "/busy.jpg"), ("down", "/down.jpg"), ("slow", "/slow.jpg"),
+            ("huge", "/huge.jpg"), ("loop", "/loop-a"), ("fake", "/fake.jpg"),
+            ("truncated", "/truncated.jpg"), ("missing", "/missing.jpg"),
+        ] {
             lines.append("\(id),\(server.url(path)),,,")
         }
-        lines += [",\(server.url("/img/0.jpg")),,,", "bad-scheme,ftp://x/y.jpg,,,",
-                  "good0,\(server.url("/img/5.jpg")),,,", "good1,\(override["good1"] ?? server.url("/img/1.jpg")),,,"]
+        lines += [
+            ",\(server.url("/img/0.jpg")),,,", "bad-scheme,ftp://x/y.jpg,,,",
+            "good0,\(server.url("/img/5.jpg")),,,", "good1,\(override["good1"] ?? server.url("/img/1.jpg")),,,",
+        ]
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("m-\(UUID().uuidString).csv").path
         try lines.joined(separator: "\n").write(toFile: path, atomically: true, encoding: .utf8)
         return path
@@ -59,28 +69,38 @@ struct EmbeddingJobTests {
 
     static func fetchConfig() -> FetchConfiguration {
         // 2 s per attempt: well above a loaded 2-core machine's answer time, well below /slow.jpg's 8 s.
-        FetchConfiguration(perHostLimit: 4, connectTimeout: .seconds(5), requestTimeout: .seconds(2), maxAttempts: 2,
-                           backoffBase: .milliseconds(20), backoffMax: .milliseconds(50), maxBytes: 2 << 20)
+        FetchConfiguration(
+            perHostLimit: 4, connectTimeout: .seconds(5), requestTimeout: .seconds(2), maxAttempts: 2,
+            backoffBase: .milliseconds(20), backoffMax: .milliseconds(50), maxBytes: 2 << 20)
     }
 
     final class Collected: @unchecked Sendable {
         let lock = NSLock()
         var failures: [JobFailure] = []
-        func add(_ f: JobFailure) { lock.lock(); failures.append(f); lock.unlock() }
+        func add(_ f: JobFailure) {
+            lock.lock()
+            failures.append(f)
+            lock.unlock()
+        }
     }
 
-    static func run(_ manifest: String, store: any EmbeddingStore, embedder: ImageEmbedder, retryFailed: Bool = false,
-                    force: Bool = false) async throws -> (JobSummary, [JobFailure]) {
-        let job = EmbeddingJob(configuration: EmbeddingJobConfiguration(
-            manifestPath: manifest, fetch: fetchConfig(), concurrency: 8, retryFailed: retryFailed, force: force),
+    static func run(
+        _ manifest: String, store: any EmbeddingStore, embedder: ImageEmbedder, retryFailed: Bool = false,
+        force: Bool = false
+    ) async throws -> (JobSummary, [JobFailure]) {
+        let job = EmbeddingJob(
+            configuration: EmbeddingJobConfiguration(
+                manifestPath: manifest, fetch: fetchConfig(), concurrency: 8, retryFailed: retryFailed, force: force),
             embedder: embedder, store: store)
         let collected = Collected()
         let summary = try await job.run(progressInterval: 0.2, onFailure: { collected.add($0) })
         return (summary, collected.failures)
     }
 
-    static let expectedFailures = ["http_5xx": 1, "timeout": 1, "too_large": 1, "redirect_loop": 1, "not_an_image": 1,
-                                   "truncated": 1, "http_4xx": 1]
+    static let expectedFailures = [
+        "http_5xx": 1, "timeout": 1, "too_large": 1, "redirect_loop": 1, "not_an_image": 1,
+        "truncated": 1, "http_4xx": 1,
+    ]
 
     func everyFailureIsAccountedForAndNothingElseIsLost(kind: StoreKind) async throws {
         let photos = Array(try Fixtures.photos().prefix(6))
@@ -91,14 +111,17 @@ struct EmbeddingJobTests {
         let manifest = try Self.manifest(server)
 
         let (first, failures) = try await Self.run(manifest, store: store, embedder: embedder)
-        #expect(first.counts.embedded == 8)  // six photos, the 500-then-200 and the 429-then-200
+        #expect(first.counts.embedded == 8) // six photos, the 500-then-200 and the 429-then-200
         #expect(first.counts.failed == 7)
         #expect(first.counts.badRows == 3)
         #expect(first.counts.duplicates == 1)
         #expect(first.failuresByClass == Self.expectedFailures.merging(["bad_row": 3]) { $1 })
         #expect(!first.interrupted)
-        #expect(Set(failures.compactMap(\.productID)) == ["down", "slow", "huge", "loop", "fake", "truncated", "missing",
-                                                           "bad-scheme", "good0"])
+        #expect(
+            Set(failures.compactMap(\.productID)) == [
+                "down", "slow", "huge", "loop", "fake", "truncated", "missing",
+                "bad-scheme", "good0",
+            ])
         let badLines = failures.filter { $0.errorClass == "bad_row" }.compactMap(\.line).sorted()
         #expect(badLines == [17, 18, 19])
         let down = try #require(failures.first { $0.productID == "down" })
@@ -109,7 +132,10 @@ struct EmbeddingJobTests {
         // The store: vectors equal to embedding the same files directly; a ledger row per item.
         let key = ModelKey(modelID: embedder.modelID, preprocessing: "squash224")
         let rows = try await store.embeddings(key: key, after: nil, limit: 100)
-        #expect(rows.map(\.embedding.productID).sorted() == ["busy", "flaky", "good0", "good1", "good2", "good3", "good4", "good5"])
+        #expect(
+            rows.map(\.embedding.productID).sorted() == [
+                "busy", "flaky", "good0", "good1", "good2", "good3", "good4", "good5",
+            ])
         let direct = await embedder.embed(files: photos)
         for row in rows where row.embedding.productID.hasPrefix("good") {
             let i = Int(row.embedding.productID.dropFirst(4))!
@@ -117,7 +143,8 @@ struct EmbeddingJobTests {
             #expect(VectorMath.cosine(row.embedding.vector, expected) > 0.99999)
             #expect(row.embedding.imageSHA256 == ImageFetcher.sha256(try Fixtures.bytes(photos[i])))
             #expect(row.embedding.contentType == "image/jpeg")
-            #expect(row.product?.title == "Product \(i)" && row.product?.category == "coat" && row.product?.inStock == true)
+            #expect(
+                row.product?.title == "Product \(i)" && row.product?.category == "coat" && row.product?.inStock == true)
         }
         let counts = try await store.ledgerCounts(key: key)
         #expect(counts["embedded"] == 8)
@@ -190,17 +217,20 @@ struct EmbeddingJobTests {
         let store = try await StoreKind.sqlite.open()
         let embedder = try Self.embedder()
         let key = ModelKey(modelID: embedder.modelID, preprocessing: "squash224")
-        let job = EmbeddingJob(configuration: EmbeddingJobConfiguration(manifestPath: path, fetch: Self.fetchConfig(), concurrency: 4),
-                               embedder: embedder, store: store)
+        let job = EmbeddingJob(
+            configuration: EmbeddingJobConfiguration(manifestPath: path, fetch: Self.fetchConfig(), concurrency: 4),
+            embedder: embedder, store: store)
         let run = Task { try await job.run(progressInterval: 0.1) }
-        while try await store.ledgerCounts(key: key)["embedded", default: 0] == 0 { try await Task.sleep(for: .milliseconds(20)) }
+        while try await store.ledgerCounts(key: key)["embedded", default: 0] == 0 {
+            try await Task.sleep(for: .milliseconds(20))
+        }
         job.stop()
         let stopped = try await run.value
         #expect(stopped.interrupted)
         let stored = try await store.ledgerCounts(key: key)["embedded", default: 0]
         #expect(stopped.counts.embedded == stored)
         #expect(stored > 0 && stored < 120)
-        #expect(stopped.counts.failed == 0)  // requests cut short are not failures
+        #expect(stopped.counts.failed == 0) // requests cut short are not failures
 
         let (rest, failures) = try await Self.run(path, store: store, embedder: embedder)
         #expect(failures.isEmpty)

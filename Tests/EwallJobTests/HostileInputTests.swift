@@ -1,16 +1,18 @@
 import EwallCore
 import EwallFetch
-@testable import EwallML
 import EwallTestSupport
 import Foundation
 import Testing
+
+@testable import EwallML
 
 /// Manifests and imports written to break things: every such row is a bad row with its line and
 /// the reason, and nothing is truncated, replaced or merged with another row.
 @Suite("Hostile manifest rows")
 struct HostileInputTests {
     static func write(_ bytes: [UInt8], ext: String) throws -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("hostile-\(UUID().uuidString).\(ext)").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("hostile-\(UUID().uuidString).\(ext)")
+            .path
         try Data(bytes).write(to: URL(fileURLWithPath: path))
         return path
     }
@@ -36,12 +38,13 @@ struct HostileInputTests {
     @Test("a NUL in product_id is a bad row: a\\0x and a\\0y are never both stored as 'a'", arguments: ["csv", "tsv"])
     func nulInIDs(_ ext: String) throws {
         let sep: UInt8 = ext == "csv" ? 44 : 9
-        let path = try Self.write(Self.lines([
-            Self.b("product_id") + [sep] + Self.b("image_url"),
-            Self.b("a") + [0] + Self.b("x") + [sep] + Self.b("http://cdn/x.jpg"),
-            Self.b("a") + [0] + Self.b("y") + [sep] + Self.b("http://cdn/y.jpg"),
-            Self.b("a") + [sep] + Self.b("http://cdn/a.jpg"),
-        ]), ext: ext)
+        let path = try Self.write(
+            Self.lines([
+                Self.b("product_id") + [sep] + Self.b("image_url"),
+                Self.b("a") + [0] + Self.b("x") + [sep] + Self.b("http://cdn/x.jpg"),
+                Self.b("a") + [0] + Self.b("y") + [sep] + Self.b("http://cdn/y.jpg"),
+                Self.b("a") + [sep] + Self.b("http://cdn/a.jpg"),
+            ]), ext: ext)
         let (rows, problems) = try Self.readAll(path)
         #expect(rows.map(\.product.id) == ["a"])
         #expect(problems.map(\.line) == [2, 3])
@@ -53,14 +56,15 @@ struct HostileInputTests {
 
     @Test("invalid UTF-8 is a bad row with the byte and its offset, never replaced with U+FFFD")
     func invalidUTF8() throws {
-        let path = try Self.write(Self.lines([
-            Self.b("product_id,image_url,title"),
-            Self.b("c") + [0xFF] + Self.b(",http://cdn/1.jpg,t"),
-            Self.b("c") + [0xFE] + Self.b(",http://cdn/2.jpg,t"),
-            Self.b("d,http://cdn/3.jpg,caf") + [0xC3],  // a title cut inside a character
-            Self.b("e,http://cdn/") + [0xE9] + Self.b(".jpg,t"),
-            Self.b("ok,http://cdn/ok.jpg,t"),
-        ]), ext: "csv")
+        let path = try Self.write(
+            Self.lines([
+                Self.b("product_id,image_url,title"),
+                Self.b("c") + [0xFF] + Self.b(",http://cdn/1.jpg,t"),
+                Self.b("c") + [0xFE] + Self.b(",http://cdn/2.jpg,t"),
+                Self.b("d,http://cdn/3.jpg,caf") + [0xC3], // a title cut inside a character
+                Self.b("e,http://cdn/") + [0xE9] + Self.b(".jpg,t"),
+                Self.b("ok,http://cdn/ok.jpg,t"),
+            ]), ext: "csv")
         let (rows, problems) = try Self.readAll(path)
         #expect(rows.map(\.product.id) == ["ok"])
         #expect(problems.map(\.line) == [2, 3, 4, 5])
@@ -73,12 +77,13 @@ struct HostileInputTests {
 
     @Test("JSON Lines: invalid UTF-8 and \\u0000 escapes are bad rows")
     func jsonLines() throws {
-        let path = try Self.write(Self.lines([
-            Self.b(#"{"product_id": "j"#) + [0xFF] + Self.b(#"", "image_url": "http://cdn/1.jpg"}"#),
-            Self.b(#"{"product_id": "a\u0000b", "image_url": "http://cdn/2.jpg"}"#),
-            Self.b(#"{"product_id": "ok", "image_url": "http://cdn/3.jpg\u0000.png"}"#),
-            Self.b(#"{"product_id": "fine", "image_url": "http://cdn/4.jpg", "title": "line\none"}"#),
-        ]), ext: "jsonl")
+        let path = try Self.write(
+            Self.lines([
+                Self.b(#"{"product_id": "j"#) + [0xFF] + Self.b(#"", "image_url": "http://cdn/1.jpg"}"#),
+                Self.b(#"{"product_id": "a\u0000b", "image_url": "http://cdn/2.jpg"}"#),
+                Self.b(#"{"product_id": "ok", "image_url": "http://cdn/3.jpg\u0000.png"}"#),
+                Self.b(#"{"product_id": "fine", "image_url": "http://cdn/4.jpg", "title": "line\none"}"#),
+            ]), ext: "jsonl")
         let (rows, problems) = try Self.readAll(path)
         #expect(rows.map(\.product.id) == ["fine"])
         #expect(rows.first?.product.title == "line\none")
@@ -103,16 +108,17 @@ struct HostileInputTests {
 
     @Test("ids have a length limit in bytes (default 256): 256 passes, 257 and 10 MiB are bad rows; configurable")
     func idLength() throws {
-        let id256 = String(repeating: "가", count: 85) + "a"  // 85 x 3 bytes + 1 = 256 bytes
+        let id256 = String(repeating: "가", count: 85) + "a" // 85 x 3 bytes + 1 = 256 bytes
         let id257 = id256 + "b"
         let huge = String(repeating: "x", count: 10 << 20)
-        let path = try Self.write(Self.lines([
-            Self.b("product_id,image_url"),
-            Self.b("\(id256),http://cdn/1.jpg"),
-            Self.b("\(id257),http://cdn/2.jpg"),
-            Self.b("\(huge),http://cdn/3.jpg"),
-            Self.b("short,http://cdn/" + String(repeating: "u", count: 5000)),
-        ]), ext: "csv")
+        let path = try Self.write(
+            Self.lines([
+                Self.b("product_id,image_url"),
+                Self.b("\(id256),http://cdn/1.jpg"),
+                Self.b("\(id257),http://cdn/2.jpg"),
+                Self.b("\(huge),http://cdn/3.jpg"),
+                Self.b("short,http://cdn/" + String(repeating: "u", count: 5000)),
+            ]), ext: "csv")
         let (rows, problems) = try Self.readAll(path)
         #expect(rows.map(\.product.id) == [id256])
         #expect(problems.map(\.line) == [3, 4, 5])
@@ -127,24 +133,30 @@ struct HostileInputTests {
 
     @Test("titles may span lines but hold no other control character")
     func titles() throws {
-        let path = try Self.write(Self.lines([
-            Self.b("product_id,image_url,title,brand"),
-            Self.b("p1,http://cdn/1.jpg,\"two\nlines\",b"),
-            Self.b("p2,http://cdn/2.jpg,bell") + [7] + Self.b(",b"),
-            Self.b("p3,http://cdn/3.jpg,t,nul") + [0] + Self.b("brand"),
-        ]), ext: "csv")
+        let path = try Self.write(
+            Self.lines([
+                Self.b("product_id,image_url,title,brand"),
+                Self.b("p1,http://cdn/1.jpg,\"two\nlines\",b"),
+                Self.b("p2,http://cdn/2.jpg,bell") + [7] + Self.b(",b"),
+                Self.b("p3,http://cdn/3.jpg,t,nul") + [0] + Self.b("brand"),
+            ]), ext: "csv")
         let (rows, problems) = try Self.readAll(path)
         #expect(rows.map(\.product.id) == ["p1"])
-        #expect(problems.map(\.message) == ["title contains the control character U+0007 at character 5; control characters are not allowed",
-                                            "brand contains NUL (U+0000) at character 4; control characters are not allowed"])
+        #expect(
+            problems.map(\.message) == [
+                "title contains the control character U+0007 at character 5; control characters are not allowed",
+                "brand contains NUL (U+0000) at character 4; control characters are not allowed",
+            ])
     }
 
     @Test("Korean, emoji and mixed-case ids are read byte for byte")
     func exactIDs() throws {
         let ids = ["구스다운-롱패딩_01", "👟🧥-2", "MixedCase-ID", "mixedcase-id", "spaces in id", "a/b?c#d%2F"]
-        let path = try Self.write(Self.lines([Self.b("product_id,image_url")]
-                                             + ids.enumerated().map { Self.b("\"\($0.element)\",http://cdn/\($0.offset).jpg") }),
-                                  ext: "csv")
+        let path = try Self.write(
+            Self.lines(
+                [Self.b("product_id,image_url")]
+                    + ids.enumerated().map { Self.b("\"\($0.element)\",http://cdn/\($0.offset).jpg") }),
+            ext: "csv")
         let (rows, problems) = try Self.readAll(path)
         #expect(problems.isEmpty)
         #expect(rows.map { Array($0.product.id.utf8) } == ids.map { Array($0.utf8) })
@@ -153,12 +165,16 @@ struct HostileInputTests {
     @Test("imports apply the same rules: bad lines with their reason, the rest imported")
     func importRules() throws {
         func line(_ id: String) -> [UInt8] {
-            Self.b(#"{"product_id": ""#) + Self.b(id) + Self.b(#"", "image_url": "http://cdn/1.jpg", "model_version": "m", "embedding_vector": [1, 0]}"#)
+            Self.b(#"{"product_id": ""#) + Self.b(id)
+                + Self.b(#"", "image_url": "http://cdn/1.jpg", "model_version": "m", "embedding_vector": [1, 0]}"#)
         }
         let cases: [([UInt8], String?)] = [
             (line(#"a\u0000b"#), "product_id contains NUL"),
-            (Self.b(#"{"product_id": "c"#) + [0xFF] + Self.b(#"", "image_url": "u", "model_version": "m", "embedding_vector": [1]}"#),
-             "the line is not valid UTF-8"),
+            (
+                Self.b(#"{"product_id": "c"#) + [0xFF]
+                    + Self.b(#"", "image_url": "u", "model_version": "m", "embedding_vector": [1]}"#),
+                "the line is not valid UTF-8"
+            ),
             (line(String(repeating: "z", count: 300)), "product_id is 300 bytes long"),
             (line("좋은-id"), nil),
         ]

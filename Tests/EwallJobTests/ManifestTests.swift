@@ -6,7 +6,8 @@ import Testing
 @Suite("Manifest reading")
 struct ManifestTests {
     static func write(_ text: String, ext: String) throws -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("manifest-\(UUID().uuidString).\(ext)").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("manifest-\(UUID().uuidString).\(ext)")
+            .path
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
@@ -35,8 +36,11 @@ struct ManifestTests {
         #expect(reader.format == .csv)
         #expect(problems.isEmpty)
         #expect(rows.map(\.line) == [2, 3, 5])
-        #expect(rows[0].product == Product(id: "p1", title: "Down jacket, \"long\"", category: "down", inStock: true,
-                                           brand: "Brand", price: 129000))
+        #expect(
+            rows[0].product
+                == Product(
+                    id: "p1", title: "Down jacket, \"long\"", category: "down", inStock: true,
+                    brand: "Brand", price: 129000))
         #expect(rows[1].product.title == "two\nlines")
         #expect(rows[1].product.inStock == false)
         #expect(rows[2].imageURL == "img/3.jpg")
@@ -48,7 +52,8 @@ struct ManifestTests {
         let (t, _, tr) = try Self.readAll(tsv)
         #expect(tr.format == .tsv)
         #expect(t.first?.product.title == "패딩 점퍼")
-        let jsonl = try Self.write("""
+        let jsonl = try Self.write(
+            """
             {"product_id": "p1", "image_url": "/a.jpg", "in_stock": true, "price": 10.5}
             {"product_id": 42, "image_url": "/b.jpg", "in_stock": false}
 
@@ -61,7 +66,8 @@ struct ManifestTests {
     }
 
     @Test func badRowsAreReportedWithTheirLineAndTheRestGoesOn() throws {
-        let path = try Self.write("""
+        let path = try Self.write(
+            """
             product_id,image_url,in_stock,price
             ,http://cdn/x.jpg,,
             p1,,,

@@ -9,11 +9,16 @@ import Testing
 /// per-product view following each product's photo, and a Redis that dies mid-job.
 @Suite("Jobs with Redis", .serialized, .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
 struct RedisJobTests {
-    static func run(_ manifest: String, store: any EmbeddingStore, redis: RedisServer, fetch: FetchConfiguration = EmbeddingJobTests.fetchConfig())
-        async throws -> JobSummary {
+    static func run(
+        _ manifest: String, store: any EmbeddingStore, redis: RedisServer,
+        fetch: FetchConfiguration = EmbeddingJobTests.fetchConfig()
+    )
+        async throws -> JobSummary
+    {
         var config = EmbeddingJobConfiguration(manifestPath: manifest, fetch: fetch, concurrency: 8)
         config.redis = RedisConfiguration(location: try RedisLocation(parsing: redis.url()))
-        return try await EmbeddingJob(configuration: config, embedder: try EmbeddingJobTests.embedder(), store: store).run(progressInterval: 0.2)
+        return try await EmbeddingJob(configuration: config, embedder: try EmbeddingJobTests.embedder(), store: store)
+            .run(progressInterval: 0.2)
     }
 
     static func manifest(_ rows: [(String, String)]) throws -> String {
@@ -24,24 +29,33 @@ struct RedisJobTests {
     }
 
     static func sqlite() async throws -> any EmbeddingStore {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString).sqlite").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString).sqlite")
+            .path
         return try await StoreLocation(parsing: "sqlite:\(path)").open()
     }
 
-    @Test("another job on another store takes every vector from the cache, bit for bit, with no forward pass; the per-product view follows each photo")
+    @Test(
+        "another job on another store takes every vector from the cache, bit for bit, with no forward pass; the per-product view follows each photo"
+    )
     func cacheAcrossJobsAndProductView() async throws {
         let redis = try RedisServer()
         let photos = Array(try Fixtures.photos().prefix(4))
         let rows = photos.enumerated().map { ("p\($0.offset)", $0.element) }
         let key = ModelKey(modelID: try EmbeddingJobTests.embedder().modelID, preprocessing: "squash224")
         let a = try await Self.sqlite(), b = try await Self.sqlite()
-        defer { Task { await a.close(); await b.close() } }
+        defer {
+            Task {
+                await a.close()
+                await b.close()
+            }
+        }
 
         let first = try await Self.run(try Self.manifest(rows), store: a, redis: redis)
         #expect(first.counts.embedded == 4 && first.cache?.hits == 0 && (first.cache?.writes ?? 0) >= 4)
         let second = try await Self.run(try Self.manifest(rows), store: b, redis: redis)
         #expect(second.counts.embedded == 4 && second.cache?.hits == 4 && second.stageSeconds.infer == 0)
-        let view = EmbeddingCache(client: RedisClient(location: try RedisLocation(parsing: redis.url())), key: key, dimension: 2048)
+        let view = EmbeddingCache(
+            client: RedisClient(location: try RedisLocation(parsing: redis.url())), key: key, dimension: 2048)
         for (id, _) in rows {
             let inA = try #require(try await a.embedding(productID: id, key: key))
             let inB = try #require(try await b.embedding(productID: id, key: key))
@@ -67,7 +81,9 @@ struct RedisJobTests {
         let photos = try Fixtures.photos()
         let images = try photos.map { try Fixtures.bytes($0) }
         let server = try TestHTTPServer { req in
-            guard let i = Int(req.path.dropFirst(5).prefix(while: \.isNumber)), i < images.count else { return .init(status: 404) }
+            guard let i = Int(req.path.dropFirst(5).prefix(while: \.isNumber)), i < images.count else {
+                return .init(status: 404)
+            }
             return .init(headers: [("Content-Type", "image/jpeg")], body: images[i], delay: .milliseconds(60))
         }
         defer { server.shutdown() }
@@ -77,7 +93,10 @@ struct RedisJobTests {
         // Kill Redis once the job has written to it.
         let killer = Task {
             while !Task.isCancelled {
-                if (Int(redis.cli(["DBSIZE"])) ?? 0) > 0 { redis.stop(); return true }
+                if (Int(redis.cli(["DBSIZE"])) ?? 0) > 0 {
+                    redis.stop()
+                    return true
+                }
                 try? await Task.sleep(for: .milliseconds(20))
             }
             return false

@@ -1,7 +1,8 @@
-@testable import EwallML
 import EwallStore
 import Foundation
 import Testing
+
+@testable import EwallML
 
 /// A store call that never returns, even when cancelled (a query on a connection that died
 /// under the client library), must not hold the job past its deadline.
@@ -13,7 +14,12 @@ struct StoreDeadlineTests {
         private let lock = NSLock()
         private var waiting: CheckedContinuation<Int, Never>?
         func call() async -> Int { await withCheckedContinuation { c in lock.withLock { waiting = c } } }
-        func release() { lock.withLock { waiting?.resume(returning: 7); waiting = nil } }
+        func release() {
+            lock.withLock {
+                waiting?.resume(returning: 7)
+                waiting = nil
+            }
+        }
     }
 
     @Test("a call that ignores cancellation times out at its deadline, as a transient store error")

@@ -44,11 +44,14 @@ struct ParityTests {
     @Test("the reference list holds the XMP-orientation and harmless-warning fixtures")
     func referenceCoversTheDecisions() throws {
         let names = Set(try Fixtures.referenceFiles().map { URL(fileURLWithPath: $0).lastPathComponent })
-        for name in ["xmp_orientation_6_451x300.png", "xmp_orientation_6_451x300.jpg", "exif6_xmp8_451x300.jpg",
-                     "exif6_xmp8_451x300.png", "junk_before_dqt_600x400.jpg", "junk_before_exif6_451x300.jpg",
-                     "jfif_revision_2_600x400.jpg", "adobe_transform_7_600x400.jpg"] {
-            #expect(names.contains(name),
-                    "\(name) is not in .fixtures/reference/files.txt: add it to the Makefile's reference rule")
+        for name in [
+            "xmp_orientation_6_451x300.png", "xmp_orientation_6_451x300.jpg", "exif6_xmp8_451x300.jpg",
+            "exif6_xmp8_451x300.png", "junk_before_dqt_600x400.jpg", "junk_before_exif6_451x300.jpg",
+            "jfif_revision_2_600x400.jpg", "adobe_transform_7_600x400.jpg",
+        ] {
+            #expect(
+                names.contains(name),
+                "\(name) is not in .fixtures/reference/files.txt: add it to the Makefile's reference rule")
         }
     }
 
@@ -69,8 +72,9 @@ struct ParityTests {
     /// 0.95 (BatchNorm folded in fp32 before the cast). Random weights exaggerate rounding noise;
     /// re-measure with pretrained weights. This test holds the floor measured here, so a
     /// regression in the bf16 path still fails it.
-    @Test("bf16 vectors stay close to fp32 (measured floor on the random-init model)",
-          .enabled(if: TorchModel.cpuHasBF16, "this CPU has no native bfloat16 (AVX512_BF16/AMX); bf16 is not used here"))
+    @Test(
+        "bf16 vectors stay close to fp32 (measured floor on the random-init model)",
+        .enabled(if: TorchModel.cpuHasBF16, "this CPU has no native bfloat16 (AVX512_BF16/AMX); bf16 is not used here"))
     func bf16Drift() async throws {
         let files = try Fixtures.photos()
         let fp32 = try await Self.embedder(.fp32).embed(files: files).map { try $0.result.get().vector }

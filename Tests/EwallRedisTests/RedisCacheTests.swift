@@ -19,10 +19,13 @@ enum RedisTestData {
 
     static func sha(_ text: String) -> String { ImageFetcher.sha256(Array(text.utf8)) }
 
-    static func cache(_ server: RedisServer, key: ModelKey = key, ttl: Duration = .seconds(3600),
-                      logger: Logger = Logger(label: "test")) -> EmbeddingCache {
-        EmbeddingCache(client: RedisClient(location: try! RedisLocation(parsing: server.url()), logger: logger),
-                       key: key, dimension: 2048, ttl: ttl)
+    static func cache(
+        _ server: RedisServer, key: ModelKey = key, ttl: Duration = .seconds(3600),
+        logger: Logger = Logger(label: "test")
+    ) -> EmbeddingCache {
+        EmbeddingCache(
+            client: RedisClient(location: try! RedisLocation(parsing: server.url()), logger: logger),
+            key: key, dimension: 2048, ttl: ttl)
     }
 }
 
@@ -41,10 +44,14 @@ struct RedisLocationTests {
         #expect(d.port == 6379 && d.database == 0)
     }
 
-    @Test("a malformed URL says what is wrong, without the password",
-          arguments: [("http://h:1/0", "scheme"), ("redis://h:port/0", "port is not a number"), ("redis://:pw@:6379/0", "host is missing"),
-                      ("redis://h:70000/0", "out of range"), ("redis://h:1/x", "database 'x'"), ("rediss://h:1", "TLS"),
-                      ("redis://h:1/0?timeout=1", "query")])
+    @Test(
+        "a malformed URL says what is wrong, without the password",
+        arguments: [
+            ("http://h:1/0", "scheme"), ("redis://h:port/0", "port is not a number"),
+            ("redis://:pw@:6379/0", "host is missing"),
+            ("redis://h:70000/0", "out of range"), ("redis://h:1/x", "database 'x'"), ("rediss://h:1", "TLS"),
+            ("redis://h:1/0?timeout=1", "query"),
+        ])
     func malformed(_ url: String, _ reason: String) {
         do {
             _ = try RedisLocation(parsing: url)
@@ -59,7 +66,9 @@ struct RedisLocationTests {
     func environment() throws {
         #expect(try RedisConfiguration.location(flag: nil, environment: [:]) == nil)
         #expect(try RedisConfiguration.location(flag: nil, environment: ["EWALL_REDIS": "redis://h:7/1"])?.port == 7)
-        #expect(try RedisConfiguration.location(flag: "redis://a:8", environment: ["EWALL_REDIS": "redis://h:7/1"])?.host == "a")
+        #expect(
+            try RedisConfiguration.location(flag: "redis://a:8", environment: ["EWALL_REDIS": "redis://h:7/1"])?.host
+                == "a")
     }
 }
 
@@ -68,20 +77,26 @@ struct VectorValueTests {
     @Test("encode then decode gives the same bits and the image's facts")
     func roundTrip() {
         let v = RedisTestData.vector(1) + [0, -0.0, .leastNonzeroMagnitude, .greatestFiniteMagnitude]
-        let e = CachedEmbedding(vector: v, imageSHA256: RedisTestData.sha("a"), format: "jpeg", width: 4000, height: 3000)
+        let e = CachedEmbedding(
+            vector: v, imageSHA256: RedisTestData.sha("a"), format: "jpeg", width: 4000, height: 3000)
         let bytes = VectorValue.encode(e, key: RedisTestData.key)
         let back = VectorValue.decode(bytes, key: RedisTestData.key, dimension: v.count)
         #expect(back?.vector.map(\.bitPattern) == v.map(\.bitPattern))
-        #expect(back?.width == 4000 && back?.height == 3000 && back?.format == "jpeg" && back?.imageSHA256 == e.imageSHA256)
+        #expect(
+            back?.width == 4000 && back?.height == 3000 && back?.format == "jpeg" && back?.imageSHA256 == e.imageSHA256)
     }
 
     @Test("a value of another model, preprocessing or dimension, or not ours at all, does not decode")
     func foreign() {
         let e = CachedEmbedding(vector: RedisTestData.vector(2), imageSHA256: RedisTestData.sha("a"))
         let bytes = VectorValue.encode(e, key: RedisTestData.key)
-        #expect(VectorValue.decode(bytes, key: ModelKey(modelID: "resnet50@ffff0000", preprocessing: "squash224"), dimension: 2048) == nil)
-        #expect(VectorValue.decode(bytes, key: ModelKey(modelID: RedisTestData.key.modelID, preprocessing: "resize256-crop224"),
-                                   dimension: 2048) == nil)
+        #expect(
+            VectorValue.decode(
+                bytes, key: ModelKey(modelID: "resnet50@ffff0000", preprocessing: "squash224"), dimension: 2048) == nil)
+        #expect(
+            VectorValue.decode(
+                bytes, key: ModelKey(modelID: RedisTestData.key.modelID, preprocessing: "resize256-crop224"),
+                dimension: 2048) == nil)
         #expect(VectorValue.decode(bytes, key: RedisTestData.key, dimension: 512) == nil)
         #expect(VectorValue.decode(Array(bytes.dropLast()), key: RedisTestData.key, dimension: 2048) == nil)
         #expect(VectorValue.decode(Array("[0.1, 0.2]".utf8), key: RedisTestData.key, dimension: 2048) == nil)
@@ -89,7 +104,9 @@ struct VectorValueTests {
     }
 }
 
-@Suite("The embedding cache against a real redis-server", .serialized, .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
+@Suite(
+    "The embedding cache against a real redis-server", .serialized,
+    .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
 struct EmbeddingCacheTests {
     @Test("a hit returns the vector bit for bit; another model, preprocessing or image bytes miss")
     func hitsAndMisses() async throws {
@@ -102,10 +119,14 @@ struct EmbeddingCacheTests {
         #expect(hit.vector.map(\.bitPattern) == v.map(\.bitPattern))
         #expect(hit.width == 720 && hit.height == 960 && hit.format == "jpeg")
         #expect(await cache.lookup(sha256: RedisTestData.sha("photo A, one byte changed")) == nil)
-        let otherModel = RedisTestData.cache(server, key: ModelKey(modelID: "resnet50@99999999", preprocessing: "squash224"))
+        let otherModel = RedisTestData.cache(
+            server, key: ModelKey(modelID: "resnet50@99999999", preprocessing: "squash224"))
         #expect(await otherModel.lookup(sha256: shaA) == nil)
-        let otherPreprocessing = RedisTestData.cache(server, key: ModelKey(modelID: RedisTestData.key.modelID,
-                                                                            preprocessing: "resize256-crop224"))
+        let otherPreprocessing = RedisTestData.cache(
+            server,
+            key: ModelKey(
+                modelID: RedisTestData.key.modelID,
+                preprocessing: "resize256-crop224"))
         #expect(await otherPreprocessing.lookup(sha256: shaA) == nil)
         let stats = cache.statistics
         #expect(stats.hits == 1 && stats.misses == 1 && stats.errors == 0 && stats.writes == 1)
@@ -118,7 +139,9 @@ struct EmbeddingCacheTests {
     func concurrentLookups() async throws {
         let server = try RedisServer()
         let cache = RedisTestData.cache(server)
-        let entries = (0..<50).map { CachedEmbedding(vector: RedisTestData.vector(UInt64(100 + $0)), imageSHA256: RedisTestData.sha("c\($0)")) }
+        let entries = (0..<50).map {
+            CachedEmbedding(vector: RedisTestData.vector(UInt64(100 + $0)), imageSHA256: RedisTestData.sha("c\($0)"))
+        }
         await cache.store(entries)
         let wrong = await withTaskGroup(of: Int.self) { group in
             for i in 0..<500 {
@@ -185,7 +208,9 @@ struct EmbeddingCacheTests {
     }
 }
 
-@Suite("The Redis client when Redis fails", .serialized, .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
+@Suite(
+    "The Redis client when Redis fails", .serialized,
+    .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
 struct RedisFailureTests {
     @Test("Redis killed: every call is a miss at once and one warning; restarted: the cache works again")
     func killedAndRestarted() async throws {
@@ -218,7 +243,8 @@ struct RedisFailureTests {
     func wrongPassword() async throws {
         let server = try RedisServer(password: "right")
         let logs = CapturedLogs()
-        let client = RedisClient(location: try RedisLocation(parsing: server.url(password: "wrong")), logger: logs.logger)
+        let client = RedisClient(
+            location: try RedisLocation(parsing: server.url(password: "wrong")), logger: logs.logger)
         let cache = EmbeddingCache(client: client, key: RedisTestData.key, dimension: 2048)
         #expect(await client.ping() == false)
         for _ in 0..<5 { #expect(await cache.lookup(sha256: RedisTestData.sha("y")) == nil) }
@@ -238,11 +264,15 @@ struct RedisFailureTests {
         #expect(await client.ping())
         let t0 = ContinuousClock.now
         // DEBUG SLEEP is refused on some builds; a Lua busy loop stands in for a stalled Redis.
-        let script = "local t = redis.call('TIME'); local s = t[1] * 1e6 + t[2]; "
+        let script =
+            "local t = redis.call('TIME'); local s = t[1] * 1e6 + t[2]; "
             + "while true do local n = redis.call('TIME'); if n[1] * 1e6 + n[2] - s > 300000 then break end end; return 1"
         let r = await client.send(["EVAL", RedisArgument(script), "0"])
         let waited = ContinuousClock.now - t0
-        guard case .failure = r else { Issue.record("a 300 ms command answered within a 50 ms timeout: \(r)"); return }
+        guard case .failure = r else {
+            Issue.record("a 300 ms command answered within a 50 ms timeout: \(r)")
+            return
+        }
         #expect(waited < .milliseconds(250))
         try await Task.sleep(for: .milliseconds(400))
         #expect(await client.ping())

@@ -6,15 +6,20 @@ import Testing
 
 /// `EwallService` with the platform's Redis: replicas share vectors; Redis dying under load
 /// costs nothing but hits.
-@Suite("EwallService with Redis", .serialized, .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
+@Suite(
+    "EwallService with Redis", .serialized,
+    .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
 struct ServiceCacheTests {
-    static func service(_ redis: RedisServer, url: String? = nil, preprocessing: PreprocessingMode = .squash224,
-                        logger: CapturedLogs = CapturedLogs()) async throws -> EwallService {
+    static func service(
+        _ redis: RedisServer, url: String? = nil, preprocessing: PreprocessingMode = .squash224,
+        logger: CapturedLogs = CapturedLogs()
+    ) async throws -> EwallService {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svc-redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        var config = EwallConfiguration(modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
-                                        indexPath: dir.appendingPathComponent("faiss").path, rulesPath: nil,
-                                        preprocessing: preprocessing, indexWatchInterval: nil)
+        var config = EwallConfiguration(
+            modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
+            indexPath: dir.appendingPathComponent("faiss").path, rulesPath: nil,
+            preprocessing: preprocessing, indexWatchInterval: nil)
         config.redis = RedisConfiguration(location: try RedisLocation(parsing: url ?? redis.url()))
         var log = logger.logger
         log.logLevel = .warning
@@ -56,7 +61,10 @@ struct ServiceCacheTests {
             for i in 0..<48 {
                 group.addTask {
                     defer { done.withLock { $0 += 1 } }
-                    do { _ = try await service.embed(.bytes(photos[i % photos.count])); return false } catch { return true }
+                    do {
+                        _ = try await service.embed(.bytes(photos[i % photos.count]))
+                        return false
+                    } catch { return true }
                 }
             }
             var failed = 0
@@ -68,7 +76,9 @@ struct ServiceCacheTests {
         // The lookups all ran before the kill; the fills of the later batches run after it, in
         // the background (they never delay an answer), so their errors may be counted just after
         // the last answer: wait for them (at most 5 s).
-        for _ in 0..<50 where (service.cacheStatistics?.errors ?? 0) == 0 { try await Task.sleep(for: .milliseconds(100)) }
+        for _ in 0..<50 where (service.cacheStatistics?.errors ?? 0) == 0 {
+            try await Task.sleep(for: .milliseconds(100))
+        }
         let stats = try #require(service.cacheStatistics)
         #expect(stats.errors > 0 && stats.hits + stats.misses == 48, "\(stats)")
         try redis.start()

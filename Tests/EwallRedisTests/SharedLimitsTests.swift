@@ -5,13 +5,15 @@ import EwallTestSupport
 import Foundation
 import Testing
 
-@Suite("Fetch limits and job status shared through Redis", .serialized,
-       .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
+@Suite(
+    "Fetch limits and job status shared through Redis", .serialized,
+    .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
 struct SharedLimitsTests {
     /// A worker as another process would be: its own Redis connections, its own fetcher.
     static func worker(_ redis: RedisServer?, perHost: Int) throws -> ImageFetcher {
-        var config = FetchConfiguration(perHostLimit: perHost, requestTimeout: .seconds(10), maxAttempts: 3,
-                                        backoffBase: .milliseconds(10), backoffMax: .milliseconds(20))
+        var config = FetchConfiguration(
+            perHostLimit: perHost, requestTimeout: .seconds(10), maxAttempts: 3,
+            backoffBase: .milliseconds(10), backoffMax: .milliseconds(20))
         if let redis { config.share(through: RedisClient(location: try RedisLocation(parsing: redis.url()))) }
         return ImageFetcher(configuration: config)
     }
@@ -30,8 +32,9 @@ struct SharedLimitsTests {
     @Test("three workers with a per-host limit of 4: the server never sees more than 4 in flight (without Redis: 12)")
     func perHostLimitAcrossWorkers() async throws {
         let redis = try RedisServer()
-        let image = TestHTTPServer.Response(headers: [("Content-Type", "image/jpeg")], body: Array(repeating: 7, count: 2000),
-                                            delay: .milliseconds(40))
+        let image = TestHTTPServer.Response(
+            headers: [("Content-Type", "image/jpeg")], body: Array(repeating: 7, count: 2000),
+            delay: .milliseconds(40))
         let urls = (0..<16).map { "/img/\($0).jpg" }
 
         let shared = try TestHTTPServer { _ in image }
@@ -88,7 +91,12 @@ struct SharedLimitsTests {
         let server = try TestHTTPServer { req in
             let who = req.path.hasPrefix("/b/") ? "b" : "a"
             arrivals.withLock { $0[who, default: []].append(.now) }
-            if who == "a" && !refused.withLock({ r in defer { r = true }; return r }) {
+            if who == "a"
+                && !refused.withLock({ r in
+                    defer { r = true }
+                    return r
+                })
+            {
                 return .init(status: 429, headers: [("Retry-After", "2")])
             }
             return .init(headers: [("Content-Type", "image/jpeg")], body: [1, 2, 3])

@@ -36,7 +36,9 @@ struct ConnectionLimitTests {
         return connections.filter { !$0.isOpen }.count
     }
 
-    @Test("300 stalled connections (silent, half a request line, slowloris): /healthz stays fast, and each is closed after the header timeout")
+    @Test(
+        "300 stalled connections (silent, half a request line, slowloris): /healthz stays fast, and each is closed after the header timeout"
+    )
     func stalledConnections() async throws {
         let timeout = Duration.seconds(2)
         let s = try await RunningServer.start { _, server in
@@ -50,10 +52,13 @@ struct ConnectionLimitTests {
         let partial = stalled[100..<200], slowloris = Array(stalled[200..<300])
         for c in partial { try await c.send("GET /healthz HTT") }
         let opened = ContinuousClock.now - started
-        #expect(stalled.allSatisfy { $0.isOpen }, "stalled connections were closed \(opened) in, before the header timeout")
+        #expect(
+            stalled.allSatisfy { $0.isOpen }, "stalled connections were closed \(opened) in, before the header timeout")
         // Slowloris: one more byte of a never-ending head every 250 ms.
         let drip = Task {
-            let head = Array("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ".utf8) + [UInt8](repeating: UInt8(ascii: "a"), count: 1000)
+            let head =
+                Array("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ".utf8)
+                + [UInt8](repeating: UInt8(ascii: "a"), count: 1000)
             var i = 0
             while !Task.isCancelled && i < head.count {
                 for c in slowloris where c.isOpen { try? await c.send([head[i]]) }
@@ -72,7 +77,9 @@ struct ConnectionLimitTests {
             #expect(r.status == 200)
         }
         times.sort()
-        #expect(times[2] < .milliseconds(250) && times[4] < .seconds(1), "/healthz took \(times) with 300 stalled connections open")
+        #expect(
+            times[2] < .milliseconds(250) && times[4] < .seconds(1),
+            "/healthz took \(times) with 300 stalled connections open")
 
         // Then the server closes every one of them, the slowloris ones included.
         let closed = await Self.waitForAllClosed(stalled, timeout: timeout + .seconds(3))
@@ -84,7 +91,9 @@ struct ConnectionLimitTests {
         #expect(try await RawHTTP.send(port: s.port, method: "GET", target: "/healthz").status == 200)
     }
 
-    @Test("Keep-alive: a quiet connection between requests lasts until the idle timeout; a later head that trickles is cut after the header timeout")
+    @Test(
+        "Keep-alive: a quiet connection between requests lasts until the idle timeout; a later head that trickles is cut after the header timeout"
+    )
     func keepAliveAndLateHead() async throws {
         let s = try await RunningServer.start { _, server in
             server.headerTimeout = .seconds(1)
@@ -97,7 +106,8 @@ struct ConnectionLimitTests {
         func exchange(_ c: RawConnection) async throws {
             try await c.send(request)
             let deadline = ContinuousClock.now + .seconds(5)
-            while !String(decoding: c.receivedBytes, as: UTF8.self).contains("\"ok\"") && ContinuousClock.now < deadline {
+            while !String(decoding: c.receivedBytes, as: UTF8.self).contains("\"ok\"") && ContinuousClock.now < deadline
+            {
                 try await Task.sleep(for: .milliseconds(10))
             }
             #expect(String(decoding: c.receivedBytes, as: UTF8.self).hasPrefix("HTTP/1.1 200"))
@@ -146,7 +156,7 @@ struct ConnectionLimitTests {
         // One slot freed: requests are served again, and the refusals were counted.
         await held[0].close()
         var metrics: RawHTTP.Response?
-        var refusedAttempts = 0  // while the server has not yet seen held[0] go
+        var refusedAttempts = 0 // while the server has not yet seen held[0] go
         for _ in 0..<50 where metrics == nil {
             metrics = try? await RawHTTP.send(port: s.port, method: "GET", target: "/metrics", timeout: .seconds(2))
             if metrics == nil {
@@ -159,7 +169,8 @@ struct ConnectionLimitTests {
         let refused = lines.first { $0.hasPrefix("ewall_http_connections_refused_total ") }
         #expect(refused.flatMap { Double($0.split(separator: " ")[1]) } == Double(5 + refusedAttempts), "\(lines)")
         let open = lines.first { $0.hasPrefix("ewall_http_connections_open ") }
-        #expect(open.flatMap { Double($0.split(separator: " ")[1]) } == 8, "7 held + the /metrics request itself: \(lines)")
+        #expect(
+            open.flatMap { Double($0.split(separator: " ")[1]) } == 8, "7 held + the /metrics request itself: \(lines)")
         for c in held { await c.close() }
     }
 }

@@ -8,9 +8,11 @@ import ServiceLifecycle
 
 // snippet:begin
 /// Your server: one `EwallService` for the process, shared by every request.
-func makeShopServer(modelPath: String, storeURL: String, indexPath: String, port: Int) async throws -> some ApplicationProtocol {
+func makeShopServer(
+    modelPath: String, storeURL: String, indexPath: String, port: Int
+) async throws -> some ApplicationProtocol {
     var configuration = EwallConfiguration(modelPath: modelPath, storeURL: storeURL, indexPath: indexPath)
-    configuration.limits.maxBatchWait = .milliseconds(5)  // how long an idle model waits for company
+    configuration.limits.maxBatchWait = .milliseconds(5) // how long an idle model waits for company
     let ewall = try await EwallService(configuration: configuration)
 
     let router = Router()
@@ -32,7 +34,8 @@ func makeShopServer(modelPath: String, storeURL: String, indexPath: String, port
     }
     // EwallService is a Service: it runs beside the HTTP server and, on SIGTERM, shuts down
     // after it (queued embeds finish, the store closes).
-    return Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)),
-                       services: [ewall])
+    return Application(
+        router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)),
+        services: [ewall])
 }
 // snippet:end

@@ -12,7 +12,8 @@ import Testing
 @Suite("ewall-serve: the OpenAPI document, checked by driving the server", .serialized)
 struct OpenAPIConformanceTests {
     static let requestsPerOperation = 50
-    static let seed: UInt64 = ProcessInfo.processInfo.environment["EWALL_FUZZ_SEED"].flatMap { UInt64($0) } ?? 18_2026_1129
+    static let seed: UInt64 =
+        ProcessInfo.processInfo.environment["EWALL_FUZZ_SEED"].flatMap { UInt64($0) } ?? 18_2026_1129
 
     /// A server with odd ids stored and a tighter id limit than the default, so the document
     /// must state the configured rules, not the defaults.
@@ -28,7 +29,9 @@ struct OpenAPIConformanceTests {
         return Document(try #require(r.json as? [String: Any]))
     }
 
-    @Test("Every operation, driven with generated valid and invalid requests, answers only statuses and shapes its document lists")
+    @Test(
+        "Every operation, driven with generated valid and invalid requests, answers only statuses and shapes its document lists"
+    )
     func generatedRequests() async throws {
         let s = try await Self.server.value
         let doc = try await Self.document(s)
@@ -44,8 +47,9 @@ struct OpenAPIConformanceTests {
                 let context = "seed \(Self.seed), \(op.method) \(op.path) #\(i): \(request.summary)"
                 let r: RawHTTP.Response
                 do {
-                    r = try await RawHTTP.send(port: s.port, method: request.method, target: request.target,
-                                               headers: request.headers, body: request.body)
+                    r = try await RawHTTP.send(
+                        port: s.port, method: request.method, target: request.target,
+                        headers: request.headers, body: request.body)
                 } catch {
                     Issue.record("\(context): no answer: \(error)")
                     continue
@@ -62,7 +66,9 @@ struct OpenAPIConformanceTests {
         ]
         for op in doc.operations {
             let statuses = Set(seen[op.id]?.keys.map { $0 } ?? [])
-            #expect(statuses.isSuperset(of: expected[op.id] ?? [200]), "\(op.id) saw \(seen[op.id] ?? [:]) (seed \(Self.seed))")
+            #expect(
+                statuses.isSuperset(of: expected[op.id] ?? [200]),
+                "\(op.id) saw \(seen[op.id] ?? [:]) (seed \(Self.seed))")
         }
         #expect(took < .seconds(60), "\(took) for \(doc.operations.count * Self.requestsPerOperation) requests")
     }
@@ -77,13 +83,16 @@ struct OpenAPIConformanceTests {
                 let target = RequestGenerator.concrete(path, &rng)
                 let r = try await RawHTTP.send(port: s.port, method: method, target: target)
                 #expect(r.status == 405, "\(method) \(target): \(r.status)")
-                let allow = Set((r.header("allow") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+                let allow = Set(
+                    (r.header("allow") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
                 #expect(allow == methods, "\(method) \(target): Allow \(allow), the document lists \(methods)")
                 #expect(r.errorCode == "method_not_allowed")
                 #expect(doc.problems(errorBody: r).isEmpty, "\(doc.problems(errorBody: r))")
             }
         }
-        #expect(doc.raw["components"].flatMap { ($0 as? [String: Any])?["responses"] as? [String: Any] }?["MethodNotAllowed"] != nil)
+        #expect(
+            doc.raw["components"].flatMap { ($0 as? [String: Any])?["responses"] as? [String: Any] }?[
+                "MethodNotAllowed"] != nil)
     }
 
     @Test("The bounds the document states are the bounds the server applies")
@@ -98,9 +107,12 @@ struct OpenAPIConformanceTests {
             let step = isInteger ? 1.0 : 0.001
             for (value, ok) in [(min, true), (max, true), (min - step, false), (max + step, false)] {
                 let text = isInteger ? String(Int(value)) : String(value)
-                let r = try await RawHTTP.send(port: s.port, method: "GET",
-                                               target: "/api/recommendations/similar/p01?\(p.name)=\(text)")
-                #expect((r.status == 200) == ok && (r.status == 400) == !ok, "\(p.name)=\(text): \(r.status) \(r.text.prefix(200))")
+                let r = try await RawHTTP.send(
+                    port: s.port, method: "GET",
+                    target: "/api/recommendations/similar/p01?\(p.name)=\(text)")
+                #expect(
+                    (r.status == 200) == ok && (r.status == 400) == !ok,
+                    "\(p.name)=\(text): \(r.status) \(r.text.prefix(200))")
             }
             checked += 1
         }
@@ -112,19 +124,22 @@ struct OpenAPIConformanceTests {
         let schema = try #require(doc.schema(embed.jsonSchema))
         let alternatives = (schema["oneOf"] as? [[String: Any]] ?? []).compactMap { $0["required"] as? [String] }
         #expect(Set(alternatives) == [["image_url"], ["image_base64"]])
-        let missing = try await RawHTTP.send(port: s.port, method: "POST", target: "/api/embeddings",
-                                             headers: [("Content-Type", "application/json")], body: Array(#"{"title": "x"}"#.utf8))
+        let missing = try await RawHTTP.send(
+            port: s.port, method: "POST", target: "/api/embeddings",
+            headers: [("Content-Type", "application/json")], body: Array(#"{"title": "x"}"#.utf8))
         #expect(missing.status == 400 && missing.errorCode == "invalid_request")
         // The id limit stated is the configured one (64 bytes here, not the default 256).
         let productID = try #require(op.parameters.first { $0.name == "product_id" })
         #expect(productID.description.contains("at most 64 UTF-8 bytes"), "\(productID.description)")
-        let long = try await RawHTTP.send(port: s.port, method: "GET",
-                                          target: "/api/recommendations/similar/\(String(repeating: "a", count: 65))")
+        let long = try await RawHTTP.send(
+            port: s.port, method: "GET",
+            target: "/api/recommendations/similar/\(String(repeating: "a", count: 65))")
         #expect(long.status == 400 && long.errorCode == "invalid_input")
         // The smallest image side is stated, and a 1x1 PNG is refused as the document says.
         #expect((doc.raw["paths"] as? [String: Any]).map { "\($0)" }?.contains("at least 16 px on each side") == true)
-        let pixel = try await RawHTTP.send(port: s.port, method: "POST", target: "/api/embeddings",
-                                           headers: [("Content-Type", "image/png")], body: FuzzImages.onePixelPNG)
+        let pixel = try await RawHTTP.send(
+            port: s.port, method: "POST", target: "/api/embeddings",
+            headers: [("Content-Type", "image/png")], body: FuzzImages.onePixelPNG)
         #expect(pixel.status == 422 && pixel.errorCode == "too_small", "\(pixel.text)")
     }
 }
@@ -169,20 +184,24 @@ struct Document {
                 guard let op = value as? [String: Any] else { continue }
                 let parameters = (op["parameters"] as? [[String: Any]] ?? []).map { p -> Parameter in
                     let schema = p["schema"] as? [String: Any] ?? [:]
-                    return Parameter(name: p["name"] as? String ?? "", location: p["in"] as? String ?? "",
-                                     required: p["required"] as? Bool ?? false, type: schema["type"] as? String ?? "string",
-                                     minimum: (schema["minimum"] as? NSNumber)?.doubleValue,
-                                     maximum: (schema["maximum"] as? NSNumber)?.doubleValue,
-                                     description: p["description"] as? String ?? "")
+                    return Parameter(
+                        name: p["name"] as? String ?? "", location: p["in"] as? String ?? "",
+                        required: p["required"] as? Bool ?? false, type: schema["type"] as? String ?? "string",
+                        minimum: (schema["minimum"] as? NSNumber)?.doubleValue,
+                        maximum: (schema["maximum"] as? NSNumber)?.doubleValue,
+                        description: p["description"] as? String ?? "")
                 }
                 let body = op["requestBody"] as? [String: Any]
                 let content = body?["content"] as? [String: Any] ?? [:]
-                let jsonRef = ((content["application/json"] as? [String: Any])?["schema"] as? [String: Any])?["$ref"] as? String
-                ops.append(Operation(
-                    id: op["operationId"] as? String ?? "", method: method.uppercased(), path: path, parameters: parameters,
-                    bodyRequired: body?["required"] as? Bool ?? false, contentTypes: content.keys.sorted(),
-                    jsonSchema: jsonRef.map { String($0.split(separator: "/").last!) },
-                    responses: (op["responses"] as? [String: [String: Any]]) ?? [:]))
+                let jsonRef =
+                    ((content["application/json"] as? [String: Any])?["schema"] as? [String: Any])?["$ref"] as? String
+                ops.append(
+                    Operation(
+                        id: op["operationId"] as? String ?? "", method: method.uppercased(), path: path,
+                        parameters: parameters,
+                        bodyRequired: body?["required"] as? Bool ?? false, contentTypes: content.keys.sorted(),
+                        jsonSchema: jsonRef.map { String($0.split(separator: "/").last!) },
+                        responses: (op["responses"] as? [String: [String: Any]]) ?? [:]))
             }
         }
         operations = ops
@@ -197,12 +216,15 @@ struct Document {
     /// What is wrong with `r` as an answer of `op`, by the document.
     func problems(with r: RawHTTP.Response, for op: Operation) -> [String] {
         guard let response = op.responses[String(r.status)] else {
-            return ["answered \(r.status), which the document does not list for \(op.id) "
-                    + "(\(op.responses.keys.sorted().joined(separator: ", "))): \(r.text.prefix(300))"]
+            return [
+                "answered \(r.status), which the document does not list for \(op.id) "
+                    + "(\(op.responses.keys.sorted().joined(separator: ", "))): \(r.text.prefix(300))"
+            ]
         }
         var problems: [String] = []
         if r.status >= 500 && r.status != 503 { problems.append("answered \(r.status): \(r.text.prefix(300))") }
-        for (name, header) in response["headers"] as? [String: [String: Any]] ?? [:] where header["required"] as? Bool == true {
+        for (name, header) in response["headers"] as? [String: [String: Any]] ?? [:]
+        where header["required"] as? Bool == true {
             if r.header(name) == nil { problems.append("\(r.status) without the \(name) header the document requires") }
         }
         let content = response["content"] as? [String: Any] ?? [:]
@@ -211,7 +233,9 @@ struct Document {
             return problems + ["\(r.status) with Content-Type '\(type)', the document says \(content.keys.sorted())"]
         }
         if mediaType == "application/json", let schema = (media as? [String: Any])?["schema"] as? [String: Any] {
-            guard let json = r.json else { return problems + ["\(r.status): the body is not JSON: \(r.text.prefix(200))"] }
+            guard let json = r.json else {
+                return problems + ["\(r.status): the body is not JSON: \(r.text.prefix(200))"]
+            }
             problems += validate(json, against: schema, at: "body").map { "\(r.status): \($0)" }
         }
         return problems
@@ -227,7 +251,9 @@ struct Document {
     /// `minimum`, `maximum`, `allOf`: what the response schemas use.
     func validate(_ value: Any, against schema: [String: Any], at path: String) -> [String] {
         if let ref = schema["$ref"] as? String {
-            guard let target = self.schema(String(ref.split(separator: "/").last!)) else { return ["\(path): unknown \(ref)"] }
+            guard let target = self.schema(String(ref.split(separator: "/").last!)) else {
+                return ["\(path): unknown \(ref)"]
+            }
             return validate(value, against: target, at: path)
         }
         var problems: [String] = []
@@ -241,8 +267,12 @@ struct Document {
             problems.append("\(path) = \(value) is not one of the document's \(options.count) values")
         }
         if let n = value as? NSNumber, kind == "integer" || kind == "number" {
-            if let min = (schema["minimum"] as? NSNumber)?.doubleValue, n.doubleValue < min { problems.append("\(path) < \(min)") }
-            if let max = (schema["maximum"] as? NSNumber)?.doubleValue, n.doubleValue > max { problems.append("\(path) > \(max)") }
+            if let min = (schema["minimum"] as? NSNumber)?.doubleValue, n.doubleValue < min {
+                problems.append("\(path) < \(min)")
+            }
+            if let max = (schema["maximum"] as? NSNumber)?.doubleValue, n.doubleValue > max {
+                problems.append("\(path) > \(max)")
+            }
         }
         if let object = value as? [String: Any] {
             for name in schema["required"] as? [String] ?? [] where object[name] == nil {
@@ -290,16 +320,21 @@ extension TestRNG {
 /// The images the generator sends: real ones the model embeds, ones the decoder refuses.
 struct FuzzImages {
     /// A valid 1x1 RGBA PNG (67 bytes): decodes, but is below the smallest side.
-    static let onePixelPNG = [UInt8](Data(base64Encoded:
-        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")!)
+    static let onePixelPNG = [UInt8](
+        Data(
+            base64Encoded:
+                "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")!)
 
     let good: [[UInt8]]
     let bad: [[UInt8]]
 
     init() throws {
         good = try ["exif_orientation_1.jpg", "lossy_451x300.webp"].map { try Fixtures.bytes(Fixtures.image($0)) }
-        bad = try ["tiny_8x8.png", "truncated_in_header.jpg", "text.txt", "drawing.svg", "animation.gif",
-                   "html_pretending_to_be.jpg", "header_60000x60000.jpg"].map { try Fixtures.bytes(Fixtures.image($0)) }
+        bad =
+            try [
+                "tiny_8x8.png", "truncated_in_header.jpg", "text.txt", "drawing.svg", "animation.gif",
+                "html_pretending_to_be.jpg", "header_60000x60000.jpg",
+            ].map { try Fixtures.bytes(Fixtures.image($0)) }
             + [Self.onePixelPNG, [0xFF, 0xD8, 0xFF], Array("not an image".utf8)]
     }
 }
@@ -334,7 +369,9 @@ struct RequestGenerator {
         var target = ""
         for segment in operation.path.split(separator: "/") {
             if segment.hasPrefix("{") {
-                let id = valid ? rng.pick(["p01", "p07", "demo%201", "a%2Fb", "%EB%8D%B0%EB%AA%A8%20%EC%83%81%ED%92%88"])
+                let id =
+                    valid
+                    ? rng.pick(["p01", "p07", "demo%201", "a%2Fb", "%EB%8D%B0%EB%AA%A8%20%EC%83%81%ED%92%88"])
                     : Self.pathID(&rng)
                 notes.append("id=\(id.prefix(60))")
                 target += "/" + id
@@ -346,7 +383,9 @@ struct RequestGenerator {
         for p in operation.parameters where p.location == "query" && rng.chance(0.5) {
             query.append("\(p.name)=\(valid ? Self.validQueryValue(p, &rng) : Self.queryValue(p, &rng))")
         }
-        if !valid && rng.chance(0.1) { query.append(rng.pick(["zzz=1", "k=3&k=abc", "=x", "&&", "any_category", "k"])) }
+        if !valid && rng.chance(0.1) {
+            query.append(rng.pick(["zzz=1", "k=3&k=abc", "=x", "&&", "any_category", "k"]))
+        }
         if !query.isEmpty { target += "?" + query.joined(separator: "&") }
         notes.append(query.isEmpty ? "no query" : "query \(query.joined(separator: "&").prefix(120))")
         var request = FuzzRequest(method: operation.method, target: target, summary: "")
@@ -384,8 +423,10 @@ struct RequestGenerator {
         case .junk:
             let junk: [[UInt8]] = [
                 [], Array("{".utf8), Array("[]".utf8), Array("null".utf8), Array("\"x\"".utf8), Array(#"{"k": }"#.utf8),
-                Array(#"{"title": "a\u0000b"}"#.utf8), Array(#"{"k": 1e400}"#.utf8), Array(#"{"title": "x", "title": 3}"#.utf8),
-                Array(String(repeating: "[", count: 200).utf8), Array(#"{"title": ""#.utf8) + [0xFF, 0xFE] + Array(#""}"#.utf8),
+                Array(#"{"title": "a\u0000b"}"#.utf8), Array(#"{"k": 1e400}"#.utf8),
+                Array(#"{"title": "x", "title": 3}"#.utf8),
+                Array(String(repeating: "[", count: 200).utf8),
+                Array(#"{"title": ""#.utf8) + [0xFF, 0xFE] + Array(#""}"#.utf8),
                 (0..<64).map { _ in UInt8.random(in: 0...255, using: &rng) },
             ]
             let body = rng.pick(junk)
@@ -404,8 +445,10 @@ struct RequestGenerator {
             request.body = [UInt8](repeating: 0xAB, count: (512 << 10) + 1)
             notes.append("a body over the limit")
         case .wrongType:
-            let type = rng.pick(["text/plain", "multipart/form-data; boundary=x", "application/xml",
-                                 "application/x-www-form-urlencoded", "application/jsonx", "*/*"])
+            let type = rng.pick([
+                "text/plain", "multipart/form-data; boundary=x", "application/xml",
+                "application/x-www-form-urlencoded", "application/jsonx", "*/*",
+            ])
             request.headers.append(("Content-Type", type))
             request.body = Array(rng.pick(["a=b", "<x/>", #"{"title": "x"}"#, "--x--"]).utf8)
             notes.append("Content-Type \(type)")
@@ -429,9 +472,11 @@ struct RequestGenerator {
         if rng.chance(0.12) { return rng.pick([NSNull(), 7, "x", [1, 2], ["a": 1], true, -1.5] as [Any]) }
         switch name {
         case "image_url":
-            return rng.pick(["http://127.0.0.1:1/a.jpg", "http://10.0.0.1/a.jpg", "http://169.254.169.254/latest/",
-                             "file:///etc/passwd", "ftp://127.0.0.1/a.jpg", "not a url", "", "http://[::1]/x.png",
-                             "http://127.0.0.1/\u{0}.jpg", "http://" + String(repeating: "a", count: 5000)])
+            return rng.pick([
+                "http://127.0.0.1:1/a.jpg", "http://10.0.0.1/a.jpg", "http://169.254.169.254/latest/",
+                "file:///etc/passwd", "ftp://127.0.0.1/a.jpg", "not a url", "", "http://[::1]/x.png",
+                "http://127.0.0.1/\u{0}.jpg", "http://" + String(repeating: "a", count: 5000),
+            ])
         case "image_base64":
             let which = Double.random(in: 0..<1, using: &rng)
             if which < 0.3 { return Data(rng.pick(images.good)).base64EncodedString() }
@@ -447,7 +492,9 @@ struct RequestGenerator {
         switch type {
         case "integer":
             let lo = Int(min ?? -5), hi = Int(max ?? 100)
-            return rng.pick([lo, hi, Int.random(in: lo...Swift.min(hi, lo + 30), using: &rng), lo - 1, hi + 1, 0, -1, Int.max])
+            return rng.pick([
+                lo, hi, Int.random(in: lo...Swift.min(hi, lo + 30), using: &rng), lo - 1, hi + 1, 0, -1, Int.max,
+            ])
         case "number":
             let lo = min ?? -1, hi = max ?? 2
             return rng.pick([lo, hi, Double.random(in: lo...hi, using: &rng), lo - 0.01, hi + 0.01, -1e300, 1e300])
@@ -461,11 +508,12 @@ struct RequestGenerator {
     /// A string for an id or text field: valid, odd but valid, or breaking the input rules.
     static func text(_ rng: inout SplitMix64, ids: Bool) -> String {
         let stored = ["p01", "p07", "p19", "demo 1", "데모 상품", "a/b", "100%"]
-        let options: [String] = stored + [
-            "no-such-product", "", " ", "x\u{0}y", "tab\there", "line\nfeed", "\u{7F}", "\u{85}", "\u{1B}[31m",
-            String(repeating: "a", count: 65), String(repeating: "가", count: 1400), "코트", "down jacket", "🧥",
-            "'; DROP TABLE products; --", "../../etc/passwd", "%00", "\u{FEFF}bom", "\u{202E}rtl",
-        ]
+        let options: [String] =
+            stored + [
+                "no-such-product", "", " ", "x\u{0}y", "tab\there", "line\nfeed", "\u{7F}", "\u{85}", "\u{1B}[31m",
+                String(repeating: "a", count: 65), String(repeating: "가", count: 1400), "코트", "down jacket", "🧥",
+                "'; DROP TABLE products; --", "../../etc/passwd", "%00", "\u{FEFF}bom", "\u{202E}rtl",
+            ]
         return ids && rng.chance(0.4) ? rng.pick(stored) : rng.pick(options)
     }
 
@@ -481,14 +529,19 @@ struct RequestGenerator {
             }
             return OddIDs.encode(String(String.UnicodeScalarView(scalars)))
         }
-        return rng.pick(["%", "%G1", "abc%2", "%%", "%FF", "%C3%28", "%ED%A0%80", "%F8%88%80%80%80", "%00", "a%0Ab",
-                         "%7F", "%C2%80", "%2E%2E", "..", ".", String(repeating: "a", count: 65),
-                         String(repeating: "%EB%8D%B0", count: 22), "p01;x=1", "p01%3Fk%3D1", "~!$&'()*+,;=:@"])
+        return rng.pick([
+            "%", "%G1", "abc%2", "%%", "%FF", "%C3%28", "%ED%A0%80", "%F8%88%80%80%80", "%00", "a%0Ab",
+            "%7F", "%C2%80", "%2E%2E", "..", ".", String(repeating: "a", count: 65),
+            String(repeating: "%EB%8D%B0", count: 22), "p01;x=1", "p01%3Fk%3D1", "~!$&'()*+,;=:@",
+        ])
     }
 
     /// A query value: in the parameter's bounds, on them, past them, of the wrong type, or junk.
     static func queryValue(_ p: Document.Parameter, _ rng: inout SplitMix64) -> String {
-        let junk = ["", "abc", "%ZZ", "%FF", "%00", "1.5", "1e3", "0x10", "true", "-0", "NaN", "inf", "%20", "999999999999999999999"]
+        let junk = [
+            "", "abc", "%ZZ", "%FF", "%00", "1.5", "1e3", "0x10", "true", "-0", "NaN", "inf", "%20",
+            "999999999999999999999",
+        ]
         if rng.chance(0.25) { return rng.pick(junk) }
         switch p.type {
         case "integer":

@@ -30,20 +30,26 @@ struct RouteTests {
             let d = try #require(x["distance"] as? Double), sim = try #require(x["similarity"] as? Double)
             #expect(abs(sim - 1 / (1 + d)) < 1e-9)
             // The distance between the two stored vectors, computed here.
-            let exact = zip(cat.vectors["p01"]!, cat.vectors[id]!).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+            let exact = zip(cat.vectors["p01"]!, cat.vectors[id]!).reduce(0.0) {
+                $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1)
+            }
             #expect(abs(d - exact.squareRoot()) < 1e-3)
         }
         #expect(r.json["warning"] as? String != nil, "random-init model: the answer must say so")
         let library = try await s.service.similar(productID: "p01", query: SimilarQuery(minSimilarity: 0))
         #expect(results.map { $0["product_id"] as! String } == library.results.map(\.productID))
 
-        let any = try await HTTP.call(.GET, "\(s.base)/api/recommendations/similar/p01?min_similarity=0&any_category=true&include_out_of_stock=true&k=19")
+        let any = try await HTTP.call(
+            .GET,
+            "\(s.base)/api/recommendations/similar/p01?min_similarity=0&any_category=true&include_out_of_stock=true&k=19"
+        )
         let all = try #require(any.json["results"] as? [[String: Any]])
         #expect(all.count == 19)
         #expect(Set(all.compactMap { $0["category"] as? String }).count == 4)
         #expect(all.contains { ($0["in_stock"] as? Bool) == false })
 
-        let k3 = try await HTTP.call(.GET, "\(s.base)/api/recommendations/similar/p01?k=3&min_similarity=0&any_category=1")
+        let k3 = try await HTTP.call(
+            .GET, "\(s.base)/api/recommendations/similar/p01?k=3&min_similarity=0&any_category=1")
         #expect((k3.json["results"] as? [Any])?.count == 3)
     }
 
@@ -74,23 +80,28 @@ struct RouteTests {
         }
         defer { Task { try? await s.stop() } }
         let bytes = try Fixtures.bytes(cat.photos[6])
-        let raw = try await HTTP.call(.POST, "\(s.base)/api/recommendations/similar?any_category=true&min_similarity=0",
-                                      body: bytes, contentType: "image/jpeg")
+        let raw = try await HTTP.call(
+            .POST, "\(s.base)/api/recommendations/similar?any_category=true&min_similarity=0",
+            body: bytes, contentType: "image/jpeg")
         #expect(raw.status == 200)
         let first = try #require((raw.json["results"] as? [[String: Any]])?.first)
         #expect(first["product_id"] as? String == "p06")
         #expect(try #require(first["distance"] as? Double) < 1e-3)
 
-        let b64 = try await HTTP.call(.POST, "\(s.base)/api/recommendations/similar",
-                                      json: ["image_base64": Data(bytes).base64EncodedString(), "category": "jeans",
-                                             "exclude_product_id": "p06", "min_similarity": 0])
+        let b64 = try await HTTP.call(
+            .POST, "\(s.base)/api/recommendations/similar",
+            json: [
+                "image_base64": Data(bytes).base64EncodedString(), "category": "jeans",
+                "exclude_product_id": "p06", "min_similarity": 0,
+            ])
         #expect(b64.status == 200)
         let results = try #require(b64.json["results"] as? [[String: Any]])
         #expect(!results.isEmpty)
         #expect(results.allSatisfy { $0["category"] as? String == "jeans" && $0["product_id"] as? String != "p06" })
 
-        let byURL = try await HTTP.call(.POST, "\(s.base)/api/recommendations/similar",
-                                        json: ["image_url": www.url("/p.jpg"), "any_category": true, "min_similarity": 0])
+        let byURL = try await HTTP.call(
+            .POST, "\(s.base)/api/recommendations/similar",
+            json: ["image_url": www.url("/p.jpg"), "any_category": true, "min_similarity": 0])
         #expect(byURL.status == 200)
         #expect(((byURL.json["results"] as? [[String: Any]])?.first?["product_id"] as? String) == "p06")
         #expect(www.hits("/p.jpg") == 1)
@@ -106,7 +117,8 @@ struct RouteTests {
         #expect(byID.json["decided_by"] as? String == library.decidedBy.rawValue)
         #expect(byID.json["explanation"] as? String == library.explanation)
 
-        let title = try await HTTP.call(.POST, "\(s.base)/api/recommendations/classify", json: ["title": "노스페이스 눕시 다운 자켓"])
+        let title = try await HTTP.call(
+            .POST, "\(s.base)/api/recommendations/classify", json: ["title": "노스페이스 눕시 다운 자켓"])
         #expect(title.status == 200)
         #expect(title.json["category"] as? String == "down")
         #expect(title.json["decided_by"] as? String == "keyword")
@@ -116,10 +128,11 @@ struct RouteTests {
         #expect(none.json["decided_by"] as? String == "none")
 
         let cat = try await PhotoCatalogue.shared.value
-        let image = try await HTTP.call(.POST, "\(s.base)/api/recommendations/classify?title=x",
-                                        body: try Fixtures.bytes(cat.photos[2]), contentType: "image/jpeg")
+        let image = try await HTTP.call(
+            .POST, "\(s.base)/api/recommendations/classify?title=x",
+            body: try Fixtures.bytes(cat.photos[2]), contentType: "image/jpeg")
         #expect(image.status == 200)
-        #expect(image.json["decided_by"] as? String == "embedding")  // random-init cosines are all high
+        #expect(image.json["decided_by"] as? String == "embedding") // random-init cosines are all high
         #expect(image.json["warning"] as? String != nil)
 
         let unknown = try await HTTP.call(.POST, "\(s.base)/api/recommendations/classify", json: ["product_id": "nope"])
@@ -127,15 +140,17 @@ struct RouteTests {
         #expect(unknown.errorCode == "unknown_product")
         let empty = try await HTTP.call(.POST, "\(s.base)/api/recommendations/classify", json: [String: String]())
         #expect(empty.status == 400)
-        let both = try await HTTP.call(.POST, "\(s.base)/api/recommendations/classify", json: ["product_id": "p03", "title": "x"])
+        let both = try await HTTP.call(
+            .POST, "\(s.base)/api/recommendations/classify", json: ["product_id": "p03", "title": "x"])
         #expect(both.status == 400)
     }
 
     @Test("POST embeddings: the stored vector of the same photo; 422 for bad images, 413, 415, 400")
     func embeddings() async throws {
         let (s, cat) = try await server()
-        let r = try await HTTP.call(.POST, "\(s.base)/api/embeddings", body: try Fixtures.bytes(cat.photos[4]),
-                                    contentType: "application/octet-stream")
+        let r = try await HTTP.call(
+            .POST, "\(s.base)/api/embeddings", body: try Fixtures.bytes(cat.photos[4]),
+            contentType: "application/octet-stream")
         #expect(r.status == 200)
         let vector = try #require(r.json["vector"] as? [Double]).map(Float.init)
         #expect(vector.count == 2048)
@@ -144,23 +159,29 @@ struct RouteTests {
         #expect(r.json["model_id"] as? String == cat.key.modelID)
         #expect(r.json["dimension"] as? Int == 2048)
 
-        for (file, code) in [("truncated_in_header.jpg", "truncated"), ("text.txt", "not_an_image"),
-                             ("header_60000x60000.jpg", "too_many_pixels"), ("tiny_8x8.png", "too_small"),
-                             ("drawing.svg", "unsupported_format")] {
-            let bad = try await HTTP.call(.POST, "\(s.base)/api/embeddings", body: try Fixtures.bytes(Fixtures.image(file)),
-                                          contentType: "image/jpeg")
+        for (file, code) in [
+            ("truncated_in_header.jpg", "truncated"), ("text.txt", "not_an_image"),
+            ("header_60000x60000.jpg", "too_many_pixels"), ("tiny_8x8.png", "too_small"),
+            ("drawing.svg", "unsupported_format"),
+        ] {
+            let bad = try await HTTP.call(
+                .POST, "\(s.base)/api/embeddings", body: try Fixtures.bytes(Fixtures.image(file)),
+                contentType: "image/jpeg")
             #expect(bad.status == 422, "\(file)")
             #expect(bad.errorCode == code, "\(file): \(bad.text)")
         }
-        let big = try await HTTP.call(.POST, "\(s.base)/api/embeddings", body: [UInt8](repeating: 7, count: 3 << 20),
-                                      contentType: "image/jpeg")
+        let big = try await HTTP.call(
+            .POST, "\(s.base)/api/embeddings", body: [UInt8](repeating: 7, count: 3 << 20),
+            contentType: "image/jpeg")
         #expect(big.status == 413)
         #expect(big.errorCode == "body_too_large")
-        let form = try await HTTP.call(.POST, "\(s.base)/api/embeddings", body: Array("a=b".utf8), contentType: "text/plain")
+        let form = try await HTTP.call(
+            .POST, "\(s.base)/api/embeddings", body: Array("a=b".utf8), contentType: "text/plain")
         #expect(form.status == 415)
         #expect(form.errorCode == "unsupported_media_type")
-        let broken = try await HTTP.call(.POST, "\(s.base)/api/embeddings", body: Array("{\"image_url\": ".utf8),
-                                         contentType: "application/json")
+        let broken = try await HTTP.call(
+            .POST, "\(s.base)/api/embeddings", body: Array("{\"image_url\": ".utf8),
+            contentType: "application/json")
         #expect(broken.status == 400)
         #expect(broken.errorCode == "invalid_request")
         let notB64 = try await HTTP.call(.POST, "\(s.base)/api/embeddings", json: ["image_base64": "!!!"])
@@ -181,15 +202,18 @@ struct RouteTests {
         #expect(r.json["ready"] as? Bool == true)
         #expect(r.json["index_count"] as? Int == PhotoCatalogue.count)
         #expect(r.json["pretrained"] as? Bool == false)
-        _ = try await HTTP.call(.POST, "\(s.base)/api/embeddings",
-                                body: try Fixtures.bytes((try await PhotoCatalogue.shared.value).photos[0]), contentType: "image/jpeg")
+        _ = try await HTTP.call(
+            .POST, "\(s.base)/api/embeddings",
+            body: try Fixtures.bytes((try await PhotoCatalogue.shared.value).photos[0]), contentType: "image/jpeg")
         let m = try await HTTP.call(.GET, "\(s.base)/metrics")
         #expect(m.status == 200)
         #expect(m.header("content-type")?.hasPrefix("text/plain") == true)
-        for series in ["ewall_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"}",
-                       "ewall_http_request_duration_seconds_bucket", "ewall_embed_batch_size_bucket{le=\"1.0\"}",
-                       "ewall_embed_queue_depth", "ewall_embed_queue_wait_seconds_count", "ewall_index_vectors 20",
-                       "ewall_index_age_seconds", "ewall_index_reloads_total"] {
+        for series in [
+            "ewall_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"}",
+            "ewall_http_request_duration_seconds_bucket", "ewall_embed_batch_size_bucket{le=\"1.0\"}",
+            "ewall_embed_queue_depth", "ewall_embed_queue_wait_seconds_count", "ewall_index_vectors 20",
+            "ewall_index_age_seconds", "ewall_index_reloads_total",
+        ] {
             #expect(m.text.contains(series), "\(series) missing from /metrics")
         }
         // The index's age is real: built a moment ago, not 0 and not unknown.
@@ -218,7 +242,9 @@ struct RouteTests {
         #expect(sim.errorCode == "index_unavailable")
         #expect(sim.header("retry-after") != nil)
         // Classification and embeddings work without an index.
-        #expect(try await HTTP.call(.POST, "\(s.base)/api/recommendations/classify", json: ["product_id": "p02"]).status == 200)
+        #expect(
+            try await HTTP.call(.POST, "\(s.base)/api/recommendations/classify", json: ["product_id": "p02"]).status
+                == 200)
     }
 
     @Test("The OpenAPI document lists exactly the served routes, and each answers with a documented status")
@@ -229,11 +255,13 @@ struct RouteTests {
         let paths = try #require(doc["paths"] as? [String: [String: Any]])
         var operations: [String] = []
         for (path, methods) in paths { for m in methods.keys { operations.append("\(m.uppercased()) \(path)") } }
-        #expect(Set(operations) == [
-            "GET /api/recommendations/similar/{product_id}", "POST /api/recommendations/similar",
-            "POST /api/recommendations/classify", "POST /api/embeddings", "GET /healthz", "GET /readyz", "GET /metrics",
-            "GET /openapi.json", "POST /admin/reload-index",
-        ])
+        #expect(
+            Set(operations) == [
+                "GET /api/recommendations/similar/{product_id}", "POST /api/recommendations/similar",
+                "POST /api/recommendations/classify", "POST /api/embeddings", "GET /healthz", "GET /readyz",
+                "GET /metrics",
+                "GET /openapi.json", "POST /admin/reload-index",
+            ])
         let image = Data(try Fixtures.bytes(cat.photos[1])).base64EncodedString()
         let bodies: [String: Any] = [
             "/api/recommendations/similar": ["image_base64": image],
@@ -243,27 +271,37 @@ struct RouteTests {
         for (path, methods) in paths {
             for (method, op) in methods {
                 let concrete = path.replacingOccurrences(of: "{product_id}", with: "p01")
-                let r = try await HTTP.call(method == "get" ? .GET : .POST, s.base + concrete, json: method == "post" ? (bodies[path] ?? [:]) : nil)
+                let r = try await HTTP.call(
+                    method == "get" ? .GET : .POST, s.base + concrete,
+                    json: method == "post" ? (bodies[path] ?? [:]) : nil)
                 let documented = try #require(((op as? [String: Any])?["responses"] as? [String: Any])?.keys)
                 #expect(documented.contains(String(r.status)), "\(method) \(path) answered \(r.status), undocumented")
                 #expect(r.status == 200, "\(method) \(path): \(r.text.prefix(200))")
             }
         }
         // Every error code the tests above saw is in the document's enum.
-        let codes = Set((((doc["components"] as? [String: Any])?["schemas"] as? [String: Any])?["Error"] as? [String: Any])
-            .flatMap { (($0["properties"] as? [String: Any])?["error"] as? [String: Any]) }
-            .flatMap { (($0["properties"] as? [String: Any])?["code"] as? [String: Any])?["enum"] as? [String] } ?? [])
-        for code in ["unknown_product", "invalid_request", "route_not_found", "body_too_large", "unsupported_media_type",
-                     "blocked_url", "truncated", "not_an_image", "too_many_pixels", "too_small", "unsupported_format",
-                     "overloaded", "timeout", "index_unavailable", "forbidden", "invalid_input", "method_not_allowed"] {
+        let codes = Set(
+            (((doc["components"] as? [String: Any])?["schemas"] as? [String: Any])?["Error"] as? [String: Any])
+                .flatMap { (($0["properties"] as? [String: Any])?["error"] as? [String: Any]) }
+                .flatMap { (($0["properties"] as? [String: Any])?["code"] as? [String: Any])?["enum"] as? [String] }
+                ?? [])
+        for code in [
+            "unknown_product", "invalid_request", "route_not_found", "body_too_large", "unsupported_media_type",
+            "blocked_url", "truncated", "not_an_image", "too_many_pixels", "too_small", "unsupported_format",
+            "overloaded", "timeout", "index_unavailable", "forbidden", "invalid_input", "method_not_allowed",
+        ] {
             #expect(codes.contains(code), "\(code) is not documented")
         }
     }
 }
 
-@Suite("ewall-serve with Redis", .serialized, .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
+@Suite(
+    "ewall-serve with Redis", .serialized,
+    .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
 struct RedisRouteTests {
-    @Test("the second embed of the same photo is a cache hit, bit for bit; hits, misses and lookup latency are on /metrics")
+    @Test(
+        "the second embed of the same photo is a cache hit, bit for bit; hits, misses and lookup latency are on /metrics"
+    )
     func cacheMetrics() async throws {
         let redis = try RedisServer()
         let s = try await RunningServer.start { config, _ in
@@ -271,17 +309,22 @@ struct RedisRouteTests {
         }
         let photo = try Fixtures.bytes(try Fixtures.photos()[4])
         func embed() async throws -> [Double] {
-            let r = try await HTTP.call(.POST, "\(s.base)/api/embeddings", body: photo, contentType: "application/octet-stream")
+            let r = try await HTTP.call(
+                .POST, "\(s.base)/api/embeddings", body: photo, contentType: "application/octet-stream")
             #expect(r.status == 200)
             return try #require(r.json["vector"] as? [Double])
         }
         let first = try await embed()
-        for _ in 0..<100 where (s.service.cacheStatistics?.writes ?? 0) == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        for _ in 0..<100 where (s.service.cacheStatistics?.writes ?? 0) == 0 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
         let second = try await embed()
         #expect(first == second)
         #expect(s.service.cacheStatistics?.hits == 1 && s.service.cacheStatistics?.misses == 1)
         let m = try await HTTP.call(.GET, "\(s.base)/metrics")
-        for series in ["ewall_redis_cache_hits_total 1", "ewall_redis_cache_misses_total 1", "ewall_redis_lookup_seconds_bucket"] {
+        for series in [
+            "ewall_redis_cache_hits_total 1", "ewall_redis_cache_misses_total 1", "ewall_redis_lookup_seconds_bucket",
+        ] {
             #expect(m.text.contains(series), "\(series) missing from /metrics")
         }
         try await s.stop()

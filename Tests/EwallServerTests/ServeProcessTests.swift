@@ -14,8 +14,10 @@ struct ServeProcessTests {
         var port = 0
 
         init(_ args: [String]) throws {
-            let candidates = [Bundle.main.bundleURL.appendingPathComponent("ewall-serve"),
-                              Fixtures.root.appendingPathComponent(".build/debug/ewall-serve")]
+            let candidates = [
+                Bundle.main.bundleURL.appendingPathComponent("ewall-serve"),
+                Fixtures.root.appendingPathComponent(".build/debug/ewall-serve"),
+            ]
             guard let exe = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
                 throw Fixtures.Missing(description: "ewall-serve is not built: run `swift build` (make test does)")
             }
@@ -52,8 +54,11 @@ struct ServeProcessTests {
     }
 
     static func args(_ dir: URL) -> [String] {
-        ["--port", "0", "--db", "sqlite:\(dir.path)/ewall.sqlite", "--index", dir.appendingPathComponent("faiss").path,
-         "--model", Fixtures.model, "--rules", Fixtures.path("data/category_rules.json"), "--watch-seconds", "0"]
+        [
+            "--port", "0", "--db", "sqlite:\(dir.path)/ewall.sqlite", "--index",
+            dir.appendingPathComponent("faiss").path,
+            "--model", Fixtures.model, "--rules", Fixtures.path("data/category_rules.json"), "--watch-seconds", "0",
+        ]
     }
 
     @Test("--help names every flag the issue asks for")
@@ -67,10 +72,12 @@ struct ServeProcessTests {
         let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         #expect(p.terminationStatus == 0)
-        for flag in ["--host", "--port", "--db", "--index", "--model", "--allow-host", "--max-batch-wait-ms", "--max-queue",
-                     "--max-body-bytes", "--max-pixels", "--request-timeout", "--watch-seconds", "SIGHUP", "random-init",
-                     "--header-timeout", "--idle-timeout", "--max-connections", "(default: 10.0)", "(default: 60.0)",
-                     "(default: 4096)", "405", "%2F"] {
+        for flag in [
+            "--host", "--port", "--db", "--index", "--model", "--allow-host", "--max-batch-wait-ms", "--max-queue",
+            "--max-body-bytes", "--max-pixels", "--request-timeout", "--watch-seconds", "SIGHUP", "random-init",
+            "--header-timeout", "--idle-timeout", "--max-connections", "(default: 10.0)", "(default: 60.0)",
+            "(default: 4096)", "405", "%2F",
+        ] {
             #expect(text.contains(flag), "--help lacks \(flag)")
         }
     }
@@ -85,14 +92,20 @@ struct ServeProcessTests {
 
         // Rebuild with two more products, then SIGHUP.
         let store = try await StoreLocation(parsing: "sqlite:\(dir.path)/ewall.sqlite").open()
-        try await store.upsertProducts([Product(id: "p90", category: "down"), Product(id: "p91", category: "down")], source: .manifest)
-        try await store.write(WriteBatch(embeddings: ["p90", "p91"].map {
-            StoredEmbedding(productID: $0, imageURL: "file:///x.jpg", key: cat.key, vector: cat.vectors["p00"]!)
-        }))
-        _ = try await IndexBuilder.build(store: store, options: IndexBuildOptions(
-            folder: IndexFolder(path: dir.appendingPathComponent("faiss").path), threads: 1))
+        try await store.upsertProducts(
+            [Product(id: "p90", category: "down"), Product(id: "p91", category: "down")], source: .manifest)
+        try await store.write(
+            WriteBatch(
+                embeddings: ["p90", "p91"].map {
+                    StoredEmbedding(productID: $0, imageURL: "file:///x.jpg", key: cat.key, vector: cat.vectors["p00"]!)
+                }))
+        _ = try await IndexBuilder.build(
+            store: store,
+            options: IndexBuildOptions(
+                folder: IndexFolder(path: dir.appendingPathComponent("faiss").path), threads: 1))
         await store.close()
-        #expect(try await HTTP.call(.GET, "\(served.base)/readyz").json["index_count"] as? Int == 20, "no watch: not yet")
+        #expect(
+            try await HTTP.call(.GET, "\(served.base)/readyz").json["index_count"] as? Int == 20, "no watch: not yet")
         served.signal(SIGHUP)
         var count = 0
         for _ in 0..<50 where count != 22 {
@@ -114,6 +127,8 @@ struct ServeProcessTests {
         }
         #expect(served.waitForExit() == 0)
         // And nothing listens any more.
-        await #expect(throws: (any Error).self) { _ = try await HTTP.call(.GET, "\(served.base)/healthz", timeout: .seconds(2)) }
+        await #expect(throws: (any Error).self) {
+            _ = try await HTTP.call(.GET, "\(served.base)/healthz", timeout: .seconds(2))
+        }
     }
 }

@@ -17,7 +17,13 @@ struct ServerBehaviourTests {
         let images = try (0..<n).map { try Fixtures.bytes(cat.photos[$0 % PhotoCatalogue.count]) }
         let replies = try await withThrowingTaskGroup(of: (Int, Reply).self) { group in
             for i in 0..<n {
-                group.addTask { (i, try await HTTP.call(.POST, "\(s.base)/api/embeddings", body: images[i], contentType: "image/jpeg")) }
+                group.addTask {
+                    (
+                        i,
+                        try await HTTP.call(
+                            .POST, "\(s.base)/api/embeddings", body: images[i], contentType: "image/jpeg")
+                    )
+                }
             }
             var out: [Int: Reply] = [:]
             for try await (i, r) in group { out[i] = r }
@@ -27,7 +33,9 @@ struct ServerBehaviourTests {
             let r = try #require(replies[i])
             #expect(r.status == 200)
             let v = try #require(r.json["vector"] as? [Double]).map(Float.init)
-            #expect(VectorMath.cosine(v, cat.vectors[PhotoCatalogue.pid(i % PhotoCatalogue.count)]!) > 0.99999, "request \(i)")
+            #expect(
+                VectorMath.cosine(v, cat.vectors[PhotoCatalogue.pid(i % PhotoCatalogue.count)]!) > 0.99999,
+                "request \(i)")
         }
         let b = s.service.batching
         #expect(b.images == n)
@@ -47,7 +55,11 @@ struct ServerBehaviourTests {
         defer { Task { try? await s.stop() } }
         let image = try Fixtures.bytes(cat.photos[0])
         let replies = try await withThrowingTaskGroup(of: Reply.self) { group in
-            for _ in 0..<16 { group.addTask { try await HTTP.call(.POST, "\(s.base)/api/embeddings", body: image, contentType: "image/jpeg") } }
+            for _ in 0..<16 {
+                group.addTask {
+                    try await HTTP.call(.POST, "\(s.base)/api/embeddings", body: image, contentType: "image/jpeg")
+                }
+            }
             return try await group.reduce(into: [Reply]()) { $0.append($1) }
         }
         let refused = replies.filter { $0.status == 503 }
@@ -83,8 +95,10 @@ struct ServerBehaviourTests {
         let target = try TestHTTPServer { _ in .init(body: Array("internal".utf8)) }
         defer { target.shutdown() }
         let s = try await RouteTests.server.value
-        for url in [target.url("/admin"), "http://localhost:\(target.port)/x", "http://169.254.169.254/latest/meta-data/iam/",
-                    "http://[::1]:\(target.port)/y", "file:///etc/passwd", "ftp://example.com/a.jpg"] {
+        for url in [
+            target.url("/admin"), "http://localhost:\(target.port)/x", "http://169.254.169.254/latest/meta-data/iam/",
+            "http://[::1]:\(target.port)/y", "file:///etc/passwd", "ftp://example.com/a.jpg",
+        ] {
             for path in ["/api/embeddings", "/api/recommendations/similar", "/api/recommendations/classify"] {
                 let r = try await HTTP.call(.POST, s.base + path, json: ["image_url": url, "title": "x"])
                 #expect(r.status == 422, "\(path) \(url): \(r.status)")
@@ -98,7 +112,9 @@ struct ServerBehaviourTests {
     func reloadUnderLoad() async throws {
         let cat = try await PhotoCatalogue.shared.value
         let dir = try cat.copy()
-        let s = try await RunningServer.start(directory: dir) { config, _ in config.indexWatchInterval = .milliseconds(200) }
+        let s = try await RunningServer.start(directory: dir) { config, _ in
+            config.indexWatchInterval = .milliseconds(200)
+        }
         defer { Task { try? await s.stop() } }
         let store = try await StoreLocation(parsing: "sqlite:\(dir.path)/ewall.sqlite").open()
         defer { Task { await store.close() } }
@@ -106,10 +122,14 @@ struct ServerBehaviourTests {
 
         /// Adds `ids` (copies of p01's vector, category coat, in stock) and rebuilds the index.
         func addAndRebuild(_ ids: [String]) async throws {
-            try await store.upsertProducts(ids.map { Product(id: $0, title: "new \($0)", category: "coat", inStock: true) }, source: .manifest)
-            try await store.write(WriteBatch(embeddings: ids.map {
-                StoredEmbedding(productID: $0, imageURL: "file:///\($0).jpg", key: cat.key, vector: cat.vectors["p01"]!)
-            }))
+            try await store.upsertProducts(
+                ids.map { Product(id: $0, title: "new \($0)", category: "coat", inStock: true) }, source: .manifest)
+            try await store.write(
+                WriteBatch(
+                    embeddings: ids.map {
+                        StoredEmbedding(
+                            productID: $0, imageURL: "file:///\($0).jpg", key: cat.key, vector: cat.vectors["p01"]!)
+                    }))
             _ = try await IndexBuilder.build(store: store, options: IndexBuildOptions(folder: folder, threads: 1))
         }
 
@@ -121,7 +141,9 @@ struct ServerBehaviourTests {
                         var statuses: [Int: Int] = [:]
                         var i = worker
                         while !stop.isSet {
-                            let r = try await HTTP.call(.GET, "\(s.base)/api/recommendations/similar/\(PhotoCatalogue.pid(i % 20))?min_similarity=0")
+                            let r = try await HTTP.call(
+                                .GET,
+                                "\(s.base)/api/recommendations/similar/\(PhotoCatalogue.pid(i % 20))?min_similarity=0")
                             statuses[r.status, default: 0] += 1
                             i += 1
                         }

@@ -28,10 +28,12 @@ struct PhotoCatalogue: Sendable {
     static let shared = Task<PhotoCatalogue, any Error> { try await make() }
 
     private static func make() async throws -> PhotoCatalogue {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-serve-catalogue-\(UUID().uuidString)")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "ewall-serve-catalogue-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let photos = Array(try Fixtures.photos().prefix(count))
-        let embedder = try ImageEmbedder(configuration: EmbedderConfiguration(model: ModelOptions(path: Fixtures.model)))
+        let embedder = try ImageEmbedder(
+            configuration: EmbedderConfiguration(model: ModelOptions(path: Fixtures.model)))
         let key = ModelKey(modelID: embedder.modelID, preprocessing: PreprocessingMode.squash224.rawValue)
         let outcomes = await embedder.embed(files: photos)
         let store = try await StoreLocation(parsing: "sqlite:\(dir.path)/ewall.sqlite").open()
@@ -41,13 +43,16 @@ struct PhotoCatalogue: Sendable {
         for (i, o) in outcomes.enumerated() {
             let v = try o.result.get().vector
             vectors[pid(i)] = v
-            products.append(Product(id: pid(i), title: "\(titles[i % 4]) \(i)", category: category(i), inStock: inStock(i)))
+            products.append(
+                Product(id: pid(i), title: "\(titles[i % 4]) \(i)", category: category(i), inStock: inStock(i)))
             embeddings.append(StoredEmbedding(productID: pid(i), imageURL: photos[i], key: key, vector: v))
         }
         try await store.upsertProducts(products, source: .manifest)
         try await store.write(WriteBatch(embeddings: embeddings))
-        _ = try await IndexBuilder.build(store: store, options: IndexBuildOptions(
-            folder: IndexFolder(path: dir.appendingPathComponent("faiss").path), threads: 2))
+        _ = try await IndexBuilder.build(
+            store: store,
+            options: IndexBuildOptions(
+                folder: IndexFolder(path: dir.appendingPathComponent("faiss").path), threads: 2))
         await store.close()
         return PhotoCatalogue(directory: dir, photos: photos, vectors: vectors, key: key)
     }
@@ -70,22 +75,29 @@ final class RunningServer: Sendable {
 
     var base: String { "http://127.0.0.1:\(port)" }
 
-    static func start(directory: URL? = nil, configure: (inout EwallConfiguration, inout ServerConfiguration) -> Void = { _, _ in })
-        async throws -> RunningServer {
+    static func start(
+        directory: URL? = nil, configure: (inout EwallConfiguration, inout ServerConfiguration) -> Void = { _, _ in }
+    )
+        async throws -> RunningServer
+    {
         let dir: URL
         if let directory { dir = directory } else { dir = try await PhotoCatalogue.shared.value.copy() }
-        var config = EwallConfiguration(modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
-                                        indexPath: dir.appendingPathComponent("faiss").path,
-                                        rulesPath: Fixtures.path("data/category_rules.json"), indexWatchInterval: nil)
+        var config = EwallConfiguration(
+            modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
+            indexPath: dir.appendingPathComponent("faiss").path,
+            rulesPath: Fixtures.path("data/category_rules.json"), indexWatchInterval: nil)
         var server = ServerConfiguration(host: "127.0.0.1", port: 0, maxBodyBytes: 2 << 20)
         configure(&config, &server)
         var logger = Logger(label: "ewall-serve-test")
         logger.logLevel = .critical
         let registry = PrometheusCollectorRegistry()
-        let service = try await EwallService(configuration: config, logger: logger,
-                                             metrics: PrometheusMetricsFactory.forEwall(registry: registry))
+        let service = try await EwallService(
+            configuration: config, logger: logger,
+            metrics: PrometheusMetricsFactory.forEwall(registry: registry))
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
-        let app = EwallHTTPServer.application(service: service, configuration: server, registry: registry, logger: logger) {
+        let app = EwallHTTPServer.application(
+            service: service, configuration: server, registry: registry, logger: logger
+        ) {
             continuation.yield($0?.port ?? 0)
             continuation.finish()
         }
@@ -123,13 +135,18 @@ struct Reply: Sendable {
 }
 
 enum HTTP {
-    static let client = HTTPClient(eventLoopGroupProvider: .singleton,
-                                   configuration: .init(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(5)),
-                                                        connectionPool: .init(idleTimeout: .seconds(60),
-                                                                              concurrentHTTP1ConnectionsPerHostSoftLimit: 128)))
+    static let client = HTTPClient(
+        eventLoopGroupProvider: .singleton,
+        configuration: .init(
+            redirectConfiguration: .disallow, timeout: .init(connect: .seconds(5)),
+            connectionPool: .init(
+                idleTimeout: .seconds(60),
+                concurrentHTTP1ConnectionsPerHostSoftLimit: 128)))
 
-    static func call(_ method: HTTPMethod = .GET, _ url: String, json: Any? = nil, body: [UInt8]? = nil,
-                     contentType: String? = nil, timeout: TimeAmount = .seconds(60)) async throws -> Reply {
+    static func call(
+        _ method: HTTPMethod = .GET, _ url: String, json: Any? = nil, body: [UInt8]? = nil,
+        contentType: String? = nil, timeout: TimeAmount = .seconds(60)
+    ) async throws -> Reply {
         var request = HTTPClientRequest(url: url)
         request.method = method
         if let json {
@@ -142,6 +159,7 @@ enum HTTP {
         let response = try await client.execute(request, timeout: timeout)
         var bytes: [UInt8] = []
         for try await chunk in response.body { bytes += chunk.readableBytesView }
-        return Reply(status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) }, body: bytes)
+        return Reply(
+            status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) }, body: bytes)
     }
 }

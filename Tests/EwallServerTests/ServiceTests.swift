@@ -8,14 +8,17 @@ import Testing
 struct ServiceTests {
     static func service(_ configure: (inout EwallConfiguration) -> Void = { _ in }) async throws -> EwallService {
         let dir = try await PhotoCatalogue.shared.value.copy()
-        var c = EwallConfiguration(modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
-                                   indexPath: dir.appendingPathComponent("faiss").path,
-                                   rulesPath: Fixtures.path("data/category_rules.json"), indexWatchInterval: nil)
+        var c = EwallConfiguration(
+            modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
+            indexPath: dir.appendingPathComponent("faiss").path,
+            rulesPath: Fixtures.path("data/category_rules.json"), indexWatchInterval: nil)
         configure(&c)
         return try await EwallService(configuration: c)
     }
 
-    @Test("A quiet service embeds one image alone, after at most the batch wait; a cancelled embed leaves the queue unrun")
+    @Test(
+        "A quiet service embeds one image alone, after at most the batch wait; a cancelled embed leaves the queue unrun"
+    )
     func quietAndCancel() async throws {
         let cat = try await PhotoCatalogue.shared.value
         let image = try Fixtures.bytes(cat.photos[0])

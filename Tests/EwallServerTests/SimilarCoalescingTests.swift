@@ -11,16 +11,21 @@ import Testing
 /// request gets alone, and a lone request runs at once in a batch of one.
 @Suite("EwallService: coalesced similar searches", .serialized)
 struct SimilarCoalescingTests {
-    static func service(memoryMapped: Bool = false, searchThreads: Int = EwallConfiguration.defaultSearchThreads) async throws
-        -> (EwallService, PrometheusCollectorRegistry) {
+    static func service(
+        memoryMapped: Bool = false, searchThreads: Int = EwallConfiguration.defaultSearchThreads
+    ) async throws
+        -> (EwallService, PrometheusCollectorRegistry)
+    {
         let dir = try await PhotoCatalogue.shared.value.copy()
-        var c = EwallConfiguration(modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
-                                   indexPath: dir.appendingPathComponent("faiss").path,
-                                   rulesPath: Fixtures.path("data/category_rules.json"), indexWatchInterval: nil)
+        var c = EwallConfiguration(
+            modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
+            indexPath: dir.appendingPathComponent("faiss").path,
+            rulesPath: Fixtures.path("data/category_rules.json"), indexWatchInterval: nil)
         c.indexMemoryMapped = memoryMapped
         c.searchThreads = searchThreads
         let registry = PrometheusCollectorRegistry()
-        let service = try await EwallService(configuration: c, metrics: PrometheusMetricsFactory.forEwall(registry: registry))
+        let service = try await EwallService(
+            configuration: c, metrics: PrometheusMetricsFactory.forEwall(registry: registry))
         return (service, registry)
     }
 
@@ -48,9 +53,18 @@ struct SimilarCoalescingTests {
         var out: [(String, SimilarQuery)] = []
         for i in 0..<PhotoCatalogue.count {
             out.append((PhotoCatalogue.pid(i), SimilarQuery()))
-            out.append((PhotoCatalogue.pid(i), SimilarQuery(k: 1 + i % 7, minSimilarity: 0, sameCategory: i % 2 == 0,
-                                                             inStockOnly: i % 3 != 0)))
-            out.append((PhotoCatalogue.pid(i), SimilarQuery(k: 20, minSimilarity: 0.1, sameCategory: false, inStockOnly: false)))
+            out.append(
+                (
+                    PhotoCatalogue.pid(i),
+                    SimilarQuery(
+                        k: 1 + i % 7, minSimilarity: 0, sameCategory: i % 2 == 0,
+                        inStockOnly: i % 3 != 0)
+                ))
+            out.append(
+                (
+                    PhotoCatalogue.pid(i),
+                    SimilarQuery(k: 20, minSimilarity: 0.1, sameCategory: false, inStockOnly: false)
+                ))
         }
         return out
     }
@@ -71,11 +85,14 @@ struct SimilarCoalescingTests {
         await service.shutdown()
     }
 
-    @Test("indexMemoryMapped (ewall-serve --mmap-index) reaches the service, which answers as the index opened plainly (this catalogue's Flat index loads fully either way; mapping itself is tested on IVF in CompressedIndexTests)")
+    @Test(
+        "indexMemoryMapped (ewall-serve --mmap-index) reaches the service, which answers as the index opened plainly (this catalogue's Flat index loads fully either way; mapping itself is tested on IVF in CompressedIndexTests)"
+    )
     func memoryMappedService() async throws {
         let (mapped, _) = try await Self.service(memoryMapped: true)
         let store = try await StoreLocation(parsing: mapped.configuration.storeURL).open()
-        let plain = try await ProductSearch.open(folder: IndexFolder(path: mapped.configuration.indexPath), store: store)
+        let plain = try await ProductSearch.open(
+            folder: IndexFolder(path: mapped.configuration.indexPath), store: store)
         for (id, q) in Self.queries().prefix(12) {
             let a = try await plain.similar(to: id, query: q)
             let b = try await mapped.similar(productID: id, query: q)
@@ -85,8 +102,9 @@ struct SimilarCoalescingTests {
         await mapped.shutdown()
     }
 
-    @Test("Concurrent similar requests (different products, k, category and stock rules, unknown ids) get exactly their one-at-a-time answers, with one search thread and with two batches searched at once",
-          arguments: [1, 2])
+    @Test(
+        "Concurrent similar requests (different products, k, category and stock rules, unknown ids) get exactly their one-at-a-time answers, with one search thread and with two batches searched at once",
+        arguments: [1, 2])
     func concurrentEqualsAlone(searchThreads: Int) async throws {
         let (service, registry) = try await Self.service(searchThreads: searchThreads)
         let qs = Self.queries()
@@ -97,20 +115,25 @@ struct SimilarCoalescingTests {
             let together = await withTaskGroup(of: (Int, Result<SimilarAnswer, EwallError>).self) { group in
                 for (i, (id, q)) in qs.enumerated() {
                     group.addTask {
-                        do throws(EwallError) { return (i, .success(try await service.similar(productID: id, query: q))) }
-                        catch { return (i, .failure(error)) }
+                        do throws(EwallError) {
+                            return (i, .success(try await service.similar(productID: id, query: q)))
+                        } catch { return (i, .failure(error)) }
                     }
                 }
                 group.addTask {
-                    do throws(EwallError) { return (-1, .success(try await service.similar(productID: "no-such-product"))) }
-                    catch { return (-1, .failure(error)) }
+                    do throws(EwallError) {
+                        return (-1, .success(try await service.similar(productID: "no-such-product")))
+                    } catch { return (-1, .failure(error)) }
                 }
                 var out: [Int: Result<SimilarAnswer, EwallError>] = [:]
                 for await (i, r) in group { out[i] = r }
                 return out
             }
             for i in qs.indices {
-                guard case .success(let t) = together[i] else { Issue.record("round \(round) request \(i) failed"); continue }
+                guard case .success(let t) = together[i] else {
+                    Issue.record("round \(round) request \(i) failed")
+                    continue
+                }
                 #expect(Self.same(alone[i], t), "round \(round) request \(i)")
             }
             if case .success = together[-1] { Issue.record("an unknown product was answered") }

@@ -10,8 +10,10 @@ struct StoreEdgeTests {
     static let key = ModelKey(modelID: "resnet50@edge", preprocessing: "squash224")
     /// Korean, emoji, mixed case (two ids that differ only in case), spaces, '/', and an id of
     /// exactly 256 bytes.
-    static let ids = ["구스다운-롱패딩_01", "👟🧥-2", "MixedCase-ID", "mixedcase-id", "with space", "a/b%2Fc",
-                      String(repeating: "가", count: 85) + "z"]
+    static let ids = [
+        "구스다운-롱패딩_01", "👟🧥-2", "MixedCase-ID", "mixedcase-id", "with space", "a/b%2Fc",
+        String(repeating: "가", count: 85) + "z",
+    ]
 
     @Test("every stored id comes back byte for byte", arguments: StoreKind.allCases)
     func idsComeBackExactly(_ kind: StoreKind) async throws {
@@ -22,9 +24,13 @@ struct StoreEdgeTests {
         let embeddings = Self.ids.enumerated().map { i, id in
             StoredEmbedding(productID: id, imageURL: "http://cdn/\(i).jpg", key: Self.key, vector: [Float(i), 1])
         }
-        try await store.write(WriteBatch(embeddings: embeddings, ledger: embeddings.map {
-            LedgerEntry(productID: $0.productID, imageURL: $0.imageURL, key: Self.key, status: .embedded, attempts: 1)
-        }))
+        try await store.write(
+            WriteBatch(
+                embeddings: embeddings,
+                ledger: embeddings.map {
+                    LedgerEntry(
+                        productID: $0.productID, imageURL: $0.imageURL, key: Self.key, status: .embedded, attempts: 1)
+                }))
         let products = try await store.products(after: nil, limit: 100)
         #expect(Set(products.map { Array($0.id.utf8) }) == Set(Self.ids.map { Array($0.utf8) }))
         let rows = try await store.embeddings(key: Self.key, after: nil, limit: 100)
@@ -44,7 +50,9 @@ struct StoreEdgeTests {
         defer { Task { await store.close() } }
         try await store.upsertProducts([Product(id: "a")], source: .manifest)
         for products in [[Product(id: "a\u{0}x")], [Product(id: "b", title: "t\u{0}")]] {
-            let e = await #expect(throws: StoreError.self) { try await store.upsertProducts(products, source: .manifest) }
+            let e = await #expect(throws: StoreError.self) {
+                try await store.upsertProducts(products, source: .manifest)
+            }
             #expect(e?.code == .invalidValue)
             #expect(e?.message.contains("NUL") == true)
         }
@@ -78,14 +86,21 @@ struct StoreEdgeTests {
     static let smallDisk: String? = {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-full-\(getpid())").path
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let (status, _) = PostgresServer.run("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", dir], asPostgres: false)
+        let (status, _) = PostgresServer.run(
+            "/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", dir], asPostgres: false)
         guard status == 0 else { return nil }
-        atexit { _ = PostgresServer.run("/bin/umount", ["-l", FileManager.default.temporaryDirectory.appendingPathComponent("ewall-full-\(getpid())").path], asPostgres: false) }
+        atexit {
+            _ = PostgresServer.run(
+                "/bin/umount",
+                ["-l", FileManager.default.temporaryDirectory.appendingPathComponent("ewall-full-\(getpid())").path],
+                asPostgres: false)
+        }
         return dir
     }()
 
-    @Test("a full disk is reported as store_full with SQLite's own words, and what was committed stays",
-          .enabled(if: smallDisk != nil, "needs to mount a small tmpfs (root)"))
+    @Test(
+        "a full disk is reported as store_full with SQLite's own words, and what was committed stays",
+        .enabled(if: smallDisk != nil, "needs to mount a small tmpfs (root)"))
     func diskFull() async throws {
         let path = try #require(Self.smallDisk) + "/e-\(UUID().uuidString).sqlite"
         let store = try await StoreLocation(parsing: "sqlite:\(path)").open()
@@ -94,8 +109,9 @@ struct StoreEdgeTests {
         var failure: StoreError?
         for batch in 0..<200 {
             let e = (0..<8).map { i in
-                StoredEmbedding(productID: "p\(batch)-\(i)", imageURL: "http://cdn/\(batch)/\(i).jpg", key: Self.key,
-                                vector: [Float](repeating: Float(batch), count: 2048))
+                StoredEmbedding(
+                    productID: "p\(batch)-\(i)", imageURL: "http://cdn/\(batch)/\(i).jpg", key: Self.key,
+                    vector: [Float](repeating: Float(batch), count: 2048))
             }
             do {
                 try await store.write(WriteBatch(embeddings: e))

@@ -19,16 +19,24 @@ struct StoreBehaviourTests {
     }
 
     static func embedding(_ id: String, _ url: String, key: ModelKey = keyA, seed: Int = 0) -> StoredEmbedding {
-        StoredEmbedding(productID: id, imageURL: url, key: key, vector: vector(seed), imageSHA256: String(repeating: "a", count: 64),
-                        width: 640, height: 480, bytes: 12345, contentType: "image/jpeg")
+        StoredEmbedding(
+            productID: id, imageURL: url, key: key, vector: vector(seed),
+            imageSHA256: String(repeating: "a", count: 64),
+            width: 640, height: 480, bytes: 12345, contentType: "image/jpeg")
     }
 
     @Test(arguments: StoreKind.allCases)
     func vectorsRoundTripBitForBitWithTheirMetadata(_ kind: StoreKind) async throws {
         let store = try await kind.open()
         let e = Self.embedding("p1", "http://cdn/p1.jpg", seed: 7)
-        try await store.write(WriteBatch(embeddings: [e], ledger: [
-            LedgerEntry(productID: "p1", imageURL: "http://cdn/p1.jpg", key: Self.keyA, status: .embedded, httpStatus: 200, attempts: 2)]))
+        try await store.write(
+            WriteBatch(
+                embeddings: [e],
+                ledger: [
+                    LedgerEntry(
+                        productID: "p1", imageURL: "http://cdn/p1.jpg", key: Self.keyA, status: .embedded,
+                        httpStatus: 200, attempts: 2)
+                ]))
         let rows = try await store.embeddings(key: Self.keyA, after: nil, limit: 10)
         #expect(rows.count == 1)
         let got = try #require(rows.first?.embedding)
@@ -46,12 +54,16 @@ struct StoreBehaviourTests {
     @Test(arguments: StoreKind.allCases)
     func productsKeepWhatANewRowDoesNotSay(_ kind: StoreKind) async throws {
         let store = try await kind.open()
-        try await store.upsertProducts([Product(id: "p1", title: "구스 다운 패딩", category: "down", inStock: true, brand: "B", price: 129000)],
-                                       source: .manifest)
+        try await store.upsertProducts(
+            [Product(id: "p1", title: "구스 다운 패딩", category: "down", inStock: true, brand: "B", price: 129000)],
+            source: .manifest)
         try await store.upsertProducts([Product(id: "p1", inStock: false)], source: .manifest)
         let p = try #require(try await store.product(id: "p1"))
-        #expect(p == Product(id: "p1", title: "구스 다운 패딩", category: "down", inStock: false, brand: "B", price: 129000,
-                             categorySource: .manifest))
+        #expect(
+            p
+                == Product(
+                    id: "p1", title: "구스 다운 패딩", category: "down", inStock: false, brand: "B", price: 129000,
+                    categorySource: .manifest))
         // Who set the category is kept with it: an import's category is the import's.
         try await store.upsertProducts([Product(id: "p1", category: "coat")], source: .import)
         #expect(try await store.product(id: "p1")?.categorySource == .import)
@@ -64,7 +76,8 @@ struct StoreBehaviourTests {
     @Test(arguments: StoreKind.allCases)
     func aNewerVectorReplacesTheOldOneAndModelKeysNeverMix(_ kind: StoreKind) async throws {
         let store = try await kind.open()
-        try await store.write(WriteBatch(embeddings: [Self.embedding("p1", "u1", seed: 1), Self.embedding("p2", "u2", seed: 2)]))
+        try await store.write(
+            WriteBatch(embeddings: [Self.embedding("p1", "u1", seed: 1), Self.embedding("p2", "u2", seed: 2)]))
         try await store.write(WriteBatch(embeddings: [Self.embedding("p1", "u1-new", seed: 3)]))
         try await store.write(WriteBatch(embeddings: [Self.embedding("p1", "u1", key: Self.keyB, seed: 4)]))
         let a = try await store.embeddings(key: Self.keyA, after: nil, limit: 10)
@@ -74,7 +87,11 @@ struct StoreBehaviourTests {
         let b = try await store.embeddings(key: Self.keyB, after: nil, limit: 10)
         #expect(b.map(\.embedding.vector) == [Self.vector(4)])
         let keys = try await store.modelKeys()
-        #expect(keys == [ModelKeyCount(key: Self.keyA, dimension: 2048, count: 2), ModelKeyCount(key: Self.keyB, dimension: 2048, count: 1)])
+        #expect(
+            keys == [
+                ModelKeyCount(key: Self.keyA, dimension: 2048, count: 2),
+                ModelKeyCount(key: Self.keyB, dimension: 2048, count: 1),
+            ])
         // Two models in the store: exporting or indexing must name one.
         await #expect(throws: StoreError.self) { try await store.resolveKey(modelID: nil, preprocessing: nil) }
         #expect(try await store.resolveKey(modelID: Self.keyB.modelID, preprocessing: nil).key == Self.keyB)
@@ -90,17 +107,29 @@ struct StoreBehaviourTests {
     @Test(arguments: StoreKind.allCases)
     func theLedgerKeepsTheLastOutcome(_ kind: StoreKind) async throws {
         let store = try await kind.open()
-        let failed = LedgerEntry(productID: "p1", imageURL: "u1", key: Self.keyA, status: .failed, errorClass: "http_5xx",
-                                 httpStatus: 503, attempts: 4, lastError: "HTTP 503 Service Unavailable")
-        try await store.write(WriteBatch(ledger: [failed,
-            LedgerEntry(productID: "p2", imageURL: "u2", key: Self.keyA, status: .failed, errorClass: "truncated", attempts: 1)]))
+        let failed = LedgerEntry(
+            productID: "p1", imageURL: "u1", key: Self.keyA, status: .failed, errorClass: "http_5xx",
+            httpStatus: 503, attempts: 4, lastError: "HTTP 503 Service Unavailable")
+        try await store.write(
+            WriteBatch(ledger: [
+                failed,
+                LedgerEntry(
+                    productID: "p2", imageURL: "u2", key: Self.keyA, status: .failed, errorClass: "truncated",
+                    attempts: 1),
+            ]))
         let got = try #require(try await store.ledgerEntry(productID: "p1", key: Self.keyA))
         #expect(got.status == .failed && got.errorClass == "http_5xx" && got.httpStatus == 503 && got.attempts == 4)
         #expect(got.lastError == "HTTP 503 Service Unavailable")
         #expect(abs(got.lastTried.timeIntervalSince(failed.lastTried)) < 2)
         #expect(try await store.ledgerCounts(key: Self.keyA) == ["failed:http_5xx": 1, "failed:truncated": 1])
-        try await store.write(WriteBatch(embeddings: [Self.embedding("p1", "u1")], ledger: [
-            LedgerEntry(productID: "p1", imageURL: "u1", key: Self.keyA, status: .embedded, httpStatus: 200, attempts: 1)]))
+        try await store.write(
+            WriteBatch(
+                embeddings: [Self.embedding("p1", "u1")],
+                ledger: [
+                    LedgerEntry(
+                        productID: "p1", imageURL: "u1", key: Self.keyA, status: .embedded, httpStatus: 200, attempts: 1
+                    )
+                ]))
         let now = try #require(try await store.ledgerEntry(productID: "p1", key: Self.keyA))
         #expect(now.status == .embedded && now.errorClass == nil && now.lastError == nil)
         #expect(try await store.ledgerCounts(key: Self.keyA) == ["embedded": 1, "failed:truncated": 1])
@@ -112,7 +141,8 @@ struct StoreBehaviourTests {
     func paginationVisitsEveryVectorOnceInByteOrder(_ kind: StoreKind) async throws {
         let store = try await kind.open()
         let ids = (0..<250).map { "P-\($0)" } + ["a", "B", "ä", "패딩-1", "Z_9", "z"]
-        try await store.write(WriteBatch(embeddings: ids.enumerated().map { i, id in Self.embedding(id, "u\(i)", seed: i) }))
+        try await store.write(
+            WriteBatch(embeddings: ids.enumerated().map { i, id in Self.embedding(id, "u\(i)", seed: i) }))
         var seen: [String] = []
         var after: String?
         while true {
@@ -132,7 +162,10 @@ struct StoreBehaviourTests {
         try await first.write(WriteBatch(embeddings: [Self.embedding("p1", "u1", seed: 9)]))
         await first.close()
         let second = try await StoreLocation(parsing: url).open()
-        #expect(try await second.embeddings(key: Self.keyA, after: nil, limit: 5).map(\.embedding.vector) == [Self.vector(9)])
+        #expect(
+            try await second.embeddings(key: Self.keyA, after: nil, limit: 5).map(\.embedding.vector) == [
+                Self.vector(9)
+            ])
         await second.close()
     }
 }
@@ -143,9 +176,12 @@ struct StoreLocationTests {
         #expect(try StoreLocation(parsing: "sqlite:data/ewall.sqlite") == .sqlite(path: "data/ewall.sqlite"))
         #expect(try StoreLocation(parsing: "sqlite:///tmp/x.sqlite") == .sqlite(path: "/tmp/x.sqlite"))
         let pg = try StoreLocation(parsing: "postgres://ewall:s3cret@db.internal:6543/vectors")
-        #expect(pg == .postgres(host: "db.internal", port: 6543, user: "ewall", password: "s3cret", database: "vectors"))
+        #expect(
+            pg == .postgres(host: "db.internal", port: 6543, user: "ewall", password: "s3cret", database: "vectors"))
         #expect(!pg.description.contains("s3cret"))
-        #expect(try StoreLocation(parsing: "postgresql://u@h/d") == .postgres(host: "h", port: 5432, user: "u", password: nil, database: "d"))
+        #expect(
+            try StoreLocation(parsing: "postgresql://u@h/d")
+                == .postgres(host: "h", port: 5432, user: "u", password: nil, database: "d"))
     }
 
     @Test(arguments: ["mysql://u@h/d", "sqlite:", "data/ewall.sqlite", "postgres://:pw@/d"])
@@ -160,7 +196,8 @@ struct StoreLocationTests {
     @Test func anUnreachablePostgresIsAClearSystemicError() async throws {
         let port = PostgresServer.freePort()
         do {
-            _ = try await StoreLocation(parsing: "postgres://u:pw@127.0.0.1:\(port)/d").open(connectTimeout: .seconds(2))
+            _ = try await StoreLocation(parsing: "postgres://u:pw@127.0.0.1:\(port)/d").open(
+                connectTimeout: .seconds(2))
             Issue.record("nothing listens there")
         } catch let e as StoreError {
             #expect(e.code == .unavailable)

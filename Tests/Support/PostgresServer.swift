@@ -41,8 +41,12 @@ public enum PostgresServer {
         counter += 1
         let name = "ewall_test_\(getpid())_\(counter)"
         lock.unlock()
-        let (status, output) = run(psql(), ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres", "-d", "postgres",
-                                            "-v", "ON_ERROR_STOP=1", "-q", "-c", "CREATE DATABASE \(name)"], asPostgres: false)
+        let (status, output) = run(
+            psql(),
+            [
+                "-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres", "-d", "postgres",
+                "-v", "ON_ERROR_STOP=1", "-q", "-c", "CREATE DATABASE \(name)",
+            ], asPostgres: false)
         guard status == 0 else { throw Unavailable(description: "CREATE DATABASE failed: \(output)") }
         return "postgres://postgres@127.0.0.1:\(port)/\(name)"
     }
@@ -61,8 +65,11 @@ public enum PostgresServer {
 
     private static func start() -> Result<Int, Unavailable> {
         guard let initdb = bin("initdb"), let pgctl = bin("pg_ctl") else {
-            return .failure(Unavailable(description:
-                "PostgreSQL server binaries not found under /usr/lib/postgresql: run `make deps` (apt-get install postgresql)"))
+            return .failure(
+                Unavailable(
+                    description:
+                        "PostgreSQL server binaries not found under /usr/lib/postgresql: run `make deps` (apt-get install postgresql)"
+                ))
         }
         let root = geteuid() == 0
         stopStaleServers(pgctl: pgctl, asPostgres: root)
@@ -73,27 +80,35 @@ public enum PostgresServer {
             _ = run("/bin/chown", ["-R", "postgres:postgres", dir], asPostgres: false)
         }
         let data = dir + "/data"
-        var (status, output) = run(initdb, ["-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
-                                   asPostgres: root)
+        var (status, output) = run(
+            initdb, ["-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+            asPostgres: root)
         guard status == 0 else { return .failure(Unavailable(description: "initdb failed: \(output)")) }
         let port = freePort()
-        (status, output) = run(pgctl, ["-D", data, "-l", dir + "/log", "-w", "-t", "60", "-o",
-                                       "-p \(port) -k \(dir) -c listen_addresses=127.0.0.1 -F -c max_connections=200",
-                                       "start"], asPostgres: root)
+        (status, output) = run(
+            pgctl,
+            [
+                "-D", data, "-l", dir + "/log", "-w", "-t", "60", "-o",
+                "-p \(port) -k \(dir) -c listen_addresses=127.0.0.1 -F -c max_connections=200",
+                "start",
+            ], asPostgres: root)
         guard status == 0 else {
             let log = (try? String(contentsOfFile: dir + "/log", encoding: .utf8)) ?? ""
             return .failure(Unavailable(description: "pg_ctl start failed: \(output) \(log)"))
         }
         dataDirectory = data
-        startCommand = [pgctl, "-D", data, "-l", dir + "/log", "-w", "-t", "60", "-o",
-                        "-p \(port) -k \(dir) -c listen_addresses=127.0.0.1 -F -c max_connections=200", "start"]
+        startCommand = [
+            pgctl, "-D", data, "-l", dir + "/log", "-w", "-t", "60", "-o",
+            "-p \(port) -k \(dir) -c listen_addresses=127.0.0.1 -F -c max_connections=200", "start",
+        ]
         stopCommand = [pgctl, "-D", data, "-m", "immediate", "stop"]
         stopAsPostgres = root
         atexit {
             if let cmd = PostgresServer.stopCommand {
                 _ = PostgresServer.run(cmd[0], Array(cmd.dropFirst()), asPostgres: PostgresServer.stopAsPostgres)
                 if let data = PostgresServer.dataDirectory {
-                    try? FileManager.default.removeItem(atPath: URL(fileURLWithPath: data).deletingLastPathComponent().path)
+                    try? FileManager.default.removeItem(
+                        atPath: URL(fileURLWithPath: data).deletingLastPathComponent().path)
                 }
             }
         }
@@ -103,7 +118,8 @@ public enum PostgresServer {
     /// Servers left by test processes that were killed before their exit handler ran.
     private static func stopStaleServers(pgctl: String, asPostgres: Bool) {
         let tmp = FileManager.default.temporaryDirectory.path
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: tmp)) ?? [] where name.hasPrefix("ewall-pg-") {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: tmp)) ?? [] where name.hasPrefix("ewall-pg-")
+        {
             guard let pid = Int32(name.dropFirst("ewall-pg-".count)), kill(pid, 0) != 0 else { continue }
             run(pgctl, ["-D", "\(tmp)/\(name)/data", "-m", "immediate", "stop"], asPostgres: asPostgres)
             try? FileManager.default.removeItem(atPath: "\(tmp)/\(name)")
@@ -134,7 +150,8 @@ public enum PostgresServer {
         try handle.seekToEnd()
         try handle.write(contentsOf: Data(hba.utf8))
         try handle.close()
-        cmd[i + 1] = cmd[i + 1].replacingOccurrences(of: "listen_addresses=127.0.0.1", with: "listen_addresses=127.0.0.1,\(address)")
+        cmd[i + 1] = cmd[i + 1].replacingOccurrences(
+            of: "listen_addresses=127.0.0.1", with: "listen_addresses=127.0.0.1,\(address)")
         try halt()
         startCommand = cmd
         try resume()
@@ -154,7 +171,8 @@ public enum PostgresServer {
     @discardableResult
     public static func run(_ exe: String, _ args: [String], asPostgres: Bool) -> (Int32, String) {
         let argv = asPostgres ? ["/usr/sbin/runuser", "-u", "postgres", "--", exe] + args : [exe] + args
-        let log = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-pgrun-\(UUID().uuidString).log").path
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("ewall-pgrun-\(UUID().uuidString).log")
+            .path
         defer { try? FileManager.default.removeItem(atPath: log) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

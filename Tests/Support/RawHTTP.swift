@@ -94,8 +94,10 @@ public enum RawHTTP {
 
     /// Sends `method target` with `headers` and `body` (Content-Length added when there is a
     /// body) and returns the answer. `target` goes on the request line exactly as given.
-    public static func send(port: Int, method: String, target: String, headers: [(String, String)] = [],
-                            body: [UInt8]? = nil, timeout: Duration = .seconds(30)) async throws -> Response {
+    public static func send(
+        port: Int, method: String, target: String, headers: [(String, String)] = [],
+        body: [UInt8]? = nil, timeout: Duration = .seconds(30)
+    ) async throws -> Response {
         var head = "\(method) \(target) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\n"
         for (name, value) in headers { head += "\(name): \(value)\r\n" }
         if let body { head += "Content-Length: \(body.count)\r\n" }
@@ -112,7 +114,9 @@ public enum RawHTTP {
     /// Parses one HTTP/1.1 response (Content-Length, chunked, or read to the end).
     public static func parse(_ bytes: [UInt8]) throws -> Response {
         guard let end = find([13, 10, 13, 10], in: bytes, from: 0) else {
-            throw Failure(description: "no response head in \(bytes.count) bytes: \(String(decoding: bytes.prefix(200), as: UTF8.self))")
+            throw Failure(
+                description:
+                    "no response head in \(bytes.count) bytes: \(String(decoding: bytes.prefix(200), as: UTF8.self))")
         }
         let lines = String(decoding: bytes[..<end], as: UTF8.self).components(separatedBy: "\r\n")
         let statusParts = lines[0].split(separator: " ")
@@ -145,7 +149,8 @@ public enum RawHTTP {
         var i = 0
         while true {
             guard let lineEnd = find([13, 10], in: bytes, from: i),
-                  let size = Int(String(decoding: bytes[i..<lineEnd], as: UTF8.self).prefix { $0 != ";" }, radix: 16) else {
+                let size = Int(String(decoding: bytes[i..<lineEnd], as: UTF8.self).prefix { $0 != ";" }, radix: 16)
+            else {
                 throw Failure(description: "bad chunk at byte \(i)")
             }
             i = lineEnd + 2

@@ -35,8 +35,10 @@ public final class RedisServer: @unchecked Sendable {
         guard process == nil, let binary = Self.binary else { return }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary)
-        var args = ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--daemonize", "no", "--loglevel", "warning", "--dir", NSTemporaryDirectory(), "--protected-mode", "no"]
+        var args = [
+            "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--loglevel", "warning", "--dir", NSTemporaryDirectory(), "--protected-mode", "no",
+        ]
         if let password { args += ["--requirepass", password] }
         p.arguments = args
         p.standardOutput = FileHandle.nullDevice
@@ -49,7 +51,9 @@ public final class RedisServer: @unchecked Sendable {
             if Self.accepts(port: port) { return }
             usleep(10_000)
         }
-        throw NSError(domain: "RedisServer", code: 1, userInfo: [NSLocalizedDescriptionKey: "redis-server did not start on \(port)"])
+        throw NSError(
+            domain: "RedisServer", code: 1,
+            userInfo: [NSLocalizedDescriptionKey: "redis-server did not start on \(port)"])
     }
 
     /// Kills the server at once (SIGKILL: no goodbye to the clients).
@@ -86,7 +90,9 @@ public final class RedisServer: @unchecked Sendable {
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         return withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
         }
     }
 }

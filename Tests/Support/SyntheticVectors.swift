@@ -31,7 +31,10 @@ public struct SyntheticVectors: Sendable {
                 for j in 0..<dimension { row[j] += a * b[j] }
             }
             var norm: Float = 0
-            for j in 0..<dimension { row[j] = max(0, row[j]); norm += row[j] * row[j] }
+            for j in 0..<dimension {
+                row[j] = max(0, row[j])
+                norm += row[j] * row[j]
+            }
             norm = max(norm.squareRoot(), 1e-12)
             for j in 0..<dimension { values[i * dimension + j] = row[j] / norm }
         }
@@ -73,8 +76,10 @@ public enum ExactSearch {
 
     /// The k nearest rows of `data` to `query` (squared L2), as (row, distance), nearest first;
     /// only rows `allowed` returns true for.
-    public static func nearest(_ query: [Float], in data: SyntheticVectors, k: Int,
-                               allowed: (Int) -> Bool = { _ in true }) -> [(row: Int, distance: Float)] {
+    public static func nearest(
+        _ query: [Float], in data: SyntheticVectors, k: Int,
+        allowed: (Int) -> Bool = { _ in true }
+    ) -> [(row: Int, distance: Float)] {
         var all: [(row: Int, distance: Float)] = []
         let d = data.dimension
         for i in 0..<data.count where allowed(i) {

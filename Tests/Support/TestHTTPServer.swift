@@ -20,8 +20,10 @@ public final class TestHTTPServer: Sendable {
         /// Send the body in chunks (no Content-Length).
         public var chunked: Bool
 
-        public init(status: Int = 200, headers: [(String, String)] = [], body: [UInt8] = [], delay: Duration = .zero,
-                    chunked: Bool = false) {
+        public init(
+            status: Int = 200, headers: [(String, String)] = [], body: [UInt8] = [], delay: Duration = .zero,
+            chunked: Bool = false
+        ) {
             self.status = status
             self.headers = headers
             self.body = body
@@ -77,7 +79,9 @@ public final class TestHTTPServer: Sendable {
     public func url(_ path: String) -> String { "http://\(host):\(port)\(path.hasPrefix("/") ? path : "/" + path)" }
 
     public func hits(_ path: String) -> Int { state.withLockedValue { $0.hits[path, default: 0] } }
-    public func times(_ path: String) -> [ContinuousClock.Instant] { state.withLockedValue { $0.times[path, default: []] } }
+    public func times(_ path: String) -> [ContinuousClock.Instant] {
+        state.withLockedValue { $0.times[path, default: []] }
+    }
     public var totalHits: Int { state.withLockedValue { $0.hits.values.reduce(0, +) } }
     public var maxInFlight: Int { state.withLockedValue { $0.maxInFlight } }
     public var userAgents: Set<String> { state.withLockedValue { $0.userAgents } }
@@ -133,15 +137,19 @@ public final class TestHTTPServer: Sendable {
                 headers.add(name: "Content-Length", value: "\(r.body.count)")
             }
             if !keepAlive { headers.add(name: "Connection", value: "close") }
-            let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: r.status), headers: headers)
+            let head = HTTPResponseHead(
+                version: .http1_1, status: HTTPResponseStatus(statusCode: r.status), headers: headers)
             context.write(wrapOutboundOut(.head(head)), promise: nil)
             if r.chunked {
                 for start in stride(from: 0, to: r.body.count, by: 64 << 10) {
                     let slice = r.body[start..<min(start + (64 << 10), r.body.count)]
-                    context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: slice)))), promise: nil)
+                    context.write(
+                        wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: slice)))),
+                        promise: nil)
                 }
             } else if !r.body.isEmpty {
-                context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: r.body)))), promise: nil)
+                context.write(
+                    wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: r.body)))), promise: nil)
             }
             let state = self.state
             let channel = context.channel

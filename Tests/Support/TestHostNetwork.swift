@@ -50,18 +50,18 @@ public final class TestHostNetwork: @unchecked Sendable {
         try must(["link", "set", bridge, "up"])
         var names: [String] = []
         do {
-          for i in 1...count {
-            let ns = "ewns\(tag)_\(i)", host = "ew\(tag)h\(i)", inner = "ew\(tag)n\(i)"
-            PostgresServer.run(ip, ["netns", "del", ns], asPostgres: false)
-            try must(["netns", "add", ns])
-            names.append(ns)
-            try must(["link", "add", host, "type", "veth", "peer", "name", inner])
-            try must(["link", "set", host, "master", bridge, "up"])
-            try must(["link", "set", inner, "netns", ns])
-            try must(["-n", ns, "addr", "add", "10.213.0.\(10 + i)/24", "dev", inner])
-            try must(["-n", ns, "link", "set", inner, "up"])
-            try must(["-n", ns, "link", "set", "lo", "up"])
-          }
+            for i in 1...count {
+                let ns = "ewns\(tag)_\(i)", host = "ew\(tag)h\(i)", inner = "ew\(tag)n\(i)"
+                PostgresServer.run(ip, ["netns", "del", ns], asPostgres: false)
+                try must(["netns", "add", ns])
+                names.append(ns)
+                try must(["link", "add", host, "type", "veth", "peer", "name", inner])
+                try must(["link", "set", host, "master", bridge, "up"])
+                try must(["link", "set", inner, "netns", ns])
+                try must(["-n", ns, "addr", "add", "10.213.0.\(10 + i)/24", "dev", inner])
+                try must(["-n", ns, "link", "set", inner, "up"])
+                try must(["-n", ns, "link", "set", "lo", "up"])
+            }
         } catch {
             TestHostNetwork(namespaces: names, bridge: bridge).remove()
             throw error
@@ -89,7 +89,9 @@ public final class TestHostNetwork: @unchecked Sendable {
 
     private static func registerCleanup(_ n: TestHostNetwork) {
         lock.withLock {
-            if live.isEmpty { atexit { TestHostNetwork.lock.withLock { for n in TestHostNetwork.live { n.remove() } } } }
+            if live.isEmpty {
+                atexit { TestHostNetwork.lock.withLock { for n in TestHostNetwork.live { n.remove() } } }
+            }
             live.append(n)
         }
     }

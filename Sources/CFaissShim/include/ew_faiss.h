@@ -93,8 +93,8 @@ typedef struct ew_faiss_search_params {
 } ew_faiss_search_params;
 
 /* Nearest lists recorded per vector, and the ranks (1-based) whose distances are kept. */
-#define EW_FAISS_NEAREST_LISTS 32
-#define EW_FAISS_NEAREST_BOUNDS 4  /* the 4th, 8th, 16th and 32nd */
+#define EW_FAISS_NEAREST_LISTS  32
+#define EW_FAISS_NEAREST_BOUNDS 4 /* the 4th, 8th, 16th and 32nd */
 
 /* Sets OpenMP's thread count for FAISS (process-wide). Returns the count now in force. */
 int ew_faiss_set_threads(int threads);
@@ -158,8 +158,7 @@ int ew_faiss_remove(ew_faiss_index *index, int64_t n, const int64_t *ids, int64_
 /* k nearest neighbours of n queries. distances/labels: n*k, caller-owned. Missing results
    have label -1. Distances are FAISS's: squared L2 for the L2 metric, inner product for IP. */
 int ew_faiss_search(const ew_faiss_index *index, int64_t n, const float *x, int64_t k,
-                    const ew_faiss_search_params *params, float *distances, int64_t *labels,
-                    ew_faiss_error *err);
+                    const ew_faiss_search_params *params, float *distances, int64_t *labels, ew_faiss_error *err);
 
 /* n queries at once, each with its own parameters (params: n structs, or NULL for the
    index's own settings for all): the same answers as n calls of ew_faiss_search with one query
@@ -171,8 +170,7 @@ int ew_faiss_search(const ew_faiss_index *index, int64_t n, const float *x, int6
    query's own lists with its own nprobe and filter. Other kinds, and FAISS's own kernel: query
    by query. Runs on the calling thread (BLAS may use its own threads). distances/labels: n*k, caller-owned. Read-only. */
 int ew_faiss_search_batch(const ew_faiss_index *index, int64_t n, const float *x, int64_t k,
-                          const ew_faiss_search_params *params, float *distances, int64_t *labels,
-                          ew_faiss_error *err);
+                          const ew_faiss_search_params *params, float *distances, int64_t *labels, ew_faiss_error *err);
 
 /* Copies the stored vector of `id` into out (dim floats). Approximate for compressed kinds. */
 int ew_faiss_reconstruct(const ew_faiss_index *index, int64_t id, float *out, ew_faiss_error *err);
@@ -182,13 +180,13 @@ int ew_faiss_reconstruct(const ew_faiss_index *index, int64_t id, float *out, ew
    product (dot), the stored vector's squared norm (norm2) and the squared L2 distance (l2).
    Each output (n floats, caller-owned) may be NULL. An id the index does not hold is
    EW_FAISS_E_NOT_FOUND. Read-only: the vectors never leave C (no copy per id into the caller). */
-int ew_faiss_compare_ids(const ew_faiss_index *index, const float *query, int64_t n, const int64_t *ids,
-                         float *dot, float *norm2, float *l2, ew_faiss_error *err);
+int ew_faiss_compare_ids(const ew_faiss_index *index, const float *query, int64_t n, const int64_t *ids, float *dot,
+                         float *norm2, float *l2, ew_faiss_error *err);
 
 /* Exact k-NN of n queries among ny vectors (both caller arrays, no index): labels are row
    numbers in y. For ground truth when measuring recall. */
-int ew_faiss_knn_exact(const float *x, int64_t nx, const float *y, int64_t ny, int64_t dim, int64_t k,
-                       int metric, float *distances, int64_t *labels, ew_faiss_error *err);
+int ew_faiss_knn_exact(const float *x, int64_t nx, const float *y, int64_t ny, int64_t dim, int64_t k, int metric,
+                       float *distances, int64_t *labels, ew_faiss_error *err);
 
 /* Sets the search settings the index keeps (and writes to its file, so that a reader such as
    Python's faiss.read_index searches the same way): IVF nprobe, HNSW efSearch. 0 keeps one. */

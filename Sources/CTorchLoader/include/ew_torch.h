@@ -73,14 +73,14 @@ typedef enum ew_torch_precision {
 enum {
     EW_TORCH_DEVICE_AUTO = -1, /* CUDA (device 0) when this libtorch has it and a device is present, else CPU */
     EW_TORCH_DEVICE_CPU = 0,
-    EW_TORCH_DEVICE_CUDA = 1,  /* device_index picks the GPU */
+    EW_TORCH_DEVICE_CUDA = 1, /* device_index picks the GPU */
 };
 
 typedef struct ew_torch_options {
-    int precision;       /* ew_torch_precision */
-    int channels_last;   /* 1: feed NHWC-strided tensors (faster oneDNN convolutions) */
-    int optimize;        /* 0: eval only; 1: torch::jit::freeze; 2: freeze + optimize_for_inference */
-    int64_t channels;    /* expected input, e.g. 3 x 224 x 224 */
+    int precision;     /* ew_torch_precision */
+    int channels_last; /* 1: feed NHWC-strided tensors (faster oneDNN convolutions) */
+    int optimize;      /* 0: eval only; 1: torch::jit::freeze; 2: freeze + optimize_for_inference */
+    int64_t channels;  /* expected input, e.g. 3 x 224 x 224 */
     int64_t height;
     int64_t width;
     int64_t warmup_batch; /* > 0: run this many zero images through twice at load, and check
@@ -88,7 +88,6 @@ typedef struct ew_torch_options {
     int device_type;      /* EW_TORCH_DEVICE_*; 0 (CPU) in a zeroed struct */
     int device_index;     /* with EW_TORCH_DEVICE_CUDA: which GPU (0-based) */
 } ew_torch_options;
-
 
 /* Loads the torch backend now, if no call has yet (see the top of this file). 0, or
    EW_TORCH_E_BACKEND with the reason in err (the same on every later call). */
@@ -129,8 +128,8 @@ int64_t ew_torch_output_dim(const ew_torch_model *model);
 
 /* Runs `n` images of float32 NCHW (input: borrowed, n*c*h*w floats, c/h/w as in the options)
    and writes [n, D] float32 into `out` (caller-allocated, out_capacity floats >= n*D). */
-int ew_torch_forward(ew_torch_model *model, const float *input, int64_t n, int64_t c, int64_t h, int64_t w,
-                     float *out, size_t out_capacity, ew_torch_error *err);
+int ew_torch_forward(ew_torch_model *model, const float *input, int64_t n, int64_t c, int64_t h, int64_t w, float *out,
+                     size_t out_capacity, ew_torch_error *err);
 
 /* Frees the model. Accepts NULL. Cannot fail. */
 void ew_torch_free(ew_torch_model *model);

@@ -18,12 +18,12 @@ extern "C" {
 
 /* Bump when this table or a struct in ew_torch.h changes: a stale backend is then refused
    with a message instead of being called with the wrong layout. */
-#define EW_TORCH_BACKEND_ABI 1
+#define EW_TORCH_BACKEND_ABI   1
 #define EW_TORCH_BACKEND_ENTRY "ew_torch_backend_v1"
 
 typedef struct ew_torch_backend {
-    int abi;              /* EW_TORCH_BACKEND_ABI of the source the backend was built from */
-    size_t options_size;  /* sizeof(ew_torch_options) and sizeof(ew_torch_error) there */
+    int abi;             /* EW_TORCH_BACKEND_ABI of the source the backend was built from */
+    size_t options_size; /* sizeof(ew_torch_options) and sizeof(ew_torch_error) there */
     size_t error_size;
     const char *(*version)(void);
     int (*set_threads)(int intra_op, int inter_op);
@@ -31,8 +31,8 @@ typedef struct ew_torch_backend {
     const char *(*device)(const ew_torch_model *model);
     int (*load)(const char *path, const ew_torch_options *options, ew_torch_model **out, ew_torch_error *err);
     int64_t (*output_dim)(const ew_torch_model *model);
-    int (*forward)(ew_torch_model *model, const float *input, int64_t n, int64_t c, int64_t h, int64_t w,
-                   float *out, size_t out_capacity, ew_torch_error *err);
+    int (*forward)(ew_torch_model *model, const float *input, int64_t n, int64_t c, int64_t h, int64_t w, float *out,
+                   size_t out_capacity, ew_torch_error *err);
     void (*free)(ew_torch_model *model);
 } ew_torch_backend;
 

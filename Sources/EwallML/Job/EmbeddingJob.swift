@@ -38,8 +38,10 @@ public struct EmbeddingJobConfiguration: Sendable {
     /// slow is a cache miss and a count in the summary, never an item's failure.
     public var redis: RedisConfiguration?
 
-    public init(manifestPath: String, fetch: FetchConfiguration = FetchConfiguration(), concurrency: Int = 32,
-                retryFailed: Bool = false, force: Bool = false, lookupChunk: Int = 512, preparedQueue: Int = 64) {
+    public init(
+        manifestPath: String, fetch: FetchConfiguration = FetchConfiguration(), concurrency: Int = 32,
+        retryFailed: Bool = false, force: Bool = false, lookupChunk: Int = 512, preparedQueue: Int = 64
+    ) {
         self.manifestPath = manifestPath
         self.fetch = fetch
         self.concurrency = concurrency
@@ -75,8 +77,10 @@ public final class EmbeddingJob: Sendable {
     private let logger: Logger
     private let stopFlag = StopFlag()
 
-    public init(configuration: EmbeddingJobConfiguration, embedder: ImageEmbedder, store: any EmbeddingStore,
-                logger: Logger = Logger(label: "ewall.job")) {
+    public init(
+        configuration: EmbeddingJobConfiguration, embedder: ImageEmbedder, store: any EmbeddingStore,
+        logger: Logger = Logger(label: "ewall.job")
+    ) {
         self.configuration = configuration
         self.embedder = embedder
         self.store = store
@@ -99,12 +103,15 @@ public final class EmbeddingJob: Sendable {
     /// the summary of what was committed). `onProgress` is called every `progressInterval`
     /// seconds and once at the end; `onFailure` for every bad row and failed item, after its
     /// ledger row is committed.
-    public func run(progressInterval: Double = 5,
-                    onProgress: @escaping @Sendable (JobProgress) -> Void = { _ in },
-                    onFailure: @escaping @Sendable (JobFailure) -> Void = { _ in }) async throws -> JobSummary {
+    public func run(
+        progressInterval: Double = 5,
+        onProgress: @escaping @Sendable (JobProgress) -> Void = { _ in },
+        onFailure: @escaping @Sendable (JobFailure) -> Void = { _ in }
+    ) async throws -> JobSummary {
         let config = configuration
-        let reader = try ManifestReader(path: config.manifestPath, rules: config.inputRules,
-                                        baseDirectory: config.fetch.baseDirectory)
+        let reader = try ManifestReader(
+            path: config.manifestPath, rules: config.inputRules,
+            baseDirectory: config.fetch.baseDirectory)
         let estimated = ManifestReader.estimateRows(path: config.manifestPath)
         let stats = JobStats()
         let clock = JobClock()
@@ -113,7 +120,8 @@ public final class EmbeddingJob: Sendable {
         if let cache { fetch.share(through: cache.client) }
         let pipeline = JobPipeline(
             embedder: embedder, store: store, fetcher: ImageFetcher(configuration: fetch, logger: logger), stats: stats,
-            stopFlag: stopFlag, concurrency: config.concurrency, preparedQueue: config.preparedQueue, reuse: !config.force,
+            stopFlag: stopFlag, concurrency: config.concurrency, preparedQueue: config.preparedQueue,
+            reuse: !config.force,
             cache: cache, logger: logger)
         let ticker = Task {
             while !Task.isCancelled {
@@ -133,15 +141,18 @@ public final class EmbeddingJob: Sendable {
         ticker.cancel()
         onProgress(stats.progress(estimatedRows: estimated, elapsed: clock.elapsed))
         await cache?.client.close()
-        let summary = makeSummary(stats: stats, wall: clock.elapsed, error: systemic.map(Self.systemicFailure),
-                                  hosts: pipeline.fetcher.hostTimings(), cache: cache?.statistics)
+        let summary = makeSummary(
+            stats: stats, wall: clock.elapsed, error: systemic.map(Self.systemicFailure),
+            hosts: pipeline.fetcher.hostTimings(), cache: cache?.statistics)
         if let systemic { throw JobAborted(summary: summary, underlying: systemic) }
         return summary
     }
 
     /// Manifest rows -> store lookups (a chunk of rows at a time) -> work items.
-    private func feed(from reader: ManifestReader, into pipeline: JobPipeline, stats: JobStats,
-                      onFailure: @Sendable (JobFailure) -> Void) async throws {
+    private func feed(
+        from reader: ManifestReader, into pipeline: JobPipeline, stats: JobStats,
+        onFailure: @Sendable (JobFailure) -> Void
+    ) async throws {
         var chunk: [ManifestRow] = []
         func flush() async throws {
             if chunk.isEmpty { return }
@@ -158,13 +169,18 @@ public final class EmbeddingJob: Sendable {
                 if chunk.count >= configuration.lookupChunk { try await flush() }
             case .failure(let p):
                 stats.update { $0.badRows += 1 }
-                onFailure(JobFailure(line: p.line, productID: p.productID, imageURL: p.imageURL, errorClass: FailureClass.badRow,
-                                     stage: "manifest", message: p.message, httpStatus: nil, attempts: 0))
+                onFailure(
+                    JobFailure(
+                        line: p.line, productID: p.productID, imageURL: p.imageURL, errorClass: FailureClass.badRow,
+                        stage: "manifest", message: p.message, httpStatus: nil, attempts: 0))
             }
         }
         if !stopFlag.isSet { try await flush() }
         let dups = reader.duplicates
-        stats.update { $0.duplicates = dups; $0.rows += dups }
+        stats.update {
+            $0.duplicates = dups
+            $0.rows += dups
+        }
     }
 
     /// The rows that need work (products stored, what is done skipped and counted).
@@ -174,7 +190,9 @@ public final class EmbeddingJob: Sendable {
     }
 
     /// One unit, one transaction (waiting for the store if it stops answering).
-    private func commit(_ unit: WriteUnit, stats: JobStats, onFailure: @Sendable (JobFailure) -> Void) async throws -> WriteUnit {
+    private func commit(
+        _ unit: WriteUnit, stats: JobStats, onFailure: @Sendable (JobFailure) -> Void
+    ) async throws -> WriteUnit {
         let store = self.store
         try await withStore("writing a batch", stats: stats) { try await store.write(unit.batch) }
         stats.committed(unit.outcomes.map(\.1))
@@ -194,16 +212,23 @@ public final class EmbeddingJob: Sendable {
         }
     }
 
-    private func makeSummary(stats: JobStats, wall: Double, error: SystemicFailure?, hosts: [HostTiming],
-                             cache: CacheStatistics?) -> JobSummary {
-        JobSummary(stats: stats, source: configuration.manifestPath, store: store.displayName, embedder: embedder, wall: wall,
-                   interrupted: stopFlag.isSet && error == nil, error: error, hosts: hosts, cache: cache)
+    private func makeSummary(
+        stats: JobStats, wall: Double, error: SystemicFailure?, hosts: [HostTiming],
+        cache: CacheStatistics?
+    ) -> JobSummary {
+        JobSummary(
+            stats: stats, source: configuration.manifestPath, store: store.displayName, embedder: embedder, wall: wall,
+            interrupted: stopFlag.isSet && error == nil, error: error, hosts: hosts, cache: cache)
     }
 
-    func withStore<T: Sendable>(_ what: String, stats: JobStats,
-                                _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await StoreWaiter(store: store, limit: configuration.storeWaitLimit, callTimeout: configuration.storeCallTimeout,
-                              logger: logger).call(what, stats: stats, body)
+    func withStore<T: Sendable>(
+        _ what: String, stats: JobStats,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        try await StoreWaiter(
+            store: store, limit: configuration.storeWaitLimit, callTimeout: configuration.storeCallTimeout,
+            logger: logger
+        ).call(what, stats: stats, body)
     }
 }
 

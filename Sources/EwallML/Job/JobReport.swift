@@ -174,22 +174,28 @@ public struct JobSummary: Sendable, Codable {
 
 extension JobSummary {
     /// The summary of a run from its counters.
-    init(stats: JobStats, source: String, store: String, embedder: ImageEmbedder, wall: Double, interrupted: Bool,
-         error: SystemicFailure?, job: String? = nil, worker: String? = nil, hosts: [HostTiming] = [],
-         cache: CacheStatistics? = nil) {
+    init(
+        stats: JobStats, source: String, store: String, embedder: ImageEmbedder, wall: Double, interrupted: Bool,
+        error: SystemicFailure?, job: String? = nil, worker: String? = nil, hosts: [HostTiming] = [],
+        cache: CacheStatistics? = nil
+    ) {
         let (counts, failures, skippedFailures, stages) = stats.snapshot()
         var byClass = failures
         if counts.badRows > 0 { byClass[FailureClass.badRow] = counts.badRows }
-        self.init(manifest: source, store: store, modelID: embedder.modelID,
-                  preprocessing: embedder.preprocessingID, precision: embedder.precision.rawValue,
-                  randomInitModel: embedder.card?.pretrained == false, counts: counts, failuresByClass: byClass,
-                  skippedFailedByClass: skippedFailures, seconds: wall,
-                  imagesPerSecond: Double(counts.embedded) / max(wall, 1e-9), stageSeconds: stages,
-                  modelBusy: min(1, stages.infer / max(wall * Double(embedder.embedder.streams), 1e-9)), interrupted: interrupted, error: error, job: job,
-                  worker: worker, slowestHosts: hosts.prefix(5).map {
-                      HostSummary(host: $0.host, requests: $0.requests, totalSeconds: $0.totalSeconds, maxSeconds: $0.maxSeconds,
-                                  timeouts: $0.timeouts)
-                  }, precisionChoice: embedder.precisionChoice.map { "\($0)" }, cache: cache)
+        self.init(
+            manifest: source, store: store, modelID: embedder.modelID,
+            preprocessing: embedder.preprocessingID, precision: embedder.precision.rawValue,
+            randomInitModel: embedder.card?.pretrained == false, counts: counts, failuresByClass: byClass,
+            skippedFailedByClass: skippedFailures, seconds: wall,
+            imagesPerSecond: Double(counts.embedded) / max(wall, 1e-9), stageSeconds: stages,
+            modelBusy: min(1, stages.infer / max(wall * Double(embedder.embedder.streams), 1e-9)),
+            interrupted: interrupted, error: error, job: job,
+            worker: worker,
+            slowestHosts: hosts.prefix(5).map {
+                HostSummary(
+                    host: $0.host, requests: $0.requests, totalSeconds: $0.totalSeconds, maxSeconds: $0.maxSeconds,
+                    timeouts: $0.timeouts)
+            }, precisionChoice: embedder.precisionChoice.map { "\($0)" }, cache: cache)
         self.device = embedder.device
         self.streams = embedder.embedder.streams
     }
@@ -250,7 +256,9 @@ final class JobStats: @unchecked Sendable {
         for o in outcomes {
             switch o {
             case .embedded: counts.embedded += 1
-            case .reused: counts.embedded += 1; counts.reused += 1
+            case .reused:
+                counts.embedded += 1
+                counts.reused += 1
             case .failed: break
             }
         }
@@ -261,9 +269,12 @@ final class JobStats: @unchecked Sendable {
         let (counts, _, _, _) = snapshot()
         let rate = Double(counts.embedded) / max(t, 1e-9)
         let doneRate = Double(counts.done) / max(t, 1e-9)
-        let eta = estimatedRows.flatMap { est in doneRate > 0 && est > counts.done ? Double(est - counts.done) / doneRate : nil }
-        return JobProgress(counts: counts, estimatedRows: estimatedRows, elapsed: t, imagesPerSecond: rate, eta: eta,
-                           storeProblem: currentStoreWait)
+        let eta = estimatedRows.flatMap { est in
+            doneRate > 0 && est > counts.done ? Double(est - counts.done) / doneRate : nil
+        }
+        return JobProgress(
+            counts: counts, estimatedRows: estimatedRows, elapsed: t, imagesPerSecond: rate, eta: eta,
+            storeProblem: currentStoreWait)
     }
 
     func time(_ stage: WritableKeyPath<StageSeconds, Double>, _ seconds: Double) {

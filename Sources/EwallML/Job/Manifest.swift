@@ -75,7 +75,9 @@ public final class ManifestReader: @unchecked Sendable {
             let head = handle.readData(ofLength: 4096)
             try? handle.seek(toOffset: 0)
             let firstLine = head.prefix(while: { $0 != 10 })
-            if firstLine.first(where: { $0 != 32 && $0 != 9 && $0 != 0xEF && $0 != 0xBB && $0 != 0xBF }) == UInt8(ascii: "{") {
+            if firstLine.first(where: { $0 != 32 && $0 != 9 && $0 != 0xEF && $0 != 0xBB && $0 != 0xBF })
+                == UInt8(ascii: "{")
+            {
                 format = .jsonl
             } else {
                 format = firstLine.contains(9) ? .tsv : .csv
@@ -117,14 +119,17 @@ public final class ManifestReader: @unchecked Sendable {
             columns[n] = i
         }
         for required in ["product_id", "image_url"] where columns[required] == nil {
-            throw ManifestError("the manifest \(path) has no '\(required)' column (header: \(header.fields.joined(separator: ", ")))")
+            throw ManifestError(
+                "the manifest \(path) has no '\(required)' column (header: \(header.fields.joined(separator: ", ")))")
         }
     }
 
     /// The next row or problem; `nil` at the end of the file.
     public func next() -> Result<ManifestRow, ManifestProblem>? {
         while let record = nextRecord() {
-            if record.utf8Problems.isEmpty && record.fields.allSatisfy({ $0.trimmingCharacters(in: .whitespaces).isEmpty }) {
+            if record.utf8Problems.isEmpty
+                && record.fields.allSatisfy({ $0.trimmingCharacters(in: .whitespaces).isEmpty })
+            {
                 continue
             }
             switch parse(record) {
@@ -136,8 +141,12 @@ public final class ManifestReader: @unchecked Sendable {
                         duplicates += 1
                         continue
                     }
-                    return .failure(ManifestProblem(line: record.line, productID: row.product.id, imageURL: row.imageURL,
-                                                    message: "duplicate product_id '\(row.product.id)' with a different image_url (the first row wins)"))
+                    return .failure(
+                        ManifestProblem(
+                            line: record.line, productID: row.product.id, imageURL: row.imageURL,
+                            message:
+                                "duplicate product_id '\(row.product.id)' with a different image_url (the first row wins)"
+                        ))
                 }
                 seen[idHash] = urlHash
                 return .success(row)
@@ -164,18 +173,26 @@ public final class ManifestReader: @unchecked Sendable {
             }
         case .jsonl:
             if let p = record.utf8Problems[0] {
-                return .failure(ManifestProblem(line: record.line, productID: nil, imageURL: nil, message: "the line \(p)"))
+                return .failure(
+                    ManifestProblem(line: record.line, productID: nil, imageURL: nil, message: "the line \(p)"))
             }
-            guard let obj = (try? JSONSerialization.jsonObject(with: Data(record.fields[0].utf8))) as? [String: Any] else {
-                return .failure(ManifestProblem(line: record.line, productID: nil, imageURL: nil,
-                                                message: "not a JSON object"))
+            guard let obj = (try? JSONSerialization.jsonObject(with: Data(record.fields[0].utf8))) as? [String: Any]
+            else {
+                return .failure(
+                    ManifestProblem(
+                        line: record.line, productID: nil, imageURL: nil,
+                        message: "not a JSON object"))
             }
             get = { name in
                 switch obj[name] {
-                case let s as String: let t = s.trimmingCharacters(in: .whitespaces); return t.isEmpty ? nil : t
-                case let n as NSNumber: return n.stringValue  // JSON true/false arrive as 1/0
+                case let s as String:
+                    let t = s.trimmingCharacters(in: .whitespaces)
+                    return t.isEmpty ? nil : t
+                case let n as NSNumber: return n.stringValue // JSON true/false arrive as 1/0
                 case nil, is NSNull: return nil
-                default: bad = "field '\(name)' has an unexpected JSON type"; return nil
+                default:
+                    bad = "field '\(name)' has an unexpected JSON type"
+                    return nil
                 }
             }
         }
@@ -183,8 +200,10 @@ public final class ManifestReader: @unchecked Sendable {
         func problem(_ message: String) -> Result<ManifestRow, ManifestProblem> {
             // An id or URL that breaks a rule is not echoed back as it is: it could hold
             // anything (a NUL, 10 MiB). The failure keeps a printable, bounded form of it.
-            .failure(ManifestProblem(line: record.line, productID: id.map(Self.printable), imageURL: url.map(Self.printable),
-                                     message: message))
+            .failure(
+                ManifestProblem(
+                    line: record.line, productID: id.map(Self.printable), imageURL: url.map(Self.printable),
+                    message: message))
         }
         if let bad { return problem(bad) }
         guard let id else { return problem("missing product_id") }
@@ -203,7 +222,9 @@ public final class ManifestReader: @unchecked Sendable {
             product.inStock = b
         }
         if let v = get("price") {
-            guard let d = Double(v.replacingOccurrences(of: ",", with: "")), d.isFinite else { return problem("price '\(v)' is not a number") }
+            guard let d = Double(v.replacingOccurrences(of: ",", with: "")), d.isFinite else {
+                return problem("price '\(v)' is not a number")
+            }
             product.price = d
         }
         if let bad { return problem(bad) }
@@ -215,7 +236,11 @@ public final class ManifestReader: @unchecked Sendable {
     static func printable(_ s: String) -> String {
         var out = ""
         for scalar in s.unicodeScalars.prefix(200) {
-            if InputRules.controlName(scalar) != nil { out += "\\u{\(String(scalar.value, radix: 16))}" } else { out.unicodeScalars.append(scalar) }
+            if InputRules.controlName(scalar) != nil {
+                out += "\\u{\(String(scalar.value, radix: 16))}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
         }
         return s.unicodeScalars.count > 200 ? out + "..." : out
     }
@@ -240,7 +265,10 @@ public final class ManifestReader: @unchecked Sendable {
         /// `fields` is empty: bytes are never replaced with U+FFFD and then used.
         var utf8Problems: [Int: String] = [:]
 
-        init(line: Int) { self.line = line; self.fields = [] }
+        init(line: Int) {
+            self.line = line
+            self.fields = []
+        }
 
         mutating func append(_ bytes: some Collection<UInt8>) {
             if let p = InputRules.utf8Problem(bytes) {
@@ -324,7 +352,12 @@ public final class ManifestReader: @unchecked Sendable {
             }
             switch b {
             case UInt8(ascii: "\""):
-                if field.isEmpty && !quoted { inQuotes = true; quoted = true } else { field.append(b) }
+                if field.isEmpty && !quoted {
+                    inQuotes = true
+                    quoted = true
+                } else {
+                    field.append(b)
+                }
             case UInt8(ascii: ","):
                 record.append(field)
                 field.removeAll(keepingCapacity: true)

@@ -13,9 +13,12 @@ struct WorkItem: Sendable {
     /// Set when the item fails before any fetch (its URL is refused): it is never fetched.
     var refused: JobFailure?
 
-    func failure(_ errorClass: String, stage: String, _ message: String, httpStatus: Int? = nil, attempts: Int = 0) -> JobFailure {
-        JobFailure(line: row.line, productID: row.product.id, imageURL: row.imageURL, errorClass: errorClass, stage: stage,
-                   message: message, httpStatus: httpStatus, attempts: attempts)
+    func failure(
+        _ errorClass: String, stage: String, _ message: String, httpStatus: Int? = nil, attempts: Int = 0
+    ) -> JobFailure {
+        JobFailure(
+            line: row.line, productID: row.product.id, imageURL: row.imageURL, errorClass: errorClass, stage: stage,
+            message: message, httpStatus: httpStatus, attempts: attempts)
     }
 }
 
@@ -90,8 +93,10 @@ final class JobPipeline: Sendable {
         var unit: WriteUnit
     }
 
-    init(embedder: ImageEmbedder, store: any EmbeddingStore, fetcher: ImageFetcher, stats: JobStats, stopFlag: StopFlag,
-         concurrency: Int, preparedQueue: Int, reuse: Bool, cache: EmbeddingCache?, logger: Logger) {
+    init(
+        embedder: ImageEmbedder, store: any EmbeddingStore, fetcher: ImageFetcher, stats: JobStats, stopFlag: StopFlag,
+        concurrency: Int, preparedQueue: Int, reuse: Bool, cache: EmbeddingCache?, logger: Logger
+    ) {
         self.embedder = embedder
         self.store = store
         self.fetcher = fetcher
@@ -112,7 +117,11 @@ final class JobPipeline: Sendable {
 
     /// Cancels every queue: the stages drain and return.
     func cancelQueues() {
-        fetchQueue.cancel(); fetchedQueue.cancel(); preparedQueue.cancel(); formedQueue.cancel(); writeQueue.cancel()
+        fetchQueue.cancel()
+        fetchedQueue.cancel()
+        preparedQueue.cancel()
+        formedQueue.cancel()
+        writeQueue.cancel()
     }
 
     /// Sends one item into the pipeline (the feed's only way in), waiting for room. Returns
@@ -130,8 +139,10 @@ final class JobPipeline: Sendable {
     /// Runs `feed` (which sends work with ``send(_:)`` and returns when there is no more)
     /// and the stages, committing each unit with `commit`. Returns when everything fed is
     /// committed, or throws the first systemic error (the feed's or the commit's).
-    func run(feed: @escaping @Sendable () async throws -> Void,
-             commit: @escaping @Sendable (WriteUnit) async throws -> WriteUnit) async throws {
+    func run(
+        feed: @escaping @Sendable () async throws -> Void,
+        commit: @escaping @Sendable (WriteUnit) async throws -> WriteUnit
+    ) async throws {
         let fetchStage = Task { await self.fetchStage() }
         let stopWatcher = Task {
             while !Task.isCancelled && !stopFlag.isSet { try? await Task.sleep(for: .milliseconds(100)) }
@@ -174,7 +185,10 @@ final class JobPipeline: Sendable {
             for _ in 0..<max(1, concurrency) {
                 group.addTask {
                     while let item = await self.fetchQueue.next() {
-                        if self.stopFlag.isSet || Task.isCancelled { self.arrived(); continue }
+                        if self.stopFlag.isSet || Task.isCancelled {
+                            self.arrived()
+                            continue
+                        }
                         if let failure = item.refused {
                             await self.fetchedQueue.send(.failed(item, failure))
                             continue
@@ -189,8 +203,12 @@ final class JobPipeline: Sendable {
                             self.arrived()
                             continue
                         case .failure(let e):
-                            await self.fetchedQueue.send(.failed(item, item.failure(
-                                e.code, stage: "fetch", e.message, httpStatus: e.httpStatus, attempts: e.attempts)))
+                            await self.fetchedQueue.send(
+                                .failed(
+                                    item,
+                                    item.failure(
+                                        e.code, stage: "fetch", e.message, httpStatus: e.httpStatus,
+                                        attempts: e.attempts)))
                         }
                     }
                 }
@@ -230,8 +248,11 @@ final class JobPipeline: Sendable {
                 if p.info.decoderWarning?.kind == .harmless { stats.update { $0.decoderWarnings += 1 } }
                 return .ready(item, image, p)
             case .failure(let e):
-                return .failed(item, item.failure(e.code, stage: e.stage.rawValue, e.message, httpStatus: image.httpStatus,
-                                                  attempts: image.attempts))
+                return .failed(
+                    item,
+                    item.failure(
+                        e.code, stage: e.stage.rawValue, e.message, httpStatus: image.httpStatus,
+                        attempts: image.attempts))
             }
         }
     }
@@ -253,7 +274,8 @@ final class JobPipeline: Sendable {
             case .ready(let item, let image, let prepared):
                 formed.ready.append((item, image, prepared))
             case .reused(let item, let image, let known):
-                add(item, image, vector: known.vector, width: known.width, height: known.height, status: .reused,
+                add(
+                    item, image, vector: known.vector, width: known.width, height: known.height, status: .reused,
                     to: &formed.unit)
             case .failed(let item, let failure):
                 fail(item, failure, in: &formed.unit)
@@ -298,18 +320,28 @@ final class JobPipeline: Sendable {
             switch vectors[slot] {
             case .success(let e):
                 let reused = unique[slot] != i
-                add(item, image, vector: e.vector, width: e.image.width, height: e.image.height,
+                add(
+                    item, image, vector: e.vector, width: e.image.width, height: e.image.height,
                     status: reused ? .reused : .embedded, to: &unit)
                 if !reused, cache != nil {
-                    made.append(CachedEmbedding(vector: e.vector, imageSHA256: image.sha256, format: e.image.format,
-                                                width: e.image.width, height: e.image.height))
+                    made.append(
+                        CachedEmbedding(
+                            vector: e.vector, imageSHA256: image.sha256, format: e.image.format,
+                            width: e.image.width, height: e.image.height))
                 }
-                if !reused { reuse?.remember(image.sha256, StoredEmbedding(
-                    productID: item.row.product.id, imageURL: item.row.imageURL, key: key, vector: e.vector,
-                    imageSHA256: image.sha256, width: e.image.width, height: e.image.height)) }
+                if !reused {
+                    reuse?.remember(
+                        image.sha256,
+                        StoredEmbedding(
+                            productID: item.row.product.id, imageURL: item.row.imageURL, key: key, vector: e.vector,
+                            imageSHA256: image.sha256, width: e.image.width, height: e.image.height))
+                }
             case .failure(let f):
-                fail(item, item.failure(f.code, stage: f.stage.rawValue, f.message, httpStatus: image.httpStatus,
-                                        attempts: image.attempts), in: &unit)
+                fail(
+                    item,
+                    item.failure(
+                        f.code, stage: f.stage.rawValue, f.message, httpStatus: image.httpStatus,
+                        attempts: image.attempts), in: &unit)
             }
         }
         // Filled in one round trip per batch (about 0.1 ms on a LAN; a Redis that is down
@@ -317,21 +349,27 @@ final class JobPipeline: Sendable {
         if let cache, !made.isEmpty { await cache.store(made) }
     }
 
-    private func add(_ item: WorkItem, _ image: FetchedImage, vector: [Float], width: Int?, height: Int?,
-                     status: ItemOutcome.Status, to unit: inout WriteUnit) {
-        unit.batch.embeddings.append(StoredEmbedding(
-            productID: item.row.product.id, imageURL: item.row.imageURL, key: key, vector: vector, imageSHA256: image.sha256,
-            width: width, height: height, bytes: image.bytes.count, contentType: image.contentType))
-        unit.batch.ledger.append(LedgerEntry(
-            productID: item.row.product.id, imageURL: item.row.imageURL, key: key, status: .embedded,
-            httpStatus: image.httpStatus, attempts: image.attempts))
+    private func add(
+        _ item: WorkItem, _ image: FetchedImage, vector: [Float], width: Int?, height: Int?,
+        status: ItemOutcome.Status, to unit: inout WriteUnit
+    ) {
+        unit.batch.embeddings.append(
+            StoredEmbedding(
+                productID: item.row.product.id, imageURL: item.row.imageURL, key: key, vector: vector,
+                imageSHA256: image.sha256,
+                width: width, height: height, bytes: image.bytes.count, contentType: image.contentType))
+        unit.batch.ledger.append(
+            LedgerEntry(
+                productID: item.row.product.id, imageURL: item.row.imageURL, key: key, status: .embedded,
+                httpStatus: image.httpStatus, attempts: image.attempts))
         unit.outcomes.append((item, status))
     }
 
     private func fail(_ item: WorkItem, _ f: JobFailure, in unit: inout WriteUnit) {
-        unit.batch.ledger.append(LedgerEntry(
-            productID: item.row.product.id, imageURL: item.row.imageURL, key: key, status: .failed,
-            errorClass: f.errorClass, httpStatus: f.httpStatus, attempts: f.attempts, lastError: f.message))
+        unit.batch.ledger.append(
+            LedgerEntry(
+                productID: item.row.product.id, imageURL: item.row.imageURL, key: key, status: .failed,
+                errorClass: f.errorClass, httpStatus: f.httpStatus, attempts: f.attempts, lastError: f.message))
         unit.failures.append((item, f))
         unit.outcomes.append((item, .failed))
     }
@@ -368,19 +406,27 @@ extension JobPipeline {
     func writeThrough(_ committed: WriteUnit) async {
         guard let cache else { return }
         let current = committed.batch.embeddings.map { e in
-            (productID: e.productID, embedding: CachedEmbedding(vector: e.vector, imageSHA256: e.imageSHA256 ?? "",
-                                                                width: e.width ?? 0, height: e.height ?? 0))
+            (
+                productID: e.productID,
+                embedding: CachedEmbedding(
+                    vector: e.vector, imageSHA256: e.imageSHA256 ?? "",
+                    width: e.width ?? 0, height: e.height ?? 0)
+            )
         }
         await cache.writeProducts(current: current, replaced: committed.failures.map(\.0.row.product.id))
     }
 
     /// Makes the embedding cache a job asks when its configuration names a Redis.
-    static func cache(for configuration: EmbeddingJobConfiguration, key: ModelKey, dimension: Int,
-                      logger: Logger) async -> EmbeddingCache? {
+    static func cache(
+        for configuration: EmbeddingJobConfiguration, key: ModelKey, dimension: Int,
+        logger: Logger
+    ) async -> EmbeddingCache? {
         guard let r = configuration.redis else { return nil }
-        let cache = EmbeddingCache(client: RedisClient(location: r.location, timeout: r.timeout, connections: r.connections,
-                                                       logger: logger),
-                                   key: key, dimension: dimension, ttl: r.cacheTTL)
+        let cache = EmbeddingCache(
+            client: RedisClient(
+                location: r.location, timeout: r.timeout, connections: r.connections,
+                logger: logger),
+            key: key, dimension: dimension, ttl: r.cacheTTL)
         await cache.client.ping() // a refused password or a Redis that is down: one warning now
         return cache
     }
@@ -406,8 +452,9 @@ final class VectorReuse: Sendable {
     func lookup(_ sha: String) async -> StoredEmbedding? {
         if let hit = recent.withLock({ $0.get(sha) }) { return hit }
         if let cache, let hit = await cache.lookup(sha256: sha) {
-            let found = StoredEmbedding(productID: "", imageURL: "", key: key, vector: hit.vector, imageSHA256: sha,
-                                        width: hit.width, height: hit.height)
+            let found = StoredEmbedding(
+                productID: "", imageURL: "", key: key, vector: hit.vector, imageSHA256: sha,
+                width: hit.width, height: hit.height)
             remember(sha, found)
             return found
         }
@@ -415,8 +462,11 @@ final class VectorReuse: Sendable {
         guard let found = try? await store.embedding(imageSHA256: sha, key: key) else { return nil }
         remember(sha, found)
         if let cache {
-            await cache.store([CachedEmbedding(vector: found.vector, imageSHA256: sha, width: found.width ?? 0,
-                                               height: found.height ?? 0)])
+            await cache.store([
+                CachedEmbedding(
+                    vector: found.vector, imageSHA256: sha, width: found.width ?? 0,
+                    height: found.height ?? 0)
+            ])
         }
         return found
     }

@@ -48,58 +48,76 @@ public enum JobSubmission {
     /// work, and stores that as job `name` for workers to claim. Refuses while a run of the
     /// same name is running; refuses a manifest that changes while it is read (nothing is
     /// stored then). Bad rows are reported through `onFailure` and counted.
-    public static func submit(name: String, job: EmbeddingJobConfiguration, shared: SharedJobConfiguration,
-                              key: ModelKey, queue: PostgresJobQueue, submittedBy: String,
-                              onFailure: @escaping @Sendable (JobFailure) -> Void = { _ in },
-                              logger: Logger = Logger(label: "ewall.job")) async throws -> Result {
+    public static func submit(
+        name: String, job: EmbeddingJobConfiguration, shared: SharedJobConfiguration,
+        key: ModelKey, queue: PostgresJobQueue, submittedBy: String,
+        onFailure: @escaping @Sendable (JobFailure) -> Void = { _ in },
+        logger: Logger = Logger(label: "ewall.job")
+    ) async throws -> Result {
         let path = job.manifestPath
         let before = try sha256(of: path)
         let reader = try ManifestReader(path: path, rules: job.inputRules, baseDirectory: job.fetch.baseDirectory)
         let stats = JobStats()
         // The skip rules of a rerun, against the same store.
         let rules = EmbeddingJobRules(configuration: job, store: queue.store, key: key, logger: logger)
-        let spec = JobSpec(name: name, manifest: URL(fileURLWithPath: path).standardizedFileURL.path, manifestSHA256: before,
-                           key: key, chunkSize: shared.chunkSize, submittedBy: submittedBy)
-        let runID = try await queue.submit(spec, counts: {
-            let (c, _, _, _) = stats.snapshot()
-            var s = SubmitCounts()
-            s.rows = c.rows; s.skipped = c.skipped; s.skippedFailed = c.skippedFailed; s.badRows = c.badRows
-            s.duplicates = c.duplicates
-            return s
-        }, items: {
-            var rows: [ManifestRow] = []
-            while rows.count < job.lookupChunk, let next = reader.next() {
-                stats.update { $0.rows += 1 }
-                switch next {
-                case .success(let row): rows.append(row)
-                case .failure(let p):
-                    stats.update { $0.badRows += 1 }
-                    onFailure(JobFailure(line: p.line, productID: p.productID, imageURL: p.imageURL,
-                                         errorClass: FailureClass.badRow, stage: "manifest", message: p.message,
-                                         httpStatus: nil, attempts: 0))
+        let spec = JobSpec(
+            name: name, manifest: URL(fileURLWithPath: path).standardizedFileURL.path, manifestSHA256: before,
+            key: key, chunkSize: shared.chunkSize, submittedBy: submittedBy)
+        let runID = try await queue.submit(
+            spec,
+            counts: {
+                let (c, _, _, _) = stats.snapshot()
+                var s = SubmitCounts()
+                s.rows = c.rows
+                s.skipped = c.skipped
+                s.skippedFailed = c.skippedFailed
+                s.badRows = c.badRows
+                s.duplicates = c.duplicates
+                return s
+            },
+            items: {
+                var rows: [ManifestRow] = []
+                while rows.count < job.lookupChunk, let next = reader.next() {
+                    stats.update { $0.rows += 1 }
+                    switch next {
+                    case .success(let row): rows.append(row)
+                    case .failure(let p):
+                        stats.update { $0.badRows += 1 }
+                        onFailure(
+                            JobFailure(
+                                line: p.line, productID: p.productID, imageURL: p.imageURL,
+                                errorClass: FailureClass.badRow, stage: "manifest", message: p.message,
+                                httpStatus: nil, attempts: 0))
+                    }
                 }
-            }
-            if rows.isEmpty {
-                let dups = reader.duplicates
-                stats.update { $0.duplicates = dups; $0.rows += dups }
-                // The manifest must be the one hashed: a file rewritten under us is refused whole.
-                guard try sha256(of: path) == before else {
-                    throw ManifestError("the manifest \(path) changed while it was being submitted; nothing was stored: "
-                                        + "submit again once it is written")
+                if rows.isEmpty {
+                    let dups = reader.duplicates
+                    stats.update {
+                        $0.duplicates = dups
+                        $0.rows += dups
+                    }
+                    // The manifest must be the one hashed: a file rewritten under us is refused whole.
+                    guard try sha256(of: path) == before else {
+                        throw ManifestError(
+                            "the manifest \(path) changed while it was being submitted; nothing was stored: "
+                                + "submit again once it is written")
+                    }
+                    return []
                 }
-                return []
-            }
-            return try await rules.needingWork(rows, stats: stats)
-                .map { QueuedItem(productID: $0.product.id, imageURL: $0.imageURL, line: $0.line) }
-        })
+                return try await rules.needingWork(rows, stats: stats)
+                    .map { QueuedItem(productID: $0.product.id, imageURL: $0.imageURL, line: $0.line) }
+            })
         let status = try await queue.status(job: name)
-        return Result(job: name, runID: runID, manifest: spec.manifest, manifestSHA256: before, modelID: key.modelID,
-                      preprocessing: key.preprocessing, counts: status.submitted, chunks: status.chunks)
+        return Result(
+            job: name, runID: runID, manifest: spec.manifest, manifestSHA256: before, modelID: key.modelID,
+            preprocessing: key.preprocessing, counts: status.submitted, chunks: status.chunks)
     }
 
     /// SHA-256 of a file, hex, read in 4 MiB pieces.
     static func sha256(of path: String) throws -> String {
-        guard let h = FileHandle(forReadingAtPath: path) else { throw ManifestError("cannot open the manifest \(path)") }
+        guard let h = FileHandle(forReadingAtPath: path) else {
+            throw ManifestError("cannot open the manifest \(path)")
+        }
         defer { try? h.close() }
         var hasher = SHA256()
         while true {
@@ -121,11 +139,18 @@ struct EmbeddingJobRules: Sendable {
 
     func needingWork(_ rows: [ManifestRow], stats: JobStats) async throws -> [ManifestRow] {
         let store = self.store, products = rows.map(\.product), ids = rows.map(\.product.id), key = self.key
-        let waiter = StoreWaiter(store: store, limit: configuration.storeWaitLimit, callTimeout: configuration.storeCallTimeout,
-                                 logger: logger)
-        try await waiter.call("storing products", stats: stats) { try await store.upsertProducts(products, source: .manifest) }
-        let states = configuration.force
-            ? [:] : try await waiter.call("reading what is done", stats: stats) { try await store.states(productIDs: ids, key: key) }
+        let waiter = StoreWaiter(
+            store: store, limit: configuration.storeWaitLimit, callTimeout: configuration.storeCallTimeout,
+            logger: logger)
+        try await waiter.call("storing products", stats: stats) {
+            try await store.upsertProducts(products, source: .manifest)
+        }
+        let states =
+            configuration.force
+            ? [:]
+            : try await waiter.call("reading what is done", stats: stats) {
+                try await store.states(productIDs: ids, key: key)
+            }
         return rows.filter { row in
             guard let state = states[row.product.id] else { return true }
             if state.embeddedURL == row.imageURL {
@@ -160,9 +185,11 @@ public final class JobWorker: Sendable {
     private let logger: Logger
     private let stopFlag = StopFlag()
 
-    public init(job: String, name: String, queue: PostgresJobQueue, embedder: ImageEmbedder,
-                configuration: EmbeddingJobConfiguration, shared: SharedJobConfiguration = SharedJobConfiguration(),
-                logger: Logger = Logger(label: "ewall.worker")) {
+    public init(
+        job: String, name: String, queue: PostgresJobQueue, embedder: ImageEmbedder,
+        configuration: EmbeddingJobConfiguration, shared: SharedJobConfiguration = SharedJobConfiguration(),
+        logger: Logger = Logger(label: "ewall.worker")
+    ) {
         self.job = job
         self.name = name
         self.queue = queue
@@ -184,15 +211,18 @@ public final class JobWorker: Sendable {
 
     /// Works until the job has nothing left (or is cancelled, or ``stop()``). Refuses, before
     /// claiming anything, a job that does not exist or was submitted for another model key.
-    public func run(progressInterval: Double = 5,
-                    onProgress: @escaping @Sendable (JobProgress) -> Void = { _ in },
-                    onFailure: @escaping @Sendable (JobFailure) -> Void = { _ in }) async throws -> JobSummary {
+    public func run(
+        progressInterval: Double = 5,
+        onProgress: @escaping @Sendable (JobProgress) -> Void = { _ in },
+        onFailure: @escaping @Sendable (JobFailure) -> Void = { _ in }
+    ) async throws -> JobSummary {
         try await queue.join(job: job, worker: name, key: key)
         let stats = JobStats()
         let clock = JobClock()
         let leases = LeaseBook()
-        let waiter = StoreWaiter(store: queue.store, limit: configuration.storeWaitLimit,
-                                 callTimeout: configuration.storeCallTimeout, logger: logger)
+        let waiter = StoreWaiter(
+            store: queue.store, limit: configuration.storeWaitLimit,
+            callTimeout: configuration.storeCallTimeout, logger: logger)
         var fetch = configuration.fetch
         fetch.baseDirectory = fetch.baseDirectory ?? "/"
         let cache = await JobPipeline.cache(for: configuration, key: key, dimension: embedder.dimension, logger: logger)
@@ -201,7 +231,8 @@ public final class JobWorker: Sendable {
         if let cache { fetch.share(through: cache.client) }
         fetch.sharedPauses = fetch.sharedPauses ?? SharedHostPauses(StoreHostPauses(queue: queue, worker: name))
         let pipeline = JobPipeline(
-            embedder: embedder, store: queue.store, fetcher: ImageFetcher(configuration: fetch, logger: logger), stats: stats,
+            embedder: embedder, store: queue.store, fetcher: ImageFetcher(configuration: fetch, logger: logger),
+            stats: stats,
             stopFlag: stopFlag, concurrency: configuration.concurrency, preparedQueue: configuration.preparedQueue,
             reuse: !configuration.force, cache: cache, logger: logger)
         let mirror = cache.map { BatchMirror(client: $0.client, job: job, owner: name) }
@@ -218,7 +249,9 @@ public final class JobWorker: Sendable {
         do {
             try await pipeline.run(
                 feed: { try await self.feed(pipeline, leases: leases, waiter: waiter, stats: stats) },
-                commit: { unit in try await self.commit(unit, leases: leases, waiter: waiter, stats: stats, onFailure: onFailure) })
+                commit: { unit in
+                    try await self.commit(unit, leases: leases, waiter: waiter, stats: stats, onFailure: onFailure)
+                })
         } catch {
             systemic = error
         }
@@ -232,10 +265,11 @@ public final class JobWorker: Sendable {
         }
         await cache?.client.close()
         onProgress(stats.progress(estimatedRows: nil, elapsed: clock.elapsed))
-        let summary = JobSummary(stats: stats, source: "job \(job)", store: queue.store.displayName, embedder: embedder,
-                                 wall: clock.elapsed, interrupted: stopFlag.isSet && systemic == nil && !leases.cancelled,
-                                 error: systemic.map(EmbeddingJob.systemicFailure), job: job, worker: name,
-                                 hosts: pipeline.fetcher.hostTimings(), cache: cache?.statistics)
+        let summary = JobSummary(
+            stats: stats, source: "job \(job)", store: queue.store.displayName, embedder: embedder,
+            wall: clock.elapsed, interrupted: stopFlag.isSet && systemic == nil && !leases.cancelled,
+            error: systemic.map(EmbeddingJob.systemicFailure), job: job, worker: name,
+            hosts: pipeline.fetcher.hostTimings(), cache: cache?.statistics)
         if let systemic { throw JobAborted(summary: summary, underlying: systemic) }
         return summary
     }
@@ -264,12 +298,16 @@ public final class JobWorker: Sendable {
                     var work: WorkItem
                     switch ImageLocation.parse(item.imageURL, baseDirectory: base, rules: configuration.inputRules) {
                     case .success(let location):
-                        work = WorkItem(row: ManifestRow(line: item.line, product: Product(id: item.productID),
-                                                         imageURL: item.imageURL, location: location), lease: lease)
+                        work = WorkItem(
+                            row: ManifestRow(
+                                line: item.line, product: Product(id: item.productID),
+                                imageURL: item.imageURL, location: location), lease: lease)
                     case .failure(let e):
                         // Checked at submit; a URL this worker's rules refuse fails as invalid_url, unfetched.
-                        work = WorkItem(row: ManifestRow(line: item.line, product: Product(id: item.productID),
-                                                         imageURL: item.imageURL, location: .file("")), lease: lease)
+                        work = WorkItem(
+                            row: ManifestRow(
+                                line: item.line, product: Product(id: item.productID),
+                                imageURL: item.imageURL, location: .file("")), lease: lease)
                         work.refused = work.failure(e.code, stage: "fetch", e.message)
                     }
                     if !(await pipeline.send(work)) { return }
@@ -287,14 +325,17 @@ public final class JobWorker: Sendable {
 
     /// Commits a unit under its leases. Items of chunks taken over by another worker are not
     /// written (that worker does them) and are counted as `refused`.
-    private func commit(_ unit: WriteUnit, leases: LeaseBook, waiter: StoreWaiter, stats: JobStats,
-                        onFailure: @Sendable (JobFailure) -> Void) async throws -> WriteUnit {
+    private func commit(
+        _ unit: WriteUnit, leases: LeaseBook, waiter: StoreWaiter, stats: JobStats,
+        onFailure: @Sendable (JobFailure) -> Void
+    ) async throws -> WriteUnit {
         var failureClass: [String: String] = [:]
         for (item, f) in unit.failures { failureClass[item.row.product.id] = f.errorClass }
         let outcomes = unit.outcomes.compactMap { item, status -> ItemOutcome? in
             guard let lease = item.lease else { return nil }
-            return ItemOutcome(lease: lease, productID: item.row.product.id, status: status,
-                               errorClass: failureClass[item.row.product.id])
+            return ItemOutcome(
+                lease: lease, productID: item.row.product.id, status: status,
+                errorClass: failureClass[item.row.product.id])
         }
         let (job, worker, lease, queue, batch) = (self.job, self.name, shared.lease, self.queue, unit.batch)
         let result = try await waiter.call("committing a batch", stats: stats) {
@@ -305,7 +346,9 @@ public final class JobWorker: Sendable {
         let refused = unit.outcomes.count - mine.count
         if refused > 0 {
             stats.update { $0.refused += refused }
-            logger.warning("job \(job) worker \(worker): \(refused) items not committed: the lease on chunk(s) \(result.refused.sorted()) was taken over by another worker")
+            logger.warning(
+                "job \(job) worker \(worker): \(refused) items not committed: the lease on chunk(s) \(result.refused.sorted()) was taken over by another worker"
+            )
             for c in result.refused { leases.markLost(c) }
         }
         for (item, f) in unit.failures where item.lease.map({ result.committed.contains($0.chunk) }) ?? false {
@@ -345,8 +388,11 @@ public final class JobWorker: Sendable {
         while !Task.isCancelled {
             try? await Task.sleep(for: shared.heartbeat)
             if Task.isCancelled { return }
-            guard let (lost, cancelled) = try? await queue.heartbeat(job: job, worker: name, leases: leases.all,
-                                                                    lease: shared.lease) else { continue }
+            guard
+                let (lost, cancelled) = try? await queue.heartbeat(
+                    job: job, worker: name, leases: leases.all,
+                    lease: shared.lease)
+            else { continue }
             for c in lost { leases.markLost(c) }
             if cancelled {
                 leases.cancelled = true
@@ -396,7 +442,9 @@ final class LeaseBook: @unchecked Sendable {
         }
     }
 
-    func isLost(_ lease: ChunkLease) -> Bool { lock.withLock { lost.contains(lease.chunk) && outstanding[lease] == nil } }
+    func isLost(_ lease: ChunkLease) -> Bool {
+        lock.withLock { lost.contains(lease.chunk) && outstanding[lease] == nil }
+    }
 }
 
 /// Host pauses shared through the job's PostgreSQL store (table `ewall_host_pauses`, expiry by

@@ -18,8 +18,10 @@ struct StoreWaiter: Sendable {
     /// `limit`, with the reason (asked of the store
     /// itself) on the progress line. Store calls are idempotent upserts, so a call that timed
     /// out after committing is harmless to repeat. Other store errors are thrown at once.
-    func call<T: Sendable>(_ what: String, stats: JobStats,
-                           _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    func call<T: Sendable>(
+        _ what: String, stats: JobStats,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
         let limit = self.limit.inSeconds
         // A call that takes longer than the whole wait is no answer either (never under 5 s).
         let timeout = min(callTimeout, max(.seconds(5), self.limit))
@@ -45,8 +47,10 @@ struct StoreWaiter: Sendable {
                 let reason = diagnosis.flatMap { $0 } ?? e.message
                 if waited >= limit || Task.isCancelled {
                     stats.setStoreWait(nil)
-                    throw StoreError(e.code, "the store \(store.displayName) did not answer for \(Int(waited.rounded())) s "
-                                     + "(limit \(Int(limit)) s) while \(what): \(reason)", detail: e.debugDescription)
+                    throw StoreError(
+                        e.code,
+                        "the store \(store.displayName) did not answer for \(Int(waited.rounded())) s "
+                            + "(limit \(Int(limit)) s) while \(what): \(reason)", detail: e.debugDescription)
                 }
                 stats.setStoreWait(StoreWait(reason: reason, waited: waited, limit: limit))
                 try await Task.sleep(for: .milliseconds(Int(min(delay, 5, max(0.05, limit - waited)) * 1000)))
@@ -58,8 +62,11 @@ struct StoreWaiter: Sendable {
     /// `body`, or a transient ``StoreError`` when it takes longer than `limit` (the call is
     /// abandoned then, ``withDeadline(_:timedOut:_:)``: store calls are idempotent, so a late
     /// completion is harmless).
-    static func deadline<T: Sendable>(_ limit: Duration, store: String,
-                                      _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await withDeadline(limit, timedOut: { StoreError(.unavailable, "\(store) gave no answer within \(limit)") }, body)
+    static func deadline<T: Sendable>(
+        _ limit: Duration, store: String,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        try await withDeadline(
+            limit, timedOut: { StoreError(.unavailable, "\(store) gave no answer within \(limit)") }, body)
     }
 }

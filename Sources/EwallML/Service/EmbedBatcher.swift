@@ -82,43 +82,44 @@ final class EmbedBatcher: @unchecked Sendable {
             return nextID
         }
         let result = await withTaskCancellationHandler {
-          await withCheckedContinuation { (done: CheckedContinuation<Result<[Float], InferenceError>, Never>) in
-            lock.lock()
-            if Task.isCancelled {
-                lock.unlock()
-                done.resume(returning: .failure(InferenceError(.forwardFailed, "cancelled before its batch ran")))
-                return
-            }
-            guard accepting else {
-                lock.unlock()
-                refusal = EwallError(.unavailable, "shutting_down", "the service is shutting down")
-                done.resume(returning: .failure(InferenceError(.forwardFailed, "refused")))
-                return
-            }
-            guard queue.count < options.maxQueue else {
-                statistics.refused += 1
-                let batchesAhead = Double(queue.count / max(1, options.maxBatch) + 1)
-                let after = Duration.milliseconds(Int((batchesAhead * lastBatchSeconds * 1000).rounded(.up)))
+            await withCheckedContinuation { (done: CheckedContinuation<Result<[Float], InferenceError>, Never>) in
+                lock.lock()
+                if Task.isCancelled {
+                    lock.unlock()
+                    done.resume(returning: .failure(InferenceError(.forwardFailed, "cancelled before its batch ran")))
+                    return
+                }
+                guard accepting else {
+                    lock.unlock()
+                    refusal = EwallError(.unavailable, "shutting_down", "the service is shutting down")
+                    done.resume(returning: .failure(InferenceError(.forwardFailed, "refused")))
+                    return
+                }
+                guard queue.count < options.maxQueue else {
+                    statistics.refused += 1
+                    let batchesAhead = Double(queue.count / max(1, options.maxBatch) + 1)
+                    let after = Duration.milliseconds(Int((batchesAhead * lastBatchSeconds * 1000).rounded(.up)))
+                    let depth = queue.count
+                    lock.unlock()
+                    refusals.increment()
+                    refusal = EwallError(
+                        .overloaded, "overloaded",
+                        "\(depth) images are waiting for the model (limit \(options.maxQueue)); retry later",
+                        retryAfter: max(.seconds(1), after))
+                    done.resume(returning: .failure(InferenceError(.forwardFailed, "refused")))
+                    return
+                }
+                queue.append(Pending(id: id, tensor: tensor, enqueued: .now, done: done))
                 let depth = queue.count
+                var runner: CheckedContinuation<Void, Never>?
+                if let w = wake, !wakeWhenFull || depth >= options.maxBatch {
+                    runner = w
+                    wake = nil
+                }
                 lock.unlock()
-                refusals.increment()
-                refusal = EwallError(.overloaded, "overloaded",
-                                     "\(depth) images are waiting for the model (limit \(options.maxQueue)); retry later",
-                                     retryAfter: max(.seconds(1), after))
-                done.resume(returning: .failure(InferenceError(.forwardFailed, "refused")))
-                return
+                queueDepth.record(depth)
+                runner?.resume()
             }
-            queue.append(Pending(id: id, tensor: tensor, enqueued: .now, done: done))
-            let depth = queue.count
-            var runner: CheckedContinuation<Void, Never>?
-            if let w = wake, !wakeWhenFull || depth >= options.maxBatch {
-                runner = w
-                wake = nil
-            }
-            lock.unlock()
-            queueDepth.record(depth)
-            runner?.resume()
-          }
         } onCancel: {
             self.cancel(id)
         }

@@ -95,9 +95,11 @@ public struct EwallConfiguration: Sendable {
         /// over, at least 1, as for the batch job).
         public var decodeThreads: Int?
 
-        public init(maxImageBytes: Int = 10 << 20, maxImagePixels: Int = 40_000_000, maxBatchSize: Int = 32,
-                    maxBatchWait: Duration = .milliseconds(5), maxQueuedImages: Int = 256,
-                    fetchTimeout: Duration = .seconds(10), decodeThreads: Int? = nil) {
+        public init(
+            maxImageBytes: Int = 10 << 20, maxImagePixels: Int = 40_000_000, maxBatchSize: Int = 32,
+            maxBatchWait: Duration = .milliseconds(5), maxQueuedImages: Int = 256,
+            fetchTimeout: Duration = .seconds(10), decodeThreads: Int? = nil
+        ) {
             self.maxImageBytes = maxImageBytes
             self.maxImagePixels = maxImagePixels
             self.maxBatchSize = maxBatchSize
@@ -108,11 +110,13 @@ public struct EwallConfiguration: Sendable {
         }
     }
 
-    public init(modelPath: String, storeURL: String = StoreLocation.defaultURL, indexPath: String = IndexFolder.defaultPath,
-                rulesPath: String? = "data/category_rules.json", classifier: ClassifierConfiguration = .init(),
-                preprocessing: PreprocessingMode = .squash224, precision: Precision = .fp32, threads: Int = 2,
-                limits: Limits = Limits(), urlPolicy: AddressPolicy? = AddressPolicy(),
-                indexWatchInterval: Duration? = .seconds(2), inputRules: InputRules = InputRules()) {
+    public init(
+        modelPath: String, storeURL: String = StoreLocation.defaultURL, indexPath: String = IndexFolder.defaultPath,
+        rulesPath: String? = "data/category_rules.json", classifier: ClassifierConfiguration = .init(),
+        preprocessing: PreprocessingMode = .squash224, precision: Precision = .fp32, threads: Int = 2,
+        limits: Limits = Limits(), urlPolicy: AddressPolicy? = AddressPolicy(),
+        indexWatchInterval: Duration? = .seconds(2), inputRules: InputRules = InputRules()
+    ) {
         self.modelPath = modelPath
         self.storeURL = storeURL
         self.indexPath = indexPath
@@ -130,8 +134,9 @@ public struct EwallConfiguration: Sendable {
     /// The embedder's configuration this implies.
     var embedder: EmbedderConfiguration {
         EmbedderConfiguration(
-            model: ModelOptions(path: modelPath, precision: precision, threads: threads, batchSize: limits.maxBatchSize,
-                                precisionCachePath: precisionCachePath, device: device, streams: streams),
+            model: ModelOptions(
+                path: modelPath, precision: precision, threads: threads, batchSize: limits.maxBatchSize,
+                precisionCachePath: precisionCachePath, device: device, streams: streams),
             preprocessing: preprocessing,
             limits: ImageLimits(maxPixels: limits.maxImagePixels, maxBytes: limits.maxImageBytes),
             decodeThreads: limits.decodeThreads)
@@ -139,12 +144,13 @@ public struct EwallConfiguration: Sendable {
 
     /// The fetcher's configuration this implies: callers' URLs, so no files, few retries.
     var fetch: FetchConfiguration {
-        FetchConfiguration(perHostLimit: 16, connectTimeout: min(.seconds(5), limits.fetchTimeout),
-                           requestTimeout: limits.fetchTimeout, maxAttempts: 2, backoffBase: .milliseconds(100),
-                           backoffMax: .milliseconds(500), maxRetryAfter: .seconds(1), maxBytes: limits.maxImageBytes,
-                           maxRedirects: 5, userAgent: FetchConfiguration.defaultUserAgent, allowFiles: false,
-                           addressPolicy: urlPolicy,
-                           // One request's image, retry included, within one fetch timeout: a caller waits no longer.
-                           itemDeadline: limits.fetchTimeout)
+        FetchConfiguration(
+            perHostLimit: 16, connectTimeout: min(.seconds(5), limits.fetchTimeout),
+            requestTimeout: limits.fetchTimeout, maxAttempts: 2, backoffBase: .milliseconds(100),
+            backoffMax: .milliseconds(500), maxRetryAfter: .seconds(1), maxBytes: limits.maxImageBytes,
+            maxRedirects: 5, userAgent: FetchConfiguration.defaultUserAgent, allowFiles: false,
+            addressPolicy: urlPolicy,
+            // One request's image, retry included, within one fetch timeout: a caller waits no longer.
+            itemDeadline: limits.fetchTimeout)
     }
 }

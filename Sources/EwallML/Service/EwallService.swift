@@ -102,7 +102,9 @@ public final class EwallService: Service, Sendable {
     public let pretrained: Bool
     /// The warning to show wherever a user sees model output, or `nil` for a pretrained model.
     public var modelWarning: String? {
-        pretrained ? nil : "vectors from the random-init model \(modelID) carry no meaning (test model; export pretrained weights)"
+        pretrained
+            ? nil
+            : "vectors from the random-init model \(modelID) carry no meaning (test model; export pretrained weights)"
     }
 
     let embedder: ImageEmbedder
@@ -149,12 +151,15 @@ public final class EwallService: Service, Sendable {
     ///
     /// - Parameter metrics: where the service's metrics go (batch sizes, queue depth, index size
     ///   and age, reloads); the process-wide `MetricsSystem` by default.
-    public init(configuration: EwallConfiguration, logger: Logger = Logger(label: "ewall"),
-                metrics: any MetricsFactory = MetricsSystem.factory) async throws(EwallError) {
+    public init(
+        configuration: EwallConfiguration, logger: Logger = Logger(label: "ewall"),
+        metrics: any MetricsFactory = MetricsSystem.factory
+    ) async throws(EwallError) {
         self.configuration = configuration
         self.logger = logger
         let limits = configuration.limits
-        guard limits.maxBatchSize >= 1, limits.maxQueuedImages >= 1, limits.maxImageBytes > 0, limits.maxImagePixels > 0 else {
+        guard limits.maxBatchSize >= 1, limits.maxQueuedImages >= 1, limits.maxImageBytes > 0, limits.maxImagePixels > 0
+        else {
             throw EwallError.invalid("limits must be positive: \(limits)")
         }
         do {
@@ -177,20 +182,26 @@ public final class EwallService: Service, Sendable {
         } catch {
             throw EwallError(.unavailable, "store_unavailable", "\(configuration.storeURL): \(error)")
         }
-        batcher = EmbedBatcher(embedder: embedder.embedder,
-                               options: .init(maxBatch: limits.maxBatchSize, maxWait: limits.maxBatchWait,
-                                              maxQueue: limits.maxQueuedImages),
-                               metrics: metrics)
+        batcher = EmbedBatcher(
+            embedder: embedder.embedder,
+            options: .init(
+                maxBatch: limits.maxBatchSize, maxWait: limits.maxBatchWait,
+                maxQueue: limits.maxQueuedImages),
+            metrics: metrics)
         fetcher = ImageFetcher(configuration: configuration.fetch, logger: logger)
         let (key, dimension) = (modelKey, embedder.dimension)
         cache = configuration.redis.map { r in
-            EmbeddingCache(client: RedisClient(location: r.location, timeout: r.timeout, connections: r.connections, logger: logger),
-                           key: key, dimension: dimension, ttl: r.cacheTTL, metrics: metrics)
+            EmbeddingCache(
+                client: RedisClient(
+                    location: r.location, timeout: r.timeout, connections: r.connections, logger: logger),
+                key: key, dimension: dimension, ttl: r.cacheTTL, metrics: metrics)
         }
         indexVectors = Recorder(label: "ewall_index_vectors", dimensions: [], aggregate: false, factory: metrics)
         indexAge = Recorder(label: "ewall_index_age_seconds", dimensions: [], aggregate: false, factory: metrics)
-        nearestUsed = Recorder(label: "ewall_similar_nearest_lists_used", dimensions: [], aggregate: false, factory: metrics)
-        nearestDeclined = Recorder(label: "ewall_similar_nearest_lists_declined", dimensions: [], aggregate: false, factory: metrics)
+        nearestUsed = Recorder(
+            label: "ewall_similar_nearest_lists_used", dimensions: [], aggregate: false, factory: metrics)
+        nearestDeclined = Recorder(
+            label: "ewall_similar_nearest_lists_declined", dimensions: [], aggregate: false, factory: metrics)
         reloads = Counter(label: "ewall_index_reloads_total", dimensions: [], factory: metrics)
         reloadFailures = Counter(label: "ewall_index_reload_failures_total", dimensions: [], factory: metrics)
         let searchThreads = max(1, configuration.searchThreads)
@@ -198,7 +209,8 @@ public final class EwallService: Service, Sendable {
         coalescer = SimilarCoalescer(maxBatch: 64, lanes: searchThreads, metrics: metrics)
         let classifier: CategoryClassifier
         do {
-            classifier = try await Self.openClassifier(store: store, key: modelKey, rules: rules, configuration: configuration)
+            classifier = try await Self.openClassifier(
+                store: store, key: modelKey, rules: rules, configuration: configuration)
         } catch {
             try? await fetcher.shutdown()
             await store.close()
@@ -207,11 +219,14 @@ public final class EwallService: Service, Sendable {
         if let cache { await cache.client.ping() }
         let batcher = self.batcher
         runner = Task { await batcher.run() }
-        state = Locked(State(snapshot: Snapshot(search: nil, classifier: classifier, loadedAt: nil, problem: "not loaded yet")))
+        state = Locked(
+            State(snapshot: Snapshot(search: nil, classifier: classifier, loadedAt: nil, problem: "not loaded yet")))
         do {
             _ = try await reloadIndex()
         } catch {
-            logger.warning("no index loaded from \(configuration.indexPath): \(error.message); similar products answer index_unavailable until one is")
+            logger.warning(
+                "no index loaded from \(configuration.indexPath): \(error.message); similar products answer index_unavailable until one is"
+            )
         }
         if let interval = configuration.indexWatchInterval {
             let watcher = Task { [weak self] in
@@ -240,8 +255,9 @@ public final class EwallService: Service, Sendable {
         let (bytes, fetchedSHA) = try await self.bytes(of: image)
         let sha = cache == nil ? "" : fetchedSHA ?? ImageFetcher.sha256(bytes)
         if let cache, let hit = await cache.lookup(sha256: sha) {
-            return ImageEmbedding(vector: hit.vector, modelID: modelID, preprocessing: modelKey.preprocessing,
-                                  format: hit.format, width: hit.width, height: hit.height)
+            return ImageEmbedding(
+                vector: hit.vector, modelID: modelID, preprocessing: modelKey.preprocessing,
+                format: hit.format, width: hit.width, height: hit.height)
         }
         let prepared: PreparedImage
         switch await embedder.prepare(bytes) {
@@ -252,11 +268,13 @@ public final class EwallService: Service, Sendable {
         case .success(let vector):
             let info = prepared.info
             if let cache {
-                let entry = CachedEmbedding(vector: vector, imageSHA256: sha, format: info.format, width: info.width, height: info.height)
+                let entry = CachedEmbedding(
+                    vector: vector, imageSHA256: sha, format: info.format, width: info.width, height: info.height)
                 Task { await cache.store([entry]) }
             }
-            return ImageEmbedding(vector: vector, modelID: modelID, preprocessing: modelKey.preprocessing,
-                                  format: info.format, width: info.width, height: info.height)
+            return ImageEmbedding(
+                vector: vector, modelID: modelID, preprocessing: modelKey.preprocessing,
+                format: info.format, width: info.width, height: info.height)
         case .failure(let e):
             throw EwallError(ItemFailure(e))
         }
@@ -271,8 +289,9 @@ public final class EwallService: Service, Sendable {
         case .bytes(let b):
             guard !b.isEmpty else { throw EwallError.invalid("the image is empty") }
             guard b.count <= configuration.limits.maxImageBytes else {
-                throw EwallError(.unprocessable, FailureClass.tooLarge,
-                                 "the image has \(b.count) bytes, above the limit of \(configuration.limits.maxImageBytes)")
+                throw EwallError(
+                    .unprocessable, FailureClass.tooLarge,
+                    "the image has \(b.count) bytes, above the limit of \(configuration.limits.maxImageBytes)")
             }
             return (b, nil)
         case .url(let u):
@@ -291,7 +310,9 @@ public final class EwallService: Service, Sendable {
     /// An id that breaks ``EwallConfiguration/inputRules`` is refused with `invalid_input`.
     /// Concurrent calls (and ``similar(image:category:excluding:query:)``) are searched
     /// together, each answered as it would be alone; a lone call runs at once.
-    public func similar(productID: String, query: SimilarQuery = SimilarQuery()) async throws(EwallError) -> SimilarAnswer {
+    public func similar(
+        productID: String, query: SimilarQuery = SimilarQuery()
+    ) async throws(EwallError) -> SimilarAnswer {
         try checked(productID, as: .productID)
         let search = try currentSearch()
         do {
@@ -306,15 +327,19 @@ public final class EwallService: Service, Sendable {
     /// rule (without one, the rule is skipped and the answer says so); `excluding` is never returned.
     /// A category, excluded id or image URL that breaks ``EwallConfiguration/inputRules`` is
     /// refused with `invalid_input` before any work.
-    public func similar(image: ImageSource, category: String? = nil, excluding: String? = nil,
-                        query: SimilarQuery = SimilarQuery()) async throws(EwallError) -> SimilarAnswer {
+    public func similar(
+        image: ImageSource, category: String? = nil, excluding: String? = nil,
+        query: SimilarQuery = SimilarQuery()
+    ) async throws(EwallError) -> SimilarAnswer {
         if let category { try checked(category, as: .category) }
         if let excluding { try checked(excluding, as: .productID) }
         let search = try currentSearch()
         guard search.manifest.key == modelKey else {
-            throw EwallError(.unavailable, "model_mismatch",
-                             "the index holds vectors of \(search.manifest.modelID) (\(search.manifest.preprocessing)), "
-                             + "this service embeds with \(modelID) (\(modelKey.preprocessing)): rebuild the index from this model's vectors")
+            throw EwallError(
+                .unavailable, "model_mismatch",
+                "the index holds vectors of \(search.manifest.modelID) (\(search.manifest.preprocessing)), "
+                    + "this service embeds with \(modelID) (\(modelKey.preprocessing)): rebuild the index from this model's vectors"
+            )
         }
         let e = try await embed(image)
         do {
@@ -328,9 +353,10 @@ public final class EwallService: Service, Sendable {
     private func currentSearch() throws(EwallError) -> ProductSearch {
         let snapshot = state.withLock { $0.snapshot }
         guard let search = snapshot.search else {
-            throw EwallError(.unavailable, "index_unavailable",
-                             "no index is loaded from \(configuration.indexPath)"
-                             + (snapshot.problem.map { ": \($0)" } ?? "") + "; run rebuild-faiss-index")
+            throw EwallError(
+                .unavailable, "index_unavailable",
+                "no index is loaded from \(configuration.indexPath)"
+                    + (snapshot.problem.map { ": \($0)" } ?? "") + "; run rebuild-faiss-index")
         }
         return search
     }
@@ -344,10 +370,14 @@ public final class EwallService: Service, Sendable {
         try checked(productID, as: .productID)
         let classifier = state.withLock { $0.snapshot.classifier }
         do {
-            guard let product = try await store.product(id: productID) else { throw EwallError.unknownProduct(productID) }
+            guard let product = try await store.product(id: productID) else {
+                throw EwallError.unknownProduct(productID)
+            }
             let vector = try await store.embedding(productID: productID, key: modelKey)?.vector
-            return try classifier.classify(ClassifierInput(productID: productID, vector: vector, title: product.title,
-                                                           brand: product.brand))
+            return try classifier.classify(
+                ClassifierInput(
+                    productID: productID, vector: vector, title: product.title,
+                    brand: product.brand))
         } catch {
             throw Self.mapped(error)
         }
@@ -356,7 +386,9 @@ public final class EwallService: Service, Sendable {
     /// The category of a product that is not stored: a title (and brand) and/or an image.
     /// A title, brand or image URL that breaks ``EwallConfiguration/inputRules`` is refused with
     /// `invalid_input`.
-    public func classify(title: String?, brand: String? = nil, image: ImageSource? = nil) async throws(EwallError) -> Classification {
+    public func classify(
+        title: String?, brand: String? = nil, image: ImageSource? = nil
+    ) async throws(EwallError) -> Classification {
         if let title { try checked(title, as: .title) }
         if let brand { try checked(brand, as: .brand) }
         guard title?.isEmpty == false || image != nil else {
@@ -382,7 +414,8 @@ public final class EwallService: Service, Sendable {
         let folder = IndexFolder(path: configuration.indexPath)
         let search: ProductSearch
         do {
-            search = try await Self.openConsistently(folder: folder, store: store, memoryMapped: configuration.indexMemoryMapped)
+            search = try await Self.openConsistently(
+                folder: folder, store: store, memoryMapped: configuration.indexMemoryMapped)
         } catch {
             reloadFailures.increment()
             let e = Self.mapped(error)
@@ -394,23 +427,31 @@ public final class EwallService: Service, Sendable {
         }
         let classifier: CategoryClassifier
         do {
-            classifier = try await Self.openClassifier(store: store, key: modelKey, rules: rules, configuration: configuration)
+            classifier = try await Self.openClassifier(
+                store: store, key: modelKey, rules: rules, configuration: configuration)
         } catch {
             classifier = state.withLock { $0.snapshot.classifier }
             logger.warning("classifier references not refreshed: \(error.message)")
         }
-        state.withLock { $0.snapshot = Snapshot(search: search, classifier: classifier, loadedAt: Date(),
-                                                   builtAt: search.manifest.builtDate, problem: nil) }
+        state.withLock {
+            $0.snapshot = Snapshot(
+                search: search, classifier: classifier, loadedAt: Date(),
+                builtAt: search.manifest.builtDate, problem: nil)
+        }
         reloads.increment()
         for w in search.warnings { logger.warning("index: \(w)") }
-        logger.info("index loaded: \(search.manifest.factory), \(search.count) vectors of \(search.manifest.modelID), built \(search.manifest.builtAt)")
+        logger.info(
+            "index loaded: \(search.manifest.factory), \(search.count) vectors of \(search.manifest.modelID), built \(search.manifest.builtAt)"
+        )
         recordIndexGauges()
         return indexStatus
     }
 
     /// Opens the folder, then checks that its manifest did not change while the files were read
     /// (a rebuild publishing at that moment); if it did, reads again.
-    private static func openConsistently(folder: IndexFolder, store: any EmbeddingStore, memoryMapped: Bool) async throws -> ProductSearch {
+    private static func openConsistently(
+        folder: IndexFolder, store: any EmbeddingStore, memoryMapped: Bool
+    ) async throws -> ProductSearch {
         var attempt = 0
         while true {
             attempt += 1
@@ -435,12 +476,15 @@ public final class EwallService: Service, Sendable {
     public var indexStatus: IndexStatus {
         let snapshot = state.withLock { $0.snapshot }
         guard let s = snapshot.search else {
-            return IndexStatus(loaded: false, path: configuration.indexPath, factory: nil, count: 0, modelID: nil, builtAt: nil,
-                               loadedAt: nil, ageSeconds: nil, warnings: [], problem: snapshot.problem)
+            return IndexStatus(
+                loaded: false, path: configuration.indexPath, factory: nil, count: 0, modelID: nil, builtAt: nil,
+                loadedAt: nil, ageSeconds: nil, warnings: [], problem: snapshot.problem)
         }
-        return IndexStatus(loaded: true, path: configuration.indexPath, factory: s.manifest.factory, count: s.count,
-                           modelID: s.manifest.modelID, builtAt: s.manifest.builtAt, loadedAt: snapshot.loadedAt,
-                           ageSeconds: snapshot.builtAt.map { Date().timeIntervalSince($0) }, warnings: s.warnings, problem: snapshot.problem)
+        return IndexStatus(
+            loaded: true, path: configuration.indexPath, factory: s.manifest.factory, count: s.count,
+            modelID: s.manifest.modelID, builtAt: s.manifest.builtAt, loadedAt: snapshot.loadedAt,
+            ageSeconds: snapshot.builtAt.map { Date().timeIntervalSince($0) }, warnings: s.warnings,
+            problem: snapshot.problem)
     }
 
     /// Records the index size and age gauges (`ewall_index_vectors`, `ewall_index_age_seconds`);
@@ -474,17 +518,20 @@ public final class EwallService: Service, Sendable {
         var consistent = search != nil
         if let search, search.manifest.key != modelKey {
             consistent = false
-            problems.append("the index holds vectors of \(search.manifest.modelID) (\(search.manifest.preprocessing)), "
-                            + "the model is \(modelID) (\(modelKey.preprocessing))")
+            problems.append(
+                "the index holds vectors of \(search.manifest.modelID) (\(search.manifest.preprocessing)), "
+                    + "the model is \(modelID) (\(modelKey.preprocessing))")
         }
-        return Readiness(model: !isShutDown, store: storeOK, index: search != nil, consistent: consistent, problems: problems)
+        return Readiness(
+            model: !isShutDown, store: storeOK, index: search != nil, consistent: consistent, problems: problems)
     }
 
     /// What the dynamic batcher has done so far.
     public var batching: BatchingStatistics {
         let s = batcher.snapshot
-        return BatchingStatistics(images: s.images, batches: s.batches, refused: s.refused, sizes: s.sizes,
-                                  meanBatchSize: s.meanBatch, queueDepth: batcher.depth)
+        return BatchingStatistics(
+            images: s.images, batches: s.batches, refused: s.refused, sizes: s.sizes,
+            meanBatchSize: s.meanBatch, queueDepth: batcher.depth)
     }
 
     // MARK: Lifecycle
@@ -500,7 +547,10 @@ public final class EwallService: Service, Sendable {
     /// fetcher and the store. Calls after the first do nothing.
     public func shutdown() async {
         let (first, watcher) = state.withLock { s -> (Bool, Task<Void, Never>?) in
-            defer { s.shutDown = true; s.watcher = nil }
+            defer {
+                s.shutDown = true
+                s.watcher = nil
+            }
             return (!s.shutDown, s.watcher)
         }
         guard first else { return }
@@ -521,10 +571,13 @@ public final class EwallService: Service, Sendable {
         }
     }
 
-    private static func openClassifier(store: any EmbeddingStore, key: ModelKey, rules: KeywordRules?,
-                                       configuration: EwallConfiguration) async throws(EwallError) -> CategoryClassifier {
+    private static func openClassifier(
+        store: any EmbeddingStore, key: ModelKey, rules: KeywordRules?,
+        configuration: EwallConfiguration
+    ) async throws(EwallError) -> CategoryClassifier {
         do {
-            return try await CategoryClassifier.open(store: store, key: key, rules: rules, configuration: configuration.classifier)
+            return try await CategoryClassifier.open(
+                store: store, key: key, rules: rules, configuration: configuration.classifier)
         } catch {
             throw mapped(error)
         }

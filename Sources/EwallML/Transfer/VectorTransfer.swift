@@ -29,9 +29,11 @@ public enum VectorTransfer {
     /// and optional `title`, `category`, `in_stock`. A bad line is reported and skipped;
     /// vectors of one model version must all have one dimension. Writes 256 lines per
     /// transaction.
-    public static func importSeed(path: String, into store: any EmbeddingStore, preprocessing: String,
-                                  rules: InputRules = InputRules(),
-                                  onProblem: @Sendable (ManifestProblem) -> Void = { _ in }) async throws -> ImportSummary {
+    public static func importSeed(
+        path: String, into store: any EmbeddingStore, preprocessing: String,
+        rules: InputRules = InputRules(),
+        onProblem: @Sendable (ManifestProblem) -> Void = { _ in }
+    ) async throws -> ImportSummary {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw ManifestError("cannot open \(path): no such file or not readable")
         }
@@ -57,9 +59,11 @@ public enum VectorTransfer {
             case .success(let (product, embedding)):
                 if let d = dims[embedding.key.modelID], d != embedding.vector.count {
                     summary.badLines += 1
-                    onProblem(ManifestProblem(line: lineNumber, productID: product.id, imageURL: embedding.imageURL,
-                                              message: "embedding_vector has \(embedding.vector.count) values; earlier vectors of "
-                                                  + "model_version '\(embedding.key.modelID)' have \(d)"))
+                    onProblem(
+                        ManifestProblem(
+                            line: lineNumber, productID: product.id, imageURL: embedding.imageURL,
+                            message: "embedding_vector has \(embedding.vector.count) values; earlier vectors of "
+                                + "model_version '\(embedding.key.modelID)' have \(d)"))
                     continue
                 }
                 dims[embedding.key.modelID] = embedding.vector.count
@@ -69,8 +73,10 @@ public enum VectorTransfer {
                 if abs(norm - 1) > 1e-3 { summary.notUnitNorm += 1 }
                 products.append(product)
                 batch.embeddings.append(e)
-                batch.ledger.append(LedgerEntry(productID: e.productID, imageURL: e.imageURL, key: e.key, status: .embedded,
-                                                attempts: 0))
+                batch.ledger.append(
+                    LedgerEntry(
+                        productID: e.productID, imageURL: e.imageURL, key: e.key, status: .embedded,
+                        attempts: 0))
                 summary.imported += 1
                 summary.byModel[e.key.modelID, default: 0] += 1
                 if batch.embeddings.count >= 256 { try await flush() }
@@ -80,10 +86,13 @@ public enum VectorTransfer {
         return summary
     }
 
-    static func parseSeedLine(_ bytes: [UInt8], line: Int,
-                              rules: InputRules = InputRules()) -> Result<(Product, StoredEmbedding), ManifestProblem> {
+    static func parseSeedLine(
+        _ bytes: [UInt8], line: Int,
+        rules: InputRules = InputRules()
+    ) -> Result<(Product, StoredEmbedding), ManifestProblem> {
         func problem(_ m: String, _ id: String? = nil) -> Result<(Product, StoredEmbedding), ManifestProblem> {
-            .failure(ManifestProblem(line: line, productID: id.map(ManifestReader.printable), imageURL: nil, message: m))
+            .failure(
+                ManifestProblem(line: line, productID: id.map(ManifestReader.printable), imageURL: nil, message: m))
         }
         if let p = InputRules.utf8Problem(bytes) { return problem("the line \(p)") }
         guard let obj = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] else {
@@ -122,8 +131,13 @@ public enum VectorTransfer {
             guard let b = ManifestReader.bool(s) else { return problem("in_stock '\(s)' is not a boolean", id) }
             product.inStock = b
         }
-        return .success((product, StoredEmbedding(productID: id, imageURL: url, key: ModelKey(modelID: model, preprocessing: ""),
-                                                  vector: vector)))
+        return .success(
+            (
+                product,
+                StoredEmbedding(
+                    productID: id, imageURL: url, key: ModelKey(modelID: model, preprocessing: ""),
+                    vector: vector)
+            ))
     }
 
     /// Writes every vector of `key` as JSON Lines of the import shape (plus `preprocessing`
@@ -146,7 +160,8 @@ public enum VectorTransfer {
                     if let c = p.category { obj["category"] = c }
                     if let s = p.inStock { obj["in_stock"] = s }
                 }
-                chunk += try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])
+                chunk += try JSONSerialization.data(
+                    withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])
                 chunk += Data("\n".utf8)
             }
             try out.write(contentsOf: chunk)
@@ -158,7 +173,9 @@ public enum VectorTransfer {
     /// Writes every vector of `key` as a float32 `[n, dim]` `.npy` file and the product ids,
     /// one per line in row order, to `path` with `.ids.txt` appended (`vectors.npy.ids.txt`).
     /// Returns `n`.
-    public static func exportNpy(from store: any EmbeddingStore, key: ModelKeyCount, to path: String) async throws -> Int {
+    public static func exportNpy(
+        from store: any EmbeddingStore, key: ModelKeyCount, to path: String
+    ) async throws -> Int {
         let out = try Self.create(path)
         defer { try? out.close() }
         let ids = try Self.create(path + ".ids.txt")
@@ -172,7 +189,9 @@ public enum VectorTransfer {
             var names = ""
             for row in rows {
                 guard row.embedding.vector.count == dim else {
-                    throw StoreError(.incompatible, "\(row.embedding.productID) has \(row.embedding.vector.count) dimensions, not \(dim)")
+                    throw StoreError(
+                        .incompatible,
+                        "\(row.embedding.productID) has \(row.embedding.vector.count) dimensions, not \(dim)")
                 }
                 values += row.embedding.vector
                 names += row.embedding.productID + "\n"
@@ -189,8 +208,10 @@ public enum VectorTransfer {
         return count
     }
 
-    private static func forEachPage(_ store: any EmbeddingStore, key: ModelKey,
-                                    _ body: ([EmbeddingRow]) throws -> Void) async throws {
+    private static func forEachPage(
+        _ store: any EmbeddingStore, key: ModelKey,
+        _ body: ([EmbeddingRow]) throws -> Void
+    ) async throws {
         var after: String?
         while true {
             let page = try await store.embeddings(key: key, after: after, limit: 512)

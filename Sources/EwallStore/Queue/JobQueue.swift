@@ -111,7 +111,9 @@ public struct JobSpec: Sendable, Hashable {
     /// `host:pid` of the submitting process, shown to whoever is refused.
     public var submittedBy: String
 
-    public init(name: String, manifest: String, manifestSHA256: String, key: ModelKey, chunkSize: Int, submittedBy: String) {
+    public init(
+        name: String, manifest: String, manifestSHA256: String, key: ModelKey, chunkSize: Int, submittedBy: String
+    ) {
         self.name = name
         self.manifest = manifest
         self.manifestSHA256 = manifestSHA256
@@ -306,8 +308,10 @@ public final class PostgresJobQueue: Sendable {
     /// clock that every machine shares.
     public static func over(_ store: any EmbeddingStore) throws -> PostgresJobQueue {
         guard let pg = store as? PostgresStore else {
-            throw JobQueueError(.notPostgres, "--job needs a PostgreSQL store (--db postgres://...), which every worker "
-                                + "reaches; \(store.displayName) is not one")
+            throw JobQueueError(
+                .notPostgres,
+                "--job needs a PostgreSQL store (--db postgres://...), which every worker "
+                    + "reaches; \(store.displayName) is not one")
         }
         return PostgresJobQueue(store: pg)
     }
@@ -325,18 +329,22 @@ public final class PostgresJobQueue: Sendable {
     /// run's. `items` is called repeatedly for the next slice of items to queue (empty: the
     /// end); the caller streams the manifest through it. Nothing is visible to workers until
     /// the transaction commits, so a submission that fails half-way leaves nothing behind.
-    public func submit(_ spec: JobSpec, counts: @Sendable () -> SubmitCounts,
-                       items: () async throws -> [QueuedItem]) async throws -> Int64 {
+    public func submit(
+        _ spec: JobSpec, counts: @Sendable () -> SubmitCounts,
+        items: () async throws -> [QueuedItem]
+    ) async throws -> Int64 {
         try await run("submitting job \(spec.name)") {
             try await client.withTransaction(logger: logger) { conn in
                 // The job row is the lock against double runs: held for the whole submission.
-                try await conn.query("""
+                try await conn.query(
+                    """
                     INSERT INTO ewall_jobs (name, run_id, status, manifest, manifest_sha256, model_id, preprocessing,
                                             chunk_size, submitted_by, created_at, updated_at)
                     VALUES (\(spec.name), 0, 'new', '', '', '', '', 0, '', now(), now())
                     ON CONFLICT (name) DO NOTHING
                     """, logger: logger)
-                let rows = try await conn.query("""
+                let rows = try await conn.query(
+                    """
                     SELECT status, submitted_by, run_id FROM ewall_jobs WHERE name = \(spec.name) FOR UPDATE
                     """, logger: logger)
                 var status = "", holder = ""
@@ -345,19 +353,23 @@ public final class PostgresJobQueue: Sendable {
                     let pending = try await Self.pendingCount(conn, job: spec.name, logger: logger)
                     if pending > 0 {
                         let leases = try await Self.leaseHolders(conn, job: spec.name, logger: logger)
-                        throw JobQueueError(.running, "job '\(spec.name)' is running (submitted by \(holder); \(pending) items "
-                            + "to go; \(leases.isEmpty ? "no worker holds a lease now" : "leases held by " + leases.joined(separator: ", ")))"
-                            + ": wait for it, or `ewall job cancel \(spec.name)` first")
+                        throw JobQueueError(
+                            .running,
+                            "job '\(spec.name)' is running (submitted by \(holder); \(pending) items "
+                                + "to go; \(leases.isEmpty ? "no worker holds a lease now" : "leases held by " + leases.joined(separator: ", ")))"
+                                + ": wait for it, or `ewall job cancel \(spec.name)` first")
                     }
                 }
                 try await conn.query("DELETE FROM ewall_job_items WHERE job = \(spec.name)", logger: logger)
                 try await conn.query("DELETE FROM ewall_job_chunks WHERE job = \(spec.name)", logger: logger)
                 try await conn.query("DELETE FROM ewall_job_workers WHERE job = \(spec.name)", logger: logger)
                 var runID: Int64 = 0
-                for try await id in try await conn.query("""
+                for try await id in try await conn.query(
+                    """
                     INSERT INTO ewall_job_runs (job, manifest_sha256, submitted_by, started_at)
                     VALUES (\(spec.name), \(spec.manifestSHA256), \(spec.submittedBy), now()) RETURNING run_id
-                    """, logger: logger).decode(Int64.self) { runID = id }
+                    """, logger: logger
+                ).decode(Int64.self) { runID = id }
 
                 var chunk = 0, inChunk = 0, queued = 0
                 var chunkSizes: [Int32] = []
@@ -377,7 +389,8 @@ public final class PostgresJobQueue: Sendable {
                         chunks.append(Int32(chunk))
                     }
                     queued += slice.count
-                    try await conn.query("""
+                    try await conn.query(
+                        """
                         INSERT INTO ewall_job_items (job, product_id, chunk, image_url, line, status)
                         SELECT \(spec.name), u.id, u.chunk, u.url, u.line, 'pending'
                         FROM unnest(\(slice.map(\.productID))::text[], \(chunks)::int4[], \(slice.map(\.imageURL))::text[],
@@ -385,20 +398,23 @@ public final class PostgresJobQueue: Sendable {
                         """, logger: logger)
                 }
                 if !chunkSizes.isEmpty {
-                    try await conn.query("""
+                    try await conn.query(
+                        """
                         INSERT INTO ewall_job_chunks (job, chunk, items, pending)
                         SELECT \(spec.name), c.n - 1, c.items, c.items FROM unnest(\(chunkSizes)::int4[]) WITH ORDINALITY AS c(items, n)
                         """, logger: logger)
                 }
                 let c = counts()
-                try await conn.query("""
+                try await conn.query(
+                    """
                     UPDATE ewall_job_runs SET rows_read = \(Int64(c.rows)), queued = \(Int64(queued)), skipped = \(Int64(c.skipped)),
                         skipped_failed = \(Int64(c.skippedFailed)), bad_rows = \(Int64(c.badRows)), duplicates = \(Int64(c.duplicates)),
                         finished_at = CASE WHEN \(Int64(queued)) = 0 THEN now() END,
                         outcome = CASE WHEN \(Int64(queued)) = 0 THEN 'done' END
                     WHERE run_id = \(runID)
                     """, logger: logger)
-                try await conn.query("""
+                try await conn.query(
+                    """
                     UPDATE ewall_jobs SET run_id = \(runID), status = \(queued == 0 ? "done" : "running"), manifest = \(spec.manifest),
                         manifest_sha256 = \(spec.manifestSHA256), model_id = \(spec.key.modelID),
                         preprocessing = \(spec.key.preprocessing), chunk_size = \(Int32(spec.chunkSize)),
@@ -412,17 +428,21 @@ public final class PostgresJobQueue: Sendable {
 
     static func pendingCount(_ conn: PostgresConnection, job: String, logger: Logger) async throws -> Int {
         var n = 0
-        for try await v in try await conn.query("SELECT COALESCE(SUM(pending), 0)::int8 FROM ewall_job_chunks WHERE job = \(job)",
-                                                logger: logger).decode(Int64.self) { n = Int(v) }
+        for try await v in try await conn.query(
+            "SELECT COALESCE(SUM(pending), 0)::int8 FROM ewall_job_chunks WHERE job = \(job)",
+            logger: logger
+        ).decode(Int64.self) { n = Int(v) }
         return n
     }
 
     static func leaseHolders(_ conn: PostgresConnection, job: String, logger: Logger) async throws -> [String] {
         var out: [String] = []
-        for try await w in try await conn.query("""
+        for try await w in try await conn.query(
+            """
             SELECT DISTINCT lease_owner FROM ewall_job_chunks
             WHERE job = \(job) AND pending > 0 AND lease_until > now() AND lease_owner IS NOT NULL ORDER BY 1
-            """, logger: logger).decode(String.self) { out.append(w) }
+            """, logger: logger
+        ).decode(String.self) { out.append(w) }
         return out
     }
 
@@ -431,16 +451,22 @@ public final class PostgresJobQueue: Sendable {
     /// The job's model key and status; refuses an unknown job.
     public func job(_ name: String) async throws -> (key: ModelKey, status: String, runID: Int64) {
         try await run("reading job \(name)") {
-            for try await (m, p, s, r) in try await client.query("""
+            for try await (m, p, s, r) in try await client.query(
+                """
                 SELECT model_id, preprocessing, status, run_id FROM ewall_jobs WHERE name = \(name) AND status <> 'new'
-                """, logger: logger).decode((String, String, String, Int64).self) {
+                """, logger: logger
+            ).decode((String, String, String, Int64).self) {
                 return (ModelKey(modelID: m, preprocessing: p), s, r)
             }
             var known: [String] = []
-            for try await n in try await client.query("SELECT name FROM ewall_jobs WHERE status <> 'new' ORDER BY name LIMIT 20",
-                                                      logger: logger).decode(String.self) { known.append(n) }
-            throw JobQueueError(.unknownJob, "no job named '\(name)' in \(store.displayName)"
-                                + (known.isEmpty ? " (it holds no jobs)" : "; it has: " + known.joined(separator: ", ")))
+            for try await n in try await client.query(
+                "SELECT name FROM ewall_jobs WHERE status <> 'new' ORDER BY name LIMIT 20",
+                logger: logger
+            ).decode(String.self) { known.append(n) }
+            throw JobQueueError(
+                .unknownJob,
+                "no job named '\(name)' in \(store.displayName)"
+                    + (known.isEmpty ? " (it holds no jobs)" : "; it has: " + known.joined(separator: ", ")))
         }
     }
 
@@ -448,11 +474,15 @@ public final class PostgresJobQueue: Sendable {
     public func join(job name: String, worker: String, key: ModelKey) async throws {
         let job = try await job(name)
         guard job.key == key else {
-            throw JobQueueError(.modelMismatch, "job '\(name)' embeds with \(job.key.modelID) --preprocess \(job.key.preprocessing); "
-                                + "this worker has \(key.modelID) --preprocess \(key.preprocessing): refused before claiming anything")
+            throw JobQueueError(
+                .modelMismatch,
+                "job '\(name)' embeds with \(job.key.modelID) --preprocess \(job.key.preprocessing); "
+                    + "this worker has \(key.modelID) --preprocess \(key.preprocessing): refused before claiming anything"
+            )
         }
         try await run("joining job \(name)") {
-            try await client.query("""
+            try await client.query(
+                """
                 INSERT INTO ewall_job_workers (job, worker, model_id, started_at, heartbeat_at)
                 VALUES (\(name), \(worker), \(key.modelID), now(), now())
                 ON CONFLICT (job, worker) DO UPDATE SET heartbeat_at = now()
@@ -484,14 +514,18 @@ public final class PostgresJobQueue: Sendable {
         let idleLimit = String(max(1000, Int(seconds * 1000)))
         return try await run("claiming a chunk of \(name)") {
             try await client.withTransaction(logger: logger) { conn in
-                try await conn.query("SELECT set_config('idle_in_transaction_session_timeout', \(idleLimit), true)",
-                                     logger: logger)
+                try await conn.query(
+                    "SELECT set_config('idle_in_transaction_session_timeout', \(idleLimit), true)",
+                    logger: logger)
                 var status = ""
-                for try await s in try await conn.query("SELECT status FROM ewall_jobs WHERE name = \(name)",
-                                                        logger: logger).decode(String.self) { status = s }
+                for try await s in try await conn.query(
+                    "SELECT status FROM ewall_jobs WHERE name = \(name)",
+                    logger: logger
+                ).decode(String.self) { status = s }
                 if status == "cancelled" { return .cancelled }
                 var claimed: (Int, Int64)?
-                for try await (c, g) in try await conn.query("""
+                for try await (c, g) in try await conn.query(
+                    """
                     WITH free AS (
                         SELECT job, chunk FROM ewall_job_chunks
                         WHERE job = \(name) AND pending > 0 AND (lease_until IS NULL OR lease_until < now())
@@ -501,13 +535,16 @@ public final class PostgresJobQueue: Sendable {
                         generation = k.generation + 1, claims = k.claims + 1
                     FROM free WHERE k.job = free.job AND k.chunk = free.chunk
                     RETURNING k.chunk, k.generation
-                    """, logger: logger).decode((Int32, Int64).self) { claimed = (Int(c), g) }
+                    """, logger: logger
+                ).decode((Int32, Int64).self) { claimed = (Int(c), g) }
                 guard let (chunk, generation) = claimed else {
                     var pending = 0, nextExpiry = 0.0
-                    for try await (p, e) in try await conn.query("""
+                    for try await (p, e) in try await conn.query(
+                        """
                         SELECT COUNT(*)::int8, COALESCE(EXTRACT(EPOCH FROM MIN(lease_until) - now()), 0)::float8
                         FROM ewall_job_chunks WHERE job = \(name) AND pending > 0
-                        """, logger: logger).decode((Int64, Double).self) { (pending, nextExpiry) = (Int(p), e) }
+                        """, logger: logger
+                    ).decode((Int64, Double).self) { (pending, nextExpiry) = (Int(p), e) }
                     if pending > 0 {
                         return .wait(retryAfter: .milliseconds(Int(min(2, max(0.2, nextExpiry + 0.05)) * 1000)))
                     }
@@ -515,13 +552,16 @@ public final class PostgresJobQueue: Sendable {
                     return .finished
                 }
                 var items: [QueuedItem] = []
-                for try await (id, url, line) in try await conn.query("""
+                for try await (id, url, line) in try await conn.query(
+                    """
                     SELECT product_id, image_url, line FROM ewall_job_items
                     WHERE job = \(name) AND chunk = \(Int32(chunk)) AND status = 'pending' ORDER BY line
-                    """, logger: logger).decode((String, String, Int32).self) {
+                    """, logger: logger
+                ).decode((String, String, Int32).self) {
                     items.append(QueuedItem(productID: id, imageURL: url, line: Int(line)))
                 }
-                try await conn.query("""
+                try await conn.query(
+                    """
                     UPDATE ewall_job_workers SET chunks = chunks + 1, heartbeat_at = now() WHERE job = \(name) AND worker = \(worker)
                     """, logger: logger)
                 return .chunk(ClaimedChunk(job: name, chunk: chunk, generation: generation, items: items))
@@ -530,11 +570,13 @@ public final class PostgresJobQueue: Sendable {
     }
 
     static func finish(_ conn: PostgresConnection, job: String, outcome: String, logger: Logger) async throws {
-        try await conn.query("""
+        try await conn.query(
+            """
             UPDATE ewall_job_runs SET finished_at = now(), outcome = \(outcome)
             WHERE run_id = (SELECT run_id FROM ewall_jobs WHERE name = \(job)) AND finished_at IS NULL
             """, logger: logger)
-        try await conn.query("""
+        try await conn.query(
+            """
             UPDATE ewall_jobs SET status = \(outcome), updated_at = now() WHERE name = \(job) AND status = 'running'
             """, logger: logger)
     }
@@ -543,24 +585,31 @@ public final class PostgresJobQueue: Sendable {
     /// chunks whose lease was lost (taken over by another worker): their items must not be
     /// committed (the commit would be refused anyway) and are dropped. Also says whether the
     /// job was cancelled meanwhile.
-    public func heartbeat(job name: String, worker: String, leases: [ChunkLease], lease: Duration) async throws
-        -> (lost: Set<Int>, cancelled: Bool) {
+    public func heartbeat(
+        job name: String, worker: String, leases: [ChunkLease], lease: Duration
+    ) async throws
+        -> (lost: Set<Int>, cancelled: Bool)
+    {
         let seconds = lease.inSeconds
         return try await run("renewing leases on \(name)") {
             var held = Set<Int>()
             if !leases.isEmpty {
-                for try await c in try await client.query("""
+                for try await c in try await client.query(
+                    """
                     UPDATE ewall_job_chunks k SET lease_until = now() + make_interval(secs => \(seconds))
                     FROM unnest(\(leases.map { Int32($0.chunk) })::int4[], \(leases.map(\.generation))::int8[]) AS l(chunk, generation)
                     WHERE k.job = \(name) AND k.chunk = l.chunk AND k.generation = l.generation
                     RETURNING k.chunk
-                    """, logger: logger).decode(Int32.self) { held.insert(Int(c)) }
+                    """, logger: logger
+                ).decode(Int32.self) { held.insert(Int(c)) }
             }
             var cancelled = false
-            for try await s in try await client.query("""
+            for try await s in try await client.query(
+                """
                 WITH w AS (UPDATE ewall_job_workers SET heartbeat_at = now() WHERE job = \(name) AND worker = \(worker))
                 SELECT status FROM ewall_jobs WHERE name = \(name)
-                """, logger: logger).decode(String.self) { cancelled = s == "cancelled" }
+                """, logger: logger
+            ).decode(String.self) { cancelled = s == "cancelled" }
             return (Set(leases.map(\.chunk)).subtracting(held), cancelled)
         }
     }
@@ -569,7 +618,8 @@ public final class PostgresJobQueue: Sendable {
     public func release(job name: String, leases: [ChunkLease]) async throws {
         if leases.isEmpty { return }
         try await run("releasing leases on \(name)") {
-            try await client.query("""
+            try await client.query(
+                """
                 UPDATE ewall_job_chunks k SET lease_until = NULL, lease_owner = NULL
                 FROM unnest(\(leases.map { Int32($0.chunk) })::int4[], \(leases.map(\.generation))::int8[]) AS l(chunk, generation)
                 WHERE k.job = \(name) AND k.chunk = l.chunk AND k.generation = l.generation
@@ -585,29 +635,38 @@ public final class PostgresJobQueue: Sendable {
     ///
     /// Under READ COMMITTED a takeover that commits while this waits for the row lock is seen:
     /// the lock re-reads the row and its new generation no longer matches.
-    public func commit(job name: String, worker: String, batch: WriteBatch, outcomes: [ItemOutcome],
-                       lease: Duration) async throws -> CommitResult {
+    public func commit(
+        job name: String, worker: String, batch: WriteBatch, outcomes: [ItemOutcome],
+        lease: Duration
+    ) async throws -> CommitResult {
         try StorableText.check(batch)
         let seconds = lease.inSeconds
         let leases = Array(Set(outcomes.map(\.lease))).sorted { $0.chunk < $1.chunk }
-        let chunkOf = Dictionary(outcomes.map { ($0.productID, Int32($0.lease.chunk)) }, uniquingKeysWith: { a, _ in a })
+        let chunkOf = Dictionary(
+            outcomes.map { ($0.productID, Int32($0.lease.chunk)) }, uniquingKeysWith: { a, _ in a })
         let e = batch.embeddings.filter { chunkOf[$0.productID] != nil }
         let l = batch.ledger.filter { chunkOf[$0.productID] != nil }
         let o = outcomes
         let statement = CommitStatement(
             job: name, worker: worker, leaseSeconds: seconds,
             leaseChunks: leases.map { Int32($0.chunk) }, leaseGenerations: leases.map(\.generation),
-            vectorIDs: e.map(\.productID), vectorChunks: e.map { chunkOf[$0.productID]! }, vectorModels: e.map(\.key.modelID),
+            vectorIDs: e.map(\.productID), vectorChunks: e.map { chunkOf[$0.productID]! },
+            vectorModels: e.map(\.key.modelID),
             vectorPreprocessings: e.map(\.key.preprocessing), vectorURLs: e.map(\.imageURL),
-            vectorDims: e.map { Int32($0.vector.count) }, vectors: e.map { ByteBuffer(bytes: VectorBytes.encode($0.vector)) },
+            vectorDims: e.map { Int32($0.vector.count) },
+            vectors: e.map { ByteBuffer(bytes: VectorBytes.encode($0.vector)) },
             vectorSHAs: e.map { $0.imageSHA256 ?? "" }, vectorWidths: e.map { Int32($0.width ?? -1) },
             vectorHeights: e.map { Int32($0.height ?? -1) }, vectorBytes: e.map { Int64($0.bytes ?? -1) },
             vectorTypes: e.map { $0.contentType ?? "" },
-            ledgerIDs: l.map(\.productID), ledgerChunks: l.map { chunkOf[$0.productID]! }, ledgerModels: l.map(\.key.modelID),
-            ledgerPreprocessings: l.map(\.key.preprocessing), ledgerURLs: l.map(\.imageURL), ledgerStatuses: l.map(\.status.rawValue),
+            ledgerIDs: l.map(\.productID), ledgerChunks: l.map { chunkOf[$0.productID]! },
+            ledgerModels: l.map(\.key.modelID),
+            ledgerPreprocessings: l.map(\.key.preprocessing), ledgerURLs: l.map(\.imageURL),
+            ledgerStatuses: l.map(\.status.rawValue),
             ledgerClasses: l.map { $0.errorClass ?? "" }, ledgerHTTP: l.map { Int32($0.httpStatus ?? -1) },
-            ledgerAttempts: l.map { Int32($0.attempts) }, ledgerErrors: l.map { $0.lastError ?? "" }, ledgerTried: l.map(\.lastTried),
-            itemIDs: o.map(\.productID), itemChunks: o.map { Int32($0.lease.chunk) }, itemStatuses: o.map(\.status.rawValue),
+            ledgerAttempts: l.map { Int32($0.attempts) }, ledgerErrors: l.map { $0.lastError ?? "" },
+            ledgerTried: l.map(\.lastTried),
+            itemIDs: o.map(\.productID), itemChunks: o.map { Int32($0.lease.chunk) },
+            itemStatuses: o.map(\.status.rawValue),
             itemClasses: o.map { $0.errorClass ?? "" }, itemGenerations: o.map(\.lease.generation))
         return try await run("committing a batch of \(name)") {
             var held = Set<Int>()
@@ -626,12 +685,15 @@ public final class PostgresJobQueue: Sendable {
         return try await run("cancelling \(name)") {
             try await client.withTransaction(logger: logger) { conn in
                 var changed = false
-                for try await _ in try await conn.query("""
+                for try await _ in try await conn.query(
+                    """
                     UPDATE ewall_jobs SET status = 'cancelled', updated_at = now() WHERE name = \(name) AND status = 'running'
                     RETURNING name
-                    """, logger: logger).decode(String.self) { changed = true }
+                    """, logger: logger
+                ).decode(String.self) { changed = true }
                 if changed {
-                    try await conn.query("""
+                    try await conn.query(
+                        """
                         UPDATE ewall_job_runs SET finished_at = now(), outcome = 'cancelled'
                         WHERE run_id = (SELECT run_id FROM ewall_jobs WHERE name = \(name)) AND finished_at IS NULL
                         """, logger: logger)
@@ -646,47 +708,70 @@ public final class PostgresJobQueue: Sendable {
         _ = try await job(name)
         return try await run("reading the status of \(name)") {
             var report: JobStatusReport?
-            for try await (status, runID, manifest, sha, model, pre, by, started, finished, rows, queued, skipped, sf, bad, dups)
-                in try await client.query("""
-                SELECT j.status, j.run_id, j.manifest, j.manifest_sha256, j.model_id, j.preprocessing, j.submitted_by,
-                       r.started_at, r.finished_at, r.rows_read, r.queued, r.skipped, r.skipped_failed, r.bad_rows, r.duplicates
-                FROM ewall_jobs j JOIN ewall_job_runs r ON r.run_id = j.run_id WHERE j.name = \(name)
-                """, logger: logger).decode((String, Int64, String, String, String, String, String, Date, Date?,
-                                             Int64, Int64, Int64, Int64, Int64, Int64).self) {
+            for try await (
+                status, runID, manifest, sha, model, pre, by, started, finished, rows, queued, skipped, sf, bad, dups
+            )
+                in try await client.query(
+                    """
+                    SELECT j.status, j.run_id, j.manifest, j.manifest_sha256, j.model_id, j.preprocessing, j.submitted_by,
+                           r.started_at, r.finished_at, r.rows_read, r.queued, r.skipped, r.skipped_failed, r.bad_rows, r.duplicates
+                    FROM ewall_jobs j JOIN ewall_job_runs r ON r.run_id = j.run_id WHERE j.name = \(name)
+                    """, logger: logger
+                ).decode(
+                    (
+                        String, Int64, String, String, String, String, String, Date, Date?,
+                        Int64, Int64, Int64, Int64, Int64, Int64
+                    ).self)
+            {
                 var submitted = SubmitCounts()
-                submitted.rows = Int(rows); submitted.queued = Int(queued); submitted.skipped = Int(skipped)
-                submitted.skippedFailed = Int(sf); submitted.badRows = Int(bad); submitted.duplicates = Int(dups)
-                report = JobStatusReport(name: name, status: status, runID: runID, manifest: manifest, manifestSHA256: sha,
-                                         modelID: model, preprocessing: pre, submittedBy: by, startedAt: started,
-                                         finishedAt: finished, submitted: submitted, total: Int(queued), done: 0, embedded: 0,
-                                         reused: 0, failed: 0, chunks: 0, chunksDone: 0, chunksLeased: 0, workers: [],
-                                         etaSeconds: nil)
+                submitted.rows = Int(rows)
+                submitted.queued = Int(queued)
+                submitted.skipped = Int(skipped)
+                submitted.skippedFailed = Int(sf)
+                submitted.badRows = Int(bad)
+                submitted.duplicates = Int(dups)
+                report = JobStatusReport(
+                    name: name, status: status, runID: runID, manifest: manifest, manifestSHA256: sha,
+                    modelID: model, preprocessing: pre, submittedBy: by, startedAt: started,
+                    finishedAt: finished, submitted: submitted, total: Int(queued), done: 0, embedded: 0,
+                    reused: 0, failed: 0, chunks: 0, chunksDone: 0, chunksLeased: 0, workers: [],
+                    etaSeconds: nil)
             }
             guard var r = report else { throw JobQueueError(.unknownJob, "no job named '\(name)'") }
-            for try await (chunks, done, leased, e, u, f, pending) in try await client.query("""
+            for try await (chunks, done, leased, e, u, f, pending) in try await client.query(
+                """
                 SELECT COUNT(*)::int8, COUNT(*) FILTER (WHERE pending = 0)::int8,
                        COUNT(*) FILTER (WHERE pending > 0 AND lease_until > now())::int8,
                        COALESCE(SUM(embedded), 0)::int8, COALESCE(SUM(reused), 0)::int8, COALESCE(SUM(failed), 0)::int8,
                        COALESCE(SUM(pending), 0)::int8
                 FROM ewall_job_chunks WHERE job = \(name)
-                """, logger: logger).decode((Int64, Int64, Int64, Int64, Int64, Int64, Int64).self) {
-                r.chunks = Int(chunks); r.chunksDone = Int(done); r.chunksLeased = Int(leased)
-                r.embedded = Int(e); r.reused = Int(u); r.failed = Int(f)
+                """, logger: logger
+            ).decode((Int64, Int64, Int64, Int64, Int64, Int64, Int64).self) {
+                r.chunks = Int(chunks)
+                r.chunksDone = Int(done)
+                r.chunksLeased = Int(leased)
+                r.embedded = Int(e)
+                r.reused = Int(u)
+                r.failed = Int(f)
                 r.done = r.total - Int(pending)
             }
             let leaseSeconds = lease.inSeconds
             var rate = 0.0
-            for try await (w, model, started, beat, items, chunks, refused, age, silent) in try await client.query("""
+            for try await (w, model, started, beat, items, chunks, refused, age, silent) in try await client.query(
+                """
                 SELECT worker, model_id, started_at, heartbeat_at, items, chunks, refused,
                        EXTRACT(EPOCH FROM heartbeat_at - started_at)::float8, EXTRACT(EPOCH FROM now() - heartbeat_at)::float8
                 FROM ewall_job_workers WHERE job = \(name) ORDER BY worker
-                """, logger: logger).decode((String, String, Date, Date, Int64, Int64, Int64, Double, Double).self) {
+                """, logger: logger
+            ).decode((String, String, Date, Date, Int64, Int64, Int64, Double, Double).self) {
                 let perSecond = age > 0 ? Double(items) / age : 0
                 let stale = silent > leaseSeconds
                 if !stale && r.status == "running" { rate += perSecond }
-                r.workers.append(.init(worker: w, modelID: model, startedAt: started, heartbeatAt: beat, items: Int(items),
-                                       chunks: Int(chunks), refused: Int(refused), itemsPerSecond: perSecond,
-                                       silentSeconds: silent, stale: stale))
+                r.workers.append(
+                    .init(
+                        worker: w, modelID: model, startedAt: started, heartbeatAt: beat, items: Int(items),
+                        chunks: Int(chunks), refused: Int(refused), itemsPerSecond: perSecond,
+                        silentSeconds: silent, stale: stale))
             }
             if r.status == "running" && rate > 0 { r.etaSeconds = Double(r.total - r.done) / rate }
             return r
@@ -697,21 +782,33 @@ public final class PostgresJobQueue: Sendable {
     /// (the history is kept for `days` days, the platform's 7 by default).
     public func runs(keepDays days: Int) async throws -> [JobRun] {
         try await run("listing job runs") {
-            try await client.query("""
+            try await client.query(
+                """
                 DELETE FROM ewall_job_runs WHERE started_at < now() - make_interval(days => \(Int32(days)))
                   AND run_id NOT IN (SELECT run_id FROM ewall_jobs)
                 """, logger: logger)
             var out: [JobRun] = []
-            for try await (id, job, sha, by, started, finished, outcome, rows, queued, skipped, sf, bad, dups) in try await client.query("""
-                SELECT run_id, job, manifest_sha256, submitted_by, started_at, finished_at, COALESCE(outcome, 'running'),
-                       rows_read, queued, skipped, skipped_failed, bad_rows, duplicates
-                FROM ewall_job_runs ORDER BY started_at DESC, run_id DESC
-                """, logger: logger).decode((Int64, String, String, String, Date, Date?, String, Int64, Int64, Int64, Int64, Int64, Int64).self) {
+            for try await (id, job, sha, by, started, finished, outcome, rows, queued, skipped, sf, bad, dups)
+                in try await client.query(
+                    """
+                    SELECT run_id, job, manifest_sha256, submitted_by, started_at, finished_at, COALESCE(outcome, 'running'),
+                           rows_read, queued, skipped, skipped_failed, bad_rows, duplicates
+                    FROM ewall_job_runs ORDER BY started_at DESC, run_id DESC
+                    """, logger: logger
+                ).decode(
+                    (Int64, String, String, String, Date, Date?, String, Int64, Int64, Int64, Int64, Int64, Int64).self)
+            {
                 var c = SubmitCounts()
-                c.rows = Int(rows); c.queued = Int(queued); c.skipped = Int(skipped); c.skippedFailed = Int(sf)
-                c.badRows = Int(bad); c.duplicates = Int(dups)
-                out.append(JobRun(runID: id, job: job, manifestSHA256: sha, submittedBy: by, startedAt: started,
-                                  finishedAt: finished, outcome: outcome, submitted: c))
+                c.rows = Int(rows)
+                c.queued = Int(queued)
+                c.skipped = Int(skipped)
+                c.skippedFailed = Int(sf)
+                c.badRows = Int(bad)
+                c.duplicates = Int(dups)
+                out.append(
+                    JobRun(
+                        runID: id, job: job, manifestSHA256: sha, submittedBy: by, startedAt: started,
+                        finishedAt: finished, outcome: outcome, submitted: c))
             }
             return out
         }
@@ -723,7 +820,8 @@ public final class PostgresJobQueue: Sendable {
     /// now by the database's clock, so every worker on every machine honours it.
     public func pauseHost(_ host: String, seconds: Double, seenBy worker: String) async throws {
         try await run("recording a host pause") {
-            try await client.query("""
+            try await client.query(
+                """
                 INSERT INTO ewall_host_pauses (host, until_at, seen_by)
                 VALUES (\(host), now() + make_interval(secs => \(seconds)), \(worker))
                 ON CONFLICT (host) DO UPDATE SET until_at = GREATEST(ewall_host_pauses.until_at, excluded.until_at),
@@ -736,9 +834,11 @@ public final class PostgresJobQueue: Sendable {
     public func pausedHosts() async throws -> [String: Double] {
         try await run("reading host pauses") {
             var out: [String: Double] = [:]
-            for try await (h, left) in try await client.query("""
+            for try await (h, left) in try await client.query(
+                """
                 SELECT host, EXTRACT(EPOCH FROM until_at - now())::float8 FROM ewall_host_pauses WHERE until_at > now()
-                """, logger: logger).decode((String, Double).self) { out[h] = left }
+                """, logger: logger
+            ).decode((String, Double).self) { out[h] = left }
             return out
         }
     }
@@ -810,15 +910,38 @@ struct CommitStatement: PostgresPreparedStatement {
 
     func makeBindings() throws -> PostgresBindings {
         var b = PostgresBindings(capacity: 34)
-        b.append(leaseChunks); b.append(leaseGenerations); b.append(job)
-        b.append(vectorIDs); b.append(vectorChunks); b.append(vectorModels); b.append(vectorPreprocessings)
-        b.append(vectorURLs); b.append(vectorDims); b.append(vectors); b.append(vectorSHAs); b.append(vectorWidths)
-        b.append(vectorHeights); b.append(vectorBytes); b.append(vectorTypes)
-        b.append(ledgerIDs); b.append(ledgerChunks); b.append(ledgerModels); b.append(ledgerPreprocessings)
-        b.append(ledgerURLs); b.append(ledgerStatuses); b.append(ledgerClasses); b.append(ledgerHTTP)
-        b.append(ledgerAttempts); b.append(ledgerErrors); b.append(ledgerTried)
+        b.append(leaseChunks)
+        b.append(leaseGenerations)
+        b.append(job)
+        b.append(vectorIDs)
+        b.append(vectorChunks)
+        b.append(vectorModels)
+        b.append(vectorPreprocessings)
+        b.append(vectorURLs)
+        b.append(vectorDims)
+        b.append(vectors)
+        b.append(vectorSHAs)
+        b.append(vectorWidths)
+        b.append(vectorHeights)
+        b.append(vectorBytes)
+        b.append(vectorTypes)
+        b.append(ledgerIDs)
+        b.append(ledgerChunks)
+        b.append(ledgerModels)
+        b.append(ledgerPreprocessings)
+        b.append(ledgerURLs)
+        b.append(ledgerStatuses)
+        b.append(ledgerClasses)
+        b.append(ledgerHTTP)
+        b.append(ledgerAttempts)
+        b.append(ledgerErrors)
+        b.append(ledgerTried)
         b.append(worker)
-        b.append(itemIDs); b.append(itemChunks); b.append(itemStatuses); b.append(itemClasses); b.append(itemGenerations)
+        b.append(itemIDs)
+        b.append(itemChunks)
+        b.append(itemStatuses)
+        b.append(itemClasses)
+        b.append(itemGenerations)
         b.append(leaseSeconds)
         b.append(Int64(itemIDs.count))
         return b
