@@ -3,9 +3,12 @@
 // EwallML: image embeddings and classification for Swift servers.
 // Layout (see README "Where things live"):
 //   CImageCodec   C: sniff, JPEG/PNG/WebP decode with limits, EXIF orientation, resampling kernels
-//   CTorchLoader  C: the pure-C ew_torch.h for the executables; dlopens the torch backend on first use
-//   CTorchShim    C++ over libtorch: the torch backend, libewall_torch.so (product ewall_torch), loaded at run time
-//   CFaissShim    C++ behind a pure-C header: build, train, add, remove, search, read/write FAISS indexes
+//   CTorchLoader  C: owns ew_torch.h (what the executables call) and ew_torch_backend.h (the table a
+//                 backend exports); implements the first by dlopening a backend on first use
+//   CTorchShim    C++ over libtorch: the torch backend, libewall_torch.so (product ewall_torch), loaded at
+//                 run time; implements ew_torch_backend.h
+//   CFaissShim    C++ behind a pure-C header: build, train, add, remove, search, read/write FAISS indexes;
+//                 accel/: our distance kernels and the FAISS index types that use them
 //   EwallCore     pure Swift: errors, model card, configuration, vectors
 //   EwallImaging  decoding and preprocessing to a CHW float tensor
 //   EwallInference the embedder: batching, worker thread, precision
@@ -17,8 +20,10 @@
 //   EwallRedis    Redis: the embedding cache + per-product view, shared fetch limits, batch status mirror
 //   CBLAS         the system CBLAS (OpenBLAS; module map only)
 //   EwallClassifier the category classifier: references, BLAS scoring, keyword rules, calibration, apply
-//   EwallML       the public surface: files/bytes -> vectors; the manifest -> store batch job
-//   EwallML/Service  the entry point a server links: EwallService (embed, similar, classify, reload), dynamic batching
+//   EwallEmbedding ImageEmbedder: files/bytes -> vectors (decode threads + the embedder)
+//   EwallJob      the batch job: pipeline stages, local job (manifest -> store), shared job, Queue/ (PostgreSQL)
+//   EwallML       the façade (Exports.swift re-exports the modules) + Service/ EwallService (embed, similar,
+//                 classify, reload; dynamic batching) + Transfer/ (import, export)
 //   EwallServer   the HTTP server (Hummingbird 2) on EwallML's public API; ewall-serve runs it
 //   ewall, ewall-embed, rebuild-faiss-index, ewall-serve   thin CLIs
 import PackageDescription
@@ -64,13 +69,13 @@ let package = Package(
         // call that needs torch; no libtorch at link time.
         .target(
             name: "CTorchLoader",
-            cSettings: [.headerSearchPath("../CTorchShim/include")],
             linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]
         ),
         // The backend behind it: ew_torch.h's functions over libtorch, exported as one table
-        // (include/ew_torch_backend.h). Nothing depends on it; the ewall_torch product builds it.
+        // (CTorchLoader/include/ew_torch_backend.h). Nothing depends on it; the ewall_torch product builds it.
         .target(
             name: "CTorchShim",
+            publicHeadersPath: ".", // no headers of its own: it implements CTorchLoader's ew_torch_backend.h
             cxxSettings: [.headerSearchPath("../CTorchLoader/include")],
             linkerSettings: [
                 .linkedLibrary("torch"),
@@ -141,12 +146,33 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // ImageEmbedder: files and bytes in, vectors out (decode threads + the embedder).
+        .target(
+            name: "EwallEmbedding",
+            dependencies: [
+                "EwallCore", "EwallImaging", "EwallInference", "EwallFetch",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The batch job: the pipeline's stages, the local job over a manifest, the shared job and
+        // its PostgreSQL queue (Queue/: where a job is claimed).
+        .target(
+            name: "EwallJob",
+            dependencies: [
+                "EwallCore", "EwallFetch", "EwallStore", "EwallRedis", "EwallEmbedding",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // The façade (Exports.swift re-exports the modules above) and EwallService.
         .target(
             name: "EwallML",
             dependencies: [
                 "EwallCore", "EwallImaging", "EwallInference", "EwallFetch", "EwallStore", "EwallIndex",
-                "EwallClassifier",
-                "EwallRedis",
+                "EwallClassifier", "EwallRedis", "EwallEmbedding", "EwallJob",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -216,7 +242,7 @@ let package = Package(
             ]
         ),
         // `make bench`: our side of the benchmark (bench/run_bench.py runs Python's in the same run).
-        .executableTarget(name: "ewall-bench", dependencies: ["EwallML", "EwallRedis"]),
+        .executableTarget(name: "ewall-bench", dependencies: ["EwallML", "EwallRedis", "EwallCLIBase"]),
         // Fixture paths and vector maths shared by the test targets.
         // The loopback HTTP server and the throwaway PostgreSQL server the tests start themselves.
         .target(
@@ -235,7 +261,7 @@ let package = Package(
         .testTarget(
             name: "EwallMLTests",
             dependencies: ["EwallML", "EwallTestSupport", .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "EwallJobTests", dependencies: ["EwallML", "EwallRedis", "EwallTestSupport"]),
+        .testTarget(name: "EwallJobTests", dependencies: ["EwallJob", "EwallML", "EwallRedis", "EwallTestSupport"]),
         .testTarget(name: "EwallFetchTests", dependencies: ["EwallFetch", "EwallTestSupport"]),
         .testTarget(name: "EwallStoreTests", dependencies: ["EwallStore", "EwallTestSupport"]),
         .testTarget(name: "EwallIndexTests", dependencies: ["EwallIndex", "EwallStore", "EwallTestSupport"]),
@@ -255,7 +281,7 @@ let package = Package(
             dependencies: [
                 "EwallRedis", "EwallML", "EwallTestSupport", .product(name: "Metrics", package: "swift-metrics"),
             ]),
-        .testTarget(name: "CLITests", dependencies: ["EwallStore", "EwallIndex", "EwallTestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["EwallStore", "EwallIndex", "EwallJob", "EwallTestSupport"]),
     ],
     cxxLanguageStandard: .cxx17
 )

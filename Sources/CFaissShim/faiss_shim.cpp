@@ -3,8 +3,10 @@
 
 #include "ew_faiss.h"
 
-#include "fast_index.h"
-#include "kernels.h"
+#include "accel/fast_index.h"
+#include "accel/kernels.h"
+
+static_assert(ew::kNearestLists == EW_FAISS_NEAREST_LISTS, "accel/ and ew_faiss.h must agree on the recorded lists");
 
 #include <faiss/Clustering.h>
 #include <faiss/IVFlib.h>

@@ -39,7 +39,7 @@ public struct ModelFlags: ParsableArguments {
         help: ArgumentHelp(
             "Forward passes run at once on the CPU, sharing --threads between them.",
             discussion:
-                "1: one batch at a time on all --threads. --streams equal to --threads: that many single-threaded batches side by side, which decode threads sharing the cores cannot stall; each stream holds its own batch (about 0.4 GB more). Default: for ewall embed and ewall-embed, one stream per model thread (at most 4) where the model shares its cores with the decode threads (--threads + decode threads > cores), else 1; for ewall-serve and ewall similar, 1 (a lone request's latency). README, \"Model streams\"."
+                "1: one batch at a time on all --threads. --streams equal to --threads: that many single-threaded batches side by side, which decode threads sharing the cores cannot stall; each stream holds its own batch (about 0.4 GB more). Default: for ewall embed and ewall-embed, one stream per model thread (at most 4) where the model shares its cores with the decode threads (--threads + decode threads > cores), else 1; for ewall-serve and ewall similar, 1 (a lone request's latency). docs/precision.md, \"Model streams\"."
         ))
     public var streams: Int?
 
@@ -51,7 +51,7 @@ public struct ModelFlags: ParsableArguments {
         help: ArgumentHelp(
             "Where the model runs: cpu, cuda, cuda:N, or auto.",
             discussion:
-                "auto: CUDA device 0 when the torch backend's libtorch has CUDA and a device is present, else the CPU. The backend (libewall_torch.so) is loaded with the model, from beside this executable or $EWALL_TORCH_BACKEND; the default one is built against Debian's CPU-only libtorch, `make build LIBTORCH=/path` builds one against a CUDA libtorch (README, \"Bring your own libtorch\")."
+                "auto: CUDA device 0 when the torch backend's libtorch has CUDA and a device is present, else the CPU. The backend (libewall_torch.so) is loaded with the model, from beside this executable or $EWALL_TORCH_BACKEND; the default one is built against Debian's CPU-only libtorch, `make build LIBTORCH=/path` builds one against a CUDA libtorch (docs/precision.md, \"Bring your own libtorch\")."
         ))
     public var device: ComputeDevice = .auto
 
@@ -176,7 +176,10 @@ public struct RedisFlags: ParsableArguments {
     /// The configuration these flags (or `$EWALL_REDIS`) imply; `nil` without Redis.
     public func configuration() throws -> RedisConfiguration? {
         do {
-            guard let location = try RedisConfiguration.location(flag: redis) else { return nil }
+            let environment = ProcessInfo.processInfo.environment
+            guard let location = try RedisConfiguration.location(flag: redis, environment: environment) else {
+                return nil
+            }
             return RedisConfiguration(
                 location: location, cacheTTL: .seconds(redisTTL), timeout: .milliseconds(redisTimeoutMs))
         } catch {

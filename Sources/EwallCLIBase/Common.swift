@@ -41,7 +41,7 @@ public struct DatabaseFlags: ParsableArguments {
         do {
             return try await StoreLocation(parsing: resolvedDB).open()
         } catch let e as StoreError {
-            throw fail(e.message)
+            throw fail(e)
         }
     }
 }
@@ -76,6 +76,13 @@ public func bootstrapLogging() {
         h.logLevel = .warning
         return h
     }
+}
+
+/// Prints an error the one way every command does, and the exit status of its kind
+/// (``FailureKind/exitStatus``: 64 for a usage error, else 2).
+public func fail(_ error: any EwallFailure) -> ExitCode {
+    FileHandle.standardError.write(Data("ewall: error: \(error.message)\n".utf8))
+    return ExitCode(error.kind.exitStatus)
 }
 
 public func fail(_ message: String) -> ExitCode {

@@ -22,6 +22,8 @@ public func parseSize(_ text: String) -> Int64? {
 }
 
 /// The build's phase on one live line (a terminal) or a log line every few seconds.
+///
+/// Safe because: `last`, `lastPhase` and `shown` are only touched under `lock`; the rest is immutable.
 public final class BuildProgressDisplay: @unchecked Sendable {
     private let terminal: Bool
     private let lock = NSLock()
@@ -115,7 +117,7 @@ public enum IndexSummaryText {
             out += "  recall@10    1.000 (exact search)\n"
         }
         let order = ["read_sample", "train", "add", "faiss_add", "update", "tune", "tune_filtered", "write", "total"]
-        out += "  compute      \(DistanceKernel.summary(kernel: s.kernel, blasCore: s.blasCore))\n"
+        out += "  compute      \(DistanceKernel.summary(kernel: s.kernel, blasCore: s.blasCore, chosenOver: BLASCore.replaced))\n"
         out +=
             "  seconds      "
             + order.compactMap { k in s.seconds[k].map { String(format: "%@ %.1f", k, $0) } }.joined(separator: ", ")

@@ -166,3 +166,14 @@ enum Vectors {
         return n > 0 ? v.map { $0 / n } : v
     }
 }
+
+extension ClassifierError: EwallFailure {
+    public var failureCode: String { code.rawValue }
+    public var kind: FailureKind {
+        switch code {
+        case .rules, .argument: .invalidRequest
+        case .unknownProduct: .notFound
+        case .noReferences, .mismatch: .unavailable
+        }
+    }
+}

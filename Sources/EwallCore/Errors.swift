@@ -30,7 +30,7 @@ public struct ImageError: Error, Sendable, Hashable, CustomStringConvertible, Cu
         /// The decoder ran out of memory.
         public static let outOfMemory = Code(rawValue: "out_of_memory")
         /// No torch backend (libewall_torch.so) could be loaded: the message names the paths
-        /// tried and why (README, "Bring your own libtorch").
+        /// tried and why (docs/precision.md, "Bring your own libtorch").
         public static let backendUnavailable = Code(rawValue: "torch_backend_unavailable")
     }
 
@@ -78,7 +78,7 @@ public struct InferenceError: Error, Sendable, Hashable, CustomStringConvertible
         /// The device ran out of memory for a batch (the embedder retries it in halves first).
         public static let outOfMemory = Code(rawValue: "out_of_memory")
         /// No torch backend (libewall_torch.so) could be loaded: the message names the paths
-        /// tried and why (README, "Bring your own libtorch").
+        /// tried and why (docs/precision.md, "Bring your own libtorch").
         public static let backendUnavailable = Code(rawValue: "torch_backend_unavailable")
     }
 

@@ -34,7 +34,7 @@ public enum Precision: String, Sendable, Codable, CaseIterable, CustomStringConv
     case fp32
     /// Weights and activations in bfloat16 on oneDNN. Faster than fp32 on some CPUs with
     /// AVX512_BF16 or AMX (about 2x on AMD Zen 5), slower on others (0.75x on an Intel Xeon
-    /// with AVX512_BF16); vectors drift from fp32's (see README, "Precision and speed").
+    /// with AVX512_BF16); vectors drift from fp32's (docs/precision.md, "Precision").
     case bf16
     /// float16 weights and activations: CUDA only (the CPU refuses it with a clear error).
     case fp16

@@ -161,3 +161,8 @@ public struct SharedHostSlots: Sendable, Hashable {
     public static func == (a: SharedHostSlots, b: SharedHostSlots) -> Bool { a.id == b.id }
     public func hash(into hasher: inout Hasher) { hasher.combine(id) }
 }
+
+extension FetchError: EwallFailure {
+    public var failureCode: String { code }
+    public var kind: FailureKind { code == FailureClass.invalidURL ? .invalidRequest : .unprocessable }
+}

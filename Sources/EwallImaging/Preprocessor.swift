@@ -26,7 +26,7 @@ public struct Preprocessor: Sendable {
 
     /// - Parameter fastJPEG: decode large JPEGs with TurboJPEG's DCT-domain downscaling to
     ///   no less than the size the mode resizes to. Several times faster on big photos; the
-    ///   pixels differ slightly from the exact path (see README for the measured drift).
+    ///   pixels differ slightly from the exact path (docs/images.md, "The fast JPEG path"; figures in bench/README.md).
     public init(mode: PreprocessingMode = .squash224, limits: ImageLimits = ImageLimits(), fastJPEG: Bool = false) {
         self.mode = mode
         let side = PreprocessingMode.side

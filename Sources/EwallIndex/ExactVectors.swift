@@ -14,6 +14,8 @@ import Glibc
 /// The file is memory-mapped read-only, with `MADV_RANDOM`: only the rows that re-ranking
 /// touches (about `factor × k` per query) are paged in, and the kernel may drop them again
 /// under memory pressure, so `--max-memory` counts the codes, not these 8 KiB rows.
+///
+/// Safe because: the mapping is read-only and immutable after init; rows are only read.
 public final class ExactVectors: @unchecked Sendable {
     public static let fileName = "vectors.f32"
 

@@ -168,6 +168,8 @@ public struct Neighbours: Sendable {
 /// Thread safety (the shim's contract): `search`, `reconstruct`, `write` and the getters may run
 /// from many tasks at once; `train`, `add` and `remove` need the index to themselves. The
 /// index builder owns an index while it changes it; a searcher only reads.
+///
+/// Safe because: the handle is immutable; the shim allows concurrent reads, and the builder that mutates an index owns it alone (above).
 public final class FaissIndex: @unchecked Sendable {
     public enum Kind: String, Sendable, Codable { case flat, ivf, hnsw, other }
 
@@ -486,10 +488,11 @@ public enum DistanceKernel: String, Sendable, CaseIterable, Codable {
     }
 
     /// One line for the tools' status output, e.g. "distance kernel avx512 (run-time dispatch);
-    /// BLAS OpenBLAS Prescott (its generic kernels: ...)". The current ones by default.
+    /// BLAS OpenBLAS Prescott (its generic kernels: ...)". The current ones by default; `chosenOver`:
+    /// the core that the executable replaced at start-up (`BLASCore.replaced`), if any.
     public static func summary(
         kernel: String = current.rawValue, blasCore: String? = blasCore,
-        chosenOver: String? = BLASCore.replaced
+        chosenOver: String? = nil
     ) -> String {
         let blas: String =
             switch blasCore {
@@ -544,17 +547,13 @@ public enum DistanceKernel: String, Sendable, CaseIterable, Codable {
 /// OpenBLAS's kernels for this CPU. Debian's OpenBLAS 0.3.21 does not recognise some AVX-512
 /// CPUs (newer Xeons, Zen 4 on some hypervisors) and runs its generic SSE3 kernels there
 /// ("Prescott"): on an Intel Xeon, a BLAS flat search over 50k x 2048 took 19.3 ms per query,
-/// 8.4 ms with `OPENBLAS_CORETYPE=SkylakeX` (as measured when issue 15 was filed). OpenBLAS reads that variable once, when it loads, so the tools
-/// that lean on BLAS (rebuild-faiss-index, ewall-serve, ewall) call ``selectAtStartup()`` first
-/// thing: it re-executes the process with the variable set. Only the families our tests check
-/// against the generic kernels' results (SkylakeX, Haswell) are chosen; older OpenBLAS builds
-/// computed wrong results or crashed on some processors with others.
-///
-/// `EWALL_BLAS_CORE`: unset or `auto` (choose only when OpenBLAS fell back to generic kernels
-/// and `OPENBLAS_CORETYPE` is not set), `keep` (never), or a core name (always that one).
+/// 8.4 ms with `OPENBLAS_CORETYPE=SkylakeX`. OpenBLAS reads that variable once, when it loads,
+/// so the executables choose before any BLAS work (EwallCLIBase's `BLASCore.selectAtStartup()`
+/// re-executes the process with it set; the library itself never reads or sets the
+/// environment). Only the families our tests check against the generic kernels' results
+/// (SkylakeX, Haswell) are chosen; older OpenBLAS builds computed wrong results or crashed on
+/// some processors with others.
 public enum BLASCore {
-    static let markerVariable = "EWALL_BLAS_REPLACED"
-
     /// The core to use instead of `current` (OpenBLAS's own choice) on a CPU of family `cpu`
     /// (``forThisCPU``), or nil to keep it.
     public static func better(current: String?, cpu: String) -> String? {
@@ -565,26 +564,29 @@ public enum BLASCore {
     /// The family this CPU's kernels belong to ("SkylakeX", "Haswell"; "" for neither).
     public static var forThisCPU: String { String(cString: ew_faiss_blas_core_for_cpu()) }
 
-    /// OpenBLAS's own choice that ``selectAtStartup()`` replaced in this process, if it did.
-    public static var replaced: String? { ProcessInfo.processInfo.environment[markerVariable] }
-
-    /// Re-executes this process with `OPENBLAS_CORETYPE` set when the rules above say so;
-    /// returns (doing nothing) otherwise, or when the re-execution fails.
-    public static func selectAtStartup() {
-        let env = ProcessInfo.processInfo.environment
-        guard env[markerVariable] == nil, let current = DistanceKernel.blasCore else { return }
+    /// What `EWALL_BLAS_CORE` may say: `auto` (choose only when OpenBLAS fell back to generic
+    /// kernels and `OPENBLAS_CORETYPE` is not set), `keep` (never), or a core name (always).
+    /// Returns the core to switch to, or nil to keep `current`.
+    public static func wanted(setting: String?, openBLASCoreType: String?, current: String) -> String? {
         let wanted: String?
-        switch env["EWALL_BLAS_CORE"] ?? "auto" {
+        switch setting ?? "auto" {
         case "keep": wanted = nil
-        case "auto", "": wanted = env["OPENBLAS_CORETYPE"] == nil ? better(current: current, cpu: forThisCPU) : nil
+        case "auto", "": wanted = openBLASCoreType == nil ? better(current: current, cpu: forThisCPU) : nil
         case let name: wanted = name
         }
-        guard let wanted, wanted.lowercased() != current.lowercased() else { return }
-        setenv("OPENBLAS_CORETYPE", wanted, 1)
-        setenv(markerVariable, current, 1)
-        execv("/proc/self/exe", CommandLine.unsafeArgv)
-        // Still here: the exec failed; carry on with OpenBLAS's own choice.
-        unsetenv("OPENBLAS_CORETYPE")
-        unsetenv(markerVariable)
+        guard let wanted, wanted.lowercased() != current.lowercased() else { return nil }
+        return wanted
+    }
+}
+
+extension IndexError: EwallFailure {
+    public var failureCode: String { code.rawValue }
+    public var kind: FailureKind {
+        switch code {
+        case .unknownProduct, .noVector, .notFound: .notFound
+        case .argument: .invalidRequest
+        case .manifest, .locked, .mismatch, .io: .unavailable
+        default: .internal
+        }
     }
 }

@@ -29,7 +29,7 @@ public struct IndexBuildOptions: Sendable {
     /// split into lists of about the mean (``FaissIndex/train(_:maxListFactor:)``); nil: FAISS's
     /// k-means as it comes. Default 4. On clustered 2048-d data k-means leaves "hub" centroids,
     /// the mean of many clusters, near every query: at 100k one list held 5.5% of the catalogue
-    /// and sat among nearly every query's two nearest (README, "Balanced lists").
+    /// and sat among nearly every query's two nearest (bench/README.md has the figures).
     public var maxListFactor: Double?
 
     public init(
@@ -106,7 +106,7 @@ public struct IndexBuildSummary: Sendable, Codable {
 }
 
 /// Builds an index folder from the store's vectors of one model key, streaming: the vectors
-/// are read page by page and never all held twice (see README "Choosing an index").
+/// are read page by page and never all held twice (see docs/faiss-index.md, "Which index").
 public enum IndexBuilder {
     public static let recallK = 10
     /// Queries (of the recall queries, those in stock with a category) for recall under the

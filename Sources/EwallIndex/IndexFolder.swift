@@ -272,6 +272,8 @@ public struct IndexFolder: Sendable {
     }
 
     /// A loaded folder: the three files as they were at one moment.
+    ///
+    /// Safe because: every member is immutable and Sendable or read-only (FaissIndex, ExactVectors, NearestLists are safe to share).
     public struct Loaded: @unchecked Sendable {
         public let manifest: IndexManifest
         /// Product id <-> int64 id, in flat arrays.
@@ -514,6 +516,8 @@ public struct IndexFolder: Sendable {
 
 /// An exclusive lock on an index folder, held by one rebuild: `flock` on `faiss.lock` beside the
 /// folder, which the kernel releases if the process dies. The file says who holds it.
+///
+/// Safe because: `fd` and `url` are immutable; the descriptor is only closed in deinit.
 public final class IndexLock: @unchecked Sendable {
     private let fd: Int32
     public let url: URL

@@ -3,7 +3,7 @@ import Foundation
 /// Which FAISS index to build for a catalogue, and why: what `--index auto` decides.
 ///
 /// The rules, from figures measured on this project's 2-core machine (Debian's FAISS 1.7.3,
-/// 2048-d; see README "Choosing an index"):
+/// 2048-d; see docs/faiss-index.md, "Which index"):
 /// - **Flat** (exact) while the catalogue is small: below ``flatLimit`` vectors one query
 ///   scans them all in a few milliseconds (10k took 12-15 ms), and there is nothing to tune.
 /// - **IVF-Flat** above it: nlist = 4·√N, lowered so that every list gets at least 39
@@ -51,7 +51,7 @@ public struct IndexPlan: Sendable, Codable, Hashable {
 
     /// Candidates re-ranked per answer: 8-bit scalar codes rank nearly right (4 × k); PQ codes
     /// are coarser (16 × k). Chosen so that recall@10 reaches 0.95 at a moderate nprobe on
-    /// the bench's clustered data; see README "Choosing an index".
+    /// the bench's clustered data; see docs/faiss-index.md, "Which index".
     public static func refineFactor(for factory: String) -> Int? {
         guard isCompressed(factory) else { return nil }
         return factory.uppercased().contains("SQ") ? 4 : 16

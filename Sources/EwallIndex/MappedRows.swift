@@ -7,6 +7,8 @@ import Glibc
 /// A file of fixed-size rows mapped read-only (`MADV_RANDOM`: searches touch a few rows each,
 /// and the kernel may drop them again under memory pressure). The one mapping code behind
 /// ``ExactVectors`` and ``NearestLists``.
+///
+/// Safe because: the mapping is read-only (PROT_READ) and its pointer and size never change after init.
 final class MappedRows: @unchecked Sendable {
     let rows: Int
     let rowBytes: Int

@@ -22,6 +22,8 @@ import Glibc
 /// 8th, 16th and 32nd), no header: 144 bytes a product; numpy:
 /// `np.fromfile(path, np.int32).reshape(-1, 36)` (the last 4 columns viewed as float32).
 /// Memory-mapped read-only.
+///
+/// Safe because: the mapping is read-only and immutable after init.
 public final class NearestLists: @unchecked Sendable {
     public static let fileName = "nearest_lists.bin"
     /// Lists recorded per vector (`EW_FAISS_NEAREST_LISTS`).
@@ -31,6 +33,8 @@ public final class NearestLists: @unchecked Sendable {
     static let rowInts = count + boundRanks.count
 
     /// One vector's recorded lists and distances, borrowed from the mapping (valid while it lives).
+    ///
+    /// Safe because: the pointers point into a read-only mapping that outlives the row (see above); nothing writes through them.
     public struct Row: @unchecked Sendable {
         public let lists: UnsafePointer<Int32>
         /// The distances of the lists at ``NearestLists/boundRanks``.

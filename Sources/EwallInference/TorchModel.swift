@@ -14,7 +14,7 @@ public struct ModelOptions: Sendable, Hashable {
     /// ``intraOpThreads`` intra-op threads (CUDA: one at a time whatever this says). 1 (the
     /// default) runs one batch at a time on all the threads; `streams == threads` runs that
     /// many single-threaded batches side by side, which suffer no thread barriers when decode
-    /// threads share the cores (README, "Model streams").
+    /// threads share the cores (docs/precision.md, "Model streams").
     public var streams: Int
     /// Where the model runs (``ComputeDevice``; `auto` by default: CUDA when the loaded
     /// libtorch has it and a device is present, else the CPU).
@@ -62,7 +62,7 @@ extension ModelOptions {
     /// default): one single-threaded stream per model thread, at most 4, when the model shares
     /// its cores with the decode threads (`threads + decodeThreads > cores`); otherwise 1. A
     /// multi-threaded forward pass waits at every barrier for a thread that a decode thread has
-    /// preempted; single-threaded ones have no barriers to wait at (README, "Model streams").
+    /// preempted; single-threaded ones have no barriers to wait at (docs/precision.md, "Model streams").
     public static func throughputStreams(threads: Int, decodeThreads: Int, cores: Int) -> Int {
         threads + decodeThreads > cores ? max(1, min(threads, 4)) : 1
     }

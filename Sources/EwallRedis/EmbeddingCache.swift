@@ -110,7 +110,7 @@ public enum VectorValue {
 }
 
 /// Where EwallML's keys live, following the platform's `{domain}:{entity}:{id}` convention.
-/// Every key is listed in the README ("Redis keys").
+/// Every key is listed in docs/store-and-keys.md ("Redis keys").
 public enum RedisKeys {
     /// The embedding cache: one vector per image bytes and model key (string, TTL = the cache TTL).
     public static func embedding(_ key: ModelKey, sha256: String) -> String {

@@ -397,3 +397,15 @@ public struct RedisArgument: Sendable, ExpressibleByStringLiteral {
     public init(_ n: Int) { self.bytes = Array(String(n).utf8) }
     public init(stringLiteral value: String) { self.bytes = Array(value.utf8) }
 }
+
+extension RedisFailure: EwallFailure {
+    public var failureCode: String {
+        switch self {
+        case .unavailable: "redis_unavailable"
+        case .io: "redis_io"
+        case .disabled: "redis_disabled"
+        }
+    }
+    public var message: String { description }
+    public var kind: FailureKind { .unavailable }
+}

@@ -22,9 +22,10 @@ public struct RedisConfiguration: Sendable, Hashable {
         self.connections = connections
     }
 
-    /// Reads `--redis` if given, else `$EWALL_REDIS`; `nil` when neither is set (no Redis).
+    /// `--redis` if given, else `EWALL_REDIS` in `environment` (the executable's, which it
+    /// passes in); `nil` when neither is set (no Redis).
     public static func location(
-        flag: String?, environment: [String: String] = ProcessInfo.processInfo.environment
+        flag: String?, environment: [String: String]
     )
         throws(RedisLocation.Malformed) -> RedisLocation?
     {

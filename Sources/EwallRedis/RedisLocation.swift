@@ -1,3 +1,4 @@
+import EwallCore
 import Foundation
 
 /// Where Redis is: `redis://[[user]:password@]host[:port][/db]` (the form `$EWALL_REDIS` and
@@ -109,4 +110,10 @@ public struct RedisLocation: Sendable, Hashable, CustomStringConvertible {
         }
         return String(text[..<scheme.upperBound]) + "***" + String(text[at...])
     }
+}
+
+extension RedisLocation.Malformed: EwallFailure {
+    public var failureCode: String { "invalid_redis_url" }
+    public var message: String { description }
+    public var kind: FailureKind { .invalidRequest }
 }

@@ -23,15 +23,29 @@ struct APIError: Error, Sendable {
 
     /// The library's error, at the status its kind means.
     init(_ e: EwallError) {
-        let status: HTTPResponse.Status
-        switch e.kind {
-        case .notFound: status = .notFound
-        case .invalidRequest: status = .badRequest
-        case .unprocessable: status = .unprocessableContent
-        case .overloaded, .unavailable: status = .serviceUnavailable
-        case .internal: status = .internalServerError
+        self.init(
+            Self.status(e.kind), e.code, e.message,
+            retryAfter: e.retryAfter ?? (e.kind == .unavailable ? .seconds(5) : nil))
+    }
+
+    /// Any EwallML error at the status its kind means (``FailureKind/httpStatus``).
+    init(_ e: any EwallFailure) {
+        if let e = e as? EwallError {
+            self.init(e)
+        } else {
+            self.init(Self.status(e.kind), e.failureCode, e.message)
         }
-        self.init(status, e.code, e.message, retryAfter: e.retryAfter ?? (e.kind == .unavailable ? .seconds(5) : nil))
+    }
+
+    /// ``FailureKind/httpStatus`` as HTTPTypes' named status (with its reason phrase).
+    static func status(_ kind: FailureKind) -> HTTPResponse.Status {
+        switch kind.httpStatus {
+        case 400: .badRequest
+        case 404: .notFound
+        case 422: .unprocessableContent
+        case 503: .serviceUnavailable
+        default: .internalServerError
+        }
     }
 
     static func badRequest(_ message: String) -> APIError { APIError(.badRequest, "invalid_request", message) }

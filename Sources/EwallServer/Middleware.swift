@@ -58,26 +58,23 @@ struct InFlightLimit<Context: RequestContext>: RouterMiddleware {
 
 /// A count with a ceiling, shared across tasks and event loops: requests in progress,
 /// connections open.
-///
-/// Safe because: `count` is only touched under `lock`.
-final class BoundedCounter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var count = 0
+final class BoundedCounter: Sendable {
+    private let count = Locked(0)
 
     /// Counts one more unless `limit` are counted already; the count after, or `nil`.
     func enter(limit: Int) -> Int? {
-        lock.withLock {
-            guard count < limit else { return nil }
-            count += 1
-            return count
+        count.withLock {
+            guard $0 < limit else { return nil }
+            $0 += 1
+            return $0
         }
     }
 
     /// Counts one fewer; the count after.
     func leave() -> Int {
-        lock.withLock {
-            count -= 1
-            return count
+        count.withLock {
+            $0 -= 1
+            return $0
         }
     }
 }

@@ -169,7 +169,7 @@ public struct StoreError: Error, Sendable, CustomStringConvertible, CustomDebugS
 /// The check both stores make before writing: every text value must come back byte for byte.
 /// PostgreSQL's `text` cannot hold U+0000 and C APIs end a string there, so a NUL would
 /// otherwise truncate an id and let two products share a row.
-enum StorableText {
+package enum StorableText {
     static func check(_ products: [Product]) throws {
         for p in products {
             try check(p.id, "product_id", p.id)
@@ -179,7 +179,7 @@ enum StorableText {
         }
     }
 
-    static func check(_ batch: WriteBatch) throws {
+    package static func check(_ batch: WriteBatch) throws {
         for e in batch.embeddings {
             try check(e.productID, "product_id", e.productID)
             try check(e.imageURL, "image_url", e.productID)
@@ -191,7 +191,7 @@ enum StorableText {
         }
     }
 
-    static func check(_ value: String, _ field: String, _ id: String) throws {
+    package static func check(_ value: String, _ field: String, _ id: String) throws {
         if value.utf8.contains(0) {
             let shown = id.unicodeScalars.prefix(80).map { $0.value == 0 ? "\\0" : String($0) }.joined()
             throw StoreError(
@@ -245,6 +245,16 @@ public enum VectorBytes {
         }
         return (0..<dimension).map { i in
             Float(bitPattern: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)))
+        }
+    }
+}
+
+extension StoreError: EwallFailure {
+    public var failureCode: String { code.rawValue }
+    public var kind: FailureKind {
+        switch code {
+        case .invalidURL, .invalidValue: .invalidRequest
+        default: .unavailable
         }
     }
 }

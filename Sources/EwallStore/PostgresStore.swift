@@ -9,9 +9,9 @@ import PostgresNIO
 /// behaviour as ``SQLiteStore`` (vectors as `BYTEA`, one transaction per batch). Several
 /// machines may write to one database; rows are keyed by (model id, preprocessing, product).
 public final class PostgresStore: EmbeddingStore {
-    let client: PostgresClient
+    package let client: PostgresClient
     private let runner: Task<Void, Never>
-    let logger: Logger
+    package let logger: Logger
     public let displayName: String
 
     private let probe: Probe
@@ -109,14 +109,34 @@ public final class PostgresStore: EmbeddingStore {
         return store
     }
 
+    /// Runs the `;`-separated `CREATE ... IF NOT EXISTS` statements of a module's own tables
+    /// (the job queue's) under the lock that the store's schema is created under, so that many
+    /// processes starting at once do not race on the same catalog rows.
+    package func ensureSchema(_ sql: String) async throws {
+        try await client.withConnection { conn in
+            try await conn.query("SELECT pg_advisory_lock(7270113)", logger: logger)
+            do {
+                try await Self.run(sql, on: conn, logger: logger)
+            } catch {
+                _ = try? await conn.query("SELECT pg_advisory_unlock(7270113)", logger: logger)
+                throw error
+            }
+            try await conn.query("SELECT pg_advisory_unlock(7270113)", logger: logger)
+        }
+    }
+
+    private static func run(_ sql: String, on conn: PostgresConnection, logger: Logger) async throws {
+        for statement in sql.split(separator: ";")
+        where !statement.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+            try await conn.query(PostgresQuery(unsafeSQL: String(statement)), logger: logger)
+        }
+    }
+
     private func migrate() async throws {
         try await client.withConnection { conn in
             try await conn.query("SELECT pg_advisory_lock(7270113)", logger: logger)
             do {
-                for statement in Schema.postgres.split(separator: ";")
-                where !statement.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
-                    try await conn.query(PostgresQuery(unsafeSQL: String(statement)), logger: logger)
-                }
+                try await Self.run(Schema.postgres, on: conn, logger: logger)
                 var version: Int?
                 for try await (v) in try await conn.query(
                     "SELECT value FROM ewall_meta WHERE key = 'schema_version'",
@@ -140,7 +160,7 @@ public final class PostgresStore: EmbeddingStore {
         }
     }
 
-    static func wrap(_ error: any Error, _ context: String) -> StoreError {
+    package static func wrap(_ error: any Error, _ context: String) -> StoreError {
         if let e = error as? StoreError { return e }
         if let e = error as? PSQLError {
             // With the server's answer: its message and SQLSTATE. Without one, the connection

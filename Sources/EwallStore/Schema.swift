@@ -8,7 +8,7 @@
 ///
 /// Product ids compare byte-wise in both (SQLite's BINARY, PostgreSQL's "C" collation), so
 /// keyset pagination and export order agree between the two.
-enum Schema {
+package enum Schema {
     static let version = 1
 
     // The upserts' update clauses, the same text in both dialects.
@@ -27,7 +27,7 @@ enum Schema {
         """
 
     /// A newer vector replaces the older one of the same key; `created_at` stays.
-    static let embeddingUpdate = """
+    package static let embeddingUpdate = """
         ON CONFLICT (model_id, preprocessing, product_id) DO UPDATE SET
           image_url = excluded.image_url, dim = excluded.dim, vector = excluded.vector,
           image_sha256 = excluded.image_sha256, width = excluded.width, height = excluded.height,
@@ -35,7 +35,7 @@ enum Schema {
         """
 
     /// The ledger keeps the last outcome.
-    static let ledgerUpdate = """
+    package static let ledgerUpdate = """
         ON CONFLICT (model_id, preprocessing, product_id) DO UPDATE SET
           image_url = excluded.image_url, status = excluded.status, error_class = excluded.error_class,
           http_status = excluded.http_status, attempts = excluded.attempts,
@@ -168,5 +168,5 @@ enum Schema {
             classified_at TIMESTAMPTZ NOT NULL
         );
         CREATE INDEX IF NOT EXISTS embeddings_by_image ON embeddings (model_id, preprocessing, image_sha256);
-        """ + JobQueueSchema.postgres
+        """
 }

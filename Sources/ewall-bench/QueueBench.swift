@@ -17,7 +17,7 @@ enum QueueBench {
         let batch = Int(opt("--batch", "32"))!
         let vectors = args.contains("--vectors")
         let store = try await StoreLocation(parsing: opt("--db", "")).open()
-        let queue = try PostgresJobQueue.over(store)
+        let queue = try await PostgresJobQueue.over(store)
         let key = ModelKey(modelID: "bench@noop", preprocessing: "squash224")
         let job = "bench-\(workers)w-\(vectors ? "vec" : "state")-\(UUID().uuidString.prefix(8))"
 
@@ -97,12 +97,10 @@ enum QueueBench {
         print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
     }
 
-    /// Safe because: `n` is only touched under `lock`.
-    final class Counter: @unchecked Sendable {
-        private let lock = NSLock()
-        private var n = 0
-        func add(_ k: Int) { lock.withLock { n += k } }
-        var value: Int { lock.withLock { n } }
+    final class Counter: Sendable {
+        private let n = Locked(0)
+        func add(_ k: Int) { n.withLock { $0 += k } }
+        var value: Int { n.withLock { $0 } }
     }
 }
 

@@ -14,6 +14,7 @@
 //   ewall-bench memory --model M --images DIR --count 5000 [--precision P]   (bench/memory_bench.py):
 //       RSS after every 256 images of ImageEmbedder.embed(files:); growth early window vs late window
 import CImageCodec
+import EwallCLIBase
 import EwallML
 import Foundation
 

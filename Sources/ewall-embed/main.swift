@@ -155,7 +155,7 @@ struct EwallEmbed: AsyncParsableCommand {
         let store = try await database.open()
         let embedder: ImageEmbedder
         do {
-            // --streams, else as many as keep the cores busy (README, "Model streams").
+            // --streams, else as many as keep the cores busy (docs/precision.md, "Model streams").
             embedder = try ImageEmbedder(
                 configuration: imageFlags.configuration(
                     model: modelFlags.options(),
@@ -199,7 +199,7 @@ struct EwallEmbed: AsyncParsableCommand {
         shared.lease = .milliseconds(Int(leaseSeconds * 1000))
         shared.heartbeat = .milliseconds(Int(heartbeatSeconds * 1000))
         let queue: PostgresJobQueue
-        do { queue = try PostgresJobQueue.over(store) } catch {
+        do { queue = try await PostgresJobQueue.over(store) } catch {
             await store.close()
             throw fail("\(error)")
         }

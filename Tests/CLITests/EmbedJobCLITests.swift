@@ -5,16 +5,7 @@ import Foundation
 import Testing
 
 /// A built executable next to this test bundle (or in .build/debug).
-func executable(_ name: String) throws -> URL {
-    let candidates = [
-        Bundle.main.bundleURL.appendingPathComponent(name),
-        Fixtures.root.appendingPathComponent(".build/debug/\(name)"),
-    ]
-    guard let exe = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
-        throw Fixtures.Missing(description: "\(name) not built: run `swift build --build-tests` (make test does)")
-    }
-    return exe
-}
+func executable(_ name: String) throws -> URL { try ProcessRunner.built(name) }
 
 /// `ewall-embed` as a child process whose output goes to files (no pipe to fill up).
 final class JobProcess {

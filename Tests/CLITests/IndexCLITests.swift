@@ -9,26 +9,8 @@ import Testing
 func tool(
     _ name: String, _ args: [String], env: [String: String] = [:]
 ) throws -> (status: Int32, stdout: String, stderr: String) {
-    let candidates = [
-        Bundle.main.bundleURL.appendingPathComponent(name),
-        Fixtures.root.appendingPathComponent(".build/debug/\(name)"),
-    ]
-    guard let exe = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
-        throw Fixtures.Missing(description: "\(name) not built: run `swift build --build-tests` (make test does)")
-    }
-    let p = Process()
-    p.executableURL = exe
-    p.arguments = args
-    p.currentDirectoryURL = Fixtures.root
-    p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    let r = try ProcessRunner.run(try ProcessRunner.built(name), args, environment: env)
+    return (r.status, r.stdout, r.stderr)
 }
 
 @Suite("rebuild-faiss-index and ewall similar", .serialized)

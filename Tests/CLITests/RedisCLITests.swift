@@ -59,16 +59,9 @@ struct RedisCLITests {
         let r = try JobProcess.run(["--manifest", "/nonexistent.csv", "--redis", "redis://:secret@cache:port/0"])
         #expect(r.status == 64)
         #expect(r.stderr.contains("the port is not a number") && !r.stderr.contains("secret"), "\(r.stderr)")
-        let p = Process()
-        p.executableURL = try executable("ewall-embed")
-        p.arguments = ["--manifest", "/nonexistent.csv"]
-        p.environment = ["EWALL_REDIS": "http://cache:6379"]
-        let err = Pipe()
-        p.standardError = err
-        p.standardOutput = FileHandle.nullDevice
-        try p.run()
-        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 64 && text.contains("the scheme must be redis://"), "\(text)")
+        let r2 = try ProcessRunner.run(
+            try executable("ewall-embed"), ["--manifest", "/nonexistent.csv"],
+            environment: ["EWALL_REDIS": "http://cache:6379"], replacing: true)
+        #expect(r2.status == 64 && r2.stderr.contains("the scheme must be redis://"), "\(r2.stderr)")
     }
 }

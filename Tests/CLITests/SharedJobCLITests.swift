@@ -1,4 +1,5 @@
 import EwallCore
+import EwallJob
 import EwallStore
 import EwallTestSupport
 import Foundation
@@ -328,6 +329,7 @@ struct SharedJobCLITests {
     @Test("a host's 429 with Retry-After seen by one worker pauses every worker (shared through the store)")
     func sharedRetryAfter() async throws {
         let photos = try Fixtures.photos().prefix(8).map { try Fixtures.bytes($0) }
+        /// Safe because: its buffer is only touched under its lock.
         final class Log: @unchecked Sendable {
             let lock = NSLock()
             var times: [ContinuousClock.Instant] = []

@@ -13,15 +13,9 @@ struct TorchBackendCLITests {
         "no executable links libtorch (ldd)", arguments: ["ewall", "ewall-embed", "rebuild-faiss-index", "ewall-serve"])
     func noLibtorchAtLinkTime(name: String) throws {
         let exe = try executable(name)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/ldd")
-        p.arguments = [exe.path]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0)
+        let r = try ProcessRunner.run(path: "/usr/bin/ldd", [exe.path])
+        let text = r.stdout
+        #expect(r.status == 0)
         #expect(text.contains("libc.so"), "\(text)")
         #expect(!text.contains("libtorch") && !text.contains("libc10"), "\(name) links libtorch:\n\(text)")
     }

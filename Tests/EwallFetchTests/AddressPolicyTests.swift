@@ -143,11 +143,10 @@ struct AddressPolicyTests {
 }
 
 /// The test server's own port, for redirect targets it builds.
-final class PortBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = 0
+final class PortBox: Sendable {
+    private let value = Locked(0)
     var port: Int {
-        get { lock.withLock { value } }
-        set { lock.withLock { value = newValue } }
+        get { value.withLock { $0 } }
+        set { value.withLock { $0 = newValue } }
     }
 }

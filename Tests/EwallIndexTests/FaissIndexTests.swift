@@ -293,19 +293,8 @@ enum Python {
     static var hasFaiss: Bool { (try? run("import faiss")) != nil }
 
     static func run(_ script: String, args: [String] = []) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        p.arguments = ["-c", script] + args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            throw Fixtures.Missing(description: "python failed: \(String(decoding: e, as: UTF8.self))")
-        }
-        return String(decoding: o, as: UTF8.self)
+        let r = try ProcessRunner.run(path: "/usr/bin/python3", ["-c", script] + args)
+        guard r.status == 0 else { throw Fixtures.Missing(description: "python failed: \(r.stderr)") }
+        return r.stdout
     }
 }

@@ -289,12 +289,8 @@ struct IndexBuildTests {
     }
 
     func sqlite(_ url: String, _ sql: String) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
-        p.arguments = [String(url.dropFirst("sqlite:".count)), sql]
-        try p.run()
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0)
+        let r = try ProcessRunner.run(path: "/usr/bin/sqlite3", [String(url.dropFirst("sqlite:".count)), sql])
+        #expect(r.status == 0, "\(r.stderr)")
     }
 }
 
@@ -359,6 +355,8 @@ struct IndexFolderTests {
 }
 
 /// A thread that loads the folder until told to stop, recording anything inconsistent.
+///
+/// Safe because: run() alone writes `loads`, `errors` and `generations`, on its one thread; the test reads them only after `finished` is set.
 final class ReaderLoop: @unchecked Sendable {
     let folder: IndexFolder
     let stop: Flag
@@ -390,17 +388,9 @@ final class ReaderLoop: @unchecked Sendable {
     }
 }
 
-final class Flag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    func set() {
-        lock.lock()
-        value = true
-        lock.unlock()
-    }
-    var isSet: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return value
-    }
+/// A flag set once, read from other threads.
+final class Flag: Sendable {
+    private let value = Locked(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
 }

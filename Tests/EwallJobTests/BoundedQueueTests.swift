@@ -1,6 +1,6 @@
 import Testing
 
-@testable import EwallML
+@testable import EwallJob
 
 @Suite("Bounded queue between pipeline stages")
 struct BoundedQueueTests {

@@ -74,6 +74,7 @@ struct EmbeddingJobTests {
             backoffBase: .milliseconds(20), backoffMax: .milliseconds(50), maxBytes: 2 << 20)
     }
 
+    /// Safe because: its array is only touched under its lock.
     final class Collected: @unchecked Sendable {
         let lock = NSLock()
         var failures: [JobFailure] = []

@@ -4,6 +4,7 @@ import EwallTestSupport
 import Foundation
 import Testing
 
+@testable import EwallJob
 @testable import EwallML
 
 /// Manifests and imports written to break things: every such row is a bad row with its line and

@@ -2,7 +2,7 @@ import EwallStore
 import Foundation
 import Testing
 
-@testable import EwallML
+@testable import EwallJob
 
 /// A store call that never returns, even when cancelled (a query on a connection that died
 /// under the client library), must not hold the job past its deadline.
@@ -10,6 +10,8 @@ import Testing
 struct StoreDeadlineTests {
     /// A call that ignores cancellation: it waits on a continuation nobody resumes until the
     /// test releases it.
+    ///
+    /// Safe because: its state is only touched under its lock.
     final class Stuck: @unchecked Sendable {
         private let lock = NSLock()
         private var waiting: CheckedContinuation<Int, Never>?

@@ -7,6 +7,8 @@ import Testing
 @Suite("ewall-serve process", .serialized)
 struct ServeProcessTests {
     /// A running `ewall-serve`, its port read from the "listening on" line.
+    ///
+    /// Safe because: `port` is set once, in init, before the value is shared; the process and pipes are used from the test's task only.
     final class Served: @unchecked Sendable {
         let process = Process()
         let out = Pipe()
@@ -14,13 +16,7 @@ struct ServeProcessTests {
         var port = 0
 
         init(_ args: [String]) throws {
-            let candidates = [
-                Bundle.main.bundleURL.appendingPathComponent("ewall-serve"),
-                Fixtures.root.appendingPathComponent(".build/debug/ewall-serve"),
-            ]
-            guard let exe = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
-                throw Fixtures.Missing(description: "ewall-serve is not built: run `swift build` (make test does)")
-            }
+            let exe = try ProcessRunner.built("ewall-serve")
             process.executableURL = exe
             process.arguments = args
             process.currentDirectoryURL = Fixtures.root
@@ -63,15 +59,9 @@ struct ServeProcessTests {
 
     @Test("--help names every flag the issue asks for")
     func help() throws {
-        let p = Process()
-        let pipe = Pipe()
-        p.executableURL = Fixtures.root.appendingPathComponent(".build/debug/ewall-serve")
-        p.arguments = ["--help"]
-        p.standardOutput = pipe
-        try p.run()
-        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0)
+        let r = try ProcessRunner.run(try ProcessRunner.built("ewall-serve"), ["--help"])
+        let text = r.stdout
+        #expect(r.status == 0)
         for flag in [
             "--host", "--port", "--db", "--index", "--model", "--allow-host", "--max-batch-wait-ms", "--max-queue",
             "--max-body-bytes", "--max-pixels", "--request-timeout", "--watch-seconds", "SIGHUP", "random-init",

@@ -3,6 +3,8 @@ import Logging
 
 /// Collects log messages ("level: message"), to check what the library tells its user (and
 /// that a promised single warning is single).
+///
+/// Safe because: the captured lines are only touched under its lock.
 public final class CapturedLogs: @unchecked Sendable {
     private let lock = NSLock()
     private var messages: [String] = []

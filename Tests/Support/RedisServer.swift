@@ -4,6 +4,8 @@ import Foundation
 /// free loopback port, persistence off, for one test: ``stop()`` kills it (as a crash would),
 /// ``start()`` brings it back on the same port, empty. Tests that need it are enabled with
 /// `.enabled(if: RedisServer.available)`, so a machine without the package shows them skipped.
+///
+/// Safe because: `process` is only touched under `lock`; everything else is immutable.
 public final class RedisServer: @unchecked Sendable {
     public static let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
         .first { FileManager.default.isExecutableFile(atPath: $0) }

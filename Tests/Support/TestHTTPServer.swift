@@ -90,6 +90,7 @@ public final class TestHTTPServer: Sendable {
         try? channel.close().wait()
     }
 
+    /// Safe because: NIO calls a handler on its channel's event loop only; shared state lives in the server, behind its own lock.
     private final class Handler: ChannelInboundHandler, @unchecked Sendable {
         typealias InboundIn = HTTPServerRequestPart
         typealias OutboundOut = HTTPServerResponsePart

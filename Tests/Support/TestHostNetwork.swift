@@ -6,6 +6,8 @@ import Foundation
 /// Made with `ip netns` / `ip link` (root; iproute2); removed by ``remove()`` and at exit.
 /// Where they cannot be made, ``make(count:)`` says why and the tests that need them are
 /// disabled with that reason.
+///
+/// Safe because: its fields are immutable (`let`); what is shared between instances sits behind a static lock.
 public final class TestHostNetwork: @unchecked Sendable {
     /// The address of this side (the "server machine") on the bridge.
     public static let gateway = "10.213.0.1"

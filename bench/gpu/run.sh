@@ -47,10 +47,10 @@ BUNDLE=${BUNDLE:-$ROOT/bench/gpu/bundle/ew_image_bundle.a}
 [ -e "$BUNDLE" ] || { log "no $BUNDLE: run bench/gpu/bundle.sh where the -dev packages are"; exit 2; }
 t0=$(date +%s)
 g++ -O2 -std=c++17 -shared -fPIC -fvisibility=hidden -D_GLIBCXX_USE_CXX11_ABI=$ABI -ISources/CTorchLoader/include \
-    -ISources/CTorchShim/include -I"$TORCH_INCLUDE" -I"$TORCH_INCLUDE/torch/csrc/api/include" \
+    -I"$TORCH_INCLUDE" -I"$TORCH_INCLUDE/torch/csrc/api/include" \
     Sources/CTorchShim/torch_shim.cpp -o "$BUILD/libewall_torch.so" -Wl,-z,defs -L"$TORCH_LIB" \
     -Wl,-rpath,"$TORCH_LIB" $CUDA_LIBS -ltorch_cpu -lc10
-gcc -O2 -ISources/CTorchLoader/include -ISources/CTorchShim/include -ISources/CImageCodec/include \
+gcc -O2 -ISources/CTorchLoader/include -ISources/CImageCodec/include \
     -c Sources/CTorchLoader/loader.c -o "$BUILD/loader.o"
 gcc -O2 -ISources/CTorchLoader/include -ISources/CImageCodec/include -c bench/gpu/harness.c -o "$BUILD/harness.o"
 g++ -no-pie -o "$BUILD/harness" "$BUILD/harness.o" "$BUILD/loader.o" "$BUNDLE" -ldl -lpthread -lm

@@ -5,24 +5,9 @@ import EwallStore
 
 /// Why an ``EwallService`` call did not answer: a stable ``code`` a client can branch on, a
 /// message a person can act on, and a ``kind`` a server maps to an HTTP status.
-public struct EwallError: Error, Sendable, Hashable, CustomStringConvertible {
-    /// What sort of failure this is; ``EwallServer`` maps it to a status code.
-    public enum Kind: String, Sendable, Hashable {
-        /// The product does not exist (HTTP 404).
-        case notFound
-        /// The request itself is malformed: a missing field, a bad parameter (HTTP 400).
-        case invalidRequest
-        /// The request is well-formed but its input cannot be used: an image that does not
-        /// decode, a URL that is refused or cannot be fetched (HTTP 422).
-        case unprocessable
-        /// Too much work is queued; try again after ``EwallError/retryAfter`` (HTTP 503).
-        case overloaded
-        /// A part the call needs is not there: no index, model and index disagree, the store
-        /// is down, the service is shutting down (HTTP 503).
-        case unavailable
-        /// A bug or an unexpected failure of a native part (HTTP 500).
-        case `internal`
-    }
+public struct EwallError: EwallFailure, Hashable {
+    /// What sort of failure this is (``FailureKind``); ``EwallServer`` maps it to a status code.
+    public typealias Kind = FailureKind
 
     public var kind: Kind
     /// Stable, snake_case: `unknown_product`, `no_vector`, `invalid_request`, `invalid_input` (a
@@ -85,4 +70,8 @@ public struct EwallError: Error, Sendable, Hashable, CustomStringConvertible {
     init(_ e: StoreError) {
         self.init(.unavailable, "store_unavailable", e.message)
     }
+}
+
+extension EwallError {
+    public var failureCode: String { code }
 }

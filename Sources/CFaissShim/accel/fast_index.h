@@ -1,4 +1,5 @@
-// fast_index.h: FAISS index types whose hot loops use our kernels (internal to CFaissShim).
+// fast_index.h: FAISS index types whose hot loops use our kernels (internal to CFaissShim; this
+// accel/ folder depends on FAISS and kernels.h only, and faiss_shim.cpp calls into it, never back).
 //
 // Each is a subclass of the FAISS type it replaces and changes nothing but how distances
 // are computed, through FAISS's own extension points:
@@ -58,6 +59,9 @@ void dots(const float *x, int64_t n, const float *y, int64_t ny, size_t d, float
 // give its top p, kept when the next one's recorded distance, less the same error bound, proves
 // every list not computed farther than the worst kept; else the next step; after all 32, the
 // usual way.
+// How many nearest lists a row records (ew_faiss.h's EW_FAISS_NEAREST_LISTS; faiss_shim.cpp
+// checks that the two agree, so this folder needs nothing from the C boundary).
+constexpr size_t kNearestLists = 32;
 struct NearestLists {
     const int32_t *lists = nullptr;
     const float *bounds = nullptr;

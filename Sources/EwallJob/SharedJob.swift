@@ -1,5 +1,6 @@
 import Crypto
 import EwallCore
+import EwallEmbedding
 import EwallFetch
 import EwallRedis
 import EwallStore

@@ -1,11 +1,8 @@
 import Crypto
-@_exported import EwallClassifier
-@_exported import EwallCore
-@_exported import EwallFetch
-@_exported import EwallImaging
-@_exported import EwallIndex
-@_exported import EwallInference
-@_exported import EwallStore
+import EwallCore
+import EwallFetch
+import EwallImaging
+import EwallInference
 import Foundation
 import Logging
 
@@ -19,7 +16,7 @@ public struct EmbedderConfiguration: Sendable {
     public var limits: ImageLimits
     /// JPEG DCT-domain downscaling (TurboJPEG's 1/2, 1/4, 1/8 scaling, as PIL's `draft`) for
     /// JPEGs at least twice the resize target in both dimensions: faster on big photos, pixels
-    /// drift slightly (README, "What the pipeline does to an image"). Off by default. Vectors
+    /// drift slightly (docs/images.md, "The fast JPEG path"). Off by default. Vectors
     /// made with it are stored under their own preprocessing id (``preprocessingID``).
     public var fastJPEG: Bool
     /// Threads that read and decode images while the model runs. Default: the cores the
@@ -281,16 +278,13 @@ public final class ImageEmbedder: Sendable {
 }
 
 /// A thread-safe round-robin counter.
-///
-/// Safe because: `value` is only touched under `lock`.
-final class RoundRobin: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = 0
+final class RoundRobin: Sendable {
+    private let value = Locked(0)
 
     func next(_ modulo: Int) -> Int {
-        lock.lock()
-        defer { lock.unlock() }
-        value = (value + 1) % max(1, modulo)
-        return value
+        value.withLock {
+            $0 = ($0 + 1) % max(1, modulo)
+            return $0
+        }
     }
 }

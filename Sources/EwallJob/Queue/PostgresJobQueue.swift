@@ -1,4 +1,5 @@
 import EwallCore
+import EwallStore
 import Foundation
 import Logging
 import NIOCore
@@ -19,7 +20,7 @@ import PostgresNIO
 //   frozen, partitioned past its expiry) has its late commit refused, so an item is never
 //   written twice and never lost.
 
-/// The queue's tables (PostgreSQL only), created with the store's schema.
+/// The queue's tables (PostgreSQL only), created by ``PostgresJobQueue/over(_:)``.
 ///
 /// Bloat: a chunk row is updated at every commit of its items and an item row once, when it is
 /// done. Neither update touches an indexed column, so with the fill factors below they are HOT
@@ -300,18 +301,22 @@ public final class PostgresJobQueue: Sendable {
     private var client: PostgresClient { store.client }
     private var logger: Logger { store.logger }
 
-    public init(store: PostgresStore) {
+    private init(store: PostgresStore) {
         self.store = store
     }
 
     /// The queue of `store`, which must be PostgreSQL: the queue needs `SKIP LOCKED` and one
     /// clock that every machine shares.
-    public static func over(_ store: any EmbeddingStore) throws -> PostgresJobQueue {
+    /// Creates the queue's tables if they are missing.
+    public static func over(_ store: any EmbeddingStore) async throws -> PostgresJobQueue {
         guard let pg = store as? PostgresStore else {
             throw JobQueueError(
                 .notPostgres,
                 "--job needs a PostgreSQL store (--db postgres://...), which every worker "
                     + "reaches; \(store.displayName) is not one")
+        }
+        do { try await pg.ensureSchema(JobQueueSchema.postgres) } catch {
+            throw PostgresStore.wrap(error, "cannot create the job queue's tables on \(pg.displayName)")
         }
         return PostgresJobQueue(store: pg)
     }
@@ -948,4 +953,15 @@ struct CommitStatement: PostgresPreparedStatement {
     }
 
     func decodeRow(_ row: PostgresRow) throws -> Int32 { try row.decode(Int32.self) }
+}
+
+extension JobQueueError: EwallFailure {
+    public var failureCode: String { code.rawValue }
+    public var kind: FailureKind {
+        switch code {
+        case .unknownJob: .notFound
+        case .running: .unavailable
+        case .modelMismatch, .notPostgres: .invalidRequest
+        }
+    }
 }

@@ -1,4 +1,5 @@
 import EwallCore
+import EwallEmbedding
 import EwallFetch
 import EwallRedis
 import EwallStore

@@ -21,6 +21,13 @@ public struct ManifestProblem: Error, Sendable, Hashable, CustomStringConvertibl
     public var imageURL: String?
     public var message: String
     public var description: String { "line \(line): \(message)" }
+
+    public init(line: Int, productID: String? = nil, imageURL: String? = nil, message: String) {
+        self.line = line
+        self.productID = productID
+        self.imageURL = imageURL
+        self.message = message
+    }
 }
 
 /// Streams a manifest of product images, row by row, in bounded memory: CSV or TSV with a
@@ -233,7 +240,7 @@ public final class ManifestReader: @unchecked Sendable {
 
     /// `s` with control characters escaped (`\u{0}`) and cut to 200 characters: safe to put
     /// in a failure line or a log, and never mistaken for the stored value.
-    static func printable(_ s: String) -> String {
+    package static func printable(_ s: String) -> String {
         var out = ""
         for scalar in s.unicodeScalars.prefix(200) {
             if InputRules.controlName(scalar) != nil {
@@ -245,7 +252,7 @@ public final class ManifestReader: @unchecked Sendable {
         return s.unicodeScalars.count > 200 ? out + "..." : out
     }
 
-    static func bool(_ v: String) -> Bool? {
+    package static func bool(_ v: String) -> Bool? {
         switch v.lowercased() {
         case "true", "t", "1", "yes", "y": return true
         case "false", "f", "0", "no", "n": return false
@@ -379,4 +386,9 @@ public struct ManifestError: Error, Sendable, CustomStringConvertible {
     public var message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
+}
+
+extension ManifestError: EwallFailure {
+    public var failureCode: String { "invalid_manifest" }
+    public var kind: FailureKind { .invalidRequest }
 }

@@ -1,4 +1,5 @@
 import EwallCore
+import EwallEmbedding
 import EwallFetch
 import EwallRedis
 import EwallStore
@@ -233,21 +234,10 @@ public final class EmbeddingJob: Sendable {
 }
 
 /// A flag set once, read from any thread.
-///
-/// Safe because: `value` is only touched under `lock`.
-final class StopFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
+final class StopFlag: Sendable {
+    private let value = Locked(false)
 
-    var isSet: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return value
-    }
+    var isSet: Bool { value.withLock { $0 } }
 
-    func set() {
-        lock.lock()
-        value = true
-        lock.unlock()
-    }
+    func set() { value.withLock { $0 = true } }
 }

@@ -6,7 +6,6 @@
 #include "fast_index.h"
 
 #include "kernels.h"
-#include "ew_faiss.h"
 
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
@@ -426,7 +425,7 @@ bool coarseBatchOf(const FastFlat<typename std::conditional<IP, faiss::IndexFlat
     std::vector<idx_t> pending;
     pending.reserve(size_t(n));
     float y2All = hints ? q->largestNorm2() : 0;
-    constexpr size_t kLists = EW_FAISS_NEAREST_LISTS;
+    constexpr size_t kLists = kNearestLists;
     const size_t steps[][2] = {{3, 4}, {7, 8}, {15, 16}, {31, 32}, {32, 32}}; // lists computed, rank of the bound
     const size_t boundOf[33] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2,
                                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3};
