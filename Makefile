@@ -18,17 +18,19 @@ FIX   := .fixtures
 # loopback, the Python reference, and the photo sources for the samples (desktop wallpapers
 # and scikit-image's data, real photographs).
 APT_PACKAGES := libtorch-dev libfaiss-dev libopenblas-dev libturbojpeg0-dev libpng-dev libwebp-dev \
-                libsqlite3-dev postgresql sqlite3 wrk curl iproute2 libhiredis-dev redis-server \
+                libsqlite3-dev postgresql sqlite3 wrk curl iproute2 libhiredis-dev redis-server clang-format \
                 python3-torch python3-torchvision python3-pil python3-numpy python3-skimage python3-requests python3-faiss \
                 mate-backgrounds plasma-workspace-wallpapers
 DEPS_STAMP := .build/.deps-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
 
-.PHONY: help deps build torch-backend model samples fixtures test demo bench bench-1m clean serve gpu-bundle
+.PHONY: help deps build torch-backend model samples fixtures check test demo bench bench-1m clean serve gpu-bundle
 
 help:
 	@echo "make demo     install deps, build (release), make the model, run ewall-embed over the sample photos served"
 	@echo "              from a loopback HTTP server into sqlite:data/ewall.sqlite, twice (the rerun skips all)"
-	@echo "make test     install deps, make model and fixtures, run all tests"
+	@echo "make test     install deps, make model and fixtures, make check, build (no warnings allowed), check the"
+	@echo "              docs' commands against the binaries, run all tests"
+	@echo "make check    format (swift-format, clang-format) and @unchecked Sendable checks; make test runs it"
 	@echo "make bench    benchmarks vs the Python reference (bench/out/): model, decode, real photos, the job, the shared-job"
 	@echo "              queue (PostgreSQL), FAISS index, classifier,"
 	@echo "              ewall-serve under wrk load, the Redis cache warm vs cold, FAISS kernels vs Python faiss,"
@@ -39,7 +41,7 @@ help:
 	@echo "make model    export $(MODEL): pretrained if the weights download, else random-init (loud warning)"
 	@echo "make build    swift build -c release, and the torch backend .build/release/libewall_torch.so"
 	@echo "              (LIBTORCH=/path: the backend against another libtorch, e.g. a CUDA one or a pip wheel's torch/)"
-	@echo "make gpu-bundle  the decoder archive bench/gpu/run.sh links on a GPU machine (see README \"GPU\")"
+	@echo "make gpu-bundle  the decoder archive bench/gpu/run.sh links on a GPU machine (see docs/precision.md \"GPU\")"
 	@echo "make clean    remove build outputs, fixtures, samples (keeps the model)"
 
 deps: $(DEPS_STAMP)
@@ -53,7 +55,7 @@ $(DEPS_STAMP):
 	@mkdir -p .build && touch $@
 
 # The torch backend (libewall_torch.so, Sources/CTorchShim) is the only thing linked against
-# libtorch; the executables load it at run time from beside themselves (README, "Bring your own
+# libtorch; the executables load it at run time from beside themselves (docs/precision.md, "Bring your own
 # libtorch"). By default it is SwiftPM's ewall_torch product, against Debian's CPU libtorch.
 # LIBTORCH=/path builds it instead with g++ against another libtorch, without rebuilding any
 # Swift: a pytorch.org libtorch folder or a pip wheel's torch/ folder (include/ and lib/), e.g. a
@@ -91,7 +93,7 @@ else
 	  echo "      the backend is built CPU-only (--device cuda will say this libtorch has no CUDA)"; } || true
 	@mkdir -p $(dir $(TORCH_BACKEND))
 	g++ -O2 -std=c++17 -shared -fPIC -fvisibility=hidden -D_GLIBCXX_USE_CXX11_ABI=$(TORCH_ABI) \
-	    -ISources/CTorchLoader/include -ISources/CTorchShim/include -I$(LIBTORCH_DIR)/include \
+	    -ISources/CTorchLoader/include -I$(LIBTORCH_DIR)/include \
 	    -I$(LIBTORCH_DIR)/include/torch/csrc/api/include Sources/CTorchShim/torch_shim.cpp \
 	    -o $(TORCH_BACKEND).tmp -Wl,-z,defs -L$(LIBTORCH_DIR)/lib -Wl,-rpath,$(LIBTORCH_DIR)/lib \
 	    $(TORCH_CUDA_LIBS) -ltorch_cpu -lc10
@@ -143,10 +145,24 @@ $(FIX)/reference/.done: reference/ewall_reference.py $(MODEL) $(FIX)/images/.don
 	    --tensors $(FIX)/reference/resize256-crop224.npy
 	@touch $@
 
+# The house rules, checked by tools: swift-format (.swift-format) and clang-format (.clang-format)
+# find nothing to change, and every @unchecked Sendable says why it is safe. `make test` runs it.
+C_SOURCES = $(shell find Sources -name '*.c' -o -name '*.cpp' -o -name '*.h' | sort)
+check: deps
+	$(SWIFT) format lint --recursive --strict Sources Tests Package.swift
+	clang-format --dry-run -Werror $(C_SOURCES)
+	$(PY) scripts/check_unchecked_sendable.py
+
 # --no-parallel: the suites each drive libtorch, subprocesses and servers on a 2-core machine;
 # run side by side they starve each other's timers and turn timing margins into flaky failures.
-test: deps model fixtures
-	$(SWIFT) build --build-tests
+# The build's log is kept: a compiler warning in Sources/ or Tests/ fails the run
+# (scripts/check_warnings.py), and so does a command in the docs that no longer parses
+# (docs/check_docs.py, against the built binaries' --help).
+test: deps model fixtures check
+	@mkdir -p .build
+	set -o pipefail; $(SWIFT) build --build-tests 2>&1 | tee .build/build-tests.log
+	$(PY) scripts/check_warnings.py .build/build-tests.log
+	$(PY) docs/check_docs.py --bin .build/debug
 	$(SWIFT) test --skip-build --no-parallel
 
 # The main job, for real: the sample photos served over HTTP on loopback, embedded into the
@@ -219,7 +235,7 @@ bench: build model
 	$(PY) bench/index_scale_bench.py --rebuild .build/release/rebuild-faiss-index --serve .build/release/ewall-serve \
 	    --ewall-bench .build/release/ewall-bench --model $(MODEL) --count 100000 --kinds auto,sq8 --out bench/out
 
-# The index kinds at 10^6 (bench/index_scale_bench.py; README "Choosing an index" quotes it).
+# The index kinds at 10^6 (bench/index_scale_bench.py; docs/faiss-index.md and bench/README.md quote it).
 bench-1m: build model
 	$(PY) bench/index_scale_bench.py --rebuild .build/release/rebuild-faiss-index --serve .build/release/ewall-serve \
 	    --ewall-bench .build/release/ewall-bench --model $(MODEL) --count 1000000 --kinds auto,sq8 --out bench/out
