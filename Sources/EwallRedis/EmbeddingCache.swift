@@ -34,7 +34,8 @@ public struct CachedEmbedding: Sendable, Hashable {
 /// vector                      dimension x f32
 /// ```
 ///
-/// A value that does not parse, or names another dimension or model key, is not ours: it is
+/// A value that does not parse, names another dimension or model key, or holds a vector that
+/// breaks ``VectorRule`` (a NaN or infinite value, a norm that is not 1) is not ours: it is
 /// ignored (a miss), counted, and overwritten by the next fill.
 public enum VectorValue {
     static let magic: [UInt8] = Array("EWV1".utf8)
@@ -61,7 +62,8 @@ public enum VectorValue {
         return out
     }
 
-    /// The embedding, or `nil` when `bytes` is not a value of this model key and dimension.
+    /// The embedding, or `nil` when `bytes` is not a value of this model key and dimension, or
+    /// its vector breaks ``VectorRule`` (so a poisoned value is never served).
     public static func decode(_ bytes: [UInt8], key: ModelKey, dimension: Int) -> CachedEmbedding? {
         var r = Reader(bytes: bytes)
         guard r.take(4).map(Array.init) == magic, let dim = r.u32(), Int(dim) == dimension,
@@ -81,6 +83,7 @@ public enum VectorValue {
         #if _endian(big)
         vector = vector.map { Float(bitPattern: UInt32(littleEndian: $0.bitPattern)) }
         #endif
+        guard VectorRule.problem(vector, dimension: dimension) == nil else { return nil }
         return CachedEmbedding(
             vector: vector, imageSHA256: String(decoding: sha, as: UTF8.self),
             format: String(decoding: format, as: UTF8.self), width: Int(width), height: Int(height))
@@ -136,7 +139,8 @@ public struct CacheStatistics: Sendable, Hashable, Codable {
     public var misses = 0
     /// Lookups and fills that got no answer from Redis (each also counts as a miss when a lookup).
     public var errors = 0
-    /// Values under our keys that were not ours (wrong magic, dimension or model key).
+    /// Values under our keys that were not ours (wrong magic, dimension or model key, or a
+    /// vector that breaks ``VectorRule``).
     public var foreign = 0
     /// Vectors written (cache fills and per-product writes).
     public var writes = 0

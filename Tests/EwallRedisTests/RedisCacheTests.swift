@@ -76,7 +76,8 @@ struct RedisLocationTests {
 struct VectorValueTests {
     @Test("encode then decode gives the same bits and the image's facts")
     func roundTrip() {
-        let v = RedisTestData.vector(1) + [0, -0.0, .leastNonzeroMagnitude, .greatestFiniteMagnitude]
+        // Odd bit patterns that keep the norm 1 (a huge value would break VectorRule).
+        let v = RedisTestData.vector(1) + [0, -0.0, .leastNonzeroMagnitude, -.leastNormalMagnitude]
         let e = CachedEmbedding(
             vector: v, imageSHA256: RedisTestData.sha("a"), format: "jpeg", width: 4000, height: 3000)
         let bytes = VectorValue.encode(e, key: RedisTestData.key)
@@ -101,6 +102,21 @@ struct VectorValueTests {
         #expect(VectorValue.decode(Array(bytes.dropLast()), key: RedisTestData.key, dimension: 2048) == nil)
         #expect(VectorValue.decode(Array("[0.1, 0.2]".utf8), key: RedisTestData.key, dimension: 2048) == nil)
         #expect(VectorValue.decode([], key: RedisTestData.key, dimension: 2048) == nil)
+    }
+
+    @Test(
+        "a value with a valid header whose vector is NaN, infinite, zero or not unit-norm does not decode",
+        arguments: [
+            ("NaN", Float.nan, Float(1)), ("Inf", .infinity, 1), ("-Inf", -.infinity, 1),
+            ("all zeros", 0, 0), ("norm 2", 0, 2),
+        ])
+    func poisoned(_ what: String, _ value: Float, _ scale: Float) {
+        var v = RedisTestData.vector(3).map { $0 * scale }
+        if value != 0 { v[17] = value }
+        let bytes = VectorValue.encode(
+            CachedEmbedding(vector: v, imageSHA256: RedisTestData.sha("p")), key: RedisTestData.key)
+        #expect(VectorValue.decode(bytes, key: RedisTestData.key, dimension: 2048) == nil, "\(what)")
+        #expect(VectorRule.problem(v, dimension: 2048) != nil, "\(what)")
     }
 }
 
@@ -185,6 +201,27 @@ struct EmbeddingCacheTests {
         await cache.writeProducts(current: [("P1", CachedEmbedding(vector: v, imageSHA256: sha))], replaced: [])
         #expect(await cache.product("P1")?.vector == v)
         #expect(cache.statistics.foreign == 2)
+    }
+
+    @Test("a NaN vector under our key (valid header) is a miss, counted as foreign, and the next fill overwrites it")
+    func poisonedValue() async throws {
+        let server = try RedisServer()
+        let cache = RedisTestData.cache(server)
+        let sha = RedisTestData.sha("poisoned")
+        var bad = RedisTestData.vector(8)
+        bad[0] = .nan
+        let poison = VectorValue.encode(CachedEmbedding(vector: bad, imageSHA256: sha), key: RedisTestData.key)
+        let key = RedisKeys.embedding(RedisTestData.key, sha256: sha)
+        guard case .success = await cache.client.send(["SET", RedisArgument(key), RedisArgument(poison)]) else {
+            Issue.record("SET failed")
+            return
+        }
+        #expect(await cache.lookup(sha256: sha) == nil)
+        #expect(cache.statistics.foreign == 1 && cache.statistics.hits == 0)
+        let good = RedisTestData.vector(9)
+        await cache.store([CachedEmbedding(vector: good, imageSHA256: sha)])
+        #expect(await cache.lookup(sha256: sha)?.vector == good)
+        #expect(cache.statistics.foreign == 1 && cache.statistics.hits == 1)
     }
 
     @Test("the per-product view holds the product's current vector and loses it when the photo is replaced")

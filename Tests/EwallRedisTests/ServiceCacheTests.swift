@@ -1,3 +1,5 @@
+import EwallCore
+import EwallFetch
 import EwallML
 import EwallRedis
 import EwallTestSupport
@@ -45,6 +47,37 @@ struct ServiceCacheTests {
         _ = try await crop.embed(.bytes(bytes))
         #expect(crop.cacheStatistics?.hits == 0 && crop.batching.images == 1)
         for s in [one, two, crop] { await s.shutdown() }
+    }
+
+    @Test(
+        "a cached NaN vector under an image's key (valid header) is never served: recomputed, counted, overwritten")
+    func poisonedValue() async throws {
+        let redis = try RedisServer()
+        let bytes = try Fixtures.bytes(try Fixtures.photos()[2])
+        let service = try await Self.service(redis)
+        let key = RedisKeys.embedding(service.modelKey, sha256: ImageFetcher.sha256(bytes))
+        var bad = [Float](repeating: 0, count: service.dimension)
+        bad[0] = .nan
+        bad[1] = .infinity
+        let poison = VectorValue.encode(
+            CachedEmbedding(vector: bad, imageSHA256: ImageFetcher.sha256(bytes)), key: service.modelKey)
+        let client = RedisClient(location: try RedisLocation(parsing: redis.url()))
+        guard case .success = await client.send(["SET", RedisArgument(key), RedisArgument(poison)]) else {
+            Issue.record("SET failed")
+            return
+        }
+        let made = try await service.embed(.bytes(bytes))
+        #expect(VectorRule.problem(made.vector, dimension: service.dimension) == nil)
+        #expect(service.cacheStatistics?.foreign == 1 && service.cacheStatistics?.hits == 0)
+        #expect(service.batching.images == 1, "the poisoned value must be recomputed by the model")
+        for _ in 0..<100 where (service.cacheStatistics?.writes ?? 0) == 0 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let again = try await service.embed(.bytes(bytes))
+        #expect(service.cacheStatistics?.hits == 1, "the fill must have overwritten the poisoned value")
+        #expect(again.vector.map(\.bitPattern) == made.vector.map(\.bitPattern))
+        await client.close()
+        await service.shutdown()
     }
 
     @Test("Redis killed under load: every request is answered (0 errors), misses counted; restarted: hits again")
