@@ -81,6 +81,68 @@ public struct InputRules: Sendable, Hashable {
         return nil
     }
 
+    /// Longest job name in UTF-8 bytes (128).
+    public static let maxJobNameBytes = 128
+
+    /// Why `name` cannot name a shared job, or `nil` when it can. A job name is printed by
+    /// `ewall job list` and `status`, in logs and in error messages, and is part of Redis keys,
+    /// so it is printable text: not empty, not only spaces, no leading or trailing space, no
+    /// control character (tab, newline, CR, ESC... included), no bidirectional or invisible
+    /// format character (U+202E and its kin, zero-width spaces), at most ``maxJobNameBytes``
+    /// UTF-8 bytes. The reason says which rule failed and where.
+    public static func jobNameProblem(_ name: String) -> String? {
+        if name.isEmpty { return "the job name is empty" }
+        let bytes = name.utf8.count
+        if bytes > maxJobNameBytes {
+            return "the job name is \(bytes) bytes long; the limit is \(maxJobNameBytes) bytes"
+        }
+        for (offset, scalar) in name.unicodeScalars.enumerated() {
+            if let control = controlName(scalar) {
+                return "the job name contains \(control) at character \(offset + 1); it must be printable"
+            }
+            if isInvisibleFormat(scalar) {
+                return "the job name contains the invisible format character \(hex(scalar)) at character "
+                    + "\(offset + 1); it must be printable"
+            }
+        }
+        if name.unicodeScalars.allSatisfy(\.properties.isWhitespace) { return "the job name is only spaces" }
+        if name.unicodeScalars.first!.properties.isWhitespace || name.unicodeScalars.last!.properties.isWhitespace {
+            return "the job name starts or ends with a space"
+        }
+        return nil
+    }
+
+    /// `text` made safe to print to a terminal or a log line: control characters and
+    /// invisible format characters written as `\u{...}`, and cut after `maxBytes` UTF-8 bytes
+    /// with the full length said. For names and ids read back from a store, which may predate
+    /// the rules.
+    public static func escaped(_ text: String, maxBytes: Int = 128) -> String {
+        var out = ""
+        var bytes = 0
+        for scalar in text.unicodeScalars {
+            if bytes + UTF8.width(scalar) > maxBytes {
+                return out + "... (\(text.utf8.count) bytes)"
+            }
+            bytes += UTF8.width(scalar)
+            if controlName(scalar) != nil || isInvisibleFormat(scalar) {
+                out += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    /// Bidirectional controls and invisible format characters (general category Cf: U+200B-U+200F,
+    /// U+202A-U+202E, U+2060-U+206F, U+FEFF, ...): they reorder or hide text when printed.
+    static func isInvisibleFormat(_ s: Unicode.Scalar) -> Bool {
+        s.properties.generalCategory == .format
+    }
+
+    private static func hex(_ s: Unicode.Scalar) -> String {
+        "U+" + String(s.value, radix: 16, uppercase: true).leftPadded(to: 4)
+    }
+
     /// A control character's printable name (`NUL`, `U+001B`...), or `nil` if `s` is not one.
     public static func controlName(_ s: Unicode.Scalar) -> String? {
         let v = s.value

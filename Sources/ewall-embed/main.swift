@@ -54,7 +54,9 @@ struct EwallEmbed: AsyncParsableCommand {
         name: .long,
         help: ArgumentHelp(
             "A shared job in the PostgreSQL store: with --manifest, submit it; with --worker, work on it.",
-            discussion: "Any number of workers on any number of machines share one job; each item is done once."))
+            discussion: "Any number of workers on any number of machines share one job; each item is done once. "
+                + "The name is printable text: not empty, no control or invisible format characters, no leading or "
+                + "trailing space, at most \(InputRules.maxJobNameBytes) UTF-8 bytes."))
     var job: String?
 
     @Flag(name: .long, help: "Claim chunks of --job and embed them until the job is done (or cancelled).")
@@ -132,6 +134,7 @@ struct EwallEmbed: AsyncParsableCommand {
                 throw ValidationError("--job needs --manifest (submit), --worker (work), or both")
             }
         }
+        if let job, let problem = InputRules.jobNameProblem(job) { throw ValidationError("--job: \(problem)") }
         guard chunkSize >= 1 && chunkSize <= 100_000 else { throw ValidationError("--chunk-size must be 1...100000") }
         guard leaseSeconds >= 2, heartbeatSeconds > 0, heartbeatSeconds < leaseSeconds else {
             throw ValidationError(

@@ -95,7 +95,7 @@ struct Job: AsyncParsableCommand {
                 print(
                     String(
                         format: "%-6lld %-21@ %-21@ %-21@ %-10@ %6d  %7d  %3d", r.runID,
-                        r.job.prefix(21).description as NSString,
+                        InputRules.escaped(r.job, maxBytes: 21) as NSString,
                         JobText.time(r.startedAt) as NSString, (r.finishedAt.map(JobText.time) ?? "-") as NSString,
                         r.outcome as NSString, r.submitted.queued, r.submitted.skipped, r.submitted.badRows))
             }
@@ -124,8 +124,8 @@ struct Job: AsyncParsableCommand {
             await store.close()
             print(
                 changed
-                    ? "ewall job cancel: '\(name)' cancelled; its workers stop after their current batch"
-                    : "ewall job cancel: '\(name)' is not running; nothing to do")
+                    ? "ewall job cancel: '\(InputRules.escaped(name))' cancelled; its workers stop after their current batch"
+                    : "ewall job cancel: '\(InputRules.escaped(name))' is not running; nothing to do")
         }
     }
 }
@@ -144,11 +144,14 @@ enum JobText {
                 .timeSeparator(.colon))
     }
 
+    /// Names, ids and paths read back from the store are escaped (``InputRules/escaped(_:maxBytes:)``):
+    /// a stored value never writes terminal escapes or fake lines.
     static func status(_ r: JobStatusReport) -> String {
+        let e = { (s: String) in InputRules.escaped(s, maxBytes: 512) }
         let pct = r.total > 0 ? Double(r.done) / Double(r.total) * 100 : 100
         var out = """
-            job \(r.name): \(r.status.uppercased()) (run \(r.runID), submitted by \(r.submittedBy) at \(time(r.startedAt)))
-              manifest \(r.manifest) [sha256 \(r.manifestSHA256.prefix(12))], model \(r.modelID) (\(r.preprocessing))
+            job \(e(r.name)): \(r.status.uppercased()) (run \(r.runID), submitted by \(e(r.submittedBy)) at \(time(r.startedAt)))
+              manifest \(e(r.manifest)) [sha256 \(r.manifestSHA256.prefix(12))], model \(e(r.modelID)) (\(e(r.preprocessing)))
               submitted: rows \(r.submitted.rows), queued \(r.submitted.queued), skipped \(r.submitted.skipped) (already embedded), \
             failed earlier \(r.submitted.skippedFailed), bad rows \(r.submitted.badRows), duplicates \(r.submitted.duplicates)
               progress: \(r.done)/\(r.total) (\(String(format: "%.1f", pct))%): embedded \(r.embedded) (reused \(r.reused)), \
@@ -161,7 +164,7 @@ enum JobText {
             for w in r.workers {
                 out += String(
                     format: "\n    %@  %d items, %d chunks, %.1f items/s, last heartbeat %.0f s ago%@%@",
-                    w.worker as NSString, w.items, w.chunks, w.itemsPerSecond, w.silentSeconds,
+                    e(w.worker) as NSString, w.items, w.chunks, w.itemsPerSecond, w.silentSeconds,
                     w.refused > 0 ? ", \(w.refused) items refused (lease taken over)" as NSString : "" as NSString,
                     w.stale ? "  STALE: its chunks go to others" as NSString : "" as NSString)
             }

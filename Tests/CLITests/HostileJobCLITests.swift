@@ -146,3 +146,20 @@ struct HostileJobCLITests {
         #expect(!r.stderr.contains("hunter2"))
     }
 }
+
+@Suite("ewall-embed --job: the name rule")
+struct JobNameCLITests {
+    @Test(
+        "An unprintable or over-long --job is refused before anything runs, saying which rule failed",
+        arguments: [
+            ("\u{1B}[31mred", "U+001B"), ("a\nb", "line feed"), ("", "is empty"),
+            (String(repeating: "j", count: 10_000), "10000 bytes"),
+        ])
+    func refused(_ name: String, _ reason: String) throws {
+        let r = try JobProcess.run(["--job", name, "--worker", "--db", "postgres://nobody@127.0.0.1:1/none"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("--job: ") && r.stderr.contains(reason), "\(r.stderr.prefix(300))")
+        #expect(!r.stderr.contains("\u{1B}"), "the refused name was echoed raw")
+        #expect(r.stderr.utf8.count < 2000, "the 10 KB name was echoed")
+    }
+}

@@ -189,3 +189,36 @@ struct HostileInputTests {
         }
     }
 }
+
+/// Job names (`ewall-embed --job`, `ewall job ...`, ``PostgresJobQueue/submit``) are printable,
+/// bounded text, and anything that prints a stored one escapes it.
+@Suite("Job names")
+struct JobNameTests {
+    @Test(
+        "Unprintable, empty, space-only, padded and over-long names are refused, saying which rule failed",
+        arguments: [
+            ("", "is empty"), ("   ", "only spaces"), ("a\nb", "line feed"), ("a\rb", "carriage return"),
+            ("a\tb", "tab"), ("\u{1B}[31mred", "U+001B"), ("evil\u{202E}gnp.exe", "U+202E"),
+            ("zero\u{200B}width", "U+200B"),
+            (" lead", "starts or ends"), ("trail ", "starts or ends"),
+            (String(repeating: "x", count: 10_000), "10000 bytes long"),
+        ])
+    func refused(_ name: String, _ reason: String) {
+        let problem = InputRules.jobNameProblem(name)
+        #expect(problem?.contains(reason) == true, "\(name.debugDescription): \(problem ?? "accepted")")
+    }
+
+    @Test("Ordinary names are accepted", arguments: ["nightly", "구스다운 2026-12", "shop/feed#3", "a b c"])
+    func accepted(_ name: String) {
+        #expect(InputRules.jobNameProblem(name) == nil)
+    }
+
+    @Test("Escaped for a terminal: control and bidi characters written out, long names cut with their length")
+    func escaped() {
+        #expect(InputRules.escaped("\u{1B}[31mred\nfake log line") == "\\u{1B}[31mred\\u{A}fake log line")
+        #expect(InputRules.escaped("x\u{202E}y") == "x\\u{202E}y")
+        let long = InputRules.escaped(String(repeating: "n", count: 10_000))
+        #expect(long.utf8.count < 200 && long.hasSuffix("... (10000 bytes)"))
+        #expect(InputRules.escaped("구스다운") == "구스다운")
+    }
+}

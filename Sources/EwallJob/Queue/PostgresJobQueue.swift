@@ -282,6 +282,8 @@ public struct JobQueueError: Error, Sendable, CustomStringConvertible {
         case unknownJob = "unknown_job"
         case modelMismatch = "model_mismatch"
         case notPostgres = "queue_needs_postgres"
+        /// The job name breaks ``InputRules/jobNameProblem(_:)``.
+        case invalidName = "invalid_job_name"
     }
 
     public var code: Code
@@ -338,7 +340,8 @@ public final class PostgresJobQueue: Sendable {
         _ spec: JobSpec, counts: @Sendable () -> SubmitCounts,
         items: () async throws -> [QueuedItem]
     ) async throws -> Int64 {
-        try await run("submitting job \(spec.name)") {
+        if let problem = InputRules.jobNameProblem(spec.name) { throw JobQueueError(.invalidName, problem) }
+        return try await run("submitting job \(spec.name)") {
             try await client.withTransaction(logger: logger) { conn in
                 // The job row is the lock against double runs: held for the whole submission.
                 try await conn.query(
@@ -470,8 +473,10 @@ public final class PostgresJobQueue: Sendable {
             ).decode(String.self) { known.append(n) }
             throw JobQueueError(
                 .unknownJob,
-                "no job named '\(name)' in \(store.displayName)"
-                    + (known.isEmpty ? " (it holds no jobs)" : "; it has: " + known.joined(separator: ", ")))
+                "no job named '\(InputRules.escaped(name))' in \(store.displayName)"
+                    + (known.isEmpty
+                        ? " (it holds no jobs)"
+                        : "; it has: " + known.map { InputRules.escaped($0, maxBytes: 64) }.joined(separator: ", ")))
         }
     }
 
@@ -742,7 +747,7 @@ public final class PostgresJobQueue: Sendable {
                     reused: 0, failed: 0, chunks: 0, chunksDone: 0, chunksLeased: 0, workers: [],
                     etaSeconds: nil)
             }
-            guard var r = report else { throw JobQueueError(.unknownJob, "no job named '\(name)'") }
+            guard var r = report else { throw JobQueueError(.unknownJob, "no job named '\(InputRules.escaped(name))'") }
             for try await (chunks, done, leased, e, u, f, pending) in try await client.query(
                 """
                 SELECT COUNT(*)::int8, COUNT(*) FILTER (WHERE pending = 0)::int8,
