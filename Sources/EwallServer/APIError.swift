@@ -2,6 +2,7 @@ import EwallML
 import Foundation
 import HTTPTypes
 import Hummingbird
+import NIOHTTP1
 
 /// An error as the API returns it: `{"error": {"code": ..., "message": ...}}` with a status.
 ///
@@ -62,6 +63,13 @@ struct APIError: Error, Sendable {
         return e
     }
 
+    /// The body: `{"error": {"code": ..., "message": ...}}`.
+    var jsonBody: Data {
+        try! JSONSerialization.data(
+            withJSONObject: ["error": ["code": code, "message": message]],
+            options: [.sortedKeys, .withoutEscapingSlashes])
+    }
+
     func response() -> Response {
         var headers: HTTPFields = [.contentType: "application/json; charset=utf-8"]
         // Every 503 says when to retry (the OpenAPI document requires it).
@@ -70,10 +78,9 @@ struct APIError: Error, Sendable {
             headers[.retryAfter] = String(seconds)
         }
         if !allow.isEmpty { headers[.allow] = allow.map(\.rawValue).joined(separator: ", ") }
-        let body = try! JSONSerialization.data(
-            withJSONObject: ["error": ["code": code, "message": message]],
-            options: [.sortedKeys, .withoutEscapingSlashes])
-        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+        // The body was not read to its end: the connection's framing is lost, so it closes.
+        if status == .contentTooLarge { headers[.connection] = "close" }
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: jsonBody)))
     }
 
     /// The codes this server can answer with, by status (for the OpenAPI document and its test).
@@ -83,17 +90,21 @@ struct APIError: Error, Sendable {
         "404": ["unknown_product", "no_vector", "route_not_found"],
         "405": ["method_not_allowed"],
         "413": ["body_too_large"],
+        "414": ["uri_too_long"],
         "415": ["unsupported_media_type"],
+        "431": ["headers_too_large"],
         "422": [
             "blocked_url", "fetch_failed", "not_an_image", "unsupported_format", "truncated", "corrupt",
             "too_many_pixels",
             "too_small", "too_large", "unreadable", "out_of_memory",
         ],
         "500": ["internal", "index_error", "classifier_error", "model_error", "invalid_vector", "bad_model_output"],
+        "501": ["not_implemented"],
         "503": [
             "overloaded", "timeout", "index_unavailable", "model_mismatch", "store_unavailable", "shutting_down",
             "model_unavailable",
         ],
+        "505": ["http_version_not_supported"],
     ]
 }
 
@@ -106,6 +117,11 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
+        // The router would read `//api//embeddings` as `/api/embeddings`; no route has an
+        // empty segment, so such a path is served by none.
+        if request.uri.path.contains("//") {
+            return APIError(.notFound, "route_not_found", "no route \(request.method) \(request.uri.path)").response()
+        }
         do {
             return try await next(request, context)
         } catch let e as APIError {
@@ -133,6 +149,11 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
                 return APIError(e.status, e.status.code < 500 ? "invalid_request" : "internal", e.status.reasonPhrase)
                     .response()
             }
+        } catch let e as HTTPParserError {
+            // The body could not be parsed (a malformed chunk): the connection closes after this.
+            var response = FramingGuard.answer(to: e, requestLineTooLong: false).response()
+            response.headers[.connection] = "close"
+            return response
         } catch is DecodingError {
             return APIError.badRequest("the request body is not the JSON this route takes").response()
         } catch {
@@ -146,8 +167,13 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 struct RouteTable: Sendable {
     private let routes: [(segments: [Substring], method: HTTPRequest.Method)]
 
+    /// HEAD is served wherever GET is (``HeadMiddleware``), so a GET route serves it too.
     init(_ routes: [(path: String, method: HTTPRequest.Method)]) {
-        self.routes = routes.map { (Self.segments($0.path), $0.method) }
+        self.routes = routes.flatMap { route in
+            (route.method == .get ? [HTTPRequest.Method.get, .head] : [route.method]).map {
+                (Self.segments(route.path), $0)
+            }
+        }
     }
 
     /// The methods served on `path` (a request path; `{name}` in a pattern matches any one

@@ -1,8 +1,10 @@
 import Foundation
+import HTTPTypes
 import HummingbirdCore
 import Logging
 import Metrics
 import NIOCore
+import NIOHTTP1
 
 /// What one connection may hold: a deadline for each request head, and a cap on how many
 /// connections are open at once. Hummingbird's own idle timeout closes connections that sit
@@ -73,6 +75,11 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     /// The latest request's body has ended, so bytes now belong to the next request.
     private var bodyEnded = true
     private var deadline: Scheduled<Void>?
+    /// The current request line's length in bytes once its LF is read (`nil` before): a head
+    /// too large for the decoder is a target problem (414) when the line is unfinished or
+    /// itself as long as the decoder's limit, else a header problem (431).
+    private(set) var requestLineBytes: Int?
+    private var lineBytesSoFar = 0
 
     init(limits: ConnectionLimits, logger: Logger) {
         self.limits = limits
@@ -111,6 +118,14 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // The first bytes of a request: its head is due within the header timeout.
         if deadline == nil && (openRequests == 0 || bodyEnded) { arm(context) }
+        if requestLineBytes == nil {
+            let bytes = unwrapInboundIn(data).readableBytesView
+            if let lf = bytes.firstIndex(of: 0x0A) {
+                requestLineBytes = lineBytesSoFar + (lf - bytes.startIndex)
+            } else {
+                lineBytesSoFar += bytes.count
+            }
+        }
         context.fireChannelRead(data)
     }
 
@@ -127,6 +142,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             deadline = nil
         case .requestEnd:
             bodyEnded = true
+            requestLineBytes = nil
+            lineBytesSoFar = 0
         case .responseEnd:
             openRequests = max(0, openRequests - 1)
         }
@@ -169,6 +186,153 @@ final class RequestHeadMarker: ChannelDuplexHandler, RemovableChannelHandler {
     }
 }
 
+/// After the HTTP codec, where the connection's framing is kept whole:
+///
+/// - a request NIO's HTTP/1 decoder cannot parse (``HTTPParserError``: an unknown method, a
+///   malformed or oversized request line or header, a negative `Content-Length`,
+///   `Content-Length` with `Transfer-Encoding`, another protocol's bytes) is answered with the
+///   API's JSON error at the status its kind means (``answer(to:requestLineTooLong:)``), with
+///   `Connection: close`, and the connection is closed: what follows cannot be told apart from
+///   the rest of a request, so nothing after it is read as one;
+/// - a response that says `Connection: close` (a 413 whose body was not read) closes the
+///   connection once written, and nothing read after it reaches the application.
+///
+/// Closing is lingering: the output is shut first (the client reads the answer to its end),
+/// whatever the client still sends is read and dropped, and the socket is closed
+/// ``lingerTime`` later, so an unread request body does not turn the close into a reset that
+/// could destroy the answer before the client reads it.
+final class FramingGuard: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPConnectionStateHandler.InboundIn
+    typealias InboundOut = HTTPConnectionStateHandler.InboundOut
+    typealias OutboundIn = HTTPConnectionStateHandler.OutboundIn
+    typealias OutboundOut = HTTPConnectionStateHandler.OutboundOut
+
+    static let lingerTime: TimeAmount = .seconds(2)
+
+    /// Request heads read whose responses have not ended.
+    private var unanswered = 0
+    /// A response head is written, its end is not.
+    private var responding = false
+    /// The response being written says `Connection: close`.
+    private var closeAfterResponse = false
+    /// The connection is closing: reads are dropped.
+    private var closing = false
+    private var linger: Scheduled<Void>?
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        linger?.cancel()
+        linger = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if closing { return }
+        if case .head(let head) = unwrapInboundIn(data) {
+            // CONNECT asks for a tunnel: this is no proxy, and the decoder reads what follows as
+            // tunnel bytes, so the framing is lost. NIO's encoder sends no body in an answer to
+            // CONNECT, so this one is a bare 405 with `Connection: close`.
+            if head.method == .connect && unanswered == 0 && !responding {
+                let fields: HTTPFields = [.connection: "close", .allow: "GET, HEAD, POST"]
+                closeAfterResponse = true
+                context.write(
+                    wrapOutboundOut(.head(HTTPResponse(status: .methodNotAllowed, headerFields: fields))), promise: nil)
+                write(context: context, data: wrapOutboundOut(.end(nil)), promise: nil)
+                return
+            }
+            unanswered += 1
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head):
+            responding = true
+            if head.headerFields[.connection]?.lowercased().contains("close") == true { closeAfterResponse = true }
+        case .body:
+            break
+        case .end:
+            responding = false
+            unanswered = max(0, unanswered - 1)
+            if closeAfterResponse {
+                context.writeAndFlush(data, promise: promise)
+                close(context)
+                return
+            }
+        }
+        context.write(data, promise: promise)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let parseError = error as? HTTPParserError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        if closing { return }
+        guard unanswered == 0 && !responding else {
+            // In a request's body, or after it while its answer is pending: the handler reading
+            // the body gets the error (a 400 from ``ErrorMiddleware``), and the connection
+            // closes once that answer is written.
+            closeAfterResponse = true
+            context.fireErrorCaught(error)
+            return
+        }
+        let line = (try? context.pipeline.syncOperations.handler(type: ConnectionGuard.self))?.requestLineBytes
+        let lineTooLong =
+            line.map { $0 >= HTTP1Channel.Configuration.DecoderConfiguration().maxHeaderFieldSize } ?? true
+        let e = Self.answer(to: parseError, requestLineTooLong: lineTooLong)
+        let body = e.jsonBody
+        var fields: HTTPFields = [.contentType: "application/json; charset=utf-8", .connection: "close"]
+        fields[.contentLength] = String(body.count)
+        closeAfterResponse = true
+        context.write(wrapOutboundOut(.head(HTTPResponse(status: e.status, headerFields: fields))), promise: nil)
+        context.write(wrapOutboundOut(.body(ByteBuffer(bytes: body))), promise: nil)
+        write(context: context, data: wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    /// Shuts the output once what is written is flushed, drops what is read, and closes the
+    /// socket ``lingerTime`` later (sooner when the client closes).
+    private func close(_ context: ChannelHandlerContext) {
+        guard linger == nil else { return }
+        closing = true
+        context.close(mode: .output, promise: nil)
+        linger = context.eventLoop.assumeIsolated().scheduleTask(in: Self.lingerTime) {
+            context.close(promise: nil)
+        }
+    }
+
+    /// The API error a parse error means, by HTTP's status for its kind. `requestLineTooLong`
+    /// tells a request line too long (414) from headers too large (431).
+    static func answer(to error: HTTPParserError, requestLineTooLong: Bool) -> APIError {
+        switch error {
+        case .invalidMethod:
+            return APIError(
+                .notImplemented, "not_implemented",
+                "the request method is not one this server knows (methods are case-sensitive: GET, not get)")
+        case .invalidVersion, .paused:
+            return APIError(
+                .httpVersionNotSupported, "http_version_not_supported",
+                "this server speaks HTTP/1.1 (and 1.0) in plain text only: not HTTP/2, TLS or another version")
+        case .headerOverflow where requestLineTooLong:
+            return APIError(
+                .uriTooLong, "uri_too_long", "the request line is longer than the server accepts")
+        case .headerOverflow:
+            return APIError(
+                .requestHeaderFieldsTooLarge, "headers_too_large",
+                "the request headers are larger, or more, than the server accepts")
+        case .unexpectedContentLength:
+            return .badRequest("Content-Length and Transfer-Encoding may not both be given")
+        case .invalidContentLength:
+            return .badRequest("Content-Length is not a non-negative decimal number")
+        case .invalidURL, .invalidPath, .invalidQueryString, .invalidFragment, .invalidHost, .invalidPort:
+            return .badRequest("the request target is malformed (a byte that may not appear in a URL?)")
+        case .invalidChunkSize:
+            return .badRequest("a chunk of the chunked body has a malformed size")
+        default:
+            return .badRequest("the request is not well-formed HTTP/1.1 (\(error))")
+        }
+    }
+}
+
 /// Hummingbird's HTTP/1 child channel with ``ConnectionGuard`` in front of it.
 struct GuardedHTTP1Channel: ServerChildChannel {
     typealias Value = HTTP1Channel.Value
@@ -198,7 +362,7 @@ extension HTTPServerBuilder {
                 inner: HTTP1Channel(
                     responder: responder,
                     configuration: .init(
-                        additionalChannelHandlers: [RequestHeadMarker()],
+                        additionalChannelHandlers: [RequestHeadMarker(), FramingGuard()],
                         idleTimeout: .nanoseconds(idleTimeout.inNanoseconds))),
                 limits: limits)
         }

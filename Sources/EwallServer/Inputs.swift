@@ -41,17 +41,61 @@ struct RequestBody: Decodable, Sendable {
     }
 }
 
-/// A POST body read as JSON, or as raw image bytes (`Content-Type: image/*` or
-/// `application/octet-stream`, with the other fields as query parameters).
+/// A `Content-Type`: its essence (`type/subtype`, lower-cased) and its charset, if given.
+struct MediaType: Sendable, Equatable {
+    var essence: String
+    var charset: String?
+
+    init(_ header: String) {
+        let parts = header.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
+        essence = parts.first?.lowercased() ?? ""
+        for p in parts.dropFirst() {
+            let pair = p.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            if pair.count == 2 && pair[0].lowercased() == "charset" {
+                charset = pair[1].trimmingCharacters(in: CharacterSet(charactersIn: "\"")).lowercased()
+            }
+        }
+    }
+
+    /// The image itself as the body: `image/*` or `application/octet-stream`.
+    var isImage: Bool { essence.hasPrefix("image/") || essence == "application/octet-stream" }
+    var isJSON: Bool { essence == "application/json" }
+}
+
+/// A POST body read as JSON (`application/json`, UTF-8), or as raw image bytes
+/// (`Content-Type: image/*` or `application/octet-stream`, with the other fields as query
+/// parameters). Any other type, or none, is 415 `unsupported_media_type`.
 struct PostInput: Sendable {
     var body: RequestBody
     var image: ImageSource?
 
+    static let mediaTypes = "send application/json (UTF-8), or the image itself as image/* or application/octet-stream"
+
+    /// The body's media type, or 415 `unsupported_media_type` saying what the route takes.
+    static func mediaType(of request: Request) throws(APIError) -> MediaType {
+        guard let header = request.headers[.contentType] else {
+            throw APIError(
+                .unsupportedMediaType, "unsupported_media_type", "the request has no Content-Type: \(mediaTypes)")
+        }
+        let media = MediaType(header)
+        guard media.isJSON || media.isImage else {
+            throw APIError(
+                .unsupportedMediaType, "unsupported_media_type",
+                "Content-Type \(media.essence.debugDescription) is not taken here: \(mediaTypes)")
+        }
+        if media.isJSON, let charset = media.charset, charset != "utf-8" && charset != "utf8" {
+            throw APIError(
+                .unsupportedMediaType, "unsupported_media_type",
+                "a JSON body must be UTF-8 (RFC 8259), not charset=\(charset.debugDescription)")
+        }
+        return media
+    }
+
     static func read(_ request: Request, maxBytes: Int, rules: InputRules) async throws -> PostInput {
         var request = request
-        let type = request.headers[.contentType]?.lowercased() ?? ""
+        let media = try mediaType(of: request)
         let buffer = try await request.collectBody(upTo: maxBytes)
-        if type.hasPrefix("image/") || type.hasPrefix("application/octet-stream") {
+        if media.isImage {
             var body = RequestBody()
             let q = try QueryParameters(request.uri.query)
             body.productID = q["product_id"]
@@ -64,18 +108,6 @@ struct PostInput: Sendable {
             guard !bytes.isEmpty else { throw APIError.badRequest("the request body (the image) is empty") }
             return PostInput(body: body, image: .bytes(bytes))
         }
-        // `curl -d '{...}'` labels JSON as a form; a body that opens with `{` is read as JSON.
-        let looksLikeJSON =
-            buffer.readableBytesView.first(where: { $0 != 0x20 && $0 != 0x0a && $0 != 0x0d && $0 != 0x09 })
-            == UInt8(ascii: "{")
-        guard
-            type.isEmpty || type.hasPrefix("application/json")
-                || (type.hasPrefix("application/x-www-form-urlencoded") && looksLikeJSON)
-        else {
-            throw APIError(
-                .unsupportedMediaType, "unsupported_media_type",
-                "send application/json, or the image itself as image/* or application/octet-stream")
-        }
         if let problem = InputRules.utf8Problem(buffer.readableBytesView) {
             throw APIError.badRequest("the JSON body \(problem)")
         }
@@ -85,6 +117,10 @@ struct PostInput: Sendable {
         } catch {
             throw APIError.badRequest("the body is not valid JSON for this route: \(Self.describe(error))")
         }
+        if let key = JSONKeys.firstDuplicate(in: buffer.readableBytesView) {
+            throw APIError.badRequest(
+                "the JSON body gives \(key.debugDescription) more than once; give each field once")
+        }
         try body.check(rules)
         if body.imageURL != nil && body.imageBase64 != nil {
             throw APIError.badRequest("give image_url or image_base64, not both")
@@ -92,6 +128,9 @@ struct PostInput: Sendable {
         var image: ImageSource?
         if let url = body.imageURL { image = .url(url) }
         if let b64 = body.imageBase64 {
+            guard !b64.allSatisfy(\.isWhitespace) else {
+                throw APIError.badRequest("image_base64 is empty: give the image's bytes, base64-encoded")
+            }
             guard let data = Data(base64Encoded: b64, options: .ignoreUnknownCharacters), !data.isEmpty else {
                 throw APIError.badRequest("image_base64 is not valid base64")
             }
@@ -163,8 +202,49 @@ enum PercentEncoding {
     }
 }
 
-/// A query string, every name and value percent-decoded strictly (``PercentEncoding``); the
-/// first of repeated names wins. `+` stays `+` (RFC 3986 queries, not HTML forms).
+/// Finds a key given twice in one object of a JSON text (which `JSONDecoder` would take the
+/// last of, silently).
+enum JSONKeys {
+    /// The first key repeated in an object of `json` (valid JSON), decoded; `nil` when none is.
+    static func firstDuplicate<C: Collection>(in json: C) -> String? where C.Element == UInt8 {
+        // One frame per open object (its keys, and whether a key comes next) or array (nil).
+        var frames: [(keys: Set<String>, expectKey: Bool)?] = []
+        var i = json.startIndex
+        while i < json.endIndex {
+            let byte = json[i]
+            switch byte {
+            case UInt8(ascii: "\""):
+                let start = i
+                i = json.index(after: i)
+                while i < json.endIndex && json[i] != UInt8(ascii: "\"") {
+                    if json[i] == UInt8(ascii: "\\") { i = json.index(after: i) }
+                    if i < json.endIndex { i = json.index(after: i) }
+                }
+                guard i < json.endIndex else { return nil }
+                if let top = frames.last, var object = top, object.expectKey {
+                    let literal = Data(json[start...i])
+                    let key = (try? JSONDecoder().decode(String.self, from: literal)) ?? ""
+                    if object.keys.contains(key) { return key }
+                    object.keys.insert(key)
+                    object.expectKey = false
+                    frames[frames.count - 1] = object
+                }
+            case UInt8(ascii: "{"): frames.append(([], true))
+            case UInt8(ascii: "["): frames.append(nil)
+            case UInt8(ascii: "}"), UInt8(ascii: "]"): _ = frames.popLast()
+            case UInt8(ascii: ","):
+                if let top = frames.last, let object = top { frames[frames.count - 1] = (object.keys, true) }
+            default: break
+            }
+            i = json.index(after: i)
+        }
+        return nil
+    }
+}
+
+/// A query string, every name and value percent-decoded strictly (``PercentEncoding``). A
+/// name given twice is 400 `invalid_request` (which one was meant cannot be known). `+`
+/// stays `+` (RFC 3986 queries, not HTML forms).
 struct QueryParameters: Sendable {
     private var values: [String: String] = [:]
 
@@ -174,7 +254,10 @@ struct QueryParameters: Sendable {
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let name = try PercentEncoding.decode(parts[0], what: "a query parameter name")
             let value = parts.count > 1 ? try PercentEncoding.decode(parts[1], what: "the query parameter \(name)") : ""
-            if values[name] == nil { values[name] = value }
+            guard values[name] == nil else {
+                throw APIError.badRequest("the query parameter \(name) is given more than once; give it once")
+            }
+            values[name] = value
         }
     }
 

@@ -30,6 +30,18 @@ struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
+/// HEAD is served wherever GET is (RFC 9110 §9.3.2; ``API/register(on:)`` routes it to the
+/// GET handler): this drops the body of every answer to HEAD, errors included, keeping the
+/// status and headers (`Content-Length` that of the body GET would get).
+struct HeadMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        guard request.method == .head else { return try await next(request, context) }
+        return try await next(request, context).createHeadResponse()
+    }
+}
+
 /// Refuses API requests beyond `limit` in progress with 503 `overloaded` and Retry-After, so
 /// a flood queues nowhere unbounded. Health, readiness, metrics and the OpenAPI document
 /// always pass.

@@ -205,8 +205,10 @@ enum OpenAPIDocument {
                 op["requestBody"] = [
                     "required": true,
                     "description":
-                        "JSON, or the image itself as the body (then the other fields are query parameters). "
-                        + "At most \(limits.maxBodyBytes) bytes (else 413).",
+                        "JSON (application/json, UTF-8: a charset other than utf-8 is 415; each key once), or the "
+                        + "image itself as the body (then the other fields are query parameters). Any other "
+                        + "Content-Type, or none, is 415 unsupported_media_type. At most \(limits.maxBodyBytes) "
+                        + "bytes (else 413, and the connection is closed).",
                     "content": [
                         "application/json": ["schema": ref(body)],
                         "image/*": ["schema": image],
@@ -227,6 +229,18 @@ enum OpenAPIDocument {
             }
             op["responses"] = responses
             paths[r.path, default: [:]][r.method.rawValue.lowercased()] = op
+            if r.method == .get {
+                // HEAD wherever GET is (RFC 9110 §9.3.2): GET's status and headers, no body.
+                var head = op
+                head["operationId"] = r.operation.rawValue + "Head"
+                head["summary"] = "HEAD of GET \(r.path): the same status and headers, no body."
+                head["responses"] = responses.mapValues { response -> Any in
+                    var response = response as! [String: Any]
+                    response["content"] = nil
+                    return response
+                }
+                paths[r.path, default: [:]]["head"] = head
+            }
         }
         return [
             "openapi": "3.1.0",
@@ -255,7 +269,10 @@ enum OpenAPIDocument {
         Similar products, category classification and image embeddings (EwallML). Errors are \
         {"error": {"code", "message"}} with a stable code. A path answers a method it does not list with 405 \
         method_not_allowed and an Allow header naming the methods it serves (components.responses.MethodNotAllowed); \
-        a path not listed answers 404 route_not_found. Path parameters are percent-decoded once. Every id and text \
+        a path not listed (an empty segment, as in //api, included) answers 404 route_not_found. HEAD is served \
+        wherever GET is. A query parameter given twice is 400 invalid_request. Malformed HTTP is answered with the \
+        same error shape (400, 414 uri_too_long, 431 headers_too_large, 501 not_implemented for an unknown method, \
+        505 http_version_not_supported) and the connection closed. Path parameters are percent-decoded once. Every id and text \
         field meets the same rules (\(limits.text); ids \(limits.rules.maxIDBytes) bytes, URLs \
         \(limits.rules.maxURLBytes) bytes). Connections: a request head must be complete within the header timeout \
         of the connection's start (or of the request's first byte), and an idle connection is closed after the idle \
@@ -302,14 +319,16 @@ enum OpenAPIDocument {
                     "type": "string", "minLength": 1, "description": "A stored product's id; \(limits.id).",
                 ],
                 "image_url": [
-                    "type": "string",
-                    "description": "An http(s) URL of the image (\(limits.image)); fetched "
+                    "type": "string", "format": "uri", "minLength": 1,
+                    "description": "An absolute http or https URL of the image (\(limits.image)); fetched "
                         + "only if every address its host resolves to is public (else 422 blocked_url); at most "
-                        + "\(limits.rules.maxURLBytes) bytes.",
+                        + "\(limits.rules.maxURLBytes) UTF-8 bytes, no control characters (else 400 invalid_input); "
+                        + "another scheme, or no host, is 400 invalid_url.",
                 ],
                 "image_base64": [
-                    "type": "string", "contentEncoding": "base64",
-                    "description": "The image's bytes, base64 (\(limits.image)).",
+                    "type": "string", "contentEncoding": "base64", "minLength": 1,
+                    "description": "The image's bytes, base64 (\(limits.image)); not empty (an empty string is "
+                        + "400 invalid_request, \"empty image\").",
                 ],
                 "title": ["type": "string", "description": "The product's title; \(limits.text)."],
                 "brand": ["type": "string", "description": "The product's brand; \(limits.text)."],

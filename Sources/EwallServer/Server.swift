@@ -93,6 +93,8 @@ public enum EwallHTTPServer {
         let metrics = PrometheusMetricsFactory.forEwall(registry: registry)
         let router = Router(context: ServerContext.self)
         router.middlewares.add(RequestMetricsMiddleware<ServerContext>(factory: metrics))
+        // Outside the error middleware, so error answers to HEAD lose their bodies too.
+        router.middlewares.add(HeadMiddleware<ServerContext>())
         let routes = API.routes(adminRoutes: configuration.adminRoutes)
         router.middlewares.add(ErrorMiddleware<ServerContext>(routes: RouteTable(routes.map { ($0.path, $0.method) })))
         router.middlewares.add(InFlightLimit<ServerContext>(limit: configuration.maxInFlight))
@@ -141,9 +143,12 @@ struct API: Sendable {
             let handler = self.handler(for: route.operation)
             let timed = route.timed
             let limit = configuration.requestTimeout
-            router.on(RouterPath(route.path), method: route.method) { request, context in
-                if !timed { return try await handler(request, context) }
-                return try await withTimeout(limit) { try await handler(request, context) }
+            // HEAD wherever GET is: the same handler; ``HeadMiddleware`` drops the body.
+            for method in route.method == .get ? [HTTPRequest.Method.get, .head] : [route.method] {
+                router.on(RouterPath(route.path), method: method) { request, context in
+                    if !timed { return try await handler(request, context) }
+                    return try await withTimeout(limit) { try await handler(request, context) }
+                }
             }
         }
     }
@@ -200,6 +205,10 @@ struct API: Sendable {
                     throw APIError.badRequest("give image_url or image_base64 (or send the image bytes as the body)")
                 }
                 let e = try await service.embed(image)
+                // JSON has no NaN or infinity: a vector that is not finite is never encoded.
+                guard e.vector.allSatisfy(\.isFinite) else {
+                    throw APIError(.internalServerError, "invalid_vector", "the image's vector is not finite")
+                }
                 return try JSONResponse.make(
                     EmbeddingResponse(
                         modelID: e.modelID, preprocessing: e.preprocessing, dimension: e.vector.count, vector: e.vector,

@@ -243,10 +243,10 @@ struct HostileInputTests {
     @Test(
         "A method a path does not serve is 405 method_not_allowed with Allow; an unknown path stays 404",
         arguments: [
-            ("DELETE", "/healthz", "GET"), ("POST", "/readyz", "GET"), ("PUT", "/api/embeddings", "POST"),
-            ("GET", "/api/recommendations/similar", "POST"), ("POST", "/api/recommendations/similar/p01", "GET"),
-            ("PATCH", "/api/recommendations/similar/a%2Fb", "GET"), ("GET", "/admin/reload-index", "POST"),
-            ("OPTIONS", "/openapi.json", "GET"),
+            ("DELETE", "/healthz", "GET, HEAD"), ("POST", "/readyz", "GET, HEAD"), ("PUT", "/api/embeddings", "POST"),
+            ("GET", "/api/recommendations/similar", "POST"), ("POST", "/api/recommendations/similar/p01", "GET, HEAD"),
+            ("PATCH", "/api/recommendations/similar/a%2Fb", "GET, HEAD"), ("GET", "/admin/reload-index", "POST"),
+            ("OPTIONS", "/openapi.json", "GET, HEAD"),
         ])
     func methodNotAllowed(_ method: String, _ path: String, _ allow: String) async throws {
         let s = try await Self.server.value

@@ -227,6 +227,11 @@ struct Document {
         where header["required"] as? Bool == true {
             if r.header(name) == nil { problems.append("\(r.status) without the \(name) header the document requires") }
         }
+        if op.method == "HEAD" {
+            // No body (RawHTTP checks), the headers of the GET: its Content-Type and length.
+            if r.header("content-length") == nil { problems.append("HEAD \(r.status) without Content-Length") }
+            return problems
+        }
         let content = response["content"] as? [String: Any] ?? [:]
         let type = r.header("content-type") ?? ""
         guard let (mediaType, media) = content.first(where: { type.hasPrefix($0.key) }) else {

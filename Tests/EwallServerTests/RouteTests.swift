@@ -261,6 +261,9 @@ struct RouteTests {
                 "POST /api/recommendations/classify", "POST /api/embeddings", "GET /healthz", "GET /readyz",
                 "GET /metrics",
                 "GET /openapi.json", "POST /admin/reload-index",
+                // HEAD wherever GET is.
+                "HEAD /api/recommendations/similar/{product_id}", "HEAD /healthz", "HEAD /readyz", "HEAD /metrics",
+                "HEAD /openapi.json",
             ])
         let image = Data(try Fixtures.bytes(cat.photos[1])).base64EncodedString()
         let bodies: [String: Any] = [
@@ -272,7 +275,7 @@ struct RouteTests {
             for (method, op) in methods {
                 let concrete = path.replacingOccurrences(of: "{product_id}", with: "p01")
                 let r = try await HTTP.call(
-                    method == "get" ? .GET : .POST, s.base + concrete,
+                    method == "get" ? .GET : method == "head" ? .HEAD : .POST, s.base + concrete,
                     json: method == "post" ? (bodies[path] ?? [:]) : nil)
                 let documented = try #require(((op as? [String: Any])?["responses"] as? [String: Any])?.keys)
                 #expect(documented.contains(String(r.status)), "\(method) \(path) answered \(r.status), undocumented")

@@ -108,11 +108,13 @@ public enum RawHTTP {
             await connection.close()
             throw Failure(description: "\(method) \(target): no complete answer within \(timeout)")
         }
-        return try parse(connection.receivedBytes)
+        return try parse(connection.receivedBytes, head: method == "HEAD")
     }
 
-    /// Parses one HTTP/1.1 response (Content-Length, chunked, or read to the end).
-    public static func parse(_ bytes: [UInt8]) throws -> Response {
+    /// Parses one HTTP/1.1 response (Content-Length, chunked, or read to the end). With `head`
+    /// (the answer to a HEAD), the headers describe a body that is not sent: the body must be
+    /// empty.
+    public static func parse(_ bytes: [UInt8], head: Bool = false) throws -> Response {
         guard let end = find([13, 10, 13, 10], in: bytes, from: 0) else {
             throw Failure(
                 description:
@@ -129,7 +131,9 @@ public enum RawHTTP {
         }
         var rest = Array(bytes[(end + 4)...])
         let field = { (name: String) in headers.first { $0.0.lowercased() == name }?.1 }
-        if field("transfer-encoding")?.lowercased().contains("chunked") == true {
+        if head {
+            guard rest.isEmpty else { throw Failure(description: "a HEAD answer with \(rest.count) body bytes") }
+        } else if field("transfer-encoding")?.lowercased().contains("chunked") == true {
             rest = try dechunk(rest)
         } else if let length = field("content-length").flatMap(Int.init) {
             guard rest.count >= length else { throw Failure(description: "body has \(rest.count) of \(length) bytes") }
