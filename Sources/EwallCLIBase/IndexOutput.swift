@@ -117,7 +117,8 @@ public enum IndexSummaryText {
             out += "  recall@10    1.000 (exact search)\n"
         }
         let order = ["read_sample", "train", "add", "faiss_add", "update", "tune", "tune_filtered", "write", "total"]
-        out += "  compute      \(DistanceKernel.summary(kernel: s.kernel, blasCore: s.blasCore, chosenOver: BLASCore.replaced))\n"
+        let compute = DistanceKernel.summary(kernel: s.kernel, blasCore: s.blasCore, chosenOver: BLASCore.replaced)
+        out += "  compute      \(compute)\n"
         out +=
             "  seconds      "
             + order.compactMap { k in s.seconds[k].map { String(format: "%@ %.1f", k, $0) } }.joined(separator: ", ")

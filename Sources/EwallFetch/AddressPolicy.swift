@@ -172,7 +172,7 @@ public enum HostAddress: Sendable, Hashable, CustomStringConvertible {
         case .v6(let b):
             var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
             b.withUnsafeBytes { _ = inet_ntop(AF_INET6, $0.baseAddress, &buf, socklen_t(buf.count)) }
-            return String(cString: buf)
+            return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         }
     }
 

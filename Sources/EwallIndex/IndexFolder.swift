@@ -220,7 +220,7 @@ public struct IDMap: Sendable {
         guard
             let out = FileHandle(forWritingAtPath: url.path)
                 ?? {
-                    FileManager.default.createFile(atPath: url.path, contents: nil)
+                    _ = FileManager.default.createFile(atPath: url.path, contents: nil)
                     return FileHandle(forWritingAtPath: url.path)
                 }()
         else { throw IndexError(.io, "cannot write \(url.path)") }

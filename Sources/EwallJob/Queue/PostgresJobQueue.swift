@@ -323,6 +323,7 @@ public final class PostgresJobQueue: Sendable {
         return PostgresJobQueue(store: pg)
     }
 
+    @discardableResult
     private func run<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
         do { return try await body() } catch let e as JobQueueError { throw e } catch {
             throw PostgresStore.wrap(error, "\(what) on \(store.displayName)")
@@ -966,7 +967,7 @@ extension JobQueueError: EwallFailure {
         switch code {
         case .unknownJob: .notFound
         case .running: .unavailable
-        case .modelMismatch, .notPostgres: .invalidRequest
+        case .modelMismatch, .notPostgres, .invalidName: .invalidRequest
         }
     }
 }
