@@ -18,7 +18,7 @@ FIX   := .fixtures
 # loopback, the Python reference, and the photo sources for the samples (desktop wallpapers
 # and scikit-image's data, real photographs).
 APT_PACKAGES := libtorch-dev libfaiss-dev libopenblas-dev libturbojpeg0-dev libpng-dev libwebp-dev \
-                libsqlite3-dev postgresql sqlite3 wrk curl iproute2 libhiredis-dev redis-server clang-format \
+                libsqlite3-dev libpq-dev postgresql sqlite3 wrk curl iproute2 libhiredis-dev redis-server clang-format \
                 python3-torch python3-torchvision python3-pil python3-numpy python3-skimage python3-requests python3-faiss \
                 mate-backgrounds plasma-workspace-wallpapers
 DEPS_STAMP := .build/.deps-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)

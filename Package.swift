@@ -22,6 +22,8 @@
 //   EwallClassifier the category classifier: references, BLAS scoring, keyword rules, calibration, apply
 //   EwallEmbedding ImageEmbedder: files/bytes -> vectors (decode threads + the embedder)
 //   EwallJob      the batch job: pipeline stages, local job (manifest -> store), shared job, Queue/ (PostgreSQL)
+//   CLibPQ        the system libpq (module map only): the replication protocol for ewall sync
+//   EwallSync     the live catalogue: ewall sync (pgoutput change capture into the store's change feed)
 //   EwallML       the façade (Exports.swift re-exports the modules) + Service/ EwallService (embed, similar,
 //                 classify, reload; dynamic batching) + Transfer/ (import, export)
 //   EwallServer   the HTTP server (Hummingbird 2) on EwallML's public API; ewall-serve runs it
@@ -95,6 +97,7 @@ let package = Package(
         ),
         .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CHiredis", providers: [.apt(["libhiredis-dev"])]),
+        .systemLibrary(name: "CLibPQ", providers: [.apt(["libpq-dev"])]),
         .target(name: "EwallCore"),
         .target(name: "EwallImaging", dependencies: ["EwallCore", "CImageCodec"]),
         .target(
@@ -167,12 +170,21 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // The live catalogue: `ewall sync` follows the platform's product table by logical
+        // decoding (libpq's replication protocol, pgoutput) into the store's change feed.
+        .target(
+            name: "EwallSync",
+            dependencies: [
+                "EwallCore", "EwallStore", "EwallEmbedding", "EwallJob", "CLibPQ",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The façade (Exports.swift re-exports the modules above) and EwallService.
         .target(
             name: "EwallML",
             dependencies: [
                 "EwallCore", "EwallImaging", "EwallInference", "EwallFetch", "EwallStore", "EwallIndex",
-                "EwallClassifier", "EwallRedis", "EwallEmbedding", "EwallJob",
+                "EwallClassifier", "EwallRedis", "EwallEmbedding", "EwallJob", "EwallSync",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -11,6 +11,7 @@
 //   EwallClassifier  the category classifier
 //   EwallRedis       the platform's Redis: cache, shared fetch limits, batch keys
 //   EwallJob         the batch job: pipeline, local and shared job, the PostgreSQL job queue
+//   EwallSync        the live catalogue: following the platform's product table (ewall sync)
 //
 // EwallML itself adds EwallService (Service/), the entry point a server links, and vector
 // import and export (Transfer/).
@@ -24,3 +25,4 @@
 @_exported import EwallJob
 @_exported import EwallRedis
 @_exported import EwallStore
+@_exported import EwallSync

@@ -186,7 +186,7 @@ public final class PostgresStore: EmbeddingStore {
         return StoreError(.unavailable, "\(context): \(error)")
     }
 
-    private func run<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
+    func run<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
         do { return try await body() } catch { throw Self.wrap(error, "\(what) on \(displayName)") }
     }
 

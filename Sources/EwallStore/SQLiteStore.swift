@@ -48,7 +48,7 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
         return SQLiteStore(connection: connection, worker: worker)
     }
 
-    private func onWorker<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+    func onWorker<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
         let c = connection
         return try await worker.run { () throws -> T in try body(c) }
     }

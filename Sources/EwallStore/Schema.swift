@@ -5,6 +5,9 @@
 /// - `item_outcomes`: the ledger, the last outcome per (model id, preprocessing, product).
 /// - `classifications`: the classifier's last applied answer per product, with the stamp and
 ///   input hash that say whether it still holds.
+/// - `catalogue`, `catalogue_changes`, `sync_state`: the live catalogue `ewall sync` follows
+///   (Catalogue.swift): each synced product's image URL, listed flag and log position; the
+///   change feed replicas follow; each sync's applied position.
 ///
 /// Product ids compare byte-wise in both (SQLite's BINARY, PostgreSQL's "C" collation), so
 /// keyset pagination and export order agree between the two.
@@ -111,6 +114,28 @@ package enum Schema {
             explanation   TEXT NOT NULL,
             classified_at TEXT NOT NULL
         );
+        CREATE TABLE IF NOT EXISTS catalogue (
+            product_id  TEXT PRIMARY KEY,
+            image_url   TEXT,
+            listed      INTEGER,
+            source_lsn  INTEGER NOT NULL,
+            synced_at   TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS catalogue_changes (
+            seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+            product_id  TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            at          REAL NOT NULL,
+            source_time REAL
+        );
+        CREATE TABLE IF NOT EXISTS sync_state (
+            name        TEXT PRIMARY KEY,
+            source      TEXT NOT NULL,
+            slot        TEXT NOT NULL,
+            position    INTEGER NOT NULL,
+            commit_time REAL,
+            updated_at  REAL NOT NULL
+        );
         CREATE INDEX IF NOT EXISTS embeddings_by_image ON embeddings (model_id, preprocessing, image_sha256);
         """
 
@@ -166,6 +191,28 @@ package enum Schema {
             input_hash    TEXT NOT NULL,
             explanation   TEXT NOT NULL,
             classified_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS catalogue (
+            product_id  TEXT COLLATE "C" PRIMARY KEY,
+            image_url   TEXT,
+            listed      BOOLEAN,
+            source_lsn  BIGINT NOT NULL,
+            synced_at   TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS catalogue_changes (
+            seq         BIGSERIAL PRIMARY KEY,
+            product_id  TEXT COLLATE "C" NOT NULL,
+            kind        TEXT NOT NULL,
+            at          DOUBLE PRECISION NOT NULL,
+            source_time DOUBLE PRECISION
+        );
+        CREATE TABLE IF NOT EXISTS sync_state (
+            name        TEXT PRIMARY KEY,
+            source      TEXT NOT NULL,
+            slot        TEXT NOT NULL,
+            position    BIGINT NOT NULL,
+            commit_time DOUBLE PRECISION,
+            updated_at  DOUBLE PRECISION NOT NULL
         );
         CREATE INDEX IF NOT EXISTS embeddings_by_image ON embeddings (model_id, preprocessing, image_sha256);
         """

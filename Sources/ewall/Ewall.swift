@@ -11,5 +11,7 @@ struct Ewall: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ewall",
         abstract: "EwallML: image embeddings, similar products and categories for product search.",
-        subcommands: [Embed.self, Import.self, Export.self, Similar.self, Classify.self, Calibrate.self, Job.self])
+        subcommands: [
+            Embed.self, Import.self, Export.self, Similar.self, Classify.self, Calibrate.self, Job.self, Sync.self,
+        ])
 }

@@ -1,0 +1,200 @@
+import ArgumentParser
+import EwallCLI
+import EwallML
+import Foundation
+import Logging
+
+/// `ewall sync`: follows the platform's product table into the store, until SIGTERM or SIGINT.
+struct Sync: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync",
+        abstract: "Follow the platform's product table (PostgreSQL logical decoding) into the store.",
+        discussion: """
+            Runs until SIGTERM or SIGINT. The first run creates a publication of the mapped columns and a \
+            replication slot of its own, copies the table as of the slot's snapshot, then applies every \
+            committed change in commit order: attribute changes (stock, category, title, brand, price, listed) \
+            without any index work, deletes, and new products or new image URLs, which it embeds (in this \
+            process, as ewall-embed would). Every ewall-serve over the same --db follows the store's change \
+            feed by itself. The source needs wal_level = logical and a role with REPLICATION \
+            (docs/sync.md says what a DBA grants); a refusal names what is missing and how to fix it. \
+            Exit status: 0 stopped cleanly (what was applied is confirmed to the slot), 2 the source or the \
+            store failed, 64 bad flags or a source that cannot be followed as configured.
+            """)
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The platform's database: postgres://user:password@host:port/db.",
+            discussion: "Default: $EWALL_SYNC_SOURCE."))
+    var source: String?
+
+    @Option(name: .long, help: "The product table, SCHEMA.NAME (NAME alone: public.NAME).")
+    var table: String
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Source columns for our fields, field=column,... (field= drops an optional one).",
+            discussion:
+                "Fields: product_id, title, brand, category, price, in_stock, image_url, listed. Defaults: id, title, brand, category, price, in_stock, image_url; listed (an active/visible flag) only when mapped."
+        ))
+    var map: String?
+
+    @Option(name: .long, help: "The mapping as a JSON object {\"field\": \"column\", ...} (over the defaults).")
+    var mapFile: String?
+
+    @Option(
+        name: .customLong("where"),
+        help: "A row filter over the mapped columns (SQL, e.g. \"is_active\"): only matching rows are followed.")
+    var filter: String?
+
+    @Option(name: .long, help: "The replication slot and publication name (default ewall_SCHEMA_TABLE).")
+    var slot: String?
+
+    @Flag(name: .long, help: "Print where the sync stands (positions, slot, lag) and exit.")
+    var status = false
+
+    @Flag(name: .long, help: "With --status: one JSON object.")
+    var json = false
+
+    @Option(name: .long, help: "With --status: exit 1 when the slot holds more WAL than this many MiB.")
+    var lagWarningMib: Int = 1024
+
+    @Flag(name: .long, help: "Store attribute changes only; embed nothing (another process embeds).")
+    var noEmbed = false
+
+    @OptionGroup var database: DatabaseFlags
+    @OptionGroup var modelFlags: ModelFlags
+    @OptionGroup var imageFlags: ImageFlags
+    @OptionGroup var input: InputFlags
+    @OptionGroup var redisFlags: RedisFlags
+
+    @Option(name: .long, help: "Fetches in flight per host.")
+    var perHost: Int = 8
+
+    @Option(name: .long, help: "Seconds for one whole HTTP attempt.")
+    var timeout: Double = 30
+
+    func validate() throws {
+        guard resolvedSource != nil else {
+            throw ValidationError("give --source postgres://... (or set EWALL_SYNC_SOURCE)")
+        }
+        if map != nil && mapFile != nil { throw ValidationError("give --map or --map-file, not both") }
+        guard lagWarningMib >= 1 else { throw ValidationError("--lag-warning-mib must be at least 1") }
+    }
+
+    var resolvedSource: String? { source ?? ProcessInfo.processInfo.environment["EWALL_SYNC_SOURCE"] }
+
+    func syncConfiguration() throws -> SyncConfiguration {
+        do throws(SyncError) {
+            let columns: ColumnMap
+            if let mapFile { columns = try ColumnMap(file: mapFile) } else { columns = try ColumnMap(parsing: map) }
+            return SyncConfiguration(
+                source: resolvedSource!, table: try SourceTable(parsing: table), map: columns, filter: filter,
+                slot: slot)
+        } catch {
+            throw fail(error)
+        }
+    }
+
+    func run() async throws {
+        bootstrapLogging()
+        let logger = Logger(label: "ewall-sync")
+        let configuration = try syncConfiguration()
+        let opened = try await database.open()
+        guard let store = opened as? any CatalogueStore else {
+            await opened.close()
+            throw fail("\(opened.displayName) cannot hold a live catalogue")
+        }
+        defer { Task { await store.close() } }
+        if status {
+            let s: SyncStatus
+            do { s = try await CatalogueSync.status(configuration, store: store) } catch let e as SyncError {
+                throw fail(e)
+            }
+            print(json ? Self.json(s) : Self.text(s))
+            if let bytes = s.lagBytes, bytes > Int64(lagWarningMib) * 1_048_576 {
+                FileHandle.standardError.write(
+                    Data(
+                        "ewall: warning: slot \(s.name) holds \(bytes / 1_048_576) MiB of WAL (over --lag-warning-mib \(lagWarningMib))\n"
+                            .utf8))
+                throw ExitCode(1)
+            }
+            return
+        }
+        var made: SyncEmbedder?
+        if !noEmbed {
+            do {
+                let image = try ImageEmbedder(
+                    configuration: imageFlags.configuration(model: modelFlags.options(), streams: modelFlags.streams),
+                    logger: logger)
+                let fetch = FetchConfiguration(
+                    perHostLimit: perHost, requestTimeout: .milliseconds(Int(timeout * 1000)),
+                    maxBytes: imageFlags.maxBytes)
+                var template = EmbeddingJobConfiguration(manifestPath: "", fetch: fetch)
+                template.fetch.baseDirectory = nil
+                template.inputRules = input.rules
+                template.redis = try redisFlags.configuration()
+                made = SyncEmbedder(embedder: image, store: store, template: template, logger: logger)
+            } catch let e as InferenceError {
+                throw fail(e)
+            }
+        }
+        let embedder = made
+        let sync = CatalogueSync(configuration: configuration, store: store, logger: logger) { rows in
+            embedder?.enqueue(rows)
+        }
+        let signals = SignalHandler { _ in
+            sync.stop()
+            embedder?.stop()
+        }
+        FileHandle.standardError.write(
+            Data(
+                "ewall sync: following \(configuration.table) into \(store.displayName) (slot \(configuration.slot))\n"
+                    .utf8))
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await sync.run() }
+                if let embedder { group.addTask { try await embedder.run() } }
+                // The first to end (the sync stopped or failed) ends the other.
+                try await group.next()
+                sync.stop()
+                embedder?.stop()
+                try await group.waitForAll()
+            }
+        } catch let e as any EwallFailure {
+            throw fail(e)
+        }
+        let p = sync.progress
+        FileHandle.standardError.write(
+            Data(
+                "ewall sync: stopped\(signals.received.map { " on signal \($0)" } ?? ""): \(p.transactions) transactions, \(p.changes) changes applied up to \(p.position)\n"
+                    .utf8))
+    }
+
+    static func text(_ s: SyncStatus) -> String {
+        var lines = ["sync \(s.name): \(s.source)"]
+        lines.append(
+            "  applied      \(s.appliedPosition ?? "nothing yet")"
+                + (s.appliedCommitTime.map { " (committed \($0.ISO8601Format()))" } ?? ""))
+        if s.slotExists {
+            lines.append(
+                "  slot         \(s.slotActive ? "streaming" : "idle"), WAL \(s.walStatus ?? "?"), confirmed \(s.confirmedPosition ?? "?")"
+            )
+            lines.append(
+                "  lag          \(s.lagBytes.map { "\($0) bytes" } ?? "?")"
+                    + (s.lagSeconds.map { String(format: ", %.1f s", $0) } ?? ""))
+        } else {
+            lines.append("  slot         missing: the next ewall sync creates it and takes a fresh snapshot")
+        }
+        lines.append("  change feed  \(s.lastChangeSeq) entries")
+        return lines.joined(separator: "\n")
+    }
+
+    static func json(_ s: SyncStatus) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        return String(decoding: (try? encoder.encode(s)) ?? Data(), as: UTF8.self)
+    }
+}
