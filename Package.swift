@@ -294,6 +294,8 @@ let package = Package(
             dependencies: [
                 "EwallRedis", "EwallML", "EwallTestSupport", .product(name: "Metrics", package: "swift-metrics"),
             ]),
+        .testTarget(
+            name: "EwallSyncTests", dependencies: ["EwallSync", "EwallIndex", "EwallStore", "EwallTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["EwallStore", "EwallIndex", "EwallJob", "EwallTestSupport"]),
     ],
     cxxLanguageStandard: .cxx17

@@ -61,6 +61,11 @@ public struct IDBitmap: Sendable, Hashable {
         id >= 0 && id < capacity && (bytes[Int(id >> 3)] >> UInt8(id & 7)) & 1 == 1
     }
 
+    public mutating func remove(_ id: Int64) {
+        precondition(id >= 0 && id < capacity, "id \(id) outside the bitmap")
+        bytes[Int(id >> 3)] &= ~(1 << UInt8(id & 7))
+    }
+
     /// The ids in both.
     public func intersection(_ other: IDBitmap) -> IDBitmap {
         var out = IDBitmap(capacity: min(capacity, other.capacity))

@@ -185,6 +185,7 @@ enum Incremental {
             buildSeconds: Date().timeIntervalSince(started), buildMode: "incremental", choice: m.choice, recall: recall,
             nextID: nextID, files: [:])
         if search.filteredNprobe != nil { manifest.filteredRecall = m.filteredRecall }
+        manifest.changeSeq = options.changeSeq
         if let nearest {
             try nearest.finish(rows: nextID)
             manifest.nearest = IndexManifest.Nearest()

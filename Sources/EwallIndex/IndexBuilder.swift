@@ -5,6 +5,9 @@ import Foundation
 /// What `rebuild-faiss-index` is asked to do.
 public struct IndexBuildOptions: Sendable {
     public var folder: IndexFolder
+    /// Set by ``IndexBuilder/build(store:options:progress:)``: the store's change feed position
+    /// before the vectors are read (recorded in the manifest).
+    var changeSeq: Int64?
     /// `auto`, or a FAISS factory string.
     public var index: String
     public var metric: IndexMetric
@@ -120,6 +123,8 @@ public enum IndexBuilder {
         FaissIndex.setThreads(options.threads)
         let lock = try IndexLock(folder: options.folder)
         defer { withExtendedLifetime(lock) {} }
+        var options = options
+        options.changeSeq = try await (store as? any CatalogueStore)?.lastChangeSeq()
         var reason: String?
         if options.incremental {
             if !options.folder.exists {
@@ -346,6 +351,7 @@ public enum IndexBuilder {
             choice: plan.reason + (balanced.map { "; \($0)" } ?? ""), recall: recall, nextID: Int64(n), files: [:],
             refine: plan.refineFactor.map { IndexManifest.Refine(factor: $0) })
         manifest.filteredRecall = filteredRecall
+        manifest.changeSeq = options.changeSeq
         if nearest != nil { manifest.nearest = IndexManifest.Nearest() }
         let written = try options.folder.publish(
             index: index, idMap: idMap, manifest: manifest, exactVectors: writer?.url,

@@ -150,6 +150,9 @@ public struct IndexManifest: Codable, Sendable, Hashable {
     public var refine: Refine?
     /// Present when the folder records each vector's nearest lists (IVF over a flat quantizer).
     public var nearest: Nearest?
+    /// The store's change feed (``CatalogueStore``) as of the build: the last entry read before
+    /// the vectors were. A replica over this index applies the entries after it.
+    public var changeSeq: Int64?
 
     public init(
         factory: String, metric: IndexMetric, distance: String, search: Search, dimension: Int, count: Int,
@@ -180,6 +183,7 @@ public struct IndexManifest: Codable, Sendable, Hashable {
         case buildMode = "build_mode", choice, recall, filteredRecall = "filtered_recall", nextID = "next_id", files,
             refine
         case nearest = "nearest_lists"
+        case changeSeq = "change_seq"
     }
 
     public var key: ModelKey { ModelKey(modelID: modelID, preprocessing: preprocessing) }

@@ -247,6 +247,51 @@ struct ProductColumns: Sendable {
         }
     }
 
+    /// A replica's change to one indexed product (`nil`: deleted, unlisted, or its vector now
+    /// lives in the delta): its bits, counts and columns follow, copy-on-write.
+    mutating func update(_ id: Int64, _ p: Product?) throws {
+        let i = Int(id)
+        if present.contains(id) {
+            presentCount -= 1
+            let wasIn = inStock.contains(id)
+            if wasIn { inStockCount -= 1 }
+            let c = Int(category[i])
+            if c != 0 {
+                byCategory[c - 1].remove(id)
+                byCategoryCount[c - 1] -= 1
+                if wasIn {
+                    byCategoryInStock[c - 1].remove(id)
+                    byCategoryInStockCount[c - 1] -= 1
+                }
+            }
+            present.remove(id)
+            inStock.remove(id)
+            stockKnown.remove(id)
+            category[i] = 0
+            titleRow[i] = .max
+        }
+        guard let p else { return }
+        try set(id, p)
+        presentCount += 1
+        let isIn = inStock.contains(id)
+        if isIn { inStockCount += 1 }
+        let c = Int(category[i])
+        if c != 0 {
+            while byCategory.count < categoryNames.count {
+                byCategory.append(IDBitmap(capacity: present.capacity))
+                byCategoryInStock.append(IDBitmap(capacity: present.capacity))
+                byCategoryCount.append(0)
+                byCategoryInStockCount.append(0)
+            }
+            byCategory[c - 1].insert(id)
+            byCategoryCount[c - 1] += 1
+            if isIn {
+                byCategoryInStock[c - 1].insert(id)
+                byCategoryInStockCount[c - 1] += 1
+            }
+        }
+    }
+
     /// Builds the per-category bitmaps once every product is in.
     mutating func finish() {
         byCategory = categoryNames.map { _ in IDBitmap(capacity: present.capacity) }

@@ -157,12 +157,19 @@ public final class ProductSearch: Sendable {
     /// Below this many eligible products, an exact search over just them (cheaper than a deep
     /// approximate search, and exact).
     public let exactBelow: Int
+    /// Products with a vector the index does not hold (new since its build, or a new image),
+    /// searched exactly beside it (LiveCatalogue.swift).
+    let delta: DeltaVectors
+    /// The change feed entries applied to this search (``applying(_:through:)``).
+    let changeSeq: Int64
 
     init(
         loaded: IndexFolder.Loaded, store: any EmbeddingStore, columns: ProductColumns, missing: Int, storeCount: Int,
         exactBelow: Int
     ) {
         self.exactBelow = exactBelow
+        delta = DeltaVectors()
+        changeSeq = loaded.manifest.changeSeq ?? 0
         manifest = loaded.manifest
         index = loaded.index
         identity = AnsweringIndex(
@@ -192,6 +199,25 @@ public final class ProductSearch: Sendable {
             warnings.append("\(gone) products in the index are no longer in the store; they are never returned")
         }
         self.warnings = warnings
+    }
+
+    /// The same search with other columns and delta (a replica's changes applied).
+    init(copying s: ProductSearch, columns: ProductColumns, delta: DeltaVectors, changeSeq: Int64) {
+        manifest = s.manifest
+        warnings = s.warnings
+        missingFromIndex = s.missingFromIndex
+        identity = s.identity
+        index = s.index
+        ids = s.ids
+        exact = s.exact
+        refineFactor = s.refineFactor
+        nearest = s.nearest
+        secondHop = s.secondHop
+        store = s.store
+        exactBelow = s.exactBelow
+        self.columns = columns
+        self.delta = delta
+        self.changeSeq = changeSeq
     }
 
     /// Opens the index folder and reads the filter metadata for its model key from the store,
@@ -230,6 +256,12 @@ public final class ProductSearch: Sendable {
             after = last.id
         }
         columns.finish()
+        // Products the live catalogue lists as unlisted are never answered.
+        if let catalogue = store as? any CatalogueStore {
+            for id in try await catalogue.unlistedProductIDs() {
+                if let i = loaded.ids.id(of: id) { try columns.update(i, nil) }
+            }
+        }
         return ProductSearch(
             loaded: loaded, store: store, columns: columns, missing: missing, storeCount: mine.count,
             exactBelow: exactBelow)
@@ -248,6 +280,11 @@ public final class ProductSearch: Sendable {
     /// The search ``similar(to:query:)`` makes for a stored product (its vector, category and
     /// id to exclude), to answer later, alone or in a batch (``similar(batch:)``).
     public func request(for productID: String, query: SimilarQuery = SimilarQuery()) async throws -> SimilarRequest {
+        if let v = delta.vector(productID, dimension: index.dimension),
+            let row = delta.products.first(where: { $0.id == productID })
+        {
+            return SimilarRequest(vector: v, category: row.category, excluding: productID, query: query)
+        }
         if storesExactVectors, let id = ids.id(of: productID), columns.present.contains(id) {
             var r = SimilarRequest(
                 vector: try exact?.vector(id) ?? index.reconstruct(id: id), category: columns.categoryName(id),
@@ -443,12 +480,13 @@ public final class ProductSearch: Sendable {
             notes.append("\(found.count - results.count) neighbours were below min_similarity \(query.minSimilarity)")
         }
         let category = plan.request.category
-        return SimilarAnswer(
+        let base = SimilarAnswer(
             query: plan.request.excluding, category: query.sameCategory ? category : nil, results: results,
             candidates: found.count, eligible: plan.eligible, nprobe: plan.params.nprobe,
             efSearch: plan.params.efSearch,
             secondHop: plan.params.hop.map { IndexManifest.Hop(top: $0.top, lists: $0.lists, maxList: $0.maxList) },
             notes: notes, index: identity)
+        return mergingDelta(base, plan.request)
     }
 
     /// Exact search over the allowed ids' stored vectors: for very selective filters, and the

@@ -102,11 +102,20 @@ public final class CatalogueSync: Sendable {
         }
         _ = start
         let slot = try await worker.run { () throws(SyncError) in
-            try SourceChecks.rows(
+            // Slot names are the whole server's: one of this name on another database is not ours.
+            let row = try SourceChecks.rows(
                 plain,
-                "SELECT confirmed_flush_lsn::text, COALESCE(wal_status, '') FROM pg_replication_slots "
-                    + "WHERE slot_name = $1 AND database = current_database()", [c.slot]
+                "SELECT confirmed_flush_lsn::text, COALESCE(wal_status, ''), database::text, "
+                    + "(database = current_database())::text, plugin::text FROM pg_replication_slots WHERE slot_name = $1",
+                [c.slot]
             ).first
+            if let row, row[3] != "true" || row[4] != "pgoutput" {
+                throw SyncError(
+                    .invalidMapping,
+                    "the replication slot \(c.slot) already exists on this server for database \(row[2] ?? "?") "
+                        + "(plugin \(row[4] ?? "?")): give this sync another name with --slot")
+            }
+            return row
         }
         let state = try await store.syncState(name: c.slot)
         var position: LSN

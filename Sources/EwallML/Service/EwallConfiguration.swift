@@ -60,6 +60,11 @@ public struct EwallConfiguration: Sendable {
     /// How often the index folder is checked for a newer index (default every 2 s); `nil`: only
     /// ``EwallService/reloadIndex()`` reloads it.
     public var indexWatchInterval: Duration?
+    /// How often the store's change feed (written by `ewall sync`) is read and applied to the
+    /// loaded index: stock, category, listed flags and deletes without index work, new vectors
+    /// searched beside the index (default every 100 ms; `nil`: never). Stores without a live
+    /// catalogue have an empty feed, and reading it costs one small query.
+    public var catalogueFollowInterval: Duration? = .milliseconds(100)
     /// Map the index's IVF lists from its file instead of loading them (default `false`): the
     /// kernel pages lists in as searches touch them, so an index larger than RAM can serve, at
     /// the cost of disk reads on cold lists. Other kinds load fully either way.

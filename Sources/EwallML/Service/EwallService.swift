@@ -53,6 +53,22 @@ public struct IndexStatus: Sendable, Hashable {
 }
 
 /// Whether the service can answer every kind of request.
+/// How far a replica's index trails the store's change feed (``EwallService/catalogueLag``).
+public struct CatalogueLag: Sendable, Hashable {
+    /// Feed entries not yet applied.
+    public var changes: Int64 = 0
+    /// Seconds between the oldest unapplied entry's commit at the source and now (0: caught up).
+    public var seconds: Double = 0
+    /// Entries applied since the index loaded (the feed's position it is at).
+    public var appliedSeq: Int64 = 0
+    /// Products searched beside the index (new vectors since its build).
+    public var deltaVectors = 0
+    /// The feed was read to its end at least once since the index loaded.
+    public var caughtUp = false
+    /// The last error reading the feed, if the last read failed.
+    public var problem: String?
+}
+
 public struct Readiness: Sendable, Hashable {
     public var model: Bool
     public var store: Bool
@@ -127,6 +143,8 @@ public final class EwallService: Service, Sendable {
     private let indexAge: Recorder
     private let nearestUsed: Recorder
     private let nearestDeclined: Recorder
+    private let catalogueChanges: Recorder
+    private let catalogueDelta: Recorder
     private let reloads: Counter
     private let reloadFailures: Counter
 
@@ -143,7 +161,11 @@ public final class EwallService: Service, Sendable {
     private struct State: Sendable {
         var snapshot: Snapshot
         var watcher: Task<Void, Never>?
+        var follower: Task<Void, Never>?
         var shutDown = false
+        /// The change feed as last read: entries behind, seconds behind, and whether the loaded
+        /// index has caught up with the feed since it loaded.
+        var catalogue = CatalogueLag()
     }
 
     /// Loads the model (and warms it up), opens the store, loads the index when the folder has
@@ -203,6 +225,10 @@ public final class EwallService: Service, Sendable {
         nearestDeclined = Recorder(
             label: "ewall_similar_nearest_lists_declined", dimensions: [], aggregate: false, factory: metrics)
         reloads = Counter(label: "ewall_index_reloads_total", dimensions: [], factory: metrics)
+        catalogueChanges = Recorder(
+            label: "ewall_catalogue_lag_changes", dimensions: [], aggregate: false, factory: metrics)
+        catalogueDelta = Recorder(
+            label: "ewall_catalogue_delta_vectors", dimensions: [], aggregate: false, factory: metrics)
         reloadFailures = Counter(label: "ewall_index_reload_failures_total", dimensions: [], factory: metrics)
         let searchThreads = max(1, configuration.searchThreads)
         if searchThreads > 1 { _ = Self.blasOnCallersThread }
@@ -237,6 +263,66 @@ public final class EwallService: Service, Sendable {
                 }
             }
             state.withLock { $0.watcher = watcher }
+        }
+        if let interval = configuration.catalogueFollowInterval, let catalogue = store as? any CatalogueStore {
+            let follower = Task { [weak self] in
+                while !Task.isCancelled {
+                    guard let self else { return }
+                    await self.followCatalogue(catalogue)
+                    try? await Task.sleep(for: interval)
+                }
+            }
+            state.withLock { $0.follower = follower }
+        }
+    }
+
+    // MARK: The live catalogue
+
+    /// Where the loaded index stands against the store's change feed.
+    public var catalogueLag: CatalogueLag { state.withLock { $0.catalogue } }
+
+    /// Reads the change feed after the loaded index's position and applies it (one swap per
+    /// read): the products' current rows, and the vectors of those with a new one.
+    func followCatalogue(_ catalogue: any CatalogueStore) async {
+        guard let search = state.withLock({ $0.snapshot.search }) else { return }
+        do {
+            var current = search
+            var lastAt: Date?
+            while true {
+                let changes = try await catalogue.catalogueChanges(after: current.appliedChangeSeq, limit: 5_000)
+                guard let last = changes.last else { break }
+                let ids = Array(Set(changes.map(\.productID)))
+                let rows = try await catalogue.catalogueRows(productIDs: ids)
+                let withVector = Set(changes.filter { $0.kind == .vector }.map(\.productID))
+                let vectors = try await store.vectors(productIDs: Array(withVector), key: current.manifest.key)
+                let updates = ids.map { id in
+                    CatalogueUpdate(productID: id, row: rows[id], vector: withVector.contains(id) ? vectors[id] : nil)
+                }
+                current = try current.applying(updates, through: last.seq)
+                lastAt = last.sourceTime ?? last.at
+                if changes.count < 5_000 { break }
+            }
+            let applied = current
+            let swapped = state.withLock { s -> Bool in
+                // A reload meanwhile: the next read applies the feed to the new index instead.
+                guard s.snapshot.search === search else { return false }
+                s.snapshot.search = applied
+                return true
+            }
+            guard swapped else { return }
+            let newest = try await catalogue.lastChangeSeq()
+            let behind = max(0, newest - applied.appliedChangeSeq)
+            state.withLock {
+                $0.catalogue = CatalogueLag(
+                    changes: behind, seconds: behind == 0 ? 0 : Date().timeIntervalSince(lastAt ?? Date()),
+                    appliedSeq: applied.appliedChangeSeq, deltaVectors: applied.deltaCount,
+                    caughtUp: $0.catalogue.caughtUp || behind == 0, problem: nil)
+            }
+            catalogueChanges.record(behind)
+            catalogueDelta.record(applied.deltaCount)
+        } catch {
+            state.withLock { $0.catalogue.problem = "\(error)" }
+            logger.warning("the change feed could not be applied (it is read again): \(error)")
         }
     }
 
@@ -437,6 +523,10 @@ public final class EwallService: Service, Sendable {
             $0.snapshot = Snapshot(
                 search: search, classifier: classifier, loadedAt: Date(),
                 builtAt: search.manifest.builtDate, problem: nil)
+            $0.catalogue.caughtUp = false
+        }
+        if let catalogue = store as? any CatalogueStore, configuration.catalogueFollowInterval != nil {
+            await followCatalogue(catalogue)
         }
         reloads.increment()
         for w in search.warnings { logger.warning("index: \(w)") }
@@ -514,6 +604,11 @@ public final class EwallService: Service, Sendable {
         }
         let (search, problem, isShutDown) = state.withLock { ($0.snapshot.search, $0.snapshot.problem, $0.shutDown) }
         if isShutDown { problems.append("shutting down") }
+        let lag = catalogueLag
+        let following = store is any CatalogueStore && configuration.catalogueFollowInterval != nil
+        if following, search != nil, !lag.caughtUp {
+            problems.append("catching up with the change feed: \(lag.changes) changes behind")
+        }
         if search == nil { problems.append("no index: \(problem ?? "not loaded")") }
         var consistent = search != nil
         if let search, search.manifest.key != modelKey {
@@ -523,7 +618,9 @@ public final class EwallService: Service, Sendable {
                     + "the model is \(modelID) (\(modelKey.preprocessing))")
         }
         return Readiness(
-            model: !isShutDown, store: storeOK, index: search != nil, consistent: consistent, problems: problems)
+            model: !isShutDown, store: storeOK, index: search != nil,
+            consistent: consistent && (!following || search == nil || lag.caughtUp),
+            problems: problems)
     }
 
     /// What the dynamic batcher has done so far.
@@ -546,15 +643,17 @@ public final class EwallService: Service, Sendable {
     /// Stops accepting embeds, finishes the queued ones, stops the index watch and closes the
     /// fetcher and the store. Calls after the first do nothing.
     public func shutdown() async {
-        let (first, watcher) = state.withLock { s -> (Bool, Task<Void, Never>?) in
+        let (first, watcher, follower) = state.withLock { s -> (Bool, Task<Void, Never>?, Task<Void, Never>?) in
             defer {
                 s.shutDown = true
                 s.watcher = nil
+                s.follower = nil
             }
-            return (!s.shutDown, s.watcher)
+            return (!s.shutDown, s.watcher, s.follower)
         }
         guard first else { return }
         watcher?.cancel()
+        follower?.cancel()
         batcher.finish()
         await runner.value
         try? await fetcher.shutdown()

@@ -1,0 +1,163 @@
+import EwallCore
+import EwallStore
+import Foundation
+
+// Where a change is applied on a replica: the change feed of the store (`catalogue_changes`,
+// written by `ewall sync`) over the loaded index, with no index work. Attribute changes and
+// deletes flip the filter bitmaps beside the index (copy-on-write, swapped in atomically); a
+// product with a new vector is searched exactly in a small delta beside the index, and merged
+// into the same answer, until the next build takes it in.
+
+/// Products searched beside the index: new since its build, or with a new vector.
+struct DeltaVectors: Sendable {
+    private(set) var ids: [String] = []
+    private(set) var products: [Product] = []
+    /// Row i's vector is `vectors[i*d..<(i+1)*d]`.
+    private(set) var vectors: [Float] = []
+    private var rowOf: [String: Int] = [:]
+
+    var count: Int { ids.count }
+
+    mutating func upsert(_ product: Product, vector: [Float]?, dimension: Int) {
+        if let row = rowOf[product.id] {
+            products[row] = product
+            if let vector, vector.count == dimension {
+                vectors.replaceSubrange(row * dimension..<(row + 1) * dimension, with: vector)
+            }
+            return
+        }
+        guard let vector, vector.count == dimension else { return }
+        rowOf[product.id] = ids.count
+        ids.append(product.id)
+        products.append(product)
+        vectors += vector
+    }
+
+    mutating func remove(_ id: String, dimension: Int) {
+        guard let row = rowOf.removeValue(forKey: id) else { return }
+        let last = ids.count - 1
+        if row != last {
+            ids[row] = ids[last]
+            products[row] = products[last]
+            vectors.replaceSubrange(
+                row * dimension..<(row + 1) * dimension, with: vectors[last * dimension..<(last + 1) * dimension])
+            rowOf[ids[row]] = row
+        }
+        ids.removeLast()
+        products.removeLast()
+        vectors.removeLast(dimension)
+    }
+
+    func contains(_ id: String) -> Bool { rowOf[id] != nil }
+
+    func vector(_ id: String, dimension: Int) -> [Float]? {
+        rowOf[id].map { Array(vectors[$0 * dimension..<($0 + 1) * dimension]) }
+    }
+
+    /// The rows a query's filters allow (same category, in stock, not excluded).
+    func eligible(category: String?, query: SimilarQuery, excluding: String?) -> [Int] {
+        products.indices.filter { i in
+            let p = products[i]
+            if p.id == excluding { return false }
+            if query.sameCategory, let category, p.category != category { return false }
+            if query.inStockOnly, p.inStock == false { return false }
+            return true
+        }
+    }
+}
+
+/// What a replica learned of one product from the change feed.
+public struct CatalogueUpdate: Sendable {
+    public var productID: String
+    /// Its current row (`nil`: deleted at the source).
+    public var row: CatalogueRow?
+    /// Its vector, when the feed said it has a new one.
+    public var vector: [Float]?
+
+    public init(productID: String, row: CatalogueRow?, vector: [Float]?) {
+        self.productID = productID
+        self.row = row
+        self.vector = vector
+    }
+}
+
+extension ProductSearch {
+    /// This search with `updates` applied, at change feed position `seq`: a new value (the
+    /// index, id map and vectors are shared; the filter columns are copied where they change).
+    public func applying(_ updates: [CatalogueUpdate], through seq: Int64) throws -> ProductSearch {
+        var columns = self.columns
+        var delta = self.delta
+        let d = index.dimension
+        for u in updates {
+            let listed = u.row.map { $0.listed != false } ?? false
+            let product = listed ? u.row?.product : nil
+            let indexed = ids.id(of: u.productID)
+            if let vector = u.vector, product != nil {
+                // A new vector: searched in the delta; the index's older one is left out.
+                if let indexed { try columns.update(indexed, nil) }
+                delta.upsert(product!, vector: vector, dimension: d)
+            } else if delta.contains(u.productID) {
+                if let product {
+                    delta.upsert(product, vector: nil, dimension: d)
+                } else {
+                    delta.remove(u.productID, dimension: d)
+                }
+            } else if let indexed {
+                try columns.update(indexed, product)
+            }
+        }
+        return ProductSearch(copying: self, columns: columns, delta: delta, changeSeq: seq)
+    }
+
+    /// Entries of the change feed this search has applied (from the manifest's build point on).
+    public var appliedChangeSeq: Int64 { changeSeq }
+
+    /// Products searched beside the index (new vectors since its build).
+    public var deltaCount: Int { delta.count }
+
+    /// The delta's answers to one request: (product row, squared L2) of the eligible ones, nearest first.
+    func deltaCandidates(_ request: SimilarRequest) -> [(row: Int, distance: Float)] {
+        guard delta.count > 0 else { return [] }
+        let rows = delta.eligible(category: request.category, query: request.query, excluding: request.excluding)
+        if rows.isEmpty { return [] }
+        let d = index.dimension
+        var block: [Float] = []
+        block.reserveCapacity(rows.count * d)
+        for r in rows { block += delta.vectors[r * d..<(r + 1) * d] }
+        let distances = (try? DistanceKernel.distances(from: request.vector, to: block, metric: .l2)) ?? []
+        return zip(rows, distances).sorted { $0.1 < $1.1 }.prefix(request.query.k).map { ($0.0, $0.1) }
+    }
+
+    /// Merges the delta's candidates into an answer from the index: one list, nearest first, k at most.
+    func mergingDelta(_ answer: SimilarAnswer, _ request: SimilarRequest) -> SimilarAnswer {
+        let found = deltaCandidates(request)
+        guard !found.isEmpty || delta.count > 0 else { return answer }
+        var out = answer
+        let qNorm2 = request.vector.reduce(0) { $0 + Double($1) * Double($1) }
+        let d = index.dimension
+        var extra: [SimilarProduct] = []
+        for (row, squared) in found {
+            let distance = Double(max(0, squared)).squareRoot()
+            let similarity = 1 / (1 + distance)
+            guard similarity >= request.query.minSimilarity else { continue }
+            let v = delta.vectors[row * d..<(row + 1) * d]
+            var dot = 0.0
+            var norm2 = 0.0
+            for (a, b) in zip(request.vector, v) {
+                dot += Double(a) * Double(b)
+                norm2 += Double(b) * Double(b)
+            }
+            let p = delta.products[row]
+            extra.append(
+                SimilarProduct(
+                    productID: p.id, similarity: similarity, cosine: dot / max(1e-12, (qNorm2 * norm2).squareRoot()),
+                    distance: distance, category: p.category, inStock: p.inStock, title: p.title))
+        }
+        out.eligible +=
+            delta.eligible(category: request.category, query: request.query, excluding: request.excluding)
+            .count
+        out.candidates += found.count
+        out.results = Array((answer.results + extra).sorted { $0.distance < $1.distance }.prefix(request.query.k))
+        return out
+    }
+}
