@@ -99,7 +99,8 @@ public enum PostgresServer {
         dataDirectory = data
         startCommand = [
             pgctl, "-D", data, "-l", dir + "/log", "-w", "-t", "60", "-o",
-            "-p \(port) -k \(dir) -c listen_addresses=127.0.0.1 -F -c max_connections=200 -c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=64", "start",
+            "-p \(port) -k \(dir) -c listen_addresses=127.0.0.1 -F -c max_connections=200 -c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=64",
+            "start",
         ]
         stopCommand = [pgctl, "-D", data, "-m", "immediate", "stop"]
         stopAsPostgres = root
