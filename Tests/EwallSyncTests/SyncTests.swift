@@ -224,3 +224,104 @@ struct SyncTests {
         #expect(LSN("nonsense") == nil)
     }
 }
+
+@Suite("A replica applies the change feed to its loaded index")
+struct ReplicaTests {
+    static let key = ModelKey(modelID: "synthetic@sync", preprocessing: "squash224")
+
+    /// Applies the feed after `search`'s position, as EwallService's follower does.
+    static func follow(_ search: ProductSearch, _ store: any CatalogueStore) async throws -> ProductSearch {
+        let changes = try await store.catalogueChanges(after: search.appliedChangeSeq, limit: 10_000)
+        guard let last = changes.last else { return search }
+        let ids = Array(Set(changes.map(\.productID)))
+        let rows = try await store.catalogueRows(productIDs: ids)
+        let withVector = Set(changes.filter { $0.kind == .vector }.map(\.productID))
+        let vectors = try await store.vectors(productIDs: Array(withVector), key: key)
+        return try search.applying(
+            ids.map {
+                CatalogueUpdate(productID: $0, row: rows[$0], vector: withVector.contains($0) ? vectors[$0] : nil)
+            },
+            through: last.seq)
+    }
+
+    @Test("a stock flip, a delete and an unlisting leave the answers; a new product enters them, without a rebuild")
+    func followsChanges() async throws {
+        let data = SyntheticVectors(count: 300, dimension: 16, clusters: 6, seed: 3)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("replica-\(UUID().uuidString)")
+        let store = try await SQLiteStore.open(path: dir.appendingPathComponent("s.sqlite").path)
+        func row(_ i: Int, inStock: Bool = true, listed: Bool? = true) -> CatalogueChange {
+            .upsert(
+                CatalogueRow(
+                    product: Product(id: "p\(i)", title: "t\(i)", category: "c\(data.cluster[i])", inStock: inStock),
+                    imageURL: "http://x/\(i).jpg", listed: listed))
+        }
+        var position: UInt64 = 1
+        func apply(_ changes: [CatalogueChange]) async throws {
+            position += 1
+            _ = try await store.applyCatalogue(
+                changes,
+                state: SyncState(
+                    name: "t", source: "t", slot: "t", position: position, commitTime: Date(), updatedAt: Date()))
+        }
+        try await apply((0..<300).map { row($0) })
+        try await store.write(
+            WriteBatch(
+                embeddings: (0..<300).map {
+                    StoredEmbedding(
+                        productID: "p\($0)", imageURL: "http://x/\($0).jpg", key: Self.key, vector: data.row($0))
+                }))
+        let folder = IndexFolder(path: dir.appendingPathComponent("faiss").path)
+        _ = try await IndexBuilder.build(
+            store: store,
+            options: IndexBuildOptions(
+                folder: folder, index: "Flat", targetRecall: 0.95, maxMemory: 1 << 30, incremental: false,
+                recallQueries: 50, pageSize: 500, threads: 1))
+        var search = try await ProductSearch.open(folder: folder, store: store)
+        #expect(search.appliedChangeSeq == 300)
+        let query = SimilarQuery(k: 5, minSimilarity: 0)
+        let before = try await search.similar(to: "p0", query: query).results.map(\.productID)
+        #expect(before.count == 5)
+
+        // Stock, delete, unlist: the first three neighbours leave; a near copy of p0 arrives.
+        try await apply([row(Int(before[0].dropFirst())!, inStock: false)])
+        try await apply([.delete(productID: before[1])])
+        try await apply([row(Int(before[2].dropFirst())!, listed: false)])
+        var near = data.row(0)
+        near[0] += 0.001
+        try await apply([
+            .upsert(
+                CatalogueRow(
+                    product: Product(id: "new", title: "new", category: "c\(data.cluster[0])", inStock: true),
+                    imageURL: "http://x/new.jpg", listed: true))
+        ])
+        try await store.write(
+            WriteBatch(embeddings: [
+                StoredEmbedding(productID: "new", imageURL: "http://x/new.jpg", key: Self.key, vector: near)
+            ]))
+        try await store.recordVectorChanges(["new"])
+
+        search = try await Self.follow(search, store)
+        let after = try await search.similar(to: "p0", query: query)
+        let ids = after.results.map(\.productID)
+        #expect(ids.first == "new", "\(ids)")
+        #expect(!ids.contains(before[0]) && !ids.contains(before[1]) && !ids.contains(before[2]), "\(before) -> \(ids)")
+        #expect(ids.count == 5)
+        #expect(search.deltaCount == 1)
+        // The new product answers by id too, from the delta's vector; out of stock it leaves.
+        #expect(try await search.similar(to: "new", query: query).results.first?.productID == "p0")
+        try await apply([
+            .upsert(
+                CatalogueRow(
+                    product: Product(id: "new", title: "new", category: "c\(data.cluster[0])", inStock: false),
+                    imageURL: "http://x/new.jpg", listed: true))
+        ])
+        search = try await Self.follow(search, store)
+        #expect(try await !search.similar(to: "p0", query: query).results.map(\.productID).contains("new"))
+        // Back in stock: in again; the same entries applied twice change nothing.
+        try await apply([row(Int(before[0].dropFirst())!, inStock: true)])
+        search = try await Self.follow(search, store)
+        let again = try search.applying([], through: search.appliedChangeSeq)
+        #expect(try await again.similar(to: "p0", query: query).results.map(\.productID).contains(before[0]))
+        await store.close()
+    }
+}
