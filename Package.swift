@@ -296,7 +296,8 @@ let package = Package(
             ]),
         .testTarget(
             name: "EwallSyncTests", dependencies: ["EwallSync", "EwallIndex", "EwallStore", "EwallTestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["EwallStore", "EwallIndex", "EwallJob", "EwallTestSupport"]),
+        .testTarget(
+            name: "CLITests", dependencies: ["EwallStore", "EwallIndex", "EwallJob", "EwallSync", "EwallTestSupport"]),
     ],
     cxxLanguageStandard: .cxx17
 )

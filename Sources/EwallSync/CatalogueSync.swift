@@ -441,3 +441,107 @@ extension CatalogueSync {
         return status
     }
 }
+
+/// One difference between the source and our store (`ewall sync --reconcile`).
+public struct SyncDifference: Sendable, Codable, Hashable {
+    public enum Kind: String, Sendable, Codable {
+        /// The source has it, our store does not.
+        case missing
+        /// Our store has it (from a sync), the source does not.
+        case extra
+        /// Both have it, with different values in `fields`.
+        case different
+    }
+
+    public var productID: String
+    public var kind: Kind
+    public var fields: [String]
+
+    enum CodingKeys: String, CodingKey { case productID = "product_id", kind, fields }
+}
+
+extension CatalogueSync {
+    /// Compares the source table (as the mapping and row filter see it) with our store in one
+    /// pass and returns every difference; with `apply`, repairs them in our store (rows written
+    /// as the source has them, extras removed, each in the change feed so replicas follow).
+    public static func reconcile(
+        _ configuration: SyncConfiguration, store: any CatalogueStore, apply: Bool
+    ) async throws -> [SyncDifference] {
+        let c = configuration
+        let worker = BlockingWorker(name: "ewall-sync-reconcile")
+        let columns = c.map.sourceColumns
+        let source: [String: CatalogueRow] = try await worker.run { () throws(SyncError) in
+            let plain = try SourceConnection(url: c.source, replication: false)
+            try SourceChecks.run(plain, table: c.table, map: c.map)
+            let select =
+                "SELECT " + columns.map { SourceConnection.identifier($0) + "::text" }.joined(separator: ", ")
+                + " FROM \(c.table.quoted)" + (c.filter.map { " WHERE (\($0))" } ?? "")
+            var out: [String: CatalogueRow] = [:]
+            for r in try SourceChecks.rows(plain, select) {
+                if let row = c.map.row({ col in columns.firstIndex(of: col).flatMap { r[$0] } }) {
+                    out[row.product.id] = row
+                }
+            }
+            return out
+        }
+        var ours = Set<String>()
+        var after: String?
+        while true {
+            let page = try await store.syncedProductIDs(after: after, limit: 10_000)
+            ours.formUnion(page)
+            guard page.count == 10_000 else { break }
+            after = page.last
+        }
+        var differences: [SyncDifference] = []
+        var repairs: [CatalogueChange] = []
+        let ids = Array(ours.union(source.keys)).sorted()
+        for chunk in stride(from: 0, to: ids.count, by: 5_000) {
+            let part = Array(ids[chunk..<min(chunk + 5_000, ids.count)])
+            let stored = try await store.catalogueRows(productIDs: part.filter(ours.contains))
+            for id in part {
+                switch (source[id], stored[id]) {
+                case (let s?, nil):
+                    differences.append(SyncDifference(productID: id, kind: .missing, fields: []))
+                    repairs.append(.upsert(s))
+                case (nil, _?) where ours.contains(id):
+                    differences.append(SyncDifference(productID: id, kind: .extra, fields: []))
+                    repairs.append(.delete(productID: id))
+                case (let s?, let o?):
+                    let fields = Self.differing(s, o, map: c.map)
+                    if !fields.isEmpty {
+                        differences.append(SyncDifference(productID: id, kind: .different, fields: fields))
+                        repairs.append(.upsert(s))
+                    }
+                default:
+                    break
+                }
+            }
+        }
+        if apply && !repairs.isEmpty {
+            let state =
+                try await store.syncState(name: c.slot)
+                ?? SyncState(
+                    name: c.slot, source: "\(SourceConnection.redacted(c.source)) \(c.table)", slot: c.slot,
+                    position: 0, commitTime: nil, updatedAt: Date())
+            for chunk in stride(from: 0, to: repairs.count, by: 2_000) {
+                _ = try await store.applyCatalogue(
+                    Array(repairs[chunk..<min(chunk + 2_000, repairs.count)]), state: state)
+            }
+        }
+        return differences
+    }
+
+    /// The mapped fields whose values differ.
+    static func differing(_ a: CatalogueRow, _ b: CatalogueRow, map: ColumnMap) -> [String] {
+        var out: [String] = []
+        let (p, q) = (a.product, b.product)
+        if map.columns["title"] != nil && p.title != q.title { out.append("title") }
+        if map.columns["brand"] != nil && p.brand != q.brand { out.append("brand") }
+        if map.columns["category"] != nil && p.category != q.category { out.append("category") }
+        if map.columns["price"] != nil && p.price != q.price { out.append("price") }
+        if map.columns["in_stock"] != nil && p.inStock != q.inStock { out.append("in_stock") }
+        if a.imageURL != b.imageURL { out.append("image_url") }
+        if map.columns["listed"] != nil && a.listed != b.listed { out.append("listed") }
+        return out
+    }
+}

@@ -54,7 +54,17 @@ struct Sync: AsyncParsableCommand {
     @Flag(name: .long, help: "Print where the sync stands (positions, slot, lag) and exit.")
     var status = false
 
-    @Flag(name: .long, help: "With --status: one JSON object.")
+    @Flag(
+        name: .long,
+        help: ArgumentHelp(
+            "Compare the source with the store in one pass, print every difference and exit.",
+            discussion: "Exit 0: none; 1: there are some (--apply repairs them); 2: an error."))
+    var reconcile = false
+
+    @Flag(name: .long, help: "With --reconcile: repair the differences in the store (replicas follow).")
+    var apply = false
+
+    @Flag(name: .long, help: "With --status or --reconcile: JSON (one object; one line per difference).")
     var json = false
 
     @Option(name: .long, help: "With --status: exit 1 when the slot holds more WAL than this many MiB.")
@@ -80,6 +90,8 @@ struct Sync: AsyncParsableCommand {
             throw ValidationError("give --source postgres://... (or set EWALL_SYNC_SOURCE)")
         }
         if map != nil && mapFile != nil { throw ValidationError("give --map or --map-file, not both") }
+        if apply && !reconcile { throw ValidationError("--apply goes with --reconcile") }
+        if status && reconcile { throw ValidationError("give --status or --reconcile, not both") }
         guard lagWarningMib >= 1 else { throw ValidationError("--lag-warning-mib must be at least 1") }
     }
 
@@ -120,6 +132,31 @@ struct Sync: AsyncParsableCommand {
                             .utf8))
                 throw ExitCode(1)
             }
+            return
+        }
+        if reconcile {
+            let differences: [SyncDifference]
+            do { differences = try await CatalogueSync.reconcile(configuration, store: store, apply: apply) } catch let
+                e as any EwallFailure
+            {
+                throw fail(e)
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            for d in differences {
+                if json {
+                    print(String(decoding: (try? encoder.encode(d)) ?? Data(), as: UTF8.self))
+                } else {
+                    print(
+                        "\(d.kind.rawValue)\t\(InputRules.escaped(d.productID))"
+                            + (d.fields.isEmpty ? "" : "\t" + d.fields.joined(separator: ",")))
+                }
+            }
+            FileHandle.standardError.write(
+                Data(
+                    "ewall sync --reconcile: \(differences.count) differences\(apply && !differences.isEmpty ? ", repaired" : "")\n"
+                        .utf8))
+            if !differences.isEmpty { throw ExitCode(1) }
             return
         }
         var made: SyncEmbedder?
