@@ -1,0 +1,85 @@
+import EwallML
+import EwallTestSupport
+import Foundation
+import Testing
+
+/// EwallService follows the store's change feed (what `ewall sync` writes) with no flag: two
+/// services over one store, as two replicas behind a load balancer.
+@Suite("Replicas follow the change feed by themselves", .serialized)
+struct ReplicaFollowTests {
+    static func service(_ dir: URL) async throws -> EwallService {
+        var c = EwallConfiguration(
+            modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
+            indexPath: dir.appendingPathComponent("faiss").path, rulesPath: nil, indexWatchInterval: nil)
+        c.catalogueFollowInterval = .milliseconds(50)
+        return try await EwallService(configuration: c)
+    }
+
+    static func ids(_ s: EwallService, _ query: SimilarQuery) async throws -> [String] {
+        try await s.similar(productID: "p01", query: query).results.map(\.productID)
+    }
+
+    @Test("two replicas converge on every change; one restarted mid-stream catches up before it is ready")
+    func twoReplicas() async throws {
+        let cat = try await PhotoCatalogue.shared.value
+        let dir = try cat.copy()
+        let a = try await Self.service(dir)
+        var b = try await Self.service(dir)
+        let store = try await SQLiteStore.open(path: "\(dir.path)/ewall.sqlite")
+        var position: UInt64 = 0
+        func apply(_ changes: [CatalogueChange]) async throws {
+            position += 1
+            _ = try await store.applyCatalogue(
+                changes,
+                state: SyncState(
+                    name: "t", source: "t", slot: "t", position: position, commitTime: Date(), updatedAt: Date()))
+        }
+        func row(_ id: String, inStock: Bool = true, listed: Bool = true) -> CatalogueChange {
+            let i = Int(id.dropFirst())!
+            return .upsert(
+                CatalogueRow(
+                    product: Product(id: id, title: "t", category: PhotoCatalogue.category(i), inStock: inStock),
+                    imageURL: cat.photos[i], listed: listed))
+        }
+        let query = SimilarQuery(k: 10, minSimilarity: 0, sameCategory: false, inStockOnly: true)
+        let before = try await Self.ids(a, query)
+        #expect(before.count >= 4)
+        #expect(try await Self.ids(b, query) == before)
+
+        try await apply([row(before[0], inStock: false)])
+        var converged = try await eventually(within: .seconds(5)) {
+            let (x, y) = (try await Self.ids(a, query), try await Self.ids(b, query))
+            return x == y && !x.contains(before[0])
+        }
+        #expect(converged, "a stock flip reached both replicas")
+
+        // b stops; the feed moves on without it; a new b starts from the index's build point.
+        await b.shutdown()
+        try await apply([.delete(productID: before[1])])
+        try await apply([row(before[2], listed: false)])
+        try await apply([row(before[0], inStock: true)])
+        b = try await Self.service(dir)
+        let ready = await b.readiness()
+        #expect(ready.ready, "\(ready.problems)")
+        #expect(b.catalogueLag.caughtUp && b.catalogueLag.changes == 0)
+        converged = try await eventually(within: .seconds(5)) {
+            let (x, y) = (try await Self.ids(a, query), try await Self.ids(b, query))
+            return x == y && x.contains(before[0]) && !x.contains(before[1]) && !x.contains(before[2])
+        }
+        #expect(converged, "the restarted replica caught up and both answer alike")
+        #expect(a.catalogueLag.appliedSeq == b.catalogueLag.appliedSeq)
+        await a.shutdown()
+        await b.shutdown()
+        await store.close()
+    }
+}
+
+/// Polls `check` until it holds or `limit` passes.
+private func eventually(within limit: Duration, _ check: () async throws -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + limit
+    while ContinuousClock.now < deadline {
+        if try await check() { return true }
+        try await Task.sleep(for: .milliseconds(25))
+    }
+    return try await check()
+}
