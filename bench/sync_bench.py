@@ -1,0 +1,339 @@
+#!/usr/bin/python3
+"""The live catalogue: how soon a change committed on the platform's PostgreSQL shows in
+ewall-serve's answers, and what following it costs the server.
+
+A PostgreSQL 15 of its own (wal_level=logical) holds a product table of N products; the same
+products, with synthetic 2048-d clustered vectors, are in our store and index (ewall-bench
+index load, rebuild-faiss-index). `ewall sync` follows the table; ewall-serve serves the index
+and follows the store's change feed.
+
+1. Visibility: a product X that is in query Q's answer goes out of stock at the source (one
+   UPDATE, one transaction); from the moment the commit returns, Q's answer is polled every
+   5 ms until X has left it. p50/p95/p99 at 10 and 100 changes/s of background stock flips
+   (the tracked flips are part of the rate). Target: p95 <= 1 s, p99 <= 2 s at 100/s.
+2. Similar-by-id under wrk (64 connections, random ids) with no changes, and with 100 stock
+   flips/s streaming through sync and the server's follower: p99 ratio (target <= 1.2x).
+3. A new product: INSERT of two products with the same photo (served on loopback), from the
+   commit to the moment each is the other's nearest in GET similar (sync embeds in its own
+   process with the model; no rebuild).
+
+Prints a table; writes bench/out/sync_bench.json.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from index_bench import synthetic  # noqa: E402
+from serve_bench import wrk  # noqa: E402
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Postgres:
+    """A throwaway server with wal_level=logical (as the postgres user when run as root)."""
+
+    def __init__(self, tmp):
+        versions = sorted(os.listdir("/usr/lib/postgresql"), key=int, reverse=True)
+        self.bin = f"/usr/lib/postgresql/{versions[0]}/bin"
+        self.dir = os.path.join(tmp, "pg")
+        os.makedirs(self.dir)
+        self.root = os.geteuid() == 0
+        if self.root:
+            shutil.chown(self.dir, "postgres", "postgres")
+            os.chmod(tmp, 0o755)
+        self.port = free_port()
+        self._run([f"{self.bin}/initdb", "-D", f"{self.dir}/data", "-A", "trust", "-U", "postgres", "--no-sync"])
+        self._run([f"{self.bin}/pg_ctl", "-D", f"{self.dir}/data", "-l", f"{self.dir}/log", "-w", "-o",
+                   f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c wal_level=logical -F", "start"])
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, cmd):
+        if self.root:
+            cmd = ["runuser", "-u", "postgres", "--"] + cmd
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def psql(self, sql):
+        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q", "-v",
+                        "ON_ERROR_STOP=1", "-c", sql], check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self):
+        self._run([f"{self.bin}/pg_ctl", "-D", f"{self.dir}/data", "-m", "immediate", "stop"])
+
+
+class Session:
+    """One psql process per writer, fed statements on stdin (each its own transaction)."""
+
+    def __init__(self, pg):
+        self.p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-q", "-A", "-t"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.lock = threading.Lock()
+
+    def run(self, sql):
+        """Runs one statement and returns when its commit has returned."""
+        with self.lock:
+            self.p.stdin.write(sql.rstrip().rstrip(";") + ";\n\\echo __done\n")
+            self.p.stdin.flush()
+            while True:
+                line = self.p.stdout.readline()
+                if not line or line.strip() == "__done":
+                    return
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait()
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def percentiles(xs):
+    if not xs:
+        return {"n": 0}
+    a = np.array(xs)
+    return {"n": len(xs), "p50_ms": float(np.percentile(a, 50) * 1000), "p95_ms": float(np.percentile(a, 95) * 1000),
+            "p99_ms": float(np.percentile(a, 99) * 1000), "max_ms": float(a.max() * 1000)}
+
+
+def visibility(base, pg, n, rate, seconds, stock):
+    """Stock flips at `rate`/s for `seconds`; a tenth of them tracked from commit to gone."""
+    writer = Session(pg)
+    tracked_every = max(1, int(rate // 10))
+    latencies, misses = [], 0
+    lock = threading.Lock()
+    watchers = []
+
+    def watch(q, x, t0):
+        nonlocal misses
+        deadline = t0 + 10
+        while time.monotonic() < deadline:
+            ids = [r["product_id"] for r in get_json(f"{base}/api/recommendations/similar/{q}")["results"]]
+            if x not in ids:
+                with lock:
+                    latencies.append(time.monotonic() - t0)
+                return
+            time.sleep(0.005)
+        with lock:
+            misses += 1
+
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < seconds:
+        i += 1
+        due = start + i / rate
+        if due > time.monotonic():
+            time.sleep(due - time.monotonic())
+        if i % tracked_every == 0:
+            q = random.randrange(n)
+            ans = get_json(f"{base}/api/recommendations/similar/{q}")["results"]
+            if not ans:
+                continue
+            x = ans[0]["product_id"]
+            writer.run(f"UPDATE shop_product SET in_stock = false WHERE id = {x}")
+            t0 = time.monotonic()
+            stock[int(x)] = False
+            t = threading.Thread(target=watch, args=(q, x, t0))
+            t.start()
+            watchers.append(t)
+        else:
+            x = random.randrange(n)
+            stock[x] = not stock[x]
+            writer.run(f"UPDATE shop_product SET in_stock = {str(stock[x]).lower()} WHERE id = {x}")
+    for t in watchers:
+        t.join()
+    writer.close()
+    out = percentiles(latencies)
+    out["rate_per_s"] = rate
+    out["achieved_per_s"] = i / (time.monotonic() - start)
+    out["not_seen_within_10s"] = misses
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ewall", default=".build/release/ewall")
+    ap.add_argument("--serve", default=".build/release/ewall-serve")
+    ap.add_argument("--rebuild", default=".build/release/rebuild-faiss-index")
+    ap.add_argument("--ewall-bench", default=".build/release/ewall-bench")
+    ap.add_argument("--model", default="models/resnet50.pt")
+    ap.add_argument("--photos", default="data/samples/photos")
+    ap.add_argument("--count", type=int, default=20000)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--out", default="bench/out")
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    for tool in ("wrk", "psql"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed (make deps installs it)")
+    card = json.load(open(os.path.splitext(args.model)[0] + ".card.json"))
+    model_id = f"{card['name']}@{card['sha256'][:12]}"
+    tmp = tempfile.mkdtemp(prefix="ewall-sync-bench-")
+    pg = Postgres(tmp)
+    procs = []
+    results = {"count": args.count}
+    try:
+        n = args.count
+        vectors, labels = synthetic(n, 2048, max(10, n // 200), seed=7)
+        stock = list(np.random.default_rng(1).random(n) < 0.9)
+        npy, meta, db = f"{tmp}/v.npy", f"{tmp}/meta.tsv", f"sqlite:{tmp}/store.sqlite"
+        np.save(npy, vectors)
+        with open(meta, "w") as f:
+            f.write("product_id\tcategory\tin_stock\n")
+            for i in range(n):
+                f.write(f"{i}\tcat{labels[i] % 10}\t{int(stock[i])}\n")
+        log(f"loading {n} products into {db} and the source table")
+        subprocess.run([args.ewall_bench, "index", "load", "--npy", npy, "--meta", meta, "--db", db,
+                        "--model-id", model_id], check=True, stdout=subprocess.DEVNULL)
+        pg.psql("CREATE TABLE shop_product (id bigint PRIMARY KEY, title text, brand text, category text, "
+                "price numeric(12,2), in_stock boolean, image_url text)")
+        rows = f"{tmp}/rows.csv"
+        with open(rows, "w") as f:
+            for i in range(n):
+                f.write(f"{i},t{i},b,cat{labels[i] % 10},1,{str(stock[i]).lower()},synthetic:{i}\n")
+        os.chmod(tmp, 0o755)
+        os.chmod(rows, 0o644)
+        pg.psql(f"\\copy shop_product FROM '{rows}' CSV")
+        log("rebuild-faiss-index")
+        subprocess.run([args.rebuild, "--db", db, "--out", f"{tmp}/faiss"], check=True, stdout=subprocess.DEVNULL)
+
+        # A photo server for the new products.
+        photo_port = free_port()
+        procs.append(subprocess.Popen([sys.executable, "-m", "http.server", str(photo_port), "--bind", "127.0.0.1",
+                                       "--directory", args.photos], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        photo = sorted(os.listdir(args.photos))[0]
+
+        sync_log = open(f"{tmp}/sync.log", "w")
+        procs.append(subprocess.Popen([args.ewall, "sync", "--source", pg.url, "--table", "shop_product", "--db", db,
+                                       "--model", args.model], stdout=sync_log, stderr=sync_log))
+        serve = subprocess.Popen([args.serve, "--port", "0", "--db", db, "--index", f"{tmp}/faiss", "--model",
+                                  args.model, "--watch-seconds", "0"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True)
+        procs.append(serve)
+        m = re.search(r"listening on (http://[\d.]+:\d+)", serve.stdout.readline())
+        if not m:
+            raise SystemExit("ewall-serve did not start")
+        base = m.group(1)
+        for _ in range(200):
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except Exception:
+                pass
+            time.sleep(0.1)
+        time.sleep(3)
+
+        ids = f"{tmp}/ids.txt"
+        with open(ids, "w") as f:
+            f.write("\n".join(str(i) for i in range(n)))
+        script = f"{tmp}/similar.lua"
+        with open(script, "w") as f:
+            f.write('local ids = {}\nfunction init(args) for l in io.lines(args[1]) do ids[#ids+1] = l end end\n'
+                    'request = function()\n  return wrk.format("GET", "/api/recommendations/similar/" .. '
+                    'ids[math.random(#ids)])\nend\n')
+        log("wrk similar-by-id, no changes")
+        wrk(base, script, [ids], seconds=3)
+        quiet = wrk(base, script, [ids], seconds=args.seconds)
+
+        for rate in (10, 100):
+            log(f"visibility at {rate} changes/s")
+            results[f"visibility_{rate}"] = visibility(base, pg, n, rate, args.seconds, stock)
+
+        log("wrk similar-by-id under 100 stock flips/s")
+        stop = threading.Event()
+
+        def flipper():
+            w = Session(pg)
+            k = 0
+            t = time.monotonic()
+            while not stop.is_set():
+                k += 1
+                x = random.randrange(n)
+                stock[x] = not stock[x]
+                w.run(f"UPDATE shop_product SET in_stock = {str(stock[x]).lower()} WHERE id = {x}")
+                due = t + k / 100
+                if due > time.monotonic():
+                    time.sleep(due - time.monotonic())
+            w.close()
+
+        ft = threading.Thread(target=flipper)
+        ft.start()
+        busy = wrk(base, script, [ids], seconds=args.seconds)
+        stop.set()
+        ft.join()
+        results["wrk_quiet"] = quiet
+        results["wrk_100_changes"] = busy
+        results["p99_ratio"] = busy["p99_ms"] / quiet["p99_ms"] if quiet.get("p99_ms") else None
+
+        log("new products: INSERT -> each other's nearest")
+        w = Session(pg)
+        url = f"http://127.0.0.1:{photo_port}/{photo}"
+        w.run(f"INSERT INTO shop_product VALUES ({n}, 'new a', 'b', 'cat0', 1, true, '{url}'), "
+              f"({n + 1}, 'new b', 'b', 'cat0', 1, true, '{url}')")
+        t0 = time.monotonic()
+        seen = None
+        while time.monotonic() - t0 < 60:
+            try:
+                ans = get_json(f"{base}/api/recommendations/similar/{n}?min_similarity=0")
+                if ans["results"] and ans["results"][0]["product_id"] == str(n + 1):
+                    seen = time.monotonic() - t0
+                    break
+            except Exception:
+                pass
+            time.sleep(0.02)
+        w.close()
+        results["new_product_seconds"] = seen
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        pg.stop()
+
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "sync_bench.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\n== the live catalogue: {args.count} products, ewall sync + ewall-serve on loopback ==")
+    for rate in (10, 100):
+        v = results[f"visibility_{rate}"]
+        print(f"stock flip -> gone from the answer, {rate}/s (achieved {v.get('achieved_per_s', 0):.0f}/s): "
+              f"p50 {v.get('p50_ms', 0):.0f} ms, p95 {v.get('p95_ms', 0):.0f} ms, p99 {v.get('p99_ms', 0):.0f} ms "
+              f"(n={v['n']}, not seen within 10 s: {v['not_seen_within_10s']})")
+    q, b = results["wrk_quiet"], results["wrk_100_changes"]
+    print(f"similar-by-id, wrk 64 connections: {q.get('requests_per_s', 0):.0f} req/s, p99 {q.get('p99_ms', 0):.1f} ms "
+          f"without changes; {b.get('requests_per_s', 0):.0f} req/s, p99 {b.get('p99_ms', 0):.1f} ms with 100 flips/s "
+          f"(p99 ratio {results['p99_ratio'] or 0:.2f}x)")
+    print(f"new product, INSERT -> nearest of its twin: {results['new_product_seconds']} s (model included)")
+
+
+if __name__ == "__main__":
+    main()
