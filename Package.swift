@@ -175,7 +175,7 @@ let package = Package(
         .target(
             name: "EwallSync",
             dependencies: [
-                "EwallCore", "EwallStore", "EwallEmbedding", "EwallJob", "CLibPQ",
+                "EwallCore", "EwallStore", "EwallIndex", "EwallEmbedding", "EwallJob", "CLibPQ",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -90,6 +90,10 @@ public protocol CatalogueStore: EmbeddingStore {
     /// The change feed after `seq`, oldest first.
     func catalogueChanges(after seq: Int64, limit: Int) async throws -> [ChangeRecord]
 
+    /// Distinct products with a new vector, and deleted, after `seq`: how far an index built at
+    /// `seq` has drifted (what compaction measures).
+    func changeCounts(after seq: Int64) async throws -> (vectors: Int, deletes: Int)
+
     /// The newest entry's seq (0 when the feed is empty).
     func lastChangeSeq() async throws -> Int64
 

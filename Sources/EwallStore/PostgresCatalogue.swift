@@ -122,6 +122,19 @@ extension PostgresStore: CatalogueStore {
         }
     }
 
+    public func changeCounts(after seq: Int64) async throws -> (vectors: Int, deletes: Int) {
+        try await run("counting changes") {
+            let rows = try await client.query(
+                """
+                SELECT COUNT(DISTINCT CASE WHEN kind = 'vector' THEN product_id END)::BIGINT,
+                       COUNT(DISTINCT CASE WHEN kind = 'delete' THEN product_id END)::BIGINT
+                FROM catalogue_changes WHERE seq > \(seq)
+                """, logger: logger)
+            for try await (v, d) in rows.decode((Int64, Int64).self) { return (vectors: Int(v), deletes: Int(d)) }
+            return (vectors: 0, deletes: 0)
+        }
+    }
+
     public func lastChangeSeq() async throws -> Int64 {
         try await run("reading the change feed") {
             let rows = try await client.query(

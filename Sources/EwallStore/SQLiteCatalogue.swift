@@ -128,6 +128,20 @@ extension SQLiteStore: CatalogueStore {
         }
     }
 
+    public func changeCounts(after seq: Int64) async throws -> (vectors: Int, deletes: Int) {
+        try await onWorker { c in
+            var out = (vectors: 0, deletes: 0)
+            try c.query(
+                """
+                SELECT COUNT(DISTINCT CASE WHEN kind = 'vector' THEN product_id END),
+                       COUNT(DISTINCT CASE WHEN kind = 'delete' THEN product_id END)
+                FROM catalogue_changes WHERE seq > ?
+                """, [.int(seq)]
+            ) { out = (vectors: $0.int(0) ?? 0, deletes: $0.int(1) ?? 0) }
+            return out
+        }
+    }
+
     public func lastChangeSeq() async throws -> Int64 {
         try await onWorker { c in
             var out: Int64 = 0

@@ -73,6 +73,18 @@ struct Sync: AsyncParsableCommand {
     @Flag(name: .long, help: "Store attribute changes only; embed nothing (another process embeds).")
     var noEmbed = false
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "An index folder to compact: rebuilt in the background when it drifts from the feed.",
+            discussion:
+                "Drift: products with a new vector plus deleted ones, as a share of the index (--compact-at). The build is rebuild-faiss-index --incremental's, published atomically; servers watching the folder reload it."
+        ))
+    var index: String?
+
+    @Option(name: .long, help: "With --index: the drift that starts a build (0.2: 20% of the index).")
+    var compactAt: Double = 0.2
+
     @OptionGroup var database: DatabaseFlags
     @OptionGroup var modelFlags: ModelFlags
     @OptionGroup var imageFlags: ImageFlags
@@ -91,6 +103,7 @@ struct Sync: AsyncParsableCommand {
         }
         if map != nil && mapFile != nil { throw ValidationError("give --map or --map-file, not both") }
         if apply && !reconcile { throw ValidationError("--apply goes with --reconcile") }
+        guard compactAt > 0 && compactAt <= 1 else { throw ValidationError("--compact-at must be in (0, 1]") }
         if status && reconcile { throw ValidationError("give --status or --reconcile, not both") }
         guard lagWarningMib >= 1 else { throw ValidationError("--lag-warning-mib must be at least 1") }
     }
@@ -181,6 +194,10 @@ struct Sync: AsyncParsableCommand {
         let sync = CatalogueSync(configuration: configuration, store: store, logger: logger) { rows in
             embedder?.enqueue(rows)
         }
+        let compaction = index.map {
+            Compaction(
+                folder: IndexFolder(path: $0), share: compactAt, store: store, key: embedder?.key, logger: logger)
+        }
         let signals = SignalHandler { _ in
             sync.stop()
             embedder?.stop()
@@ -193,10 +210,19 @@ struct Sync: AsyncParsableCommand {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await sync.run() }
                 if let embedder { group.addTask { try await embedder.run() } }
+                if let compaction {
+                    group.addTask {
+                        while !Task.isCancelled {
+                            await compaction.check()
+                            try? await Task.sleep(for: .seconds(5))
+                        }
+                    }
+                }
                 // The first to end (the sync stopped or failed) ends the other.
                 try await group.next()
                 sync.stop()
                 embedder?.stop()
+                group.cancelAll()
                 try await group.waitForAll()
             }
         } catch let e as any EwallFailure {

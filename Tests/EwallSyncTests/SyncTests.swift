@@ -322,6 +322,24 @@ struct ReplicaTests {
         search = try await Self.follow(search, store)
         let again = try search.applying([], through: search.appliedChangeSeq)
         #expect(try await again.similar(to: "p0", query: query).results.map(\.productID).contains(before[0]))
+
+        // Compaction: at 0.5% drift (1 new + 1 deleted of 300) a build takes them in; the new
+        // index records the feed's end, and a search opened on it needs no delta.
+        let compaction = Compaction(folder: folder, share: 0.005, store: store, key: Self.key)
+        #expect(try await compaction.drift().map { abs($0 - 2.0 / 300) < 1e-9 } == true)
+        await compaction.check()
+        let deadline = ContinuousClock.now + .seconds(30)
+        while compaction.completed == 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(compaction.completed == 1)
+        let rebuilt = try await ProductSearch.open(folder: folder, store: store)
+        #expect(rebuilt.appliedChangeSeq == (try await store.lastChangeSeq()))
+        #expect(rebuilt.deltaCount == 0 && rebuilt.count == 300)
+        // ("new" is out of stock by now: the stock rule is off for this look.)
+        let loose = SimilarQuery(k: 5, minSimilarity: 0, inStockOnly: false)
+        #expect(try await rebuilt.similar(to: "p0", query: loose).results.first?.productID == "new")
+        #expect(try await compaction.drift() == 0)
         await store.close()
     }
 }
