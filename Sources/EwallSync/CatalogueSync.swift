@@ -50,6 +50,8 @@ public struct SyncProgress: Sendable {
     public var changes = 0
     /// The last applied position.
     public var position = LSN.zero
+    /// Times the source or the store went away and was reconnected to.
+    public var reconnects = 0
 }
 
 /// Follows the platform's product table into our store, by logical decoding (`pgoutput`):
@@ -90,8 +92,39 @@ public final class CatalogueSync: Sendable {
     var sourceName: String { "\(SourceConnection.redacted(configuration.source)) \(configuration.table)" }
 
     /// Checks the source, creates what is missing (publication, slot), takes the snapshot when
-    /// there is no position to resume from, then applies changes until ``stop()``.
+    /// there is no position to resume from, then applies changes until ``stop()``. A source
+    /// or store that goes away (a restart, a lost connection) is waited for and reconnected
+    /// to, from the recorded position (backing off from 0.5 s to 30 s); a refusal (the source
+    /// cannot be followed as configured) is thrown.
     public func run() async throws {
+        var delay = 0.5
+        while true {
+            do {
+                try await runOnce()
+                return
+            } catch let e as SyncError where e.code == .sourceUnavailable {
+                guard try await wait(after: "\(e)", delay: &delay) else { return }
+            } catch let e as StoreError where e.isTransient {
+                guard try await wait(after: "\(e)", delay: &delay) else { return }
+            }
+        }
+    }
+
+    /// Waits `delay` (doubling it, up to 30 s) unless stopped; false when stopped.
+    private func wait(after problem: String, delay: inout Double) async throws -> Bool {
+        if isStopped { return false }
+        logger.warning("\(problem): reconnecting in \(delay) s")
+        progressValue.withLock { $0.reconnects += 1 }
+        let until = ContinuousClock.now + .milliseconds(Int(delay * 1000))
+        while ContinuousClock.now < until {
+            if isStopped { return false }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        delay = min(delay * 2, 30)
+        return !isStopped
+    }
+
+    private func runOnce() async throws {
         let c = configuration
         let (plain, replication, start) = try await worker.run { () throws(SyncError) in
             let plain = try SourceConnection(url: c.source, replication: false)
@@ -188,7 +221,8 @@ public final class CatalogueSync: Sendable {
         while true {
             let rows = try await worker.run { () throws(SyncError) in
                 do { return try plain.query("FETCH 2000 FROM ewall_snapshot") } catch {
-                    throw SyncError(.queryFailed, "copying \(c.table): \(error)")
+                    let lost = (error as? SourceConnection.QueryFailure)?.isConnectionLost ?? false
+                    throw SyncError(lost ? .sourceUnavailable : .queryFailed, "copying \(c.table): \(error)")
                 }
             }
             if rows.rows.isEmpty { break }

@@ -139,7 +139,10 @@ final class SourceConnection: @unchecked Sendable {
         defer { PQclear(result) }
         let status = PQresultStatus(result)
         guard status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK else {
-            let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
+            // A lost connection has no SQLSTATE from the server: say so (class 08).
+            let state =
+                PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
+                ?? (PQstatus(conn) != CONNECTION_OK ? "08006" : nil)
             let message = PQresultErrorMessage(result).map { String(cString: $0) } ?? lastError
             throw QueryFailure(state: state, message: message.trimmingCharacters(in: .whitespacesAndNewlines))
         }
@@ -161,6 +164,8 @@ final class SourceConnection: @unchecked Sendable {
         var state: String?
         var message: String
         var description: String { message }
+        /// The connection went away or the server is shutting down: worth reconnecting.
+        var isConnectionLost: Bool { state.map { $0.hasPrefix("08") || $0.hasPrefix("57P") } ?? false }
     }
 
     var lastError: String {

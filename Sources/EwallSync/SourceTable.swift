@@ -198,7 +198,7 @@ enum SourceChecks {
 
     static func rows(_ c: SourceConnection, _ sql: String, _ params: [String?] = []) throws(SyncError) -> [[String?]] {
         do { return try c.query(sql, params).rows } catch {
-            throw SyncError(.queryFailed, "\(c.shown): \(error.message)")
+            throw SyncError(error.isConnectionLost ? .sourceUnavailable : .queryFailed, "\(c.shown): \(error.message)")
         }
     }
 }

@@ -343,3 +343,34 @@ struct ReplicaTests {
         await store.close()
     }
 }
+
+@Suite("ewall sync when the source goes away", .serialized)
+struct SyncOutageTests {
+    @Test("the source restarted mid-stream: the sync reconnects and resumes from its position")
+    func sourceRestart() async throws {
+        let db = try await SourceDB.make(rows: 4)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sync-\(UUID().uuidString).sqlite")
+        let store = try await SQLiteStore.open(path: path.path)
+        let running = Running(
+            SyncConfiguration(source: db.url, table: try SourceTable(parsing: "shop_product"), slot: "ewall_restart"),
+            store: store)
+        #expect(try await eventually { try await store.catalogueRows(productIDs: ["4"]).count == 1 })
+        try db.run("UPDATE shop_product SET price = 7 WHERE id = 1")
+        #expect(try await eventually { try await store.catalogueRows(productIDs: ["1"])["1"]?.product.price == 7 })
+        try PostgresServer.halt()
+        try await Task.sleep(for: .seconds(1))
+        try PostgresServer.resume()
+        let after = try SourceConnection(url: db.url, replication: false)
+        try after.query("UPDATE shop_product SET price = 8 WHERE id = 2")
+        try after.query("DELETE FROM shop_product WHERE id = 3")
+        #expect(
+            try await eventually(within: .seconds(30)) {
+                let rows = try await store.catalogueRows(productIDs: ["2", "3"])
+                return rows["2"]?.product.price == 8 && rows["3"] == nil
+            })
+        #expect(running.sync.progress.reconnects >= 1)
+        #expect(running.sync.progress.freshSnapshot?.contains("no position") == true) // the first run's only
+        try await running.stop()
+        await store.close()
+    }
+}
