@@ -227,6 +227,9 @@ bench: build model
 	$(PY) bench/faiss_kernel_bench.py --ewall-bench .build/release/ewall-bench --out bench/out
 	$(SWIFT) build -c release --product ewall
 	$(PY) bench/classify_bench.py --ewall-bench .build/release/ewall-bench --ewall .build/release/ewall --out bench/out
+	# The gift detector's rule steps over 100k products on one thread, and its precision/recall on data/gift_labelled.tsv.
+	.build/release/ewall-bench gifts --labelled data/gift_labelled.tsv --rules data/gift_rules.json --count 100000 \
+	    | tee bench/out/gift_bench.json
 	$(SWIFT) build -c release --product ewall-serve
 	$(PY) bench/serve_bench.py --serve .build/release/ewall-serve --ewall-bench .build/release/ewall-bench \
 	    --rebuild .build/release/rebuild-faiss-index --model $(MODEL) --out bench/out

@@ -6,6 +6,7 @@
 //   ewall-bench queue --db postgres://... --items N --workers W [--vectors]   (bench/queue_bench.py; QueueBench.swift)
 //   ewall-bench redis --redis URL --count N --concurrency C   (bench/redis_bench.py; RedisBench.swift)
 //   ewall-bench classify score|calibrate ...   (bench/classify_bench.py; see ClassifyBench.swift)
+//   ewall-bench gifts --labelled data/gift_labelled.tsv --count 100000   (make bench; see GiftBench.swift)
 //   ewall-bench embedder --model M --images DIR --count N   (bench/serve_bench.py): ImageEmbedder's
 //       own throughput, bytes in memory -> decode -> batches of 32 -> vectors; prints {images_per_s}
 //   ewall-bench blas-check   (Tests/CLITests/BLASCoreTests.swift): FAISS's BLAS path (exact k-NN of 64
@@ -53,6 +54,10 @@ if CommandLine.arguments.dropFirst().first == "blas-check" {
         "ids": found.ids.map(Int.init), "distances": found.distances.map(Double.init),
     ]
     print(String(decoding: try JSONSerialization.data(withJSONObject: out), as: UTF8.self))
+    exit(0)
+}
+if CommandLine.arguments.dropFirst().first == "gifts" {
+    try GiftBench.run(Array(CommandLine.arguments.dropFirst(2)))
     exit(0)
 }
 if CommandLine.arguments.dropFirst().first == "classify" {
