@@ -44,12 +44,17 @@ public struct ClassifierInput: Sendable {
     public var vector: [Float]?
     public var title: String?
     public var brand: String?
+    /// The price, for the gift detector's zero-price step.
+    public var price: Double?
 
-    public init(productID: String? = nil, vector: [Float]?, title: String? = nil, brand: String? = nil) {
+    public init(
+        productID: String? = nil, vector: [Float]?, title: String? = nil, brand: String? = nil, price: Double? = nil
+    ) {
         self.productID = productID
         self.vector = vector
         self.title = title
         self.brand = brand
+        self.price = price
     }
 }
 
@@ -69,6 +74,9 @@ public enum DecidedBy: String, Sendable, Codable {
     case keyword
     /// Neither: the answer is `generic`.
     case none
+    /// The gift detector (or a stored gift flag) found a gift or sample: the answer is `gift`,
+    /// never a merchandise category.
+    case gift
 }
 
 /// An answer and how it was reached.
@@ -91,16 +99,19 @@ public struct Classification: Sendable, Codable, Hashable {
     public var keyword: KeywordMatch?
     /// The rules file's version, when the keyword step ran.
     public var rulesVersion: String?
+    /// Why the product is a gift, when it is one (the category is then `gift`).
+    public var gift: GiftReason?
 
     enum CodingKeys: String, CodingKey {
         case productID = "product_id", category, decidedBy = "decided_by", method, threshold, best
         case runnerUp = "runner_up", margin, referencesUsed = "references_used"
-        case embeddingSkipped = "embedding_skipped", keyword, rulesVersion = "rules_version"
+        case embeddingSkipped = "embedding_skipped", keyword, rulesVersion = "rules_version", gift
     }
 
     /// One line for people: `down by embedding (mean-refs 0.612 >= 0.35; runner-up coat 0.410, margin 0.202, 20 refs)`.
     public var explanation: String {
         var s = "\(category) by \(decidedBy.rawValue)"
+        if decidedBy == .gift, let g = gift { return s + " (\(g.explanation))" }
         let scores: String? = best.map { b in
             var t = "\(method.rawValue) \(b.category) \(fmt(b.score))"
             t += decidedBy == .embedding ? " >= \(fmt(threshold))" : " < \(fmt(threshold))"
@@ -109,6 +120,7 @@ public struct Classification: Sendable, Codable, Hashable {
         }
         switch decidedBy {
         case .embedding: s += " (\(scores ?? ""))"
+        case .gift: break
         case .keyword, .none:
             var parts: [String] = []
             if let k = keyword {
@@ -134,6 +146,10 @@ public struct Classification: Sendable, Codable, Hashable {
 public final class CategoryClassifier: Sendable {
     public let references: ReferenceSet
     public let rules: KeywordRules?
+    /// The gift detector, run before the category steps: a gift is answered `gift`.
+    public let gifts: GiftDetector?
+    /// Products the store flags as gifts (`gift_flags`): answered `gift` too.
+    public let giftIDs: Set<String>
     public let configuration: ClassifierConfiguration
     /// The model key of the references' vectors, when known.
     public let modelKey: ModelKey?
@@ -149,7 +165,7 @@ public final class CategoryClassifier: Sendable {
 
     public init(
         references: ReferenceSet, rules: KeywordRules?, configuration: ClassifierConfiguration = .init(),
-        modelKey: ModelKey? = nil
+        modelKey: ModelKey? = nil, gifts: GiftDetector? = nil, giftIDs: Set<String> = []
     ) throws {
         guard configuration.maxReferences == references.maxReferences else {
             throw ClassifierError(
@@ -160,6 +176,8 @@ public final class CategoryClassifier: Sendable {
         guard configuration.k >= 1 else { throw ClassifierError(.argument, "k must be at least 1") }
         self.references = references
         self.rules = rules
+        self.gifts = gifts
+        self.giftIDs = giftIDs
         self.configuration = configuration
         self.modelKey = modelKey
         var h = SHA256()
@@ -167,6 +185,10 @@ public final class CategoryClassifier: Sendable {
         h.update(data: Data("ewall-classifier/1 \(c.method.rawValue) \(c.threshold) \(c.maxReferences) \(c.k)\n".utf8))
         h.update(data: Data("model \(modelKey?.modelID ?? "-") \(modelKey?.preprocessing ?? "-")\n".utf8))
         h.update(data: Data("rules \(rules?.sha256 ?? "none")\nrefs \(references.fingerprint)\n".utf8))
+        if gifts != nil || !giftIDs.isEmpty {
+            h.update(data: Data("gifts \(gifts?.rules.sha256 ?? "none") \(gifts?.masterIDs.sorted() ?? [])\n".utf8))
+            for id in giftIDs.sorted() { h.update(data: Data("\(id)\n".utf8)) }
+        }
         self.stamp = h.finalize().map { String(format: "%02x", $0) }.joined()
         self.centroidNorms = references.categories.indices.map {
             Self.norm(references, references.rows(of: $0, excludingRow: nil))
@@ -366,6 +388,12 @@ public final class CategoryClassifier: Sendable {
             productID: input.productID, category: Product.genericCategory, decidedBy: .none,
             method: configuration.method, threshold: configuration.threshold, best: nil, runnerUp: nil,
             margin: nil, referencesUsed: 0, embeddingSkipped: skipped?.rawValue, keyword: nil, rulesVersion: nil)
+        if let g = giftReason(input) {
+            c.category = Self.giftCategory
+            c.decidedBy = .gift
+            c.gift = g
+            return c
+        }
         if let top {
             c.best = top.best
             c.runnerUp = top.runnerUp
@@ -386,5 +414,42 @@ public final class CategoryClassifier: Sendable {
             }
         }
         return c
+    }
+
+    /// The answer for gifts and samples: never a merchandise category.
+    public static let giftCategory = "gift"
+
+    /// Why a product is a gift (a stored flag, or the detector), or nil.
+    func giftReason(_ input: ClassifierInput) -> GiftReason? {
+        if let id = input.productID, giftIDs.contains(id) {
+            return GiftReason(
+                decidedBy: "stored_flag", giftType: nil, classificationReason: "사은품 (저장된 분류)",
+                explanation: "flagged as a gift in the store (gift_flags)")
+        }
+        guard let gifts else { return nil }
+        let d = gifts.decide(
+            GiftInput(
+                productID: input.productID, title: input.title, brand: input.brand, price: input.price,
+                vector: input.vector))
+        guard d.isGift else { return nil }
+        return GiftReason(
+            decidedBy: d.decidedBy.rawValue, giftType: d.giftType, classificationReason: d.classificationReason,
+            explanation: d.explanation)
+    }
+}
+
+/// Why the classifier answered `gift`.
+public struct GiftReason: Sendable, Codable, Hashable {
+    /// The gift detector's step (`master`, `zero_price`, `keyword`, `image`), or `stored_flag`.
+    public var decidedBy: String
+    /// The platform's `gift_type`, when the detector decided.
+    public var giftType: String?
+    /// The platform's `classification_reason`, in Korean.
+    public var classificationReason: String
+    public var explanation: String
+
+    enum CodingKeys: String, CodingKey {
+        case decidedBy = "decided_by", giftType = "gift_type", classificationReason = "classification_reason"
+        case explanation
     }
 }

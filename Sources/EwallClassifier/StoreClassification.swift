@@ -10,15 +10,27 @@ extension CategoryClassifier {
     /// Builds the classifier from a store: the references are products a person filed (a
     /// category from a manifest or an import, not `generic`) that have a vector under `key`.
     /// Reads every product's metadata once and only the chosen references' vectors.
+    ///
+    /// Gifts are never references: neither products the store flags (`gift_flags`) nor, with
+    /// `gifts`, products the detector finds by their list, price or title. With `gifts`, the
+    /// classifier answers `gift` for them.
     public static func open(
         store: any EmbeddingStore, key: ModelKey, rules: KeywordRules?,
-        configuration: ClassifierConfiguration = .init(), pageSize: Int = 4096
+        configuration: ClassifierConfiguration = .init(), pageSize: Int = 4096, gifts: GiftDetector? = nil
     ) async throws -> CategoryClassifier {
+        let giftIDs = try await store.giftProductIDs()
         var idsByCategory: [String: [String]] = [:]
         var after: String?
         while true {
             let page = try await store.productsWithVectors(key: key, after: after, limit: pageSize)
-            for p in page where p.hasPersonSetCategory { idsByCategory[p.category!, default: []].append(p.id) }
+            for p in page where p.hasPersonSetCategory && !giftIDs.contains(p.id) {
+                if let gifts,
+                    gifts.decide(GiftInput(productID: p.id, title: p.title, brand: p.brand, price: p.price)).isGift
+                {
+                    continue
+                }
+                idsByCategory[p.category!, default: []].append(p.id)
+            }
             guard let last = page.last, page.count == pageSize else { break }
             after = last.id
         }
@@ -35,7 +47,8 @@ extension CategoryClassifier {
         let refs = try ReferenceSet(
             chosen: chosen, available: idsByCategory.mapValues(\.count),
             maxReferences: configuration.maxReferences)
-        return try CategoryClassifier(references: refs, rules: rules, configuration: configuration, modelKey: key)
+        return try CategoryClassifier(
+            references: refs, rules: rules, configuration: configuration, modelKey: key, gifts: gifts, giftIDs: giftIDs)
     }
 
     /// Digest of one product's own inputs (vector bytes, title, brand): with ``stamp``, the
@@ -148,7 +161,7 @@ extension CategoryClassifier {
             let inputs = toScore.map {
                 ClassifierInput(
                     productID: products[$0].id, vector: vectors[products[$0].id],
-                    title: products[$0].title, brand: products[$0].brand)
+                    title: products[$0].title, brand: products[$0].brand, price: products[$0].price)
             }
             for (j, c) in try classify(inputs).enumerated() {
                 let p = products[toScore[j]]

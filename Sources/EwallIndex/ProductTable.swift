@@ -207,8 +207,22 @@ struct ProductColumns: Sendable {
     /// every request, and counting 1M bits each time is 15,625 popcounts).
     private(set) var presentCount = 0, inStockCount = 0
     private(set) var byCategoryCount: [Int] = [], byCategoryInStockCount: [Int] = []
+    /// Products flagged as gifts (`gift_flags`): a bitmap beside stock and category.
+    private(set) var gift: IDBitmap
+    private(set) var giftCount = 0
+    /// The filters above with gifts left out: what a search allows unless it asks for gifts.
+    private(set) var withoutGifts = Filters()
+
+    /// One set of the filter bitmaps, with their counts.
+    struct Filters: Sendable {
+        var present = IDBitmap(capacity: 0), inStock = IDBitmap(capacity: 0)
+        var byCategory: [IDBitmap] = [], byCategoryInStock: [IDBitmap] = []
+        var presentCount = 0, inStockCount = 0
+        var byCategoryCount: [Int] = [], byCategoryInStockCount: [Int] = []
+    }
 
     init(capacity: Int) {
+        gift = IDBitmap(capacity: capacity)
         category = [UInt16](repeating: 0, count: capacity)
         present = IDBitmap(capacity: capacity)
         inStock = IDBitmap(capacity: capacity)
@@ -217,6 +231,24 @@ struct ProductColumns: Sendable {
     }
 
     var count: Int { present.count }
+
+    /// Marks a product as a gift (before ``finish()``).
+    mutating func markGift(_ id: Int64) { gift.insert(id) }
+
+    func isGift(_ id: Int64) -> Bool { gift.contains(id) }
+
+    /// The ids a search may return and how many: every present product, or those of one category
+    /// (`category` code), in stock or not, gifts left out unless `includeGifts`.
+    func allowed(category: Int?, inStockOnly: Bool, includeGifts: Bool) -> (IDBitmap, Int) {
+        if includeGifts {
+            guard let c = category else { return inStockOnly ? (inStock, inStockCount) : (present, presentCount) }
+            return inStockOnly ? (byCategoryInStock[c], byCategoryInStockCount[c]) : (byCategory[c], byCategoryCount[c])
+        }
+        let f = withoutGifts
+        guard let c = category else { return inStockOnly ? (f.inStock, f.inStockCount) : (f.present, f.presentCount) }
+        return inStockOnly
+            ? (f.byCategoryInStock[c], f.byCategoryInStockCount[c]) : (f.byCategory[c], f.byCategoryCount[c])
+    }
 
     /// Records one product under `id` (in any id order).
     mutating func set(_ id: Int64, _ p: Product) throws {
@@ -301,6 +333,25 @@ struct ProductColumns: Sendable {
         inStockCount = inStock.count
         byCategoryCount = byCategory.map(\.count)
         byCategoryInStockCount = byCategoryInStock.map(\.count)
+        gift = gift.intersection(present)
+        giftCount = gift.count
+        if giftCount == 0 {
+            withoutGifts = Filters(
+                present: present, inStock: inStock, byCategory: byCategory, byCategoryInStock: byCategoryInStock,
+                presentCount: presentCount, inStockCount: inStockCount, byCategoryCount: byCategoryCount,
+                byCategoryInStockCount: byCategoryInStockCount)
+        } else {
+            var f = Filters()
+            f.present = present.subtracting(gift)
+            f.inStock = inStock.subtracting(gift)
+            f.byCategory = byCategory.map { $0.subtracting(gift) }
+            f.byCategoryInStock = byCategoryInStock.map { $0.subtracting(gift) }
+            f.presentCount = f.present.count
+            f.inStockCount = f.inStock.count
+            f.byCategoryCount = f.byCategory.map(\.count)
+            f.byCategoryInStockCount = f.byCategoryInStock.map(\.count)
+            withoutGifts = f
+        }
     }
 
     func categoryCode(_ name: String) -> Int? { categoryCodes[name].map { Int($0) - 1 } }

@@ -12,16 +12,20 @@ public struct SimilarQuery: Sendable, Hashable {
     public var sameCategory: Bool
     /// Only products in stock (a product whose stock is unknown counts as in stock).
     public var inStockOnly: Bool
+    /// Gifts and samples (flagged in the store's `gift_flags`) may be answered too. Off by
+    /// default: gifts are never recommended; the back office may ask for them.
+    public var includeGifts: Bool
 
-    /// The platform's rules: k 10, similarity >= 0.5, same category, in stock.
+    /// The platform's rules: k 10, similarity >= 0.5, same category, in stock, no gifts.
     public init(
         k: Int = SimilarQuery.defaultK, minSimilarity: Double = SimilarQuery.defaultMinSimilarity,
-        sameCategory: Bool = true, inStockOnly: Bool = true
+        sameCategory: Bool = true, inStockOnly: Bool = true, includeGifts: Bool = false
     ) {
         self.k = k
         self.minSimilarity = minSimilarity
         self.sameCategory = sameCategory
         self.inStockOnly = inStockOnly
+        self.includeGifts = includeGifts
     }
 
     /// The defaults and bounds every entry point applies (library, `ewall similar`, the HTTP
@@ -255,6 +259,10 @@ public final class ProductSearch: Sendable {
             guard page.count == 10_000, let last = page.last else { break }
             after = last.id
         }
+        // Gifts, a bitmap beside stock and category: left out of answers unless a query asks.
+        for productID in try await store.giftProductIDs() {
+            if let id = loaded.ids.id(of: productID), id < Int64(columns.present.capacity) { columns.markGift(id) }
+        }
         columns.finish()
         // Products the live catalogue lists as unlisted are never answered.
         if let catalogue = store as? any CatalogueStore {
@@ -377,21 +385,21 @@ public final class ProductSearch: Sendable {
         }
         guard query.k > 0 else { throw IndexError(.argument, "k must be at least 1") }
         var notes: [String] = []
-        var allowed: IDBitmap
-        var allowedCount: Int // allowed.count, counted once when the columns were read
+        let allowed: IDBitmap
+        let allowedCount: Int // allowed.count, counted once when the columns were read
         let present = columns.present
         if query.sameCategory, let category {
             if let c = columns.categoryCode(category) {
-                allowed = query.inStockOnly ? columns.byCategoryInStock[c] : columns.byCategory[c]
-                allowedCount = query.inStockOnly ? columns.byCategoryInStockCount[c] : columns.byCategoryCount[c]
+                (allowed, allowedCount) = columns.allowed(
+                    category: c, inStockOnly: query.inStockOnly, includeGifts: query.includeGifts)
             } else {
                 allowed = IDBitmap(capacity: present.capacity)
                 allowedCount = 0
             }
         } else {
             if query.sameCategory { notes.append("the query has no category: the same-category rule was not applied") }
-            allowed = query.inStockOnly ? columns.inStock : present
-            allowedCount = query.inStockOnly ? columns.inStockCount : columns.presentCount
+            (allowed, allowedCount) = columns.allowed(
+                category: nil, inStockOnly: query.inStockOnly, includeGifts: query.includeGifts)
         }
         let excluded = excluding.flatMap { ids.id(of: $0) }.map { [$0] } ?? []
         let eligible = allowedCount - excluded.filter(allowed.contains).count

@@ -511,3 +511,56 @@ public final class PostgresStore: EmbeddingStore {
         _ = await runner.value
     }
 }
+
+// The gift flags (`gift_flags`; see GiftFlags.swift).
+extension PostgresStore {
+    public func writeGiftFlags(_ flags: [GiftFlag]) async throws {
+        if flags.isEmpty { return }
+        for f in flags { try StorableText.check(f.productID, "product_id", f.productID) }
+        try await run("storing gift flags") {
+            try await client.withTransaction(logger: logger) { conn in
+                for f in flags {
+                    try await conn.query(
+                        """
+                        INSERT INTO gift_flags (product_id, is_gift, gift_type, decided_by, reason, explanation,
+                                                resembles, rules_version, rules_sha256, flagged_at)
+                        VALUES (\(f.productID), \(f.isGift), \(f.giftType), \(f.decidedBy), \(f.reason),
+                                \(f.explanation), \(f.resembles), \(f.rulesVersion), \(f.rulesSHA256), \(f.flaggedAt))
+                        \(unescaped: Schema.giftFlagUpdate)
+                        """, logger: logger)
+                }
+            }
+        }
+    }
+
+    public func giftFlags(productIDs: [String]) async throws -> [String: GiftFlag] {
+        if productIDs.isEmpty { return [:] }
+        return try await run("reading gift flags") {
+            var out: [String: GiftFlag] = [:]
+            let rows = try await client.query(
+                """
+                SELECT product_id, is_gift, gift_type, decided_by, reason, explanation, resembles, rules_version,
+                       rules_sha256, flagged_at
+                FROM gift_flags WHERE product_id = ANY(\(productIDs))
+                """, logger: logger)
+            for try await (id, isGift, giftType, decidedBy, reason, explanation, resembles, version, sha, at)
+                in rows.decode((String, Bool, String?, String, String, String, String?, String, String, Date).self)
+            {
+                out[id] = GiftFlag(
+                    productID: id, isGift: isGift, giftType: giftType, decidedBy: decidedBy, reason: reason,
+                    explanation: explanation, resembles: resembles, rulesVersion: version, rulesSHA256: sha,
+                    flaggedAt: at)
+            }
+            return out
+        }
+    }
+
+    public func giftProductIDs() async throws -> Set<String> {
+        try await run("reading gift flags") {
+            var out = Set<String>()
+            let rows = try await client.query("SELECT product_id FROM gift_flags WHERE is_gift", logger: logger)
+            for try await id in rows.decode(String.self) { out.insert(id) }
+            return out
+        }
+    }
+}

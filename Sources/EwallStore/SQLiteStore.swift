@@ -417,3 +417,72 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
 
     public func close() async {}
 }
+
+// The gift flags (`gift_flags`; see GiftFlags.swift).
+extension SQLiteStore {
+    public func writeGiftFlags(_ flags: [GiftFlag]) async throws {
+        if flags.isEmpty { return }
+        for f in flags { try StorableText.check(f.productID, "product_id", f.productID) }
+        try await onWorker { c in
+            try c.transaction {
+                for f in flags {
+                    try c.query(
+                        """
+                        INSERT INTO gift_flags (product_id, is_gift, gift_type, decided_by, reason, explanation,
+                                                resembles, rules_version, rules_sha256, flagged_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        \(Schema.giftFlagUpdate)
+                        """,
+                        [
+                            .text(f.productID), .int(f.isGift ? 1 : 0), f.giftType.map { .text($0) } ?? .null,
+                            .text(f.decidedBy), .text(f.reason), .text(f.explanation),
+                            f.resembles.map { .text($0) } ?? .null, .text(f.rulesVersion), .text(f.rulesSHA256),
+                            .text(f.flaggedAt.ISO8601Format()),
+                        ])
+                }
+            }
+        }
+    }
+
+    public func giftFlags(productIDs: [String]) async throws -> [String: GiftFlag] {
+        if productIDs.isEmpty { return [:] }
+        return try await onWorker { c in
+            var out: [String: GiftFlag] = [:]
+            for chunk in stride(from: 0, to: productIDs.count, by: 10_000) {
+                let ids = productIDs[chunk..<min(chunk + 10_000, productIDs.count)]
+                let marks = Array(repeating: "?", count: ids.count).joined(separator: ",")
+                try c.query(
+                    """
+                    SELECT product_id, is_gift, gift_type, decided_by, reason, explanation, resembles, rules_version,
+                           rules_sha256, flagged_at
+                    FROM gift_flags WHERE product_id IN (\(marks))
+                    """, ids.map { .text($0) }
+                ) { row in
+                    let at: Date =
+                        row.text(9).flatMap { try? Date($0, strategy: .iso8601) } ?? Date(timeIntervalSince1970: 0)
+                    let decidedBy: String = row.text(3) ?? ""
+                    let reason: String = row.text(4) ?? ""
+                    let explanation: String = row.text(5) ?? ""
+                    let version: String = row.text(7) ?? ""
+                    let sha: String = row.text(8) ?? ""
+                    let f = GiftFlag(
+                        productID: row.text(0) ?? "", isGift: row.int(1) == 1, giftType: row.text(2),
+                        decidedBy: decidedBy, reason: reason, explanation: explanation, resembles: row.text(6),
+                        rulesVersion: version, rulesSHA256: sha, flaggedAt: at)
+                    out[f.productID] = f
+                }
+            }
+            return out
+        }
+    }
+
+    public func giftProductIDs() async throws -> Set<String> {
+        try await onWorker { c in
+            var out = Set<String>()
+            try c.query("SELECT product_id FROM gift_flags WHERE is_gift = 1") { row in
+                if let id = row.text(0) { out.insert(id) }
+            }
+            return out
+        }
+    }
+}

@@ -8,6 +8,8 @@
 /// - `catalogue`, `catalogue_changes`, `sync_state`: the live catalogue `ewall sync` follows
 ///   (Catalogue.swift): each synced product's image URL, listed flag and log position; the
 ///   change feed replicas follow; each sync's applied position.
+/// - `gift_flags`: the gift detector's applied answer per product (`ewall gifts --apply`), a table
+///   of its own beside `products` (see ``giftFlagsSQLite``).
 ///
 /// Product ids compare byte-wise in both (SQLite's BINARY, PostgreSQL's "C" collation), so
 /// keyset pagination and export order agree between the two.
@@ -137,7 +139,7 @@ package enum Schema {
             updated_at  REAL NOT NULL
         );
         CREATE INDEX IF NOT EXISTS embeddings_by_image ON embeddings (model_id, preprocessing, image_sha256);
-        """
+        """ + giftFlagsSQLite
 
     static let postgres = """
         CREATE TABLE IF NOT EXISTS ewall_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -215,5 +217,50 @@ package enum Schema {
             updated_at  DOUBLE PRECISION NOT NULL
         );
         CREATE INDEX IF NOT EXISTS embeddings_by_image ON embeddings (model_id, preprocessing, image_sha256);
+        """ + giftFlagsPostgres
+
+    /// The gift detector's applied answers (`ewall gifts --apply`): one row per product, gift or
+    /// not, with the step that decided, the platform's `gift_type` and Korean reason, and the
+    /// rules that produced it. Appended to both dialects' schema.
+    static let giftFlagsSQLite = """
+
+        CREATE TABLE IF NOT EXISTS gift_flags (
+            product_id    TEXT PRIMARY KEY,
+            is_gift       INTEGER NOT NULL,
+            gift_type     TEXT,
+            decided_by    TEXT NOT NULL,
+            reason        TEXT NOT NULL,
+            explanation   TEXT NOT NULL,
+            resembles     TEXT,
+            rules_version TEXT NOT NULL,
+            rules_sha256  TEXT NOT NULL,
+            flagged_at    TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS gift_flags_gifts ON gift_flags (is_gift, product_id);
+        """
+
+    static let giftFlagsPostgres = """
+
+        CREATE TABLE IF NOT EXISTS gift_flags (
+            product_id    TEXT COLLATE "C" PRIMARY KEY,
+            is_gift       BOOLEAN NOT NULL,
+            gift_type     TEXT,
+            decided_by    TEXT NOT NULL,
+            reason        TEXT NOT NULL,
+            explanation   TEXT NOT NULL,
+            resembles     TEXT,
+            rules_version TEXT NOT NULL,
+            rules_sha256  TEXT NOT NULL,
+            flagged_at    TIMESTAMPTZ NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS gift_flags_gifts ON gift_flags (is_gift, product_id);
+        """
+
+    /// The upsert of a gift flag: the newer answer replaces the older.
+    static let giftFlagUpdate = """
+        ON CONFLICT (product_id) DO UPDATE SET
+          is_gift = excluded.is_gift, gift_type = excluded.gift_type, decided_by = excluded.decided_by,
+          reason = excluded.reason, explanation = excluded.explanation, resembles = excluded.resembles,
+          rules_version = excluded.rules_version, rules_sha256 = excluded.rules_sha256, flagged_at = excluded.flagged_at
         """
 }

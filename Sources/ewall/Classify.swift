@@ -15,6 +15,16 @@ struct ClassifierFlags: ParsableArguments {
             discussion: "Default: $EWALL_RULES, then data/category_rules.json."))
     var rules: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The gift rules file: gifts and samples are answered `gift`, never used as references.",
+            discussion: "Default: $EWALL_GIFT_RULES, then data/gift_rules.json when it exists."))
+    var giftRules: String?
+
+    @Flag(name: .long, help: "Do not run the gift detector (stored gift flags still apply).")
+    var noGifts = false
+
     @Option(name: .long, help: "Scoring: mean-refs (the platform's), centroid, or knn.")
     var method: ScoringMethod = .meanRefs
 
@@ -57,8 +67,14 @@ struct ClassifierFlags: ParsableArguments {
         do {
             let rules = try KeywordRules.load(path: resolvedRules)
             let key = try await store.resolveKey(modelID: modelId, preprocessing: preprocess).key
+            var gifts: GiftDetector?
+            let giftPath =
+                giftRules ?? ProcessInfo.processInfo.environment["EWALL_GIFT_RULES"] ?? "data/gift_rules.json"
+            if !noGifts && (giftRules != nil || FileManager.default.fileExists(atPath: giftPath)) {
+                gifts = try await GiftDetector.open(store: store, rules: GiftRules.load(path: giftPath), key: key)
+            }
             let classifier = try await CategoryClassifier.open(
-                store: store, key: key, rules: rules, configuration: configuration)
+                store: store, key: key, rules: rules, configuration: configuration, gifts: gifts)
             if classifier.references.count == 0 {
                 warn(
                     "no product has a category set by a person and a vector under \(key): the embedding step cannot run, "
@@ -100,7 +116,9 @@ struct Classify: AsyncParsableCommand {
             The platform's classifier by default: for each category, the mean cosine similarity \
             of the product's vector to up to 10 reference products of that category; the best \
             category wins if its score is >= 0.35; otherwise the keyword rules on the title \
-            (Korean and English, --rules); otherwise `generic`.
+            (Korean and English, --rules); otherwise `generic`. Before all of them, gifts and \
+            samples (the gift detector, --gift-rules, and the store's gift flags) are answered \
+            `gift` with the reason, and are never references.
 
             References are products whose category a person set (from a manifest or an import; \
             not `generic`, not the classifier's), chosen in the order of a hash of their id. A \
@@ -205,6 +223,7 @@ struct Classify: AsyncParsableCommand {
                 "'\(c.keyword!.term)' in '\(c.keyword!.matchedText)'"
                 + (c.best.map { " (best score \($0.category) < \(c.threshold))" } ?? "")
         case .none: why = c.embeddingSkipped ?? "below \(c.threshold), no keyword"
+        case .gift: why = c.gift.map { "\($0.classificationReason) (\($0.decidedBy))" } ?? "gift"
         }
         return pad(c.productID ?? "?", 21) + pad(current, 16) + pad(c.category, 13) + pad(c.decidedBy.rawValue, 11)
             + pad(score, 7) + pad(runner, 18) + pad(r.action.rawValue + (r.cached ? "·c" : ""), 12) + why
@@ -218,7 +237,8 @@ struct Classify: AsyncParsableCommand {
             + "\(classifier.references.categories.count) categories, \(key))\n"
         out +=
             "  decided by: "
-            + ["embedding", "keyword", "none"].map { "\($0) \(s.byDecision[$0, default: 0])" }.joined(separator: ", ")
+            + ["embedding", "keyword", "gift", "none"].map { "\($0) \(s.byDecision[$0, default: 0])" }.joined(
+                separator: ", ")
             + "\n"
         out +=
             "  answers: "

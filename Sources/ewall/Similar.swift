@@ -48,6 +48,9 @@ struct Similar: AsyncParsableCommand {
     @Flag(name: .long, help: "Include products that are out of stock.")
     var includeOutOfStock = false
 
+    @Flag(name: .long, help: "Include gifts and samples (flagged by `ewall gifts --apply`; never by default).")
+    var includeGifts = false
+
     @Flag(name: .long, help: "Print the answer as one JSON object on stdout.")
     var json = false
 
@@ -67,7 +70,8 @@ struct Similar: AsyncParsableCommand {
         bootstrapLogging()
         let folder = resolvedIndexFolder(index)
         let query = SimilarQuery(
-            k: k, minSimilarity: minSimilarity, sameCategory: !anyCategory, inStockOnly: !includeOutOfStock)
+            k: k, minSimilarity: minSimilarity, sameCategory: !anyCategory, inStockOnly: !includeOutOfStock,
+            includeGifts: includeGifts)
         let answer: SimilarAnswer
         let indexed: Indexed
         do {
