@@ -102,7 +102,7 @@ struct APIError: Error, Sendable {
         "501": ["not_implemented"],
         "503": [
             "overloaded", "timeout", "index_unavailable", "model_mismatch", "store_unavailable", "shutting_down",
-            "model_unavailable",
+            "model_unavailable", "gift_rules_unavailable",
         ],
         "505": ["http_version_not_supported"],
     ]

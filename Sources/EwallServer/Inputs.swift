@@ -17,11 +17,16 @@ struct RequestBody: Decodable, Sendable {
     var minSimilarity: Double?
     var anyCategory: Bool?
     var includeOutOfStock: Bool?
+    var includeGifts: Bool?
+    /// `POST /api/gifts/check`: the product's price and supply price.
+    var price: Double?
+    var supplyPrice: Double?
 
     enum CodingKeys: String, CodingKey {
         case productID = "product_id", imageURL = "image_url", imageBase64 = "image_base64", title, brand, category
         case excludeProductID = "exclude_product_id", k, minSimilarity = "min_similarity", anyCategory = "any_category"
-        case includeOutOfStock = "include_out_of_stock"
+        case includeOutOfStock = "include_out_of_stock", includeGifts = "include_gifts", price
+        case supplyPrice = "supply_price"
     }
 
     /// Every id, URL and text field present, checked against `rules`: the first that breaks
@@ -266,6 +271,13 @@ struct QueryParameters: Sendable {
 
 /// The similar-products parameters, from query parameters or a JSON body, validated.
 enum SimilarParameters {
+    /// A number from the query, or nil when absent.
+    static func number(_ q: QueryParameters, _ name: String) throws(APIError) -> Double? {
+        guard let v = q[name] else { return nil }
+        guard let d = Double(v), d.isFinite else { throw APIError.badRequest("\(name) must be a number, not '\(v)'") }
+        return d
+    }
+
     /// The bounds and defaults the routes accept, and the OpenAPI document states.
     static let kRange = SimilarQuery.kRange
     static let minSimilarityRange = SimilarQuery.minSimilarityRange
@@ -296,8 +308,10 @@ enum SimilarParameters {
         let minSimilarity = try body?.minSimilarity ?? double("min_similarity") ?? defaults.minSimilarity
         let anyCategory = try body?.anyCategory ?? bool("any_category") ?? !defaults.sameCategory
         let includeOutOfStock = try body?.includeOutOfStock ?? bool("include_out_of_stock") ?? !defaults.inStockOnly
+        let includeGifts = try body?.includeGifts ?? bool("include_gifts") ?? defaults.includeGifts
         let query = SimilarQuery(
-            k: k, minSimilarity: minSimilarity, sameCategory: !anyCategory, inStockOnly: !includeOutOfStock)
+            k: k, minSimilarity: minSimilarity, sameCategory: !anyCategory, inStockOnly: !includeOutOfStock,
+            includeGifts: includeGifts)
         if let problem = query.problem { throw APIError.badRequest(problem) }
         return query
     }

@@ -4,7 +4,7 @@ import HTTPTypes
 
 /// The operations the server serves; ``API`` dispatches on this, the document names them.
 enum Operation: String, Sendable, CaseIterable {
-    case similarByProduct, similarByImage, classify, embed, healthz, readyz, metrics, openapi, reloadIndex
+    case similarByProduct, similarByImage, classify, giftCheck, embed, healthz, readyz, metrics, openapi, reloadIndex
 }
 
 /// One route: how it is registered and how the OpenAPI document describes it.
@@ -81,6 +81,10 @@ extension API {
             query(
                 "include_out_of_stock", ["type": "boolean", "default": !defaults.inStockOnly],
                 "Include out-of-stock products (default \(!defaults.inStockOnly))."),
+            query(
+                "include_gifts", ["type": "boolean", "default": defaults.includeGifts],
+                "Include gifts and samples (flagged by `ewall gifts --apply`; default \(defaults.includeGifts): "
+                    + "gifts are never recommended; for the back office)."),
         ]
         let bad400 =
             "Malformed request (invalid_request: not the JSON this route takes, a parameter out of its bounds, "
@@ -146,6 +150,24 @@ extension API {
                 responses: imageErrors.merging([
                     "200": ("The category and why.", "ClassifyResponse"),
                     "404": ("Unknown product (unknown_product).", nil),
+                ]) { a, _ in a }),
+            RouteSpec(
+                method: .post, path: "/api/gifts/check", operation: .giftCheck,
+                summary: "Whether one product is a gift or sample (title, price, supply price, image), by the gift "
+                    + "rules: zero price, then words, then the image's resemblance to a registered gift.",
+                timed: true,
+                parameters: [
+                    query(
+                        "title", ["type": "string"],
+                        "With an image body: the product's title (in JSON: the body's field); \(limits.text)."),
+                    query(
+                        "price", ["type": "number", "minimum": 0],
+                        "With an image body: the product's price (in JSON: the body's field)."),
+                ],
+                body: "GiftCheckRequest",
+                responses: imageErrors.merging([
+                    "200": ("The decision, in the platform's shape, and which step decided.", "GiftCheckResponse"),
+                    "503": (overloaded503 + " gift_rules_unavailable: the server has no gift rules.", nil),
                 ]) { a, _ in a }),
             RouteSpec(
                 method: .post, path: "/api/embeddings", operation: .embed,
@@ -341,7 +363,11 @@ enum OpenAPIDocument {
                 "min_similarity": [
                     "type": "number", "minimum": minSimilarity.lowerBound, "maximum": minSimilarity.upperBound,
                 ],
-                "any_category": boolean, "include_out_of_stock": boolean,
+                "any_category": boolean, "include_out_of_stock": boolean, "include_gifts": boolean,
+                "price": ["type": "number", "minimum": 0, "description": "The product's price (gift check)."],
+                "supply_price": [
+                    "type": "number", "minimum": 0, "description": "The product's supply price (gift check).",
+                ],
             ]),
             "SimilarImageRequest": [
                 "description": "An image, as image_url or image_base64 (exactly one), and the similar-products "
@@ -391,13 +417,40 @@ enum OpenAPIDocument {
             "ClassifyResponse": object(
                 [
                     "product_id": nullableString, "category": string,
-                    "decided_by": ["type": "string", "enum": ["embedding", "keyword", "none"]],
+                    "decided_by": ["type": "string", "enum": ["embedding", "keyword", "gift", "none"]],
                     "method": string, "threshold": number, "best": ["type": ["object", "null"]],
                     "runner_up": ["type": ["object", "null"]], "margin": ["type": ["number", "null"]],
                     "references_used": integer, "embedding_skipped": nullableString,
                     "keyword": ["type": ["object", "null"]],
                     "rules_version": nullableString, "explanation": string, "warning": string,
+                    "gift": object(
+                        [
+                            "decided_by": string, "gift_type": nullableString, "classification_reason": string,
+                            "explanation": string,
+                        ], required: ["decided_by", "classification_reason", "explanation"]),
                 ], required: ["category", "decided_by", "explanation"]),
+            "GiftCheckRequest": [
+                "description": "A title, a price or supply price, and/or an image (image_url or image_base64, not "
+                    + "both), with an optional brand; no product_id.",
+                "allOf": [ref("ImageRequest"), ["not": required("product_id")]],
+                "not": required("image_url", "image_base64"),
+                "anyOf": [
+                    ["required": ["title"], "properties": ["title": ["minLength": 1]]],
+                    required("price"), required("supply_price"), required("image_url"), required("image_base64"),
+                ],
+            ],
+            "GiftCheckResponse": object(
+                [
+                    "product_type": ["type": "string", "enum": ["GIFT", "PRODUCT"]],
+                    "gift_type": [
+                        "type": ["string", "null"], "enum": ["ZERO_PRICE", "MASTER", "KEYWORD", "IMAGE", NSNull()],
+                    ],
+                    "classification_reason": string, "is_revenue": boolean,
+                    "decided_by": ["type": "string", "enum": GiftStep.allCases.map(\.rawValue)],
+                    "resembles": ["type": ["object", "null"]], "explanation": string, "rules_version": string,
+                    "term": nullableString, "set_aside": array(["type": "object"]), "warning": string,
+                ],
+                required: ["product_type", "gift_type", "classification_reason", "is_revenue", "decided_by"]),
             "EmbeddingResponse": object(
                 [
                     "model_id": string, "preprocessing": string, "dimension": integer, "vector": array(number),

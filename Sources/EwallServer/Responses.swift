@@ -282,3 +282,32 @@ enum JSONResponse {
             body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 }
+
+/// The answer of `POST /api/gifts/check`: the platform's fields (product_type, gift_type,
+/// classification_reason, is_revenue), then ours.
+struct GiftCheckResponse: Encodable {
+    var decision: GiftDecision
+    var warning: String?
+
+    enum Keys: String, CodingKey {
+        case productType = "product_type", giftType = "gift_type", classificationReason = "classification_reason"
+        case isRevenue = "is_revenue", decidedBy = "decided_by", resembles, explanation, rulesVersion = "rules_version"
+        case term, setAside = "set_aside", warning
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        let d = decision
+        try c.encode(d.productType, forKey: .productType)
+        try c.encode(d.giftType, forKey: .giftType)
+        try c.encode(d.classificationReason, forKey: .classificationReason)
+        try c.encode(d.isRevenue, forKey: .isRevenue)
+        try c.encode(d.decidedBy.rawValue, forKey: .decidedBy)
+        try c.encode(d.resembles, forKey: .resembles)
+        try c.encode(d.explanation, forKey: .explanation)
+        try c.encode(d.rulesVersion, forKey: .rulesVersion)
+        try c.encode(d.term, forKey: .term)
+        try c.encode(d.setAside, forKey: .setAside)
+        try c.encodeIfPresent(warning, forKey: .warning)
+    }
+}

@@ -198,6 +198,20 @@ struct API: Sendable {
                 return try JSONResponse.make(
                     ClassifyResponse(classification: c, explanation: c.explanation, warning: warning))
             }
+        case .giftCheck:
+            return { request, _ in
+                let input = try await PostInput.read(request, maxBytes: maxBody, rules: rules)
+                guard input.body.productID == nil else {
+                    throw APIError.badRequest("give a title, a price and/or an image, not product_id")
+                }
+                let price =
+                    try input.body.price ?? SimilarParameters.number(QueryParameters(request.uri.query), "price")
+                let d = try await service.checkGift(
+                    title: input.body.title, brand: input.body.brand, price: price,
+                    supplyPrice: input.body.supplyPrice, image: input.image)
+                let warning = d.decidedBy == .image ? service.modelWarning : nil
+                return try JSONResponse.make(GiftCheckResponse(decision: d, warning: warning))
+            }
         case .embed:
             return { request, _ in
                 let input = try await PostInput.read(request, maxBytes: maxBody, rules: rules)

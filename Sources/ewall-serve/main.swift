@@ -70,6 +70,13 @@ struct Serve: AsyncParsableCommand {
     var rules: String?
 
     @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Gift rules: gifts and samples are answered `gift` by classify and decided by /api/gifts/check.",
+            discussion: "Default: $EWALL_GIFT_RULES, then data/gift_rules.json."))
+    var giftRules: String?
+
+    @Option(
         name: .customLong("allow-host"),
         help: "A host whose image URLs may be fetched whatever it resolves to (repeatable).")
     var allowHosts: [String] = []
@@ -168,6 +175,8 @@ struct Serve: AsyncParsableCommand {
             preprocessing: preprocess, precision: model.precision, threads: model.threads,
             urlPolicy: AddressPolicy(allowHosts: allowHosts),
             indexWatchInterval: watchSeconds > 0 ? .milliseconds(Int(watchSeconds * 1000)) : nil)
+        config.giftRulesPath =
+            giftRules ?? ProcessInfo.processInfo.environment["EWALL_GIFT_RULES"] ?? "data/gift_rules.json"
         config.redis = try redisFlags.configuration()
         config.device = model.device
         config.streams = model.streams

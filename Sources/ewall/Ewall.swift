@@ -12,6 +12,7 @@ struct Ewall: AsyncParsableCommand {
         commandName: "ewall",
         abstract: "EwallML: image embeddings, similar products and categories for product search.",
         subcommands: [
-            Embed.self, Import.self, Export.self, Similar.self, Classify.self, Calibrate.self, Job.self, Sync.self,
+            Embed.self, Import.self, Export.self, Similar.self, Classify.self, Calibrate.self, Gifts.self, Job.self,
+            Sync.self,
         ])
 }

@@ -247,6 +247,35 @@ struct RouteTests {
                 == 200)
     }
 
+    @Test("POST /api/gifts/check answers in the platform's shape; classify answers gift with the reason")
+    func gifts() async throws {
+        let (s, _) = try await server()
+        let word = try await HTTP.call(
+            .POST, "\(s.base)/api/gifts/check", json: ["title": "[사은품] 로고 파우치", "price": 1000])
+        #expect(word.status == 200, "\(word.text)")
+        let w = word.json
+        #expect(w["product_type"] as? String == "GIFT" && w["gift_type"] as? String == "KEYWORD")
+        #expect(w["classification_reason"] as? String == "키워드 '사은품' 포함 (자동분류)")
+        #expect(w["is_revenue"] as? Bool == false && w["decided_by"] as? String == "keyword")
+        let free = try await HTTP.call(.POST, "\(s.base)/api/gifts/check", json: ["title": "울 코트", "supply_price": 0])
+        #expect(free.json["gift_type"] as? String == "ZERO_PRICE")
+        #expect(free.json["classification_reason"] as? String == "공급가 0원 (자동분류)")
+        let product = try await HTTP.call(
+            .POST, "\(s.base)/api/gifts/check", json: ["title": "울 코트 (사은품 포함)", "price": 189_000])
+        #expect(product.json["product_type"] as? String == "PRODUCT" && product.json["gift_type"] is NSNull)
+        #expect(((product.json["set_aside"] as? [[String: Any]])?.first?["why"] as? String)?.contains("포함") == true)
+        let bad = try await HTTP.call(.POST, "\(s.base)/api/gifts/check", json: ["title": "x", "price": -1])
+        #expect(bad.status == 400)
+        let none = try await HTTP.call(.POST, "\(s.base)/api/gifts/check", json: [:])
+        #expect(none.status == 400)
+        let classify = try await HTTP.call(
+            .POST, "\(s.base)/api/recommendations/classify", json: ["title": "비매품 핸드크림 30ml"])
+        #expect(classify.status == 200)
+        #expect(classify.json["category"] as? String == "gift" && classify.json["decided_by"] as? String == "gift")
+        let reason = (classify.json["gift"] as? [String: Any])?["classification_reason"] as? String
+        #expect(reason == "키워드 '비매품' 포함 (자동분류)")
+    }
+
     @Test("The OpenAPI document lists exactly the served routes, and each answers with a documented status")
     func openAPI() async throws {
         let (s, cat) = try await server()
@@ -258,8 +287,8 @@ struct RouteTests {
         #expect(
             Set(operations) == [
                 "GET /api/recommendations/similar/{product_id}", "POST /api/recommendations/similar",
-                "POST /api/recommendations/classify", "POST /api/embeddings", "GET /healthz", "GET /readyz",
-                "GET /metrics",
+                "POST /api/recommendations/classify", "POST /api/gifts/check", "POST /api/embeddings", "GET /healthz",
+                "GET /readyz", "GET /metrics",
                 "GET /openapi.json", "POST /admin/reload-index",
                 // HEAD wherever GET is.
                 "HEAD /api/recommendations/similar/{product_id}", "HEAD /healthz", "HEAD /readyz", "HEAD /metrics",
@@ -270,6 +299,7 @@ struct RouteTests {
             "/api/recommendations/similar": ["image_base64": image],
             "/api/recommendations/classify": ["product_id": "p01"],
             "/api/embeddings": ["image_base64": image],
+            "/api/gifts/check": ["title": "[사은품] 파우치", "price": 1000],
         ]
         for (path, methods) in paths {
             for (method, op) in methods {

@@ -25,6 +25,10 @@ public struct EwallConfiguration: Sendable {
     /// The keyword rules for the classifier's fallback (default `data/category_rules.json`);
     /// `nil`: no keyword step.
     public var rulesPath: String?
+    /// The gift rules (default `data/gift_rules.json`; see docs/gifts.md): gifts and samples are
+    /// answered `gift` by the classifier and by `POST /api/gifts/check`. `nil`: no gift detector
+    /// (gift flags stored by `ewall gifts --apply` still apply).
+    public var giftRulesPath: String? = "data/gift_rules.json"
     /// The classifier's method, threshold and reference counts (the platform's by default).
     public var classifier: ClassifierConfiguration
     /// How images become tensors. Must match the vectors in the store and index.

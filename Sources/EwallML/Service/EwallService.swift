@@ -128,6 +128,8 @@ public final class EwallService: Service, Sendable {
     let fetcher: ImageFetcher
     let store: any EmbeddingStore
     let rules: KeywordRules?
+    /// The gift rules, when configured.
+    let giftRules: GiftRules?
     let logger: Logger
     /// The embedding cache in Redis, when ``EwallConfiguration/redis`` is set.
     let cache: EmbeddingCache?
@@ -152,6 +154,8 @@ public final class EwallService: Service, Sendable {
     struct Snapshot: Sendable {
         var search: ProductSearch?
         var classifier: CategoryClassifier
+        /// The gift detector, with the registered gifts' vectors read when the snapshot was made.
+        var gifts: GiftDetector? = nil
         var loadedAt: Date?
         /// The manifest's build time, parsed once per load.
         var builtAt: Date? = nil
@@ -198,6 +202,11 @@ public final class EwallService: Service, Sendable {
             throw EwallError.invalid("the keyword rules \(configuration.rulesPath ?? ""): \(error)")
         }
         do {
+            giftRules = try configuration.giftRulesPath.map { try GiftRules.load(path: $0) }
+        } catch {
+            throw EwallError.invalid("the gift rules \(configuration.giftRulesPath ?? ""): \(error)")
+        }
+        do {
             store = try await StoreLocation(parsing: configuration.storeURL).open()
         } catch let e as StoreError {
             throw EwallError(e)
@@ -234,9 +243,10 @@ public final class EwallService: Service, Sendable {
         if searchThreads > 1 { _ = Self.blasOnCallersThread }
         coalescer = SimilarCoalescer(maxBatch: 64, lanes: searchThreads, metrics: metrics)
         let classifier: CategoryClassifier
+        let gifts: GiftDetector?
         do {
-            classifier = try await Self.openClassifier(
-                store: store, key: modelKey, rules: rules, configuration: configuration)
+            (classifier, gifts) = try await Self.openClassifier(
+                store: store, key: modelKey, rules: rules, giftRules: giftRules, configuration: configuration)
         } catch {
             try? await fetcher.shutdown()
             await store.close()
@@ -246,7 +256,9 @@ public final class EwallService: Service, Sendable {
         let batcher = self.batcher
         runner = Task { await batcher.run() }
         state = Locked(
-            State(snapshot: Snapshot(search: nil, classifier: classifier, loadedAt: nil, problem: "not loaded yet")))
+            State(
+                snapshot: Snapshot(
+                    search: nil, classifier: classifier, gifts: gifts, loadedAt: nil, problem: "not loaded yet")))
         do {
             _ = try await reloadIndex()
         } catch {
@@ -463,7 +475,7 @@ public final class EwallService: Service, Sendable {
             return try classifier.classify(
                 ClassifierInput(
                     productID: productID, vector: vector, title: product.title,
-                    brand: product.brand))
+                    brand: product.brand, price: product.price))
         } catch {
             throw Self.mapped(error)
         }
@@ -490,6 +502,32 @@ public final class EwallService: Service, Sendable {
         }
     }
 
+    // MARK: Gifts
+
+    /// Whether one product is a gift or sample, by the gift rules: the registered list is not
+    /// consulted (no id), then a zero price or supply price, the title's words, and, with an
+    /// image, its resemblance to a registered gift. Unavailable without gift rules.
+    public func checkGift(
+        title: String?, brand: String? = nil, price: Double? = nil, supplyPrice: Double? = nil,
+        image: ImageSource? = nil
+    ) async throws(EwallError) -> GiftDecision {
+        if let title { try checked(title, as: .title) }
+        if let brand { try checked(brand, as: .brand) }
+        guard title?.isEmpty == false || price != nil || supplyPrice != nil || image != nil else {
+            throw EwallError.invalid("give a title, a price, an image, or some of them")
+        }
+        for (name, v) in [("price", price), ("supply_price", supplyPrice)] {
+            if let v, !(v.isFinite && v >= 0) { throw EwallError.invalid("\(name) must be a number >= 0") }
+        }
+        guard let gifts = state.withLock({ $0.snapshot.gifts }) else {
+            throw EwallError(.unavailable, "gift_rules_unavailable", "no gift rules are configured")
+        }
+        var vector: [Float]?
+        if let image, gifts.hasMasterVectors { vector = try await embed(image).vector }
+        return gifts.decide(
+            GiftInput(title: title, brand: brand, price: price, supplyPrice: supplyPrice, vector: vector))
+    }
+
     // MARK: The index
 
     /// Loads the index folder again and swaps it in atomically, with fresh product metadata
@@ -512,16 +550,17 @@ public final class EwallService: Service, Sendable {
             throw EwallError(.unavailable, "index_unavailable", message)
         }
         let classifier: CategoryClassifier
+        let gifts: GiftDetector?
         do {
-            classifier = try await Self.openClassifier(
-                store: store, key: modelKey, rules: rules, configuration: configuration)
+            (classifier, gifts) = try await Self.openClassifier(
+                store: store, key: modelKey, rules: rules, giftRules: giftRules, configuration: configuration)
         } catch {
-            classifier = state.withLock { $0.snapshot.classifier }
+            (classifier, gifts) = state.withLock { ($0.snapshot.classifier, $0.snapshot.gifts) }
             logger.warning("classifier references not refreshed: \(error.message)")
         }
         state.withLock {
             $0.snapshot = Snapshot(
-                search: search, classifier: classifier, loadedAt: Date(),
+                search: search, classifier: classifier, gifts: gifts, loadedAt: Date(),
                 builtAt: search.manifest.builtDate, problem: nil)
             $0.catalogue.caughtUp = false
         }
@@ -671,12 +710,15 @@ public final class EwallService: Service, Sendable {
     }
 
     private static func openClassifier(
-        store: any EmbeddingStore, key: ModelKey, rules: KeywordRules?,
+        store: any EmbeddingStore, key: ModelKey, rules: KeywordRules?, giftRules: GiftRules?,
         configuration: EwallConfiguration
-    ) async throws(EwallError) -> CategoryClassifier {
+    ) async throws(EwallError) -> (CategoryClassifier, GiftDetector?) {
         do {
-            return try await CategoryClassifier.open(
-                store: store, key: key, rules: rules, configuration: configuration.classifier)
+            var gifts: GiftDetector?
+            if let giftRules { gifts = try await GiftDetector.open(store: store, rules: giftRules, key: key) }
+            let classifier = try await CategoryClassifier.open(
+                store: store, key: key, rules: rules, configuration: configuration.classifier, gifts: gifts)
+            return (classifier, gifts)
         } catch {
             throw mapped(error)
         }
