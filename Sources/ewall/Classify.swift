@@ -279,9 +279,30 @@ struct Calibrate: AsyncParsableCommand {
     @Flag(name: .long, help: "Print the report as one JSON object.")
     var json = false
 
+    @Flag(
+        name: .long,
+        help: ArgumentHelp(
+            "Calibrate the gift detector's image step instead: its threshold, swept over the products the other "
+                + "gift steps label.",
+            discussion: """
+                Registered gifts (the gift rules' master list and --gift-master) with vectors are the \
+                references; every other product with a vector is labelled a gift or not by the master list, \
+                zero price and words; for thresholds 0.500 to 0.995, how many the image step would flag, \
+                its precision and recall; then the lowest threshold from which precision stays >= \
+                --target-precision. Put it in the rules' image.threshold.
+                """))
+    var gifts = false
+
+    @Option(name: .long, parsing: .upToNextOption, help: "With --gifts: more registered gift product ids.")
+    var giftMaster: [String] = []
+
     func run() async throws {
         BLASCore.selectAtStartup() // before any BLAS work: OpenBLAS's kernels for this CPU (see BLASCore)
         bootstrapLogging()
+        if gifts {
+            try await calibrateGifts()
+            return
+        }
         let (store, key, classifier) = try await flags.open()
         defer { Task { await store.close() } }
         let report: CalibrationReport
@@ -301,6 +322,49 @@ struct Calibrate: AsyncParsableCommand {
             return
         }
         print(Self.render(report))
+    }
+
+    func calibrateGifts() async throws {
+        let store = try await flags.database.open()
+        defer { Task { await store.close() } }
+        let report: GiftImageCalibration
+        do {
+            let key = try await store.resolveKey(modelID: flags.modelId, preprocessing: flags.preprocess).key
+            let path =
+                flags.giftRules ?? ProcessInfo.processInfo.environment["EWALL_GIFT_RULES"] ?? "data/gift_rules.json"
+            let detector = try await GiftDetector.open(
+                store: store, rules: GiftRules.load(path: path), key: key, master: giftMaster)
+            guard detector.hasMasterVectors else {
+                throw fail("no registered gift has a vector under \(key): nothing to compare images with")
+            }
+            report = try await detector.calibrateImage(store: store, key: key, targetPrecision: targetPrecision)
+        } catch let e as StoreError {
+            throw fail(e)
+        } catch let e as ClassifierError {
+            throw fail(e)
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            FileHandle.standardOutput.write(try encoder.encode(report) + Data("\n".utf8))
+            return
+        }
+        var out =
+            "gift image step: \(report.products) products with vectors (\(report.gifts) gifts by the other steps), "
+            + "\(report.masterWithVectors) registered gifts with vectors\n\nthreshold  flagged  precision  recall\n"
+        for row in report.rows where Int((row.threshold * 1000).rounded()) % 25 == 0 || row.threshold >= 0.9 {
+            out +=
+                String(
+                    format: "%9.3f  %7d  %9@  %5.1f%%\n", row.threshold, row.flagged,
+                    row.precision.map { String(format: "%5.1f%%", $0 * 100) } ?? "-", row.recall * 100)
+        }
+        if let t = report.thresholdForTarget {
+            out += "\nprecision >= \(report.targetPrecision) from threshold \(t) up"
+        } else {
+            out += "\nno threshold gives the image step a precision >= \(report.targetPrecision)"
+        }
+        out += " (the rules' image.threshold: \(report.currentThreshold))"
+        print(out)
     }
 
     static func render(_ r: CalibrationReport) -> String {

@@ -259,3 +259,28 @@ struct GiftRulesTests {
         #expect(try GiftRules.load(path: GiftRules.path(default: base, company: nil)).version == "default")
     }
 }
+
+@Suite("Gift image calibration")
+struct GiftCalibrationTests {
+    @Test("the sweep finds the lowest threshold that keeps precision, from the other steps' labels")
+    func sweep() throws {
+        let d = try GiftDetector(
+            rules: GiftDetectorTests.rules,
+            master: [MasterGift(productID: "G1", vector: [1, 0, 0]), MasterGift(productID: "G2", vector: [0, 1, 0])])
+        // Gifts at cosine ~0.95 to a master; products at ~0.6 and one product at 0.92.
+        var items: [(productID: String, vector: [Float], isGift: Bool)] = [
+            ("G1", [1, 0, 0], true) // a registered gift: left out
+        ]
+        for i in 0..<10 { items.append(("g\(i)", [1, 0.33, Float(i) * 0.001], true)) }
+        for i in 0..<10 { items.append(("p\(i)", [0.6, 0, 0.8 + Float(i) * 0.001], false)) }
+        items.append(("p-close", [0.92, 0, 0.392], false))
+        let r = d.calibrateImage(items, targetPrecision: 0.99)
+        #expect(r.products == 21 && r.gifts == 10 && r.masterWithVectors == 2)
+        let t = try #require(r.thresholdForTarget)
+        #expect(t > 0.915 && t <= 0.945, "\(t)")
+        let at = try #require(r.rows.first { $0.threshold == t })
+        #expect(at.precision == 1 && at.recall == 1)
+        #expect(r.rows.first { $0.threshold == 0.55 }?.precision ?? 1 < 0.99)
+        #expect(r.currentThreshold == 0.9)
+    }
+}

@@ -190,6 +190,9 @@ public struct GiftDetector: Sendable {
     /// The vector dimension the image step compares (0: no registered gift has a vector).
     public var vectorDimension: Int { dimension }
 
+    /// Registered gifts with a vector.
+    public var masterVectorCount: Int { masterVectorIDs.count }
+
     /// Decides one product.
     public func decide(_ input: GiftInput) -> GiftDecision {
         var d = GiftDecision(
