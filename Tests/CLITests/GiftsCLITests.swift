@@ -76,4 +76,37 @@ struct GiftsCLITests {
         #expect(r.status == 64)
         #expect(r.stderr.contains("field 'words.ko[0]'"))
     }
+
+    @Test("ewall calibrate --gifts sweeps the image threshold over the other steps' labels")
+    func calibrateImage() async throws {
+        let (env, dir, db) = try await store()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let key = ModelKey(modelID: "synthetic@gifts", preprocessing: "squash224")
+        let s = try await StoreLocation(parsing: db).open()
+        var products = [Product(id: "g0", title: "쿠션 퍼프", price: 500)]
+        var vectors: [(String, [Float])] = [("g0", [1, 0, 0, 0])]
+        for i in 0..<8 {
+            products.append(Product(id: "gift\(i)", title: "[사은품] 파우치 \(i)", price: 100))
+            vectors.append(("gift\(i)", [1, 0.3, Float(i) * 0.01, 0]))
+            products.append(Product(id: "item\(i)", title: "울 코트 \(i)", price: 99_000))
+            vectors.append(("item\(i)", [0.5, 0, 0.8, Float(i) * 0.01]))
+        }
+        try await s.upsertProducts(products, source: .manifest)
+        try await s.write(
+            WriteBatch(
+                embeddings: vectors.map { StoredEmbedding(productID: $0.0, imageURL: "u", key: key, vector: $0.1) }))
+        await s.close()
+        let rules = Fixtures.path("data/gift_rules.json")
+        let r = try tool(
+            "ewall",
+            [
+                "calibrate", "--gifts", "--gift-rules", rules, "--gift-master", "g0", "--target-precision", "0.99",
+                "--json",
+            ], env: env.merging(["EWALL_MODEL": "/nonexistent.pt"]) { a, _ in a })
+        #expect(r.status == 0, "\(r.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        #expect(report["gifts"] as? Int == 8 && report["products"] as? Int == 16)
+        let t = try #require(report["threshold_for_target"] as? Double)
+        #expect(t >= 0.53 && t <= 0.955, "items sit at cosine 0.53, gifts at 0.957: \(t)")
+    }
 }
