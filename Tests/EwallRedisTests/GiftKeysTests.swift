@@ -89,6 +89,9 @@ struct GiftKeysTests {
         #expect((json["classified_at"] as? String)?.isEmpty == false)
         let ttl = Int(server.cli(["PTTL", "gift:classification:A1:7"]))!
         #expect(ttl > 4 * 3600 * 1000 - 60_000 && ttl <= 4 * 3600 * 1000)
+        let rawB = server.cli(["GET", "gift:classification:B2:7"])
+        let jsonB = try #require(try JSONSerialization.jsonObject(with: Data(rawB.utf8)) as? [String: Any])
+        #expect(jsonB["gift_type"] is NSNull, "gift_type is null for a product")
         let b = try #require(await keys.result(productCode: "B2"))
         #expect(b.productType == "PRODUCT" && b.giftType == nil && b.isRevenue && b.revenueImpact == 59_000)
         #expect(server.cli(["GET", "gift:classification:C3:7"]).contains("MASTER"), "not ours: left alone")

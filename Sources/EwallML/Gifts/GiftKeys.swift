@@ -134,6 +134,21 @@ public final class GiftKeys: Sendable {
             case decidedBy = "decided_by", rulesVersion = "rules_version", rulesSHA256 = "rules_sha256", source
         }
 
+        /// Every field present: `gift_type` is null for a product, as the platform writes it.
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(productType, forKey: .productType)
+            try c.encode(giftType, forKey: .giftType)
+            try c.encode(classificationReason, forKey: .classificationReason)
+            try c.encode(isRevenue, forKey: .isRevenue)
+            try c.encode(revenueImpact, forKey: .revenueImpact)
+            try c.encode(classifiedAt, forKey: .classifiedAt)
+            try c.encode(decidedBy, forKey: .decidedBy)
+            try c.encode(rulesVersion, forKey: .rulesVersion)
+            try c.encode(rulesSHA256, forKey: .rulesSHA256)
+            try c.encode(source, forKey: .source)
+        }
+
         public init(_ d: GiftDecision, price: Double?, rules: GiftRules, at: Date) {
             productType = d.productType
             giftType = d.giftType
