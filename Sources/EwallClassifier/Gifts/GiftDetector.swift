@@ -273,39 +273,52 @@ public struct GiftDetector: Sendable {
     ) -> (hit: (term: String, matched: String, evasion: Bool)?, setAside: [GiftSetAside]) {
         var text = GiftText(title)
         var setAside: [GiftSetAside] = []
-        // Brand and model names that contain a gift word, and the product's own brand.
-        var names = rules.names
-        if let b = brand, let p = GiftPattern(b) { names.append(p) }
-        for p in names {
-            for span in p.spans(in: text) {
-                if hasTerm(in: text, span) {
-                    setAside.append(.init(term: text.text(span), why: "a brand or model name"))
-                }
-                text.blank(span)
-            }
-        }
         struct Found {
             var pattern: GiftPattern
             var span: Range<Int>
             var give: Bool
             var evasion: Bool
         }
-        var found: [Found] = []
-        for p in rules.terms {
-            for s in p.spans(in: text) { found.append(Found(pattern: p, span: s, give: false, evasion: false)) }
+        // Every gift word, by one probe per letter; most titles have none and end here.
+        func find(_ text: GiftText) -> [Found] {
+            var found: [Found] = []
+            let c = text.compact
+            let starts = rules.startsTerm
+            let index = rules.byFirstLetter
+            for i in c.indices where starts.mayContain(c[i]) {
+                guard let candidates = index[c[i]] else { continue }
+                for t in candidates {
+                    if let span = t.pattern.span(in: text, at: i) {
+                        found.append(
+                            Found(pattern: t.pattern, span: span, give: t.kind == .give, evasion: t.kind == .evasion))
+                    }
+                }
+            }
+            return found
         }
-        for p in rules.giveWords {
-            for s in p.spans(in: text) { found.append(Found(pattern: p, span: s, give: true, evasion: false)) }
-        }
-        if rules.evasionsEnabled {
-            for p in rules.evasions {
-                for s in p.spans(in: text) { found.append(Found(pattern: p, span: s, give: false, evasion: true)) }
+        var found = find(text)
+        if found.isEmpty { return (nil, []) }
+        // Brand and model names that contain a gift word, and the product's own brand.
+        var names = rules.names
+        if let b = brand, let p = GiftPattern(b) { names.append(p) }
+        var blanked = false
+        for p in names {
+            for span in p.spans(in: text) {
+                if found.contains(where: { $0.span.overlaps(span) }) {
+                    setAside.append(.init(term: text.text(span), why: "a brand or model name"))
+                }
+                text.blank(span)
+                blanked = true
             }
         }
+        if blanked { found = find(text) }
         if found.isEmpty { return (nil, setAside) }
         // Exceptions (free shipping, free returns, ...): a gift word inside one is not a gift.
         var exceptionSpans: [(String, Range<Int>)] = []
-        for p in rules.exceptions { for s in p.spans(in: text) { exceptionSpans.append((p.text, s)) } }
+        for i in text.compact.indices {
+            guard let candidates = rules.exceptionsByFirstLetter[text.compact[i]] else { continue }
+            for p in candidates { if let s = p.span(in: text, at: i) { exceptionSpans.append((p.text, s)) } }
+        }
         found.removeAll { f in
             guard let e = exceptionSpans.first(where: { $0.1.overlaps(f.span) }) else { return false }
             setAside.append(.init(term: f.pattern.text, why: "part of '\(e.0)', an exception"))
@@ -390,9 +403,5 @@ public struct GiftDetector: Sendable {
     /// `용` ("for") right after: `증정용` is something to give away, not a promise of a gift.
     private func followedByFor(_ text: GiftText, _ pos: Int) -> Bool {
         pos < text.compact.count && text.compact[pos] == 0xC6A9
-    }
-
-    private func hasTerm(in text: GiftText, _ span: Range<Int>) -> Bool {
-        rules.terms.contains { p in p.spans(in: text).contains { $0.overlaps(span) } }
     }
 }

@@ -34,6 +34,14 @@ public struct GiftRules: Sendable {
     public let evasionsEnabled: Bool
 
     let terms: [GiftPattern]
+    /// Every pattern the words step looks for (terms, give words, and evasions when enabled),
+    /// by its first letter: one dictionary probe per letter of a title finds the candidates.
+    let byFirstLetter: [UInt32: [GiftTerm]]
+    /// The exception phrases by their first letter.
+    let exceptionsByFirstLetter: [UInt32: [GiftPattern]]
+    /// One bit per BMP letter that starts a pattern of ``byFirstLetter``: most letters of a title
+    /// start none, and a bit test is cheaper than a dictionary probe.
+    let startsTerm: LetterSet
     let giveWords: [GiftPattern]
     let evasions: [GiftPattern]
     let exceptions: [GiftPattern]
@@ -172,11 +180,43 @@ public struct GiftRules: Sendable {
         self.terms = terms
         self.giveWords = try patterns(give["ko"], "give_words.ko") + patterns(give["en"], "give_words.en")
         self.evasions = try patterns(evasions["ko"], "evasions.ko") + patterns(evasions["en"], "evasions.en")
+        var index: [UInt32: [GiftTerm]] = [:]
+        let enabled = self.evasionsEnabled
+        for (list, kind) in [(self.terms, GiftTerm.Kind.gift), (self.giveWords, .give), (self.evasions, .evasion)]
+        where kind != .evasion || enabled {
+            for p in list { index[p.letters[0], default: []].append(GiftTerm(pattern: p, kind: kind)) }
+        }
+        self.byFirstLetter = index
+        self.startsTerm = LetterSet(index.keys)
+        var exceptionIndex: [UInt32: [GiftPattern]] = [:]
         self.exceptions = try patterns(exceptions["phrases"], "exceptions.phrases")
+        for p in self.exceptions { exceptionIndex[p.letters[0], default: []].append(p) }
+        self.exceptionsByFirstLetter = exceptionIndex
         self.names = try patterns(exceptions["names"], "exceptions.names")
         self.before = try patterns(comesWith["before"], "comes_with.before")
         self.after = try patterns(comesWith["after"], "comes_with.after")
     }
+}
+
+/// A set of letters (Unicode scalar values) as a bitmap over the BMP; letters above it are
+/// always "maybe".
+struct LetterSet: Sendable {
+    private var bits = [UInt64](repeating: 0, count: 1024)
+
+    init<S: Sequence>(_ letters: S) where S.Element == UInt32 {
+        for v in letters where v < 0x10000 { bits[Int(v >> 6)] |= 1 << UInt64(v & 63) }
+    }
+
+    @inline(__always) func mayContain(_ v: UInt32) -> Bool {
+        v >= 0x10000 || bits[Int(v >> 6)] & (1 << UInt64(v & 63)) != 0
+    }
+}
+
+/// A pattern of the words step and what kind of word it is.
+struct GiftTerm: Sendable {
+    enum Kind: Sendable { case gift, give, evasion }
+    let pattern: GiftPattern
+    let kind: Kind
 }
 
 /// The rules in force, replaced only by rules that parse: a bad file or Redis value is refused

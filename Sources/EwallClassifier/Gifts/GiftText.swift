@@ -26,10 +26,21 @@ struct GiftText {
 
     init(_ raw: String) {
         compact.reserveCapacity(raw.utf8.count)
-        var text = raw
-        if raw.unicodeScalars.contains(where: { !Self.isFast($0.value) }) {
-            text = raw.precomposedStringWithCompatibilityMapping
+        words.reserveCapacity(16)
+        // One pass; a title with a character outside the fast set is read again after NFKC.
+        if !read(raw, fastOnly: true) {
+            compact.removeAll(keepingCapacity: true)
+            words.removeAll(keepingCapacity: true)
+            _ = read(raw.precomposedStringWithCompatibilityMapping, fastOnly: false)
         }
+        mergeSpelledOut()
+        wordOf = [Int32](repeating: -1, count: compact.count)
+        for (w, r) in words.enumerated() { for i in r { wordOf[i] = Int32(w) } }
+    }
+
+    /// Reads `text` into ``compact`` and ``words``; with `fastOnly`, stops and returns false at
+    /// the first character that needs NFKC.
+    private mutating func read(_ text: String, fastOnly: Bool) -> Bool {
         // Word state: the class of the current word (0 none, 1 Hangul, 2 other letters).
         var currentClass = 0
         var wordStartAt = 0
@@ -37,25 +48,23 @@ struct GiftText {
         var lead: UInt32?
         var vowel: UInt32?
 
-        func endWord() {
-            if compact.count > wordStartAt {
-                words.append(wordStartAt..<compact.count)
-            }
-            wordStartAt = compact.count
+        func endWord(_ t: inout GiftText) {
+            if t.compact.count > wordStartAt { t.words.append(wordStartAt..<t.compact.count) }
+            wordStartAt = t.compact.count
             currentClass = 0
         }
-        func emit(_ v: UInt32, hangul: Bool) {
+        func emit(_ t: inout GiftText, _ v: UInt32, hangul: Bool) {
             let cls = hangul ? 1 : 2
-            if currentClass != 0 && currentClass != cls { endWord() }
+            if currentClass != 0 && currentClass != cls { endWord(&t) }
             currentClass = cls
-            compact.append(v)
+            t.compact.append(v)
         }
-        func flushJamo() {
+        func flushJamo(_ t: inout GiftText) {
             guard let l = lead else { return }
             if let v = vowel {
-                emit(0xAC00 + ((l - 0x1100) * 21 + (v - 0x1161)) * 28, hangul: true)
+                emit(&t, 0xAC00 + ((l - 0x1100) * 21 + (v - 0x1161)) * 28, hangul: true)
             } else {
-                emit(l, hangul: true)
+                emit(&t, l, hangul: true)
             }
             lead = nil
             vowel = nil
@@ -63,9 +72,23 @@ struct GiftText {
 
         for scalar in text.unicodeScalars {
             var v = scalar.value
+            if v < 0x80 {
+                if lead != nil { flushJamo(&self) }
+                switch v {
+                case 0x41...0x5A: emit(&self, v + 0x20, hangul: false)
+                case 0x61...0x7A, 0x30...0x39: emit(&self, v, hangul: false)
+                case 0x2B, 0x26: // + &: a word of their own
+                    endWord(&self)
+                    compact.append(v)
+                    endWord(&self)
+                default: endWord(&self)
+                }
+                continue
+            }
+            if fastOnly && !Self.isFast(v) { return false }
             // Conjoining jamo: L (+ V (+ T)) -> one syllable.
             if (0x1100...0x1112).contains(v) {
-                flushJamo()
+                flushJamo(&self)
                 lead = v
                 continue
             }
@@ -74,42 +97,40 @@ struct GiftText {
                 continue
             }
             if (0x11A8...0x11C2).contains(v), let l = lead, let vw = vowel {
-                emit(0xAC00 + ((l - 0x1100) * 21 + (vw - 0x1161)) * 28 + (v - 0x11A7), hangul: true)
+                emit(&self, 0xAC00 + ((l - 0x1100) * 21 + (vw - 0x1161)) * 28 + (v - 0x11A7), hangul: true)
                 lead = nil
                 vowel = nil
                 continue
             }
-            flushJamo()
-            if (0xFF01...0xFF5E).contains(v) { v -= 0xFEE0 } // full-width ASCII
-            if v < 0x80 {
+            flushJamo(&self)
+            if (0xFF01...0xFF5E).contains(v) { // full-width ASCII
+                v -= 0xFEE0
                 switch v {
-                case 0x41...0x5A: emit(v + 0x20, hangul: false)
-                case 0x61...0x7A, 0x30...0x39: emit(v, hangul: false)
-                case 0x2B, 0x26: // + &: a word of their own
-                    endWord()
+                case 0x41...0x5A: emit(&self, v + 0x20, hangul: false)
+                case 0x61...0x7A, 0x30...0x39: emit(&self, v, hangul: false)
+                case 0x2B, 0x26:
+                    endWord(&self)
                     compact.append(v)
-                    endWord()
-                default: endWord()
+                    endWord(&self)
+                default: endWord(&self)
                 }
                 continue
             }
             if (0xAC00...0xD7A3).contains(v) || (0x3131...0x318E).contains(v) || (0x1100...0x11FF).contains(v) {
-                emit(v, hangul: true)
+                emit(&self, v, hangul: true)
                 continue
             }
             let p = scalar.properties
             if p.isAlphabetic || p.numericType != nil {
                 let lower = p.lowercaseMapping.unicodeScalars
-                emit(lower.count == 1 ? lower.first!.value : v, hangul: false)
+                emit(&self, lower.count == 1 ? lower.first!.value : v, hangul: false)
             } else {
-                endWord()
+                endWord(&self)
             }
         }
-        flushJamo()
-        endWord()
-        mergeSpelledOut()
-        wordOf = [Int32](repeating: -1, count: compact.count)
-        for (w, r) in words.enumerated() { for i in r { wordOf[i] = Int32(w) } }
+        flushJamo(&self)
+        endWord(&self)
+        return true
     }
 
     /// Scalars read without NFKC: ASCII, Hangul, jamo, full-width ASCII, the ideographic space and
@@ -122,6 +143,13 @@ struct GiftText {
 
     /// `s a m p l e` -> `sample`: runs of three or more one-letter Latin words become one word.
     private mutating func mergeSpelledOut() {
+        // Most titles have no run of three one-letter words: nothing to copy.
+        var run = 0, longest = 0
+        for w in words {
+            run = w.count == 1 && Self.isLatinLetter(compact[w.lowerBound]) ? run + 1 : 0
+            longest = max(longest, run)
+        }
+        if longest < 3 { return }
         var out: [Range<Int>] = []
         var i = 0
         while i < words.count {
@@ -202,6 +230,15 @@ struct GiftPattern: Sendable {
             i += 1
         }
         return out
+    }
+
+    /// The span of the phrase starting at `pos`, as ``spans(in:)`` would find it, or nil.
+    func span(in t: GiftText, at pos: Int) -> Range<Int>? {
+        let n = letters.count
+        guard pos + n <= t.compact.count, equal(t.compact, at: pos) else { return nil }
+        if korean { return pos..<(pos + n) }
+        guard t.isWordStart(pos), let end = wordEnd(t, pos + n) else { return nil }
+        return pos..<end
     }
 
     /// Whether the phrase occurs starting exactly at `pos` (for the comes-with markers); the end
