@@ -106,6 +106,7 @@ extension ProductSearch {
                 try columns.update(indexed, product)
             }
         }
+        if !updates.isEmpty { columns.refreshWithoutGifts() }
         return ProductSearch(copying: self, columns: columns, delta: delta, changeSeq: seq)
     }
 

@@ -334,7 +334,13 @@ struct ProductColumns: Sendable {
         byCategoryCount = byCategory.map(\.count)
         byCategoryInStockCount = byCategoryInStock.map(\.count)
         gift = gift.intersection(present)
-        giftCount = gift.count
+        refreshWithoutGifts()
+    }
+
+    /// The gift-free copies of the filters, from the filters as they are now (after
+    /// ``finish()``, and after a replica's ``update(_:_:)``s).
+    mutating func refreshWithoutGifts() {
+        giftCount = gift.intersection(present).count
         if giftCount == 0 {
             withoutGifts = Filters(
                 present: present, inStock: inStock, byCategory: byCategory, byCategoryInStock: byCategoryInStock,
