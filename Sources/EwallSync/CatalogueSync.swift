@@ -310,7 +310,14 @@ public final class CatalogueSync: Sendable {
                 try await send(max(applied, open == nil ? idleEnd : applied))
                 return
             }
-            let read = try await worker.run { () throws(SyncError) in try replication.read(timeout: 0.2) }
+            // While a commit is held for batching, wait no longer than the batch window has left.
+            var wait = 0.2
+            if pendingEnd != nil {
+                let left = c.batchWait - (ContinuousClock.now - pendingSince)
+                wait = max(0.001, Double(left.components.seconds) + Double(left.components.attoseconds) / 1e18)
+            }
+            let timeout = min(0.2, wait)
+            let read = try await worker.run { () throws(SyncError) in try replication.read(timeout: timeout) }
             switch read {
             case .ended:
                 try await flush()
