@@ -50,6 +50,8 @@ struct DeltaVectors: Sendable {
 
     func contains(_ id: String) -> Bool { rowOf[id] != nil }
 
+    func product(_ id: String) -> Product? { rowOf[id].map { products[$0] } }
+
     func vector(_ id: String, dimension: Int) -> [Float]? {
         rowOf[id].map { Array(vectors[$0 * dimension..<($0 + 1) * dimension]) }
     }

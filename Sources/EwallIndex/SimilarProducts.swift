@@ -289,7 +289,7 @@ public final class ProductSearch: Sendable {
     /// id to exclude), to answer later, alone or in a batch (``similar(batch:)``).
     public func request(for productID: String, query: SimilarQuery = SimilarQuery()) async throws -> SimilarRequest {
         if let v = delta.vector(productID, dimension: index.dimension),
-            let row = delta.products.first(where: { $0.id == productID })
+            let row = delta.product(productID)
         {
             return SimilarRequest(vector: v, category: row.category, excluding: productID, query: query)
         }

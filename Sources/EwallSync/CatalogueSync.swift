@@ -126,14 +126,13 @@ public final class CatalogueSync: Sendable {
 
     private func runOnce() async throws {
         let c = configuration
-        let (plain, replication, start) = try await worker.run { () throws(SyncError) in
+        let (plain, replication) = try await worker.run { () throws(SyncError) in
             let plain = try SourceConnection(url: c.source, replication: false)
             try SourceChecks.run(plain, table: c.table, map: c.map)
             try SourceChecks.publication(plain, name: c.slot, table: c.table, map: c.map, filter: c.filter)
             let replication = try SourceConnection(url: c.source, replication: true)
-            return (plain, replication, LSN.zero)
+            return (plain, replication)
         }
-        _ = start
         let slot = try await worker.run { () throws(SyncError) in
             // Slot names are the whole server's: one of this name on another database is not ours.
             let row = try SourceChecks.rows(
