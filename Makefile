@@ -12,6 +12,10 @@ PY    := /usr/bin/python3
 SWIFT ?= swift
 MODEL := models/resnet50.pt
 CARD  := models/resnet50.card.json
+# make model also writes the int8 file of the same weights and the photos `--precision auto`
+# measures drift on (docs/precision.md).
+MODEL_INT8 := models/resnet50_int8.pt
+GUARD_DIR  := models/resnet50.calibration
 FIX   := .fixtures
 
 # Debian packages: native libraries, SQLite, the PostgreSQL server the tests start on
@@ -123,6 +127,13 @@ $(MODEL): models/export_resnet50.py data/samples/manifest.json | $(DEPS_STAMP)
 	  echo "##################################################################################"; \
 	  $(PY) models/export_resnet50.py --out $(MODEL) --random-init --seed 0 \
 	      --calibration-dir data/samples/calibration; }
+	$(PY) data/make_samples.py --guard 96 --guard-dir $(GUARD_DIR)
+	@if grep -q '"pretrained": true' $(CARD); then \
+	  $(PY) models/export_resnet50.py --out $(MODEL_INT8) --int8 --weights IMAGENET1K_V2 \
+	      --calibration-dir data/samples/calibration; \
+	else \
+	  $(PY) models/export_resnet50.py --out $(MODEL_INT8) --int8 --random-init --seed 0 \
+	      --calibration-dir data/samples/calibration; fi
 
 fixtures: $(FIX)/images/.done $(FIX)/torch/.done $(FIX)/reference/.done
 $(FIX)/images/.done: Tests/Fixtures/make_image_fixtures.py | $(DEPS_STAMP)

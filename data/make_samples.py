@@ -21,6 +21,10 @@ Output:
                                         quality 80-95), ~30% PNG (RGB), from the largest version
                                         of every source photo (wallpapers up to 5120 px, skimage);
                                         see real_photos() for how each one is made
+  DIR/NNN.jpg|png                        --guard N --guard-dir DIR (alone): N product-sized photos (crops of
+                                        the sources, 480-1200 px, ~85% JPEG, ~15% PNG) that `make
+                                        model` keeps beside the model (models/resnet50.calibration/)
+                                        for `--precision auto`'s drift guard
   data/samples/manifest.json            what each file is and where it came from
 """
 import argparse
@@ -125,6 +129,35 @@ def real_photos(out_dir, n):
     return made
 
 
+def guard_photos(src, out_dir, n):
+    """`n` product-like crops of the source photos, deterministic, for the precision guard: the
+    drift of bf16/int8/fast-JPEG decode is measured on them, so they look like catalogue photos
+    (a window of a real photo, 480-1200 px, JPEG quality 80-92, a few PNGs)."""
+    os.makedirs(out_dir, exist_ok=True)
+    rng = random.Random(38)
+    cache = {}
+    for j in range(n):
+        pkg, path = src[j % len(src)]
+        ext = "png" if rng.random() < 0.15 else "jpg"
+        out = os.path.join(out_dir, f"{j:03d}.{ext}")
+        if path not in cache:
+            im = Image.open(path)
+            im.load()
+            cache[path] = im.convert("RGB")
+        im = cache[path]
+        w, h = im.size
+        cw, ch = int(w * rng.uniform(0.35, 0.9)), int(h * rng.uniform(0.35, 0.9))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = fit(im.crop((x, y, x + cw, y + ch)), rng.choice([480, 600, 720, 800, 960, 1200]))
+        quality = rng.choice([80, 85, 90, 92])
+        if os.path.exists(out):
+            continue
+        if ext == "png":
+            crop.save(out, "PNG", compress_level=6)
+        else:
+            crop.save(out, "JPEG", quality=quality)
+
+
 def slug(path):
     base = os.path.basename(path)
     if "/wallpapers/" in path:
@@ -213,7 +246,11 @@ def main():
     ap.add_argument("--out", default="data/samples")
     ap.add_argument("--bench", type=int, default=0, help="also write N product-sized JPEGs for benchmarks")
     ap.add_argument("--real", type=int, default=0, help="also write N real photos of mixed sizes (128-4000 px)")
+    ap.add_argument("--guard", type=int, default=0, help="write only N product-sized photos to --guard-dir")
+    ap.add_argument("--guard-dir", help="where --guard writes (make model: models/resnet50.calibration)")
     args = ap.parse_args()
+    if args.guard and not args.guard_dir:
+        ap.error("--guard needs --guard-dir")
 
     src = sources()
     if len(src) < 20:
@@ -221,6 +258,10 @@ def main():
             f"make_samples: found only {len(src)} source photos; install mate-backgrounds, "
             "plasma-workspace-wallpapers and python3-skimage (make deps does)"
         )
+    if args.guard:  # only the guard photos: the sample set (and its manifest) stays as it is
+        guard_photos(src, args.guard_dir, args.guard)
+        print(f"make_samples: {args.guard} guard photos in {args.guard_dir}")
+        return
     photos = os.path.join(args.out, "photos")
     calib = os.path.join(args.out, "calibration")
     os.makedirs(photos, exist_ok=True)

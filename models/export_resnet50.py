@@ -23,6 +23,15 @@ the same vector (median cosine 0.998 between different photos), which hides bugs
 the BatchNorm running statistics on real photos (train-mode forward passes, cumulative average,
 no weight updates) spreads them out (~0.95) so tests and demos see vectors that differ.
 
+--int8 writes OUT as an int8 file of the same weights instead (as `make model` does for
+models/resnet50_int8.pt): torchvision's quantizable ResNet50 with the same state dict, Conv+BN+ReLU
+fused, post-training static quantization with per-channel int8 weights and per-tensor uint8
+activations observed on --calibration-dir's photos (histogram observers), for the `onednn`
+quantized engine (Debian's libtorch has no FBGEMM), traced, not frozen (EwallML freezes at load).
+Input and output stay float32, so the shim runs it like any other file. Its card says
+"precision": "int8" and carries the same "weights" string as the fp32 card: EwallML pairs the two
+files by it. Without --random-init the pretrained weights are downloaded as for fp32.
+
 Exit codes: 0 ok; 3 pretrained weights could not be downloaded (no internet); 2 bad arguments.
 """
 import argparse
@@ -86,6 +95,30 @@ def sha256(path):
     return h.hexdigest()
 
 
+def quantize_int8(model, x, batch=16):
+    """An int8 copy of `model` (a torchvision ResNet50, fc = Identity, BatchNorm not yet folded):
+    static post-training quantization for the onednn engine, observed on the batches `x`."""
+    import torch
+    from torchvision.models.quantization import resnet50 as quantizable_resnet50
+
+    if "onednn" not in torch.backends.quantized.supported_engines:
+        raise SystemExit(f"export: this torch has no onednn quantized engine "
+                         f"(supported: {torch.backends.quantized.supported_engines})")
+    torch.backends.quantized.engine = "onednn"
+    q = quantizable_resnet50(weights=None, quantize=False)
+    q.fc = torch.nn.Identity()
+    q.load_state_dict(model.state_dict())
+    q.eval()
+    q.fuse_model(is_qat=False)
+    q.qconfig = torch.ao.quantization.get_default_qconfig("onednn")
+    torch.ao.quantization.prepare(q, inplace=True)
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            q(x[i : i + batch])
+    torch.ao.quantization.convert(q, inplace=True)
+    return q
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="models/resnet50.pt")
@@ -94,7 +127,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--calibration-dir", help="real photos for BatchNorm recalibration (--random-init)")
     ap.add_argument("--calibration-count", type=int, default=64)
+    ap.add_argument("--int8", action="store_true",
+                    help="write OUT as int8 (post-training static quantization on --calibration-dir, onednn)")
     args = ap.parse_args()
+    if args.int8 and not args.calibration_dir:
+        ap.error("--int8 needs --calibration-dir: quantization observes real photos to choose its scales")
 
     import torch
     import torchvision
@@ -125,12 +162,20 @@ def main():
         calibrated = {"images": len(x), "photos": nfiles, "method": "batchnorm running stats, cumulative"}
         weights += f"+bn-recalibrated({len(x)} views of {nfiles} photos)"
 
+    quantization = None
+    if args.int8:
+        x, nfiles = calibration_batches(args.calibration_dir, args.calibration_count, args.seed + 1)
+        model = quantize_int8(model, x)
+        quantization = {"engine": "onednn", "method": "post-training static", "weights": "int8 per-channel",
+                        "activations": "uint8 per-tensor, histogram observers",
+                        "calibration": f"{len(x)} views of {nfiles} photos"}
     # Fold every BatchNorm into its convolution now, in float32. The runtime casts weights to
     # bfloat16 for --precision bf16; folding after that cast (as torch::jit::freeze would) loses
     # precision: measured on the random-init model, worst centered cosine bf16-vs-fp32 0.79
     # unfolded, 0.87 folded. float32 results are unchanged (cosine 0.9999999 to the unfolded net).
-    from torch.fx.experimental.optimization import fuse
-    model = fuse(model)
+    if not args.int8:
+        from torch.fx.experimental.optimization import fuse
+        model = fuse(model)
     example = torch.zeros(1, 3, 224, 224)
     with torch.no_grad():
         traced = torch.jit.trace(model, example, check_trace=False)
@@ -148,8 +193,10 @@ def main():
         "input": {"shape": [None, 3, 224, 224], "dtype": "float32", "color": "RGB",
                   "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
         "preprocessing": {"default": "squash224", "supported": ["squash224", "resize256-crop224"]},
+        "precision": "int8" if args.int8 else "fp32",
+        "quantization": quantization,
         "format": "torchscript-traced (frozen at load by EwallML)",
-        "batchnorm": "folded into the convolutions in float32 before tracing",
+        "batchnorm": "folded into the convolutions in float32 before " + ("quantizing" if args.int8 else "tracing"),
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
         "seed": args.seed if args.random_init else None,
@@ -162,7 +209,7 @@ def main():
         json.dump(card, f, indent=2)
         f.write("\n")
     note = "" if card["pretrained"] else "  (RANDOM INIT: vectors carry no meaning)"
-    print(f"export: wrote {args.out} sha256={card['sha256'][:12]} weights={weights}{note}")
+    print(f"export: wrote {args.out} ({card['precision']}) sha256={card['sha256'][:12]} weights={weights}{note}")
 
 
 if __name__ == "__main__":

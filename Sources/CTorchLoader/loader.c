@@ -145,6 +145,11 @@ int ew_torch_cpu_has_bf16(void) {
     return avx512_bf16 || amx_bf16;
 }
 
+int ew_torch_has_int8(void) {
+    const ew_torch_backend *b = get(NULL);
+    return b ? b->has_int8() : 0;
+}
+
 int ew_torch_cuda_device_count(void) {
     const ew_torch_backend *b = get(NULL);
     return b ? b->cuda_device_count() : 0;

@@ -125,6 +125,21 @@ at::Tensor make_input(const ew_torch_options &o, at::Tensor x) {
     return x;
 }
 
+// True when any method of the module or its submodules calls a quantized operator: such a file
+// holds int8 weights and runs only as EW_TORCH_INT8.
+bool has_quantized_ops(const torch::jit::Module &m) {
+    for (const auto &sub : m.modules())
+        for (const auto &method : sub.get_methods())
+            if (contains(method.graph()->toString(), "quantized::")) return true;
+    return false;
+}
+
+bool onednn_supported() {
+    for (auto e : at::globalContext().supportedQEngines())
+        if (e == at::QEngine::ONEDNN) return true;
+    return false;
+}
+
 bool is_out_of_memory(const std::string &what) {
     return contains(what, "out of memory") || contains(what, "CUDNN_STATUS_ALLOC_FAILED") ||
            contains(what, "CUBLAS_STATUS_ALLOC_FAILED");
@@ -210,12 +225,30 @@ int load(const char *path, const ew_torch_options *options, ew_torch_model **out
     *out = nullptr;
     const ew_torch_options o = *options;
     if (o.channels <= 0 || o.height <= 0 || o.width <= 0 || o.warmup_batch < 0 ||
-        (o.precision != EW_TORCH_FP32 && o.precision != EW_TORCH_BF16 && o.precision != EW_TORCH_FP16))
+        (o.precision != EW_TORCH_FP32 && o.precision != EW_TORCH_BF16 && o.precision != EW_TORCH_FP16 &&
+         o.precision != EW_TORCH_INT8))
         return fail(err, EW_TORCH_E_ARGUMENT, "invalid options");
     c10::Device device(at::kCPU);
     if (int rc = resolve_device(o, &device, err)) return rc;
     if (o.precision == EW_TORCH_FP16 && device.is_cpu())
         return fail(err, EW_TORCH_E_PRECISION, "fp16 runs on CUDA only; on the CPU use fp32 or bf16");
+    if (o.precision == EW_TORCH_INT8 && !device.is_cpu())
+        return fail(err, EW_TORCH_E_PRECISION, "int8 files run on the CPU only; on %s use fp32, bf16 or fp16",
+                    device.str().c_str());
+    if (o.precision == EW_TORCH_INT8 && !onednn_supported())
+        return fail(err, EW_TORCH_E_PRECISION,
+                    "%s is int8, but this libtorch %s has no onednn quantized engine (the one the file was made "
+                    "for); use fp32 or bf16",
+                    path, kTorchVersion);
+    // An int8 file's packed weights are unpacked for the engine in force when it loads: onednn,
+    // the one models/export_resnet50.py --int8 quantizes for (process-wide; fp32 and bf16 files
+    // have no quantized weights and do not care).
+    if (onednn_supported()) {
+        try {
+            at::globalContext().setQEngine(at::QEngine::ONEDNN);
+        } catch (...) {
+        }
+    }
     {
         std::ifstream f(path, std::ios::binary);
         if (!f)
@@ -241,6 +274,17 @@ int load(const char *path, const ew_torch_options *options, ew_torch_model **out
     }
     EW_TRY
     m.eval();
+    const bool quantized = has_quantized_ops(m);
+    if (quantized && o.precision != EW_TORCH_INT8)
+        return fail(err, EW_TORCH_E_PRECISION,
+                    "%s is an int8 (quantized) file; run it with precision int8, or give the fp32 file of the "
+                    "same model",
+                    path);
+    if (!quantized && o.precision == EW_TORCH_INT8)
+        return fail(err, EW_TORCH_E_PRECISION,
+                    "%s has no quantized operators, so it is not an int8 file; make one with "
+                    "models/export_resnet50.py --int8 (make model writes models/resnet50_int8.pt)",
+                    path);
     if (device.is_cuda()) {
         m.to(device);
         at::globalContext().setBenchmarkCuDNN(true); // cuDNN autotuning: the input shape never changes
@@ -258,7 +302,8 @@ int load(const char *path, const ew_torch_options *options, ew_torch_model **out
     }
     if (o.optimize >= 1) m = torch::jit::freeze(m);
     // optimize_for_inference rewrites for oneDNN on the CPU; on CUDA freezing is what helps.
-    if (o.optimize >= 2 && device.is_cpu()) m = torch::jit::optimize_for_inference(m);
+    // (Not for int8: its graph is already what oneDNN runs, and the rewrite knows no quantized ops.)
+    if (o.optimize >= 2 && device.is_cpu() && !quantized) m = torch::jit::optimize_for_inference(m);
     auto model = new ew_torch_model{m, o};
     model->device = device;
     snprintf(model->device_name, sizeof model->device_name, "%s", device.str().c_str());
@@ -331,6 +376,14 @@ void free_model(ew_torch_model *model) {
     delete model;
 }
 
+int has_int8(void) {
+    try {
+        return onednn_supported() ? 1 : 0;
+    } catch (...) {
+        return 0;
+    }
+}
+
 const ew_torch_backend kBackend = {
     EW_TORCH_BACKEND_ABI,
     sizeof(ew_torch_options),
@@ -343,6 +396,7 @@ const ew_torch_backend kBackend = {
     output_dim,
     forward,
     free_model,
+    has_int8,
 };
 
 } // namespace

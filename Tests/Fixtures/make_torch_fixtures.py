@@ -13,6 +13,8 @@ computed, so the Swift tests can assert exact numbers.
   frozen_linear4.pt   linear4, frozen before saving: no parameters left, so no bf16
   unsupported_op.pt   linear4 with its code rewritten to call aten::sigmoix, an operator no
                       libtorch has (what a file from a newer torch looks like to an older one)
+  int8_conv4.pt       a quantized (int8, onednn) conv net: quant -> conv 3->4 + ReLU -> mean pool
+                      -> dequant, [n,4] float; traced, as models/export_resnet50.py --int8 writes
   state_dict.pt       torch.save(model.state_dict()): a PyTorch archive, not TorchScript
   not_torchscript.pt  a text file
 """
@@ -76,6 +78,33 @@ def rewrite_op(src, dst, old, new):
         assert found, f"{old} not found in {src}"
 
 
+class Conv4(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant = torch.ao.quantization.QuantStub()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.dequant = torch.ao.quantization.DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(torch.flatten(self.pool(self.relu(self.conv(self.quant(x)))), 1))
+
+
+def int8_conv4(calibration):
+    """Conv4, statically quantized for onednn, observed on `calibration`, traced."""
+    torch.backends.quantized.engine = "onednn"
+    m = Conv4().eval()
+    torch.ao.quantization.fuse_modules(m, [["conv", "relu"]], inplace=True)
+    m.qconfig = torch.ao.quantization.get_default_qconfig("onednn")
+    torch.ao.quantization.prepare(m, inplace=True)
+    with torch.no_grad():
+        m(calibration)
+    torch.ao.quantization.convert(m, inplace=True)
+    with torch.no_grad():
+        return torch.jit.trace(m, calibration[:2])
+
+
 def main():
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
@@ -99,8 +128,17 @@ def main():
     with torch.no_grad():
         lin_out = lin(x)
         special = SpecialRows()(x)
+    # The int8 model sees images with texture (a constant image is one value per channel).
+    g = torch.Generator().manual_seed(1)
+    textured = (x[:4] + torch.rand(4, 3, 8, 8, generator=g)).contiguous()
+    q = int8_conv4(textured)
+    q.save(f"{OUT}/int8_conv4.pt")
+    with torch.no_grad():
+        q_out = q(textured)
     expected = {
         "input_shape": [3, 8, 8],
+        "textured": textured.flatten().tolist(),
+        "int8_conv4": q_out.tolist(),
         "fills": fills,
         "linear4": lin_out.tolist(),
         "special_rows": [[None if v != v else v for v in row] for row in special.tolist()],

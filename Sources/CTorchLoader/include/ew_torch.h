@@ -68,6 +68,9 @@ typedef enum ew_torch_precision {
     EW_TORCH_FP32 = 0,
     EW_TORCH_BF16 = 1, /* weights and activations in bfloat16 (oneDNN); output returned as float */
     EW_TORCH_FP16 = 2, /* float16 weights and activations: CUDA only */
+    EW_TORCH_INT8 = 3, /* a quantized file (models/export_resnet50.py --int8), run as it is on the CPU with the
+                          quantized engine it was made for (onednn); input and output stay float32. A file
+                          with quantized operators loads only as INT8, and INT8 only loads such a file. */
 } ew_torch_precision;
 
 enum {
@@ -105,6 +108,10 @@ int ew_torch_set_threads(int intra_op, int inter_op);
 /* 1 when the CPU executes bfloat16 natively (AVX512_BF16 or AMX-BF16), else 0. Never loads the
    backend (cpuid only). */
 int ew_torch_cpu_has_bf16(void);
+
+/* 1 when the backend's libtorch has the onednn quantized engine that EW_TORCH_INT8 files need,
+   else 0 (also when no backend can be loaded). */
+int ew_torch_has_int8(void);
 
 typedef struct ew_torch_model ew_torch_model;
 

@@ -18,7 +18,7 @@ extern "C" {
 
 /* Bump when this table or a struct in ew_torch.h changes: a stale backend is then refused
    with a message instead of being called with the wrong layout. */
-#define EW_TORCH_BACKEND_ABI   1
+#define EW_TORCH_BACKEND_ABI   2
 #define EW_TORCH_BACKEND_ENTRY "ew_torch_backend_v1"
 
 typedef struct ew_torch_backend {
@@ -34,6 +34,7 @@ typedef struct ew_torch_backend {
     int (*forward)(ew_torch_model *model, const float *input, int64_t n, int64_t c, int64_t h, int64_t w, float *out,
                    size_t out_capacity, ew_torch_error *err);
     void (*free)(ew_torch_model *model);
+    int (*has_int8)(void);
 } ew_torch_backend;
 
 typedef const ew_torch_backend *(*ew_torch_backend_entry)(void);
