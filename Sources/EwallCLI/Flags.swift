@@ -20,14 +20,31 @@ public struct ModelFlags: ParsableArguments {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Precision: fp32, bf16, fp16 (CUDA only), or auto (times fp32 and bf16 at load and keeps the faster).",
-            discussion: "auto's choice is cached per model sha256, CPU model and thread count in --precision-cache."))
-    public var precision: Precision = .fp32
+            "Precision: auto, fp32, bf16, int8 (the int8 file beside the model), fp16 (CUDA only).",
+            discussion:
+                "Default: $EWALL_PRECISION, then auto. auto measures each precision this machine runs (fp32; bf16 where the CPU or GPU has it; int8 where models/NAME_int8.pt exists) for speed and for drift against fp32 on --calibration's photos, and runs the fastest whose vectors keep fp32's answers (--min-overlap, --min-centered-cosine); else fp32. Measured once per model file, CPU and libtorch, cached in --precision-cache; `ewall precision` shows the decision. A precision given by name is stored under its own model key (e.g. squash224+int8); one auto admitted shares fp32's key, with its figures recorded in the store (docs/precision.md)."
+        ))
+    public var precision: Precision?
 
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Where --precision auto caches its measured choice.",
+            "Photos --precision auto measures drift on (at least 64).",
+            discussion:
+                "Default: the folder beside the model, models/resnet50.calibration for models/resnet50.pt (make model writes it)."
+        ))
+    public var calibration: String?
+
+    @Option(name: .long, help: "--precision auto: minimum mean top-10 neighbour overlap with fp32 (0...1).")
+    public var minOverlap: Double = PrecisionGuard().minOverlap
+
+    @Option(name: .long, help: "--precision auto: minimum median centered cosine to fp32 (0...1).")
+    public var minCenteredCosine: Double = PrecisionGuard().minCenteredCosine
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Where --precision auto caches its measurements.",
             discussion: "Default: $XDG_CACHE_HOME/ewall/precision.json, else ~/.cache/ewall/precision.json."))
     public var precisionCache: String?
 
@@ -69,14 +86,33 @@ public struct ModelFlags: ParsableArguments {
         return nil
     }
 
+    /// `--precision`, else `$EWALL_PRECISION` (when it names one), else `auto`.
+    public var resolvedPrecision: Precision {
+        precision ?? ProcessInfo.processInfo.environment["EWALL_PRECISION"].flatMap(Precision.init(rawValue:)) ?? .auto
+    }
+
     public func options() -> ModelOptions {
         ModelOptions(
-            path: resolvedModel, precision: precision, threads: threads, batchSize: batchSize,
+            path: resolvedModel, precision: resolvedPrecision, threads: threads, batchSize: batchSize,
             precisionCachePath: resolvedPrecisionCache, device: device, streams: streams ?? 1)
+    }
+
+    /// The guard's thresholds these flags set.
+    public var precisionGuard: PrecisionGuard {
+        PrecisionGuard(minOverlap: minOverlap, minCenteredCosine: minCenteredCosine)
     }
 
     public func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        if precision == nil, let env = ProcessInfo.processInfo.environment["EWALL_PRECISION"], !env.isEmpty,
+            Precision(rawValue: env) == nil
+        {
+            throw ValidationError(
+                "$EWALL_PRECISION is \(env.debugDescription); it must be auto, fp32, bf16, int8 or fp16")
+        }
+        guard (0...1).contains(minOverlap), (0...1).contains(minCenteredCosine) else {
+            throw ValidationError("--min-overlap and --min-centered-cosine are between 0 and 1")
+        }
         if let streams, streams < 1 || streams > threads {
             throw ValidationError("--streams must be 1...--threads (\(threads)): each stream needs a thread of its own")
         }
@@ -103,13 +139,13 @@ public struct ImageFlags: ParsableArguments {
     public var allowDecoderWarnings = false
 
     @Flag(
-        name: .long,
+        inversion: .prefixedNo,
         help: ArgumentHelp(
             "JPEG fast path: DCT-domain downscaling of JPEGs at least twice the target size; faster, pixels drift slightly.",
             discussion:
-                "Vectors are stored under their own preprocessing id (e.g. squash224+dct), never mixed with the exact path's."
+                "Default: decided by --precision auto's guard (on only when its drift keeps fp32's answers; then its vectors share the exact path's key, with the figures recorded); off with a precision given by name. --fast-jpeg forced: vectors are stored under their own preprocessing id (e.g. squash224+dct), never mixed with the exact path's."
         ))
-    public var fastJpeg = false
+    public var fastJpeg: Bool?
 
     @Option(
         name: .long,
@@ -121,10 +157,15 @@ public struct ImageFlags: ParsableArguments {
     /// The embedder's configuration these flags and `model` imply. `streams`: the
     /// `--streams` given; nil: ``ModelOptions/throughputStreams(threads:decodeThreads:cores:)``
     /// (the batch commands' default).
-    public func configuration(model: ModelOptions, streams: Int? = nil) -> EmbedderConfiguration {
+    public func configuration(
+        model: ModelOptions, streams: Int? = nil, modelFlags: ModelFlags? = nil
+    )
+        -> EmbedderConfiguration
+    {
         var config = EmbedderConfiguration(
             model: model, preprocessing: preprocess, limits: limits, fastJPEG: fastJpeg,
-            decodeThreads: decodeThreads)
+            decodeThreads: decodeThreads, calibration: modelFlags?.calibration,
+            precisionGuard: modelFlags?.precisionGuard ?? PrecisionGuard())
         config.model.streams =
             streams
             ?? ModelOptions.throughputStreams(

@@ -92,7 +92,7 @@ public enum SummaryText {
         let c = s.counts
         var out = """
             ewall-embed: \(s.manifest) -> \(s.store)
-              model \(s.modelID) (\(s.precision), \(s.preprocessing)\(s.streams > 1 ? ", \(s.streams) streams" : ""))\(s.precisionChoice.map { "; precision auto chose \($0)" } ?? "")
+              model \(s.modelID) (\(s.precision), \(s.preprocessing)\(s.streams > 1 ? ", \(s.streams) streams" : ""))\(s.precisionChoice.map { "; precision auto: \($0)" } ?? "")
               rows \(c.rows): embedded \(c.embedded) (\(c.reused) reused from identical image bytes), skipped \(c.skipped) (already embedded), \
             duplicates \(c.duplicates), failed \(c.failed), failed earlier and not retried \(c.skippedFailed), \
             bad rows \(c.badRows)

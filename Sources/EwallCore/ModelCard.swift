@@ -11,6 +11,8 @@ public struct ModelCard: Codable, Sendable, Hashable {
     public var sha256: String
     public var torchVersion: String?
     public var preprocessing: Preprocessing?
+    /// `int8` for a quantized file (models/export_resnet50.py --int8); nil or `fp32` otherwise.
+    public var precision: Precision?
 
     public struct Preprocessing: Codable, Sendable, Hashable {
         public var `default`: String
@@ -18,7 +20,7 @@ public struct ModelCard: Codable, Sendable, Hashable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, weights, pretrained, sha256, preprocessing
+        case name, weights, pretrained, sha256, preprocessing, precision
         case outputDim = "output_dim"
         case torchVersion = "torch_version"
     }

@@ -38,9 +38,14 @@ public enum Precision: String, Sendable, Codable, CaseIterable, CustomStringConv
     case bf16
     /// float16 weights and activations: CUDA only (the CPU refuses it with a clear error).
     case fp16
-    /// Measured at load: fp32 and bf16 each time full batches after the warm-up and the faster one is
-    /// kept (bf16 only when it beats fp32 by more than the noise margin); the choice is cached
-    /// per model sha256, CPU model and thread count. Never chosen from CPU flags alone.
+    /// The int8 file of the same model (`models/export_resnet50.py --int8`: per-channel int8
+    /// weights, onednn engine), CPU only: the int8 file beside the model (`resnet50_int8.pt`
+    /// for `resnet50.pt`), or the `--model` file itself when its card says int8.
+    case int8
+    /// Decided once per model file, CPU and libtorch by measuring: each precision the device
+    /// runs, for speed and for drift against fp32 on calibration photos; the fastest whose
+    /// vectors keep the answers (`PrecisionGuard`) wins, fp32 otherwise, and the decision is
+    /// cached (docs/precision.md). Never chosen from CPU flags alone.
     case auto
 
     public var description: String { rawValue }

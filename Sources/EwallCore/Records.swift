@@ -184,3 +184,30 @@ public enum FailureClass {
 
     public static func isTransient(_ code: String) -> Bool { transient.contains(code) }
 }
+
+/// The guard's figures that let vectors of a lower precision (or the fast JPEG decode) share a
+/// model key with fp32's (docs/precision.md, "Vectors never mix silently").
+///
+/// Vectors are kept apart by their model key unless the guard admitted them: a precision
+/// forced by name is stored under its own preprocessing id (`squash224+int8`, `squash224+dct`),
+/// while one `--precision auto` chose because its drift kept the answers is stored under fp32's
+/// key, and the job that writes it first records here the figures that allowed it, per CPU.
+public struct PrecisionAdmission: Sendable, Hashable {
+    /// The key the admitted vectors share with fp32's.
+    public var key: ModelKey
+    /// What made them: `bf16`, `int8`, `fp32+dct`, `int8+dct`, ...
+    public var madeWith: String
+    /// The CPU (model name) that measured and decided.
+    public var cpu: String
+    /// The decision with its measurements, JSON (``PrecisionDecision`` as `ewall precision --json` prints it).
+    public var figures: String
+    public var recordedAt: Date
+
+    public init(key: ModelKey, madeWith: String, cpu: String, figures: String, recordedAt: Date = Date()) {
+        self.key = key
+        self.madeWith = madeWith
+        self.cpu = cpu
+        self.figures = figures
+        self.recordedAt = recordedAt
+    }
+}

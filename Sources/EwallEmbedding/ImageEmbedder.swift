@@ -16,32 +16,38 @@ public struct EmbedderConfiguration: Sendable {
     public var limits: ImageLimits
     /// JPEG DCT-domain downscaling (TurboJPEG's 1/2, 1/4, 1/8 scaling, as PIL's `draft`) for
     /// JPEGs at least twice the resize target in both dimensions: faster on big photos, pixels
-    /// drift slightly (docs/images.md, "The fast JPEG path"). Off by default. Vectors
-    /// made with it are stored under their own preprocessing id (``preprocessingID``).
-    public var fastJPEG: Bool
+    /// drift slightly (docs/images.md, "The fast JPEG path"). `true`/`false` force it; nil (the
+    /// default) lets `precision: .auto`'s guard decide (off for a precision given by name).
+    public var fastJPEG: Bool?
     /// Threads that read and decode images while the model runs. Default: the cores the
     /// model's threads leave over, at least 1 (``ModelOptions/decodeThreadsLeftOver(cores:)``).
     public var decodeThreads: Int
+    /// `auto`'s calibration photos; nil: the folder beside the model
+    /// (``PrecisionAdvisor/calibrationFolder(forModel:)``, which `make model` fills).
+    public var calibration: String?
+    /// `auto`'s thresholds.
+    public var precisionGuard: PrecisionGuard
+    /// fp32 vectors of the store (L2-normalised) among which `auto` also compares each
+    /// calibration photo's neighbours; empty: the sample only.
+    public var guardStoreVectors: [[Float]]
 
     /// - Parameter decodeThreads: nil: the cores `model.threads` leave over on this machine,
     ///   at least 1.
     public init(
         model: ModelOptions, preprocessing: PreprocessingMode = .squash224,
-        limits: ImageLimits = ImageLimits(), fastJPEG: Bool = false, decodeThreads: Int? = nil
+        limits: ImageLimits = ImageLimits(), fastJPEG: Bool? = nil, decodeThreads: Int? = nil,
+        calibration: String? = nil, precisionGuard: PrecisionGuard = PrecisionGuard()
     ) {
         self.model = model
         self.preprocessing = preprocessing
         self.limits = limits
         self.fastJPEG = fastJPEG
+        self.calibration = calibration
+        self.precisionGuard = precisionGuard
+        self.guardStoreVectors = []
         self.decodeThreads =
             decodeThreads ?? model.decodeThreadsLeftOver(cores: ProcessInfo.processInfo.activeProcessorCount)
     }
-
-    /// The preprocessing recorded with every vector (the store's model key): `squash224`,
-    /// or `squash224+dct` with the JPEG fast path (``PreprocessingMode/storedID(fastJPEG:)``),
-    /// so vectors of the exact and the fast path are never mixed. Use it wherever a
-    /// ``ModelKey`` is built from this configuration.
-    public var preprocessingID: String { preprocessing.storedID(fastJPEG: fastJPEG) }
 }
 
 /// A vector and what it was made with.
@@ -115,15 +121,41 @@ public final class ImageEmbedder: Sendable {
             modelID = "unknown@\(size)"
             logger.warning("\(path) has no model card (\(ModelCard.path(forModel: path))); its provenance is unknown")
         }
-        var cacheKey: PrecisionCacheKey?
-        if configuration.model.precision == .auto, configuration.model.precisionCachePath != nil {
-            cacheKey = Self.precisionCacheKey(configuration.model)
+        var model = configuration.model
+        var fast = configuration.fastJPEG ?? false
+        var decision: PrecisionDecision?
+        if card?.precision == .int8 {
+            // --model names the int8 file itself: it runs as int8 (its own model id keeps its vectors apart).
+            if model.precision == .auto { model.precision = .int8 }
+            model.int8Path = model.int8Path ?? path
+        } else if model.precision == .auto {
+            let advisor = PrecisionAdvisor(
+                model: model, preprocessing: configuration.preprocessing, limits: configuration.limits,
+                calibration: configuration.calibration ?? PrecisionAdvisor.calibrationFolder(forModel: path),
+                guard: configuration.precisionGuard, storeVectors: configuration.guardStoreVectors)
+            do {
+                decision = try advisor.decide()
+            } catch {
+                decision = .fp32(
+                    because: "fp32: auto could not measure (\(error.message))", guard: configuration.precisionGuard,
+                    calibration: advisor.calibration)
+                logger.warning("precision auto falls back to fp32: \(error.message)")
+            }
+            model.precision = decision!.precision
+            if configuration.fastJPEG == nil { fast = decision!.fastJPEG }
+            logger.notice("precision auto: \(decision!)")
         }
-        embedder = try Embedder(options: configuration.model, cacheKey: cacheKey)
-        if let choice = embedder.model.precisionChoice { logger.info("precision auto: \(choice)") }
-        preprocessor = Preprocessor(
-            mode: configuration.preprocessing, limits: configuration.limits,
-            fastJPEG: configuration.fastJPEG)
+        self.precisionDecision = decision
+        self.fastJPEG = fast
+        admitted = (
+            precision: decision.map { $0.precision == model.precision && model.precision != .fp32 } ?? false,
+            fastJPEG: fast && configuration.fastJPEG == nil && decision?.fastJPEG == true
+        )
+        self.preprocessingID = Self.storedID(
+            configuration.preprocessing, precision: model.precision, precisionAdmitted: admitted.precision,
+            fastJPEG: fast, fastAdmitted: admitted.fastJPEG)
+        embedder = try Embedder(options: model)
+        preprocessor = Preprocessor(mode: configuration.preprocessing, limits: configuration.limits, fastJPEG: fast)
         decoders = (0..<max(1, configuration.decodeThreads)).map { BlockingWorker(name: "ewall-decode-\($0)") }
     }
 
@@ -133,23 +165,43 @@ public final class ImageEmbedder: Sendable {
     public var precision: Precision { embedder.model.precision }
     /// Where the model runs: `cpu`, `cuda:0`, ... (``ModelOptions/device`` resolved).
     public var device: String { embedder.model.device }
-    /// With `--precision auto`: the choice and the measured (or cached) images/s of each
-    /// precision. Nil for fp32 or bf16 asked by name.
-    public var precisionChoice: PrecisionChoice? { embedder.model.precisionChoice }
-    /// The preprocessing stored with every vector (``EmbedderConfiguration/preprocessingID``).
-    public var preprocessingID: String { configuration.preprocessingID }
+    /// With `--precision auto`: what it decided and the figures it decided by (measured now
+    /// or cached). Nil for a precision given by name.
+    public let precisionDecision: PrecisionDecision?
+    /// True when JPEGs are decoded with the fast path (forced, or admitted by the guard).
+    public let fastJPEG: Bool
+    /// The preprocessing stored with every vector (the store's model key): the mode, then what
+    /// made the vectors when the guard did not admit it: `+dct` for the fast JPEG decode,
+    /// `+bf16`/`+int8`/`+fp16` for a precision given by name (``storedID(_:precision:precisionAdmitted:fastJPEG:fastAdmitted:)``).
+    public let preprocessingID: String
+    /// What the guard admitted to share fp32's key: the precision, the fast decode.
+    public let admitted: (precision: Bool, fastJPEG: Bool)
 
-    /// The cache key of `auto`'s choice: the model file's sha256 (hashed here, streaming),
-    /// this CPU's model name, threads, batch size and streams.
-    static func precisionCacheKey(_ options: ModelOptions) -> PrecisionCacheKey? {
-        guard let handle = FileHandle(forReadingAtPath: options.path) else { return nil }
-        defer { try? handle.close() }
-        var hasher = SHA256()
-        while let chunk = try? handle.read(upToCount: 1 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
-        let hex = hasher.finalize().map { String(format: "%02x", $0) }.joined()
-        return PrecisionCacheKey(
-            modelSHA256: hex, cpuModel: PrecisionCacheKey.currentCPUModel,
-            threads: options.threads, batchSize: options.batchSize, streams: options.streams)
+    /// What made the vectors, for an admission record: `bf16`, `int8+dct`, `fp32+dct`; nil for plain fp32.
+    public var madeWith: String? {
+        precision == .fp32 && !fastJPEG ? nil : "\(precision)" + (fastJPEG ? PreprocessingMode.fastJPEGSuffix : "")
+    }
+
+    /// The admission a job records before writing vectors the guard let share fp32's key
+    /// (``PrecisionAdmission``); nil when the vectors are fp32's own or kept apart by their key.
+    public func precisionAdmission(key: ModelKey) -> PrecisionAdmission? {
+        guard let decision = precisionDecision, admitted.precision || admitted.fastJPEG, let madeWith else {
+            return nil
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let figures = (try? encoder.encode(decision)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        return PrecisionAdmission(
+            key: key, madeWith: madeWith, cpu: PrecisionCacheKey.currentCPUModel, figures: figures)
+    }
+
+    /// The stored preprocessing id: `mode`, `+dct` when the fast decode was not admitted by
+    /// the guard, `+<precision>` when a precision other than fp32 was not (given by name).
+    public static func storedID(
+        _ mode: PreprocessingMode, precision: Precision, precisionAdmitted: Bool, fastJPEG: Bool, fastAdmitted: Bool
+    ) -> String {
+        mode.storedID(fastJPEG: fastJPEG && !fastAdmitted)
+            + (precision == .fp32 || precisionAdmitted ? "" : "+\(precision)")
     }
 
     /// Embeds image files, in order. Never throws: every file gets an outcome.

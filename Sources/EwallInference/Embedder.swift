@@ -17,10 +17,10 @@ public final class Embedder: Sendable {
     public let model: TorchModel
     private let worker: BlockingWorker
 
-    /// Loads the model (load and warm-up take a few seconds; `auto` times both precisions
-    /// unless `cacheKey` finds a cached choice, see ``TorchModel/init(options:cacheKey:)``).
-    public init(options: ModelOptions, cacheKey: PrecisionCacheKey? = nil) throws(InferenceError) {
-        self.model = try TorchModel(options: options, cacheKey: cacheKey)
+    /// Loads the model (load and warm-up take a few seconds). `auto` must be decided first
+    /// (`ImageEmbedder` does, see ``TorchModel/init(options:)``).
+    public init(options: ModelOptions) throws(InferenceError) {
+        self.model = try TorchModel(options: options)
         self.worker = BlockingWorker(name: "ewall-inference", threads: options.streams)
     }
 

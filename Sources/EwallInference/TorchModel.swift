@@ -1,5 +1,4 @@
 import CTorchLoader
-import Dispatch
 import EwallCore
 
 /// How the model is loaded and run.
@@ -27,9 +26,12 @@ public struct ModelOptions: Sendable, Hashable {
     public var freeze: Bool
     /// Input shape the model expects.
     public var channels: Int, height: Int, width: Int
-    /// Where `auto` caches its measured choice (``PrecisionCache``); nil: measure at every
+    /// Where `auto` caches its measurements (``PrecisionCache``); nil: measure at every
     /// load. The library reads no environment: the CLI passes `$XDG_CACHE_HOME/ewall/precision.json`.
     public var precisionCachePath: String?
+    /// The int8 file `.int8` loads; nil: ``int8Sibling(of:)`` of ``path`` (`resnet50_int8.pt`
+    /// beside `resnet50.pt`), or ``path`` itself when it is the int8 file.
+    public var int8Path: String?
 
     /// fp32 by default (the reference precision); 2 threads; batches of 32.
     public init(
@@ -50,6 +52,17 @@ public struct ModelOptions: Sendable, Hashable {
         self.height = height
         self.width = width
         self.precisionCachePath = precisionCachePath
+    }
+
+    /// The int8 file of the same model beside `path`: `models/resnet50_int8.pt` for
+    /// `models/resnet50.pt` (what `make model` writes).
+    public static func int8Sibling(of path: String) -> String {
+        (path.hasSuffix(".pt") ? String(path.dropLast(3)) : path) + "_int8.pt"
+    }
+
+    /// The file a precision loads: ``int8Path`` (or the sibling) for `.int8`, ``path`` otherwise.
+    public func file(for precision: Precision) -> String {
+        precision == .int8 ? int8Path ?? Self.int8Sibling(of: path) : path
     }
 }
 
@@ -106,62 +119,36 @@ public final class TorchModel: @unchecked Sendable {
     /// Where this model runs: `cpu`, `cuda:0`, ... (`auto` resolved).
     public var device: String { String(cString: ew_torch_device(handle)) }
 
-    /// What `auto` chose and the speeds it measured; nil unless ``ModelOptions/precision`` is `.auto`.
-    public let precisionChoice: PrecisionChoice?
+    /// True when the torch backend's libtorch has the onednn quantized engine int8 files need.
+    public static var hasInt8: Bool { ew_torch_has_int8() != 0 }
 
     /// Loads, freezes and warms up the model (two forwards of a zero batch: one image on the
     /// CPU, a full batch on CUDA; see ``warmupBatch(_:)``), checking that its output is `[n, D]`
-    /// floating point.
+    /// floating point. `.int8` loads ``ModelOptions/file(for:)``.
     ///
-    /// With `.auto`, loads fp32 and (where the CPU runs bfloat16 natively) bf16, times
-    /// ``PrecisionChoice/rounds`` full batches of each, interleaved, and keeps the faster
-    /// (``PrecisionChoice/decide(_:margin:)``); the other is freed. With a `cacheKey` and
-    /// ``ModelOptions/precisionCachePath``, a cached choice is used without timing and a
-    /// measured one is stored.
-    public init(options: ModelOptions, cacheKey: PrecisionCacheKey? = nil) throws(InferenceError) {
+    /// `.auto` is not a precision a model runs at: it is decided before loading, by measuring
+    /// on calibration photos (`PrecisionAdvisor` in EwallEmbedding); here it is refused.
+    public init(options: ModelOptions) throws(InferenceError) {
         guard options.batchSize >= 1, options.threads >= 1, options.streams >= 1 else {
             throw InferenceError(.invalidConfiguration, "batch size, threads and streams must be at least 1")
         }
+        guard options.precision != .auto else {
+            throw InferenceError(
+                .invalidConfiguration,
+                "precision auto is decided from calibration photos before the model loads (PrecisionAdvisor); "
+                    + "TorchModel needs fp32, bf16, fp16 or int8")
+        }
         try Self.loadBackend()
         _ = ew_torch_set_threads(Int32(options.intraOpThreads), 1)
-        let cache = options.precisionCachePath.map(PrecisionCache.init(path:))
-        var choice: PrecisionChoice?
-        let handle: OpaquePointer
-        switch options.precision {
-        case .fp32, .bf16, .fp16:
-            if options.precision == .bf16 && !Self.cpuHasBF16 && !Self.runsOnCUDA(options.device) {
-                throw InferenceError(
-                    .precisionUnavailable,
-                    "bf16 was requested but this CPU has no native bfloat16 (AVX512_BF16/AMX); use fp32 or auto")
-            }
-            handle = try Self.load(options, options.precision)
-        case .auto:
-            if let cacheKey, let cached = cache?.lookup(cacheKey),
-                cached.precision == .fp32 || Self.cpuHasBF16
-            {
-                choice = cached
-                handle = try Self.load(options, cached.precision)
-            } else {
-                var handles: [Precision: OpaquePointer] = [:]
-                defer { for (_, h) in handles { ew_torch_free(h) } }
-                handles[.fp32] = try Self.load(options, .fp32)
-                // bf16 is not timed where it would be emulated (several times slower).
-                if Self.cpuHasBF16, let h = try? Self.load(options, .bf16) { handles[.bf16] = h }
-                let per = options.channels * options.height * options.width
-                let input = (0..<(options.batchSize * per)).map { Float(($0 % 251) - 125) / 64 }
-                let measured = try PrecisionChoice.measure(candidates: [.fp32, .bf16].filter { handles[$0] != nil }) {
-                    (p: Precision) throws(InferenceError) -> Double in
-                    try Self.imagesPerSecond(handles[p]!, options: options, input: input)
-                }
-                choice = measured
-                handle = handles.removeValue(forKey: measured.precision)!
-                if let cacheKey { try? cache?.store(measured, for: cacheKey) }
-            }
+        if options.precision == .bf16 && !Self.cpuHasBF16 && !Self.runsOnCUDA(options.device) {
+            throw InferenceError(
+                .precisionUnavailable,
+                "bf16 was requested but this CPU has no native bfloat16 (AVX512_BF16/AMX); use fp32 or auto")
         }
+        let handle = try Self.load(options, options.precision)
         self.handle = handle
         self.options = options
-        self.precision = choice?.precision ?? options.precision
-        self.precisionChoice = choice
+        self.precision = options.precision
         self.outputDim = Int(ew_torch_output_dim(handle))
     }
 
@@ -187,11 +174,15 @@ public final class TorchModel: @unchecked Sendable {
 
     /// Loads one precision (the shim freezes and runs two warm-up batches).
     private static func load(_ options: ModelOptions, _ precision: Precision) throws(InferenceError) -> OpaquePointer {
+        let code: ew_torch_precision
+        switch precision {
+        case .bf16: code = EW_TORCH_BF16
+        case .fp16: code = EW_TORCH_FP16
+        case .int8: code = EW_TORCH_INT8
+        case .fp32, .auto: code = EW_TORCH_FP32
+        }
         var o = ew_torch_options(
-            precision: Int32(
-                precision == .bf16
-                    ? EW_TORCH_BF16.rawValue
-                    : precision == .fp16 ? EW_TORCH_FP16.rawValue : EW_TORCH_FP32.rawValue),
+            precision: Int32(code.rawValue),
             channels_last: options.channelsLast ? 1 : 0, optimize: options.freeze ? 1 : 0,
             channels: Int64(options.channels), height: Int64(options.height), width: Int64(options.width),
             warmup_batch: Int64(warmupBatch(options)), device_type: 0, device_index: 0)
@@ -204,40 +195,9 @@ public final class TorchModel: @unchecked Sendable {
         }
         var err = ew_torch_error()
         var model: OpaquePointer?
-        let rc = ew_torch_load(options.path, &o, &model, &err)
+        let rc = ew_torch_load(options.file(for: precision), &o, &model, &err)
         guard rc == 0, let model else { throw Self.error(rc, err) }
         return model
-    }
-
-    /// One full batch through `handle` on each of the ``ModelOptions/streams`` (side by side
-    /// on the CPU, as the embedder runs them), timed: images/s of them all.
-    private static func imagesPerSecond(
-        _ handle: OpaquePointer, options: ModelOptions,
-        input: [Float]
-    ) throws(InferenceError) -> Double {
-        let streams = runsOnCUDA(options.device) ? 1 : max(1, options.streams)
-        let n = options.batchSize * Int(ew_torch_output_dim(handle))
-        let failures = Locked<[InferenceError]>([])
-        // The handle crosses to the other threads as an address (forward is reentrant on it).
-        let address = UInt(bitPattern: handle)
-        let start = ContinuousClock.now
-        DispatchQueue.concurrentPerform(iterations: streams) { _ in
-            let handle = OpaquePointer(bitPattern: address)!
-            var out = [Float](repeating: 0, count: n)
-            var err = ew_torch_error()
-            let rc = input.withUnsafeBufferPointer { buf in
-                out.withUnsafeMutableBufferPointer { o in
-                    ew_torch_forward(
-                        handle, buf.baseAddress, Int64(options.batchSize), Int64(options.channels),
-                        Int64(options.height), Int64(options.width), o.baseAddress, n, &err)
-                }
-            }
-            if rc != 0 { failures.withLock { $0.append(Self.error(rc, err)) } }
-        }
-        let t = ContinuousClock.now - start
-        if let e = failures.withLock({ $0.first }) { throw e }
-        let seconds = Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18
-        return Double(streams * options.batchSize) / max(seconds, 1e-9)
     }
 
     deinit { ew_torch_free(handle) }

@@ -144,6 +144,8 @@ final class JobPipeline: Sendable {
         feed: @escaping @Sendable () async throws -> Void,
         commit: @escaping @Sendable (WriteUnit) async throws -> WriteUnit
     ) async throws {
+        // Vectors the precision guard let share fp32's key go in only with the figures that allowed it.
+        if let admission = embedder.precisionAdmission(key: key) { try await store.recordPrecisionAdmission(admission) }
         let fetchStage = Task { await self.fetchStage() }
         let stopWatcher = Task {
             while !Task.isCancelled && !stopFlag.isSet { try? await Task.sleep(for: .milliseconds(100)) }

@@ -6,7 +6,7 @@ import Foundation
 /// (several machines, one store). Open one with ``StoreLocation/open(logger:)``.
 ///
 /// Every method may be called from many tasks at once.
-public protocol EmbeddingStore: AnyObject, Sendable, GiftFlagStore {
+public protocol EmbeddingStore: AnyObject, Sendable, GiftFlagStore, PrecisionAdmissionStore {
     /// The store's location with any password removed, for messages.
     var displayName: String { get }
 

@@ -10,6 +10,8 @@
 ///   change feed replicas follow; each sync's applied position.
 /// - `gift_flags`: the gift detector's applied answer per product (`ewall gifts --apply`), a table
 ///   of its own beside `products` (see ``giftFlagsSQLite``).
+/// - `precision_admissions`: the precision guard's figures that let bf16/int8/fast-decode vectors
+///   share fp32's model key (PrecisionAdmissions.swift).
 ///
 /// Product ids compare byte-wise in both (SQLite's BINARY, PostgreSQL's "C" collation), so
 /// keyset pagination and export order agree between the two.
@@ -139,7 +141,7 @@ package enum Schema {
             updated_at  REAL NOT NULL
         );
         CREATE INDEX IF NOT EXISTS embeddings_by_image ON embeddings (model_id, preprocessing, image_sha256);
-        """ + giftFlagsSQLite
+        """ + giftFlagsSQLite + precisionAdmissionsSQLite
 
     static let postgres = """
         CREATE TABLE IF NOT EXISTS ewall_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -217,7 +219,7 @@ package enum Schema {
             updated_at  DOUBLE PRECISION NOT NULL
         );
         CREATE INDEX IF NOT EXISTS embeddings_by_image ON embeddings (model_id, preprocessing, image_sha256);
-        """ + giftFlagsPostgres
+        """ + giftFlagsPostgres + precisionAdmissionsPostgres
 
     /// The gift detector's applied answers (`ewall gifts --apply`): one row per product, gift or
     /// not, with the step that decided, the platform's `gift_type` and Korean reason, and the

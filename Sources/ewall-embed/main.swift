@@ -149,6 +149,14 @@ struct EwallEmbed: AsyncParsableCommand {
         guard storeWait >= 0 else { throw ValidationError("--store-wait must be 0 or more") }
     }
 
+    /// Up to 2,000 of the store's fp32 vectors of this model, for `--precision auto`'s
+    /// neighbour overlap among the store's vectors (none when the store has none yet).
+    static func guardSample(_ store: any EmbeddingStore, _ c: EmbedderConfiguration) async -> [[Float]] {
+        guard let card = try? ModelCard.load(forModel: c.model.path) else { return [] }
+        let key = ModelKey(modelID: card.modelID, preprocessing: c.preprocessing.rawValue)
+        return ((try? await store.embeddings(key: key, after: nil, limit: 2_000)) ?? []).map(\.embedding.vector)
+    }
+
     func run() async throws {
         bootstrapLogging()
         let logger = Logger(label: "ewall-embed")
@@ -159,11 +167,12 @@ struct EwallEmbed: AsyncParsableCommand {
         let embedder: ImageEmbedder
         do {
             // --streams, else as many as keep the cores busy (docs/precision.md, "Model streams").
-            embedder = try ImageEmbedder(
-                configuration: imageFlags.configuration(
-                    model: modelFlags.options(),
-                    streams: modelFlags.streams),
-                logger: logger)
+            var configuration = imageFlags.configuration(
+                model: modelFlags.options(), streams: modelFlags.streams, modelFlags: modelFlags)
+            if configuration.model.precision == .auto {
+                configuration.guardStoreVectors = await Self.guardSample(store, configuration)
+            }
+            embedder = try ImageEmbedder(configuration: configuration, logger: logger)
         } catch {
             await store.close()
             throw fail(error.message)

@@ -180,6 +180,9 @@ struct Serve: AsyncParsableCommand {
         config.redis = try redisFlags.configuration()
         config.device = model.device
         config.streams = model.streams
+        config.precisionCachePath = model.precisionCachePath
+        config.calibration = modelFlags.calibration
+        config.precisionGuard = modelFlags.precisionGuard
         config.searchThreads = searchThreads
         config.indexMemoryMapped = mmapIndex
         config.limits = .init(

@@ -43,7 +43,8 @@ struct Embed: AsyncParsableCommand {
     func run() async throws {
         bootstrapLogging()
         let logger = Logger(label: "ewall")
-        let config = imageFlags.configuration(model: modelFlags.options(), streams: modelFlags.streams)
+        let config = imageFlags.configuration(
+            model: modelFlags.options(), streams: modelFlags.streams, modelFlags: modelFlags)
         let embedder: ImageEmbedder
         do {
             embedder = try ImageEmbedder(configuration: config, logger: logger)
@@ -95,8 +96,8 @@ struct Embed: AsyncParsableCommand {
             + String(format: "%.1f images/s", Double(outcomes.count) / max(seconds, 1e-9))
             + (embedder.card?.pretrained == false ? " [RANDOM-INIT MODEL: vectors carry no meaning]" : "")
         FileHandle.standardError.write(Data((summary + "\n").utf8))
-        if let choice = embedder.precisionChoice {
-            FileHandle.standardError.write(Data("ewall embed: precision auto chose \(choice)\n".utf8))
+        if let decision = embedder.precisionDecision {
+            FileHandle.standardError.write(Data("ewall embed: precision auto: \(decision)\n".utf8))
         }
     }
 

@@ -13,6 +13,6 @@ struct Ewall: AsyncParsableCommand {
         abstract: "EwallML: image embeddings, similar products and categories for product search.",
         subcommands: [
             Embed.self, Import.self, Export.self, Similar.self, Classify.self, Calibrate.self, Gifts.self, Job.self,
-            Sync.self,
+            Sync.self, PrecisionCommand.self,
         ])
 }

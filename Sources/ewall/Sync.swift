@@ -176,7 +176,8 @@ struct Sync: AsyncParsableCommand {
         if !noEmbed {
             do {
                 let image = try ImageEmbedder(
-                    configuration: imageFlags.configuration(model: modelFlags.options(), streams: modelFlags.streams),
+                    configuration: imageFlags.configuration(
+                        model: modelFlags.options(), streams: modelFlags.streams, modelFlags: modelFlags),
                     logger: logger)
                 let fetch = FetchConfiguration(
                     perHostLimit: perHost, requestTimeout: .milliseconds(Int(timeout * 1000)),

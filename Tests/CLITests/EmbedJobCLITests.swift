@@ -29,6 +29,7 @@ final class JobProcess {
             process.arguments = Array(prefix.dropFirst()) + [exe.path] + full
         }
         process.currentDirectoryURL = Fixtures.root
+        process.environment = ProcessRunner.childEnvironment
         process.standardOutput = try FileHandle(forWritingTo: out)
         process.standardError = try FileHandle(forWritingTo: err)
         try process.run()

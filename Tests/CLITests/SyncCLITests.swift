@@ -56,6 +56,7 @@ struct SyncCLITests {
         for _ in 0..<10 {
             let p = Process()
             p.executableURL = ewall
+            p.environment = ProcessRunner.childEnvironment
             p.arguments = args
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
@@ -71,6 +72,7 @@ struct SyncCLITests {
         // Once more, to the end of the stream, then a clean stop.
         let last = Process()
         last.executableURL = ewall
+        last.environment = ProcessRunner.childEnvironment
         last.arguments = args
         last.standardOutput = FileHandle.nullDevice
         last.standardError = FileHandle.nullDevice

@@ -16,6 +16,9 @@ struct Expected: Decodable {
     var fills: [[Float]]
     var linear4: [[Float]]
     var special_rows: [[Float?]]
+    /// Four textured images, flattened, and what Python's int8 model gave for them.
+    var textured: [Float]
+    var int8_conv4: [[Float]]
 
     static func load() throws -> Expected {
         let data = try Data(Fixtures.bytes(Fixtures.torch("expected.json")))
@@ -60,6 +63,39 @@ struct TorchShimErrorTests {
         }
         // fp32 works with the frozen file.
         _ = try TorchModel(options: tinyOptions("frozen_linear4.pt"))
+    }
+
+    @Test(
+        "an int8 file runs with the onednn engine and gives Python's numbers",
+        .enabled(if: TorchModel.hasInt8, "this libtorch has no onednn quantized engine"))
+    func int8Parity() throws {
+        var o = tinyOptions("int8_conv4.pt", precision: .int8, batch: 4)
+        o.int8Path = Fixtures.torch("int8_conv4.pt")
+        let model = try TorchModel(options: o)
+        #expect(model.precision == .int8 && model.outputDim == 4)
+        let e = try Expected.load()
+        let out = try e.textured.withUnsafeBufferPointer { try model.forward($0, count: 4) }
+        for i in 0..<4 {
+            for j in 0..<4 {
+                #expect(abs(out[i * 4 + j] - e.int8_conv4[i][j]) <= 1e-5, "row \(i) col \(j)")
+            }
+        }
+    }
+
+    @Test(
+        "an int8 file is refused as fp32, and an fp32 file as int8, each saying why",
+        .enabled(if: TorchModel.hasInt8, "this libtorch has no onednn quantized engine"))
+    func int8Mismatch() {
+        #expect { _ = try TorchModel(options: tinyOptions("int8_conv4.pt")) } throws: {
+            let e = $0 as? InferenceError
+            return e?.code == .precisionUnavailable && e?.message.contains("is an int8 (quantized) file") == true
+        }
+        var o = tinyOptions("linear4.pt", precision: .int8)
+        o.int8Path = Fixtures.torch("linear4.pt")
+        #expect { _ = try TorchModel(options: o) } throws: {
+            let e = $0 as? InferenceError
+            return e?.code == .precisionUnavailable && e?.message.contains("not an int8 file") == true
+        }
     }
 
     @Test("a batch of the wrong shape is refused, not passed to torch")

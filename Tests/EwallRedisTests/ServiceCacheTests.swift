@@ -21,7 +21,7 @@ struct ServiceCacheTests {
         var config = EwallConfiguration(
             modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
             indexPath: dir.appendingPathComponent("faiss").path, rulesPath: nil,
-            preprocessing: preprocessing, indexWatchInterval: nil)
+            preprocessing: preprocessing, precision: .fp32, indexWatchInterval: nil)
         config.redis = RedisConfiguration(location: try RedisLocation(parsing: url ?? redis.url()))
         var log = logger.logger
         log.logLevel = .warning

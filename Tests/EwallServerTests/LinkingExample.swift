@@ -13,6 +13,7 @@ func makeShopServer(
 ) async throws -> some ApplicationProtocol {
     var configuration = EwallConfiguration(modelPath: modelPath, storeURL: storeURL, indexPath: indexPath)
     configuration.limits.maxBatchWait = .milliseconds(5) // how long an idle model waits for company
+    configuration.precision = .fp32 // the reference; the default, auto, measures once per model and CPU
     let ewall = try await EwallService(configuration: configuration)
 
     let router = Router()

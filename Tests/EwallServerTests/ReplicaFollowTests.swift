@@ -10,7 +10,8 @@ struct ReplicaFollowTests {
     static func service(_ dir: URL) async throws -> EwallService {
         var c = EwallConfiguration(
             modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
-            indexPath: dir.appendingPathComponent("faiss").path, rulesPath: nil, indexWatchInterval: nil)
+            indexPath: dir.appendingPathComponent("faiss").path, rulesPath: nil, precision: .fp32,
+            indexWatchInterval: nil)
         c.catalogueFollowInterval = .milliseconds(50)
         return try await EwallService(configuration: c)
     }

@@ -18,6 +18,7 @@ struct ServeProcessTests {
         init(_ args: [String]) throws {
             let exe = try ProcessRunner.built("ewall-serve")
             process.executableURL = exe
+            process.environment = ProcessRunner.childEnvironment
             process.arguments = args
             process.currentDirectoryURL = Fixtures.root
             process.standardOutput = out

@@ -85,7 +85,7 @@ final class RunningServer: Sendable {
         var config = EwallConfiguration(
             modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
             indexPath: dir.appendingPathComponent("faiss").path,
-            rulesPath: Fixtures.path("data/category_rules.json"), indexWatchInterval: nil)
+            rulesPath: Fixtures.path("data/category_rules.json"), precision: .fp32, indexWatchInterval: nil)
         var server = ServerConfiguration(host: "127.0.0.1", port: 0, maxBodyBytes: 2 << 20)
         configure(&config, &server)
         var logger = Logger(label: "ewall-serve-test")

@@ -11,7 +11,7 @@ struct ServiceTests {
         var c = EwallConfiguration(
             modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
             indexPath: dir.appendingPathComponent("faiss").path,
-            rulesPath: Fixtures.path("data/category_rules.json"), indexWatchInterval: nil)
+            rulesPath: Fixtures.path("data/category_rules.json"), precision: .fp32, indexWatchInterval: nil)
         configure(&c)
         return try await EwallService(configuration: c)
     }

@@ -20,7 +20,7 @@ struct SimilarCoalescingTests {
         var c = EwallConfiguration(
             modelPath: Fixtures.model, storeURL: "sqlite:\(dir.path)/ewall.sqlite",
             indexPath: dir.appendingPathComponent("faiss").path,
-            rulesPath: Fixtures.path("data/category_rules.json"), indexWatchInterval: nil)
+            rulesPath: Fixtures.path("data/category_rules.json"), precision: .fp32, indexWatchInterval: nil)
         c.indexMemoryMapped = memoryMapped
         c.searchThreads = searchThreads
         let registry = PrometheusCollectorRegistry()

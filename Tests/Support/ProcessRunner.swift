@@ -22,6 +22,15 @@ public enum ProcessRunner {
         return exe
     }
 
+    /// The environment the tools under test run in: this process's, with `EWALL_PRECISION=fp32`
+    /// unless it is set, so a tool that is not testing `--precision auto` runs the reference
+    /// precision without measuring at start (tests of auto pass `--precision auto`).
+    public static var childEnvironment: [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        if env["EWALL_PRECISION"] == nil { env["EWALL_PRECISION"] = "fp32" }
+        return env
+    }
+
     /// Runs `executable` with `arguments` in the repository root and waits for it.
     /// - Parameters:
     ///   - environment: added to this process's environment (`replacing: true`: the whole environment).
@@ -41,7 +50,7 @@ public enum ProcessRunner {
         p.executableURL = executable
         p.arguments = arguments
         p.currentDirectoryURL = Fixtures.root
-        p.environment = replacing ? environment : ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        p.environment = replacing ? environment : Self.childEnvironment.merging(environment) { $1 }
         p.standardInput = FileHandle.nullDevice
         p.standardOutput = try FileHandle(forWritingTo: out)
         p.standardError = try FileHandle(forWritingTo: err)

@@ -33,8 +33,13 @@ public struct EwallConfiguration: Sendable {
     public var classifier: ClassifierConfiguration
     /// How images become tensors. Must match the vectors in the store and index.
     public var preprocessing: PreprocessingMode
-    /// libtorch precision (fp32 by default, the reference).
+    /// libtorch precision: `auto` by default (the fastest precision whose vectors keep fp32's
+    /// answers, measured on ``calibration``; see ``EmbedderConfiguration/precisionGuard``).
     public var precision: Precision
+    /// `auto`'s calibration photos; nil: the folder beside the model (`make model` fills it).
+    public var calibration: String?
+    /// `auto`'s thresholds.
+    public var precisionGuard = PrecisionGuard()
     /// libtorch intra-op threads (default 2).
     public var threads: Int
     /// Batches the model runs at once, sharing ``threads`` (default 1; see
@@ -52,8 +57,9 @@ public struct EwallConfiguration: Sendable {
     /// Where the model runs (default `auto`: CUDA when the loaded libtorch has it and a device
     /// is present, else the CPU).
     public var device: ComputeDevice = .auto
-    /// Where `precision: .auto` caches its measured choice (per model sha256, CPU model and
-    /// thread count); `nil`, the default: no cache, so every start times both precisions.
+    /// Where `precision: .auto` caches its measurements (per model and int8 file sha256, CPU
+    /// model and flags, libtorch, threads, batch size and calibration photos); `nil`, the
+    /// default: no cache, so every start measures.
     public var precisionCachePath: String?
     /// Sizes, batching and queue limits.
     public var limits: Limits
@@ -122,7 +128,7 @@ public struct EwallConfiguration: Sendable {
     public init(
         modelPath: String, storeURL: String = StoreLocation.defaultURL, indexPath: String = IndexFolder.defaultPath,
         rulesPath: String? = "data/category_rules.json", classifier: ClassifierConfiguration = .init(),
-        preprocessing: PreprocessingMode = .squash224, precision: Precision = .fp32, threads: Int = 2,
+        preprocessing: PreprocessingMode = .squash224, precision: Precision = .auto, threads: Int = 2,
         limits: Limits = Limits(), urlPolicy: AddressPolicy? = AddressPolicy(),
         indexWatchInterval: Duration? = .seconds(2), inputRules: InputRules = InputRules()
     ) {
@@ -148,7 +154,7 @@ public struct EwallConfiguration: Sendable {
                 precisionCachePath: precisionCachePath, device: device, streams: streams),
             preprocessing: preprocessing,
             limits: ImageLimits(maxPixels: limits.maxImagePixels, maxBytes: limits.maxImageBytes),
-            decodeThreads: limits.decodeThreads)
+            decodeThreads: limits.decodeThreads, calibration: calibration, precisionGuard: precisionGuard)
     }
 
     /// The fetcher's configuration this implies: callers' URLs, so no files, few retries.
