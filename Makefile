@@ -217,6 +217,8 @@ demo: build model $(FIX)/images/.done
 	  curl -s -X POST http://127.0.0.1:$(DEMO_PORT)/api/embeddings -H 'Content-Type: application/json' \
 	       -d '{"image_url": "http://169.254.169.254/latest/meta-data/"}'; echo
 
+# The benchmarks compare named paths: the tools run fp32 unless a bench passes --precision.
+bench: export EWALL_PRECISION = fp32
 bench: build model
 	$(PY) data/make_samples.py --out data/samples --bench 400 --real 192
 	$(SWIFT) build -c release --product ewall-bench
@@ -226,6 +228,9 @@ bench: build model
 	$(SWIFT) build -c release --product ewall
 	$(PY) bench/real_photos_bench.py --ewall .build/release/ewall --model $(MODEL) --out bench/out
 	$(PY) bench/drift_bench.py --ewall .build/release/ewall --model $(MODEL) --out bench/out
+	$(SWIFT) build -c release --product ewall-bench
+	$(PY) bench/precision_bench.py --ewall .build/release/ewall --ewall-bench .build/release/ewall-bench \
+	    --model $(MODEL) --images data/samples/real --out bench/out
 	$(PY) bench/memory_bench.py --ewall-bench .build/release/ewall-bench --model $(MODEL) --out bench/out
 	$(SWIFT) build -c release --product ewall-embed
 	$(PY) bench/embed_job_bench.py --ewall-embed .build/release/ewall-embed --ewall-bench .build/release/ewall-bench \

@@ -87,6 +87,9 @@ def python_side(kind, model_path, files, threads, workers):
             return n / (time.perf_counter() - start)
 
         bf16 = kind.startswith("best_bf16")
+        if kind.startswith("best_int8"):  # the int8 file beside the model, on the onednn engine
+            torch.backends.quantized.engine = "onednn"
+            model_path = model_path[:-3] + "_int8.pt" if model_path.endswith(".pt") else model_path + "_int8.pt"
         m = torch.jit.load(model_path).eval()
         if bf16:
             m = m.to(torch.bfloat16)

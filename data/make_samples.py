@@ -308,8 +308,13 @@ def main():
     if args.real:
         real_photos(os.path.join(args.out, "real"), args.real)
 
-    with open(os.path.join(args.out, "manifest.json"), "w") as f:
-        json.dump({"photos": manifest}, f, indent=1)
+    # Rewritten only when it changes: the model (make model) depends on it.
+    path = os.path.join(args.out, "manifest.json")
+    text = json.dumps({"photos": manifest}, indent=1)
+    old = open(path).read() if os.path.exists(path) else None
+    if text != old:
+        with open(path, "w") as f:
+            f.write(text)
     print(f"make_samples: {len(manifest)} photos in {photos}" + (f", {args.bench} bench JPEGs" if args.bench else "")
           + (f", {args.real} real photos of mixed sizes" if args.real else ""))
 

@@ -174,10 +174,13 @@ for (key, fast, simd) in [
 }
 _ = ew_img_set_resize_kernel(1)
 
-// Model only, batch 32, fp32 and bf16: preprocessed tensors in memory.
+// Model only, batch 32, fp32, bf16 (native bfloat16 only) and int8 (where the int8 file beside
+// the model exists and libtorch has onednn): preprocessed tensors in memory.
 let pre = Preprocessor()
 let tensors = try bytes.prefix(32).map { try pre.tensor(from: $0) }
-for precision in [Precision.fp32, .bf16] where precision == .fp32 || TorchModel.cpuHasBF16 {
+let int8Runs = FileManager.default.fileExists(atPath: ModelOptions.int8Sibling(of: modelPath)) && TorchModel.hasInt8
+for precision in [Precision.fp32, .bf16, .int8]
+where precision == .fp32 || (precision == .bf16 && TorchModel.cpuHasBF16) || (precision == .int8 && int8Runs) {
     let embedder = try Embedder(options: ModelOptions(path: modelPath, precision: precision, threads: threads))
     _ = await embedder.embedBatch(tensors)
     let start = clock.now

@@ -155,6 +155,8 @@ struct Similar: AsyncParsableCommand {
         configuration.device = model.device
         configuration.streams = model.streams
         configuration.precisionCachePath = model.precisionCachePath
+        configuration.calibration = modelFlags.calibration
+        configuration.precisionGuard = modelFlags.precisionGuard
         configuration.redis = try redisFlags.configuration().map {
             var r = $0
             r.connections = 1
