@@ -162,9 +162,11 @@ var result: [String: Any] = ["images": files.count, "threads": threads, "batch":
 
 // Decode + preprocess on one thread (squash224), exact and fast JPEG paths; and the exact path
 // once more with the resize's portable kernels (what the AVX2 ones gain, same run).
+// (--model-only: skipped, for benches that repeat the model loop.)
+let modelOnly = CommandLine.arguments.contains("--model-only")
 for (key, fast, simd) in [
     ("decode_exact", false, Int32(1)), ("decode_fast_jpeg", true, 1), ("decode_exact_portable_resize", false, 0),
-] {
+] where !modelOnly {
     _ = ew_img_set_resize_kernel(simd)
     let pre = Preprocessor(mode: .squash224, fastJPEG: fast)
     _ = try pre.tensor(from: bytes[0])
