@@ -175,7 +175,7 @@ let package = Package(
         .target(
             name: "EwallSync",
             dependencies: [
-                "EwallCore", "EwallStore", "EwallIndex", "EwallEmbedding", "EwallJob", "CLibPQ",
+                "EwallCore", "EwallStore", "EwallIndex", "EwallEmbedding", "EwallJob", "EwallClassifier", "CLibPQ",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -295,7 +295,10 @@ let package = Package(
                 "EwallRedis", "EwallML", "EwallTestSupport", .product(name: "Metrics", package: "swift-metrics"),
             ]),
         .testTarget(
-            name: "EwallSyncTests", dependencies: ["EwallSync", "EwallIndex", "EwallStore", "EwallTestSupport"]),
+            name: "EwallSyncTests",
+            dependencies: [
+                "EwallSync", "EwallIndex", "EwallStore", "EwallClassifier", "EwallRedis", "EwallTestSupport",
+            ]),
         .testTarget(
             name: "CLITests", dependencies: ["EwallStore", "EwallIndex", "EwallJob", "EwallSync", "EwallTestSupport"]),
     ],

@@ -15,8 +15,14 @@ struct DeltaVectors: Sendable {
     /// Row i's vector is `vectors[i*d..<(i+1)*d]`.
     private(set) var vectors: [Float] = []
     private var rowOf: [String: Int] = [:]
+    /// Delta products flagged as gifts (left out unless a query includes gifts).
+    private(set) var gifts: Set<String> = []
 
     var count: Int { ids.count }
+
+    mutating func setGift(_ id: String, _ isGift: Bool) {
+        if isGift { gifts.insert(id) } else { gifts.remove(id) }
+    }
 
     mutating func upsert(_ product: Product, vector: [Float]?, dimension: Int) {
         if let row = rowOf[product.id] {
@@ -34,6 +40,7 @@ struct DeltaVectors: Sendable {
     }
 
     mutating func remove(_ id: String, dimension: Int) {
+        gifts.remove(id)
         guard let row = rowOf.removeValue(forKey: id) else { return }
         let last = ids.count - 1
         if row != last {
@@ -56,11 +63,12 @@ struct DeltaVectors: Sendable {
         rowOf[id].map { Array(vectors[$0 * dimension..<($0 + 1) * dimension]) }
     }
 
-    /// The rows a query's filters allow (same category, in stock, not excluded).
+    /// The rows a query's filters allow (same category, in stock, not a gift, not excluded).
     func eligible(category: String?, query: SimilarQuery, excluding: String?) -> [Int] {
         products.indices.filter { i in
             let p = products[i]
             if p.id == excluding { return false }
+            if !query.includeGifts, gifts.contains(p.id) { return false }
             if query.sameCategory, let category, p.category != category { return false }
             if query.inStockOnly, p.inStock == false { return false }
             return true
@@ -75,11 +83,14 @@ public struct CatalogueUpdate: Sendable {
     public var row: CatalogueRow?
     /// Its vector, when the feed said it has a new one.
     public var vector: [Float]?
+    /// Whether it is flagged as a gift now (`gift_flags`); nil: leave its flag as it is.
+    public var isGift: Bool?
 
-    public init(productID: String, row: CatalogueRow?, vector: [Float]?) {
+    public init(productID: String, row: CatalogueRow?, vector: [Float]?, isGift: Bool? = nil) {
         self.productID = productID
         self.row = row
         self.vector = vector
+        self.isGift = isGift
     }
 }
 
@@ -107,9 +118,38 @@ extension ProductSearch {
             } else if let indexed {
                 try columns.update(indexed, product)
             }
+            if let isGift = u.isGift {
+                if delta.contains(u.productID) { delta.setGift(u.productID, isGift) }
+                if let indexed { columns.setGift(indexed, isGift) }
+            }
         }
         if !updates.isEmpty { columns.refreshWithoutGifts() }
         return ProductSearch(copying: self, columns: columns, delta: delta, changeSeq: seq)
+    }
+
+    /// This search with the next entries of `store`'s change feed applied (at most `limit`):
+    /// each changed product's current row and gift flag, and the vector of those with a new one
+    /// (under this index's model key). nil when the feed has nothing after ``appliedChangeSeq``;
+    /// else the new search, the last entry's time (the source's commit time where known) and
+    /// whether a full page was read (more may follow).
+    public func following(
+        _ store: any CatalogueStore, limit: Int = 5_000
+    ) async throws -> (
+        search: ProductSearch, lastAt: Date, full: Bool
+    )? {
+        let changes = try await store.catalogueChanges(after: appliedChangeSeq, limit: limit)
+        guard let last = changes.last else { return nil }
+        let ids = Array(Set(changes.map(\.productID)))
+        let rows = try await store.catalogueRows(productIDs: ids)
+        let flags = try await store.giftFlags(productIDs: ids)
+        let withVector = Set(changes.filter { $0.kind == .vector }.map(\.productID))
+        let vectors = try await store.vectors(productIDs: Array(withVector), key: manifest.key)
+        let updates = ids.map { id in
+            CatalogueUpdate(
+                productID: id, row: rows[id], vector: withVector.contains(id) ? vectors[id] : nil,
+                isGift: flags[id]?.isGift ?? false)
+        }
+        return (try applying(updates, through: last.seq), last.sourceTime ?? last.at, changes.count == limit)
     }
 
     /// Entries of the change feed this search has applied (from the manifest's build point on).

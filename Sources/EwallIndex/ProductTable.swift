@@ -235,6 +235,11 @@ struct ProductColumns: Sendable {
     /// Marks a product as a gift (before ``finish()``).
     mutating func markGift(_ id: Int64) { gift.insert(id) }
 
+    /// A replica's change to one product's gift flag (``refreshWithoutGifts()`` after the batch).
+    mutating func setGift(_ id: Int64, _ isGift: Bool) {
+        if isGift { gift.insert(id) } else { gift.remove(id) }
+    }
+
     func isGift(_ id: Int64) -> Bool { gift.contains(id) }
 
     /// The ids a search may return and how many: every present product, or those of one category

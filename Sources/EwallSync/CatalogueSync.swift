@@ -1,3 +1,4 @@
+import EwallClassifier
 import EwallCore
 import EwallStore
 import Foundation
@@ -20,6 +21,11 @@ public struct SyncConfiguration: Sendable {
     public var batchWait: Duration = .milliseconds(50)
     /// How often the slot hears our position when nothing happens.
     public var statusInterval: Duration = .seconds(10)
+    /// The gift detector's rule steps (registered list, zero price, words) run on every row
+    /// that arrives, and its flag is stored before the row, so replicas leave a new gift out of
+    /// similar products as soon as they see the row. nil: no gift flags (the picture step needs
+    /// vectors: `ewall gifts --apply` runs it over the store).
+    public var gifts: GiftDetector?
 
     public init(
         source: String, table: SourceTable, map: ColumnMap = ColumnMap(), filter: String? = nil, slot: String? = nil
@@ -62,24 +68,39 @@ public struct SyncProgress: Sendable {
 /// change is harmless: a restart starts from the recorded position, and the server resends at
 /// most what was not confirmed.
 ///
-/// Rows whose image is new or changed go to `onRowsToEmbed` after they are stored.
+/// Rows whose image is new or changed go to `onRowsToEmbed` after they are stored; the ids of
+/// products deleted or unlisted go to `onRowsRemoved` (the CLI deletes their
+/// `product_embedding:{id}` entries in Redis).
 public final class CatalogueSync: Sendable {
     public let configuration: SyncConfiguration
     private let store: any CatalogueStore
     private let logger: Logger
     private let onRowsToEmbed: @Sendable ([CatalogueRow]) async -> Void
+    private let onRowsRemoved: @Sendable ([String]) async -> Void
     private let worker = BlockingWorker(name: "ewall-sync-source")
     private let stopped = Locked(false)
     private let progressValue = Locked(SyncProgress())
 
     public init(
         configuration: SyncConfiguration, store: any CatalogueStore, logger: Logger = Logger(label: "ewall.sync"),
+        onRowsRemoved: @escaping @Sendable ([String]) async -> Void = { _ in },
         onRowsToEmbed: @escaping @Sendable ([CatalogueRow]) async -> Void = { _ in }
     ) {
         self.configuration = configuration
         self.store = store
         self.logger = logger
+        self.onRowsRemoved = onRowsRemoved
         self.onRowsToEmbed = onRowsToEmbed
+    }
+
+    /// The products `changes` delete or unlist.
+    static func removed(_ changes: [CatalogueChange]) -> [String] {
+        changes.compactMap { change in
+            switch change {
+            case .delete(let id): id
+            case .upsert(let r): r.listed == false ? r.product.id : nil
+            }
+        }
     }
 
     /// Asks ``run()`` to return after the changes it holds are applied and confirmed.
@@ -231,8 +252,11 @@ public final class CatalogueSync: Sendable {
                 seen.insert(row.product.id)
                 changes.append(.upsert(row))
             }
+            try await flagGifts(changes)
             let toEmbed = try await store.applyCatalogue(changes, state: state(point, time: nil))
             copied += changes.count
+            let unlisted = Self.removed(changes)
+            if !unlisted.isEmpty { await onRowsRemoved(unlisted) }
             await onRowsToEmbed(toEmbed)
         }
         try await worker.run { () throws(SyncError) in _ = try SourceChecks.rows(plain, "COMMIT") }
@@ -246,13 +270,28 @@ public final class CatalogueSync: Sendable {
             after = page.last
         }
         for chunk in stride(from: 0, to: gone.count, by: 2000) {
-            _ = try await store.applyCatalogue(
-                Array(gone[chunk..<min(chunk + 2000, gone.count)]), state: state(point, time: nil))
+            let part = Array(gone[chunk..<min(chunk + 2000, gone.count)])
+            _ = try await store.applyCatalogue(part, state: state(point, time: nil))
+            await onRowsRemoved(Self.removed(part))
         }
         if copied == 0 && gone.isEmpty { _ = try await store.applyCatalogue([], state: state(point, time: nil)) }
         progressValue.withLock { $0.snapshotRows = copied }
         logger.info("snapshot of \(c.table): \(copied) rows, \(gone.count) removed; streaming from \(point)")
         return point
+    }
+
+    /// Stores the gift flags of the rows in `changes` (none without ``SyncConfiguration/gifts``).
+    /// Written before the rows: a crash between the two replays the rows, which rewrites the flags.
+    private func flagGifts(_ changes: [CatalogueChange]) async throws {
+        guard let gifts = configuration.gifts else { return }
+        let now = Date()
+        let flags = changes.compactMap { change -> GiftFlag? in
+            guard case .upsert(let r) = change else { return nil }
+            let p = r.product
+            return gifts.flag(
+                gifts.decide(GiftInput(productID: p.id, title: p.title, brand: p.brand, price: p.price)), at: now)
+        }
+        if !flags.isEmpty { try await store.writeGiftFlags(flags) }
     }
 
     private func state(_ position: LSN, time: Date?) -> SyncState {
@@ -288,9 +327,9 @@ public final class CatalogueSync: Sendable {
 
         func flush() async throws {
             guard let end = pendingEnd else { return }
+            try await flagGifts(pending)
             let toEmbed = try await store.applyCatalogue(pending, state: state(end, time: pendingTime))
             let count = pending.count
-            pending.removeAll(keepingCapacity: true)
             pendingEnd = nil
             applied = end
             idleEnd = max(idleEnd, end)
@@ -299,7 +338,10 @@ public final class CatalogueSync: Sendable {
                 $0.transactions = transactions
                 $0.changes += count
             }
+            let removed = Self.removed(pending)
+            pending.removeAll(keepingCapacity: true)
             try await send(end)
+            if !removed.isEmpty { await onRowsRemoved(removed) }
             await onRowsToEmbed(toEmbed)
         }
 

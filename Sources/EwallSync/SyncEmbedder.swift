@@ -32,6 +32,8 @@ public final class SyncEmbedder: Sendable {
     }
 
     public var key: ModelKey { ModelKey(modelID: embedder.modelID, preprocessing: embedder.preprocessingID) }
+    /// The vectors' dimension (2048 for ResNet50).
+    public var dimension: Int { embedder.dimension }
 
     /// Vectors committed and images failed so far.
     public var counts: (embedded: Int, failed: Int) { totals.withLock { $0 } }

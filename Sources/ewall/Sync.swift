@@ -85,6 +85,18 @@ struct Sync: AsyncParsableCommand {
     @Option(name: .long, help: "With --index: the drift that starts a build (0.2: 20% of the index).")
     var compactAt: Double = 0.2
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The gift rules each arriving row is checked with; its flag is stored before the row.",
+            discussion:
+                "Default: $EWALL_GIFT_RULES, then data/gift_rules.json when it exists. The rule steps run here (registered list, zero price, words); the picture step needs vectors: ewall gifts --apply runs it. Replicas leave a flagged product out of similar products as soon as they see its row (docs/gifts.md)."
+        ))
+    var giftRules: String?
+
+    @Flag(name: .long, help: "Store no gift flags (another process runs ewall gifts --apply).")
+    var noGifts = false
+
     @OptionGroup var database: DatabaseFlags
     @OptionGroup var modelFlags: ModelFlags
     @OptionGroup var imageFlags: ImageFlags
@@ -103,6 +115,7 @@ struct Sync: AsyncParsableCommand {
         }
         if map != nil && mapFile != nil { throw ValidationError("give --map or --map-file, not both") }
         if apply && !reconcile { throw ValidationError("--apply goes with --reconcile") }
+        if noGifts && giftRules != nil { throw ValidationError("give --gift-rules or --no-gifts, not both") }
         guard compactAt > 0 && compactAt <= 1 else { throw ValidationError("--compact-at must be in (0, 1]") }
         if status && reconcile { throw ValidationError("give --status or --reconcile, not both") }
         guard lagWarningMib >= 1 else { throw ValidationError("--lag-warning-mib must be at least 1") }
@@ -111,14 +124,27 @@ struct Sync: AsyncParsableCommand {
     var resolvedSource: String? { source ?? ProcessInfo.processInfo.environment["EWALL_SYNC_SOURCE"] }
 
     func syncConfiguration() throws -> SyncConfiguration {
+        var c: SyncConfiguration
         do throws(SyncError) {
             let columns: ColumnMap
             if let mapFile { columns = try ColumnMap(file: mapFile) } else { columns = try ColumnMap(parsing: map) }
-            return SyncConfiguration(
+            c = SyncConfiguration(
                 source: resolvedSource!, table: try SourceTable(parsing: table), map: columns, filter: filter,
                 slot: slot)
         } catch {
             throw fail(error)
+        }
+        c.gifts = try giftDetector()
+        return c
+    }
+
+    /// The gift detector of --gift-rules (or the default file, when it exists); nil with --no-gifts.
+    func giftDetector() throws -> GiftDetector? {
+        if noGifts { return nil }
+        let path = giftRules ?? ProcessInfo.processInfo.environment["EWALL_GIFT_RULES"] ?? "data/gift_rules.json"
+        if giftRules == nil && !FileManager.default.fileExists(atPath: path) { return nil }
+        do { return try GiftDetector(rules: try GiftRules.load(path: path)) } catch let e as ClassifierError {
+            throw fail(e)
         }
     }
 
@@ -192,7 +218,19 @@ struct Sync: AsyncParsableCommand {
             }
         }
         let embedder = made
-        let sync = CatalogueSync(configuration: configuration, store: store, logger: logger) { rows in
+        // The platform's product_embedding:{id} follows deletes and unlistings (new vectors are
+        // written through by the embedding job, as ewall-embed's are).
+        var productKeys: EmbeddingCache?
+        if let r = try redisFlags.configuration(), let embedder {
+            productKeys = EmbeddingCache(
+                client: RedisClient(location: r.location, timeout: r.timeout, connections: 1, logger: logger),
+                key: embedder.key, dimension: embedder.dimension, ttl: r.cacheTTL)
+        }
+        let cache = productKeys
+        let sync = CatalogueSync(
+            configuration: configuration, store: store, logger: logger,
+            onRowsRemoved: { ids in await cache?.writeProducts(current: [], replaced: ids) }
+        ) { rows in
             embedder?.enqueue(rows)
         }
         let compaction = index.map {

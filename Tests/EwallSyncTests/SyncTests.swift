@@ -1,5 +1,7 @@
+import EwallClassifier
 import EwallCore
 import EwallIndex
+import EwallRedis
 import EwallStore
 import EwallTestSupport
 import Foundation
@@ -163,6 +165,71 @@ struct SyncTests {
         await store.close()
     }
 
+    @Test("every arriving row gets its gift flag, stored before the row itself")
+    func giftFlags() async throws {
+        let db = try await SourceDB.make(rows: 4)
+        let store = try await store()
+        var c = try configuration(db)
+        c.gifts = try GiftDetector(rules: try GiftRules.load(path: Fixtures.path("data/gift_rules.json")))
+        let running = Running(c, store: store)
+        // The snapshot's rows: flagged, none a gift.
+        #expect(try await eventually { try await store.giftFlags(productIDs: ["4"]).count == 1 })
+        #expect(try await store.giftFlags(productIDs: ["1", "2", "3", "4"]).values.allSatisfy { !$0.isGift })
+
+        try db.run(
+            "INSERT INTO shop_product (title, category, price, in_stock, image_url) VALUES ('사은품 파우치', 'bag', 0, true, 'http://x/g.jpg')"
+        )
+        try db.run("UPDATE shop_product SET title = '[증정품] 미니 파우치', price = 5000 WHERE id = 1")
+        try db.run("UPDATE shop_product SET title = '롱패딩 무료배송' WHERE id = 2")
+        #expect(
+            try await eventually {
+                let f = try await store.giftFlags(productIDs: ["1", "5"])
+                return f["5"]?.isGift == true && f["1"]?.isGift == true
+            })
+        // The flag is stored no later than the row: whenever the row is there, so is its flag.
+        #expect(try await store.catalogueRows(productIDs: ["5"])["5"] != nil)
+        let flags = try await store.giftFlags(productIDs: ["1", "2", "5"])
+        #expect(flags["5"]?.decidedBy == "zero_price" && flags["5"]?.giftType == "ZERO_PRICE")
+        #expect(flags["1"]?.decidedBy == "keyword")
+        #expect(
+            try await eventually { try await store.catalogueRows(productIDs: ["2"])["2"]?.product.title == "롱패딩 무료배송" })
+        #expect(try await store.giftFlags(productIDs: ["2"])["2"]?.isGift == false)
+        try await running.stop()
+        await store.close()
+    }
+
+    @Test(
+        "a delete or an unlisting removes the product's product_embedding:{id} entry in Redis",
+        .enabled(if: RedisServer.available, "needs Debian's redis-server (make deps)"))
+    func productKeysFollowRemovals() async throws {
+        let redis = try RedisServer()
+        let db = try await SourceDB.make(rows: 4)
+        let store = try await store()
+        let key = ModelKey(modelID: "synthetic@sync", preprocessing: "squash224")
+        let cache = EmbeddingCache(
+            client: RedisClient(location: try RedisLocation(parsing: redis.url())), key: key, dimension: 4)
+        let vector = CachedEmbedding(vector: [0.5, 0.5, 0.5, 0.5], imageSHA256: String(repeating: "a", count: 64))
+        await cache.writeProducts(current: ["1", "2", "3"].map { ($0, vector) }, replaced: [])
+        #expect(await cache.product("2") != nil)
+        let sync = CatalogueSync(
+            configuration: try configuration(db), store: store,
+            onRowsRemoved: { ids in await cache.writeProducts(current: [], replaced: ids) })
+        let task = Task { try await sync.run() }
+        #expect(try await eventually { try await store.catalogueRows(productIDs: ["4"]).count == 1 })
+        try db.run("DELETE FROM shop_product WHERE id = 2")
+        try db.run("UPDATE shop_product SET is_active = false WHERE id = 3")
+        #expect(
+            try await eventually {
+                let two = await cache.product("2"), three = await cache.product("3")
+                return two == nil && three == nil
+            })
+        #expect(await cache.product("1") != nil)
+        sync.stop()
+        try await task.value
+        await store.close()
+        redis.stop()
+    }
+
     @Test("refusals name what is missing and the fix")
     func refusals() async throws {
         let db = try await SourceDB.make(rows: 1)
@@ -231,17 +298,7 @@ struct ReplicaTests {
 
     /// Applies the feed after `search`'s position, as EwallService's follower does.
     static func follow(_ search: ProductSearch, _ store: any CatalogueStore) async throws -> ProductSearch {
-        let changes = try await store.catalogueChanges(after: search.appliedChangeSeq, limit: 10_000)
-        guard let last = changes.last else { return search }
-        let ids = Array(Set(changes.map(\.productID)))
-        let rows = try await store.catalogueRows(productIDs: ids)
-        let withVector = Set(changes.filter { $0.kind == .vector }.map(\.productID))
-        let vectors = try await store.vectors(productIDs: Array(withVector), key: key)
-        return try search.applying(
-            ids.map {
-                CatalogueUpdate(productID: $0, row: rows[$0], vector: withVector.contains($0) ? vectors[$0] : nil)
-            },
-            through: last.seq)
+        try await search.following(store, limit: 10_000)?.search ?? search
     }
 
     @Test("a stock flip, a delete and an unlisting leave the answers; a new product enters them, without a rebuild")
@@ -340,6 +397,167 @@ struct ReplicaTests {
         let loose = SimilarQuery(k: 5, minSimilarity: 0, inStockOnly: false)
         #expect(try await rebuilt.similar(to: "p0", query: loose).results.first?.productID == "new")
         #expect(try await compaction.drift() == 0)
+        await store.close()
+    }
+
+    @Test("a gift flag that arrives with a row takes the product out of the answers, indexed or new")
+    func followsGiftFlags() async throws {
+        let data = SyntheticVectors(count: 120, dimension: 16, clusters: 4, seed: 5)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("replica-gift-\(UUID().uuidString)")
+        let store = try await SQLiteStore.open(path: dir.appendingPathComponent("s.sqlite").path)
+        func row(_ id: String, _ i: Int) -> CatalogueChange {
+            .upsert(
+                CatalogueRow(
+                    product: Product(id: id, title: "t", category: "c\(data.cluster[i])", inStock: true),
+                    imageURL: "http://x/\(id).jpg", listed: true))
+        }
+        var position: UInt64 = 1
+        func apply(_ changes: [CatalogueChange]) async throws {
+            position += 1
+            _ = try await store.applyCatalogue(
+                changes,
+                state: SyncState(
+                    name: "t", source: "t", slot: "t", position: position, commitTime: Date(), updatedAt: Date()))
+        }
+        func flag(_ id: String, _ isGift: Bool) -> GiftFlag {
+            GiftFlag(
+                productID: id, isGift: isGift, giftType: isGift ? "KEYWORD" : nil,
+                decidedBy: isGift ? "keyword" : "none",
+                reason: "", explanation: "", resembles: nil, rulesVersion: "t", rulesSHA256: "t", flaggedAt: Date())
+        }
+        try await apply((0..<120).map { row("p\($0)", $0) })
+        try await store.write(
+            WriteBatch(
+                embeddings: (0..<120).map {
+                    StoredEmbedding(
+                        productID: "p\($0)", imageURL: "http://x/p\($0).jpg", key: Self.key, vector: data.row($0))
+                }))
+        let folder = IndexFolder(path: dir.appendingPathComponent("faiss").path)
+        _ = try await IndexBuilder.build(
+            store: store,
+            options: IndexBuildOptions(
+                folder: folder, index: "Flat", targetRecall: 0.95, maxMemory: 1 << 30, incremental: false,
+                recallQueries: 20, pageSize: 500, threads: 1))
+        var search = try await ProductSearch.open(folder: folder, store: store)
+        let query = SimilarQuery(k: 5, minSimilarity: 0)
+        let before = try await search.similar(to: "p0", query: query).results.map(\.productID)
+        let gift = before[0]
+
+        // The sync stores the flag, then the row: the replica leaves the product out.
+        try await store.writeGiftFlags([flag(gift, true)])
+        try await apply([row(gift, Int(gift.dropFirst())!)])
+        search = try await Self.follow(search, store)
+        #expect(try await !search.similar(to: "p0", query: query).results.map(\.productID).contains(gift))
+        var withGifts = query
+        withGifts.includeGifts = true
+        #expect(try await search.similar(to: "p0", query: withGifts).results.map(\.productID).contains(gift))
+
+        // A new product (a delta vector) that is a gift stays out too.
+        var near = data.row(0)
+        near[0] += 0.001
+        try await store.writeGiftFlags([flag("new", true)])
+        try await apply([row("new", 0)])
+        try await store.write(
+            WriteBatch(embeddings: [
+                StoredEmbedding(productID: "new", imageURL: "http://x/new.jpg", key: Self.key, vector: near)
+            ]))
+        try await store.recordVectorChanges(["new"])
+        search = try await Self.follow(search, store)
+        #expect(search.deltaCount == 1)
+        #expect(try await !search.similar(to: "p0", query: query).results.map(\.productID).contains("new"))
+        #expect(try await search.similar(to: "p0", query: withGifts).results.first?.productID == "new")
+
+        // Unflagged (a title that no longer reads as a gift): both come back.
+        try await store.writeGiftFlags([flag(gift, false), flag("new", false)])
+        try await apply([row(gift, Int(gift.dropFirst())!), row("new", 0)])
+        search = try await Self.follow(search, store)
+        let after = try await search.similar(to: "p0", query: query).results.map(\.productID)
+        #expect(after.first == "new" && after.contains(gift), "\(after)")
+        await store.close()
+    }
+
+    @Test(
+        "recall@10 against exact search over the live set stays >= 0.95 after 30% deletes and 30% inserts, and after compaction"
+    )
+    func recallAfterChurn() async throws {
+        let base = 3000, added = 900, deleted = 900
+        let data = SyntheticVectors(count: base + added, dimension: 32, clusters: 30, seed: 11)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("replica-churn-\(UUID().uuidString)")
+        let store = try await SQLiteStore.open(path: dir.appendingPathComponent("s.sqlite").path)
+        func row(_ i: Int) -> CatalogueChange {
+            .upsert(
+                CatalogueRow(
+                    product: Product(id: "p\(i)", title: "t", category: "c\(data.cluster[i])", inStock: true),
+                    imageURL: "http://x/\(i).jpg", listed: true))
+        }
+        var position: UInt64 = 1
+        func apply(_ changes: [CatalogueChange]) async throws {
+            position += 1
+            _ = try await store.applyCatalogue(
+                changes,
+                state: SyncState(
+                    name: "t", source: "t", slot: "t", position: position, commitTime: Date(), updatedAt: Date()))
+        }
+        func embed(_ range: Range<Int>) async throws {
+            try await store.write(
+                WriteBatch(
+                    embeddings: range.map {
+                        StoredEmbedding(
+                            productID: "p\($0)", imageURL: "http://x/\($0).jpg", key: Self.key, vector: data.row($0))
+                    }))
+        }
+        try await apply((0..<base).map(row))
+        try await embed(0..<base)
+        let folder = IndexFolder(path: dir.appendingPathComponent("faiss").path)
+        _ = try await IndexBuilder.build(
+            store: store,
+            options: IndexBuildOptions(
+                folder: folder, index: "IVF40,Flat", targetRecall: 0.95, maxMemory: 1 << 30, incremental: false,
+                recallQueries: 200, pageSize: 1000, threads: 1))
+        var search = try await ProductSearch.open(folder: folder, store: store)
+
+        // 30% of the base deleted (every third-and-a-bit product), 30% new products arrive.
+        var rng = TestRNG(seed: 4)
+        let gone = Set((0..<base).shuffled(using: &rng).prefix(deleted))
+        try await apply(gone.sorted().map { .delete(productID: "p\($0)") })
+        try await apply((base..<base + added).map(row))
+        try await embed(base..<base + added)
+        try await store.recordVectorChanges((base..<base + added).map { "p\($0)" })
+        search = try await Self.follow(search, store)
+        #expect(search.deltaCount == added)
+
+        let live = (0..<base + added).filter { !gone.contains($0) }
+        let query = SimilarQuery(k: 10, minSimilarity: 0, sameCategory: false)
+        func recall(_ s: ProductSearch) async throws -> Double {
+            var hits = 0, total = 0
+            for q in live.shuffled(using: &rng).prefix(150) {
+                let v = data.row(q)
+                let exact = live.filter { $0 != q }.map { i -> (Float, Int) in
+                    let r = data.row(i)
+                    var d: Float = 0
+                    for j in 0..<v.count { d += (v[j] - r[j]) * (v[j] - r[j]) }
+                    return (d, i)
+                }.sorted { $0.0 < $1.0 }.prefix(10).map { "p\($0.1)" }
+                let got = Set(try await s.similar(to: "p\(q)", query: query).results.map(\.productID))
+                hits += exact.filter { got.contains($0) }.count
+                total += exact.count
+            }
+            return Double(hits) / Double(total)
+        }
+        let churned = try await recall(search)
+        #expect(churned >= 0.95, "recall after churn \(churned)")
+
+        let compaction = Compaction(folder: folder, share: 0.2, store: store, key: Self.key)
+        await compaction.check()
+        let deadline = ContinuousClock.now + .seconds(60)
+        while compaction.completed == 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(compaction.completed == 1)
+        let compacted = try await ProductSearch.open(folder: folder, store: store)
+        #expect(compacted.deltaCount == 0 && compacted.count == live.count)
+        let after = try await recall(compacted)
+        #expect(after >= 0.95, "recall after compaction \(after)")
         await store.close()
     }
 }

@@ -91,6 +91,16 @@ extension GiftDetector {
         return try GiftDetector(rules: rules, master: ids.map { MasterGift(productID: $0, vector: vectors[$0]) })
     }
 
+    /// The stored flag of a decision (its product id must be set), as `ewall gifts --apply` and
+    /// `ewall sync` write it.
+    public func flag(_ d: GiftDecision, at time: Date = Date()) -> GiftFlag {
+        GiftFlag(
+            productID: d.productID ?? "", isGift: d.isGift, giftType: d.giftType, decidedBy: d.decidedBy.rawValue,
+            reason: d.classificationReason, explanation: d.explanation,
+            resembles: d.decidedBy == .image ? d.resembles?.productID : nil, rulesVersion: rules.version,
+            rulesSHA256: rules.sha256, flaggedAt: time)
+    }
+
     /// Decides every product of the store a page at a time; `onPage` gets each page's reports
     /// in product-id order. With `apply`, every answer (gift or not) is stored as a flag.
     public func run(
@@ -114,14 +124,7 @@ extension GiftDetector {
             }
             if apply {
                 let now = Date()
-                try await store.writeGiftFlags(
-                    decisions.map { d in
-                        GiftFlag(
-                            productID: d.productID!, isGift: d.isGift, giftType: d.giftType,
-                            decidedBy: d.decidedBy.rawValue, reason: d.classificationReason,
-                            explanation: d.explanation, resembles: d.decidedBy == .image ? d.resembles?.productID : nil,
-                            rulesVersion: rules.version, rulesSHA256: rules.sha256, flaggedAt: now)
-                    })
+                try await store.writeGiftFlags(decisions.map { flag($0, at: now) })
             }
             for d in decisions {
                 summary.products += 1

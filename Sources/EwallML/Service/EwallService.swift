@@ -294,25 +294,17 @@ public final class EwallService: Service, Sendable {
     public var catalogueLag: CatalogueLag { state.withLock { $0.catalogue } }
 
     /// Reads the change feed after the loaded index's position and applies it (one swap per
-    /// read): the products' current rows, and the vectors of those with a new one.
+    /// read): the products' current rows and gift flags, and the vectors of those with a new one
+    /// (``ProductSearch/following(_:limit:)``).
     func followCatalogue(_ catalogue: any CatalogueStore) async {
         guard let search = state.withLock({ $0.snapshot.search }) else { return }
         do {
             var current = search
             var lastAt: Date?
-            while true {
-                let changes = try await catalogue.catalogueChanges(after: current.appliedChangeSeq, limit: 5_000)
-                guard let last = changes.last else { break }
-                let ids = Array(Set(changes.map(\.productID)))
-                let rows = try await catalogue.catalogueRows(productIDs: ids)
-                let withVector = Set(changes.filter { $0.kind == .vector }.map(\.productID))
-                let vectors = try await store.vectors(productIDs: Array(withVector), key: current.manifest.key)
-                let updates = ids.map { id in
-                    CatalogueUpdate(productID: id, row: rows[id], vector: withVector.contains(id) ? vectors[id] : nil)
-                }
-                current = try current.applying(updates, through: last.seq)
-                lastAt = last.sourceTime ?? last.at
-                if changes.count < 5_000 { break }
+            while let next = try await current.following(catalogue) {
+                current = next.search
+                lastAt = next.lastAt
+                if !next.full { break }
             }
             let applied = current
             let swapped = state.withLock { s -> Bool in
