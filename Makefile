@@ -253,6 +253,10 @@ bench: build model
 	    --model $(MODEL) --out bench/out
 	$(PY) bench/index_scale_bench.py --rebuild .build/release/rebuild-faiss-index --serve .build/release/ewall-serve \
 	    --ewall-bench .build/release/ewall-bench --model $(MODEL) --count 100000 --kinds auto,sq8 --out bench/out
+	# The live catalogue: a PostgreSQL of its own followed by ewall sync, served by ewall-serve.
+	$(PY) bench/sync_bench.py --ewall .build/release/ewall --serve .build/release/ewall-serve \
+	    --rebuild .build/release/rebuild-faiss-index --ewall-bench .build/release/ewall-bench --model $(MODEL) \
+	    --count 20000 --seconds 15 --out bench/out
 
 # The index kinds at 10^6 (bench/index_scale_bench.py; docs/faiss-index.md and bench/README.md quote it).
 bench-1m: build model
