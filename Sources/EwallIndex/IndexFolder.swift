@@ -62,18 +62,28 @@ public struct IndexManifest: Codable, Sendable, Hashable {
         public var secondHop: Hop?
         /// Filtered points: the mean time of one search at build, in microseconds.
         public var microseconds: Double?
+        /// Filtered points: the standard error of `recall` over the queries.
+        public var standardError: Double?
         public init(
-            nprobe: Int? = nil, efSearch: Int? = nil, recall: Double, secondHop: Hop? = nil, microseconds: Double? = nil
+            nprobe: Int? = nil, efSearch: Int? = nil, recall: Double, secondHop: Hop? = nil,
+            microseconds: Double? = nil,
+            standardError: Double? = nil
         ) {
             self.nprobe = nprobe
             self.efSearch = efSearch
             self.recall = recall
             self.secondHop = secondHop
             self.microseconds = microseconds
+            self.standardError = standardError
         }
         enum CodingKeys: String, CodingKey {
             case nprobe, efSearch = "ef_search", recall, secondHop = "second_hop", microseconds
+            case standardError = "standard_error"
         }
+
+        /// What a filtered point is held to: recall less 1.645 standard errors (a one-sided 95%
+        /// bound on 200 queries' estimate); `recall` where no error was measured.
+        public var lowerBound: Double { recall - 1.645 * (standardError ?? 0) }
     }
 
     /// Re-ranking for compressed kinds: the index finds `factor × k` candidates by their codes,
