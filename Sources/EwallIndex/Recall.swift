@@ -277,9 +277,10 @@ extension Tuning {
         return (mean, elapsed / n, (variance / n).squareRoot())
     }
 
-    // A filtered point meets the target when its estimate clears it by 1.645 standard errors
-    // (IndexManifest.RecallPoint.lowerBound): the build measures on 200 queries (about +-0.01
-    // of sampling noise at 0.95), and a point chosen right at the target served 0.944 at 1M.
+    // A filtered point meets the target when its estimate clears it by one standard error
+    // (IndexManifest.RecallPoint.lowerBound): a point chosen right at the target on 200 queries
+    // (about +-0.01 of sampling noise at 0.95) served 0.944 at 1M; the build measures on up to
+    // IndexBuilder.filteredRecallQueries (1,000) now.
 
     /// Second hops tried at build: (nprobe, top, lists, hub), where `hub` leaves out of the
     /// hop the lists of more than that many times the mean list's entries (nil: none left out).

@@ -97,7 +97,7 @@ struct IndexBuildTests {
             let chosen = try #require(hops.first { $0.nprobe == filtered && $0.secondHop == hop })
             #expect(chosen.recall == f.measured && chosen.recall >= 0.95)
             // Chosen because the plain ladder missed the target or was slower, and the fastest hop that met
-            // it: with its sampling margin (the estimate less 1.645 standard errors clears 0.95).
+            // it: with its sampling margin (the estimate less one standard error clears 0.95).
             #expect(chosen.lowerBound >= 0.95 && (chosen.standardError ?? 0) > 0)
             if let p = plain.last, p.lowerBound >= 0.95 { #expect(chosen.microseconds! < p.microseconds!) }
             for h in hops where h.lowerBound >= 0.95 { #expect(chosen.microseconds! <= h.microseconds!) }
