@@ -51,12 +51,14 @@ extension CategoryClassifier {
             references: refs, rules: rules, configuration: configuration, modelKey: key, gifts: gifts, giftIDs: giftIDs)
     }
 
-    /// Digest of one product's own inputs (vector bytes, title, brand): with ``stamp``, the
-    /// cache key of a stored answer.
-    public static func inputHash(vector: [Float]?, title: String?, brand: String?) -> String {
+    /// Digest of one product's own inputs (vector bytes, title, brand, price): with ``stamp``,
+    /// the cache key of a stored answer. The price is in it because a zero price makes the
+    /// answer `gift` (the gift detector's zero-price step).
+    public static func inputHash(vector: [Float]?, title: String?, brand: String?, price: Double? = nil) -> String {
         var h = SHA256()
         if let vector { vector.withUnsafeBytes { h.update(bufferPointer: $0) } }
         h.update(data: Data("\u{0}\(title ?? "")\u{0}\(brand ?? "")".utf8))
+        if let price { h.update(data: Data("\u{0}price=\(price)".utf8)) }
         return h.finalize().prefix(16).map { String(format: "%02x", $0) }.joined()
     }
 }
@@ -143,7 +145,7 @@ extension CategoryClassifier {
             var hashes: [String] = []
             var toScore: [Int] = []
             for (i, p) in products.enumerated() {
-                let hash = Self.inputHash(vector: vectors[p.id], title: p.title, brand: p.brand)
+                let hash = Self.inputHash(vector: vectors[p.id], title: p.title, brand: p.brand, price: p.price)
                 hashes.append(hash)
                 if let r = records[p.id], r.stamp == stamp, r.inputHash == hash,
                     let c = try? JSONDecoder().decode(Classification.self, from: Data(r.explanation.utf8))

@@ -164,6 +164,11 @@ struct StoreClassificationTests {
         let one = try await after.run(store: store, key: Self.key, selection: .all, apply: true)
         #expect(one.cached == 59)
         #expect(one.byAction["set"] == 1)
+
+        // A product's price changes (zero makes a gift): only it is recomputed.
+        try await store.upsertProducts([Product(id: "p-22", price: 0)], source: .manifest)
+        let repriced = try await after.run(store: store, key: Self.key, selection: .all, apply: true)
+        #expect(repriced.cached == 59)
     }
 
     @Test("by id: unknown ids are reported, not fatal", arguments: [StoreKind.sqlite])
