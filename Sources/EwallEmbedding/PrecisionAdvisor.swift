@@ -138,7 +138,7 @@ public struct PrecisionAdvisor: Sendable {
         options.streams = 1
         var unavailable: [String: String] = [:]
         var candidates: [Precision] = [.fp32]
-        let cuda = Self.runsOnCUDA(model.device)
+        let cuda = TorchModel.runsOnCUDA(model.device)
         if cuda {
             candidates += [.bf16, .fp16]
             unavailable["int8"] = "int8 files run on the CPU only"
@@ -208,14 +208,6 @@ public struct PrecisionAdvisor: Sendable {
             return "\(int8) was made from other weights (\(b.weights)) than \(fp32) (\(a.weights)): re-export it"
         }
         return nil
-    }
-
-    static func runsOnCUDA(_ device: ComputeDevice) -> Bool {
-        switch device {
-        case .cpu: return false
-        case .cuda: return true
-        case .auto: return TorchModel.cudaDeviceCount > 0
-        }
     }
 
     /// Runs `tensors` through `torch` in batches of its batch size: the normalised vectors, and

@@ -153,7 +153,7 @@ public final class TorchModel: @unchecked Sendable {
     }
 
     /// Whether `device` resolves to a GPU with the loaded libtorch.
-    static func runsOnCUDA(_ device: ComputeDevice) -> Bool {
+    public static func runsOnCUDA(_ device: ComputeDevice) -> Bool {
         switch device {
         case .cpu: return false
         case .cuda: return true

@@ -152,9 +152,6 @@ public struct PrecisionDecision: Sendable, Hashable, Codable, CustomStringConver
             precision: precision, fastJPEG: fast, reasons: reasons, measured: measured, guard: g, fromCache: fromCache)
     }
 
-    /// The precision that made vectors differs from fp32 only where the guard admitted it.
-    public var admitsLowerPrecision: Bool { precision != .fp32 || fastJPEG }
-
     /// One line: `fp32, exact decode (measured on 96 photos: bf16 1.93x fp32's speed but drifts (...); ...)`.
     public var description: String {
         "\(precision), \(fastJPEG ? "fast" : "exact") JPEG decode (\(fromCache ? "cached" : "measured") on "
