@@ -80,6 +80,11 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     /// itself as long as the decoder's limit, else a header problem (431).
     private(set) var requestLineBytes: Int?
     private var lineBytesSoFar = 0
+    /// The current request's first bytes (its head, up to ``headPrefixLimit``), kept until its
+    /// head is parsed, so a parse error can say which framing fields the head gave.
+    private(set) var headPrefix: [UInt8] = []
+    private var headParsed = false
+    static let headPrefixLimit = 16 << 10
 
     init(limits: ConnectionLimits, logger: Logger) {
         self.limits = limits
@@ -118,6 +123,10 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // The first bytes of a request: its head is due within the header timeout.
         if deadline == nil && (openRequests == 0 || bodyEnded) { arm(context) }
+        if !headParsed && headPrefix.count < Self.headPrefixLimit {
+            let bytes = unwrapInboundIn(data).readableBytesView
+            headPrefix += bytes.prefix(Self.headPrefixLimit - headPrefix.count)
+        }
         if requestLineBytes == nil {
             let bytes = unwrapInboundIn(data).readableBytesView
             if let lf = bytes.firstIndex(of: 0x0A) {
@@ -138,12 +147,15 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         case .head:
             openRequests += 1
             bodyEnded = false
+            headParsed = true
+            headPrefix = []
             deadline?.cancel()
             deadline = nil
         case .requestEnd:
             bodyEnded = true
             requestLineBytes = nil
             lineBytesSoFar = 0
+            headParsed = false
         case .responseEnd:
             openRequests = max(0, openRequests - 1)
         }
@@ -276,10 +288,14 @@ final class FramingGuard: ChannelDuplexHandler, RemovableChannelHandler {
             context.fireErrorCaught(error)
             return
         }
-        let line = (try? context.pipeline.syncOperations.handler(type: ConnectionGuard.self))?.requestLineBytes
+        let connection = try? context.pipeline.syncOperations.handler(type: ConnectionGuard.self)
         let lineTooLong =
-            line.map { $0 >= HTTP1Channel.Configuration.DecoderConfiguration().maxHeaderFieldSize } ?? true
-        let e = Self.answer(to: parseError, requestLineTooLong: lineTooLong)
+            connection?.requestLineBytes.map {
+                $0 >= HTTP1Channel.Configuration.DecoderConfiguration().maxHeaderFieldSize
+            } ?? true
+        let e = Self.answer(
+            to: parseError, requestLineTooLong: lineTooLong,
+            framing: FramingFields(head: connection?.headPrefix ?? []))
         let body = e.jsonBody
         var fields: HTTPFields = [.contentType: "application/json; charset=utf-8", .connection: "close"]
         fields[.contentLength] = String(body.count)
@@ -301,8 +317,20 @@ final class FramingGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// The API error a parse error means, by HTTP's status for its kind. `requestLineTooLong`
-    /// tells a request line too long (414) from headers too large (431).
-    static func answer(to error: HTTPParserError, requestLineTooLong: Bool) -> APIError {
+    /// tells a request line too long (414) from headers too large (431); `framing` says which
+    /// of the body's framing fields the head gave (llhttp reports Content-Length beside
+    /// Transfer-Encoding as a bad Content-Length or an unnamed error, by their order).
+    static func answer(
+        to error: HTTPParserError, requestLineTooLong: Bool, framing: FramingFields = FramingFields()
+    ) -> APIError {
+        if framing.contentLength && framing.transferEncoding {
+            switch error {
+            case .unexpectedContentLength, .invalidContentLength, .unknown:
+                return .badRequest(
+                    "Content-Length and Transfer-Encoding may not both be given (RFC 9112 §6.3): give one")
+            default: break
+            }
+        }
         switch error {
         case .invalidMethod:
             return APIError(
@@ -320,15 +348,45 @@ final class FramingGuard: ChannelDuplexHandler, RemovableChannelHandler {
                 .requestHeaderFieldsTooLarge, "headers_too_large",
                 "the request headers are larger, or more, than the server accepts")
         case .unexpectedContentLength:
-            return .badRequest("Content-Length and Transfer-Encoding may not both be given")
+            return .badRequest("Content-Length and Transfer-Encoding may not both be given (RFC 9112 §6.3): give one")
         case .invalidContentLength:
             return .badRequest("Content-Length is not a non-negative decimal number")
+        case .unknown where framing.transferEncoding:
+            return .badRequest("Transfer-Encoding must end in chunked, the only transfer coding this server reads")
+        case .invalidHeaderToken:
+            return .badRequest("a header's name or value holds a character HTTP does not allow there")
         case .invalidURL, .invalidPath, .invalidQueryString, .invalidFragment, .invalidHost, .invalidPort:
             return .badRequest("the request target is malformed (a byte that may not appear in a URL?)")
         case .invalidChunkSize:
             return .badRequest("a chunk of the chunked body has a malformed size")
         default:
-            return .badRequest("the request is not well-formed HTTP/1.1 (\(error))")
+            return .badRequest("the request is not well-formed HTTP/1.1 (a malformed request line or header)")
+        }
+    }
+}
+
+/// Which of the fields that frame a request's body its head gives, read from the head's raw
+/// bytes (names are case-insensitive; a field name ends at its colon).
+struct FramingFields: Sendable, Equatable {
+    var contentLength = false
+    var transferEncoding = false
+
+    init(contentLength: Bool = false, transferEncoding: Bool = false) {
+        self.contentLength = contentLength
+        self.transferEncoding = transferEncoding
+    }
+
+    init(head: [UInt8]) {
+        self.init()
+        // Each line after the request line, up to the blank line that ends the head.
+        for line in head.split(separator: 0x0A, omittingEmptySubsequences: false).dropFirst() {
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else {
+                if line.isEmpty || line == [0x0D] { break }
+                continue
+            }
+            let name = String(decoding: line[..<colon], as: UTF8.self).lowercased()
+            if name == "content-length" { contentLength = true }
+            if name == "transfer-encoding" { transferEncoding = true }
         }
     }
 }

@@ -1,7 +1,8 @@
-import EwallServer
 import EwallTestSupport
 import Foundation
 import Testing
+
+@testable import EwallServer
 
 /// The edges of HTTP itself: requests the decoder cannot parse, a body too large, HEAD,
 /// media types, repeated parameters and keys, empty path segments.
@@ -74,6 +75,34 @@ struct ProtocolEdgeTests {
         #expect(r.header("content-type")?.hasPrefix("application/json") == true, "\(what)")
         #expect(closed, "\(what): the connection stayed open")
         #expect(try await HTTP.call(.GET, "\(s.base)/healthz").status == 200)
+    }
+
+    @Test(
+        "Content-Length beside Transfer-Encoding is named as such in either order (llhttp reports each order apart)",
+        arguments: [
+            ["Content-Length: 5", "Transfer-Encoding: chunked"], ["transfer-encoding: chunked", "content-length: 5"],
+        ]
+    )
+    func contentLengthWithTransferEncoding(_ fields: [String]) async throws {
+        let s = try await Self.server.value
+        let bytes =
+            Self.request("POST /api/embeddings HTTP/1.1", headers: ["Host: x"] + fields) + Array("0\r\n\r\n".utf8)
+        let (r, closed) = try await Self.exchange(s, bytes)
+        #expect(r.status == 400 && r.errorCode == "invalid_request", "\(r.status) \(r.text)")
+        #expect(r.errorMessage.contains("Content-Length and Transfer-Encoding may not both be given"), "\(r.text)")
+        #expect(closed)
+    }
+
+    @Test("The framing fields are read from a head's raw bytes: any case, header lines only")
+    func framingFields() {
+        func fields(_ text: String) -> FramingFields { FramingFields(head: Array(text.utf8)) }
+        #expect(fields("POST / HTTP/1.1\r\nCONTENT-LENGTH: 5\r\n\r\n") == FramingFields(contentLength: true))
+        #expect(
+            fields("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nContent-Length: 1\r\n")
+                == FramingFields(contentLength: true, transferEncoding: true))
+        // A field name in the target or in the body is no field.
+        #expect(fields("GET /content-length: HTTP/1.1\r\nHost: x\r\n\r\ntransfer-encoding: x\r\n") == FramingFields())
+        #expect(fields("") == FramingFields())
     }
 
     @Test("CONNECT answers 405 with Connection: close (no body: NIO sends none to CONNECT), then closes")
