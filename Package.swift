@@ -11,7 +11,7 @@
 //                 accel/: our distance kernels and the FAISS index types that use them
 //   EwallCore     pure Swift: errors, model card, configuration, vectors
 //   EwallImaging  decoding and preprocessing to a CHW float tensor
-//   EwallInference the embedder: batching, worker thread, precision
+//   EwallInference the embedder: where a batch is formed (BatchFormer), worker thread, precision
 //   CSQLite       the system SQLite library (module map only)
 //   EwallFetch    fetching image bytes: HTTP(S) with per-host limits and retries, file:// and paths
 //   EwallStore    the embedding store: SQLite (embedded default) and PostgreSQL behind one protocol
@@ -163,7 +163,7 @@ let package = Package(
         .target(
             name: "EwallJob",
             dependencies: [
-                "EwallCore", "EwallFetch", "EwallStore", "EwallRedis", "EwallEmbedding",
+                "EwallCore", "EwallFetch", "EwallStore", "EwallRedis", "EwallEmbedding", "EwallInference",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),

@@ -235,16 +235,15 @@ public final class ImageEmbedder: Sendable {
         }
     }
 
-    /// Runs prepared images through the model, in batches of the model's batch size, and
-    /// returns one vector or failure per image, in order.
+    /// Runs prepared images through the model, in batches of the model's batch size
+    /// (``BatchFormer``), and returns one vector or failure per image, in order. Every batch
+    /// runs, also in a cancelled task: a job stops by its own flag, between batches.
     public func embed(prepared: [PreparedImage]) async -> [Result<Embedding, ItemFailure>] {
         var out: [Result<Embedding, ItemFailure>] = []
         out.reserveCapacity(prepared.count)
-        let size = embedder.batchSize
-        for start in stride(from: 0, to: prepared.count, by: size) {
-            let chunk = prepared[start..<min(start + size, prepared.count)]
-            let vectors = await embedder.embedBatch(chunk.map(\.tensor))
-            for (p, v) in zip(chunk, vectors) {
+        for batch in BatchFormer.batches(of: prepared, size: embedder.batchSize) {
+            let vectors = await embedder.embedBatch(batch.map(\.tensor))
+            for (p, v) in zip(batch, vectors) {
                 out.append(v.map { Embedding(vector: $0, image: p.info) }.mapError { ItemFailure($0) })
             }
         }
@@ -253,13 +252,10 @@ public final class ImageEmbedder: Sendable {
 
     typealias Input = (label: String, bytes: @Sendable () throws(ItemFailure) -> [UInt8])
 
-    /// Chunks of a batch each: one more in flight than the model has streams, so that one is
-    /// always being decoded while the others run through the model.
+    /// Chunks of a batch each (``BatchFormer``): one more in flight than the model has
+    /// streams, so that one is always being decoded while the others run through the model.
     private func run(_ inputs: [Input]) async -> [EmbeddingOutcome] {
-        let size = embedder.batchSize
-        let chunks = stride(from: 0, to: inputs.count, by: size).map {
-            Array(inputs[$0..<min($0 + size, inputs.count)])
-        }
+        let chunks = BatchFormer.batches(of: inputs, size: embedder.batchSize).map(Array.init)
         let window = embedder.streams + 1
         var done = [[EmbeddingOutcome]?](repeating: nil, count: chunks.count)
         await withTaskGroup(of: (Int, [EmbeddingOutcome]).self) { group in

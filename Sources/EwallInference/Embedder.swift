@@ -31,28 +31,25 @@ public final class Embedder: Sendable {
     public var outputDim: Int { model.outputDim }
     public var batchSize: Int { model.options.batchSize }
 
-    /// Embeds `tensors` in batches of ``batchSize`` (the last may be shorter). A NaN,
-    /// infinite or all-zero output row is that item's `.invalidVector` error; a failing
+    /// Embeds `tensors` in batches of ``batchSize`` (the last may be shorter; ``BatchFormer``).
+    /// A NaN, infinite or all-zero output row is that item's `.invalidVector` error; a failing
     /// forward pass fails the items of its batch only. Checks cancellation between batches:
     /// items whose batch did not run come back as `model_error` failures saying "cancelled".
     public func embed(_ tensors: [ImageTensor]) async -> [Result<[Float], InferenceError>] {
         var results: [Result<[Float], InferenceError>] = []
         results.reserveCapacity(tensors.count)
-        var start = 0
-        while start < tensors.count {
-            let end = min(start + batchSize, tensors.count)
+        for batch in BatchFormer.batches(of: tensors, size: batchSize) {
             if Task.isCancelled {
                 let e = InferenceError(.forwardFailed, "cancelled before this item's batch ran")
-                results += Array(repeating: .failure(e), count: tensors.count - start)
+                results += Array(repeating: .failure(e), count: tensors.count - results.count)
                 break
             }
-            results += await embedBatch(Array(tensors[start..<end]))
-            start = end
+            results += await embedBatch(Array(batch))
         }
         return results
     }
 
-    /// One forward pass over at most ``batchSize`` tensors.
+    /// One forward pass over at most ``batchSize`` tensors (a batch ``BatchFormer`` formed).
     public func embedBatch(_ batch: [ImageTensor]) async -> [Result<[Float], InferenceError>] {
         precondition(batch.count <= batchSize, "a batch holds at most \(batchSize) images")
         if batch.isEmpty { return [] }

@@ -1,6 +1,7 @@
 import EwallCore
 import EwallEmbedding
 import EwallFetch
+import EwallInference
 import EwallRedis
 import EwallStore
 import Foundation
@@ -260,33 +261,39 @@ final class JobPipeline: Sendable {
         }
     }
 
-    /// Batches of the model's size (one forward pass each; identical bytes within a batch run
-    /// once), handed to the model streams. Failures and reused vectors ride along with the
-    /// next batch. A partial batch ships as soon as nothing more is on its way.
+    /// Batches of the model's size, formed by a ``BatchFormer`` (one forward pass each;
+    /// identical bytes within a batch run once), handed to the model streams. Failures and
+    /// reused vectors ride along with the next batch. A partial batch ships as soon as nothing
+    /// more is on its way.
     private func batchStage() async {
         defer { formedQueue.finish() }
         let size = embedder.embedder.batchSize
-        var formed = Formed(ready: [], unit: WriteUnit())
-        func ship() async {
-            if !formed.unit.outcomes.isEmpty || !formed.ready.isEmpty { await formedQueue.send(formed) }
-            formed = Formed(ready: [], unit: WriteUnit())
+        var former = BatchFormer<(WorkItem, FetchedImage, PreparedImage)>(size: size)
+        var unit = WriteUnit()
+        func ship(_ ready: [(WorkItem, FetchedImage, PreparedImage)]?) async {
+            let ready = ready ?? []
+            if !unit.outcomes.isEmpty || !ready.isEmpty { await formedQueue.send(Formed(ready: ready, unit: unit)) }
+            unit = WriteUnit()
         }
         while let p = await preparedQueue.next() {
             arrived()
             switch p {
             case .ready(let item, let image, let prepared):
-                formed.ready.append((item, image, prepared))
+                if let full = former.add((item, image, prepared)) {
+                    await ship(full)
+                    continue
+                }
             case .reused(let item, let image, let known):
                 add(
                     item, image, vector: known.vector, width: known.width, height: known.height, status: .reused,
-                    to: &formed.unit)
+                    to: &unit)
             case .failed(let item, let failure):
-                fail(item, failure, in: &formed.unit)
+                fail(item, failure, in: &unit)
             }
             let idle = pending.withLock { $0 == 0 }
-            if formed.ready.count >= size || formed.unit.outcomes.count >= 2 * size || idle { await ship() }
+            if unit.outcomes.count >= 2 * size || idle { await ship(former.flush()) }
         }
-        await ship()
+        await ship(former.flush())
     }
 
     /// The model streams: each takes the next formed batch, runs it, and sends its unit on to

@@ -3,7 +3,7 @@
 //
 //   EwallCore        errors, modes, limits, the model card, records, locks and deadlines
 //   EwallImaging     where an image is decoded and preprocessed to a tensor
-//   EwallInference   the TorchScript model and the embedder (where a batch runs on the model)
+//   EwallInference   the TorchScript model, the embedder, and BatchFormer (where a batch is formed)
 //   EwallEmbedding   ImageEmbedder: files and bytes to vectors
 //   EwallFetch       where an image is fetched (HTTP, files, per-host limits, the SSRF policy)
 //   EwallStore       where a vector is stored (SQLite, PostgreSQL)
