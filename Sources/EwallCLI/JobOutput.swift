@@ -3,44 +3,36 @@ import EwallML
 import Foundation
 
 /// `--failures FILE`: one JSON object per failure, flushed as it comes.
-///
-/// Safe because: the handle is written under `lock`.
-public final class FailureLog: @unchecked Sendable {
-    private let lock = NSLock()
-    private let handle: FileHandle
+public final class FailureLog: Sendable {
+    /// Held while a line is written, so lines never interleave.
+    private let handle: Locked<FileHandle>
     private let encoder = JSONEncoder()
 
     public init(path: String) throws {
         guard FileManager.default.createFile(atPath: path, contents: nil) else {
             throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
         }
-        handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        handle = try Locked(FileHandle(forWritingTo: URL(fileURLWithPath: path)))
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
     }
 
     public func write(_ failure: JobFailure) {
         guard let data = try? encoder.encode(failure) else { return }
-        lock.lock()
-        handle.write(data + Data("\n".utf8))
-        lock.unlock()
+        handle.withLock { $0.write(data + Data("\n".utf8)) }
     }
 
     public func close() {
-        lock.lock()
-        try? handle.close()
-        lock.unlock()
+        handle.withLock { try? $0.close() }
     }
 }
 
 /// The live line on a terminal, or a plain log line when stderr is not one.
-///
-/// Safe because: `shown` is only touched under `lock`.
-public final class ProgressDisplay: @unchecked Sendable {
+public final class ProgressDisplay: Sendable {
     public let terminal: Bool
     /// Says whose progress it is (`job NAME worker HOST:PID`) in front of every line.
     public let label: String?
-    private let lock = NSLock()
-    private var shown = false
+    /// Whether the live line is showing; held while a line is written, so lines never interleave.
+    private let shown = Locked(false)
 
     public init(terminal: Bool, label: String? = nil) {
         self.terminal = terminal
@@ -61,22 +53,22 @@ public final class ProgressDisplay: @unchecked Sendable {
             line +=
                 String(format: "  STORE NOT ANSWERING for %.0f s (gives up at %.0f s): ", w.waited, w.limit) + w.reason
         }
-        lock.lock()
-        defer { lock.unlock() }
-        if terminal {
-            FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
-            shown = true
-        } else {
-            let stamp = Date().ISO8601Format()
-            FileHandle.standardError.write(Data("\(stamp) ewall-embed: \(line)\n".utf8))
+        shown.withLock { shown in
+            if terminal {
+                FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
+                shown = true
+            } else {
+                let stamp = Date().ISO8601Format()
+                FileHandle.standardError.write(Data("\(stamp) ewall-embed: \(line)\n".utf8))
+            }
         }
     }
 
     public func finish() {
-        lock.lock()
-        defer { lock.unlock() }
-        if terminal && shown { FileHandle.standardError.write(Data("\n".utf8)) }
-        shown = false
+        shown.withLock { shown in
+            if terminal && shown { FileHandle.standardError.write(Data("\n".utf8)) }
+            shown = false
+        }
     }
 
     static func duration(_ s: Double) -> String {

@@ -1,3 +1,4 @@
+import EwallCore
 import EwallIndex
 import Foundation
 
@@ -22,43 +23,44 @@ public func parseSize(_ text: String) -> Int64? {
 }
 
 /// The build's phase on one live line (a terminal) or a log line every few seconds.
-///
-/// Safe because: `last`, `lastPhase` and `shown` are only touched under `lock`; the rest is immutable.
-public final class BuildProgressDisplay: @unchecked Sendable {
+public final class BuildProgressDisplay: Sendable {
+    private struct State: Sendable {
+        var last = Date.distantPast
+        var lastPhase = ""
+        var shown = false
+    }
+
     private let terminal: Bool
-    private let lock = NSLock()
-    private var last = Date.distantPast
-    private var lastPhase = ""
-    private var shown = false
+    private let state = Locked(State())
     private let started = Date()
 
     public init(terminal: Bool) { self.terminal = terminal }
 
     public func show(_ p: IndexBuildProgress) {
-        lock.lock()
-        defer { lock.unlock() }
-        let now = Date()
-        let interval = terminal ? 0.25 : 5
-        guard p.phase != lastPhase || now.timeIntervalSince(last) >= interval else { return }
-        last = now
-        lastPhase = p.phase
-        let pct =
-            p.total > 0
-            ? String(format: " %d/%d (%.0f%%)", p.done, p.total, 100 * Double(p.done) / Double(p.total)) : ""
-        let line = String(format: "[%6.1fs] ", now.timeIntervalSince(started)) + p.phase + pct
-        if terminal {
-            FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
-            shown = true
-        } else {
-            FileHandle.standardError.write(Data("\(now.ISO8601Format()) rebuild-faiss-index: \(line)\n".utf8))
+        state.withLock { s in
+            let now = Date()
+            let interval = terminal ? 0.25 : 5
+            guard p.phase != s.lastPhase || now.timeIntervalSince(s.last) >= interval else { return }
+            s.last = now
+            s.lastPhase = p.phase
+            let pct =
+                p.total > 0
+                ? String(format: " %d/%d (%.0f%%)", p.done, p.total, 100 * Double(p.done) / Double(p.total)) : ""
+            let line = String(format: "[%6.1fs] ", now.timeIntervalSince(started)) + p.phase + pct
+            if terminal {
+                FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
+                s.shown = true
+            } else {
+                FileHandle.standardError.write(Data("\(now.ISO8601Format()) rebuild-faiss-index: \(line)\n".utf8))
+            }
         }
     }
 
     public func finish() {
-        lock.lock()
-        defer { lock.unlock() }
-        if terminal && shown { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
-        shown = false
+        state.withLock { s in
+            if terminal && s.shown { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            s.shown = false
+        }
     }
 }
 

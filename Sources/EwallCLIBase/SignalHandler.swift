@@ -1,34 +1,32 @@
 import Dispatch
+import EwallCore
 import Foundation
 
 /// SIGINT and SIGTERM: the first calls `onFirst` (stop gracefully); a second one exits at once.
-///
-/// Safe because: `signal` is only touched under `lock`; the sources live as long as this object.
-public final class SignalHandler: @unchecked Sendable {
-    private let lock = NSLock()
-    private var signal: Int32?
-    private var sources: [DispatchSourceSignal] = []
+public final class SignalHandler: Sendable {
+    private let first: Locked<Int32?>
+    /// Kept only so the sources live as long as this object; never touched after `init`.
+    nonisolated(unsafe) private let sources: [any DispatchSourceSignal]
 
     public init(onFirst: @escaping @Sendable (Int32) -> Void) {
-        for sig in [SIGINT, SIGTERM] {
+        let first = Locked<Int32?>(nil)
+        sources = [SIGINT, SIGTERM].map { sig in
             Foundation.signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { [unowned self] in
-                self.lock.lock()
-                let first = self.signal == nil
-                if first { self.signal = sig }
-                self.lock.unlock()
-                if first { onFirst(sig) } else { exit(128 + sig) }
+            source.setEventHandler {
+                let isFirst = first.withLock { received -> Bool in
+                    guard received == nil else { return false }
+                    received = sig
+                    return true
+                }
+                if isFirst { onFirst(sig) } else { exit(128 + sig) }
             }
             source.resume()
-            sources.append(source)
+            return source
         }
+        self.first = first
     }
 
     /// The first signal received, if any.
-    public var received: Int32? {
-        lock.lock()
-        defer { lock.unlock() }
-        return signal
-    }
+    public var received: Int32? { first.withLock { $0 } }
 }

@@ -29,44 +29,44 @@ public func withDeadline<T: Sendable>(
 }
 
 /// The first outcome of racing tasks, handed to one continuation; the losers are cancelled.
-///
-/// Safe because: every field is touched under `lock`; the continuation is resumed outside it, once.
-private final class FirstOf<T: Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var continuation: CheckedContinuation<T, any Error>?
-    private var resolved: Result<T, any Error>?
-    private var tasks: [Task<Void, Never>] = []
+/// The continuation is resumed outside the lock, once.
+private final class FirstOf<T: Sendable>: Sendable {
+    private struct State: Sendable {
+        var continuation: CheckedContinuation<T, any Error>?
+        var resolved: Result<T, any Error>?
+        var tasks: [Task<Void, Never>] = []
+    }
+
+    private let state = Locked(State())
 
     func start(_ c: CheckedContinuation<T, any Error>) {
-        lock.lock()
-        if let resolved {
-            lock.unlock()
-            c.resume(with: resolved) // the caller was cancelled before the race began
-            return
+        let early = state.withLock { s -> Result<T, any Error>? in
+            if s.resolved == nil { s.continuation = c }
+            return s.resolved
         }
-        continuation = c
-        lock.unlock()
+        if let early { c.resume(with: early) } // the caller was cancelled before the race began
     }
 
     func add(_ task: Task<Void, Never>) {
-        lock.lock()
-        let done = resolved != nil
-        if !done { tasks.append(task) }
-        lock.unlock()
+        let done = state.withLock { s -> Bool in
+            if s.resolved != nil { return true }
+            s.tasks.append(task)
+            return false
+        }
         if done { task.cancel() }
     }
 
     func resolve(_ result: Result<T, any Error>) {
-        lock.lock()
-        guard resolved == nil else {
-            lock.unlock()
-            return
+        let won = state.withLock { s -> (CheckedContinuation<T, any Error>?, [Task<Void, Never>])? in
+            guard s.resolved == nil else { return nil }
+            s.resolved = result
+            defer {
+                s.continuation = nil
+                s.tasks.removeAll()
+            }
+            return (s.continuation, s.tasks)
         }
-        resolved = result
-        let (c, losers) = (continuation, tasks)
-        continuation = nil
-        tasks.removeAll()
-        lock.unlock()
+        guard let (c, losers) = won else { return }
         for t in losers { t.cancel() }
         c?.resume(with: result)
     }

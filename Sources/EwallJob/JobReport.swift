@@ -209,61 +209,54 @@ struct JobClock: Sendable {
 }
 
 /// Shared counters of a running job.
-///
-/// Safe because: every field is read and written under `lock`.
-final class JobStats: @unchecked Sendable {
-    private let lock = NSLock()
-    private var counts = JobCounts()
-    private var failures: [String: Int] = [:]
-    private var skippedFailures: [String: Int] = [:]
-    private var stages = StageSeconds()
-    private var storeWait: StoreWait?
+final class JobStats: Sendable {
+    private struct State: Sendable {
+        var counts = JobCounts()
+        var failures: [String: Int] = [:]
+        var skippedFailures: [String: Int] = [:]
+        var stages = StageSeconds()
+        var storeWait: StoreWait?
+    }
+
+    private let state = Locked(State())
 
     func setStoreWait(_ wait: StoreWait?) {
-        lock.lock()
-        storeWait = wait
-        lock.unlock()
+        state.withLock { $0.storeWait = wait }
     }
 
-    var currentStoreWait: StoreWait? {
-        lock.lock()
-        defer { lock.unlock() }
-        return storeWait
-    }
+    var currentStoreWait: StoreWait? { state.withLock { $0.storeWait } }
 
     func update(_ body: (inout JobCounts) -> Void) {
-        lock.lock()
-        body(&counts)
-        lock.unlock()
+        state.withLock { body(&$0.counts) }
     }
 
     func failed(_ cls: String) {
-        lock.lock()
-        counts.failed += 1
-        failures[cls, default: 0] += 1
-        lock.unlock()
+        state.withLock { s in
+            s.counts.failed += 1
+            s.failures[cls, default: 0] += 1
+        }
     }
 
     func skippedFailed(_ cls: String) {
-        lock.lock()
-        counts.skippedFailed += 1
-        skippedFailures[cls, default: 0] += 1
-        lock.unlock()
+        state.withLock { s in
+            s.counts.skippedFailed += 1
+            s.skippedFailures[cls, default: 0] += 1
+        }
     }
 
     /// Counts committed outcomes (failures are counted by ``failed(_:)`` with their class).
     func committed(_ outcomes: [ItemOutcome.Status]) {
-        lock.lock()
-        for o in outcomes {
-            switch o {
-            case .embedded: counts.embedded += 1
-            case .reused:
-                counts.embedded += 1
-                counts.reused += 1
-            case .failed: break
+        state.withLock { s in
+            for o in outcomes {
+                switch o {
+                case .embedded: s.counts.embedded += 1
+                case .reused:
+                    s.counts.embedded += 1
+                    s.counts.reused += 1
+                case .failed: break
+                }
             }
         }
-        lock.unlock()
     }
 
     func progress(estimatedRows: Int?, elapsed t: Double) -> JobProgress {
@@ -279,14 +272,10 @@ final class JobStats: @unchecked Sendable {
     }
 
     func time(_ stage: WritableKeyPath<StageSeconds, Double>, _ seconds: Double) {
-        lock.lock()
-        stages[keyPath: stage] += seconds
-        lock.unlock()
+        state.withLock { $0.stages[keyPath: stage] += seconds }
     }
 
     func snapshot() -> (JobCounts, [String: Int], [String: Int], StageSeconds) {
-        lock.lock()
-        defer { lock.unlock() }
-        return (counts, failures, skippedFailures, stages)
+        state.withLock { s in (s.counts, s.failures, s.skippedFailures, s.stages) }
     }
 }

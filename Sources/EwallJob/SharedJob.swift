@@ -405,46 +405,47 @@ public final class JobWorker: Sendable {
 }
 
 /// The leases a worker holds and how many of each chunk's items are still in its pipeline.
-///
-/// Safe because: every field is touched under `lock`.
-final class LeaseBook: @unchecked Sendable {
-    private let lock = NSLock()
-    private var outstanding: [ChunkLease: Set<String>] = [:]
-    private var lost: Set<Int> = []
-    private var cancelledFlag = false
-
-    var cancelled: Bool {
-        get { lock.withLock { cancelledFlag } }
-        set { lock.withLock { cancelledFlag = newValue } }
+final class LeaseBook: Sendable {
+    private struct State: Sendable {
+        var outstanding: [ChunkLease: Set<String>] = [:]
+        var lost: Set<Int> = []
+        var cancelled = false
     }
 
-    var all: [ChunkLease] { lock.withLock { Array(outstanding.keys) } }
+    private let state = Locked(State())
+
+    var cancelled: Bool {
+        get { state.withLock { $0.cancelled } }
+        set { state.withLock { $0.cancelled = newValue } }
+    }
+
+    var all: [ChunkLease] { state.withLock { Array($0.outstanding.keys) } }
 
     /// Chunks held with items still in the pipeline.
-    var count: Int { lock.withLock { outstanding.count } }
+    var count: Int { state.withLock { $0.outstanding.count } }
 
     func add(_ lease: ChunkLease, items: [String]) {
-        lock.withLock { outstanding[lease] = Set(items) }
+        state.withLock { $0.outstanding[lease] = Set(items) }
     }
 
     func done(_ items: [(ChunkLease, String)]) {
-        lock.withLock {
+        state.withLock { s in
             for (lease, id) in items {
-                outstanding[lease]?.remove(id)
-                if outstanding[lease]?.isEmpty == true { outstanding[lease] = nil }
+                s.outstanding[lease]?.remove(id)
+                if s.outstanding[lease]?.isEmpty == true { s.outstanding[lease] = nil }
             }
         }
     }
 
     func markLost(_ chunk: Int) {
-        lock.withLock {
-            lost.insert(chunk)
-            for l in outstanding.keys where l.chunk == chunk { outstanding[l] = nil }
+        state.withLock { s in
+            s.lost.insert(chunk)
+            for l in s.outstanding.keys where l.chunk == chunk { s.outstanding[l] = nil }
         }
     }
 
     func isLost(_ lease: ChunkLease) -> Bool {
-        lock.withLock { lost.contains(lease.chunk) && outstanding[lease] == nil }
+        state.withLock { s in s.lost.contains(lease.chunk) && s.outstanding[lease] == nil }
     }
 }
 

@@ -329,20 +329,18 @@ struct SharedJobCLITests {
     @Test("a host's 429 with Retry-After seen by one worker pauses every worker (shared through the store)")
     func sharedRetryAfter() async throws {
         let photos = try Fixtures.photos().prefix(8).map { try Fixtures.bytes($0) }
-        /// Safe because: its buffer is only touched under its lock.
-        final class Log: @unchecked Sendable {
-            let lock = NSLock()
+        struct Log {
             var times: [ContinuousClock.Instant] = []
             var refusedAt: ContinuousClock.Instant?
         }
-        let log = Log()
+        let log = Locked(Log())
         let server = try TestHTTPServer { req in
-            let n: Int = log.lock.withLock {
-                log.times.append(.now)
-                return log.times.count
+            let n = log.withLock { l in
+                l.times.append(.now)
+                return l.times.count
             }
             if n == 80 {
-                log.lock.withLock { log.refusedAt = .now }
+                log.withLock { $0.refusedAt = .now }
                 return .init(status: 429, headers: [("Retry-After", "3")])
             }
             let i = Int(req.path.dropFirst(5).prefix(while: \.isNumber)) ?? 0
@@ -360,7 +358,7 @@ struct SharedJobCLITests {
         let b = try Self.worker(db, "busy", ["--worker-name", "b"])
         let ra = a.wait(), rb = b.wait()
         #expect(ra.status == 0 && rb.status == 0, "\(ra.stderr.suffix(800)) \(rb.stderr.suffix(800))")
-        let (times, refusedAt) = log.lock.withLock { (log.times, log.refusedAt) }
+        let (times, refusedAt) = log.withLock { ($0.times, $0.refusedAt) }
         let t0 = try #require(refusedAt, "no request was refused")
         let s = try await Self.status(db, "busy")
         #expect(s.workers.allSatisfy { $0.items > 0 }, "both workers must have fetched: \(s.workers.map(\.items))")

@@ -1,3 +1,4 @@
+import EwallCore
 import EwallStore
 import Foundation
 import Testing
@@ -10,17 +11,15 @@ import Testing
 struct StoreDeadlineTests {
     /// A call that ignores cancellation: it waits on a continuation nobody resumes until the
     /// test releases it.
-    ///
-    /// Safe because: its state is only touched under its lock.
-    final class Stuck: @unchecked Sendable {
-        private let lock = NSLock()
-        private var waiting: CheckedContinuation<Int, Never>?
-        func call() async -> Int { await withCheckedContinuation { c in lock.withLock { waiting = c } } }
+    final class Stuck: Sendable {
+        private let waiting = Locked<CheckedContinuation<Int, Never>?>(nil)
+        func call() async -> Int { await withCheckedContinuation { c in waiting.withLock { $0 = c } } }
         func release() {
-            lock.withLock {
-                waiting?.resume(returning: 7)
-                waiting = nil
+            let c = waiting.withLock { w in
+                defer { w = nil }
+                return w
             }
+            c?.resume(returning: 7)
         }
     }
 

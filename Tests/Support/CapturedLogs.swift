@@ -1,18 +1,16 @@
+import EwallCore
 import Foundation
 import Logging
 
 /// Collects log messages ("level: message"), to check what the library tells its user (and
 /// that a promised single warning is single).
-///
-/// Safe because: the captured lines are only touched under its lock.
-public final class CapturedLogs: @unchecked Sendable {
-    private let lock = NSLock()
-    private var messages: [String] = []
+public final class CapturedLogs: Sendable {
+    private let messages = Locked<[String]>([])
 
     public init() {}
 
-    public func append(_ m: String) { lock.withLock { messages.append(m) } }
-    public var all: [String] { lock.withLock { messages } }
+    public func append(_ m: String) { messages.withLock { $0.append(m) } }
+    public var all: [String] { messages.withLock { $0 } }
 
     /// The warnings logged so far that contain `text`.
     public func warnings(containing text: String) -> [String] {

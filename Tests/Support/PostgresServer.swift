@@ -1,3 +1,4 @@
+import EwallCore
 import Foundation
 
 /// A throwaway PostgreSQL server for the tests: `initdb` into a temporary folder, `pg_ctl
@@ -12,18 +13,22 @@ public enum PostgresServer {
         public var description: String
     }
 
-    /// One server per test process, started on first use.
-    nonisolated(unsafe) private static var started: Result<Int, Unavailable>?
-    private static let lock = NSLock()
+    private struct State: Sendable {
+        /// One server per test process, started on first use.
+        var started: Result<Int, Unavailable>?
+        /// Numbers the fresh databases.
+        var counter = 0
+    }
+
+    private static let state = Locked(State())
     nonisolated(unsafe) private static var dataDirectory: String?
-    nonisolated(unsafe) private static var counter = 0
 
     /// The port of the running server, starting it if needed.
     public static func port() throws -> Int {
-        lock.lock()
-        defer { lock.unlock() }
-        if started == nil { started = start() }
-        return try started!.get()
+        try state.withLock { s in
+            if s.started == nil { s.started = start() }
+            return try s.started!.get()
+        }
     }
 
     /// A fresh, empty database on the shared server; returns its `postgres://` URL. Runs the
@@ -37,10 +42,10 @@ public enum PostgresServer {
 
     static func freshDatabaseBlocking() throws -> String {
         let port = try port()
-        lock.lock()
-        counter += 1
-        let name = "ewall_test_\(getpid())_\(counter)"
-        lock.unlock()
+        let name = state.withLock { s in
+            s.counter += 1
+            return "ewall_test_\(getpid())_\(s.counter)"
+        }
         let (status, output) = run(
             psql(),
             [

@@ -1,20 +1,18 @@
+import EwallCore
 import Foundation
 
 /// A throwaway `redis-server` (Debian's `redis-server` package, installed by `make deps`) on a
 /// free loopback port, persistence off, for one test: ``stop()`` kills it (as a crash would),
 /// ``start()`` brings it back on the same port, empty. Tests that need it are enabled with
 /// `.enabled(if: RedisServer.available)`, so a machine without the package shows them skipped.
-///
-/// Safe because: `process` is only touched under `lock`; everything else is immutable.
-public final class RedisServer: @unchecked Sendable {
+public final class RedisServer: Sendable {
     public static let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
         .first { FileManager.default.isExecutableFile(atPath: $0) }
     public static var available: Bool { binary != nil }
 
     public let port: Int
     public let password: String?
-    private var process: Process?
-    private let lock = NSLock()
+    private let process = Locked<Process?>(nil)
 
     /// Starts a server; `password` sets `requirepass`.
     public init(password: String? = nil) throws {
@@ -32,40 +30,40 @@ public final class RedisServer: @unchecked Sendable {
     }
 
     public func start() throws {
-        lock.lock()
-        defer { lock.unlock() }
-        guard process == nil, let binary = Self.binary else { return }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        var args = [
-            "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--daemonize", "no", "--loglevel", "warning", "--dir", NSTemporaryDirectory(), "--protected-mode", "no",
-        ]
-        if let password { args += ["--requirepass", password] }
-        p.arguments = args
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        process = p
-        // Ready when it accepts a connection.
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline {
-            if Self.accepts(port: port) { return }
-            usleep(10_000)
+        try process.withLock { process in
+            guard process == nil, let binary = Self.binary else { return }
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: binary)
+            var args = [
+                "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--loglevel", "warning", "--dir", NSTemporaryDirectory(), "--protected-mode", "no",
+            ]
+            if let password { args += ["--requirepass", password] }
+            p.arguments = args
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            process = p
+            // Ready when it accepts a connection.
+            let deadline = Date().addingTimeInterval(10)
+            while Date() < deadline {
+                if Self.accepts(port: port) { return }
+                usleep(10_000)
+            }
+            throw NSError(
+                domain: "RedisServer", code: 1,
+                userInfo: [NSLocalizedDescriptionKey: "redis-server did not start on \(port)"])
         }
-        throw NSError(
-            domain: "RedisServer", code: 1,
-            userInfo: [NSLocalizedDescriptionKey: "redis-server did not start on \(port)"])
     }
 
     /// Kills the server at once (SIGKILL: no goodbye to the clients).
     public func stop() {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let p = process else { return }
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
-        process = nil
+        process.withLock { process in
+            guard let p = process else { return }
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            process = nil
+        }
     }
 
     /// Runs `redis-cli` against this server and returns its output (for checks a test makes

@@ -1,3 +1,4 @@
+import EwallCore
 import Foundation
 
 /// Test hosts on one machine: `count` network namespaces, each with its own veth pair on a
@@ -6,9 +7,7 @@ import Foundation
 /// Made with `ip netns` / `ip link` (root; iproute2); removed by ``remove()`` and at exit.
 /// Where they cannot be made, ``make(count:)`` says why and the tests that need them are
 /// disabled with that reason.
-///
-/// Safe because: its fields are immutable (`let`); what is shared between instances sits behind a static lock.
-public final class TestHostNetwork: @unchecked Sendable {
+public final class TestHostNetwork: Sendable {
     /// The address of this side (the "server machine") on the bridge.
     public static let gateway = "10.213.0.1"
     public let namespaces: [String]
@@ -86,13 +85,13 @@ public final class TestHostNetwork: @unchecked Sendable {
         PostgresServer.run(ip, ["link", "del", bridge], asPostgres: false)
     }
 
-    nonisolated(unsafe) private static var live: [TestHostNetwork] = []
-    private static let lock = NSLock()
+    /// The networks made so far, removed at exit.
+    private static let live = Locked<[TestHostNetwork]>([])
 
     private static func registerCleanup(_ n: TestHostNetwork) {
-        lock.withLock {
+        live.withLock { live in
             if live.isEmpty {
-                atexit { TestHostNetwork.lock.withLock { for n in TestHostNetwork.live { n.remove() } } }
+                atexit { TestHostNetwork.live.withLock { for n in $0 { n.remove() } } }
             }
             live.append(n)
         }
