@@ -11,29 +11,12 @@ import Testing
 struct FetcherTests {
     static let jpeg = Fixtures.image("baseline_600x400.jpg")
 
-    /// A server whose answer depends on the path, as a CDN might misbehave.
+    /// The good image's path on `server()`.
+    static let ok = TestHTTPServer.imagePath(0)
+
+    /// A host that misbehaves as a CDN might; `.slow` answers after 3 s.
     static func server() throws -> TestHTTPServer {
-        let image = (try? Fixtures.bytes(jpeg)) ?? []
-        return try TestHTTPServer { req in
-            switch req.path {
-            case "/ok.jpg": return .init(headers: [("Content-Type", "image/jpeg")], body: image)
-            case "/missing.jpg": return .init(status: 404)
-            case "/flaky.jpg": return req.hit == 1 ? .init(status: 500) : .init(body: image)
-            case "/down.jpg": return .init(status: 503)
-            case "/busy.jpg":
-                return req.hit == 1 ? .init(status: 429, headers: [("Retry-After", "1")]) : .init(body: image)
-            case "/slow.jpg": return .init(body: image, delay: .seconds(3))
-            case "/hang.jpg": return .init(body: image, delay: .seconds(20)) // accepts, then nothing
-            case "/down-for-long.jpg": return .init(status: 503, headers: [("Retry-After", "5")])
-            case "/tenth.jpg": return .init(body: image, delay: .milliseconds(150))
-            case "/huge-declared.jpg": return .init(body: [UInt8](repeating: 0xFF, count: 3 << 20))
-            case "/huge-chunked.jpg": return .init(body: [UInt8](repeating: 0xFF, count: 3 << 20), chunked: true)
-            case "/loop-a": return .init(status: 302, headers: [("Location", "/loop-b")])
-            case "/loop-b": return .init(status: 302, headers: [("Location", "/loop-a")])
-            case "/moved": return .init(status: 301, headers: [("Location", "/ok.jpg")])
-            default: return .init(status: 404)
-            }
-        }
+        try .misbehaving(images: [(try? Fixtures.bytes(jpeg)) ?? []], slowDelay: .seconds(3))
     }
 
     static func fetcher(_ configure: (inout FetchConfiguration) -> Void = { _ in }) -> ImageFetcher {
@@ -49,7 +32,7 @@ struct FetcherTests {
         let server = try Self.server()
         defer { server.shutdown() }
         let fetcher = Self.fetcher()
-        let image = try await fetcher.fetch(server.url("/ok.jpg")).get()
+        let image = try await fetcher.fetch(server.url(Self.ok)).get()
         let expected = try Fixtures.bytes(Self.jpeg)
         #expect(image.bytes == expected)
         #expect(image.sha256 == ImageFetcher.sha256(expected))
@@ -69,28 +52,28 @@ struct FetcherTests {
     }
 
     struct FailureCase: Sendable, CustomTestStringConvertible {
-        var path: String
+        var misbehaviour: Misbehaviour
         var code: String
         var status: Int?
         var attempts: Int
-        var testDescription: String { "\(path) -> \(code)" }
+        var testDescription: String { "\(misbehaviour.path) -> \(code)" }
     }
 
     @Test(arguments: [
-        FailureCase(path: "/missing.jpg", code: "http_4xx", status: 404, attempts: 1),
-        FailureCase(path: "/down.jpg", code: "http_5xx", status: 503, attempts: 3),
-        FailureCase(path: "/slow.jpg", code: "timeout", status: nil, attempts: 3),
-        FailureCase(path: "/huge-declared.jpg", code: "too_large", status: 200, attempts: 1),
-        FailureCase(path: "/huge-chunked.jpg", code: "too_large", status: 200, attempts: 1),
-        FailureCase(path: "/loop-a", code: "redirect_loop", status: nil, attempts: 1),
+        FailureCase(misbehaviour: .missing, code: "http_4xx", status: 404, attempts: 1),
+        FailureCase(misbehaviour: .down, code: "http_5xx", status: 503, attempts: 3),
+        FailureCase(misbehaviour: .slow, code: "timeout", status: nil, attempts: 3),
+        FailureCase(misbehaviour: .hugeDeclared, code: "too_large", status: 200, attempts: 1),
+        FailureCase(misbehaviour: .hugeChunked, code: "too_large", status: 200, attempts: 1),
+        FailureCase(misbehaviour: .redirectLoop, code: "redirect_loop", status: nil, attempts: 1),
     ])
     func eachFailureHasItsClassAndOnlyTransientOnesAreRetried(_ c: FailureCase) async throws {
         let server = try Self.server()
         defer { server.shutdown() }
         let fetcher = Self.fetcher { if c.code == "timeout" { $0.requestTimeout = .seconds(1) } }
-        let result = await fetcher.fetch(server.url(c.path))
+        let result = await fetcher.fetch(server.url(c.misbehaviour))
         guard case .failure(let e) = result else {
-            Issue.record("\(c.path) should fail")
+            Issue.record("\(c.misbehaviour.path) should fail")
             return
         }
         #expect(e.code == c.code, "\(e)")
@@ -99,7 +82,7 @@ struct FetcherTests {
         #expect(!e.message.isEmpty)
         // The server saw exactly as many requests as attempts were reported (the redirect
         // loop's first hop included).
-        if c.path != "/loop-a" { #expect(server.hits(c.path) == c.attempts) }
+        if c.misbehaviour != .redirectLoop { #expect(server.hits(c.misbehaviour) == c.attempts) }
         #expect(e.isTransient == FailureClass.isTransient(c.code))
         try await fetcher.shutdown()
     }
@@ -114,7 +97,7 @@ struct FetcherTests {
         }
         let clock = ContinuousClock()
         let started = clock.now
-        let result = await fetcher.fetch(server.url("/hang.jpg"))
+        let result = await fetcher.fetch(server.url(.hang))
         let elapsed = clock.now - started
         guard case .failure(let e) = result else {
             Issue.record("a server that never answers cannot succeed")
@@ -124,7 +107,7 @@ struct FetcherTests {
         #expect(e.attempts == 2, "attempt 1 times out at 1 s, attempt 2 is cut at 1.5 s: \(e)")
         #expect(e.message.contains("item deadline of 1.5 s") && e.message.contains("2 attempts"), "\(e.message)")
         #expect(e.isTransient)
-        #expect(server.hits("/hang.jpg") == 2)
+        #expect(server.hits(.hang) == 2)
         #expect(elapsed >= .milliseconds(1400) && elapsed < .milliseconds(2500), "took \(elapsed)")
         try await fetcher.shutdown()
     }
@@ -138,7 +121,7 @@ struct FetcherTests {
         }
         let clock = ContinuousClock()
         let started = clock.now
-        let result = await fetcher.fetch(server.url("/hang.jpg"))
+        let result = await fetcher.fetch(server.url(.hang))
         let elapsed = clock.now - started
         guard case .failure(let e) = result else {
             Issue.record("a server that never answers cannot succeed")
@@ -149,7 +132,7 @@ struct FetcherTests {
         #expect(e.message.contains("item deadline of 1 s") && e.message.contains("cut at the deadline"), "\(e.message)")
         #expect(elapsed >= .milliseconds(950) && elapsed < .milliseconds(2000), "took \(elapsed)")
         // The fetcher is not stuck: the next item is fetched at once.
-        #expect(try await fetcher.fetch(server.url("/ok.jpg")).get().attempts == 1)
+        #expect(try await fetcher.fetch(server.url(Self.ok)).get().attempts == 1)
         try await fetcher.shutdown()
     }
 
@@ -160,7 +143,7 @@ struct FetcherTests {
         let fetcher = Self.fetcher { $0.itemDeadline = .milliseconds(1500) }
         let clock = ContinuousClock()
         let started = clock.now
-        let result = await fetcher.fetch(server.url("/down-for-long.jpg"))
+        let result = await fetcher.fetch(server.url(.downForLong))
         let elapsed = clock.now - started
         guard case .failure(let e) = result else {
             Issue.record("a 503 cannot succeed")
@@ -171,7 +154,7 @@ struct FetcherTests {
         #expect(e.attempts == 1)
         #expect(e.message.contains("not retried: the item deadline of 1.5 s would pass first"), "\(e.message)")
         #expect(elapsed < .seconds(1), "took \(elapsed)")
-        #expect(server.hits("/down-for-long.jpg") == 1)
+        #expect(server.hits(.downForLong) == 1)
         try await fetcher.shutdown()
     }
 
@@ -193,10 +176,10 @@ struct FetcherTests {
             $0.maxAttempts = 2
         }
         #expect(fetcher.hostTimings().isEmpty)
-        _ = try await fetcher.fetch(fast.url("/ok.jpg")).get()
-        _ = try await fetcher.fetch(fast.url("/tenth.jpg")).get()
-        _ = try await fetcher.fetch(fast.url("/flaky.jpg")).get() // 500, then 200: 2 requests
-        guard case .failure = await fetcher.fetch(slow.url("/slow.jpg")) else {
+        _ = try await fetcher.fetch(fast.url(Self.ok)).get()
+        _ = try await fetcher.fetch(fast.url(.tenth)).get()
+        _ = try await fetcher.fetch(fast.url(.flaky)).get() // 500, then 200: 2 requests
+        guard case .failure = await fetcher.fetch(slow.url(.slow)) else {
             Issue.record("/slow.jpg answers after 3 s, past the 1 s timeout")
             return
         }
@@ -218,9 +201,9 @@ struct FetcherTests {
         let server = try Self.server()
         defer { server.shutdown() }
         let fetcher = Self.fetcher()
-        let image = try await fetcher.fetch(server.url("/flaky.jpg")).get()
+        let image = try await fetcher.fetch(server.url(.flaky)).get()
         #expect(image.attempts == 2)
-        #expect(server.hits("/flaky.jpg") == 2)
+        #expect(server.hits(.flaky) == 2)
         try await fetcher.shutdown()
     }
 
@@ -228,7 +211,7 @@ struct FetcherTests {
         let server = try Self.server()
         defer { server.shutdown() }
         let fetcher = Self.fetcher()
-        let image = try await fetcher.fetch(server.url("/moved")).get()
+        let image = try await fetcher.fetch(server.url(.moved)).get()
         #expect(image.bytes == (try Fixtures.bytes(Self.jpeg)))
         try await fetcher.shutdown()
     }
@@ -237,17 +220,17 @@ struct FetcherTests {
         let server = try Self.server()
         defer { server.shutdown() }
         let fetcher = Self.fetcher { $0.requestTimeout = .seconds(5) }
-        let busy = Task { await fetcher.fetch(server.url("/busy.jpg")) }
+        let busy = Task { await fetcher.fetch(server.url(.busy)) }
         // Let the 429 arrive, then ask the same host for something else.
-        while server.hits("/busy.jpg") == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        while server.hits(.busy) == 0 { try await Task.sleep(for: .milliseconds(10)) }
         try await Task.sleep(for: .milliseconds(100))
-        let other = try await fetcher.fetch(server.url("/ok.jpg")).get()
+        let other = try await fetcher.fetch(server.url(Self.ok)).get()
         #expect(other.attempts == 1)
         let image = try await busy.value.get()
         #expect(image.attempts == 2)
-        let refused = try #require(server.times("/busy.jpg").first)
-        let retried = try #require(server.times("/busy.jpg").last)
-        let otherAt = try #require(server.times("/ok.jpg").first)
+        let refused = try #require(server.times(.busy).first)
+        let retried = try #require(server.times(.busy).last)
+        let otherAt = try #require(server.times(Self.ok).first)
         // Retry-After: 1 holds both the retry and the unrelated request to the same host.
         #expect(retried - refused >= .milliseconds(950))
         #expect(otherAt - refused >= .milliseconds(950))
@@ -261,7 +244,7 @@ struct FetcherTests {
         let results = await withTaskGroup(of: Bool.self) { group in
             for _ in 0..<12 {
                 group.addTask {
-                    if case .success = await fetcher.fetch(server.url("/tenth.jpg")) { true } else { false }
+                    if case .success = await fetcher.fetch(server.url(.tenth)) { true } else { false }
                 }
             }
             return await group.reduce(into: [Bool]()) { $0.append($1) }

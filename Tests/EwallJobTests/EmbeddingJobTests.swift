@@ -19,48 +19,26 @@ struct EmbeddingJobTests {
         return e
     }
 
-    /// The CDN: six good photos and one of each failure.
+    /// The CDN: the photos and every misbehaviour; `.slow` answers after 8 s. Flaky, busy and slow
+    /// serve photos 0, 1 and 2, so the job's content dedup keeps them apart.
     static func server(photos: [String]) throws -> TestHTTPServer {
-        let images = photos.map { (try? Fixtures.bytes($0)) ?? [] }
-        let truncated = (try? Fixtures.bytes(Fixtures.image("truncated_half.jpg"))) ?? []
-        let html = (try? Fixtures.bytes(Fixtures.image("html_pretending_to_be.jpg"))) ?? []
-        return try TestHTTPServer { req in
-            if req.path.hasPrefix("/img/"), let i = Int(req.path.dropFirst(5).prefix(while: \.isNumber)),
-                i < images.count
-            {
-                return .init(headers: [("Content-Type", "image/jpeg")], body: images[i])
-            }
-            switch req.path {
-            case "/flaky.jpg": return req.hit == 1 ? .init(status: 500) : .init(body: images[0])
-            case "/busy.jpg":
-                return req.hit == 1 ? .init(status: 429, headers: [("Retry-After", "1")]) : .init(body: images[1])
-            case "/down.jpg": return .init(status: 503)
-            case "/slow.jpg": return .init(body: images[2], delay: .seconds(8))
-            case "/huge.jpg": return .init(body: [UInt8](repeating: 0xFF, count: 3 << 20), chunked: true)
-            case "/loop-a": return .init(status: 302, headers: [("Location", "/loop-b")])
-            case "/loop-b": return .init(status: 302, headers: [("Location", "/loop-a")])
-            case "/fake.jpg": return .init(headers: [("Content-Type", "image/jpeg")], body: html)
-            case "/truncated.jpg": return .init(headers: [("Content-Type", "image/jpeg")], body: truncated)
-            default: return .init(status: 404)
-            }
-        }
+        try .misbehaving(images: photos.map { (try? Fixtures.bytes($0)) ?? [] }, slowDelay: .seconds(8))
     }
 
     static func manifest(_ server: TestHTTPServer, override: [String: String] = [:]) throws -> String {
         var lines = ["product_id,image_url,title,category,in_stock"]
         for i in 0..<6 {
-            lines.append("good\(i),\(override["good\(i)"] ?? server.url("/img/\(i).jpg")),Product \(i),coat,true")
+            lines.append("good\(i),\(override["good\(i)"] ?? server.url(image: i)),Product \(i),coat,true")
         }
-        for (id, path) in [
-            ("flaky", "/flaky.jpg"), ("busy", "/busy.jpg"), ("down", "/down.jpg"), ("slow", "/slow.jpg"),
-            ("huge", "/huge.jpg"), ("loop", "/loop-a"), ("fake", "/fake.jpg"),
-            ("truncated", "/truncated.jpg"), ("missing", "/missing.jpg"),
-        ] {
-            lines.append("\(id),\(server.url(path)),,,")
+        for (id, misbehaviour) in [
+            ("flaky", .flaky), ("busy", .busy), ("down", .down), ("slow", .slow), ("huge", .hugeChunked),
+            ("loop", .redirectLoop), ("fake", .fake), ("truncated", .truncated), ("missing", .missing),
+        ] as [(String, Misbehaviour)] {
+            lines.append("\(id),\(server.url(misbehaviour)),,,")
         }
         lines += [
-            ",\(server.url("/img/0.jpg")),,,", "bad-scheme,ftp://x/y.jpg,,,",
-            "good0,\(server.url("/img/5.jpg")),,,", "good1,\(override["good1"] ?? server.url("/img/1.jpg")),,,",
+            ",\(server.url(image: 0)),,,", "bad-scheme,ftp://x/y.jpg,,,",
+            "good0,\(server.url(image: 5)),,,", "good1,\(override["good1"] ?? server.url(image: 1)),,,",
         ]
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("m-\(UUID().uuidString).csv").path
         try lines.joined(separator: "\n").write(toFile: path, atomically: true, encoding: .utf8)
@@ -68,21 +46,10 @@ struct EmbeddingJobTests {
     }
 
     static func fetchConfig() -> FetchConfiguration {
-        // 2 s per attempt: well above a loaded 2-core machine's answer time, well below /slow.jpg's 8 s.
+        // 2 s per attempt: well above a loaded 2-core machine's answer time, well below `.slow`'s 8 s.
         FetchConfiguration(
             perHostLimit: 4, connectTimeout: .seconds(5), requestTimeout: .seconds(2), maxAttempts: 2,
             backoffBase: .milliseconds(20), backoffMax: .milliseconds(50), maxBytes: 2 << 20)
-    }
-
-    /// Safe because: its array is only touched under its lock.
-    final class Collected: @unchecked Sendable {
-        let lock = NSLock()
-        var failures: [JobFailure] = []
-        func add(_ f: JobFailure) {
-            lock.lock()
-            failures.append(f)
-            lock.unlock()
-        }
     }
 
     static func run(
@@ -93,9 +60,9 @@ struct EmbeddingJobTests {
             configuration: EmbeddingJobConfiguration(
                 manifestPath: manifest, fetch: fetchConfig(), concurrency: 8, retryFailed: retryFailed, force: force),
             embedder: embedder, store: store)
-        let collected = Collected()
-        let summary = try await job.run(progressInterval: 0.2, onFailure: { collected.add($0) })
-        return (summary, collected.failures)
+        let failures = Locked<[JobFailure]>([])
+        let summary = try await job.run(progressInterval: 0.2, onFailure: { f in failures.withLock { $0.append(f) } })
+        return (summary, failures.withLock { $0 })
     }
 
     static let expectedFailures = [
@@ -164,8 +131,8 @@ struct EmbeddingJobTests {
         // --retry-failed: only the transient classes (timeout, 5xx) are tried again.
         let (third, _) = try await Self.run(manifest, store: store, embedder: embedder, retryFailed: true)
         #expect(third.counts.failed == 2 && third.counts.skippedFailed == 5)
-        #expect(server.hits("/down.jpg") == 4 && server.hits("/slow.jpg") == 4)
-        #expect(server.hits("/missing.jpg") == 1 && server.hits("/truncated.jpg") == 1 && server.hits("/huge.jpg") == 1)
+        #expect(server.hits(.down) == 4 && server.hits(.slow) == 4)
+        #expect(server.hits(.missing) == 1 && server.hits(.truncated) == 1 && server.hits(.hugeChunked) == 1)
         await store.close()
     }
 
@@ -186,12 +153,12 @@ struct EmbeddingJobTests {
         _ = try await Self.run(try Self.manifest(server), store: store, embedder: embedder)
 
         // good1 now points at another image: only it is fetched and embedded again.
-        let moved = try Self.manifest(server, override: ["good1": server.url("/img/4.jpg?v=2")])
+        let moved = try Self.manifest(server, override: ["good1": server.url(image: 4) + "?v=2"])
         let (changed, _) = try await Self.run(moved, store: store, embedder: embedder)
         #expect(changed.counts.embedded == 1 && changed.counts.skipped == 7)
         let key = ModelKey(modelID: embedder.modelID, preprocessing: "squash224")
         let good1 = try await store.embeddings(key: key, after: "good0", limit: 1)
-        #expect(good1.first?.embedding.imageURL == server.url("/img/4.jpg?v=2"))
+        #expect(good1.first?.embedding.imageURL == server.url(image: 4) + "?v=2")
 
         // Another preprocessing is another key: everything is embedded again, beside the first.
         let crop = try Self.embedder(.resize256Crop224)
