@@ -21,6 +21,13 @@ public struct SharedJobConfiguration: Sendable {
     /// model does not wait on a claim, and no worker hoards chunks that others could run or
     /// that wait for a lease to expire when it dies).
     public var maxHeldChunks = 2
+    /// A worker that follows the job waits for its next run when this one has nothing left (or
+    /// was cancelled), and for a job not submitted yet, instead of returning; it stops on
+    /// ``JobWorker/stop()`` only (`ewall-embed --worker --follow`, for `ewall sync --job`'s
+    /// rounds). Off by default.
+    public var follow = false
+    /// How often a following worker looks for the next run (default 250 ms).
+    public var followPoll: Duration = .milliseconds(250)
 
     public init() {}
 }
@@ -217,7 +224,7 @@ public final class JobWorker: Sendable {
         onProgress: @escaping @Sendable (JobProgress) -> Void = { _ in },
         onFailure: @escaping @Sendable (JobFailure) -> Void = { _ in }
     ) async throws -> JobSummary {
-        try await queue.join(job: job, worker: name, key: key)
+        try await join()
         let stats = JobStats()
         let clock = JobClock()
         let leases = LeaseBook()
@@ -275,9 +282,21 @@ public final class JobWorker: Sendable {
         return summary
     }
 
+    /// Joins the job; a following worker waits for a job that does not exist yet.
+    private func join() async throws {
+        while true {
+            do {
+                try await queue.join(job: job, worker: name, key: key)
+                return
+            } catch let e as JobQueueError where e.code == .unknownJob && shared.follow && !stopFlag.isSet {
+                try await Task.sleep(for: shared.followPoll)
+            }
+        }
+    }
+
     /// Claims chunks and sends their items on, holding at most `maxHeldChunks` at once (the
     /// one in progress and the next); waits while other workers hold every pending chunk;
-    /// returns when the job is done or cancelled.
+    /// returns when the job is done or cancelled (a following worker waits for the next run).
     private func feed(_ pipeline: JobPipeline, leases: LeaseBook, waiter: StoreWaiter, stats: JobStats) async throws {
         let base = configuration.fetch.baseDirectory
         while !stopFlag.isSet && !leases.cancelled {
@@ -316,10 +335,14 @@ public final class JobWorker: Sendable {
             case .wait(let delay):
                 try await Task.sleep(for: delay)
             case .finished:
-                return
+                guard shared.follow else { return }
+                try await Task.sleep(for: shared.followPoll)
             case .cancelled:
-                leases.cancelled = true
-                return
+                guard shared.follow else {
+                    leases.cancelled = true
+                    return
+                }
+                try await Task.sleep(for: shared.followPoll)
             }
         }
     }
@@ -395,7 +418,10 @@ public final class JobWorker: Sendable {
                     lease: shared.lease)
             else { continue }
             for c in lost { leases.markLost(c) }
-            if cancelled {
+            if cancelled && shared.follow {
+                // The run was cancelled: drop its chunks and wait for the next run.
+                for l in leases.all { leases.markLost(l.chunk) }
+            } else if cancelled {
                 leases.cancelled = true
                 logger.warning("job \(job) was cancelled: worker \(name) finishes its current batch and stops")
                 stopFlag.set()

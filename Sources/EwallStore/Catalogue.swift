@@ -84,9 +84,6 @@ public protocol CatalogueStore: EmbeddingStore {
     /// whose image URL is new or changed (to embed).
     func applyCatalogue(_ changes: [CatalogueChange], state: SyncState) async throws -> [CatalogueRow]
 
-    /// Appends `vector` entries for products whose vectors were just committed.
-    func recordVectorChanges(_ productIDs: [String]) async throws
-
     /// The change feed after `seq`, oldest first.
     func catalogueChanges(after seq: Int64, limit: Int) async throws -> [ChangeRecord]
 

@@ -90,18 +90,6 @@ extension PostgresStore: CatalogueStore {
         }
     }
 
-    public func recordVectorChanges(_ productIDs: [String]) async throws {
-        if productIDs.isEmpty { return }
-        let at = Date().timeIntervalSince1970
-        try await run("recording vector changes") {
-            _ = try await client.query(
-                """
-                INSERT INTO catalogue_changes (product_id, kind, at)
-                SELECT id, 'vector', \(at) FROM unnest(\(productIDs)::text[]) AS id
-                """, logger: logger)
-        }
-    }
-
     public func catalogueChanges(after seq: Int64, limit: Int) async throws -> [ChangeRecord] {
         try await run("reading the change feed") {
             let rows = try await client.query(

@@ -257,6 +257,15 @@ public final class PostgresStore: EmbeddingStore {
                         \(unescaped: Schema.embeddingUpdate)
                         """, logger: logger)
                 }
+                // Synced products' new vectors enter the change feed with them (Schema: catalogue).
+                if !batch.embeddings.isEmpty {
+                    try await conn.query(
+                        """
+                        INSERT INTO catalogue_changes (product_id, kind, at)
+                        SELECT product_id, 'vector', \(now.timeIntervalSince1970) FROM catalogue
+                        WHERE product_id = ANY(\(batch.embeddings.map(\.productID)))
+                        """, logger: logger)
+                }
                 for l in batch.ledger {
                     try await conn.query(
                         """

@@ -96,20 +96,6 @@ extension SQLiteStore: CatalogueStore {
         }
     }
 
-    public func recordVectorChanges(_ productIDs: [String]) async throws {
-        if productIDs.isEmpty { return }
-        let now = Date().timeIntervalSince1970
-        try await onWorker { c in
-            try c.transaction {
-                for id in productIDs {
-                    try c.query(
-                        "INSERT INTO catalogue_changes (product_id, kind, at) VALUES (?, 'vector', ?)",
-                        [.text(id), .double(now)])
-                }
-            }
-        }
-    }
-
     public func catalogueChanges(after seq: Int64, limit: Int) async throws -> [ChangeRecord] {
         try await onWorker { c in
             var out: [ChangeRecord] = []

@@ -115,6 +115,7 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
         if batch.isEmpty { return }
         try StorableText.check(batch)
         let now = Date().ISO8601Format()
+        let at = Date().timeIntervalSince1970
         try await onWorker { c in
             try c.transaction {
                 for e in batch.embeddings {
@@ -132,6 +133,10 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
                             e.height.map { .int(Int64($0)) } ?? .null, e.bytes.map { .int(Int64($0)) } ?? .null,
                             e.contentType.map { .text($0) } ?? .null, .text(now),
                         ])
+                    // A synced product's new vector enters the change feed with it (Schema: catalogue).
+                    try c.query(
+                        "INSERT INTO catalogue_changes (product_id, kind, at) SELECT product_id, 'vector', ? FROM catalogue WHERE product_id = ?",
+                        [.double(at), .text(e.productID)])
                 }
                 for l in batch.ledger {
                     try c.query(

@@ -62,6 +62,14 @@ struct EwallEmbed: AsyncParsableCommand {
     @Flag(name: .long, help: "Claim chunks of --job and embed them until the job is done (or cancelled).")
     var worker = false
 
+    @Flag(
+        name: .long,
+        help: """
+            With --worker: when the job has nothing left, wait for its next run instead of exiting (and for a job \
+            not submitted yet); stop on SIGTERM/SIGINT. For ewall sync --job, whose rounds are runs of the job.
+            """)
+    var follow = false
+
     @Option(name: .long, help: "Items per chunk, the unit a worker claims (with --job and --manifest).")
     var chunkSize: Int = 256
 
@@ -129,7 +137,9 @@ struct EwallEmbed: AsyncParsableCommand {
         if job == nil {
             guard manifest != nil else { throw ValidationError("give --manifest FILE (or --job NAME --worker)") }
             guard !worker else { throw ValidationError("--worker needs --job NAME") }
-        } else {
+        }
+        if follow && !worker { throw ValidationError("--follow goes with --job NAME --worker") }
+        if job != nil {
             guard manifest != nil || worker else {
                 throw ValidationError("--job needs --manifest (submit), --worker (work), or both")
             }
@@ -210,6 +220,7 @@ struct EwallEmbed: AsyncParsableCommand {
         shared.chunkSize = chunkSize
         shared.lease = .milliseconds(Int(leaseSeconds * 1000))
         shared.heartbeat = .milliseconds(Int(heartbeatSeconds * 1000))
+        shared.follow = follow
         let queue: PostgresJobQueue
         do { queue = try await PostgresJobQueue.over(store) } catch {
             await store.close()

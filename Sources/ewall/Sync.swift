@@ -14,7 +14,9 @@ struct Sync: AsyncParsableCommand {
             replication slot of its own, copies the table as of the slot's snapshot, then applies every \
             committed change in commit order: attribute changes (stock, category, title, brand, price, listed) \
             without any index work, deletes, and new products or new image URLs, which it embeds (in this \
-            process, as ewall-embed would). Every ewall-serve over the same --db follows the store's change \
+            process, as ewall-embed would; with --job on a PostgreSQL store, as runs of that shared job for \
+            ewall-embed --job NAME --worker --follow on any machine). Every ewall-serve over the same --db \
+            follows the store's change \
             feed by itself. The source needs wal_level = logical and a role with REPLICATION \
             (docs/sync.md says what a DBA grants); a refusal names what is missing and how to fix it. \
             Exit status: 0 stopped cleanly (what was applied is confirmed to the slot), 2 the source or the \
@@ -75,6 +77,14 @@ struct Sync: AsyncParsableCommand {
 
     @Option(
         name: .long,
+        help: """
+            With a PostgreSQL --db: hand new images to this shared job's workers (ewall-embed --db ... --job NAME \
+            --worker --follow, on any machine) instead of embedding them here; each round is a run of it.
+            """)
+    var job: String?
+
+    @Option(
+        name: .long,
         help: ArgumentHelp(
             "An index folder to compact: rebuilt in the background when it drifts from the feed.",
             discussion:
@@ -119,6 +129,10 @@ struct Sync: AsyncParsableCommand {
         guard compactAt > 0 && compactAt <= 1 else { throw ValidationError("--compact-at must be in (0, 1]") }
         if status && reconcile { throw ValidationError("give --status or --reconcile, not both") }
         guard lagWarningMib >= 1 else { throw ValidationError("--lag-warning-mib must be at least 1") }
+        if let job {
+            if noEmbed { throw ValidationError("give --job or --no-embed, not both") }
+            if let problem = InputRules.jobNameProblem(job) { throw ValidationError("--job: \(problem)") }
+        }
     }
 
     var resolvedSource: String? { source ?? ProcessInfo.processInfo.environment["EWALL_SYNC_SOURCE"] }
@@ -212,7 +226,15 @@ struct Sync: AsyncParsableCommand {
                 template.fetch.baseDirectory = nil
                 template.inputRules = input.rules
                 template.redis = try redisFlags.configuration()
-                made = SyncEmbedder(embedder: image, store: store, template: template, logger: logger)
+                var shared: SyncJob?
+                if let job {
+                    do { shared = SyncJob(name: job, queue: try await PostgresJobQueue.over(store)) } catch let
+                        e as JobQueueError
+                    {
+                        throw fail(e)
+                    }
+                }
+                made = SyncEmbedder(embedder: image, store: store, template: template, job: shared, logger: logger)
             } catch let e as InferenceError {
                 throw fail(e)
             }
@@ -257,8 +279,12 @@ struct Sync: AsyncParsableCommand {
                         }
                     }
                 }
-                // The first to end (the sync stopped or failed) ends the other.
-                try await group.next()
+                // The first to end (the sync stopped or failed) ends the others.
+                do { try await group.next() } catch {
+                    sync.stop()
+                    embedder?.stop()
+                    throw error
+                }
                 sync.stop()
                 embedder?.stop()
                 group.cancelAll()

@@ -108,3 +108,118 @@ struct SyncCLITests {
         #expect(clean.status == 0, "\(clean.stdout)")
     }
 }
+
+@Suite("ewall sync --job: new images to a shared job's following workers", .serialized)
+struct SyncJobCLITests {
+    /// Polls `check` until it holds or `limit` passes.
+    func eventually(within limit: Duration, _ check: () async throws -> Bool) async throws -> Bool {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if try await check() { return true }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        return try await check()
+    }
+
+    @Test("A source refused at start ends ewall sync with its message and 64, also with embedding on (it hung)")
+    func refusedWithEmbedding() async throws {
+        let sourceURL = try await PostgresServer.freshDatabase()
+        let source = try SourceConnection(url: sourceURL, replication: false)
+        try source.query("CREATE TABLE products (id bigserial PRIMARY KEY, title text, image_url text)")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sync-refused-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        // Under timeout(1): a hang is its status 124, not a test that never ends.
+        let r = try ProcessRunner.run(
+            path: "/usr/bin/timeout",
+            [
+                "60", try ProcessRunner.built("ewall").path, "sync", "--source", sourceURL, "--table", "products",
+                "--db", "sqlite:\(dir.path)/s.sqlite", "--slot", "ewall_refusedembed", "--model", Fixtures.model,
+            ])
+        #expect(r.status == 64, "\(r.stderr)")
+        #expect(r.stderr.contains("has no column brand") && r.stderr.contains("--map brand="), "\(r.stderr)")
+    }
+
+    @Test(
+        "On a PostgreSQL store, each round is a run of the job; a --follow worker embeds run after run, and the vectors reach the feed"
+    )
+    func roundsToFollowingWorker() async throws {
+        let photos = try Fixtures.photos().prefix(4).map { try Fixtures.bytes($0) }
+        let www = try TestHTTPServer.misbehaving(images: photos, slowDelay: .seconds(1))
+        defer { www.shutdown() }
+        let sourceURL = try await PostgresServer.freshDatabase()
+        let storeURL = try await PostgresServer.freshDatabase()
+        let source = try SourceConnection(url: sourceURL, replication: false)
+        try source.query(
+            """
+            CREATE TABLE products (id bigserial PRIMARY KEY, title text, brand text, category text, price numeric(12,2),
+              in_stock boolean, image_url text)
+            """)
+        for i in 0..<3 {
+            try source.query(
+                "INSERT INTO products (title, category, in_stock, image_url) VALUES ('t\(i)', 'coat', true, '\(www.url(image: i))')"
+            )
+        }
+        // The worker starts first: it waits for the job the sync has not submitted yet.
+        let worker = try JobProcess(["--db", storeURL, "--job", "sync-images", "--worker", "--follow"])
+        let sync = Process()
+        sync.executableURL = try ProcessRunner.built("ewall")
+        sync.currentDirectoryURL = Fixtures.root
+        sync.environment = ProcessRunner.childEnvironment
+        sync.arguments = [
+            "sync", "--source", sourceURL, "--table", "public.products", "--db", storeURL, "--slot", "ewall_jobrounds",
+            "--job", "sync-images", "--model", Fixtures.model,
+        ]
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("sync-job-\(UUID()).err")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        sync.standardOutput = FileHandle.nullDevice
+        sync.standardError = try FileHandle(forWritingTo: log)
+        try sync.run()
+        defer {
+            if sync.isRunning { kill(sync.processIdentifier, SIGKILL) }
+            if worker.process.isRunning { kill(worker.process.processIdentifier, SIGKILL) }
+        }
+
+        let store = try #require(try await StoreLocation(parsing: storeURL).open() as? any CatalogueStore)
+        func vectorsInFeed() async throws -> Set<String> {
+            Set(try await store.catalogueChanges(after: 0, limit: 1000).filter { $0.kind == .vector }.map(\.productID))
+        }
+        func syncLog() -> String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+        let firstRun = try await eventually(within: .seconds(90)) { try await vectorsInFeed() == ["1", "2", "3"] }
+        let afterFirst = try await vectorsInFeed()
+        #expect(firstRun, "feed: \(afterFirst); sync: \(syncLog())")
+
+        // A product arriving after that run ended is the next run, worked by the same worker.
+        try source.query(
+            "INSERT INTO products (title, category, in_stock, image_url) VALUES ('t3', 'down', true, '\(www.url(image: 3))')"
+        )
+        let secondRun = try await eventually(within: .seconds(60)) { try await vectorsInFeed().contains("4") }
+        let afterSecond = try await vectorsInFeed()
+        #expect(secondRun, "feed: \(afterSecond); sync: \(syncLog())")
+        #expect(worker.process.isRunning, "a --follow worker waits for the next run instead of exiting")
+
+        // The vectors are the photos' own: the worker fetched each product's current image.
+        let key = try #require(try await store.modelKeys().first?.key)
+        let stored = try await store.vectors(productIDs: ["1", "4"], key: key)
+        let direct = try ProcessRunner.run(
+            try ProcessRunner.built("ewall"),
+            ["embed", "--json", "--model", Fixtures.model, Fixtures.photos()[0], Fixtures.photos()[3]])
+        let lines = direct.stdout.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        let expected = lines.compactMap { ($0["vector"] as? [Double])?.map(Float.init) }
+        #expect(expected.count == 2, "\(direct.stderr)")
+        for (id, want) in zip(["1", "4"], expected) {
+            let got = try #require(stored[id])
+            let cosine = zip(got, want).map { $0 * $1 }.reduce(0, +)
+            #expect(cosine > 0.999, "\(id): cosine \(cosine) to the photo's own vector")
+        }
+
+        kill(sync.processIdentifier, SIGTERM)
+        sync.waitUntilExit()
+        #expect(sync.terminationStatus == 0, "\(syncLog())")
+        kill(worker.process.processIdentifier, SIGTERM)
+        let w = worker.wait()
+        #expect(w.status == 0 || w.status == 130 || w.status == 143, "\(w.stderr)")
+        await store.close()
+    }
+}

@@ -124,6 +124,29 @@ struct SyncTests {
         await store.close()
     }
 
+    @Test(
+        "a synced product's vector enters the change feed in its write's transaction, whoever writes it",
+        arguments: StoreKind.allCases)
+    func vectorWriteFeedsReplicas(_ kind: StoreKind) async throws {
+        let store = try #require(try await kind.open() as? any CatalogueStore)
+        let state = SyncState(name: "t", source: "t", slot: "t", position: 2, commitTime: Date(), updatedAt: Date())
+        _ = try await store.applyCatalogue(
+            [.upsert(CatalogueRow(product: Product(id: "synced"), imageURL: "http://x/s.jpg", listed: true))],
+            state: state)
+        let before = try await store.lastChangeSeq()
+        let key = ModelKey(modelID: "m@1", preprocessing: "squash224")
+        try await store.write(
+            WriteBatch(embeddings: [
+                StoredEmbedding(productID: "synced", imageURL: "http://x/s.jpg", key: key, vector: [1, 0]),
+                // A product no sync wrote (a manifest's): no feed entry.
+                StoredEmbedding(productID: "manifest-only", imageURL: "http://x/m.jpg", key: key, vector: [0, 1]),
+            ]))
+        let feed = try await store.catalogueChanges(after: before, limit: 10)
+        #expect(feed.map(\.productID) == ["synced"])
+        #expect(feed.map(\.kind) == [.vector])
+        await store.close()
+    }
+
     @Test("a restart resumes from the recorded position, with what changed while it was down")
     func resume() async throws {
         let db = try await SourceDB.make(rows: 5)
@@ -268,6 +291,21 @@ struct SyncTests {
         #expect(noReplication?.code == .noReplication, "\(String(describing: noReplication))")
         #expect(noReplication?.message.contains("ALTER ROLE \(role) REPLICATION") == true)
         #expect(noReplication?.kind.exitStatus == 64)
+
+        // A role that may replicate and read the table, but does not own it: PostgreSQL lets
+        // only the owner (or a superuser) publish it.
+        let replicator = "ewall_nopub_\(getpid())"
+        try db.run("CREATE ROLE \(replicator) LOGIN REPLICATION")
+        try db.run("GRANT SELECT ON shop_product TO \(replicator)")
+        var notOwner = try configuration(db, slot: "notowner")
+        notOwner.source = db.url.replacingOccurrences(of: "postgres@", with: "\(replicator)@")
+        let noPublication = await refusal(notOwner)
+        #expect(noPublication?.code == .publication, "\(String(describing: noPublication))")
+        #expect(
+            noPublication?.message.contains(#"CREATE PUBLICATION "ewall_notowner" FOR TABLE "public"."shop_product""#)
+                == true,
+            "\(String(describing: noPublication))")
+        #expect(noPublication?.kind.exitStatus == 64)
         await store.close()
     }
 
@@ -360,7 +398,6 @@ struct ReplicaTests {
             WriteBatch(embeddings: [
                 StoredEmbedding(productID: "new", imageURL: "http://x/new.jpg", key: Self.key, vector: near)
             ]))
-        try await store.recordVectorChanges(["new"])
 
         search = try await Self.follow(search, store)
         let after = try await search.similar(to: "p0", query: query)
@@ -466,7 +503,6 @@ struct ReplicaTests {
             WriteBatch(embeddings: [
                 StoredEmbedding(productID: "new", imageURL: "http://x/new.jpg", key: Self.key, vector: near)
             ]))
-        try await store.recordVectorChanges(["new"])
         search = try await Self.follow(search, store)
         #expect(search.deltaCount == 1)
         #expect(try await !search.similar(to: "p0", query: query).results.map(\.productID).contains("new"))
@@ -527,7 +563,6 @@ struct ReplicaTests {
         try await apply(gone.sorted().map { .delete(productID: "p\($0)") })
         try await apply((base..<base + added).map(row))
         try await embed(base..<base + added)
-        try await store.recordVectorChanges((base..<base + added).map { "p\($0)" })
         search = try await Self.follow(search, store)
         #expect(search.deltaCount == added)
 

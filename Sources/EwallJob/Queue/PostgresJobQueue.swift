@@ -598,7 +598,12 @@ struct CommitStatement: PostgresPreparedStatement {
                         $12::int4[], $13::int4[], $14::int8[], $15::text[])
                  AS v(id, chunk, model, pre, url, dim, vec, sha, w, h, b, ct)
             WHERE v.chunk IN (SELECT chunk FROM held)
-            \(Schema.embeddingUpdate)),
+            \(Schema.embeddingUpdate)
+            RETURNING product_id),
+        feed AS (
+            INSERT INTO catalogue_changes (product_id, kind, at)
+            SELECT c.product_id, 'vector', EXTRACT(EPOCH FROM now())::float8 FROM catalogue c
+            WHERE c.product_id IN (SELECT product_id FROM vec)),
         ledger AS (
             INSERT INTO item_outcomes (product_id, model_id, preprocessing, image_url, status, error_class,
                                        http_status, attempts, last_error, last_tried)
