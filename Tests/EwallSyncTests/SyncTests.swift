@@ -65,6 +65,72 @@ func eventually(within limit: Duration = .seconds(15), _ check: () async throws 
     return try await check()
 }
 
+/// A SQLite store fed as `ewall sync` feeds it, for the replica tests: synthetic products
+/// `p<i>` (category `c<cluster>`, image `http://x/p<i>.jpg`), their vectors, an index over them.
+final class SyncedCatalogue {
+    let data: SyntheticVectors
+    let key: ModelKey
+    let dir: URL
+    let store: SQLiteStore
+    let folder: IndexFolder
+    /// The source position of the next transaction ``apply(_:)`` records.
+    private var position: UInt64 = 1
+
+    init(_ data: SyntheticVectors, key: ModelKey) async throws {
+        self.data = data
+        self.key = key
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("replica-\(UUID().uuidString)")
+        store = try await SQLiteStore.open(path: dir.appendingPathComponent("s.sqlite").path)
+        folder = IndexFolder(path: dir.appendingPathComponent("faiss").path)
+    }
+
+    /// Product `i`'s row; with `id`, a product of that id in product `i`'s category.
+    func row(_ i: Int, id: String? = nil, inStock: Bool = true, listed: Bool? = true) -> CatalogueChange {
+        let id = id ?? "p\(i)"
+        return .upsert(
+            CatalogueRow(
+                product: Product(id: id, title: id, category: "c\(data.cluster[i])", inStock: inStock),
+                imageURL: "http://x/\(id).jpg", listed: listed))
+    }
+
+    /// Applies `changes` as one source transaction.
+    func apply(_ changes: [CatalogueChange]) async throws {
+        position += 1
+        _ = try await store.applyCatalogue(
+            changes,
+            state: SyncState(
+                name: "t", source: "t", slot: "t", position: position, commitTime: Date(), updatedAt: Date()))
+    }
+
+    /// Stores products `range`'s own vectors.
+    func embed(_ range: Range<Int>) async throws {
+        try await store.write(
+            WriteBatch(
+                embeddings: range.map {
+                    StoredEmbedding(
+                        productID: "p\($0)", imageURL: "http://x/p\($0).jpg", key: key, vector: data.row($0))
+                }))
+    }
+
+    /// Stores `vector` for product `id`.
+    func embed(_ id: String, vector: [Float]) async throws {
+        try await store.write(
+            WriteBatch(embeddings: [
+                StoredEmbedding(productID: id, imageURL: "http://x/\(id).jpg", key: key, vector: vector)
+            ]))
+    }
+
+    /// Builds the index (`factory`) over what is stored and opens a search on it.
+    func build(_ factory: String, recallQueries: Int, pageSize: Int) async throws -> ProductSearch {
+        _ = try await IndexBuilder.build(
+            store: store,
+            options: IndexBuildOptions(
+                folder: folder, index: factory, targetRecall: 0.95, maxMemory: 1 << 30, incremental: false,
+                recallQueries: recallQueries, pageSize: pageSize, threads: 1))
+        return try await ProductSearch.open(folder: folder, store: store)
+    }
+}
+
 @Suite("ewall sync: the product table followed by logical decoding", .serialized)
 struct SyncTests {
     func store() async throws -> any CatalogueStore {
@@ -346,58 +412,28 @@ struct ReplicaTests {
 
     @Test("a stock flip, a delete and an unlisting leave the answers; a new product enters them, without a rebuild")
     func followsChanges() async throws {
-        let data = SyntheticVectors(count: 300, dimension: 16, clusters: 6, seed: 3)
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("replica-\(UUID().uuidString)")
-        let store = try await SQLiteStore.open(path: dir.appendingPathComponent("s.sqlite").path)
-        func row(_ i: Int, inStock: Bool = true, listed: Bool? = true) -> CatalogueChange {
-            .upsert(
-                CatalogueRow(
-                    product: Product(id: "p\(i)", title: "t\(i)", category: "c\(data.cluster[i])", inStock: inStock),
-                    imageURL: "http://x/\(i).jpg", listed: listed))
-        }
-        var position: UInt64 = 1
-        func apply(_ changes: [CatalogueChange]) async throws {
-            position += 1
-            _ = try await store.applyCatalogue(
-                changes,
-                state: SyncState(
-                    name: "t", source: "t", slot: "t", position: position, commitTime: Date(), updatedAt: Date()))
-        }
-        try await apply((0..<300).map { row($0) })
-        try await store.write(
-            WriteBatch(
-                embeddings: (0..<300).map {
-                    StoredEmbedding(
-                        productID: "p\($0)", imageURL: "http://x/\($0).jpg", key: Self.key, vector: data.row($0))
-                }))
-        let folder = IndexFolder(path: dir.appendingPathComponent("faiss").path)
-        _ = try await IndexBuilder.build(
-            store: store,
-            options: IndexBuildOptions(
-                folder: folder, index: "Flat", targetRecall: 0.95, maxMemory: 1 << 30, incremental: false,
-                recallQueries: 50, pageSize: 500, threads: 1))
-        var search = try await ProductSearch.open(folder: folder, store: store)
-        #expect(search.appliedChangeSeq == 300)
+        let c = try await SyncedCatalogue(
+            SyntheticVectors(count: 300, dimension: 16, clusters: 6, seed: 3), key: Self.key)
+        let (data, store, folder) = (c.data, c.store, c.folder)
+        try await c.apply((0..<300).map { c.row($0) })
+        try await c.embed(0..<300)
+        var search = try await c.build("Flat", recallQueries: 50, pageSize: 500)
+        // 300 rows, then their 300 vectors: the index read the feed to its end.
+        #expect(search.appliedChangeSeq == 600)
         let query = SimilarQuery(k: 5, minSimilarity: 0)
         let before = try await search.similar(to: "p0", query: query).results.map(\.productID)
         #expect(before.count == 5)
 
         // Stock, delete, unlist: the first three neighbours leave; a near copy of p0 arrives.
-        try await apply([row(Int(before[0].dropFirst())!, inStock: false)])
-        try await apply([.delete(productID: before[1])])
-        try await apply([row(Int(before[2].dropFirst())!, listed: false)])
+        try await c.apply([c.row(Int(before[0].dropFirst())!, inStock: false)])
+        try await c.apply([.delete(productID: before[1])])
+        try await c.apply([c.row(Int(before[2].dropFirst())!, listed: false)])
         var near = data.row(0)
         near[0] += 0.001
-        try await apply([
-            .upsert(
-                CatalogueRow(
-                    product: Product(id: "new", title: "new", category: "c\(data.cluster[0])", inStock: true),
-                    imageURL: "http://x/new.jpg", listed: true))
+        try await c.apply([
+            c.row(0, id: "new")
         ])
-        try await store.write(
-            WriteBatch(embeddings: [
-                StoredEmbedding(productID: "new", imageURL: "http://x/new.jpg", key: Self.key, vector: near)
-            ]))
+        try await c.embed("new", vector: near)
 
         search = try await Self.follow(search, store)
         let after = try await search.similar(to: "p0", query: query)
@@ -408,16 +444,13 @@ struct ReplicaTests {
         #expect(search.deltaCount == 1)
         // The new product answers by id too, from the delta's vector; out of stock it leaves.
         #expect(try await search.similar(to: "new", query: query).results.first?.productID == "p0")
-        try await apply([
-            .upsert(
-                CatalogueRow(
-                    product: Product(id: "new", title: "new", category: "c\(data.cluster[0])", inStock: false),
-                    imageURL: "http://x/new.jpg", listed: true))
+        try await c.apply([
+            c.row(0, id: "new", inStock: false)
         ])
         search = try await Self.follow(search, store)
         #expect(try await !search.similar(to: "p0", query: query).results.map(\.productID).contains("new"))
         // Back in stock: in again; the same entries applied twice change nothing.
-        try await apply([row(Int(before[0].dropFirst())!, inStock: true)])
+        try await c.apply([c.row(Int(before[0].dropFirst())!, inStock: true)])
         search = try await Self.follow(search, store)
         let again = try search.applying([], through: search.appliedChangeSeq)
         #expect(try await again.similar(to: "p0", query: query).results.map(\.productID).contains(before[0]))
@@ -444,50 +477,25 @@ struct ReplicaTests {
 
     @Test("a gift flag that arrives with a row takes the product out of the answers, indexed or new")
     func followsGiftFlags() async throws {
-        let data = SyntheticVectors(count: 120, dimension: 16, clusters: 4, seed: 5)
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("replica-gift-\(UUID().uuidString)")
-        let store = try await SQLiteStore.open(path: dir.appendingPathComponent("s.sqlite").path)
-        func row(_ id: String, _ i: Int) -> CatalogueChange {
-            .upsert(
-                CatalogueRow(
-                    product: Product(id: id, title: "t", category: "c\(data.cluster[i])", inStock: true),
-                    imageURL: "http://x/\(id).jpg", listed: true))
-        }
-        var position: UInt64 = 1
-        func apply(_ changes: [CatalogueChange]) async throws {
-            position += 1
-            _ = try await store.applyCatalogue(
-                changes,
-                state: SyncState(
-                    name: "t", source: "t", slot: "t", position: position, commitTime: Date(), updatedAt: Date()))
-        }
+        let c = try await SyncedCatalogue(
+            SyntheticVectors(count: 120, dimension: 16, clusters: 4, seed: 5), key: Self.key)
+        let (data, store) = (c.data, c.store)
         func flag(_ id: String, _ isGift: Bool) -> GiftFlag {
             GiftFlag(
                 productID: id, isGift: isGift, giftType: isGift ? "KEYWORD" : nil,
                 decidedBy: isGift ? "keyword" : "none",
                 reason: "", explanation: "", resembles: nil, rulesVersion: "t", rulesSHA256: "t", flaggedAt: Date())
         }
-        try await apply((0..<120).map { row("p\($0)", $0) })
-        try await store.write(
-            WriteBatch(
-                embeddings: (0..<120).map {
-                    StoredEmbedding(
-                        productID: "p\($0)", imageURL: "http://x/p\($0).jpg", key: Self.key, vector: data.row($0))
-                }))
-        let folder = IndexFolder(path: dir.appendingPathComponent("faiss").path)
-        _ = try await IndexBuilder.build(
-            store: store,
-            options: IndexBuildOptions(
-                folder: folder, index: "Flat", targetRecall: 0.95, maxMemory: 1 << 30, incremental: false,
-                recallQueries: 20, pageSize: 500, threads: 1))
-        var search = try await ProductSearch.open(folder: folder, store: store)
+        try await c.apply((0..<120).map { c.row($0) })
+        try await c.embed(0..<120)
+        var search = try await c.build("Flat", recallQueries: 20, pageSize: 500)
         let query = SimilarQuery(k: 5, minSimilarity: 0)
         let before = try await search.similar(to: "p0", query: query).results.map(\.productID)
         let gift = before[0]
 
         // The sync stores the flag, then the row: the replica leaves the product out.
         try await store.writeGiftFlags([flag(gift, true)])
-        try await apply([row(gift, Int(gift.dropFirst())!)])
+        try await c.apply([c.row(Int(gift.dropFirst())!)])
         search = try await Self.follow(search, store)
         #expect(try await !search.similar(to: "p0", query: query).results.map(\.productID).contains(gift))
         var withGifts = query
@@ -498,11 +506,8 @@ struct ReplicaTests {
         var near = data.row(0)
         near[0] += 0.001
         try await store.writeGiftFlags([flag("new", true)])
-        try await apply([row("new", 0)])
-        try await store.write(
-            WriteBatch(embeddings: [
-                StoredEmbedding(productID: "new", imageURL: "http://x/new.jpg", key: Self.key, vector: near)
-            ]))
+        try await c.apply([c.row(0, id: "new")])
+        try await c.embed("new", vector: near)
         search = try await Self.follow(search, store)
         #expect(search.deltaCount == 1)
         #expect(try await !search.similar(to: "p0", query: query).results.map(\.productID).contains("new"))
@@ -510,7 +515,7 @@ struct ReplicaTests {
 
         // Unflagged (a title that no longer reads as a gift): both come back.
         try await store.writeGiftFlags([flag(gift, false), flag("new", false)])
-        try await apply([row(gift, Int(gift.dropFirst())!), row("new", 0)])
+        try await c.apply([c.row(Int(gift.dropFirst())!), c.row(0, id: "new")])
         search = try await Self.follow(search, store)
         let after = try await search.similar(to: "p0", query: query).results.map(\.productID)
         #expect(after.first == "new" && after.contains(gift), "\(after)")
@@ -522,47 +527,19 @@ struct ReplicaTests {
     )
     func recallAfterChurn() async throws {
         let base = 3000, added = 900, deleted = 900
-        let data = SyntheticVectors(count: base + added, dimension: 32, clusters: 30, seed: 11)
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("replica-churn-\(UUID().uuidString)")
-        let store = try await SQLiteStore.open(path: dir.appendingPathComponent("s.sqlite").path)
-        func row(_ i: Int) -> CatalogueChange {
-            .upsert(
-                CatalogueRow(
-                    product: Product(id: "p\(i)", title: "t", category: "c\(data.cluster[i])", inStock: true),
-                    imageURL: "http://x/\(i).jpg", listed: true))
-        }
-        var position: UInt64 = 1
-        func apply(_ changes: [CatalogueChange]) async throws {
-            position += 1
-            _ = try await store.applyCatalogue(
-                changes,
-                state: SyncState(
-                    name: "t", source: "t", slot: "t", position: position, commitTime: Date(), updatedAt: Date()))
-        }
-        func embed(_ range: Range<Int>) async throws {
-            try await store.write(
-                WriteBatch(
-                    embeddings: range.map {
-                        StoredEmbedding(
-                            productID: "p\($0)", imageURL: "http://x/\($0).jpg", key: Self.key, vector: data.row($0))
-                    }))
-        }
-        try await apply((0..<base).map(row))
-        try await embed(0..<base)
-        let folder = IndexFolder(path: dir.appendingPathComponent("faiss").path)
-        _ = try await IndexBuilder.build(
-            store: store,
-            options: IndexBuildOptions(
-                folder: folder, index: "IVF40,Flat", targetRecall: 0.95, maxMemory: 1 << 30, incremental: false,
-                recallQueries: 200, pageSize: 1000, threads: 1))
-        var search = try await ProductSearch.open(folder: folder, store: store)
+        let c = try await SyncedCatalogue(
+            SyntheticVectors(count: base + added, dimension: 32, clusters: 30, seed: 11), key: Self.key)
+        let (data, store, folder) = (c.data, c.store, c.folder)
+        try await c.apply((0..<base).map { c.row($0) })
+        try await c.embed(0..<base)
+        var search = try await c.build("IVF40,Flat", recallQueries: 200, pageSize: 1000)
 
         // 30% of the base deleted (every third-and-a-bit product), 30% new products arrive.
         var rng = TestRNG(seed: 4)
         let gone = Set((0..<base).shuffled(using: &rng).prefix(deleted))
-        try await apply(gone.sorted().map { .delete(productID: "p\($0)") })
-        try await apply((base..<base + added).map(row))
-        try await embed(base..<base + added)
+        try await c.apply(gone.sorted().map { .delete(productID: "p\($0)") })
+        try await c.apply((base..<base + added).map { c.row($0) })
+        try await c.embed(base..<base + added)
         search = try await Self.follow(search, store)
         #expect(search.deltaCount == added)
 
@@ -604,6 +581,68 @@ struct ReplicaTests {
 
 @Suite("ewall sync when the source goes away", .serialized)
 struct SyncOutageTests {
+    @Test("a source without logical decoding (wal_level=replica) is refused, naming the setting and the fix")
+    func walLevelRefused() async throws {
+        let server = try PostgresServer.Separate(settings: ["wal_level": "replica"])
+        defer { server.shutdown() }
+        let url = try server.freshDatabase()
+        try SourceConnection(url: url, replication: false).query(
+            "CREATE TABLE shop_product (id bigserial PRIMARY KEY, title text, brand text, category text, price numeric(12,2), in_stock boolean, image_url text)"
+        )
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sync-\(UUID().uuidString).sqlite")
+        let store = try await SQLiteStore.open(path: path.path)
+        defer { Task { await store.close() } }
+        let sync = CatalogueSync(
+            configuration: SyncConfiguration(
+                source: url, table: try SourceTable(parsing: "shop_product"), slot: "ewall_wallevel"),
+            store: store)
+        do {
+            try await sync.run()
+            Issue.record("a source without logical decoding was followed")
+        } catch let e as SyncError {
+            #expect(e.code == .walLevel, "\(e)")
+            #expect(e.message.contains("wal_level = replica"), "\(e.message)")
+            #expect(e.message.contains("ALTER SYSTEM SET wal_level = logical"), "\(e.message)")
+            #expect(e.kind.exitStatus == 64)
+        }
+    }
+
+    @Test("our store (PostgreSQL) restarted mid-stream: no change committed while it was down is lost")
+    func storeRestart() async throws {
+        let storeServer = try PostgresServer.Separate()
+        defer { storeServer.shutdown() }
+        let db = try await SourceDB.make(rows: 4)
+        let opened = try await StoreLocation(parsing: try storeServer.freshDatabase()).open()
+        let store = try #require(opened as? any CatalogueStore)
+        let running = Running(
+            SyncConfiguration(
+                source: db.url, table: try SourceTable(parsing: "shop_product"), slot: "ewall_storerestart"),
+            store: store)
+        #expect(try await eventually { try await store.catalogueRows(productIDs: ["4"]).count == 1 })
+        try db.run("UPDATE shop_product SET price = 7 WHERE id = 1")
+        #expect(try await eventually { try await store.catalogueRows(productIDs: ["1"])["1"]?.product.price == 7 })
+
+        try storeServer.halt()
+        // Changes committed at the source while our store is down.
+        try db.run("UPDATE shop_product SET price = 8 WHERE id = 2")
+        try db.run("DELETE FROM shop_product WHERE id = 3")
+        try db.run(
+            "INSERT INTO shop_product (title, category, in_stock, image_url) VALUES ('while down', 'coat', true, 'http://x/5.jpg')"
+        )
+        try await Task.sleep(for: .seconds(1))
+        try storeServer.resume()
+        #expect(
+            try await eventually(within: .seconds(45)) {
+                let rows = try? await store.catalogueRows(productIDs: ["1", "2", "3", "5"])
+                return rows?["1"]?.product.price == 7 && rows?["2"]?.product.price == 8 && rows?["3"] == nil
+                    && rows?["5"]?.product.title == "while down"
+            })
+        // (The store's connection pool waits for its server, or the sync reconnects: either way
+        // the changes committed while it was down arrive, in order.)
+        try await running.stop()
+        await store.close()
+    }
+
     @Test("the source restarted mid-stream: the sync reconnects and resumes from its position")
     func sourceRestart() async throws {
         let db = try await SourceDB.make(rows: 4)

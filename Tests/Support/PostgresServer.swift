@@ -216,3 +216,108 @@ public enum PostgresServer {
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 }
+
+extension PostgresServer {
+    /// A server of its own beside the shared one, for a test that needs another setting
+    /// (`wal_level=replica`) or a store to restart while the source stays up. Stopped by
+    /// ``shutdown()``, and at the test process's exit.
+    public final class Separate: Sendable {
+        public let port: Int
+        private let directory: String
+        private let start: [String]
+        private let stop: [String]
+        private let asPostgres: Bool
+
+        /// `initdb` and `pg_ctl start` in a folder of its own, on a free loopback port, with
+        /// `settings` (`-c name=value`) over the tests' usual ones.
+        public init(settings: [String: String] = [:]) throws {
+            guard let initdb = PostgresServer.bin("initdb"), let pgctl = PostgresServer.bin("pg_ctl") else {
+                throw Unavailable(description: "PostgreSQL server binaries not found: run `make deps`")
+            }
+            asPostgres = geteuid() == 0
+            directory =
+                FileManager.default.temporaryDirectory.appendingPathComponent(
+                    "ewall-pg-\(getpid())-\(UUID().uuidString.prefix(8))"
+                ).path
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            if asPostgres {
+                _ = PostgresServer.run("/bin/chown", ["-R", "postgres:postgres", directory], asPostgres: false)
+            }
+            let data = directory + "/data"
+            let (status, output) = PostgresServer.run(
+                initdb, ["-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"], asPostgres: asPostgres
+            )
+            guard status == 0 else { throw Unavailable(description: "initdb failed: \(output)") }
+            port = PostgresServer.freePort()
+            var options = [
+                "listen_addresses": "127.0.0.1", "max_connections": "100", "wal_level": "logical",
+                "max_replication_slots": "16", "max_wal_senders": "16",
+            ]
+            options.merge(settings) { $1 }
+            let flags = options.sorted { $0.key < $1.key }.map { "-c \($0.key)=\($0.value)" }.joined(separator: " ")
+            start = [
+                pgctl, "-D", data, "-l", directory + "/log", "-w", "-t", "60", "-o",
+                "-p \(port) -k \(directory) -F \(flags)", "start",
+            ]
+            stop = [pgctl, "-D", data, "-m", "immediate", "stop"]
+            try resume()
+            let (stopCommand, dir, root) = (stop, directory, asPostgres)
+            Separate.atExit.withLock { $0.append((stopCommand, dir, root)) }
+            Separate.installExitHandler()
+        }
+
+        /// `postgres://` URL of a new, empty database on this server.
+        public func freshDatabase() throws -> String {
+            let name = "ewall_separate_\(UUID().uuidString.prefix(8).lowercased())"
+            let (status, output) = PostgresServer.run(
+                PostgresServer.psql(),
+                [
+                    "-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1",
+                    "-q",
+                    "-c", "CREATE DATABASE \(name)",
+                ], asPostgres: false)
+            guard status == 0 else { throw Unavailable(description: "CREATE DATABASE failed: \(output)") }
+            return "postgres://postgres@127.0.0.1:\(port)/\(name)"
+        }
+
+        /// Stops it at once (`-m immediate`, as a crash would); ``resume()`` starts it again.
+        public func halt() throws {
+            let (status, output) = PostgresServer.run(stop[0], Array(stop.dropFirst()), asPostgres: asPostgres)
+            guard status == 0 else { throw Unavailable(description: "pg_ctl stop failed: \(output)") }
+        }
+
+        public func resume() throws {
+            let (status, output) = PostgresServer.run(start[0], Array(start.dropFirst()), asPostgres: asPostgres)
+            guard status == 0 else {
+                let log = (try? String(contentsOfFile: directory + "/log", encoding: .utf8)) ?? ""
+                throw Unavailable(description: "pg_ctl start failed: \(output) \(log)")
+            }
+        }
+
+        /// Stops it and removes its folder.
+        public func shutdown() {
+            _ = PostgresServer.run(stop[0], Array(stop.dropFirst()), asPostgres: asPostgres)
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+
+        private static let atExit = Locked<[(stop: [String], directory: String, asPostgres: Bool)]>([])
+        private static let handlerInstalled = Locked(false)
+
+        private static func installExitHandler() {
+            guard
+                handlerInstalled.withLock({ installed in
+                    defer { installed = true }
+                    return !installed
+                })
+            else {
+                return
+            }
+            atexit {
+                for s in Separate.atExit.withLock({ $0 }) {
+                    _ = PostgresServer.run(s.stop[0], Array(s.stop.dropFirst()), asPostgres: s.asPostgres)
+                    try? FileManager.default.removeItem(atPath: s.directory)
+                }
+            }
+        }
+    }
+}
