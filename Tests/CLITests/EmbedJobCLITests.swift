@@ -7,50 +7,27 @@ import Testing
 /// A built executable next to this test bundle (or in .build/debug).
 func executable(_ name: String) throws -> URL { try ProcessRunner.built(name) }
 
-/// `ewall-embed` as a child process whose output goes to files (no pipe to fill up).
+/// `ewall-embed` as a child process (``ProcessRunner/start(_:_:prefix:environment:replacing:)``),
+/// with the test model unless the arguments name one.
 final class JobProcess {
-    let process = Process()
-    let out: URL, err: URL
+    let running: RunningProcess
+    var process: Process { running.process }
 
     /// `prefix` runs it through another program first (`ip netns exec NS` for a test host).
     init(_ args: [String], prefix: [String] = []) throws {
-        let dir = FileManager.default.temporaryDirectory
-        out = dir.appendingPathComponent("job-\(UUID()).out")
-        err = dir.appendingPathComponent("job-\(UUID()).err")
-        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
-        let exe = try executable("ewall-embed")
         let full = args.contains("--model") || args.contains("--help") ? args : args + ["--model", Fixtures.model]
-        if prefix.isEmpty {
-            process.executableURL = exe
-            process.arguments = full
-        } else {
-            process.executableURL = URL(fileURLWithPath: prefix[0])
-            process.arguments = Array(prefix.dropFirst()) + [exe.path] + full
-        }
-        process.currentDirectoryURL = Fixtures.root
-        process.environment = ProcessRunner.childEnvironment
-        process.standardOutput = try FileHandle(forWritingTo: out)
-        process.standardError = try FileHandle(forWritingTo: err)
-        try process.run()
+        running = try ProcessRunner.start(try executable("ewall-embed"), full, prefix: prefix)
     }
 
     func wait() -> (status: Int32, stdout: String, stderr: String) {
-        process.waitUntilExit()
-        return (
-            process.terminationStatus, (try? String(contentsOf: out, encoding: .utf8)) ?? "",
-            (try? String(contentsOf: err, encoding: .utf8)) ?? ""
-        )
+        let r = running.wait()
+        return (r.status, r.stdout, r.stderr)
     }
 
     /// Waits at most `limit`; a process still running then is killed (SIGKILL), so a hang
     /// fails its test instead of holding the suite.
     func wait(within limit: Duration) -> (status: Int32, stdout: String, stderr: String, timedOut: Bool) {
-        let deadline = ContinuousClock.now + limit
-        while process.isRunning && ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.05) }
-        let timedOut = process.isRunning
-        if timedOut { kill(process.processIdentifier, SIGKILL) }
-        let r = wait()
+        let (r, timedOut) = running.wait(within: limit)
         return (r.status, r.stdout, r.stderr, timedOut)
     }
 

@@ -7,47 +7,32 @@ import Testing
 @Suite("ewall-serve process", .serialized)
 struct ServeProcessTests {
     /// A running `ewall-serve`, its port read from the "listening on" line.
-    ///
-    /// Safe because: `port` is set once, in init, before the value is shared; the process and pipes are used from the test's task only.
-    final class Served: @unchecked Sendable {
-        let process = Process()
-        let out = Pipe()
-        let err = Pipe()
-        var port = 0
+    final class Served: Sendable {
+        let running: RunningProcess
+        let port: Int
 
         init(_ args: [String]) throws {
-            let exe = try ProcessRunner.built("ewall-serve")
-            process.executableURL = exe
-            process.environment = ProcessRunner.childEnvironment
-            process.arguments = args
-            process.currentDirectoryURL = Fixtures.root
-            process.standardOutput = out
-            process.standardError = err
-            try process.run()
-            var seen = ""
-            let deadline = Date().addingTimeInterval(60)
-            while Date() < deadline {
-                let chunk = out.fileHandleForReading.availableData
-                if chunk.isEmpty { break }
-                seen += String(decoding: chunk, as: UTF8.self)
+            running = try ProcessRunner.start(try ProcessRunner.built("ewall-serve"), args)
+            let deadline = ContinuousClock.now + .seconds(60)
+            while running.isRunning && ContinuousClock.now < deadline {
+                let seen = running.stdout
                 if let r = seen.range(of: #"listening on http://127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
                     port = Int(seen[r].split(separator: ":").last!)!
                     return
                 }
+                Thread.sleep(forTimeInterval: 0.05)
             }
-            process.terminate()
-            let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            throw Fixtures.Missing(description: "ewall-serve did not start: \(seen) \(stderr)")
+            running.signal(SIGKILL)
+            let r = running.wait()
+            throw Fixtures.Missing(description: "ewall-serve did not start: \(r.stdout) \(r.stderr)")
         }
 
+        var process: Process { running.process }
         var base: String { "http://127.0.0.1:\(port)" }
 
-        func signal(_ s: Int32) { kill(process.processIdentifier, s) }
+        func signal(_ s: Int32) { running.signal(s) }
 
-        func waitForExit() -> Int32 {
-            process.waitUntilExit()
-            return process.terminationStatus
-        }
+        func waitForExit() -> Int32 { running.wait().status }
     }
 
     static func args(_ dir: URL) -> [String] {

@@ -12,7 +12,7 @@ public final class RedisServer: Sendable {
 
     public let port: Int
     public let password: String?
-    private let process = Locked<Process?>(nil)
+    private let process = Locked<RunningProcess?>(nil)
 
     /// Starts a server; `password` sets `requirepass`.
     public init(password: String? = nil) throws {
@@ -32,17 +32,12 @@ public final class RedisServer: Sendable {
     public func start() throws {
         try process.withLock { process in
             guard process == nil, let binary = Self.binary else { return }
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: binary)
             var args = [
                 "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--daemonize", "no", "--loglevel", "warning", "--dir", NSTemporaryDirectory(), "--protected-mode", "no",
             ]
             if let password { args += ["--requirepass", password] }
-            p.arguments = args
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
+            let p = try ProcessRunner.start(URL(fileURLWithPath: binary), args)
             process = p
             // Ready when it accepts a connection.
             let deadline = Date().addingTimeInterval(10)
@@ -60,8 +55,9 @@ public final class RedisServer: Sendable {
     public func stop() {
         process.withLock { process in
             guard let p = process else { return }
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
+            p.signal(SIGKILL)
+            _ = p.wait()
+            p.removeOutput()
             process = nil
         }
     }
@@ -69,16 +65,10 @@ public final class RedisServer: Sendable {
     /// Runs `redis-cli` against this server and returns its output (for checks a test makes
     /// from the outside, as the platform would).
     public func cli(_ args: [String]) -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/redis-cli")
-        p.arguments = ["-p", "\(port)"] + (password.map { ["-a", $0, "--no-auth-warning"] } ?? []) + args
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try? p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let r = try? ProcessRunner.run(
+            path: "/usr/bin/redis-cli",
+            ["-p", "\(port)"] + (password.map { ["-a", $0, "--no-auth-warning"] } ?? []) + args)
+        return (r?.stdout ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     static func accepts(port: Int) -> Bool {
