@@ -54,38 +54,25 @@ struct SyncCLITests {
         }
         writer.start()
         for _ in 0..<10 {
-            let p = Process()
-            p.executableURL = ewall
-            p.environment = ProcessRunner.childEnvironment
-            p.arguments = args
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
+            let p = try ProcessRunner.start(ewall, args)
             try await Task.sleep(for: .milliseconds(Int.random(in: 300...1200)))
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
-            #expect(p.terminationReason == .uncaughtSignal)
+            p.signal(SIGKILL)
+            _ = p.wait()
+            #expect(p.process.terminationReason == .uncaughtSignal)
         }
         writing.withLock { $0 = false }
         while writer.isExecuting { try await Task.sleep(for: .milliseconds(20)) }
 
         // Once more, to the end of the stream, then a clean stop.
-        let last = Process()
-        last.executableURL = ewall
-        last.environment = ProcessRunner.childEnvironment
-        last.arguments = args
-        last.standardOutput = FileHandle.nullDevice
-        last.standardError = FileHandle.nullDevice
-        try last.run()
+        let last = try ProcessRunner.start(ewall, args)
         var caughtUp = false
         for _ in 0..<100 where !caughtUp {
             try await Task.sleep(for: .milliseconds(200))
             let s = try ProcessRunner.run(ewall, ["sync", "--status", "--json"] + Array(args.dropFirst()))
             caughtUp = s.stdout.contains("\"lag_bytes\":0") && s.stdout.contains("\"slot_active\":true")
         }
-        kill(last.processIdentifier, SIGTERM)
-        last.waitUntilExit()
-        #expect(last.terminationStatus == 0)
+        last.signal(SIGTERM)
+        #expect(last.wait().status == 0)
         #expect(caughtUp)
 
         let r = try ProcessRunner.run(ewall, ["sync", "--reconcile"] + Array(args.dropFirst()))
@@ -106,6 +93,122 @@ struct SyncCLITests {
         #expect(repaired.status == 1 && repaired.stderr.contains("repaired"))
         let clean = try ProcessRunner.run(ewall, ["sync", "--reconcile"] + Array(args.dropFirst()))
         #expect(clean.status == 0, "\(clean.stdout)")
+    }
+
+    @Test(
+        "SIGKILL 10 times while embedding a stream of inserts, image changes and deletes: every product ends with its current image's vector"
+    )
+    func killedTenTimesEmbedding() async throws {
+        // Each product's image is one of 8 photos plus 4 bytes of its number after the JPEG's
+        // end (ignored by decoders): distinct bytes, and a known vector per photo.
+        let photos = try Fixtures.photos().prefix(8).map { try Fixtures.bytes($0) }
+        let www = try TestHTTPServer { req in
+            let n = Int(req.path.dropFirst(3).prefix(while: \.isNumber)) ?? 0
+            var bytes = photos[n % photos.count]
+            withUnsafeBytes(of: UInt32(n).littleEndian) { bytes += $0 }
+            return .init(headers: [("Content-Type", "image/jpeg")], body: bytes)
+        }
+        defer { www.shutdown() }
+        let url = try await PostgresServer.freshDatabase()
+        let source = try SourceConnection(url: url, replication: false)
+        try source.query(
+            """
+            CREATE TABLE products (id bigserial PRIMARY KEY, title text, brand text, category text, price numeric(12,2),
+              in_stock boolean, image_url text)
+            """)
+        try source.query(
+            """
+            INSERT INTO products (title, category, price, in_stock, image_url)
+            SELECT 't' || g, 'c' || (g % 5), g, true, '\(www.url("/p/"))' || g || '.jpg' FROM generate_series(1, 30) g
+            """)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sync-kill-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let args = [
+            "sync", "--source", url, "--table", "public.products", "--db", "sqlite:\(dir.path)/store.sqlite",
+            "--slot", "ewall_killedembed", "--model", Fixtures.model,
+        ]
+        let ewall = try ProcessRunner.built("ewall")
+
+        // A writer: inserts, new images for existing products, deletes and stock flips.
+        let writing = Locked(true)
+        let base = www.url("/p/")
+        let writer = Thread {
+            guard let c = try? SourceConnection(url: url, replication: false) else { return }
+            var n = 100
+            while writing.withLock({ $0 }) {
+                n += 1
+                let id = Int.random(in: 1...40)
+                switch n % 4 {
+                case 0:
+                    _ = try? c.query(
+                        "INSERT INTO products (title, category, price, in_stock, image_url) VALUES ('n\(n)', 'c1', 1, true, '\(base)\(n).jpg')"
+                    )
+                case 1: _ = try? c.query("UPDATE products SET image_url = '\(base)\(n).jpg' WHERE id = \(id)")
+                case 2: _ = try? c.query("DELETE FROM products WHERE id = \(id)")
+                default: _ = try? c.query("UPDATE products SET in_stock = NOT in_stock WHERE id = \(id)")
+                }
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+        }
+        writer.start()
+        // Past the model's load (about a second), into the stream and the embedding rounds.
+        for _ in 0..<10 {
+            let p = try ProcessRunner.start(ewall, args)
+            try await Task.sleep(for: .milliseconds(Int.random(in: 1500...3500)))
+            p.signal(SIGKILL)
+            _ = p.wait()
+            #expect(p.process.terminationReason == .uncaughtSignal)
+        }
+        writing.withLock { $0 = false }
+        while writer.isExecuting { try await Task.sleep(for: .milliseconds(20)) }
+
+        // Once more, until every current image has its vector, then a clean stop.
+        let last = try ProcessRunner.start(ewall, args)
+        let store = try await SQLiteStore.open(path: "\(dir.path)/store.sqlite")
+        var key: ModelKey?
+        var settled = false
+        for _ in 0..<300 where !settled {
+            try await Task.sleep(for: .milliseconds(200))
+            let status = try ProcessRunner.run(ewall, ["sync", "--status", "--json"] + Array(args.dropFirst()))
+            key = try await store.modelKeys().first?.key
+            guard let key, status.stdout.contains("\"lag_bytes\":0") else { continue }
+            settled = try await store.rowsToEmbed(key: key, limit: 10).isEmpty
+        }
+        last.signal(SIGTERM)
+        #expect(last.wait().status == 0)
+        #expect(settled, "images still without a vector after the last run")
+
+        let r = try ProcessRunner.run(ewall, ["sync", "--reconcile"] + Array(args.dropFirst()))
+        #expect(r.status == 0 && r.stderr.contains("0 differences"), "\(r.stdout)\n\(r.stderr)")
+
+        // Every synced product's vector is its current image's: the photo its number picks.
+        let reference = try ProcessRunner.run(
+            ewall, ["embed", "--json", "--model", Fixtures.model] + Array(try Fixtures.photos().prefix(8)))
+        let photoVectors = reference.stdout.split(separator: "\n").compactMap {
+            ((try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any])?["vector"] as? [Double]
+        }.map { $0.map(Float.init) }
+        #expect(photoVectors.count == 8, "\(reference.stderr)")
+        let ids = try await store.syncedProductIDs(after: nil, limit: 10_000)
+        let rows = try await store.catalogueRows(productIDs: ids)
+        let stored = try await store.vectors(productIDs: ids, key: try #require(key))
+        let states = try await store.states(productIDs: ids, key: try #require(key))
+        var wrong: [String] = []
+        for id in ids {
+            guard let image = rows[id]?.imageURL,
+                let n = Int(image.split(separator: "/").last?.prefix(while: \.isNumber) ?? "")
+            else { continue }
+            let want = photoVectors[n % 8]
+            guard states[id]?.embeddedURL == image, let got = stored[id],
+                zip(got, want).map({ $0 * $1 }).reduce(0, +) > 0.999
+            else {
+                wrong.append("\(id) (\(image), stored for \(states[id]?.embeddedURL ?? "none"))")
+                continue
+            }
+        }
+        #expect(ids.count > 20)
+        #expect(
+            wrong.isEmpty, "\(wrong.count) of \(ids.count) without their current image's vector: \(wrong.prefix(5))")
+        await store.close()
     }
 }
 
@@ -161,29 +264,22 @@ struct SyncJobCLITests {
         }
         // The worker starts first: it waits for the job the sync has not submitted yet.
         let worker = try JobProcess(["--db", storeURL, "--job", "sync-images", "--worker", "--follow"])
-        let sync = Process()
-        sync.executableURL = try ProcessRunner.built("ewall")
-        sync.currentDirectoryURL = Fixtures.root
-        sync.environment = ProcessRunner.childEnvironment
-        sync.arguments = [
-            "sync", "--source", sourceURL, "--table", "public.products", "--db", storeURL, "--slot", "ewall_jobrounds",
-            "--job", "sync-images", "--model", Fixtures.model,
-        ]
-        let log = FileManager.default.temporaryDirectory.appendingPathComponent("sync-job-\(UUID()).err")
-        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        sync.standardOutput = FileHandle.nullDevice
-        sync.standardError = try FileHandle(forWritingTo: log)
-        try sync.run()
+        let sync = try ProcessRunner.start(
+            try ProcessRunner.built("ewall"),
+            [
+                "sync", "--source", sourceURL, "--table", "public.products", "--db", storeURL, "--slot",
+                "ewall_jobrounds", "--job", "sync-images", "--model", Fixtures.model,
+            ])
         defer {
-            if sync.isRunning { kill(sync.processIdentifier, SIGKILL) }
-            if worker.process.isRunning { kill(worker.process.processIdentifier, SIGKILL) }
+            if sync.isRunning { sync.signal(SIGKILL) }
+            if worker.process.isRunning { worker.running.signal(SIGKILL) }
         }
 
         let store = try #require(try await StoreLocation(parsing: storeURL).open() as? any CatalogueStore)
         func vectorsInFeed() async throws -> Set<String> {
             Set(try await store.catalogueChanges(after: 0, limit: 1000).filter { $0.kind == .vector }.map(\.productID))
         }
-        func syncLog() -> String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+        func syncLog() -> String { sync.stderr }
         let firstRun = try await eventually(within: .seconds(90)) { try await vectorsInFeed() == ["1", "2", "3"] }
         let afterFirst = try await vectorsInFeed()
         #expect(firstRun, "feed: \(afterFirst); sync: \(syncLog())")
@@ -214,10 +310,9 @@ struct SyncJobCLITests {
             #expect(cosine > 0.999, "\(id): cosine \(cosine) to the photo's own vector")
         }
 
-        kill(sync.processIdentifier, SIGTERM)
-        sync.waitUntilExit()
-        #expect(sync.terminationStatus == 0, "\(syncLog())")
-        kill(worker.process.processIdentifier, SIGTERM)
+        sync.signal(SIGTERM)
+        #expect(sync.wait().status == 0, "\(syncLog())")
+        worker.running.signal(SIGTERM)
         let w = worker.wait()
         #expect(w.status == 0 || w.status == 130 || w.status == 143, "\(w.stderr)")
         await store.close()
