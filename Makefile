@@ -257,6 +257,9 @@ bench: build model
 	$(PY) bench/sync_bench.py --ewall .build/release/ewall --serve .build/release/ewall-serve \
 	    --rebuild .build/release/rebuild-faiss-index --ewall-bench .build/release/ewall-bench --model $(MODEL) \
 	    --count 20000 --seconds 15 --out bench/out
+	# A new product through ewall sync --job and a --follow worker, against the sync embedding it.
+	$(PY) bench/sync_job_bench.py --ewall .build/release/ewall --ewall-embed .build/release/ewall-embed \
+	    --model $(MODEL) --products 20 --out bench/out
 
 # The index kinds at 10^6 (bench/index_scale_bench.py; docs/faiss-index.md and bench/README.md quote it).
 bench-1m: build model

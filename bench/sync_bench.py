@@ -92,9 +92,9 @@ class Postgres:
 class Session:
     """One psql process per writer, fed statements on stdin (each its own transaction)."""
 
-    def __init__(self, pg):
-        self.p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-q", "-A", "-t"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    def __init__(self, pg, db="postgres"):
+        self.p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d", db, "-q",
+                                   "-A", "-t"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.lock = threading.Lock()
 
     def run(self, sql):
