@@ -75,6 +75,74 @@ struct ReplicaFollowTests {
     }
 }
 
+/// The same with two `ewall-serve` processes, as they run behind a load balancer.
+@Suite("ewall-serve replicas (processes) follow the change feed", .serialized)
+struct ReplicaProcessTests {
+    static func ids(_ s: ServeProcessTests.Served) async throws -> [String] {
+        let r = try await HTTP.call(
+            .GET, "\(s.base)/api/recommendations/similar/p01?k=10&min_similarity=0&any_category=true")
+        return (r.json["results"] as? [[String: Any]] ?? []).compactMap { $0["product_id"] as? String }
+    }
+
+    @Test("two ewall-serve processes converge on every change; one restarted mid-stream answers alike once ready")
+    func twoProcesses() async throws {
+        let cat = try await PhotoCatalogue.shared.value
+        let dir = try cat.copy()
+        let a = try ServeProcessTests.Served(ServeProcessTests.args(dir))
+        var b = try ServeProcessTests.Served(ServeProcessTests.args(dir))
+        defer {
+            for s in [a, b] where s.process.isRunning { s.signal(SIGKILL) }
+        }
+        let store = try await SQLiteStore.open(path: "\(dir.path)/ewall.sqlite")
+        var position: UInt64 = 0
+        func apply(_ changes: [CatalogueChange]) async throws {
+            position += 1
+            _ = try await store.applyCatalogue(
+                changes,
+                state: SyncState(
+                    name: "t", source: "t", slot: "t", position: position, commitTime: Date(), updatedAt: Date()))
+        }
+        func row(_ id: String, inStock: Bool = true, listed: Bool = true) -> CatalogueChange {
+            let i = Int(id.dropFirst())!
+            return .upsert(
+                CatalogueRow(
+                    product: Product(id: id, title: "t", category: PhotoCatalogue.category(i), inStock: inStock),
+                    imageURL: cat.photos[i], listed: listed))
+        }
+        let before = try await Self.ids(a)
+        #expect(before.count >= 4)
+        #expect(try await Self.ids(b) == before)
+
+        try await apply([row(before[0], inStock: false)])
+        var converged = try await eventually(within: .seconds(10)) {
+            let (x, y) = (try await Self.ids(a), try await Self.ids(b))
+            return x == y && !x.contains(before[0])
+        }
+        #expect(converged, "a stock flip reached both processes")
+
+        // b stops (SIGTERM); the feed moves on; a new b process starts from the index's build point.
+        b.signal(SIGTERM)
+        #expect(b.waitForExit() == 0)
+        try await apply([.delete(productID: before[1])])
+        try await apply([row(before[2], listed: false)])
+        try await apply([row(before[0], inStock: true)])
+        b = try ServeProcessTests.Served(ServeProcessTests.args(dir))
+        let ready = try await eventually(within: .seconds(30)) {
+            try await HTTP.call(.GET, "\(b.base)/readyz").status == 200
+        }
+        #expect(ready)
+        converged = try await eventually(within: .seconds(10)) {
+            let (x, y) = (try await Self.ids(a), try await Self.ids(b))
+            return x == y && x.contains(before[0]) && !x.contains(before[1]) && !x.contains(before[2])
+        }
+        #expect(converged, "the restarted process caught up and both answer alike")
+        a.signal(SIGTERM)
+        b.signal(SIGTERM)
+        #expect(a.waitForExit() == 0 && b.waitForExit() == 0)
+        await store.close()
+    }
+}
+
 /// Polls `check` until it holds or `limit` passes.
 private func eventually(within limit: Duration, _ check: () async throws -> Bool) async throws -> Bool {
     let deadline = ContinuousClock.now + limit
