@@ -19,9 +19,10 @@ public protocol EmbeddingStore: AnyObject, Sendable, GiftFlagStore, PrecisionAdm
     func states(productIDs: [String], key: ModelKey) async throws -> [String: ItemState]
 
     /// Writes vectors and ledger entries in one transaction: all of it is stored, or none. A
-    /// vector of a product the live catalogue holds (``CatalogueStore``, `ewall sync`) adds a
-    /// `vector` entry to the change feed in the same transaction, so every replica searches it
-    /// whoever wrote it: a sync, a job's worker, a manifest run.
+    /// vector for the current image of a product the live catalogue holds (``CatalogueStore``,
+    /// `ewall sync`) adds a `vector` entry to the change feed in the same transaction, so every
+    /// replica searches it whoever wrote it (a sync, a job's worker, a manifest run), unless its
+    /// model key already held that image's vector (same URL and bytes).
     func write(_ batch: WriteBatch) async throws
 
     /// The model keys that have vectors, with their counts.

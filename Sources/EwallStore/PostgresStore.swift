@@ -245,6 +245,17 @@ public final class PostgresStore: EmbeddingStore {
         let now = Date()
         try await run("writing a batch") {
             try await client.withTransaction(logger: logger) { conn in
+                // What each key held for these products before (image URL and bytes' sha256).
+                var before: [ModelKey: [String: (url: String, sha: String?)]] = [:]
+                for key in Set(batch.embeddings.map(\.key)) {
+                    let ids = batch.embeddings.filter { $0.key == key }.map(\.productID)
+                    for try await (id, url, sha) in try await conn.query(
+                        """
+                        SELECT product_id, image_url, image_sha256 FROM embeddings
+                        WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) AND product_id = ANY(\(ids))
+                        """, logger: logger
+                    ).decode((String, String, String?).self) { before[key, default: [:]][id] = (url, sha) }
+                }
                 for e in batch.embeddings {
                     let vector = ByteBuffer(bytes: VectorBytes.encode(e.vector))
                     try await conn.query(
@@ -257,13 +268,19 @@ public final class PostgresStore: EmbeddingStore {
                         \(unescaped: Schema.embeddingUpdate)
                         """, logger: logger)
                 }
-                // Synced products' new vectors enter the change feed with them (Schema: catalogue).
-                if !batch.embeddings.isEmpty {
+                // A synced product's vector for its current image enters the change feed with it
+                // (Schema: catalogue), unless the key already held that image's vector.
+                let fresh = batch.embeddings.filter { e in
+                    guard let old = before[e.key]?[e.productID] else { return true }
+                    return old.url != e.imageURL || old.sha != e.imageSHA256
+                }
+                if !fresh.isEmpty {
                     try await conn.query(
                         """
                         INSERT INTO catalogue_changes (product_id, kind, at)
-                        SELECT product_id, 'vector', \(now.timeIntervalSince1970) FROM catalogue
-                        WHERE product_id = ANY(\(batch.embeddings.map(\.productID)))
+                        SELECT c.product_id, 'vector', \(now.timeIntervalSince1970)
+                        FROM unnest(\(fresh.map(\.productID))::text[], \(fresh.map(\.imageURL))::text[]) AS u(id, url)
+                        JOIN catalogue c ON c.product_id = u.id AND c.image_url = u.url
                         """, logger: logger)
                 }
                 for l in batch.ledger {

@@ -119,6 +119,13 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
         try await onWorker { c in
             try c.transaction {
                 for e in batch.embeddings {
+                    // What this key held for the product before: the feed hears only of a vector
+                    // for a new image.
+                    var before: (url: String?, sha: String?)?
+                    try c.query(
+                        "SELECT image_url, image_sha256 FROM embeddings WHERE model_id = ? AND preprocessing = ? AND product_id = ?",
+                        [.text(e.key.modelID), .text(e.key.preprocessing), .text(e.productID)]
+                    ) { row in before = (row.text(0), row.text(1)) }
                     try c.query(
                         """
                         INSERT INTO embeddings (product_id, model_id, preprocessing, image_url, dim, vector, image_sha256,
@@ -133,10 +140,16 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
                             e.height.map { .int(Int64($0)) } ?? .null, e.bytes.map { .int(Int64($0)) } ?? .null,
                             e.contentType.map { .text($0) } ?? .null, .text(now),
                         ])
-                    // A synced product's new vector enters the change feed with it (Schema: catalogue).
-                    try c.query(
-                        "INSERT INTO catalogue_changes (product_id, kind, at) SELECT product_id, 'vector', ? FROM catalogue WHERE product_id = ?",
-                        [.double(at), .text(e.productID)])
+                    // A synced product's vector for its current image enters the change feed with it
+                    // (Schema: catalogue), unless the key already held that image's vector.
+                    if before?.url != e.imageURL || before?.sha != e.imageSHA256 {
+                        try c.query(
+                            """
+                            INSERT INTO catalogue_changes (product_id, kind, at)
+                            SELECT product_id, 'vector', ? FROM catalogue WHERE product_id = ? AND image_url = ?
+                            """,
+                            [.double(at), .text(e.productID), .text(e.imageURL)])
+                    }
                 }
                 for l in batch.ledger {
                     try c.query(

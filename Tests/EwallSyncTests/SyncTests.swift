@@ -191,7 +191,7 @@ struct SyncTests {
     }
 
     @Test(
-        "a synced product's vector enters the change feed in its write's transaction, whoever writes it",
+        "a synced product's vector for a new current image enters the change feed in its write's transaction",
         arguments: StoreKind.allCases)
     func vectorWriteFeedsReplicas(_ kind: StoreKind) async throws {
         let store = try #require(try await kind.open() as? any CatalogueStore)
@@ -210,6 +210,23 @@ struct SyncTests {
         let feed = try await store.catalogueChanges(after: before, limit: 10)
         #expect(feed.map(\.productID) == ["synced"])
         #expect(feed.map(\.kind) == [.vector])
+        // The same image's vector written again (a --force rerun): nothing new to search.
+        try await store.write(
+            WriteBatch(embeddings: [
+                StoredEmbedding(productID: "synced", imageURL: "http://x/s.jpg", key: key, vector: [1, 0])
+            ]))
+        // A vector for an image the catalogue no longer has: the current one's will follow.
+        try await store.write(
+            WriteBatch(embeddings: [
+                StoredEmbedding(productID: "synced", imageURL: "http://x/old.jpg", key: key, vector: [0, 1])
+            ]))
+        #expect(try await store.catalogueChanges(after: before, limit: 10).count == 1)
+        // Its current image's vector again, after the other: an entry.
+        try await store.write(
+            WriteBatch(embeddings: [
+                StoredEmbedding(productID: "synced", imageURL: "http://x/s.jpg", key: key, vector: [1, 0])
+            ]))
+        #expect(try await store.catalogueChanges(after: before, limit: 10).count == 2)
         await store.close()
     }
 
