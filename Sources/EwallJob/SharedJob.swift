@@ -284,12 +284,14 @@ public final class JobWorker: Sendable {
     }
 
     /// Joins the job; a following worker waits for a job that does not exist yet.
+    /// Returns without joining when a following worker is stopped before the job exists.
     private func join() async throws {
         while true {
             do {
                 try await queue.join(job: job, worker: name, key: key)
                 return
-            } catch let e as JobQueueError where e.code == .unknownJob && shared.follow && !stopFlag.isSet {
+            } catch let e as JobQueueError where e.code == .unknownJob && shared.follow {
+                if stopFlag.isSet { return }
                 try await Task.sleep(for: shared.followPoll)
             }
         }
@@ -300,6 +302,9 @@ public final class JobWorker: Sendable {
     /// returns when the job is done or cancelled (a following worker waits for the next run).
     private func feed(_ pipeline: JobPipeline, leases: LeaseBook, waiter: StoreWaiter, stats: JobStats) async throws {
         let base = configuration.fetch.baseDirectory
+        // A following worker joins each new run again (a submission clears the workers), and so
+        // is checked against the model key that run was submitted with.
+        var rejoin = false
         while !stopFlag.isSet && !leases.cancelled {
             if leases.count >= shared.maxHeldChunks {
                 try await Task.sleep(for: .milliseconds(20))
@@ -312,6 +317,13 @@ public final class JobWorker: Sendable {
             switch claim {
             case .chunk(let c):
                 let lease = ChunkLease(chunk: c.chunk, generation: c.generation)
+                if rejoin {
+                    rejoin = false
+                    do { try await queue.join(job: job, worker: worker, key: key) } catch {
+                        try? await queue.release(job: job, leases: [lease])
+                        throw error
+                    }
+                }
                 if c.items.isEmpty { continue }
                 leases.add(lease, items: c.items.map(\.productID))
                 for item in c.items {
@@ -345,12 +357,14 @@ public final class JobWorker: Sendable {
                 if held == 0 { try await Task.sleep(for: delay) }
             case .finished:
                 guard shared.follow else { return }
+                rejoin = true
                 try await Task.sleep(for: shared.followPoll)
             case .cancelled:
                 guard shared.follow else {
                     leases.cancelled = true
                     return
                 }
+                rejoin = true
                 try await Task.sleep(for: shared.followPoll)
             }
         }

@@ -1,4 +1,5 @@
 import EwallCore
+import EwallJob
 import EwallStore
 import EwallTestSupport
 import Foundation
@@ -292,6 +293,16 @@ struct SyncJobCLITests {
         let afterSecond = try await vectorsInFeed()
         #expect(secondRun, "feed: \(afterSecond); sync: \(syncLog())")
         #expect(worker.process.isRunning, "a --follow worker waits for the next run instead of exiting")
+        // Every run the sync submitted ends as done; the follower joined each (it is in the status).
+        let queue = try await PostgresJobQueue.over(store)
+        let runsDone = try await eventually(within: .seconds(10)) {
+            let runs = try await queue.runs(keepDays: 1).filter { $0.job == "sync-images" }
+            return runs.count >= 2 && runs.allSatisfy { $0.outcome == "done" && $0.finishedAt != nil }
+        }
+        let runs = try await queue.runs(keepDays: 1).map { ($0.runID, $0.outcome) }
+        #expect(runsDone, "\(runs)")
+        let workers = try await queue.status(job: "sync-images").workers
+        #expect(workers.count == 1, "\(workers)")
 
         // The vectors are the photos' own: the worker fetched each product's current image.
         let key = try #require(try await store.modelKeys().first?.key)

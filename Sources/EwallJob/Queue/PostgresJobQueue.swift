@@ -91,7 +91,17 @@ public final class PostgresJobQueue: Sendable {
                                 + "to go; \(leases.isEmpty ? "no worker holds a lease now" : "leases held by " + leases.joined(separator: ", ")))"
                                 + ": wait for it, or `ewall job cancel \(spec.name)` first")
                     }
+                    // Nothing left, but no worker has claimed since to mark it so: the run is done.
+                    try await Self.finish(conn, job: spec.name, outcome: "done", logger: logger)
                 }
+                // The new run's chunks start above every generation of the old run's, so a lease
+                // (chunk, generation) from an earlier run never matches one of this run's: a late
+                // commit of a worker that lost its chunk is refused, not taken into this run.
+                var generation: Int64 = 0
+                for try await g in try await conn.query(
+                    "SELECT COALESCE(MAX(generation), 0)::int8 + 1 FROM ewall_job_chunks WHERE job = \(spec.name)",
+                    logger: logger
+                ).decode(Int64.self) { generation = g }
                 try await conn.query("DELETE FROM ewall_job_items WHERE job = \(spec.name)", logger: logger)
                 try await conn.query("DELETE FROM ewall_job_chunks WHERE job = \(spec.name)", logger: logger)
                 try await conn.query("DELETE FROM ewall_job_workers WHERE job = \(spec.name)", logger: logger)
@@ -132,8 +142,9 @@ public final class PostgresJobQueue: Sendable {
                 if !chunkSizes.isEmpty {
                     try await conn.query(
                         """
-                        INSERT INTO ewall_job_chunks (job, chunk, items, pending)
-                        SELECT \(spec.name), c.n - 1, c.items, c.items FROM unnest(\(chunkSizes)::int4[]) WITH ORDINALITY AS c(items, n)
+                        INSERT INTO ewall_job_chunks (job, chunk, items, pending, generation)
+                        SELECT \(spec.name), c.n - 1, c.items, c.items, \(generation)
+                        FROM unnest(\(chunkSizes)::int4[]) WITH ORDINALITY AS c(items, n)
                         """, logger: logger)
                 }
                 let c = counts()
@@ -599,11 +610,15 @@ struct CommitStatement: PostgresPreparedStatement {
                  AS v(id, chunk, model, pre, url, dim, vec, sha, w, h, b, ct)
             WHERE v.chunk IN (SELECT chunk FROM held)
             \(Schema.embeddingUpdate)
-            RETURNING product_id),
+            RETURNING product_id, model_id, preprocessing, image_url, image_sha256),
         feed AS (
             INSERT INTO catalogue_changes (product_id, kind, at)
-            SELECT c.product_id, 'vector', EXTRACT(EPOCH FROM now())::float8 FROM catalogue c
-            WHERE c.product_id IN (SELECT product_id FROM vec)),
+            SELECT v.product_id, 'vector', EXTRACT(EPOCH FROM now())::float8
+            FROM vec v JOIN catalogue c ON c.product_id = v.product_id AND c.image_url = v.image_url
+            WHERE NOT EXISTS (
+                SELECT 1 FROM embeddings e
+                WHERE e.model_id = v.model_id AND e.preprocessing = v.preprocessing AND e.product_id = v.product_id
+                  AND e.image_url = v.image_url AND e.image_sha256 IS NOT DISTINCT FROM v.image_sha256)),
         ledger AS (
             INSERT INTO item_outcomes (product_id, model_id, preprocessing, image_url, status, error_class,
                                        http_status, attempts, last_error, last_tried)
