@@ -131,6 +131,9 @@ struct ReplicaProcessTests {
             try await HTTP.call(.GET, "\(b.base)/readyz").status == 200
         }
         #expect(ready)
+        // Ready means caught up: the first answers after it already agree.
+        let (x, y) = (try await Self.ids(a), try await Self.ids(b))
+        #expect(x == y && x.contains(before[0]) && !x.contains(before[1]) && !x.contains(before[2]), "\(x) / \(y)")
         converged = try await eventually(within: .seconds(10)) {
             let (x, y) = (try await Self.ids(a), try await Self.ids(b))
             return x == y && x.contains(before[0]) && !x.contains(before[1]) && !x.contains(before[2])
