@@ -152,10 +152,12 @@ public final class TestHTTPServer: Sendable {
                 context.write(
                     wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: r.body)))), promise: nil)
             }
-            let state = self.state
+            // Answered once the whole answer is handed to the socket: counted after the write
+            // completes, a client that had already read it and sent its next request (another
+            // worker, once it gave back its per-host slot) was counted twice.
+            state.withLockedValue { $0.inFlight -= 1 }
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-                state.withLockedValue { $0.inFlight -= 1 }
                 if !keepAlive { channel.close(promise: nil) }
             }
         }
