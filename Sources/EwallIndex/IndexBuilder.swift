@@ -112,12 +112,13 @@ public struct IndexBuildSummary: Sendable, Codable {
 /// are read page by page and never all held twice (see docs/faiss-index.md, "Which index").
 public enum IndexBuilder {
     public static let recallK = 10
-    /// Queries (of the recall queries, those in stock with a category) for recall under the
-    /// default filters. 1,000 (was 200): per-query recall varies widely (sd about 0.15), so the
-    /// estimate's standard error is about 0.006 on the ~680 in-stock queries of 1,000 at 1M,
-    /// against about 0.011 on 200; a point must clear the target by one of them
+    /// Queries for recall under the default filters, drawn of their own among the products the
+    /// filters let a search start from (in stock, with a category). Per-query recall varies
+    /// widely (sd about 0.15), so the estimate's standard error is about 0.0027 on 3,000 queries,
+    /// against 0.006 on the ~680 eligible of the 1,000 unfiltered queries this once used, and
+    /// 0.011 on 200; a point must clear the target by two of them
     /// (``IndexManifest/RecallPoint/lowerBound``).
-    public static let filteredRecallQueries = 1000
+    public static let filteredRecallQueries = 3000
 
     public static func build(
         store: any EmbeddingStore, options: IndexBuildOptions,
@@ -194,8 +195,23 @@ public enum IndexBuilder {
             needsTraining && plan.trainingSize < n
             ? Set(sample(n, plan.trainingSize, &rng)) : nil
 
+        // The categories and stock, for recall under the default filters (IVF: the nprobe that
+        // filtered searches start at). The vectors stream in the same product-id order.
+        var columns: FilterColumns?
+        if queryCount > 0 && index.kind == .ivf {
+            columns = try await FilterColumns.read(store, key, count: n)
+        }
+        // Their queries: a draw of their own among the products the filters let a search start
+        // from, after the draws above (which stay as they were).
+        let filteredOrdinals: Set<Int> =
+            columns.map { c in
+                let eligible = (0..<n).filter { c.category[$0] != 0 && c.inStock[$0] }
+                return Set(sample(eligible.count, filteredRecallQueries, &rng).map { eligible[$0] })
+            } ?? []
+
         // Pass 1: the training sample and the recall queries.
         var queries = RecallQueries(dimension: d)
+        var filteredQueries = RecallQueries(dimension: d)
         if needsTraining || queryCount > 0 {
             let t = Date()
             var training: [Float] = []
@@ -207,6 +223,9 @@ public enum IndexBuilder {
                         training.append(contentsOf: page.vector(r))
                     }
                     if queryOrdinals.contains(ordinal) { queries.append(page.vector(r), id: Int64(ordinal)) }
+                    if filteredOrdinals.contains(ordinal) {
+                        filteredQueries.append(page.vector(r), id: Int64(ordinal))
+                    }
                 }
                 progress(
                     IndexBuildProgress(phase: "reading training sample", done: page.firstOrdinal + page.count, total: n)
@@ -233,15 +252,10 @@ public enum IndexBuilder {
             }
         }
 
-        // The categories and stock, for recall under the default filters (IVF: the nprobe that
-        // filtered searches start at). The vectors stream in the same product-id order.
-        var columns: FilterColumns?
-        if queryCount > 0 && index.kind == .ivf {
-            columns = try await FilterColumns.read(store, key, count: n)
-        }
         var filteredTruth = columns.map {
             FilteredTruth(
-                queries: queries, columns: $0, limit: filteredRecallQueries, k: recallK, metric: options.metric)
+                queries: filteredQueries, columns: $0, limit: filteredRecallQueries, k: recallK,
+                metric: options.metric)
         }
 
         // Pass 2: add every vector under its ordinal as id; exact neighbours of the queries on the way.

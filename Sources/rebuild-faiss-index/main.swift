@@ -30,9 +30,10 @@ struct RebuildFaissIndex: AsyncParsableCommand {
             approximate indexes recall@10 is measured against exact search on catalogue \
             products (drawn from the whole store, as similar-by-id serves it) and nprobe/efSearch raised until --target-recall is met; both are recorded. \
             IVF over a store with categories: recall is measured again under the similar-products \
-            default filters (same category, in stock; up to 200 of those queries, against exact \
-            search among the products the filters allow), and the nprobe that meets the target \
-            is recorded as search.filtered_nprobe, where filtered searches start. IVF over \
+            default filters (same category, in stock; 3,000 queries of its own drawn among the \
+            in-stock products, against exact search among the products the filters allow), and \
+            the nprobe that meets the target with a margin of two standard errors of that \
+            estimate is recorded as search.filtered_nprobe, where filtered searches start. IVF over \
             flat centroids with more than 32 lists (every IVF kind auto picks) also writes \
             nearest_lists.bin: each vector's 32 nearest lists and the distances of the 4th, 8th, \
             16th and 32nd, found by the same coarse pass that places it (144 bytes a product, \
@@ -105,7 +106,11 @@ struct RebuildFaissIndex: AsyncParsableCommand {
     @Option(name: .long, help: "...and this preprocessing.")
     var preprocess: String?
 
-    @Option(name: .long, help: "Held-out queries for measuring recall.")
+    @Option(
+        name: .long,
+        help:
+            "Catalogue products searched for measuring recall (unfiltered; the filtered measure draws 3,000 of its own)."
+    )
     var recallQueries: Int = 1000
 
     @Option(name: .long, help: "Seed for the choice of training and query vectors.")
