@@ -70,24 +70,28 @@ def timed(cmd):
 
 def filtered_recall(base, x, labels, stock, queries):
     """recall@10 of the server's similar-by-id answers (default filters, min_similarity 0) against
-    an exact search over the products the filters allow (one pass over each category's rows)."""
+    an exact search over the products the filters allow (one pass over each category's rows, all
+    of its queries at once): (mean, standard error of the mean over the queries)."""
     truth = {}
     for c in sorted(set(int(labels[q] % 10) for q in queries)):
         allowed = np.nonzero((labels % 10 == c) & stock)[0]
         rows = np.asarray(x[allowed], dtype=np.float32)
         norms = (rows * rows).sum(axis=1)
-        for q in [q for q in queries if labels[q] % 10 == c]:
-            v = np.asarray(x[q], dtype=np.float32)
-            d = norms - 2 * rows @ v + v @ v
+        mine = [q for q in queries if labels[q] % 10 == c]
+        qv = np.asarray(x[mine], dtype=np.float32)
+        dist = norms[:, None] - 2 * (rows @ qv.T) + (qv * qv).sum(axis=1)[None, :]
+        for j, q in enumerate(mine):
+            d = dist[:, j]
             d[allowed == q] = np.inf
             truth[q] = set(allowed[np.argsort(d, kind="stable")[:10]].tolist())
-        del rows
-    total = 0.0
+        del rows, dist
+    per_query = []
     for q in queries:
         with urllib.request.urlopen(f"{base}/api/recommendations/similar/p{q:07d}?min_similarity=0", timeout=60) as r:
             got = [int(h["product_id"][1:]) for h in json.loads(r.read())["results"]]
-        total += len(truth[q] & set(got)) / max(1, len(truth[q]))
-    return total / len(queries)
+        per_query.append(len(truth[q] & set(got)) / max(1, len(truth[q])))
+    r = np.asarray(per_query)
+    return float(r.mean()), float(r.std(ddof=1) / np.sqrt(len(r))) if len(r) > 1 else 0.0
 
 
 def load_new(args, tmp, npy, db, n, d, stock):
@@ -124,7 +128,8 @@ def main():
     ap.add_argument("--count", type=int, default=100_000)
     ap.add_argument("--kinds", default="auto,sq8,pq64")
     ap.add_argument("--seconds", type=int, default=20)
-    ap.add_argument("--recall-queries", type=int, default=200)
+    ap.add_argument("--recall-queries", type=int, default=1000,
+                    help="queries for the served recall (1,000: about +-0.006 of sampling noise at 0.95)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-python", action="store_true", help="skip Python faiss's build of the automatic choice")
     ap.add_argument("--tmp", default=None, help="work folder (default: a temporary one; needs ~6 x n x 8 KiB)")
@@ -134,7 +139,12 @@ def main():
     ap.add_argument("--reuse", default=None,
                     help="a work folder an earlier --keep run printed: its vectors, labels and store are used "
                          "again (same --count), and only the index folders are rebuilt; implies --keep")
+    ap.add_argument("--serve-only", action="store_true",
+                    help="with --reuse: serve the index folders kept there as they are, without rebuilding "
+                         "(serving levers compared on one index)")
     args = ap.parse_args()
+    if args.serve_only and not args.reuse:
+        raise SystemExit("--serve-only needs --reuse")
     if args.reuse:
         args.keep = True
     if not shutil.which("wrk"):
@@ -163,13 +173,19 @@ def main():
         budgets = {"auto": None, "sq8": flat_bytes // 2, "pq64": int(n * (64 + 8) * 1.05)}
         for kind in args.kinds.split(","):
             folder = os.path.join(tmp, f"faiss-{kind}")
-            shutil.rmtree(folder, ignore_errors=True)
-            cmd = [args.rebuild, "--db", db, "--out", folder, "--json", "--threads", str(args.threads)]
-            if budgets[kind]:
-                cmd += ["--max-memory", str(budgets[kind])]
-            log(f"{kind}: rebuild-faiss-index {' '.join(cmd[5:])}")
-            out, peak, wall = timed(cmd)
-            s = json.loads(out)
+            if args.serve_only:
+                m = json.load(open(os.path.join(folder, "manifest.json")))
+                s = {"factory": m["factory"], "search": m["search"], "seconds": {}, "recall": m.get("recall")}
+                peak, wall = 0, 0
+                log(f"{kind}: serving the kept {m['factory']} as it is")
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+                cmd = [args.rebuild, "--db", db, "--out", folder, "--json", "--threads", str(args.threads)]
+                if budgets[kind]:
+                    cmd += ["--max-memory", str(budgets[kind])]
+                log(f"{kind}: rebuild-faiss-index {' '.join(cmd[5:])}")
+                out, peak, wall = timed(cmd)
+                s = json.loads(out)
             files = json.load(open(os.path.join(folder, "manifest.json")))["files"]
             index_bytes = files["index"]["bytes"]
             vec_bytes = files.get("vectors", {}).get("bytes", 0)
@@ -185,7 +201,7 @@ def main():
                 res["rss_after_mib"] = rss_mib(srv.p.pid, "VmRSS")
                 anon = rss_mib(srv.p.pid, "RssAnon")
                 log(f"{kind}: recall of the server's answers, {len(recall_queries)} queries")
-                rec = filtered_recall(srv.base, x, labels, stock, recall_queries)
+                rec, rec_se = filtered_recall(srv.base, x, labels, stock, recall_queries)
             finally:
                 srv.stop()
             row = {
@@ -198,7 +214,8 @@ def main():
                 "disk_bytes_per_product": (index_bytes + vec_bytes + near_bytes) / n,
                 "build_recall": (s.get("recall") or {}).get("measured"),
                 "serve_rss_rest_mib": rest, "serve_rss_anon_after_mib": anon, "serve_rss_over_index": rest / (index_bytes / 2**20),
-                "similar_recall_default_filters": rec, **{f"serve_{k}": v for k, v in res.items()},
+                "similar_recall_default_filters": rec, "similar_recall_standard_error": rec_se,
+                "recall_queries": len(recall_queries), **{f"serve_{k}": v for k, v in res.items()},
             }
             row["manifest_search"] = json.load(open(os.path.join(folder, "manifest.json")))["search"]
             rows.append(row)
@@ -206,7 +223,7 @@ def main():
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
         auto = next((r for r in rows if r["kind"] == "auto"), None)
-        if auto and not args.no_python:
+        if auto and not args.no_python and not args.serve_only:
             factory = auto["factory"].replace("IDMap2,", "")
             nlist = int(factory.split(",")[0][3:]) if factory.startswith("IVF") else 0
             train_n = min(n, nlist * 256, max(131072, nlist * 40)) if nlist else n
@@ -234,7 +251,8 @@ def main():
                 if ms.get("filtered_nprobe") else "")
         print(f"| {r['factory']} nprobe {r['nprobe']}{filt}{' refine x' + str(r['refine_factor']) if r['refine_factor'] else ''} "
               f"| {r['ram_bytes_per_product']:.0f} | {r['disk_bytes_per_product']:.0f} | {r['build_wall_s']:.0f} ({r['build_peak_rss_mib']:.0f}) "
-              f"| {r['build_recall'] or 1:.3f} | {r['similar_recall_default_filters']:.3f} | {r['serve_requests_per_s']:.0f} "
+              f"| {r['build_recall'] or 1:.3f} | {r['similar_recall_default_filters']:.3f} +- {r['similar_recall_standard_error']:.3f} "
+              f"| {r['serve_requests_per_s']:.0f} "
               f"| {r['serve_p50_ms']:.1f} / {r['serve_p99_ms']:.1f} | {r['serve_non_2xx']} | {r['serve_rss_over_index']:.2f}x |")
     if auto and "python_build_s" in auto:
         print(f"Python faiss building {auto['factory']}: {auto['python_build_s']:.0f} s, peak RSS {auto['python_peak_rss_mib']:.0f} MiB; "
