@@ -9,6 +9,35 @@ import Testing
 
 @Suite("ewall sync as a process: killed at random, it loses nothing", .serialized)
 struct SyncCLITests {
+    /// Starts `ewall args` 10 times and kills each with SIGKILL after a random wait (`after`,
+    /// in ms), while a thread of its own writes `statement(1)`, `statement(2)`, ... to the
+    /// source, one a transaction, every `every` seconds; the writer has stopped on return.
+    static func killTenTimes(
+        _ ewall: URL, _ args: [String], after window: ClosedRange<Int>, source url: String,
+        every interval: TimeInterval, statement: @escaping @Sendable (Int) -> String
+    ) async throws {
+        let writing = Locked(true)
+        let writer = Thread {
+            guard let c = try? SourceConnection(url: url, replication: false) else { return }
+            var n = 0
+            while writing.withLock({ $0 }) {
+                n += 1
+                _ = try? c.query(statement(n))
+                Thread.sleep(forTimeInterval: interval)
+            }
+        }
+        writer.start()
+        for _ in 0..<10 {
+            let p = try ProcessRunner.start(ewall, args)
+            try await Task.sleep(for: .milliseconds(Int.random(in: window)))
+            p.signal(SIGKILL)
+            _ = p.wait()
+            #expect(p.process.terminationReason == .uncaughtSignal)
+        }
+        writing.withLock { $0 = false }
+        while writer.isExecuting { try await Task.sleep(for: .milliseconds(20)) }
+    }
+
     @Test("SIGKILL 10 times during a stream of inserts, updates and deletes: --reconcile finds 0 differences")
     func killedTenTimes() async throws {
         let url = try await PostgresServer.freshDatabase()
@@ -31,38 +60,18 @@ struct SyncCLITests {
         ]
         let ewall = try ProcessRunner.built("ewall")
 
-        // A writer: one change per transaction, a mix of the three kinds, until told to stop.
-        let writing = Locked(true)
-        let writer = Thread {
-            guard let c = try? SourceConnection(url: url, replication: false) else { return }
-            var n = 0
-            while writing.withLock({ $0 }) {
-                n += 1
-                let id = Int.random(in: 1...260)
-                switch n % 4 {
-                case 0:
-                    _ = try? c.query("UPDATE products SET in_stock = NOT in_stock, price = price + 1 WHERE id = \(id)")
-                case 1: _ = try? c.query("DELETE FROM products WHERE id = \(id)")
-                case 2:
-                    _ = try? c.query(
-                        "INSERT INTO products (title, category, price, in_stock, image_url) VALUES ('n\(n)', 'c1', 1, true, 'http://127.0.0.1:9/n\(n).jpg')"
-                    )
-                default:
-                    _ = try? c.query("UPDATE products SET category = 'c\(n % 7)', title = 'u\(n)' WHERE id = \(id)")
-                }
-                Thread.sleep(forTimeInterval: 0.01)
+        // One change per transaction, a mix of the three kinds.
+        try await Self.killTenTimes(ewall, args, after: 300...1200, source: url, every: 0.01) { n in
+            let id = Int.random(in: 1...260)
+            switch n % 4 {
+            case 0: return "UPDATE products SET in_stock = NOT in_stock, price = price + 1 WHERE id = \(id)"
+            case 1: return "DELETE FROM products WHERE id = \(id)"
+            case 2:
+                return
+                    "INSERT INTO products (title, category, price, in_stock, image_url) VALUES ('n\(n)', 'c1', 1, true, 'http://127.0.0.1:9/n\(n).jpg')"
+            default: return "UPDATE products SET category = 'c\(n % 7)', title = 'u\(n)' WHERE id = \(id)"
             }
         }
-        writer.start()
-        for _ in 0..<10 {
-            let p = try ProcessRunner.start(ewall, args)
-            try await Task.sleep(for: .milliseconds(Int.random(in: 300...1200)))
-            p.signal(SIGKILL)
-            _ = p.wait()
-            #expect(p.process.terminationReason == .uncaughtSignal)
-        }
-        writing.withLock { $0 = false }
-        while writer.isExecuting { try await Task.sleep(for: .milliseconds(20)) }
 
         // Once more, to the end of the stream, then a clean stop.
         let last = try ProcessRunner.start(ewall, args)
@@ -130,38 +139,20 @@ struct SyncCLITests {
         ]
         let ewall = try ProcessRunner.built("ewall")
 
-        // A writer: inserts, new images for existing products, deletes and stock flips.
-        let writing = Locked(true)
+        // Inserts, new images for existing products, deletes and stock flips; the kills come
+        // past the model's load (about a second), in the stream and the embedding rounds.
         let base = www.url("/p/")
-        let writer = Thread {
-            guard let c = try? SourceConnection(url: url, replication: false) else { return }
-            var n = 100
-            while writing.withLock({ $0 }) {
-                n += 1
-                let id = Int.random(in: 1...40)
-                switch n % 4 {
-                case 0:
-                    _ = try? c.query(
-                        "INSERT INTO products (title, category, price, in_stock, image_url) VALUES ('n\(n)', 'c1', 1, true, '\(base)\(n).jpg')"
-                    )
-                case 1: _ = try? c.query("UPDATE products SET image_url = '\(base)\(n).jpg' WHERE id = \(id)")
-                case 2: _ = try? c.query("DELETE FROM products WHERE id = \(id)")
-                default: _ = try? c.query("UPDATE products SET in_stock = NOT in_stock WHERE id = \(id)")
-                }
-                Thread.sleep(forTimeInterval: 0.1)
+        try await Self.killTenTimes(ewall, args, after: 1500...3500, source: url, every: 0.1) { i in
+            let (n, id) = (i + 100, Int.random(in: 1...40))
+            switch n % 4 {
+            case 0:
+                return
+                    "INSERT INTO products (title, category, price, in_stock, image_url) VALUES ('n\(n)', 'c1', 1, true, '\(base)\(n).jpg')"
+            case 1: return "UPDATE products SET image_url = '\(base)\(n).jpg' WHERE id = \(id)"
+            case 2: return "DELETE FROM products WHERE id = \(id)"
+            default: return "UPDATE products SET in_stock = NOT in_stock WHERE id = \(id)"
             }
         }
-        writer.start()
-        // Past the model's load (about a second), into the stream and the embedding rounds.
-        for _ in 0..<10 {
-            let p = try ProcessRunner.start(ewall, args)
-            try await Task.sleep(for: .milliseconds(Int.random(in: 1500...3500)))
-            p.signal(SIGKILL)
-            _ = p.wait()
-            #expect(p.process.terminationReason == .uncaughtSignal)
-        }
-        writing.withLock { $0 = false }
-        while writer.isExecuting { try await Task.sleep(for: .milliseconds(20)) }
 
         // Once more, until every current image has its vector, then a clean stop.
         let last = try ProcessRunner.start(ewall, args)

@@ -27,27 +27,13 @@ struct ReplicaFollowTests {
         let a = try await Self.service(dir)
         var b = try await Self.service(dir)
         let store = try await SQLiteStore.open(path: "\(dir.path)/ewall.sqlite")
-        var position: UInt64 = 0
-        func apply(_ changes: [CatalogueChange]) async throws {
-            position += 1
-            _ = try await store.applyCatalogue(
-                changes,
-                state: SyncState(
-                    name: "t", source: "t", slot: "t", position: position, commitTime: Date(), updatedAt: Date()))
-        }
-        func row(_ id: String, inStock: Bool = true, listed: Bool = true) -> CatalogueChange {
-            let i = Int(id.dropFirst())!
-            return .upsert(
-                CatalogueRow(
-                    product: Product(id: id, title: "t", category: PhotoCatalogue.category(i), inStock: inStock),
-                    imageURL: cat.photos[i], listed: listed))
-        }
+        let source = SourceTransactions(store: store)
         let query = SimilarQuery(k: 10, minSimilarity: 0, sameCategory: false, inStockOnly: true)
         let before = try await Self.ids(a, query)
         #expect(before.count >= 4)
         #expect(try await Self.ids(b, query) == before)
 
-        try await apply([row(before[0], inStock: false)])
+        try await source.apply([cat.row(before[0], inStock: false)])
         var converged = try await eventually(within: .seconds(5)) {
             let (x, y) = (try await Self.ids(a, query), try await Self.ids(b, query))
             return x == y && !x.contains(before[0])
@@ -56,9 +42,9 @@ struct ReplicaFollowTests {
 
         // b stops; the feed moves on without it; a new b starts from the index's build point.
         await b.shutdown()
-        try await apply([.delete(productID: before[1])])
-        try await apply([row(before[2], listed: false)])
-        try await apply([row(before[0], inStock: true)])
+        try await source.apply([.delete(productID: before[1])])
+        try await source.apply([cat.row(before[2], listed: false)])
+        try await source.apply([cat.row(before[0], inStock: true)])
         b = try await Self.service(dir)
         let ready = await b.readiness()
         #expect(ready.ready, "\(ready.problems)")
@@ -94,26 +80,12 @@ struct ReplicaProcessTests {
             for s in [a, b] where s.process.isRunning { s.signal(SIGKILL) }
         }
         let store = try await SQLiteStore.open(path: "\(dir.path)/ewall.sqlite")
-        var position: UInt64 = 0
-        func apply(_ changes: [CatalogueChange]) async throws {
-            position += 1
-            _ = try await store.applyCatalogue(
-                changes,
-                state: SyncState(
-                    name: "t", source: "t", slot: "t", position: position, commitTime: Date(), updatedAt: Date()))
-        }
-        func row(_ id: String, inStock: Bool = true, listed: Bool = true) -> CatalogueChange {
-            let i = Int(id.dropFirst())!
-            return .upsert(
-                CatalogueRow(
-                    product: Product(id: id, title: "t", category: PhotoCatalogue.category(i), inStock: inStock),
-                    imageURL: cat.photos[i], listed: listed))
-        }
+        let source = SourceTransactions(store: store)
         let before = try await Self.ids(a)
         #expect(before.count >= 4)
         #expect(try await Self.ids(b) == before)
 
-        try await apply([row(before[0], inStock: false)])
+        try await source.apply([cat.row(before[0], inStock: false)])
         var converged = try await eventually(within: .seconds(10)) {
             let (x, y) = (try await Self.ids(a), try await Self.ids(b))
             return x == y && !x.contains(before[0])
@@ -123,9 +95,9 @@ struct ReplicaProcessTests {
         // b stops (SIGTERM); the feed moves on; a new b process starts from the index's build point.
         b.signal(SIGTERM)
         #expect(b.waitForExit() == 0)
-        try await apply([.delete(productID: before[1])])
-        try await apply([row(before[2], listed: false)])
-        try await apply([row(before[0], inStock: true)])
+        try await source.apply([.delete(productID: before[1])])
+        try await source.apply([cat.row(before[2], listed: false)])
+        try await source.apply([cat.row(before[0], inStock: true)])
         b = try ServeProcessTests.Served(ServeProcessTests.args(dir))
         let ready = try await eventually(within: .seconds(30)) {
             try await HTTP.call(.GET, "\(b.base)/readyz").status == 200

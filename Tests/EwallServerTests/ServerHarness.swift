@@ -25,6 +25,15 @@ struct PhotoCatalogue: Sendable {
     static func category(_ i: Int) -> String { categories[i % 4] }
     static func inStock(_ i: Int) -> Bool { i % 5 != 0 }
 
+    /// Product `id`'s catalogue row as `ewall sync` writes it (its photo, its category).
+    func row(_ id: String, inStock: Bool = true, listed: Bool = true) -> CatalogueChange {
+        let i = Int(id.dropFirst())!
+        return .upsert(
+            CatalogueRow(
+                product: Product(id: id, title: "t", category: Self.category(i), inStock: inStock),
+                imageURL: photos[i], listed: listed))
+    }
+
     static let shared = Task<PhotoCatalogue, any Error> { try await make() }
 
     private static func make() async throws -> PhotoCatalogue {

@@ -73,8 +73,8 @@ final class SyncedCatalogue {
     let dir: URL
     let store: SQLiteStore
     let folder: IndexFolder
-    /// The source position of the next transaction ``apply(_:)`` records.
-    private var position: UInt64 = 1
+    /// Each ``apply(_:)`` is the next source transaction (positions from 2).
+    private let source: SourceTransactions
 
     init(_ data: SyntheticVectors, key: ModelKey) async throws {
         self.data = data
@@ -82,6 +82,7 @@ final class SyncedCatalogue {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("replica-\(UUID().uuidString)")
         store = try await SQLiteStore.open(path: dir.appendingPathComponent("s.sqlite").path)
         folder = IndexFolder(path: dir.appendingPathComponent("faiss").path)
+        source = SourceTransactions(store: store, position: 1)
     }
 
     /// Product `i`'s row; with `id`, a product of that id in product `i`'s category.
@@ -95,11 +96,7 @@ final class SyncedCatalogue {
 
     /// Applies `changes` as one source transaction.
     func apply(_ changes: [CatalogueChange]) async throws {
-        position += 1
-        _ = try await store.applyCatalogue(
-            changes,
-            state: SyncState(
-                name: "t", source: "t", slot: "t", position: position, commitTime: Date(), updatedAt: Date()))
+        try await source.apply(changes)
     }
 
     /// Stores products `range`'s own vectors.
