@@ -142,7 +142,7 @@ extension ProductSearch {
         let ids = Array(Set(changes.map(\.productID)))
         let rows = try await store.catalogueRows(productIDs: ids)
         let flags = try await store.giftFlags(productIDs: ids)
-        let withVector = Set(changes.filter { $0.kind == .vector }.map(\.productID))
+        let withVector = Set(changes.filter { $0.bringsVector(for: manifest.key) }.map(\.productID))
         let vectors = try await store.vectors(productIDs: Array(withVector), key: manifest.key)
         let updates = ids.map { id in
             CatalogueUpdate(

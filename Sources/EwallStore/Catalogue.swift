@@ -74,6 +74,14 @@ public struct ChangeRecord: Sendable, Hashable {
     public var at: Date
     /// The source's commit time, where the change came from the source.
     public var sourceTime: Date?
+    /// A `vector` entry's model key: a replica of another key has nothing new to search. nil on
+    /// other entries, and on vector entries an older ewall wrote (they concern every key).
+    public var key: ModelKey? = nil
+
+    /// Whether this entry brings a new vector under `key`.
+    public func bringsVector(for key: ModelKey) -> Bool {
+        kind == .vector && (self.key == nil || self.key == key)
+    }
 }
 
 /// A store that can hold the live catalogue (both stores).
@@ -87,9 +95,10 @@ public protocol CatalogueStore: EmbeddingStore {
     /// The change feed after `seq`, oldest first.
     func catalogueChanges(after seq: Int64, limit: Int) async throws -> [ChangeRecord]
 
-    /// Distinct products with a new vector, and deleted, after `seq`: how far an index built at
-    /// `seq` has drifted (what compaction measures).
-    func changeCounts(after seq: Int64) async throws -> (vectors: Int, deletes: Int)
+    /// Distinct products with a new vector under `key`, and deleted, after `seq`: how far an
+    /// index of `key` built at `seq` has drifted (what compaction measures). Another model's
+    /// first pass over the catalogue is no drift of this one's index.
+    func changeCounts(after seq: Int64, key: ModelKey) async throws -> (vectors: Int, deletes: Int)
 
     /// The newest entry's seq (0 when the feed is empty).
     func lastChangeSeq() async throws -> Int64

@@ -94,27 +94,32 @@ extension PostgresStore: CatalogueStore {
         try await run("reading the change feed") {
             let rows = try await client.query(
                 """
-                SELECT seq, product_id, kind, at, source_time FROM catalogue_changes
+                SELECT seq, product_id, kind, at, source_time, model_id, preprocessing FROM catalogue_changes
                 WHERE seq > \(seq) ORDER BY seq LIMIT \(Int64(limit))
                 """, logger: logger)
             var out: [ChangeRecord] = []
-            for try await (s, id, kind, at, sourceTime) in rows.decode((Int64, String, String, Double, Double?).self) {
+            for try await (s, id, kind, at, sourceTime, model, pre) in rows.decode(
+                (Int64, String, String, Double, Double?, String?, String?).self)
+            {
                 out.append(
                     ChangeRecord(
                         seq: s, productID: id, kind: ChangeRecord.Kind(rawValue: kind) ?? .attributes,
                         at: Date(timeIntervalSince1970: at),
-                        sourceTime: sourceTime.map { Date(timeIntervalSince1970: $0) }
+                        sourceTime: sourceTime.map { Date(timeIntervalSince1970: $0) },
+                        key: model.flatMap { m in pre.map { ModelKey(modelID: m, preprocessing: $0) } }
                     ))
             }
             return out
         }
     }
 
-    public func changeCounts(after seq: Int64) async throws -> (vectors: Int, deletes: Int) {
+    public func changeCounts(after seq: Int64, key: ModelKey) async throws -> (vectors: Int, deletes: Int) {
         try await run("counting changes") {
             let rows = try await client.query(
                 """
-                SELECT COUNT(DISTINCT CASE WHEN kind = 'vector' THEN product_id END)::BIGINT,
+                SELECT COUNT(DISTINCT CASE WHEN kind = 'vector' AND (model_id IS NULL
+                                                 OR (model_id = \(key.modelID) AND preprocessing = \(key.preprocessing)))
+                                           THEN product_id END)::BIGINT,
                        COUNT(DISTINCT CASE WHEN kind = 'delete' THEN product_id END)::BIGINT
                 FROM catalogue_changes WHERE seq > \(seq)
                 """, logger: logger)

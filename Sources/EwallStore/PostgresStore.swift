@@ -137,6 +137,21 @@ public final class PostgresStore: EmbeddingStore {
             try await conn.query("SELECT pg_advisory_lock(7270113)", logger: logger)
             do {
                 try await Self.run(Schema.postgres, on: conn, logger: logger)
+                // Only where missing: ALTER TABLE takes the table's exclusive lock even with IF NOT EXISTS.
+                for (table, column, type) in Schema.addedColumns {
+                    let rows = try await conn.query(
+                        """
+                        SELECT 1 FROM information_schema.columns
+                        WHERE table_schema = current_schema() AND table_name = \(table) AND column_name = \(column)
+                        """, logger: logger)
+                    var present = false
+                    for try await _ in rows { present = true }
+                    if !present {
+                        try await conn.query(
+                            PostgresQuery(unsafeSQL: "ALTER TABLE \(table) ADD COLUMN IF NOT EXISTS \(column) \(type)"),
+                            logger: logger)
+                    }
+                }
                 var version: Int?
                 for try await (v) in try await conn.query(
                     "SELECT value FROM ewall_meta WHERE key = 'schema_version'",
@@ -245,16 +260,24 @@ public final class PostgresStore: EmbeddingStore {
         let now = Date()
         try await run("writing a batch") {
             try await client.withTransaction(logger: logger) { conn in
-                // What each key held for these products before (image URL and bytes' sha256).
-                var before: [ModelKey: [String: (url: String, sha: String?)]] = [:]
-                for key in Set(batch.embeddings.map(\.key)) {
-                    let ids = batch.embeddings.filter { $0.key == key }.map(\.productID)
-                    for try await (id, url, sha) in try await conn.query(
+                // A synced product's vector for its current image enters the change feed with it
+                // (Schema: catalogue), unless its key already holds that image's vector: decided
+                // before the writes, in one statement (a store with no catalogue joins nothing).
+                let es = batch.embeddings
+                if !es.isEmpty {
+                    try await conn.query(
                         """
-                        SELECT product_id, image_url, image_sha256 FROM embeddings
-                        WHERE model_id = \(key.modelID) AND preprocessing = \(key.preprocessing) AND product_id = ANY(\(ids))
-                        """, logger: logger
-                    ).decode((String, String, String?).self) { before[key, default: [:]][id] = (url, sha) }
+                        INSERT INTO catalogue_changes (product_id, kind, at, model_id, preprocessing)
+                        SELECT c.product_id, 'vector', \(now.timeIntervalSince1970), u.model, u.pre
+                        FROM unnest(\(es.map(\.productID))::text[], \(es.map(\.imageURL))::text[], \(es.map(\.key.modelID))::text[],
+                                    \(es.map(\.key.preprocessing))::text[], \(es.map { $0.imageSHA256 ?? "" })::text[])
+                             AS u(id, url, model, pre, sha)
+                        JOIN catalogue c ON c.product_id = u.id AND c.image_url = u.url
+                        WHERE NOT EXISTS (
+                            SELECT 1 FROM embeddings e
+                            WHERE e.model_id = u.model AND e.preprocessing = u.pre AND e.product_id = u.id
+                              AND e.image_url = u.url AND COALESCE(e.image_sha256, '') = u.sha)
+                        """, logger: logger)
                 }
                 for e in batch.embeddings {
                     let vector = ByteBuffer(bytes: VectorBytes.encode(e.vector))
@@ -266,21 +289,6 @@ public final class PostgresStore: EmbeddingStore {
                                 \(vector), \(e.imageSHA256), \(e.width.map { Int32($0) }), \(e.height.map { Int32($0) }),
                                 \(e.bytes.map { Int64($0) }), \(e.contentType), \(now), \(now))
                         \(unescaped: Schema.embeddingUpdate)
-                        """, logger: logger)
-                }
-                // A synced product's vector for its current image enters the change feed with it
-                // (Schema: catalogue), unless the key already held that image's vector.
-                let fresh = batch.embeddings.filter { e in
-                    guard let old = before[e.key]?[e.productID] else { return true }
-                    return old.url != e.imageURL || old.sha != e.imageSHA256
-                }
-                if !fresh.isEmpty {
-                    try await conn.query(
-                        """
-                        INSERT INTO catalogue_changes (product_id, kind, at)
-                        SELECT c.product_id, 'vector', \(now.timeIntervalSince1970)
-                        FROM unnest(\(fresh.map(\.productID))::text[], \(fresh.map(\.imageURL))::text[]) AS u(id, url)
-                        JOIN catalogue c ON c.product_id = u.id AND c.image_url = u.url
                         """, logger: logger)
                 }
                 for l in batch.ledger {

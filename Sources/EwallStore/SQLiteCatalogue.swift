@@ -100,7 +100,10 @@ extension SQLiteStore: CatalogueStore {
         try await onWorker { c in
             var out: [ChangeRecord] = []
             try c.query(
-                "SELECT seq, product_id, kind, at, source_time FROM catalogue_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                """
+                SELECT seq, product_id, kind, at, source_time, model_id, preprocessing FROM catalogue_changes
+                WHERE seq > ? ORDER BY seq LIMIT ?
+                """,
                 [.int(seq), .int(Int64(limit))]
             ) { row in
                 out.append(
@@ -108,21 +111,23 @@ extension SQLiteStore: CatalogueStore {
                         seq: Int64(row.int(0) ?? 0), productID: row.text(1) ?? "",
                         kind: ChangeRecord.Kind(rawValue: row.text(2) ?? "") ?? .attributes,
                         at: Date(timeIntervalSince1970: row.double(3) ?? 0),
-                        sourceTime: row.double(4).map { Date(timeIntervalSince1970: $0) }))
+                        sourceTime: row.double(4).map { Date(timeIntervalSince1970: $0) },
+                        key: row.text(5).flatMap { m in row.text(6).map { ModelKey(modelID: m, preprocessing: $0) } }))
             }
             return out
         }
     }
 
-    public func changeCounts(after seq: Int64) async throws -> (vectors: Int, deletes: Int) {
+    public func changeCounts(after seq: Int64, key: ModelKey) async throws -> (vectors: Int, deletes: Int) {
         try await onWorker { c in
             var out = (vectors: 0, deletes: 0)
             try c.query(
                 """
-                SELECT COUNT(DISTINCT CASE WHEN kind = 'vector' THEN product_id END),
+                SELECT COUNT(DISTINCT CASE WHEN kind = 'vector' AND (model_id IS NULL OR (model_id = ?2 AND preprocessing = ?3))
+                                           THEN product_id END),
                        COUNT(DISTINCT CASE WHEN kind = 'delete' THEN product_id END)
-                FROM catalogue_changes WHERE seq > ?
-                """, [.int(seq)]
+                FROM catalogue_changes WHERE seq > ?1
+                """, [.int(seq), .text(key.modelID), .text(key.preprocessing)]
             ) { out = (vectors: $0.int(0) ?? 0, deletes: $0.int(1) ?? 0) }
             return out
         }

@@ -30,6 +30,13 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
             try c.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;")
             try c.transaction {
                 try c.exec(Schema.sqlite)
+                for (table, column, type) in Schema.addedColumns {
+                    var present = false
+                    try c.query("SELECT 1 FROM pragma_table_info(?) WHERE name = ?", [.text(table), .text(column)]) {
+                        _ in present = true
+                    }
+                    if !present { try c.exec("ALTER TABLE \(table) ADD COLUMN \(column) \(type)") }
+                }
                 var version: Int?
                 try c.query("SELECT value FROM ewall_meta WHERE key = 'schema_version'") {
                     version = $0.text(0).flatMap { Int($0) }
@@ -119,13 +126,24 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
         try await onWorker { c in
             try c.transaction {
                 for e in batch.embeddings {
-                    // What this key held for the product before: the feed hears only of a vector
-                    // for a new image.
-                    var before: (url: String?, sha: String?)?
+                    // A synced product's vector for its current image enters the change feed with it
+                    // (Schema: catalogue), unless the key already holds that image's vector: decided
+                    // before the write, in one statement that a store with no catalogue answers from
+                    // the catalogue's primary key alone.
                     try c.query(
-                        "SELECT image_url, image_sha256 FROM embeddings WHERE model_id = ? AND preprocessing = ? AND product_id = ?",
-                        [.text(e.key.modelID), .text(e.key.preprocessing), .text(e.productID)]
-                    ) { row in before = (row.text(0), row.text(1)) }
+                        """
+                        INSERT INTO catalogue_changes (product_id, kind, at, model_id, preprocessing)
+                        SELECT c.product_id, 'vector', ?1, ?4, ?5 FROM catalogue c
+                        WHERE c.product_id = ?2 AND c.image_url = ?3
+                          AND NOT EXISTS (
+                            SELECT 1 FROM embeddings e
+                            WHERE e.model_id = ?4 AND e.preprocessing = ?5 AND e.product_id = ?2 AND e.image_url = ?3
+                              AND e.image_sha256 IS ?6)
+                        """,
+                        [
+                            .double(at), .text(e.productID), .text(e.imageURL), .text(e.key.modelID),
+                            .text(e.key.preprocessing), e.imageSHA256.map { .text($0) } ?? .null,
+                        ])
                     try c.query(
                         """
                         INSERT INTO embeddings (product_id, model_id, preprocessing, image_url, dim, vector, image_sha256,
@@ -140,16 +158,6 @@ public final class SQLiteStore: EmbeddingStore, @unchecked Sendable {
                             e.height.map { .int(Int64($0)) } ?? .null, e.bytes.map { .int(Int64($0)) } ?? .null,
                             e.contentType.map { .text($0) } ?? .null, .text(now),
                         ])
-                    // A synced product's vector for its current image enters the change feed with it
-                    // (Schema: catalogue), unless the key already held that image's vector.
-                    if before?.url != e.imageURL || before?.sha != e.imageSHA256 {
-                        try c.query(
-                            """
-                            INSERT INTO catalogue_changes (product_id, kind, at)
-                            SELECT product_id, 'vector', ? FROM catalogue WHERE product_id = ? AND image_url = ?
-                            """,
-                            [.double(at), .text(e.productID), .text(e.imageURL)])
-                    }
                 }
                 for l in batch.ledger {
                     try c.query(

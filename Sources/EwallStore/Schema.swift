@@ -18,6 +18,14 @@
 package enum Schema {
     static let version = 1
 
+    /// Columns added to a table after stores existed with it (nullable, so the schema version
+    /// stays: an older ewall names its columns and never reads them): (table, column, type).
+    /// `catalogue_changes.model_id/preprocessing`: the model key of a `vector` entry (NULL on
+    /// other entries, and on vector entries an older ewall wrote: those count for every key).
+    static let addedColumns: [(table: String, column: String, type: String)] = [
+        ("catalogue_changes", "model_id", "TEXT"), ("catalogue_changes", "preprocessing", "TEXT"),
+    ]
+
     // The upserts' update clauses, the same text in both dialects.
 
     /// A product row keeps what a new row leaves `NULL`.
@@ -126,11 +134,13 @@ package enum Schema {
             synced_at   TEXT NOT NULL
         );
         CREATE TABLE IF NOT EXISTS catalogue_changes (
-            seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-            product_id  TEXT NOT NULL,
-            kind        TEXT NOT NULL,
-            at          REAL NOT NULL,
-            source_time REAL
+            seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+            product_id    TEXT NOT NULL,
+            kind          TEXT NOT NULL,
+            at            REAL NOT NULL,
+            source_time   REAL,
+            model_id      TEXT,
+            preprocessing TEXT
         );
         CREATE TABLE IF NOT EXISTS sync_state (
             name        TEXT PRIMARY KEY,
@@ -204,11 +214,13 @@ package enum Schema {
             synced_at   TIMESTAMPTZ NOT NULL
         );
         CREATE TABLE IF NOT EXISTS catalogue_changes (
-            seq         BIGSERIAL PRIMARY KEY,
-            product_id  TEXT COLLATE "C" NOT NULL,
-            kind        TEXT NOT NULL,
-            at          DOUBLE PRECISION NOT NULL,
-            source_time DOUBLE PRECISION
+            seq           BIGSERIAL PRIMARY KEY,
+            product_id    TEXT COLLATE "C" NOT NULL,
+            kind          TEXT NOT NULL,
+            at            DOUBLE PRECISION NOT NULL,
+            source_time   DOUBLE PRECISION,
+            model_id      TEXT,
+            preprocessing TEXT
         );
         CREATE TABLE IF NOT EXISTS sync_state (
             name        TEXT PRIMARY KEY,

@@ -38,7 +38,7 @@ public final class Compaction: Sendable {
     /// The drift of the index in `folder` from the feed: (new + deleted) / its count.
     public func drift() async throws -> Double? {
         guard let manifest = try? folder.manifest(), manifest.count > 0 else { return nil }
-        let counts = try await store.changeCounts(after: manifest.changeSeq ?? 0)
+        let counts = try await store.changeCounts(after: manifest.changeSeq ?? 0, key: manifest.key)
         return Double(counts.vectors + counts.deletes) / Double(manifest.count)
     }
 

@@ -297,6 +297,9 @@ struct SyncJobCLITests {
 
         // The vectors are the photos' own: the worker fetched each product's current image.
         let key = try #require(try await store.modelKeys().first?.key)
+        // The queue's commit wrote each entry with the vector's model key.
+        let entries = try await store.catalogueChanges(after: 0, limit: 1000).filter { $0.kind == .vector }
+        #expect(entries.count >= 4 && entries.allSatisfy { $0.key == key }, "\(entries)")
         let stored = try await store.vectors(productIDs: ["1", "4"], key: key)
         let direct = try ProcessRunner.run(
             try ProcessRunner.built("ewall"),

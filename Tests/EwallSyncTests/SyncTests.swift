@@ -206,7 +206,7 @@ struct SyncTests {
             ]))
         let feed = try await store.catalogueChanges(after: before, limit: 10)
         #expect(feed.map(\.productID) == ["synced"])
-        #expect(feed.map(\.kind) == [.vector])
+        #expect(feed.map(\.kind) == [.vector] && feed.map(\.key) == [key])
         // The same image's vector written again (a --force rerun): nothing new to search.
         try await store.write(
             WriteBatch(embeddings: [
@@ -224,6 +224,61 @@ struct SyncTests {
                 StoredEmbedding(productID: "synced", imageURL: "http://x/s.jpg", key: key, vector: [1, 0])
             ]))
         #expect(try await store.catalogueChanges(after: before, limit: 10).count == 2)
+        // Another model's vector of the same image: an entry of its own key, which is no new
+        // vector for this key's index (nor drift toward its compaction).
+        let other = ModelKey(modelID: "m@2", preprocessing: "squash224")
+        try await store.write(
+            WriteBatch(embeddings: [
+                StoredEmbedding(productID: "synced", imageURL: "http://x/s.jpg", key: other, vector: [0, 1])
+            ]))
+        let last = try #require(try await store.catalogueChanges(after: before, limit: 10).last)
+        #expect(last.key == other && last.bringsVector(for: other) && !last.bringsVector(for: key))
+        let mine = try await store.changeCounts(after: before, key: key)
+        let theirs = try await store.changeCounts(after: before, key: other)
+        #expect(mine.vectors == 1 && theirs.vectors == 1)
+        await store.close()
+    }
+
+    @Test(
+        "a store whose feed predates model keys gains the columns on open; its old vector entries concern every key",
+        arguments: StoreKind.allCases)
+    func unkeyedFeedEntries(_ kind: StoreKind) async throws {
+        // The feed table as stores before the keys had it, with one vector entry.
+        let old = """
+            CREATE TABLE catalogue_changes (seq \(kind == .sqlite ? "INTEGER PRIMARY KEY AUTOINCREMENT" : "BIGSERIAL PRIMARY KEY"),
+              product_id TEXT NOT NULL, kind TEXT NOT NULL, at \(kind == .sqlite ? "REAL" : "DOUBLE PRECISION") NOT NULL,
+              source_time \(kind == .sqlite ? "REAL" : "DOUBLE PRECISION"));
+            INSERT INTO catalogue_changes (product_id, kind, at) VALUES ('old', 'vector', 0)
+            """
+        let url = try await kind.freshURL()
+        switch kind {
+        case .sqlite:
+            let path = String(url.dropFirst("sqlite:".count))
+            try FileManager.default.createDirectory(
+                at: URL(fileURLWithPath: path).deletingLastPathComponent(), withIntermediateDirectories: true)
+            let r = try ProcessRunner.run(path: "/usr/bin/sqlite3", [path, old])
+            #expect(r.status == 0, "\(r.stderr)")
+        case .postgres:
+            for statement in old.split(separator: ";") {
+                try SourceConnection(url: url, replication: false).query(String(statement))
+            }
+        }
+        let store = try #require(try await StoreLocation(parsing: url).open() as? any CatalogueStore)
+        let key = ModelKey(modelID: "m@1", preprocessing: "squash224")
+        let entry = try #require(try await store.catalogueChanges(after: 0, limit: 10).first)
+        #expect(entry.productID == "old" && entry.key == nil && entry.bringsVector(for: key))
+        #expect(try await store.changeCounts(after: 0, key: key).vectors == 1)
+        // New entries carry their key in the columns the open added.
+        let state = SyncState(name: "t", source: "t", slot: "t", position: 2, commitTime: Date(), updatedAt: Date())
+        _ = try await store.applyCatalogue(
+            [.upsert(CatalogueRow(product: Product(id: "new"), imageURL: "http://x/n.jpg", listed: true))],
+            state: state)
+        try await store.write(
+            WriteBatch(embeddings: [
+                StoredEmbedding(productID: "new", imageURL: "http://x/n.jpg", key: key, vector: [1, 0])
+            ]))
+        let feed = try await store.catalogueChanges(after: 0, limit: 10)
+        #expect(feed.last?.productID == "new" && feed.last?.key == key, "\(feed)")
         await store.close()
     }
 
@@ -491,6 +546,37 @@ struct ReplicaTests {
         #expect(try await rebuilt.similar(to: "p0", query: loose).results.first?.productID == "new")
         #expect(try await compaction.drift() == 0)
         await store.close()
+    }
+
+    @Test("a second model's vectors neither enter a replica's delta nor count toward its compaction")
+    func otherModelsVectors() async throws {
+        let c = try await SyncedCatalogue(
+            SyntheticVectors(count: 200, dimension: 16, clusters: 4, seed: 5), key: Self.key)
+        try await c.apply((0..<200).map { c.row($0) })
+        try await c.embed(0..<200)
+        var search = try await c.build("Flat", recallQueries: 20, pageSize: 500)
+        let built = search.appliedChangeSeq
+        // Another model embeds the whole catalogue for the first time: 200 entries of its key.
+        let other = ModelKey(modelID: "other@sync", preprocessing: "squash224")
+        try await c.store.write(
+            WriteBatch(
+                embeddings: (0..<200).map {
+                    StoredEmbedding(
+                        productID: "p\($0)", imageURL: "http://x/p\($0).jpg", key: other,
+                        vector: c.data.row(($0 + 1) % 200))
+                }))
+        #expect(try await c.store.lastChangeSeq() == built + 200)
+        search = try await Self.follow(search, c.store)
+        #expect(search.appliedChangeSeq == built + 200 && search.deltaCount == 0)
+        let compaction = Compaction(folder: c.folder, share: 0.005, store: c.store, key: Self.key)
+        #expect(try await compaction.drift() == 0)
+        // This key's own new vector still enters both.
+        try await c.apply([c.row(0, id: "new")])
+        try await c.embed("new", vector: c.data.row(0))
+        search = try await Self.follow(search, c.store)
+        #expect(search.deltaCount == 1)
+        #expect(try await compaction.drift() == 1.0 / 200)
+        await c.store.close()
     }
 
     @Test("a gift flag that arrives with a row takes the product out of the answers, indexed or new")

@@ -612,8 +612,8 @@ struct CommitStatement: PostgresPreparedStatement {
             \(Schema.embeddingUpdate)
             RETURNING product_id, model_id, preprocessing, image_url, image_sha256),
         feed AS (
-            INSERT INTO catalogue_changes (product_id, kind, at)
-            SELECT v.product_id, 'vector', EXTRACT(EPOCH FROM now())::float8
+            INSERT INTO catalogue_changes (product_id, kind, at, model_id, preprocessing)
+            SELECT v.product_id, 'vector', EXTRACT(EPOCH FROM now())::float8, v.model_id, v.preprocessing
             FROM vec v JOIN catalogue c ON c.product_id = v.product_id AND c.image_url = v.image_url
             WHERE NOT EXISTS (
                 SELECT 1 FROM embeddings e
