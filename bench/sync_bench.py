@@ -152,12 +152,28 @@ def timed_wrk(base, script, ids, seconds, serve_pid, sync_pid):
     return res
 
 
+class Stock:
+    """Each product's stock as the source has it, and how many are in stock, kept as it changes
+    (a sum over the catalogue at every flip cost the writer a core's worth at 100 flips/s)."""
+
+    def __init__(self, values):
+        self.v = [bool(x) for x in values]
+        self.count = sum(self.v)
+
+    def __getitem__(self, x):
+        return self.v[x]
+
+    def __setitem__(self, x, value):
+        self.count += int(bool(value)) - int(self.v[x])
+        self.v[x] = bool(value)
+
+
 def neutral_flip(n, stock, target, avoid=()):
     """One stock flip that keeps the catalogue's in-stock count at `target`: a product out when
     more are in stock, else one in. Random flips drift the share toward half (90% -> 80% over
     the stages before the wrk runs), which makes filtered searches cheaper and flattered the
     run under changes (p99 ratio 0.84x). Returns (product, its new stock)."""
-    want = sum(stock) <= target  # put one back in stock
+    want = stock.count <= target  # put one back in stock
     while True:
         x = random.randrange(n)
         if stock[x] != want and x not in avoid:
@@ -169,7 +185,7 @@ def visibility(base, pg, n, rate, seconds, stock, rows=1):
     """Stock flips at `rate`/s for `seconds`, in transactions of `rows` flips; ten transactions a
     second are one tracked flip each, timed from commit to gone."""
     writer = Session(pg)
-    target = sum(stock)
+    target = stock.count
     tx_rate = rate / rows
     tracked_every = max(1, int(tx_rate // 10))
     latencies, misses = [], 0
@@ -218,7 +234,7 @@ def visibility(base, pg, n, rate, seconds, stock, rows=1):
             watchers.append(t)
         elif rows == 1:
             with lock:
-                x, now = neutral_flip(n, stock, target, avoid=set(pinned))
+                x, now = neutral_flip(n, stock, target, avoid=pinned)
             writer.run(f"UPDATE shop_product SET in_stock = {str(now).lower()} WHERE id = {x}")
         else:
             with lock:
@@ -265,7 +281,7 @@ def main():
     try:
         n = args.count
         vectors, labels = synthetic(n, 2048, max(10, n // 200), seed=7)
-        stock = list(np.random.default_rng(1).random(n) < 0.9)
+        stock = Stock(np.random.default_rng(1).random(n) < 0.9)
         npy, meta, db = f"{tmp}/v.npy", f"{tmp}/meta.tsv", f"sqlite:{tmp}/store.sqlite"
         np.save(npy, vectors)
         with open(meta, "w") as f:
@@ -354,7 +370,7 @@ def main():
         log("wrk similar-by-id under 100 stock flips/s")
         stop = threading.Event()
 
-        target = sum(stock)
+        target = stock.count
 
         def flipper():
             w = Session(pg)
