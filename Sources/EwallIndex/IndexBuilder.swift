@@ -195,23 +195,8 @@ public enum IndexBuilder {
             needsTraining && plan.trainingSize < n
             ? Set(sample(n, plan.trainingSize, &rng)) : nil
 
-        // The categories and stock, for recall under the default filters (IVF: the nprobe that
-        // filtered searches start at). The vectors stream in the same product-id order.
-        var columns: FilterColumns?
-        if queryCount > 0 && index.kind == .ivf {
-            columns = try await FilterColumns.read(store, key, count: n)
-        }
-        // Their queries: a draw of their own among the products the filters let a search start
-        // from, after the draws above (which stay as they were).
-        let filteredOrdinals: Set<Int> =
-            columns.map { c in
-                let eligible = (0..<n).filter { c.category[$0] != 0 && c.inStock[$0] }
-                return Set(sample(eligible.count, filteredRecallQueries, &rng).map { eligible[$0] })
-            } ?? []
-
         // Pass 1: the training sample and the recall queries.
         var queries = RecallQueries(dimension: d)
-        var filteredQueries = RecallQueries(dimension: d)
         if needsTraining || queryCount > 0 {
             let t = Date()
             var training: [Float] = []
@@ -223,9 +208,6 @@ public enum IndexBuilder {
                         training.append(contentsOf: page.vector(r))
                     }
                     if queryOrdinals.contains(ordinal) { queries.append(page.vector(r), id: Int64(ordinal)) }
-                    if filteredOrdinals.contains(ordinal) {
-                        filteredQueries.append(page.vector(r), id: Int64(ordinal))
-                    }
                 }
                 progress(
                     IndexBuildProgress(phase: "reading training sample", done: page.firstOrdinal + page.count, total: n)
@@ -249,6 +231,26 @@ public enum IndexBuilder {
                     }
                 }
                 seconds["train"] = Date().timeIntervalSince(t)
+            }
+        }
+
+        // The categories and stock, for recall under the default filters (IVF: the nprobe that
+        // filtered searches start at), read after training: pass 2 drops the filtered tuning if
+        // a product came or went since, so the columns are read as late as they can be. The
+        // vectors stream in the same product-id order.
+        var columns: FilterColumns?
+        if queryCount > 0 && index.kind == .ivf {
+            columns = try await FilterColumns.read(store, key, count: n)
+        }
+        // Their queries: a draw of their own among the products the filters let a search start
+        // from (after the draws above, which stay as they were), read by product id.
+        var filteredQueries = RecallQueries(dimension: d)
+        if let c = columns {
+            let eligible = (0..<n).filter { c.category[$0] != 0 && c.inStock[$0] }
+            let ordinals = sample(eligible.count, filteredRecallQueries, &rng).map { eligible[$0] }.sorted()
+            let found = try await store.vectors(productIDs: ordinals.map { c.productIDs[$0] }, key: key)
+            for o in ordinals {
+                if let v = found[c.productIDs[o]], v.count == d { filteredQueries.append(v[...], id: Int64(o)) }
             }
         }
 
