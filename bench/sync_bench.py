@@ -138,10 +138,11 @@ def cpu_seconds(pid):
 
 
 def machine_busy_seconds():
-    """CPU seconds all cores spent outside idle and iowait so far."""
+    """CPU seconds all cores spent working so far: user, nice, system, irq and softirq (not idle,
+    iowait, or steal; guest time is inside user already)."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    return (sum(v[0:3]) + sum(v[5:7])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_wrk(base, script, ids, seconds, serve_pid, sync_pid):
@@ -243,6 +244,8 @@ def visibility(base, pg, n, rate, seconds, stock, rows=1, poll=0.005):
         else:
             with lock:
                 xs = [x for x in random.sample(range(n), rows) if x not in pinned]
+            if not xs:
+                continue
             for x in xs:
                 stock[x] = not stock[x]
             writer.run(f"UPDATE shop_product SET in_stock = NOT in_stock WHERE id IN ({','.join(map(str, xs))})")
@@ -268,7 +271,7 @@ def main():
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--burst", type=int, default=200000, help="stock flips of the sustained-rate stage")
-    ap.add_argument("--pairs", type=int, default=3,
+    ap.add_argument("--pairs", type=int, default=3, choices=range(1, 100), metavar="N",
                     help="wrk runs without and with 100 changes/s, alternating; the median pair is reported")
     ap.add_argument("--high-rate", type=int, default=10000,
                     help="stock flips/s of the third visibility stage (transactions of 100 flips)")
@@ -404,7 +407,8 @@ def main():
             log(f"wrk similar-by-id without changes, then under 100 stock flips/s ({k + 1}/{args.pairs})")
             q = timed_wrk(base, script, [ids], args.seconds, serve.pid, sync_proc.pid)
             b = under_changes()
-            pairs.append({"quiet": q, "with_100_changes": b, "p99_ratio": b["p99_ms"] / q["p99_ms"]})
+            ratio = b["p99_ms"] / q["p99_ms"] if q.get("p99_ms") and b.get("p99_ms") else float("nan")
+            pairs.append({"quiet": q, "with_100_changes": b, "p99_ratio": ratio})
         middle = sorted(pairs, key=lambda p: p["p99_ratio"])[len(pairs) // 2]
         results["wrk_pairs"] = pairs
         results["wrk_quiet"] = middle["quiet"]

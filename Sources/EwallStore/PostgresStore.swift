@@ -276,7 +276,7 @@ public final class PostgresStore: EmbeddingStore {
                         WHERE NOT EXISTS (
                             SELECT 1 FROM embeddings e
                             WHERE e.model_id = u.model AND e.preprocessing = u.pre AND e.product_id = u.id
-                              AND e.image_url = u.url AND COALESCE(e.image_sha256, '') = u.sha)
+                              AND e.image_url = u.url AND e.image_sha256 IS NOT DISTINCT FROM NULLIF(u.sha, ''))
                         """, logger: logger)
                 }
                 for e in batch.embeddings {
